@@ -1,0 +1,324 @@
+//! Command-line verbs. Those that act on a running instance go through its admin API.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use switchyard::client::AdminClient;
+use switchyard::config;
+use switchyard::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Layer-7 load balancer and release manager"
+)]
+pub struct Cli {
+    /// Tokio worker threads (1 runs single-threaded).
+    #[arg(long, global = true)]
+    pub workers: Option<usize>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Configuration file; its [admin] section says where the API is and its token.
+    #[arg(short, long, default_value = "switchyard.toml")]
+    config: PathBuf,
+    /// Admin API address (overrides the config file).
+    #[arg(long, env = "SWITCHYARD_ADMIN")]
+    admin: Option<String>,
+    /// Admin token (overrides the config file).
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer.
+    Run {
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print every problem with its line and column.
+    Validate {
+        #[arg(short, long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Send all traffic of SERVICE to GROUP at once (blue-green switch), or --back.
+    Switch {
+        service: String,
+        group: Option<String>,
+        /// Restore the split before the last change.
+        #[arg(long, conflicts_with = "group")]
+        back: bool,
+        /// Switch even if the group has no healthy target.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set a weighted split, e.g. `switchyard weights shop blue=90 green=10`.
+    Weights {
+        service: String,
+        #[arg(required = true)]
+        weights: Vec<String>,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make the running instance re-read its configuration file.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show services, groups, target health and weights.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A self-contained walk-through: two backends, the balancer, traffic, switches.
+    Demo,
+    /// A small test backend that answers with its name (for benchmarks and trials).
+    #[command(hide = true)]
+    Backend {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging(
+        &cli.log_format,
+        matches!(cli.command, Command::Run { .. } | Command::Backend { .. }),
+    );
+    match cli.command {
+        Command::Run { config } => serve(&config).await,
+        Command::Validate { config } => validate(&config),
+        Command::Switch {
+            service,
+            group,
+            back,
+            force,
+            target,
+        } => {
+            let body = match (group, back) {
+                (Some(g), false) => json!({ "group": g, "force": force }),
+                (None, true) => json!({ "back": true, "force": force }),
+                _ => bail!("give a GROUP to switch to, or --back"),
+            };
+            let res = admin(&target)?
+                .post(&format!("/api/v1/services/{service}/switch"), body)
+                .await?;
+            println!(
+                "{service}: {} -> {} (generation {})",
+                split_text(&res["from"]),
+                split_text(&res["to"]),
+                res["generation"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Weights {
+            service,
+            weights,
+            force,
+            target,
+        } => {
+            let mut map = serde_json::Map::new();
+            for w in &weights {
+                let (g, pct) = w
+                    .split_once('=')
+                    .with_context(|| format!("\"{w}\" is not GROUP=PERCENT"))?;
+                let pct: f64 = pct
+                    .parse()
+                    .with_context(|| format!("\"{pct}\" in \"{w}\" is not a number"))?;
+                map.insert(g.to_string(), json!(pct));
+            }
+            let res = admin(&target)?
+                .put(
+                    &format!("/api/v1/services/{service}/weights"),
+                    json!({ "weights": map, "force": force }),
+                )
+                .await?;
+            println!(
+                "{service}: {} -> {} (generation {})",
+                split_text(&res["from"]),
+                split_text(&res["to"]),
+                res["generation"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { target } => {
+            let res = admin(&target)?.post("/api/v1/reload", json!({})).await?;
+            println!("reloaded: generation {}", res["generation"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, target } => {
+            let res = admin(&target)?.get("/api/v1/status").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&res)?);
+            } else {
+                print_status(&res);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => crate::demo::run().await.map(|_| ExitCode::SUCCESS),
+        Command::Backend { bind, name } => {
+            let name: &'static str = Box::leak(name.into_boxed_str());
+            let b = switchyard::backend::Backend::start(bind, name).await?;
+            tracing::info!(addr = %b.addr, name, "backend listening");
+            std::future::pending::<()>().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(format: &str, verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} routes, {} services)",
+                path.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.services.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = config::load(path)?;
+    let server = Server::start(config, Some(path.to_path_buf())).await?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match server.control.reload().await {
+                Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The admin client for a CLI call: flags and environment first, then the config file.
+fn admin(t: &Target) -> anyhow::Result<AdminClient> {
+    let from_file = if t.admin.is_none() || t.token.is_none() {
+        match config::load(&t.config) {
+            Ok(c) => Some(c.admin),
+            Err(config::ConfigError::Read { .. }) if t.admin.is_some() => None,
+            Err(config::ConfigError::Read { .. }) => None,
+            Err(e) => return Err(e).context("reading the admin address and token"),
+        }
+    } else {
+        None
+    };
+    let addr = t
+        .admin
+        .clone()
+        .or_else(|| from_file.as_ref().map(|a| a.bind.to_string()))
+        .unwrap_or_else(|| "127.0.0.1:9901".into());
+    let token = t.token.clone().or_else(|| from_file.and_then(|a| a.token));
+    Ok(AdminClient::new(&addr, token))
+}
+
+fn split_text(v: &serde_json::Value) -> String {
+    let Some(map) = v.as_object() else {
+        return "?".into();
+    };
+    let parts: Vec<String> = map
+        .iter()
+        .filter_map(|(g, w)| {
+            w.as_u64()
+                .filter(|w| *w > 0)
+                .map(|w| format!("{g}={}", config::format_percent(w as u32)))
+        })
+        .collect();
+    parts.join(" ")
+}
+
+fn print_status(s: &serde_json::Value) {
+    println!("generation {}", s["generation"]);
+    for l in s["listeners"].as_array().into_iter().flatten() {
+        let tls = if l["tls"].as_bool() == Some(true) {
+            " (tls)"
+        } else {
+            ""
+        };
+        println!(
+            "listener {} on {}{tls}",
+            l["name"].as_str().unwrap_or(""),
+            l["addr"].as_str().unwrap_or("")
+        );
+    }
+    for svc in s["services"].as_array().into_iter().flatten() {
+        println!(
+            "service {}: {}",
+            svc["name"].as_str().unwrap_or(""),
+            svc["split_text"].as_str().unwrap_or("")
+        );
+        for g in svc["groups"].as_array().into_iter().flatten() {
+            println!(
+                "  group {:<12} weight {:>7}  healthy {}/{}  requests {}",
+                g["name"].as_str().unwrap_or(""),
+                g["weight_text"].as_str().unwrap_or(""),
+                g["healthy_targets"],
+                g["targets"].as_array().map_or(0, |t| t.len()),
+                g["counts"]["requests"],
+            );
+            for t in g["targets"].as_array().into_iter().flatten() {
+                let ejected = if t["ejected"].as_bool() == Some(true) {
+                    " ejected"
+                } else {
+                    ""
+                };
+                println!(
+                    "    {:<24} {}{ejected}  in flight {}",
+                    t["addr"].as_str().unwrap_or(""),
+                    t["health"].as_str().unwrap_or(""),
+                    t["in_flight"]
+                );
+            }
+        }
+    }
+}

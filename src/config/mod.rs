@@ -1,0 +1,111 @@
+//! The configuration file: parsed once, validated into `model` types, and rejected as a whole
+//! when anything is wrong, with every problem located by file, line, column and field.
+
+pub mod locate;
+pub mod model;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+pub use model::*;
+pub use validate::{status_ranges, target_addr};
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.field, self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => d,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// Reads and validates a file. Relative certificate paths are taken from the file's folder.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&src, &file, base)
+}
+
+pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let locator = locate::Locator::new(src);
+    let diag = |offset: usize, field: String, message: String| {
+        let (line, column) = locator.line_col(offset);
+        Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            field,
+            message,
+        }
+    };
+    let raw: raw::RawConfig = match toml::from_str(src) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let field = locator.path_at(offset);
+            let field = if field.0.is_empty() {
+                "syntax".to_string()
+            } else {
+                field.to_string()
+            };
+            let message = e.message().trim().replace('\n', " ");
+            return Err(ConfigError::Invalid(vec![diag(offset, field, message)]));
+        }
+    };
+    validate::validate(raw, base_dir).map_err(|problems| {
+        let mut out: Vec<Diagnostic> = problems
+            .0
+            .into_iter()
+            .map(|(at, msg)| diag(locator.offset_of(&at), at.to_string(), msg))
+            .collect();
+        out.sort_by_key(|d| (d.line, d.column));
+        ConfigError::Invalid(out)
+    })
+}
+
+/// Basis points as a percentage with no needless decimals: 1000 → "10%", 5 → "0.05%".
+pub fn format_percent(bp: u32) -> String {
+    if bp % 100 == 0 {
+        format!("{}%", bp / 100)
+    } else {
+        let s = format!("{:.2}", bp as f64 / 100.0);
+        format!("{}%", s.trim_end_matches('0'))
+    }
+}

@@ -1,0 +1,284 @@
+//! Validated configuration. Every value here has been checked once, so the data plane never
+//! re-parses or re-validates: an address is a `SocketAddr`, a weight is basis points that sum
+//! to 10 000, a route's service is known to exist.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use ipnet::IpNet;
+
+/// Basis points: 10 000 is all traffic, so a canary can start at 0.01 %.
+pub const FULL_WEIGHT: u32 = 10_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// `None` leaves the API read-only: a mutating call without any configured token is refused.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From sending the request upstream to receiving its response headers.
+    pub request: Duration,
+    pub header_read: Duration,
+    /// A client connection with no bytes in either direction for this long is closed.
+    pub idle: Duration,
+    /// Bound on finishing in-flight requests at shutdown.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(30),
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    /// Empty for plain HTTP. The first certificate answers clients whose SNI matches none.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+impl ListenerConfig {
+    pub fn is_tls(&self) -> bool {
+        !self.certificates.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub priority: i64,
+    /// `None` means every listener.
+    pub listeners: Option<Vec<String>>,
+    pub conditions: Conditions,
+    pub action: Action,
+}
+
+/// All present conditions must hold; the values inside one condition are alternatives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conditions {
+    pub hosts: Vec<HostPattern>,
+    pub paths: Vec<PathPattern>,
+    pub methods: Vec<Method>,
+    pub headers: Vec<(http::HeaderName, Vec<Glob>)>,
+    pub query: Vec<(String, Vec<Glob>)>,
+    pub sources: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches any name ending in it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathPattern {
+    Exact(String),
+    Prefix(String),
+    Glob(Glob),
+}
+
+/// ALB-style wildcard: `*` any run of characters, `?` exactly one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Glob(pub String);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Forward { service: String },
+    Fixed(FixedResponse),
+    Redirect(Redirect),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedResponse {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Each `None` keeps that part of the original request URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub status: StatusCode,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub groups: Vec<GroupConfig>,
+    /// How traffic is split between the groups when the service is loaded.
+    pub split: Split,
+    pub balance: Balance,
+    pub request_timeout: Option<Duration>,
+    pub deregistration_delay: Duration,
+    pub passive: PassiveHealth,
+}
+
+impl ServiceConfig {
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// Weights in basis points by group name; always sums to `FULL_WEIGHT`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Split(pub BTreeMap<String, u32>);
+
+impl Split {
+    /// All traffic to one group: a blue-green "active" group.
+    pub fn all_to(group: &str) -> Split {
+        Split(BTreeMap::from([(group.to_string(), FULL_WEIGHT)]))
+    }
+
+    pub fn weight(&self, group: &str) -> u32 {
+        self.0.get(group).copied().unwrap_or(0)
+    }
+
+    /// The group that takes all traffic, if one does.
+    pub fn active(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(_, w)| **w == FULL_WEIGHT)
+            .map(|(g, _)| g.as_str())
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (g, w) in self.0.iter().filter(|(_, w)| **w > 0) {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{g}={}", crate::config::format_percent(*w))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    LeastOutstanding,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// Prior-knowledge HTTP/2 (h2c), as gRPC backends speak it.
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    pub name: String,
+    pub targets: Vec<TargetAddr>,
+    pub protocol: UpstreamProtocol,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `host:port`, where host is an IP address or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetAddr(pub String);
+
+impl std::fmt::Display for TargetAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub success_codes: StatusRanges,
+}
+
+/// ALB's matcher syntax: `200`, `200,202`, `200-299`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// 0 disables passive ejection.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub eject_on_5xx: bool,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+            eject_on_5xx: false,
+        }
+    }
+}

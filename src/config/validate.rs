@@ -1,0 +1,759 @@
+//! Raw file values to domain types. Each check records the key path of the value it rejects;
+//! `mod.rs` turns paths into line and column. All problems are collected, not just the first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+use ipnet::IpNet;
+
+use super::format_percent;
+use super::locate::KeyPath;
+use super::model::*;
+use super::raw::*;
+use crate::path;
+
+pub struct Problems(pub Vec<(KeyPath, String)>);
+
+impl Problems {
+    fn add(&mut self, at: KeyPath, msg: impl Into<String>) {
+        self.0.push((at, msg.into()));
+    }
+}
+
+pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
+    let mut p = Problems(Vec::new());
+    let admin = admin(&raw.admin, &mut p);
+    let timeouts = timeouts(&raw.timeouts, &mut p);
+    let limits = limits(&raw.limits, &mut p);
+    let listeners = listeners(&raw.listener, base_dir, &mut p);
+    let services = services(&raw.service, &mut p);
+    let routes = routes(&raw.route, &listeners, &services, &mut p);
+    if p.0.is_empty() {
+        Ok(Config {
+            admin,
+            timeouts,
+            limits,
+            listeners,
+            routes,
+            services,
+        })
+    } else {
+        Err(p)
+    }
+}
+
+fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
+    let bind = match &raw.bind {
+        None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        Some(s) => socket_addr(s, path!["admin", "bind"], p),
+    };
+    let token = match (&raw.token, &raw.token_env) {
+        (Some(_), Some(_)) => {
+            p.add(
+                path!["admin", "token_env"],
+                "set `token` or `token_env`, not both",
+            );
+            None
+        }
+        (Some(t), None) if t.is_empty() => {
+            p.add(path!["admin", "token"], "the token must not be empty");
+            None
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                p.add(
+                    path!["admin", "token_env"],
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, None) => std::env::var("SWITCHYARD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    AdminConfig { bind, token }
+}
+
+fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
+    let d = Timeouts::default();
+    let mut get = |v: &Option<String>, key: &str, default: Duration| {
+        v.as_ref()
+            .map_or(default, |s| duration(s, path!["timeouts", key], p))
+    };
+    Timeouts {
+        connect: get(&raw.connect, "connect", d.connect),
+        request: get(&raw.request, "request", d.request),
+        header_read: get(&raw.header_read, "header_read", d.header_read),
+        idle: get(&raw.idle, "idle", d.idle),
+        shutdown: get(&raw.shutdown, "shutdown", d.shutdown),
+    }
+}
+
+fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
+    let d = Limits::default();
+    let max_header_bytes = match raw.max_header_bytes {
+        None => d.max_header_bytes,
+        Some(n) if (8192..=1 << 24).contains(&n) => n as usize,
+        Some(n) => {
+            p.add(
+                path!["limits", "max_header_bytes"],
+                format!("{n} is out of range: use 8192 to 16777216"),
+            );
+            d.max_header_bytes
+        }
+    };
+    let max_headers = match raw.max_headers {
+        None => d.max_headers,
+        Some(n) if (1..=10_000).contains(&n) => n as usize,
+        Some(n) => {
+            p.add(
+                path!["limits", "max_headers"],
+                format!("{n} is out of range: use 1 to 10000"),
+            );
+            d.max_headers
+        }
+    };
+    Limits {
+        max_header_bytes,
+        max_headers,
+    }
+}
+
+fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<ListenerConfig> {
+    if raw.is_empty() {
+        p.add(
+            KeyPath::default(),
+            "no [[listener]]: at least one listener is needed",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut binds = HashMap::new();
+    let mut out = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        name(&l.name, path!["listener", i, "name"], p);
+        if !names.insert(l.name.clone()) {
+            p.add(
+                path!["listener", i, "name"],
+                format!("duplicate listener name \"{}\"", l.name),
+            );
+        }
+        let bind = socket_addr(&l.bind, path!["listener", i, "bind"], p);
+        if let Some(other) = binds.insert(bind, l.name.clone()) {
+            if bind.port() != 0 {
+                p.add(
+                    path!["listener", i, "bind"],
+                    format!("{bind} is already bound by listener \"{other}\""),
+                );
+            }
+        }
+        let mut certificates = Vec::new();
+        for (j, c) in l.certificate.iter().enumerate() {
+            let cert = CertificateConfig {
+                cert: base_dir.join(&c.cert),
+                key: base_dir.join(&c.key),
+            };
+            if let Err(e) = crate::tls::load_certified_key(&cert) {
+                p.add(path!["listener", i, "certificate", j], e.to_string());
+            }
+            certificates.push(cert);
+        }
+        out.push(ListenerConfig {
+            name: l.name.clone(),
+            bind,
+            certificates,
+        });
+    }
+    out
+}
+
+fn services(raw: &[RawService], p: &mut Problems) -> Vec<ServiceConfig> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let at = path!["service", i];
+        name(&s.name, at.join("name"), p);
+        if !names.insert(s.name.clone()) {
+            p.add(
+                at.join("name"),
+                format!("duplicate service name \"{}\"", s.name),
+            );
+        }
+        if s.group.is_empty() {
+            p.add(
+                at.clone(),
+                format!(
+                    "service \"{}\" has no [[service.group]]: it needs at least one",
+                    s.name
+                ),
+            );
+        }
+        let default_hc = s.health_check.clone();
+        let mut group_names = HashSet::new();
+        let mut groups = Vec::new();
+        for (j, g) in s.group.iter().enumerate() {
+            let gat = at.join("group").join(j);
+            name(&g.name, gat.join("name"), p);
+            if !group_names.insert(g.name.clone()) {
+                p.add(
+                    gat.join("name"),
+                    format!(
+                        "duplicate group name \"{}\" in service \"{}\"",
+                        g.name, s.name
+                    ),
+                );
+            }
+            groups.push(group(g, default_hc.as_ref(), &gat, p));
+        }
+        let split = split(s, &at, p);
+        let balance = match s.balance.as_deref() {
+            None | Some("least-outstanding") => Balance::LeastOutstanding,
+            Some("round-robin") => Balance::RoundRobin,
+            Some(other) => {
+                p.add(
+                    at.join("balance"),
+                    format!(
+                        "unknown balance \"{other}\": use \"least-outstanding\" or \"round-robin\""
+                    ),
+                );
+                Balance::LeastOutstanding
+            }
+        };
+        let request_timeout = s
+            .request_timeout
+            .as_ref()
+            .map(|d| duration(d, at.join("request_timeout"), p));
+        let deregistration_delay = s
+            .deregistration_delay
+            .as_ref()
+            .map_or(Duration::from_secs(30), |d| {
+                duration_or_zero(d, at.join("deregistration_delay"), p)
+            });
+        let passive = passive(s.passive.as_ref(), &at.join("passive"), p);
+        out.push(ServiceConfig {
+            name: s.name.clone(),
+            groups,
+            split,
+            balance,
+            request_timeout,
+            deregistration_delay,
+            passive,
+        });
+    }
+    out
+}
+
+fn group(
+    g: &RawGroup,
+    default_hc: Option<&RawHealthCheck>,
+    at: &KeyPath,
+    p: &mut Problems,
+) -> GroupConfig {
+    if g.targets.is_empty() {
+        p.add(
+            at.join("targets"),
+            format!("group \"{}\" is empty: list at least one target", g.name),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for (k, t) in g.targets.iter().enumerate() {
+        let tat = at.join("targets").join(k);
+        match target_addr(t) {
+            Ok(addr) => {
+                if !seen.insert(addr.clone()) {
+                    p.add(tat, format!("duplicate target {t}"));
+                }
+                targets.push(addr);
+            }
+            Err(e) => p.add(tat, e),
+        }
+    }
+    let protocol = match g.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("http2") => UpstreamProtocol::Http2,
+        Some(other) => {
+            p.add(
+                at.join("protocol"),
+                format!("unknown protocol \"{other}\": use \"http1\" or \"http2\""),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    // A group's own health_check overrides the service's field by field.
+    let health_check = match (default_hc, &g.health_check) {
+        (None, None) => None,
+        (Some(d), None) => Some(health_check(d, &at.join("health_check"), p)),
+        (d, Some(own)) => {
+            let d = d.cloned().unwrap_or_default();
+            let merged = RawHealthCheck {
+                path: own.path.clone().or(d.path),
+                interval: own.interval.clone().or(d.interval),
+                timeout: own.timeout.clone().or(d.timeout),
+                healthy_threshold: own.healthy_threshold.or(d.healthy_threshold),
+                unhealthy_threshold: own.unhealthy_threshold.or(d.unhealthy_threshold),
+                success_codes: own.success_codes.clone().or(d.success_codes),
+            };
+            Some(health_check(&merged, &at.join("health_check"), p))
+        }
+    };
+    GroupConfig {
+        name: g.name.clone(),
+        targets,
+        protocol,
+        health_check,
+    }
+}
+
+fn health_check(raw: &RawHealthCheck, at: &KeyPath, p: &mut Problems) -> HealthCheck {
+    let path = raw.path.clone().unwrap_or_else(|| "/".to_string());
+    if !path.starts_with('/') {
+        p.add(at.join("path"), format!("\"{path}\" must start with /"));
+    }
+    let interval = raw.interval.as_ref().map_or(Duration::from_secs(5), |s| {
+        duration(s, at.join("interval"), p)
+    });
+    let timeout = raw.timeout.as_ref().map_or(Duration::from_secs(2), |s| {
+        duration(s, at.join("timeout"), p)
+    });
+    if timeout > interval {
+        p.add(
+            at.join("timeout"),
+            format!(
+                "timeout {} is longer than interval {}",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let mut threshold = |v: Option<i64>, key: &str| match v {
+        None => 2,
+        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(n) => {
+            p.add(at.join(key), format!("{n} is out of range: use 1 to 100"));
+            2
+        }
+    };
+    let healthy_threshold = threshold(raw.healthy_threshold, "healthy_threshold");
+    let unhealthy_threshold = threshold(raw.unhealthy_threshold, "unhealthy_threshold");
+    let success_codes = match raw.success_codes.as_deref() {
+        None => StatusRanges(vec![(200, 399)]),
+        Some(s) => status_ranges(s).unwrap_or_else(|e| {
+            p.add(at.join("success_codes"), e);
+            StatusRanges(vec![(200, 399)])
+        }),
+    };
+    HealthCheck {
+        path,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        success_codes,
+    }
+}
+
+fn split(s: &RawService, at: &KeyPath, p: &mut Problems) -> Split {
+    let fallback = || Split::all_to(s.group.first().map_or("", |g| g.name.as_str()));
+    let known = |g: &str| s.group.iter().any(|x| x.name == g);
+    match (&s.active, &s.weights) {
+        (Some(_), Some(_)) => {
+            p.add(at.join("weights"), "set `active` or `weights`, not both");
+            fallback()
+        }
+        (Some(a), None) => {
+            if !known(a) && !s.group.is_empty() {
+                p.add(
+                    at.join("active"),
+                    format!("no group named \"{a}\" in service \"{}\"", s.name),
+                );
+            }
+            Split::all_to(a)
+        }
+        (None, Some(w)) => {
+            let mut bp = BTreeMap::new();
+            for (g, pct) in w {
+                let wat = at.join("weights").join(g);
+                if !known(g) {
+                    p.add(
+                        wat.clone(),
+                        format!("no group named \"{g}\" in service \"{}\"", s.name),
+                    );
+                }
+                if !(0.0..=100.0).contains(pct) || !pct.is_finite() {
+                    p.add(
+                        wat,
+                        format!("weight {pct} is out of range: use 0 to 100 (percent)"),
+                    );
+                    continue;
+                }
+                let b = (pct * 100.0).round();
+                if (b - pct * 100.0).abs() > 1e-6 {
+                    p.add(
+                        wat,
+                        format!("weight {pct} is finer than 0.01 percent (one basis point)"),
+                    );
+                }
+                bp.insert(g.clone(), b as u32);
+            }
+            let sum: u32 = bp.values().sum();
+            if sum != FULL_WEIGHT {
+                p.add(
+                    at.join("weights"),
+                    format!(
+                        "weights sum to {}, not 100",
+                        format_percent(sum).trim_end_matches('%')
+                    ),
+                );
+            }
+            Split(bp)
+        }
+        (None, None) if s.group.len() == 1 => fallback(),
+        (None, None) => {
+            p.add(
+                at.clone(),
+                format!(
+                    "service \"{}\" has several groups: set `active = \"GROUP\"` or `weights`",
+                    s.name
+                ),
+            );
+            fallback()
+        }
+    }
+}
+
+fn passive(raw: Option<&RawPassive>, at: &KeyPath, p: &mut Problems) -> PassiveHealth {
+    let d = PassiveHealth::default();
+    let Some(raw) = raw else { return d };
+    PassiveHealth {
+        consecutive_failures: match raw.consecutive_failures {
+            None => d.consecutive_failures,
+            Some(n) if (0..=1000).contains(&n) => n as u32,
+            Some(n) => {
+                p.add(
+                    at.join("consecutive_failures"),
+                    format!("{n} is out of range: use 0 (off) to 1000"),
+                );
+                d.consecutive_failures
+            }
+        },
+        ejection_time: raw.ejection_time.as_ref().map_or(d.ejection_time, |s| {
+            duration(s, at.join("ejection_time"), p)
+        }),
+        eject_on_5xx: raw.eject_on_5xx.unwrap_or(d.eject_on_5xx),
+    }
+}
+
+fn routes(
+    raw: &[RawRoute],
+    listeners: &[ListenerConfig],
+    services: &[ServiceConfig],
+    p: &mut Problems,
+) -> Vec<RouteConfig> {
+    let mut names = HashSet::new();
+    // (listener, priority) → route name: ALB requires a unique priority per listener.
+    let mut priorities: HashMap<(String, i64), String> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = path!["route", i];
+        name(&r.name, at.join("name"), p);
+        if !names.insert(r.name.clone()) {
+            p.add(
+                at.join("name"),
+                format!("duplicate route name \"{}\"", r.name),
+            );
+        }
+        if let Some(ls) = &r.listeners {
+            for (j, l) in ls.iter().enumerate() {
+                if !listeners.iter().any(|x| &x.name == l) {
+                    p.add(
+                        at.join("listeners").join(j),
+                        format!("no listener named \"{l}\""),
+                    );
+                }
+            }
+        }
+        let on: Vec<String> = match &r.listeners {
+            Some(ls) => ls.clone(),
+            None => listeners.iter().map(|l| l.name.clone()).collect(),
+        };
+        for l in on {
+            if let Some(other) = priorities.insert((l.clone(), r.priority), r.name.clone()) {
+                p.add(
+                    at.join("priority"),
+                    format!(
+                        "priority {} on listener \"{l}\" is already used by route \"{other}\"",
+                        r.priority
+                    ),
+                );
+            }
+        }
+        let conditions = conditions(&r.conditions, &at.join("match"), p);
+        let action = action(r, services, &at, p);
+        out.push(RouteConfig {
+            name: r.name.clone(),
+            priority: r.priority,
+            listeners: r.listeners.clone(),
+            conditions,
+            action,
+        });
+    }
+    out.sort_by_key(|r| r.priority);
+    out
+}
+
+fn action(r: &RawRoute, services: &[ServiceConfig], at: &KeyPath, p: &mut Problems) -> Action {
+    let set = [
+        r.forward.is_some(),
+        r.fixed_response.is_some(),
+        r.redirect.is_some(),
+    ];
+    if set.iter().filter(|x| **x).count() != 1 {
+        p.add(
+            at.clone(),
+            format!(
+                "route \"{}\" needs exactly one action: `forward`, `fixed_response` or `redirect`",
+                r.name
+            ),
+        );
+    }
+    if let Some(s) = &r.forward {
+        if !services.iter().any(|x| &x.name == s) {
+            p.add(at.join("forward"), format!("no service named \"{s}\""));
+        }
+        return Action::Forward { service: s.clone() };
+    }
+    if let Some(f) = &r.fixed_response {
+        let status = status_code(f.status, at.join("fixed_response").join("status"), p)
+            .unwrap_or(StatusCode::OK);
+        return Action::Fixed(FixedResponse {
+            status,
+            content_type: f
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+            body: f.body.clone(),
+        });
+    }
+    if let Some(rd) = &r.redirect {
+        let rat = at.join("redirect");
+        let status = match rd.status {
+            None => StatusCode::MOVED_PERMANENTLY,
+            Some(s @ (301 | 302 | 303 | 307 | 308)) => {
+                StatusCode::from_u16(s as u16).expect("valid redirect status")
+            }
+            Some(s) => {
+                p.add(
+                    rat.join("status"),
+                    format!("{s} is not a redirect status: use 301, 302, 303, 307 or 308"),
+                );
+                StatusCode::MOVED_PERMANENTLY
+            }
+        };
+        if let Some(s) = &rd.scheme {
+            if s != "http" && s != "https" {
+                p.add(
+                    rat.join("scheme"),
+                    format!("scheme \"{s}\" must be \"http\" or \"https\""),
+                );
+            }
+        }
+        let port = rd.port.and_then(|n| match u16::try_from(n) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                p.add(
+                    rat.join("port"),
+                    format!("port {n} is out of range 1-65535"),
+                );
+                None
+            }
+        });
+        if let Some(path) = &rd.path {
+            if !path.starts_with('/') {
+                p.add(rat.join("path"), format!("\"{path}\" must start with /"));
+            }
+        }
+        return Action::Redirect(Redirect {
+            status,
+            scheme: rd.scheme.clone(),
+            host: rd.host.clone(),
+            port,
+            path: rd.path.clone(),
+            query: rd.query.clone(),
+        });
+    }
+    Action::Fixed(FixedResponse {
+        status: StatusCode::NOT_FOUND,
+        content_type: "text/plain".into(),
+        body: String::new(),
+    })
+}
+
+fn conditions(m: &RawMatch, at: &KeyPath, p: &mut Problems) -> Conditions {
+    let mut c = Conditions::default();
+    for (i, h) in m.host.iter().enumerate() {
+        let h = h.to_ascii_lowercase();
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        if let Some(rest) = h.strip_prefix("*.") {
+            if valid(rest) {
+                c.hosts.push(HostPattern::Suffix(format!(".{rest}")));
+                continue;
+            }
+        } else if valid(&h) {
+            c.hosts.push(HostPattern::Exact(h));
+            continue;
+        }
+        p.add(
+            at.join("host").join(i),
+            format!("\"{h}\" is not a host name or *.domain pattern"),
+        );
+    }
+    let mut path_list = |list: &[String], key: &str, make: fn(String) -> PathPattern| {
+        for (i, s) in list.iter().enumerate() {
+            if s.starts_with('/') {
+                c.paths.push(make(s.clone()));
+            } else {
+                p.add(at.join(key).join(i), format!("\"{s}\" must start with /"));
+            }
+        }
+    };
+    path_list(&m.path, "path", PathPattern::Exact);
+    path_list(&m.path_prefix, "path_prefix", PathPattern::Prefix);
+    path_list(&m.path_glob, "path_glob", |s| PathPattern::Glob(Glob(s)));
+    for (i, s) in m.method.iter().enumerate() {
+        match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => c.methods.push(method),
+            Err(_) => p.add(
+                at.join("method").join(i),
+                format!("\"{s}\" is not an HTTP method"),
+            ),
+        }
+    }
+    for (name, values) in &m.header {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => c
+                .headers
+                .push((h, values.iter().cloned().map(Glob).collect())),
+            Err(_) => p.add(
+                at.join("header").join(name),
+                format!("\"{name}\" is not a valid header name"),
+            ),
+        }
+    }
+    for (name, values) in &m.query {
+        c.query
+            .push((name.clone(), values.iter().cloned().map(Glob).collect()));
+    }
+    for (i, s) in m.source.iter().enumerate() {
+        let net = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+        match net {
+            Ok(n) => c.sources.push(n),
+            Err(_) => p.add(
+                at.join("source").join(i),
+                format!("\"{s}\" is not an IP address or CIDR such as 10.0.0.0/8"),
+            ),
+        }
+    }
+    c
+}
+
+fn name(s: &str, at: KeyPath, p: &mut Problems) {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        p.add(
+            at,
+            format!("name \"{s}\" must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        );
+    }
+}
+
+fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| {
+        p.add(
+            at,
+            format!("\"{s}\" is not an address: use IP:PORT such as 127.0.0.1:8080 or [::1]:8080"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+/// `host:port` with a port; the host may be an IP address or a DNS name.
+pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(TargetAddr(s.to_string()));
+    }
+    let bad = || format!("\"{s}\" is not a target: use HOST:PORT such as 10.0.0.5:8080");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if port_ok && host_ok {
+        Ok(TargetAddr(s.to_string()))
+    } else {
+        Err(bad())
+    }
+}
+
+fn duration(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
+    let d = duration_or_zero(s, at.clone(), p);
+    if d.is_zero() {
+        p.add(at, format!("\"{s}\" must be longer than zero"));
+        return Duration::from_secs(1);
+    }
+    d
+}
+
+fn duration_or_zero(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
+    humantime::parse_duration(s).unwrap_or_else(|_| {
+        p.add(
+            at,
+            format!("\"{s}\" is not a duration such as \"250ms\", \"5s\" or \"2m\""),
+        );
+        Duration::from_secs(1)
+    })
+}
+
+fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
+    match u16::try_from(n).ok().filter(|n| (200..=599).contains(n)) {
+        Some(n) => StatusCode::from_u16(n).ok(),
+        None => {
+            p.add(at, format!("status {n} is out of range 200-599"));
+            None
+        }
+    }
+}
+
+pub fn status_ranges(s: &str) -> Result<StatusRanges, String> {
+    let bad =
+        || format!("\"{s}\" is not a status matcher such as \"200\", \"200,204\" or \"200-299\"");
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: u16 = lo.parse().map_err(|_| bad())?;
+        let hi: u16 = hi.parse().map_err(|_| bad())?;
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        out.push((lo, hi));
+    }
+    Ok(StatusRanges(out))
+}

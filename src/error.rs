@@ -1,0 +1,41 @@
+//! The errors switchyard itself answers with. Each has a stable code, sent in the
+//! `x-switchyard-error` response header so clients and logs can tell a proxy failure from an
+//! application's own error page.
+
+use http::StatusCode;
+
+pub const ERROR_HEADER: &str = "x-switchyard-error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    NoRoute,
+    NoHealthyTarget,
+    UpstreamConnect,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamProtocol,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyTarget => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoHealthyTarget => "no_healthy_target",
+            ProxyError::UpstreamConnect => "upstream_connect_failed",
+            ProxyError::UpstreamReset => "upstream_reset",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamProtocol => "upstream_protocol_error",
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Target groups: the targets that run one version, their health as seen by active checks and
+//! passive ejection, and the choice of a target for each request. Everything the hot path
+//! touches here is an atomic; the control plane shares no lock with it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+
+use crate::config::{Balance, TargetAddr};
+use crate::upstream::Upstream;
+
+/// Milliseconds since the process started: a clock cheap enough to read per request and small
+/// enough to keep in an atomic.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Not checked yet (or no active check configured): routable.
+    Unknown = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+}
+
+/// One upstream `host:port`. Kept across snapshots (by address) so that health, ejection and
+/// in-flight counts survive reloads and switches.
+#[derive(Debug)]
+pub struct Target {
+    pub addr: TargetAddr,
+    pub authority: Authority,
+    outstanding: AtomicU32,
+    health: AtomicU8,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl Target {
+    pub fn new(addr: TargetAddr) -> Target {
+        let authority = addr.0.parse().expect("validated target address");
+        Target {
+            addr,
+            authority,
+            outstanding: AtomicU32::new(0),
+            health: AtomicU8::new(Health::Unknown as u8),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Relaxed) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub fn set_health(&self, h: Health) {
+        self.health.store(h as u8, Relaxed);
+    }
+
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Relaxed)
+    }
+
+    pub fn ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now
+    }
+
+    /// May new requests go here? Active checks say not unhealthy and passive ejection is over.
+    pub fn routable(&self, now: u64) -> bool {
+        self.health() != Health::Unhealthy && !self.ejected(now)
+    }
+
+    /// Counts the request as in flight until the guard is dropped (with the response body).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn record_success(&self) {
+        // Read first: the common case writes nothing, keeping the cache line shared.
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// Returns true when this failure ejected the target.
+    pub fn record_failure(&self, limit: u32, ejection: Duration) -> bool {
+        if limit == 0 {
+            return false;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if n >= limit {
+            self.consecutive_failures.store(0, Relaxed);
+            self.ejected_until_ms
+                .store(now_ms() + ejection.as_millis() as u64, Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// A request in flight to a target; least-outstanding balancing reads the count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Target>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counters per group, recorded by the hot path.
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    pub requests: AtomicU64,
+    /// Responses by class: index 0 = 1xx … 4 = 5xx (including switchyard's own 5xx).
+    pub responses: [AtomicU64; 5],
+    pub connect_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub resets: AtomicU64,
+}
+
+impl GroupStats {
+    pub fn record_status(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> GroupCounts {
+        GroupCounts {
+            requests: self.requests.load(Relaxed),
+            responses: std::array::from_fn(|i| self.responses[i].load(Relaxed)),
+            connect_failures: self.connect_failures.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            resets: self.resets.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct GroupCounts {
+    pub requests: u64,
+    pub responses: [u64; 5],
+    pub connect_failures: u64,
+    pub timeouts: u64,
+    pub resets: u64,
+}
+
+/// A group as the data plane sees it in one snapshot.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub targets: Vec<Arc<Target>>,
+    pub upstream: Upstream,
+    pub stats: Arc<GroupStats>,
+    rr: AtomicUsize,
+}
+
+impl Group {
+    pub fn new(
+        name: String,
+        targets: Vec<Arc<Target>>,
+        upstream: Upstream,
+        stats: Arc<GroupStats>,
+    ) -> Group {
+        Group {
+            name,
+            targets,
+            upstream,
+            stats,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn has_routable(&self, now: u64) -> bool {
+        self.targets.iter().any(|t| t.routable(now))
+    }
+
+    pub fn healthy_count(&self, now: u64) -> usize {
+        self.targets.iter().filter(|t| t.routable(now)).count()
+    }
+
+    pub fn target(&self, addr: &TargetAddr) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| &t.addr == addr)
+    }
+
+    /// Picks a routable target other than `avoid` (the one a retry is moving away from).
+    pub fn pick(&self, balance: Balance, avoid: Option<&Target>, now: u64) -> Option<&Arc<Target>> {
+        let n = self.targets.len();
+        if n == 0 {
+            return None;
+        }
+        // Rotating the starting point spreads ties (and round-robin) across targets.
+        let start = self.rr.fetch_add(1, Relaxed);
+        let usable = |t: &&Arc<Target>| {
+            t.routable(now) && !avoid.is_some_and(|a| std::ptr::eq(a, t.as_ref()))
+        };
+        let rotated = (0..n).map(|i| &self.targets[(start + i) % n]);
+        match balance {
+            Balance::RoundRobin => rotated.into_iter().find(usable),
+            Balance::LeastOutstanding => rotated.filter(usable).min_by_key(|t| t.outstanding()),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! switchyard: a Layer-7 load balancer that is also a release manager.
+//! See ARCHITECTURE.md for the map of modules.
+
+pub mod api;
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod group;
+pub mod health;
+pub mod listener;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;

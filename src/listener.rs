@@ -1,0 +1,289 @@
+//! Listeners: accept loops that hand each connection (after TLS, when the listener has
+//! certificates) to hyper with HTTP/1.1 and HTTP/2 (h2c by preface, or h2 by ALPN). Each
+//! connection enforces header-read and idle timeouts; stopping a listener stops accepting and
+//! lets open connections finish within the shutdown bound.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::group::now_ms;
+use crate::proxy::{self, ConnInfo};
+use crate::snapshot::Snapshot;
+
+/// A running listener.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub configured: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    pub fn signal_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stops accepting and waits (at most the shutdown timeout) for open connections.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+pub fn spawn(
+    name: &str,
+    configured: SocketAddr,
+    socket: TcpListener,
+    tls: bool,
+    snapshots: Arc<ArcSwap<Snapshot>>,
+) -> io::Result<Listener> {
+    let local = socket.local_addr()?;
+    let stop = CancellationToken::new();
+    let name: Arc<str> = Arc::from(name);
+    let task = tokio::spawn(accept_loop(
+        socket,
+        name.clone(),
+        tls,
+        snapshots,
+        stop.clone(),
+    ));
+    Ok(Listener {
+        name,
+        configured,
+        local,
+        tls,
+        stop,
+        task,
+    })
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    name: Arc<str>,
+    tls: bool,
+    snapshots: Arc<ArcSwap<Snapshot>>,
+    stop: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = socket.accept() => a,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let conn = Connection {
+                    listener: name.clone(),
+                    tls,
+                    snapshots: snapshots.clone(),
+                };
+                tokio::spawn(conn.serve(stream, client, graceful.watcher()));
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(socket);
+    let bound = snapshots.load().config.timeouts.shutdown;
+    let open = graceful.count();
+    if tokio::time::timeout(bound, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = %name, open, "connections still open after the shutdown bound; closing them");
+    }
+}
+
+struct Connection {
+    listener: Arc<str>,
+    tls: bool,
+    snapshots: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, client: SocketAddr, watcher: Watcher) {
+        let _ = stream.set_nodelay(true);
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let snap = self.snapshots.load_full();
+        let activity = Arc::new(AtomicU64::new(now_ms()));
+        let io = TrackedIo {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        let info = Arc::new(ConnInfo {
+            listener: self.listener.clone(),
+            client,
+            local,
+            tls: self.tls,
+        });
+        if self.tls {
+            let Some(config) = snap.tls.get(&*self.listener).cloned() else {
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake =
+                tokio::time::timeout(snap.config.timeouts.header_read, acceptor.accept(io));
+            match handshake.await {
+                Ok(Ok(tls)) => self.http(tls, info, &snap, activity, watcher).await,
+                Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+            }
+        } else {
+            self.http(io, info, &snap, activity, watcher).await;
+        }
+    }
+
+    async fn http<I>(
+        &self,
+        io: I,
+        info: Arc<ConnInfo>,
+        snap: &Snapshot,
+        activity: Arc<AtomicU64>,
+        watcher: Watcher,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeouts = snap.config.timeouts;
+        let limits = snap.config.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(timeouts.header_read)
+            .max_headers(limits.max_headers)
+            .max_buf_size(limits.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let snapshots = self.snapshots.clone();
+        let service = service_fn(move |req| proxy::handle(req, info.clone(), snapshots.clone()));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = watcher.watch(conn.into_owned());
+        tokio::select! {
+            res = conn => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            _ = idle(&activity, timeouts.idle) => {
+                tracing::debug!("closing idle connection");
+            }
+        }
+    }
+}
+
+/// Resolves once no byte has moved on the connection for `limit`.
+async fn idle(activity: &AtomicU64, limit: Duration) {
+    let limit_ms = limit.as_millis() as u64;
+    loop {
+        let quiet = now_ms().saturating_sub(activity.load(Relaxed));
+        if quiet >= limit_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(limit_ms - quiet)).await;
+    }
+}
+
+/// A stream that notes when bytes last moved, for the idle timeout.
+struct TrackedIo<S> {
+    inner: S,
+    activity: Arc<AtomicU64>,
+}
+
+impl<S> TrackedIo<S> {
+    fn touch(&self) {
+        self.activity.store(now_ms(), Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

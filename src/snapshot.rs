@@ -1,0 +1,140 @@
+//! The routing snapshot: everything a request needs, immutable, swapped in whole by the
+//! control plane. A request loads it once and finishes on it even if a newer one is published.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::{Action, Conditions, Config, FixedResponse, Redirect, Split, FULL_WEIGHT};
+use crate::group::{Group, GroupStats, Target};
+use crate::service::Service;
+use crate::upstream::Upstream;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    /// Routes by listener name, in priority order.
+    pub routes: HashMap<String, Vec<Route>>,
+    pub services: BTreeMap<String, Arc<Service>>,
+    pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub conditions: Conditions,
+    pub action: RouteAction,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(Arc<Service>),
+    Fixed(FixedResponse),
+    Redirect(Redirect),
+}
+
+impl Snapshot {
+    /// Builds a snapshot for `config` with the given splits (by service; a missing one takes
+    /// the config's), reusing targets, counters and pools of `prev` by name so that health,
+    /// in-flight counts and warm connections carry over.
+    pub fn build(
+        config: Arc<Config>,
+        splits: &HashMap<String, Split>,
+        prev: Option<&Snapshot>,
+        generation: u64,
+    ) -> Result<Snapshot, crate::tls::TlsError> {
+        let mut services = BTreeMap::new();
+        for s in &config.services {
+            let old = prev.and_then(|p| p.services.get(&s.name));
+            let split = splits.get(&s.name).unwrap_or(&s.split);
+            let groups: Vec<Arc<Group>> = s
+                .groups
+                .iter()
+                .map(|g| {
+                    let old = old.and_then(|o| o.group(&g.name));
+                    let targets = g
+                        .targets
+                        .iter()
+                        .map(|addr| {
+                            old.and_then(|o| o.target(addr))
+                                .cloned()
+                                .unwrap_or_else(|| Arc::new(Target::new(addr.clone())))
+                        })
+                        .collect();
+                    let upstream = old
+                        .map(|o| &o.upstream)
+                        .filter(|u| {
+                            u.protocol == g.protocol && u.connect_timeout == config.timeouts.connect
+                        })
+                        .cloned()
+                        .unwrap_or_else(|| Upstream::new(g.protocol, config.timeouts.connect));
+                    let stats =
+                        old.map_or_else(|| Arc::new(GroupStats::default()), |o| o.stats.clone());
+                    Arc::new(Group::new(g.name.clone(), targets, upstream, stats))
+                })
+                .collect();
+            let weights = groups.iter().map(|g| split.weight(&g.name)).collect();
+            services.insert(
+                s.name.clone(),
+                Arc::new(Service {
+                    name: s.name.clone(),
+                    groups,
+                    weights,
+                    balance: s.balance,
+                    request_timeout: s.request_timeout.unwrap_or(config.timeouts.request),
+                    passive: s.passive,
+                }),
+            );
+        }
+        debug_assert!(services
+            .values()
+            .all(|s| s.weights.iter().sum::<u32>() == FULL_WEIGHT));
+
+        let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+        for l in &config.listeners {
+            let on_listener = config.routes.iter().filter(|r| {
+                r.listeners
+                    .as_ref()
+                    .is_none_or(|ls| ls.iter().any(|n| n == &l.name))
+            });
+            let table = on_listener
+                .map(|r| Route {
+                    name: r.name.clone(),
+                    conditions: r.conditions.clone(),
+                    action: match &r.action {
+                        Action::Forward { service } => {
+                            RouteAction::Forward(services[service].clone())
+                        }
+                        Action::Fixed(f) => RouteAction::Fixed(f.clone()),
+                        Action::Redirect(r) => RouteAction::Redirect(r.clone()),
+                    },
+                })
+                .collect();
+            routes.insert(l.name.clone(), table);
+        }
+
+        let mut tls = HashMap::new();
+        for l in config.listeners.iter().filter(|l| l.is_tls()) {
+            tls.insert(l.name.clone(), crate::tls::server_config(&l.certificates)?);
+        }
+
+        Ok(Snapshot {
+            generation,
+            config,
+            routes,
+            services,
+            tls,
+        })
+    }
+
+    /// Every (service, group, target) in this snapshot.
+    pub fn targets(&self) -> impl Iterator<Item = (&str, &str, &Arc<Target>)> {
+        self.services.values().flat_map(|s| {
+            s.groups.iter().flat_map(move |g| {
+                g.targets
+                    .iter()
+                    .map(move |t| (s.name.as_str(), g.name.as_str(), t))
+            })
+        })
+    }
+}

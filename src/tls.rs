@@ -1,0 +1,152 @@
+//! TLS termination: certificates chosen by SNI, ALPN offering h2 and http/1.1.
+
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::CertificateConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate {path}: {reason}")]
+    Cert { path: String, reason: String },
+    #[error("key {path}: {reason}")]
+    Key { path: String, reason: String },
+}
+
+pub fn load_certified_key(c: &CertificateConfig) -> Result<CertifiedKey, TlsError> {
+    let cert_path = c.cert.display().to_string();
+    let key_path = c.key.display().to_string();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_path,
+            reason: "no PEM certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| TlsError::Key {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Key {
+        path: key_path,
+        reason: e.to_string(),
+    })
+}
+
+/// Picks a certificate by the client's SNI name among the names each certificate covers
+/// (exact or one-label wildcard), falling back to the first certificate.
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|sni| {
+            let sni = sni.to_ascii_lowercase();
+            self.certs
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| name_matches(n, &sni)))
+        });
+        chosen.or(self.certs.first()).map(|(_, k)| k.clone())
+    }
+}
+
+fn name_matches(pattern: &str, sni: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => sni.split_once('.').is_some_and(|(_, rest)| rest == suffix),
+        None => pattern == sni,
+    }
+}
+
+/// DNS names in the leaf certificate's subjectAltName, read with a minimal DER walk so that
+/// SNI selection needs no X.509 parsing dependency.
+fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    // subjectAltName OID 2.5.29.17 followed by the extension's OCTET STRING.
+    const SAN_OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
+    let der = cert.as_ref();
+    let Some(pos) = der.windows(SAN_OID.len()).position(|w| w == SAN_OID) else {
+        return Vec::new();
+    };
+    let mut rest = &der[pos + SAN_OID.len()..];
+    // Optional `critical` BOOLEAN.
+    if rest.first() == Some(&0x01) {
+        rest = rest.get(3..).unwrap_or(&[]);
+    }
+    let Some((0x04, octets, _)) = der_item(rest) else {
+        return Vec::new();
+    };
+    let Some((0x30, mut names, _)) = der_item(octets) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Some((tag, value, next)) = der_item(names) {
+        if tag == 0x82 {
+            out.push(String::from_utf8_lossy(value).to_ascii_lowercase());
+        }
+        names = next;
+    }
+    out
+}
+
+/// (tag, value, rest) of one DER item.
+fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, hdr) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let value = b.get(hdr..hdr + len)?;
+    Some((tag, value, &b[hdr + len..]))
+}
+
+/// A server config for a listener's certificates, offering h2 and http/1.1 by ALPN.
+pub fn server_config(certs: &[CertificateConfig]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut loaded = Vec::new();
+    for c in certs {
+        let key = load_certified_key(c)?;
+        let names = key.cert.first().map(dns_names).unwrap_or_default();
+        loaded.push((names, Arc::new(key)));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { certs: loaded }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_names_cover_one_label() {
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(name_matches("api.example.com", "api.example.com"));
+    }
+}
