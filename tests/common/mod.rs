@@ -1,0 +1,252 @@
+//! Test support: real backends on loopback that record what reached them, a switchyard
+//! started in-process from a TOML string, a keep-alive HTTP client, and `eventually`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use switchyard::server::Server;
+
+/// A backend that counts requests, remembers the highest `x-seq` it saw, and can be killed
+/// (listener and every open connection closed at once).
+pub struct TestBackend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    pub max_seq: Arc<AtomicU64>,
+    kill: CancellationToken,
+}
+
+impl TestBackend {
+    pub async fn start(name: &'static str) -> TestBackend {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &'static str) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let max_seq = Arc::new(AtomicU64::new(0));
+        let kill = CancellationToken::new();
+        let (h, m, k) = (hits.clone(), max_seq.clone(), kill.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = k.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (h, m, k) = (h.clone(), m.clone(), k.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(req, name, h.clone(), m.clone()));
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = k.cancelled() => {}
+                    }
+                });
+            }
+        });
+        TestBackend {
+            name,
+            addr,
+            hits,
+            max_seq,
+            kill,
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every connection, like a crashed process.
+    pub fn kill(&self) {
+        self.kill.cancel();
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.kill.cancel();
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    req: Request<Incoming>,
+    name: &'static str,
+    hits: Arc<AtomicU64>,
+    max_seq: Arc<AtomicU64>,
+) -> Result<Response<BoxBody>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        return Ok(text(StatusCode::OK, "ok"));
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(seq) = req
+        .headers()
+        .get("x-seq")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        max_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+    let path = req.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|s| s.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/").and_then(|s| s.parse().ok()) {
+        return Ok(text(StatusCode::from_u16(code).unwrap(), name));
+    }
+    if path == "/echo" {
+        // The request as the backend saw it, as JSON.
+        let headers: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let version = format!("{:?}", req.version());
+        let uri = req.uri().to_string();
+        let method = req.method().to_string();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let json = serde_json::json!({
+            "backend": name, "headers": headers, "version": version, "uri": uri,
+            "method": method, "body": String::from_utf8_lossy(&body),
+        });
+        return Ok(text(StatusCode::OK, &json.to_string()));
+    }
+    if path == "/grpc" {
+        // A gRPC-shaped answer: data, then trailers with grpc-status.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x02hi"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        return Ok(Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-backend", name)
+            .body(BodyExt::boxed(body))
+            .unwrap());
+    }
+    Ok(text(StatusCode::OK, name))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<BoxBody> {
+    let name = body.lines().next().unwrap_or("").to_string();
+    Response::builder()
+        .status(status)
+        .header("x-backend", if name.len() < 40 { name } else { "json".into() })
+        .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
+        .unwrap()
+}
+
+/// Starts switchyard in-process from a config text (paths relative to `dir`).
+pub async fn start(toml: &str) -> Server {
+    start_in(toml, Path::new(".")).await
+}
+
+pub async fn start_in(toml: &str, dir: &Path) -> Server {
+    let config = switchyard::config::parse(toml, "test.toml", dir).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    Server::start(config, None).await.expect("switchyard starts")
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(64)
+        .build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn backend(&self) -> &str {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+}
+
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("not true within {limit:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An admin client for the server with the token the test configs use.
+pub fn admin(server: &Server) -> switchyard::client::AdminClient {
+    switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some("t0ken".into()))
+}
+
+/// A config with one listener on port 0, one service `shop` with the given groups, and a
+/// catch-all route. `extra` is appended to the service table (before its groups).
+pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
+    let mut s = String::from(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n\n[[service]]\nname = \"shop\"\n",
+    );
+    s.push_str(service_extra);
+    s.push('\n');
+    for (name, targets) in groups {
+        let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
+        s.push_str(&format!("[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n", t.join(", ")));
+    }
+    s
+}

@@ -1,0 +1,201 @@
+//! Health checks, passive ejection, retries and the proxy's own error answers.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn dead_addr() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn target_state(api: &switchyard::client::AdminClient, group: usize, target: usize) -> serde_json::Value {
+    let s = api.get("/api/v1/status").await.unwrap();
+    s["services"][0]["groups"][group]["targets"][target].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let c = TestBackend::start("c").await;
+    // 100 ms interval, 2 failures: unhealthy at most ~2 intervals after the kill.
+    let sy = start(&config(
+        &[("blue", &[a.addr, b.addr, c.addr])],
+        "[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2",
+    ))
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/sleep/5", sy.listener_addr("web").await);
+    eventually(Duration::from_secs(3), "all healthy", || async {
+        target_state(&api, 0, 1).await["health"] == "healthy"
+    })
+    .await;
+
+    const WORKERS: u64 = 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..WORKERS {
+        let (url, stop) = (url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let cl = client();
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) && ok + failed < 20_000 {
+                match get(&cl, &url, &[]).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b_hits_before = b.hits();
+    assert!(b_hits_before > 0, "b served before the kill");
+    let killed = Instant::now();
+    b.kill();
+    eventually(Duration::from_secs(3), "b marked unhealthy", || async {
+        target_state(&api, 0, 1).await["health"] == "unhealthy"
+    })
+    .await;
+    let detect = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    // Two failed probes at 100 ms intervals (+ timeout), with slack for a loaded CI machine.
+    assert!(detect < Duration::from_millis(800), "took {detect:?} to mark the target unhealthy");
+    assert!(ok > 200, "too little load: {ok}");
+    assert!(failed <= WORKERS, "{failed} failures, more than the {WORKERS} requests that can be in flight");
+    eprintln!("detected in {detect:?}; {ok} ok, {failed} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_is_retried_on_another_target_for_idempotent_requests_only() {
+    let live = TestBackend::start("live").await;
+    let dead = dead_addr().await;
+    // No health checks and no passive ejection: only the retry can save requests.
+    let sy = start(&config(
+        &[("blue", &[dead, live.addr])],
+        "balance = \"round-robin\"\npassive = { consecutive_failures = 0 }",
+    ))
+    .await;
+    let addr = sy.listener_addr("web").await;
+    let cl = client();
+    for _ in 0..50 {
+        let r = get(&cl, &format!("http://{addr}/"), &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let s = admin(&sy).get("/api/v1/status").await.unwrap();
+    let connect_failures = s["services"][0]["groups"][0]["counts"]["connect_failures"].as_u64().unwrap();
+    assert!(connect_failures >= 20, "round-robin should have hit the dead target: {connect_failures}");
+
+    // A POST with a body is not retried: it fails with a clear 502.
+    let post_client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut saw_502 = false;
+    for _ in 0..6 {
+        let req = http::Request::post(format!("http://{addr}/"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"payload")))
+            .unwrap();
+        let r = post_client.request(req).await.unwrap();
+        if r.status() == 502 {
+            assert_eq!(r.headers()["x-switchyard-error"], "upstream_connect_failed");
+            saw_502 = true;
+        }
+    }
+    assert!(saw_502, "round-robin should have sent a POST to the dead target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_failures_eject_a_target_passively() {
+    let live = TestBackend::start("live").await;
+    let dead = dead_addr().await;
+    let sy = start(&config(
+        &[("blue", &[dead, live.addr])],
+        "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"30s\" }",
+    ))
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let cl = client();
+    for _ in 0..20 {
+        assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
+    }
+    let t = target_state(&api, 0, 0).await;
+    assert_eq!(t["ejected"], true, "{t}");
+    let s = api.get("/api/v1/status").await.unwrap();
+    let failures = s["services"][0]["groups"][0]["counts"]["connect_failures"].as_u64().unwrap();
+    assert_eq!(failures, 3, "ejected after exactly 3 consecutive failures");
+    for _ in 0..20 {
+        assert_eq!(get(&cl, &url, &[]).await.unwrap().backend(), "live");
+    }
+    let s = api.get("/api/v1/status").await.unwrap();
+    assert_eq!(s["services"][0]["groups"][0]["counts"]["connect_failures"], 3, "no request went to the ejected target");
+}
+
+#[tokio::test]
+async fn proxy_errors_have_their_status_and_code() {
+    let slow = TestBackend::start("slow").await;
+    let dead = dead_addr().await;
+    let toml = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+token = "t0ken"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+[[route]]
+name = "slow"
+priority = 1
+match.path_prefix = ["/sleep/"]
+forward = "slow"
+[[route]]
+name = "dead"
+priority = 2
+match.path = ["/dead"]
+forward = "dead"
+[[service]]
+name = "slow"
+request_timeout = "200ms"
+[[service.group]]
+name = "only"
+targets = ["{slow}"]
+[[service]]
+name = "dead"
+passive = {{ consecutive_failures = 0 }}
+[[service.group]]
+name = "only"
+targets = ["{dead}"]
+"#,
+        slow = slow.addr
+    );
+    let sy = start(&toml).await;
+    let base = format!("http://{}", sy.listener_addr("web").await);
+    let cl = client();
+
+    let r = get(&cl, &format!("{base}/sleep/2000"), &[]).await.unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.headers["x-switchyard-error"], "upstream_timeout");
+    assert!(r.body.contains("200ms"), "{}", r.body);
+
+    let r = get(&cl, &format!("{base}/dead"), &[]).await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
+
+    let r = get(&cl, &format!("{base}/nothing-here"), &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.headers["x-switchyard-error"], "no_route");
+
+    let r = get(&cl, &format!("{base}/sleep/1"), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "a fast request still works");
+}
