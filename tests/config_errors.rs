@@ -1,0 +1,160 @@
+//! Every class of configuration error names the file, line, column and field.
+
+use std::path::Path;
+
+const BASE: &str = r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[route]]
+name = "all"
+priority = 1
+forward = "shop"
+
+[[service]]
+name = "shop"
+active = "blue"
+
+[[service.group]]
+name = "blue"
+targets = ["127.0.0.1:9001"]
+"#;
+
+/// Replaces `from` by `to` in the base config and returns the one diagnostic line.
+fn error_of(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "test bug: {from:?} not in base");
+    let src = BASE.replacen(from, to, 1);
+    let err = switchyard::config::parse(&src, "sy.toml", Path::new(".")).expect_err("should be invalid");
+    err.to_string()
+}
+
+#[test]
+fn the_base_config_is_valid() {
+    switchyard::config::parse(BASE, "sy.toml", Path::new(".")).unwrap();
+}
+
+#[test]
+fn syntax_error() {
+    assert_eq!(
+        error_of("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:8080"),
+        "sy.toml:3:23: syntax: invalid basic string, expected `\"`"
+    );
+}
+
+#[test]
+fn unknown_key() {
+    assert_eq!(
+        error_of("priority = 1", "priority = 1\nproirity = 2"),
+        "sy.toml:8:1: route[0].proirity: unknown field `proirity`, expected one of `name`, `priority`, `listeners`, `match`, `forward`, `fixed_response`, `redirect`"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_eq!(
+        error_of("priority = 1", "priority = \"one\""),
+        "sy.toml:7:12: route[0].priority: invalid type: string \"one\", expected i64"
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let e = error_of("[[service.group]]\nname = \"blue\"", "[[service.group]]\nname = \"blue\"\ntargets = [\"127.0.0.1:1\"]\n[[service.group]]\nname = \"blue\"");
+    assert_eq!(e, "sy.toml:18:8: service[0].group[1].name: duplicate group name \"blue\" in service \"shop\"");
+    let e = error_of("name = \"all\"", "name = \"all\"\npriority = 2\nforward = \"shop\"\n[[route]]\nname = \"all\"");
+    assert!(e.contains("sy.toml:10:8: route[1].name: duplicate route name \"all\""), "{e}");
+}
+
+#[test]
+fn route_to_a_missing_service() {
+    assert_eq!(
+        error_of("forward = \"shop\"", "forward = \"shoop\""),
+        "sy.toml:8:11: route[0].forward: no service named \"shoop\""
+    );
+}
+
+#[test]
+fn bad_address() {
+    assert_eq!(
+        error_of("127.0.0.1:8080", "localhost:http"),
+        "sy.toml:3:8: listener[0].bind: \"localhost:http\" is not an address: use IP:PORT such as 127.0.0.1:8080 or [::1]:8080"
+    );
+    assert_eq!(
+        error_of("127.0.0.1:9001", "10.0.0.1"),
+        "sy.toml:16:12: service[0].group[0].targets[0]: \"10.0.0.1\" is not a target: use HOST:PORT such as 10.0.0.5:8080"
+    );
+}
+
+#[test]
+fn bad_cidr() {
+    assert_eq!(
+        error_of("priority = 1", "priority = 1\nmatch.source = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"),
+        "sy.toml:8:31: route[0].match.source[1]: \"10.0.0.0/40\" is not an IP address or CIDR such as 10.0.0.0/8"
+    );
+}
+
+#[test]
+fn weights_that_do_not_sum_to_100() {
+    let src = BASE.replacen("active = \"blue\"", "weights = { blue = 90, green = 5 }", 1)
+        + "[[service.group]]\nname = \"green\"\ntargets = [\"127.0.0.1:9002\"]\n";
+    let e = switchyard::config::parse(&src, "sy.toml", Path::new(".")).unwrap_err().to_string();
+    assert_eq!(e, "sy.toml:12:11: service[0].weights: weights sum to 95, not 100");
+}
+
+#[test]
+fn empty_group() {
+    assert_eq!(
+        error_of("targets = [\"127.0.0.1:9001\"]", "targets = []"),
+        "sy.toml:16:11: service[0].group[0].targets: group \"blue\" is empty: list at least one target"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once_in_file_order() {
+    let src = BASE
+        .replacen("forward = \"shop\"", "forward = \"nope\"", 1)
+        .replacen("targets = [\"127.0.0.1:9001\"]", "targets = []", 1)
+        .replacen("127.0.0.1:8080", "nowhere", 1);
+    let e = switchyard::config::parse(&src, "sy.toml", Path::new(".")).unwrap_err();
+    let lines: Vec<usize> = e.diagnostics().iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![3, 8, 16], "{e}");
+}
+
+#[test]
+fn missing_certificate_files_are_reported_at_the_certificate() {
+    let e = error_of(
+        "bind = \"127.0.0.1:8080\"",
+        "bind = \"127.0.0.1:8080\"\n[[listener.certificate]]\ncert = \"missing.pem\"\nkey = \"missing.key\"",
+    );
+    assert!(e.starts_with("sy.toml:4:1: listener[0].certificate[0]: certificate ./missing.pem:"), "{e}");
+}
+
+#[test]
+fn validate_command_prints_errors_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, BASE.replacen("forward = \"shop\"", "forward = \"nope\"", 1)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:8:11: route[0].forward: no service named \"nope\""), "{stderr}");
+
+    std::fs::write(&path, BASE).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listeners, 1 routes, 1 services)"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["validate", "-c", "examples/switchyard.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the shipped example is valid: {}", String::from_utf8_lossy(&out.stderr));
+}
