@@ -49,7 +49,11 @@ fn load(
 async fn switch_and_switch_back_under_load_fail_nothing() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let sy = start(&config(&[("blue", &[blue.addr]), ("green", &[green.addr])], "active = \"blue\"")).await;
+    let sy = start(&config(
+        &[("blue", &[blue.addr]), ("green", &[green.addr])],
+        "active = \"blue\"",
+    ))
+    .await;
     let url = format!("http://{}/", sy.listener_addr("web").await);
     let api = admin(&sy);
 
@@ -59,9 +63,13 @@ async fn switch_and_switch_back_under_load_fail_nothing() {
     let workers = load(url, 8, seq.clone(), stop.clone());
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    api.post("/api/v1/services/shop/switch", json!({ "group": "green" })).await.unwrap();
+    api.post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    api.post("/api/v1/services/shop/switch", json!({ "back": true })).await.unwrap();
+    api.post("/api/v1/services/shop/switch", json!({ "back": true }))
+        .await
+        .unwrap();
     let after_back = seq.load(Ordering::SeqCst);
     let green_hits_at_back = green.hits();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -78,7 +86,10 @@ async fn switch_and_switch_back_under_load_fail_nothing() {
     // Blue saw requests before the switch and after the switch back, but none that was
     // started between the switch returning and the switch back.
     let blue_max = blue.max_seq.load(Ordering::SeqCst);
-    assert!(blue_max >= after_back, "blue got traffic again after switching back");
+    assert!(
+        blue_max >= after_back,
+        "blue got traffic again after switching back"
+    );
     assert!(green.hits() > 0, "green never got traffic");
     assert!(
         green.max_seq.load(Ordering::SeqCst) < after_back,
@@ -91,7 +102,11 @@ async fn switch_and_switch_back_under_load_fail_nothing() {
 async fn no_request_started_after_a_switch_reaches_the_old_group() {
     let blue = TestBackend::start("blue").await;
     let green = TestBackend::start("green").await;
-    let sy = start(&config(&[("blue", &[blue.addr]), ("green", &[green.addr])], "active = \"blue\"")).await;
+    let sy = start(&config(
+        &[("blue", &[blue.addr]), ("green", &[green.addr])],
+        "active = \"blue\"",
+    ))
+    .await;
     let url = format!("http://{}/", sy.listener_addr("web").await);
     let seq = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,7 +126,10 @@ async fn no_request_started_after_a_switch_reaches_the_old_group() {
     assert_eq!(failed, 0);
     let blue_max = blue.max_seq.load(Ordering::SeqCst);
     assert!(blue_max > 0, "blue served before the switch");
-    assert!(blue_max < marker, "a request started after the switch ({blue_max} >= {marker}) reached blue");
+    assert!(
+        blue_max < marker,
+        "a request started after the switch ({blue_max} >= {marker}) reached blue"
+    );
     assert!(green.max_seq.load(Ordering::SeqCst) >= marker);
 }
 
@@ -142,7 +160,10 @@ async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
     let (b, g) = (blue.hits() as f64, green.hits() as f64);
     assert_eq!(b + g, 20_000.0);
     let green_pct = 100.0 * g / (b + g);
-    assert!((green_pct - 10.0).abs() <= 1.0, "green got {green_pct:.2}% instead of 10%");
+    assert!(
+        (green_pct - 10.0).abs() <= 1.0,
+        "green got {green_pct:.2}% instead of 10%"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,15 +192,20 @@ async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced()
     // Refused means nothing changed.
     assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
 
-    api.post("/api/v1/services/shop/switch", json!({ "group": "green", "force": true }))
-        .await
-        .unwrap();
+    api.post(
+        "/api/v1/services/shop/switch",
+        json!({ "group": "green", "force": true }),
+    )
+    .await
+    .unwrap();
     let r = get(&client(), &url, &[]).await.unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["x-switchyard-error"], "no_healthy_target");
     assert!(r.body.contains("group green"), "{}", r.body);
 
-    api.post("/api/v1/services/shop/switch", json!({ "back": true })).await.unwrap();
+    api.post("/api/v1/services/shop/switch", json!({ "back": true }))
+        .await
+        .unwrap();
     assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
 }
 
@@ -189,28 +215,69 @@ async fn admin_api_errors_say_what_is_wrong() {
     let sy = start(&config(&[("blue", &[blue.addr])], "")).await;
     let api = admin(&sy);
     let cases = [
-        ("/api/v1/services/nope/switch", json!({ "group": "blue" }), "404", "no service named \"nope\""),
-        ("/api/v1/services/shop/switch", json!({ "group": "teal" }), "404", "no group named \"teal\""),
-        ("/api/v1/services/shop/switch", json!({ "back": true }), "409", "no previous split"),
-        ("/api/v1/services/shop/switch", json!({}), "422", "either `group` or `back"),
-        ("/api/v1/services/shop/switch", json!({ "group": 7 }), "422", "group"),
-        ("/api/v1/services/shop/switch", json!({ "grop": "blue" }), "422", "unknown field"),
+        (
+            "/api/v1/services/nope/switch",
+            json!({ "group": "blue" }),
+            "404",
+            "no service named \"nope\"",
+        ),
+        (
+            "/api/v1/services/shop/switch",
+            json!({ "group": "teal" }),
+            "404",
+            "no group named \"teal\"",
+        ),
+        (
+            "/api/v1/services/shop/switch",
+            json!({ "back": true }),
+            "409",
+            "no previous split",
+        ),
+        (
+            "/api/v1/services/shop/switch",
+            json!({}),
+            "422",
+            "either `group` or `back",
+        ),
+        (
+            "/api/v1/services/shop/switch",
+            json!({ "group": 7 }),
+            "422",
+            "group",
+        ),
+        (
+            "/api/v1/services/shop/switch",
+            json!({ "grop": "blue" }),
+            "422",
+            "unknown field",
+        ),
     ];
     for (path, body, status, text) in cases {
         let err = api.post(path, body.clone()).await.unwrap_err().to_string();
-        assert!(err.contains(status) && err.contains(text), "{path} {body}: {err}");
+        assert!(
+            err.contains(status) && err.contains(text),
+            "{path} {body}: {err}"
+        );
     }
     let err = api
-        .put("/api/v1/services/shop/weights", json!({ "weights": { "blue": 50 } }))
+        .put(
+            "/api/v1/services/shop/weights",
+            json!({ "weights": { "blue": 50 } }),
+        )
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("422") && err.contains("sum to 50%"), "{err}");
 
     let anonymous = switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), None);
-    let err = anonymous.get("/api/v1/status").await.unwrap_err().to_string();
+    let err = anonymous
+        .get("/api/v1/status")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("401") && err.contains("Bearer"), "{err}");
-    let wrong = switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), Some("nope".into()));
+    let wrong =
+        switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), Some("nope".into()));
     let err = wrong.get("/api/v1/status").await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("wrong"), "{err}");
 }

@@ -24,7 +24,8 @@ targets = ["127.0.0.1:9001"]
 fn error_of(from: &str, to: &str) -> String {
     assert!(BASE.contains(from), "test bug: {from:?} not in base");
     let src = BASE.replacen(from, to, 1);
-    let err = switchyard::config::parse(&src, "sy.toml", Path::new(".")).expect_err("should be invalid");
+    let err =
+        switchyard::config::parse(&src, "sy.toml", Path::new(".")).expect_err("should be invalid");
     err.to_string()
 }
 
@@ -60,9 +61,18 @@ fn wrong_type() {
 #[test]
 fn duplicate_names() {
     let e = error_of("[[service.group]]\nname = \"blue\"", "[[service.group]]\nname = \"blue\"\ntargets = [\"127.0.0.1:1\"]\n[[service.group]]\nname = \"blue\"");
-    assert_eq!(e, "sy.toml:18:8: service[0].group[1].name: duplicate group name \"blue\" in service \"shop\"");
-    let e = error_of("name = \"all\"", "name = \"all\"\npriority = 2\nforward = \"shop\"\n[[route]]\nname = \"all\"");
-    assert!(e.contains("sy.toml:10:8: route[1].name: duplicate route name \"all\""), "{e}");
+    assert_eq!(
+        e,
+        "sy.toml:18:8: service[0].group[1].name: duplicate group name \"blue\" in service \"shop\""
+    );
+    let e = error_of(
+        "name = \"all\"",
+        "name = \"all\"\npriority = 2\nforward = \"shop\"\n[[route]]\nname = \"all\"",
+    );
+    assert!(
+        e.contains("sy.toml:10:8: route[1].name: duplicate route name \"all\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -97,8 +107,13 @@ fn bad_cidr() {
 fn weights_that_do_not_sum_to_100() {
     let src = BASE.replacen("active = \"blue\"", "weights = { blue = 90, green = 5 }", 1)
         + "[[service.group]]\nname = \"green\"\ntargets = [\"127.0.0.1:9002\"]\n";
-    let e = switchyard::config::parse(&src, "sy.toml", Path::new(".")).unwrap_err().to_string();
-    assert_eq!(e, "sy.toml:12:11: service[0].weights: weights sum to 95, not 100");
+    let e = switchyard::config::parse(&src, "sy.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "sy.toml:12:11: service[0].weights: weights sum to 95, not 100"
+    );
 }
 
 #[test]
@@ -126,14 +141,21 @@ fn missing_certificate_files_are_reported_at_the_certificate() {
         "bind = \"127.0.0.1:8080\"",
         "bind = \"127.0.0.1:8080\"\n[[listener.certificate]]\ncert = \"missing.pem\"\nkey = \"missing.key\"",
     );
-    assert!(e.starts_with("sy.toml:4:1: listener[0].certificate[0]: certificate ./missing.pem:"), "{e}");
+    assert!(
+        e.starts_with("sy.toml:4:1: listener[0].certificate[0]: certificate ./missing.pem:"),
+        "{e}"
+    );
 }
 
 #[test]
 fn validate_command_prints_errors_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, BASE.replacen("forward = \"shop\"", "forward = \"nope\"", 1)).unwrap();
+    std::fs::write(
+        &path,
+        BASE.replacen("forward = \"shop\"", "forward = \"nope\"", 1),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["validate", "-c"])
         .arg(&path)
@@ -141,7 +163,10 @@ fn validate_command_prints_errors_and_fails() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.toml:8:11: route[0].forward: no service named \"nope\""), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:8:11: route[0].forward: no service named \"nope\""),
+        "{stderr}"
+    );
 
     std::fs::write(&path, BASE).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -156,5 +181,9 @@ fn validate_command_prints_errors_and_fails() {
         .args(["validate", "-c", "examples/switchyard.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "the shipped example is valid: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the shipped example is valid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,13 +13,18 @@ async fn dead_addr() -> std::net::SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn target_state(api: &switchyard::client::AdminClient, group: usize, target: usize) -> serde_json::Value {
+async fn target_state(
+    api: &switchyard::client::AdminClient,
+    group: usize,
+    target: usize,
+) -> serde_json::Value {
     let s = api.get("/api/v1/status").await.unwrap();
     s["services"][0]["groups"][group]["targets"][target].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests() {
+async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests(
+) {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let c = TestBackend::start("c").await;
@@ -72,9 +77,15 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
         failed += f;
     }
     // Two failed probes at 100 ms intervals (+ timeout), with slack for a loaded CI machine.
-    assert!(detect < Duration::from_millis(800), "took {detect:?} to mark the target unhealthy");
+    assert!(
+        detect < Duration::from_millis(800),
+        "took {detect:?} to mark the target unhealthy"
+    );
     assert!(ok > 200, "too little load: {ok}");
-    assert!(failed <= WORKERS, "{failed} failures, more than the {WORKERS} requests that can be in flight");
+    assert!(
+        failed <= WORKERS,
+        "{failed} failures, more than the {WORKERS} requests that can be in flight"
+    );
     eprintln!("detected in {detect:?}; {ok} ok, {failed} failed");
 }
 
@@ -95,16 +106,24 @@ async fn a_connect_failure_is_retried_on_another_target_for_idempotent_requests_
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let s = admin(&sy).get("/api/v1/status").await.unwrap();
-    let connect_failures = s["services"][0]["groups"][0]["counts"]["connect_failures"].as_u64().unwrap();
-    assert!(connect_failures >= 20, "round-robin should have hit the dead target: {connect_failures}");
+    let connect_failures = s["services"][0]["groups"][0]["counts"]["connect_failures"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        connect_failures >= 20,
+        "round-robin should have hit the dead target: {connect_failures}"
+    );
 
     // A POST with a body is not retried: it fails with a clear 502.
     let post_client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     let mut saw_502 = false;
     for _ in 0..6 {
         let req = http::Request::post(format!("http://{addr}/"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"payload")))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"payload",
+            )))
             .unwrap();
         let r = post_client.request(req).await.unwrap();
         if r.status() == 502 {
@@ -112,7 +131,10 @@ async fn a_connect_failure_is_retried_on_another_target_for_idempotent_requests_
             saw_502 = true;
         }
     }
-    assert!(saw_502, "round-robin should have sent a POST to the dead target");
+    assert!(
+        saw_502,
+        "round-robin should have sent a POST to the dead target"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,13 +155,18 @@ async fn consecutive_failures_eject_a_target_passively() {
     let t = target_state(&api, 0, 0).await;
     assert_eq!(t["ejected"], true, "{t}");
     let s = api.get("/api/v1/status").await.unwrap();
-    let failures = s["services"][0]["groups"][0]["counts"]["connect_failures"].as_u64().unwrap();
+    let failures = s["services"][0]["groups"][0]["counts"]["connect_failures"]
+        .as_u64()
+        .unwrap();
     assert_eq!(failures, 3, "ejected after exactly 3 consecutive failures");
     for _ in 0..20 {
         assert_eq!(get(&cl, &url, &[]).await.unwrap().backend(), "live");
     }
     let s = api.get("/api/v1/status").await.unwrap();
-    assert_eq!(s["services"][0]["groups"][0]["counts"]["connect_failures"], 3, "no request went to the ejected target");
+    assert_eq!(
+        s["services"][0]["groups"][0]["counts"]["connect_failures"], 3,
+        "no request went to the ejected target"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +219,9 @@ targets = ["{dead}"]
     assert_eq!(r.status, 502);
     assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
 
-    let r = get(&cl, &format!("{base}/nothing-here"), &[]).await.unwrap();
+    let r = get(&cl, &format!("{base}/nothing-here"), &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.headers["x-switchyard-error"], "no_route");
 

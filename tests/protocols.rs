@@ -41,24 +41,43 @@ async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
     let b = TestBackend::start("blue").await;
     let sy = start(&shop_config(&format!("\"{}\"", b.addr), "", "")).await;
     let h2: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
     let resp = h2
-        .get(format!("http://{}/echo", sy.listener_addr("web").await).parse().unwrap())
+        .get(
+            format!("http://{}/echo", sy.listener_addr("web").await)
+                .parse()
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["version"], "HTTP/1.1", "the target speaks HTTP/1.1");
-    assert!(seen["headers"]["host"].as_str().unwrap().starts_with("127.0.0.1:"), "host from :authority: {seen}");
+    assert!(
+        seen["headers"]["host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "host from :authority: {seen}"
+    );
 }
 
 #[tokio::test]
 async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
     let b = TestBackend::start("grpc").await;
-    let sy = start(&shop_config(&format!("\"{}\"", b.addr), "protocol = \"http2\"", "")).await;
+    let sy = start(&shop_config(
+        &format!("\"{}\"", b.addr),
+        "protocol = \"http2\"",
+        "",
+    ))
+    .await;
     let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
     let req = http::Request::post(format!("http://{}/grpc", sy.listener_addr("web").await))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -68,14 +87,21 @@ async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/grpc");
     let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("trailers passed through");
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers passed through");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
 
     // And the target really was spoken to over HTTP/2, with `te: trailers` kept.
-    let r = get(&client(), &format!("http://{}/echo", sy.listener_addr("web").await), &[("te", "trailers")])
-        .await
-        .unwrap();
+    let r = get(
+        &client(),
+        &format!("http://{}/echo", sy.listener_addr("web").await),
+        &[("te", "trailers")],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.json()["version"], "HTTP/2.0");
     assert_eq!(r.json()["headers"]["te"], "trailers");
 }
@@ -105,11 +131,13 @@ async fn tls_connect(
     for c in roots {
         store.add(c.der.clone()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -128,30 +156,43 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
         std::fs::write(dir.path().join(format!("{n}.key")), &c.key).unwrap();
     }
     let certs = "[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[listener.certificate]]\ncert = \"api.pem\"\nkey = \"api.key\"";
-    let sy = start_in(&shop_config(&format!("\"{}\"", b.addr), "", certs), dir.path()).await;
+    let sy = start_in(
+        &shop_config(&format!("\"{}\"", b.addr), "", certs),
+        dir.path(),
+    )
+    .await;
     let addr = sy.listener_addr("web").await;
 
     // SNI api.test gets the api certificate (verified against it alone), over h2.
     let tls = tls_connect(addr, "api.test", &[&api], &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], api.der);
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("https://api.test/echo").body(Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::get("https://api.test/echo")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let seen: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
     assert_eq!(seen["headers"]["host"], "api.test");
 
     // SNI shop.test gets the shop certificate, over HTTP/1.1.
     let tls = tls_connect(addr, "shop.test", &[&shop], &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("/").header("host", "shop.test").body(Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::get("/")
+        .header("host", "shop.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.headers()["x-backend"], "blue");
 
@@ -183,7 +224,9 @@ async fn websocket_upgrades_pass_through() {
     assert_eq!(resp.status(), 101);
     for i in 0..3 {
         let text = format!("hello {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone())).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+            .await
+            .unwrap();
         let echo = ws.next().await.unwrap().unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), text);
     }

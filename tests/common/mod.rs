@@ -127,7 +127,12 @@ async fn answer(
         let version = format!("{:?}", req.version());
         let uri = req.uri().to_string();
         let method = req.method().to_string();
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let json = serde_json::json!({
             "backend": name, "headers": headers, "version": version, "uri": uri,
             "method": method, "body": String::from_utf8_lossy(&body),
@@ -156,7 +161,10 @@ fn text(status: StatusCode, body: &str) -> Response<BoxBody> {
     let name = body.lines().next().unwrap_or("").to_string();
     Response::builder()
         .status(status)
-        .header("x-backend", if name.len() < 40 { name } else { "json".into() })
+        .header(
+            "x-backend",
+            if name.len() < 40 { name } else { "json".into() },
+        )
         .body(BodyExt::boxed(Full::new(Bytes::from(body.to_string()))))
         .unwrap()
 }
@@ -167,8 +175,11 @@ pub async fn start(toml: &str) -> Server {
 }
 
 pub async fn start_in(toml: &str, dir: &Path) -> Server {
-    let config = switchyard::config::parse(toml, "test.toml", dir).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-    Server::start(config, None).await.expect("switchyard starts")
+    let config = switchyard::config::parse(toml, "test.toml", dir)
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    Server::start(config, None)
+        .await
+        .expect("switchyard starts")
 }
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -187,7 +198,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn backend(&self) -> &str {
-        self.headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -195,7 +209,11 @@ impl Reply {
     }
 }
 
-pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+pub async fn get(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let mut req = Request::get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -246,7 +264,10 @@ pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
     s.push('\n');
     for (name, targets) in groups {
         let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
-        s.push_str(&format!("[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n", t.join(", ")));
+        s.push_str(&format!(
+            "[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n",
+            t.join(", ")
+        ));
     }
     s
 }

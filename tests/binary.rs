@@ -1,0 +1,253 @@
+//! The real `switchyard` binary: signals (SIGHUP reload, SIGTERM graceful shutdown) and the
+//! CLI verbs against a running instance.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn write_config(
+    path: &Path,
+    web: SocketAddr,
+    admin: SocketAddr,
+    active: &str,
+    blue: SocketAddr,
+    green: SocketAddr,
+) {
+    let text = format!(
+        r#"[admin]
+bind = "{admin}"
+token = "t0ken"
+[timeouts]
+shutdown = "5s"
+[[listener]]
+name = "web"
+bind = "{web}"
+[[route]]
+name = "all"
+priority = 1
+forward = "shop"
+[[service]]
+name = "shop"
+active = "{active}"
+[[service.group]]
+name = "blue"
+targets = ["{blue}"]
+[[service.group]]
+name = "green"
+targets = ["{green}"]
+"#
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn run_binary(path: &Path, admin: SocketAddr) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "-c"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    eventually(Duration::from_secs(10), "admin API answers", || {
+        let c = c.clone();
+        async move {
+            get(&c, &format!("http://{admin}/healthz"), &[])
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    Running { child }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_finishes_in_flight_requests_then_exits_0() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    let (web, admin) = (free_port(), free_port());
+    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let mut sy = run_binary(&path, admin).await;
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("http://{web}/"), &[])
+            .await
+            .unwrap()
+            .backend(),
+        "blue"
+    );
+
+    write_config(&path, web, admin, "green", blue.addr, green.addr);
+    signal(&sy.child, "-HUP");
+    eventually(
+        Duration::from_secs(5),
+        "SIGHUP applied the new file",
+        || {
+            let c = c.clone();
+            async move {
+                get(&c, &format!("http://{web}/"), &[])
+                    .await
+                    .is_ok_and(|r| r.backend() == "green")
+            }
+        },
+    )
+    .await;
+
+    // A broken file on SIGHUP: the running config stays.
+    std::fs::write(&path, "this is not toml").unwrap();
+    signal(&sy.child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get(&c, &format!("http://{web}/"), &[])
+            .await
+            .unwrap()
+            .backend(),
+        "green"
+    );
+
+    // SIGTERM while a request is in flight: it completes, then the process exits 0.
+    let slow =
+        tokio::spawn(async move { get(&client(), &format!("http://{web}/sleep/800"), &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    signal(&sy.child, "-TERM");
+    let r = slow.await.unwrap().expect("in-flight request finished");
+    assert_eq!(r.status, 200);
+    let status = loop {
+        if let Some(s) = sy.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(web).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_verbs_drive_a_running_instance() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    let (web, admin) = (free_port(), free_port());
+    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let _sy = run_binary(&path, admin).await;
+    let c = client();
+
+    let (code, out, err) = cli(&path, &["switch", "shop", "green"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shop: blue=100% -> green=100%"), "{out}");
+    assert_eq!(
+        get(&c, &format!("http://{web}/"), &[])
+            .await
+            .unwrap()
+            .backend(),
+        "green"
+    );
+
+    let (code, out, _) = cli(&path, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("service shop: green=100%"), "{out}");
+    assert!(out.contains("group green"), "{out}");
+    let (code, out, _) = cli(&path, &["status", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["services"][0]["split"]["green"], 10000);
+
+    let (code, out, err) = cli(&path, &["switch", "shop", "--back"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("-> blue=100%"), "{out}");
+
+    let (code, out, err) = cli(&path, &["weights", "shop", "blue=99.5", "green=0.5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("-> blue=99.5% green=0.5%"), "{out}");
+
+    let (code, _, err) = cli(&path, &["switch", "shop", "teal"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("404") && err.contains("no group named \"teal\""),
+        "{err}"
+    );
+
+    let (code, _, err) = cli(&path, &["weights", "shop", "blue=abc"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("\"abc\" in \"blue=abc\" is not a number"),
+        "{err}"
+    );
+
+    // Reload of a file that became invalid: the error names line and column. The CLI reads
+    // the admin address from that same (now broken) file, so point it at the API directly.
+    let broken = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("forward = \"shop\"", "forward = \"x\"");
+    std::fs::write(&path, broken).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["reload", "--admin", &admin.to_string(), "--token", "t0ken"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sy.toml:12:11: route[0].forward: no service named \"x\""),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["status", "--admin", &admin.to_string(), "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
