@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 
 use crate::config::{Balance, TargetAddr};
-use crate::upstream::Upstream;
+use crate::upstream::{Pool, Upstream};
 
 /// Milliseconds since the process started: a clock cheap enough to read per request and small
 /// enough to keep in an atomic.
@@ -33,6 +33,8 @@ pub enum Health {
 pub struct Target {
     pub addr: TargetAddr,
     pub authority: Authority,
+    pub socket_addr: Option<std::net::SocketAddr>,
+    pub pool: Pool,
     outstanding: AtomicU32,
     health: AtomicU8,
     consecutive_failures: AtomicU32,
@@ -43,8 +45,10 @@ impl Target {
     pub fn new(addr: TargetAddr) -> Target {
         let authority = addr.0.parse().expect("validated target address");
         Target {
+            socket_addr: crate::upstream::literal_addr(&addr.0),
             addr,
             authority,
+            pool: Pool::default(),
             outstanding: AtomicU32::new(0),
             health: AtomicU8::new(Health::Unknown as u8),
             consecutive_failures: AtomicU32::new(0),
@@ -109,6 +113,12 @@ impl Target {
 /// A request in flight to a target; least-outstanding balancing reads the count.
 #[derive(Debug)]
 pub struct InFlight(Arc<Target>);
+
+impl InFlight {
+    pub fn target(&self) -> &Arc<Target> {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

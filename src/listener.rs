@@ -146,12 +146,12 @@ impl Connection {
             inner: stream,
             activity: activity.clone(),
         };
-        let info = Arc::new(ConnInfo {
-            listener: self.listener.clone(),
+        let info = Arc::new(ConnInfo::new(
+            self.listener.clone(),
             client,
             local,
-            tls: self.tls,
-        });
+            self.tls,
+        ));
         if self.tls {
             let Some(config) = snap.tls.get(&*self.listener).cloned() else {
                 return;

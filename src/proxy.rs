@@ -5,16 +5,18 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 
 use crate::config::{FixedResponse, Redirect, UpstreamProtocol};
 use crate::error::{ProxyError, ERROR_HEADER};
@@ -22,6 +24,7 @@ use crate::group::{now_ms, Group, InFlight, Target};
 use crate::route::{matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
+use crate::upstream::{ConnectError, Sender, Upstream};
 
 pub type ResponseBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
@@ -32,6 +35,23 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// Header values made once per connection rather than once per request.
+    client_ip: HeaderValue,
+    local_port: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(listener: Arc<str>, client: SocketAddr, local: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            listener,
+            client,
+            local,
+            tls,
+            client_ip: HeaderValue::from_str(&client.ip().to_string())
+                .expect("an IP is a header value"),
+            local_port: HeaderValue::from(local.port()),
+        }
+    }
 }
 
 pub async fn handle(
@@ -77,11 +97,8 @@ async fn forward(
     let Some(group) = svc.choose_group(now) else {
         return error(ProxyError::NoHealthyTarget, "service has no groups");
     };
-    group
-        .stats
-        .requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let Some(target) = group.pick(svc.balance, None, now) else {
+    group.stats.requests.fetch_add(1, Relaxed);
+    let Some(first) = group.pick(svc.balance, None, now) else {
         group.stats.record_status(503);
         return error(
             ProxyError::NoHealthyTarget,
@@ -91,69 +108,150 @@ async fn forward(
             ),
         );
     };
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    prepare_request_headers(
+        &mut parts.headers,
+        &parts.uri,
+        conn,
+        client_upgrade.is_some(),
+    );
 
-    let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let empty_body = body.is_end_stream();
-    let retryable = empty_body && !upgrade && is_idempotent(&parts.method);
-    let mut headers = parts.headers;
-    prepare_request_headers(&mut headers, &parts.uri, conn, upgrade);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let retry_headers = retryable.then(|| headers.clone());
-    let body = if empty_body {
-        Either::Right(Empty::new())
-    } else {
-        Either::Left(body)
+    // The connection first, so that a target that cannot be reached costs nothing but a
+    // move to another one: the request is still untouched.
+    let (target, sender, reused) = match group.upstream.checkout(first).await {
+        Ok((s, reused)) => (first, s, reused),
+        Err(e) => {
+            connect_failed(svc, group, first, &e);
+            let Some(second) = group.pick(svc.balance, Some(first), now_ms()) else {
+                group.stats.record_status(502);
+                return error(
+                    ProxyError::UpstreamConnect,
+                    format_args!("cannot connect to target: {e}"),
+                );
+            };
+            tracing::debug!(target = %first.addr, retry = %second.addr, "connect failed; trying another target");
+            match group.upstream.checkout(second).await {
+                Ok((s, reused)) => (second, s, reused),
+                Err(e) => {
+                    connect_failed(svc, group, second, &e);
+                    group.stats.record_status(502);
+                    return error(
+                        ProxyError::UpstreamConnect,
+                        format_args!("cannot connect to target: {e}"),
+                    );
+                }
+            }
+        }
     };
 
-    let mut result = exchange(svc, group, target, &parts.method, &path, headers, body).await;
-    if let (Err(f), Some(headers)) = (&result, retry_headers) {
-        if f.retryable() {
-            if let Some(other) = group.pick(svc.balance, Some(target), now_ms()) {
-                tracing::debug!(target = %target.addr, retry = %other.addr, "retrying on another target");
-                result = exchange(
-                    svc,
-                    group,
-                    other,
-                    &parts.method,
-                    &path,
-                    headers,
-                    Either::Right(Empty::new()),
-                )
-                .await;
-            }
-        }
-    }
-
-    match result {
-        Ok((mut resp, in_flight)) => {
-            group.stats.record_status(resp.status().as_u16());
-            match client_upgrade {
-                Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    let upstream = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client, upstream));
-                }
-                _ => remove_hop_by_hop(resp.headers_mut()),
-            }
-            let (parts, body) = resp.into_parts();
-            Response::from_parts(
-                parts,
-                Either::Left(UpstreamResponseBody {
-                    inner: body,
-                    _in_flight: in_flight,
-                }),
-            )
-        }
-        Err(f) => {
+    let up = upstream_request(parts, body, group.upstream.protocol, target);
+    let in_flight = target.begin();
+    let outcome = tokio::time::timeout(
+        svc.request_timeout,
+        exchange(&group.upstream, target, sender, reused, up),
+    )
+    .await;
+    let (mut resp, sender) = match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(f)) => {
+            note_failure(svc, group, target);
             let e = f.error();
+            match e {
+                ProxyError::UpstreamConnect => &group.stats.connect_failures,
+                _ => &group.stats.resets,
+            }
+            .fetch_add(1, Relaxed);
             group.stats.record_status(e.status().as_u16());
-            error(e, f)
+            return error(e, f);
         }
+        Err(_) => {
+            note_failure(svc, group, target);
+            group.stats.timeouts.fetch_add(1, Relaxed);
+            group.stats.record_status(504);
+            return error(
+                ProxyError::UpstreamTimeout,
+                Failure::Timeout(svc.request_timeout),
+            );
+        }
+    };
+    if resp.status().is_server_error() && svc.passive.eject_on_5xx {
+        note_failure(svc, group, target);
+    } else {
+        target.record_success();
+    }
+    group.stats.record_status(resp.status().as_u16());
+
+    let mut reuse = sender.into_reusable();
+    match client_upgrade {
+        Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            // The connection now belongs to the tunnel.
+            reuse = None;
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client, upstream));
+        }
+        _ => remove_hop_by_hop(resp.headers_mut()),
+    }
+    let (parts, body) = resp.into_parts();
+    let mut body = UpstreamResponseBody {
+        inner: body,
+        in_flight,
+        reuse,
+    };
+    if body.inner.is_end_stream() {
+        body.release();
+    }
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// The request as the target gets it: origin-form URI for HTTP/1, the target's authority
+/// for HTTP/2. Nothing is copied but a few reference counts.
+fn upstream_request(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    protocol: UpstreamProtocol,
+    target: &Target,
+) -> Request<Incoming> {
+    let pq = parts.uri.path_and_query().cloned();
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    parts.version = match protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => {
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(target.authority.clone());
+            Version::HTTP_2
+        }
+    };
+    parts.uri = Uri::from_parts(uri).expect("path with optional scheme and authority");
+    Request::from_parts(parts, body)
+}
+
+/// Sends the request; if a pooled connection turns out to have closed before the request
+/// was written, hyper hands it back and it goes once more on a fresh connection.
+async fn exchange(
+    upstream: &Upstream,
+    target: &Target,
+    mut sender: Sender,
+    reused: bool,
+    req: Request<Incoming>,
+) -> Result<(Response<Incoming>, Sender), Failure> {
+    match sender.send(req).await {
+        Ok(resp) => Ok((resp, sender)),
+        Err(mut e) => match e.take_message() {
+            Some(req) if reused => {
+                tracing::debug!(target = %target.addr, "pooled connection was closed; resending on a new one");
+                let mut fresh = upstream
+                    .connect(target)
+                    .await
+                    .map_err(|e| Failure::Connect(e.to_string()))?;
+                match fresh.send(req).await {
+                    Ok(resp) => Ok((resp, fresh)),
+                    Err(e) => Err(classify(e.into_error())),
+                }
+            }
+            _ => Err(classify(e.into_error())),
+        },
     }
 }
 
@@ -161,22 +259,16 @@ async fn forward(
 #[derive(Debug)]
 enum Failure {
     Connect(String),
-    /// The connection closed before any response: the request may be sent again.
-    ClosedEarly(String),
     Reset(String),
     Timeout(std::time::Duration),
     Protocol(String),
 }
 
 impl Failure {
-    fn retryable(&self) -> bool {
-        matches!(self, Failure::Connect(_) | Failure::ClosedEarly(_))
-    }
-
     fn error(&self) -> ProxyError {
         match self {
             Failure::Connect(_) => ProxyError::UpstreamConnect,
-            Failure::ClosedEarly(_) | Failure::Reset(_) => ProxyError::UpstreamReset,
+            Failure::Reset(_) => ProxyError::UpstreamReset,
             Failure::Timeout(_) => ProxyError::UpstreamTimeout,
             Failure::Protocol(_) => ProxyError::UpstreamProtocol,
         }
@@ -187,9 +279,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Connect(e) => write!(f, "cannot connect to target: {e}"),
-            Failure::ClosedEarly(e) | Failure::Reset(e) => {
-                write!(f, "target closed the connection: {e}")
-            }
+            Failure::Reset(e) => write!(f, "target closed the connection: {e}"),
             Failure::Timeout(d) => write!(
                 f,
                 "target sent no response within {}",
@@ -200,68 +290,19 @@ impl std::fmt::Display for Failure {
     }
 }
 
-async fn exchange(
-    svc: &Service,
-    group: &Group,
-    target: &Arc<Target>,
-    method: &Method,
-    path: &str,
-    headers: HeaderMap,
-    body: crate::upstream::UpstreamBody,
-) -> Result<(Response<Incoming>, InFlight), Failure> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(target.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| Failure::Protocol(e.to_string()))?;
-    let mut up = Request::new(body);
-    *up.method_mut() = method.clone();
-    *up.uri_mut() = uri;
-    *up.headers_mut() = headers;
-    *up.version_mut() = match group.upstream.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
-    let in_flight = target.begin();
-    let outcome =
-        tokio::time::timeout(svc.request_timeout, group.upstream.client.request(up)).await;
-    let failure = match outcome {
-        Ok(Ok(resp)) => {
-            if resp.status().is_server_error() && svc.passive.eject_on_5xx {
-                note_failure(svc, group, target);
-            } else {
-                target.record_success();
-            }
-            return Ok((resp, in_flight));
-        }
-        Err(_) => {
-            group
-                .stats
-                .timeouts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Failure::Timeout(svc.request_timeout)
-        }
-        Ok(Err(e)) => classify(&e, group),
-    };
-    note_failure(svc, group, target);
-    Err(failure)
+fn classify(e: hyper::Error) -> Failure {
+    let detail = error_chain(&e);
+    if e.is_parse() {
+        Failure::Protocol(detail)
+    } else {
+        Failure::Reset(detail)
+    }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, group: &Group) -> Failure {
-    use std::sync::atomic::Ordering::Relaxed;
-    let detail = error_chain(e);
-    if e.is_connect() {
-        group.stats.connect_failures.fetch_add(1, Relaxed);
-        return Failure::Connect(detail);
-    }
-    group.stats.resets.fetch_add(1, Relaxed);
-    let hyper_err = std::error::Error::source(e).and_then(|s| s.downcast_ref::<hyper::Error>());
-    match hyper_err {
-        Some(h) if h.is_incomplete_message() || h.is_canceled() => Failure::ClosedEarly(detail),
-        Some(h) if h.is_parse() => Failure::Protocol(detail),
-        _ => Failure::Reset(detail),
-    }
+fn connect_failed(svc: &Service, group: &Group, target: &Target, e: &ConnectError) {
+    group.stats.connect_failures.fetch_add(1, Relaxed);
+    tracing::debug!(service = %svc.name, group = %group.name, target = %target.addr, error = %e, "connect failed");
+    note_failure(svc, group, target);
 }
 
 fn note_failure(svc: &Service, group: &Group, target: &Target) {
@@ -299,11 +340,21 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-/// The response body from a target; keeps the request counted as in flight until the body
-/// is done, so least-outstanding sees long downloads.
+/// The response body from a target. Keeps the request counted as in flight until the body
+/// is done (so least-outstanding sees long downloads), then returns the HTTP/1 connection
+/// to the target's pool. A body dropped half-read closes its connection instead.
 pub struct UpstreamResponseBody {
     inner: Incoming,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    reuse: Option<http1::SendRequest<Incoming>>,
+}
+
+impl UpstreamResponseBody {
+    fn release(&mut self) {
+        if let Some(sender) = self.reuse.take() {
+            self.in_flight.target().pool.put(sender);
+        }
+    }
 }
 
 impl Body for UpstreamResponseBody {
@@ -311,10 +362,18 @@ impl Body for UpstreamResponseBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.reuse = None,
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -378,19 +437,18 @@ fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, conn: &ConnInfo, upgrad
                 h.insert(header::HOST, v.clone());
             }),
     };
-    let ip = conn.client.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())).ok(),
+        None => Some(conn.client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     h.insert(
         "x-forwarded-proto",
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    h.insert("x-forwarded-port", HeaderValue::from(conn.local.port()));
+    h.insert("x-forwarded-port", conn.local_port.clone());
     if let Some(host) = host {
         h.insert("x-forwarded-host", host);
     }
@@ -406,13 +464,6 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 fn request_host<B>(req: &Request<B>) -> Option<&str> {

@@ -61,13 +61,10 @@ impl Snapshot {
                                 .unwrap_or_else(|| Arc::new(Target::new(addr.clone())))
                         })
                         .collect();
-                    let upstream = old
-                        .map(|o| &o.upstream)
-                        .filter(|u| {
-                            u.protocol == g.protocol && u.connect_timeout == config.timeouts.connect
-                        })
-                        .cloned()
-                        .unwrap_or_else(|| Upstream::new(g.protocol, config.timeouts.connect));
+                    let upstream = Upstream {
+                        protocol: g.protocol,
+                        connect_timeout: config.timeouts.connect,
+                    };
                     let stats =
                         old.map_or_else(|| Arc::new(GroupStats::default()), |o| o.stats.clone());
                     Arc::new(Group::new(g.name.clone(), targets, upstream, stats))

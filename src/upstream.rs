@@ -1,45 +1,180 @@
-//! Pooled, kept-alive connections to targets: one client (and so one pool) per group, reused
-//! across snapshots so a reload or a switch does not drop warm connections.
+//! Connections to targets, pooled per target and kept alive. We open connections ourselves
+//! (rather than through a generic client) so that the proxy knows exactly what happened: a
+//! connect failure leaves the request untouched for another target, and a pooled connection
+//! that turns out dead hands the unsent request back for a fresh one.
 
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
+use crate::group::{now_ms, Target};
 
-/// A request body going upstream: the client's stream, or nothing (which makes the request
-/// safe to send again on another target).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Idle HTTP/1 connections kept per target; more are closed when returned.
+const MAX_IDLE: usize = 512;
+/// An idle connection older than this is closed rather than reused: servers commonly drop
+/// idle keep-alive connections after 60–75 s, and reusing one just as it closes fails.
+const IDLE_TIMEOUT_MS: u64 = 55_000;
 
-#[derive(Debug, Clone)]
+/// How a group talks to its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upstream {
-    pub client: Client<HttpConnector, UpstreamBody>,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
 }
 
-impl Upstream {
-    pub fn new(protocol: UpstreamProtocol, connect_timeout: Duration) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(protocol == UpstreamProtocol::Http2)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .build(connector);
-        Upstream {
-            client,
-            protocol,
-            connect_timeout,
+/// A target's connections: a LIFO stack of idle HTTP/1 ones (the most recently used is the
+/// least likely to have been closed by the server), and one shared HTTP/2 connection.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<(http1::SendRequest<Incoming>, u64)>>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+}
+
+impl Pool {
+    /// Returns an HTTP/1 connection whose last response is complete.
+    pub fn put(&self, sender: http1::SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = now_ms();
+        let mut idle = self.idle.lock().expect("pool lock");
+        // The oldest are at the bottom of the stack.
+        let stale = idle
+            .iter()
+            .take_while(|(_, t)| now.saturating_sub(*t) > IDLE_TIMEOUT_MS)
+            .count();
+        idle.drain(..stale);
+        if idle.len() < MAX_IDLE {
+            idle.push((sender, now));
         }
     }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+        let now = now_ms();
+        let mut idle = self.idle.lock().expect("pool lock");
+        while let Some((sender, t)) = idle.pop() {
+            if !sender.is_closed() && now.saturating_sub(t) <= IDLE_TIMEOUT_MS {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().expect("pool lock").len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// A connection ready to carry one request.
+pub enum Sender {
+    Http1(http1::SendRequest<Incoming>),
+    Http2(http2::SendRequest<Incoming>),
+}
+
+impl Sender {
+    pub async fn send(
+        &mut self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http2(s) => s.try_send_request(req).await,
+        }
+    }
+
+    /// The HTTP/1 connection to return to the pool once the response body is done.
+    pub fn into_reusable(self) -> Option<http1::SendRequest<Incoming>> {
+        match self {
+            Sender::Http1(s) => Some(s),
+            Sender::Http2(_) => None,
+        }
+    }
+}
+
+impl Upstream {
+    /// A pooled connection if one is alive and ready (`true`), else a new one (`false`).
+    pub async fn checkout(&self, target: &Target) -> Result<(Sender, bool), ConnectError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                while let Some(mut s) = target.pool.take_idle() {
+                    // Usually ready at once; a connection that closed meanwhile errors here.
+                    if s.ready().await.is_ok() {
+                        return Ok((Sender::Http1(s), true));
+                    }
+                }
+                Ok((self.connect(target).await?, false))
+            }
+            UpstreamProtocol::Http2 => {
+                let shared = target.pool.h2.lock().expect("pool lock").clone();
+                if let Some(s) = shared.filter(|s| !s.is_closed()) {
+                    return Ok((Sender::Http2(s), true));
+                }
+                Ok((self.connect(target).await?, false))
+            }
+        }
+    }
+
+    /// A new connection to the target (an HTTP/2 one becomes the target's shared one).
+    pub async fn connect(&self, target: &Target) -> Result<Sender, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(target))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                let (sender, conn) = http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                });
+                Ok(Sender::Http1(sender))
+            }
+            UpstreamProtocol::Http2 => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(io)
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+                    }
+                });
+                *target.pool.h2.lock().expect("pool lock") = Some(sender.clone());
+                Ok(Sender::Http2(sender))
+            }
+        }
+    }
+}
+
+async fn connect_tcp(target: &Target) -> io::Result<TcpStream> {
+    match target.socket_addr {
+        Some(addr) => TcpStream::connect(addr).await,
+        None => TcpStream::connect(target.addr.0.as_str()).await,
+    }
+}
+
+/// The target's address when it is an IP literal (no resolver call per connection).
+pub fn literal_addr(addr: &str) -> Option<SocketAddr> {
+    addr.parse().ok()
 }

@@ -90,7 +90,7 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connect_failure_is_retried_on_another_target_for_idempotent_requests_only() {
+async fn a_connect_failure_moves_the_request_to_another_target() {
     let live = TestBackend::start("live").await;
     let dead = dead_addr().await;
     // No health checks and no passive ejection: only the retry can save requests.
@@ -114,27 +114,53 @@ async fn a_connect_failure_is_retried_on_another_target_for_idempotent_requests_
         "round-robin should have hit the dead target: {connect_failures}"
     );
 
-    // A POST with a body is not retried: it fails with a clear 502.
+    // The connection is made before anything is sent, so even a POST with a body moves
+    // safely to another target.
     let post_client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let mut saw_502 = false;
     for _ in 0..6 {
-        let req = http::Request::post(format!("http://{addr}/"))
+        let req = http::Request::post(format!("http://{addr}/echo"))
             .body(http_body_util::Full::new(bytes::Bytes::from_static(
                 b"payload",
             )))
             .unwrap();
         let r = post_client.request(req).await.unwrap();
-        if r.status() == 502 {
-            assert_eq!(r.headers()["x-switchyard-error"], "upstream_connect_failed");
-            saw_502 = true;
-        }
+        assert_eq!(r.status(), 200);
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(seen["body"], "payload");
     }
-    assert!(
-        saw_502,
-        "round-robin should have sent a POST to the dead target"
+}
+
+#[tokio::test]
+async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
+    let (d1, d2) = (dead_addr().await, dead_addr().await);
+    let sy = start(&config(
+        &[("blue", &[d1, d2])],
+        "passive = { consecutive_failures = 0 }",
+    ))
+    .await;
+    let r = get(
+        &client(),
+        &format!("http://{}/", sy.listener_addr("web").await),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
+    assert!(r.body.contains("cannot connect to target"), "{}", r.body);
+    let s = admin(&sy).get("/api/v1/status").await.unwrap();
+    let counts = &s["services"][0]["groups"][0]["counts"];
+    assert_eq!(
+        counts["connect_failures"], 2,
+        "tried both targets once: {counts}"
     );
+    assert_eq!(counts["5xx"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

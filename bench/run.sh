@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Throughput and p99 of switchyard against nginx and HAProxy, configured the same way:
+# one worker each, upstream keep-alive, a 90/10 split over two backends, access logs off,
+# bound to 127.0.0.1. wrk drives each in alternating rounds; results are ratios to nginx.
+#
+#   bench/run.sh                 # 3 rounds of 10 s per proxy
+#   ROUNDS=5 DURATION=20 CONNS=64 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+
+missing=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+cargo build --release -q
+BIN=target/release/switchyard
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+B1=$(port); B2=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
+
+# Backends: switchyard's built-in echo-name server, one thread each.
+$BIN --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+$BIN --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+
+cat > "$WORK/switchyard.toml" <<CONF
+[admin]
+bind = "127.0.0.1:$SYA"
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:$SY"
+[[route]]
+name = "all"
+priority = 1
+forward = "app"
+[[service]]
+name = "app"
+weights = { blue = 90, green = 10 }
+[[service.group]]
+name = "blue"
+targets = ["127.0.0.1:$B1"]
+[[service.group]]
+name = "green"
+targets = ["127.0.0.1:$B2"]
+CONF
+SWITCHYARD_LOG=error $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
+
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream app {
+    server 127.0.0.1:$B1 weight=9;
+    server 127.0.0.1:$B2 weight=1;
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$HA
+  default_backend app
+backend app
+  balance roundrobin
+  http-reuse always
+  server blue 127.0.0.1:$B1 weight 9
+  server green 127.0.0.1:$B2 weight 1
+CONF
+haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
+
+for p in $SY $NG $HA; do
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  curl -fs -o /dev/null "http://127.0.0.1:$p/" || {
+    echo "proxy on port $p did not come up (switchyard $SY, nginx $NG, haproxy $HA)"
+    tail -n 5 "$WORK"/*.log "$WORK"/nginx/error.log 2>/dev/null
+    exit 1
+  }
+done
+
+# wrk's "99%" line in ms, and its Requests/sec.
+run() {
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/")
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
+  echo "$rps $p99"
+}
+
+declare -A RPS P99
+for name in switchyard nginx haproxy; do RPS[$name]=0; P99[$name]=""; done
+echo "warming up"; for p in $SY $NG $HA; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done
+for r in $(seq "$ROUNDS"); do
+  for pair in "switchyard:$SY" "nginx:$NG" "haproxy:$HA"; do
+    name=${pair%%:*}; p=${pair##*:}
+    read -r rps p99 < <(run "$p")
+    printf 'round %d  %-10s %10.0f req/s   p99 %7.2f ms\n' "$r" "$name" "$rps" "$p99"
+    RPS[$name]=$(python3 -c "print(${RPS[$name]} + $rps)")
+    P99[$name]="${P99[$name]} $p99"
+  done
+done
+
+echo
+echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, 1 worker each:"
+python3 - "$ROUNDS" "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" <<'PY'
+import sys, statistics
+rounds = int(sys.argv[1])
+names = ["switchyard", "nginx", "haproxy"]
+rps = {n: float(v) / rounds for n, v in zip(names, sys.argv[2:5])}
+p99 = {n: statistics.median(float(x) for x in v.split()) for n, v in zip(names, sys.argv[5:8])}
+print(f"{'':12}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}")
+for n in names:
+    print(f"{n:12}{rps[n]:12.0f}{rps[n]/rps['nginx']:10.2f}{p99[n]:10.2f}{p99[n]/p99['nginx']:10.2f}")
+best = max(rps["nginx"], rps["haproxy"])
+print(f"switchyard throughput vs best of nginx/haproxy: {rps['switchyard']/best:.2f}x")
+PY
