@@ -40,6 +40,15 @@ impl TestBackend {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &'static str) -> TestBackend {
+        Self::start_with_delay(addr, name, Duration::ZERO).await
+    }
+
+    /// A backend that waits `delay` before every answer.
+    pub async fn start_with_delay(
+        addr: SocketAddr,
+        name: &'static str,
+        delay: Duration,
+    ) -> TestBackend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
@@ -55,7 +64,15 @@ impl TestBackend {
                 let Ok((stream, _)) = accepted else { continue };
                 let (h, m, k) = (h.clone(), m.clone(), k.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(req, name, h.clone(), m.clone()));
+                    let svc = service_fn(move |req| {
+                        let (h, m) = (h.clone(), m.clone());
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            answer(req, name, h, m).await
+                        }
+                    });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     tokio::select! {

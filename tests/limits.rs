@@ -1,0 +1,171 @@
+//! Client-side timeouts and limits, least-outstanding balancing, and draining of a removed
+//! target — each observed on real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn with_timeouts(backend: std::net::SocketAddr, timeouts: &str) -> String {
+    config(&[("blue", &[backend])], "").replacen(
+        "[[listener]]",
+        &format!("[timeouts]\n{timeouts}\n[limits]\nmax_header_bytes = 8192\n\n[[listener]]"),
+        1,
+    )
+}
+
+/// Reads until EOF (or error); returns what was read and how long it took.
+async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf))
+        .await
+        .expect("connection closed in time");
+    (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
+}
+
+#[tokio::test]
+async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(b.addr, "idle = \"300ms\"")).await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, took) = read_to_close(&mut s, Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "closed too late: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(b.addr, "header_read = \"300ms\"")).await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
+    let (_, took) = read_to_close(&mut s, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn headers_over_the_size_limit_are_refused() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(b.addr, "")).await;
+    let big = "v".repeat(20_000);
+    let r = get(
+        &client(),
+        &format!("http://{}/", sy.listener_addr("web").await),
+        &[("x-big", &big)],
+    )
+    .await;
+    assert_eq!(r.unwrap().status, 431);
+    assert_eq!(b.hits(), 0);
+}
+
+/// Share of 200 requests (8 concurrent clients) that the fast target got, when the other
+/// target takes 30 ms per answer.
+async fn fast_share(balance: &str) -> f64 {
+    let slow = TestBackend::start_with_delay(
+        "127.0.0.1:0".parse().unwrap(),
+        "slow",
+        Duration::from_millis(30),
+    )
+    .await;
+    let fast = TestBackend::start("fast").await;
+    let sy = start(&config(
+        &[("blue", &[slow.addr, fast.addr])],
+        &format!("balance = \"{balance}\""),
+    ))
+    .await;
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..25 {
+                assert_eq!(get(&c, &url, &[]).await.unwrap().status, 200);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    fast.hits() as f64 / (fast.hits() + slow.hits()) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_sends_most_requests_to_the_target_that_answers_fastest() {
+    let lor = fast_share("least-outstanding").await;
+    let rr = fast_share("round-robin").await;
+    assert!(
+        lor > 0.8,
+        "least-outstanding gave the fast target only {:.0}%",
+        lor * 100.0
+    );
+    assert!(
+        (0.4..=0.6).contains(&rr),
+        "round-robin should split evenly, got {:.0}%",
+        rr * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() {
+    let old = TestBackend::start("old").await;
+    let new = TestBackend::start("new").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    std::fs::write(
+        &path,
+        config(&[("blue", &[old.addr])], "deregistration_delay = \"5s\""),
+    )
+    .unwrap();
+    let cfg = switchyard::config::load(&path).unwrap();
+    let sy = Server::start(cfg, Some(path.clone())).await.unwrap();
+    let base = format!("http://{}", sy.listener_addr("web").await);
+
+    let url = format!("{base}/sleep/600");
+    let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(
+        &path,
+        config(&[("blue", &[new.addr])], "deregistration_delay = \"5s\""),
+    )
+    .unwrap();
+    admin(&sy).post("/api/v1/reload", json!({})).await.unwrap();
+
+    for _ in 0..10 {
+        assert_eq!(
+            get(&client(), &format!("{base}/"), &[])
+                .await
+                .unwrap()
+                .backend(),
+            "new"
+        );
+    }
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.backend()),
+        (200, "old"),
+        "the in-flight request finished on the removed target"
+    );
+}
