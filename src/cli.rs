@@ -227,7 +227,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => match server.control.reload().await {
+            _ = hup.recv() => match server.control.reload("signal:SIGHUP").await {
                 Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
                 Err(e) => tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays"),
             },

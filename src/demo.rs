@@ -31,6 +31,9 @@ pub async fn run() -> anyhow::Result<()> {
 bind = "127.0.0.1:0"
 token = "{token}"
 
+[store]
+path = ":memory:"
+
 [[listener]]
 name = "web"
 bind = "127.0.0.1:0"

@@ -21,7 +21,7 @@ use hyper::client::conn::http1;
 use crate::config::{FixedResponse, Redirect, UpstreamProtocol};
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::group::{now_ms, Group, InFlight, Target};
-use crate::route::{matches, RequestFacts};
+use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
 use crate::upstream::{ConnectError, Sender, Upstream};
@@ -84,19 +84,28 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
     match &route.action {
         RouteAction::Fixed(f) => fixed(f),
         RouteAction::Redirect(r) => redirect(r, &req, conn),
-        RouteAction::Forward(service) => forward(req, service, conn).await,
+        RouteAction::Forward(service) => {
+            let now = now_ms();
+            let (group, set_cookie) = match forced_group(&route.overrides, service, &facts) {
+                Some(g) => (g, None),
+                None => service.choose_by_split(req.headers(), conn.client.ip(), now),
+            };
+            let mut resp = forward(req, service, group, conn).await;
+            if let Some(c) = set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, c);
+            }
+            resp
+        }
     }
 }
 
 async fn forward(
     mut req: Request<Incoming>,
     svc: &Service,
+    group: &Group,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
     let now = now_ms();
-    let Some(group) = svc.choose_group(now) else {
-        return error(ProxyError::NoHealthyTarget, "service has no groups");
-    };
     group.stats.requests.fetch_add(1, Relaxed);
     let Some(first) = group.pick(svc.balance, None, now) else {
         group.stats.record_status(503);
@@ -119,7 +128,11 @@ async fn forward(
 
     // The connection first, so that a target that cannot be reached costs nothing but a
     // move to another one: the request is still untouched.
-    let (target, sender, reused) = match group.upstream.checkout(first).await {
+    let (target, sender, reused): (&Arc<Target>, Sender, bool) = match group
+        .upstream
+        .checkout(first)
+        .await
+    {
         Ok((s, reused)) => (first, s, reused),
         Err(e) => {
             connect_failed(svc, group, first, &e);

@@ -6,7 +6,11 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
 
-use crate::config::{Conditions, Glob, HostPattern, PathPattern};
+use std::sync::Arc;
+
+use crate::config::{Conditions, Glob, GroupRef, HostPattern, Override, OverrideWhen, PathPattern};
+use crate::group::Group;
+use crate::service::{cookie, Service};
 
 /// What a route can look at.
 pub struct RequestFacts<'a> {
@@ -33,6 +37,48 @@ pub fn matches(c: &Conditions, f: &RequestFacts<'_>) -> bool {
             query_values(f.query, name).any(|v| values.iter().any(|g| glob_match(&g.0, &v)))
         })
         && (c.sources.is_empty() || c.sources.iter().any(|n| n.contains(&f.client_ip)))
+}
+
+/// The group the first applicable override forces, if any. An override naming the candidate
+/// applies only while a rollout has one; a header naming an unknown group is ignored.
+pub fn forced_group<'s>(
+    overrides: &[Override],
+    svc: &'s Service,
+    f: &RequestFacts<'_>,
+) -> Option<&'s Arc<Group>> {
+    let resolve = |r: &GroupRef| match r {
+        GroupRef::Candidate => svc.candidate.map(|i| &svc.groups[i]),
+        GroupRef::Stable => svc.stable.map(|i| &svc.groups[i]),
+        GroupRef::Named(n) => svc.group(n),
+    };
+    overrides.iter().find_map(|o| match &o.when {
+        OverrideWhen::GroupFromHeader(h) => {
+            let v = f.headers.get(h)?.to_str().ok()?.trim();
+            resolve(&GroupRef::parse(v))
+        }
+        OverrideWhen::Header(h, values) => f
+            .headers
+            .get_all(h)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| values.iter().any(|g| glob_match_ci(&g.0, v)))
+            .then(|| resolve(&o.to))
+            .flatten(),
+        OverrideWhen::Cookie(name, values) => cookie(f.headers, name)
+            .filter(|v| values.iter().any(|g| glob_match(&g.0, v)))
+            .and_then(|_| resolve(&o.to)),
+        OverrideWhen::Source(nets) => nets
+            .iter()
+            .any(|n| n.contains(&f.client_ip))
+            .then(|| resolve(&o.to))
+            .flatten(),
+        OverrideWhen::Country(h, codes) => f
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| codes.iter().any(|c| c.eq_ignore_ascii_case(v.trim())))
+            .and_then(|_| resolve(&o.to)),
+    })
 }
 
 fn host_matches(p: &HostPattern, host: &str) -> bool {

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{Action, Conditions, Config, FixedResponse, Redirect, Split, FULL_WEIGHT};
+use crate::config::{
+    Action, Conditions, Config, FixedResponse, Override, Redirect, Split, FULL_WEIGHT,
+};
 use crate::group::{Group, GroupStats, Target};
 use crate::service::Service;
 use crate::upstream::Upstream;
@@ -24,6 +26,16 @@ pub struct Route {
     pub name: String,
     pub conditions: Conditions,
     pub action: RouteAction,
+    pub overrides: Vec<Override>,
+}
+
+/// The control plane's traffic state of one service, as the snapshot needs it.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceTraffic {
+    /// `None`: the config's split.
+    pub split: Option<Split>,
+    pub stable: Option<String>,
+    pub candidate: Option<String>,
 }
 
 #[derive(Debug)]
@@ -39,14 +51,15 @@ impl Snapshot {
     /// in-flight counts and warm connections carry over.
     pub fn build(
         config: Arc<Config>,
-        splits: &HashMap<String, Split>,
+        traffic: &HashMap<String, ServiceTraffic>,
         prev: Option<&Snapshot>,
         generation: u64,
     ) -> Result<Snapshot, crate::tls::TlsError> {
         let mut services = BTreeMap::new();
         for s in &config.services {
             let old = prev.and_then(|p| p.services.get(&s.name));
-            let split = splits.get(&s.name).unwrap_or(&s.split);
+            let t = traffic.get(&s.name);
+            let split = t.and_then(|t| t.split.as_ref()).unwrap_or(&s.split);
             let groups: Vec<Arc<Group>> = s
                 .groups
                 .iter()
@@ -70,17 +83,19 @@ impl Snapshot {
                     Arc::new(Group::new(g.name.clone(), targets, upstream, stats))
                 })
                 .collect();
-            let weights = groups.iter().map(|g| split.weight(&g.name)).collect();
             services.insert(
                 s.name.clone(),
-                Arc::new(Service {
-                    name: s.name.clone(),
+                Arc::new(Service::new(
+                    s.name.clone(),
                     groups,
-                    weights,
-                    balance: s.balance,
-                    request_timeout: s.request_timeout.unwrap_or(config.timeouts.request),
-                    passive: s.passive,
-                }),
+                    split,
+                    t.and_then(|t| t.stable.as_deref()).or(split.active()),
+                    t.and_then(|t| t.candidate.as_deref()),
+                    s.balance,
+                    s.request_timeout.unwrap_or(config.timeouts.request),
+                    s.passive,
+                    s.stickiness.clone(),
+                )),
             );
         }
         debug_assert!(services
@@ -105,6 +120,7 @@ impl Snapshot {
                         Action::Fixed(f) => RouteAction::Fixed(f.clone()),
                         Action::Redirect(r) => RouteAction::Redirect(r.clone()),
                     },
+                    overrides: r.overrides.clone(),
                 })
                 .collect();
             routes.insert(l.name.clone(), table);

@@ -3,7 +3,8 @@
 
 pub mod locate;
 pub mod model;
-mod raw;
+pub mod raw;
+mod release;
 mod validate;
 
 use std::fmt;
@@ -11,6 +12,23 @@ use std::path::Path;
 
 pub use model::*;
 pub use validate::{status_ranges, target_addr};
+
+/// Validates a strategy given in an API request; errors read `strategy.steps[1].pause: …`.
+pub fn strategy_from_request(
+    raw: &raw::RawStrategy,
+    analyses: &[String],
+) -> Result<crate::rollout::Strategy, String> {
+    release::strategy(raw, analyses).map_err(|errs| {
+        errs.into_iter()
+            .map(|(path, msg)| {
+                let mut full = locate::KeyPath(vec![locate::Seg::from("strategy")]);
+                full.0.extend(path.0);
+                format!("{full}: {msg}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -21,6 +21,15 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub services: Vec<ServiceConfig>,
+    pub store: StoreConfig,
+    /// Names of the configured analyses.
+    pub analyses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// SQLite file; `:memory:` keeps state only for the life of the process.
+    pub path: PathBuf,
 }
 
 impl Config {
@@ -103,6 +112,44 @@ pub struct RouteConfig {
     pub listeners: Option<Vec<String>>,
     pub conditions: Conditions,
     pub action: Action,
+    /// Tried in order before the weighted split of a forward action.
+    pub overrides: Vec<Override>,
+}
+
+/// A rule that sends matching requests of a route to one group, whatever the split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    pub to: GroupRef,
+    pub when: OverrideWhen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRef {
+    Named(String),
+    /// The candidate of the rollout in progress (no rollout: the override does not apply).
+    Candidate,
+    Stable,
+}
+
+impl GroupRef {
+    pub fn parse(s: &str) -> GroupRef {
+        match s {
+            "candidate" => GroupRef::Candidate,
+            "stable" => GroupRef::Stable,
+            g => GroupRef::Named(g.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OverrideWhen {
+    Header(http::HeaderName, Vec<Glob>),
+    Cookie(String, Vec<Glob>),
+    Source(Vec<IpNet>),
+    /// A country code header set by a CDN, e.g. `cloudfront-viewer-country`.
+    Country(http::HeaderName, Vec<String>),
+    /// The header's value is the group (`x-switchyard-group: green`).
+    GroupFromHeader(http::HeaderName),
 }
 
 /// All present conditions must hold; the values inside one condition are alternatives.
@@ -169,6 +216,30 @@ pub struct ServiceConfig {
     pub request_timeout: Option<Duration>,
     pub deregistration_delay: Duration,
     pub passive: PassiveHealth,
+    /// The strategy a rollout of this service uses unless its start request names another.
+    pub strategy: crate::rollout::Strategy,
+    pub stickiness: Option<Stickiness>,
+}
+
+/// How a request keeps its version while weights change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stickiness {
+    pub key: Option<StickyKey>,
+    /// switchyard's own cookie, set on responses to requests that have no key.
+    pub cookie: Option<StickyCookie>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StickyKey {
+    Cookie(String),
+    Header(http::HeaderName),
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyCookie {
+    pub name: String,
+    pub max_age: Duration,
 }
 
 impl ServiceConfig {

@@ -21,6 +21,23 @@ pub struct RawConfig {
     pub route: Vec<RawRoute>,
     #[serde(default)]
     pub service: Vec<RawService>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub analysis: Vec<RawAnalysis>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<String>,
+}
+
+/// A named analysis; its checks are defined by the analysis module.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub name: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +90,9 @@ pub struct RawRoute {
     #[serde(default, rename = "match")]
     pub conditions: RawMatch,
     pub forward: Option<String>,
+    /// Rules that force a group before the weighted split (preview routes, internal users).
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<RawOverride>,
     pub fixed_response: Option<RawFixedResponse>,
     pub redirect: Option<RawRedirect>,
 }
@@ -129,8 +149,62 @@ pub struct RawService {
     pub deregistration_delay: Option<String>,
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
+    pub strategy: Option<RawStrategy>,
+    pub stickiness: Option<RawStickiness>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub group: Option<String>,
+    pub header: Option<RawNameValues>,
+    pub cookie: Option<RawNameValues>,
+    pub source: Option<Vec<String>>,
+    pub country: Option<Vec<String>>,
+    pub country_header: Option<String>,
+    /// The header's value names the group (or `candidate` / `stable`).
+    pub group_from_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNameValues {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// A rollout strategy, in the config file or in a rollout start request.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStrategy {
+    /// `canary`, `blue-green`, `all-at-once`, or a preset such as `canary-10pct-5m`.
+    pub kind: String,
+    pub steps: Option<Vec<RawStep>>,
+    pub auto_promote_after: Option<String>,
+    pub scale_down_delay: Option<String>,
+    pub teardown: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Percent of traffic for the candidate, 0.01 resolution.
+    pub weight: Option<f64>,
+    /// A duration, or `until-promoted`.
+    pub pause: Option<String>,
+    pub analysis: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStickiness {
+    /// `cookie:NAME`, `header:NAME` or `client-ip`.
+    pub key: Option<String>,
+    /// switchyard's own cookie, set when the request has no key.
+    pub cookie: Option<String>,
+    pub cookie_max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,8 +29,16 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
     let listeners = listeners(&raw.listener, base_dir, &mut p);
-    let services = services(&raw.service, &mut p);
+    let analyses = analyses(&raw.analysis, &mut p);
+    let services = services(&raw.service, &analyses, &mut p);
     let routes = routes(&raw.route, &listeners, &services, &mut p);
+    let store = StoreConfig {
+        path: match raw.store.path.as_deref() {
+            None => base_dir.join("switchyard.db"),
+            Some(":memory:") => ":memory:".into(),
+            Some(path) => base_dir.join(path),
+        },
+    };
     if p.0.is_empty() {
         Ok(Config {
             admin,
@@ -39,6 +47,8 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
             listeners,
             routes,
             services,
+            store,
+            analyses,
         })
     } else {
         Err(p)
@@ -172,7 +182,22 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
     out
 }
 
-fn services(raw: &[RawService], p: &mut Problems) -> Vec<ServiceConfig> {
+fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        name(&a.name, path!["analysis", i, "name"], p);
+        if out.contains(&a.name) {
+            p.add(
+                path!["analysis", i, "name"],
+                format!("duplicate analysis name \"{}\"", a.name),
+            );
+        }
+        out.push(a.name.clone());
+    }
+    out
+}
+
+fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<ServiceConfig> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, s) in raw.iter().enumerate() {
@@ -235,6 +260,25 @@ fn services(raw: &[RawService], p: &mut Problems) -> Vec<ServiceConfig> {
                 duration_or_zero(d, at.join("deregistration_delay"), p)
             });
         let passive = passive(s.passive.as_ref(), &at.join("passive"), p);
+        let strategy = match &s.strategy {
+            None => crate::rollout::Strategy::preset("canary-10pct-5m").expect("built-in preset"),
+            Some(raw) => super::release::strategy(raw, analyses).unwrap_or_else(|errs| {
+                for (sub, msg) in errs {
+                    let mut full = at.join("strategy");
+                    full.0.extend(sub.0);
+                    p.add(full, msg);
+                }
+                crate::rollout::Strategy::all_at_once()
+            }),
+        };
+        let stickiness = s.stickiness.as_ref().map(|raw| {
+            let mut errs = Vec::new();
+            let st = super::release::stickiness(raw, &at.join("stickiness"), &mut errs);
+            for (path, msg) in errs {
+                p.add(path, msg);
+            }
+            st
+        });
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -243,6 +287,8 @@ fn services(raw: &[RawService], p: &mut Problems) -> Vec<ServiceConfig> {
             request_timeout,
             deregistration_delay,
             passive,
+            strategy,
+            stickiness,
         });
     }
     out
@@ -495,12 +541,33 @@ fn routes(
         }
         let conditions = conditions(&r.conditions, &at.join("match"), p);
         let action = action(r, services, &at, p);
+        let groups: Option<Vec<String>> = match &action {
+            Action::Forward { service } => Some(
+                services
+                    .iter()
+                    .find(|s| &s.name == service)
+                    .map(|s| s.groups.iter().map(|g| g.name.clone()).collect())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        let mut errs = Vec::new();
+        let overrides = super::release::overrides(
+            &r.overrides,
+            groups.as_deref(),
+            &at.join("override"),
+            &mut errs,
+        );
+        for (path, msg) in errs {
+            p.add(path, msg);
+        }
         out.push(RouteConfig {
             name: r.name.clone(),
             priority: r.priority,
             listeners: r.listeners.clone(),
             conditions,
             action,
+            overrides,
         });
     }
     out.sort_by_key(|r| r.priority);

@@ -191,9 +191,13 @@ pub async fn start(toml: &str) -> Server {
     start_in(toml, Path::new(".")).await
 }
 
+/// State lives in memory unless the config names a `[store] path`.
 pub async fn start_in(toml: &str, dir: &Path) -> Server {
-    let config = switchyard::config::parse(toml, "test.toml", dir)
+    let mut config = switchyard::config::parse(toml, "test.toml", dir)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    if !toml.contains("[store]") {
+        config.store.path = ":memory:".into();
+    }
     Server::start(config, None)
         .await
         .expect("switchyard starts")

@@ -1,142 +1,20 @@
-//! The admin API on its own listener (localhost by default). JSON in and out; every call
-//! under /api needs the bearer token, and mutating calls are refused when none is set.
-//! Errors are `{"error": {"code", "message"}}` with a status that says what kind.
+//! Traffic endpoints: status, switch, weights, reload.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
+use super::{bad_request, Actor, Api, ApiError};
 use crate::config::{format_percent, Split};
-use crate::control::{ControlError, Controller};
+use crate::control::ControlError;
 use crate::group::{now_ms, GroupCounts, Health};
-
-#[derive(Clone)]
-struct Api {
-    control: Arc<Controller>,
-    token: Option<Arc<str>>,
-}
-
-pub fn router(control: Arc<Controller>, token: Option<String>) -> Router {
-    let api = Api {
-        control,
-        token: token.map(Arc::from),
-    };
-    let v1 = Router::new()
-        .route("/status", get(status))
-        .route("/services/{service}/switch", post(switch))
-        .route("/services/{service}/weights", put(weights))
-        .route("/reload", post(reload))
-        .layer(middleware::from_fn_with_state(api.clone(), auth));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .nest("/api/v1", v1)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
-        .with_state(api)
-}
-
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-}
-
-async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match (&api.token, given) {
-        (Some(want), Some(given)) if constant_time_eq(want.as_bytes(), given.as_bytes()) => next.run(req).await,
-        (Some(_), Some(_)) => ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the bearer token is wrong").into_response(),
-        (Some(_), None) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "no_token",
-            "send the admin token as `Authorization: Bearer TOKEN`",
-        )
-        .into_response(),
-        (None, _) if req.method() == axum::http::Method::GET => next.run(req).await,
-        (None, _) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_only",
-            "no admin token is configured ([admin] token or SWITCHYARD_ADMIN_TOKEN), so the API is read-only",
-        )
-        .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[derive(Debug, Serialize)]
-pub struct ApiError {
-    #[serde(skip)]
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self }))).into_response()
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> ApiError {
-        let (status, code) = match &e {
-            ControlError::UnknownService(_) => (StatusCode::NOT_FOUND, "unknown_service"),
-            ControlError::UnknownGroup { .. } => (StatusCode::NOT_FOUND, "unknown_group"),
-            ControlError::NoHealthyTarget { .. } => (StatusCode::CONFLICT, "no_healthy_target"),
-            ControlError::NothingToRevert(_) => (StatusCode::CONFLICT, "nothing_to_revert"),
-            ControlError::BadWeights { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_weights"),
-            ControlError::NoConfigFile => (StatusCode::CONFLICT, "no_config_file"),
-            ControlError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
-            ControlError::Bind { .. } => (StatusCode::CONFLICT, "bind_failed"),
-            ControlError::Tls(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_certificate"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-/// Rejections from axum's extractors (bad JSON, wrong field types) in our error shape.
-fn bad_request(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_request",
-        e.body_text(),
-    )
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SwitchRequest {
+pub(super) struct SwitchRequest {
     group: Option<String>,
     #[serde(default)]
     back: bool,
@@ -144,15 +22,16 @@ struct SwitchRequest {
     force: bool,
 }
 
-async fn switch(
+pub(super) async fn switch(
     State(api): State<Api>,
+    Actor(actor): Actor,
     Path(service): Path<String>,
     body: Result<Json<SwitchRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<crate::control::TrafficChange>, ApiError> {
     let Json(req) = body.map_err(bad_request)?;
     let change = match (req.group, req.back) {
-        (Some(g), false) => api.control.switch(&service, &g, req.force).await?,
-        (None, true) => api.control.switch_back(&service, req.force).await?,
+        (Some(g), false) => api.control.switch(&service, &g, req.force, &actor).await?,
+        (None, true) => api.control.switch_back(&service, req.force, &actor).await?,
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -166,15 +45,16 @@ async fn switch(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WeightsRequest {
+pub(super) struct WeightsRequest {
     /// Percent by group, e.g. {"blue": 90, "green": 10}; 0.01 % resolution.
     weights: BTreeMap<String, f64>,
     #[serde(default)]
     force: bool,
 }
 
-async fn weights(
+pub(super) async fn weights(
     State(api): State<Api>,
+    Actor(actor): Actor,
     Path(service): Path<String>,
     body: Result<Json<WeightsRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<crate::control::TrafficChange>, ApiError> {
@@ -192,13 +72,16 @@ async fn weights(
     }
     Ok(Json(
         api.control
-            .set_split(&service, Split(split), req.force)
+            .set_split(&service, Split(split), req.force, &actor, "weights")
             .await?,
     ))
 }
 
-async fn reload(State(api): State<Api>) -> Result<Json<serde_json::Value>, ApiError> {
-    match api.control.reload().await {
+pub(super) async fn reload(
+    State(api): State<Api>,
+    Actor(actor): Actor,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match api.control.reload(&actor).await {
         Ok(generation) => Ok(Json(serde_json::json!({ "generation": generation }))),
         Err(ControlError::Config(e)) => {
             let mut err = ApiError::new(
@@ -237,6 +120,10 @@ pub struct ServiceStatus {
     pub split: BTreeMap<String, u32>,
     pub split_text: String,
     pub previous: Option<BTreeMap<String, u32>>,
+    pub stable: Option<String>,
+    pub candidate: Option<String>,
+    /// Share of requests per group over the last seconds (0–1), when there was traffic.
+    pub observed: Option<BTreeMap<String, f64>>,
     pub groups: Vec<GroupStatus>,
 }
 
@@ -258,7 +145,7 @@ pub struct TargetStatus {
     pub in_flight: u32,
 }
 
-async fn status(State(api): State<Api>) -> Json<Status> {
+pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
     let snap = api.control.snapshot();
     let traffic = api.control.traffic().await;
     let now = now_ms();
@@ -277,13 +164,17 @@ async fn status(State(api): State<Api>) -> Json<Status> {
         .map(|s| {
             let previous = traffic
                 .get(&s.name)
-                .and_then(|(_, p)| p.clone())
+                .and_then(|(_, p, _)| p.clone())
                 .map(|p| p.0);
+            let stable = traffic.get(&s.name).and_then(|(_, _, st)| st.clone());
             ServiceStatus {
                 name: s.name.clone(),
                 split: s.split().0,
                 split_text: s.split().to_string(),
                 previous,
+                stable,
+                candidate: s.candidate.map(|i| s.groups[i].name.clone()),
+                observed: api.control.observed(&s.name, 5_000),
                 groups: s
                     .groups
                     .iter()

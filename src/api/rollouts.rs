@@ -1,0 +1,161 @@
+//! Rollout endpoints: start, status, the verbs (promote, pause, resume, abort, retry, undo),
+//! history and events.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{bad_request, Actor, Api, ApiError};
+use crate::config::raw::RawStrategy;
+use crate::control::RolloutView;
+use crate::rollout::Rollout;
+use crate::store::{Event, EventQuery};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartRequest {
+    service: String,
+    candidate: String,
+    /// A strategy name (`canary-10pct-5m`, `all-at-once`, …) or a full strategy object.
+    strategy: Option<serde_json::Value>,
+    #[serde(default)]
+    force: bool,
+}
+
+pub(super) async fn start(
+    State(api): State<Api>,
+    Actor(actor): Actor,
+    body: Result<Json<StartRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    let Json(req) = body.map_err(bad_request)?;
+    let strategy = match req.strategy {
+        None => None,
+        Some(v) => {
+            let raw: RawStrategy = match v {
+                serde_json::Value::String(kind) => RawStrategy {
+                    kind,
+                    ..RawStrategy::default()
+                },
+                obj => serde_json::from_value(obj).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "bad_strategy",
+                        format!("strategy: {e}"),
+                    )
+                })?,
+            };
+            let analyses = api.control.snapshot().config.analyses.clone();
+            Some(
+                crate::config::strategy_from_request(&raw, &analyses).map_err(|e| {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_strategy", e)
+                })?,
+            )
+        }
+    };
+    let view = api
+        .control
+        .start_rollout(&req.service, &req.candidate, strategy, req.force, &actor)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub(super) async fn status(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let view = api.control.rollout(&service).await?;
+    let mut json = serde_json::to_value(&view).expect("view serialises");
+    json["observed"] =
+        serde_json::to_value(api.control.observed(&service, 5_000)).expect("observed");
+    Ok(Json(json))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerbRequest {
+    /// promote: straight to all traffic.
+    #[serde(default)]
+    full: bool,
+    /// retry, undo: even without a healthy target.
+    #[serde(default)]
+    force: bool,
+    /// abort: recorded with the event.
+    reason: Option<String>,
+}
+
+pub(super) async fn command(
+    State(api): State<Api>,
+    Actor(actor): Actor,
+    Path((service, verb)): Path<(String, String)>,
+    body: Option<Json<serde_json::Value>>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let req: VerbRequest = match body {
+        None => VerbRequest::default(),
+        Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_request",
+                e.to_string(),
+            )
+        })?,
+    };
+    let c = &api.control;
+    let view = match verb.as_str() {
+        "promote" => c.promote(&service, req.full, &actor).await?,
+        "pause" => c.pause(&service, &actor).await?,
+        "resume" => c.resume(&service, &actor).await?,
+        "abort" => c.abort(&service, &actor, req.reason.as_deref()).await?,
+        "retry" => c.retry(&service, req.force, &actor).await?,
+        "undo" => c.undo(&service, req.force, &actor).await?,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_verb",
+                format!(
+                    "no rollout verb \"{other}\": use promote, pause, resume, abort, retry or undo"
+                ),
+            ))
+        }
+    };
+    Ok(Json(view))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct HistoryQuery {
+    service: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn history(
+    State(api): State<Api>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<Rollout>>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_request",
+            e.body_text(),
+        )
+    })?;
+    Ok(Json(
+        api.control
+            .rollout_history(q.service, q.limit.unwrap_or(50).min(1000))
+            .await?,
+    ))
+}
+
+pub(super) async fn events(
+    State(api): State<Api>,
+    q: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_request",
+            e.body_text(),
+        )
+    })?;
+    Ok(Json(api.control.events(q).await?))
+}

@@ -1,0 +1,251 @@
+//! Rollouts: one release of a service from its stable group to a candidate group. Every
+//! strategy compiles to a list of steps, so one state machine (`machine`) drives canaries,
+//! blue-green and all-at-once alike, and one driver (`driver`) runs it over time.
+
+pub mod driver;
+pub mod machine;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::FULL_WEIGHT;
+
+/// What a rollout does, step by step. Weights are the candidate's share in basis points.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    SetWeight {
+        weight: u32,
+    },
+    /// `None`: until promoted.
+    Pause {
+        duration_ms: Option<u64>,
+    },
+    Analysis {
+        name: String,
+    },
+    /// Blue-green's end: the old stable group is marked retired and the teardown command, if
+    /// any, runs (its failure is recorded, the release stands).
+    Retire {
+        teardown: Option<String>,
+    },
+}
+
+impl Step {
+    pub fn describe(&self) -> String {
+        match self {
+            Step::SetWeight { weight } => {
+                format!("set weight {}", crate::config::format_percent(*weight))
+            }
+            Step::Pause { duration_ms: None } => "pause until promoted".into(),
+            Step::Pause {
+                duration_ms: Some(ms),
+            } => {
+                format!(
+                    "pause {}",
+                    humantime::format_duration(Duration::from_millis(*ms))
+                )
+            }
+            Step::Analysis { name } => format!("analysis {name}"),
+            Step::Retire { teardown: None } => "retire the old group".into(),
+            Step::Retire { teardown: Some(_) } => "retire the old group and tear it down".into(),
+        }
+    }
+}
+
+/// A strategy as configured: a name (for people) and its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Strategy {
+    pub name: String,
+    pub steps: Vec<Step>,
+    /// Blue-green: the candidate is reachable through preview overrides before the switch.
+    #[serde(default)]
+    pub blue_green: bool,
+}
+
+/// Options of the blue-green strategy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlueGreen {
+    /// `None`: wait for a manual promotion.
+    pub auto_promote_after: Option<Duration>,
+    /// After the switch: the window in which the old group stays ready for a one-command
+    /// rollback, before it is retired.
+    pub scale_down_delay: Duration,
+    pub teardown: Option<String>,
+}
+
+impl Strategy {
+    pub fn canary(steps: Vec<Step>) -> Strategy {
+        Strategy {
+            name: "canary".into(),
+            steps,
+            blue_green: false,
+        }
+    }
+
+    pub fn all_at_once() -> Strategy {
+        Strategy {
+            name: "all-at-once".into(),
+            steps: vec![Step::SetWeight {
+                weight: FULL_WEIGHT,
+            }],
+            blue_green: false,
+        }
+    }
+
+    pub fn blue_green(o: &BlueGreen) -> Strategy {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut steps = vec![
+            Step::SetWeight { weight: 0 },
+            Step::Pause {
+                duration_ms: o.auto_promote_after.map(ms),
+            },
+            Step::SetWeight {
+                weight: FULL_WEIGHT,
+            },
+        ];
+        if !o.scale_down_delay.is_zero() {
+            steps.push(Step::Pause {
+                duration_ms: Some(ms(o.scale_down_delay)),
+            });
+        }
+        steps.push(Step::Retire {
+            teardown: o.teardown.clone(),
+        });
+        Strategy {
+            name: "blue-green".into(),
+            steps,
+            blue_green: true,
+        }
+    }
+
+    /// CodeDeploy-style presets: `canary-10pct-5m`, `canary-10pct-15m`,
+    /// `linear-10pct-every-1m`, `linear-10pct-every-3m`, and any `canary-Npct-D` or
+    /// `linear-Npct-every-D` of the same shape.
+    pub fn preset(name: &str) -> Option<Strategy> {
+        let pct = |s: &str| -> Option<u32> {
+            let n: f64 = s.strip_suffix("pct")?.parse().ok()?;
+            let bp = (n * 100.0).round();
+            (bp > 0.0 && bp < FULL_WEIGHT as f64).then_some(bp as u32)
+        };
+        let dur = |s: &str| humantime::parse_duration(s).ok().filter(|d| !d.is_zero());
+        let steps = if let Some(rest) = name.strip_prefix("canary-") {
+            let (p, d) = rest.split_once('-')?;
+            vec![
+                Step::SetWeight { weight: pct(p)? },
+                Step::Pause {
+                    duration_ms: Some(dur(d)?.as_millis() as u64),
+                },
+            ]
+        } else if let Some(rest) = name.strip_prefix("linear-") {
+            let (p, d) = rest.split_once("-every-")?;
+            let (inc, d) = (pct(p)?, dur(d)?.as_millis() as u64);
+            let mut steps = Vec::new();
+            let mut w = inc;
+            while w < FULL_WEIGHT {
+                steps.push(Step::SetWeight { weight: w });
+                steps.push(Step::Pause {
+                    duration_ms: Some(d),
+                });
+                w += inc;
+            }
+            steps
+        } else {
+            return None;
+        };
+        Some(Strategy {
+            name: name.to_string(),
+            steps,
+            blue_green: false,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Progressing,
+    Paused,
+    /// The candidate took all traffic and became the stable group.
+    Completed,
+    /// Stopped with all traffic back on the stable group.
+    Aborted,
+    /// Completed, then undone: traffic went back to the group that was stable before.
+    RolledBack,
+}
+
+impl Status {
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Progressing | Status::Paused)
+    }
+}
+
+/// The persisted state of one rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    pub service: String,
+    pub stable: String,
+    pub candidate: String,
+    pub strategy: Strategy,
+    /// Index of the current step; `steps.len()` once all ran.
+    pub step: usize,
+    /// The candidate's weight in basis points, as published.
+    pub weight: u32,
+    pub status: Status,
+    /// Why it is paused, aborted or what it waits for.
+    pub reason: Option<String>,
+    /// Time already spent in the current timed pause (checkpointed while it runs, so a
+    /// restarted process resumes with the time it had left).
+    pub pause_elapsed_ms: u64,
+    /// Paused by a person (as opposed to a pause step waiting for promotion).
+    pub held: bool,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// How many times it was retried after an abort.
+    pub attempt: u32,
+}
+
+impl Rollout {
+    pub fn current_step(&self) -> Option<&Step> {
+        self.strategy.steps.get(self.step)
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for persisted timestamps.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_expand_to_steps() {
+        let s = Strategy::preset("canary-10pct-5m").unwrap();
+        assert_eq!(
+            s.steps,
+            vec![
+                Step::SetWeight { weight: 1000 },
+                Step::Pause {
+                    duration_ms: Some(300_000)
+                }
+            ]
+        );
+        let s = Strategy::preset("linear-10pct-every-1m").unwrap();
+        assert_eq!(s.steps.len(), 18);
+        assert_eq!(s.steps[16], Step::SetWeight { weight: 9000 });
+        assert!(Strategy::preset("linear-0pct-every-1m").is_none());
+        assert!(Strategy::preset("canary-10pct").is_none());
+        assert!(Strategy::preset("bogus").is_none());
+        assert_eq!(
+            Strategy::preset("canary-0.5pct-30s").unwrap().steps[0],
+            Step::SetWeight { weight: 50 }
+        );
+    }
+}

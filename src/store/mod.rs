@@ -1,0 +1,91 @@
+//! Persisted state: each service's traffic (split, previous split, stable group), rollouts and
+//! the event history. A transition is one `Commit`, written atomically before its weights are
+//! published, so a restarted process resumes exactly where the last one stood.
+//!
+//! The trait exists because there are two backends in the design: SQLite (one instance) and
+//! etcd (several instances sharing state).
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+use crate::config::Split;
+use crate::rollout::Rollout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("state database {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("state database {path}: a stored record is unreadable: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// The traffic state of one service as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficRecord {
+    pub current: Split,
+    pub previous: Option<Split>,
+    /// The split the config file asked for when this state was made (see `control`).
+    pub from_file: Split,
+    pub stable: Option<String>,
+    #[serde(default)]
+    pub retired: Vec<String>,
+}
+
+/// An entry of the audit history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(default)]
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub service: String,
+    pub rollout: Option<u64>,
+    /// Who or what acted: `api`, `cli`, `schedule`, `config`, `analysis`, …
+    pub actor: String,
+    pub kind: String,
+    pub from: Option<Split>,
+    pub to: Option<Split>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventQuery {
+    pub service: Option<String>,
+    pub rollout: Option<u64>,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    /// Unix milliseconds.
+    pub since: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// Everything a transition writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub traffic: Vec<(String, TrafficRecord)>,
+    pub rollout: Option<Rollout>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Default)]
+pub struct Persisted {
+    pub traffic: BTreeMap<String, TrafficRecord>,
+    /// The latest rollout of each service.
+    pub rollouts: BTreeMap<String, Rollout>,
+    pub next_rollout_id: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn load(&self) -> Result<Persisted, StoreError>;
+    fn commit(&self, c: &Commit) -> Result<(), StoreError>;
+    fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Rollouts, newest first.
+    fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError>;
+}

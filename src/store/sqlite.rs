@@ -1,0 +1,271 @@
+//! The SQLite store: one file (WAL, synchronous FULL), checked at open so that a corrupt or
+//! unwritable database stops the start with a clear error instead of losing state later.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{Commit, Event, EventQuery, Persisted, Store, StoreError};
+use crate::rollout::Rollout;
+
+const SCHEMA_VERSION: i64 = 1;
+
+pub struct SqliteStore {
+    path: String,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`; `:memory:` keeps state in memory.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let shown = path.display().to_string();
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: shown.clone(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        // A file that is not a database fails here, before anything else.
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if check != "ok" {
+            return Err(StoreError::Open {
+                path: shown,
+                reason: format!("integrity check failed: {check}"),
+            });
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Open {
+                path: shown,
+                reason: format!("schema version {version} is newer than this switchyard understands ({SCHEMA_VERSION})"),
+            });
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS traffic (
+                 service TEXT PRIMARY KEY,
+                 state   TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS rollouts (
+                 id         INTEGER PRIMARY KEY,
+                 service    TEXT NOT NULL,
+                 state      TEXT NOT NULL,
+                 status     TEXT NOT NULL,
+                 updated_at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS rollouts_by_service ON rollouts (service, id);
+             CREATE TABLE IF NOT EXISTS events (
+                 id        INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at        INTEGER NOT NULL,
+                 service   TEXT NOT NULL,
+                 rollout   INTEGER,
+                 actor     TEXT NOT NULL,
+                 kind      TEXT NOT NULL,
+                 from_split TEXT,
+                 to_split  TEXT,
+                 reason    TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS events_by_service ON events (service, id);
+             PRAGMA user_version = 1;",
+        )
+        .map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            reason: format!("cannot write: {e}"),
+        })?;
+        Ok(SqliteStore {
+            path: shown,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut out = Persisted::default();
+        let mut stmt = conn
+            .prepare("SELECT service, state FROM traffic")
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.io(e))?;
+        for row in rows {
+            let (service, json) = row.map_err(|e| self.io(e))?;
+            let rec = serde_json::from_str(&json)
+                .map_err(|e| self.corrupt(format!("traffic of {service}: {e}")))?;
+            out.traffic.insert(service, rec);
+        }
+        // The latest rollout of each service.
+        let mut stmt = conn
+            .prepare("SELECT state FROM rollouts WHERE id IN (SELECT MAX(id) FROM rollouts GROUP BY service)")
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.io(e))?;
+        for row in rows {
+            let json = row.map_err(|e| self.io(e))?;
+            let r: Rollout =
+                serde_json::from_str(&json).map_err(|e| self.corrupt(format!("rollout: {e}")))?;
+            out.rollouts.insert(r.service.clone(), r);
+        }
+        let max: Option<i64> = conn
+            .query_row("SELECT MAX(id) FROM rollouts", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.io(e))?
+            .flatten();
+        out.next_rollout_id = max.map_or(1, |m| m as u64 + 1);
+        Ok(out)
+    }
+
+    fn commit(&self, c: &Commit) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        for (service, rec) in &c.traffic {
+            let json = serde_json::to_string(rec).expect("traffic serialises");
+            tx.execute(
+                "INSERT INTO traffic (service, state) VALUES (?1, ?2)
+                 ON CONFLICT (service) DO UPDATE SET state = excluded.state",
+                params![service, json],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        if let Some(r) = &c.rollout {
+            let json = serde_json::to_string(r).expect("rollout serialises");
+            let status = serde_json::to_value(r.status)
+                .expect("status")
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            tx.execute(
+                "INSERT INTO rollouts (id, service, state, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, status = excluded.status,
+                 updated_at = excluded.updated_at",
+                params![r.id as i64, r.service, json, status, r.updated_at],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        for e in &c.events {
+            let split = |s: &Option<crate::config::Split>| {
+                s.as_ref().map(|s| serde_json::to_string(s).expect("split"))
+            };
+            tx.execute(
+                "INSERT INTO events (at, service, rollout, actor, kind, from_split, to_split, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    e.at,
+                    e.service,
+                    e.rollout.map(|r| r as i64),
+                    e.actor,
+                    e.kind,
+                    split(&e.from),
+                    split(&e.to),
+                    e.reason
+                ],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        tx.commit().map_err(|e| self.io(e))
+    }
+
+    fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, at, service, rollout, actor, kind, from_split, to_split, reason FROM events
+                 WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR rollout = ?2)
+                   AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR at >= ?5)
+                 ORDER BY id DESC LIMIT ?6",
+            )
+            .map_err(|e| self.io(e))?;
+        let limit = q.limit.unwrap_or(100).min(10_000) as i64;
+        let rows = stmt
+            .query_map(
+                params![
+                    q.service,
+                    q.rollout.map(|r| r as i64),
+                    q.kind,
+                    q.actor,
+                    q.since,
+                    limit
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, String>(8)?,
+                    ))
+                },
+            )
+            .map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, service, rollout, actor, kind, from, to, reason) =
+                row.map_err(|e| self.io(e))?;
+            let parse = |s: Option<String>| -> Result<_, StoreError> {
+                s.map(|s| serde_json::from_str(&s).map_err(|e| self.corrupt(e)))
+                    .transpose()
+            };
+            out.push(Event {
+                id,
+                at,
+                service,
+                rollout: rollout.map(|r| r as u64),
+                actor,
+                kind,
+                from: parse(from)?,
+                to: parse(to)?,
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
+    fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn
+            .prepare("SELECT state FROM rollouts WHERE (?1 IS NULL OR service = ?1) ORDER BY id DESC LIMIT ?2")
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map(params![service, limit as i64], |r| r.get::<_, String>(0))
+            .map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let json = row.map_err(|e| self.io(e))?;
+            out.push(serde_json::from_str(&json).map_err(|e| self.corrupt(e))?);
+        }
+        Ok(out)
+    }
+}
