@@ -23,6 +23,7 @@ pub enum ClientError {
 pub struct AdminClient {
     base: String,
     token: Option<String>,
+    actor: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -36,8 +37,15 @@ impl AdminClient {
         AdminClient {
             base,
             token,
+            actor: None,
             http: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Names who acts in the audit history (`x-switchyard-actor`).
+    pub fn with_actor(mut self, actor: impl Into<String>) -> AdminClient {
+        self.actor = Some(actor.into());
+        self
     }
 
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
@@ -70,6 +78,9 @@ impl AdminClient {
         let mut req = Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(a) = &self.actor {
+            req = req.header("x-switchyard-actor", a.as_str());
         }
         let body = match body {
             Some(b) => {

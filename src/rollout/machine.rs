@@ -187,6 +187,12 @@ pub fn resume(r: &mut Rollout) -> Result<Outcome, CommandError> {
     if r.status != Status::Paused {
         return Err(not_allowed(r, "only a paused rollout can be resumed"));
     }
+    if !r.held {
+        return Err(not_allowed(
+            r,
+            "it waits for promotion, not for resume: use promote",
+        ));
+    }
     r.status = Status::Progressing;
     r.held = false;
     r.reason = None;

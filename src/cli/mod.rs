@@ -1,5 +1,7 @@
 //! Command-line verbs. Those that act on a running instance go through its admin API.
 
+mod rollout;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -87,7 +89,29 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// A self-contained walk-through: two backends, the balancer, traffic, switches.
+    /// Rollouts: start, status, promote, pause, resume, abort, retry, undo, history.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The audit history, oldest first, with filters.
+    Events {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        rollout: Option<u64>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A self-contained walk-through: two backends, the balancer, traffic, switches, a canary.
     Demo,
     /// A small test backend that answers with its name (for benchmarks and trials).
     #[command(hide = true)]
@@ -172,6 +196,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_status(&res);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollout { command, target } => {
+            rollout::run(&admin(&target)?, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events {
+            service,
+            rollout,
+            kind,
+            actor,
+            limit,
+            target,
+        } => {
+            let filters = [
+                ("service", service),
+                ("rollout", rollout.map(|r| r.to_string())),
+                ("kind", kind),
+                ("actor", actor),
+                ("limit", Some(limit.to_string())),
+            ];
+            rollout::events(&admin(&target)?, &filters).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => crate::demo::run().await.map(|_| ExitCode::SUCCESS),
@@ -259,7 +305,8 @@ fn admin(t: &Target) -> anyhow::Result<AdminClient> {
         .or_else(|| from_file.as_ref().map(|a| a.bind.to_string()))
         .unwrap_or_else(|| "127.0.0.1:9901".into());
     let token = t.token.clone().or_else(|| from_file.and_then(|a| a.token));
-    Ok(AdminClient::new(&addr, token))
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    Ok(AdminClient::new(&addr, token).with_actor(format!("cli:{user}")))
 }
 
 fn split_text(v: &serde_json::Value) -> String {
