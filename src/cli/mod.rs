@@ -32,13 +32,13 @@ pub struct Cli {
 #[derive(clap::Args, Clone)]
 struct Target {
     /// Configuration file; its [admin] section says where the API is and its token.
-    #[arg(short, long, default_value = "switchyard.toml")]
+    #[arg(short, long, default_value = "switchyard.toml", global = true)]
     config: PathBuf,
     /// Admin API address (overrides the config file).
-    #[arg(long, env = "SWITCHYARD_ADMIN")]
+    #[arg(long, env = "SWITCHYARD_ADMIN", global = true)]
     admin: Option<String>,
     /// Admin token (overrides the config file).
-    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 

@@ -2,6 +2,8 @@
 //! started in-process from a TOML string, a keep-alive HTTP client, and `eventually`.
 #![allow(dead_code)]
 
+pub mod bin;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

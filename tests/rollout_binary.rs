@@ -1,0 +1,196 @@
+//! Rollouts with the real binary: SIGKILL mid-rollout and restart resumes the same rollout
+//! at the same step, weights and remaining pause; the CLI's rollout verbs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bin::*;
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_pause() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    let (web, admin_addr) = (free_port(), free_port());
+    write_config(&path, web, admin_addr, "blue", blue.addr, green.addr);
+    let api = switchyard::client::AdminClient::new(&admin_addr.to_string(), Some("t0ken".into()));
+
+    let mut first = run_binary(&path, admin_addr).await;
+    let started = api
+        .post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+                { "weight": 20 }, { "pause": "3s" }, { "weight": 60 }, { "pause": "until-promoted" }
+            ]}}),
+        )
+        .await
+        .unwrap();
+    let id = started["id"].clone();
+    // Into the timed pause, with at least one checkpoint of its progress.
+    eventually(Duration::from_secs(5), "pause checkpointed", || async {
+        let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+        r["step"] == 1 && r["pause_elapsed_ms"].as_u64().unwrap() >= 1000
+    })
+    .await;
+    signal(&first.child, "-KILL");
+    first.child.wait().unwrap();
+
+    let restarted_at = Instant::now();
+    let _second = run_binary(&path, admin_addr).await;
+    let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+    assert_eq!(r["id"], id, "the same rollout");
+    assert_eq!(
+        (r["step"].as_u64(), r["weight"].as_u64()),
+        (Some(1), Some(2000)),
+        "{r}"
+    );
+    assert_eq!(r["status"], "progressing");
+    let elapsed_before = r["pause_elapsed_ms"].as_u64().unwrap();
+    assert!(elapsed_before >= 1000, "{r}");
+
+    // The same weights in the data plane at once.
+    let c = client();
+    let mut green_hits = 0;
+    for _ in 0..2000 {
+        if get(&c, &format!("http://{web}/"), &[])
+            .await
+            .unwrap()
+            .backend()
+            == "green"
+        {
+            green_hits += 1;
+        }
+    }
+    let pct = green_hits as f64 / 20.0;
+    assert!(
+        (pct - 20.0).abs() <= 4.0,
+        "{pct}% on green after the restart"
+    );
+
+    // The pause goes on with the time it had left, not from the start.
+    eventually(Duration::from_secs(6), "next step", || async {
+        api.get("/api/v1/services/shop/rollout").await.unwrap()["weight"] == 6000
+    })
+    .await;
+    let took = restarted_at.elapsed().as_millis() as u64;
+    let left = 3000 - elapsed_before;
+    assert!(
+        took + 300 >= left,
+        "moved on after {took} ms, but {left} ms were left"
+    );
+    assert!(
+        took <= left + 2000,
+        "took {took} ms for the {left} ms that were left"
+    );
+    let events = api
+        .get("/api/v1/events?service=shop&kind=weight")
+        .await
+        .unwrap();
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        2,
+        "no step was repeated: {events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_a_rollout() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    let (web, admin_addr) = (free_port(), free_port());
+    write_config(&path, web, admin_addr, "blue", blue.addr, green.addr);
+    let _sy = run_binary(&path, admin_addr).await;
+
+    let (code, out, err) = cli(
+        &path,
+        &[
+            "rollout",
+            "start",
+            "shop",
+            "green",
+            "--strategy",
+            "canary-50pct-1h",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rollout #1 of shop: blue -> green (canary-50pct-1h, 2 steps)"),
+        "{out}"
+    );
+
+    let c = client();
+    eventually(Duration::from_secs(5), "at 50%", || async {
+        let (_, out, _) = cli(&path, &["rollout", "status", "shop"]);
+        out.contains("weights:  blue 50%  green 50%")
+    })
+    .await;
+    for _ in 0..50 {
+        get(&c, &format!("http://{web}/"), &[]).await.unwrap();
+    }
+    // The observed split appears once the sampler (4 per second) has seen the traffic.
+    eventually(Duration::from_secs(3), "observed split shown", || async {
+        cli(&path, &["rollout", "status", "shop"])
+            .1
+            .contains("observed: blue ")
+    })
+    .await;
+    let (_, out, _) = cli(&path, &["rollout", "status", "shop"]);
+    assert!(out.contains("[x] 1. set weight 50%"), "{out}");
+    assert!(out.contains("[>] 2. pause 1h"), "{out}");
+
+    let (code, out, _) = cli(&path, &["rollout", "pause", "shop"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("status: paused") && out.contains("paused by cli:"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&path, &["rollout", "resume", "shop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("status: progressing"), "{out}");
+    let (code, out, _) = cli(&path, &["rollout", "promote", "shop", "--full"]);
+    assert_eq!(code, 0, "{out}");
+    eventually(Duration::from_secs(5), "completed", || async {
+        cli(&path, &["rollout", "status", "shop"])
+            .1
+            .contains("status: completed")
+    })
+    .await;
+    // --watch on a finished rollout draws once and ends.
+    let (code, out, _) = cli(&path, &["rollout", "status", "shop", "--watch"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("status: completed"), "{out}");
+
+    let (code, out, _) = cli(&path, &["rollout", "undo", "shop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("status: rolled_back"), "{out}");
+    let (code, _, err) = cli(&path, &["rollout", "promote", "shop"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("is rolled_back"),
+        "{err}"
+    );
+
+    let (_, out, _) = cli(&path, &["rollout", "history", "shop"]);
+    assert!(out.contains("#1") && out.contains("rolled_back"), "{out}");
+    let (_, out, _) = cli(&path, &["events", "--service", "shop"]);
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    assert!(
+        out.contains(&format!("cli:{user}"))
+            && out.contains("started")
+            && out.contains("rolled_back"),
+        "{out}"
+    );
+    assert_eq!(
+        get(&c, &format!("http://{web}/"), &[])
+            .await
+            .unwrap()
+            .backend(),
+        "blue"
+    );
+}
