@@ -114,13 +114,60 @@ targets = ["{green}"]
         r["generation"]
     );
     phase(&tally, "weighted 90/10").await;
+    api.post("/api/v1/services/shop/switch", json!({ "group": "blue" }))
+        .await?;
+
+    println!("\ncanary: green goes 5% -> 25% -> 50% -> 100%, pausing 2s at each step");
+    let steps = json!({ "kind": "canary", "steps": [
+        { "weight": 5 }, { "pause": "2s" }, { "weight": 25 }, { "pause": "2s" }, { "weight": 50 }, { "pause": "2s" }
+    ]});
+    let r = api
+        .post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "green", "strategy": steps }),
+        )
+        .await?;
+    println!(
+        "→ switchyard rollout start shop green   (rollout #{})",
+        r["id"]
+    );
+    let mut last_weight = None;
+    loop {
+        let r = api.get("/api/v1/services/shop/rollout").await?;
+        let weight = r["weight"].as_u64().unwrap_or(0);
+        let done = r["status"] == "completed";
+        if last_weight != Some(weight) {
+            if last_weight.is_some() {
+                let t = std::mem::take(&mut *tally.lock().expect("tally"));
+                print_tally(
+                    &format!(
+                        "at {}",
+                        switchyard::config::format_percent(last_weight.unwrap_or(0) as u32)
+                    ),
+                    &t,
+                );
+            } else {
+                *tally.lock().expect("tally") = Tally::default();
+            }
+            last_weight = Some(weight);
+        }
+        if done {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let t = std::mem::take(&mut *tally.lock().expect("tally"));
+            print_tally("completed (100%)", &t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     stop.cancel();
     for l in load {
         l.await.context("traffic generator")?;
     }
     server.shutdown().await;
-    println!("\ndone: every switch took effect at once, with no failed request in between.");
+    println!(
+        "\ndone: every switch and step took effect at once, with no failed request in between."
+    );
     Ok(())
 }
 
@@ -134,6 +181,10 @@ async fn phase(tally: &Mutex<Tally>, what: &str) {
     *tally.lock().expect("tally") = Tally::default();
     tokio::time::sleep(PHASE).await;
     let t = std::mem::take(&mut *tally.lock().expect("tally"));
+    print_tally(what, &t);
+}
+
+fn print_tally(what: &str, t: &Tally) {
     let total: u64 = t.by_backend.values().sum::<u64>() + t.failed;
     let split: Vec<String> = ["blue-v1", "green-v2"]
         .iter()

@@ -126,10 +126,18 @@ impl Snapshot {
             routes.insert(l.name.clone(), table);
         }
 
-        let mut tls = HashMap::new();
-        for l in config.listeners.iter().filter(|l| l.is_tls()) {
-            tls.insert(l.name.clone(), crate::tls::server_config(&l.certificates)?);
-        }
+        // A traffic change keeps the config object and so the loaded certificates; a reload
+        // reads the files again (that is how certificates are rotated).
+        let tls = match prev {
+            Some(p) if Arc::ptr_eq(&p.config, &config) => p.tls.clone(),
+            _ => {
+                let mut tls = HashMap::new();
+                for l in config.listeners.iter().filter(|l| l.is_tls()) {
+                    tls.insert(l.name.clone(), crate::tls::server_config(&l.certificates)?);
+                }
+                tls
+            }
+        };
 
         Ok(Snapshot {
             generation,

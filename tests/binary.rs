@@ -154,3 +154,114 @@ async fn cli_verbs_drive_a_running_instance() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_what_apply_then_changes() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let green2 = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    let (web, admin) = (free_port(), free_port());
+    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let _sy = run_binary(&path, admin).await;
+
+    let (code, out, _) = cli(&path, &["plan"]);
+    assert_eq!((code, out.trim()), (0, "no changes"));
+
+    let next = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("active = \"blue\"", "weights = { blue = 90, green = 10 }")
+        .replace(
+            &format!("targets = [\"{}\"]", green.addr),
+            &format!("targets = [\"{}\", \"{}\"]", green.addr, green2.addr),
+        )
+        + "[[route]]\nname = \"health\"\npriority = 0\nmatch.path = [\"/lb\"]\nfixed_response = { status = 200, body = \"ok\" }\n";
+    std::fs::write(&path, next).unwrap();
+    let (code, out, err) = cli(&path, &["plan"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("+ route health: priority 0"), "{out}");
+    assert!(
+        out.contains(&format!("~ service shop group green: +{}", green2.addr)),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ service shop weights: blue=100% -> blue=90% green=10%"),
+        "{out}"
+    );
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("http://{web}/lb"), &[])
+            .await
+            .unwrap()
+            .status,
+        200,
+        "the catch-all route"
+    );
+    assert_eq!(blue.hits(), 1, "plan changed nothing");
+
+    let (code, out, err) = cli(&path, &["apply"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied: generation"), "{out}");
+    let r = get(&c, &format!("http://{web}/lb"), &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    let mut greens = 0;
+    for _ in 0..1000 {
+        if get(&c, &format!("http://{web}/"), &[])
+            .await
+            .unwrap()
+            .backend()
+            == "green"
+        {
+            greens += 1;
+        }
+    }
+    assert!(
+        (60..=140).contains(&greens),
+        "{greens} of 1000 on green at 10%"
+    );
+    assert!(green2.hits() > 0, "the added target serves");
+
+    // An invalid file: plan says where, nothing changes.
+    let broken = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("priority = 0", "priority = \"zero\"");
+    std::fs::write(&path, broken).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plan", "-c"])
+        .arg(&path)
+        .args(["--admin", &admin.to_string(), "--token", "t0ken"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("422") && err.contains("sy.toml:24:12: route[1].priority"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_demo_runs_to_the_end_without_a_failed_request() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phases: Vec<&str> = text.lines().filter(|l| l.contains(" requests: ")).collect();
+    assert_eq!(phases.len(), 8, "{text}");
+    assert!(phases.iter().all(|l| l.ends_with("failed 0")), "{text}");
+    assert!(
+        text.contains("after the switch") && text.contains("green-v2 100.0%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("done: every switch and step took effect at once"),
+        "{text}"
+    );
+}

@@ -166,7 +166,8 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
             .expect("observed split");
         assert!(
             (observed * 100.0 - pct as f64).abs() <= 2.0,
-            "observed {observed} at {pct}%"
+            "observed {observed} at {pct}% (window {window} ms, measured in {:?}): {status}",
+            t.elapsed()
         );
         api.post("/api/v1/services/shop/rollout/promote", json!({}))
             .await

@@ -41,6 +41,8 @@ pub fn router(control: Arc<Controller>, token: Option<String>) -> Router {
         .route("/services/{service}/switch", post(traffic::switch))
         .route("/services/{service}/weights", put(traffic::weights))
         .route("/reload", post(traffic::reload))
+        .route("/config/plan", post(traffic::plan))
+        .route("/config/apply", post(traffic::apply))
         .route("/rollouts", post(rollouts::start).get(rollouts::history))
         .route("/services/{service}/rollout", get(rollouts::status))
         .route(

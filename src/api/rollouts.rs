@@ -61,14 +61,30 @@ pub(super) async fn start(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WindowQuery {
+    /// Milliseconds of traffic the observed split covers (default 5000).
+    window: Option<u64>,
+}
+
 pub(super) async fn status(
     State(api): State<Api>,
     Path(service): Path<String>,
+    q: Result<Query<WindowQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_request",
+            e.body_text(),
+        )
+    })?;
     let view = api.control.rollout(&service).await?;
     let mut json = serde_json::to_value(&view).expect("view serialises");
+    let window = q.window.unwrap_or(5_000).clamp(250, 60_000);
     json["observed"] =
-        serde_json::to_value(api.control.observed(&service, 5_000)).expect("observed");
+        serde_json::to_value(api.control.observed(&service, window)).expect("observed");
     Ok(Json(json))
 }
 

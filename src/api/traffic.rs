@@ -220,3 +220,48 @@ fn counts_json(c: GroupCounts) -> serde_json::Value {
         "connect_failures": c.connect_failures, "timeouts": c.timeouts, "resets": c.resets,
     })
 }
+
+/// A configuration file sent by the CLI: its text and where it lives (relative certificate
+/// paths are resolved from there).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigRequest {
+    path: String,
+    content: String,
+}
+
+fn parse_request(req: &ConfigRequest) -> Result<crate::config::Config, ApiError> {
+    let path = std::path::Path::new(&req.path);
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    crate::config::parse(&req.content, &req.path, base).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )
+    })
+}
+
+pub(super) async fn plan(
+    State(api): State<Api>,
+    body: Result<Json<ConfigRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(bad_request)?;
+    let config = parse_request(&req)?;
+    let changes = api.control.plan(&config).await;
+    Ok(Json(serde_json::json!({ "changes": changes })))
+}
+
+pub(super) async fn apply(
+    State(api): State<Api>,
+    Actor(actor): Actor,
+    body: Result<Json<ConfigRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(bad_request)?;
+    let config = parse_request(&req)?;
+    let changes = api.control.plan(&config).await;
+    let generation = api.control.apply(config, &actor).await?;
+    Ok(Json(
+        serde_json::json!({ "changes": changes, "generation": generation }),
+    ))
+}

@@ -77,6 +77,16 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show what applying the file (-c) would change on the running instance.
+    Plan {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Apply the file (-c) to the running instance, printing what changed.
+    Apply {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Make the running instance re-read its configuration file.
     Reload {
         #[command(flatten)]
@@ -182,6 +192,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 split_text(&res["to"]),
                 res["generation"]
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { target } => {
+            let res = admin(&target)?
+                .post("/api/v1/config/plan", config_body(&target.config)?)
+                .await?;
+            print_plan(&res);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { target } => {
+            let res = admin(&target)?
+                .post("/api/v1/config/apply", config_body(&target.config)?)
+                .await?;
+            print_plan(&res);
+            println!("applied: generation {}", res["generation"]);
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { target } => {
@@ -307,6 +332,29 @@ fn admin(t: &Target) -> anyhow::Result<AdminClient> {
     let token = t.token.clone().or_else(|| from_file.and_then(|a| a.token));
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     Ok(AdminClient::new(&addr, token).with_actor(format!("cli:{user}")))
+}
+
+fn config_body(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let content =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(json!({ "path": abs.display().to_string(), "content": content }))
+}
+
+fn print_plan(res: &serde_json::Value) {
+    let changes = res["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        println!("no changes");
+    }
+    for c in changes {
+        let detail = c["detail"].as_str().unwrap_or("");
+        let sep = if detail.is_empty() { "" } else { ": " };
+        println!(
+            "{} {}{sep}{detail}",
+            c["op"].as_str().unwrap_or("?"),
+            c["what"].as_str().unwrap_or("")
+        );
+    }
 }
 
 fn split_text(v: &serde_json::Value) -> String {

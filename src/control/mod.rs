@@ -5,6 +5,7 @@
 //! the published snapshot.
 
 mod observe;
+mod plan;
 mod rollouts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,7 @@ use crate::rollout::{unix_ms, Rollout};
 use crate::snapshot::{ServiceTraffic, Snapshot};
 use crate::store::{Commit, Event, EventQuery, SqliteStore, Store, StoreError, TrafficRecord};
 
+pub use plan::PlanChange;
 pub use rollouts::RolloutView;
 
 #[derive(Debug, thiserror::Error)]
