@@ -90,7 +90,9 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
                 Some(g) => (g, None),
                 None => service.choose_by_split(req.headers(), conn.client.ip(), now),
             };
-            let mut resp = forward(req, service, group, conn).await;
+            let may_fall_back =
+                set_cookie.is_some() || forced_group(&route.overrides, service, &facts).is_none();
+            let mut resp = forward(req, service, group, may_fall_back, conn).await;
             if let Some(c) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
@@ -99,10 +101,13 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
     }
 }
 
-async fn forward(
+/// `may_fall_back`: the group came from the split (not an override), so if none of its
+/// targets can be reached the request may go to the split's other group.
+async fn forward<'s>(
     mut req: Request<Incoming>,
-    svc: &Service,
-    group: &Group,
+    svc: &'s Service,
+    mut group: &'s Group,
+    may_fall_back: bool,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
     let now = now_ms();
@@ -136,14 +141,26 @@ async fn forward(
         Ok((s, reused)) => (first, s, reused),
         Err(e) => {
             connect_failed(svc, group, first, &e);
-            let Some(second) = group.pick(svc.balance, Some(first), now_ms()) else {
+            // Another target of the group; failing that, the split's other group.
+            let now = now_ms();
+            let retry = match group.pick(svc.balance, Some(first), now) {
+                Some(t) => Some(t),
+                None if may_fall_back => svc.fallback(group, now).and_then(|g| {
+                    group.stats.record_status(502);
+                    group = g;
+                    g.stats.requests.fetch_add(1, Relaxed);
+                    g.pick(svc.balance, None, now)
+                }),
+                None => None,
+            };
+            let Some(second) = retry else {
                 group.stats.record_status(502);
                 return error(
                     ProxyError::UpstreamConnect,
                     format_args!("cannot connect to target: {e}"),
                 );
             };
-            tracing::debug!(target = %first.addr, retry = %second.addr, "connect failed; trying another target");
+            tracing::debug!(target = %first.addr, retry = %second.addr, group = %group.name, "connect failed; trying another target");
             match group.upstream.checkout(second).await {
                 Ok((s, reused)) => (second, s, reused),
                 Err(e) => {

@@ -136,6 +136,16 @@ impl Service {
         )
     }
 
+    /// Another group of the split (weight > 0) with a routable target, for a request whose
+    /// group could not be reached.
+    pub fn fallback(&self, from: &Group, now: u64) -> Option<&Arc<Group>> {
+        self.order
+            .iter()
+            .map(|&i| (&self.groups[i], self.weights[i]))
+            .find(|(g, w)| *w > 0 && !std::ptr::eq(g.as_ref(), from) && g.has_routable(now))
+            .map(|(g, _)| g)
+    }
+
     pub fn split(&self) -> Split {
         Split(
             self.groups

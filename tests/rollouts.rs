@@ -923,3 +923,112 @@ async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let sy = start(&shop(
+        blue.addr,
+        green.addr,
+        "",
+        "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]",
+    ))
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
+    )
+    .await;
+    wait_rollout(&api, "at 50%", paused_at(5000)).await;
+    // Loopback clients are "internal users": the source override sends them to the candidate.
+    assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
+    drop(sy);
+
+    let sy = start(&shop(
+        blue.addr,
+        green.addr,
+        "[service.stickiness]\nkey = \"cookie:session\"",
+        "",
+    ))
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
+    )
+    .await;
+    wait_rollout(&api, "at 50%", paused_at(5000)).await;
+    let c = client();
+    let mut per_session = BTreeMap::new();
+    for i in 0..200 {
+        let cookie = format!("session=s{i}");
+        let a = get(&c, &url, &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .backend()
+            .to_string();
+        let b = get(&c, &url, &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .backend()
+            .to_string();
+        assert_eq!(a, b, "session {i} changed version");
+        *per_session.entry(a).or_insert(0) += 1;
+    }
+    assert!(per_session.len() == 2, "{per_session:?}");
+
+    // The candidate dies: its users go to stable instead of failing.
+    green.kill();
+    for i in 0..100 {
+        let cookie = format!("session=s{i}");
+        let r = get(&c, &url, &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.backend()),
+            (200, "blue"),
+            "session {i}"
+        );
+    }
+    drop(sy);
+
+    // A client IP is a key too: one client, one version (with a live candidate again).
+    let green = TestBackend::start("green").await;
+    let sy = start(&shop(
+        blue.addr,
+        green.addr,
+        "[service.stickiness]\nkey = \"client-ip\"",
+        "",
+    ))
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green", "force": true,
+                "strategy": { "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] } }),
+    )
+    .await
+    .unwrap();
+    wait_rollout(&api, "at 50%", paused_at(5000)).await;
+    let seen = measure(&url, 100, 4, &[]).await;
+    assert_eq!(seen.len(), 1, "one client IP, one version: {seen:?}");
+    let (v, _) = seen.into_iter().next().unwrap();
+    // 127.0.0.1's bucket decides; with the candidate at 100% every key is on it.
+    api.post(
+        "/api/v1/services/shop/rollout/promote",
+        json!({ "full": true }),
+    )
+    .await
+    .unwrap();
+    wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+    assert_eq!(
+        measure(&url, 20, 2, &[]).await.get("green"),
+        Some(&20),
+        "was on {v}"
+    );
+}
