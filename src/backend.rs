@@ -1,9 +1,12 @@
 //! A tiny HTTP backend that answers with its own name: the demo's blue and green versions,
 //! and the bench's targets. `/healthz` answers 200; `/status/NNN` answers that status;
-//! `/sleep/MS` waits first; any other path echoes the name and version.
+//! `/sleep/MS` waits first; `POST /_faults?errors=PER_MILLE` makes that share of answers
+//! 500s from then on (for the rollback demo and bench); any other path echoes the name.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +21,8 @@ use tokio::task::JoinHandle;
 
 pub struct Backend {
     pub addr: SocketAddr,
+    /// Answers per thousand that are 500s.
+    pub errors_per_mille: Arc<AtomicU32>,
     task: JoinHandle<()>,
 }
 
@@ -25,21 +30,28 @@ impl Backend {
     pub async fn start(bind: SocketAddr, name: &'static str) -> std::io::Result<Backend> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
+        let errors_per_mille = Arc::new(AtomicU32::new(0));
+        let errors = errors_per_mille.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let errors = errors.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(req, name));
+                    let svc = service_fn(move |req| answer(req, name, errors.clone()));
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Ok(Backend { addr, task })
+        Ok(Backend {
+            addr,
+            errors_per_mille,
+            task,
+        })
     }
 
     pub fn stop(&self) {
@@ -56,9 +68,26 @@ impl Drop for Backend {
 async fn answer(
     req: Request<Incoming>,
     name: &'static str,
+    errors: Arc<AtomicU32>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let mut status = StatusCode::OK;
+    if path == "/_faults" {
+        let per_mille = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("errors="))
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+            .min(1000);
+        errors.store(per_mille, Relaxed);
+        return Ok(Response::new(Full::new(Bytes::from(format!(
+            "errors {per_mille}/1000\n"
+        )))));
+    }
+    if path != "/healthz" && fastrand::u32(0..1000) < errors.load(Relaxed) {
+        status = StatusCode::INTERNAL_SERVER_ERROR;
+    }
     if let Some(ms) = path.strip_prefix("/sleep/").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -224,3 +224,115 @@ async fn traffic(addr: std::net::SocketAddr, tally: Arc<Mutex<Tally>>, stop: Can
         }
     }
 }
+
+/// `switchyard demo --faulty`: the new version answers 30 % of requests with 500s; the
+/// canary is rolled back automatically and the reason printed.
+pub async fn faulty() -> anyhow::Result<()> {
+    let blue = Backend::start("127.0.0.1:0".parse()?, "blue-v1").await?;
+    let green = Backend::start("127.0.0.1:0".parse()?, "green-v2").await?;
+    green
+        .errors_per_mille
+        .store(300, std::sync::atomic::Ordering::Relaxed);
+    let token = format!("demo-{:016x}", fastrand::u64(..));
+    let toml = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+token = "{token}"
+[store]
+path = ":memory:"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+[[route]]
+name = "shop"
+priority = 10
+forward = "shop"
+
+[[analysis]]
+name = "errors"
+interval = "1s"
+count = 3
+min_requests = 20
+[[analysis.check]]
+name = "error-rate"
+metric = "error-rate"
+max_over_stable = 1.0
+
+[[service]]
+name = "shop"
+active = "blue"
+[service.strategy]
+kind = "canary"
+steps = [{{ weight = 10 }}, {{ analysis = "errors" }}, {{ weight = 50 }}, {{ pause = "10s" }}]
+[service.guard]
+interval = "250ms"
+window = "1s"
+max_error_rate = 5
+[[service.group]]
+name = "blue"
+targets = ["{blue}"]
+[[service.group]]
+name = "green"
+targets = ["{green}"]
+"#,
+        blue = blue.addr,
+        green = green.addr
+    );
+    let config = switchyard::config::parse(&toml, "demo.toml", Path::new("."))?;
+    let server = Server::start(config, None).await?;
+    let web = server.listener_addr("web").await;
+    let api = AdminClient::new(&server.admin_addr.to_string(), Some(token));
+    println!("switchyard demo --faulty");
+    println!("  blue (v1) is healthy; green (v2) answers 30% of requests with 500");
+    println!(
+        "  the canary: 10% -> analysis \"errors\" -> 50% -> pause; the guard checks every 250 ms\n"
+    );
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = CancellationToken::new();
+    let mut load = Vec::new();
+    for _ in 0..WORKERS {
+        load.push(tokio::spawn(traffic(web, tally.clone(), stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = tokio::time::Instant::now();
+    let r = api
+        .post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "green" }),
+        )
+        .await?;
+    println!(
+        "→ switchyard rollout start shop green   (rollout #{})",
+        r["id"]
+    );
+    let r = loop {
+        let r = api.get("/api/v1/services/shop/rollout").await?;
+        if r["status"] != "progressing" && r["status"] != "paused" {
+            break r;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the faulty canary was not rolled back within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "  rolled back {} ms after the start: {}",
+        started.elapsed().as_millis(),
+        r["reason"].as_str().unwrap_or("")
+    );
+    *tally.lock().expect("tally") = Tally::default();
+    tokio::time::sleep(PHASE).await;
+    let t = std::mem::take(&mut *tally.lock().expect("tally"));
+    print_tally("after the rollback", &t);
+    stop.cancel();
+    for l in load {
+        l.await.context("traffic generator")?;
+    }
+    server.shutdown().await;
+    println!(
+        "\ndone: the failing version was rolled back automatically; all traffic is on blue again."
+    );
+    Ok(())
+}

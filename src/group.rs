@@ -126,9 +126,11 @@ impl Drop for InFlight {
     }
 }
 
-/// Counters per group, recorded by the hot path.
+/// Counters per group, recorded by the hot path: totals for /metrics, and per-second
+/// windows for analysis and the rollback guard.
 #[derive(Debug, Default)]
 pub struct GroupStats {
+    pub window: crate::metrics::Window,
     pub requests: AtomicU64,
     /// Responses by class: index 0 = 1xx … 4 = 5xx (including switchyard's own 5xx).
     pub responses: [AtomicU64; 5],
@@ -138,9 +140,16 @@ pub struct GroupStats {
 }
 
 impl GroupStats {
-    pub fn record_status(&self, status: u16) {
+    /// One answer to a request of this group, from the target or from switchyard.
+    pub fn record(
+        &self,
+        status: u16,
+        started: std::time::Instant,
+        failure: Option<crate::metrics::Failure>,
+    ) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
+        self.window.record(status, started.elapsed(), failure);
     }
 
     pub fn snapshot(&self) -> GroupCounts {

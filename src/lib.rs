@@ -1,6 +1,7 @@
 //! switchyard: a Layer-7 load balancer that is also a release manager.
 //! See ARCHITECTURE.md for the map of modules.
 
+pub mod analysis;
 pub mod api;
 pub mod backend;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod group;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod rollout;
 pub mod route;

@@ -21,6 +21,7 @@ use hyper::client::conn::http1;
 use crate::config::{FixedResponse, Redirect, UpstreamProtocol};
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::group::{now_ms, Group, InFlight, Target};
+use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
@@ -110,10 +111,11 @@ async fn forward<'s>(
     may_fall_back: bool,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
+    let started = std::time::Instant::now();
     let now = now_ms();
     group.stats.requests.fetch_add(1, Relaxed);
     let Some(first) = group.pick(svc.balance, None, now) else {
-        group.stats.record_status(503);
+        group.stats.record(503, started, None);
         return error(
             ProxyError::NoHealthyTarget,
             format_args!(
@@ -146,7 +148,7 @@ async fn forward<'s>(
             let retry = match group.pick(svc.balance, Some(first), now) {
                 Some(t) => Some(t),
                 None if may_fall_back => svc.fallback(group, now).and_then(|g| {
-                    group.stats.record_status(502);
+                    group.stats.record(502, started, Some(Seen::Connect));
                     group = g;
                     g.stats.requests.fetch_add(1, Relaxed);
                     g.pick(svc.balance, None, now)
@@ -154,7 +156,7 @@ async fn forward<'s>(
                 None => None,
             };
             let Some(second) = retry else {
-                group.stats.record_status(502);
+                group.stats.record(502, started, Some(Seen::Connect));
                 return error(
                     ProxyError::UpstreamConnect,
                     format_args!("cannot connect to target: {e}"),
@@ -165,7 +167,7 @@ async fn forward<'s>(
                 Ok((s, reused)) => (second, s, reused),
                 Err(e) => {
                     connect_failed(svc, group, second, &e);
-                    group.stats.record_status(502);
+                    group.stats.record(502, started, Some(Seen::Connect));
                     return error(
                         ProxyError::UpstreamConnect,
                         format_args!("cannot connect to target: {e}"),
@@ -192,13 +194,17 @@ async fn forward<'s>(
                 _ => &group.stats.resets,
             }
             .fetch_add(1, Relaxed);
-            group.stats.record_status(e.status().as_u16());
+            let kind = match e {
+                ProxyError::UpstreamConnect => Seen::Connect,
+                _ => Seen::Reset,
+            };
+            group.stats.record(e.status().as_u16(), started, Some(kind));
             return error(e, f);
         }
         Err(_) => {
             note_failure(svc, group, target);
             group.stats.timeouts.fetch_add(1, Relaxed);
-            group.stats.record_status(504);
+            group.stats.record(504, started, Some(Seen::Timeout));
             return error(
                 ProxyError::UpstreamTimeout,
                 Failure::Timeout(svc.request_timeout),
@@ -210,7 +216,7 @@ async fn forward<'s>(
     } else {
         target.record_success();
     }
-    group.stats.record_status(resp.status().as_u16());
+    group.stats.record(resp.status().as_u16(), started, None);
 
     let mut reuse = sender.into_reusable();
     match client_upgrade {

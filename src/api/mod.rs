@@ -2,6 +2,7 @@
 //! under /api needs the bearer token, and mutating calls are refused when none is set.
 //! Errors are `{"error": {"code", "message"}}` with a status that says what kind.
 
+mod metrics;
 mod rollouts;
 mod traffic;
 
@@ -50,9 +51,11 @@ pub fn router(control: Arc<Controller>, token: Option<String>) -> Router {
             post(rollouts::command),
         )
         .route("/events", get(rollouts::events))
+        .route("/services/{service}/analysis/run", post(rollouts::dry_run))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::metrics))
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

@@ -46,7 +46,7 @@ pub(super) async fn start(
                     )
                 })?,
             };
-            let analyses = api.control.snapshot().config.analyses.clone();
+            let analyses = api.control.snapshot().config.analysis_names();
             Some(
                 crate::config::strategy_from_request(&raw, &analyses).map_err(|e| {
                     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_strategy", e)
@@ -174,4 +174,124 @@ pub(super) async fn events(
         )
     })?;
     Ok(Json(api.control.events(q).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DryRunRequest {
+    /// Default: the analyses the service's strategy names.
+    analysis: Option<String>,
+    /// Default: the candidate of the rollout in progress.
+    candidate: Option<String>,
+}
+
+/// One measurement of every check of the analyses, now, against live metrics.
+pub(super) async fn dry_run(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    body: Option<Json<serde_json::Value>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: DryRunRequest = match body {
+        None => DryRunRequest::default(),
+        Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_request",
+                e.to_string(),
+            )
+        })?,
+    };
+    let snap = api.control.snapshot();
+    let svc = snap.config.service(&service).ok_or_else(|| {
+        ApiError::from(crate::control::ControlError::UnknownService(
+            service.clone(),
+        ))
+    })?;
+    let current = api
+        .control
+        .rollout(&service)
+        .await
+        .ok()
+        .map(|v| v.rollout)
+        .filter(|r| r.status.is_active());
+    let traffic = api.control.traffic().await;
+    let stable = current
+        .as_ref()
+        .map(|r| r.stable.clone())
+        .or_else(|| traffic.get(&service).and_then(|(_, _, s)| s.clone()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_stable",
+                "the service has no stable group to compare with",
+            )
+        })?;
+    let candidate = req
+        .candidate
+        .or_else(|| current.as_ref().map(|r| r.candidate.clone()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_candidate",
+                "no rollout in progress: name a `candidate` group",
+            )
+        })?;
+    if svc.group(&candidate).is_none() {
+        return Err(crate::control::ControlError::UnknownGroup {
+            service,
+            group: candidate,
+        }
+        .into());
+    }
+    let names: Vec<String> = match req.analysis {
+        Some(a) => vec![a],
+        None => {
+            let mut v: Vec<String> = svc
+                .strategy
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    crate::rollout::Step::Analysis { name } => Some(name.clone()),
+                    _ => None,
+                })
+                .chain(svc.strategy.background_analysis.clone())
+                .collect();
+            v.dedup();
+            v
+        }
+    };
+    if names.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_analysis",
+            "the service's strategy names no analysis: give `analysis`",
+        ));
+    }
+    let groups = api.control.groups_of(&service, &stable, &candidate);
+    let mut results = Vec::new();
+    for name in names {
+        let analysis = snap.config.analysis(&name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_analysis",
+                format!("no analysis named \"{name}\""),
+            )
+        })?;
+        for check in &analysis.checks {
+            let ctx = crate::analysis::external::Context {
+                service: service.clone(),
+                rollout: current.as_ref().map(|r| r.id),
+                stable: stable.clone(),
+                candidate: candidate.clone(),
+                weight: current.as_ref().map_or(0, |r| r.weight),
+                analysis: name.clone(),
+                check: check.name.clone(),
+            };
+            let m = crate::analysis::run::measure(check, &groups, &ctx).await;
+            results.push(serde_json::json!({ "analysis": name, "measurement": m }));
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "stable": stable, "candidate": candidate, "results": results }),
+    ))
 }

@@ -106,6 +106,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Analyses: `analysis run SERVICE` measures every check once, now, and prints the verdicts.
+    Analysis {
+        #[command(subcommand)]
+        command: AnalysisCommand,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The audit history, oldest first, with filters.
     Events {
         #[arg(long)]
@@ -122,7 +129,11 @@ enum Command {
         target: Target,
     },
     /// A self-contained walk-through: two backends, the balancer, traffic, switches, a canary.
-    Demo,
+    Demo {
+        /// Instead: a canary whose new version fails, rolled back automatically.
+        #[arg(long)]
+        faulty: bool,
+    },
     /// A small test backend that answers with its name (for benchmarks and trials).
     #[command(hide = true)]
     Backend {
@@ -130,6 +141,23 @@ enum Command {
         bind: std::net::SocketAddr,
         #[arg(long)]
         name: String,
+        /// Answers per thousand that are 500s.
+        #[arg(long, default_value_t = 0)]
+        errors_per_mille: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnalysisCommand {
+    /// Measure every check once against live traffic (exit 0 all pass, 1 inconclusive, 2 fail).
+    Run {
+        service: String,
+        /// One analysis (default: those the service's strategy names).
+        #[arg(long)]
+        analysis: Option<String>,
+        /// The group to judge (default: the candidate of the rollout in progress).
+        #[arg(long)]
+        candidate: Option<String>,
     },
 }
 
@@ -245,10 +273,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rollout::events(&admin(&target)?, &filters).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => crate::demo::run().await.map(|_| ExitCode::SUCCESS),
-        Command::Backend { bind, name } => {
+        Command::Analysis {
+            command:
+                AnalysisCommand::Run {
+                    service,
+                    analysis,
+                    candidate,
+                },
+            target,
+        } => {
+            let body = json!({ "analysis": analysis, "candidate": candidate });
+            let res = admin(&target)?
+                .post(&format!("/api/v1/services/{service}/analysis/run"), body)
+                .await?;
+            println!(
+                "{service}: candidate {} against stable {}",
+                res["candidate"].as_str().unwrap_or(""),
+                res["stable"].as_str().unwrap_or("")
+            );
+            let mut worst = 0;
+            for r in res["results"].as_array().into_iter().flatten() {
+                let m = &r["measurement"];
+                let outcome = m["outcome"].as_str().unwrap_or("");
+                worst = worst.max(match outcome {
+                    "pass" => 0,
+                    "fail" => 2,
+                    _ => 1,
+                });
+                println!(
+                    "  {:<14} {:<16} {:<13} {}",
+                    r["analysis"].as_str().unwrap_or(""),
+                    m["check"].as_str().unwrap_or(""),
+                    outcome,
+                    m["detail"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::from(worst))
+        }
+        Command::Demo { faulty: false } => crate::demo::run().await.map(|_| ExitCode::SUCCESS),
+        Command::Demo { faulty: true } => crate::demo::faulty().await.map(|_| ExitCode::SUCCESS),
+        Command::Backend {
+            bind,
+            name,
+            errors_per_mille,
+        } => {
             let name: &'static str = Box::leak(name.into_boxed_str());
             let b = switchyard::backend::Backend::start(bind, name).await?;
+            b.errors_per_mille.store(
+                errors_per_mille.min(1000),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             tracing::info!(addr = %b.addr, name, "backend listening");
             std::future::pending::<()>().await;
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! The configuration file: parsed once, validated into `model` types, and rejected as a whole
 //! when anything is wrong, with every problem located by file, line, column and field.
 
+pub mod analysis;
 pub mod locate;
 pub mod model;
 pub mod raw;

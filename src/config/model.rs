@@ -22,8 +22,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub services: Vec<ServiceConfig>,
     pub store: StoreConfig,
-    /// Names of the configured analyses.
-    pub analyses: Vec<String>,
+    pub analyses: Vec<crate::analysis::AnalysisConfig>,
+    /// Slack-compatible webhook told about rollbacks.
+    pub notify_webhook: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,14 @@ pub struct StoreConfig {
 impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn analysis(&self, name: &str) -> Option<&crate::analysis::AnalysisConfig> {
+        self.analyses.iter().find(|a| a.name == name)
+    }
+
+    pub fn analysis_names(&self) -> Vec<String> {
+        self.analyses.iter().map(|a| a.name.clone()).collect()
     }
 }
 
@@ -219,6 +228,10 @@ pub struct ServiceConfig {
     /// The strategy a rollout of this service uses unless its start request names another.
     pub strategy: crate::rollout::Strategy,
     pub stickiness: Option<Stickiness>,
+    pub guard: crate::analysis::Guard,
+    pub hooks: super::analysis::Hooks,
+    /// A hook or analysis step that runs longer than this aborts the rollout.
+    pub progress_deadline: Duration,
 }
 
 /// How a request keeps its version while weights change.

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub analysis: Vec<RawAnalysis>,
+    #[serde(default)]
+    pub notifications: RawNotifications,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,11 +35,100 @@ pub struct RawStore {
     pub path: Option<String>,
 }
 
-/// A named analysis; its checks are defined by the analysis module.
+/// A named analysis: defaults for its checks, and the checks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAnalysis {
     pub name: String,
+    #[serde(default)]
+    pub check: Vec<RawCheck>,
+    pub interval: Option<String>,
+    pub count: Option<i64>,
+    pub failure_limit: Option<i64>,
+    pub inconclusive_limit: Option<i64>,
+    pub min_requests: Option<i64>,
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: String,
+    /// `success-rate`, `error-rate`, `request-rate`, `latency-p99` (any `latency-pNN`).
+    pub metric: Option<String>,
+    pub mann_whitney: Option<RawMannWhitney>,
+    pub prometheus: Option<RawPrometheus>,
+    pub webhook: Option<RawEndpoint>,
+    pub command: Option<String>,
+    pub timeout: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub max_over_stable: Option<f64>,
+    pub max_ratio_to_stable: Option<f64>,
+    pub interval: Option<String>,
+    pub count: Option<i64>,
+    pub failure_limit: Option<i64>,
+    pub inconclusive_limit: Option<i64>,
+    pub min_requests: Option<i64>,
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMannWhitney {
+    pub confidence: Option<f64>,
+    pub tolerance: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheus {
+    pub url: String,
+    pub query: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifications {
+    /// Slack-compatible incoming webhook: `{"text": …}` on rollbacks.
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub enabled: Option<bool>,
+    pub interval: Option<String>,
+    pub window: Option<String>,
+    pub max_error_rate: Option<f64>,
+    pub min_requests: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub before_traffic: Option<RawHook>,
+    pub after_traffic: Option<RawHook>,
+    pub before_promotion: Option<RawHook>,
+    pub after_rollout: Option<RawHook>,
+    pub on_rollback: Option<RawHook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub url: Option<String>,
+    pub command: Option<String>,
+    pub timeout: Option<String>,
+    pub retries: Option<i64>,
+    /// before_promotion: after the hook, wait for `rollout promote`.
+    pub confirm: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +242,10 @@ pub struct RawService {
     pub passive: Option<RawPassive>,
     pub strategy: Option<RawStrategy>,
     pub stickiness: Option<RawStickiness>,
+    pub guard: Option<RawGuard>,
+    pub hooks: Option<RawHooks>,
+    /// A hook or analysis step that takes longer than this aborts the rollout.
+    pub progress_deadline: Option<String>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
 }
@@ -185,6 +280,11 @@ pub struct RawStrategy {
     pub auto_promote_after: Option<String>,
     pub scale_down_delay: Option<String>,
     pub teardown: Option<String>,
+    /// An analysis run in the background for the whole rollout.
+    pub background_analysis: Option<String>,
+    /// Blue-green: analyses before and after the switch.
+    pub pre_promotion_analysis: Option<String>,
+    pub post_promotion_analysis: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]

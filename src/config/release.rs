@@ -127,6 +127,8 @@ pub fn strategy(
                 auto_promote_after,
                 scale_down_delay,
                 teardown: raw.teardown.clone(),
+                pre_promotion_analysis: raw.pre_promotion_analysis.clone(),
+                post_promotion_analysis: raw.post_promotion_analysis.clone(),
             })
         }
         "all-at-once" => {
@@ -159,6 +161,35 @@ pub fn strategy(
             }
         },
     };
+    let mut s = s;
+    if raw.kind != "blue-green" {
+        only(
+            &mut p,
+            &raw.kind,
+            &[
+                (
+                    "pre_promotion_analysis",
+                    raw.pre_promotion_analysis.is_some(),
+                ),
+                (
+                    "post_promotion_analysis",
+                    raw.post_promotion_analysis.is_some(),
+                ),
+            ],
+        );
+    }
+    for (key, name) in [
+        ("background_analysis", &raw.background_analysis),
+        ("pre_promotion_analysis", &raw.pre_promotion_analysis),
+        ("post_promotion_analysis", &raw.post_promotion_analysis),
+    ] {
+        if let Some(n) = name {
+            if !analyses.contains(n) {
+                p.push((crate::path![key], format!("no analysis named \"{n}\"")));
+            }
+        }
+    }
+    s.background_analysis = raw.background_analysis.clone();
     if p.is_empty() {
         Ok(s)
     } else {

@@ -30,7 +30,17 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let limits = limits(&raw.limits, &mut p);
     let listeners = listeners(&raw.listener, base_dir, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
-    let services = services(&raw.service, &analyses, &mut p);
+    let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
+    let services = services(&raw.service, &analysis_names, &mut p);
+    let notify_webhook = raw.notifications.webhook.clone();
+    if let Some(u) = &notify_webhook {
+        if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
+            p.add(
+                path!["notifications", "webhook"],
+                format!("\"{u}\" is not an http:// URL"),
+            );
+        }
+    }
     let routes = routes(&raw.route, &listeners, &services, &mut p);
     let store = StoreConfig {
         path: match raw.store.path.as_deref() {
@@ -49,6 +59,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
             services,
             store,
             analyses,
+            notify_webhook,
         })
     } else {
         Err(p)
@@ -182,17 +193,14 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
     out
 }
 
-fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::AnalysisConfig> {
     for (i, a) in raw.iter().enumerate() {
         name(&a.name, path!["analysis", i, "name"], p);
-        if out.contains(&a.name) {
-            p.add(
-                path!["analysis", i, "name"],
-                format!("duplicate analysis name \"{}\"", a.name),
-            );
-        }
-        out.push(a.name.clone());
+    }
+    let mut errs = Vec::new();
+    let out = super::analysis::analyses(raw, &mut errs);
+    for (at, msg) in errs {
+        p.add(at, msg);
     }
     out
 }
@@ -279,6 +287,18 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             }
             st
         });
+        let mut errs = Vec::new();
+        let guard = super::analysis::guard(s.guard.as_ref(), &at.join("guard"), &mut errs);
+        let hooks = super::analysis::hooks(s.hooks.as_ref(), &at.join("hooks"), &mut errs);
+        for (path, msg) in errs {
+            p.add(path, msg);
+        }
+        let progress_deadline = s
+            .progress_deadline
+            .as_ref()
+            .map_or(Duration::from_secs(600), |d| {
+                duration(d, at.join("progress_deadline"), p)
+            });
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -289,6 +309,9 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             passive,
             strategy,
             stickiness,
+            guard,
+            hooks,
+            progress_deadline,
         });
     }
     out

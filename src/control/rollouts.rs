@@ -93,7 +93,10 @@ impl Controller {
         if !force {
             self.check_healthy(service, [candidate])?;
         }
-        let strategy = strategy.unwrap_or_else(|| svc.strategy.clone());
+        let strategy = crate::rollout::hooks::with_hooks(
+            strategy.unwrap_or_else(|| svc.strategy.clone()),
+            &svc.hooks,
+        );
         let now = unix_ms();
         let r = Rollout {
             id: state.next_rollout_id,
@@ -343,7 +346,10 @@ impl Controller {
         let republish = t.current != before.current || was_active != r.status.is_active();
         tracing::info!(service, rollout = r.id, kind = change.kind, reason = %change.reason, split = %t.current, actor, "rollout");
         state.traffic.insert(service.clone(), t.clone());
-        state.rollouts.insert(service, r.clone());
+        state.rollouts.insert(service.clone(), r.clone());
+        if was_active && !r.status.is_active() || change.kind == "rolled_back" {
+            self.after_end(&state.config, &r, change);
+        }
         if republish {
             self.publish(state)?;
         }
@@ -418,6 +424,73 @@ impl Controller {
         .map(|_| ())
     }
 
+    pub(crate) async fn rollout_hook_done(
+        &self,
+        service: &str,
+        step: usize,
+        result: Result<String, String>,
+    ) -> Result<(), ControlError> {
+        self.transition(service, "hook", |r| {
+            Ok(machine::hook_done(r, step, result).unwrap_or(Outcome::Idle))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// For the rollout's own side tasks (guard, background analysis): aborts and wakes the
+    /// running driver, without ever starting one (which keeps their futures non-recursive).
+    pub(crate) async fn abort_from(
+        &self,
+        service: &str,
+        actor: &str,
+        why: &str,
+    ) -> Result<(), ControlError> {
+        let why = format!("aborted by {actor}: {why}");
+        self.transition(service, actor, |r| machine::abort(r, &why))
+            .await?;
+        self.wake_driver(service).await;
+        Ok(())
+    }
+
+    /// Holds an active rollout for a person, saying why; see `abort_from`.
+    pub(crate) async fn pause_from(
+        &self,
+        service: &str,
+        actor: &str,
+        why: &str,
+    ) -> Result<(), ControlError> {
+        self.transition(service, actor, |r| machine::pause(r, why))
+            .await?;
+        self.wake_driver(service).await;
+        Ok(())
+    }
+
+    async fn wake_driver(&self, service: &str) {
+        if let Some((wake, _)) = self.state.lock().await.drivers.get(service) {
+            wake.notify_one();
+        }
+    }
+
+    /// Looks up the live stable and candidate groups of a service (for analyses and the guard).
+    pub fn groups_of(
+        self: &Arc<Self>,
+        service: &str,
+        stable: &str,
+        candidate: &str,
+    ) -> crate::analysis::run::Groups {
+        let (control, service, stable, candidate) = (
+            self.clone(),
+            service.to_string(),
+            stable.to_string(),
+            candidate.to_string(),
+        );
+        Arc::new(move || {
+            let snap = control.snapshot();
+            let s = snap.services.get(&service)?;
+            Some((s.group(&stable)?.clone(), s.group(&candidate)?.clone()))
+        })
+    }
+
     pub(crate) async fn rollout_retired(
         &self,
         service: &str,
@@ -429,6 +502,79 @@ impl Controller {
         })
         .await
         .map(|_| ())
+    }
+}
+
+impl Controller {
+    /// When a rollout ends: the `after_rollout` or `on_rollback` hook, and for a rollback the
+    /// notification webhook. Both run in the background; their results become events.
+    fn after_end(&self, config: &crate::config::Config, r: &Rollout, change: &Change) {
+        let Some(svc) = config.service(&r.service) else {
+            return;
+        };
+        let rolled_back = matches!(r.status, Status::Aborted | Status::RolledBack);
+        let point = if rolled_back {
+            "on_rollback"
+        } else {
+            "after_rollout"
+        };
+        if let Some(hook) = crate::rollout::hooks::by_point(&svc.hooks, point).cloned() {
+            let (store, r) = (self.store.clone(), r.clone());
+            tokio::spawn(async move {
+                let (kind, reason) = match crate::rollout::hooks::run(&hook, point, &r).await {
+                    Ok(done) => ("hook", done),
+                    Err(e) => ("hook_failed", e),
+                };
+                let ev = event(&r.service, Some(r.id), "hook", kind, None, None, reason);
+                let _ = tokio::task::spawn_blocking(move || {
+                    store.commit(&Commit {
+                        events: vec![ev],
+                        ..Commit::default()
+                    })
+                })
+                .await;
+            });
+        }
+        if let (true, Some(url)) = (rolled_back, config.notify_webhook.clone()) {
+            let text = format!(
+                "switchyard: rollout #{} of {} ({} -> {}) {}: {}",
+                r.id,
+                r.service,
+                r.stable,
+                r.candidate,
+                if r.status == Status::RolledBack {
+                    "rolled back"
+                } else {
+                    "aborted, all traffic back on the stable group"
+                },
+                change.reason
+            );
+            tokio::spawn(notify(url, text));
+        }
+    }
+}
+
+/// Posts a Slack-compatible message.
+async fn notify(url: String, text: String) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let body = serde_json::json!({ "text": text }).to_string();
+    let Ok(req) = http::Request::post(&url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+    else {
+        return;
+    };
+    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => {}
+        Ok(Ok(resp)) => {
+            tracing::warn!(%url, status = %resp.status(), "notification webhook refused the message")
+        }
+        Ok(Err(e)) => tracing::warn!(%url, error = %e, "notification webhook unreachable"),
+        Err(_) => tracing::warn!(%url, "notification webhook timed out"),
     }
 }
 

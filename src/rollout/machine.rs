@@ -20,6 +20,8 @@ pub enum Outcome {
     Analysis(String),
     /// The current step retires the old group: run the teardown, then `retired`.
     Retire(Option<String>),
+    /// The current step is a hook: run it, then report with `hook_done`.
+    Hook(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +115,29 @@ pub fn step(r: &mut Rollout) -> Outcome {
         }
         Some(Step::Analysis { name }) => Outcome::Analysis(name),
         Some(Step::Retire { teardown }) => Outcome::Retire(teardown),
+        Some(Step::Hook { point }) => Outcome::Hook(point),
     }
+}
+
+/// The hook of the current step finished: success moves on, failure aborts.
+pub fn hook_done(r: &mut Rollout, step: usize, result: Result<String, String>) -> Option<Outcome> {
+    if r.step != step || r.status != Status::Progressing {
+        return None;
+    }
+    let n = step + 1;
+    Some(match result {
+        Ok(detail) => {
+            r.step += 1;
+            Change::outcome("hook", format!("step {n}: {detail}"), false)
+        }
+        Err(detail) => {
+            let changed = r.weight != 0;
+            r.weight = 0;
+            r.status = Status::Aborted;
+            r.reason = Some(format!("step {n}: {detail}"));
+            Change::outcome("aborted", format!("step {n}: {detail}"), changed)
+        }
+    })
 }
 
 /// Time spent in the current timed pause, if it is still the same step.
@@ -160,7 +184,7 @@ pub fn promote(r: &mut Rollout, full: bool) -> Result<Outcome, CommandError> {
     let n = r.step + 1;
     if matches!(
         r.current_step(),
-        Some(Step::Pause { .. } | Step::Analysis { .. })
+        Some(Step::Pause { .. } | Step::Analysis { .. } | Step::Hook { .. })
     ) {
         r.step += 1;
         return Ok(Change::outcome(
@@ -387,6 +411,8 @@ mod tests {
             auto_promote_after: None,
             scale_down_delay: Duration::from_secs(60),
             teardown: Some("true".into()),
+            pre_promotion_analysis: None,
+            post_promotion_analysis: None,
         });
         assert_eq!(kind(step(&mut r)), "weight");
         assert_eq!(kind(step(&mut r)), "paused");

@@ -3,6 +3,8 @@
 //! blue-green and all-at-once alike, and one driver (`driver`) runs it over time.
 
 pub mod driver;
+pub mod guard;
+pub mod hooks;
 pub mod machine;
 
 use std::time::Duration;
@@ -30,6 +32,11 @@ pub enum Step {
     Retire {
         teardown: Option<String>,
     },
+    /// A lifecycle hook (`before_traffic`, `before_promotion`, `after_traffic`); its failure
+    /// aborts the rollout.
+    Hook {
+        point: String,
+    },
 }
 
 impl Step {
@@ -50,6 +57,7 @@ impl Step {
             Step::Analysis { name } => format!("analysis {name}"),
             Step::Retire { teardown: None } => "retire the old group".into(),
             Step::Retire { teardown: Some(_) } => "retire the old group and tear it down".into(),
+            Step::Hook { point } => format!("hook {point}"),
         }
     }
 }
@@ -62,6 +70,9 @@ pub struct Strategy {
     /// Blue-green: the candidate is reachable through preview overrides before the switch.
     #[serde(default)]
     pub blue_green: bool,
+    /// An analysis that runs for the whole rollout; its failure rolls back.
+    #[serde(default)]
+    pub background_analysis: Option<String>,
 }
 
 /// Options of the blue-green strategy.
@@ -73,6 +84,8 @@ pub struct BlueGreen {
     /// rollback, before it is retired.
     pub scale_down_delay: Duration,
     pub teardown: Option<String>,
+    pub pre_promotion_analysis: Option<String>,
+    pub post_promotion_analysis: Option<String>,
 }
 
 impl Strategy {
@@ -81,6 +94,7 @@ impl Strategy {
             name: "canary".into(),
             steps,
             blue_green: false,
+            background_analysis: None,
         }
     }
 
@@ -91,20 +105,26 @@ impl Strategy {
                 weight: FULL_WEIGHT,
             }],
             blue_green: false,
+            background_analysis: None,
         }
     }
 
     pub fn blue_green(o: &BlueGreen) -> Strategy {
         let ms = |d: Duration| d.as_millis() as u64;
-        let mut steps = vec![
-            Step::SetWeight { weight: 0 },
-            Step::Pause {
-                duration_ms: o.auto_promote_after.map(ms),
-            },
-            Step::SetWeight {
-                weight: FULL_WEIGHT,
-            },
-        ];
+        let mut steps = vec![Step::SetWeight { weight: 0 }];
+        // The pre-promotion analysis judges the candidate on preview traffic.
+        if let Some(a) = &o.pre_promotion_analysis {
+            steps.push(Step::Analysis { name: a.clone() });
+        }
+        steps.push(Step::Pause {
+            duration_ms: o.auto_promote_after.map(ms),
+        });
+        steps.push(Step::SetWeight {
+            weight: FULL_WEIGHT,
+        });
+        if let Some(a) = &o.post_promotion_analysis {
+            steps.push(Step::Analysis { name: a.clone() });
+        }
         if !o.scale_down_delay.is_zero() {
             steps.push(Step::Pause {
                 duration_ms: Some(ms(o.scale_down_delay)),
@@ -117,6 +137,7 @@ impl Strategy {
             name: "blue-green".into(),
             steps,
             blue_green: true,
+            background_analysis: None,
         }
     }
 
@@ -158,6 +179,7 @@ impl Strategy {
             name: name.to_string(),
             steps,
             blue_green: false,
+            background_analysis: None,
         })
     }
 }

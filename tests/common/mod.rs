@@ -33,6 +33,9 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
     pub max_seq: Arc<AtomicU64>,
+    /// Answers per thousand that are 500s, and a delay before every answer: set at run time.
+    pub errors_per_mille: Arc<std::sync::atomic::AtomicU32>,
+    pub delay_ms: Arc<AtomicU64>,
     kill: CancellationToken,
 }
 
@@ -56,6 +59,9 @@ impl TestBackend {
         let hits = Arc::new(AtomicU64::new(0));
         let max_seq = Arc::new(AtomicU64::new(0));
         let kill = CancellationToken::new();
+        let errors_per_mille = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
+        let (faults, slow) = (errors_per_mille.clone(), delay_ms.clone());
         let (h, m, k) = (hits.clone(), max_seq.clone(), kill.clone());
         tokio::spawn(async move {
             loop {
@@ -65,12 +71,21 @@ impl TestBackend {
                 };
                 let Ok((stream, _)) = accepted else { continue };
                 let (h, m, k) = (h.clone(), m.clone(), k.clone());
+                let (faults, slow) = (faults.clone(), slow.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let (h, m) = (h.clone(), m.clone());
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (h, m, faults, slow) =
+                            (h.clone(), m.clone(), faults.clone(), slow.clone());
                         async move {
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
+                            let wait = slow.load(Ordering::SeqCst);
+                            if wait > 0 {
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                            }
+                            let fail = req.uri().path() != "/healthz"
+                                && fastrand::u32(0..1000) < faults.load(Ordering::SeqCst);
+                            if fail {
+                                h.fetch_add(1, Ordering::SeqCst);
+                                return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, name));
                             }
                             answer(req, name, h, m).await
                         }
@@ -89,8 +104,18 @@ impl TestBackend {
             addr,
             hits,
             max_seq,
+            errors_per_mille,
+            delay_ms,
             kill,
         }
+    }
+
+    pub fn set_errors(&self, per_mille: u32) {
+        self.errors_per_mille.store(per_mille, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub fn hits(&self) -> u64 {

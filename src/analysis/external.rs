@@ -1,0 +1,337 @@
+//! Measurements from outside: a Prometheus instant query, a webhook, a command. An empty or
+//! malformed answer is an `Error` measurement with its reason, never a crash.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+
+use super::{Check, Measurement, Outcome};
+
+/// What a webhook or command is told about the rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct Context {
+    pub service: String,
+    pub rollout: Option<u64>,
+    pub stable: String,
+    pub candidate: String,
+    /// Candidate weight in basis points.
+    pub weight: u32,
+    pub analysis: String,
+    pub check: String,
+}
+
+fn result(
+    check: &Check,
+    outcome: Outcome,
+    value: Option<f64>,
+    detail: impl Into<String>,
+) -> Measurement {
+    Measurement {
+        check: check.name.clone(),
+        outcome,
+        value,
+        detail: detail.into(),
+    }
+}
+
+async fn http(
+    method: Method,
+    url: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| format!("bad URL {url}: {e}"))?;
+    let call = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    tokio::time::timeout(timeout, call).await.map_err(|_| {
+        format!(
+            "{url}: no answer within {}",
+            humantime::format_duration(timeout)
+        )
+    })?
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn prometheus(check: &Check, base: &str, query: &str, timeout: Duration) -> Measurement {
+    let url = format!(
+        "{}/api/v1/query?query={}",
+        base.trim_end_matches('/'),
+        percent_encode(query)
+    );
+    let (status, body) = match http(Method::GET, &url, None, timeout).await {
+        Ok(x) => x,
+        Err(e) => return result(check, Outcome::Error, None, e),
+    };
+    match parse_prometheus(status, &body) {
+        Ok(value) => match check.threshold.violation(value, None, "") {
+            Some(why) => result(
+                check,
+                Outcome::Fail,
+                Some(value),
+                format!("`{query}` = {value}: {why}"),
+            ),
+            None => result(
+                check,
+                Outcome::Pass,
+                Some(value),
+                format!("`{query}` = {value}"),
+            ),
+        },
+        Err(e) => result(check, Outcome::Error, None, format!("`{query}`: {e}")),
+    }
+}
+
+/// The single number of an instant query's answer.
+fn parse_prometheus(status: u16, body: &str) -> Result<f64, String> {
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|_| {
+        let shown: String = body.chars().take(120).collect();
+        format!("answer is not JSON (status {status}): {shown:?}")
+    })?;
+    if json["status"] != "success" {
+        return Err(format!(
+            "query failed (status {status}): {}",
+            json["error"].as_str().unwrap_or("no error message")
+        ));
+    }
+    let data = &json["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("vector") => {
+            let series = data["result"]
+                .as_array()
+                .ok_or("answer has no result list")?;
+            match series.len() {
+                0 => return Err("the query returned no series".into()),
+                1 => &series[0]["value"],
+                n => {
+                    return Err(format!(
+                        "the query returned {n} series; aggregate it to one (e.g. sum(...))"
+                    ))
+                }
+            }
+        }
+        Some("scalar") => &data["result"],
+        other => return Err(format!("unsupported result type {other:?}")),
+    };
+    let text = sample[1].as_str().ok_or("the sample has no value")?;
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("the value {text:?} is not a number"))?;
+    if v.is_nan() {
+        return Err("the value is NaN (no data for the ratio?)".into());
+    }
+    Ok(v)
+}
+
+pub async fn webhook(check: &Check, url: &str, timeout: Duration, ctx: &Context) -> Measurement {
+    let body = serde_json::to_string(ctx).expect("context serialises");
+    let (status, text) = match http(Method::POST, url, Some(body), timeout).await {
+        Ok(x) => x,
+        Err(e) => return result(check, Outcome::Error, None, e),
+    };
+    if !(200..300).contains(&status) {
+        let shown: String = text.chars().take(200).collect();
+        return result(
+            check,
+            Outcome::Fail,
+            None,
+            format!("webhook answered {status}: {shown}"),
+        );
+    }
+    if text.trim().is_empty() {
+        return result(
+            check,
+            Outcome::Pass,
+            None,
+            format!("webhook answered {status}"),
+        );
+    }
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        let shown: String = text.chars().take(120).collect();
+        return result(
+            check,
+            Outcome::Error,
+            None,
+            format!("webhook answered {status} with a body that is not JSON: {shown:?}"),
+        );
+    };
+    let reason = json["reason"].as_str().unwrap_or("").to_string();
+    let value = json["value"].as_f64();
+    match json.get("verdict").map(|v| v.as_str()) {
+        None => result(
+            check,
+            Outcome::Pass,
+            value,
+            format!("webhook answered {status}"),
+        ),
+        Some(Some("pass")) => result(
+            check,
+            Outcome::Pass,
+            value,
+            format!("webhook: pass {reason}"),
+        ),
+        Some(Some("fail")) => result(
+            check,
+            Outcome::Fail,
+            value,
+            format!("webhook: fail {reason}"),
+        ),
+        Some(Some("inconclusive")) => result(
+            check,
+            Outcome::Inconclusive,
+            value,
+            format!("webhook: inconclusive {reason}"),
+        ),
+        Some(other) => result(
+            check,
+            Outcome::Error,
+            None,
+            format!(
+                "webhook verdict {:?} is not pass, fail or inconclusive",
+                other.unwrap_or("(not a string)")
+            ),
+        ),
+    }
+}
+
+/// Exit 0 passes, 3 is inconclusive, 126/127 (cannot run) are errors, anything else fails.
+pub async fn command(check: &Check, cmd: &str, timeout: Duration, ctx: &Context) -> Measurement {
+    let run = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SWITCHYARD_SERVICE", &ctx.service)
+        .env("SWITCHYARD_STABLE", &ctx.stable)
+        .env("SWITCHYARD_CANDIDATE", &ctx.candidate)
+        .env("SWITCHYARD_WEIGHT", ctx.weight.to_string())
+        .env(
+            "SWITCHYARD_ROLLOUT",
+            ctx.rollout.map(|r| r.to_string()).unwrap_or_default(),
+        )
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(timeout, run).await {
+        Err(_) => {
+            return result(
+                check,
+                Outcome::Error,
+                None,
+                format!(
+                    "`{cmd}` did not finish within {}",
+                    humantime::format_duration(timeout)
+                ),
+            )
+        }
+        Ok(Err(e)) => {
+            return result(
+                check,
+                Outcome::Error,
+                None,
+                format!("`{cmd}` could not run: {e}"),
+            )
+        }
+        Ok(Ok(out)) => out,
+    };
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim();
+        s.chars()
+            .skip(s.chars().count().saturating_sub(200))
+            .collect::<String>()
+    };
+    let said = if out.stderr.is_empty() {
+        tail(&out.stdout)
+    } else {
+        tail(&out.stderr)
+    };
+    match out.status.code() {
+        Some(0) => result(
+            check,
+            Outcome::Pass,
+            None,
+            format!("`{cmd}` exited 0 {said}"),
+        ),
+        Some(3) => result(
+            check,
+            Outcome::Inconclusive,
+            None,
+            format!("`{cmd}` exited 3 (inconclusive) {said}"),
+        ),
+        Some(c @ (126 | 127)) => result(
+            check,
+            Outcome::Error,
+            None,
+            format!("`{cmd}` cannot run (exit {c}): {said}"),
+        ),
+        Some(c) => result(
+            check,
+            Outcome::Fail,
+            None,
+            format!("`{cmd}` exited {c}: {said}"),
+        ),
+        None => result(
+            check,
+            Outcome::Error,
+            None,
+            format!("`{cmd}` was killed by a signal"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_prometheus;
+
+    #[test]
+    fn prometheus_answers() {
+        let ok = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.25"]}]}}"#;
+        assert_eq!(parse_prometheus(200, ok), Ok(0.25));
+        let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"3"]}}"#;
+        assert_eq!(parse_prometheus(200, scalar), Ok(3.0));
+        let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(parse_prometheus(200, empty)
+            .unwrap_err()
+            .contains("no series"));
+        assert!(parse_prometheus(502, "<html>")
+            .unwrap_err()
+            .contains("not JSON"));
+        let bad = r#"{"status":"error","error":"parse error at char 3"}"#;
+        assert!(parse_prometheus(400, bad)
+            .unwrap_err()
+            .contains("parse error"));
+        let nan = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#;
+        assert!(parse_prometheus(200, nan).unwrap_err().contains("NaN"));
+    }
+}

@@ -1,0 +1,179 @@
+//! Analysis: named sets of checks that judge a candidate. Each check measures `count` times,
+//! one every `interval`; failures beyond `failure_limit` fail the analysis (the rollout rolls
+//! back), inconclusive or erroneous measurements beyond `inconclusive_limit` make it
+//! inconclusive (the rollout pauses for a person). Too little traffic is inconclusive, never a
+//! pass.
+
+pub mod builtin;
+pub mod external;
+pub mod run;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisConfig {
+    pub name: String,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub provider: Provider,
+    pub threshold: Threshold,
+    pub interval: Duration,
+    /// Measurements to take; 0 in the background means "until the rollout ends".
+    pub count: u32,
+    pub failure_limit: u32,
+    pub inconclusive_limit: u32,
+    /// Candidate requests (and stable ones, for a comparison) a built-in measurement needs.
+    pub min_requests: u64,
+    /// How much recent traffic a built-in measurement looks at.
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provider {
+    Metric(Metric),
+    /// Mann-Whitney U on candidate vs stable latency: fails when the candidate is slower with
+    /// `confidence` and its median is more than `tolerance` (relative) above stable's.
+    MannWhitney {
+        confidence: f64,
+        tolerance: f64,
+    },
+    Prometheus {
+        url: String,
+        query: String,
+        timeout: Duration,
+    },
+    Webhook {
+        url: String,
+        timeout: Duration,
+    },
+    Command {
+        command: String,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Metric {
+    /// Percent of answers that are not 5xx.
+    SuccessRate,
+    /// Percent of answers that are 5xx.
+    ErrorRate,
+    /// Latency at a quantile, in milliseconds.
+    Latency(f64),
+    /// Requests per second.
+    RequestRate,
+}
+
+impl Metric {
+    pub fn parse(s: &str) -> Option<Metric> {
+        Some(match s {
+            "success-rate" => Metric::SuccessRate,
+            "error-rate" => Metric::ErrorRate,
+            "request-rate" => Metric::RequestRate,
+            _ => {
+                let q: f64 = s.strip_prefix("latency-p")?.parse().ok()?;
+                if !(0.0 < q && q < 100.0) {
+                    return None;
+                }
+                Metric::Latency(q / 100.0)
+            }
+        })
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::SuccessRate | Metric::ErrorRate => "%",
+            Metric::Latency(_) => " ms",
+            Metric::RequestRate => " req/s",
+        }
+    }
+}
+
+/// Bounds a measured value must keep. `*_stable` ones compare with the stable group over the
+/// same window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Threshold {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// value ≤ stable + this (percentage points for rates, ms for latency).
+    pub max_over_stable: Option<f64>,
+    /// value ≤ stable × this.
+    pub max_ratio_to_stable: Option<f64>,
+}
+
+impl Threshold {
+    pub fn needs_stable(&self) -> bool {
+        self.max_over_stable.is_some() || self.max_ratio_to_stable.is_some()
+    }
+
+    /// Why `value` breaks the threshold, if it does.
+    pub fn violation(&self, value: f64, stable: Option<f64>, unit: &str) -> Option<String> {
+        if let Some(max) = self.max.filter(|m| value > *m) {
+            return Some(format!("{value:.3}{unit} > max {max}{unit}"));
+        }
+        if let Some(min) = self.min.filter(|m| value < *m) {
+            return Some(format!("{value:.3}{unit} < min {min}{unit}"));
+        }
+        if let (Some(d), Some(s)) = (self.max_over_stable, stable) {
+            if value > s + d {
+                return Some(format!(
+                    "{value:.3}{unit} > stable {s:.3}{unit} + {d}{unit}"
+                ));
+            }
+        }
+        if let (Some(r), Some(s)) = (self.max_ratio_to_stable, stable) {
+            if value > s * r {
+                return Some(format!("{value:.3}{unit} > {r} × stable {s:.3}{unit}"));
+            }
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Inconclusive,
+    /// The provider's answer was missing or malformed; counts as inconclusive.
+    Error,
+}
+
+/// One measurement of one check, explained.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    pub check: String,
+    pub outcome: Outcome,
+    pub value: Option<f64>,
+    pub detail: String,
+}
+
+/// The rollout-side settings of a service: the fast rollback guard, hooks, deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub window: Duration,
+    /// Abort when the candidate's 5xx rate exceeds stable's by more than this (points).
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            window: Duration::from_secs(2),
+            max_error_rate: 5.0,
+            min_requests: 10,
+        }
+    }
+}

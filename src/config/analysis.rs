@@ -1,0 +1,304 @@
+//! Validation of analyses, the rollback guard, hooks and notifications.
+
+use std::time::Duration;
+
+use super::locate::KeyPath;
+use super::raw::{RawAnalysis, RawCheck, RawGuard, RawHook, RawHooks};
+use crate::analysis::{AnalysisConfig, Check, Guard, Metric, Provider, Threshold};
+
+type Problems = Vec<(KeyPath, String)>;
+
+fn dur(v: &Option<String>, at: KeyPath, default: Duration, p: &mut Problems) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                p.push((
+                    at,
+                    format!("\"{s}\" is not a duration above zero such as \"1s\" or \"30s\""),
+                ));
+                default
+            }
+        },
+    }
+}
+
+fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) -> u32 {
+    match v {
+        None => default,
+        Some(n) if (0..=max).contains(&n) => n as u32,
+        Some(n) => {
+            p.push((at, format!("{n} is out of range: use 0 to {max}")));
+            default
+        }
+    }
+}
+
+fn http_url(u: &str, at: KeyPath, p: &mut Problems) {
+    if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
+        p.push((at, format!("\"{u}\" is not an http:// URL")));
+    }
+}
+
+pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
+    let mut out: Vec<AnalysisConfig> = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let at = crate::path!["analysis", i];
+        if out.iter().any(|o| o.name == a.name) {
+            p.push((
+                at.join("name"),
+                format!("duplicate analysis name \"{}\"", a.name),
+            ));
+        }
+        if a.check.is_empty() {
+            p.push((
+                at.clone(),
+                format!("analysis \"{}\" has no [[analysis.check]]", a.name),
+            ));
+        }
+        let defaults = (
+            dur(&a.interval, at.join("interval"), Duration::from_secs(10), p),
+            count(a.count, at.join("count"), 3, 10_000, p),
+            count(a.failure_limit, at.join("failure_limit"), 0, 10_000, p),
+            count(
+                a.inconclusive_limit,
+                at.join("inconclusive_limit"),
+                1,
+                10_000,
+                p,
+            ),
+            count(
+                a.min_requests,
+                at.join("min_requests"),
+                20,
+                1_000_000_000,
+                p,
+            ) as u64,
+            a.window.clone(),
+        );
+        let mut checks: Vec<Check> = Vec::new();
+        for (j, c) in a.check.iter().enumerate() {
+            let cat = at.join("check").join(j);
+            if checks.iter().any(|o| o.name == c.name) {
+                p.push((
+                    cat.join("name"),
+                    format!("duplicate check name \"{}\"", c.name),
+                ));
+            }
+            if let Some(check) = check(c, &defaults, &cat, p) {
+                checks.push(check);
+            }
+        }
+        out.push(AnalysisConfig {
+            name: a.name.clone(),
+            checks,
+        });
+    }
+    out
+}
+
+type Defaults = (Duration, u32, u32, u32, u64, Option<String>);
+
+fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<Check> {
+    let interval = c
+        .interval
+        .as_ref()
+        .map_or(d.0, |_| dur(&c.interval, at.join("interval"), d.0, p));
+    let timeout = dur(&c.timeout, at.join("timeout"), Duration::from_secs(10), p);
+    let kinds = [
+        c.metric.is_some(),
+        c.mann_whitney.is_some(),
+        c.prometheus.is_some(),
+        c.webhook.is_some(),
+        c.command.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        p.push((
+            at.clone(),
+            format!("check \"{}\" needs exactly one of `metric`, `mann_whitney`, `prometheus`, `webhook` or `command`", c.name),
+        ));
+        return None;
+    }
+    let threshold = Threshold {
+        min: c.min,
+        max: c.max,
+        max_over_stable: c.max_over_stable,
+        max_ratio_to_stable: c.max_ratio_to_stable,
+    };
+    let has_bound = threshold.min.is_some() || threshold.max.is_some() || threshold.needs_stable();
+    let provider = if let Some(m) = &c.metric {
+        let Some(metric) = Metric::parse(m) else {
+            p.push((
+                at.join("metric"),
+                format!("unknown metric \"{m}\": use success-rate, error-rate, request-rate or latency-pNN (e.g. latency-p99)"),
+            ));
+            return None;
+        };
+        if !has_bound {
+            p.push((
+                at.clone(),
+                "a metric check needs a bound: min, max, max_over_stable or max_ratio_to_stable"
+                    .into(),
+            ));
+        }
+        Provider::Metric(metric)
+    } else if let Some(mw) = &c.mann_whitney {
+        let confidence = mw.confidence.unwrap_or(0.95);
+        let tolerance = mw.tolerance.unwrap_or(0.1);
+        if !(0.5..1.0).contains(&confidence) {
+            p.push((
+                at.join("mann_whitney").join("confidence"),
+                format!("{confidence} is out of range: use 0.5 to 0.999"),
+            ));
+        }
+        if !(0.0..=10.0).contains(&tolerance) {
+            p.push((
+                at.join("mann_whitney").join("tolerance"),
+                format!("{tolerance} is out of range: use 0 (any slowdown) to 10"),
+            ));
+        }
+        Provider::MannWhitney {
+            confidence,
+            tolerance,
+        }
+    } else if let Some(pr) = &c.prometheus {
+        http_url(&pr.url, at.join("prometheus").join("url"), p);
+        if threshold.needs_stable() {
+            p.push((
+                at.clone(),
+                "a Prometheus check compares with min/max only".into(),
+            ));
+        }
+        if !has_bound {
+            p.push((at.clone(), "a Prometheus check needs min or max".into()));
+        }
+        Provider::Prometheus {
+            url: pr.url.clone(),
+            query: pr.query.clone(),
+            timeout,
+        }
+    } else if let Some(w) = &c.webhook {
+        http_url(&w.url, at.join("webhook").join("url"), p);
+        Provider::Webhook {
+            url: w.url.clone(),
+            timeout,
+        }
+    } else {
+        Provider::Command {
+            command: c.command.clone().unwrap_or_default(),
+            timeout,
+        }
+    };
+    let window_src = c.window.clone().or_else(|| d.5.clone());
+    Some(Check {
+        name: c.name.clone(),
+        provider,
+        threshold,
+        interval,
+        count: count(c.count, at.join("count"), d.1, 10_000, p),
+        failure_limit: count(c.failure_limit, at.join("failure_limit"), d.2, 10_000, p),
+        inconclusive_limit: count(
+            c.inconclusive_limit,
+            at.join("inconclusive_limit"),
+            d.3,
+            10_000,
+            p,
+        ),
+        min_requests: c.min_requests.map_or(d.4, |_| {
+            count(
+                c.min_requests,
+                at.join("min_requests"),
+                20,
+                1_000_000_000,
+                p,
+            ) as u64
+        }),
+        // The window defaults to the interval: each measurement sees the traffic since the last.
+        window: dur(&window_src, at.join("window"), interval, p),
+    })
+}
+
+pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
+    let d = Guard::default();
+    let Some(raw) = raw else { return d };
+    let max_error_rate = raw.max_error_rate.unwrap_or(d.max_error_rate);
+    if !(0.0..=100.0).contains(&max_error_rate) {
+        p.push((
+            at.join("max_error_rate"),
+            format!("{max_error_rate} is out of range: use 0 to 100 (points)"),
+        ));
+    }
+    Guard {
+        enabled: raw.enabled.unwrap_or(true),
+        interval: dur(&raw.interval, at.join("interval"), d.interval, p),
+        window: dur(&raw.window, at.join("window"), d.window, p),
+        max_error_rate,
+        min_requests: count(
+            raw.min_requests,
+            at.join("min_requests"),
+            d.min_requests as u32,
+            1_000_000,
+            p,
+        ) as u64,
+    }
+}
+
+/// A lifecycle hook: an HTTP call or a command, with timeout and retries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Hook {
+    pub url: Option<String>,
+    pub command: Option<String>,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub confirm: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    pub before_traffic: Option<Hook>,
+    pub after_traffic: Option<Hook>,
+    pub before_promotion: Option<Hook>,
+    pub after_rollout: Option<Hook>,
+    pub on_rollback: Option<Hook>,
+}
+
+pub fn hooks(raw: Option<&RawHooks>, at: &KeyPath, p: &mut Problems) -> Hooks {
+    let Some(raw) = raw else {
+        return Hooks::default();
+    };
+    let one = |h: &Option<RawHook>, key: &str, p: &mut Problems| {
+        let h = h.as_ref()?;
+        let hat = at.join(key);
+        if h.url.is_some() == h.command.is_some() {
+            p.push((
+                hat.clone(),
+                "a hook needs exactly one of `url` or `command`".into(),
+            ));
+        }
+        if let Some(u) = &h.url {
+            http_url(u, hat.join("url"), p);
+        }
+        if h.confirm == Some(true) && key != "before_promotion" {
+            p.push((
+                hat.join("confirm"),
+                "only before_promotion can wait for a confirmation".into(),
+            ));
+        }
+        Some(Hook {
+            url: h.url.clone(),
+            command: h.command.clone(),
+            timeout_ms: dur(&h.timeout, hat.join("timeout"), Duration::from_secs(30), p).as_millis()
+                as u64,
+            retries: count(h.retries, hat.join("retries"), 0, 10, p),
+            confirm: h.confirm.unwrap_or(false),
+        })
+    };
+    Hooks {
+        before_traffic: one(&raw.before_traffic, "before_traffic", p),
+        after_traffic: one(&raw.after_traffic, "after_traffic", p),
+        before_promotion: one(&raw.before_promotion, "before_promotion", p),
+        after_rollout: one(&raw.after_rollout, "after_rollout", p),
+        on_rollback: one(&raw.on_rollback, "on_rollback", p),
+    }
+}

@@ -1,0 +1,240 @@
+//! What the data plane saw, per group, in one-second slots kept for 11 minutes: responses by
+//! class, upstream failures, and a latency histogram (5 % wide log buckets from 100 µs to 60 s,
+//! enough for p50–p99.9). Recording is a handful of relaxed atomic adds; a slot that belongs
+//! to an old second is reset by whichever request first claims it. Analysis and the rollback
+//! guard read ranges of seconds.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::group::now_ms;
+
+/// Seconds kept: 11 minutes.
+pub const SLOTS: u64 = 660;
+const MIN_US: f64 = 100.0;
+const GROWTH: f64 = 1.05;
+/// ln(60 s / 100 µs) / ln(1.05) ≈ 273, plus under- and overflow.
+pub const BUCKETS: usize = 275;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Connect,
+    Timeout,
+    Reset,
+}
+
+struct Slot {
+    second: AtomicU64,
+    requests: AtomicU64,
+    classes: [AtomicU64; 5],
+    failures: [AtomicU64; 3],
+    latency: [AtomicU32; BUCKETS],
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            // Second 0's slot starts valid and empty; every other slot is claimed when its
+            // second first comes.
+            second: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            classes: Default::default(),
+            failures: Default::default(),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    fn clear(&self) {
+        self.requests.store(0, Relaxed);
+        self.classes.iter().for_each(|c| c.store(0, Relaxed));
+        self.failures.iter().for_each(|c| c.store(0, Relaxed));
+        self.latency.iter().for_each(|c| c.store(0, Relaxed));
+    }
+}
+
+pub struct Window {
+    slots: Box<[Slot]>,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Window")
+    }
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            slots: (0..SLOTS).map(|_| Slot::new()).collect(),
+        }
+    }
+}
+
+/// The current second on the window's clock.
+pub fn now_second() -> u64 {
+    now_ms() / 1000
+}
+
+impl Window {
+    fn slot(&self, second: u64) -> &Slot {
+        let s = &self.slots[(second % SLOTS) as usize];
+        let seen = s.second.load(Relaxed);
+        // Only a newer second takes a slot over (a late writer never clears newer data).
+        if seen < second
+            && s.second
+                .compare_exchange(seen, second, Relaxed, Relaxed)
+                .is_ok()
+        {
+            s.clear();
+        }
+        s
+    }
+
+    /// One response (from the target or from switchyard itself) and how long it took.
+    pub fn record(&self, status: u16, latency: Duration, failure: Option<Failure>) {
+        let s = self.slot(now_second());
+        s.requests.fetch_add(1, Relaxed);
+        s.classes[(status / 100).clamp(1, 5) as usize - 1].fetch_add(1, Relaxed);
+        if let Some(f) = failure {
+            s.failures[f as usize].fetch_add(1, Relaxed);
+        }
+        s.latency[bucket(latency)].fetch_add(1, Relaxed);
+    }
+
+    /// Totals over the seconds `[from, to]` (slots of other seconds are skipped).
+    pub fn summary(&self, from: u64, to: u64) -> Summary {
+        let mut out = Summary {
+            seconds: to.saturating_sub(from) + 1,
+            ..Summary::default()
+        };
+        let from = from.max(to.saturating_sub(SLOTS - 1));
+        for sec in from..=to {
+            let s = &self.slots[(sec % SLOTS) as usize];
+            if s.second.load(Relaxed) != sec {
+                continue;
+            }
+            out.requests += s.requests.load(Relaxed);
+            for i in 0..5 {
+                out.classes[i] += s.classes[i].load(Relaxed);
+            }
+            for i in 0..3 {
+                out.failures[i] += s.failures[i].load(Relaxed);
+            }
+            for (h, b) in out.latency.iter_mut().zip(s.latency.iter()) {
+                *h += b.load(Relaxed) as u64;
+            }
+        }
+        out
+    }
+
+    /// The current (partial) second and the `window` of whole seconds before it, so a
+    /// measurement just after a second begins still sees a full window of traffic.
+    pub fn last(&self, window: Duration) -> Summary {
+        let now = now_second();
+        let secs = window.as_secs().max(1);
+        self.summary(now.saturating_sub(secs), now)
+    }
+}
+
+fn bucket(latency: Duration) -> usize {
+    let us = latency.as_secs_f64() * 1e6;
+    if us < MIN_US {
+        return 0;
+    }
+    (((us / MIN_US).ln() / GROWTH.ln()) as usize + 1).min(BUCKETS - 1)
+}
+
+/// A representative latency for a bucket: the geometric middle of its bounds.
+pub fn bucket_value(i: usize) -> Duration {
+    if i == 0 {
+        return Duration::from_micros(50);
+    }
+    let lo = MIN_US * GROWTH.powi(i as i32 - 1);
+    Duration::from_secs_f64(lo * GROWTH.sqrt() / 1e6)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub seconds: u64,
+    pub requests: u64,
+    pub classes: [u64; 5],
+    /// connect, timeout, reset
+    pub failures: [u64; 3],
+    pub latency: Vec<u64>,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary {
+            seconds: 0,
+            requests: 0,
+            classes: [0; 5],
+            failures: [0; 3],
+            latency: vec![0; BUCKETS],
+        }
+    }
+}
+
+impl Summary {
+    /// Share of 5xx answers, in percent.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| 100.0 * self.classes[4] as f64 / self.requests as f64)
+    }
+
+    /// Share of answers that are not 5xx, in percent.
+    pub fn success_rate(&self) -> Option<f64> {
+        self.error_rate().map(|e| 100.0 - e)
+    }
+
+    pub fn request_rate(&self) -> f64 {
+        self.requests as f64 / self.seconds.max(1) as f64
+    }
+
+    /// The latency at quantile `q` (0–1).
+    pub fn percentile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_value(i));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_100us_to_60s_within_5_percent() {
+        for ms in [0.2, 1.0, 7.3, 120.0, 2500.0, 59_000.0] {
+            let d = Duration::from_secs_f64(ms / 1000.0);
+            let v = bucket_value(bucket(d)).as_secs_f64() * 1000.0;
+            assert!((v / ms - 1.0).abs() < 0.05, "{ms} ms -> {v} ms");
+        }
+        assert_eq!(bucket(Duration::from_secs(3600)), BUCKETS - 1);
+    }
+
+    #[test]
+    fn percentiles_and_rates() {
+        let w = Window::default();
+        for i in 0..100 {
+            let status = if i < 10 { 503 } else { 200 };
+            w.record(status, Duration::from_millis(i + 1), None);
+        }
+        let s = w.last(Duration::from_secs(1));
+        assert_eq!(s.requests, 100);
+        assert_eq!(s.error_rate(), Some(10.0));
+        let p99 = s.percentile(0.99).unwrap().as_secs_f64() * 1000.0;
+        assert!((p99 / 99.0 - 1.0).abs() < 0.05, "{p99}");
+        let p50 = s.percentile(0.5).unwrap().as_secs_f64() * 1000.0;
+        assert!((p50 / 50.0 - 1.0).abs() < 0.05, "{p50}");
+    }
+}

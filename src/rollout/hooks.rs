@@ -1,0 +1,141 @@
+//! Lifecycle hooks: where they go in a rollout's steps, and running one (an HTTP call or a
+//! command, with a timeout and retries).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Rollout, Step, Strategy};
+use crate::config::analysis::{Hook, Hooks};
+use crate::config::FULL_WEIGHT;
+
+/// The strategy's steps with the service's hooks in place: `before_traffic` first,
+/// `before_promotion` (and a wait for confirmation if asked) before the step that gives the
+/// candidate all traffic, `after_traffic` right after it.
+pub fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
+    let hook = |p: &str| Step::Hook {
+        point: p.to_string(),
+    };
+    let mut steps = Vec::new();
+    if hooks.before_traffic.is_some() {
+        steps.push(hook("before_traffic"));
+    }
+    let full = s
+        .steps
+        .iter()
+        .position(|st| matches!(st, Step::SetWeight { weight } if *weight == FULL_WEIGHT));
+    let (before, after) = match full {
+        Some(i) => s.steps.split_at(i),
+        None => (&s.steps[..], &[][..]),
+    };
+    steps.extend_from_slice(before);
+    if let Some(h) = &hooks.before_promotion {
+        steps.push(hook("before_promotion"));
+        if h.confirm {
+            steps.push(Step::Pause { duration_ms: None });
+        }
+    }
+    match after.split_first() {
+        Some((switch, rest)) => {
+            steps.push(switch.clone());
+            if hooks.after_traffic.is_some() {
+                steps.push(hook("after_traffic"));
+            }
+            steps.extend_from_slice(rest);
+        }
+        None if hooks.after_traffic.is_some() => {
+            steps.push(Step::SetWeight {
+                weight: FULL_WEIGHT,
+            });
+            steps.push(hook("after_traffic"));
+        }
+        None => {}
+    }
+    s.steps = steps;
+    s
+}
+
+pub fn by_point<'h>(hooks: &'h Hooks, point: &str) -> Option<&'h Hook> {
+    match point {
+        "before_traffic" => hooks.before_traffic.as_ref(),
+        "after_traffic" => hooks.after_traffic.as_ref(),
+        "before_promotion" => hooks.before_promotion.as_ref(),
+        "after_rollout" => hooks.after_rollout.as_ref(),
+        "on_rollback" => hooks.on_rollback.as_ref(),
+        _ => None,
+    }
+}
+
+/// Runs a hook, retrying; `Ok` says what happened, `Err` why it failed.
+pub async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String> {
+    let timeout = Duration::from_millis(hook.timeout_ms);
+    let mut last = String::new();
+    for attempt in 0..=hook.retries {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+        }
+        let once = async {
+            match (&hook.url, &hook.command) {
+                (Some(url), _) => call(url, point, r).await,
+                (None, Some(cmd)) => command(cmd, point, r).await,
+                (None, None) => Err("the hook has neither url nor command".into()),
+            }
+        };
+        last = match tokio::time::timeout(timeout, once).await {
+            Ok(Ok(done)) => return Ok(format!("hook {point} {done}")),
+            Ok(Err(e)) => e,
+            Err(_) => format!("timed out after {}", humantime::format_duration(timeout)),
+        };
+        tracing::warn!(point, attempt, error = %last, "hook failed");
+    }
+    Err(format!(
+        "hook {point} failed after {} attempts: {last}",
+        hook.retries + 1
+    ))
+}
+
+async fn call(url: &str, point: &str, r: &Rollout) -> Result<String, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let body = serde_json::json!({
+        "hook": point, "service": r.service, "rollout": r.id, "stable": r.stable,
+        "candidate": r.candidate, "weight": r.weight, "step": r.step,
+    });
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| format!("bad URL {url}: {e}"))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(format!("answered {}", status.as_u16()))
+    } else {
+        Err(format!("{url} answered {}", status.as_u16()))
+    }
+}
+
+async fn command(cmd: &str, point: &str, r: &Rollout) -> Result<String, String> {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SWITCHYARD_HOOK", point)
+        .env("SWITCHYARD_SERVICE", &r.service)
+        .env("SWITCHYARD_ROLLOUT", r.id.to_string())
+        .env("SWITCHYARD_STABLE", &r.stable)
+        .env("SWITCHYARD_CANDIDATE", &r.candidate)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("`{cmd}` could not run: {e}"))?;
+    if out.status.success() {
+        Ok(format!("`{cmd}` succeeded"))
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(format!("`{cmd}` {}: {}", out.status, err.trim()))
+    }
+}
