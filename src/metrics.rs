@@ -130,9 +130,14 @@ impl Window {
     /// The current (partial) second and the `window` of whole seconds before it, so a
     /// measurement just after a second begins still sees a full window of traffic.
     pub fn last(&self, window: Duration) -> Summary {
+        self.last_since(window, 0)
+    }
+
+    /// `last`, but nothing before second `since`.
+    pub fn last_since(&self, window: Duration, since: u64) -> Summary {
         let now = now_second();
         let secs = window.as_secs().max(1);
-        self.summary(now.saturating_sub(secs), now)
+        self.summary(now.saturating_sub(secs).max(since), now)
     }
 }
 

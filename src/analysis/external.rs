@@ -23,6 +23,9 @@ pub struct Context {
     pub weight: u32,
     pub analysis: String,
     pub check: String,
+    /// The window second the analysis began: built-in measurements look no further back.
+    #[serde(skip)]
+    pub since: u64,
 }
 
 fn result(

@@ -215,17 +215,6 @@ pub(super) async fn dry_run(
         .map(|v| v.rollout)
         .filter(|r| r.status.is_active());
     let traffic = api.control.traffic().await;
-    let stable = current
-        .as_ref()
-        .map(|r| r.stable.clone())
-        .or_else(|| traffic.get(&service).and_then(|(_, _, s)| s.clone()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "no_stable",
-                "the service has no stable group to compare with",
-            )
-        })?;
     let candidate = req
         .candidate
         .or_else(|| current.as_ref().map(|r| r.candidate.clone()))
@@ -234,6 +223,31 @@ pub(super) async fn dry_run(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "no_candidate",
                 "no rollout in progress: name a `candidate` group",
+            )
+        })?;
+    // Stable: the rollout's, else the service's, else the heaviest other group of the split.
+    let split = traffic
+        .get(&service)
+        .map(|(s, _, _)| s.clone())
+        .unwrap_or_default();
+    let stable = current
+        .as_ref()
+        .map(|r| r.stable.clone())
+        .or_else(|| traffic.get(&service).and_then(|(_, _, s)| s.clone()))
+        .filter(|s| s != &candidate)
+        .or_else(|| {
+            split
+                .0
+                .iter()
+                .filter(|(g, _)| **g != candidate)
+                .max_by_key(|(_, w)| **w)
+                .map(|(g, _)| g.clone())
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_stable",
+                "the service has no other group to compare with",
             )
         })?;
     if svc.group(&candidate).is_none() {
@@ -286,6 +300,7 @@ pub(super) async fn dry_run(
                 weight: current.as_ref().map_or(0, |r| r.weight),
                 analysis: name.clone(),
                 check: check.name.clone(),
+                since: 0,
             };
             let m = crate::analysis::run::measure(check, &groups, &ctx).await;
             results.push(serde_json::json!({ "analysis": name, "measurement": m }));

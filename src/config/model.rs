@@ -262,7 +262,7 @@ impl ServiceConfig {
 }
 
 /// Weights in basis points by group name; always sums to `FULL_WEIGHT`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Split(pub BTreeMap<String, u32>);
 
 impl Split {

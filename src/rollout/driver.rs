@@ -92,6 +92,7 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
                     weight: r.weight,
                     analysis: name.clone(),
                     check: String::new(),
+                    since: crate::metrics::now_second(),
                 };
                 let groups = control.groups_of(&service, &r.stable, &r.candidate);
                 // A command (promote, abort, …) interrupts the analysis; the loop looks again.

@@ -79,6 +79,7 @@ pub async fn background(control: Arc<Controller>, service: String, id: u64, name
         weight: r.weight,
         analysis: name.clone(),
         check: String::new(),
+        since: crate::metrics::now_second(),
     };
     let groups = control.groups_of(&service, &r.stable, &r.candidate);
     let report = run::run(&analysis, groups, ctx, true).await;
