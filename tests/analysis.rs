@@ -651,3 +651,151 @@ async fn a_step_that_stops_moving_hits_the_progress_deadline() {
         "{r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = dir.path().join("post-ok");
+    let analyses = format!(
+        r#"
+[[analysis]]
+name = "preview"
+interval = "300ms"
+count = 2
+min_requests = 20
+[[analysis.check]]
+name = "errors"
+metric = "error-rate"
+max = 1
+[[analysis]]
+name = "post"
+interval = "200ms"
+count = 1
+[[analysis.check]]
+name = "smoke"
+command = "test -e {}"
+"#,
+        healthy.display()
+    );
+    let sy = start(&cfg(
+        blue.addr,
+        green.addr,
+        &analyses,
+        "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"100ms\"\nscale_down_delay = \"0s\"\npre_promotion_analysis = \"preview\"\npost_promotion_analysis = \"post\"",
+    ))
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    // Only preview traffic reaches the candidate before the switch.
+    let preview = Load::start(url.clone(), 4, &[("x-preview", "1")]);
+    green.set_errors(300);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap();
+    let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
+    assert_eq!(r["weight"], 0, "never switched");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("analysis failed: preview: check errors"),
+        "{r}"
+    );
+
+    // Healthy preview: switch; then the post-promotion check fails and rolls the switch back.
+    green.set_errors(0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    api.post("/api/v1/services/shop/rollout/retry", json!({}))
+        .await
+        .unwrap();
+    let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
+    preview.stop().await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("analysis failed: post: check smoke"),
+        "{r}"
+    );
+    let weights: Vec<Value> = api
+        .get("/api/v1/events?service=shop&kind=weight")
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to"]["green"].clone())
+        .collect();
+    assert!(
+        weights.contains(&json!(10000)),
+        "the switch happened before the post check: {weights:?}"
+    );
+    assert_eq!(
+        get(&client(), &url, &[]).await.unwrap().backend(),
+        "blue",
+        "rolled back"
+    );
+
+    // Both pass: completed.
+    std::fs::write(&healthy, "").unwrap();
+    api.post("/api/v1/services/shop/rollout/retry", json!({}))
+        .await
+        .unwrap();
+    let preview = Load::start(url.clone(), 4, &[("x-preview", "1")]);
+    let r = wait_status(&api, 10, |r| r["status"] != "progressing").await;
+    preview.stop().await;
+    assert_eq!(r["status"], "completed", "{r:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_analysis_watches_the_whole_rollout() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let analysis = r#"
+[[analysis]]
+name = "bg"
+interval = "300ms"
+min_requests = 10
+[[analysis.check]]
+name = "errors"
+metric = "error-rate"
+max_over_stable = 2
+"#;
+    let sy = start(&cfg(
+        blue.addr,
+        green.addr,
+        analysis,
+        "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 30 }, { pause = \"1h\" }]\nbackground_analysis = \"bg\"",
+    ))
+    .await;
+    let api = admin(&sy);
+    let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        api.get("/api/v1/services/shop/rollout").await.unwrap()["status"],
+        "progressing"
+    );
+    green.set_errors(200);
+    let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
+    load.stop().await;
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("aborted by analysis: background analysis bg: check errors failed"),
+        "{reason}"
+    );
+}

@@ -265,3 +265,91 @@ fn the_demo_runs_to_the_end_without_a_failed_request() {
         "{text}"
     );
 }
+
+#[test]
+fn the_faulty_demo_is_rolled_back_automatically() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["demo", "--faulty"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("rolled back") && text.contains("error rate"),
+        "{text}"
+    );
+    let after = text
+        .lines()
+        .find(|l| l.contains("after the rollback"))
+        .unwrap();
+    assert!(
+        after.contains("green-v2   0.0%") && after.ends_with("failed 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysis_run_prints_each_checks_value_and_verdict() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    let (web, admin) = (free_port(), free_port());
+    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("[[service]]", &format!("{extra}[[service]]"), 1)
+        .replacen(
+            "forward = \"shop\"",
+            "forward = \"shop\"\n[[route.override]]\ngroup_from_header = \"x-switchyard-group\"",
+            1,
+        );
+    std::fs::write(&path, text).unwrap();
+    let _sy = run_binary(&path, admin).await;
+    let c = client();
+    for _ in 0..20 {
+        get(
+            &c,
+            &format!("http://{web}/"),
+            &[("x-switchyard-group", "green")],
+        )
+        .await
+        .unwrap();
+    }
+    let (code, out, err) = cli(
+        &path,
+        &[
+            "analysis",
+            "run",
+            "shop",
+            "--analysis",
+            "health",
+            "--candidate",
+            "green",
+        ],
+    );
+    assert_eq!(code, 2, "a failing check exits 2: {out}{err}");
+    assert!(
+        out.contains("shop: candidate green against stable blue"),
+        "{out}"
+    );
+    assert!(
+        out.contains("errors") && out.contains("pass") && out.contains("candidate 0.000%"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gate") && out.contains("fail") && out.contains("`exit 1` exited 1"),
+        "{out}"
+    );
+    let (code, _, err) = cli(&path, &["analysis", "run", "shop"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("422") && err.contains("name a `candidate`"),
+        "{err}"
+    );
+}

@@ -12,6 +12,9 @@ use crate::rollout::machine::Verdict;
 /// Aborts rollout `id` of `service` when the candidate's 5xx rate over the guard window
 /// exceeds stable's by more than the configured points.
 pub async fn guard(control: Arc<Controller>, service: String, id: u64) {
+    // Whole seconds from this attempt only: a retry must not be judged on the errors that
+    // aborted the attempt before it.
+    let since = crate::metrics::now_second() + 1;
     loop {
         let Some(g) = control
             .snapshot()
@@ -36,11 +39,11 @@ pub async fn guard(control: Arc<Controller>, service: String, id: u64) {
         else {
             continue;
         };
-        let c = candidate.stats.window.last(g.window);
+        let c = candidate.stats.window.last_since(g.window, since);
         if c.requests < g.min_requests {
             continue;
         }
-        let s = stable.stats.window.last(g.window);
+        let s = stable.stats.window.last_since(g.window, since);
         let (ce, se) = (c.error_rate().unwrap_or(0.0), s.error_rate().unwrap_or(0.0));
         if ce - se > g.max_error_rate {
             let why = format!(
