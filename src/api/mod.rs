@@ -2,6 +2,7 @@
 //! under /api needs the bearer token, and mutating calls are refused when none is set.
 //! Errors are `{"error": {"code", "message"}}` with a status that says what kind.
 
+mod dashboard;
 mod metrics;
 mod rollouts;
 mod traffic;
@@ -51,9 +52,11 @@ pub fn router(control: Arc<Controller>, token: Option<String>) -> Router {
             post(rollouts::command),
         )
         .route("/events", get(rollouts::events))
+        .route("/series", get(dashboard::series))
         .route("/services/{service}/analysis/run", post(rollouts::dry_run))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::metrics))
         .route(

@@ -1,0 +1,71 @@
+//! The web dashboard in a real browser: Debian's Chromium driven by playwright-core (both
+//! installed by ./scripts/test). The page sees the split change while a rollout steps, a
+//! click on Abort rolls back, and the timeline shows it.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_rollout_stepping_and_aborts_it() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let sy = start(&config(
+        &[("blue", &[blue.addr]), ("green", &[green.addr])],
+        "active = \"blue\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"4s\" }, { weight = 50 }, { pause = \"until-promoted\" }]",
+    ))
+    .await;
+    let web = format!("http://{}/", sy.listener_addr("web").await);
+    let load = tokio::spawn(async move {
+        let c = client();
+        for _ in 0..100_000 {
+            if get(&c, &web, &[]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let api = admin(&sy);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap();
+
+    let shots = std::env::var("SWITCHYARD_SCREENSHOTS")
+        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+    let url = format!("http://{}/", sy.admin_addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args([&url, "t0ken", &shots])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs (./scripts/test installs node dependencies and chromium)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    load.abort();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("split at the second step: blue 50% · green 50%"),
+        "{said}"
+    );
+
+    let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+    assert_eq!(r["status"], "aborted");
+    assert_eq!(r["reason"], "aborted by dashboard");
+    assert_eq!(r["split"], json!({ "blue": 10000 }));
+}
