@@ -1,6 +1,7 @@
 //! switchyard: a Layer-7 load balancer that is also a release manager.
 //! See ARCHITECTURE.md for the map of modules.
 
+pub mod access_log;
 pub mod analysis;
 pub mod api;
 pub mod backend;

@@ -64,7 +64,75 @@ pub async fn handle(
     Ok(route(req, &conn, &snapshot).await)
 }
 
-async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Response<ResponseBody> {
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// What a request was served by, for the access log.
+#[derive(Default)]
+struct Served<'s> {
+    route: Option<&'s str>,
+    service: Option<&'s str>,
+    group: Option<&'s str>,
+    target: Option<&'s str>,
+    upstream: Option<std::time::Duration>,
+}
+
+/// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
+/// its access log line around the routing.
+async fn route(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    snap: &Snapshot,
+) -> Response<ResponseBody> {
+    let started = std::time::Instant::now();
+    let rid = crate::access_log::request_id(req.headers().get(X_REQUEST_ID));
+    req.headers_mut().insert(X_REQUEST_ID, rid.clone());
+    let entry = snap.access_log.as_ref().map(|_| crate::access_log::Entry {
+        time: crate::access_log::now_rfc3339(),
+        request_id: String::from_utf8_lossy(rid.as_bytes()).into_owned(),
+        client: conn.client.to_string(),
+        listener: conn.listener.to_string(),
+        method: req.method().to_string(),
+        host: request_host(&req).unwrap_or("").to_string(),
+        path: req.uri().path().to_string(),
+        route: None,
+        service: None,
+        group: None,
+        target: None,
+        status: 0,
+        upstream_ms: None,
+        total_ms: 0.0,
+        bytes: 0,
+    });
+    let mut served = Served::default();
+    let mut resp = dispatch(req, conn, snap, &mut served).await;
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    if let (Some(log), Some(mut e)) = (&snap.access_log, entry) {
+        let own = |s: Option<&str>| s.map(str::to_string);
+        e.route = own(served.route);
+        e.service = own(served.service);
+        e.group = own(served.group);
+        e.target = own(served.target);
+        e.status = resp.status().as_u16();
+        e.upstream_ms = served.upstream.map(crate::access_log::millis);
+        match resp.body_mut() {
+            // Written when the body ends, with its size.
+            Either::Left(body) => body.log = Some(Box::new((log.clone(), e, started))),
+            Either::Right(full) => {
+                e.bytes = full.size_hint().exact().unwrap_or(0);
+                e.total_ms = crate::access_log::millis(started.elapsed());
+                log.log(e);
+            }
+        }
+    }
+    resp
+}
+
+async fn dispatch<'s>(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    snap: &'s Snapshot,
+    served: &mut Served<'s>,
+) -> Response<ResponseBody> {
     let host = request_host(&req).unwrap_or("");
     let (host_name, _) = split_port(host);
     let facts = RequestFacts {
@@ -82,18 +150,20 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
     else {
         return error(ProxyError::NoRoute, "no route matches this request");
     };
+    served.route = Some(&route.name);
     match &route.action {
         RouteAction::Fixed(f) => fixed(f),
         RouteAction::Redirect(r) => redirect(r, &req, conn),
         RouteAction::Forward(service) => {
-            let now = now_ms();
-            let (group, set_cookie) = match forced_group(&route.overrides, service, &facts) {
+            served.service = Some(&service.name);
+            let forced = forced_group(&route.overrides, service, &facts);
+            // Only a group the split chose may be swapped for another when unreachable.
+            let may_fall_back = forced.is_none();
+            let (group, set_cookie) = match forced {
                 Some(g) => (g, None),
-                None => service.choose_by_split(req.headers(), conn.client.ip(), now),
+                None => service.choose_by_split(req.headers(), conn.client.ip(), now_ms()),
             };
-            let may_fall_back =
-                set_cookie.is_some() || forced_group(&route.overrides, service, &facts).is_none();
-            let mut resp = forward(req, service, group, may_fall_back, conn).await;
+            let mut resp = forward(req, service, group, may_fall_back, conn, served).await;
             if let Some(c) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
@@ -110,7 +180,9 @@ async fn forward<'s>(
     mut group: &'s Group,
     may_fall_back: bool,
     conn: &ConnInfo,
+    served: &mut Served<'s>,
 ) -> Response<ResponseBody> {
+    served.group = Some(&group.name);
     let started = std::time::Instant::now();
     let now = now_ms();
     group.stats.requests.fetch_add(1, Relaxed);
@@ -177,6 +249,8 @@ async fn forward<'s>(
         }
     };
 
+    served.group = Some(&group.name);
+    served.target = Some(&target.addr.0);
     let up = upstream_request(parts, body, group.upstream.protocol, target);
     let in_flight = target.begin();
     let outcome = tokio::time::timeout(
@@ -184,6 +258,7 @@ async fn forward<'s>(
         exchange(&group.upstream, target, sender, reused, up),
     )
     .await;
+    served.upstream = Some(started.elapsed());
     let (mut resp, sender) = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err(f)) => {
@@ -233,6 +308,8 @@ async fn forward<'s>(
         inner: body,
         in_flight,
         reuse,
+        bytes: 0,
+        log: None,
     };
     if body.inner.is_end_stream() {
         body.release();
@@ -383,6 +460,26 @@ pub struct UpstreamResponseBody {
     inner: Incoming,
     in_flight: InFlight,
     reuse: Option<http1::SendRequest<Incoming>>,
+    bytes: u64,
+    /// The access log line, written when the body is done (or dropped).
+    log: Option<
+        Box<(
+            crate::access_log::AccessLog,
+            crate::access_log::Entry,
+            std::time::Instant,
+        )>,
+    >,
+}
+
+impl Drop for UpstreamResponseBody {
+    fn drop(&mut self) {
+        if let Some(pending) = self.log.take() {
+            let (log, mut e, started) = *pending;
+            e.bytes = self.bytes;
+            e.total_ms = crate::access_log::millis(started.elapsed());
+            log.log(e);
+        }
+    }
 }
 
 impl UpstreamResponseBody {
@@ -403,6 +500,11 @@ impl Body for UpstreamResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes += data.len() as u64;
+            }
+        }
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),

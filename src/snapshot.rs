@@ -11,6 +11,17 @@ use crate::group::{Group, GroupStats, Target};
 use crate::service::Service;
 use crate::upstream::Upstream;
 
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
@@ -19,6 +30,7 @@ pub struct Snapshot {
     pub routes: HashMap<String, Vec<Route>>,
     pub services: BTreeMap<String, Arc<Service>>,
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 #[derive(Debug)]
@@ -54,7 +66,7 @@ impl Snapshot {
         traffic: &HashMap<String, ServiceTraffic>,
         prev: Option<&Snapshot>,
         generation: u64,
-    ) -> Result<Snapshot, crate::tls::TlsError> {
+    ) -> Result<Snapshot, SnapshotError> {
         let mut services = BTreeMap::new();
         for s in &config.services {
             let old = prev.and_then(|p| p.services.get(&s.name));
@@ -139,12 +151,29 @@ impl Snapshot {
             }
         };
 
+        // The same log settings keep the running writer (and its counters).
+        let access_log = match (&config.access_log, prev.and_then(|p| p.access_log.as_ref())) {
+            (None, _) => None,
+            (Some(c), Some(running)) if *running.config == *c => Some(running.clone()),
+            (Some(c), _) => Some(crate::access_log::AccessLog::start(c.clone()).map_err(
+                |source| {
+                    SnapshotError::AccessLog {
+                        path: c
+                            .path
+                            .as_ref()
+                            .map_or("stdout".into(), |p| p.display().to_string()),
+                        source,
+                    }
+                },
+            )?),
+        };
         Ok(Snapshot {
             generation,
             config,
             routes,
             services,
             tls,
+            access_log,
         })
     }
 

@@ -55,6 +55,20 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     registry.register("build_info", "switchyard's version", info.clone());
     info.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
         .set(1);
+    if let Some(log) = &snap.access_log {
+        let lines = Family::<Labels, Counter>::default();
+        registry.register(
+            "access_log_lines",
+            "Access log lines written or dropped (writer behind)",
+            lines.clone(),
+        );
+        lines
+            .get_or_create(&labels(&[("outcome", "written")]))
+            .inc_by(log.written.load(std::sync::atomic::Ordering::Relaxed));
+        lines
+            .get_or_create(&labels(&[("outcome", "dropped")]))
+            .inc_by(log.dropped.load(std::sync::atomic::Ordering::Relaxed));
+    }
     let now = now_ms();
     for svc in snap.services.values() {
         for (g, w) in svc.groups.iter().zip(&svc.weights) {

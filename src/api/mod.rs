@@ -174,7 +174,7 @@ impl From<ControlError> for ApiError {
             ControlError::BadWeights { .. } => (S::UNPROCESSABLE_ENTITY, "bad_weights"),
             ControlError::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "bad_request"),
             ControlError::Config(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
-            ControlError::Tls(_) => (S::UNPROCESSABLE_ENTITY, "bad_certificate"),
+            ControlError::Snapshot(_) => (S::UNPROCESSABLE_ENTITY, "cannot_apply"),
             ControlError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
         };
         ApiError::new(status, code, e.to_string())

@@ -25,6 +25,7 @@ pub struct Config {
     pub analyses: Vec<crate::analysis::AnalysisConfig>,
     /// Slack-compatible webhook told about rollbacks.
     pub notify_webhook: Option<String>,
+    pub access_log: Option<crate::access_log::AccessLogConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,16 @@ pub struct RawConfig {
     pub analysis: Vec<RawAnalysis>,
     #[serde(default)]
     pub notifications: RawNotifications,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    /// A file, or "-" for standard output (the default).
+    pub path: Option<String>,
+    pub buffer: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

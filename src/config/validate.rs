@@ -32,6 +32,29 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
     let services = services(&raw.service, &analysis_names, &mut p);
+    let access_log = raw.access_log.as_ref().and_then(|a| {
+        let buffer = match a.buffer {
+            None => 8192,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                p.add(
+                    path!["access_log", "buffer"],
+                    format!("{n} is out of range: use 1 to 1000000 lines"),
+                );
+                8192
+            }
+        };
+        a.enabled
+            .unwrap_or(true)
+            .then(|| crate::access_log::AccessLogConfig {
+                path: a
+                    .path
+                    .as_deref()
+                    .filter(|p| *p != "-")
+                    .map(|p| base_dir.join(p)),
+                buffer,
+            })
+    });
     let notify_webhook = raw.notifications.webhook.clone();
     if let Some(u) = &notify_webhook {
         if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
@@ -60,6 +83,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
             store,
             analyses,
             notify_webhook,
+            access_log,
         })
     } else {
         Err(p)

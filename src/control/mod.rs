@@ -51,7 +51,7 @@ pub enum ControlError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("service \"{service}\" has a rollout in progress (#{id}, to {candidate}); {what}")]

@@ -1,0 +1,120 @@
+//! The access log: one JSON line per request, to stdout or a file. The request path hands a
+//! finished entry to a bounded channel with `try_send` and never waits: when the writer falls
+//! behind, lines are counted as dropped (see /metrics) instead of slowing requests.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// `None`: standard output.
+    pub path: Option<PathBuf>,
+    /// Lines that may wait for the writer before new ones are dropped.
+    pub buffer: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub time: String,
+    pub request_id: String,
+    pub client: String,
+    pub listener: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub service: Option<String>,
+    pub group: Option<String>,
+    pub target: Option<String>,
+    pub status: u16,
+    /// Until the target's response headers.
+    pub upstream_ms: Option<f64>,
+    /// Until the last byte of the response body.
+    pub total_ms: f64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    pub config: Arc<AccessLogConfig>,
+    tx: mpsc::Sender<Entry>,
+    pub dropped: Arc<AtomicU64>,
+    pub written: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer task. Fails only if the file cannot be opened.
+    pub fn start(config: AccessLogConfig) -> std::io::Result<AccessLog> {
+        let mut out: Box<dyn Write + Send> = match &config.path {
+            None => Box::new(std::io::stdout()),
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, mut rx) = mpsc::channel::<Entry>(config.buffer.max(1));
+        let written = Arc::new(AtomicU64::new(0));
+        let w = written.clone();
+        // Writes happen on a blocking thread; a line is formatted there, not on the request path.
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            while let Some(first) = rx.blocking_recv() {
+                let mut n = 0;
+                let mut next = Some(first);
+                while let Some(e) = next {
+                    let _ = serde_json::to_writer(&mut buf, &e);
+                    buf.push(b'\n');
+                    n += 1;
+                    next = if buf.len() < 60 * 1024 {
+                        rx.try_recv().ok()
+                    } else {
+                        None
+                    };
+                }
+                if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+                    // Nowhere to write; keep draining so the request path never blocks.
+                }
+                buf.clear();
+                w.fetch_add(n, Relaxed);
+            }
+        });
+        Ok(AccessLog {
+            config: Arc::new(config),
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            written,
+        })
+    }
+
+    pub fn log(&self, e: Entry) {
+        if self.tx.try_send(e).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// A request id: the client's `x-request-id` if it sent a sane one, else 16 random hex digits.
+pub fn request_id(given: Option<&http::HeaderValue>) -> http::HeaderValue {
+    match given {
+        Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+        _ => http::HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
+            .expect("hex is a header value"),
+    }
+}
