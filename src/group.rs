@@ -39,6 +39,8 @@ pub struct Target {
     health: AtomicU8,
     consecutive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Requests sent to this target (for /metrics).
+    pub requests: AtomicU64,
 }
 
 impl Target {
@@ -53,6 +55,7 @@ impl Target {
             health: AtomicU8::new(Health::Unknown as u8),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +87,7 @@ impl Target {
     /// Counts the request as in flight until the guard is dropped (with the response body).
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
         InFlight(self.clone())
     }
 
@@ -126,11 +130,19 @@ impl Drop for InFlight {
     }
 }
 
+/// Upper bounds (seconds) of the /metrics latency histogram.
+pub const LATENCY_BOUNDS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Counters per group, recorded by the hot path: totals for /metrics, and per-second
 /// windows for analysis and the rollback guard.
 #[derive(Debug, Default)]
 pub struct GroupStats {
     pub window: crate::metrics::Window,
+    /// Cumulative latency histogram for /metrics (bounds in `LATENCY_BOUNDS`, then +Inf).
+    pub latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    pub latency_sum_us: AtomicU64,
     pub requests: AtomicU64,
     /// Responses by class: index 0 = 1xx … 4 = 5xx (including switchyard's own 5xx).
     pub responses: [AtomicU64; 5],
@@ -149,7 +161,16 @@ impl GroupStats {
     ) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
-        self.window.record(status, started.elapsed(), failure);
+        let took = started.elapsed();
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.window.record(status, took, failure);
     }
 
     pub fn snapshot(&self) -> GroupCounts {

@@ -74,6 +74,7 @@ struct Served<'s> {
     group: Option<&'s str>,
     target: Option<&'s str>,
     upstream: Option<std::time::Duration>,
+    stats: Option<&'s crate::snapshot::RouteStats>,
 }
 
 /// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
@@ -106,6 +107,15 @@ async fn route(
     let mut served = Served::default();
     let mut resp = dispatch(req, conn, snap, &mut served).await;
     resp.headers_mut().insert(X_REQUEST_ID, rid);
+    let status = resp.status().as_u16();
+    match served.stats {
+        Some(s) => s.record(status),
+        None => {
+            if let Some(s) = snap.unmatched.get(&*conn.listener) {
+                s.record(status);
+            }
+        }
+    }
     if let (Some(log), Some(mut e)) = (&snap.access_log, entry) {
         let own = |s: Option<&str>| s.map(str::to_string);
         e.route = own(served.route);
@@ -151,6 +161,7 @@ async fn dispatch<'s>(
         return error(ProxyError::NoRoute, "no route matches this request");
     };
     served.route = Some(&route.name);
+    served.stats = Some(&route.stats);
     match &route.action {
         RouteAction::Fixed(f) => fixed(f),
         RouteAction::Redirect(r) => redirect(r, &req, conn),

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Arc<Service>>,
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// Requests no route matched, per listener.
+    pub unmatched: HashMap<String, Arc<RouteStats>>,
 }
 
 #[derive(Debug)]
@@ -39,6 +41,20 @@ pub struct Route {
     pub conditions: Conditions,
     pub action: RouteAction,
     pub overrides: Vec<Override>,
+    pub stats: Arc<RouteStats>,
+}
+
+/// Answers by status class, per listener and route (kept across snapshots by name).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    pub responses: [std::sync::atomic::AtomicU64; 5],
+}
+
+impl RouteStats {
+    pub fn record(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The control plane's traffic state of one service, as the snapshot needs it.
@@ -133,6 +149,10 @@ impl Snapshot {
                         Action::Redirect(r) => RouteAction::Redirect(r.clone()),
                     },
                     overrides: r.overrides.clone(),
+                    stats: prev
+                        .and_then(|p| p.routes.get(&l.name))
+                        .and_then(|rs| rs.iter().find(|x| x.name == r.name))
+                        .map_or_else(Default::default, |x| x.stats.clone()),
                 })
                 .collect();
             routes.insert(l.name.clone(), table);
@@ -167,6 +187,14 @@ impl Snapshot {
                 },
             )?),
         };
+        let unmatched = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let kept = prev.and_then(|p| p.unmatched.get(&l.name)).cloned();
+                (l.name.clone(), kept.unwrap_or_default())
+            })
+            .collect();
         Ok(Snapshot {
             generation,
             config,
@@ -174,6 +202,7 @@ impl Snapshot {
             services,
             tls,
             access_log,
+            unmatched,
         })
     }
 

@@ -15,6 +15,31 @@ use crate::group::{now_ms, Health};
 
 type Labels = Vec<(String, String)>;
 
+/// A histogram whose numbers come from switchyard's own atomics, encoded at scrape time.
+#[derive(Debug, Default)]
+struct Snapshotted(std::sync::Mutex<(f64, u64, Vec<(f64, u64)>)>);
+
+impl prometheus_client::metrics::TypedMetric for Snapshotted {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for Snapshotted {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = &*self.0.lock().expect("histogram");
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            *sum, *count, buckets, None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -69,6 +94,132 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             .get_or_create(&labels(&[("outcome", "dropped")]))
             .inc_by(log.dropped.load(std::sync::atomic::Ordering::Relaxed));
     }
+    let latency = Family::<Labels, Snapshotted>::default();
+    let target_requests = Family::<Labels, Counter>::default();
+    let route_responses = Family::<Labels, Counter>::default();
+    let observed = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let rollout = Family::<Labels, Gauge>::default();
+    let rollout_step = Family::<Labels, Gauge>::default();
+    let rollout_weight = Family::<Labels, Gauge>::default();
+    let rollbacks = Family::<Labels, Counter>::default();
+    let analyses = Family::<Labels, Counter>::default();
+    registry.register(
+        "latency_seconds",
+        "Time to the response headers, per group",
+        latency.clone(),
+    );
+    registry.register(
+        "target_requests",
+        "Requests sent to a target",
+        target_requests.clone(),
+    );
+    registry.register(
+        "route_responses",
+        "Answers by listener, route and status class (route \"\" = no route matched)",
+        route_responses.clone(),
+    );
+    registry.register(
+        "observed_share",
+        "Share of a service's requests a group got over the last 5 s (0-1)",
+        observed.clone(),
+    );
+    registry.register(
+        "rollout",
+        "1 for the latest rollout of a service, labelled with its status and strategy",
+        rollout.clone(),
+    );
+    registry.register(
+        "rollout_step",
+        "Index of the current step of the latest rollout",
+        rollout_step.clone(),
+    );
+    registry.register(
+        "rollout_weight_basis_points",
+        "The candidate's weight in the latest rollout",
+        rollout_weight.clone(),
+    );
+    registry.register(
+        "rollbacks",
+        "Rollouts rolled back, by cause (guard, analysis, hook, deadline, manual, undo)",
+        rollbacks.clone(),
+    );
+    registry.register(
+        "analysis_verdicts",
+        "Analysis verdicts (pass, fail, inconclusive)",
+        analyses.clone(),
+    );
+    for (listener, routes) in &snap.routes {
+        for r in routes {
+            for (i, n) in r.stats.responses.iter().enumerate() {
+                let class = format!("{}xx", i + 1);
+                route_responses
+                    .get_or_create(&labels(&[
+                        ("listener", listener),
+                        ("route", &r.name),
+                        ("class", &class),
+                    ]))
+                    .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+            }
+        }
+    }
+    for (listener, s) in &snap.unmatched {
+        for (i, n) in s.responses.iter().enumerate() {
+            let v = n.load(std::sync::atomic::Ordering::Relaxed);
+            if v > 0 {
+                let class = format!("{}xx", i + 1);
+                route_responses
+                    .get_or_create(&labels(&[
+                        ("listener", listener),
+                        ("route", ""),
+                        ("class", &class),
+                    ]))
+                    .inc_by(v);
+            }
+        }
+    }
+    for svc in snap.services.keys() {
+        if let Some(shares) = api.control.observed(svc, 5_000) {
+            for (g, s) in shares {
+                observed
+                    .get_or_create(&labels(&[("service", svc), ("group", &g)]))
+                    .set(s);
+            }
+        }
+        if let Ok(view) = api.control.rollout(svc).await {
+            let r = &view.rollout;
+            let status = serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let id = r.id.to_string();
+            rollout
+                .get_or_create(&labels(&[
+                    ("service", svc),
+                    ("rollout", &id),
+                    ("status", &status),
+                    ("strategy", &r.strategy.name),
+                    ("candidate", &r.candidate),
+                ]))
+                .set(1);
+            rollout_step
+                .get_or_create(&labels(&[("service", svc)]))
+                .set(r.step as i64);
+            rollout_weight
+                .get_or_create(&labels(&[("service", svc)]))
+                .set(r.weight as i64);
+        }
+    }
+    let counts = api.control.counts.lock().expect("counts").clone();
+    for ((svc, cause), n) in counts.rollbacks {
+        rollbacks
+            .get_or_create(&labels(&[("service", &svc), ("cause", &cause)]))
+            .inc_by(n);
+    }
+    for ((svc, verdict), n) in counts.analyses {
+        analyses
+            .get_or_create(&labels(&[("service", &svc), ("verdict", &verdict)]))
+            .inc_by(n);
+    }
     let now = now_ms();
     for svc in snap.services.values() {
         for (g, w) in svc.groups.iter().zip(&svc.weights) {
@@ -91,8 +242,28 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
                     .inc_by(n);
             }
             weight.get_or_create(&labels(&base)).set(*w as i64);
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                let per: Vec<u64> = g.stats.latency.iter().map(|b| b.load(Relaxed)).collect();
+                let mut buckets: Vec<(f64, u64)> = crate::group::LATENCY_BOUNDS
+                    .iter()
+                    .copied()
+                    .zip(per.iter().copied())
+                    .collect();
+                buckets.push((f64::INFINITY, per[per.len() - 1]));
+                let count = per.iter().sum();
+                let sum = g.stats.latency_sum_us.load(Relaxed) as f64 / 1e6;
+                *latency
+                    .get_or_create(&labels(&base))
+                    .0
+                    .lock()
+                    .expect("histogram") = (sum, count, buckets);
+            }
             for t in &g.targets {
                 let addr = t.addr.to_string();
+                target_requests
+                    .get_or_create(&labels(&[base[0], base[1], ("target", &addr)]))
+                    .inc_by(t.requests.load(std::sync::atomic::Ordering::Relaxed));
                 let up = t.routable(now) && t.health() != Health::Unhealthy;
                 healthy
                     .get_or_create(&labels(&[base[0], base[1], ("target", &addr)]))

@@ -136,6 +136,14 @@ pub struct Controller {
     store: Arc<dyn Store>,
     observer: Arc<observe::Observer>,
     observer_task: tokio::task::AbortHandle,
+    /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
+    pub counts: std::sync::Mutex<Counts>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub rollbacks: BTreeMap<(String, String), u64>,
+    pub analyses: BTreeMap<(String, String), u64>,
 }
 
 /// What a traffic change did.
@@ -208,6 +216,7 @@ impl Controller {
             .collect();
         let (observer, observer_task) = observe::Observer::spawn(snapshots.clone());
         let control = Arc::new(Controller {
+            counts: Default::default(),
             observer,
             observer_task,
             snapshots,

@@ -350,6 +350,20 @@ impl Controller {
         if was_active && !r.status.is_active() || change.kind == "rolled_back" {
             self.after_end(&state.config, &r, change);
         }
+        if matches!(r.status, Status::Aborted | Status::RolledBack)
+            && (was_active || change.kind == "rolled_back")
+        {
+            let cause = match (r.status, actor) {
+                (Status::RolledBack, _) => "undo",
+                (_, a @ ("guard" | "analysis" | "hook" | "deadline")) => a,
+                _ => "manual",
+            };
+            let mut counts = self.counts.lock().expect("counts");
+            *counts
+                .rollbacks
+                .entry((service.clone(), cause.to_string()))
+                .or_default() += 1;
+        }
         if republish {
             self.publish(state)?;
         }
@@ -410,6 +424,21 @@ impl Controller {
         Ok(())
     }
 
+    /// Counts an analysis verdict for /metrics.
+    pub(crate) fn count_analysis(&self, service: &str, verdict: Verdict) {
+        let v = serde_json::to_value(verdict)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *self
+            .counts
+            .lock()
+            .expect("counts")
+            .analyses
+            .entry((service.to_string(), v))
+            .or_default() += 1;
+    }
+
     pub(crate) async fn rollout_analysis_done(
         &self,
         service: &str,
@@ -417,6 +446,7 @@ impl Controller {
         verdict: Verdict,
         detail: &str,
     ) -> Result<(), ControlError> {
+        self.count_analysis(service, verdict);
         self.transition(service, "analysis", |r| {
             Ok(machine::analysis_done(r, step, verdict, detail).unwrap_or(Outcome::Idle))
         })

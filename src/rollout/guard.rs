@@ -86,6 +86,7 @@ pub async fn background(control: Arc<Controller>, service: String, id: u64, name
     };
     let groups = control.groups_of(&service, &r.stable, &r.candidate);
     let report = run::run(&analysis, groups, ctx, true).await;
+    control.count_analysis(&service, report.verdict);
     let still = control
         .rollout(&service)
         .await
