@@ -17,7 +17,10 @@ type Labels = Vec<(String, String)>;
 
 /// A histogram whose numbers come from switchyard's own atomics, encoded at scrape time.
 #[derive(Debug, Default)]
-struct Snapshotted(std::sync::Mutex<(f64, u64, Vec<(f64, u64)>)>);
+struct Snapshotted(std::sync::Mutex<HistogramValues>);
+
+/// (sum, count, (upper bound, count in that bucket) …)
+type HistogramValues = (f64, u64, Vec<(f64, u64)>);
 
 impl prometheus_client::metrics::TypedMetric for Snapshotted {
     const TYPE: prometheus_client::metrics::MetricType =
