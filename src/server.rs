@@ -21,8 +21,8 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Server, ControlError> {
         let admin_bind = config.admin.bind;
-        let token = config.admin.token.clone();
-        if token.is_none() {
+        let token = config.admin.all_tokens();
+        if token.is_empty() {
             tracing::warn!("no admin token configured: the admin API is read-only");
         }
         let admin_socket =

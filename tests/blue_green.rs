@@ -287,3 +287,54 @@ pub async fn free_port() -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
+
+#[tokio::test]
+async fn named_tokens_are_who_acted_in_the_history() {
+    let blue = TestBackend::start("blue").await;
+    let green = TestBackend::start("green").await;
+    let toml = config(
+        &[("blue", &[blue.addr]), ("green", &[green.addr])],
+        "active = \"blue\"",
+    )
+    .replacen(
+        "token = \"t0ken\"",
+        "token = \"t0ken\"\n[[admin.tokens]]\nname = \"deploy-bot\"\ntoken = \"bot-secret\"",
+        1,
+    );
+    let sy = start(&toml).await;
+    let bot =
+        switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), Some("bot-secret".into()));
+    bot.post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+        .await
+        .unwrap();
+    let alice =
+        switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), Some("bot-secret".into()))
+            .with_actor("cli:alice");
+    alice
+        .post("/api/v1/services/shop/switch", json!({ "back": true }))
+        .await
+        .unwrap();
+    admin(&sy)
+        .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+        .await
+        .unwrap();
+    let events = admin(&sy).get("/api/v1/events?service=shop").await.unwrap();
+    let actors: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["deploy-bot", "deploy-bot/cli:alice", "api"]);
+    let only_bot = admin(&sy)
+        .get("/api/v1/events?actor=deploy-bot")
+        .await
+        .unwrap();
+    assert_eq!(only_bot.as_array().unwrap().len(), 1);
+    let e = &only_bot[0];
+    assert_eq!(
+        (e["kind"].as_str(), e["reason"].as_str()),
+        (Some("switch"), Some("blue=100% -> green=100%"))
+    );
+}

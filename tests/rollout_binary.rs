@@ -144,6 +144,19 @@ async fn the_cli_drives_a_rollout() {
     assert!(out.contains("[x] 1. set weight 50%"), "{out}");
     assert!(out.contains("[>] 2. pause 1h"), "{out}");
 
+    let (code, out, _) = cli(&path, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "rollout #1 blue -> green (canary-50pct-1h): progressing, step 2/2, candidate at 50%"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("observed (last 5 s): blue="), "{out}");
+    let (_, out, _) = cli(&path, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["services"][0]["rollout"]["weight"], 5000);
+
     let (code, out, _) = cli(&path, &["rollout", "pause", "shop"]);
     assert_eq!(code, 0);
     assert!(

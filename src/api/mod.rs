@@ -30,13 +30,18 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Clone)]
 struct Api {
     control: Arc<Controller>,
-    token: Option<Arc<str>>,
+    /// (name, token); empty: the API is read-only.
+    tokens: Arc<[(String, String)]>,
 }
 
-pub fn router(control: Arc<Controller>, token: Option<String>) -> Router {
+/// Which named token a request used (set by `auth`).
+#[derive(Clone)]
+struct TokenName(String);
+
+pub fn router(control: Arc<Controller>, tokens: Vec<(String, String)>) -> Router {
     let api = Api {
         control,
-        token: token.map(Arc::from),
+        tokens: tokens.into(),
     };
     let v1 = Router::new()
         .route("/status", get(traffic::status))
@@ -80,23 +85,38 @@ pub async fn serve(
         .await
 }
 
-async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
+async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match (&api.token, given) {
-        (Some(want), Some(given)) if constant_time_eq(want.as_bytes(), given.as_bytes()) => next.run(req).await,
-        (Some(_), Some(_)) => ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the bearer token is wrong").into_response(),
-        (Some(_), None) => ApiError::new(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let configured = !api.tokens.is_empty();
+    // Compare with every token (constant time each) so timing does not tell which one is near.
+    let matched = given.as_ref().and_then(|g| {
+        api.tokens.iter().fold(None, |found, (name, t)| {
+            if constant_time_eq(t.as_bytes(), g.as_bytes()) {
+                Some(name.clone())
+            } else {
+                found
+            }
+        })
+    });
+    match (configured, given.is_some(), matched) {
+        (true, true, Some(name)) => {
+            req.extensions_mut().insert(TokenName(name));
+            next.run(req).await
+        }
+        (true, true, None) => ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the bearer token is wrong").into_response(),
+        (true, false, _) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "no_token",
             "send the admin token as `Authorization: Bearer TOKEN`",
         )
         .into_response(),
-        (None, _) if req.method() == axum::http::Method::GET => next.run(req).await,
-        (None, _) => ApiError::new(
+        (false, _, _) if req.method() == axum::http::Method::GET => next.run(req).await,
+        (false, _, _) => ApiError::new(
             StatusCode::FORBIDDEN,
             "read_only",
             "no admin token is configured ([admin] token or SWITCHYARD_ADMIN_TOKEN), so the API is read-only",
@@ -117,7 +137,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let actor = parts
+        let said = parts
             .headers
             .get("x-switchyard-actor")
             .and_then(|v| v.to_str().ok())
@@ -127,8 +147,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
                     .take(64)
                     .collect::<String>()
             })
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "api".into());
+            .filter(|v| !v.is_empty());
+        // A named token is who acted; the client's own word is kept beside it.
+        let token = parts
+            .extensions
+            .get::<TokenName>()
+            .map(|t| t.0.clone())
+            .filter(|n| n != "admin");
+        let actor = match (token, said) {
+            (Some(t), Some(s)) => format!("{t}/{s}"),
+            (Some(t), None) => t,
+            (None, Some(s)) => s,
+            (None, None) => "api".into(),
+        };
         Ok(Actor(actor))
     }
 }

@@ -243,7 +243,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, target } => {
-            let res = admin(&target)?.get("/api/v1/status").await?;
+            let api = admin(&target)?;
+            let mut res = api.get("/api/v1/status").await?;
+            // Each service's latest rollout, if it has one.
+            if let Some(services) = res["services"].as_array_mut() {
+                for svc in services {
+                    let name = svc["name"].as_str().unwrap_or("").to_string();
+                    svc["rollout"] = api
+                        .get(&format!("/api/v1/services/{name}/rollout"))
+                        .await
+                        .unwrap_or(serde_json::Value::Null);
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&res)?);
             } else {
@@ -466,6 +477,33 @@ fn print_status(s: &serde_json::Value) {
             svc["name"].as_str().unwrap_or(""),
             svc["split_text"].as_str().unwrap_or("")
         );
+        if let Some(obs) = svc["observed"].as_object() {
+            let o: Vec<String> = obs
+                .iter()
+                .map(|(g, s)| format!("{g}={:.1}%", s.as_f64().unwrap_or(0.0) * 100.0))
+                .collect();
+            println!("  observed (last 5 s): {}", o.join(" "));
+        }
+        let r = &svc["rollout"];
+        if r.is_object() {
+            println!(
+                "  rollout #{} {} -> {} ({}): {}, step {}/{}, candidate at {}{}",
+                r["id"],
+                r["stable"].as_str().unwrap_or(""),
+                r["candidate"].as_str().unwrap_or(""),
+                r["strategy"]["name"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or(""),
+                // The step being run, counted from 1 (all of them once done).
+                (r["step"].as_u64().unwrap_or(0) + 1)
+                    .min(r["steps"].as_array().map_or(0, |s| s.len() as u64)),
+                r["steps"].as_array().map_or(0, |s| s.len()),
+                config::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
+                r["reason"]
+                    .as_str()
+                    .map(|s| format!(" — {s}"))
+                    .unwrap_or_default()
+            );
+        }
         for g in svc["groups"].as_array().into_iter().flatten() {
             println!(
                 "  group {:<12} weight {:>7}  healthy {}/{}  requests {}",

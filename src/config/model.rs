@@ -53,6 +53,21 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// `None` leaves the API read-only: a mutating call without any configured token is refused.
     pub token: Option<String>,
+    /// (name, token): the name is recorded as who acted.
+    pub tokens: Vec<(String, String)>,
+}
+
+impl AdminConfig {
+    /// Every accepted token with its name (the unnamed one is "admin").
+    pub fn all_tokens(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .token
+            .iter()
+            .map(|t| ("admin".to_string(), t.clone()))
+            .collect();
+        all.extend(self.tokens.iter().cloned());
+        all
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

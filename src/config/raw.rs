@@ -147,6 +147,17 @@ pub struct RawAdmin {
     pub bind: Option<String>,
     pub token: Option<String>,
     pub token_env: Option<String>,
+    /// Named tokens: the name is who acted in the audit history.
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -122,7 +122,45 @@ fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             .ok()
             .filter(|t| !t.is_empty()),
     };
-    AdminConfig { bind, token }
+    let mut tokens = Vec::new();
+    for (i, t) in raw.tokens.iter().enumerate() {
+        let at = path!["admin", "tokens", i];
+        name(&t.name, at.join("name"), p);
+        if tokens.iter().any(|(n, _): &(String, String)| n == &t.name) {
+            p.add(
+                at.join("name"),
+                format!("duplicate token name \"{}\"", t.name),
+            );
+        }
+        let value = match (&t.token, &t.token_env) {
+            (Some(v), None) if !v.is_empty() => Some(v.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| {
+                    p.add(
+                        at.join("token_env"),
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }),
+            _ => {
+                p.add(
+                    at.clone(),
+                    "a named token needs a non-empty `token` or `token_env`",
+                );
+                None
+            }
+        };
+        if let Some(v) = value {
+            tokens.push((t.name.clone(), v));
+        }
+    }
+    AdminConfig {
+        bind,
+        token,
+        tokens,
+    }
 }
 
 fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
