@@ -21,9 +21,23 @@ use tokio_util::sync::CancellationToken;
 const PHASE: Duration = Duration::from_secs(2);
 const WORKERS: usize = 4;
 
-pub async fn run() -> anyhow::Result<()> {
+/// The demo's world: two backends, the balancer in front of them, and an admin client.
+struct Demo {
+    blue: Backend,
+    green: Backend,
+    server: Server,
+    web: std::net::SocketAddr,
+    api: AdminClient,
+}
+
+/// Starts the backends (green answering `green_errors` per thousand with 500) and a
+/// balancer with one service `shop` (blue active), plus `analyses` and `service` settings.
+async fn setup(green_errors: u32, analyses: &str, service: &str) -> anyhow::Result<Demo> {
     let blue = Backend::start("127.0.0.1:0".parse()?, "blue-v1").await?;
     let green = Backend::start("127.0.0.1:0".parse()?, "green-v2").await?;
+    green
+        .errors_per_mille
+        .store(green_errors, std::sync::atomic::Ordering::Relaxed);
     let token = format!("demo-{:016x}", fastrand::u64(..));
     let toml = format!(
         r#"
@@ -42,14 +56,11 @@ bind = "127.0.0.1:0"
 name = "shop"
 priority = 10
 forward = "shop"
-
+{analyses}
 [[service]]
 name = "shop"
 active = "blue"
-[service.health_check]
-path = "/healthz"
-interval = "500ms"
-timeout = "250ms"
+{service}
 
 [[service.group]]
 name = "blue"
@@ -66,6 +77,25 @@ targets = ["{green}"]
     let server = Server::start(config, None).await?;
     let web = server.listener_addr("web").await;
     let api = AdminClient::new(&server.admin_addr.to_string(), Some(token));
+    Ok(Demo {
+        blue,
+        green,
+        server,
+        web,
+        api,
+    })
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let service =
+        "[service.health_check]\npath = \"/healthz\"\ninterval = \"500ms\"\ntimeout = \"250ms\"";
+    let Demo {
+        blue,
+        green,
+        server,
+        web,
+        api,
+    } = setup(0, "", service).await?;
 
     println!("switchyard demo");
     println!("  backend blue  (v1) on {}", blue.addr);
@@ -228,27 +258,7 @@ async fn traffic(addr: std::net::SocketAddr, tally: Arc<Mutex<Tally>>, stop: Can
 /// `switchyard demo --faulty`: the new version answers 30 % of requests with 500s; the
 /// canary is rolled back automatically and the reason printed.
 pub async fn faulty() -> anyhow::Result<()> {
-    let blue = Backend::start("127.0.0.1:0".parse()?, "blue-v1").await?;
-    let green = Backend::start("127.0.0.1:0".parse()?, "green-v2").await?;
-    green
-        .errors_per_mille
-        .store(300, std::sync::atomic::Ordering::Relaxed);
-    let token = format!("demo-{:016x}", fastrand::u64(..));
-    let toml = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "{token}"
-[store]
-path = ":memory:"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "shop"
-priority = 10
-forward = "shop"
-
+    let analyses = r#"
 [[analysis]]
 name = "errors"
 interval = "1s"
@@ -258,31 +268,24 @@ min_requests = 20
 name = "error-rate"
 metric = "error-rate"
 max_over_stable = 1.0
-
-[[service]]
-name = "shop"
-active = "blue"
+"#;
+    let service = r#"
 [service.strategy]
 kind = "canary"
-steps = [{{ weight = 10 }}, {{ analysis = "errors" }}, {{ weight = 50 }}, {{ pause = "10s" }}]
+steps = [{ weight = 10 }, { analysis = "errors" }, { weight = 50 }, { pause = "10s" }]
 [service.guard]
 interval = "250ms"
 window = "1s"
 max_error_rate = 5
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#,
-        blue = blue.addr,
-        green = green.addr
-    );
-    let config = switchyard::config::parse(&toml, "demo.toml", Path::new("."))?;
-    let server = Server::start(config, None).await?;
-    let web = server.listener_addr("web").await;
-    let api = AdminClient::new(&server.admin_addr.to_string(), Some(token));
+"#;
+    // Named bindings keep the backends alive (dropping a Backend stops it).
+    let Demo {
+        server,
+        web,
+        api,
+        blue: _blue,
+        green: _green,
+    } = setup(300, analyses, service).await?;
     println!("switchyard demo --faulty");
     println!("  blue (v1) is healthy; green (v2) answers 30% of requests with 500");
     println!(
