@@ -14,6 +14,8 @@ pub enum ProxyError {
     UpstreamReset,
     UpstreamTimeout,
     UpstreamProtocol,
+    /// The client's request body broke off while it was being passed on.
+    ClientBody,
 }
 
 impl ProxyError {
@@ -25,6 +27,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -36,6 +39,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream_reset",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamProtocol => "upstream_protocol_error",
+            ProxyError::ClientBody => "client_body_error",
         }
     }
 }

@@ -16,16 +16,15 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 
-use crate::config::{FixedResponse, Redirect, UpstreamProtocol};
+use crate::config::{FixedResponse, Redirect};
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::group::{now_ms, Group, InFlight, Target};
 use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
-use crate::upstream::{ConnectError, Sender, Upstream};
+use crate::upstream::{h1, ConnectError, Sender, Upstream};
 
 pub type ResponseBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
@@ -262,16 +261,20 @@ async fn forward<'s>(
 
     served.group = Some(&group.name);
     served.target = Some(&target.addr.0);
-    let up = upstream_request(parts, body, group.upstream.protocol, target);
     let in_flight = target.begin();
     let outcome = tokio::time::timeout(
         svc.request_timeout,
-        exchange(&group.upstream, target, sender, reused, up),
+        exchange(&group.upstream, target, sender, reused, parts, body),
     )
     .await;
     served.upstream = Some(started.elapsed());
-    let (mut resp, sender) = match outcome {
+    let (mut head, inner) = match outcome {
         Ok(Ok(r)) => r,
+        Ok(Err(Failure::Client(e))) => {
+            // The client's body broke off: nothing the target did wrong.
+            group.stats.record(400, started, None);
+            return error(ProxyError::ClientBody, e);
+        }
         Ok(Err(f)) => {
             note_failure(svc, group, target);
             let e = f.error();
@@ -297,85 +300,94 @@ async fn forward<'s>(
             );
         }
     };
-    if resp.status().is_server_error() && svc.passive.eject_on_5xx {
+    if head.status.is_server_error() && svc.passive.eject_on_5xx {
         note_failure(svc, group, target);
     } else {
         target.record_success();
     }
-    group.stats.record(resp.status().as_u16(), started, None);
+    group.stats.record(head.status.as_u16(), started, None);
 
-    let mut reuse = sender.into_reusable();
-    match client_upgrade {
-        Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+    let inner = match (client_upgrade, inner) {
+        (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
             // The connection now belongs to the tunnel.
-            reuse = None;
-            let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, upstream));
+            if let Some(upstream) = b.into_upgraded() {
+                tokio::spawn(tunnel(client, upstream));
+            }
+            UpstreamBody::Done
         }
-        _ => remove_hop_by_hop(resp.headers_mut()),
-    }
-    let (parts, body) = resp.into_parts();
+        (_, inner) => {
+            remove_hop_by_hop(&mut head.headers);
+            inner
+        }
+    };
     let mut body = UpstreamResponseBody {
-        inner: body,
+        inner,
         in_flight,
-        reuse,
         bytes: 0,
         log: None,
     };
     if body.inner.is_end_stream() {
         body.release();
     }
-    Response::from_parts(parts, Either::Left(body))
+    Response::from_parts(head, Either::Left(body))
 }
 
-/// The request as the target gets it: origin-form URI for HTTP/1, the target's authority
-/// for HTTP/2. Nothing is copied but a few reference counts.
-fn upstream_request(
+/// The request as an HTTP/2 target gets it: the target's authority in the URI. Nothing is
+/// copied but a few reference counts.
+fn h2_request(
     mut parts: http::request::Parts,
     body: Incoming,
-    protocol: UpstreamProtocol,
     target: &Target,
 ) -> Request<Incoming> {
     let pq = parts.uri.path_and_query().cloned();
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    parts.version = match protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::Http2 => {
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(target.authority.clone());
-            Version::HTTP_2
-        }
-    };
-    parts.uri = Uri::from_parts(uri).expect("path with optional scheme and authority");
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(target.authority.clone());
+    parts.version = Version::HTTP_2;
+    parts.uri = Uri::from_parts(uri).expect("path with scheme and authority");
     Request::from_parts(parts, body)
 }
 
-/// Sends the request; if a pooled connection turns out to have closed before the request
-/// was written, hyper hands it back and it goes once more on a fresh connection.
+/// Sends the request and reads the response head. A pooled HTTP/1 connection that turns
+/// out to have been closed by the target before answering gets the request once more on a
+/// fresh connection — when nothing is lost by it: the request has no body, and it is
+/// idempotent unless it provably never reached the target.
 async fn exchange(
     upstream: &Upstream,
     target: &Target,
-    mut sender: Sender,
+    sender: Sender,
     reused: bool,
-    req: Request<Incoming>,
-) -> Result<(Response<Incoming>, Sender), Failure> {
-    match sender.send(req).await {
-        Ok(resp) => Ok((resp, sender)),
-        Err(mut e) => match e.take_message() {
-            Some(req) if reused => {
-                tracing::debug!(target = %target.addr, "pooled connection was closed; resending on a new one");
-                let mut fresh = upstream
-                    .connect(target)
-                    .await
-                    .map_err(|e| Failure::Connect(e.to_string()))?;
-                match fresh.send(req).await {
-                    Ok(resp) => Ok((resp, fresh)),
-                    Err(e) => Err(classify(e.into_error())),
-                }
-            }
-            _ => Err(classify(e.into_error())),
-        },
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<(http::response::Parts, UpstreamBody), Failure> {
+    let conn = match sender {
+        Sender::Http2(mut s) => {
+            let resp = s
+                .send_request(h2_request(parts, body, target))
+                .await
+                .map_err(classify)?;
+            let (head, body) = resp.into_parts();
+            return Ok((head, UpstreamBody::H2(body)));
+        }
+        Sender::Http1(conn) => conn,
+    };
+    let e = match conn.send(&parts, Some(body)).await {
+        Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
+        Err(e) => e,
+    };
+    if !(reused && e.resendable && (e.unsent || parts.method.is_idempotent())) {
+        return Err(Failure::from(e.error));
+    }
+    tracing::debug!(target = %target.addr, error = %e.error, "pooled connection was closed; resending on a new one");
+    let fresh = match upstream.connect(target).await {
+        Ok(Sender::Http1(c)) => c,
+        Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
+        Err(e) => return Err(Failure::Connect(e.to_string())),
+    };
+    match fresh.send(&parts, None).await {
+        Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
+        Err(e) => Err(Failure::from(e.error)),
     }
 }
 
@@ -386,6 +398,8 @@ enum Failure {
     Reset(String),
     Timeout(std::time::Duration),
     Protocol(String),
+    /// The client's own request body failed while it was being sent on.
+    Client(String),
 }
 
 impl Failure {
@@ -395,6 +409,17 @@ impl Failure {
             Failure::Reset(_) => ProxyError::UpstreamReset,
             Failure::Timeout(_) => ProxyError::UpstreamTimeout,
             Failure::Protocol(_) => ProxyError::UpstreamProtocol,
+            Failure::Client(_) => ProxyError::ClientBody,
+        }
+    }
+}
+
+impl From<h1::Error> for Failure {
+    fn from(e: h1::Error) -> Failure {
+        match e {
+            h1::Error::Protocol(m) => Failure::Protocol(m),
+            h1::Error::Client(e) => Failure::Client(error_chain(&e)),
+            e @ (h1::Error::Io(_) | h1::Error::Closed) => Failure::Reset(error_chain(&e)),
         }
     }
 }
@@ -410,6 +435,7 @@ impl std::fmt::Display for Failure {
                 humantime::format_duration(*d)
             ),
             Failure::Protocol(e) => write!(f, "bad response from target: {e}"),
+            Failure::Client(e) => write!(f, "the request body broke off: {e}"),
         }
     }
 }
@@ -450,17 +476,42 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Joins the client's and the target's upgraded connections (WebSocket and other Upgrades).
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
+/// Joins the client's upgraded connection to the target's (WebSocket and other Upgrades),
+/// first passing on what the target sent right behind its 101.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    (mut upstream, early): (tokio::net::TcpStream, Bytes),
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut client = match client.await {
+        Ok(c) => hyper_util::rt::TokioIo::new(c),
+        Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
+    };
+    if !early.is_empty() {
+        if let Err(e) = client.write_all(&early).await {
+            return tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
-        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+/// A target's response body: read by our HTTP/1 client or by hyper's HTTP/2 one.
+pub enum UpstreamBody {
+    H1(h1::ResponseBody),
+    H2(Incoming),
+    /// Nothing (the connection went to a tunnel).
+    Done,
+}
+
+impl UpstreamBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+            UpstreamBody::Done => true,
+        }
     }
 }
 
@@ -468,9 +519,8 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 /// is done (so least-outstanding sees long downloads), then returns the HTTP/1 connection
 /// to the target's pool. A body dropped half-read closes its connection instead.
 pub struct UpstreamResponseBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     in_flight: InFlight,
-    reuse: Option<http1::SendRequest<Incoming>>,
     bytes: u64,
     /// The access log line, written when the body is done (or dropped).
     log: Option<
@@ -494,23 +544,32 @@ impl Drop for UpstreamResponseBody {
 }
 
 impl UpstreamResponseBody {
+    /// Back to the pool with the connection, if the body is complete and it may be reused.
     fn release(&mut self) {
-        if let Some(sender) = self.reuse.take() {
-            self.in_flight.target().pool.put(sender);
+        if let UpstreamBody::H1(b) = &mut self.inner {
+            if let Some(conn) = b.take_reusable() {
+                self.in_flight.target().pool.put(conn);
+            }
         }
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for UpstreamResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Done => Poll::Ready(None),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.bytes += data.len() as u64;
@@ -519,7 +578,6 @@ impl Body for UpstreamResponseBody {
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.reuse = None,
             _ => {}
         }
         polled
@@ -530,16 +588,21 @@ impl Body for UpstreamResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+            UpstreamBody::Done => SizeHint::with_exact(0),
+        }
     }
 }
 
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// RFC 9110 §7.6.1's connection-specific fields. `Trailer` is not one of them: it announces
+/// the trailer fields end to end (and hyper only sends announced trailers on HTTP/1).
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];

@@ -1,7 +1,11 @@
 //! Connections to targets, pooled per target and kept alive. We open connections ourselves
 //! (rather than through a generic client) so that the proxy knows exactly what happened: a
 //! connect failure leaves the request untouched for another target, and a pooled connection
-//! that turns out dead hands the unsent request back for a fresh one.
+//! that turns out dead lets a request without a body go again on a fresh one. HTTP/1 is our
+//! own client (`h1`); HTTP/2 (gRPC) targets use hyper's.
+
+mod body;
+pub mod h1;
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,8 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
-use hyper::{Request, Response};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -34,16 +37,13 @@ pub struct Upstream {
 /// least likely to have been closed by the server), and one shared HTTP/2 connection.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(http1::SendRequest<Incoming>, u64)>>,
+    idle: Mutex<Vec<(h1::Conn, u64)>>,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
 }
 
 impl Pool {
     /// Returns an HTTP/1 connection whose last response is complete.
-    pub fn put(&self, sender: http1::SendRequest<Incoming>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn put(&self, conn: h1::Conn) {
         let now = now_ms();
         let mut idle = self.idle.lock().expect("pool lock");
         // The oldest are at the bottom of the stack.
@@ -53,16 +53,16 @@ impl Pool {
             .count();
         idle.drain(..stale);
         if idle.len() < MAX_IDLE {
-            idle.push((sender, now));
+            idle.push((conn, now));
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn take_idle(&self) -> Option<h1::Conn> {
         let now = now_ms();
         let mut idle = self.idle.lock().expect("pool lock");
-        while let Some((sender, t)) = idle.pop() {
-            if !sender.is_closed() && now.saturating_sub(t) <= IDLE_TIMEOUT_MS {
-                return Some(sender);
+        while let Some((conn, t)) = idle.pop() {
+            if now.saturating_sub(t) <= IDLE_TIMEOUT_MS {
+                return Some(conn);
             }
         }
         None
@@ -85,28 +85,8 @@ pub enum ConnectError {
 
 /// A connection ready to carry one request.
 pub enum Sender {
-    Http1(http1::SendRequest<Incoming>),
+    Http1(h1::Conn),
     Http2(http2::SendRequest<Incoming>),
-}
-
-impl Sender {
-    pub async fn send(
-        &mut self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<Incoming>>> {
-        match self {
-            Sender::Http1(s) => s.try_send_request(req).await,
-            Sender::Http2(s) => s.try_send_request(req).await,
-        }
-    }
-
-    /// The HTTP/1 connection to return to the pool once the response body is done.
-    pub fn into_reusable(self) -> Option<http1::SendRequest<Incoming>> {
-        match self {
-            Sender::Http1(s) => Some(s),
-            Sender::Http2(_) => None,
-        }
-    }
 }
 
 impl Upstream {
@@ -114,10 +94,9 @@ impl Upstream {
     pub async fn checkout(&self, target: &Target) -> Result<(Sender, bool), ConnectError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                while let Some(mut s) = target.pool.take_idle() {
-                    // Usually ready at once; a connection that closed meanwhile errors here.
-                    if s.ready().await.is_ok() {
-                        return Ok((Sender::Http1(s), true));
+                while let Some(mut conn) = target.pool.take_idle() {
+                    if conn.is_alive() {
+                        return Ok((Sender::Http1(conn), true));
                     }
                 }
                 Ok((self.connect(target).await?, false))
@@ -138,18 +117,10 @@ impl Upstream {
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         match self.protocol {
-            UpstreamProtocol::Http1 => {
-                let (sender, conn) = http1::handshake(io).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream connection ended with an error");
-                    }
-                });
-                Ok(Sender::Http1(sender))
-            }
+            UpstreamProtocol::Http1 => Ok(Sender::Http1(h1::Conn::new(stream))),
             UpstreamProtocol::Http2 => {
+                let io = TokioIo::new(stream);
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))

@@ -1,0 +1,353 @@
+//! Message bodies on a connection to a target: how a response body is delimited and decoded
+//! from the read buffer (by length, chunked, or up to the close), and the upload of a request
+//! body, which goes on while the response is read so that a target answering early (a 413,
+//! or a stream echoing its input) never deadlocks against us.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body as _, Frame};
+use hyper::body::Incoming;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::h1::Error;
+
+/// A chunk-size line or a trailer section longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 64;
+
+/// How the end of a response body is known (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body: HEAD, 1xx, 204, 304.
+    Empty,
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything up to the target closing the connection.
+    Close,
+}
+
+/// Where a chunked decoder is in its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// What the decoder made of the buffer.
+#[derive(Debug)]
+pub(super) enum Decoded {
+    Frame(Frame<Bytes>),
+    NeedMore,
+    End,
+}
+
+impl Framing {
+    pub(super) fn is_end(&self) -> bool {
+        matches!(
+            self,
+            Framing::Empty | Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        )
+    }
+
+    /// Takes the next frame out of `buf`. Data frames share `buf`'s memory; nothing is copied.
+    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Error> {
+        match self {
+            Framing::Empty | Framing::Length(0) => Ok(Decoded::End),
+            Framing::Length(rest) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*rest).min(buf.len() as u64) as usize;
+                *rest -= n as u64;
+                Ok(Decoded::Frame(Frame::data(buf.split_to(n).freeze())))
+            }
+            Framing::Close if buf.is_empty() => Ok(Decoded::NeedMore),
+            Framing::Close => Ok(Decoded::Frame(Frame::data(buf.split().freeze()))),
+            Framing::Chunked(state) => decode_chunked(state, buf),
+        }
+    }
+}
+
+fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Error> {
+    loop {
+        match state {
+            Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                    return Err(Error::Protocol("chunk size line too long".into()));
+                }
+                Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                Err(_) => return Err(Error::Protocol("invalid chunk size".into())),
+            },
+            Chunk::Data(rest) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*rest).min(buf.len() as u64) as usize;
+                *rest -= n as u64;
+                if *rest == 0 {
+                    *state = Chunk::DataEnd;
+                }
+                return Ok(Decoded::Frame(Frame::data(buf.split_to(n).freeze())));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::Protocol("chunk data not followed by CRLF".into()));
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+                return match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((used, fields))) => {
+                        let mut trailers = HeaderMap::with_capacity(fields.len());
+                        for f in fields {
+                            let name = HeaderName::from_bytes(f.name.as_bytes());
+                            let value = HeaderValue::from_bytes(f.value);
+                            if let (Ok(name), Ok(value)) = (name, value) {
+                                trailers.append(name, value);
+                            }
+                        }
+                        buf.advance(used);
+                        *state = Chunk::Done;
+                        Ok(if trailers.is_empty() {
+                            Decoded::End
+                        } else {
+                            Decoded::Frame(Frame::trailers(trailers))
+                        })
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
+                        Err(Error::Protocol("trailer section too large".into()))
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
+                    Err(e) => Err(Error::Protocol(format!("invalid trailer section: {e}"))),
+                };
+            }
+            Chunk::Done => return Ok(Decoded::End),
+        }
+    }
+}
+
+/// Why an upload stopped.
+#[derive(Debug)]
+pub(super) enum UploadError {
+    /// Reading the client's body failed (the client went away or sent a bad body).
+    Client(hyper::Error),
+    /// Writing to the target failed.
+    Target(io::Error),
+}
+
+/// A request body on its way to the target, framed by its length or chunked.
+pub(super) struct Upload {
+    body: Incoming,
+    chunked: bool,
+    /// Encoded bytes not yet written, in order.
+    pending: VecDeque<Bytes>,
+    /// The body has ended and its end (for chunked, the last chunk) is queued.
+    finished: bool,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("chunked", &self.chunked)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Upload {
+    pub(super) fn new(body: Incoming, chunked: bool) -> Upload {
+        Upload {
+            body,
+            chunked,
+            pending: VecDeque::new(),
+            finished: false,
+        }
+    }
+
+    /// Moves the upload forward as far as the client's body and the socket allow; ready
+    /// once all of it is written.
+    pub(super) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut TcpStream,
+    ) -> Poll<Result<(), UploadError>> {
+        loop {
+            while !self.pending.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let n = slices.len().min(self.pending.len());
+                for (slice, bytes) in slices.iter_mut().zip(self.pending.iter()) {
+                    *slice = IoSlice::new(bytes);
+                }
+                let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Target(e))),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(UploadError::Target(
+                            io::ErrorKind::WriteZero.into(),
+                        )))
+                    }
+                    Poll::Ready(Ok(n)) => n,
+                };
+                self.consume(written);
+            }
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(UploadError::Client(e))),
+                Poll::Ready(None) => {
+                    self.finished = true;
+                    if self.chunked {
+                        self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.chunked => {
+                        self.pending
+                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                        self.pending.push_back(data);
+                        self.pending.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                    Ok(data) => self.pending.push_back(data),
+                    Err(frame) => {
+                        // Trailers can only travel in a chunked body; with a length they
+                        // are dropped, as HTTP/1 has no place for them.
+                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                            let mut end = b"0\r\n".to_vec();
+                            for (name, value) in &trailers {
+                                end.extend_from_slice(name.as_str().as_bytes());
+                                end.extend_from_slice(b": ");
+                                end.extend_from_slice(value.as_bytes());
+                                end.extend_from_slice(b"\r\n");
+                            }
+                            end.extend_from_slice(b"\r\n");
+                            self.pending.push_back(Bytes::from(end));
+                            self.finished = true;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.pending.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.pending.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(framing: &mut Framing, input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        let mut buf = BytesMut::from(input);
+        let (mut data, mut trailers) = (Vec::new(), None);
+        loop {
+            match framing.decode(&mut buf)? {
+                Decoded::Frame(f) => match f.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Decoded::NeedMore => return Err(Error::Closed),
+                Decoded::End => return Ok((data, trailers)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let mut f = Framing::Chunked(Chunk::Size);
+        let (data, trailers) = all(
+            &mut f,
+            b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\ngrpc-status: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert!(f.is_end());
+    }
+
+    #[test]
+    fn chunked_input_split_anywhere_decodes_the_same() {
+        let input = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        for cut in 0..input.len() {
+            let mut f = Framing::Chunked(Chunk::Size);
+            let mut buf = BytesMut::from(&input[..cut]);
+            let mut out = Vec::new();
+            let mut fed = false;
+            loop {
+                match f.decode(&mut buf).unwrap() {
+                    Decoded::Frame(fr) => out.extend_from_slice(&fr.into_data().unwrap()),
+                    Decoded::NeedMore if !fed => {
+                        buf.extend_from_slice(&input[cut..]);
+                        fed = true;
+                    }
+                    Decoded::NeedMore => panic!("stuck at cut {cut}"),
+                    Decoded::End => break,
+                }
+            }
+            assert_eq!(out, b"abc0123456789abcdef", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_chunked_input_is_a_protocol_error() {
+        for bad in [
+            &b"zz\r\nabc\r\n"[..],
+            b"3\r\nabcX\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            let err = all(&mut Framing::Chunked(Chunk::Size), bad).unwrap_err();
+            assert!(matches!(err, Error::Protocol(_)), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let mut f = Framing::Length(5);
+        let mut buf = BytesMut::from(&b"helloEXTRA"[..]);
+        match f.decode(&mut buf).unwrap() {
+            Decoded::Frame(fr) => assert_eq!(fr.into_data().unwrap(), "hello"),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.is_end());
+        assert_eq!(&buf[..], b"EXTRA");
+    }
+}

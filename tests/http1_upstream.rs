@@ -1,0 +1,435 @@
+//! Switchyard's own HTTP/1 client against targets that do the less common things HTTP/1
+//! allows: bodies both ways (streamed at once), chunked answers with trailers, answers
+//! delimited by the close, HEAD/204/304, 100 Continue, keep-alive connections the target
+//! closes, and broken answers. Scripted targets speak raw HTTP over real loopback sockets;
+//! the echo target is a real hyper server.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{config, get, start, Server};
+use http::{Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted target does with the n-th request (from 0) on its c-th connection.
+enum Act {
+    Send(Vec<u8>),
+    SendThenClose(Vec<u8>),
+    Close,
+}
+
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+/// A target that reads each request (head and any Content-Length body) and acts as `script`
+/// says, given (connection number, request number on it, request head).
+async fn scripted<F>(script: F) -> Scripted
+where
+    F: Fn(usize, usize, &str) -> Act + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (count, script) = (connections.clone(), Arc::new(script));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let c = count.fetch_add(1, SeqCst);
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0.. {
+                    let Some(head) = read_request(&mut s, &mut buf).await else {
+                        return;
+                    };
+                    match script(c, n, &head) {
+                        Act::Send(b) => {
+                            if s.write_all(&b).await.is_err() {
+                                return;
+                            }
+                        }
+                        Act::SendThenClose(b) => {
+                            let _ = s.write_all(&b).await;
+                            return;
+                        }
+                        Act::Close => return,
+                    }
+                }
+            });
+        }
+    });
+    Scripted { addr, connections }
+}
+
+/// Reads one request head and its Content-Length body; `None` at the close.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..end + 4 + length);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn proxy_to(target: SocketAddr) -> (Server, String) {
+    let server = start(&config(&[("blue", &[target])], "")).await;
+    let url = format!("http://{}", server.listener_addr("web").await);
+    (server, url)
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn body_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A real hyper server that streams every request body straight back as it reads it.
+async fn echo_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let framing = if req.headers().contains_key("content-length") {
+                        "length"
+                    } else {
+                        "chunked"
+                    };
+                    let resp = hyper::Response::builder()
+                        .header("x-request-framing", framing)
+                        .body(req.into_body())
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_target_while_its_answer_streams_back() {
+    let (_server, url) = proxy_to(echo_target().await).await;
+    let client = body_client();
+
+    // A known length goes as is.
+    let data = pattern(1 << 20);
+    let req = Request::post(format!("{url}/up"))
+        .body(Full::new(Bytes::from(data.clone())).boxed())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-request-framing"], "length");
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(got == data, "1 MiB body came back changed");
+
+    // A body of unknown length, bigger than the socket buffers, that the target echoes as
+    // it reads: sending all of it before reading the answer would deadlock.
+    let chunks = 128;
+    let piece = Bytes::from(pattern(64 * 1024));
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, Infallible>(Frame::data(piece.clone()))),
+    );
+    let req = Request::post(format!("{url}/stream"))
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), async {
+        let resp = client.request(req).await.unwrap();
+        let framing = resp.headers()["x-request-framing"].clone();
+        (
+            framing,
+            resp.into_body().collect().await.unwrap().to_bytes(),
+        )
+    })
+    .await
+    .expect("an 8 MiB full-duplex exchange finishes");
+    assert_eq!(resp.0, "chunked");
+    assert_eq!(resp.1.len(), chunks * 64 * 1024);
+    assert!(resp
+        .1
+        .chunks(64 * 1024)
+        .all(|c| c == &pattern(64 * 1024)[..]));
+}
+
+#[tokio::test]
+async fn a_client_expecting_100_continue_gets_it_and_its_answer() {
+    let (_server, url) = proxy_to(echo_target().await).await;
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).ends_with("hello") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        !answer.contains("100 Continue"),
+        "the target's own 100 is not passed on: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn chunked_answers_keep_their_trailers_and_the_connection() {
+    let target = scripted(|_, _, _| {
+        Act::Send(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n\
+              5\r\nhello\r\n7;note=x\r\n, world\r\n0\r\nx-checksum: 42\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    for _ in 0..3 {
+        let req = Request::get(format!("{url}/t"))
+            .header("te", "trailers")
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let collected = resp.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "42");
+        assert_eq!(collected.to_bytes(), "hello, world");
+    }
+    assert_eq!(
+        target.connections.load(SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_delimited_by_the_close_arrives_whole_and_its_connection_is_not_reused() {
+    let target = scripted(|_, _, _| {
+        Act::SendThenClose(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end".to_vec(),
+        )
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    for _ in 0..3 {
+        let r = get(&client, &format!("{url}/c"), &[]).await.unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "until the end")
+        );
+    }
+    assert_eq!(target.connections.load(SeqCst), 3);
+}
+
+#[tokio::test]
+async fn head_204_and_304_answers_have_no_body_and_keep_the_connection() {
+    let target = scripted(|_, _, head| {
+        let line = head.lines().next().unwrap_or("");
+        Act::Send(if line.starts_with("HEAD") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec()
+        } else if line.contains("/204") {
+            b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()
+        } else if line.contains("/304") {
+            b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\r\n".to_vec()
+        } else {
+            ok("body")
+        })
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    let head = client
+        .request(
+            Request::head(format!("{url}/h"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["content-length"], "1000");
+    for (path, status) in [("/204", 204), ("/304", 304), ("/", 200), ("/204", 204)] {
+        let r = get(&client, &format!("{url}{path}"), &[]).await.unwrap();
+        assert_eq!(r.status, status, "{path}");
+    }
+    assert_eq!(target.connections.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped() {
+    let target = scripted(|_, _, _| {
+        let mut b =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"
+                .to_vec();
+        b.extend(ok("final"));
+        Act::Send(b)
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let r = get(&common::client(), &format!("{url}/"), &[])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "final"));
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_the_target_closed_costs_no_request() {
+    // The target answers one request per connection and then closes it, though it said
+    // nothing about closing: the pooled connection must be found dead, not used. POSTs,
+    // because they may not be sent twice: only finding the dead connection saves them.
+    let target = scripted(|_, _, _| Act::SendThenClose(ok("fresh"))).await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    for i in 0..20 {
+        let req = Request::post(format!("{url}/order"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        // Let the close reach us before the next request, as it would after a pause.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(target.connections.load(SeqCst), 20);
+}
+
+#[tokio::test]
+async fn a_connection_closed_as_the_request_arrives_is_retried_only_when_that_is_safe() {
+    // The first request on a connection is answered; the second is read and then the
+    // connection is closed without an answer, as a target shutting down an idle
+    // keep-alive connection at that very moment does.
+    let target = scripted(|_, n, _| {
+        if n == 0 {
+            Act::Send(ok("answered"))
+        } else {
+            Act::Close
+        }
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    let r = get(&client, &format!("{url}/"), &[]).await.unwrap();
+    assert_eq!(r.body, "answered");
+    // An idempotent GET goes again on a new connection.
+    let r = get(&client, &format!("{url}/"), &[]).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "answered"));
+    assert_eq!(target.connections.load(SeqCst), 2);
+    // A POST may have been acted on: it is not sent twice.
+    let req = Request::post(format!("{url}/order"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["x-switchyard-error"], "upstream_reset");
+    assert_eq!(target.connections.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn broken_answers_are_502_protocol_errors() {
+    let target = scripted(|_, _, head| {
+        let line = head.lines().next().unwrap_or("");
+        if line.contains("/garbage") {
+            Act::SendThenClose(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec())
+        } else if line.contains("/huge") {
+            let mut b = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..100 {
+                b.extend(format!("x-filler-{i}: {}\r\n", "a".repeat(1000)).into_bytes());
+            }
+            b.extend(b"\r\n");
+            Act::SendThenClose(b)
+        } else if line.contains("/badchunk") {
+            Act::SendThenClose(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            )
+        } else {
+            // Promises 100 bytes and closes after 5.
+            Act::SendThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort".to_vec())
+        }
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    for path in ["/garbage", "/huge"] {
+        let r = get(&client, &format!("{url}{path}"), &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}");
+        assert_eq!(
+            r.headers["x-switchyard-error"], "upstream_protocol_error",
+            "{path}"
+        );
+        assert!(
+            r.body.contains("bad response from target"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    // A body that breaks off after its head went out cannot become a 502 any more: the
+    // client sees its response end in an error rather than a short body taken as whole.
+    for path in ["/badchunk", "/short"] {
+        let result = get(&client, &format!("{url}{path}"), &[]).await;
+        assert!(result.is_err(), "{path}: {:?}", result.map(|r| r.body));
+    }
+    let r = get(&client, &format!("{url}/garbage"), &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "still serving");
+}
