@@ -58,6 +58,7 @@ name = "green"
 targets = ["127.0.0.1:$B2"]
 CONF
 SWITCHYARD_LOG=error $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
+SY_PID=$!
 
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<CONF
@@ -89,6 +90,7 @@ http {
 }
 CONF
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
+NG_PID=$!
 
 cat > "$WORK/haproxy.cfg" <<CONF
 global
@@ -110,6 +112,7 @@ backend app
   server green 127.0.0.1:$B2 weight 1
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
+HA_PID=$!
 
 for p in $SY $NG $HA; do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
@@ -120,39 +123,54 @@ for p in $SY $NG $HA; do
   }
 done
 
-# wrk's "99%" line in ms, and its Requests/sec.
-run() {
-  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/")
-  local rps p99
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
-  echo "$rps $p99"
+# CPU time (clock ticks) used so far by a process and its children (nginx's worker).
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
 }
 
-declare -A RPS P99
-for name in switchyard nginx haproxy; do RPS[$name]=0; P99[$name]=""; done
+# wrk's Requests/sec, its "99%" line in ms, and the proxy's CPU µs per request.
+run() {
+  local before after out rps p99 reqs
+  before=$(cpu_ticks "$2")
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/")
+  after=$(cpu_ticks "$2")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
+  echo "$rps $p99 $(python3 -c "print(($after - $before) * 1e6 / $(getconf CLK_TCK) / $reqs)")"
+}
+
+declare -A RPS P99 CPU
+for name in switchyard nginx haproxy; do RPS[$name]=0; P99[$name]=""; CPU[$name]=""; done
 echo "warming up"; for p in $SY $NG $HA; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done
 for r in $(seq "$ROUNDS"); do
-  for pair in "switchyard:$SY" "nginx:$NG" "haproxy:$HA"; do
-    name=${pair%%:*}; p=${pair##*:}
-    read -r rps p99 < <(run "$p")
-    printf 'round %d  %-10s %10.0f req/s   p99 %7.2f ms\n' "$r" "$name" "$rps" "$p99"
+  for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID"; do
+    IFS=: read -r name p pid <<<"$entry"
+    read -r rps p99 cpu < <(run "$p" "$pid")
+    printf 'round %d  %-10s %10.0f req/s   p99 %7.2f ms   cpu %6.1f us/req\n' "$r" "$name" "$rps" "$p99" "$cpu"
     RPS[$name]=$(python3 -c "print(${RPS[$name]} + $rps)")
     P99[$name]="${P99[$name]} $p99"
+    CPU[$name]="${CPU[$name]} $cpu"
   done
 done
 
 echo
 echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, 1 worker each:"
-python3 - "$ROUNDS" "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" <<'PY'
+python3 - "$ROUNDS" "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" "${CPU[switchyard]}" "${CPU[nginx]}" "${CPU[haproxy]}" <<'PY'
 import sys, statistics
 rounds = int(sys.argv[1])
 names = ["switchyard", "nginx", "haproxy"]
 rps = {n: float(v) / rounds for n, v in zip(names, sys.argv[2:5])}
 p99 = {n: statistics.median(float(x) for x in v.split()) for n, v in zip(names, sys.argv[5:8])}
-print(f"{'':12}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}")
+cpu = {n: statistics.median(float(x) for x in v.split()) for n, v in zip(names, sys.argv[8:11])}
+print(f"{'':12}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}{'cpu us/req':>12}{'vs nginx':>10}")
 for n in names:
-    print(f"{n:12}{rps[n]:12.0f}{rps[n]/rps['nginx']:10.2f}{p99[n]:10.2f}{p99[n]/p99['nginx']:10.2f}")
+    print(f"{n:12}{rps[n]:12.0f}{rps[n]/rps['nginx']:10.2f}{p99[n]:10.2f}{p99[n]/p99['nginx']:10.2f}{cpu[n]:12.1f}{cpu[n]/cpu['nginx']:10.2f}")
 best = max(rps["nginx"], rps["haproxy"])
 print(f"switchyard throughput vs best of nginx/haproxy: {rps['switchyard']/best:.2f}x")
 PY

@@ -114,7 +114,11 @@ pub fn millis(d: Duration) -> f64 {
 pub fn request_id(given: Option<&http::HeaderValue>) -> http::HeaderValue {
     match given {
         Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
-        _ => http::HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
-            .expect("hex is a header value"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let n = fastrand::u64(..);
+            let id: [u8; 16] = std::array::from_fn(|i| HEX[(n >> (60 - 4 * i)) as usize & 15]);
+            http::HeaderValue::from_bytes(&id).expect("hex is a header value")
+        }
     }
 }

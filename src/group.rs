@@ -14,8 +14,15 @@ use crate::upstream::{Pool, Upstream};
 /// Milliseconds since the process started: a clock cheap enough to read per request and small
 /// enough to keep in an atomic.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at an instant already read: the request path reads the clock once when a
+/// request starts and once when its answer arrives, and derives everything else.
+pub fn ms_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -152,16 +159,17 @@ pub struct GroupStats {
 }
 
 impl GroupStats {
-    /// One answer to a request of this group, from the target or from switchyard.
+    /// One answer to a request of this group, from the target or from switchyard, that
+    /// took `took` and arrived at `at` (the request's start plus `took`).
     pub fn record(
         &self,
         status: u16,
-        started: std::time::Instant,
+        took: Duration,
+        at: Instant,
         failure: Option<crate::metrics::Failure>,
     ) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].fetch_add(1, Relaxed);
-        let took = started.elapsed();
         let secs = took.as_secs_f64();
         let bucket = LATENCY_BOUNDS
             .iter()
@@ -170,7 +178,7 @@ impl GroupStats {
         self.latency[bucket].fetch_add(1, Relaxed);
         self.latency_sum_us
             .fetch_add(took.as_micros() as u64, Relaxed);
-        self.window.record(status, took, failure);
+        self.window.record(ms_at(at) / 1000, status, took, failure);
     }
 
     pub fn snapshot(&self) -> GroupCounts {

@@ -91,8 +91,8 @@ impl Window {
     }
 
     /// One response (from the target or from switchyard itself) and how long it took.
-    pub fn record(&self, status: u16, latency: Duration, failure: Option<Failure>) {
-        let s = self.slot(now_second());
+    pub fn record(&self, second: u64, status: u16, latency: Duration, failure: Option<Failure>) {
+        let s = self.slot(second);
         s.requests.fetch_add(1, Relaxed);
         s.classes[(status / 100).clamp(1, 5) as usize - 1].fetch_add(1, Relaxed);
         if let Some(f) = failure {
@@ -232,7 +232,7 @@ mod tests {
         let w = Window::default();
         for i in 0..100 {
             let status = if i < 10 { 503 } else { 200 };
-            w.record(status, Duration::from_millis(i + 1), None);
+            w.record(now_second(), status, Duration::from_millis(i + 1), None);
         }
         let s = w.last(Duration::from_secs(1));
         assert_eq!(s.requests, 100);

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use hyper::body::Incoming;
 
 use crate::config::{FixedResponse, Redirect};
 use crate::error::{ProxyError, ERROR_HEADER};
-use crate::group::{now_ms, Group, InFlight, Target};
+use crate::group::{ms_at, now_ms, Group, GroupStats, InFlight, Target};
 use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
@@ -63,8 +64,6 @@ pub async fn handle(
     Ok(route(req, &conn, &snapshot).await)
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
-
 /// What a request was served by, for the access log.
 #[derive(Default)]
 struct Served<'s> {
@@ -83,9 +82,10 @@ async fn route(
     conn: &ConnInfo,
     snap: &Snapshot,
 ) -> Response<ResponseBody> {
-    let started = std::time::Instant::now();
-    let rid = crate::access_log::request_id(req.headers().get(X_REQUEST_ID));
-    req.headers_mut().insert(X_REQUEST_ID, rid.clone());
+    // The request's one clock read until its answer arrives; the rest derive from it.
+    let started = Instant::now();
+    let rid = crate::access_log::request_id(req.headers().get(&X_REQUEST_ID));
+    req.headers_mut().insert(X_REQUEST_ID.clone(), rid.clone());
     let entry = snap.access_log.as_ref().map(|_| crate::access_log::Entry {
         time: crate::access_log::now_rfc3339(),
         request_id: String::from_utf8_lossy(rid.as_bytes()).into_owned(),
@@ -104,8 +104,8 @@ async fn route(
         bytes: 0,
     });
     let mut served = Served::default();
-    let mut resp = dispatch(req, conn, snap, &mut served).await;
-    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    let mut resp = dispatch(req, conn, snap, started, &mut served).await;
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     let status = resp.status().as_u16();
     match served.stats {
         Some(s) => s.record(status),
@@ -140,6 +140,7 @@ async fn dispatch<'s>(
     req: Request<Incoming>,
     conn: &ConnInfo,
     snap: &'s Snapshot,
+    started: Instant,
     served: &mut Served<'s>,
 ) -> Response<ResponseBody> {
     let host = request_host(&req).unwrap_or("");
@@ -171,9 +172,9 @@ async fn dispatch<'s>(
             let may_fall_back = forced.is_none();
             let (group, set_cookie) = match forced {
                 Some(g) => (g, None),
-                None => service.choose_by_split(req.headers(), conn.client.ip(), now_ms()),
+                None => service.choose_by_split(req.headers(), conn.client.ip(), ms_at(started)),
             };
-            let mut resp = forward(req, service, group, may_fall_back, conn, served).await;
+            let mut resp = forward(req, service, group, may_fall_back, conn, started, served).await;
             if let Some(c) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
@@ -190,14 +191,14 @@ async fn forward<'s>(
     mut group: &'s Group,
     may_fall_back: bool,
     conn: &ConnInfo,
+    started: Instant,
     served: &mut Served<'s>,
 ) -> Response<ResponseBody> {
     served.group = Some(&group.name);
-    let started = std::time::Instant::now();
-    let now = now_ms();
+    let now = ms_at(started);
     group.stats.requests.fetch_add(1, Relaxed);
     let Some(first) = group.pick(svc.balance, None, now) else {
-        group.stats.record(503, started, None);
+        record(&group.stats, 503, started, None);
         return error(
             ProxyError::NoHealthyTarget,
             format_args!(
@@ -219,7 +220,7 @@ async fn forward<'s>(
     // move to another one: the request is still untouched.
     let (target, sender, reused): (&Arc<Target>, Sender, bool) = match group
         .upstream
-        .checkout(first)
+        .checkout(first, now)
         .await
     {
         Ok((s, reused)) => (first, s, reused),
@@ -230,7 +231,7 @@ async fn forward<'s>(
             let retry = match group.pick(svc.balance, Some(first), now) {
                 Some(t) => Some(t),
                 None if may_fall_back => svc.fallback(group, now).and_then(|g| {
-                    group.stats.record(502, started, Some(Seen::Connect));
+                    record(&group.stats, 502, started, Some(Seen::Connect));
                     group = g;
                     g.stats.requests.fetch_add(1, Relaxed);
                     g.pick(svc.balance, None, now)
@@ -238,18 +239,18 @@ async fn forward<'s>(
                 None => None,
             };
             let Some(second) = retry else {
-                group.stats.record(502, started, Some(Seen::Connect));
+                record(&group.stats, 502, started, Some(Seen::Connect));
                 return error(
                     ProxyError::UpstreamConnect,
                     format_args!("cannot connect to target: {e}"),
                 );
             };
             tracing::debug!(target = %first.addr, retry = %second.addr, group = %group.name, "connect failed; trying another target");
-            match group.upstream.checkout(second).await {
+            match group.upstream.checkout(second, now_ms()).await {
                 Ok((s, reused)) => (second, s, reused),
                 Err(e) => {
                     connect_failed(svc, group, second, &e);
-                    group.stats.record(502, started, Some(Seen::Connect));
+                    record(&group.stats, 502, started, Some(Seen::Connect));
                     return error(
                         ProxyError::UpstreamConnect,
                         format_args!("cannot connect to target: {e}"),
@@ -267,12 +268,14 @@ async fn forward<'s>(
         exchange(&group.upstream, target, sender, reused, parts, body),
     )
     .await;
-    served.upstream = Some(started.elapsed());
+    let answered = Instant::now();
+    let took = answered.saturating_duration_since(started);
+    served.upstream = Some(took);
     let (mut head, inner) = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err(Failure::Client(e))) => {
             // The client's body broke off: nothing the target did wrong.
-            group.stats.record(400, started, None);
+            record(&group.stats, 400, started, None);
             return error(ProxyError::ClientBody, e);
         }
         Ok(Err(f)) => {
@@ -287,13 +290,13 @@ async fn forward<'s>(
                 ProxyError::UpstreamConnect => Seen::Connect,
                 _ => Seen::Reset,
             };
-            group.stats.record(e.status().as_u16(), started, Some(kind));
+            record(&group.stats, e.status().as_u16(), started, Some(kind));
             return error(e, f);
         }
         Err(_) => {
             note_failure(svc, group, target);
             group.stats.timeouts.fetch_add(1, Relaxed);
-            group.stats.record(504, started, Some(Seen::Timeout));
+            record(&group.stats, 504, started, Some(Seen::Timeout));
             return error(
                 ProxyError::UpstreamTimeout,
                 Failure::Timeout(svc.request_timeout),
@@ -305,7 +308,9 @@ async fn forward<'s>(
     } else {
         target.record_success();
     }
-    group.stats.record(head.status.as_u16(), started, None);
+    group
+        .stats
+        .record(head.status.as_u16(), took, answered, None);
 
     let inner = match (client_upgrade, inner) {
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -323,6 +328,7 @@ async fn forward<'s>(
     let mut body = UpstreamResponseBody {
         inner,
         in_flight,
+        used_ms: now,
         bytes: 0,
         log: None,
     };
@@ -449,6 +455,19 @@ fn classify(e: hyper::Error) -> Failure {
     }
 }
 
+/// Records an answer of the group now and returns how long it took.
+fn record(
+    stats: &GroupStats,
+    status: u16,
+    started: Instant,
+    failure: Option<Seen>,
+) -> std::time::Duration {
+    let at = Instant::now();
+    let took = at.saturating_duration_since(started);
+    stats.record(status, took, at, failure);
+    took
+}
+
 fn connect_failed(svc: &Service, group: &Group, target: &Target, e: &ConnectError) {
     group.stats.connect_failures.fetch_add(1, Relaxed);
     tracing::debug!(service = %svc.name, group = %group.name, target = %target.addr, error = %e, "connect failed");
@@ -521,13 +540,15 @@ impl UpstreamBody {
 pub struct UpstreamResponseBody {
     inner: UpstreamBody,
     in_flight: InFlight,
+    /// When the connection was taken for this request, for the pool's idle limit.
+    used_ms: u64,
     bytes: u64,
     /// The access log line, written when the body is done (or dropped).
     log: Option<
         Box<(
             crate::access_log::AccessLog,
             crate::access_log::Entry,
-            std::time::Instant,
+            Instant,
         )>,
     >,
 }
@@ -548,7 +569,7 @@ impl UpstreamResponseBody {
     fn release(&mut self) {
         if let UpstreamBody::H1(b) = &mut self.inner {
             if let Some(conn) = b.take_reusable() {
-                self.in_flight.target().pool.put(conn);
+                self.in_flight.target().pool.put(conn, self.used_ms);
             }
         }
     }
@@ -607,37 +628,53 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Usually there is none: one pass over a few names is cheaper than a lookup per name.
+fn has_hop_by_hop(h: &HeaderMap) -> bool {
+    h.keys().any(|k| HOP_BY_HOP.contains(k))
+}
+
 fn remove_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    if let Some(conn) = h.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                h.remove(name);
-            }
-        }
+    if !has_hop_by_hop(h) {
+        return;
     }
-    for name in &HOP_BY_HOP {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
         h.remove(name);
     }
 }
 
 fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, conn: &ConnInfo, upgrade: bool) {
-    // gRPC needs `te: trailers` end to end; it is the one TE value a proxy may pass on.
-    let te_trailers = h
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let upgrade_proto = if upgrade {
-        h.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    remove_hop_by_hop(h);
-    if te_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(proto) = upgrade_proto {
-        h.insert(header::UPGRADE, proto);
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if has_hop_by_hop(h) {
+        // gRPC needs `te: trailers` end to end; it is the one TE value a proxy may pass on.
+        let te_trailers = h
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let upgrade_proto = if upgrade {
+            h.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        remove_hop_by_hop(h);
+        if te_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(proto) = upgrade_proto {
+            h.insert(header::UPGRADE, proto);
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
     }
     // An HTTP/2 request carries its host in the URI; an HTTP/1 target wants a Host header.
     let host = match h.get(header::HOST) {
@@ -649,20 +686,20 @@ fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, conn: &ConnInfo, upgrad
                 h.insert(header::HOST, v.clone());
             }),
     };
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())).ok(),
         None => Some(conn.client_ip.clone()),
     };
     if let Some(v) = xff {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    h.insert("x-forwarded-port", conn.local_port.clone());
+    h.insert(X_FORWARDED_PORT.clone(), conn.local_port.clone());
     if let Some(host) = host {
-        h.insert("x-forwarded-host", host);
+        h.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 

@@ -210,7 +210,12 @@ mod tests {
     fn hist(ms: &[f64]) -> Vec<u64> {
         let w = crate::metrics::Window::default();
         for m in ms {
-            w.record(200, std::time::Duration::from_secs_f64(m / 1000.0), None);
+            w.record(
+                crate::metrics::now_second(),
+                200,
+                std::time::Duration::from_secs_f64(m / 1000.0),
+                None,
+            );
         }
         w.last(std::time::Duration::from_secs(1)).latency
     }

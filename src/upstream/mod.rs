@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
-use crate::group::{now_ms, Target};
+use crate::group::Target;
 
 /// Idle HTTP/1 connections kept per target; more are closed when returned.
 const MAX_IDLE: usize = 512;
@@ -42,9 +42,10 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Returns an HTTP/1 connection whose last response is complete.
-    pub fn put(&self, conn: h1::Conn) {
-        let now = now_ms();
+    /// Returns an HTTP/1 connection whose last response is complete; `used_ms` is when it
+    /// was taken (a little early is safe: it only makes the connection expire sooner).
+    pub fn put(&self, conn: h1::Conn, used_ms: u64) {
+        let now = used_ms;
         let mut idle = self.idle.lock().expect("pool lock");
         // The oldest are at the bottom of the stack.
         let stale = idle
@@ -57,8 +58,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<h1::Conn> {
-        let now = now_ms();
+    fn take_idle(&self, now: u64) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().expect("pool lock");
         while let Some((conn, t)) = idle.pop() {
             if now.saturating_sub(t) <= IDLE_TIMEOUT_MS {
@@ -91,10 +91,14 @@ pub enum Sender {
 
 impl Upstream {
     /// A pooled connection if one is alive and ready (`true`), else a new one (`false`).
-    pub async fn checkout(&self, target: &Target) -> Result<(Sender, bool), ConnectError> {
+    pub async fn checkout(
+        &self,
+        target: &Target,
+        now_ms: u64,
+    ) -> Result<(Sender, bool), ConnectError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                while let Some(mut conn) = target.pool.take_idle() {
+                while let Some(mut conn) = target.pool.take_idle(now_ms) {
                     if conn.is_alive() {
                         return Ok((Sender::Http1(conn), true));
                     }
