@@ -83,6 +83,10 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Erro
     loop {
         match state {
             Chunk::Size => match httparse::parse_chunk_size(buf) {
+                // The same limit whether the line came in one read or several.
+                Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                    return Err(Error::Protocol("chunk size line too long".into()));
+                }
                 Ok(httparse::Status::Complete((used, size))) => {
                     buf.advance(used);
                     *state = if size == 0 {
@@ -121,6 +125,9 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Erro
             Chunk::Trailers => {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
                 return match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_TRAILER_BYTES => {
+                        Err(Error::Protocol("trailer section too large".into()))
+                    }
                     Ok(httparse::Status::Complete((used, fields))) => {
                         let mut trailers = HeaderMap::with_capacity(fields.len());
                         for f in fields {

@@ -249,8 +249,8 @@ fn encode_head(
 
 /// A parsed response head.
 #[derive(Debug)]
-struct Head {
-    status: StatusCode,
+pub(super) struct Head {
+    pub(super) status: StatusCode,
     headers: HeaderMap,
     /// The target lets the connection carry another request.
     keep_alive: bool,
@@ -258,7 +258,7 @@ struct Head {
 
 /// Parses a complete head off the front of `buf`; `None` while it is incomplete. Field
 /// values share the buffer's memory.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
@@ -328,7 +328,7 @@ fn connection_tokens(headers: &HeaderMap) -> Tokens {
 }
 
 /// How this response's body is delimited (RFC 9112 §6.3).
-fn framing(req: &http::request::Parts, head: &Head) -> Framing {
+pub(super) fn framing(req: &http::request::Parts, head: &Head) -> Framing {
     let s = head.status;
     if req.method == Method::HEAD
         || s.is_informational()

@@ -5,6 +5,8 @@
 //! own client (`h1`); HTTP/2 (gRPC) targets use hyper's.
 
 mod body;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod h1;
 
 use std::io;
