@@ -348,7 +348,8 @@ impl Controller {
         state.traffic.insert(service.clone(), t.clone());
         state.rollouts.insert(service.clone(), r.clone());
         if was_active && !r.status.is_active() || change.kind == "rolled_back" {
-            self.after_end(&state.config, &r, change);
+            let lane = state.end_hooks.entry(service.clone()).or_default().clone();
+            self.after_end(&state.config, &r, change, lane);
         }
         if matches!(r.status, Status::Aborted | Status::RolledBack)
             && (was_active || change.kind == "rolled_back")
@@ -381,11 +382,14 @@ impl Controller {
             Some((wake, task)) if !task.is_finished() => wake.notify_one(),
             _ if active => {
                 let wake = Arc::new(Notify::new());
-                let task = tokio::spawn(crate::rollout::driver::drive(
-                    self.clone(),
-                    service.to_string(),
-                    wake.clone(),
-                ));
+                let lane = state.end_hooks.entry(service.into()).or_default().clone();
+                let drive =
+                    crate::rollout::driver::drive(self.clone(), service.into(), wake.clone());
+                let task = tokio::spawn(async move {
+                    // The previous attempt's end hook finishes first.
+                    drop(lane.lock().await);
+                    drive.await
+                });
                 state.drivers.insert(service.to_string(), (wake, task));
             }
             _ => {}
@@ -538,7 +542,13 @@ impl Controller {
 impl Controller {
     /// When a rollout ends: the `after_rollout` or `on_rollback` hook, and for a rollback the
     /// notification webhook. Both run in the background; their results become events.
-    fn after_end(&self, config: &crate::config::Config, r: &Rollout, change: &Change) {
+    fn after_end(
+        &self,
+        config: &crate::config::Config,
+        r: &Rollout,
+        change: &Change,
+        lane: Arc<tokio::sync::Mutex<()>>,
+    ) {
         let Some(svc) = config.service(&r.service) else {
             return;
         };
@@ -550,7 +560,13 @@ impl Controller {
         };
         if let Some(hook) = crate::rollout::hooks::by_point(&svc.hooks, point).cloned() {
             let (store, r) = (self.store.clone(), r.clone());
+            // Taken now, while the state lock orders it before any later attempt's driver.
+            let held = lane.clone().try_lock_owned();
             tokio::spawn(async move {
+                let _held = match held {
+                    Ok(g) => g,
+                    Err(_) => lane.lock_owned().await,
+                };
                 let (kind, reason) = match crate::rollout::hooks::run(&hook, point, &r).await {
                     Ok(done) => ("hook", done),
                     Err(e) => ("hook_failed", e),
