@@ -15,14 +15,16 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{self, ConnInfo};
+
+mod serve;
 use crate::snapshot::Snapshot;
+use serve::{Drain, Member, Serve};
 
 /// A running listener.
 #[derive(Debug)]
@@ -93,7 +95,7 @@ async fn accept_loop(
     snapshots: Arc<ArcSwap<Snapshot>>,
     stop: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -106,7 +108,7 @@ async fn accept_loop(
                     tls,
                     snapshots: snapshots.clone(),
                 };
-                tokio::spawn(conn.serve(stream, client, graceful.watcher()));
+                tokio::spawn(conn.serve(stream, client, drain.join()));
             }
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
@@ -117,11 +119,8 @@ async fn accept_loop(
     }
     drop(socket);
     let bound = snapshots.load().config.timeouts.shutdown;
-    let open = graceful.count();
-    if tokio::time::timeout(bound, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let open = drain.count();
+    if tokio::time::timeout(bound, drain.drain()).await.is_err() {
         tracing::warn!(listener = %name, open, "connections still open after the shutdown bound; closing them");
     }
 }
@@ -133,7 +132,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, client: SocketAddr, watcher: Watcher) {
+    async fn serve(self, stream: TcpStream, client: SocketAddr, member: Member) {
         let _ = stream.set_nodelay(true);
         let local = match stream.local_addr() {
             Ok(a) => a,
@@ -159,12 +158,12 @@ impl Connection {
             let handshake =
                 tokio::time::timeout(snap.config.timeouts.header_read, acceptor.accept(io));
             match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, info, &snap, activity, watcher).await,
+                Ok(Ok(tls)) => self.http(tls, info, &snap, activity, member).await,
                 Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
             }
         } else {
-            self.http(io, info, &snap, activity, watcher).await;
+            self.http(io, info, &snap, activity, member).await;
         }
     }
 
@@ -174,7 +173,7 @@ impl Connection {
         info: Arc<ConnInfo>,
         snap: &Snapshot,
         activity: Arc<AtomicU64>,
-        watcher: Watcher,
+        member: Member,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -196,39 +195,7 @@ impl Connection {
         let snapshots = self.snapshots.clone();
         let service = service_fn(move |req| proxy::handle(req, info.clone(), snapshots.clone()));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let conn = watcher.watch(conn.into_owned());
-        tokio::select! {
-            res = conn => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }
-            _ = idle(&activity, timeouts.idle) => {
-                tracing::debug!("closing idle connection");
-            }
-        }
-    }
-}
-
-/// Resolves once no byte has moved on the connection for `limit`. The activity count is
-/// looked at four times per `limit`, so the connection closes between `limit` and 1.25 ×
-/// `limit` after its last byte — and reads and writes never read the clock.
-async fn idle(activity: &AtomicU64, limit: Duration) {
-    let step = limit / 4;
-    let mut seen = activity.load(Relaxed);
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::time::sleep(step).await;
-        let now = activity.load(Relaxed);
-        if now != seen {
-            seen = now;
-            quiet = Duration::ZERO;
-        } else {
-            quiet += step;
-            if quiet >= limit {
-                return;
-            }
-        }
+        Serve::new(conn.into_owned(), member, activity, timeouts.idle).await;
     }
 }
 
