@@ -169,3 +169,38 @@ async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() 
         "the in-flight request finished on the removed target"
     );
 }
+
+#[tokio::test]
+async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_finish() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(b.addr, "shutdown = \"20s\"")).await;
+    let addr = sy.listener_addr("web").await;
+    // One kept-alive connection that sits idle, one with a slow request in flight.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(idle.read(&mut buf).await.unwrap() > 0);
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /sleep/400 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let t = Instant::now();
+    let stop = tokio::spawn(sy.shutdown());
+    let (text, _) = read_to_close(&mut idle, Duration::from_secs(2)).await;
+    assert_eq!(text, "", "the idle connection is closed without a word");
+    let (text, _) = read_to_close(&mut busy, Duration::from_secs(5)).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the request in flight finished: {text}"
+    );
+    stop.await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stopped when the last request was done, not at the 20 s bound: {:?}",
+        t.elapsed()
+    );
+}
