@@ -99,6 +99,7 @@ async fn run(key: CheckKey, target: Arc<Target>) {
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         ticker.tick().await;
+        target.pool.sweep(crate::group::now_ms());
         let result = probe(&client, &uri, check).await;
         match &result {
             Ok(()) => {

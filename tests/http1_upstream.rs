@@ -28,6 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 enum Act {
     Send(Vec<u8>),
     SendThenClose(Vec<u8>),
+    /// Answers, then closes the connection after a pause (an idle keep-alive timeout).
+    SendThenCloseAfter(Vec<u8>, Duration),
     Close,
 }
 
@@ -67,6 +69,11 @@ where
                         }
                         Act::SendThenClose(b) => {
                             let _ = s.write_all(&b).await;
+                            return;
+                        }
+                        Act::SendThenCloseAfter(b, pause) => {
+                            let _ = s.write_all(&b).await;
+                            tokio::time::sleep(pause).await;
                             return;
                         }
                         Act::Close => return,
@@ -432,4 +439,41 @@ async fn broken_answers_are_502_protocol_errors() {
     }
     let r = get(&client, &format!("{url}/garbage"), &[]).await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "still serving");
+}
+
+#[tokio::test]
+async fn idle_connections_the_target_closed_are_swept_from_the_pool() {
+    // Every connection is closed by the target 100 ms after its answer, as a server with a
+    // short keep-alive timeout does; then no more traffic comes.
+    let target =
+        scripted(|_, _, _| Act::SendThenCloseAfter(ok("x"), Duration::from_millis(100))).await;
+    let health =
+        "[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
+    let server = start(&config(&[("blue", &[target.addr])], health)).await;
+    let url = format!("http://{}", server.listener_addr("web").await);
+    let client = body_client();
+    let requests = (0..8).map(|_| {
+        let req = Request::get(format!("{url}/"))
+            .body(Empty::new().boxed())
+            .unwrap();
+        client.request(req)
+    });
+    for resp in futures_util::future::join_all(requests).await {
+        assert_eq!(resp.unwrap().status(), StatusCode::OK);
+    }
+    let pool_size = || {
+        let snap = server.control.snapshot();
+        snap.services["shop"].groups[0].targets[0].pool.idle_count()
+    };
+    assert!(
+        pool_size() >= 2,
+        "several connections were pooled: {}",
+        pool_size()
+    );
+    common::eventually(
+        Duration::from_secs(3),
+        "closed connections leave the pool",
+        || async { pool_size() == 0 },
+    )
+    .await;
 }

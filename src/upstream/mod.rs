@@ -55,9 +55,22 @@ impl Pool {
             .take_while(|(_, t)| now.saturating_sub(*t) > IDLE_TIMEOUT_MS)
             .count();
         idle.drain(..stale);
+        // The oldest idle connection is the likeliest to have been closed by the target:
+        // one look per return (no syscall unless its socket turned readable) keeps closed
+        // ones from piling up in CLOSE_WAIT under traffic.
+        if idle.first_mut().is_some_and(|(c, _)| !c.is_alive()) {
+            idle.remove(0);
+        }
         if idle.len() < MAX_IDLE {
             idle.push((conn, now));
         }
+    }
+
+    /// Closes the idle connections the target has closed or that aged out (the health
+    /// checker calls this on its ticks, for targets without traffic).
+    pub fn sweep(&self, now: u64) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.retain_mut(|(c, t)| now.saturating_sub(*t) <= IDLE_TIMEOUT_MS && c.is_alive());
     }
 
     fn take_idle(&self, now: u64) -> Option<h1::Conn> {
