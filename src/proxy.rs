@@ -36,18 +36,27 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The idle timeout when the connection was accepted; an upgraded tunnel keeps it.
+    pub idle: std::time::Duration,
     /// Header values made once per connection rather than once per request.
     client_ip: HeaderValue,
     local_port: HeaderValue,
 }
 
 impl ConnInfo {
-    pub fn new(listener: Arc<str>, client: SocketAddr, local: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(
+        listener: Arc<str>,
+        client: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+        idle: std::time::Duration,
+    ) -> ConnInfo {
         ConnInfo {
             listener,
             client,
             local,
             tls,
+            idle,
             client_ip: HeaderValue::from_str(&client.ip().to_string())
                 .expect("an IP is a header value"),
             local_port: HeaderValue::from(local.port()),
@@ -316,7 +325,7 @@ async fn forward<'s>(
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
             // The connection now belongs to the tunnel.
             if let Some(upstream) = b.into_upgraded() {
-                tokio::spawn(tunnel(client, upstream));
+                tokio::spawn(tunnel(client, upstream, conn.idle));
             }
             UpstreamBody::Done
         }
@@ -496,14 +505,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Joins the client's upgraded connection to the target's (WebSocket and other Upgrades),
-/// first passing on what the target sent right behind its 101.
+/// first passing on what the target sent right behind its 101. The tunnel closes when
+/// nothing has moved either way for the listener's idle timeout, as ALB's does.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     (mut upstream, early): (tokio::net::TcpStream, Bytes),
+    idle: std::time::Duration,
 ) {
     use tokio::io::AsyncWriteExt;
+    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut client = match client.await {
-        Ok(c) => hyper_util::rt::TokioIo::new(c),
+        Ok(c) => crate::listener::TrackedIo::new(hyper_util::rt::TokioIo::new(c), activity.clone()),
         Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
     };
     if !early.is_empty() {
@@ -511,8 +523,15 @@ async fn tunnel(
             return tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
     }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        _ = crate::listener::quiet_for(&activity, idle) => {
+            tracing::debug!("closing idle upgraded connection");
+        }
     }
 }
 

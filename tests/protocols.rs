@@ -201,9 +201,8 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
 }
 
-#[tokio::test]
-async fn websocket_upgrades_pass_through() {
-    // A WebSocket echo backend.
+/// A WebSocket echo backend.
+async fn ws_echo() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws_addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -211,13 +210,19 @@ async fn websocket_upgrades_pass_through() {
             tokio::spawn(async move {
                 let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        ws.send(msg).await.unwrap();
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
                     }
                 }
             });
         }
     });
+    ws_addr
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let ws_addr = ws_echo().await;
     let sy = start(&shop_config(&format!("\"{ws_addr}\""), "", "")).await;
     let url = format!("ws://{}/chat", sy.listener_addr("web").await);
     let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -231,4 +236,39 @@ async fn websocket_upgrades_pass_through() {
         assert_eq!(echo.into_text().unwrap().as_str(), text);
     }
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_use() {
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_addr = ws_echo().await;
+    let cfg = shop_config(&format!("\"{ws_addr}\""), "", "").replacen(
+        "[[listener]]",
+        "[timeouts]\nidle = \"400ms\"\n[[listener]]",
+        1,
+    );
+    let sy = start(&cfg).await;
+    let url = format!("ws://{}/chat", sy.listener_addr("web").await);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // In use for twice the idle timeout: stays open.
+    for i in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    // Then silent: closed by switchyard 400–500 ms later.
+    let t = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(3), ws.next())
+        .await
+        .expect("the idle tunnel was closed");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "nothing but the end: {end:?}"
+    );
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(350),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
 }

@@ -149,6 +149,7 @@ impl Connection {
             client,
             local,
             self.tls,
+            snap.config.timeouts.idle,
         ));
         if self.tls {
             let Some(config) = snap.tls.get(&*self.listener).cloned() else {
@@ -199,13 +200,36 @@ impl Connection {
     }
 }
 
+/// Resolves once `activity` has not moved for `limit` (looked at four times per `limit`),
+/// for connections that have left hyper: upgraded tunnels.
+pub(crate) async fn quiet_for(activity: &AtomicU64, limit: Duration) {
+    let step = limit / 4;
+    let (mut seen, mut quiet) = (activity.load(Relaxed), Duration::ZERO);
+    loop {
+        tokio::time::sleep(step).await;
+        let now = activity.load(Relaxed);
+        if now != seen {
+            (seen, quiet) = (now, Duration::ZERO);
+        } else {
+            quiet += step;
+            if quiet >= limit {
+                return;
+            }
+        }
+    }
+}
+
 /// A stream that counts the reads and writes that moved bytes, for the idle timeout.
-struct TrackedIo<S> {
+pub(crate) struct TrackedIo<S> {
     inner: S,
     activity: Arc<AtomicU64>,
 }
 
 impl<S> TrackedIo<S> {
+    pub(crate) fn new(inner: S, activity: Arc<AtomicU64>) -> Self {
+        TrackedIo { inner, activity }
+    }
+
     fn touch(&self) {
         // Only this connection's task writes the count: no read-modify-write needed.
         self.activity
