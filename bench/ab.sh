@@ -14,33 +14,14 @@ command -v wrk >/dev/null || { echo "wrk is missing (bench/run.sh installs it)";
 WORK=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+. "$(dirname "$0")/lib.sh"
 B1=$(port); B2=$(port)
 "$B" --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
 "$B" --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 declare -A PORT PID
 for side in A B; do
   P=$(port); ADMIN=$(port); PORT[$side]=$P
-  cat > "$WORK/$side.toml" <<CONF
-[admin]
-bind = "127.0.0.1:$ADMIN"
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:$P"
-[[route]]
-name = "all"
-priority = 1
-forward = "app"
-[[service]]
-name = "app"
-weights = { blue = 90, green = 10 }
-[[service.group]]
-name = "blue"
-targets = ["127.0.0.1:$B1"]
-[[service.group]]
-name = "green"
-targets = ["127.0.0.1:$B2"]
-CONF
+  switchyard_config "$WORK/$side.toml" "$P" "$ADMIN" "$B1" "$B2"
   bin=$A; [ $side = B ] && bin=$B
   SWITCHYARD_LOG=error "$bin" --workers 1 run -c "$WORK/$side.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
 done

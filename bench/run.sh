@@ -33,33 +33,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+. bench/lib.sh
 B1=$(port); B2=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 
 # Backends: switchyard's built-in echo-name server, one thread each.
 $BIN --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
 $BIN --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 
-cat > "$WORK/switchyard.toml" <<CONF
-[admin]
-bind = "127.0.0.1:$SYA"
-[[listener]]
-name = "bench"
-bind = "127.0.0.1:$SY"
-[[route]]
-name = "all"
-priority = 1
-forward = "app"
-[[service]]
-name = "app"
-weights = { blue = 90, green = 10 }
-[[service.group]]
-name = "blue"
-targets = ["127.0.0.1:$B1"]
-[[service.group]]
-name = "green"
-targets = ["127.0.0.1:$B2"]
-CONF
+switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
 SWITCHYARD_LOG=error $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
 SY_PID=$!
 
