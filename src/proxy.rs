@@ -529,7 +529,7 @@ async fn tunnel(
                 tracing::debug!(error = %e, "upgraded connection ended with an error");
             }
         }
-        _ = crate::listener::quiet_for(&activity, idle) => {
+        _ = crate::listener::quiet_for(activity, idle) => {
             tracing::debug!("closing idle upgraded connection");
         }
     }

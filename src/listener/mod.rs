@@ -200,21 +200,14 @@ impl Connection {
     }
 }
 
-/// Resolves once `activity` has not moved for `limit` (looked at four times per `limit`),
-/// for connections that have left hyper: upgraded tunnels.
-pub(crate) async fn quiet_for(activity: &AtomicU64, limit: Duration) {
-    let step = limit / 4;
-    let (mut seen, mut quiet) = (activity.load(Relaxed), Duration::ZERO);
+/// Resolves once `activity` has not moved for `limit`, for connections that have left
+/// hyper: upgraded tunnels.
+pub(crate) async fn quiet_for(activity: Arc<AtomicU64>, limit: Duration) {
+    let mut watch = serve::IdleWatch::new(activity, limit);
     loop {
-        tokio::time::sleep(step).await;
-        let now = activity.load(Relaxed);
-        if now != seen {
-            (seen, quiet) = (now, Duration::ZERO);
-        } else {
-            quiet += step;
-            if quiet >= limit {
-                return;
-            }
+        tokio::time::sleep(watch.step()).await;
+        if watch.look() {
+            return;
         }
     }
 }

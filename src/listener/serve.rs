@@ -101,37 +101,65 @@ impl Drop for Member {
     }
 }
 
+/// The idle rule of client connections and upgraded tunnels: the activity count (bumped
+/// by every read or write that moved bytes) is looked at four times per `limit`, and a
+/// connection quiet for all of `limit` is idle — it closes between `limit` and 1.25 ×
+/// `limit` after its last byte, and reads and writes never read the clock.
+pub(crate) struct IdleWatch {
+    activity: Arc<AtomicU64>,
+    seen: u64,
+    quiet: Duration,
+    limit: Duration,
+}
+
+impl IdleWatch {
+    pub(crate) fn new(activity: Arc<AtomicU64>, limit: Duration) -> Self {
+        IdleWatch {
+            seen: activity.load(Ordering::Relaxed),
+            activity,
+            quiet: Duration::ZERO,
+            limit,
+        }
+    }
+
+    /// How long between looks.
+    pub(crate) fn step(&self) -> Duration {
+        self.limit / 4
+    }
+
+    /// One look, a step after the last: true once nothing has moved for the whole limit.
+    pub(crate) fn look(&mut self) -> bool {
+        let now = self.activity.load(Ordering::Relaxed);
+        if now != self.seen {
+            self.seen = now;
+            self.quiet = Duration::ZERO;
+            return false;
+        }
+        self.quiet += self.step();
+        self.quiet >= self.limit
+    }
+}
+
 /// A client connection being served until it ends, idles out or is drained.
 pub struct Serve<C> {
     conn: Pin<Box<C>>,
     member: Member,
     draining: bool,
-    /// Bumped by every read or write that moved bytes.
-    activity: Arc<AtomicU64>,
+    watch: IdleWatch,
     idle: Pin<Box<Sleep>>,
     armed: bool,
-    step: Duration,
-    limit: Duration,
-    seen: u64,
-    quiet: Duration,
 }
 
 impl<C: GracefulConnection> Serve<C> {
-    /// The idle limit is checked four times per `limit`: a connection closes between
-    /// `limit` and 1.25 × `limit` after its last byte.
     pub fn new(conn: C, member: Member, activity: Arc<AtomicU64>, limit: Duration) -> Self {
-        let step = limit / 4;
+        let watch = IdleWatch::new(activity, limit);
         Serve {
             conn: Box::pin(conn),
             member,
             draining: false,
-            seen: activity.load(Ordering::Relaxed),
-            activity,
-            idle: Box::pin(tokio::time::sleep(step)),
+            idle: Box::pin(tokio::time::sleep(watch.step())),
+            watch,
             armed: false,
-            step,
-            limit,
-            quiet: Duration::ZERO,
         }
     }
 
@@ -141,17 +169,10 @@ impl<C: GracefulConnection> Serve<C> {
             return false;
         }
         if self.armed {
-            let now = self.activity.load(Ordering::Relaxed);
-            if now != self.seen {
-                self.seen = now;
-                self.quiet = Duration::ZERO;
-            } else {
-                self.quiet += self.step;
-                if self.quiet >= self.limit {
-                    return true;
-                }
+            if self.watch.look() {
+                return true;
             }
-            let next = tokio::time::Instant::now() + self.step;
+            let next = tokio::time::Instant::now() + self.watch.step();
             self.idle.as_mut().reset(next);
         }
         self.armed = true;

@@ -153,7 +153,6 @@ impl Conn {
             framing,
             upload,
             keep_alive,
-            failed: false,
         };
         Ok((parts, body))
     }
@@ -394,7 +393,6 @@ pub struct ResponseBody {
     /// The rest of the request body, if the answer came before all of it was sent.
     upload: Option<Upload>,
     keep_alive: bool,
-    failed: bool,
 }
 
 impl ResponseBody {
@@ -423,9 +421,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(None);
-        }
+        // No connection: the body ended, failed (which closed it) or was handed over.
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
@@ -457,7 +453,6 @@ impl Body for ResponseBody {
                 }
                 Ok(Decoded::NeedMore) => {}
                 Err(e) => {
-                    this.failed = true;
                     this.conn = None;
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -470,13 +465,11 @@ impl Body for ResponseBody {
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.failed = true;
                     this.conn = None;
                     return Poll::Ready(Some(Err(Error::Closed)));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.failed = true;
                     this.conn = None;
                     return Poll::Ready(Some(Err(Error::Io(e))));
                 }
@@ -485,7 +478,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || self.framing.is_end()
+        self.conn.is_none() || self.framing.is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
