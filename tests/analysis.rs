@@ -117,7 +117,7 @@ max_over_stable = 1.0
 [[analysis.check]]
 name = "p99"
 metric = "latency-p99"
-max_ratio_to_stable = 2.0
+max_ratio_to_stable = 5.0
 max_over_stable = 5.0
 "#;
 

@@ -177,3 +177,32 @@ impl Default for Guard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bound_is_applied_and_named() {
+        let t = Threshold {
+            max_over_stable: Some(5.0),
+            max_ratio_to_stable: Some(2.0),
+            ..Threshold::default()
+        };
+        assert_eq!(t.violation(2.0, Some(1.1), " ms"), None);
+        let ratio = t.violation(2.4, Some(1.1), " ms").unwrap();
+        assert!(ratio.contains("> 2 × stable 1.100 ms"), "{ratio}");
+        let over = t.violation(40.0, Some(30.0), " ms").unwrap();
+        assert!(over.contains("> stable 30.000 ms + 5 ms"), "{over}");
+        // Without the stable group's value, stable-relative bounds cannot judge.
+        assert_eq!(t.violation(100.0, None, " ms"), None);
+        let abs = Threshold {
+            min: Some(1.0),
+            max: Some(3.0),
+            ..Threshold::default()
+        };
+        assert!(abs.violation(0.5, None, "").unwrap().contains("< min 1"));
+        assert!(abs.violation(3.5, None, "").unwrap().contains("> max 3"));
+        assert_eq!(abs.violation(2.0, None, ""), None);
+    }
+}
