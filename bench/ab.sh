@@ -15,15 +15,16 @@ WORK=$(mktemp -d); pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 . "$(dirname "$0")/lib.sh"
+pin_setup
 B1=$(port); B2=$(port)
-"$B" --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-"$B" --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} "$B" --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} "$B" --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 declare -A PORT PID
 for side in A B; do
   P=$(port); ADMIN=$(port); PORT[$side]=$P
   switchyard_config "$WORK/$side.toml" "$P" "$ADMIN" "$B1" "$B2"
   bin=$A; [ $side = B ] && bin=$B
-  SWITCHYARD_LOG=error "$bin" --workers 1 run -c "$WORK/$side.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" --workers 1 run -c "$WORK/$side.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
 done
 for side in A B; do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:${PORT[$side]}/" && break; sleep 0.1; done
@@ -32,7 +33,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for r in $(seq "$ROUNDS"); do
   for side in A B; do
     t0=$(ticks "${PID[$side]}")
-    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$side]}/")
+    out=$(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$side]}/")
     t1=$(ticks "${PID[$side]}")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")

@@ -6,8 +6,11 @@
 # switchyard always does. wrk drives each in alternating rounds; results are ratios to
 # nginx, with each proxy's CPU time per request (the figure least moved by a noisy host).
 #
+# With two or more cores the proxies share the last core and wrk and the backends get the
+# others (PIN=0 lets the scheduler place everything; see pin_setup in lib.sh).
+#
 #   bench/run.sh                 # 3 rounds of 10 s per proxy
-#   ROUNDS=5 DURATION=20 CONNS=64 bench/run.sh
+#   ROUNDS=5 DURATION=20 CONNS=64 PIN=0 bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -34,14 +37,15 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 . bench/lib.sh
+pin_setup
 B1=$(port); B2=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 
 # Backends: switchyard's built-in echo-name server, one thread each.
-$BIN --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-$BIN --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} $BIN --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} $BIN --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 
 switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
-SWITCHYARD_LOG=error $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
+SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
 SY_PID=$!
 
 mkdir -p "$WORK/nginx"
@@ -80,7 +84,7 @@ http {
   }
 }
 CONF
-nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
+${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
 NG_PID=$!
 
 cat > "$WORK/haproxy.cfg" <<CONF
@@ -109,7 +113,7 @@ backend app
   server blue 127.0.0.1:$B1 weight 9
   server green 127.0.0.1:$B2 weight 1
 CONF
-haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
+${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
 HA_PID=$!
 
 for p in $SY $NG $HA; do
@@ -135,7 +139,7 @@ cpu_ticks() {
 run() {
   local before after out rps p99 reqs
   before=$(cpu_ticks "$2")
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/")
+  out=$(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/")
   after=$(cpu_ticks "$2")
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -144,14 +148,14 @@ run() {
 }
 
 declare -A RPS P99 CPU
-for name in switchyard nginx haproxy; do RPS[$name]=0; P99[$name]=""; CPU[$name]=""; done
-echo "warming up"; for p in $SY $NG $HA; do wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done
+for name in switchyard nginx haproxy; do RPS[$name]=""; P99[$name]=""; CPU[$name]=""; done
+echo "warming up"; for p in $SY $NG $HA; do ${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done
 for r in $(seq "$ROUNDS"); do
   for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID"; do
     IFS=: read -r name p pid <<<"$entry"
     read -r rps p99 cpu < <(run "$p" "$pid")
     printf 'round %d  %-10s %10.0f req/s   p99 %7.2f ms   cpu %6.1f us/req\n' "$r" "$name" "$rps" "$p99" "$cpu"
-    RPS[$name]=$(python3 -c "print(${RPS[$name]} + $rps)")
+    RPS[$name]="${RPS[$name]} $rps"
     P99[$name]="${P99[$name]} $p99"
     CPU[$name]="${CPU[$name]} $cpu"
   done
@@ -159,16 +163,24 @@ done
 
 echo
 echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, 1 worker each:"
-python3 - "$ROUNDS" "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" "${CPU[switchyard]}" "${CPU[nginx]}" "${CPU[haproxy]}" <<'PY'
+python3 - "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" "${CPU[switchyard]}" "${CPU[nginx]}" "${CPU[haproxy]}" <<'PY'
 import sys, statistics
-rounds = int(sys.argv[1])
 names = ["switchyard", "nginx", "haproxy"]
-rps = {n: float(v) / rounds for n, v in zip(names, sys.argv[2:5])}
-p99 = {n: statistics.median(float(x) for x in v.split()) for n, v in zip(names, sys.argv[5:8])}
-cpu = {n: statistics.median(float(x) for x in v.split()) for n, v in zip(names, sys.argv[8:11])}
+col = lambda k: {n: [float(x) for x in v.split()] for n, v in zip(names, sys.argv[1 + 3 * k:4 + 3 * k])}
+rps, p99, cpu = col(0), col(1), col(2)
+mean, med = statistics.mean, statistics.median
 print(f"{'':12}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}{'cpu us/req':>12}{'vs nginx':>10}")
 for n in names:
-    print(f"{n:12}{rps[n]:12.0f}{rps[n]/rps['nginx']:10.2f}{p99[n]:10.2f}{p99[n]/p99['nginx']:10.2f}{cpu[n]:12.1f}{cpu[n]/cpu['nginx']:10.2f}")
-best = max(rps["nginx"], rps["haproxy"])
-print(f"switchyard throughput vs best of nginx/haproxy: {rps['switchyard']/best:.2f}x")
+    print(f"{n:12}{mean(rps[n]):12.0f}{mean(rps[n])/mean(rps['nginx']):10.2f}{med(p99[n]):10.2f}"
+          f"{med(p99[n])/med(p99['nginx']):10.2f}{med(cpu[n]):12.1f}{med(cpu[n])/med(cpu['nginx']):10.2f}")
+# Rounds of one proxy follow each other within seconds, so a per-round ratio cancels most of
+# the host's drift; its median over rounds is the figure to quote.
+def paired(d, peer):
+    return med(a / b for a, b in zip(d["switchyard"], d[peer]))
+best = max(("nginx", "haproxy"), key=lambda n: mean(rps[n]))
+low = min(("nginx", "haproxy"), key=lambda n: med(p99[n]))
+print(f"switchyard throughput vs best of nginx/haproxy ({best}): {mean(rps['switchyard'])/mean(rps[best]):.2f}x"
+      f" (median per-round ratio {paired(rps, best):.3f})")
+print(f"switchyard p99 vs lowest of nginx/haproxy ({low}): {med(p99['switchyard'])/med(p99[low]):.2f}x"
+      f" (median per-round ratio {paired(p99, low):.3f}; below 1 is better)")
 PY
