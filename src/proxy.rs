@@ -3,11 +3,12 @@
 //! A request reads the routing snapshot once and finishes on it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -25,7 +26,7 @@ use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
-use crate::upstream::{h1, ConnectError, Sender, Upstream};
+use crate::upstream::{h1, ConnectError, Sender, SetFields, Upstream};
 
 pub type ResponseBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
@@ -86,34 +87,33 @@ struct Served<'s> {
 
 /// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
 /// its access log line around the routing.
-async fn route(
-    mut req: Request<Incoming>,
-    conn: &ConnInfo,
-    snap: &Snapshot,
-) -> Response<ResponseBody> {
+async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Response<ResponseBody> {
     // The request's one clock read until its answer arrives; the rest derive from it.
     let started = Instant::now();
     let rid = crate::access_log::request_id(req.headers().get(&X_REQUEST_ID));
-    req.headers_mut().insert(X_REQUEST_ID.clone(), rid.clone());
-    let entry = snap.access_log.as_ref().map(|_| crate::access_log::Entry {
-        time: crate::access_log::now_rfc3339(),
-        request_id: String::from_utf8_lossy(rid.as_bytes()).into_owned(),
-        client: conn.client.to_string(),
-        listener: conn.listener.to_string(),
-        method: req.method().to_string(),
-        host: request_host(&req).unwrap_or("").to_string(),
-        path: req.uri().path().to_string(),
-        route: None,
-        service: None,
-        group: None,
-        target: None,
-        status: 0,
-        upstream_ms: None,
-        total_ms: 0.0,
-        bytes: 0,
+    // Boxed so that a request without an access log carries a pointer, not the entry, in its
+    // future.
+    let entry = snap.access_log.as_ref().map(|_| {
+        Box::new(crate::access_log::Entry {
+            time: crate::access_log::now_rfc3339(),
+            request_id: String::from_utf8_lossy(rid.as_bytes()).into_owned(),
+            client: conn.client.to_string(),
+            listener: conn.listener.to_string(),
+            method: req.method().to_string(),
+            host: request_host(&req).unwrap_or("").to_string(),
+            path: req.uri().path().to_string(),
+            route: None,
+            service: None,
+            group: None,
+            target: None,
+            status: 0,
+            upstream_ms: None,
+            total_ms: 0.0,
+            bytes: 0,
+        })
     });
     let mut served = Served::default();
-    let mut resp = dispatch(req, conn, snap, started, &mut served).await;
+    let mut resp = dispatch(req, &rid, conn, snap, started, &mut served).await;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     let status = resp.status().as_u16();
     match served.stats {
@@ -134,11 +134,11 @@ async fn route(
         e.upstream_ms = served.upstream.map(crate::access_log::millis);
         match resp.body_mut() {
             // Written when the body ends, with its size.
-            Either::Left(body) => body.log = Some(Box::new((log.clone(), e, started))),
+            Either::Left(body) => body.log = Some(Box::new((log.clone(), *e, started))),
             Either::Right(full) => {
                 e.bytes = full.size_hint().exact().unwrap_or(0);
                 e.total_ms = crate::access_log::millis(started.elapsed());
-                log.log(e);
+                log.log(*e);
             }
         }
     }
@@ -147,6 +147,7 @@ async fn route(
 
 async fn dispatch<'s>(
     req: Request<Incoming>,
+    rid: &HeaderValue,
     conn: &ConnInfo,
     snap: &'s Snapshot,
     started: Instant,
@@ -183,7 +184,12 @@ async fn dispatch<'s>(
                 Some(g) => (g, None),
                 None => service.choose_by_split(req.headers(), conn.client.ip(), ms_at(started)),
             };
-            let mut resp = forward(req, service, group, may_fall_back, conn, started, served).await;
+            let to = Forward {
+                svc: service,
+                group,
+                may_fall_back,
+            };
+            let mut resp = forward(req, rid, to, conn, started, served).await;
             if let Some(c) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
@@ -192,17 +198,28 @@ async fn dispatch<'s>(
     }
 }
 
-/// `may_fall_back`: the group came from the split (not an override), so if none of its
-/// targets can be reached the request may go to the split's other group.
+/// Where a forwarded request goes.
+struct Forward<'s> {
+    svc: &'s Service,
+    group: &'s Group,
+    /// The group came from the split (not an override), so if none of its targets can be
+    /// reached the request may go to the split's other group.
+    may_fall_back: bool,
+}
+
 async fn forward<'s>(
     mut req: Request<Incoming>,
-    svc: &'s Service,
-    mut group: &'s Group,
-    may_fall_back: bool,
+    rid: &HeaderValue,
+    to: Forward<'s>,
     conn: &ConnInfo,
     started: Instant,
     served: &mut Served<'s>,
 ) -> Response<ResponseBody> {
+    let Forward {
+        svc,
+        mut group,
+        may_fall_back,
+    } = to;
     served.group = Some(&group.name);
     let now = ms_at(started);
     group.stats.requests.fetch_add(1, Relaxed);
@@ -218,9 +235,10 @@ async fn forward<'s>(
     };
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    prepare_request_headers(
+    let set = prepare_request_headers(
         &mut parts.headers,
         &parts.uri,
+        rid,
         conn,
         client_upgrade.is_some(),
     );
@@ -272,11 +290,18 @@ async fn forward<'s>(
     served.group = Some(&group.name);
     served.target = Some(&target.addr.0);
     let in_flight = target.begin();
-    let outcome = tokio::time::timeout(
-        svc.request_timeout,
-        exchange(&group.upstream, target, sender, reused, parts, body),
-    )
-    .await;
+    // Pinned in place rather than moved into a `Timeout`: the exchange's state is the
+    // request's largest, and each move of it is a copy.
+    let exchange = pin!(exchange(
+        &group.upstream,
+        target,
+        sender,
+        reused,
+        parts,
+        &set,
+        body
+    ));
+    let outcome = within(svc.request_timeout, exchange).await;
     let answered = Instant::now();
     let took = answered.saturating_duration_since(started);
     served.upstream = Some(took);
@@ -347,6 +372,22 @@ async fn forward<'s>(
     Response::from_parts(head, Either::Left(body))
 }
 
+/// `fut`'s output, or `Err` once `limit` has passed.
+async fn within<F: Future>(
+    limit: std::time::Duration,
+    mut fut: Pin<&mut F>,
+) -> Result<F::Output, ()> {
+    let mut deadline = pin!(tokio::time::sleep(limit));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        ready!(deadline.as_mut().poll(cx));
+        Poll::Ready(Err(()))
+    })
+    .await
+}
+
 /// The request as an HTTP/2 target gets it: the target's authority in the URI. Nothing is
 /// copied but a few reference counts.
 fn h2_request(
@@ -373,11 +414,13 @@ async fn exchange(
     target: &Target,
     sender: Sender,
     reused: bool,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
+    set: &SetFields,
     body: Incoming,
 ) -> Result<(http::response::Parts, UpstreamBody), Failure> {
     let conn = match sender {
         Sender::Http2(mut s) => {
+            set.insert_into(&mut parts.headers);
             let resp = s
                 .send_request(h2_request(parts, body, target))
                 .await
@@ -387,7 +430,7 @@ async fn exchange(
         }
         Sender::Http1(conn) => conn,
     };
-    let e = match conn.send(&parts, Some(body)).await {
+    let e = match conn.send(&parts, set, Some(body)).await {
         Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
         Err(e) => e,
     };
@@ -400,7 +443,7 @@ async fn exchange(
         Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
         Err(e) => return Err(Failure::Connect(e.to_string())),
     };
-    match fresh.send(&parts, None).await {
+    match fresh.send(&parts, set, None).await {
         Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
         Err(e) => Err(Failure::from(e.error)),
     }
@@ -675,7 +718,15 @@ fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, conn: &ConnInfo, upgrade: bool) {
+/// Strips the client's hop-by-hop fields (and gives the target a Host if the request
+/// carried it in its URI), and returns the fields the proxy sets.
+fn prepare_request_headers(
+    h: &mut HeaderMap,
+    uri: &Uri,
+    rid: &HeaderValue,
+    conn: &ConnInfo,
+    upgrade: bool,
+) -> SetFields {
     if has_hop_by_hop(h) {
         // gRPC needs `te: trailers` end to end; it is the one TE value a proxy may pass on.
         let te_trailers = h
@@ -705,21 +756,33 @@ fn prepare_request_headers(h: &mut HeaderMap, uri: &Uri, conn: &ConnInfo, upgrad
                 h.insert(header::HOST, v.clone());
             }),
     };
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())).ok(),
-        None => Some(conn.client_ip.clone()),
+    let mut set = SetFields::default();
+    set.set(&X_REQUEST_ID, rid.clone());
+    // Every X-Forwarded-For line the client sent, then its address.
+    let mut earlier = h.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let xff = if earlier.peek().is_none() {
+        Some(conn.client_ip.clone())
+    } else {
+        let mut list = Vec::new();
+        for v in earlier {
+            list.extend_from_slice(v.as_bytes());
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(conn.client_ip.as_bytes());
+        HeaderValue::from_bytes(&list).ok()
     };
     if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+        set.set(&X_FORWARDED_FOR, v);
     }
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
+    set.set(
+        &X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    h.insert(X_FORWARDED_PORT.clone(), conn.local_port.clone());
+    set.set(&X_FORWARDED_PORT, conn.local_port.clone());
     if let Some(host) = host {
-        h.insert(X_FORWARDED_HOST.clone(), host);
+        set.set(&X_FORWARDED_HOST, host);
     }
+    set
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {

@@ -155,6 +155,10 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
         &[
             ("host", "shop.test"),
             ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "198.51.100.1, 198.51.100.2"),
+            ("x-forwarded-port", "1"),
+            ("x-request-id", "client-chosen-id"),
             ("connection", "x-private"),
             ("x-private", "secret"),
             ("proxy-connection", "keep-alive"),
@@ -164,8 +168,24 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
     .await
     .unwrap();
     let h = &r.json()["headers"];
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // Every line the client sent, in order, then the client; the proxy's own fields
+    // replace the client's rather than adding to them.
+    assert_eq!(
+        h["x-forwarded-for"],
+        "203.0.113.9, 198.51.100.1, 198.51.100.2, 127.0.0.1"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
+    assert_ne!(h["x-forwarded-port"], "1");
+    assert!(
+        h["x-forwarded-port"]
+            .as_str()
+            .unwrap()
+            .parse::<u16>()
+            .is_ok(),
+        "{h}"
+    );
+    assert_eq!(h["x-request-id"], "client-chosen-id");
+    assert_eq!(r.headers["x-request-id"], "client-chosen-id");
     assert_eq!(h["x-forwarded-host"], "shop.test");
     assert_eq!(h["host"], "shop.test");
     assert_eq!(h["x-kept"], "1");

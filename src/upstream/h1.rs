@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::body::{Chunk, Decoded, Framing, Upload, UploadError};
+use super::SetFields;
 
 /// Response heads with more fields, or more bytes, than this are refused.
 const MAX_HEADERS: usize = 128;
@@ -92,13 +93,14 @@ impl Conn {
     pub async fn send(
         mut self,
         req: &http::request::Parts,
+        set: &SetFields,
         body: Option<Incoming>,
     ) -> Result<(http::response::Parts, ResponseBody), SendError> {
         let body = body.filter(|b| !b.is_end_stream());
         let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
         let resendable = body.is_none();
         let chunked = body.is_some() && !has_length && body_length(&body).is_none();
-        encode_head(&mut self.out, req, &body, has_length, chunked);
+        encode_head(&mut self.out, req, set, &body, has_length, chunked);
         if let Err(e) = self.io.write_all(&self.out).await {
             // A head cut short is never acted on, so only a body would be lost.
             return Err(SendError {
@@ -206,11 +208,13 @@ fn body_length(body: &Option<Incoming>) -> Option<u64> {
     body.as_ref().and_then(|b| b.size_hint().exact())
 }
 
-/// The request line and fields, as the target gets them. Field names are already lower
-/// case; framing fields are added for a body whose length the client did not state.
+/// The request line and fields, as the target gets them: the client's (names already lower
+/// case) but those the proxy sets, then the proxy's, then framing fields for a body whose
+/// length the client did not state.
 fn encode_head(
     out: &mut Vec<u8>,
     req: &http::request::Parts,
+    set: &SetFields,
     body: &Option<Incoming>,
     has_length: bool,
     chunked: bool,
@@ -221,7 +225,8 @@ fn encode_head(
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
+    let client = req.headers.iter().filter(|(name, _)| !set.replaces(name));
+    for (name, value) in client.chain(set.iter()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -294,7 +299,8 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         spans.push((name, start, start + f.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the one field the proxy adds to every answer (its request id).
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Error::Protocol(format!("invalid value in header {name}")))?;
@@ -577,14 +583,43 @@ mod tests {
             .unwrap()
             .into_parts()
             .0;
-        encode_head(&mut out, &req, &None, false, false);
+        let set = SetFields::default();
+        encode_head(&mut out, &req, &set, &None, false, false);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
         );
-        encode_head(&mut out, &req, &None, false, true);
+        encode_head(&mut out, &req, &set, &None, false, true);
         assert!(String::from_utf8(out)
             .unwrap()
             .ends_with("transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_proxys_fields_replace_the_clients_of_the_same_name() {
+        static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        static RID: HeaderName = HeaderName::from_static("x-request-id");
+        let req = http::Request::get("/")
+            .header("host", "x")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("accept", "*/*")
+            .header("x-forwarded-for", "10.0.0.2")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut set = SetFields::default();
+        set.set(
+            &XFF,
+            HeaderValue::from_static("10.0.0.1, 10.0.0.2, 127.0.0.1"),
+        );
+        set.set(&RID, HeaderValue::from_static("r1"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &req, &set, &None, false, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: x\r\naccept: */*\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\nx-request-id: r1\r\n\r\n"
+        );
     }
 }

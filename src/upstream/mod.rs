@@ -5,12 +5,17 @@
 //! own client (`h1`); HTTP/2 (gRPC) targets use hyper's.
 
 mod body;
+mod fields;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod h1;
 
+pub use fields::SetFields;
+
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -131,7 +136,18 @@ impl Upstream {
     }
 
     /// A new connection to the target (an HTTP/2 one becomes the target's shared one).
-    pub async fn connect(&self, target: &Target) -> Result<Sender, ConnectError> {
+    ///
+    /// Boxed: connecting is rare next to reusing a pooled connection, and its state (TCP
+    /// connect, HTTP/2 handshake) would otherwise sit inline in every request's future,
+    /// which hyper moves as a whole when a request arrives.
+    pub fn connect<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> Pin<Box<dyn Future<Output = Result<Sender, ConnectError>> + Send + 'a>> {
+        Box::pin(self.open(target))
+    }
+
+    async fn open(&self, target: &Target) -> Result<Sender, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(target))
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;

@@ -162,12 +162,16 @@ async fn answer(
         return Ok(text(StatusCode::from_u16(code).unwrap(), name));
     }
     if path == "/echo" {
-        // The request as the backend saw it, as JSON.
-        let headers: BTreeMap<String, String> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
+        // The request as the backend saw it, as JSON; lines of one field are joined with
+        // ", ", so that a duplicated field shows.
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            let v = v.to_str().unwrap_or("");
+            headers
+                .entry(k.to_string())
+                .and_modify(|all| *all = format!("{all}, {v}"))
+                .or_insert_with(|| v.to_string());
+        }
         let version = format!("{:?}", req.version());
         let uri = req.uri().to_string();
         let method = req.method().to_string();
