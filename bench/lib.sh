@@ -27,6 +27,78 @@ targets = ["127.0.0.1:$5"]
 CONF
 }
 
+# The peers, configured to do what switchyard does per request: pass the client's Host, add
+# X-Forwarded-For/-Proto/-Host/-Port and a request id that goes upstream and comes back.
+# nginx_config DIR LISTEN_PORT BLUE_PORT GREEN_PORT (writes DIR/nginx.conf)
+nginx_config() {
+  mkdir -p "$1/nginx"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/nginx/error.log error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1/nginx/body;
+  proxy_temp_path $1/nginx/proxy;
+  fastcgi_temp_path $1/nginx/fastcgi;
+  uwsgi_temp_path $1/nginx/uwsgi;
+  scgi_temp_path $1/nginx/scgi;
+  upstream app {
+    server 127.0.0.1:$3 weight=9;
+    server 127.0.0.1:$4 weight=1;
+    keepalive 128;
+  }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Forwarded-Port \$server_port;
+      proxy_set_header X-Request-Id \$request_id;
+      add_header X-Request-Id \$request_id always;
+    }
+  }
+}
+CONF
+}
+
+# haproxy_config FILE LISTEN_PORT BLUE_PORT GREEN_PORT
+haproxy_config() {
+  cat > "$1" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$2
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Forwarded-Port %[dst_port]
+  unique-id-format %[uuid()]
+  unique-id-header X-Request-Id
+  http-response set-header X-Request-Id %[unique-id]
+  default_backend app
+backend app
+  balance roundrobin
+  http-reuse always
+  server blue 127.0.0.1:$3 weight 9
+  server green 127.0.0.1:$4 weight 1
+CONF
+}
+
 # With two or more cores (and PIN unset or 1) the proxies share the last core and wrk and the
 # backends get the others: otherwise the proxy under test competes with wrk and the backends
 # for the CPU, and its latency tail measures the scheduler's choices more than the proxy.

@@ -48,71 +48,11 @@ switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
 SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
 SY_PID=$!
 
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx/error.log error;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  upstream app {
-    server 127.0.0.1:$B1 weight=9;
-    server 127.0.0.1:$B2 weight=1;
-    keepalive 128;
-  }
-  server {
-    listen 127.0.0.1:$NG;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
-      proxy_set_header X-Forwarded-Port \$server_port;
-      proxy_set_header X-Request-Id \$request_id;
-      add_header X-Request-Id \$request_id always;
-    }
-  }
-}
-CONF
+nginx_config "$WORK" "$NG" "$B1" "$B2"
 ${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
 NG_PID=$!
 
-cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:$HA
-  option forwardfor
-  http-request set-header X-Forwarded-Proto http
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  http-request set-header X-Forwarded-Port %[dst_port]
-  unique-id-format %[uuid()]
-  unique-id-header X-Request-Id
-  http-response set-header X-Request-Id %[unique-id]
-  default_backend app
-backend app
-  balance roundrobin
-  http-reuse always
-  server blue 127.0.0.1:$B1 weight 9
-  server green 127.0.0.1:$B2 weight 1
-CONF
+haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
 ${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
 HA_PID=$!
 
