@@ -9,12 +9,12 @@
 # With two or more cores the proxies share the last core and wrk and the backends get the
 # others (PIN=0 lets the scheduler place everything; see pin_setup in lib.sh).
 #
-#   bench/run.sh                 # 3 rounds of 10 s per proxy
+#   bench/run.sh                 # 10 rounds of 5 s per proxy
 #   ROUNDS=5 DURATION=20 CONNS=64 PIN=0 bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-10}
+DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 
 missing=()
@@ -123,4 +123,7 @@ print(f"switchyard throughput vs best of nginx/haproxy ({best}): {mean(rps['swit
       f" (median per-round ratio {paired(rps, best):.3f})")
 print(f"switchyard p99 vs lowest of nginx/haproxy ({low}): {med(p99['switchyard'])/med(p99[low]):.2f}x"
       f" (median per-round ratio {paired(p99, low):.3f}; below 1 is better)")
+lean = min(("nginx", "haproxy"), key=lambda n: med(cpu[n]))
+print(f"switchyard CPU per request vs leanest of nginx/haproxy ({lean}): {med(cpu['switchyard'])/med(cpu[lean]):.2f}x"
+      f" (median per-round ratio {paired(cpu, lean):.3f}; below 1 is better)")
 PY
