@@ -13,6 +13,7 @@ const MAX: usize = 6;
 #[derive(Debug)]
 pub struct SetFields {
     len: usize,
+    /// The first `len` are set; `Option` only so that the rest can be made in a `const`.
     fields: [(Option<&'static HeaderName>, HeaderValue); MAX],
 }
 
@@ -26,12 +27,13 @@ impl Default for SetFields {
 }
 
 impl SetFields {
-    /// Sets `name` (last one wins; a name is only set once by the proxy anyway).
+    /// Sets `name`, which must not be set already (each is written once per request).
     ///
     /// # Panics
     /// With more than six fields: the proxy's own list is fixed, so that is a bug.
     pub fn set(&mut self, name: &'static HeaderName, value: HeaderValue) {
         assert!(self.len < MAX, "more fields than SetFields holds");
+        debug_assert!(!self.replaces(name), "{name} set twice");
         self.fields[self.len] = (Some(name), value);
         self.len += 1;
     }
