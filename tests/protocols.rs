@@ -94,16 +94,28 @@ async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
 
-    // And the target really was spoken to over HTTP/2, with `te: trailers` kept.
+    // And the target really was spoken to over HTTP/2, with `te: trailers` kept and the
+    // proxy's fields in place of the client's (an HTTP/2 target gets them from the map).
     let r = get(
         &client(),
         &format!("http://{}/echo", sy.listener_addr("web").await),
-        &[("te", "trailers")],
+        &[
+            ("te", "trailers"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ],
     )
     .await
     .unwrap();
+    let h = &r.json()["headers"];
     assert_eq!(r.json()["version"], "HTTP/2.0");
-    assert_eq!(r.json()["headers"]["te"], "trailers");
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(
+        h["x-request-id"],
+        r.headers["x-request-id"].to_str().unwrap()
+    );
 }
 
 struct Cert {
