@@ -9,19 +9,21 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 const MAX: usize = 6;
 
+/// What the slots past `len` hold; never read.
+static UNSET: HeaderName = HeaderName::from_static("x-unset");
+
 /// Up to six fields that replace any the client sent by the same names.
 #[derive(Debug)]
 pub struct SetFields {
     len: usize,
-    /// The first `len` are set; `Option` only so that the rest can be made in a `const`.
-    fields: [(Option<&'static HeaderName>, HeaderValue); MAX],
+    fields: [(&'static HeaderName, HeaderValue); MAX],
 }
 
 impl Default for SetFields {
     fn default() -> Self {
         SetFields {
             len: 0,
-            fields: [const { (None, HeaderValue::from_static("")) }; MAX],
+            fields: std::array::from_fn(|_| (&UNSET, HeaderValue::from_static(""))),
         }
     }
 }
@@ -34,21 +36,17 @@ impl SetFields {
     pub fn set(&mut self, name: &'static HeaderName, value: HeaderValue) {
         assert!(self.len < MAX, "more fields than SetFields holds");
         debug_assert!(!self.replaces(name), "{name} set twice");
-        self.fields[self.len] = (Some(name), value);
+        self.fields[self.len] = (name, value);
         self.len += 1;
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.fields[..self.len]
-            .iter()
-            .filter_map(|(n, v)| n.map(|n| (n, v)))
+        self.fields[..self.len].iter().map(|(n, v)| (*n, v))
     }
 
     /// Whether the client's field `name` is replaced (and so not passed on).
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        self.fields[..self.len]
-            .iter()
-            .any(|(n, _)| *n == Some(name))
+        self.fields[..self.len].iter().any(|(n, _)| *n == name)
     }
 
     pub fn insert_into(&self, map: &mut HeaderMap) {
