@@ -82,8 +82,9 @@ impl Service {
     }
 
     /// The split's choice for a request: a sticky bucket when the service has a key (or sets
-    /// its own cookie), the next of an evenly spread sequence otherwise. If that group has no routable target,
-    /// another weighted group that has one. The second value is a cookie to set.
+    /// its own cookie), the next of an evenly spread sequence otherwise. If that group has no
+    /// routable target, another weighted group that has one. The second value is a cookie to
+    /// set.
     pub fn choose_by_split(
         &self,
         headers: &HeaderMap,
