@@ -212,6 +212,13 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
                 .set(r.weight as i64);
         }
     }
+    let pending = Gauge::<i64>::default();
+    registry.register(
+        "store_pending_writes",
+        "Changes applied to traffic (rollbacks, holds) but not yet recorded in the state database",
+        pending.clone(),
+    );
+    pending.set(api.control.store_health().pending_writes as i64);
     let counts = api.control.counts.lock().expect("counts").clone();
     for ((svc, cause), n) in counts.rollbacks {
         rollbacks

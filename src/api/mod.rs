@@ -207,6 +207,7 @@ impl From<ControlError> for ApiError {
             ControlError::Config(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
             ControlError::Snapshot(_) => (S::UNPROCESSABLE_ENTITY, "cannot_apply"),
             ControlError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
+            ControlError::StoreUnavailable(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -104,6 +104,9 @@ pub struct Status {
     pub generation: u64,
     pub listeners: Vec<ListenerStatus>,
     pub services: Vec<ServiceStatus>,
+    /// Writes published but not yet in the state database (a rollback during an outage).
+    #[serde(default)]
+    pub store: crate::control::StoreHealth,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,6 +212,7 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
         generation: snap.generation,
         listeners,
         services,
+        store: api.control.store_health(),
     })
 }
 

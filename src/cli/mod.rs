@@ -459,6 +459,17 @@ fn split_text(v: &serde_json::Value) -> String {
 
 fn print_status(s: &serde_json::Value) {
     println!("generation {}", s["generation"]);
+    let pending = s["store"]["pending_writes"].as_u64().unwrap_or(0);
+    if pending > 0 {
+        println!(
+            "STATE DATABASE NOT WRITABLE: {pending} write(s) applied to traffic but not recorded ({}); last error: {}",
+            s["store"]["pending_services"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            s["store"]["last_error"].as_str().unwrap_or("?")
+        );
+    }
     for l in s["listeners"].as_array().into_iter().flatten() {
         let tls = if l["tls"].as_bool() == Some(true) {
             " (tls)"
@@ -503,6 +514,9 @@ fn print_status(s: &serde_json::Value) {
                     .map(|s| format!(" — {s}"))
                     .unwrap_or_default()
             );
+            if let Some(w) = r["waiting_for"].as_str() {
+                println!("  waiting for {w}");
+            }
         }
         for g in svc["groups"].as_array().into_iter().flatten() {
             println!(

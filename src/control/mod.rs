@@ -5,17 +5,18 @@
 //! the published snapshot.
 
 mod observe;
+mod persist;
 mod plan;
 mod rollouts;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::config::{self, Config, ConfigError, Split};
 use crate::group::now_ms;
@@ -24,7 +25,9 @@ use crate::listener::{self, Listener};
 use crate::rollout::{unix_ms, Rollout};
 use crate::snapshot::{ServiceTraffic, Snapshot};
 use crate::store::{Commit, Event, EventQuery, SqliteStore, Store, StoreError, TrafficRecord};
+use persist::{Persister, Write, WriteError};
 
+pub use persist::StoreHealth;
 pub use plan::PlanChange;
 pub use rollouts::RolloutView;
 
@@ -54,6 +57,10 @@ pub enum ControlError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A change toward a candidate (or any forward change) while the state database cannot
+    /// be written: refused rather than published unrecorded. Rollbacks are never refused.
+    #[error("the state database cannot be written, so nothing moves toward a candidate: {0}")]
+    StoreUnavailable(String),
     #[error("service \"{service}\" has a rollout in progress (#{id}, to {candidate}); {what}")]
     RolloutInProgress {
         service: String,
@@ -121,7 +128,13 @@ struct State {
     traffic: BTreeMap<String, Traffic>,
     /// The latest rollout of each service.
     rollouts: BTreeMap<String, Rollout>,
-    next_rollout_id: u64,
+    /// Per service, how many changes toward stable were applied without waiting for the
+    /// store. A forward change that waited for its write without the lock checks this
+    /// before it applies, and gives way if a rollback came in meanwhile.
+    epochs: HashMap<String, u64>,
+    /// Services whose rollout resumed after a restart and whose driver waits for the guard
+    /// to judge one full window before any step or promotion.
+    resume_gate: HashSet<String>,
     listeners: HashMap<String, Listener>,
     health: HealthChecker,
     generation: u64,
@@ -138,6 +151,12 @@ pub struct Controller {
     state: Mutex<State>,
     config_path: Option<PathBuf>,
     store: Arc<dyn Store>,
+    /// Every write goes through it, in order; see `persist`.
+    persist: Arc<Persister>,
+    persist_task: tokio::task::AbortHandle,
+    /// Held by forward changes across their store write (the state lock is not, so that a
+    /// rollback never waits for the store): one forward change at a time.
+    writer: Mutex<()>,
     observer: Arc<observe::Observer>,
     observer_task: tokio::task::AbortHandle,
     /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
@@ -219,6 +238,7 @@ impl Controller {
             .map(|r| r.service.clone())
             .collect();
         let (observer, observer_task) = observe::Observer::spawn(snapshots.clone());
+        let (persist, persist_task) = Persister::spawn(store.clone());
         let control = Arc::new(Controller {
             counts: Default::default(),
             observer,
@@ -228,7 +248,12 @@ impl Controller {
                 config,
                 traffic,
                 rollouts,
-                next_rollout_id: persisted.next_rollout_id,
+                epochs: HashMap::new(),
+                // The last instance may have died with a rollback applied but not recorded:
+                // the store then shows the weight from before it, never more (nothing moves
+                // forward while a rollback write is pending). So no rollout moves on before
+                // the guard has judged that weight for one full window.
+                resume_gate: active.iter().cloned().collect(),
                 listeners,
                 health,
                 generation: 1,
@@ -237,6 +262,9 @@ impl Controller {
             }),
             config_path: path,
             store,
+            persist,
+            persist_task,
+            writer: Mutex::new(()),
         });
         for service in active {
             tracing::info!(%service, "resuming rollout");
@@ -297,7 +325,8 @@ impl Controller {
         actor: &str,
         kind: &str,
     ) -> Result<TrafficChange, ControlError> {
-        let mut state = self.state.lock().await;
+        let _writer = self.writer.lock().await;
+        let state = self.state.lock().await;
         let svc = state
             .config
             .service(service)
@@ -352,12 +381,18 @@ impl Controller {
             Some(&split),
             format!("{from} -> {split}"),
         );
-        self.commit(Commit {
+        let epoch = state.epoch(service);
+        let commit = Commit {
             traffic: vec![(service.to_string(), t.record())],
             rollout: None,
             events: vec![event],
-        })
-        .await?;
+        };
+        let (mut state, _) = self
+            .write_forward(state, vec![service.to_string()], Write::Commit(commit))
+            .await?;
+        if state.epoch(service) != epoch {
+            return Err(superseded(service));
+        }
         state.traffic.insert(service.to_string(), t);
         let generation = self.publish(&mut state)?;
         tracing::info!(service, from = %from, to = %split, generation, actor, "traffic changed");
@@ -402,7 +437,8 @@ impl Controller {
     /// listeners (so a bind failure changes nothing), persists, publishes, then stops
     /// listeners that are gone.
     pub async fn apply(&self, config: Config, actor: &str) -> Result<u64, ControlError> {
-        let mut state = self.state.lock().await;
+        let _writer = self.writer.lock().await;
+        let state = self.state.lock().await;
         let config = Arc::new(config);
 
         for r in state.rollouts.values().filter(|r| r.status.is_active()) {
@@ -491,19 +527,28 @@ impl Controller {
             "configuration applied".into(),
         ));
 
+        let epochs = state.epochs.clone();
+        let services: Vec<String> = changes.iter().map(|(s, _)| s.clone()).collect();
+        let commit = Commit {
+            traffic: changes,
+            rollout: None,
+            events,
+        };
+        let (mut state, _) = self
+            .write_forward(state, services, Write::Commit(commit))
+            .await?;
+        // A rollback that came in while the write waited is newer than this file's split
+        // (and its write lands after this one): it stays.
+        for (service, t) in traffic.iter_mut() {
+            if state.epoch(service) != epochs.get(service).copied().unwrap_or(0) {
+                if let Some(now) = state.traffic.get(service) {
+                    *t = now.clone();
+                }
+            }
+        }
         let old_config = std::mem::replace(&mut state.config, config.clone());
         let old_traffic = std::mem::replace(&mut state.traffic, traffic);
-        let applied = match self
-            .commit(Commit {
-                traffic: changes,
-                rollout: None,
-                events,
-            })
-            .await
-        {
-            Ok(()) => self.publish(&mut state),
-            Err(e) => Err(e),
-        };
+        let applied = self.publish(&mut state);
         let generation = match applied {
             Ok(g) => g,
             Err(e) => {
@@ -540,13 +585,31 @@ impl Controller {
         Ok(generation)
     }
 
-    /// Writes a transition to the store (off the async threads: SQLite fsyncs).
-    async fn commit(&self, c: Commit) -> Result<(), ControlError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(&c))
+    /// Writes a forward change: queued under the control lock (so the store sees changes in
+    /// the order they were decided), awaited without it (so a rollback never waits behind a
+    /// store write), then the lock is taken again. The caller holds `writer`, so only a
+    /// rollback can have changed the state meanwhile: it compares the service's epoch.
+    async fn write_forward<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        services: Vec<String>,
+        write: Write,
+    ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
+        let wrote = self
+            .persist
+            .forward(services.clone(), write)
+            .map_err(|e| write_error(&services, e))?;
+        drop(state);
+        let id = wrote
             .await
-            .expect("store task")
-            .map_err(ControlError::from)
+            .map_err(|_| ControlError::StoreUnavailable("the store writer stopped".into()))?
+            .map_err(|e| write_error(&services, e))?;
+        Ok((self.state.lock().await, id))
+    }
+
+    /// The store's state for `status` and `/metrics`: writes published but not yet recorded.
+    pub fn store_health(&self) -> StoreHealth {
+        self.persist.health()
     }
 
     /// Builds and swaps in a snapshot of the current state; starts and stops health checks
@@ -571,6 +634,16 @@ impl Controller {
     /// listener bounds its wait by the shutdown timeout).
     pub async fn shutdown(&self) {
         self.observer_task.abort();
+        // A rollback not yet recorded gets a last chance; if the store stays shut the next
+        // start resumes held (see `resume_gate`).
+        let left = self.persist.flush(Duration::from_secs(2)).await;
+        if left > 0 {
+            tracing::error!(
+                pending = left,
+                "stopping with writes the state database did not take"
+            );
+        }
+        self.persist_task.abort();
         let mut state = self.state.lock().await;
         state.health.stop();
         for (_, (_, task)) in state.drivers.drain() {
@@ -617,6 +690,25 @@ impl Controller {
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.config_path.as_ref()
     }
+}
+
+impl State {
+    fn epoch(&self, service: &str) -> u64 {
+        self.epochs.get(service).copied().unwrap_or(0)
+    }
+}
+
+fn write_error(services: &[String], e: WriteError) -> ControlError {
+    match e {
+        WriteError::Unavailable(why) => ControlError::StoreUnavailable(why),
+        WriteError::Superseded => superseded(&services.join(", ")),
+    }
+}
+
+fn superseded(service: &str) -> ControlError {
+    ControlError::Conflict(format!(
+        "a rollback of {service} was decided while this change waited for the state database; the change was not applied"
+    ))
 }
 
 /// What the snapshot needs of the traffic state: the split, and the stable and candidate

@@ -1,6 +1,8 @@
 //! Rollout commands on the control plane. Each runs the state machine on a copy of the
-//! rollout, derives the service's traffic from it, persists both with an event in one
-//! commit, and only then publishes the new weights.
+//! rollout and derives the service's traffic from it. A change forward (a step, a promotion)
+//! is persisted with its event in one commit and only then published; a change toward
+//! stable (abort, hold, undo, a failed check) is published at once and its record queued to
+//! the persister, so that no store trouble can delay or block a rollback.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,10 +11,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{event, ControlError, Controller, State};
+use super::persist::Write;
+use super::{event, superseded, ControlError, Controller, State, Traffic};
 use crate::config::{Split, FULL_WEIGHT};
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
-use crate::rollout::{unix_ms, Rollout, Status, Strategy};
+use crate::rollout::{unix_ms, RollbackCause, Rollout, Status, Strategy};
 use crate::store::Commit;
 
 /// A rollout as the API shows it.
@@ -23,6 +26,10 @@ pub struct RolloutView {
     pub steps: Vec<String>,
     /// The split in force, in basis points by group.
     pub split: Split,
+    /// What holds the rollout besides its steps: the guard's first window after a restart,
+    /// or the state database (a rollback applied but not yet recorded, or writes refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 impl RolloutView {
@@ -31,8 +38,75 @@ impl RolloutView {
             steps: r.strategy.steps.iter().map(|s| s.describe()).collect(),
             rollout: r,
             split,
+            waiting_for: None,
         }
     }
+}
+
+/// A rollout change worked out but not yet applied: the rollout, the traffic it implies,
+/// and the commit that records both.
+struct Planned {
+    r: Rollout,
+    t: Traffic,
+    before: Split,
+    change: Change,
+    commit: Commit,
+}
+
+fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &str) -> Planned {
+    r.updated_at = unix_ms();
+    let service = r.service.clone();
+    let mut t = before.clone();
+    match r.status {
+        Status::Completed => {
+            t.previous = Some(Split::all_to(&r.stable));
+            t.current = Split::all_to(&r.candidate);
+            t.stable = Some(r.candidate.clone());
+            t.retired.retain(|g| g != &r.candidate);
+        }
+        Status::Aborted => t.current = Split::all_to(&r.stable),
+        Status::RolledBack => {
+            t.previous = Some(t.current.clone());
+            t.current = Split::all_to(&r.stable);
+            t.stable = Some(r.stable.clone());
+            t.retired.retain(|g| g != &r.stable);
+        }
+        Status::Progressing | Status::Paused => t.current = rollout_split(&r),
+    }
+    if change.kind == "retired" && !t.retired.contains(&r.stable) {
+        t.retired.push(r.stable.clone());
+    }
+    let ev = event(
+        &service,
+        Some(r.id),
+        actor,
+        change.kind,
+        Some(&before.current),
+        Some(&t.current),
+        change.reason.clone(),
+    );
+    let commit = Commit {
+        traffic: vec![(service, t.record())],
+        rollout: Some(r.clone()),
+        events: vec![ev],
+    };
+    Planned {
+        r,
+        t,
+        before: before.current.clone(),
+        change: change.clone(),
+        commit,
+    }
+}
+
+/// A change that only takes traffic away from the candidate or stops the rollout moving
+/// (abort, undo, a hold, a pause step): applied without waiting for the store.
+fn toward_stable(before: &Rollout, after: &Rollout) -> bool {
+    after.weight <= before.weight
+        && matches!(
+            after.status,
+            Status::Aborted | Status::RolledBack | Status::Paused
+        )
 }
 
 /// The split while a rollout is active: the candidate's weight, the rest on stable.
@@ -54,7 +128,8 @@ impl Controller {
         force: bool,
         actor: &str,
     ) -> Result<RolloutView, ControlError> {
-        let mut state = self.state.lock().await;
+        let _writer = self.writer.lock().await;
+        let state = self.state.lock().await;
         let svc = state
             .config
             .service(service)
@@ -99,7 +174,8 @@ impl Controller {
         );
         let now = unix_ms();
         let r = Rollout {
-            id: state.next_rollout_id,
+            // The database allocates the id in the write that records the start.
+            id: 0,
             service: service.into(),
             stable,
             candidate: candidate.into(),
@@ -115,20 +191,40 @@ impl Controller {
             updated_at: now,
             attempt: 0,
         };
-        let change = Change {
-            kind: "started",
-            reason: format!(
-                "rollout #{} from {} to {} ({}, {} steps)",
-                r.id,
-                r.stable,
-                r.candidate,
-                r.strategy.name,
-                r.strategy.steps.len()
-            ),
-            weight_changed: false,
+        let before = state.traffic[service].clone();
+        let actor_name = actor.to_string();
+        let make = move |id: u64| {
+            let mut r = r.clone();
+            r.id = id;
+            let change = Change {
+                kind: "started",
+                reason: format!(
+                    "rollout #{} from {} to {} ({}, {} steps)",
+                    r.id,
+                    r.stable,
+                    r.candidate,
+                    r.strategy.name,
+                    r.strategy.steps.len()
+                ),
+                weight_changed: false,
+            };
+            plan(&before, r, &change, &actor_name)
         };
-        let view = self.record(&mut state, r, &change, actor).await?;
-        state.next_rollout_id += 1;
+        let make = Arc::new(make);
+        let for_store = make.clone();
+        let epoch = state.epoch(service);
+        let (mut state, id) = self
+            .write_forward(
+                state,
+                vec![service.to_string()],
+                Write::NewRollout(Arc::new(move |id| for_store(id).commit)),
+            )
+            .await?;
+        if state.epoch(service) != epoch {
+            return Err(superseded(service));
+        }
+        let planned = make(id.expect("a new rollout has an id"));
+        let view = self.apply_planned(&mut state, planned, None)?;
         drop(state);
         self.ensure_driver(service).await;
         Ok(view)
@@ -140,7 +236,12 @@ impl Controller {
         full: bool,
         actor: &str,
     ) -> Result<RolloutView, ControlError> {
-        self.command(service, actor, |r| machine::promote(r, full))
+        if self.state.lock().await.resume_gate.contains(service) {
+            return Err(ControlError::Conflict(format!(
+                "the rollout of {service} resumed after a restart and waits for the guard to judge one full window first"
+            )));
+        }
+        self.command(service, actor, None, |r| machine::promote(r, full))
             .await
     }
 
@@ -150,7 +251,7 @@ impl Controller {
         actor: &str,
     ) -> Result<RolloutView, ControlError> {
         let why = format!("paused by {actor}");
-        self.command(service, actor, |r| machine::pause(r, &why))
+        self.command(service, actor, None, |r| machine::pause(r, &why))
             .await
     }
 
@@ -159,7 +260,7 @@ impl Controller {
         service: &str,
         actor: &str,
     ) -> Result<RolloutView, ControlError> {
-        self.command(service, actor, machine::resume).await
+        self.command(service, actor, None, machine::resume).await
     }
 
     pub async fn abort(
@@ -172,8 +273,10 @@ impl Controller {
             || format!("aborted by {actor}"),
             |w| format!("aborted by {actor}: {w}"),
         );
-        self.command(service, actor, |r| machine::abort(r, &why))
-            .await
+        self.command(service, actor, Some(RollbackCause::Manual), |r| {
+            machine::abort(r, &why)
+        })
+        .await
     }
 
     pub async fn retry(
@@ -186,7 +289,7 @@ impl Controller {
             let candidate = self.rollout(service).await?.rollout.candidate;
             self.check_healthy(service, [candidate.as_str()])?;
         }
-        self.command(service, actor, machine::retry).await
+        self.command(service, actor, None, machine::retry).await
     }
 
     /// Rolls back the last finished rollout: all traffic back to the group that was stable
@@ -224,7 +327,7 @@ impl Controller {
             ),
             weight_changed: true,
         };
-        self.record(&mut state, r, &change, actor).await
+        self.record_now(&mut state, r, &change, actor, Some(RollbackCause::Undo))
     }
 
     /// The latest rollout of a service.
@@ -236,7 +339,17 @@ impl Controller {
             .cloned()
             .ok_or_else(|| ControlError::NoRollout(service.into()))?;
         let split = state.traffic[service].current.clone();
-        Ok(RolloutView::new(r, split))
+        let mut view = RolloutView::new(r, split);
+        view.waiting_for = if state.resume_gate.contains(service) {
+            Some("the guard to judge one full window after a restart".into())
+        } else if self.persist.pending_for(service) {
+            Some("the state database to record a rollback already applied to traffic".into())
+        } else if self.persist.health().pending_writes > 0 {
+            Some("the state database to accept writes".into())
+        } else {
+            None
+        };
+        Ok(view)
     }
 
     pub async fn rollout_history(
@@ -262,107 +375,130 @@ impl Controller {
         self: &Arc<Self>,
         service: &str,
         actor: &str,
-        f: impl FnOnce(&mut Rollout) -> Result<Outcome, CommandError>,
+        cause: Option<RollbackCause>,
+        f: impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
     ) -> Result<RolloutView, ControlError> {
-        let (_, view) = self.transition(service, actor, f).await?;
+        let (_, view) = self.transition(service, actor, cause, f).await?;
         self.ensure_driver(service).await;
         Ok(view)
     }
 
+    /// Runs `f` on a copy of the rollout. A change toward stable is applied on the spot,
+    /// under the state lock alone; a forward change takes the writer lock and waits for its
+    /// record. `cause` is what a rollback by this path counts as.
     async fn transition(
         &self,
         service: &str,
         actor: &str,
-        f: impl FnOnce(&mut Rollout) -> Result<Outcome, CommandError>,
+        cause: Option<RollbackCause>,
+        f: impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
     ) -> Result<(Outcome, RolloutView), ControlError> {
-        let mut state = self.state.lock().await;
-        if state.config.service(service).is_none() {
-            return Err(ControlError::UnknownService(service.into()));
+        {
+            let mut state = self.state.lock().await;
+            let (r, outcome) = try_on_copy(&state, service, &f)?;
+            match &outcome {
+                Outcome::Changed(change) if toward_stable(&state.rollouts[service], &r) => {
+                    let view = self.record_now(&mut state, r, change, actor, cause)?;
+                    return Ok((outcome, view));
+                }
+                Outcome::Changed(_) => {}
+                _ => {
+                    let split = state.traffic[service].current.clone();
+                    return Ok((outcome, RolloutView::new(r, split)));
+                }
+            }
         }
-        let mut r = state
-            .rollouts
-            .get(service)
-            .cloned()
-            .ok_or_else(|| ControlError::NoRollout(service.into()))?;
-        let outcome = f(&mut r)?;
-        let view = match &outcome {
-            Outcome::Changed(change) => self.record(&mut state, r, change, actor).await?,
-            _ => RolloutView::new(r, state.traffic[service].current.clone()),
+        // Forward: the writer lock first, then a fresh look (the rollout may have moved).
+        let _writer = self.writer.lock().await;
+        let mut state = self.state.lock().await;
+        let (r, outcome) = try_on_copy(&state, service, &f)?;
+        let change = match &outcome {
+            Outcome::Changed(change) => change.clone(),
+            _ => {
+                let split = state.traffic[service].current.clone();
+                return Ok((outcome, RolloutView::new(r, split)));
+            }
         };
+        if toward_stable(&state.rollouts[service], &r) {
+            let view = self.record_now(&mut state, r, &change, actor, cause)?;
+            return Ok((outcome, view));
+        }
+        let planned = plan(&state.traffic[service], r, &change, actor);
+        let epoch = state.epoch(service);
+        let (mut state, _) = self
+            .write_forward(
+                state,
+                vec![service.to_string()],
+                Write::Commit(planned.commit.clone()),
+            )
+            .await?;
+        if state.epoch(service) != epoch {
+            return Err(superseded(service));
+        }
+        let view = self.apply_planned(&mut state, planned, cause)?;
         Ok((outcome, view))
     }
 
-    /// Persists a rollout's new state with the traffic it implies and an event; publishes
-    /// when the traffic (or whether there is a candidate) changed.
-    async fn record(
+    /// Applies a change toward stable now: the data plane gets it at once, the record goes
+    /// to the persister, which retries until the store takes it.
+    fn record_now(
         &self,
         state: &mut State,
-        mut r: Rollout,
+        r: Rollout,
         change: &Change,
         actor: &str,
+        cause: Option<RollbackCause>,
     ) -> Result<RolloutView, ControlError> {
-        r.updated_at = unix_ms();
         let service = r.service.clone();
-        let before = state.traffic[&service].clone();
-        let mut t = before.clone();
-        match r.status {
-            Status::Completed => {
-                t.previous = Some(Split::all_to(&r.stable));
-                t.current = Split::all_to(&r.candidate);
-                t.stable = Some(r.candidate.clone());
-                t.retired.retain(|g| g != &r.candidate);
-            }
-            Status::Aborted => t.current = Split::all_to(&r.stable),
-            Status::RolledBack => {
-                t.previous = Some(t.current.clone());
-                t.current = Split::all_to(&r.stable);
-                t.stable = Some(r.stable.clone());
-                t.retired.retain(|g| g != &r.stable);
-            }
-            Status::Progressing | Status::Paused => t.current = rollout_split(&r),
-        }
-        if change.kind == "retired" && !t.retired.contains(&r.stable) {
-            t.retired.push(r.stable.clone());
-        }
-        let ev = event(
-            &service,
-            Some(r.id),
-            actor,
-            change.kind,
-            Some(&before.current),
-            Some(&t.current),
-            change.reason.clone(),
-        );
-        self.commit(Commit {
-            traffic: vec![(service.clone(), t.record())],
-            rollout: Some(r.clone()),
-            events: vec![ev],
-        })
-        .await?;
+        let planned = plan(&state.traffic[&service], r, change, actor);
+        self.persist
+            .durable(vec![service.clone()], planned.commit.clone());
+        *state.epochs.entry(service).or_default() += 1;
+        self.apply_planned(state, planned, cause)
+    }
+
+    /// Takes a recorded (or queued) change into the state; publishes when the traffic (or
+    /// whether there is a candidate) changed.
+    fn apply_planned(
+        &self,
+        state: &mut State,
+        p: Planned,
+        cause: Option<RollbackCause>,
+    ) -> Result<RolloutView, ControlError> {
+        let Planned {
+            r,
+            t,
+            before,
+            change,
+            ..
+        } = p;
+        let service = r.service.clone();
         let was_active = state
             .rollouts
             .get(&service)
             .is_some_and(|o| o.id == r.id && o.status.is_active());
-        let republish = t.current != before.current || was_active != r.status.is_active();
-        tracing::info!(service, rollout = r.id, kind = change.kind, reason = %change.reason, split = %t.current, actor, "rollout");
+        let republish = t.current != before || was_active != r.status.is_active();
+        tracing::info!(service, rollout = r.id, kind = change.kind, reason = %change.reason, split = %t.current, "rollout");
         state.traffic.insert(service.clone(), t.clone());
         state.rollouts.insert(service.clone(), r.clone());
+        if !r.status.is_active() {
+            state.resume_gate.remove(&service);
+        }
         if was_active && !r.status.is_active() || change.kind == "rolled_back" {
             let lane = state.end_hooks.entry(service.clone()).or_default().clone();
-            self.after_end(&state.config, &r, change, lane);
+            self.after_end(&state.config, &r, &change, lane);
         }
         if matches!(r.status, Status::Aborted | Status::RolledBack)
             && (was_active || change.kind == "rolled_back")
         {
-            let cause = match (r.status, actor) {
-                (Status::RolledBack, _) => "undo",
-                (_, a @ ("guard" | "analysis" | "hook" | "deadline")) => a,
-                _ => "manual",
-            };
+            let cause = cause.unwrap_or_else(|| {
+                debug_assert!(false, "a rollback without a cause: {}", change.kind);
+                RollbackCause::Manual
+            });
             let mut counts = self.counts.lock().expect("counts");
             *counts
                 .rollbacks
-                .entry((service.clone(), cause.to_string()))
+                .entry((service.clone(), cause.as_str().to_string()))
                 .or_default() += 1;
         }
         if republish {
@@ -396,12 +532,25 @@ impl Controller {
         }
     }
 
+    /// Whether the service's rollout resumed after a restart and its guard has not yet
+    /// judged a full window.
+    pub(crate) async fn resume_gated(&self, service: &str) -> bool {
+        self.state.lock().await.resume_gate.contains(service)
+    }
+
+    /// The guard judged one full window after a restart: the rollout may move on.
+    pub(crate) async fn open_resume_gate(&self, service: &str) {
+        if self.state.lock().await.resume_gate.remove(service) {
+            tracing::info!(%service, "guard judged a full window after the restart; rollout goes on");
+        }
+    }
+
     /// The driver's side: one step of the state machine.
     pub(crate) async fn rollout_step(
         &self,
         service: &str,
     ) -> Result<(Outcome, RolloutView), ControlError> {
-        self.transition(service, "schedule", |r| Ok(machine::step(r)))
+        self.transition(service, "schedule", None, |r| Ok(machine::step(r)))
             .await
     }
 
@@ -412,18 +561,24 @@ impl Controller {
         step: usize,
         elapsed: Duration,
     ) -> Result<(), ControlError> {
-        let mut state = self.state.lock().await;
+        let _writer = self.writer.lock().await;
+        let state = self.state.lock().await;
         let Some(mut r) = state.rollouts.get(service).cloned() else {
             return Ok(());
         };
         if machine::pause_progress(&mut r, step, elapsed) {
             r.updated_at = unix_ms();
-            self.commit(Commit {
+            let epoch = state.epoch(service);
+            let commit = Commit {
                 rollout: Some(r.clone()),
                 ..Commit::default()
-            })
-            .await?;
-            state.rollouts.insert(service.to_string(), r);
+            };
+            let (mut state, _) = self
+                .write_forward(state, vec![service.to_string()], Write::Commit(commit))
+                .await?;
+            if state.epoch(service) == epoch {
+                state.rollouts.insert(service.to_string(), r);
+            }
         }
         Ok(())
     }
@@ -451,7 +606,7 @@ impl Controller {
         detail: &str,
     ) -> Result<(), ControlError> {
         self.count_analysis(service, verdict);
-        self.transition(service, "analysis", |r| {
+        self.transition(service, "analysis", Some(RollbackCause::Analysis), |r| {
             Ok(machine::analysis_done(r, step, verdict, detail).unwrap_or(Outcome::Idle))
         })
         .await
@@ -463,9 +618,10 @@ impl Controller {
         service: &str,
         step: usize,
         result: Result<String, String>,
+        cause: RollbackCause,
     ) -> Result<(), ControlError> {
-        self.transition(service, "hook", |r| {
-            Ok(machine::hook_done(r, step, result).unwrap_or(Outcome::Idle))
+        self.transition(service, "hook", Some(cause), |r| {
+            Ok(machine::hook_done(r, step, result.clone()).unwrap_or(Outcome::Idle))
         })
         .await
         .map(|_| ())
@@ -473,14 +629,16 @@ impl Controller {
 
     /// For the rollout's own side tasks (guard, background analysis): aborts and wakes the
     /// running driver, without ever starting one (which keeps their futures non-recursive).
+    /// The cause is the code path's own and also names the actor in the history.
     pub(crate) async fn abort_from(
         &self,
         service: &str,
-        actor: &str,
+        cause: RollbackCause,
         why: &str,
     ) -> Result<(), ControlError> {
+        let actor = cause.as_str();
         let why = format!("aborted by {actor}: {why}");
-        self.transition(service, actor, |r| machine::abort(r, &why))
+        self.transition(service, actor, Some(cause), |r| machine::abort(r, &why))
             .await?;
         self.wake_driver(service).await;
         Ok(())
@@ -493,7 +651,7 @@ impl Controller {
         actor: &str,
         why: &str,
     ) -> Result<(), ControlError> {
-        self.transition(service, actor, |r| machine::pause(r, why))
+        self.transition(service, actor, None, |r| machine::pause(r, why))
             .await?;
         self.wake_driver(service).await;
         Ok(())
@@ -531,7 +689,7 @@ impl Controller {
         step: usize,
         detail: &str,
     ) -> Result<(), ControlError> {
-        self.transition(service, "schedule", |r| {
+        self.transition(service, "schedule", None, |r| {
             Ok(machine::retired(r, step, detail).unwrap_or(Outcome::Idle))
         })
         .await
@@ -559,7 +717,7 @@ impl Controller {
             "after_rollout"
         };
         if let Some(hook) = crate::rollout::hooks::by_point(&svc.hooks, point).cloned() {
-            let (store, r) = (self.store.clone(), r.clone());
+            let (persist, r) = (self.persist.clone(), r.clone());
             // Taken now, while the state lock orders it before any later attempt's driver.
             let held = lane.clone().try_lock_owned();
             tokio::spawn(async move {
@@ -572,13 +730,13 @@ impl Controller {
                     Err(e) => ("hook_failed", e),
                 };
                 let ev = event(&r.service, Some(r.id), "hook", kind, None, None, reason);
-                let _ = tokio::task::spawn_blocking(move || {
-                    store.commit(&Commit {
+                persist.durable(
+                    vec![r.service.clone()],
+                    Commit {
                         events: vec![ev],
                         ..Commit::default()
-                    })
-                })
-                .await;
+                    },
+                );
             });
         }
         if let (true, Some(url)) = (rolled_back, config.notify_webhook.clone()) {
@@ -629,4 +787,22 @@ fn status_name(s: Status) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// Runs `f` on a copy of the service's rollout.
+fn try_on_copy(
+    state: &State,
+    service: &str,
+    f: &impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
+) -> Result<(Rollout, Outcome), ControlError> {
+    if state.config.service(service).is_none() {
+        return Err(ControlError::UnknownService(service.into()));
+    }
+    let mut r = state
+        .rollouts
+        .get(service)
+        .cloned()
+        .ok_or_else(|| ControlError::NoRollout(service.into()))?;
+    let outcome = f(&mut r)?;
+    Ok((r, outcome))
 }

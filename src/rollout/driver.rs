@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::machine::{Outcome, Verdict};
+use super::RollbackCause;
 use crate::analysis::external::Context;
 use crate::analysis::run;
 use crate::control::Controller;
@@ -18,9 +19,18 @@ const CHECKPOINT: Duration = Duration::from_secs(1);
 
 pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>) {
     let mut side = tokio::task::JoinSet::new();
+    // After a restart the last instance may have decided a rollback it could not record:
+    // nothing moves before the guard has judged the recorded weight for one full window.
+    let gated = control.resume_gated(&service).await;
+    let (judged, judged_rx) = tokio::sync::oneshot::channel();
     if let Ok(view) = control.rollout(&service).await {
         let r = &view.rollout;
-        side.spawn(super::guard::guard(control.clone(), service.clone(), r.id));
+        side.spawn(super::guard::guard(
+            control.clone(),
+            service.clone(),
+            r.id,
+            gated.then_some(judged),
+        ));
         if let Some(name) = r.strategy.background_analysis.clone() {
             side.spawn(super::guard::background(
                 control.clone(),
@@ -29,6 +39,12 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
                 name,
             ));
         }
+    }
+    if gated {
+        tracing::warn!(%service, "rollout resumed after a restart: held until the guard has judged one full window");
+        // Sent after a clean full window; dropped when the guard ends (the rollout ended).
+        let _ = judged_rx.await;
+        control.open_resume_gate(&service).await;
     }
     loop {
         let (outcome, view) = match control.rollout_step(&service).await {
@@ -99,7 +115,7 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
                 tokio::select! {
                     report = tokio::time::timeout(deadline, run::run(&analysis, groups, ctx, false)) => match report {
                         Ok(rep) => log(control.rollout_analysis_done(&service, r.step, rep.verdict, &rep.detail).await),
-                        Err(_) => log(control.abort_from(&service, "deadline", &stuck(&format!("analysis {name}"))).await),
+                        Err(_) => log(control.abort_from(&service, RollbackCause::Deadline, &stuck(&format!("analysis {name}"))).await),
                     },
                     _ = wake.notified() => {}
                 }
@@ -110,17 +126,23 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
                     .config
                     .service(&service)
                     .and_then(|s| super::hooks::by_point(&s.hooks, &point).cloned());
+                let mut cause = RollbackCause::Hook;
                 let result = match hook {
                     None => Ok(format!("hook {point} is no longer configured")),
                     Some(h) => {
                         match tokio::time::timeout(deadline, super::hooks::run(&h, &point, r)).await
                         {
                             Ok(res) => res,
-                            Err(_) => Err(stuck(&format!("hook {point}"))),
+                            Err(_) => {
+                                cause = RollbackCause::Deadline;
+                                Err(stuck(&format!("hook {point}")))
+                            }
                         }
                     }
                 };
-                log(control.rollout_hook_done(&service, r.step, result).await);
+                log(control
+                    .rollout_hook_done(&service, r.step, result, cause)
+                    .await);
             }
             Outcome::Retire(teardown) => {
                 let detail = match teardown {

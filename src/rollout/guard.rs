@@ -8,10 +8,19 @@ use crate::analysis::external::Context;
 use crate::analysis::run;
 use crate::control::Controller;
 use crate::rollout::machine::Verdict;
+use crate::rollout::RollbackCause;
 
 /// Aborts rollout `id` of `service` when the candidate's 5xx rate over the guard window
-/// exceeds stable's by more than the configured points.
-pub async fn guard(control: Arc<Controller>, service: String, id: u64) {
+/// exceeds stable's by more than the configured points. It lives as long as the rollout is
+/// active: a failure to act is logged and tried again on the next tick, never a reason to
+/// stop watching. With `judged`, it says when it has judged one full window without rolling
+/// back (a rollout resumed after a restart waits for that).
+pub async fn guard(
+    control: Arc<Controller>,
+    service: String,
+    id: u64,
+    mut judged: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     // Whole seconds from this attempt only: a retry must not be judged on the errors that
     // aborted the attempt before it.
     let since = crate::metrics::now_second() + 1;
@@ -22,30 +31,38 @@ pub async fn guard(control: Arc<Controller>, service: String, id: u64) {
             .service(&service)
             .map(|s| s.guard.clone())
         else {
+            // The service is gone, which a reload refuses while a rollout is active.
             return;
         };
         if !g.enabled {
-            return;
+            // Nothing to wait for; a reload may turn it on again.
+            if let Some(tx) = judged.take() {
+                let _ = tx.send(());
+            }
         }
         tokio::time::sleep(g.interval).await;
-        let Ok(view) = control.rollout(&service).await else {
-            return;
+        let view = match control.rollout(&service).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(%service, rollout = id, error = %e, "guard cannot read the rollout; trying again");
+                continue;
+            }
         };
         let r = &view.rollout;
         if r.id != id || !r.status.is_active() {
             return;
+        }
+        if !g.enabled {
+            continue;
         }
         let Some((stable, candidate)) = (control.groups_of(&service, &r.stable, &r.candidate))()
         else {
             continue;
         };
         let c = candidate.stats.window.last_since(g.window, since);
-        if c.requests < g.min_requests {
-            continue;
-        }
         let s = stable.stats.window.last_since(g.window, since);
         let (ce, se) = (c.error_rate().unwrap_or(0.0), s.error_rate().unwrap_or(0.0));
-        if ce - se > g.max_error_rate {
+        if c.requests >= g.min_requests && ce - se > g.max_error_rate {
             let why = format!(
                 "candidate {} error rate {ce:.1}% ({} of {} requests in {}) exceeds stable's {se:.1}% by more than {} points",
                 r.candidate,
@@ -55,16 +72,28 @@ pub async fn guard(control: Arc<Controller>, service: String, id: u64) {
                 g.max_error_rate
             );
             tracing::info!(%service, rollout = id, %why, "guard rolls back");
-            if let Err(e) = control.abort_from(&service, "guard", &why).await {
-                tracing::debug!(%service, error = %e, "guard abort not applied");
+            if let Err(e) = control
+                .abort_from(&service, RollbackCause::Guard, &why)
+                .await
+            {
+                tracing::error!(%service, rollout = id, error = %e, "guard rollback not applied; trying again next tick");
             }
-            return;
+            continue;
+        }
+        // A full window of whole seconds since the guard started, seen without a breach
+        // (with fewer than `min_requests` there is nothing to hold against the candidate,
+        // as in any other window).
+        if crate::metrics::now_second() >= since + g.window.as_secs().max(1) {
+            if let Some(tx) = judged.take() {
+                let _ = tx.send(());
+            }
         }
     }
 }
 
 /// Runs the strategy's background analysis until the rollout ends or the analysis does not
-/// pass: a failure aborts, an inconclusive result pauses for a person.
+/// pass: a failure aborts, an inconclusive result pauses for a person. Acting on the result
+/// is retried every second while the rollout is active.
 pub async fn background(control: Arc<Controller>, service: String, id: u64, name: String) {
     let Ok(view) = control.rollout(&service).await else {
         return;
@@ -87,34 +116,43 @@ pub async fn background(control: Arc<Controller>, service: String, id: u64, name
     let groups = control.groups_of(&service, &r.stable, &r.candidate);
     let report = run::run(&analysis, groups, ctx, true).await;
     control.count_analysis(&service, report.verdict);
-    let still = control
-        .rollout(&service)
-        .await
-        .is_ok_and(|v| v.rollout.id == id && v.rollout.status.is_active());
-    if !still {
-        return;
-    }
-    let result = match report.verdict {
-        Verdict::Fail => {
-            control
-                .abort_from(
-                    &service,
-                    "analysis",
-                    &format!("background analysis {}", report.detail),
-                )
-                .await
+    loop {
+        let still = control
+            .rollout(&service)
+            .await
+            .is_ok_and(|v| v.rollout.id == id && v.rollout.status.is_active());
+        if !still {
+            return;
         }
-        _ => {
-            control
-                .pause_from(
-                    &service,
-                    "analysis",
-                    &format!("background analysis inconclusive: {}", report.detail),
-                )
-                .await
+        let result = match report.verdict {
+            Verdict::Fail => {
+                control
+                    .abort_from(
+                        &service,
+                        RollbackCause::Analysis,
+                        &format!("background analysis {}", report.detail),
+                    )
+                    .await
+            }
+            _ => {
+                control
+                    .pause_from(
+                        &service,
+                        "analysis",
+                        &format!("background analysis inconclusive: {}", report.detail),
+                    )
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(%service, rollout = id, error = %e, "background analysis result not applied; trying again");
+                tokio::time::sleep(RETRY).await;
+            }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%service, error = %e, "background analysis result not applied");
     }
 }
+
+/// How soon the background analysis tries again to act on its result.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);

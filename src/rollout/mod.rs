@@ -203,6 +203,38 @@ impl Status {
     }
 }
 
+/// Why a rollout went back to its stable group, for the rollbacks-by-cause counter. Each code
+/// path names its own cause: it is never read from the actor string, which an API caller
+/// can set to anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RollbackCause {
+    /// The fast guard saw the candidate's error rate run away.
+    Guard,
+    /// A failed analysis (a step or the background analysis).
+    Analysis,
+    /// A failed lifecycle hook.
+    Hook,
+    /// An analysis or hook step ran past the progress deadline.
+    Deadline,
+    /// A person's (or a script's) abort.
+    Manual,
+    /// A completed rollout undone.
+    Undo,
+}
+
+impl RollbackCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RollbackCause::Guard => "guard",
+            RollbackCause::Analysis => "analysis",
+            RollbackCause::Hook => "hook",
+            RollbackCause::Deadline => "deadline",
+            RollbackCause::Manual => "manual",
+            RollbackCause::Undo => "undo",
+        }
+    }
+}
+
 /// The persisted state of one rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {

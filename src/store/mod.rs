@@ -5,6 +5,7 @@
 //! The trait exists because there are two backends in the design: SQLite (one instance) and
 //! etcd (several instances sharing state).
 
+mod lock;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,14 @@ pub enum StoreError {
     Io { path: String, reason: String },
     #[error("state database {path}: a stored record is unreadable: {reason}")]
     Corrupt { path: String, reason: String },
+    /// Another instance runs on this database: one instance per file, or two drivers would
+    /// move the same rollouts.
+    #[error("state database {path} is in use by {holder} (lock file {lock}); one switchyard instance per state database")]
+    InUse {
+        path: String,
+        holder: String,
+        lock: String,
+    },
 }
 
 /// The traffic state of one service as persisted.
@@ -79,12 +88,17 @@ pub struct Persisted {
     pub traffic: BTreeMap<String, TrafficRecord>,
     /// The latest rollout of each service.
     pub rollouts: BTreeMap<String, Rollout>,
-    pub next_rollout_id: u64,
 }
+
+/// Builds the commit that starts a rollout, given the id the database allocated for it.
+pub type NewRollout = dyn Fn(u64) -> Commit + Send + Sync;
 
 pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Persisted, StoreError>;
     fn commit(&self, c: &Commit) -> Result<(), StoreError>;
+    /// Writes a new rollout in one transaction with the database allocating its id (never an
+    /// in-memory counter, which a second process or a restart could repeat); returns the id.
+    fn create_rollout(&self, make: &NewRollout) -> Result<u64, StoreError>;
     fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;
     /// Rollouts, newest first.
     fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError>;

@@ -1,25 +1,44 @@
 //! The SQLite store: one file (WAL, synchronous FULL), checked at open so that a corrupt or
 //! unwritable database stops the start with a clear error instead of losing state later.
+//! One instance per file (see `lock`).
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
 
-use super::{Commit, Event, EventQuery, Persisted, Store, StoreError};
+use super::lock::InstanceLock;
+use super::{Commit, Event, EventQuery, NewRollout, Persisted, Store, StoreError};
 use crate::rollout::Rollout;
 
 const SCHEMA_VERSION: i64 = 1;
 
+/// How long a write waits for another connection's lock once running. Short on purpose: a
+/// write that cannot get the file must fail fast, so that a forward step is refused quickly
+/// and a rollback's retrying persister (not the caller) does the waiting.
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// At open, when nothing runs yet, a locked file is worth waiting for a little longer.
+const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct SqliteStore {
     path: String,
     conn: Mutex<Connection>,
+    /// Held for the store's life; `None` for `:memory:`.
+    _lock: Option<InstanceLock>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`; `:memory:` keeps state in memory.
+    /// Fails, naming the holder, when another instance has the file.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let shown = path.display().to_string();
+        let lock = if path == Path::new(":memory:") {
+            None
+        } else {
+            Some(InstanceLock::acquire(path)?)
+        };
         let open_err = |e: rusqlite::Error| StoreError::Open {
             path: shown.clone(),
             reason: e.to_string(),
@@ -31,8 +50,7 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        conn.busy_timeout(OPEN_BUSY_TIMEOUT).map_err(open_err)?;
         // A file that is not a database fails here, before anything else.
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
@@ -60,7 +78,7 @@ impl SqliteStore {
                  state   TEXT NOT NULL
              );
              CREATE TABLE IF NOT EXISTS rollouts (
-                 id         INTEGER PRIMARY KEY,
+                 id         INTEGER PRIMARY KEY AUTOINCREMENT,
                  service    TEXT NOT NULL,
                  state      TEXT NOT NULL,
                  status     TEXT NOT NULL,
@@ -85,9 +103,11 @@ impl SqliteStore {
             path: shown.clone(),
             reason: format!("cannot write: {e}"),
         })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         Ok(SqliteStore {
             path: shown,
             conn: Mutex::new(conn),
+            _lock: lock,
         })
     }
 
@@ -103,6 +123,55 @@ impl SqliteStore {
             path: self.path.clone(),
             reason: e.to_string(),
         }
+    }
+
+    /// Everything of a commit, inside the caller's transaction.
+    fn write(&self, tx: &rusqlite::Transaction<'_>, c: &Commit) -> Result<(), StoreError> {
+        for (service, rec) in &c.traffic {
+            let json = serde_json::to_string(rec).expect("traffic serialises");
+            tx.execute(
+                "INSERT INTO traffic (service, state) VALUES (?1, ?2)
+                 ON CONFLICT (service) DO UPDATE SET state = excluded.state",
+                params![service, json],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        if let Some(r) = &c.rollout {
+            let json = serde_json::to_string(r).expect("rollout serialises");
+            let status = serde_json::to_value(r.status)
+                .expect("status")
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            tx.execute(
+                "INSERT INTO rollouts (id, service, state, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET service = excluded.service, state = excluded.state, status = excluded.status,
+                 updated_at = excluded.updated_at",
+                params![r.id as i64, r.service, json, status, r.updated_at],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        for e in &c.events {
+            let split = |s: &Option<crate::config::Split>| {
+                s.as_ref().map(|s| serde_json::to_string(s).expect("split"))
+            };
+            tx.execute(
+                "INSERT INTO events (at, service, rollout, actor, kind, from_split, to_split, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    e.at,
+                    e.service,
+                    e.rollout.map(|r| r as i64),
+                    e.actor,
+                    e.kind,
+                    split(&e.from),
+                    split(&e.to),
+                    e.reason
+                ],
+            )
+            .map_err(|e| self.io(e))?;
+        }
+        Ok(())
     }
 }
 
@@ -135,63 +204,30 @@ impl Store for SqliteStore {
                 serde_json::from_str(&json).map_err(|e| self.corrupt(format!("rollout: {e}")))?;
             out.rollouts.insert(r.service.clone(), r);
         }
-        let max: Option<i64> = conn
-            .query_row("SELECT MAX(id) FROM rollouts", [], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.io(e))?
-            .flatten();
-        out.next_rollout_id = max.map_or(1, |m| m as u64 + 1);
         Ok(out)
     }
 
     fn commit(&self, c: &Commit) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.io(e))?;
-        for (service, rec) in &c.traffic {
-            let json = serde_json::to_string(rec).expect("traffic serialises");
-            tx.execute(
-                "INSERT INTO traffic (service, state) VALUES (?1, ?2)
-                 ON CONFLICT (service) DO UPDATE SET state = excluded.state",
-                params![service, json],
-            )
-            .map_err(|e| self.io(e))?;
-        }
-        if let Some(r) = &c.rollout {
-            let json = serde_json::to_string(r).expect("rollout serialises");
-            let status = serde_json::to_value(r.status)
-                .expect("status")
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            tx.execute(
-                "INSERT INTO rollouts (id, service, state, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, status = excluded.status,
-                 updated_at = excluded.updated_at",
-                params![r.id as i64, r.service, json, status, r.updated_at],
-            )
-            .map_err(|e| self.io(e))?;
-        }
-        for e in &c.events {
-            let split = |s: &Option<crate::config::Split>| {
-                s.as_ref().map(|s| serde_json::to_string(s).expect("split"))
-            };
-            tx.execute(
-                "INSERT INTO events (at, service, rollout, actor, kind, from_split, to_split, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    e.at,
-                    e.service,
-                    e.rollout.map(|r| r as i64),
-                    e.actor,
-                    e.kind,
-                    split(&e.from),
-                    split(&e.to),
-                    e.reason
-                ],
-            )
-            .map_err(|e| self.io(e))?;
-        }
+        self.write(&tx, c)?;
         tx.commit().map_err(|e| self.io(e))
+    }
+
+    fn create_rollout(&self, make: &NewRollout) -> Result<u64, StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        // The row takes the next id (AUTOINCREMENT on new files; on older ones the rowid,
+        // which is the same as rollouts are never deleted), then gets its real state.
+        tx.execute(
+            "INSERT INTO rollouts (id, service, state, status, updated_at) VALUES (NULL, '', '', '', 0)",
+            [],
+        )
+        .map_err(|e| self.io(e))?;
+        let id = tx.last_insert_rowid() as u64;
+        self.write(&tx, &make(id))?;
+        tx.commit().map_err(|e| self.io(e))?;
+        Ok(id)
     }
 
     fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
