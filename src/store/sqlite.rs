@@ -305,3 +305,57 @@ impl Store for SqliteStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{Status, Strategy};
+
+    fn new_rollout(id: u64, service: &str) -> Commit {
+        Commit {
+            rollout: Some(Rollout {
+                id,
+                service: service.into(),
+                stable: "blue".into(),
+                candidate: "green".into(),
+                strategy: Strategy::all_at_once(),
+                step: 0,
+                weight: 0,
+                status: Status::Progressing,
+                reason: None,
+                pause_elapsed_ms: 0,
+                held: false,
+                created_by: "test".into(),
+                created_at: 0,
+                updated_at: 0,
+                attempt: 0,
+            }),
+            ..Commit::default()
+        }
+    }
+
+    #[test]
+    fn ids_come_from_the_database_and_a_second_open_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sy-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        let _ = std::fs::remove_file(&path);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.create_rollout(&|id| new_rollout(id, "a")).unwrap(), 1);
+        assert_eq!(store.create_rollout(&|id| new_rollout(id, "b")).unwrap(), 2);
+        let err = SqliteStore::open(&path).err().expect("second open refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("state.db") && text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.create_rollout(&|id| new_rollout(id, "a")).unwrap(), 3);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.rollouts["a"].id, 3);
+        assert_eq!(loaded.rollouts["b"].id, 2);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

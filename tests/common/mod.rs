@@ -323,3 +323,60 @@ pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
     }
     s
 }
+
+/// Another process's hold on the state database, as in an outage: an exclusive SQLite
+/// transaction on the file from another connection, until `release` (or 30 s at most).
+pub struct DbLock {
+    release: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DbLock {
+    pub fn hold(db: &Path) -> DbLock {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (taken, is_taken) = std::sync::mpsc::channel::<()>();
+        let db = db.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).expect("open the state database");
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE")
+                .expect("lock the state database");
+            taken.send(()).unwrap();
+            let _ = wait.recv_timeout(Duration::from_secs(30));
+            conn.execute_batch("ROLLBACK").unwrap();
+        });
+        is_taken
+            .recv_timeout(Duration::from_secs(15))
+            .expect("database locked");
+        DbLock {
+            release,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn release(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.release.send(());
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for DbLock {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The value of a metric line from the Prometheus text whose labels include all `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

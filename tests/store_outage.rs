@@ -1,0 +1,271 @@
+//! The state database locked by another process: rollbacks (manual and the guard's) reach
+//! the data plane at once and are recorded once the file can be written again; nothing moves
+//! toward the candidate meanwhile; the pending write shows in status and /metrics; the
+//! rollbacks counter takes its cause from the code path, not from the actor's name.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn shop(blue: std::net::SocketAddr, green: std::net::SocketAddr, guard: &str) -> String {
+    format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+token = "t0ken"
+
+[store]
+path = "state.db"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "all"
+priority = 1
+forward = "shop"
+
+[[service]]
+name = "shop"
+active = "blue"
+
+[service.guard]
+{guard}
+
+[[service.group]]
+name = "blue"
+targets = ["{blue}"]
+
+[[service.group]]
+name = "green"
+targets = ["{green}"]
+"#
+    )
+}
+
+async fn rollout(api: &switchyard::client::AdminClient) -> Value {
+    api.get("/api/v1/services/shop/rollout").await.unwrap()
+}
+
+/// The rollout row and the service's traffic as the database has them.
+fn recorded(db: &Path) -> (String, String) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let status = conn
+        .query_row(
+            "SELECT status FROM rollouts WHERE service = 'shop' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let traffic = conn
+        .query_row(
+            "SELECT state FROM traffic WHERE service = 'shop'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (status, traffic)
+}
+
+async fn all_blue(url: &str, n: usize) -> bool {
+    let c = client();
+    for _ in 0..n {
+        match get(&c, url, &[]).await {
+            Ok(r) if r.backend() == "blue" => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn pending(api: &switchyard::client::AdminClient) -> u64 {
+    api.get("/api/v1/status").await.unwrap()["store"]["pending_writes"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_is_recorded_later() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+            { "weight": 50 }, { "pause": "until-promoted" }, { "weight": 90 }, { "pause": "until-promoted" }
+        ]}}),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), "paused at 50%", || async {
+        let r = rollout(&api).await;
+        r["status"] == "paused" && r["weight"] == 5000
+    })
+    .await;
+
+    let lock = DbLock::hold(&db);
+    // Forward: refused while the file cannot be written, and nothing moved.
+    let e = api
+        .post("/api/v1/services/shop/rollout/promote", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, switchyard::client::ClientError::Api { status, code, .. }
+            if status.as_u16() == 503 && code == "store_unavailable"),
+        "{e}"
+    );
+    assert_eq!(rollout(&api).await["weight"], 5000);
+
+    // Backward: answered at once, whoever claims to be the actor; the data plane has it.
+    let asked = Instant::now();
+    let r = admin(&sy)
+        .with_actor("guard")
+        .post(
+            "/api/v1/services/shop/rollout/abort",
+            json!({ "reason": "looks bad" }),
+        )
+        .await
+        .expect("abort during the outage");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "abort took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(r["status"], "aborted");
+    assert!(all_blue(&url, 40).await, "all traffic on stable at once");
+
+    // The pending record shows in status, the rollout and /metrics; forward stays refused.
+    assert!(pending(&api).await >= 1);
+    let view = rollout(&api).await;
+    assert!(
+        view["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("state database")),
+        "{view}"
+    );
+    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metric(&metrics, "switchyard_store_pending_writes", &[]).unwrap() >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchyard_rollbacks_total",
+            &["cause=\"manual\""]
+        ),
+        Some(1.0),
+        "an abort by API is manual, whatever the actor header says"
+    );
+    assert_eq!(
+        metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
+        None
+    );
+    let e = api
+        .post("/api/v1/services/shop/rollout/retry", json!({}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("503"), "{e}");
+    let (status, _) = recorded(&db);
+    assert_eq!(status, "paused", "the database could not have it yet");
+
+    lock.release();
+    eventually(
+        Duration::from_secs(10),
+        "the abort recorded once the file is writable",
+        || async { pending(&api).await == 0 },
+    )
+    .await;
+    let (status, traffic) = recorded(&db);
+    assert_eq!(status, "aborted");
+    assert!(traffic.contains(r#""current":{"blue":10000}"#), "{traffic}");
+    assert!(rollout(&api).await.get("waiting_for").is_none());
+    // Writable again: a retry goes.
+    api.post("/api/v1/services/shop/rollout/retry", json!({}))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_rolls_back_while_the_database_is_locked() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let sy = start_in(
+        &shop(
+            blue.addr,
+            green.addr,
+            "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5",
+        ),
+        dir.path(),
+    )
+    .await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+            { "weight": 50 }, { "pause": "until-promoted" }
+        ]}}),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), "paused at 50%", || async {
+        rollout(&api).await["weight"] == 5000
+    })
+    .await;
+
+    // The database stays locked until the guard has rolled back: before the fix the guard's
+    // abort failed on "database is locked" and the guard stopped for good.
+    let lock = DbLock::hold(&db);
+    green.set_errors(1000);
+    let c = client();
+    eventually(
+        Duration::from_secs(20),
+        "guard rolled back during the outage",
+        || {
+            let (c, url, api) = (c.clone(), url.clone(), &api);
+            async move {
+                for _ in 0..10 {
+                    let _ = get(&c, &url, &[]).await;
+                }
+                rollout(api).await["status"] == "aborted"
+            }
+        },
+    )
+    .await;
+    assert!(all_blue(&url, 40).await, "all traffic on stable");
+    assert!(pending(&api).await >= 1);
+    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(
+        metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
+        Some(1.0)
+    );
+
+    lock.release();
+    eventually(Duration::from_secs(10), "recorded", || async {
+        pending(&api).await == 0
+    })
+    .await;
+    assert_eq!(recorded(&db).0, "aborted");
+}
