@@ -388,7 +388,11 @@ impl Controller {
             events: vec![event],
         };
         let (mut state, _) = self
-            .write_forward(state, vec![service.to_string()], Write::Commit(commit))
+            .write_forward(
+                state,
+                vec![service.to_string()],
+                Write::Commit(Box::new(commit)),
+            )
             .await?;
         if state.epoch(service) != epoch {
             return Err(superseded(service));
@@ -535,7 +539,7 @@ impl Controller {
             events,
         };
         let (mut state, _) = self
-            .write_forward(state, services, Write::Commit(commit))
+            .write_forward(state, services, Write::Commit(Box::new(commit)))
             .await?;
         // A rollback that came in while the write waited is newer than this file's split
         // (and its write lands after this one): it stays.

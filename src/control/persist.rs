@@ -8,8 +8,9 @@
 //!   published them and does not wait; they are retried with backoff until they land, in
 //!   order, because a rollback must never depend on the store being writable.
 //!
-//! While any durable write is pending, forward writes are refused up front: nothing moves
-//! traffic toward a candidate while the database does not know about a rollback. A forward
+//! While a durable write is pending and the store fails, forward writes are refused up
+//! front (and those already queued behind it fail): nothing moves traffic toward a
+//! candidate while the database does not know about a rollback. A forward
 //! write queued before a durable write of the same service is dropped when its turn comes
 //! (the durable write carries the service's whole state and supersedes it), so an earlier
 //! write never lands after a later one.
@@ -40,7 +41,7 @@ pub enum WriteError {
 }
 
 pub(super) enum Write {
-    Commit(Commit),
+    Commit(Box<Commit>),
     /// A new rollout: its id comes from the database.
     NewRollout(Arc<NewRollout>),
 }
@@ -113,7 +114,7 @@ impl Persister {
             }
         }
         q.push_back(Entry {
-            write: Write::Commit(commit),
+            write: Write::Commit(Box::new(commit)),
             services,
             reply: None,
         });
@@ -121,9 +122,11 @@ impl Persister {
         self.wake.notify_one();
     }
 
-    /// Queues a forward write and returns where its result will come; refused at once while
-    /// a durable write is pending. Queue it under the control lock (the order of decisions),
-    /// await it without.
+    /// Queues a forward write and returns where its result will come. Refused at once while
+    /// a durable write is pending and the store has been failing; behind a durable write
+    /// that is merely being written (the usual case: a pause step just recorded) it waits
+    /// its turn, and fails with it if that write fails. Queue it under the control lock (the
+    /// order of decisions), await it without.
     pub(super) fn forward(
         &self,
         services: Vec<String>,
@@ -131,7 +134,7 @@ impl Persister {
     ) -> Result<oneshot::Receiver<Result<Option<u64>, WriteError>>, WriteError> {
         let mut q = self.queue.lock().expect("store queue");
         let h = self.health();
-        if h.pending_writes > 0 {
+        if h.pending_writes > 0 && h.failing_since.is_some() {
             return Err(WriteError::Unavailable(format!(
                 "{} rollback write(s) for {} are waiting for it{}",
                 h.pending_writes,
@@ -201,7 +204,7 @@ impl Persister {
                     let commit = {
                         let q = self.queue.lock().expect("store queue");
                         match &q.front().expect("durable at the head").write {
-                            Write::Commit(c) => c.clone(),
+                            Write::Commit(c) => (**c).clone(),
                             Write::NewRollout(_) => unreachable!("new rollouts are forward"),
                         }
                     };
@@ -216,6 +219,20 @@ impl Persister {
                         }
                         Err(err) => {
                             self.failed(&err);
+                            // Forward writes queued behind it would wait for the outage:
+                            // they fail now instead (they only ever get one try).
+                            let behind: VecDeque<Entry> = {
+                                let mut q = self.queue.lock().expect("store queue");
+                                let (keep, fail) = q.drain(..).partition(|e| e.reply.is_none());
+                                *q = keep;
+                                fail
+                            };
+                            for e in behind {
+                                let _ = e
+                                    .reply
+                                    .expect("forward")
+                                    .send(Err(WriteError::Unavailable(err.to_string())));
+                            }
                             let h = self.health();
                             tracing::error!(error = %err, pending = h.pending_writes,
                                 services = %h.pending_services.join(","),

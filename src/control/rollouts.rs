@@ -429,7 +429,7 @@ impl Controller {
             .write_forward(
                 state,
                 vec![service.to_string()],
-                Write::Commit(planned.commit.clone()),
+                Write::Commit(Box::new(planned.commit.clone())),
             )
             .await?;
         if state.epoch(service) != epoch {
@@ -574,7 +574,11 @@ impl Controller {
                 ..Commit::default()
             };
             let (mut state, _) = self
-                .write_forward(state, vec![service.to_string()], Write::Commit(commit))
+                .write_forward(
+                    state,
+                    vec![service.to_string()],
+                    Write::Commit(Box::new(commit)),
+                )
                 .await?;
             if state.epoch(service) == epoch {
                 state.rollouts.insert(service.to_string(), r);
