@@ -8,6 +8,7 @@ mod observe;
 mod persist;
 mod plan;
 mod rollouts;
+mod transition;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::{Mutex, Notify};
 
 use crate::config::{self, Config, ConfigError, Split};
 use crate::group::now_ms;
@@ -25,7 +26,7 @@ use crate::listener::{self, Listener};
 use crate::rollout::{unix_ms, Rollout};
 use crate::snapshot::{ServiceTraffic, Snapshot};
 use crate::store::{Commit, Event, EventQuery, SqliteStore, Store, StoreError, TrafficRecord};
-use persist::{Persister, Write, WriteError};
+use persist::{superseded, Persister, Write};
 
 pub use persist::StoreHealth;
 pub use plan::PlanChange;
@@ -589,33 +590,6 @@ impl Controller {
         Ok(generation)
     }
 
-    /// Writes a forward change: queued under the control lock (so the store sees changes in
-    /// the order they were decided), awaited without it (so a rollback never waits behind a
-    /// store write), then the lock is taken again. The caller holds `writer`, so only a
-    /// rollback can have changed the state meanwhile: it compares the service's epoch.
-    async fn write_forward<'a>(
-        &'a self,
-        state: MutexGuard<'a, State>,
-        services: Vec<String>,
-        write: Write,
-    ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
-        let wrote = self
-            .persist
-            .forward(services.clone(), write)
-            .map_err(|e| write_error(&services, e))?;
-        drop(state);
-        let id = wrote
-            .await
-            .map_err(|_| ControlError::StoreUnavailable("the store writer stopped".into()))?
-            .map_err(|e| write_error(&services, e))?;
-        Ok((self.state.lock().await, id))
-    }
-
-    /// The store's state for `status` and `/metrics`: writes published but not yet recorded.
-    pub fn store_health(&self) -> StoreHealth {
-        self.persist.health()
-    }
-
     /// Builds and swaps in a snapshot of the current state; starts and stops health checks
     /// to match, and lets removed targets drain.
     fn publish(&self, state: &mut State) -> Result<u64, ControlError> {
@@ -700,19 +674,6 @@ impl State {
     fn epoch(&self, service: &str) -> u64 {
         self.epochs.get(service).copied().unwrap_or(0)
     }
-}
-
-fn write_error(services: &[String], e: WriteError) -> ControlError {
-    match e {
-        WriteError::Unavailable(why) => ControlError::StoreUnavailable(why),
-        WriteError::Superseded => superseded(&services.join(", ")),
-    }
-}
-
-fn superseded(service: &str) -> ControlError {
-    ControlError::Conflict(format!(
-        "a rollback of {service} was decided while this change waited for the state database; the change was not applied"
-    ))
 }
 
 /// What the snapshot needs of the traffic state: the split, and the stable and candidate

@@ -22,6 +22,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
+use tokio::sync::MutexGuard;
+
+use super::{ControlError, Controller, State};
 use crate::rollout::unix_ms;
 use crate::store::{Commit, NewRollout, Store, StoreError};
 
@@ -294,4 +297,46 @@ impl Persister {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+impl Controller {
+    /// Writes a forward change: queued under the control lock (so the store sees changes in
+    /// the order they were decided), awaited without it (so a rollback never waits behind a
+    /// store write), then the lock is taken again. The caller holds `writer`, so only a
+    /// rollback can have changed the state meanwhile: it compares the service's epoch.
+    pub(super) async fn write_forward<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        services: Vec<String>,
+        write: Write,
+    ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
+        let wrote = self
+            .persist
+            .forward(services.clone(), write)
+            .map_err(|e| write_error(&services, e))?;
+        drop(state);
+        let id = wrote
+            .await
+            .map_err(|_| ControlError::StoreUnavailable("the store writer stopped".into()))?
+            .map_err(|e| write_error(&services, e))?;
+        Ok((self.state.lock().await, id))
+    }
+
+    /// The store's state for `status` and `/metrics`: writes published but not yet recorded.
+    pub fn store_health(&self) -> StoreHealth {
+        self.persist.health()
+    }
+}
+
+fn write_error(services: &[String], e: WriteError) -> ControlError {
+    match e {
+        WriteError::Unavailable(why) => ControlError::StoreUnavailable(why),
+        WriteError::Superseded => superseded(&services.join(", ")),
+    }
+}
+
+pub(super) fn superseded(service: &str) -> ControlError {
+    ControlError::Conflict(format!(
+        "a rollback of {service} was decided while this change waited for the state database; the change was not applied"
+    ))
 }

@@ -1,0 +1,233 @@
+//! How a rollout change is applied. A change toward stable (abort, hold, undo, a failed
+//! check) is published at once under the state lock alone and its record queued to the
+//! persister, so no store trouble can delay or block it; a forward change (a step, a
+//! promotion) is recorded first, waiting for its write without the state lock, and gives
+//! way if a rollback came in meanwhile.
+
+use std::collections::BTreeMap;
+
+use super::persist::{superseded, Write};
+use super::rollouts::RolloutView;
+use super::{event, ControlError, Controller, State, Traffic};
+use crate::config::{Split, FULL_WEIGHT};
+use crate::rollout::machine::{Change, CommandError, Outcome};
+use crate::rollout::{unix_ms, RollbackCause, Rollout, Status};
+use crate::store::Commit;
+
+/// A rollout change worked out but not yet applied: the rollout, the traffic it implies,
+/// and the commit that records both.
+pub(super) struct Planned {
+    r: Rollout,
+    t: Traffic,
+    before: Split,
+    change: Change,
+    pub(super) commit: Commit,
+}
+
+pub(super) fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &str) -> Planned {
+    r.updated_at = unix_ms();
+    let service = r.service.clone();
+    let mut t = before.clone();
+    match r.status {
+        Status::Completed => {
+            t.previous = Some(Split::all_to(&r.stable));
+            t.current = Split::all_to(&r.candidate);
+            t.stable = Some(r.candidate.clone());
+            t.retired.retain(|g| g != &r.candidate);
+        }
+        Status::Aborted => t.current = Split::all_to(&r.stable),
+        Status::RolledBack => {
+            t.previous = Some(t.current.clone());
+            t.current = Split::all_to(&r.stable);
+            t.stable = Some(r.stable.clone());
+            t.retired.retain(|g| g != &r.stable);
+        }
+        Status::Progressing | Status::Paused => t.current = rollout_split(&r),
+    }
+    if change.kind == "retired" && !t.retired.contains(&r.stable) {
+        t.retired.push(r.stable.clone());
+    }
+    let ev = event(
+        &service,
+        Some(r.id),
+        actor,
+        change.kind,
+        Some(&before.current),
+        Some(&t.current),
+        change.reason.clone(),
+    );
+    let commit = Commit {
+        traffic: vec![(service, t.record())],
+        rollout: Some(r.clone()),
+        events: vec![ev],
+    };
+    Planned {
+        r,
+        t,
+        before: before.current.clone(),
+        change: change.clone(),
+        commit,
+    }
+}
+
+/// A change that only takes traffic away from the candidate or stops the rollout moving
+/// (abort, undo, a hold, a pause step): applied without waiting for the store.
+fn toward_stable(before: &Rollout, after: &Rollout) -> bool {
+    after.weight <= before.weight
+        && matches!(
+            after.status,
+            Status::Aborted | Status::RolledBack | Status::Paused
+        )
+}
+
+/// The split while a rollout is active: the candidate's weight, the rest on stable.
+fn rollout_split(r: &Rollout) -> Split {
+    Split(BTreeMap::from([
+        (r.stable.clone(), FULL_WEIGHT - r.weight),
+        (r.candidate.clone(), r.weight),
+    ]))
+}
+
+impl Controller {
+    /// Runs `f` on a copy of the rollout. A change toward stable is applied on the spot,
+    /// under the state lock alone; a forward change takes the writer lock and waits for its
+    /// record. `cause` is what a rollback by this path counts as.
+    pub(super) async fn transition(
+        &self,
+        service: &str,
+        actor: &str,
+        cause: Option<RollbackCause>,
+        f: impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
+    ) -> Result<(Outcome, RolloutView), ControlError> {
+        {
+            let mut state = self.state.lock().await;
+            let (r, outcome) = try_on_copy(&state, service, &f)?;
+            match &outcome {
+                Outcome::Changed(change) if toward_stable(&state.rollouts[service], &r) => {
+                    let view = self.record_now(&mut state, r, change, actor, cause)?;
+                    return Ok((outcome, view));
+                }
+                Outcome::Changed(_) => {}
+                _ => {
+                    let split = state.traffic[service].current.clone();
+                    return Ok((outcome, RolloutView::new(r, split)));
+                }
+            }
+        }
+        // Forward: the writer lock first, then a fresh look (the rollout may have moved).
+        let _writer = self.writer.lock().await;
+        let mut state = self.state.lock().await;
+        let (r, outcome) = try_on_copy(&state, service, &f)?;
+        let change = match &outcome {
+            Outcome::Changed(change) => change.clone(),
+            _ => {
+                let split = state.traffic[service].current.clone();
+                return Ok((outcome, RolloutView::new(r, split)));
+            }
+        };
+        if toward_stable(&state.rollouts[service], &r) {
+            let view = self.record_now(&mut state, r, &change, actor, cause)?;
+            return Ok((outcome, view));
+        }
+        let planned = plan(&state.traffic[service], r, &change, actor);
+        let epoch = state.epoch(service);
+        let (mut state, _) = self
+            .write_forward(
+                state,
+                vec![service.to_string()],
+                Write::Commit(Box::new(planned.commit.clone())),
+            )
+            .await?;
+        if state.epoch(service) != epoch {
+            return Err(superseded(service));
+        }
+        let view = self.apply_planned(&mut state, planned, cause)?;
+        Ok((outcome, view))
+    }
+
+    /// Applies a change toward stable now: the data plane gets it at once, the record goes
+    /// to the persister, which retries until the store takes it.
+    pub(super) fn record_now(
+        &self,
+        state: &mut State,
+        r: Rollout,
+        change: &Change,
+        actor: &str,
+        cause: Option<RollbackCause>,
+    ) -> Result<RolloutView, ControlError> {
+        let service = r.service.clone();
+        let planned = plan(&state.traffic[&service], r, change, actor);
+        self.persist
+            .durable(vec![service.clone()], planned.commit.clone());
+        *state.epochs.entry(service).or_default() += 1;
+        self.apply_planned(state, planned, cause)
+    }
+
+    /// Takes a recorded (or queued) change into the state; publishes when the traffic (or
+    /// whether there is a candidate) changed.
+    pub(super) fn apply_planned(
+        &self,
+        state: &mut State,
+        p: Planned,
+        cause: Option<RollbackCause>,
+    ) -> Result<RolloutView, ControlError> {
+        let Planned {
+            r,
+            t,
+            before,
+            change,
+            ..
+        } = p;
+        let service = r.service.clone();
+        let was_active = state
+            .rollouts
+            .get(&service)
+            .is_some_and(|o| o.id == r.id && o.status.is_active());
+        let republish = t.current != before || was_active != r.status.is_active();
+        tracing::info!(service, rollout = r.id, kind = change.kind, reason = %change.reason, split = %t.current, "rollout");
+        state.traffic.insert(service.clone(), t.clone());
+        state.rollouts.insert(service.clone(), r.clone());
+        if !r.status.is_active() {
+            state.resume_gate.remove(&service);
+        }
+        if was_active && !r.status.is_active() || change.kind == "rolled_back" {
+            let lane = state.end_hooks.entry(service.clone()).or_default().clone();
+            self.after_end(&state.config, &r, &change, lane);
+        }
+        if matches!(r.status, Status::Aborted | Status::RolledBack)
+            && (was_active || change.kind == "rolled_back")
+        {
+            let cause = cause.unwrap_or_else(|| {
+                debug_assert!(false, "a rollback without a cause: {}", change.kind);
+                RollbackCause::Manual
+            });
+            let mut counts = self.counts.lock().expect("counts");
+            *counts
+                .rollbacks
+                .entry((service.clone(), cause.as_str().to_string()))
+                .or_default() += 1;
+        }
+        if republish {
+            self.publish(state)?;
+        }
+        Ok(RolloutView::new(r, t.current))
+    }
+}
+
+/// Runs `f` on a copy of the service's rollout.
+fn try_on_copy(
+    state: &State,
+    service: &str,
+    f: &impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
+) -> Result<(Rollout, Outcome), ControlError> {
+    if state.config.service(service).is_none() {
+        return Err(ControlError::UnknownService(service.into()));
+    }
+    let mut r = state
+        .rollouts
+        .get(service)
+        .cloned()
+        .ok_or_else(|| ControlError::NoRollout(service.into()))?;
+    let outcome = f(&mut r)?;
+    Ok((r, outcome))
+}
