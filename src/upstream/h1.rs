@@ -144,7 +144,18 @@ impl Conn {
             }
         };
 
-        let framing = framing(req, &head);
+        let mut head = head;
+        let framing = match checked_framing(req, &mut head) {
+            Ok(f) => f,
+            // The connection goes with `self`: after a broken head nothing on it is trusted.
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    resendable: false,
+                    unsent: false,
+                })
+            }
+        };
         let keep_alive = head.keep_alive && framing != Framing::Close && !target_stopped_reading;
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = head.status;
@@ -258,6 +269,53 @@ pub(super) struct Head {
     headers: HeaderMap,
     /// The target lets the connection carry another request.
     keep_alive: bool,
+    http10: bool,
+}
+
+/// [`framing`], after the checks that make a head unusable (a 502) or its connection
+/// unfit for reuse. RFC 9112 §6.1–6.3:
+/// - a 101 is only an answer to a request that asked to upgrade: the target has switched
+///   protocols on a connection that would otherwise go back to the pool;
+/// - a Content-Length next to a Transfer-Encoding is ignored and never forwarded (it would
+///   frame the decoded body wrongly), and such a connection is not reused (a sign of
+///   request smuggling or response splitting);
+/// - a transfer coding other than chunked cannot be decoded here nor passed on (transfer
+///   codings are hop-by-hop, and the client would get coded bytes it was not told of);
+/// - an HTTP/1.0 answer with a Transfer-Encoding has faulty framing: closed after it;
+/// - a Content-Length that is not one number (conflicting values, `5x`, overflow) leaves
+///   the body's end unknown.
+fn checked_framing(req: &http::request::Parts, head: &mut Head) -> Result<Framing, Error> {
+    if head.status == StatusCode::SWITCHING_PROTOCOLS && !req.headers.contains_key(header::UPGRADE)
+    {
+        return Err(Error::Protocol(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    let h = &mut head.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        if h.remove(header::CONTENT_LENGTH).is_some() || head.http10 {
+            head.keep_alive = false;
+        }
+        let mut codings = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii);
+        match (codings.next(), codings.next()) {
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => {}
+            _ => {
+                let all = h.get_all(header::TRANSFER_ENCODING).iter();
+                let all: Vec<_> = all.map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+                return Err(Error::Protocol(format!(
+                    "unsupported transfer coding {:?} (only a lone chunked is decoded)",
+                    all.join(", ")
+                )));
+            }
+        }
+    } else if let Some(Err(())) = content_length(h) {
+        return Err(Error::Protocol("invalid Content-Length".into()));
+    }
+    Ok(framing(req, head))
 }
 
 /// Parses a complete head off the front of `buf`; `None` while it is incomplete. Field
@@ -315,6 +373,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         status,
         headers,
         keep_alive,
+        http10,
     }))
 }
 
@@ -560,6 +619,36 @@ mod tests {
             ),
             Framing::Empty
         );
+    }
+
+    #[test]
+    fn heads_whose_framing_cannot_be_trusted_are_refused_or_not_reused() {
+        let check = |raw: &str| checked_framing(&get(), &mut head(raw));
+        for bad in [
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(matches!(check(bad), Err(Error::Protocol(_))), "{bad:?}");
+        }
+        let mut h =
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(
+            checked_framing(&get(), &mut h).unwrap(),
+            Framing::Chunked(Chunk::Size)
+        );
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH) && !h.keep_alive);
+        let mut h =
+            head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            checked_framing(&get(), &mut h).unwrap(),
+            Framing::Chunked(Chunk::Size)
+        );
+        assert!(!h.keep_alive);
     }
 
     #[test]
