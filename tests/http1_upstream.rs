@@ -589,3 +589,85 @@ async fn an_http_1_0_chunked_answer_is_read_and_its_connection_closed() {
     }
     assert_eq!(target.connections.load(SeqCst), 2, "not reused");
 }
+
+/// A config for one target with the access log written to `log`.
+fn logged_config(target: SocketAddr, log: &std::path::Path) -> String {
+    config(&[("blue", &[target])], "").replacen(
+        "[[listener]]",
+        &format!("[access_log]\npath = \"{}\"\n\n[[listener]]", log.display()),
+        1,
+    )
+}
+
+/// The access log's lines, once there are `n`.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    common::eventually(Duration::from_secs(10), "access log lines", || async {
+        read().len() >= n
+    })
+    .await;
+    read()
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_off_after_its_head_is_a_failure_for_the_group_and_the_log() {
+    let target = scripted(|_, _, head| {
+        let line = head.lines().next().unwrap_or("");
+        if line.contains("/badchunk") {
+            Act::SendThenClose(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Act::SendThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort".to_vec())
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let server = start(&logged_config(target.addr, &log)).await;
+    let url = format!("http://{}", server.listener_addr("web").await);
+    let client = common::client();
+    for path in ["/badchunk", "/short"] {
+        let result = get(&client, &format!("{url}{path}"), &[]).await;
+        assert!(result.is_err(), "{path}: the client's response is reset");
+    }
+    common::eventually(Duration::from_secs(5), "two failures counted", || async {
+        group_counts(&server).responses[4] == 2
+    })
+    .await;
+    let counts = group_counts(&server);
+    assert_eq!(counts.responses[1], 0, "not counted as 2xx");
+    assert_eq!(counts.resets, 2);
+    let snap = server.control.snapshot();
+    let window = snap.services["shop"].groups[0]
+        .stats
+        .window
+        .last(Duration::from_secs(30));
+    assert_eq!(
+        (window.requests, window.classes[4]),
+        (2, 2),
+        "the guard sees them"
+    );
+    let lines = log_lines(&log, 2).await;
+    let mut errors: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["upstream_error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        [(502, "upstream_protocol_error"), (502, "upstream_reset")]
+    );
+}

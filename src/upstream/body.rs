@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::h1::Error;
+use super::h1::{ClientError, Error};
 
 /// A chunk-size line or a trailer section longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -160,8 +160,8 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Erro
 /// Why an upload stopped.
 #[derive(Debug)]
 pub(super) enum UploadError {
-    /// Reading the client's body failed (the client went away or sent a bad body).
-    Client(hyper::Error),
+    /// The client failed its body (went away, sent a bad body, stalled, sent too much).
+    Client(ClientError),
     /// Writing to the target failed.
     Target(io::Error),
 }
@@ -226,7 +226,9 @@ impl Upload {
             }
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(UploadError::Client(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(UploadError::Client(ClientError::Body(e))))
+                }
                 Poll::Ready(None) => {
                     self.finished = true;
                     if self.chunked {

@@ -8,25 +8,29 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{FixedResponse, Redirect};
 use crate::error::{ProxyError, ERROR_HEADER};
-use crate::group::{ms_at, now_ms, Group, GroupStats, InFlight, Target};
+use crate::group::{ms_at, now_ms, Group, GroupStats, Target};
 use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
 use crate::upstream::{h1, ConnectError, Sender, SetFields, Upstream};
+
+mod body;
+use body::Tally;
+pub use body::{UpstreamBody, UpstreamResponseBody};
 
 pub type ResponseBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
@@ -83,6 +87,8 @@ struct Served<'s> {
     target: Option<&'s str>,
     upstream: Option<std::time::Duration>,
     stats: Option<&'s crate::snapshot::RouteStats>,
+    /// The request failed through the client's fault (its code for the access log).
+    client_error: Option<&'static str>,
 }
 
 /// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
@@ -110,6 +116,8 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
             upstream_ms: None,
             total_ms: 0.0,
             bytes: 0,
+            client_error: None,
+            upstream_error: None,
         })
     });
     let mut served = Served::default();
@@ -117,7 +125,12 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     let status = resp.status().as_u16();
     match served.stats {
-        Some(s) => s.record(status),
+        Some(s) => {
+            s.record(status);
+            if served.client_error.is_some() {
+                s.client_errors.fetch_add(1, Relaxed);
+            }
+        }
         None => {
             if let Some(s) = snap.unmatched.get(&*conn.listener) {
                 s.record(status);
@@ -131,6 +144,7 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
         e.group = own(served.group);
         e.target = own(served.target);
         e.status = resp.status().as_u16();
+        e.client_error = served.client_error;
         e.upstream_ms = served.upstream.map(crate::access_log::millis);
         match resp.body_mut() {
             // Written when the body ends, with its size.
@@ -308,9 +322,10 @@ async fn forward<'s>(
     let (mut head, inner) = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err(Failure::Client(e))) => {
-            // The client's body broke off: nothing the target did wrong.
-            record(&group.stats, 400, started, None);
-            return error(ProxyError::ClientBody, e);
+            // Nothing the target did wrong: counted apart, the target's record untouched.
+            group.stats.record_client_error(answered);
+            served.client_error = Some(e.code());
+            return error(e.proxy_error(), e);
         }
         Ok(Err(f)) => {
             note_failure(svc, group, target);
@@ -342,9 +357,14 @@ async fn forward<'s>(
     } else {
         target.record_success();
     }
-    group
-        .stats
-        .record(head.status.as_u16(), took, answered, None);
+    // Counted when the body ends: only then is it known whether the target delivered it.
+    let tally = Tally {
+        stats: group.stats.clone(),
+        status: head.status.as_u16(),
+        took,
+        answered,
+        passive: svc.passive,
+    };
 
     let inner = match (client_upgrade, inner) {
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -359,16 +379,7 @@ async fn forward<'s>(
             inner
         }
     };
-    let mut body = UpstreamResponseBody {
-        inner,
-        in_flight,
-        used_ms: now,
-        bytes: 0,
-        log: None,
-    };
-    if body.inner.is_end_stream() {
-        body.release();
-    }
+    let body = UpstreamResponseBody::new(inner, in_flight, now, tally);
     Response::from_parts(head, Either::Left(body))
 }
 
@@ -456,8 +467,8 @@ enum Failure {
     Reset(String),
     Timeout(std::time::Duration),
     Protocol(String),
-    /// The client's own request body failed while it was being sent on.
-    Client(String),
+    /// The client failed its own request while it was being sent on.
+    Client(h1::ClientError),
 }
 
 impl Failure {
@@ -467,7 +478,7 @@ impl Failure {
             Failure::Reset(_) => ProxyError::UpstreamReset,
             Failure::Timeout(_) => ProxyError::UpstreamTimeout,
             Failure::Protocol(_) => ProxyError::UpstreamProtocol,
-            Failure::Client(_) => ProxyError::ClientBody,
+            Failure::Client(e) => e.proxy_error(),
         }
     }
 }
@@ -476,7 +487,8 @@ impl From<h1::Error> for Failure {
     fn from(e: h1::Error) -> Failure {
         match e {
             h1::Error::Protocol(m) => Failure::Protocol(m),
-            h1::Error::Client(e) => Failure::Client(error_chain(&e)),
+            h1::Error::Client(e) => Failure::Client(e),
+            h1::Error::Timeout(d) => Failure::Timeout(d),
             e @ (h1::Error::Io(_) | h1::Error::Closed) => Failure::Reset(error_chain(&e)),
         }
     }
@@ -493,7 +505,7 @@ impl std::fmt::Display for Failure {
                 humantime::format_duration(*d)
             ),
             Failure::Protocol(e) => write!(f, "bad response from target: {e}"),
-            Failure::Client(e) => write!(f, "the request body broke off: {e}"),
+            Failure::Client(e) => write!(f, "{}", error_chain(e)),
         }
     }
 }
@@ -574,107 +586,6 @@ async fn tunnel(
         }
         _ = crate::listener::quiet_for(activity, idle) => {
             tracing::debug!("closing idle upgraded connection");
-        }
-    }
-}
-
-/// A target's response body: read by our HTTP/1 client or by hyper's HTTP/2 one.
-pub enum UpstreamBody {
-    H1(h1::ResponseBody),
-    H2(Incoming),
-    /// Nothing (the connection went to a tunnel).
-    Done,
-}
-
-impl UpstreamBody {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
-            UpstreamBody::Done => true,
-        }
-    }
-}
-
-/// The response body from a target. Keeps the request counted as in flight until the body
-/// is done (so least-outstanding sees long downloads), then returns the HTTP/1 connection
-/// to the target's pool. A body dropped half-read closes its connection instead.
-pub struct UpstreamResponseBody {
-    inner: UpstreamBody,
-    in_flight: InFlight,
-    /// When the connection was taken for this request, for the pool's idle limit.
-    used_ms: u64,
-    bytes: u64,
-    /// The access log line, written when the body is done (or dropped).
-    log: Option<
-        Box<(
-            crate::access_log::AccessLog,
-            crate::access_log::Entry,
-            Instant,
-        )>,
-    >,
-}
-
-impl Drop for UpstreamResponseBody {
-    fn drop(&mut self) {
-        if let Some(pending) = self.log.take() {
-            let (log, mut e, started) = *pending;
-            e.bytes = self.bytes;
-            e.total_ms = crate::access_log::millis(started.elapsed());
-            log.log(e);
-        }
-    }
-}
-
-impl UpstreamResponseBody {
-    /// Back to the pool with the connection, if the body is complete and it may be reused.
-    fn release(&mut self) {
-        if let UpstreamBody::H1(b) = &mut self.inner {
-            if let Some(conn) = b.take_reusable() {
-                self.in_flight.target().pool.put(conn, self.used_ms);
-            }
-        }
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Body for UpstreamResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Done => Poll::Ready(None),
-        };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.bytes += data.len() as u64;
-            }
-        }
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
-            UpstreamBody::Done => SizeHint::with_exact(0),
         }
     }
 }
