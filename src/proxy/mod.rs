@@ -202,6 +202,11 @@ async fn dispatch<'s>(
                 svc: service,
                 group,
                 may_fall_back,
+                limits: h1::Limits {
+                    request: service.request_timeout,
+                    client_body: snap.config.timeouts.client_body,
+                    max_body: snap.config.limits.max_body_bytes,
+                },
             };
             let mut resp = forward(req, rid, to, conn, started, served).await;
             if let Some(c) = set_cookie {
@@ -219,6 +224,7 @@ struct Forward<'s> {
     /// The group came from the split (not an override), so if none of its targets can be
     /// reached the request may go to the split's other group.
     may_fall_back: bool,
+    limits: h1::Limits,
 }
 
 async fn forward<'s>(
@@ -233,8 +239,19 @@ async fn forward<'s>(
         svc,
         mut group,
         may_fall_back,
+        limits,
     } = to;
     served.group = Some(&group.name);
+    if let (Some(max), Some(len)) = (limits.max_body, req.body().size_hint().exact()) {
+        if len > max {
+            group.stats.record_client_error(started);
+            served.client_error = Some("too_large");
+            return error(
+                ProxyError::BodyTooLarge,
+                format_args!("the request body of {len} bytes is larger than {max}"),
+            );
+        }
+    }
     let now = ms_at(started);
     group.stats.requests.fetch_add(1, Relaxed);
     let Some(first) = group.pick(svc.balance, None, now) else {
@@ -306,6 +323,10 @@ async fn forward<'s>(
     let in_flight = target.begin();
     // Pinned in place rather than moved into a `Timeout`: the exchange's state is the
     // request's largest, and each move of it is a copy.
+    // An upload to an HTTP/1 target is timed by the exchange, which knows whether it is
+    // waiting for the client or for the target (see `h1::Limits`); otherwise the whole
+    // exchange is the target's time.
+    let timed_by_exchange = matches!(sender, Sender::Http1(_)) && !body.is_end_stream();
     let exchange = pin!(exchange(
         &group.upstream,
         target,
@@ -313,21 +334,34 @@ async fn forward<'s>(
         reused,
         parts,
         &set,
-        body
+        body,
+        &limits,
     ));
-    let outcome = within(svc.request_timeout, exchange).await;
+    let outcome = if timed_by_exchange {
+        exchange.await
+    } else {
+        within(svc.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Failure::Timeout(svc.request_timeout)))
+    };
     let answered = Instant::now();
     let took = answered.saturating_duration_since(started);
     served.upstream = Some(took);
     let (mut head, inner) = match outcome {
-        Ok(Ok(r)) => r,
-        Ok(Err(Failure::Client(e))) => {
+        Ok(r) => r,
+        Err(Failure::Client(e)) => {
             // Nothing the target did wrong: counted apart, the target's record untouched.
             group.stats.record_client_error(answered);
             served.client_error = Some(e.code());
             return error(e.proxy_error(), e);
         }
-        Ok(Err(f)) => {
+        Err(f @ Failure::Timeout(_)) => {
+            note_failure(svc, group, target);
+            group.stats.timeouts.fetch_add(1, Relaxed);
+            record(&group.stats, 504, started, Some(Seen::Timeout));
+            return error(ProxyError::UpstreamTimeout, f);
+        }
+        Err(f) => {
             note_failure(svc, group, target);
             let e = f.error();
             match e {
@@ -341,15 +375,6 @@ async fn forward<'s>(
             };
             record(&group.stats, e.status().as_u16(), started, Some(kind));
             return error(e, f);
-        }
-        Err(_) => {
-            note_failure(svc, group, target);
-            group.stats.timeouts.fetch_add(1, Relaxed);
-            record(&group.stats, 504, started, Some(Seen::Timeout));
-            return error(
-                ProxyError::UpstreamTimeout,
-                Failure::Timeout(svc.request_timeout),
-            );
         }
     };
     if head.status.is_server_error() && svc.passive.eject_on_5xx {
@@ -428,6 +453,7 @@ async fn exchange(
     mut parts: http::request::Parts,
     set: &SetFields,
     body: Incoming,
+    limits: &h1::Limits,
 ) -> Result<(http::response::Parts, UpstreamBody), Failure> {
     let conn = match sender {
         Sender::Http2(mut s) => {
@@ -441,7 +467,7 @@ async fn exchange(
         }
         Sender::Http1(conn) => conn,
     };
-    let e = match conn.send(&parts, set, Some(body)).await {
+    let e = match conn.send(&parts, set, Some(body), limits).await {
         Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
         Err(e) => e,
     };
@@ -454,7 +480,7 @@ async fn exchange(
         Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
         Err(e) => return Err(Failure::Connect(e.to_string())),
     };
-    match fresh.send(&parts, set, None).await {
+    match fresh.send(&parts, set, None, limits).await {
         Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
         Err(e) => Err(Failure::from(e.error)),
     }

@@ -6,10 +6,11 @@
 //! over as a tunnel, and a clear account of how far an exchange got when it fails, so that
 //! the caller knows when sending the request again is safe.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -54,7 +55,7 @@ pub enum Error {
     Client(#[from] ClientError),
     /// The target kept the exchange waiting for longer than the request timeout.
     #[error("target sent no response within {}", humantime::format_duration(*.0))]
-    Timeout(std::time::Duration),
+    Timeout(Duration),
 }
 
 /// How a client failed its own request while it was being passed on.
@@ -65,7 +66,7 @@ pub enum ClientError {
     Body(hyper::Error),
     /// No byte of the body came for the client-body timeout.
     #[error("the client sent none of its request body for {}", humantime::format_duration(*.0))]
-    Stalled(std::time::Duration),
+    Stalled(Duration),
     /// The body grew past `limits.max_body_bytes`.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(u64),
@@ -127,12 +128,14 @@ impl Conn {
     }
 
     /// Sends a request and reads the response head; the body follows through
-    /// [`ResponseBody`], which owns the connection until it is done.
+    /// [`ResponseBody`], which owns the connection until it is done. A request with a body
+    /// is timed here, by `limits` (see [`Limits`]); one without is left to the caller.
     pub async fn send(
         mut self,
         req: &http::request::Parts,
         set: &SetFields,
         body: Option<Incoming>,
+        limits: &Limits,
     ) -> Result<(http::response::Parts, ResponseBody), SendError> {
         let body = body.filter(|b| !b.is_end_stream());
         let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
@@ -148,7 +151,8 @@ impl Conn {
             });
         }
 
-        let mut upload = body.map(|b| Upload::new(b, chunked));
+        let mut upload = body.map(|b| Upload::new(b, chunked, limits.max_body));
+        let mut clock = upload.as_ref().map(|up| Clock::new(*limits, up.since));
         let mut target_stopped_reading = false;
         let head = poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
@@ -166,8 +170,19 @@ impl Conn {
                     }
                     Poll::Pending => {}
                 }
+                if upload.is_none() {
+                    if let Some(clock) = clock.as_mut() {
+                        clock.answer_since = Some(Instant::now());
+                    }
+                }
             }
-            self.poll_head(cx)
+            if let Poll::Ready(head) = self.poll_head(cx) {
+                return Poll::Ready(head);
+            }
+            match clock.as_mut() {
+                Some(clock) => clock.poll(cx, upload.as_ref()).map(Err),
+                None => Poll::Pending,
+            }
         })
         .await;
         let head = match head {
@@ -228,6 +243,69 @@ impl Conn {
             if n == 0 {
                 return Poll::Ready(Err(Error::Closed));
             }
+        }
+    }
+}
+
+/// How long each side may keep an exchange with a request body waiting, and how large the
+/// body may be. The request timeout is the target's time — to take the upload's bytes, and
+/// after the upload, to answer — and the client-body timeout the client's, to send its next
+/// bytes; so a steadily flowing upload of any length runs out neither, and a client that
+/// stalls its upload is answered 408 without the target being blamed.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request: Duration,
+    pub client_body: Duration,
+    /// `limits.max_body_bytes`.
+    pub max_body: Option<u64>,
+}
+
+/// The timer of an exchange with an upload: it fires at the earliest moment either limit
+/// could run out, and then looks at whom the exchange is actually waiting for and since
+/// when, rather than being reset on each chunk.
+struct Clock {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    limits: Limits,
+    /// Since when the exchange waits for the answer alone (the upload is over).
+    answer_since: Option<Instant>,
+}
+
+impl Clock {
+    fn new(limits: Limits, start: Instant) -> Clock {
+        let first = start + limits.request.min(limits.client_body);
+        Clock {
+            sleep: Box::pin(tokio::time::sleep_until(first.into())),
+            limits,
+            answer_since: None,
+        }
+    }
+
+    /// Ready with the timeout once the side being waited for has taken longer than its
+    /// limit; `upload` is what is left of the upload (`None`: it is over).
+    fn poll(&mut self, cx: &mut Context<'_>, upload: Option<&Upload>) -> Poll<Error> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            let (since, client) = match upload {
+                Some(up) => (up.since, up.waiting_on_client),
+                None => (*self.answer_since.get_or_insert(now), false),
+            };
+            let limit = if client {
+                self.limits.client_body
+            } else {
+                self.limits.request
+            };
+            if now.saturating_duration_since(since) >= limit {
+                return Poll::Ready(if client {
+                    Error::Client(ClientError::Stalled(limit))
+                } else {
+                    Error::Timeout(limit)
+                });
+            }
+            // No later than either limit could now run out: the side waited for may change.
+            let shortest = self.limits.request.min(self.limits.client_body);
+            let next = (since + limit).min(now + shortest);
+            self.sleep.as_mut().reset(next.into());
         }
     }
 }
@@ -531,6 +609,12 @@ impl Body for ResponseBody {
         if let Some(up) = this.upload.as_mut() {
             match up.poll_send(cx, &mut conn.io) {
                 Poll::Ready(Ok(())) => this.upload = None,
+                // Cut off: the target got part of a body and may wait for the rest.
+                Poll::Ready(Err(UploadError::Client(e @ ClientError::TooLarge(_)))) => {
+                    this.conn = None;
+                    this.upload = None;
+                    return Poll::Ready(Some(Err(Error::Client(e))));
+                }
                 Poll::Ready(Err(_)) => {
                     this.upload = None;
                     this.keep_alive = false;
