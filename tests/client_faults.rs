@@ -125,6 +125,21 @@ async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_
         (1, 0, 6),
         "the judge sees only the one real answer"
     );
+    let text = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
+        .await
+        .unwrap()
+        .body;
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("switchyard_client_errors_total{service=\"shop\",group=\"blue\"} 6"),
+        "{text}"
+    );
+    assert!(has(
+        "switchyard_route_client_errors_total{listener=\"web\",route=\"all\"} 6"
+    ));
+    assert!(has(
+        "switchyard_responses_total{service=\"shop\",group=\"blue\",class=\"5xx\"} 0"
+    ));
     let lines = logged(&log, 7).await;
     let stalled: Vec<_> = lines
         .iter()
