@@ -671,3 +671,23 @@ async fn an_answer_that_breaks_off_after_its_head_is_a_failure_for_the_group_and
         [(502, "upstream_protocol_error"), (502, "upstream_reset")]
     );
 }
+
+#[tokio::test]
+async fn te_trailers_is_not_sent_to_an_http_1_target() {
+    // The target answers with the request head it got.
+    let target = scripted(|_, _, head| Act::Send(ok(head))).await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let r = get(
+        &common::client(),
+        &format!("{url}/"),
+        &[("te", "trailers"), ("connection", "te")],
+    )
+    .await
+    .unwrap();
+    let head = r.body.to_ascii_lowercase();
+    assert!(head.starts_with("get / http/1.1"), "{head}");
+    assert!(
+        !head.contains("\r\nte:"),
+        "te went to an HTTP/1 target: {head}"
+    );
+}

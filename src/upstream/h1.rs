@@ -352,7 +352,13 @@ fn encode_head(
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let client = req.headers.iter().filter(|(name, _)| !set.replaces(name));
+    // `te` is hop-by-hop (RFC 9110 §10.1.4): the proxy keeps `te: trailers` for HTTP/2
+    // targets (gRPC, RFC 9113 §8.2.2) but never sends it to an HTTP/1 one, which would need
+    // `Connection: TE` beside it.
+    let client = req
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::TE && !set.replaces(name));
     for (name, value) in client.chain(set.iter()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
