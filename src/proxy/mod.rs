@@ -594,7 +594,7 @@ async fn tunnel(
     idle: std::time::Duration,
 ) {
     use tokio::io::AsyncWriteExt;
-    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let activity = Arc::new(crate::listener::Activity::default());
     let mut client = match client.await {
         Ok(c) => crate::listener::TrackedIo::new(hyper_util::rt::TokioIo::new(c), activity.clone()),
         Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
