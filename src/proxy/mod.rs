@@ -330,8 +330,7 @@ async fn forward<'s>(
     let exchange = pin!(exchange(
         &group.upstream,
         target,
-        sender,
-        reused,
+        (sender, reused),
         parts,
         &set,
         body,
@@ -444,12 +443,12 @@ fn h2_request(
 /// Sends the request and reads the response head. A pooled HTTP/1 connection that turns
 /// out to have been closed by the target before answering gets the request once more on a
 /// fresh connection — when nothing is lost by it: the request has no body, and it is
-/// idempotent unless it provably never reached the target.
+/// idempotent unless it provably never reached the target. `reused`: the connection came
+/// from the pool.
 async fn exchange(
     upstream: &Upstream,
     target: &Target,
-    sender: Sender,
-    reused: bool,
+    (sender, reused): (Sender, bool),
     mut parts: http::request::Parts,
     set: &SetFields,
     body: Incoming,
