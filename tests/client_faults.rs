@@ -322,3 +322,43 @@ async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
         .collect();
     assert_eq!(too_large, [413, 413]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_to_an_http2_target_are_timed_the_same_way() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let toml = cfg(
+        &[b.addr],
+        "client_body = \"300ms\"\nrequest = \"1s\"",
+        "",
+        &log,
+    )
+    .replace(
+        "name = \"blue\"\n",
+        "name = \"blue\"\nprotocol = \"http2\"\n",
+    );
+    assert!(toml.contains("protocol = \"http2\""));
+    let sy = start(&toml).await;
+    let addr = sy.listener_addr("web").await;
+
+    let answer = stalled_upload(addr).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+
+    // 2 s of steady upload against a 1 s request timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(b"z").await.is_err() {
+            break;
+        }
+    }
+    let answer = read_head(&mut s).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let c = counts(&sy);
+    assert_eq!((c.client_errors, c.timeouts, c.responses[4]), (1, 0, 0));
+}

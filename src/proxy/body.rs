@@ -13,17 +13,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::config::PassiveHealth;
 use crate::group::{GroupStats, InFlight};
 use crate::metrics::Failure as Seen;
-use crate::upstream::h1;
+use crate::upstream::{h1, h2};
 
 /// A target's response body: read by our HTTP/1 client or by hyper's HTTP/2 one.
 pub enum UpstreamBody {
     H1(h1::ResponseBody),
-    H2(Incoming),
+    H2(h2::ResponseBody),
     /// Nothing (the connection went to a tunnel).
     Done,
 }
@@ -181,9 +180,12 @@ impl Body for UpstreamResponseBody {
                 }
                 other => other.map_err(Into::into),
             },
-            UpstreamBody::H2(b) => match Pin::new(b).poll_frame(cx) {
+            UpstreamBody::H2(b) => match Pin::new(&mut *b).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
-                    this.upstream_failed("upstream_reset", &e);
+                    match b.client_fault() {
+                        Some(c) => this.client_failed(c.code()),
+                        None => this.upstream_failed("upstream_reset", &e),
+                    }
                     Poll::Ready(Some(Err(e.into())))
                 }
                 other => other.map_err(Into::into),

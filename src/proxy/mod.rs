@@ -26,7 +26,7 @@ use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
-use crate::upstream::{h1, ConnectError, Sender, SetFields, Upstream};
+use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Upstream};
 
 mod body;
 use body::Tally;
@@ -323,10 +323,9 @@ async fn forward<'s>(
     let in_flight = target.begin();
     // Pinned in place rather than moved into a `Timeout`: the exchange's state is the
     // request's largest, and each move of it is a copy.
-    // An upload to an HTTP/1 target is timed by the exchange, which knows whether it is
-    // waiting for the client or for the target (see `h1::Limits`); otherwise the whole
-    // exchange is the target's time.
-    let timed_by_exchange = matches!(sender, Sender::Http1(_)) && !body.is_end_stream();
+    // An upload is timed by the exchange, which knows whether it is waiting for the client
+    // or for the target (see `h1::Limits`); without one the whole exchange is the target's.
+    let timed_by_exchange = !body.is_end_stream();
     let exchange = pin!(exchange(
         &group.upstream,
         target,
@@ -457,10 +456,12 @@ async fn exchange(
     let conn = match sender {
         Sender::Http2(mut s) => {
             set.insert_into(&mut parts.headers);
-            let resp = s
-                .send_request(h2_request(parts, body, target))
-                .await
-                .map_err(classify)?;
+            let req = h2_request(parts, body, target);
+            let resp = h2::send(&mut s, req, limits).await.map_err(|e| match e {
+                h2::Error::Target(e) => classify(e),
+                h2::Error::Client(e) => Failure::Client(e),
+                h2::Error::Timeout(d) => Failure::Timeout(d),
+            })?;
             let (head, body) = resp.into_parts();
             return Ok((head, UpstreamBody::H2(body)));
         }

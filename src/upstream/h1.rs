@@ -6,7 +6,7 @@
 //! over as a tunnel, and a clear account of how far an exchange got when it fails, so that
 //! the caller knows when sending the request again is safe.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -22,6 +22,8 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::body::{Chunk, Decoded, Framing, Upload, UploadError};
+use super::clock::Clock;
+pub use super::clock::Limits;
 use super::SetFields;
 
 /// Response heads with more fields, or more bytes, than this are refused.
@@ -180,7 +182,10 @@ impl Conn {
                 return Poll::Ready(head);
             }
             match clock.as_mut() {
-                Some(clock) => clock.poll(cx, upload.as_ref()).map(Err),
+                Some(clock) => {
+                    let waiting = upload.as_ref().map(|up| (up.since, up.waiting_on_client));
+                    clock.poll(cx, waiting).map(Err)
+                }
                 None => Poll::Pending,
             }
         })
@@ -243,69 +248,6 @@ impl Conn {
             if n == 0 {
                 return Poll::Ready(Err(Error::Closed));
             }
-        }
-    }
-}
-
-/// How long each side may keep an exchange with a request body waiting, and how large the
-/// body may be. The request timeout is the target's time — to take the upload's bytes, and
-/// after the upload, to answer — and the client-body timeout the client's, to send its next
-/// bytes; so a steadily flowing upload of any length runs out neither, and a client that
-/// stalls its upload is answered 408 without the target being blamed.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub request: Duration,
-    pub client_body: Duration,
-    /// `limits.max_body_bytes`.
-    pub max_body: Option<u64>,
-}
-
-/// The timer of an exchange with an upload: it fires at the earliest moment either limit
-/// could run out, and then looks at whom the exchange is actually waiting for and since
-/// when, rather than being reset on each chunk.
-struct Clock {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    limits: Limits,
-    /// Since when the exchange waits for the answer alone (the upload is over).
-    answer_since: Option<Instant>,
-}
-
-impl Clock {
-    fn new(limits: Limits, start: Instant) -> Clock {
-        let first = start + limits.request.min(limits.client_body);
-        Clock {
-            sleep: Box::pin(tokio::time::sleep_until(first.into())),
-            limits,
-            answer_since: None,
-        }
-    }
-
-    /// Ready with the timeout once the side being waited for has taken longer than its
-    /// limit; `upload` is what is left of the upload (`None`: it is over).
-    fn poll(&mut self, cx: &mut Context<'_>, upload: Option<&Upload>) -> Poll<Error> {
-        loop {
-            ready!(self.sleep.as_mut().poll(cx));
-            let now = Instant::now();
-            let (since, client) = match upload {
-                Some(up) => (up.since, up.waiting_on_client),
-                None => (*self.answer_since.get_or_insert(now), false),
-            };
-            let limit = if client {
-                self.limits.client_body
-            } else {
-                self.limits.request
-            };
-            if now.saturating_duration_since(since) >= limit {
-                return Poll::Ready(if client {
-                    Error::Client(ClientError::Stalled(limit))
-                } else {
-                    Error::Timeout(limit)
-                });
-            }
-            // No later than either limit could now run out: the side waited for may change.
-            let shortest = self.limits.request.min(self.limits.client_body);
-            let next = (since + limit).min(now + shortest);
-            self.sleep.as_mut().reset(next.into());
         }
     }
 }
