@@ -348,7 +348,10 @@ pub(super) struct Head {
 /// - an HTTP/1.0 answer with a Transfer-Encoding has faulty framing: closed after it;
 /// - a Content-Length that is not one number (conflicting values, `5x`, overflow) leaves
 ///   the body's end unknown.
-fn checked_framing(req: &http::request::Parts, head: &mut Head) -> Result<Framing, Error> {
+pub(super) fn checked_framing(
+    req: &http::request::Parts,
+    head: &mut Head,
+) -> Result<Framing, Error> {
     if head.status == StatusCode::SWITCHING_PROTOCOLS && !req.headers.contains_key(header::UPGRADE)
     {
         return Err(Error::Protocol(
@@ -376,10 +379,8 @@ fn checked_framing(req: &http::request::Parts, head: &mut Head) -> Result<Framin
                 )));
             }
         }
-    } else if let Some(Err(())) = content_length(h) {
-        return Err(Error::Protocol("invalid Content-Length".into()));
     }
-    Ok(framing(req, head))
+    framing(req, head)
 }
 
 /// Parses a complete head off the front of `buf`; `None` while it is incomplete. Field
@@ -461,15 +462,16 @@ fn connection_tokens(headers: &HeaderMap) -> Tokens {
     t
 }
 
-/// How this response's body is delimited (RFC 9112 §6.3).
-pub(super) fn framing(req: &http::request::Parts, head: &Head) -> Framing {
+/// How this response's body is delimited (RFC 9112 §6.3); an error for a Content-Length
+/// that is not one number.
+pub(super) fn framing(req: &http::request::Parts, head: &Head) -> Result<Framing, Error> {
     let s = head.status;
     if req.method == Method::HEAD
         || s.is_informational()
         || s == StatusCode::NO_CONTENT
         || s == StatusCode::NOT_MODIFIED
     {
-        return Framing::Empty;
+        return Ok(Framing::Empty);
     }
     let h = &head.headers;
     if h.contains_key(header::TRANSFER_ENCODING) {
@@ -480,16 +482,15 @@ pub(super) fn framing(req: &http::request::Parts, head: &Head) -> Framing {
             .next_back()
             .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
             .map(<[u8]>::trim_ascii);
-        return match last {
+        return Ok(match last {
             Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::Close,
-        };
+        });
     }
     match content_length(h) {
-        Some(Ok(n)) => Framing::Length(n),
-        // A length that cannot be trusted: read to the close, and never reuse.
-        Some(Err(())) => Framing::Close,
-        None => Framing::Close,
+        Some(Ok(n)) => Ok(Framing::Length(n)),
+        Some(Err(())) => Err(Error::Protocol("invalid Content-Length".into())),
+        None => Ok(Framing::Close),
     }
 }
 
@@ -645,7 +646,7 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.headers["x-a"], "b");
         assert!(h.keep_alive);
-        assert_eq!(framing(&get(), &h), Framing::Length(5));
+        assert_eq!(framing(&get(), &h).unwrap(), Framing::Length(5));
         assert!(!head("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
@@ -658,7 +659,7 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let f = |raw: &str| framing(&get(), &head(raw));
+        let f = |raw: &str| framing(&get(), &head(raw)).unwrap_or(Framing::Empty);
         assert_eq!(
             f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"),
             Framing::Chunked(Chunk::Size)
@@ -672,10 +673,11 @@ mod tests {
             f("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n"),
             Framing::Length(4)
         );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"),
-            Framing::Close
-        );
+        assert!(framing(
+            &get(),
+            &head("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n")
+        )
+        .is_err());
         assert_eq!(
             f("HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n"),
             Framing::Empty
@@ -686,7 +688,8 @@ mod tests {
             framing(
                 &head_req,
                 &head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
-            ),
+            )
+            .unwrap(),
             Framing::Empty
         );
     }
