@@ -13,14 +13,13 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{FixedResponse, Redirect};
-use crate::error::{ProxyError, ERROR_HEADER};
+use crate::error::ProxyError;
 use crate::group::{ms_at, now_ms, Group, GroupStats, Target};
 use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
@@ -28,9 +27,18 @@ use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
 use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Upstream};
 
+mod answers;
 mod body;
+mod headers;
+mod tunnel;
+pub use answers::error;
+use answers::{fixed, redirect};
 use body::Tally;
 pub use body::{UpstreamBody, UpstreamResponseBody};
+use headers::{
+    is_upgrade, prepare_request_headers, remove_hop_by_hop, request_host, split_port, X_REQUEST_ID,
+};
+use tunnel::tunnel;
 
 pub type ResponseBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
@@ -583,259 +591,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Joins the client's upgraded connection to the target's (WebSocket and other Upgrades),
-/// first passing on what the target sent right behind its 101. The tunnel closes when
-/// nothing has moved either way for the listener's idle timeout, as ALB's does.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    (mut upstream, early): (tokio::net::TcpStream, Bytes),
-    idle: std::time::Duration,
-) {
-    use tokio::io::AsyncWriteExt;
-    let activity = Arc::new(crate::listener::Activity::default());
-    let mut client = match client.await {
-        Ok(c) => crate::listener::TrackedIo::new(hyper_util::rt::TokioIo::new(c), activity.clone()),
-        Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
-    };
-    if !early.is_empty() {
-        if let Err(e) = client.write_all(&early).await {
-            return tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
-    }
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        _ = crate::listener::quiet_for(activity, idle) => {
-            tracing::debug!("closing idle upgraded connection");
-        }
-    }
-}
-
-/// RFC 9110 §7.6.1's connection-specific fields. `Trailer` is not one of them: it announces
-/// the trailer fields end to end (and hyper only sends announced trailers on HTTP/1).
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Usually there is none: one pass over a few names is cheaper than a lookup per name.
-fn has_hop_by_hop(h: &HeaderMap) -> bool {
-    h.keys().any(|k| HOP_BY_HOP.contains(k))
-}
-
-fn remove_hop_by_hop(h: &mut HeaderMap) {
-    if !has_hop_by_hop(h) {
-        return;
-    }
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
-        h.remove(name);
-    }
-}
-
-/// Strips the client's hop-by-hop fields (and gives the target a Host if the request
-/// carried it in its URI), and returns the fields the proxy sets.
-fn prepare_request_headers(
-    h: &mut HeaderMap,
-    uri: &Uri,
-    rid: &HeaderValue,
-    conn: &ConnInfo,
-    upgrade: bool,
-) -> SetFields {
-    if has_hop_by_hop(h) {
-        // gRPC needs `te: trailers` end to end; it is the one TE value a proxy may pass on.
-        let te_trailers = h
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        let upgrade_proto = if upgrade {
-            h.get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        remove_hop_by_hop(h);
-        if te_trailers {
-            h.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        if let Some(proto) = upgrade_proto {
-            h.insert(header::UPGRADE, proto);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    }
-    // An HTTP/2 request carries its host in the URI; an HTTP/1 target wants a Host header.
-    let host = match h.get(header::HOST) {
-        Some(v) => Some(v.clone()),
-        None => uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .inspect(|v| {
-                h.insert(header::HOST, v.clone());
-            }),
-    };
-    let mut set = SetFields::default();
-    set.set(&X_REQUEST_ID, rid.clone());
-    // Every X-Forwarded-For line the client sent, then its address.
-    let mut earlier = h.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let xff = if earlier.peek().is_none() {
-        Some(conn.client_ip.clone())
-    } else {
-        let mut list = Vec::new();
-        for v in earlier {
-            list.extend_from_slice(v.as_bytes());
-            list.extend_from_slice(b", ");
-        }
-        list.extend_from_slice(conn.client_ip.as_bytes());
-        HeaderValue::from_bytes(&list).ok()
-    };
-    if let Some(v) = xff {
-        set.set(&X_FORWARDED_FOR, v);
-    }
-    set.set(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    set.set(&X_FORWARDED_PORT, conn.local_port.clone());
-    if let Some(host) = host {
-        set.set(&X_FORWARDED_HOST, host);
-    }
-    set
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-}
-
-/// Splits `host:port`, `[v6]:port` or a bare host.
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((h, p)) => (h, p.strip_prefix(':')),
-            None => (host, None),
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, Some(p)),
-        _ => (host, None),
-    }
-}
-
-pub fn error(e: ProxyError, detail: impl std::fmt::Display) -> Response<ResponseBody> {
-    let body = format!(
-        "switchyard: {}: {detail}\n",
-        e.status().canonical_reason().unwrap_or("")
-    );
-    Response::builder()
-        .status(e.status())
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(ERROR_HEADER, e.code())
-        .body(Either::Right(Full::new(Bytes::from(body))))
-        .expect("valid error response")
-}
-
-fn fixed(f: &FixedResponse) -> Response<ResponseBody> {
-    Response::builder()
-        .status(f.status)
-        .header(header::CONTENT_TYPE, f.content_type.as_str())
-        .body(Either::Right(Full::new(Bytes::from(f.body.clone()))))
-        .unwrap_or_else(|_| error(ProxyError::NoRoute, "bad fixed response"))
-}
-
-fn redirect<B>(r: &Redirect, req: &Request<B>, conn: &ConnInfo) -> Response<ResponseBody> {
-    let (orig_host, orig_port) = split_port(request_host(req).unwrap_or(""));
-    let orig_scheme = if conn.tls { "https" } else { "http" };
-    let orig_path = req.uri().path();
-    let orig_query = req.uri().query().unwrap_or("");
-    // ALB's placeholders: #{host}, #{path}, #{port}, #{query}, #{protocol}.
-    let fill = |s: &str| {
-        s.replace("#{host}", orig_host)
-            .replace("#{path}", orig_path)
-            .replace("#{port}", orig_port.unwrap_or(""))
-            .replace("#{query}", orig_query)
-            .replace("#{protocol}", orig_scheme)
-    };
-    let scheme = r.scheme.as_deref().unwrap_or(orig_scheme);
-    let host = r
-        .host
-        .as_deref()
-        .map_or_else(|| orig_host.to_string(), fill);
-    let port = match (r.port, &r.host, &r.scheme) {
-        (Some(p), _, _) => Some(p.to_string()),
-        // A new host or scheme drops the original port, as it would not fit.
-        (None, None, None) => orig_port.map(str::to_string),
-        _ => None,
-    };
-    let path = r
-        .path
-        .as_deref()
-        .map_or_else(|| orig_path.to_string(), fill);
-    let query = r
-        .query
-        .as_deref()
-        .map_or_else(|| orig_query.to_string(), fill);
-    let default_port = (scheme == "https" && port.as_deref() == Some("443"))
-        || (scheme == "http" && port.as_deref() == Some("80"));
-    let mut location = format!("{scheme}://{host}");
-    if let Some(p) = port.filter(|_| !default_port) {
-        location.push(':');
-        location.push_str(&p);
-    }
-    location.push_str(&path);
-    if !query.is_empty() {
-        location.push('?');
-        location.push_str(&query);
-    }
-    Response::builder()
-        .status(r.status)
-        .header(header::LOCATION, location)
-        .body(Either::Right(Full::new(Bytes::new())))
-        .unwrap_or_else(|_| error(ProxyError::NoRoute, "redirect target is not a valid URL"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_port;
-
-    #[test]
-    fn ports_split_off_hosts() {
-        assert_eq!(split_port("a.com:8080"), ("a.com", Some("8080")));
-        assert_eq!(split_port("a.com"), ("a.com", None));
-        assert_eq!(split_port("[::1]:80"), ("::1", Some("80")));
-        assert_eq!(split_port("::1"), ("::1", None));
-    }
 }

@@ -7,7 +7,7 @@ use http::header::HeaderMap;
 use http::StatusCode;
 
 use super::body::{Decoded, Framing};
-use super::h1::{checked_framing, parse_head};
+use super::head::{checked_framing, parse_head};
 
 /// What reading an answer came to; errors compare equal whatever their message.
 #[derive(Debug, PartialEq)]

@@ -11,6 +11,7 @@ mod fields;
 pub mod fuzz;
 pub mod h1;
 pub mod h2;
+mod head;
 
 pub use fields::SetFields;
 
