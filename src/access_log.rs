@@ -38,6 +38,13 @@ pub struct Entry {
     /// Until the last byte of the response body.
     pub total_ms: f64,
     pub bytes: u64,
+    /// Set when the request failed through the client's fault (`stalled`, `aborted`,
+    /// `too_large`); such requests are not counted against the version.
+    pub client_error: Option<&'static str>,
+    /// Set when the target's answer broke off after its head went out (`upstream_reset`,
+    /// `upstream_protocol_error`): `status` is then 502, though the client got the
+    /// target's status before its connection or stream was reset.
+    pub upstream_error: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]

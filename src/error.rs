@@ -16,6 +16,10 @@ pub enum ProxyError {
     UpstreamProtocol,
     /// The client's request body broke off while it was being passed on.
     ClientBody,
+    /// The client sent none of its request body for `timeouts.client_body`.
+    ClientTimeout,
+    /// The request body is larger than `limits.max_body_bytes`.
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -28,6 +32,8 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -40,6 +46,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamProtocol => "upstream_protocol_error",
             ProxyError::ClientBody => "client_body_error",
+            ProxyError::ClientTimeout => "client_body_timeout",
+            ProxyError::BodyTooLarge => "request_body_too_large",
         }
     }
 }

@@ -156,9 +156,19 @@ pub struct GroupStats {
     pub connect_failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub resets: AtomicU64,
+    /// Requests failed by the client (stalled, aborted, broken or too large upload): counted
+    /// apart from the answers, never as the version's failures.
+    pub client_errors: AtomicU64,
 }
 
 impl GroupStats {
+    /// A request that failed through the client's fault, at `at`: in no status class and
+    /// no latency, so that neither the guard nor an analysis sees it.
+    pub fn record_client_error(&self, at: Instant) {
+        self.client_errors.fetch_add(1, Relaxed);
+        self.window.record_client_error(ms_at(at) / 1000);
+    }
+
     /// One answer to a request of this group, from the target or from switchyard, that
     /// took `took` and arrived at `at` (the request's start plus `took`).
     pub fn record(
@@ -188,6 +198,7 @@ impl GroupStats {
             connect_failures: self.connect_failures.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             resets: self.resets.load(Relaxed),
+            client_errors: self.client_errors.load(Relaxed),
         }
     }
 }
@@ -199,6 +210,7 @@ pub struct GroupCounts {
     pub connect_failures: u64,
     pub timeouts: u64,
     pub resets: u64,
+    pub client_errors: u64,
 }
 
 /// A group as the data plane sees it in one snapshot.

@@ -3,6 +3,11 @@
 //! enough for p50–p99.9). Recording is a handful of relaxed atomic adds; a slot that belongs
 //! to an old second is reset by whichever request first claims it. Analysis and the rollback
 //! guard read ranges of seconds.
+//!
+//! Requests that failed through the client's fault (a stalled, aborted, broken or too large
+//! upload) are counted apart, in `client_errors`: they are not answers of the version, so
+//! they add to neither the requests, the status classes nor the latency that the guard and
+//! analyses judge a version by.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -28,6 +33,7 @@ struct Slot {
     requests: AtomicU64,
     classes: [AtomicU64; 5],
     failures: [AtomicU64; 3],
+    client_errors: AtomicU64,
     latency: [AtomicU32; BUCKETS],
 }
 
@@ -40,6 +46,7 @@ impl Slot {
             requests: AtomicU64::new(0),
             classes: Default::default(),
             failures: Default::default(),
+            client_errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
@@ -48,6 +55,7 @@ impl Slot {
         self.requests.store(0, Relaxed);
         self.classes.iter().for_each(|c| c.store(0, Relaxed));
         self.failures.iter().for_each(|c| c.store(0, Relaxed));
+        self.client_errors.store(0, Relaxed);
         self.latency.iter().for_each(|c| c.store(0, Relaxed));
     }
 }
@@ -101,6 +109,11 @@ impl Window {
         s.latency[bucket(latency)].fetch_add(1, Relaxed);
     }
 
+    /// A request that failed through the client's fault (see the module comment).
+    pub fn record_client_error(&self, second: u64) {
+        self.slot(second).client_errors.fetch_add(1, Relaxed);
+    }
+
     /// Totals over the seconds `[from, to]` (slots of other seconds are skipped).
     pub fn summary(&self, from: u64, to: u64) -> Summary {
         let mut out = Summary {
@@ -120,6 +133,7 @@ impl Window {
             for i in 0..3 {
                 out.failures[i] += s.failures[i].load(Relaxed);
             }
+            out.client_errors += s.client_errors.load(Relaxed);
             for (h, b) in out.latency.iter_mut().zip(s.latency.iter()) {
                 *h += b.load(Relaxed) as u64;
             }
@@ -165,6 +179,8 @@ pub struct Summary {
     pub classes: [u64; 5],
     /// connect, timeout, reset
     pub failures: [u64; 3],
+    /// Requests failed by the client, not in `requests` (nor judged).
+    pub client_errors: u64,
     pub latency: Vec<u64>,
 }
 
@@ -175,6 +191,7 @@ impl Default for Summary {
             requests: 0,
             classes: [0; 5],
             failures: [0; 3],
+            client_errors: 0,
             latency: vec![0; BUCKETS],
         }
     }

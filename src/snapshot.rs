@@ -44,10 +44,12 @@ pub struct Route {
     pub stats: Arc<RouteStats>,
 }
 
-/// Answers by status class, per listener and route (kept across snapshots by name).
+/// Answers by status class, per listener and route (kept across snapshots by name), and the
+/// requests among them that failed through the client's fault.
 #[derive(Debug, Default)]
 pub struct RouteStats {
     pub responses: [std::sync::atomic::AtomicU64; 5],
+    pub client_errors: std::sync::atomic::AtomicU64,
 }
 
 impl RouteStats {

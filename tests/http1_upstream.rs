@@ -477,3 +477,217 @@ async fn idle_connections_the_target_closed_are_swept_from_the_pool() {
     )
     .await;
 }
+
+/// The group's answers by class (index 1 = 2xx, 4 = 5xx) as /metrics and the judge see them.
+fn group_counts(server: &Server) -> switchyard::group::GroupCounts {
+    let snap = server.control.snapshot();
+    snap.services["shop"].groups[0].stats.snapshot()
+}
+
+#[tokio::test]
+async fn a_101_to_a_request_without_upgrade_is_a_502_and_its_connection_is_dropped() {
+    // The first connection switches protocols unasked and then speaks something else; a
+    // request written into it later would get that instead of an answer.
+    let target = scripted(|c, _, _| {
+        if c == 0 {
+            Act::Send(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: other\r\nconnection: upgrade\r\n\r\n\
+                  HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nswitched"
+                    .to_vec(),
+            )
+        } else {
+            Act::Send(ok("fresh"))
+        }
+    })
+    .await;
+    let (server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    let r = get(&client, &format!("{url}/"), &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers["x-switchyard-error"], "upstream_protocol_error");
+    for _ in 0..3 {
+        let r = get(&client, &format!("{url}/"), &[]).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "fresh"));
+    }
+    assert_eq!(
+        target.connections.load(SeqCst),
+        2,
+        "the switched one was not reused"
+    );
+    assert_eq!(group_counts(&server).responses[4], 1);
+}
+
+#[tokio::test]
+async fn an_answer_whose_length_cannot_be_known_is_a_502_counted_as_5xx() {
+    let target = scripted(|_, _, head| {
+        let line = head.lines().next().unwrap_or("");
+        let length = if line.contains("/conflict") {
+            "content-length: 5\r\ncontent-length: 6"
+        } else if line.contains("/junk") {
+            "content-length: 5x"
+        } else if line.contains("/overflow") {
+            "content-length: 99999999999999999999999"
+        } else if line.contains("/list") {
+            "content-length: 5, 6"
+        } else {
+            "transfer-encoding: chunked, gzip"
+        };
+        Act::SendThenClose(format!("HTTP/1.1 200 OK\r\n{length}\r\n\r\nhello").into_bytes())
+    })
+    .await;
+    let (server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    let paths = ["/conflict", "/junk", "/overflow", "/list", "/gzip"];
+    for path in paths {
+        let r = get(&client, &format!("{url}{path}"), &[]).await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}: {}", r.body);
+        assert_eq!(
+            r.headers["x-switchyard-error"], "upstream_protocol_error",
+            "{path}"
+        );
+    }
+    let counts = group_counts(&server);
+    assert_eq!(counts.responses[1], 0, "no 2xx recorded");
+    assert_eq!(counts.responses[4], paths.len() as u64);
+}
+
+#[tokio::test]
+async fn a_length_next_to_chunked_is_ignored_and_not_forwarded_and_the_connection_closed() {
+    let target = scripted(|_, _, _| {
+        Act::Send(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    for _ in 0..2 {
+        let r = get(&client, &format!("{url}/"), &[]).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "hello world"));
+        assert!(r.headers.get("content-length").is_none_or(|v| v == "11"));
+    }
+    assert_eq!(target.connections.load(SeqCst), 2, "not reused");
+}
+
+#[tokio::test]
+async fn an_http_1_0_chunked_answer_is_read_and_its_connection_closed() {
+    let target = scripted(|_, _, _| {
+        Act::Send(
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    for _ in 0..2 {
+        let r = get(&client, &format!("{url}/"), &[]).await.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "hello"));
+    }
+    assert_eq!(target.connections.load(SeqCst), 2, "not reused");
+}
+
+/// A config for one target with the access log written to `log`.
+fn logged_config(target: SocketAddr, log: &std::path::Path) -> String {
+    config(&[("blue", &[target])], "").replacen(
+        "[[listener]]",
+        &format!("[access_log]\npath = \"{}\"\n\n[[listener]]", log.display()),
+        1,
+    )
+}
+
+/// The access log's lines, once there are `n`.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    common::eventually(Duration::from_secs(10), "access log lines", || async {
+        read().len() >= n
+    })
+    .await;
+    read()
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_off_after_its_head_is_a_failure_for_the_group_and_the_log() {
+    let target = scripted(|_, _, head| {
+        let line = head.lines().next().unwrap_or("");
+        if line.contains("/badchunk") {
+            Act::SendThenClose(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Act::SendThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort".to_vec())
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let server = start(&logged_config(target.addr, &log)).await;
+    let url = format!("http://{}", server.listener_addr("web").await);
+    let client = common::client();
+    for path in ["/badchunk", "/short"] {
+        let result = get(&client, &format!("{url}{path}"), &[]).await;
+        assert!(result.is_err(), "{path}: the client's response is reset");
+    }
+    common::eventually(Duration::from_secs(5), "two failures counted", || async {
+        group_counts(&server).responses[4] == 2
+    })
+    .await;
+    let counts = group_counts(&server);
+    assert_eq!(counts.responses[1], 0, "not counted as 2xx");
+    assert_eq!(counts.resets, 2);
+    let snap = server.control.snapshot();
+    let window = snap.services["shop"].groups[0]
+        .stats
+        .window
+        .last(Duration::from_secs(30));
+    assert_eq!(
+        (window.requests, window.classes[4]),
+        (2, 2),
+        "the guard sees them"
+    );
+    let lines = log_lines(&log, 2).await;
+    let mut errors: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["upstream_error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        [(502, "upstream_protocol_error"), (502, "upstream_reset")]
+    );
+}
+
+#[tokio::test]
+async fn te_trailers_is_not_sent_to_an_http_1_target() {
+    // The target answers with the request head it got.
+    let target = scripted(|_, _, head| Act::Send(ok(head))).await;
+    let (_server, url) = proxy_to(target.addr).await;
+    let r = get(
+        &common::client(),
+        &format!("{url}/"),
+        &[("te", "trailers"), ("connection", "te")],
+    )
+    .await
+    .unwrap();
+    let head = r.body.to_ascii_lowercase();
+    assert!(head.starts_with("get / http/1.1"), "{head}");
+    assert!(
+        !head.contains("\r\nte:"),
+        "te went to an HTTP/1 target: {head}"
+    );
+}

@@ -204,3 +204,91 @@ async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_fini
         t.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(
+        b.addr,
+        "header_read = \"300ms\"\nidle = \"5s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    for i in 0..2 {
+        if i > 0 {
+            // Well past header_read, well within idle.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text:?}");
+    }
+}
+
+#[tokio::test]
+async fn header_read_starts_with_the_first_byte_of_a_later_request() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(
+        b.addr,
+        "header_read = \"300ms\"\nidle = \"10s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(s.read(&mut buf).await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second head begins and stalls: cut off by header_read, long before idle.
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
+    let (_, took) = read_to_close(&mut s, Duration::from_secs(8)).await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(b.hits(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_h2c_connection_is_not_cut_by_header_read() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(
+        b.addr,
+        "header_read = \"300ms\"\nidle = \"5s\"",
+    ))
+    .await;
+    // One connection, by hand: a client that reconnected would hide a closed one.
+    let stream = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..2 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let req = http::Request::get("http://x/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send
+            .send_request(req)
+            .await
+            .expect("the connection is open");
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+}

@@ -11,7 +11,7 @@ const ANSWERS: &[&[u8]] = &[
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
     b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nto the close",
     b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
 ];
 
 #[test]
@@ -42,6 +42,15 @@ fn known_answers_read_as_expected_in_any_pieces() {
         Answer::Failed
     );
     assert_eq!(read(b"garbage\r\n\r\n", 1, false), Answer::Failed);
+    // A transfer coding besides chunked can be neither decoded nor passed on (RFC 9112 §6.1).
+    assert_eq!(
+        read(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            usize::MAX,
+            false
+        ),
+        Answer::Failed
+    );
     match read(ANSWERS[0], 3, true) {
         Answer::Complete { body, .. } => assert!(body.is_empty(), "HEAD has no body"),
         Answer::Failed => panic!("HEAD answer failed"),

@@ -56,6 +56,8 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let requests = Family::<Labels, Counter>::default();
     let responses = Family::<Labels, Counter>::default();
     let failures = Family::<Labels, Counter>::default();
+    let client_errors = Family::<Labels, Counter>::default();
+    let route_client_errors = Family::<Labels, Counter>::default();
     let weight = Family::<Labels, Gauge>::default();
     let healthy = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
@@ -69,6 +71,16 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         "upstream_failures",
         "Failed exchanges with targets by kind",
         failures.clone(),
+    );
+    registry.register(
+        "client_errors",
+        "Requests failed by the client (stalled, aborted or too large upload); not in responses",
+        client_errors.clone(),
+    );
+    registry.register(
+        "route_client_errors",
+        "Requests failed by the client, by listener and route",
+        route_client_errors.clone(),
     );
     registry.register(
         "weight_basis_points",
@@ -163,6 +175,13 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
                     ]))
                     .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
             }
+            route_client_errors
+                .get_or_create(&labels(&[("listener", listener), ("route", &r.name)]))
+                .inc_by(
+                    r.stats
+                        .client_errors
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
         }
     }
     for (listener, s) in &snap.unmatched {
@@ -251,6 +270,9 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
                     .get_or_create(&labels(&[base[0], base[1], ("kind", kind)]))
                     .inc_by(n);
             }
+            client_errors
+                .get_or_create(&labels(&base))
+                .inc_by(c.client_errors);
             weight.get_or_create(&labels(&base)).set(*w as i64);
             {
                 use std::sync::atomic::Ordering::Relaxed;

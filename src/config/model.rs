@@ -73,9 +73,14 @@ impl AdminConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
-    /// From sending the request upstream to receiving its response headers.
+    /// How long a target may keep a request waiting: for its response headers, and to take
+    /// the bytes of a request body (not the time a client takes to send its body).
     pub request: Duration,
+    /// From a request's first byte to the end of its headers (the gap between requests on
+    /// a kept-alive connection is `idle`'s).
     pub header_read: Duration,
+    /// How long a client may pause while sending its request body: 408 after that.
+    pub client_body: Duration,
     /// A client connection with no bytes in either direction for this long is closed.
     pub idle: Duration,
     /// Bound on finishing in-flight requests at shutdown.
@@ -88,6 +93,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(30),
             header_read: Duration::from_secs(10),
+            client_body: Duration::from_secs(30),
             idle: Duration::from_secs(60),
             shutdown: Duration::from_secs(30),
         }
@@ -98,6 +104,8 @@ impl Default for Timeouts {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Request bodies larger than this are refused with 413 (`None`: no limit).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -105,6 +113,7 @@ impl Default for Limits {
         Limits {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            max_body_bytes: None,
         }
     }
 }

@@ -166,6 +166,7 @@ pub struct RawTimeouts {
     pub connect: Option<String>,
     pub request: Option<String>,
     pub header_read: Option<String>,
+    pub client_body: Option<String>,
     pub idle: Option<String>,
     pub shutdown: Option<String>,
 }
@@ -175,6 +176,7 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
+    pub max_body_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

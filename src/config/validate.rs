@@ -173,6 +173,7 @@ fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
         connect: get(&raw.connect, "connect", d.connect),
         request: get(&raw.request, "request", d.request),
         header_read: get(&raw.header_read, "header_read", d.header_read),
+        client_body: get(&raw.client_body, "client_body", d.client_body),
         idle: get(&raw.idle, "idle", d.idle),
         shutdown: get(&raw.shutdown, "shutdown", d.shutdown),
     }
@@ -202,9 +203,21 @@ fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
             d.max_headers
         }
     };
+    let max_body_bytes = match raw.max_body_bytes {
+        None => d.max_body_bytes,
+        Some(n) if n >= 0 => Some(n as u64),
+        Some(n) => {
+            p.add(
+                path!["limits", "max_body_bytes"],
+                format!("{n} is out of range: use 0 or more bytes"),
+            );
+            d.max_body_bytes
+        }
+    };
     Limits {
         max_header_bytes,
         max_headers,
+        max_body_bytes,
     }
 }
 

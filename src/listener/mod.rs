@@ -5,25 +5,25 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{self, ConnInfo};
 
+mod activity;
 mod serve;
 use crate::snapshot::Snapshot;
+use activity::Guarded;
+pub(crate) use activity::{Activity, TrackedIo};
 use serve::{Drain, Member, Serve};
 
 /// A running listener.
@@ -139,11 +139,8 @@ impl Connection {
             Err(_) => return,
         };
         let snap = self.snapshots.load_full();
-        let activity = Arc::new(AtomicU64::new(0));
-        let io = TrackedIo {
-            inner: stream,
-            activity: activity.clone(),
-        };
+        let activity = Arc::new(Activity::default());
+        let io = TrackedIo::new(stream, activity.clone());
         let info = Arc::new(ConnInfo::new(
             self.listener.clone(),
             client,
@@ -159,7 +156,10 @@ impl Connection {
             let handshake =
                 tokio::time::timeout(snap.config.timeouts.header_read, acceptor.accept(io));
             match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, info, &snap, activity, member).await,
+                Ok(Ok(tls)) => {
+                    activity.handshake_done(tls.get_ref().1.alpn_protocol() == Some(b"h2"));
+                    self.http(tls, info, &snap, activity, member).await
+                }
                 Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
             }
@@ -173,7 +173,7 @@ impl Connection {
         io: I,
         info: Arc<ConnInfo>,
         snap: &Snapshot,
-        activity: Arc<AtomicU64>,
+        activity: Arc<Activity>,
         member: Member,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -185,7 +185,9 @@ impl Connection {
             .http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(timeouts.header_read)
+            // Ours starts with a request's first byte (see `activity`); hyper's would also
+            // time the gap between requests, which is the idle timeout's.
+            .header_read_timeout(None)
             .max_headers(limits.max_headers)
             .max_buf_size(limits.max_header_bytes);
         builder
@@ -194,91 +196,32 @@ impl Connection {
             .max_header_list_size(limits.max_header_bytes as u32)
             .max_concurrent_streams(256);
         let snapshots = self.snapshots.clone();
-        let service = service_fn(move |req| proxy::handle(req, info.clone(), snapshots.clone()));
+        let requests = activity.clone();
+        let service = service_fn(move |req| {
+            let open = requests.request_begins();
+            let answer = proxy::handle(req, info.clone(), snapshots.clone());
+            async move {
+                let resp = answer.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, open)))
+            }
+        });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        Serve::new(conn.into_owned(), member, activity, timeouts.idle).await;
+        let limits = serve::Limits {
+            idle: timeouts.idle,
+            header_read: timeouts.header_read,
+        };
+        Serve::new(conn.into_owned(), member, activity, limits).await;
     }
 }
 
 /// Resolves once `activity` has not moved for `limit`, for connections that have left
 /// hyper: upgraded tunnels.
-pub(crate) async fn quiet_for(activity: Arc<AtomicU64>, limit: Duration) {
+pub(crate) async fn quiet_for(activity: Arc<Activity>, limit: Duration) {
     let mut watch = serve::IdleWatch::new(activity, limit);
     loop {
         tokio::time::sleep(watch.step()).await;
         if watch.look() {
             return;
         }
-    }
-}
-
-/// A stream that counts the reads and writes that moved bytes, for the idle timeout.
-pub(crate) struct TrackedIo<S> {
-    inner: S,
-    activity: Arc<AtomicU64>,
-}
-
-impl<S> TrackedIo<S> {
-    pub(crate) fn new(inner: S, activity: Arc<AtomicU64>) -> Self {
-        TrackedIo { inner, activity }
-    }
-
-    fn touch(&self) {
-        // Only this connection's task writes the count: no read-modify-write needed.
-        self.activity
-            .store(self.activity.load(Relaxed).wrapping_add(1), Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,13 +1,14 @@
-//! Driving one client connection: hyper's connection future, plus the idle timeout and the
-//! listener's drain on shutdown. Both are checked without cost on the request path: the
-//! idle timer is only looked at once it has fired (an atomic read of the timer entry), and
-//! the drain is a flag — rather than a watch channel and a timer polled on every wake-up,
-//! which cost about 3 % of the proxy's CPU.
+//! Driving one client connection: hyper's connection future, plus the idle and header-read
+//! timeouts and the listener's drain on shutdown. All are checked without cost on the
+//! request path: the idle timer is only looked at once it has fired (an atomic read of the
+//! timer entry), the header-read timer is armed only for a head that does not arrive in one
+//! read (see `activity`), and the drain is a flag — rather than a watch channel and a timer
+//! polled on every wake-up, which cost about 3 % of the proxy's CPU.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
+
+use super::Activity;
 
 /// A listener's open connections, so that stopping it can tell each to finish its current
 /// request and close, and wait for them.
@@ -106,16 +109,16 @@ impl Drop for Member {
 /// connection quiet for all of `limit` is idle — it closes between `limit` and 1.25 ×
 /// `limit` after its last byte, and reads and writes never read the clock.
 pub(crate) struct IdleWatch {
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
     seen: u64,
     quiet: Duration,
     limit: Duration,
 }
 
 impl IdleWatch {
-    pub(crate) fn new(activity: Arc<AtomicU64>, limit: Duration) -> Self {
+    pub(crate) fn new(activity: Arc<Activity>, limit: Duration) -> Self {
         IdleWatch {
-            seen: activity.load(Ordering::Relaxed),
+            seen: activity.moved.load(Ordering::Relaxed),
             activity,
             quiet: Duration::ZERO,
             limit,
@@ -129,7 +132,7 @@ impl IdleWatch {
 
     /// One look, a step after the last: true once nothing has moved for the whole limit.
     pub(crate) fn look(&mut self) -> bool {
-        let now = self.activity.load(Ordering::Relaxed);
+        let now = self.activity.moved.load(Ordering::Relaxed);
         if now != self.seen {
             self.seen = now;
             self.quiet = Duration::ZERO;
@@ -140,7 +143,17 @@ impl IdleWatch {
     }
 }
 
-/// A client connection being served until it ends, idles out or is drained.
+/// A client connection's time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// No byte moving either way (between requests, too).
+    pub idle: Duration,
+    /// From a request's first byte to the end of its head.
+    pub header_read: Duration,
+}
+
+/// A client connection being served until it ends, idles out, is too slow to send a
+/// request head, or is drained.
 pub struct Serve<C> {
     conn: Pin<Box<C>>,
     member: Member,
@@ -148,11 +161,15 @@ pub struct Serve<C> {
     watch: IdleWatch,
     idle: Pin<Box<Sleep>>,
     armed: bool,
+    activity: Arc<Activity>,
+    header_read: Duration,
+    /// The timer of the head being read, and which head it is for (heads read before it).
+    head_timer: Option<(Pin<Box<Sleep>>, u64)>,
 }
 
 impl<C: GracefulConnection> Serve<C> {
-    pub fn new(conn: C, member: Member, activity: Arc<AtomicU64>, limit: Duration) -> Self {
-        let watch = IdleWatch::new(activity, limit);
+    pub fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
+        let watch = IdleWatch::new(activity.clone(), limits.idle);
         Serve {
             conn: Box::pin(conn),
             member,
@@ -160,7 +177,30 @@ impl<C: GracefulConnection> Serve<C> {
             idle: Box::pin(tokio::time::sleep(watch.step())),
             watch,
             armed: false,
+            activity,
+            header_read: limits.header_read,
+            head_timer: None,
         }
+    }
+
+    /// Whether the request head being read has taken longer than `header_read` since its
+    /// first byte. A head read in one go never gets here with a head pending: the service
+    /// has marked it complete within the same poll.
+    fn head_too_slow(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(head) = self.activity.head_pending() else {
+            return false;
+        };
+        let limit = self.header_read;
+        match &mut self.head_timer {
+            Some((_, h)) if *h == head => {}
+            Some((timer, h)) => {
+                timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                *h = head;
+            }
+            None => self.head_timer = Some((Box::pin(tokio::time::sleep(limit)), head)),
+        }
+        let (timer, _) = self.head_timer.as_mut().expect("armed above");
+        timer.as_mut().poll(cx).is_ready()
     }
 
     /// Whether the connection has been idle for its limit (looked at when the timer fires).
@@ -202,6 +242,10 @@ where
         }
         if this.idled_out(cx) {
             tracing::debug!("closing idle connection");
+            return Poll::Ready(());
+        }
+        if this.head_too_slow(cx) {
+            tracing::debug!("closing connection: request head not read within header_read");
             return Poll::Ready(());
         }
         Poll::Pending

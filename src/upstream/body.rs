@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -15,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::h1::Error;
+use super::h1::{ClientError, Error};
 
 /// A chunk-size line or a trailer section longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -160,13 +161,18 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, Erro
 /// Why an upload stopped.
 #[derive(Debug)]
 pub(super) enum UploadError {
-    /// Reading the client's body failed (the client went away or sent a bad body).
-    Client(hyper::Error),
+    /// The client failed its body (went away, sent a bad body, stalled, sent too much).
+    Client(ClientError),
     /// Writing to the target failed.
     Target(io::Error),
 }
 
 /// A request body on its way to the target, framed by its length or chunked.
+///
+/// It keeps account of whom it is waiting for, so that a stalled upload is blamed on the
+/// right side: waiting for the client's next bytes is the client's time
+/// (`timeouts.client_body`), waiting for the target to take bytes is the target's
+/// (`timeouts.request`). A steadily flowing upload waits for neither for long.
 pub(super) struct Upload {
     body: Incoming,
     chunked: bool,
@@ -174,6 +180,13 @@ pub(super) struct Upload {
     pending: VecDeque<Bytes>,
     /// The body has ended and its end (for chunked, the last chunk) is queued.
     finished: bool,
+    /// Data bytes taken from the client so far, and the most allowed.
+    taken: u64,
+    max: Option<u64>,
+    /// Whether the last poll stopped for want of client bytes (else: of target room).
+    pub(super) waiting_on_client: bool,
+    /// When the current wait began: the last bytes moved, or the last change of side.
+    pub(super) since: Instant,
 }
 
 impl std::fmt::Debug for Upload {
@@ -186,12 +199,24 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    pub(super) fn new(body: Incoming, chunked: bool) -> Upload {
+    pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>) -> Upload {
         Upload {
             body,
             chunked,
             pending: VecDeque::new(),
             finished: false,
+            taken: 0,
+            max,
+            waiting_on_client: false,
+            since: Instant::now(),
+        }
+    }
+
+    /// Notes whom the upload now waits for; a new wait starts its clock.
+    fn wait_on(&mut self, client: bool) {
+        if self.waiting_on_client != client {
+            self.waiting_on_client = client;
+            self.since = Instant::now();
         }
     }
 
@@ -210,7 +235,10 @@ impl Upload {
                     *slice = IoSlice::new(bytes);
                 }
                 let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        self.wait_on(false);
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Target(e))),
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(UploadError::Target(
@@ -225,8 +253,13 @@ impl Upload {
                 return Poll::Ready(Ok(()));
             }
             match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(UploadError::Client(e))),
+                Poll::Pending => {
+                    self.wait_on(true);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(UploadError::Client(ClientError::Body(e))))
+                }
                 Poll::Ready(None) => {
                     self.finished = true;
                     if self.chunked {
@@ -235,6 +268,10 @@ impl Upload {
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
+                    Ok(data) if self.too_large(data.len()) => {
+                        let max = self.max.unwrap_or_default();
+                        return Poll::Ready(Err(UploadError::Client(ClientError::TooLarge(max))));
+                    }
                     Ok(data) if self.chunked => {
                         self.pending
                             .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
@@ -261,6 +298,14 @@ impl Upload {
                 },
             }
         }
+    }
+
+    /// Counts `n` more bytes from the client (they moved: a new wait begins), and says
+    /// whether they make the body larger than allowed.
+    fn too_large(&mut self, n: usize) -> bool {
+        self.taken += n as u64;
+        self.since = Instant::now();
+        self.max.is_some_and(|max| self.taken > max)
     }
 
     fn consume(&mut self, mut n: usize) {

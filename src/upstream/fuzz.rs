@@ -7,7 +7,7 @@ use http::header::HeaderMap;
 use http::StatusCode;
 
 use super::body::{Decoded, Framing};
-use super::h1::{framing, parse_head};
+use super::head::{checked_framing, parse_head};
 
 /// What reading an answer came to; errors compare equal whatever their message.
 #[derive(Debug, PartialEq)]
@@ -63,7 +63,10 @@ pub fn read(data: &[u8], step: usize, head_request: bool) -> Answer {
             Ok(None) | Err(_) => return Answer::Failed,
         }
     };
-    let mut framing = framing(&req, &head);
+    let mut head = head;
+    let Ok(mut framing) = checked_framing(&req, &mut head) else {
+        return Answer::Failed;
+    };
     let (mut body, mut trailers) = (Vec::new(), None);
     loop {
         match framing.decode(&mut buf) {

@@ -10,9 +10,10 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -20,12 +21,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use super::body::{Chunk, Decoded, Framing, Upload, UploadError};
+use super::body::{Decoded, Framing, Upload, UploadError};
+use super::clock::Clock;
+pub use super::clock::Limits;
+use super::head::{checked_framing, parse_head, Head};
 use super::SetFields;
 
-/// Response heads with more fields, or more bytes, than this are refused.
-const MAX_HEADERS: usize = 128;
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Room made in the read buffer before each read: heads are small, bodies are streamed.
 const HEAD_READ: usize = 8 * 1024;
 const BODY_READ: usize = 32 * 1024;
@@ -49,8 +50,46 @@ pub enum Error {
     Closed,
     #[error("{0}")]
     Protocol(String),
+    /// The client's doing, not the target's: never counted against the target.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The target kept the exchange waiting for longer than the request timeout.
+    #[error("target sent no response within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+}
+
+/// How a client failed its own request while it was being passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client went away or sent a broken body.
     #[error("reading the client's request body failed: {0}")]
-    Client(hyper::Error),
+    Body(hyper::Error),
+    /// No byte of the body came for the client-body timeout.
+    #[error("the client sent none of its request body for {}", humantime::format_duration(*.0))]
+    Stalled(Duration),
+    /// The body grew past `limits.max_body_bytes`.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+impl ClientError {
+    /// Its name in the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Body(_) => "aborted",
+            ClientError::Stalled(_) => "stalled",
+            ClientError::TooLarge(_) => "too_large",
+        }
+    }
+
+    /// What the client is answered, if nothing has been answered yet.
+    pub fn proxy_error(&self) -> crate::error::ProxyError {
+        match self {
+            ClientError::Body(_) => crate::error::ProxyError::ClientBody,
+            ClientError::Stalled(_) => crate::error::ProxyError::ClientTimeout,
+            ClientError::TooLarge(_) => crate::error::ProxyError::BodyTooLarge,
+        }
+    }
 }
 
 /// A failed exchange, and how far it got, for deciding whether the request may go again.
@@ -89,12 +128,14 @@ impl Conn {
     }
 
     /// Sends a request and reads the response head; the body follows through
-    /// [`ResponseBody`], which owns the connection until it is done.
+    /// [`ResponseBody`], which owns the connection until it is done. A request with a body
+    /// is timed here, by `limits` (see [`Limits`]); one without is left to the caller.
     pub async fn send(
         mut self,
         req: &http::request::Parts,
         set: &SetFields,
         body: Option<Incoming>,
+        limits: &Limits,
     ) -> Result<(http::response::Parts, ResponseBody), SendError> {
         let body = body.filter(|b| !b.is_end_stream());
         let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
@@ -110,7 +151,8 @@ impl Conn {
             });
         }
 
-        let mut upload = body.map(|b| Upload::new(b, chunked));
+        let mut upload = body.map(|b| Upload::new(b, chunked, limits.max_body));
+        let mut clock = upload.as_ref().map(|up| Clock::new(*limits, up.since));
         let mut target_stopped_reading = false;
         let head = poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
@@ -128,8 +170,22 @@ impl Conn {
                     }
                     Poll::Pending => {}
                 }
+                if upload.is_none() {
+                    if let Some(clock) = clock.as_mut() {
+                        clock.answer_since = Some(Instant::now());
+                    }
+                }
             }
-            self.poll_head(cx)
+            if let Poll::Ready(head) = self.poll_head(cx) {
+                return Poll::Ready(head);
+            }
+            match clock.as_mut() {
+                Some(clock) => {
+                    let waiting = upload.as_ref().map(|up| (up.since, up.waiting_on_client));
+                    clock.poll(cx, waiting).map(Err)
+                }
+                None => Poll::Pending,
+            }
         })
         .await;
         let head = match head {
@@ -144,7 +200,18 @@ impl Conn {
             }
         };
 
-        let framing = framing(req, &head);
+        let mut head = head;
+        let framing = match checked_framing(req, &mut head) {
+            Ok(f) => f,
+            // The connection goes with `self`: after a broken head nothing on it is trusted.
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    resendable: false,
+                    unsent: false,
+                })
+            }
+        };
         let keep_alive = head.keep_alive && framing != Framing::Close && !target_stopped_reading;
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status = head.status;
@@ -225,7 +292,13 @@ fn encode_head(
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let client = req.headers.iter().filter(|(name, _)| !set.replaces(name));
+    // `te` is hop-by-hop (RFC 9110 §10.1.4): the proxy keeps `te: trailers` for HTTP/2
+    // targets (gRPC, RFC 9113 §8.2.2) but never sends it to an HTTP/1 one, which would need
+    // `Connection: TE` beside it.
+    let client = req
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::TE && !set.replaces(name));
     for (name, value) in client.chain(set.iter()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -249,145 +322,6 @@ fn encode_head(
         }
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// A parsed response head.
-#[derive(Debug)]
-pub(super) struct Head {
-    pub(super) status: StatusCode,
-    headers: HeaderMap,
-    /// The target lets the connection carry another request.
-    keep_alive: bool,
-}
-
-/// Parses a complete head off the front of `buf`; `None` while it is incomplete. Field
-/// values share the buffer's memory.
-pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    // Uninitialised slots: zeroing 128 of them per answer shows up in profiles.
-    let mut fields =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD_BYTES => n,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => return Ok(None),
-        Ok(_) => {
-            return Err(Error::Protocol(format!(
-                "response head larger than {MAX_HEAD_BYTES} bytes"
-            )))
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::Protocol(format!(
-                "response has more than {MAX_HEADERS} header fields"
-            )))
-        }
-        Err(e) => return Err(Error::Protocol(format!("invalid response head: {e}"))),
-    };
-    let code = resp.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code)
-        .map_err(|_| Error::Protocol(format!("invalid status code {code}")))?;
-    let http10 = resp.version == Some(0);
-    let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(resp.headers.len());
-    for f in resp.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| Error::Protocol(format!("invalid header name {:?}", f.name)))?;
-        let start = f.value.as_ptr() as usize - base;
-        spans.push((name, start, start + f.value.len()));
-    }
-    let head = buf.split_to(len).freeze();
-    // Room for the one field the proxy adds to every answer (its request id).
-    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
-    for (name, start, end) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| Error::Protocol(format!("invalid value in header {name}")))?;
-        headers.append(name, value);
-    }
-    let keep_alive = match connection_tokens(&headers) {
-        Tokens { close: true, .. } => false,
-        Tokens { keep_alive, .. } if http10 => keep_alive,
-        _ => true,
-    };
-    Ok(Some(Head {
-        status,
-        headers,
-        keep_alive,
-    }))
-}
-
-struct Tokens {
-    close: bool,
-    keep_alive: bool,
-}
-
-fn connection_tokens(headers: &HeaderMap) -> Tokens {
-    let mut t = Tokens {
-        close: false,
-        keep_alive: false,
-    };
-    for v in headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            t.close |= token.eq_ignore_ascii_case(b"close");
-            t.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    t
-}
-
-/// How this response's body is delimited (RFC 9112 §6.3).
-pub(super) fn framing(req: &http::request::Parts, head: &Head) -> Framing {
-    let s = head.status;
-    if req.method == Method::HEAD
-        || s.is_informational()
-        || s == StatusCode::NO_CONTENT
-        || s == StatusCode::NOT_MODIFIED
-    {
-        return Framing::Empty;
-    }
-    let h = &head.headers;
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        // Only a final `chunked` delimits the body; anything else runs to the close.
-        let last = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        return match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::Close,
-        };
-    }
-    match content_length(h) {
-        Some(Ok(n)) => Framing::Length(n),
-        // A length that cannot be trusted: read to the close, and never reuse.
-        Some(Err(())) => Framing::Close,
-        None => Framing::Close,
-    }
-}
-
-/// The response's Content-Length: every value (comma lists included) must agree.
-fn content_length(h: &HeaderMap) -> Option<Result<u64, ()>> {
-    let mut found: Option<u64> = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            let n = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok());
-            match (n, found) {
-                (None, _) => return Some(Err(())),
-                (Some(n), Some(f)) if n != f => return Some(Err(())),
-                (Some(n), _) => found = Some(n),
-            }
-        }
-    }
-    found.map(Ok)
 }
 
 /// A response body read straight off the target's connection. When it is complete and the
@@ -434,6 +368,12 @@ impl Body for ResponseBody {
         if let Some(up) = this.upload.as_mut() {
             match up.poll_send(cx, &mut conn.io) {
                 Poll::Ready(Ok(())) => this.upload = None,
+                // Cut off: the target got part of a body and may wait for the rest.
+                Poll::Ready(Err(UploadError::Client(e @ ClientError::TooLarge(_)))) => {
+                    this.conn = None;
+                    this.upload = None;
+                    return Poll::Ready(Some(Err(Error::Client(e))));
+                }
                 Poll::Ready(Err(_)) => {
                     this.upload = None;
                     this.keep_alive = false;
@@ -499,80 +439,7 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn head(raw: &str) -> Head {
-        parse_head(&mut BytesMut::from(raw.as_bytes()))
-            .unwrap()
-            .unwrap()
-    }
-
-    fn get() -> http::request::Parts {
-        http::Request::get("/").body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn response_heads_parse_and_say_whether_to_keep_the_connection() {
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello");
-        assert_eq!(h.status, 200);
-        assert_eq!(h.headers["x-a"], "b");
-        assert!(h.keep_alive);
-        assert_eq!(framing(&get(), &h), Framing::Length(5));
-        assert!(!head("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive);
-        assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
-        assert!(head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-        assert!(
-            parse_head(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: b\r\n"[..]))
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let f = |raw: &str| framing(&get(), &head(raw));
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"),
-            Framing::Chunked(Chunk::Size)
-        );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            Framing::Close
-        );
-        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n"), Framing::Close);
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n"),
-            Framing::Length(4)
-        );
-        assert_eq!(
-            f("HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"),
-            Framing::Close
-        );
-        assert_eq!(
-            f("HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n"),
-            Framing::Empty
-        );
-        assert_eq!(f("HTTP/1.1 304 Not Modified\r\n\r\n"), Framing::Empty);
-        let head_req = http::Request::head("/").body(()).unwrap().into_parts().0;
-        assert_eq!(
-            framing(
-                &head_req,
-                &head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
-            ),
-            Framing::Empty
-        );
-    }
-
-    #[test]
-    fn bad_heads_are_protocol_errors() {
-        for raw in [
-            "HTTP/1.1 2000 OK\r\n\r\n",
-            "SMTP ready\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
-        ] {
-            let err = parse_head(&mut BytesMut::from(raw.as_bytes())).unwrap_err();
-            assert!(matches!(err, Error::Protocol(_)), "{raw:?}: {err}");
-        }
-    }
+    use http::header::{HeaderName, HeaderValue};
 
     #[test]
     fn request_heads_add_framing_only_when_the_client_gave_none() {

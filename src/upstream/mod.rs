@@ -5,10 +5,13 @@
 //! own client (`h1`); HTTP/2 (gRPC) targets use hyper's.
 
 mod body;
+mod clock;
 mod fields;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod h1;
+pub mod h2;
+mod head;
 
 pub use fields::SetFields;
 
@@ -19,7 +22,6 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -45,7 +47,7 @@ pub struct Upstream {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<(h1::Conn, u64)>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<h2::RequestBody>>>,
 }
 
 impl Pool {
@@ -106,7 +108,7 @@ pub enum ConnectError {
 /// A connection ready to carry one request.
 pub enum Sender {
     Http1(h1::Conn),
-    Http2(http2::SendRequest<Incoming>),
+    Http2(http2::SendRequest<h2::RequestBody>),
 }
 
 impl Upstream {

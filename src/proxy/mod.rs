@@ -8,25 +8,37 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{FixedResponse, Redirect};
-use crate::error::{ProxyError, ERROR_HEADER};
-use crate::group::{ms_at, now_ms, Group, GroupStats, InFlight, Target};
+use crate::error::ProxyError;
+use crate::group::{ms_at, now_ms, Group, GroupStats, Target};
 use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{RouteAction, Snapshot};
-use crate::upstream::{h1, ConnectError, Sender, SetFields, Upstream};
+use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Upstream};
+
+mod answers;
+mod body;
+mod headers;
+mod tunnel;
+pub use answers::error;
+use answers::{fixed, redirect};
+use body::Tally;
+pub use body::{UpstreamBody, UpstreamResponseBody};
+use headers::{
+    is_upgrade, prepare_request_headers, remove_hop_by_hop, request_host, split_port, X_REQUEST_ID,
+};
+use tunnel::tunnel;
 
 pub type ResponseBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
@@ -83,6 +95,8 @@ struct Served<'s> {
     target: Option<&'s str>,
     upstream: Option<std::time::Duration>,
     stats: Option<&'s crate::snapshot::RouteStats>,
+    /// The request failed through the client's fault (its code for the access log).
+    client_error: Option<&'static str>,
 }
 
 /// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
@@ -110,6 +124,8 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
             upstream_ms: None,
             total_ms: 0.0,
             bytes: 0,
+            client_error: None,
+            upstream_error: None,
         })
     });
     let mut served = Served::default();
@@ -117,7 +133,12 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     let status = resp.status().as_u16();
     match served.stats {
-        Some(s) => s.record(status),
+        Some(s) => {
+            s.record(status);
+            if served.client_error.is_some() {
+                s.client_errors.fetch_add(1, Relaxed);
+            }
+        }
         None => {
             if let Some(s) = snap.unmatched.get(&*conn.listener) {
                 s.record(status);
@@ -131,6 +152,7 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
         e.group = own(served.group);
         e.target = own(served.target);
         e.status = resp.status().as_u16();
+        e.client_error = served.client_error;
         e.upstream_ms = served.upstream.map(crate::access_log::millis);
         match resp.body_mut() {
             // Written when the body ends, with its size.
@@ -188,6 +210,11 @@ async fn dispatch<'s>(
                 svc: service,
                 group,
                 may_fall_back,
+                limits: h1::Limits {
+                    request: service.request_timeout,
+                    client_body: snap.config.timeouts.client_body,
+                    max_body: snap.config.limits.max_body_bytes,
+                },
             };
             let mut resp = forward(req, rid, to, conn, started, served).await;
             if let Some(c) = set_cookie {
@@ -205,6 +232,7 @@ struct Forward<'s> {
     /// The group came from the split (not an override), so if none of its targets can be
     /// reached the request may go to the split's other group.
     may_fall_back: bool,
+    limits: h1::Limits,
 }
 
 async fn forward<'s>(
@@ -219,8 +247,19 @@ async fn forward<'s>(
         svc,
         mut group,
         may_fall_back,
+        limits,
     } = to;
     served.group = Some(&group.name);
+    if let (Some(max), Some(len)) = (limits.max_body, req.body().size_hint().exact()) {
+        if len > max {
+            group.stats.record_client_error(started);
+            served.client_error = Some("too_large");
+            return error(
+                ProxyError::BodyTooLarge,
+                format_args!("the request body of {len} bytes is larger than {max}"),
+            );
+        }
+    }
     let now = ms_at(started);
     group.stats.requests.fetch_add(1, Relaxed);
     let Some(first) = group.pick(svc.balance, None, now) else {
@@ -292,27 +331,43 @@ async fn forward<'s>(
     let in_flight = target.begin();
     // Pinned in place rather than moved into a `Timeout`: the exchange's state is the
     // request's largest, and each move of it is a copy.
+    // An upload is timed by the exchange, which knows whether it is waiting for the client
+    // or for the target (see `h1::Limits`); without one the whole exchange is the target's.
+    let timed_by_exchange = !body.is_end_stream();
     let exchange = pin!(exchange(
         &group.upstream,
         target,
-        sender,
-        reused,
+        (sender, reused),
         parts,
         &set,
-        body
+        body,
+        &limits,
     ));
-    let outcome = within(svc.request_timeout, exchange).await;
+    let outcome = if timed_by_exchange {
+        exchange.await
+    } else {
+        within(svc.request_timeout, exchange)
+            .await
+            .unwrap_or(Err(Failure::Timeout(svc.request_timeout)))
+    };
     let answered = Instant::now();
     let took = answered.saturating_duration_since(started);
     served.upstream = Some(took);
     let (mut head, inner) = match outcome {
-        Ok(Ok(r)) => r,
-        Ok(Err(Failure::Client(e))) => {
-            // The client's body broke off: nothing the target did wrong.
-            record(&group.stats, 400, started, None);
-            return error(ProxyError::ClientBody, e);
+        Ok(r) => r,
+        Err(Failure::Client(e)) => {
+            // Nothing the target did wrong: counted apart, the target's record untouched.
+            group.stats.record_client_error(answered);
+            served.client_error = Some(e.code());
+            return error(e.proxy_error(), e);
         }
-        Ok(Err(f)) => {
+        Err(f @ Failure::Timeout(_)) => {
+            note_failure(svc, group, target);
+            group.stats.timeouts.fetch_add(1, Relaxed);
+            record(&group.stats, 504, started, Some(Seen::Timeout));
+            return error(ProxyError::UpstreamTimeout, f);
+        }
+        Err(f) => {
             note_failure(svc, group, target);
             let e = f.error();
             match e {
@@ -327,24 +382,20 @@ async fn forward<'s>(
             record(&group.stats, e.status().as_u16(), started, Some(kind));
             return error(e, f);
         }
-        Err(_) => {
-            note_failure(svc, group, target);
-            group.stats.timeouts.fetch_add(1, Relaxed);
-            record(&group.stats, 504, started, Some(Seen::Timeout));
-            return error(
-                ProxyError::UpstreamTimeout,
-                Failure::Timeout(svc.request_timeout),
-            );
-        }
     };
     if head.status.is_server_error() && svc.passive.eject_on_5xx {
         note_failure(svc, group, target);
     } else {
         target.record_success();
     }
-    group
-        .stats
-        .record(head.status.as_u16(), took, answered, None);
+    // Counted when the body ends: only then is it known whether the target delivered it.
+    let tally = Tally {
+        stats: group.stats.clone(),
+        status: head.status.as_u16(),
+        took,
+        answered,
+        passive: svc.passive,
+    };
 
     let inner = match (client_upgrade, inner) {
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -359,16 +410,7 @@ async fn forward<'s>(
             inner
         }
     };
-    let mut body = UpstreamResponseBody {
-        inner,
-        in_flight,
-        used_ms: now,
-        bytes: 0,
-        log: None,
-    };
-    if body.inner.is_end_stream() {
-        body.release();
-    }
+    let body = UpstreamResponseBody::new(inner, in_flight, now, tally);
     Response::from_parts(head, Either::Left(body))
 }
 
@@ -408,29 +450,32 @@ fn h2_request(
 /// Sends the request and reads the response head. A pooled HTTP/1 connection that turns
 /// out to have been closed by the target before answering gets the request once more on a
 /// fresh connection — when nothing is lost by it: the request has no body, and it is
-/// idempotent unless it provably never reached the target.
+/// idempotent unless it provably never reached the target. `reused`: the connection came
+/// from the pool.
 async fn exchange(
     upstream: &Upstream,
     target: &Target,
-    sender: Sender,
-    reused: bool,
+    (sender, reused): (Sender, bool),
     mut parts: http::request::Parts,
     set: &SetFields,
     body: Incoming,
+    limits: &h1::Limits,
 ) -> Result<(http::response::Parts, UpstreamBody), Failure> {
     let conn = match sender {
         Sender::Http2(mut s) => {
             set.insert_into(&mut parts.headers);
-            let resp = s
-                .send_request(h2_request(parts, body, target))
-                .await
-                .map_err(classify)?;
+            let req = h2_request(parts, body, target);
+            let resp = h2::send(&mut s, req, limits).await.map_err(|e| match e {
+                h2::Error::Target(e) => classify(e),
+                h2::Error::Client(e) => Failure::Client(e),
+                h2::Error::Timeout(d) => Failure::Timeout(d),
+            })?;
             let (head, body) = resp.into_parts();
             return Ok((head, UpstreamBody::H2(body)));
         }
         Sender::Http1(conn) => conn,
     };
-    let e = match conn.send(&parts, set, Some(body)).await {
+    let e = match conn.send(&parts, set, Some(body), limits).await {
         Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
         Err(e) => e,
     };
@@ -443,7 +488,7 @@ async fn exchange(
         Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
         Err(e) => return Err(Failure::Connect(e.to_string())),
     };
-    match fresh.send(&parts, set, None).await {
+    match fresh.send(&parts, set, None, limits).await {
         Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
         Err(e) => Err(Failure::from(e.error)),
     }
@@ -456,8 +501,8 @@ enum Failure {
     Reset(String),
     Timeout(std::time::Duration),
     Protocol(String),
-    /// The client's own request body failed while it was being sent on.
-    Client(String),
+    /// The client failed its own request while it was being sent on.
+    Client(h1::ClientError),
 }
 
 impl Failure {
@@ -467,7 +512,7 @@ impl Failure {
             Failure::Reset(_) => ProxyError::UpstreamReset,
             Failure::Timeout(_) => ProxyError::UpstreamTimeout,
             Failure::Protocol(_) => ProxyError::UpstreamProtocol,
-            Failure::Client(_) => ProxyError::ClientBody,
+            Failure::Client(e) => e.proxy_error(),
         }
     }
 }
@@ -476,7 +521,8 @@ impl From<h1::Error> for Failure {
     fn from(e: h1::Error) -> Failure {
         match e {
             h1::Error::Protocol(m) => Failure::Protocol(m),
-            h1::Error::Client(e) => Failure::Client(error_chain(&e)),
+            h1::Error::Client(e) => Failure::Client(e),
+            h1::Error::Timeout(d) => Failure::Timeout(d),
             e @ (h1::Error::Io(_) | h1::Error::Closed) => Failure::Reset(error_chain(&e)),
         }
     }
@@ -493,7 +539,7 @@ impl std::fmt::Display for Failure {
                 humantime::format_duration(*d)
             ),
             Failure::Protocol(e) => write!(f, "bad response from target: {e}"),
-            Failure::Client(e) => write!(f, "the request body broke off: {e}"),
+            Failure::Client(e) => write!(f, "{}", error_chain(e)),
         }
     }
 }
@@ -545,360 +591,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Joins the client's upgraded connection to the target's (WebSocket and other Upgrades),
-/// first passing on what the target sent right behind its 101. The tunnel closes when
-/// nothing has moved either way for the listener's idle timeout, as ALB's does.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    (mut upstream, early): (tokio::net::TcpStream, Bytes),
-    idle: std::time::Duration,
-) {
-    use tokio::io::AsyncWriteExt;
-    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut client = match client.await {
-        Ok(c) => crate::listener::TrackedIo::new(hyper_util::rt::TokioIo::new(c), activity.clone()),
-        Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
-    };
-    if !early.is_empty() {
-        if let Err(e) = client.write_all(&early).await {
-            return tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
-    }
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        _ = crate::listener::quiet_for(activity, idle) => {
-            tracing::debug!("closing idle upgraded connection");
-        }
-    }
-}
-
-/// A target's response body: read by our HTTP/1 client or by hyper's HTTP/2 one.
-pub enum UpstreamBody {
-    H1(h1::ResponseBody),
-    H2(Incoming),
-    /// Nothing (the connection went to a tunnel).
-    Done,
-}
-
-impl UpstreamBody {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
-            UpstreamBody::Done => true,
-        }
-    }
-}
-
-/// The response body from a target. Keeps the request counted as in flight until the body
-/// is done (so least-outstanding sees long downloads), then returns the HTTP/1 connection
-/// to the target's pool. A body dropped half-read closes its connection instead.
-pub struct UpstreamResponseBody {
-    inner: UpstreamBody,
-    in_flight: InFlight,
-    /// When the connection was taken for this request, for the pool's idle limit.
-    used_ms: u64,
-    bytes: u64,
-    /// The access log line, written when the body is done (or dropped).
-    log: Option<
-        Box<(
-            crate::access_log::AccessLog,
-            crate::access_log::Entry,
-            Instant,
-        )>,
-    >,
-}
-
-impl Drop for UpstreamResponseBody {
-    fn drop(&mut self) {
-        if let Some(pending) = self.log.take() {
-            let (log, mut e, started) = *pending;
-            e.bytes = self.bytes;
-            e.total_ms = crate::access_log::millis(started.elapsed());
-            log.log(e);
-        }
-    }
-}
-
-impl UpstreamResponseBody {
-    /// Back to the pool with the connection, if the body is complete and it may be reused.
-    fn release(&mut self) {
-        if let UpstreamBody::H1(b) = &mut self.inner {
-            if let Some(conn) = b.take_reusable() {
-                self.in_flight.target().pool.put(conn, self.used_ms);
-            }
-        }
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Body for UpstreamResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Done => Poll::Ready(None),
-        };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.bytes += data.len() as u64;
-            }
-        }
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
-            UpstreamBody::Done => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// RFC 9110 §7.6.1's connection-specific fields. `Trailer` is not one of them: it announces
-/// the trailer fields end to end (and hyper only sends announced trailers on HTTP/1).
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Usually there is none: one pass over a few names is cheaper than a lookup per name.
-fn has_hop_by_hop(h: &HeaderMap) -> bool {
-    h.keys().any(|k| HOP_BY_HOP.contains(k))
-}
-
-fn remove_hop_by_hop(h: &mut HeaderMap) {
-    if !has_hop_by_hop(h) {
-        return;
-    }
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
-        h.remove(name);
-    }
-}
-
-/// Strips the client's hop-by-hop fields (and gives the target a Host if the request
-/// carried it in its URI), and returns the fields the proxy sets.
-fn prepare_request_headers(
-    h: &mut HeaderMap,
-    uri: &Uri,
-    rid: &HeaderValue,
-    conn: &ConnInfo,
-    upgrade: bool,
-) -> SetFields {
-    if has_hop_by_hop(h) {
-        // gRPC needs `te: trailers` end to end; it is the one TE value a proxy may pass on.
-        let te_trailers = h
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        let upgrade_proto = if upgrade {
-            h.get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        remove_hop_by_hop(h);
-        if te_trailers {
-            h.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        if let Some(proto) = upgrade_proto {
-            h.insert(header::UPGRADE, proto);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    }
-    // An HTTP/2 request carries its host in the URI; an HTTP/1 target wants a Host header.
-    let host = match h.get(header::HOST) {
-        Some(v) => Some(v.clone()),
-        None => uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .inspect(|v| {
-                h.insert(header::HOST, v.clone());
-            }),
-    };
-    let mut set = SetFields::default();
-    set.set(&X_REQUEST_ID, rid.clone());
-    // Every X-Forwarded-For line the client sent, then its address.
-    let mut earlier = h.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let xff = if earlier.peek().is_none() {
-        Some(conn.client_ip.clone())
-    } else {
-        let mut list = Vec::new();
-        for v in earlier {
-            list.extend_from_slice(v.as_bytes());
-            list.extend_from_slice(b", ");
-        }
-        list.extend_from_slice(conn.client_ip.as_bytes());
-        HeaderValue::from_bytes(&list).ok()
-    };
-    if let Some(v) = xff {
-        set.set(&X_FORWARDED_FOR, v);
-    }
-    set.set(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    set.set(&X_FORWARDED_PORT, conn.local_port.clone());
-    if let Some(host) = host {
-        set.set(&X_FORWARDED_HOST, host);
-    }
-    set
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-}
-
-/// Splits `host:port`, `[v6]:port` or a bare host.
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        return match rest.split_once(']') {
-            Some((h, p)) => (h, p.strip_prefix(':')),
-            None => (host, None),
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, Some(p)),
-        _ => (host, None),
-    }
-}
-
-pub fn error(e: ProxyError, detail: impl std::fmt::Display) -> Response<ResponseBody> {
-    let body = format!(
-        "switchyard: {}: {detail}\n",
-        e.status().canonical_reason().unwrap_or("")
-    );
-    Response::builder()
-        .status(e.status())
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(ERROR_HEADER, e.code())
-        .body(Either::Right(Full::new(Bytes::from(body))))
-        .expect("valid error response")
-}
-
-fn fixed(f: &FixedResponse) -> Response<ResponseBody> {
-    Response::builder()
-        .status(f.status)
-        .header(header::CONTENT_TYPE, f.content_type.as_str())
-        .body(Either::Right(Full::new(Bytes::from(f.body.clone()))))
-        .unwrap_or_else(|_| error(ProxyError::NoRoute, "bad fixed response"))
-}
-
-fn redirect<B>(r: &Redirect, req: &Request<B>, conn: &ConnInfo) -> Response<ResponseBody> {
-    let (orig_host, orig_port) = split_port(request_host(req).unwrap_or(""));
-    let orig_scheme = if conn.tls { "https" } else { "http" };
-    let orig_path = req.uri().path();
-    let orig_query = req.uri().query().unwrap_or("");
-    // ALB's placeholders: #{host}, #{path}, #{port}, #{query}, #{protocol}.
-    let fill = |s: &str| {
-        s.replace("#{host}", orig_host)
-            .replace("#{path}", orig_path)
-            .replace("#{port}", orig_port.unwrap_or(""))
-            .replace("#{query}", orig_query)
-            .replace("#{protocol}", orig_scheme)
-    };
-    let scheme = r.scheme.as_deref().unwrap_or(orig_scheme);
-    let host = r
-        .host
-        .as_deref()
-        .map_or_else(|| orig_host.to_string(), fill);
-    let port = match (r.port, &r.host, &r.scheme) {
-        (Some(p), _, _) => Some(p.to_string()),
-        // A new host or scheme drops the original port, as it would not fit.
-        (None, None, None) => orig_port.map(str::to_string),
-        _ => None,
-    };
-    let path = r
-        .path
-        .as_deref()
-        .map_or_else(|| orig_path.to_string(), fill);
-    let query = r
-        .query
-        .as_deref()
-        .map_or_else(|| orig_query.to_string(), fill);
-    let default_port = (scheme == "https" && port.as_deref() == Some("443"))
-        || (scheme == "http" && port.as_deref() == Some("80"));
-    let mut location = format!("{scheme}://{host}");
-    if let Some(p) = port.filter(|_| !default_port) {
-        location.push(':');
-        location.push_str(&p);
-    }
-    location.push_str(&path);
-    if !query.is_empty() {
-        location.push('?');
-        location.push_str(&query);
-    }
-    Response::builder()
-        .status(r.status)
-        .header(header::LOCATION, location)
-        .body(Either::Right(Full::new(Bytes::new())))
-        .unwrap_or_else(|_| error(ProxyError::NoRoute, "redirect target is not a valid URL"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_port;
-
-    #[test]
-    fn ports_split_off_hosts() {
-        assert_eq!(split_port("a.com:8080"), ("a.com", Some("8080")));
-        assert_eq!(split_port("a.com"), ("a.com", None));
-        assert_eq!(split_port("[::1]:80"), ("::1", Some("80")));
-        assert_eq!(split_port("::1"), ("::1", None));
-    }
 }

@@ -1,0 +1,222 @@
+//! Requests to HTTP/2 targets, on hyper's client. hyper polls the request body on its
+//! connection task, out of the request's sight; so the body is wrapped to tell the request
+//! what happened to the upload — whom it is waiting for and since when, and whether the
+//! client failed it. A failed exchange is then blamed on the right side, and an upload is
+//! timed as toward an HTTP/1 target (see [`Limits`]). A request without a body goes as is.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+
+use super::clock::{Clock, Limits};
+use super::h1::{self, ClientError};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request to an HTTP/2 target failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The target (or the connection to it) failed.
+    Target(hyper::Error),
+    /// The client failed its upload.
+    Client(ClientError),
+    /// The target kept the exchange waiting for longer than the request timeout.
+    Timeout(Duration),
+}
+
+/// Sends `req` and waits for the answer's head; an upload is timed by `limits`, a request
+/// without a body is left to the caller's timer.
+pub async fn send(
+    s: &mut SendRequest<RequestBody>,
+    req: http::Request<Incoming>,
+    limits: &Limits,
+) -> Result<http::Response<ResponseBody>, Error> {
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        let req = http::Request::from_parts(
+            parts,
+            RequestBody {
+                inner: body,
+                upload: None,
+            },
+        );
+        let resp = s.send_request(req).await.map_err(Error::Target)?;
+        return Ok(resp.map(|inner| ResponseBody {
+            inner,
+            upload: None,
+        }));
+    }
+    let upload = Arc::new(Upload::new(limits.max_body));
+    let mut clock = Clock::new(*limits, upload.base);
+    let req = http::Request::from_parts(
+        parts,
+        RequestBody {
+            inner: body,
+            upload: Some((upload.clone(), 0)),
+        },
+    );
+    let mut answer = std::pin::pin!(s.send_request(req));
+    let timed = poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(Error::Target));
+        }
+        clock.poll(cx, Some(upload.waiting())).map(|e| {
+            Err(match e {
+                h1::Error::Client(c) => Error::Client(c),
+                _ => Error::Timeout(limits.request),
+            })
+        })
+    })
+    .await;
+    match timed {
+        Ok(resp) => Ok(resp.map(|inner| ResponseBody {
+            inner,
+            upload: Some(upload),
+        })),
+        // hyper's error for a body that failed is the stream it reset: the cause is ours.
+        Err(Error::Target(e)) => Err(upload.take_fault().map_or(Error::Target(e), Error::Client)),
+        Err(e) => Err(e),
+    }
+}
+
+/// An HTTP/2 target's answer, which may still be streaming while the upload goes on.
+pub struct ResponseBody {
+    inner: Incoming,
+    upload: Option<Arc<Upload>>,
+}
+
+impl ResponseBody {
+    /// Why the client failed the upload, if it did: then an error of this body (the stream
+    /// hyper reset because of it) is the client's doing, not the target's.
+    pub fn client_fault(&self) -> Option<ClientError> {
+        self.upload.as_ref().and_then(|up| up.take_fault())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What became of an upload, written by hyper's connection task and read by the request's.
+#[derive(Debug)]
+struct Upload {
+    base: Instant,
+    /// When the current wait began, in nanoseconds after `base`.
+    since: AtomicU64,
+    waiting_on_client: AtomicBool,
+    max: Option<u64>,
+    fault: Mutex<Option<ClientError>>,
+}
+
+impl Upload {
+    fn new(max: Option<u64>) -> Upload {
+        Upload {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+            waiting_on_client: AtomicBool::new(false),
+            max,
+            fault: Mutex::new(None),
+        }
+    }
+
+    /// Since when the upload waits, and whether for the client (after its end: for the
+    /// target's answer).
+    fn waiting(&self) -> (Instant, bool) {
+        let since = self.base + Duration::from_nanos(self.since.load(Relaxed));
+        (since, self.waiting_on_client.load(Relaxed))
+    }
+
+    /// A new wait begins now.
+    fn wait_on(&self, client: bool) {
+        let now = self.base.elapsed().as_nanos() as u64;
+        self.since.store(now, Relaxed);
+        self.waiting_on_client.store(client, Relaxed);
+    }
+
+    fn failed(&self, e: ClientError) -> BoxError {
+        let shown: BoxError = e.to_string().into();
+        *self.fault.lock().expect("upload fault") = Some(e);
+        shown
+    }
+
+    fn take_fault(&self) -> Option<ClientError> {
+        self.fault.lock().expect("upload fault").take()
+    }
+}
+
+/// A client's request body on its way to an HTTP/2 target.
+pub struct RequestBody {
+    inner: Incoming,
+    /// For an upload: its account, and the bytes taken so far.
+    upload: Option<(Arc<Upload>, u64)>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some((up, taken)) = &mut this.upload else {
+            return polled.map_err(Into::into);
+        };
+        match polled {
+            Poll::Pending => {
+                if !up.waiting_on_client.load(Relaxed) {
+                    up.wait_on(true);
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                *taken += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(max) = up.max.filter(|max| *taken > *max) {
+                    return Poll::Ready(Some(Err(up.failed(ClientError::TooLarge(max)))));
+                }
+                up.wait_on(false);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(up.failed(ClientError::Body(e))))),
+            Poll::Ready(None) => {
+                // The answer is waited for from now on.
+                up.wait_on(false);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,364 @@
+//! Failures the client causes — a stalled, aborted or too large upload — are answered
+//! (408, 400, 413) and counted apart as client errors: never against the target (passive
+//! ejection), nor in the group's answers that the guard and analyses judge. Uploads that flow
+//! steadily are not cut by the request timeout, which is the target's time. Misbehaving
+//! clients are raw TCP clients on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One group `blue` with `targets`, the given `[timeouts]` and `[limits]` lines, and the access
+/// log written to `log`.
+fn cfg(targets: &[SocketAddr], timeouts: &str, limits: &str, log: &std::path::Path) -> String {
+    config(&[("blue", targets)], "").replacen(
+        "[[listener]]",
+        &format!(
+            "[timeouts]\n{timeouts}\n[limits]\n{limits}\n[access_log]\npath = \"{}\"\n\n[[listener]]",
+            log.display()
+        ),
+        1,
+    )
+}
+
+/// Reads an answer's head (and whatever came with it) and returns it as text.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("an answer in time");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+fn counts(sy: &Server) -> switchyard::group::GroupCounts {
+    sy.control.snapshot().services["shop"].groups[0]
+        .stats
+        .snapshot()
+}
+
+fn window(sy: &Server) -> switchyard::metrics::Summary {
+    sy.control.snapshot().services["shop"].groups[0]
+        .stats
+        .window
+        .last(Duration::from_secs(60))
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn logged(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    eventually(Duration::from_secs(10), "access log lines", || async {
+        log_lines(path).len() >= n
+    })
+    .await;
+    log_lines(path)
+}
+
+/// A client that announces 100 bytes, sends 3, and then sends nothing more.
+async fn stalled_upload(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    read_head(&mut s).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_its_failure() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    // The request timeout is the longer one: a stall must not be taken for the target's.
+    let sy = start(&cfg(
+        &[b.addr],
+        "client_body = \"300ms\"\nrequest = \"2s\"",
+        "",
+        &log,
+    ))
+    .await;
+    let addr = sy.listener_addr("web").await;
+    // More than the 5 consecutive failures that eject a target.
+    for i in 0..6 {
+        let answer = stalled_upload(addr).await;
+        assert_eq!(status_of(&answer), 408, "upload {i}: {answer}");
+        assert!(
+            answer.contains("x-switchyard-error: client_body_timeout"),
+            "{answer}"
+        );
+    }
+    let r = get(&client(), &format!("http://{addr}/"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the target was not ejected: {}", r.body);
+    let c = counts(&sy);
+    assert_eq!((c.client_errors, c.timeouts, c.responses[4]), (6, 0, 0));
+    let w = window(&sy);
+    assert_eq!(
+        (w.requests, w.classes[4], w.client_errors),
+        (1, 0, 6),
+        "the judge sees only the one real answer"
+    );
+    let text = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
+        .await
+        .unwrap()
+        .body;
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("switchyard_client_errors_total{service=\"shop\",group=\"blue\"} 6"),
+        "{text}"
+    );
+    assert!(has(
+        "switchyard_route_client_errors_total{listener=\"web\",route=\"all\"} 6"
+    ));
+    assert!(has(
+        "switchyard_responses_total{service=\"shop\",group=\"blue\",class=\"5xx\"} 0"
+    ));
+    let lines = logged(&log, 7).await;
+    let stalled: Vec<_> = lines
+        .iter()
+        .filter(|l| l["client_error"] == "stalled")
+        .collect();
+    assert_eq!(stalled.len(), 6, "{lines:?}");
+    assert!(stalled.iter().all(|l| l["status"] == 408));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(&[b.addr], "", "", &log)).await;
+    let addr = sy.listener_addr("web").await;
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
+            .await
+            .unwrap();
+        // Let the upload begin, then go away.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+    }
+    eventually(Duration::from_secs(10), "six client errors", || async {
+        counts(&sy).client_errors == 6
+    })
+    .await;
+    let r = get(&client(), &format!("http://{addr}/"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let w = window(&sy);
+    assert_eq!((w.requests, w.classes[3], w.classes[4]), (1, 0, 0));
+    let lines = logged(&log, 7).await;
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["client_error"] == "aborted")
+            .count(),
+        6,
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_upload_that_outlasts_the_request_timeout_is_passed_on_whole() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(
+        &[b.addr],
+        "request = \"1s\"\nclient_body = \"3s\"",
+        "",
+        &log,
+    ))
+    .await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    // 12 pieces 200 ms apart: 2.4 s of upload, never a pause near either limit.
+    let piece = "x".repeat(1000);
+    s.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            12 * piece.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(piece.as_bytes()).await.is_err() {
+            break; // answered (wrongly) already: the assertion below says how
+        }
+    }
+    let answer = read_head(&mut s).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(counts(&sy).timeouts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_reading_an_upload_still_times_out() {
+    // Reads the request head, then nothing: the upload fills the socket buffers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = [0u8; 512];
+            let _ = s.read(&mut head).await;
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(
+        &[target],
+        "request = \"500ms\"\nclient_body = \"30s\"",
+        "",
+        &log,
+    ))
+    .await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    let len = 64 << 20;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let writer = tokio::spawn(async move {
+        let piece = vec![b'x'; 1 << 16];
+        for _ in 0..(len / piece.len()) {
+            if s.write_all(&piece).await.is_err() {
+                break;
+            }
+        }
+        s
+    });
+    eventually(
+        Duration::from_secs(20),
+        "a timeout for the target",
+        || async { counts(&sy).timeouts == 1 },
+    )
+    .await;
+    assert_eq!(counts(&sy).client_errors, 0);
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(&[b.addr], "", "max_body_bytes = 1000", &log)).await;
+    let addr = sy.listener_addr("web").await;
+
+    // A stated length over the limit: refused before anything is forwarded.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_head(&mut s).await;
+    assert_eq!(status_of(&answer), 413, "{answer}");
+    assert!(answer.contains("x-switchyard-error: request_body_too_large"));
+    assert_eq!(b.hits(), 0, "not forwarded");
+
+    // A chunked body that grows past it: cut off, 413 (the target had not answered yet).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let piece = format!("{:x}\r\n{}\r\n", 600, "y".repeat(600));
+        if s.write_all(piece.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let answer = read_head(&mut s).await;
+    assert_eq!(status_of(&answer), 413, "{answer}");
+
+    // Within the limit: passed on.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_head(&mut s).await), 200);
+
+    let c = counts(&sy);
+    assert_eq!((c.client_errors, c.responses[3], c.responses[4]), (2, 0, 0));
+    let lines = logged(&log, 3).await;
+    let too_large: Vec<_> = lines
+        .iter()
+        .filter(|l| l["client_error"] == "too_large")
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(too_large, [413, 413]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_to_an_http2_target_are_timed_the_same_way() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let toml = cfg(
+        &[b.addr],
+        "client_body = \"300ms\"\nrequest = \"1s\"",
+        "",
+        &log,
+    )
+    .replace(
+        "name = \"blue\"\n",
+        "name = \"blue\"\nprotocol = \"http2\"\n",
+    );
+    assert!(toml.contains("protocol = \"http2\""));
+    let sy = start(&toml).await;
+    let addr = sy.listener_addr("web").await;
+
+    let answer = stalled_upload(addr).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+
+    // 2 s of steady upload against a 1 s request timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(b"z").await.is_err() {
+            break;
+        }
+    }
+    let answer = read_head(&mut s).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+
+    let c = counts(&sy);
+    assert_eq!((c.client_errors, c.timeouts, c.responses[4]), (1, 0, 0));
+}
