@@ -10,8 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::persist::superseded;
-use super::persist::Write;
+use super::persist::{superseded, Kind, Write};
 use super::transition::plan;
 use super::{event, ControlError, Controller};
 use crate::config::Split;
@@ -147,10 +146,31 @@ impl Controller {
                 Write::NewRollout(Arc::new(move |id| for_store(id).commit)),
             )
             .await?;
+        let id = id.expect("a new rollout has an id");
         if state.epoch(service) != epoch {
+            // An undo came in while the new rollout's row was being written, and its own
+            // record (queued after) does not name this rollout: without a record that ends
+            // it, a restart would find it the latest and active, and resume it.
+            let mut orphan = make(id).commit.rollout.expect("a new rollout");
+            orphan.status = Status::Aborted;
+            orphan.reason = Some("superseded by an undo decided while it was being started".into());
+            orphan.updated_at = unix_ms();
+            tracing::warn!(
+                service,
+                rollout = id,
+                "rollout start superseded by an undo; recording it as aborted"
+            );
+            self.persist.durable(
+                Kind::Rollback,
+                vec![service.to_string()],
+                Commit {
+                    rollout: Some(orphan),
+                    ..Commit::default()
+                },
+            );
             return Err(superseded(service));
         }
-        let planned = make(id.expect("a new rollout has an id"));
+        let planned = make(id);
         let view = self.apply_planned(&mut state, planned, None)?;
         drop(state);
         self.ensure_driver(service).await;
@@ -267,15 +287,21 @@ impl Controller {
             .ok_or_else(|| ControlError::NoRollout(service.into()))?;
         let split = state.traffic[service].current.clone();
         let mut view = RolloutView::new(r, split);
-        view.waiting_for = if state.resume_gate.contains(service) {
-            Some("the guard to judge one full window after a restart".into())
-        } else if self.persist.pending_for(service) {
-            Some("the state database to record a rollback already applied to traffic".into())
-        } else if self.persist.health().pending_writes > 0 {
-            Some("the state database to accept writes".into())
-        } else {
-            None
-        };
+        view.waiting_for = Controller::resume_wait(&state, service).or_else(|| {
+            match self.persist.pending_kind(service) {
+                Some(Kind::Rollback) => Some(
+                    "the state database to record a rollback already applied to traffic".into(),
+                ),
+                Some(Kind::Hold) => {
+                    Some("the state database to record a hold already applied".into())
+                }
+                Some(Kind::Event) => Some("the state database to record an event".into()),
+                None if self.persist.health().pending_writes > 0 => {
+                    Some("the state database to accept writes".into())
+                }
+                None => None,
+            }
+        });
         Ok(view)
     }
 
@@ -335,17 +361,19 @@ impl Controller {
         }
     }
 
-    /// Whether the service's rollout resumed after a restart and its guard has not yet
-    /// judged a full window.
-    pub(crate) async fn resume_gated(&self, service: &str) -> bool {
-        self.state.lock().await.resume_gate.contains(service)
-    }
-
-    /// The guard judged one full window after a restart: the rollout may move on.
-    pub(crate) async fn open_resume_gate(&self, service: &str) {
-        if self.state.lock().await.resume_gate.remove(service) {
-            tracing::info!(%service, "guard judged a full window after the restart; rollout goes on");
+    /// A driver found its rollout inactive: it ends, unless a retry made the rollout active
+    /// again. Decided under the state lock, which `ensure_driver` also holds: either the
+    /// retry's `ensure_driver` finds no driver and starts one, or this one goes on.
+    pub(crate) async fn driver_done(&self, service: &str) -> bool {
+        let mut state = self.state.lock().await;
+        let active = state
+            .rollouts
+            .get(service)
+            .is_some_and(|r| r.status.is_active());
+        if !active {
+            state.drivers.remove(service);
         }
+        !active
     }
 
     /// The driver's side: one step of the state machine.
@@ -372,7 +400,10 @@ impl Controller {
         if machine::pause_progress(&mut r, step, elapsed) {
             r.updated_at = unix_ms();
             let epoch = state.epoch(service);
+            // With the traffic row: this write is only made once the step before it was
+            // applied, so it clears that step's `step_from` (see `lifecycle`).
             let commit = Commit {
+                traffic: vec![(service.to_string(), state.traffic[service].record())],
                 rollout: Some(r.clone()),
                 ..Commit::default()
             };
@@ -538,6 +569,7 @@ impl Controller {
                 };
                 let ev = event(&r.service, Some(r.id), "hook", kind, None, None, reason);
                 persist.durable(
+                    Kind::Event,
                     vec![r.service.clone()],
                     Commit {
                         events: vec![ev],
