@@ -312,7 +312,7 @@ impl Persister {
                         }
                     };
                     let store = self.store.clone();
-                    let result = blocking(move || store.commit(&commit).map(|()| ())).await;
+                    let result = blocking(move || store.commit(&commit)).await;
                     lock(&self.queue).durable_since = None;
                     match result {
                         Ok(()) => {
@@ -426,6 +426,22 @@ impl Persister {
     }
 }
 
+/// Waits at most `limit` for a forward write's result. On a timeout the receiver is
+/// dropped, which tells the writer not to start it; one already running may still land,
+/// which is a forward record never applied: the next step rewrites it, and a restart holds
+/// at the split before it (its `step_from`, see `lifecycle`).
+async fn wait(rx: oneshot::Receiver<Reply>, limit: Duration) -> Reply {
+    match tokio::time::timeout(limit, rx).await {
+        Err(_) => Err(WriteError::Unavailable(format!(
+            "the state database did not answer within {limit:?}"
+        ))),
+        Ok(Err(_)) => Err(WriteError::Unavailable(
+            "the state database writer stopped".into(),
+        )),
+        Ok(Ok(r)) => r,
+    }
+}
+
 /// Runs a store call off the async threads (SQLite fsyncs); a panic in it is an error of
 /// that write, not the end of the writer.
 async fn blocking<T: Send + 'static>(
@@ -478,23 +494,9 @@ impl Controller {
             .forward(services.clone(), write)
             .map_err(|e| write_error(&services, e))?;
         drop(state);
-        let id = match tokio::time::timeout(FORWARD_WAIT, wrote).await {
-            Err(_) => {
-                // Dropping the receiver tells the writer not to start it; one already
-                // running may still land, which is a forward record not applied: the next
-                // step rewrites it, and a restart holds at the split before it (see
-                // `lifecycle`).
-                return Err(ControlError::StoreUnavailable(format!(
-                    "the state database did not answer within {FORWARD_WAIT:?}"
-                )));
-            }
-            Ok(Err(_)) => {
-                return Err(ControlError::StoreUnavailable(
-                    "the state database writer stopped".into(),
-                ))
-            }
-            Ok(Ok(r)) => r.map_err(|e| write_error(&services, e))?,
-        };
+        let id = wait(wrote, FORWARD_WAIT)
+            .await
+            .map_err(|e| write_error(&services, e))?;
         Ok((self.state.lock().await, id))
     }
 
@@ -516,3 +518,7 @@ pub(super) fn superseded(service: &str) -> ControlError {
         "a rollback of {service} was decided while this change waited for the state database; the change was not applied"
     ))
 }
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;
