@@ -25,20 +25,21 @@ impl Server {
         if token.is_empty() {
             tracing::warn!("no admin token configured: the admin API is read-only");
         }
-        let admin_socket =
-            crate::listener::bind(admin_bind).map_err(|source| ControlError::Bind {
-                name: "admin".into(),
-                addr: admin_bind,
-                source,
-            })?;
-        let admin_addr = admin_socket
-            .local_addr()
-            .map_err(|source| ControlError::Bind {
-                name: "admin".into(),
-                addr: admin_bind,
-                source,
-            })?;
+        // The store first: it takes the one-instance lock, so a second instance with the
+        // same configuration fails naming the holder, not on "address in use".
         let control = Controller::start(config, path).await?;
+        let bound = crate::listener::bind(admin_bind).and_then(|s| Ok((s.local_addr()?, s)));
+        let (admin_addr, admin_socket) = match bound {
+            Ok(b) => b,
+            Err(source) => {
+                control.shutdown().await;
+                return Err(ControlError::Bind {
+                    name: "admin".into(),
+                    addr: admin_bind,
+                    source,
+                });
+            }
+        };
         let admin_stop = CancellationToken::new();
         let router = crate::api::router(control.clone(), token);
         let admin_task = tokio::spawn(crate::api::serve(admin_socket, router, admin_stop.clone()));

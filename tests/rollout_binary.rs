@@ -123,7 +123,9 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
     let db = dir.path().join("switchyard.db");
     let (web, admin_addr) = (free_port(), free_port());
     write_config(&path, web, admin_addr, "blue", blue.addr, green.addr);
-    small_guard(&path, "2s");
+    // Long enough that the hold is still on when the first requests after the restart are
+    // answered, however slowly the box starts the binary.
+    small_guard(&path, "5s");
     let api = switchyard::client::AdminClient::new(&admin_addr.to_string(), Some("t0ken".into()));
 
     let mut first = run_binary(&path, admin_addr).await;
@@ -167,7 +169,7 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
         r["weight"].as_u64().unwrap() <= 3000,
         "never more than the candidate had when the rollback was decided: {r}"
     );
-    // Held until the guard has judged one full window (2 s of whole seconds from the
+    // Held until the guard has judged one full window (5 s of whole seconds from the
     // driver's start, which comes before the admin API answers): no promotion, no step.
     assert!(
         r["waiting_for"]
@@ -181,7 +183,7 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
         .unwrap_err();
     assert!(e.to_string().contains("409"), "{e}");
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "the guard judged a window",
         || async {
             api.get("/api/v1/services/shop/rollout").await.unwrap()["waiting_for"].is_null()
@@ -189,7 +191,7 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
     )
     .await;
     assert!(
-        restarted.elapsed() >= Duration::from_millis(2000),
+        restarted.elapsed() >= Duration::from_millis(5000),
         "held for at least the guard window"
     );
     let r = api
@@ -214,20 +216,13 @@ async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_h
         blue.addr,
         green.addr,
     );
-    // Other ports, the same default database (switchyard.db next to the file).
-    write_config(
-        &second_cfg,
-        free_port(),
-        free_port(),
-        "blue",
-        blue.addr,
-        green.addr,
-    );
     let first = run_binary(&first_cfg, admin_addr).await;
 
+    // The very same configuration (same ports): the store is opened before anything is
+    // bound, so it fails on the database's lock, naming the holder, not "address in use".
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "-c"])
-        .arg(&second_cfg)
+        .arg(&first_cfg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

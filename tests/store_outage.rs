@@ -1,7 +1,10 @@
 //! The state database locked by another process: rollbacks (manual and the guard's) reach
 //! the data plane at once and are recorded once the file can be written again; nothing moves
 //! toward the candidate meanwhile; the pending write shows in status and /metrics; the
-//! rollbacks counter takes its cause from the code path, not from the actor's name.
+//! rollbacks counter takes its cause from the code path, not from the actor's name. Also:
+//! shutdown with the file locked answers every caller and ends; a restart whose last record
+//! is a step forward not yet confirmed holds at the weight before it until the guard judged
+//! a window; a retry right after an abort is still watched by the guard.
 
 mod common;
 
@@ -111,6 +114,11 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
     eventually(Duration::from_secs(10), "paused at 50%", || async {
         let r = rollout(&api).await;
         r["status"] == "paused" && r["weight"] == 5000
+    })
+    .await;
+    // "paused" is a durable write: in the API before it is in the file.
+    eventually(Duration::from_secs(10), "the pause recorded", || async {
+        pending(&api).await == 0
     })
     .await;
 
@@ -227,9 +235,11 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
     )
     .await
     .unwrap();
-    eventually(Duration::from_secs(10), "paused at 50%", || async {
-        rollout(&api).await["weight"] == 5000
-    })
+    eventually(
+        Duration::from_secs(10),
+        "paused at 50%, recorded",
+        || async { rollout(&api).await["status"] == "paused" && pending(&api).await == 0 },
+    )
     .await;
 
     // The database stays locked until the guard has rolled back: before the fix the guard's
@@ -268,4 +278,203 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
     })
     .await;
     assert_eq!(recorded(&db).0, "aborted");
+}
+
+async fn paused_at(api: &switchyard::client::AdminClient, weight: u64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("paused at {weight}, recorded"),
+        || async {
+            let r = rollout(api).await;
+            r["status"] == "paused" && r["weight"] == weight && pending(api).await == 0
+        },
+    )
+    .await;
+}
+
+const GUARD: &str = "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
+    let api = admin(&sy);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+            { "weight": 50 }, { "pause": "until-promoted" }
+        ]}}),
+    )
+    .await
+    .unwrap();
+    paused_at(&api, 5000).await;
+    let lock = DbLock::hold(&db);
+    api.post("/api/v1/services/shop/rollout/abort", json!({}))
+        .await
+        .unwrap();
+    assert!(pending(&api).await >= 1);
+
+    let control = sy.control.clone();
+    let stop = tokio::spawn(sy.shutdown());
+    // Once the writer is closed a forward change is answered at once, not queued forever.
+    eventually(
+        Duration::from_secs(10),
+        "forward writes refused because switchyard stops",
+        || async {
+            match control.switch("shop", "blue", true, "test").await {
+                Err(switchyard::control::ControlError::StoreUnavailable(m)) => {
+                    m.contains("shutting down")
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("shutdown ends while the file stays locked")
+        .unwrap();
+    lock.release();
+    // The abort never reached the file: the next start resumes held (see rollout_binary).
+    assert_eq!(recorded(&db).0, "paused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until_the_guard_judged()
+{
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let config = shop(blue.addr, green.addr, GUARD);
+    let sy = start_in(&config, dir.path()).await;
+    let api = admin(&sy);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+            { "weight": 10 }, { "pause": "until-promoted" }, { "weight": 50 }, { "pause": "until-promoted" }
+        ]}}),
+    )
+    .await
+    .unwrap();
+    paused_at(&api, 1000).await;
+    api.post("/api/v1/services/shop/rollout/promote", json!({}))
+        .await
+        .unwrap();
+    paused_at(&api, 5000).await;
+    sy.shutdown().await;
+
+    // What a step to 50 % leaves when a rollback was decided while it was being written and
+    // the rollback's own record never landed: the step is the last record, unconfirmed.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM traffic WHERE service = 'shop'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut t: Value = serde_json::from_str(&state).unwrap();
+        t["step_from"] = json!({ "blue": 9000, "green": 1000 });
+        conn.execute(
+            "UPDATE traffic SET state = ?1 WHERE service = 'shop'",
+            [t.to_string()],
+        )
+        .unwrap();
+    }
+
+    let sy = start_in(&config, dir.path()).await;
+    let api = admin(&sy);
+    let r = rollout(&api).await;
+    assert_eq!(r["weight"], 1000, "{r}");
+    assert_eq!(r["split"], json!({ "blue": 9000, "green": 1000 }), "{r}");
+    assert!(
+        r["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("guard") && w.contains("50%")),
+        "{r}"
+    );
+    let e = api
+        .post("/api/v1/services/shop/rollout/promote", json!({}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("409"), "{e}");
+    eventually(
+        Duration::from_secs(15),
+        "back at the recorded 50% once the guard judged a window",
+        || async {
+            let r = rollout(&api).await;
+            r["weight"] == 5000 && r["waiting_for"].is_null()
+        },
+    )
+    .await;
+    let events = api
+        .get("/api/v1/events?service=shop&kind=restored")
+        .await
+        .unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+            { "weight": 50 }, { "pause": "until-promoted" }
+        ]}}),
+    )
+    .await
+    .unwrap();
+    paused_at(&api, 5000).await;
+    // Back to back: the retry may come before the woken driver saw the abort (then its
+    // guard had ended with the first attempt).
+    api.post("/api/v1/services/shop/rollout/abort", json!({}))
+        .await
+        .unwrap();
+    api.post("/api/v1/services/shop/rollout/retry", json!({}))
+        .await
+        .unwrap();
+    paused_at(&api, 5000).await;
+    assert_eq!(rollout(&api).await["attempt"], 1);
+
+    green.set_errors(1000);
+    let c = client();
+    eventually(
+        Duration::from_secs(20),
+        "the guard rolled back the retried attempt",
+        || {
+            let (c, url, api) = (c.clone(), url.clone(), &api);
+            async move {
+                for _ in 0..10 {
+                    let _ = get(&c, &url, &[]).await;
+                }
+                rollout(api).await["status"] == "aborted"
+            }
+        },
+    )
+    .await;
+    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(
+        metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
+        Some(1.0)
+    );
 }

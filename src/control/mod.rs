@@ -4,9 +4,12 @@
 //! snapshot; a change that fails anywhere is not applied at all. The hot path only ever sees
 //! the published snapshot.
 
+mod ending;
+mod lifecycle;
 mod observe;
 mod persist;
 mod plan;
+mod publish;
 mod rollouts;
 mod transition;
 
@@ -14,7 +17,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify};
@@ -24,9 +26,10 @@ use crate::group::now_ms;
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
 use crate::rollout::{unix_ms, Rollout};
-use crate::snapshot::{ServiceTraffic, Snapshot};
-use crate::store::{Commit, Event, EventQuery, SqliteStore, Store, StoreError, TrafficRecord};
+use crate::snapshot::Snapshot;
+use crate::store::{Commit, Event, EventQuery, Store, StoreError, TrafficRecord};
 use persist::{superseded, Persister, Write};
+use publish::view;
 
 pub use persist::StoreHealth;
 pub use plan::PlanChange;
@@ -110,6 +113,7 @@ impl Traffic {
             from_file: self.from_file.clone(),
             stable: self.stable.clone(),
             retired: self.retired.clone(),
+            step_from: None,
         }
     }
 
@@ -136,6 +140,9 @@ struct State {
     /// Services whose rollout resumed after a restart and whose driver waits for the guard
     /// to judge one full window before any step or promotion.
     resume_gate: HashSet<String>,
+    /// Rollouts resumed below their recorded weight (see `lifecycle`): the weight to go back
+    /// to once the guard has judged the lower one.
+    restore: HashMap<String, u32>,
     listeners: HashMap<String, Listener>,
     health: HealthChecker,
     generation: u64,
@@ -154,7 +161,6 @@ pub struct Controller {
     store: Arc<dyn Store>,
     /// Every write goes through it, in order; see `persist`.
     persist: Arc<Persister>,
-    persist_task: tokio::task::AbortHandle,
     /// Held by forward changes across their store write (the state lock is not, so that a
     /// rollback never waits for the store): one forward change at a time.
     writer: Mutex<()>,
@@ -180,100 +186,6 @@ pub struct TrafficChange {
 }
 
 impl Controller {
-    /// Opens the store, restores persisted traffic and rollouts, binds every listener and
-    /// starts serving. Nothing is left running on error.
-    pub async fn start(
-        config: Config,
-        path: Option<PathBuf>,
-    ) -> Result<Arc<Controller>, ControlError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
-        let persisted = store.load()?;
-        let config = Arc::new(config);
-        let mut traffic = BTreeMap::new();
-        for s in &config.services {
-            let restored = persisted.traffic.get(&s.name).filter(|t| {
-                let known = |sp: &Split| sp.0.keys().all(|g| s.group(g).is_some());
-                t.from_file == s.split && known(&t.current)
-            });
-            let t = match restored {
-                Some(r) => Traffic::from_record(r.clone()),
-                None => Traffic::from_config(&s.split),
-            };
-            traffic.insert(s.name.clone(), t);
-        }
-        let rollouts: BTreeMap<String, Rollout> = persisted
-            .rollouts
-            .into_iter()
-            .filter(|(svc, r)| {
-                config.service(svc).is_some_and(|s| {
-                    s.group(&r.stable).is_some() && s.group(&r.candidate).is_some()
-                })
-            })
-            .collect();
-
-        let snapshot = Arc::new(Snapshot::build(
-            config.clone(),
-            &view(&traffic, &rollouts),
-            None,
-            1,
-        )?);
-        let snapshots = Arc::new(ArcSwap::new(snapshot.clone()));
-        let mut listeners = HashMap::new();
-        for l in &config.listeners {
-            let bind_err = |source| ControlError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            };
-            let socket = listener::bind(l.bind).map_err(bind_err)?;
-            let running = listener::spawn(&l.name, l.bind, socket, l.is_tls(), snapshots.clone())
-                .map_err(bind_err)?;
-            tracing::info!(listener = %l.name, addr = %running.local, tls = l.is_tls(), "listening");
-            listeners.insert(l.name.clone(), running);
-        }
-        let mut health = HealthChecker::default();
-        health.reconcile(&snapshot);
-        let active: Vec<String> = rollouts
-            .values()
-            .filter(|r| r.status.is_active())
-            .map(|r| r.service.clone())
-            .collect();
-        let (observer, observer_task) = observe::Observer::spawn(snapshots.clone());
-        let (persist, persist_task) = Persister::spawn(store.clone());
-        let control = Arc::new(Controller {
-            counts: Default::default(),
-            observer,
-            observer_task,
-            snapshots,
-            state: Mutex::new(State {
-                config,
-                traffic,
-                rollouts,
-                epochs: HashMap::new(),
-                // The last instance may have died with a rollback applied but not recorded:
-                // the store then shows the weight from before it, never more (nothing moves
-                // forward while a rollback write is pending). So no rollout moves on before
-                // the guard has judged that weight for one full window.
-                resume_gate: active.iter().cloned().collect(),
-                listeners,
-                health,
-                generation: 1,
-                drivers: HashMap::new(),
-                end_hooks: HashMap::new(),
-            }),
-            config_path: path,
-            store,
-            persist,
-            persist_task,
-            writer: Mutex::new(()),
-        });
-        for service in active {
-            tracing::info!(%service, "resuming rollout");
-            control.ensure_driver(&service).await;
-        }
-        Ok(control)
-    }
-
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.load_full()
     }
@@ -295,25 +207,23 @@ impl Controller {
             .await
     }
 
-    /// Restores the split that was in force before the last change.
+    /// Restores the split that was in force before the last change. It is read under the
+    /// `writer` and state locks, in the same critical section that writes the change, so
+    /// two concurrent `switch --back`s (or a switch in between) cannot both act on the same
+    /// `previous`. Like every manual split it is a forward write: during a store outage it
+    /// is refused (a rollout's way back, `abort`, never is).
     pub async fn switch_back(
         &self,
         service: &str,
         force: bool,
         actor: &str,
     ) -> Result<TrafficChange, ControlError> {
-        let previous = {
-            let state = self.state.lock().await;
-            let t = state
-                .traffic
-                .get(service)
-                .ok_or_else(|| ControlError::UnknownService(service.into()))?;
+        self.change_split(service, force, actor, "switch_back", |t| {
             t.previous
                 .clone()
-                .ok_or_else(|| ControlError::NothingToRevert(service.into()))?
-        };
-        self.set_split(service, previous, force, actor, "switch_back")
-            .await
+                .ok_or_else(|| ControlError::NothingToRevert(service.into()))
+        })
+        .await
     }
 
     /// Sets a split by hand. Every group that would get traffic must have a healthy target
@@ -326,12 +236,26 @@ impl Controller {
         actor: &str,
         kind: &str,
     ) -> Result<TrafficChange, ControlError> {
+        self.change_split(service, force, actor, kind, |_| Ok(split.clone()))
+            .await
+    }
+
+    /// `set_split` with the split worked out from the service's traffic under the locks.
+    async fn change_split(
+        &self,
+        service: &str,
+        force: bool,
+        actor: &str,
+        kind: &str,
+        to: impl FnOnce(&Traffic) -> Result<Split, ControlError>,
+    ) -> Result<TrafficChange, ControlError> {
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
         let svc = state
             .config
             .service(service)
             .ok_or_else(|| ControlError::UnknownService(service.into()))?;
+        let split = to(&state.traffic[service])?;
         if let Some(r) = state.rollouts.get(service).filter(|r| r.status.is_active()) {
             return Err(ControlError::RolloutInProgress {
                 service: service.into(),
@@ -590,54 +514,6 @@ impl Controller {
         Ok(generation)
     }
 
-    /// Builds and swaps in a snapshot of the current state; starts and stops health checks
-    /// to match, and lets removed targets drain.
-    fn publish(&self, state: &mut State) -> Result<u64, ControlError> {
-        let prev = self.snapshots.load_full();
-        let generation = state.generation + 1;
-        let next = Arc::new(Snapshot::build(
-            state.config.clone(),
-            &view(&state.traffic, &state.rollouts),
-            Some(&prev),
-            generation,
-        )?);
-        self.snapshots.store(next.clone());
-        state.generation = generation;
-        state.health.reconcile(&next);
-        drain_removed(&prev, &next);
-        Ok(generation)
-    }
-
-    /// Stops rollout drivers, then every listener, waiting for in-flight requests (each
-    /// listener bounds its wait by the shutdown timeout).
-    pub async fn shutdown(&self) {
-        self.observer_task.abort();
-        // A rollback not yet recorded gets a last chance; if the store stays shut the next
-        // start resumes held (see `resume_gate`).
-        let left = self.persist.flush(Duration::from_secs(2)).await;
-        if left > 0 {
-            tracing::error!(
-                pending = left,
-                "stopping with writes the state database did not take"
-            );
-        }
-        self.persist_task.abort();
-        let mut state = self.state.lock().await;
-        state.health.stop();
-        for (_, (_, task)) in state.drivers.drain() {
-            task.abort();
-        }
-        let listeners: Vec<Listener> = state.listeners.drain().map(|(_, l)| l).collect();
-        drop(state);
-        // Signal all first so every listener stops accepting at the same moment.
-        for l in &listeners {
-            l.signal_stop();
-        }
-        for l in listeners {
-            l.stop().await;
-        }
-    }
-
     /// Current traffic state, for the API: (current split, previous split, stable group).
     pub async fn traffic(&self) -> BTreeMap<String, (Split, Option<Split>, Option<String>)> {
         let state = self.state.lock().await;
@@ -676,28 +552,6 @@ impl State {
     }
 }
 
-/// What the snapshot needs of the traffic state: the split, and the stable and candidate
-/// groups (a candidate only while its rollout is active).
-fn view(
-    traffic: &BTreeMap<String, Traffic>,
-    rollouts: &BTreeMap<String, Rollout>,
-) -> HashMap<String, ServiceTraffic> {
-    traffic
-        .iter()
-        .map(|(name, t)| {
-            let active = rollouts.get(name).filter(|r| r.status.is_active());
-            let v = ServiceTraffic {
-                split: Some(t.current.clone()),
-                stable: active
-                    .map(|r| r.stable.clone())
-                    .or_else(|| t.stable.clone()),
-                candidate: active.map(|r| r.candidate.clone()),
-            };
-            (name.clone(), v)
-        })
-        .collect()
-}
-
 fn event(
     service: &str,
     rollout: Option<u64>,
@@ -717,38 +571,5 @@ fn event(
         from: from.cloned(),
         to: to.cloned(),
         reason,
-    }
-}
-
-/// Targets in `prev` but not in `next` get no new requests; their in-flight ones finish.
-/// Logged when drained, or when the deregistration delay ends first.
-fn drain_removed(prev: &Snapshot, next: &Snapshot) {
-    for (service, group, target) in prev.targets() {
-        let still = next
-            .services
-            .get(service)
-            .and_then(|s| s.group(group))
-            .is_some_and(|g| g.target(&target.addr).is_some());
-        if still || target.outstanding() == 0 {
-            continue;
-        }
-        let delay = prev
-            .config
-            .service(service)
-            .map_or(Duration::from_secs(30), |s| s.deregistration_delay);
-        let (service, group, target) = (service.to_string(), group.to_string(), target.clone());
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + delay;
-            while target.outstanding() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let left = target.outstanding();
-            if left == 0 {
-                tracing::info!(%service, %group, target = %target.addr, "removed target drained");
-            } else {
-                tracing::warn!(%service, %group, target = %target.addr, in_flight = left,
-                    "deregistration delay over with requests in flight");
-            }
-        });
     }
 }

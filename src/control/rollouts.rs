@@ -10,10 +10,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::persist::superseded;
-use super::persist::Write;
+use super::persist::{superseded, Kind, Write};
 use super::transition::plan;
-use super::{event, ControlError, Controller};
+use super::{ControlError, Controller};
 use crate::config::Split;
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
 use crate::rollout::{unix_ms, RollbackCause, Rollout, Status, Strategy};
@@ -147,10 +146,31 @@ impl Controller {
                 Write::NewRollout(Arc::new(move |id| for_store(id).commit)),
             )
             .await?;
+        let id = id.expect("a new rollout has an id");
         if state.epoch(service) != epoch {
+            // An undo came in while the new rollout's row was being written, and its own
+            // record (queued after) does not name this rollout: without a record that ends
+            // it, a restart would find it the latest and active, and resume it.
+            let mut orphan = make(id).commit.rollout.expect("a new rollout");
+            orphan.status = Status::Aborted;
+            orphan.reason = Some("superseded by an undo decided while it was being started".into());
+            orphan.updated_at = unix_ms();
+            tracing::warn!(
+                service,
+                rollout = id,
+                "rollout start superseded by an undo; recording it as aborted"
+            );
+            self.persist.durable(
+                Kind::Rollback,
+                vec![service.to_string()],
+                Commit {
+                    rollout: Some(orphan),
+                    ..Commit::default()
+                },
+            );
             return Err(superseded(service));
         }
-        let planned = make(id.expect("a new rollout has an id"));
+        let planned = make(id);
         let view = self.apply_planned(&mut state, planned, None)?;
         drop(state);
         self.ensure_driver(service).await;
@@ -267,15 +287,21 @@ impl Controller {
             .ok_or_else(|| ControlError::NoRollout(service.into()))?;
         let split = state.traffic[service].current.clone();
         let mut view = RolloutView::new(r, split);
-        view.waiting_for = if state.resume_gate.contains(service) {
-            Some("the guard to judge one full window after a restart".into())
-        } else if self.persist.pending_for(service) {
-            Some("the state database to record a rollback already applied to traffic".into())
-        } else if self.persist.health().pending_writes > 0 {
-            Some("the state database to accept writes".into())
-        } else {
-            None
-        };
+        view.waiting_for = Controller::resume_wait(&state, service).or_else(|| {
+            match self.persist.pending_kind(service) {
+                Some(Kind::Rollback) => Some(
+                    "the state database to record a rollback already applied to traffic".into(),
+                ),
+                Some(Kind::Hold) => {
+                    Some("the state database to record a hold already applied".into())
+                }
+                Some(Kind::Event) => Some("the state database to record an event".into()),
+                None if self.persist.health().pending_writes > 0 => {
+                    Some("the state database to accept writes".into())
+                }
+                None => None,
+            }
+        });
         Ok(view)
     }
 
@@ -335,17 +361,19 @@ impl Controller {
         }
     }
 
-    /// Whether the service's rollout resumed after a restart and its guard has not yet
-    /// judged a full window.
-    pub(crate) async fn resume_gated(&self, service: &str) -> bool {
-        self.state.lock().await.resume_gate.contains(service)
-    }
-
-    /// The guard judged one full window after a restart: the rollout may move on.
-    pub(crate) async fn open_resume_gate(&self, service: &str) {
-        if self.state.lock().await.resume_gate.remove(service) {
-            tracing::info!(%service, "guard judged a full window after the restart; rollout goes on");
+    /// A driver found its rollout inactive: it ends, unless a retry made the rollout active
+    /// again. Decided under the state lock, which `ensure_driver` also holds: either the
+    /// retry's `ensure_driver` finds no driver and starts one, or this one goes on.
+    pub(crate) async fn driver_done(&self, service: &str) -> bool {
+        let mut state = self.state.lock().await;
+        let active = state
+            .rollouts
+            .get(service)
+            .is_some_and(|r| r.status.is_active());
+        if !active {
+            state.drivers.remove(service);
         }
+        !active
     }
 
     /// The driver's side: one step of the state machine.
@@ -372,7 +400,10 @@ impl Controller {
         if machine::pause_progress(&mut r, step, elapsed) {
             r.updated_at = unix_ms();
             let epoch = state.epoch(service);
+            // With the traffic row: this write is only made once the step before it was
+            // applied, so it clears that step's `step_from` (see `lifecycle`).
             let commit = Commit {
+                traffic: vec![(service.to_string(), state.traffic[service].record())],
                 rollout: Some(r.clone()),
                 ..Commit::default()
             };
@@ -501,91 +532,6 @@ impl Controller {
         })
         .await
         .map(|_| ())
-    }
-}
-
-impl Controller {
-    /// When a rollout ends: the `after_rollout` or `on_rollback` hook, and for a rollback the
-    /// notification webhook. Both run in the background; their results become events.
-    pub(super) fn after_end(
-        &self,
-        config: &crate::config::Config,
-        r: &Rollout,
-        change: &Change,
-        lane: Arc<tokio::sync::Mutex<()>>,
-    ) {
-        let Some(svc) = config.service(&r.service) else {
-            return;
-        };
-        let rolled_back = matches!(r.status, Status::Aborted | Status::RolledBack);
-        let point = if rolled_back {
-            "on_rollback"
-        } else {
-            "after_rollout"
-        };
-        if let Some(hook) = crate::rollout::hooks::by_point(&svc.hooks, point).cloned() {
-            let (persist, r) = (self.persist.clone(), r.clone());
-            // Taken now, while the state lock orders it before any later attempt's driver.
-            let held = lane.clone().try_lock_owned();
-            tokio::spawn(async move {
-                let _held = match held {
-                    Ok(g) => g,
-                    Err(_) => lane.lock_owned().await,
-                };
-                let (kind, reason) = match crate::rollout::hooks::run(&hook, point, &r).await {
-                    Ok(done) => ("hook", done),
-                    Err(e) => ("hook_failed", e),
-                };
-                let ev = event(&r.service, Some(r.id), "hook", kind, None, None, reason);
-                persist.durable(
-                    vec![r.service.clone()],
-                    Commit {
-                        events: vec![ev],
-                        ..Commit::default()
-                    },
-                );
-            });
-        }
-        if let (true, Some(url)) = (rolled_back, config.notify_webhook.clone()) {
-            let text = format!(
-                "switchyard: rollout #{} of {} ({} -> {}) {}: {}",
-                r.id,
-                r.service,
-                r.stable,
-                r.candidate,
-                if r.status == Status::RolledBack {
-                    "rolled back"
-                } else {
-                    "aborted, all traffic back on the stable group"
-                },
-                change.reason
-            );
-            tokio::spawn(notify(url, text));
-        }
-    }
-}
-
-/// Posts a Slack-compatible message.
-async fn notify(url: String, text: String) {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let body = serde_json::json!({ "text": text }).to_string();
-    let Ok(req) = http::Request::post(&url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-    else {
-        return;
-    };
-    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => {}
-        Ok(Ok(resp)) => {
-            tracing::warn!(%url, status = %resp.status(), "notification webhook refused the message")
-        }
-        Ok(Err(e)) => tracing::warn!(%url, error = %e, "notification webhook unreachable"),
-        Err(_) => tracing::warn!(%url, "notification webhook timed out"),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::persist::{superseded, Write};
+use super::persist::{superseded, Kind, Write};
 use super::rollouts::RolloutView;
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::config::{Split, FULL_WEIGHT};
@@ -81,7 +81,7 @@ fn toward_stable(before: &Rollout, after: &Rollout) -> bool {
 }
 
 /// The split while a rollout is active: the candidate's weight, the rest on stable.
-fn rollout_split(r: &Rollout) -> Split {
+pub(super) fn rollout_split(r: &Rollout) -> Split {
     Split(BTreeMap::from([
         (r.stable.clone(), FULL_WEIGHT - r.weight),
         (r.candidate.clone(), r.weight),
@@ -129,7 +129,13 @@ impl Controller {
             let view = self.record_now(&mut state, r, &change, actor, cause)?;
             return Ok((outcome, view));
         }
-        let planned = plan(&state.traffic[service], r, &change, actor);
+        let mut planned = plan(&state.traffic[service], r, &change, actor);
+        if planned.t.current != planned.before {
+            // Recorded before it is applied: a rollback decided while this write runs is
+            // published first and recorded after it. Until a later write of the service
+            // clears it, a restart holds the rollout at the split before this step.
+            planned.commit.traffic[0].1.step_from = Some(planned.before.clone());
+        }
         let epoch = state.epoch(service);
         let (mut state, _) = self
             .write_forward(
@@ -145,8 +151,9 @@ impl Controller {
         Ok((outcome, view))
     }
 
-    /// Applies a change toward stable now: the data plane gets it at once, the record goes
-    /// to the persister, which retries until the store takes it.
+    /// Applies a change toward stable now: the data plane gets it at once, then the record
+    /// goes to the persister, which retries until the store takes it. In that order, so
+    /// that a change the data plane never got is never recorded.
     pub(super) fn record_now(
         &self,
         state: &mut State,
@@ -156,15 +163,23 @@ impl Controller {
         cause: Option<RollbackCause>,
     ) -> Result<RolloutView, ControlError> {
         let service = r.service.clone();
+        let kind = if matches!(r.status, Status::Aborted | Status::RolledBack) {
+            Kind::Rollback
+        } else {
+            Kind::Hold
+        };
         let planned = plan(&state.traffic[&service], r, change, actor);
-        self.persist
-            .durable(vec![service.clone()], planned.commit.clone());
+        let commit = planned.commit.clone();
+        let view = self.apply_planned(state, planned, cause)?;
+        self.persist.durable(kind, vec![service.clone()], commit);
         *state.epochs.entry(service).or_default() += 1;
-        self.apply_planned(state, planned, cause)
+        Ok(view)
     }
 
-    /// Takes a recorded (or queued) change into the state; publishes when the traffic (or
-    /// whether there is a candidate) changed.
+    /// Takes a recorded (or to be queued) change into the state and publishes it when the
+    /// traffic (or whether there is a candidate) changed. The state is only kept, and the
+    /// change's consequences (end hooks, counters) only happen, once the data plane has it:
+    /// if the snapshot cannot be built the old state is put back and nothing happened.
     pub(super) fn apply_planned(
         &self,
         state: &mut State,
@@ -184,11 +199,20 @@ impl Controller {
             .get(&service)
             .is_some_and(|o| o.id == r.id && o.status.is_active());
         let republish = t.current != before || was_active != r.status.is_active();
+        let old_t = state.traffic.insert(service.clone(), t.clone());
+        let old_r = state.rollouts.insert(service.clone(), r.clone());
+        if republish {
+            if let Err(e) = self.publish(state) {
+                put_back(&mut state.traffic, &service, old_t);
+                put_back(&mut state.rollouts, &service, old_r);
+                tracing::error!(service, rollout = r.id, kind = change.kind, error = %e, "rollout change not applied: cannot build the snapshot");
+                return Err(e);
+            }
+        }
         tracing::info!(service, rollout = r.id, kind = change.kind, reason = %change.reason, split = %t.current, "rollout");
-        state.traffic.insert(service.clone(), t.clone());
-        state.rollouts.insert(service.clone(), r.clone());
         if !r.status.is_active() {
             state.resume_gate.remove(&service);
+            state.restore.remove(&service);
         }
         if was_active && !r.status.is_active() || change.kind == "rolled_back" {
             let lane = state.end_hooks.entry(service.clone()).or_default().clone();
@@ -207,10 +231,18 @@ impl Controller {
                 .entry((service.clone(), cause.as_str().to_string()))
                 .or_default() += 1;
         }
-        if republish {
-            self.publish(state)?;
-        }
         Ok(RolloutView::new(r, t.current))
+    }
+}
+
+fn put_back<V>(map: &mut BTreeMap<String, V>, key: &str, old: Option<V>) {
+    match old {
+        Some(v) => {
+            map.insert(key.to_string(), v);
+        }
+        None => {
+            map.remove(key);
+        }
     }
 }
 

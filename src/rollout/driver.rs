@@ -18,33 +18,23 @@ use crate::control::Controller;
 const CHECKPOINT: Duration = Duration::from_secs(1);
 
 pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>) {
-    let mut side = tokio::task::JoinSet::new();
+    let mut side = Side::default();
     // After a restart the last instance may have decided a rollback it could not record:
-    // nothing moves before the guard has judged the recorded weight for one full window.
+    // nothing moves before the guard has judged what the rollout resumed at.
     let gated = control.resume_gated(&service).await;
     let (judged, judged_rx) = tokio::sync::oneshot::channel();
     if let Ok(view) = control.rollout(&service).await {
-        let r = &view.rollout;
-        side.spawn(super::guard::guard(
-            control.clone(),
-            service.clone(),
-            r.id,
-            gated.then_some(judged),
-        ));
-        if let Some(name) = r.strategy.background_analysis.clone() {
-            side.spawn(super::guard::background(
-                control.clone(),
-                service.clone(),
-                r.id,
-                name,
-            ));
-        }
+        side.ensure(&control, &service, &view.rollout, gated.then_some(judged));
     }
     if gated {
         tracing::warn!(%service, "rollout resumed after a restart: held until the guard has judged one full window");
         // Sent after a clean full window; dropped when the guard ends (the rollout ended).
         let _ = judged_rx.await;
-        control.open_resume_gate(&service).await;
+        // Going back to a recorded weight is a forward write: tried until the store has it.
+        while let Err(e) = control.open_resume_gate(&service).await {
+            tracing::error!(%service, error = %e, "cannot resume the rollout's recorded weight; retrying");
+            tokio::time::sleep(CHECKPOINT).await;
+        }
     }
     loop {
         let (outcome, view) = match control.rollout_step(&service).await {
@@ -57,6 +47,9 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
             }
         };
         let r = &view.rollout;
+        if r.status.is_active() {
+            side.ensure(&control, &service, r, None);
+        }
         let deadline = control
             .snapshot()
             .config
@@ -73,8 +66,12 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
             Outcome::Changed(_) => {}
             Outcome::Idle => {
                 if !r.status.is_active() {
-                    side.abort_all();
-                    return;
+                    // Only if no retry made it active again meanwhile (it would have found
+                    // this driver still running and only woken it).
+                    if control.driver_done(&service).await {
+                        return;
+                    }
+                    continue;
                 }
                 wake.notified().await;
             }
@@ -151,6 +148,45 @@ pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>)
                 };
                 log(control.rollout_retired(&service, r.step, &detail).await);
             }
+        }
+    }
+}
+
+/// The guard and background analysis of one attempt of a rollout. Keyed on (id, attempt):
+/// both end with their attempt (an abort), so a retry that this driver goes on with (the
+/// retry came before it saw the abort) gets its own instead of running unwatched.
+#[derive(Default)]
+struct Side {
+    tasks: tokio::task::JoinSet<()>,
+    of: Option<(u64, u32)>,
+}
+
+impl Side {
+    fn ensure(
+        &mut self,
+        control: &Arc<Controller>,
+        service: &str,
+        r: &super::Rollout,
+        judged: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        if self.of == Some((r.id, r.attempt)) {
+            return;
+        }
+        self.tasks.abort_all();
+        self.of = Some((r.id, r.attempt));
+        self.tasks.spawn(super::guard::guard(
+            control.clone(),
+            service.to_string(),
+            (r.id, r.attempt),
+            judged,
+        ));
+        if let Some(name) = r.strategy.background_analysis.clone() {
+            self.tasks.spawn(super::guard::background(
+                control.clone(),
+                service.to_string(),
+                (r.id, r.attempt),
+                name,
+            ));
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::control::Controller;
 use crate::rollout::machine::Verdict;
 use crate::rollout::RollbackCause;
 
-/// Aborts rollout `id` of `service` when the candidate's 5xx rate over the guard window
+/// Aborts attempt `of` (rollout id, attempt) of `service` when the candidate's 5xx rate over the guard window
 /// exceeds stable's by more than the configured points. It lives as long as the rollout is
 /// active: a failure to act is logged and tried again on the next tick, never a reason to
 /// stop watching. With `judged`, it says when it has judged one full window without rolling
@@ -18,9 +18,10 @@ use crate::rollout::RollbackCause;
 pub async fn guard(
     control: Arc<Controller>,
     service: String,
-    id: u64,
+    of: (u64, u32),
     mut judged: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
+    let id = of.0;
     // Whole seconds from this attempt only: a retry must not be judged on the errors that
     // aborted the attempt before it.
     let since = crate::metrics::now_second() + 1;
@@ -49,7 +50,8 @@ pub async fn guard(
             }
         };
         let r = &view.rollout;
-        if r.id != id || !r.status.is_active() {
+        if (r.id, r.attempt) != of || !r.status.is_active() {
+            // The attempt ended; a retry gets a guard of its own from the driver.
             return;
         }
         if !g.enabled {
@@ -94,7 +96,8 @@ pub async fn guard(
 /// Runs the strategy's background analysis until the rollout ends or the analysis does not
 /// pass: a failure aborts, an inconclusive result pauses for a person. Acting on the result
 /// is retried every second while the rollout is active.
-pub async fn background(control: Arc<Controller>, service: String, id: u64, name: String) {
+pub async fn background(control: Arc<Controller>, service: String, of: (u64, u32), name: String) {
+    let id = of.0;
     let Ok(view) = control.rollout(&service).await else {
         return;
     };
@@ -120,7 +123,7 @@ pub async fn background(control: Arc<Controller>, service: String, id: u64, name
         let still = control
             .rollout(&service)
             .await
-            .is_ok_and(|v| v.rollout.id == id && v.rollout.status.is_active());
+            .is_ok_and(|v| (v.rollout.id, v.rollout.attempt) == of && v.rollout.status.is_active());
         if !still {
             return;
         }

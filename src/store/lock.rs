@@ -20,7 +20,7 @@ pub struct InstanceLock {
 impl InstanceLock {
     /// Takes the lock next to `db`, or says which instance holds it.
     pub fn acquire(db: &Path) -> Result<InstanceLock, StoreError> {
-        let mut name = db.as_os_str().to_owned();
+        let mut name = canonical(db).into_os_string();
         name.push(".lock");
         let path = PathBuf::from(name);
         let err = |reason: String| StoreError::Open {
@@ -41,8 +41,7 @@ impl InstanceLock {
             if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(err(format!("cannot lock {}: {e}", path.display())));
             }
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            let holder = read_holder(&mut file);
             let holder = holder.trim();
             return Err(StoreError::InUse {
                 path: db.display().to_string(),
@@ -73,6 +72,62 @@ impl InstanceLock {
     }
 }
 
+/// The database's real path, so that a symlink to it (or a path through a symlinked
+/// directory) takes the same lock. The file may not exist yet: then its directory's real
+/// path with its name; failing that, the path as given.
+fn canonical(db: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(db) {
+        return p;
+    }
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), db.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => db.to_path_buf(),
+    }
+}
+
+/// Who holds the lock, as the holder wrote it. Read only after failing to take the lock;
+/// the winner truncates and writes it just after taking it, so a read in between finds it
+/// empty or naming a dead predecessor: read again a few times before settling for that.
+fn read_holder(file: &mut File) -> String {
+    let mut holder = String::new();
+    for _ in 0..5 {
+        holder.clear();
+        let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+        if holder_alive(&holder) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    holder
+}
+
+/// Whether the record names a live process (on this host; another host's is taken as is).
+fn holder_alive(holder: &str) -> bool {
+    let mut words = holder.split_whitespace();
+    let pid = words
+        .position(|w| w == "pid")
+        .and_then(|_| words.next())
+        .and_then(|p| p.parse::<libc::pid_t>().ok());
+    let Some(pid) = pid else {
+        return false;
+    };
+    let host = holder
+        .split_whitespace()
+        .skip_while(|w| *w != "host")
+        .nth(1)
+        .map(|h| h.trim_end_matches(','));
+    if host.is_some_and(|h| h != hostname()) {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
@@ -83,4 +138,50 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_to_the_database_takes_the_same_lock() {
+        let dir = tempfile_dir("sy-lock");
+        let db = dir.join("state.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let held = InstanceLock::acquire(&db).unwrap();
+        let err = InstanceLock::acquire(&link).expect_err("same file, same lock");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        drop(held);
+        InstanceLock::acquire(&link).expect("free again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dead_holder_is_not_alive() {
+        assert!(holder_alive(&format!(
+            "switchyard pid {} on host {}, since unix ms 1",
+            std::process::id(),
+            hostname()
+        )));
+        assert!(!holder_alive(""));
+        // Beyond pid_max on any Linux.
+        assert!(!holder_alive(&format!(
+            "switchyard pid 2147483000 on host {}, since unix ms 1",
+            hostname()
+        )));
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

@@ -45,6 +45,15 @@ pub struct TrafficRecord {
     pub stable: Option<String>,
     #[serde(default)]
     pub retired: Vec<String>,
+    /// Set by a forward write that moves traffic: the split in force while it was written.
+    /// Such a write is recorded before it is applied, so a rollback decided meanwhile is
+    /// published first and its own record queued after it; if that record never lands (the
+    /// file stays locked, then SIGKILL) this row is ahead of anything the candidate had when
+    /// the rollback was decided. Cleared by any later write of the service (which is only
+    /// made once the step was applied), so a restart that finds it set holds the rollout at
+    /// this split until the guard has judged a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_from: Option<Split>,
 }
 
 /// An entry of the audit history.

@@ -1,0 +1,98 @@
+//! When a rollout ends: its `after_rollout` / `on_rollback` hook (whose result is recorded
+//! as a durable *event* write) and, for a rollback, the notification webhook. Both run in the
+//! background so that ending a rollout (a rollback above all) never waits for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::persist::Kind;
+use super::{event, Controller};
+use crate::rollout::machine::Change;
+use crate::rollout::{Rollout, Status};
+use crate::store::Commit;
+
+impl Controller {
+    /// When a rollout ends: the `after_rollout` or `on_rollback` hook, and for a rollback the
+    /// notification webhook. Both run in the background; their results become events.
+    pub(super) fn after_end(
+        &self,
+        config: &crate::config::Config,
+        r: &Rollout,
+        change: &Change,
+        lane: Arc<tokio::sync::Mutex<()>>,
+    ) {
+        let Some(svc) = config.service(&r.service) else {
+            return;
+        };
+        let rolled_back = matches!(r.status, Status::Aborted | Status::RolledBack);
+        let point = if rolled_back {
+            "on_rollback"
+        } else {
+            "after_rollout"
+        };
+        if let Some(hook) = crate::rollout::hooks::by_point(&svc.hooks, point).cloned() {
+            let (persist, r) = (self.persist.clone(), r.clone());
+            // Taken now, while the state lock orders it before any later attempt's driver.
+            let held = lane.clone().try_lock_owned();
+            tokio::spawn(async move {
+                let _held = match held {
+                    Ok(g) => g,
+                    Err(_) => lane.lock_owned().await,
+                };
+                let (kind, reason) = match crate::rollout::hooks::run(&hook, point, &r).await {
+                    Ok(done) => ("hook", done),
+                    Err(e) => ("hook_failed", e),
+                };
+                let ev = event(&r.service, Some(r.id), "hook", kind, None, None, reason);
+                persist.durable(
+                    Kind::Event,
+                    vec![r.service.clone()],
+                    Commit {
+                        events: vec![ev],
+                        ..Commit::default()
+                    },
+                );
+            });
+        }
+        if let (true, Some(url)) = (rolled_back, config.notify_webhook.clone()) {
+            let text = format!(
+                "switchyard: rollout #{} of {} ({} -> {}) {}: {}",
+                r.id,
+                r.service,
+                r.stable,
+                r.candidate,
+                if r.status == Status::RolledBack {
+                    "rolled back"
+                } else {
+                    "aborted, all traffic back on the stable group"
+                },
+                change.reason
+            );
+            tokio::spawn(notify(url, text));
+        }
+    }
+}
+
+/// Posts a Slack-compatible message.
+async fn notify(url: String, text: String) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let body = serde_json::json!({ "text": text }).to_string();
+    let Ok(req) = http::Request::post(&url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+    else {
+        return;
+    };
+    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => {}
+        Ok(Ok(resp)) => {
+            tracing::warn!(%url, status = %resp.status(), "notification webhook refused the message")
+        }
+        Ok(Err(e)) => tracing::warn!(%url, error = %e, "notification webhook unreachable"),
+        Err(_) => tracing::warn!(%url, "notification webhook timed out"),
+    }
+}

@@ -1,0 +1,85 @@
+//! Publishing: the state becomes one new snapshot, swapped in whole; health checks follow
+//! it and removed targets drain.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ControlError, Controller, State, Traffic};
+use crate::rollout::Rollout;
+use crate::snapshot::{ServiceTraffic, Snapshot};
+
+impl Controller {
+    /// Builds and swaps in a snapshot of the current state; starts and stops health checks
+    /// to match, and lets removed targets drain.
+    pub(super) fn publish(&self, state: &mut State) -> Result<u64, ControlError> {
+        let prev = self.snapshots.load_full();
+        let generation = state.generation + 1;
+        let next = Arc::new(Snapshot::build(
+            state.config.clone(),
+            &view(&state.traffic, &state.rollouts),
+            Some(&prev),
+            generation,
+        )?);
+        self.snapshots.store(next.clone());
+        state.generation = generation;
+        state.health.reconcile(&next);
+        drain_removed(&prev, &next);
+        Ok(generation)
+    }
+}
+
+/// What the snapshot needs of the traffic state: the split, and the stable and candidate
+/// groups (a candidate only while its rollout is active).
+pub(super) fn view(
+    traffic: &BTreeMap<String, Traffic>,
+    rollouts: &BTreeMap<String, Rollout>,
+) -> HashMap<String, ServiceTraffic> {
+    traffic
+        .iter()
+        .map(|(name, t)| {
+            let active = rollouts.get(name).filter(|r| r.status.is_active());
+            let v = ServiceTraffic {
+                split: Some(t.current.clone()),
+                stable: active
+                    .map(|r| r.stable.clone())
+                    .or_else(|| t.stable.clone()),
+                candidate: active.map(|r| r.candidate.clone()),
+            };
+            (name.clone(), v)
+        })
+        .collect()
+}
+
+/// Targets in `prev` but not in `next` get no new requests; their in-flight ones finish.
+/// Logged when drained, or when the deregistration delay ends first.
+fn drain_removed(prev: &Snapshot, next: &Snapshot) {
+    for (service, group, target) in prev.targets() {
+        let still = next
+            .services
+            .get(service)
+            .and_then(|s| s.group(group))
+            .is_some_and(|g| g.target(&target.addr).is_some());
+        if still || target.outstanding() == 0 {
+            continue;
+        }
+        let delay = prev
+            .config
+            .service(service)
+            .map_or(Duration::from_secs(30), |s| s.deregistration_delay);
+        let (service, group, target) = (service.to_string(), group.to_string(), target.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + delay;
+            while target.outstanding() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left = target.outstanding();
+            if left == 0 {
+                tracing::info!(%service, %group, target = %target.addr, "removed target drained");
+            } else {
+                tracing::warn!(%service, %group, target = %target.addr, in_flight = left,
+                    "deregistration delay over with requests in flight");
+            }
+        });
+    }
+}
