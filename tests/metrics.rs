@@ -147,8 +147,12 @@ async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
         .expect("promtool runs");
     let said =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !said.contains("error") && !said.contains("parse"),
-        "promtool: {said}"
-    );
+    // promtool reads the text format, where a counter's HELP names the sample
+    // (`x_total`); OpenMetrics, which we serve, names the family (`x`), so promtool's
+    // "no help text" lint is expected for counters. Anything else it says is a defect.
+    let problems: Vec<&str> = said
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.ends_with("_total no help text"))
+        .collect();
+    assert!(problems.is_empty(), "promtool: {said}");
 }
