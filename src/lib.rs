@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod analysis;
 pub mod api;
 pub mod backend;
+pub mod bounded;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -127,6 +127,9 @@ impl ListenerConfig {
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The chain and key as read when the configuration was loaded (off the async runtime),
+    /// so that building a snapshot never reads a file; `None` reads them then.
+    pub loaded: Option<crate::tls::LoadedKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

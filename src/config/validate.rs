@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -237,12 +238,14 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
         }
         let mut certificates = Vec::new();
         for (j, c) in l.certificate.iter().enumerate() {
-            let cert = CertificateConfig {
+            let mut cert = CertificateConfig {
                 cert: base_dir.join(&c.cert),
                 key: base_dir.join(&c.key),
+                loaded: None,
             };
-            if let Err(e) = crate::tls::load_certified_key(&cert) {
-                p.add(path!["listener", i, "certificate", j], e.to_string());
+            match crate::tls::load_certified_key(&cert) {
+                Ok(k) => cert.loaded = Some(crate::tls::LoadedKey(Arc::new(k))),
+                Err(e) => p.add(path!["listener", i, "certificate", j], e.to_string()),
             }
             certificates.push(cert);
         }

@@ -394,7 +394,7 @@ impl Controller {
             .config_path
             .as_ref()
             .ok_or(ControlError::NoConfigFile)?;
-        let config = config::load(path)?;
+        let config = config::load_async(path).await?;
         self.apply(config, actor).await
     }
 
