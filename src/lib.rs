@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod analysis;
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod bounded;
 pub mod client;

@@ -1,6 +1,7 @@
 //! The configuration file: parsed once, validated into `model` types, and rejected as a whole
 //! when anything is wrong, with every problem located by file, line, column and field.
 
+pub mod admin;
 pub mod analysis;
 pub mod locate;
 pub mod model;
@@ -11,6 +12,7 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use admin::{AdminConfig, AdminLimits, AdminToken, Scope, Scopes};
 pub use model::*;
 pub use validate::{status_ranges, target_addr};
 

@@ -650,12 +650,14 @@ fn event(
     to: Option<&Split>,
     reason: String,
 ) -> Event {
+    let (actor, on_behalf_of) = crate::audit::split(actor);
     Event {
         id: 0,
         at: unix_ms(),
         service: service.to_string(),
         rollout,
-        actor: actor.to_string(),
+        actor,
+        on_behalf_of,
         kind: kind.to_string(),
         from: from.cloned(),
         to: to.cloned(),
