@@ -452,3 +452,31 @@ async fn token_scopes_decide_what_a_token_may_do() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_changed_in_the_file_applies_on_sighup() {
+    let blue = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let (web, admin_addr) = (free_port(), free_port());
+    common::bin::write_config(&path, web, admin_addr, "blue", blue.addr, blue.addr);
+    let running = common::bin::run_binary(&path, admin_addr).await;
+    let client_with = |t: &str| AdminClient::new(&admin_addr.to_string(), Some(t.into()));
+    client_with("t0ken").get("/api/v1/status").await.unwrap();
+
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("token = \"t0ken\"", "token = \"r0tated\"");
+    std::fs::write(&path, text).unwrap();
+    common::bin::signal(&running.child, "-HUP");
+    eventually(Duration::from_secs(10), "the new token works", || async {
+        client_with("r0tated").get("/api/v1/status").await.is_ok()
+    })
+    .await;
+    let old = client_with("t0ken")
+        .get("/api/v1/status")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(old.contains("401"), "{old}");
+}
