@@ -480,3 +480,73 @@ async fn a_token_changed_in_the_file_applies_on_sighup() {
         .to_string();
     assert!(old.contains("401"), "{old}");
 }
+
+/// A database written before events had `on_behalf_of` opens, keeps its events, and
+/// records the new field from then on (the column is added in place).
+#[test]
+fn an_events_table_from_before_on_behalf_of_gains_the_column_in_place() {
+    use switchyard::store::{Commit, Event, EventQuery, SqliteStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (
+                 id        INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at        INTEGER NOT NULL,
+                 service   TEXT NOT NULL,
+                 rollout   INTEGER,
+                 actor     TEXT NOT NULL,
+                 kind      TEXT NOT NULL,
+                 from_split TEXT,
+                 to_split  TEXT,
+                 reason    TEXT NOT NULL
+             );
+             INSERT INTO events (at, service, actor, kind, reason)
+                 VALUES (1, 'shop', 'deploy-bot/cli:bob', 'switch', 'old');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    for _ in 0..2 {
+        // Opening twice: the second open finds the column there.
+        let store = SqliteStore::open(&path).unwrap();
+        drop(store);
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .commit(&Commit {
+            events: vec![Event {
+                id: 0,
+                at: 2,
+                service: "shop".into(),
+                rollout: None,
+                actor: "deploy-bot".into(),
+                on_behalf_of: Some("cli:alice".into()),
+                kind: "switch".into(),
+                from: None,
+                to: None,
+                reason: "new".into(),
+            }],
+            ..Commit::default()
+        })
+        .unwrap();
+    let events = store.events(&EventQuery::default()).unwrap();
+    let got: Vec<(&str, Option<&str>, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.on_behalf_of.as_deref(),
+                e.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("deploy-bot", Some("cli:alice"), "new"),
+            ("deploy-bot/cli:bob", None, "old")
+        ]
+    );
+}
