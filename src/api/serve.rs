@@ -5,7 +5,8 @@
 //! - at most `[admin] max_connections` are open; one more is answered 503 and closed at
 //!   once (never queued holding a descriptor);
 //! - a request's head must arrive within `header_read_timeout` (one byte a second does not
-//!   keep a connection);
+//!   keep a connection); hyper starts this clock as soon as it waits for a head, so it also
+//!   bounds how long a kept-alive connection waits for its next request;
 //! - a connection with no request in flight and no bytes moving for `idle_timeout` is
 //!   closed (a handler that takes long, e.g. an analysis dry run, is not cut off).
 //!
@@ -127,7 +128,7 @@ async fn connection(
             service,
         );
     tokio::pin!(conn);
-    let step = limits.idle_timeout / 4;
+    let step = (limits.idle_timeout / 4).max(Duration::from_millis(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     let (mut seen, mut quiet) = (activity.load(Ordering::Relaxed), Duration::ZERO);
     let mut draining = false;
