@@ -89,6 +89,35 @@ async fn slow_and_idle_admin_connections_are_closed() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(!r.unwrap_or_default().contains("200 OK"));
 
+    // A whole head, then a body a byte at a time: answered 408 at the bound.
+    let mut slow_body = TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = slow_body.into_split();
+    let drip = tokio::spawn(async move {
+        for _ in 0..60 {
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut said = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&said).contains("\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => said.extend_from_slice(&buf[..n]),
+            other => panic!("no answer to a slow body: {other:?}"),
+        }
+    }
+    drip.abort();
+    let said = String::from_utf8_lossy(&said);
+    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
     // A connection that never sends anything.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     closed_within(&mut idle, Duration::from_secs(5))

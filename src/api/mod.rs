@@ -66,6 +66,10 @@ pub fn router(control: Arc<Controller>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            serve::body_in_time,
+        ))
         .with_state(api)
 }
 

@@ -7,6 +7,8 @@
 //! - a request's head must arrive within `header_read_timeout` (one byte a second does not
 //!   keep a connection); hyper starts this clock as soon as it waits for a head, so it also
 //!   bounds how long a kept-alive connection waits for its next request;
+//! - a request's body must then arrive within the same bound, and be at most
+//!   [`MAX_BODY_BYTES`] (a body sent a byte a second does not hold a handler);
 //! - a connection with no request in flight and no bytes moving for `idle_timeout` is
 //!   closed (a handler that takes long, e.g. an analysis dry run, is not cut off).
 //!
@@ -17,6 +19,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -72,6 +78,46 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// The largest request body read: axum's own limit for JSON bodies, which a configuration
+/// sent to `plan` / `apply` travels in.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// Reads a request's whole body within `header_read_timeout` before any handler runs, so
+/// that a handler never waits on a slow client (its connection counts as busy meanwhile,
+/// which the idle rule spares).
+pub(super) async fn body_in_time(
+    State(api): State<super::Api>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = api
+        .control
+        .snapshot()
+        .config
+        .admin
+        .limits
+        .header_read_timeout;
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => super::ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_unreadable",
+            format!("cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}"),
+        )
+        .into_response(),
+        Err(_) => super::ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "slow_body",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// One of the `max_connections` places; given back when the connection ends.

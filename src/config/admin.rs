@@ -115,7 +115,8 @@ impl fmt::Debug for AdminToken {
 /// proxy, so a client holding connections open must not starve the proxy of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdminLimits {
-    /// A request's head must arrive within this (slowloris).
+    /// A request's head must arrive within this, then its body within as long again
+    /// (slowloris).
     pub header_read_timeout: Duration,
     /// A connection with no request in flight and no bytes moving for this long is closed.
     pub idle_timeout: Duration,
