@@ -4,7 +4,9 @@
 pub mod access_log;
 pub mod analysis;
 pub mod api;
+pub mod audit;
 pub mod backend;
+pub mod bounded;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -21,8 +21,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config, path: Option<PathBuf>) -> Result<Server, ControlError> {
         let admin_bind = config.admin.bind;
-        let token = config.admin.all_tokens();
-        if token.is_empty() {
+        if config.admin.read_only() {
             tracing::warn!("no admin token configured: the admin API is read-only");
         }
         // The store first: it takes the one-instance lock, so a second instance with the
@@ -41,8 +40,13 @@ impl Server {
             }
         };
         let admin_stop = CancellationToken::new();
-        let router = crate::api::router(control.clone(), token);
-        let admin_task = tokio::spawn(crate::api::serve(admin_socket, router, admin_stop.clone()));
+        let router = crate::api::router(control.clone());
+        let admin_task = tokio::spawn(crate::api::serve(
+            admin_socket,
+            router,
+            control.clone(),
+            admin_stop.clone(),
+        ));
         tracing::info!(addr = %admin_addr, "admin API listening");
         Ok(Server {
             control,

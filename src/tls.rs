@@ -7,6 +7,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::bounded::{read_file, MAX_FILE_BYTES};
 use crate::config::CertificateConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,11 +18,33 @@ pub enum TlsError {
     Key { path: String, reason: String },
 }
 
+/// A certificate chain with its key, loaded once; equal when the chains are (a changed file
+/// is a changed listener for `plan`).
+#[derive(Debug, Clone)]
+pub struct LoadedKey(pub Arc<CertifiedKey>);
+
+impl PartialEq for LoadedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.cert == other.0.cert
+    }
+}
+
+/// Reads and checks a certificate chain and its key. Blocking: only regular files of
+/// bounded size are read (see `bounded::file`), and callers on the runtime use
+/// `spawn_blocking`.
 pub fn load_certified_key(c: &CertificateConfig) -> Result<CertifiedKey, TlsError> {
     let cert_path = c.cert.display().to_string();
     let key_path = c.key.display().to_string();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
+    let cert_pem = read_file(&c.cert, MAX_FILE_BYTES).map_err(|e| TlsError::Cert {
+        path: cert_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let key_pem = read_file(&c.key, MAX_FILE_BYTES).map_err(|e| TlsError::Key {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert {
             path: cert_path.clone(),
             reason: e.to_string(),
@@ -32,7 +55,7 @@ pub fn load_certified_key(c: &CertificateConfig) -> Result<CertifiedKey, TlsErro
             reason: "no PEM certificate in the file".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| TlsError::Key {
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Key {
         path: key_path.clone(),
         reason: e.to_string(),
     })?;
@@ -124,9 +147,12 @@ fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 pub fn server_config(certs: &[CertificateConfig]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut loaded = Vec::new();
     for c in certs {
-        let key = load_certified_key(c)?;
+        let key = match &c.loaded {
+            Some(k) => k.0.clone(),
+            None => Arc::new(load_certified_key(c)?),
+        };
         let names = key.cert.first().map(dns_names).unwrap_or_default();
-        loaded.push((names, Arc::new(key)));
+        loaded.push((names, key));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -319,20 +319,27 @@ async fn named_tokens_are_who_acted_in_the_history() {
         .await
         .unwrap();
     let events = admin(&sy).get("/api/v1/events?service=shop").await.unwrap();
-    let actors: Vec<&str> = events
+    let actors: Vec<(&str, Option<&str>)> = events
         .as_array()
         .unwrap()
         .iter()
         .rev()
-        .map(|e| e["actor"].as_str().unwrap())
+        .map(|e| (e["actor"].as_str().unwrap(), e["on_behalf_of"].as_str()))
         .collect();
-    assert_eq!(actors, ["deploy-bot", "deploy-bot/cli:alice", "api"]);
+    assert_eq!(
+        actors,
+        [
+            ("deploy-bot", None),
+            ("deploy-bot", Some("cli:alice")),
+            ("admin", None)
+        ]
+    );
     let only_bot = admin(&sy)
         .get("/api/v1/events?actor=deploy-bot")
         .await
         .unwrap();
-    assert_eq!(only_bot.as_array().unwrap().len(), 1);
-    let e = &only_bot[0];
+    assert_eq!(only_bot.as_array().unwrap().len(), 2);
+    let e = &only_bot[1];
     assert_eq!(
         (e["kind"].as_str(), e["reason"].as_str()),
         (Some("switch"), Some("blue=100% -> green=100%"))

@@ -66,6 +66,6 @@ async fn the_dashboard_shows_a_rollout_stepping_and_aborts_it() {
 
     let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
     assert_eq!(r["status"], "aborted");
-    assert_eq!(r["reason"], "aborted by dashboard");
+    assert_eq!(r["reason"], "aborted by admin on behalf of dashboard");
     assert_eq!(r["split"], json!({ "blue": 10000 }));
 }

@@ -327,7 +327,7 @@ async fn the_cli_drives_a_rollout() {
     let (code, out, _) = cli(&path, &["rollout", "pause", "shop"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("status: paused") && out.contains("paused by cli:"),
+        out.contains("status: paused") && out.contains("paused by admin on behalf of cli:"),
         "{out}"
     );
     let (code, out, _) = cli(&path, &["rollout", "resume", "shop"]);
@@ -361,7 +361,7 @@ async fn the_cli_drives_a_rollout() {
     let (_, out, _) = cli(&path, &["events", "--service", "shop"]);
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     assert!(
-        out.contains(&format!("cli:{user}"))
+        out.contains(&format!("admin for cli:{user}"))
             && out.contains("started")
             && out.contains("rolled_back"),
         "{out}"

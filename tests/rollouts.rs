@@ -618,7 +618,7 @@ async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
         .await
         .unwrap();
     assert_eq!(r["status"], "aborted");
-    assert_eq!(r["reason"], "aborted by api: errors in the logs");
+    assert_eq!(r["reason"], "aborted by admin: errors in the logs");
     let after_abort = green.hits();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);

@@ -135,10 +135,10 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
     );
     assert_eq!(rollout(&api).await["weight"], 5000);
 
-    // Backward: answered at once, whoever claims to be the actor; the data plane has it.
+    // Backward: answered at once; the data plane has it.
     let asked = Instant::now();
     let r = admin(&sy)
-        .with_actor("guard")
+        .with_actor("cli:alice")
         .post(
             "/api/v1/services/shop/rollout/abort",
             json!({ "reason": "looks bad" }),
@@ -177,7 +177,7 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
             &["cause=\"manual\""]
         ),
         Some(1.0),
-        "an abort by API is manual, whatever the actor header says"
+        "an abort by API is manual (the cause comes from the code path)"
     );
     assert_eq!(
         metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),

@@ -1,11 +1,12 @@
 //! Measurements from outside: a Prometheus instant query, a webhook, a command. An empty or
-//! malformed answer is an `Error` measurement with its reason, never a crash.
+//! malformed answer is an `Error` measurement with its reason, never a crash; so is an answer
+//! over `bounded::MAX_ANSWER_BYTES` or a command past its timeout (see `bounded`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
@@ -62,12 +63,9 @@ async fn http(
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
+        let bytes = crate::bounded::read_body(resp.into_body(), crate::bounded::MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| format!("{url}: {e}"))?
-            .to_bytes();
+            .map_err(|e| format!("{url}: {e}"))?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     };
     tokio::time::timeout(timeout, call).await.map_err(|_| {
@@ -231,54 +229,23 @@ pub async fn webhook(check: &Check, url: &str, timeout: Duration, ctx: &Context)
 }
 
 /// Exit 0 passes, 3 is inconclusive, 126/127 (cannot run) are errors, anything else fails.
+/// A command that times out is an error, and its whole process group is killed.
 pub async fn command(check: &Check, cmd: &str, timeout: Duration, ctx: &Context) -> Measurement {
-    let run = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("SWITCHYARD_SERVICE", &ctx.service)
-        .env("SWITCHYARD_STABLE", &ctx.stable)
-        .env("SWITCHYARD_CANDIDATE", &ctx.candidate)
-        .env("SWITCHYARD_WEIGHT", ctx.weight.to_string())
-        .env(
+    let env = [
+        ("SWITCHYARD_SERVICE", ctx.service.clone()),
+        ("SWITCHYARD_STABLE", ctx.stable.clone()),
+        ("SWITCHYARD_CANDIDATE", ctx.candidate.clone()),
+        ("SWITCHYARD_WEIGHT", ctx.weight.to_string()),
+        (
             "SWITCHYARD_ROLLOUT",
             ctx.rollout.map(|r| r.to_string()).unwrap_or_default(),
-        )
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(timeout, run).await {
-        Err(_) => {
-            return result(
-                check,
-                Outcome::Error,
-                None,
-                format!(
-                    "`{cmd}` did not finish within {}",
-                    humantime::format_duration(timeout)
-                ),
-            )
-        }
-        Ok(Err(e)) => {
-            return result(
-                check,
-                Outcome::Error,
-                None,
-                format!("`{cmd}` could not run: {e}"),
-            )
-        }
-        Ok(Ok(out)) => out,
+        ),
+    ];
+    let out = match crate::bounded::run_shell(cmd, &env, timeout).await {
+        Ok(out) => out,
+        Err(e) => return result(check, Outcome::Error, None, e.to_string()),
     };
-    let tail = |b: &[u8]| {
-        let s = String::from_utf8_lossy(b);
-        let s = s.trim();
-        s.chars()
-            .skip(s.chars().count().saturating_sub(200))
-            .collect::<String>()
-    };
-    let said = if out.stderr.is_empty() {
-        tail(&out.stdout)
-    } else {
-        tail(&out.stderr)
-    };
+    let said = out.said(200);
     match out.status.code() {
         Some(0) => result(
             check,

@@ -1,27 +1,28 @@
 //! The admin API on its own listener (localhost by default). JSON in and out; every call
-//! under /api needs the bearer token, and mutating calls are refused when none is set.
-//! Errors are `{"error": {"code", "message"}}` with a status that says what kind.
+//! under /api needs a bearer token with the route's scope (`auth`), and mutating calls are
+//! refused when none is set. Connections are bounded (`serve`). Errors are
+//! `{"error": {"code", "message"}}` with a status that says what kind.
 
+mod auth;
 mod dashboard;
 mod metrics;
 mod rollouts;
+mod serve;
 mod traffic;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlError, Controller};
 
+use auth::{auth, Actor};
+pub use serve::serve;
 pub use traffic::{GroupStatus, ListenerStatus, ServiceStatus, Status, TargetStatus};
 
 /// The OpenAPI document of this API, served at /openapi.json.
@@ -30,19 +31,12 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Clone)]
 struct Api {
     control: Arc<Controller>,
-    /// (name, token); empty: the API is read-only.
-    tokens: Arc<[(String, String)]>,
 }
 
-/// Which named token a request used (set by `auth`).
-#[derive(Clone)]
-struct TokenName(String);
-
-pub fn router(control: Arc<Controller>, tokens: Vec<(String, String)>) -> Router {
-    let api = Api {
-        control,
-        tokens: tokens.into(),
-    };
+/// The API's routes. Tokens and limits are read from the configuration in force at each
+/// request or connection, so reloads change them.
+pub fn router(control: Arc<Controller>) -> Router {
+    let api = Api { control };
     let v1 = Router::new()
         .route("/status", get(traffic::status))
         .route("/services/{service}/switch", post(traffic::switch))
@@ -72,96 +66,11 @@ pub fn router(control: Arc<Controller>, tokens: Vec<(String, String)>) -> Router
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            serve::body_in_time,
+        ))
         .with_state(api)
-}
-
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-}
-
-async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let configured = !api.tokens.is_empty();
-    // Compare with every token (constant time each) so timing does not tell which one is near.
-    let matched = given.as_ref().and_then(|g| {
-        api.tokens.iter().fold(None, |found, (name, t)| {
-            if constant_time_eq(t.as_bytes(), g.as_bytes()) {
-                Some(name.clone())
-            } else {
-                found
-            }
-        })
-    });
-    match (configured, given.is_some(), matched) {
-        (true, true, Some(name)) => {
-            req.extensions_mut().insert(TokenName(name));
-            next.run(req).await
-        }
-        (true, true, None) => ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the bearer token is wrong").into_response(),
-        (true, false, _) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "no_token",
-            "send the admin token as `Authorization: Bearer TOKEN`",
-        )
-        .into_response(),
-        (false, _, _) if req.method() == axum::http::Method::GET => next.run(req).await,
-        (false, _, _) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_only",
-            "no admin token is configured ([admin] token or SWITCHYARD_ADMIN_TOKEN), so the API is read-only",
-        )
-        .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Who is acting, for the audit history: the `x-switchyard-actor` header (the CLI sends
-/// `cli:USER`), else `api`.
-struct Actor(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Actor {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let said = parts
-            .headers
-            .get("x-switchyard-actor")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.chars()
-                    .filter(|c| !c.is_control())
-                    .take(64)
-                    .collect::<String>()
-            })
-            .filter(|v| !v.is_empty());
-        // A named token is who acted; the client's own word is kept beside it.
-        let token = parts
-            .extensions
-            .get::<TokenName>()
-            .map(|t| t.0.clone())
-            .filter(|n| n != "admin");
-        let actor = match (token, said) {
-            (Some(t), Some(s)) => format!("{t}/{s}"),
-            (Some(t), None) => t,
-            (None, Some(s)) => s,
-            (None, None) => "api".into(),
-        };
-        Ok(Actor(actor))
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -234,16 +234,22 @@ pub(super) struct ConfigRequest {
     content: String,
 }
 
-fn parse_request(req: &ConfigRequest) -> Result<crate::config::Config, ApiError> {
+/// Parses a sent configuration off the runtime: it names certificate files, which are read.
+async fn parse_request(req: ConfigRequest) -> Result<crate::config::Config, ApiError> {
     let path = std::path::Path::new(&req.path);
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
-    crate::config::parse(&req.content, &req.path, base).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_config",
-            e.to_string(),
-        )
-    })
+    let base = path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    crate::config::parse_async(req.content, req.path, &base)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                e.to_string(),
+            )
+        })
 }
 
 pub(super) async fn plan(
@@ -251,7 +257,7 @@ pub(super) async fn plan(
     body: Result<Json<ConfigRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(bad_request)?;
-    let config = parse_request(&req)?;
+    let config = parse_request(req).await?;
     let changes = api.control.plan(&config).await;
     Ok(Json(serde_json::json!({ "changes": changes })))
 }
@@ -262,7 +268,7 @@ pub(super) async fn apply(
     body: Result<Json<ConfigRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(bad_request)?;
-    let config = parse_request(&req)?;
+    let config = parse_request(req).await?;
     let changes = api.control.plan(&config).await;
     let generation = api.control.apply(config, &actor).await?;
     Ok(Json(

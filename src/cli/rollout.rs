@@ -184,10 +184,14 @@ pub async fn events(api: &AdminClient, filters: &[(&str, Option<String>)]) -> an
             .as_u64()
             .map(|r| format!(" #{r}"))
             .unwrap_or_default();
+        let who = match e["on_behalf_of"].as_str() {
+            Some(c) => format!("{} for {c}", str_of(&e["actor"])),
+            None => str_of(&e["actor"]).to_string(),
+        };
         println!(
             "{when}  {:<12} {:<12} {:<14}{rollout}  {}",
             str_of(&e["service"]),
-            str_of(&e["actor"]),
+            who,
             str_of(&e["kind"]),
             str_of(&e["reason"])
         );

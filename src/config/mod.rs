@@ -1,6 +1,7 @@
 //! The configuration file: parsed once, validated into `model` types, and rejected as a whole
 //! when anything is wrong, with every problem located by file, line, column and field.
 
+pub mod admin;
 pub mod analysis;
 pub mod locate;
 pub mod model;
@@ -11,6 +12,7 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use admin::{AdminConfig, AdminLimits, AdminToken, Scope, Scopes};
 pub use model::*;
 pub use validate::{status_ranges, target_addr};
 
@@ -56,7 +58,7 @@ pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
     Read {
         file: String,
-        source: std::io::Error,
+        source: crate::bounded::FileError,
     },
     #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
@@ -72,14 +74,61 @@ impl ConfigError {
 }
 
 /// Reads and validates a file. Relative certificate paths are taken from the file's folder.
+/// Blocking (the file and its certificates are read): on the runtime, use [`load_async`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
-    })?;
+    let src =
+        crate::bounded::read_text(path, crate::bounded::MAX_FILE_BYTES).map_err(|source| {
+            ConfigError::Read {
+                file: file.clone(),
+                source,
+            }
+        })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&src, &file, base)
+}
+
+/// How long loading a configuration off the runtime may take before the caller gives up on
+/// it (the blocking thread is left to finish on its own).
+pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`load`] on a blocking thread, bounded by [`LOAD_TIMEOUT`]: a reload never holds up the
+/// proxy or the admin API on the file system.
+pub async fn load_async(path: &Path) -> Result<Config, ConfigError> {
+    let owned = path.to_path_buf();
+    off_runtime(path, move || load(&owned)).await
+}
+
+/// [`parse`] (which reads the certificates the text names) on a blocking thread, bounded by
+/// [`LOAD_TIMEOUT`].
+pub async fn parse_async(
+    src: String,
+    file: String,
+    base_dir: &Path,
+) -> Result<Config, ConfigError> {
+    let base = base_dir.to_path_buf();
+    let shown = std::path::PathBuf::from(&file);
+    off_runtime(&shown, move || parse(&src, &file, &base)).await
+}
+
+async fn off_runtime<F>(path: &Path, f: F) -> Result<Config, ConfigError>
+where
+    F: FnOnce() -> Result<Config, ConfigError> + Send + 'static,
+{
+    match tokio::time::timeout(LOAD_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ConfigError::Read {
+            file: path.display().to_string(),
+            source: crate::bounded::FileError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "reading it and its certificates took longer than {}",
+                    humantime::format_duration(LOAD_TIMEOUT)
+                ),
+            )),
+        }),
+    }
 }
 
 /// Fuzzing entry (cargo-fuzz target `config` and the seeded robustness test): any text

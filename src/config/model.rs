@@ -15,7 +15,7 @@ pub const FULL_WEIGHT: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub admin: AdminConfig,
+    pub admin: super::admin::AdminConfig,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub listeners: Vec<ListenerConfig>,
@@ -45,28 +45,6 @@ impl Config {
 
     pub fn analysis_names(&self) -> Vec<String> {
         self.analyses.iter().map(|a| a.name.clone()).collect()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdminConfig {
-    pub bind: SocketAddr,
-    /// `None` leaves the API read-only: a mutating call without any configured token is refused.
-    pub token: Option<String>,
-    /// (name, token): the name is recorded as who acted.
-    pub tokens: Vec<(String, String)>,
-}
-
-impl AdminConfig {
-    /// Every accepted token with its name (the unnamed one is "admin").
-    pub fn all_tokens(&self) -> Vec<(String, String)> {
-        let mut all: Vec<(String, String)> = self
-            .token
-            .iter()
-            .map(|t| ("admin".to_string(), t.clone()))
-            .collect();
-        all.extend(self.tokens.iter().cloned());
-        all
     }
 }
 
@@ -136,6 +114,9 @@ impl ListenerConfig {
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The chain and key as read when the configuration was loaded (off the async runtime),
+    /// so that building a snapshot never reads a file; `None` reads them then.
+    pub loaded: Option<crate::tls::LoadedKey>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

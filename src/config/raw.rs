@@ -150,6 +150,9 @@ pub struct RawAdmin {
     /// Named tokens: the name is who acted in the audit history.
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +161,8 @@ pub struct RawToken {
     pub name: String,
     pub token: Option<String>,
     pub token_env: Option<String>,
+    /// `read`, `release`, `config`; default `["read", "release"]`.
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -18,14 +19,14 @@ use crate::path;
 pub struct Problems(pub Vec<(KeyPath, String)>);
 
 impl Problems {
-    fn add(&mut self, at: KeyPath, msg: impl Into<String>) {
+    pub(super) fn add(&mut self, at: KeyPath, msg: impl Into<String>) {
         self.0.push((at, msg.into()));
     }
 }
 
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let mut p = Problems(Vec::new());
-    let admin = admin(&raw.admin, &mut p);
+    let admin = super::admin::admin(&raw.admin, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
     let listeners = listeners(&raw.listener, base_dir, &mut p);
@@ -87,79 +88,6 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
         })
     } else {
         Err(p)
-    }
-}
-
-fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
-    let bind = match &raw.bind {
-        None => SocketAddr::from(([127, 0, 0, 1], 9901)),
-        Some(s) => socket_addr(s, path!["admin", "bind"], p),
-    };
-    let token = match (&raw.token, &raw.token_env) {
-        (Some(_), Some(_)) => {
-            p.add(
-                path!["admin", "token_env"],
-                "set `token` or `token_env`, not both",
-            );
-            None
-        }
-        (Some(t), None) if t.is_empty() => {
-            p.add(path!["admin", "token"], "the token must not be empty");
-            None
-        }
-        (Some(t), None) => Some(t.clone()),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(t) if !t.is_empty() => Some(t),
-            _ => {
-                p.add(
-                    path!["admin", "token_env"],
-                    format!("environment variable {var} is not set or empty"),
-                );
-                None
-            }
-        },
-        (None, None) => std::env::var("SWITCHYARD_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-    };
-    let mut tokens = Vec::new();
-    for (i, t) in raw.tokens.iter().enumerate() {
-        let at = path!["admin", "tokens", i];
-        name(&t.name, at.join("name"), p);
-        if tokens.iter().any(|(n, _): &(String, String)| n == &t.name) {
-            p.add(
-                at.join("name"),
-                format!("duplicate token name \"{}\"", t.name),
-            );
-        }
-        let value = match (&t.token, &t.token_env) {
-            (Some(v), None) if !v.is_empty() => Some(v.clone()),
-            (None, Some(var)) => std::env::var(var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .or_else(|| {
-                    p.add(
-                        at.join("token_env"),
-                        format!("environment variable {var} is not set or empty"),
-                    );
-                    None
-                }),
-            _ => {
-                p.add(
-                    at.clone(),
-                    "a named token needs a non-empty `token` or `token_env`",
-                );
-                None
-            }
-        };
-        if let Some(v) = value {
-            tokens.push((t.name.clone(), v));
-        }
-    }
-    AdminConfig {
-        bind,
-        token,
-        tokens,
     }
 }
 
@@ -250,12 +178,14 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
         }
         let mut certificates = Vec::new();
         for (j, c) in l.certificate.iter().enumerate() {
-            let cert = CertificateConfig {
+            let mut cert = CertificateConfig {
                 cert: base_dir.join(&c.cert),
                 key: base_dir.join(&c.key),
+                loaded: None,
             };
-            if let Err(e) = crate::tls::load_certified_key(&cert) {
-                p.add(path!["listener", i, "certificate", j], e.to_string());
+            match crate::tls::load_certified_key(&cert) {
+                Ok(k) => cert.loaded = Some(crate::tls::LoadedKey(Arc::new(k))),
+                Err(e) => p.add(path!["listener", i, "certificate", j], e.to_string()),
             }
             certificates.push(cert);
         }
@@ -833,7 +763,7 @@ fn conditions(m: &RawMatch, at: &KeyPath, p: &mut Problems) -> Conditions {
     c
 }
 
-fn name(s: &str, at: KeyPath, p: &mut Problems) {
+pub(super) fn name(s: &str, at: KeyPath, p: &mut Problems) {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -846,7 +776,7 @@ fn name(s: &str, at: KeyPath, p: &mut Problems) {
     }
 }
 
-fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
+pub(super) fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
     s.parse().unwrap_or_else(|_| {
         p.add(
             at,
@@ -875,7 +805,7 @@ pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
     }
 }
 
-fn duration(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
+pub(super) fn duration(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
     let d = duration_or_zero(s, at.clone(), p);
     if d.is_zero() {
         p.add(at, format!("\"{s}\" must be longer than zero"));

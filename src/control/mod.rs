@@ -358,7 +358,7 @@ impl Controller {
             .config_path
             .as_ref()
             .ok_or(ControlError::NoConfigFile)?;
-        let config = config::load(path)?;
+        let config = config::load_async(path).await?;
         self.apply(config, actor).await
     }
 
@@ -561,12 +561,14 @@ fn event(
     to: Option<&Split>,
     reason: String,
 ) -> Event {
+    let (actor, on_behalf_of) = crate::audit::split(actor);
     Event {
         id: 0,
         at: unix_ms(),
         service: service.to_string(),
         rollout,
-        actor: actor.to_string(),
+        actor,
+        on_behalf_of,
         kind: kind.to_string(),
         from: from.cloned(),
         to: to.cloned(),

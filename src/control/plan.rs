@@ -134,8 +134,11 @@ impl Controller {
         {
             out.push(change("-", format!("service {}", c.name), ""));
         }
-        if cur.timeouts != next.timeouts || cur.limits != next.limits || cur.admin != next.admin {
-            out.push(change("~", "settings".into(), "timeouts, limits or admin"));
+        if cur.timeouts != next.timeouts || cur.limits != next.limits {
+            out.push(change("~", "settings".into(), "timeouts or limits"));
+        }
+        for (op, what, detail) in crate::config::admin::changes(&cur.admin, &next.admin) {
+            out.push(change(op, what, detail));
         }
         out
     }

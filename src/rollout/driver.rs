@@ -197,32 +197,20 @@ fn log<T>(r: Result<T, crate::control::ControlError>) {
     }
 }
 
-/// Runs the teardown command with `sh -c`; its result is recorded, never fatal: the release
-/// has already happened.
+/// Runs the teardown command with `sh -c` (bounded: see `bounded::run_shell`); its result is
+/// recorded, never fatal: the release has already happened.
 async fn run_teardown(cmd: &str, service: &str, group: &str) -> String {
-    let run = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("SWITCHYARD_SERVICE", service)
-        .env("SWITCHYARD_GROUP", group)
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(Duration::from_secs(300), run).await {
-        Err(_) => format!("; teardown `{cmd}` timed out after 5m"),
-        Ok(Err(e)) => format!("; teardown `{cmd}` could not run: {e}"),
-        Ok(Ok(out)) if out.status.success() => format!("; teardown `{cmd}` succeeded"),
-        Ok(Ok(out)) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: String = err
-                .trim()
-                .chars()
-                .rev()
-                .take(200)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("; teardown `{cmd}` failed ({}): {tail}", out.status)
-        }
+    let env = [
+        ("SWITCHYARD_SERVICE", service.to_string()),
+        ("SWITCHYARD_GROUP", group.to_string()),
+    ];
+    match crate::bounded::run_shell(cmd, &env, Duration::from_secs(300)).await {
+        Err(e) => format!("; teardown {e}"),
+        Ok(out) if out.status.success() => format!("; teardown `{cmd}` succeeded"),
+        Ok(out) => format!(
+            "; teardown `{cmd}` failed ({}): {}",
+            out.status,
+            out.said(200)
+        ),
     }
 }

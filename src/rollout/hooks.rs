@@ -80,7 +80,7 @@ pub async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String
         let once = async {
             match (&hook.url, &hook.command) {
                 (Some(url), _) => call(url, point, r).await,
-                (None, Some(cmd)) => command(cmd, point, r).await,
+                (None, Some(cmd)) => command(cmd, point, r, timeout).await,
                 (None, None) => Err("the hook has neither url nor command".into()),
             }
         };
@@ -113,29 +113,37 @@ async fn call(url: &str, point: &str, r: &Rollout) -> Result<String, String> {
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
     if status.is_success() {
-        Ok(format!("answered {}", status.as_u16()))
-    } else {
-        Err(format!("{url} answered {}", status.as_u16()))
+        // The answer's body is not needed: dropping it closes the connection unread.
+        return Ok(format!("answered {}", status.as_u16()));
     }
+    // A failure's answer says why: read it, bounded, and show its start.
+    let said =
+        match crate::bounded::read_body(resp.into_body(), crate::bounded::MAX_ANSWER_BYTES).await {
+            Ok(b) => String::from_utf8_lossy(&b)
+                .trim()
+                .chars()
+                .take(200)
+                .collect(),
+            Err(e) => e.to_string(),
+        };
+    Err(format!("{url} answered {}: {said}", status.as_u16()))
 }
 
-async fn command(cmd: &str, point: &str, r: &Rollout) -> Result<String, String> {
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("SWITCHYARD_HOOK", point)
-        .env("SWITCHYARD_SERVICE", &r.service)
-        .env("SWITCHYARD_ROLLOUT", r.id.to_string())
-        .env("SWITCHYARD_STABLE", &r.stable)
-        .env("SWITCHYARD_CANDIDATE", &r.candidate)
-        .kill_on_drop(true)
-        .output()
+/// The command runs in its own process group, killed with it on timeout (see `bounded`).
+async fn command(cmd: &str, point: &str, r: &Rollout, timeout: Duration) -> Result<String, String> {
+    let env = [
+        ("SWITCHYARD_HOOK", point.to_string()),
+        ("SWITCHYARD_SERVICE", r.service.clone()),
+        ("SWITCHYARD_ROLLOUT", r.id.to_string()),
+        ("SWITCHYARD_STABLE", r.stable.clone()),
+        ("SWITCHYARD_CANDIDATE", r.candidate.clone()),
+    ];
+    let out = crate::bounded::run_shell(cmd, &env, timeout)
         .await
-        .map_err(|e| format!("`{cmd}` could not run: {e}"))?;
+        .map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(format!("`{cmd}` succeeded"))
     } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!("`{cmd}` {}: {}", out.status, err.trim()))
+        Err(format!("`{cmd}` {}: {}", out.status, out.said(500)))
     }
 }

@@ -65,8 +65,13 @@ pub struct Event {
     pub at: i64,
     pub service: String,
     pub rollout: Option<u64>,
-    /// Who or what acted: `api`, `cli`, `schedule`, `config`, `analysis`, …
+    /// Who or what acted: an admin token's name (`admin` for the unnamed one), or
+    /// switchyard itself: `schedule`, `analysis`, `guard`, `hook`, `deadline`, …
     pub actor: String,
+    /// Whom the client said it acted for (`x-switchyard-actor`, e.g. `cli:alice`): recorded,
+    /// never trusted as the actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     pub kind: String,
     pub from: Option<Split>,
     pub to: Option<Split>,

@@ -103,6 +103,10 @@ impl SqliteStore {
             path: shown.clone(),
             reason: format!("cannot write: {e}"),
         })?;
+        add_on_behalf_of(&conn).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            reason: format!("cannot add events.on_behalf_of: {e}"),
+        })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         Ok(SqliteStore {
             path: shown,
@@ -156,8 +160,8 @@ impl SqliteStore {
                 s.as_ref().map(|s| serde_json::to_string(s).expect("split"))
             };
             tx.execute(
-                "INSERT INTO events (at, service, rollout, actor, kind, from_split, to_split, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO events (at, service, rollout, actor, kind, from_split, to_split, reason, on_behalf_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     e.at,
                     e.service,
@@ -166,13 +170,27 @@ impl SqliteStore {
                     e.kind,
                     split(&e.from),
                     split(&e.to),
-                    e.reason
+                    e.reason,
+                    e.on_behalf_of
                 ],
             )
             .map_err(|e| self.io(e))?;
         }
         Ok(())
     }
+}
+
+/// Adds `events.on_behalf_of` to a database made before it existed. Additive and nullable,
+/// so the schema version stays 1: an older switchyard still reads and writes the table
+/// (leaving the column empty), and opening twice is harmless.
+fn add_on_behalf_of(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'on_behalf_of'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN on_behalf_of TEXT")?;
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -234,7 +252,7 @@ impl Store for SqliteStore {
         let conn = self.conn.lock().expect("store lock");
         let mut stmt = conn
             .prepare(
-                "SELECT id, at, service, rollout, actor, kind, from_split, to_split, reason FROM events
+                "SELECT id, at, service, rollout, actor, kind, from_split, to_split, reason, on_behalf_of FROM events
                  WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR rollout = ?2)
                    AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR at >= ?5)
                  ORDER BY id DESC LIMIT ?6",
@@ -262,13 +280,14 @@ impl Store for SqliteStore {
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, String>(8)?,
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 },
             )
             .map_err(|e| self.io(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, at, service, rollout, actor, kind, from, to, reason) =
+            let (id, at, service, rollout, actor, kind, from, to, reason, on_behalf_of) =
                 row.map_err(|e| self.io(e))?;
             let parse = |s: Option<String>| -> Result<_, StoreError> {
                 s.map(|s| serde_json::from_str(&s).map_err(|e| self.corrupt(e)))
@@ -280,6 +299,7 @@ impl Store for SqliteStore {
                 service,
                 rollout: rollout.map(|r| r as u64),
                 actor,
+                on_behalf_of,
                 kind,
                 from: parse(from)?,
                 to: parse(to)?,

@@ -25,7 +25,7 @@ try {
   step(`observed: ${await page.getByTestId("observed-shop").textContent()}`);
   await page.screenshot({ path: `${shots}/dashboard-rollout.png`, fullPage: true });
   await page.getByTestId("abort-shop").click();
-  await page.waitForFunction(() => document.querySelector('[data-testid="timeline-shop"]')?.textContent.includes("aborted by dashboard"), null, { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelector('[data-testid="timeline-shop"]')?.textContent.includes("aborted by admin on behalf of dashboard"), null, { timeout: 15000 });
   await page.waitForFunction(() => document.querySelector('[data-testid="rollout-status-shop"]')?.textContent === "aborted", null, { timeout: 15000 });
   step(`after abort: ${await split.textContent()}`);
   // A narrow screen still shows the service.

@@ -1,0 +1,369 @@
+//! The `[admin]` section: where the admin API listens, its bearer tokens with their scopes,
+//! and the limits that keep its connections from starving the proxy.
+//!
+//! Scopes exist because the verbs are not equally dangerous: `release` moves traffic, while
+//! `config` (reload, plan, apply) can define hooks and checks that are shell commands run on
+//! the host — `config` is shell access, and is granted only when asked for.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::locate::KeyPath;
+use super::raw::RawAdmin;
+use super::validate::{duration, name, socket_addr, Problems};
+use crate::path;
+
+/// The unnamed `[admin] token`'s name in the audit history.
+pub const MAIN_TOKEN_NAME: &str = "admin";
+
+/// Actors switchyard itself records (the guard, an analysis, the rollout schedule, …): no
+/// token may be named so, and no client may claim one with `x-switchyard-actor`.
+pub const INTERNAL_ACTORS: &[&str] = &[
+    "admin",
+    "analysis",
+    "api",
+    "config",
+    "deadline",
+    "driver",
+    "guard",
+    "hook",
+    "schedule",
+    "switchyard",
+    "system",
+];
+
+/// What a token may do. Every token may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Status, rollouts, events, series: every GET.
+    Read,
+    /// Rollout verbs, start, switch, weights, analysis dry runs.
+    Release,
+    /// Reload, plan, apply: can define commands that run on the host, so shell access.
+    Config,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Release, Scope::Config];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Release => "release",
+            Scope::Config => "config",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|sc| sc.name() == s)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of scopes; `read` is always in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scopes(pub BTreeSet<Scope>);
+
+impl Scopes {
+    pub fn all() -> Scopes {
+        Scopes(Scope::ALL.into_iter().collect())
+    }
+
+    /// A named token's scopes when it lists none: it may release, not reconfigure (shell).
+    pub fn named_default() -> Scopes {
+        Scopes([Scope::Read, Scope::Release].into_iter().collect())
+    }
+
+    pub fn allows(&self, s: Scope) -> bool {
+        s == Scope::Read || self.0.contains(&s)
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|s| s.name()).collect();
+        f.write_str(&names.join(", "))
+    }
+}
+
+/// An accepted bearer token: its name is who acts in the audit history.
+#[derive(Clone, PartialEq)]
+pub struct AdminToken {
+    pub name: String,
+    pub secret: String,
+    pub scopes: Scopes,
+}
+
+impl fmt::Debug for AdminToken {
+    /// Never the secret: configurations end up in logs and test output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds on the admin listener's connections: it shares the process's descriptors with the
+/// proxy, so a client holding connections open must not starve the proxy of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdminLimits {
+    /// A request's head must arrive within this, then its body within as long again
+    /// (slowloris).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open admin connections at most; one more is answered 503 and closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// The unnamed token (`[admin] token`); `None` with no named tokens leaves the API
+    /// read-only. The CLI sends it.
+    pub token: Option<String>,
+    /// Every accepted token: the unnamed one first (as `admin`, all scopes), then the named.
+    pub tokens: Vec<AdminToken>,
+    pub limits: AdminLimits,
+}
+
+impl AdminConfig {
+    /// No token at all: mutating calls are refused.
+    pub fn read_only(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
+    let bind = match &raw.bind {
+        None => SocketAddr::from(([127, 0, 0, 1], 9901)),
+        Some(s) => socket_addr(s, path!["admin", "bind"], p),
+    };
+    let token = match (&raw.token, &raw.token_env) {
+        (Some(_), Some(_)) => {
+            p.add(
+                path!["admin", "token_env"],
+                "set `token` or `token_env`, not both",
+            );
+            None
+        }
+        (Some(t), None) if t.is_empty() => {
+            p.add(path!["admin", "token"], "the token must not be empty");
+            None
+        }
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                p.add(
+                    path!["admin", "token_env"],
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, None) => std::env::var("SWITCHYARD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    let mut tokens: Vec<AdminToken> = token
+        .iter()
+        .map(|t| AdminToken {
+            name: MAIN_TOKEN_NAME.into(),
+            secret: t.clone(),
+            scopes: Scopes::all(),
+        })
+        .collect();
+    for (i, t) in raw.tokens.iter().enumerate() {
+        let at = path!["admin", "tokens", i];
+        name(&t.name, at.join("name"), p);
+        if INTERNAL_ACTORS.contains(&t.name.as_str()) {
+            p.add(
+                at.join("name"),
+                format!(
+                    "\"{}\" is a name switchyard records for itself; choose another",
+                    t.name
+                ),
+            );
+        }
+        if raw.tokens[..i].iter().any(|o| o.name == t.name) {
+            p.add(
+                at.join("name"),
+                format!("duplicate token name \"{}\"", t.name),
+            );
+        }
+        let scopes = scopes(t.scopes.as_deref(), at.join("scopes"), p);
+        let value = match (&t.token, &t.token_env) {
+            (Some(v), None) if !v.is_empty() => Some(v.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| {
+                    p.add(
+                        at.join("token_env"),
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }),
+            _ => {
+                p.add(
+                    at.clone(),
+                    "a named token needs a non-empty `token` or `token_env`",
+                );
+                None
+            }
+        };
+        if let Some(secret) = value {
+            tokens.push(AdminToken {
+                name: t.name.clone(),
+                secret,
+                scopes,
+            });
+        }
+    }
+    AdminConfig {
+        bind,
+        token,
+        tokens,
+        limits: limits(raw, p),
+    }
+}
+
+fn scopes(raw: Option<&[String]>, at: KeyPath, p: &mut Problems) -> Scopes {
+    let Some(raw) = raw else {
+        return Scopes::named_default();
+    };
+    if raw.is_empty() {
+        p.add(
+            at.clone(),
+            "list at least one scope: \"read\", \"release\" or \"config\"",
+        );
+    }
+    let mut out = BTreeSet::from([Scope::Read]);
+    for (j, s) in raw.iter().enumerate() {
+        match Scope::parse(s) {
+            Some(sc) => {
+                out.insert(sc);
+            }
+            None => p.add(
+                at.join(j),
+                format!("unknown scope \"{s}\": use \"read\", \"release\" or \"config\""),
+            ),
+        }
+    }
+    Scopes(out)
+}
+
+fn limits(raw: &RawAdmin, p: &mut Problems) -> AdminLimits {
+    let d = AdminLimits::default();
+    let max_connections = match raw.max_connections {
+        None => d.max_connections,
+        Some(n) if (1..=10_000).contains(&n) => n as usize,
+        Some(n) => {
+            p.add(
+                path!["admin", "max_connections"],
+                format!("{n} is out of range: use 1 to 10000"),
+            );
+            d.max_connections
+        }
+    };
+    AdminLimits {
+        header_read_timeout: raw
+            .header_read_timeout
+            .as_ref()
+            .map_or(d.header_read_timeout, |s| {
+                duration(s, path!["admin", "header_read_timeout"], p)
+            }),
+        idle_timeout: raw.idle_timeout.as_ref().map_or(d.idle_timeout, |s| {
+            duration(s, path!["admin", "idle_timeout"], p)
+        }),
+        max_connections,
+    }
+}
+
+/// What applying `next` changes in the admin section, for `plan`: (op, what, detail). Says
+/// that a token's secret changed, never what it is.
+pub fn changes(cur: &AdminConfig, next: &AdminConfig) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    for t in &next.tokens {
+        let what = format!("admin token {}", t.name);
+        match cur.tokens.iter().find(|c| c.name == t.name) {
+            None => out.push(("+", what, format!("scopes {}", t.scopes))),
+            Some(c) => {
+                let mut parts = Vec::new();
+                if c.secret != t.secret {
+                    parts.push("secret changed: the old one stops working".to_string());
+                }
+                if c.scopes != t.scopes {
+                    parts.push(format!("scopes {} -> {}", c.scopes, t.scopes));
+                }
+                if !parts.is_empty() {
+                    out.push(("~", what, parts.join(", ")));
+                }
+            }
+        }
+    }
+    for c in cur
+        .tokens
+        .iter()
+        .filter(|c| !next.tokens.iter().any(|t| t.name == c.name))
+    {
+        out.push(("-", format!("admin token {}", c.name), String::new()));
+    }
+    if cur.bind != next.bind {
+        out.push((
+            "~",
+            "admin bind".into(),
+            format!("{} -> {} (takes effect at restart)", cur.bind, next.bind),
+        ));
+    }
+    let (a, b) = (cur.limits, next.limits);
+    if a != b {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut parts = Vec::new();
+        if a.header_read_timeout != b.header_read_timeout {
+            parts.push(format!(
+                "header_read_timeout {} -> {}",
+                d(a.header_read_timeout),
+                d(b.header_read_timeout)
+            ));
+        }
+        if a.idle_timeout != b.idle_timeout {
+            parts.push(format!(
+                "idle_timeout {} -> {}",
+                d(a.idle_timeout),
+                d(b.idle_timeout)
+            ));
+        }
+        if a.max_connections != b.max_connections {
+            parts.push(format!(
+                "max_connections {} -> {}",
+                a.max_connections, b.max_connections
+            ));
+        }
+        out.push((
+            "~",
+            "admin limits".into(),
+            format!("{} (for new connections)", parts.join(", ")),
+        ));
+    }
+    out
+}
