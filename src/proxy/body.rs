@@ -155,8 +155,19 @@ impl UpstreamResponseBody {
 impl Drop for UpstreamResponseBody {
     fn drop(&mut self) {
         // Dropped before its end: the client went away, or the body was not wanted. The
-        // target did its part.
-        self.finish(End::Delivered);
+        // target did its part — unless the client went away in the middle of its own
+        // upload, which is the client's abort (hyper may drop the body on the broken
+        // connection before the upload's error reaches it).
+        let uploading = match &self.inner {
+            UpstreamBody::H1(b) => b.uploading(),
+            UpstreamBody::H2(b) => b.uploading(),
+            UpstreamBody::Done => false,
+        };
+        self.finish(if uploading {
+            End::Client("aborted")
+        } else {
+            End::Delivered
+        });
     }
 }
 

@@ -365,6 +365,11 @@ impl ResponseBody {
         }
     }
 
+    /// Whether the client's upload is still unfinished.
+    pub fn uploading(&self) -> bool {
+        self.upload.is_some()
+    }
+
     /// Whether the rest of the upload is waiting for the client's bytes: the exchange is
     /// then held up by the client, not by the target.
     pub fn waiting_on_client(&self) -> bool {

@@ -114,6 +114,11 @@ impl ResponseBody {
         self.upload.as_ref().and_then(|up| up.take_fault())
     }
 
+    /// Whether the client's upload is still unfinished.
+    pub fn uploading(&self) -> bool {
+        self.upload.as_ref().is_some_and(|up| !up.waiting().2)
+    }
+
     /// Whether the rest of the upload is waiting for the client's bytes.
     pub fn waiting_on_client(&self) -> bool {
         self.upload
