@@ -736,35 +736,43 @@ async fn a_target_that_stalls_mid_body_is_a_timeout_not_a_success() {
 
 #[tokio::test]
 async fn a_5xx_whose_body_breaks_off_is_one_strike_toward_ejection_and_one_answer_per_route() {
-    let target = scripted(|_, _, _| {
-        Act::SendThenClose(b"HTTP/1.1 500 Oops\r\ncontent-length: 100\r\n\r\nshort".to_vec())
+    let target = scripted(|_, _, head| {
+        let status = if head.starts_with("GET /ok") {
+            "200 OK"
+        } else {
+            "500 Oops"
+        };
+        Act::SendThenClose(
+            format!("HTTP/1.1 {status}\r\ncontent-length: 100\r\n\r\nshort").into_bytes(),
+        )
     })
     .await;
-    // Ejected at the fourth failure: two broken 500s are two strikes, not four.
+    // Ejected at the fourth failure: three broken answers are three strikes (a 5xx head
+    // and its broken body are one), not five.
     let server = start(&config(
         &[("blue", &[target.addr])],
-        "passive = { consecutive_failures = 4 }",
+        "passive = { consecutive_failures = 4, eject_on_5xx = true }",
     ))
     .await;
     let url = format!("http://{}", server.listener_addr("web").await);
     let client = common::client();
-    for _ in 0..2 {
-        assert!(get(&client, &format!("{url}/"), &[]).await.is_err());
+    for path in ["/a", "/b", "/ok"] {
+        assert!(get(&client, &format!("{url}{path}"), &[]).await.is_err());
     }
-    common::eventually(Duration::from_secs(5), "two failures counted", || async {
-        group_counts(&server).responses[4] == 2
+    common::eventually(Duration::from_secs(5), "three failures counted", || async {
+        group_counts(&server).responses[4] == 3
     })
     .await;
     let snap = server.control.snapshot();
     let target_state = &snap.services["shop"].groups[0].targets[0];
     assert!(
         !target_state.ejected(switchyard::group::now_ms()),
-        "ejected after two requests"
+        "ejected after three failed answers"
     );
-    // The route counts what the group counts: two 502s, no 5xx head besides.
+    // The route counts what the group counts: three 502s, not the heads' 500s and 200.
     let route = &snap.routes["web"][0].stats;
     let by_class: Vec<u64> = route.responses.iter().map(|n| n.load(SeqCst)).collect();
-    assert_eq!(by_class, [0, 0, 0, 0, 2]);
+    assert_eq!(by_class, [0, 0, 0, 0, 3]);
 }
 
 #[tokio::test]
