@@ -84,23 +84,30 @@ pub fn now_second() -> u64 {
 }
 
 impl Window {
-    fn slot(&self, second: u64) -> &Slot {
+    /// The slot of `second`, claimed for it if it still holds an older one; `None` when a
+    /// newer second has taken it over (a write that late would count in the wrong second,
+    /// so it is dropped — the slot's second is 11 minutes past it).
+    fn slot(&self, second: u64) -> Option<&Slot> {
         let s = &self.slots[(second % SLOTS) as usize];
         let seen = s.second.load(Relaxed);
-        // Only a newer second takes a slot over (a late writer never clears newer data).
-        if seen < second
-            && s.second
-                .compare_exchange(seen, second, Relaxed, Relaxed)
-                .is_ok()
-        {
-            s.clear();
+        if seen > second {
+            return None;
         }
-        s
+        // Only a newer second takes a slot over (a late writer never clears newer data).
+        if seen < second {
+            match s.second.compare_exchange(seen, second, Relaxed, Relaxed) {
+                Ok(_) => s.clear(),
+                // Another writer claimed it: for this second, or for a newer one.
+                Err(now) if now != second => return None,
+                Err(_) => {}
+            }
+        }
+        Some(s)
     }
 
     /// One response (from the target or from switchyard itself) and how long it took.
     pub fn record(&self, second: u64, status: u16, latency: Duration, failure: Option<Failure>) {
-        let s = self.slot(second);
+        let Some(s) = self.slot(second) else { return };
         s.requests.fetch_add(1, Relaxed);
         s.classes[(status / 100).clamp(1, 5) as usize - 1].fetch_add(1, Relaxed);
         if let Some(f) = failure {
@@ -111,7 +118,9 @@ impl Window {
 
     /// A request that failed through the client's fault (see the module comment).
     pub fn record_client_error(&self, second: u64) {
-        self.slot(second).client_errors.fetch_add(1, Relaxed);
+        if let Some(s) = self.slot(second) {
+            s.client_errors.fetch_add(1, Relaxed);
+        }
     }
 
     /// Totals over the seconds `[from, to]` (slots of other seconds are skipped).
@@ -258,5 +267,17 @@ mod tests {
         assert!((p99 / 99.0 - 1.0).abs() < 0.05, "{p99}");
         let p50 = s.percentile(0.5).unwrap().as_secs_f64() * 1000.0;
         assert!((p50 / 50.0 - 1.0).abs() < 0.05, "{p50}");
+    }
+
+    #[test]
+    fn a_write_for_a_second_whose_slot_a_newer_second_took_is_dropped() {
+        let w = Window::default();
+        let now = 5 * SLOTS + 7;
+        w.record(now, 200, Duration::from_millis(1), None);
+        // The same slot, 11 minutes earlier: must not count in `now`.
+        w.record(now - SLOTS, 503, Duration::from_millis(1), None);
+        w.record_client_error(now - SLOTS);
+        let s = w.summary(now, now);
+        assert_eq!((s.requests, s.classes[4], s.client_errors), (1, 0, 0));
     }
 }

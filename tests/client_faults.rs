@@ -328,9 +328,10 @@ async fn uploads_to_an_http2_target_are_timed_the_same_way() {
     let b = TestBackend::start("blue").await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
+    // Pieces 200 ms apart against a 2 s client_body: never near it on a loaded machine.
     let toml = cfg(
         &[b.addr],
-        "client_body = \"300ms\"\nrequest = \"1s\"",
+        "client_body = \"2s\"\nrequest = \"1s\"",
         "",
         &log,
     )
@@ -361,4 +362,151 @@ async fn uploads_to_an_http2_target_are_timed_the_same_way() {
 
     let c = counts(&sy);
     assert_eq!((c.client_errors, c.timeouts, c.responses[4]), (1, 0, 0));
+}
+
+/// A target that answers as soon as it has a request's head — a chunked `200` whose first
+/// chunk goes out at once — and then reads the rest of the upload, giving up (closing the
+/// connection) after `patience` without a byte, as servers with a read timeout do.
+async fn streaming_target(patience: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                if s.write_all(head).await.is_err() {
+                    return;
+                }
+                while let Ok(Ok(n)) = tokio::time::timeout(patience, s.read(&mut chunk)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                // Gone: the proxy sees the connection end mid-body.
+            });
+        }
+    });
+    addr
+}
+
+/// A client that starts an upload of 100 bytes, sends 3, and reads the answer's head.
+async fn upload_started(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
+    // The target gives up on the upload after 3 s; the client's pause is cut at 1 s.
+    let target = streaming_target(Duration::from_secs(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(
+        &[target],
+        "client_body = \"1s\"\nrequest = \"10s\"",
+        "",
+        &log,
+    ))
+    .await;
+    let (mut s, head) = upload_started(sy.listener_addr("web").await).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    eventually(Duration::from_secs(10), "a client error", || async {
+        counts(&sy).client_errors == 1
+    })
+    .await;
+    let c = counts(&sy);
+    assert_eq!((c.resets, c.timeouts, c.responses[4]), (0, 0, 0), "{c:?}");
+    let lines = logged(&log, 1).await;
+    assert_eq!(lines[0]["client_error"], "stalled", "{lines:?}");
+    assert!(lines[0]["upstream_error"].is_null(), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
+    let target = streaming_target(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(
+        &[target],
+        "client_body = \"30s\"\nrequest = \"30s\"",
+        "",
+        &log,
+    ))
+    .await;
+    let (s, head) = upload_started(sy.listener_addr("web").await).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    drop(s);
+    eventually(Duration::from_secs(10), "a client error", || async {
+        counts(&sy).client_errors == 1
+    })
+    .await;
+    // Past the target's own read timeout: its close must not be counted either.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let c = counts(&sy);
+    assert_eq!(
+        (c.client_errors, c.resets, c.responses[1], c.responses[4]),
+        (1, 0, 0, 0),
+        "{c:?}"
+    );
+    let lines = logged(&log, 1).await;
+    assert_eq!(lines[0]["client_error"], "aborted", "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_closed() {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(&[b.addr], "request = \"30s\"", "", &log)).await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    s.write_all(b"GET /sleep/5000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the request at the target",
+        || async { b.hits() == 1 },
+    )
+    .await;
+    drop(s);
+    eventually(Duration::from_secs(10), "a client error", || async {
+        counts(&sy).client_errors == 1
+    })
+    .await;
+    let c = counts(&sy);
+    assert_eq!((c.requests, c.timeouts, c.resets), (1, 0, 0), "{c:?}");
+    assert_eq!(c.responses, [0; 5], "no answer counted");
+    let w = window(&sy);
+    assert_eq!((w.requests, w.client_errors), (0, 1));
+    let lines = logged(&log, 1).await;
+    assert_eq!(
+        (&lines[0]["status"], &lines[0]["client_error"]),
+        (&serde_json::json!(499), &serde_json::json!("client_closed")),
+        "{lines:?}"
+    );
+    // The target was not struck: the next request goes there and is answered.
+    let r = get(
+        &client(),
+        &format!("http://{}/", sy.listener_addr("web").await),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
 }

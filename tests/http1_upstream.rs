@@ -691,3 +691,134 @@ async fn te_trailers_is_not_sent_to_an_http_1_target() {
         "te went to an HTTP/1 target: {head}"
     );
 }
+
+#[tokio::test]
+async fn a_target_that_stalls_mid_body_is_a_timeout_not_a_success() {
+    // 5 of 100 bytes, then nothing for far longer than the request timeout.
+    let target = scripted(|_, _, _| {
+        Act::SendThenCloseAfter(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello".to_vec(),
+            Duration::from_secs(60),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let toml = logged_config(target.addr, &log).replacen(
+        "[[listener]]",
+        "[timeouts]\nrequest = \"1s\"\nidle = \"60s\"\n\n[[listener]]",
+        1,
+    );
+    let server = start(&toml).await;
+    let url = format!("http://{}", server.listener_addr("web").await);
+    let result = get(&common::client(), &format!("{url}/"), &[]).await;
+    assert!(result.is_err(), "the client's response is reset");
+    common::eventually(Duration::from_secs(5), "a timeout counted", || async {
+        group_counts(&server).timeouts == 1
+    })
+    .await;
+    let counts = group_counts(&server);
+    assert_eq!(
+        (counts.timeouts, counts.responses[1], counts.responses[4]),
+        (1, 0, 1),
+        "{counts:?}"
+    );
+    let lines = log_lines(&log, 1).await;
+    assert_eq!(
+        (&lines[0]["status"], &lines[0]["upstream_error"]),
+        (
+            &serde_json::json!(504),
+            &serde_json::json!("upstream_timeout")
+        ),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_whose_body_breaks_off_is_one_strike_toward_ejection_and_one_answer_per_route() {
+    let target = scripted(|_, _, head| {
+        let status = if head.starts_with("GET /ok") {
+            "200 OK"
+        } else {
+            "500 Oops"
+        };
+        Act::SendThenClose(
+            format!("HTTP/1.1 {status}\r\ncontent-length: 100\r\n\r\nshort").into_bytes(),
+        )
+    })
+    .await;
+    // Ejected at the fourth failure: three broken answers are three strikes (a 5xx head
+    // and its broken body are one), not five.
+    let server = start(&config(
+        &[("blue", &[target.addr])],
+        "passive = { consecutive_failures = 4, eject_on_5xx = true }",
+    ))
+    .await;
+    let url = format!("http://{}", server.listener_addr("web").await);
+    let client = common::client();
+    for path in ["/a", "/b", "/ok"] {
+        assert!(get(&client, &format!("{url}{path}"), &[]).await.is_err());
+    }
+    common::eventually(Duration::from_secs(5), "three failures counted", || async {
+        group_counts(&server).responses[4] == 3
+    })
+    .await;
+    let snap = server.control.snapshot();
+    let target_state = &snap.services["shop"].groups[0].targets[0];
+    assert!(
+        !target_state.ejected(switchyard::group::now_ms()),
+        "ejected after three failed answers"
+    );
+    // The route counts what the group counts: three 502s, not the heads' 500s and 200.
+    let route = &snap.routes["web"][0].stats;
+    let by_class: Vec<u64> = route.responses.iter().map(|n| n.load(SeqCst)).collect();
+    assert_eq!(by_class, [0, 0, 0, 0, 3]);
+}
+
+#[tokio::test]
+async fn an_answer_that_takes_long_to_deliver_counts_in_the_second_it_ends() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        s.write_all(b"world").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let server = start(&config(&[("blue", &[addr])], "")).await;
+    let mut c = tokio::net::TcpStream::connect(server.listener_addr("web").await)
+        .await
+        .unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut head_second = None;
+    while !got.ends_with(b"helloworld") {
+        let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if head_second.is_none() && got.windows(4).any(|w| w == b"\r\n\r\n") {
+            head_second = Some(switchyard::metrics::now_second());
+        }
+    }
+    // At least two seconds after the head: counted after the head's second.
+    let head_second = head_second.unwrap();
+    let stats = &server.control.snapshot().services["shop"].groups[0].stats;
+    common::eventually(Duration::from_secs(5), "the answer counted", || async {
+        stats.snapshot().responses[1] == 1
+    })
+    .await;
+    let now = switchyard::metrics::now_second();
+    let later = stats.window.summary(head_second + 1, now);
+    assert_eq!(later.requests, 1, "counted when the body ended");
+}

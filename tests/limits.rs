@@ -216,7 +216,6 @@ async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
     let mut s = TcpStream::connect(sy.listener_addr("web").await)
         .await
         .unwrap();
-    let mut buf = [0u8; 4096];
     for i in 0..2 {
         if i > 0 {
             // Well past header_read, well within idle.
@@ -225,13 +224,79 @@ async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
         s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
+        let text = read_answer(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text:?}");
+    }
+}
+
+/// One whole answer with a `content-length` body (however many reads it takes), as text.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let whole = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        body.len() >= len
+    };
+    while !whole(&got) {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
             .expect("an answer")
             .unwrap_or(0);
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text:?}");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
     }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(
+        b.addr,
+        "header_read = \"500ms\"\nidle = \"30s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    // A slowloris: every byte resets no timer, so the head is cut long before it ends (a
+    // head of this size would take 20 s at this pace).
+    let head = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-slow: {}\r\n\r\n",
+        "y".repeat(170)
+    );
+    let t = Instant::now();
+    for byte in head.as_bytes() {
+        if s.write_all(std::slice::from_ref(byte)).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if t.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    let (text, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cut after {:?}",
+        t.elapsed()
+    );
+    assert!(!text.contains("200"), "{text}");
+    assert_eq!(b.hits(), 0);
 }
 
 #[tokio::test]

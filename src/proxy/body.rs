@@ -5,17 +5,16 @@
 //! as a success. The client's connection (HTTP/1) or stream (h2) is then reset, since the
 //! body ends in an error rather than cleanly.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::config::PassiveHealth;
-use crate::group::{GroupStats, InFlight};
+use super::account::{Account, End};
+use crate::group::InFlight;
 use crate::metrics::Failure as Seen;
 use crate::upstream::{h1, h2};
 
@@ -37,57 +36,62 @@ impl UpstreamBody {
     }
 }
 
-/// An answer's count in its group, made once the body has ended (or been dropped).
-pub(super) struct Tally {
-    pub(super) stats: Arc<GroupStats>,
-    pub(super) status: u16,
-    /// Until the response head.
-    pub(super) took: Duration,
-    pub(super) answered: Instant,
-    pub(super) passive: PassiveHealth,
-}
-
-type PendingLog = Box<(
-    crate::access_log::AccessLog,
-    crate::access_log::Entry,
-    Instant,
-)>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The response body from a target. Keeps the request counted as in flight until the body
 /// is done (so least-outstanding sees long downloads), then returns the HTTP/1 connection
 /// to the target's pool. A body dropped half-read closes its connection instead.
+///
+/// Between reads the target may keep it waiting no longer than the request timeout: a
+/// target that stalls mid-body has failed the exchange (504, a timeout for the group and
+/// the guard), rather than being counted a success once the client gives up. The timer is
+/// made only when the body first has to wait, so a body that comes with its head costs none.
 pub struct UpstreamResponseBody {
     inner: UpstreamBody,
     in_flight: InFlight,
     /// When the connection was taken for this request, for the pool's idle limit.
     used_ms: u64,
     bytes: u64,
-    /// `None` once counted.
-    tally: Option<Tally>,
-    /// The access log line, written when the body is done (or dropped).
-    pub(super) log: Option<PendingLog>,
+    /// `None` once counted (or before `open`).
+    account: Option<Account>,
+    /// The request timeout, here the longest the target may keep the body waiting.
+    limit: Duration,
+    /// When the body last got bytes from the target (or stopped waiting for the client).
+    last: Instant,
+    /// The last poll found nothing to read.
+    waited: bool,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl UpstreamResponseBody {
+    /// `answered`: when the head arrived; `limit`: the request timeout.
     pub(super) fn new(
         inner: UpstreamBody,
         in_flight: InFlight,
         used_ms: u64,
-        tally: Tally,
+        answered: Instant,
+        limit: Duration,
     ) -> UpstreamResponseBody {
-        let mut body = UpstreamResponseBody {
+        UpstreamResponseBody {
             inner,
             in_flight,
             used_ms,
             bytes: 0,
-            tally: Some(tally),
-            log: None,
-        };
-        if body.inner.is_end_stream() {
-            body.release();
-            body.delivered();
+            account: None,
+            limit,
+            last: answered,
+            waited: false,
+            stall: None,
         }
-        body
+    }
+
+    /// Gives the body the account it settles when it ends (at once if it has no more).
+    pub(super) fn open(&mut self, account: Account) {
+        self.account = Some(account);
+        if self.inner.is_end_stream() {
+            self.release();
+            self.finish(End::Delivered);
+        }
     }
 
     /// Back to the pool with the connection, if the body is complete and it may be reused.
@@ -99,63 +103,73 @@ impl UpstreamResponseBody {
         }
     }
 
-    /// The answer as the target gave it: counted with its status.
-    fn delivered(&mut self) {
-        if let Some(t) = self.tally.take() {
-            t.stats.record(t.status, t.took, t.answered, None);
+    /// Counts the answer, once. A client that failed its upload to an HTTP/2 target is
+    /// the cause of whatever end the answer had.
+    fn finish(&mut self, end: End) {
+        let Some(account) = self.account.take() else {
+            return;
+        };
+        let end = match &self.inner {
+            UpstreamBody::H2(b) => b.client_fault().map_or(end, |c| End::Client(c.code())),
+            _ => end,
+        };
+        if let End::Upstream { code, .. } = &end {
+            tracing::debug!(target = %self.in_flight.target().addr, code, "target's answer broke off");
         }
+        account.finish(end, self.in_flight.target(), self.bytes);
     }
 
     /// The target broke its answer off: a failed exchange (502, reset) for the group, the
-    /// target's passive ejection and the access log, counted now (the current second).
-    fn upstream_failed(&mut self, code: &'static str, error: &dyn std::fmt::Display) {
-        if let Some(t) = self.tally.take() {
-            t.stats.resets.fetch_add(1, Relaxed);
-            t.stats
-                .record(502, t.took, Instant::now(), Some(Seen::Reset));
-            let target = self.in_flight.target();
-            tracing::debug!(target = %target.addr, %error, "target's answer broke off");
-            let p = t.passive;
-            if target.record_failure(p.consecutive_failures, p.ejection_time) {
-                tracing::warn!(
-                    target = %target.addr, failures = p.consecutive_failures,
-                    "target ejected after consecutive failures"
-                );
-            }
-        }
-        if let Some(log) = &mut self.log {
-            log.1.status = 502;
-            log.1.upstream_error = Some(code);
-        }
+    /// target's passive ejection and the access log.
+    fn upstream_failed(&mut self, code: &'static str) {
+        self.finish(End::Upstream {
+            status: 502,
+            failure: Seen::Reset,
+            code,
+        });
     }
 
-    /// The client's upload failed the exchange after the answer began: not the target's
-    /// doing, counted apart.
-    fn client_failed(&mut self, code: &'static str) {
-        if let Some(t) = self.tally.take() {
-            t.stats.record_client_error(Instant::now());
+    /// Whether the target has kept the body waiting for longer than the request timeout.
+    /// A wait for the client's upload is not the target's: the clock starts after it.
+    fn target_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let waiting_on_client = match &self.inner {
+            UpstreamBody::H1(b) => b.waiting_on_client(),
+            UpstreamBody::H2(b) => b.waiting_on_client(),
+            UpstreamBody::Done => false,
+        };
+        if waiting_on_client {
+            self.last = Instant::now();
+            return false;
         }
-        if let Some(log) = &mut self.log {
-            log.1.client_error = Some(code);
+        let deadline = tokio::time::Instant::from(self.last + self.limit);
+        let sleep = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
         }
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 
 impl Drop for UpstreamResponseBody {
     fn drop(&mut self) {
         // Dropped before its end: the client went away, or the body was not wanted. The
-        // target did its part.
-        self.delivered();
-        if let Some(pending) = self.log.take() {
-            let (log, mut e, started) = *pending;
-            e.bytes = self.bytes;
-            e.total_ms = crate::access_log::millis(started.elapsed());
-            log.log(e);
-        }
+        // target did its part — unless the client went away in the middle of its own
+        // upload, which is the client's abort (hyper may drop the body on the broken
+        // connection before the upload's error reaches it).
+        let uploading = match &self.inner {
+            UpstreamBody::H1(b) => b.uploading(),
+            UpstreamBody::H2(b) => b.uploading(),
+            UpstreamBody::Done => false,
+        };
+        self.finish(if uploading {
+            End::Client("aborted")
+        } else {
+            End::Delivered
+        });
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for UpstreamResponseBody {
     type Data = Bytes;
@@ -170,11 +184,9 @@ impl Body for UpstreamResponseBody {
             UpstreamBody::H1(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     match &e {
-                        h1::Error::Client(c) => this.client_failed(c.code()),
-                        h1::Error::Protocol(_) => {
-                            this.upstream_failed("upstream_protocol_error", &e)
-                        }
-                        _ => this.upstream_failed("upstream_reset", &e),
+                        h1::Error::Client(c) => this.finish(End::Client(c.code())),
+                        h1::Error::Protocol(_) => this.upstream_failed("upstream_protocol_error"),
+                        _ => this.upstream_failed("upstream_reset"),
                     }
                     Poll::Ready(Some(Err(e.into())))
                 }
@@ -182,11 +194,9 @@ impl Body for UpstreamResponseBody {
             },
             UpstreamBody::H2(b) => match Pin::new(&mut *b).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
-                    match b.client_fault() {
-                        Some(c) => this.client_failed(c.code()),
-                        None => this.upstream_failed("upstream_reset", &e),
-                    }
-                    Poll::Ready(Some(Err(e.into())))
+                    // `finish` asks whether the client's upload caused it.
+                    this.upstream_failed("upstream_reset");
+                    Poll::Ready(Some(Err(e)))
                 }
                 other => other.map_err(Into::into),
             },
@@ -194,19 +204,37 @@ impl Body for UpstreamResponseBody {
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if std::mem::take(&mut this.waited) {
+                    this.last = Instant::now();
+                }
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
                 if this.inner.is_end_stream() {
                     this.release();
-                    this.delivered();
+                    this.finish(End::Delivered);
                 }
             }
             Poll::Ready(None) => {
                 this.release();
-                this.delivered();
+                this.finish(End::Delivered);
             }
-            _ => {}
+            Poll::Pending if this.account.is_some() && this.target_stalled(cx) => {
+                // The connection goes with the body it failed to finish.
+                this.inner = UpstreamBody::Done;
+                this.finish(End::Upstream {
+                    status: 504,
+                    failure: Seen::Timeout,
+                    code: "upstream_timeout",
+                });
+                let e = format!(
+                    "target sent nothing of its response body for {}",
+                    humantime::format_duration(this.limit)
+                );
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Pending => this.waited = true,
+            Poll::Ready(Some(Err(_))) => {}
         }
         polled
     }

@@ -24,16 +24,16 @@ use crate::group::{ms_at, now_ms, Group, GroupStats, Target};
 use crate::metrics::Failure as Seen;
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
-use crate::snapshot::{RouteAction, Snapshot};
+use crate::snapshot::{Route, RouteAction, Snapshot};
 use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Upstream};
 
+mod account;
 mod answers;
 mod body;
 mod headers;
 mod tunnel;
 pub use answers::error;
 use answers::{fixed, redirect};
-use body::Tally;
 pub use body::{UpstreamBody, UpstreamResponseBody};
 use headers::{
     is_upgrade, prepare_request_headers, remove_hop_by_hop, request_host, split_port, X_REQUEST_ID,
@@ -83,25 +83,29 @@ pub async fn handle(
     snapshots: Arc<ArcSwap<Snapshot>>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let snapshot = snapshots.load_full();
-    Ok(route(req, &conn, &snapshot).await)
+    Ok(route(req, conn, snapshot).await)
 }
 
-/// What a request was served by, for the access log.
+/// What a request was served by, for its count and the access log.
 #[derive(Default)]
 struct Served<'s> {
-    route: Option<&'s str>,
-    service: Option<&'s str>,
-    group: Option<&'s str>,
+    /// The route matched, and its index among the listener's routes.
+    route: Option<(usize, &'s Route)>,
+    service: Option<&'s Service>,
+    group: Option<&'s Group>,
     target: Option<&'s str>,
     upstream: Option<std::time::Duration>,
-    stats: Option<&'s crate::snapshot::RouteStats>,
     /// The request failed through the client's fault (its code for the access log).
     client_error: Option<&'static str>,
 }
 
 /// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
-/// its access log line around the routing.
-async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Response<ResponseBody> {
+/// its count (see `account`) and access log line around the routing.
+async fn route(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    snap: Arc<Snapshot>,
+) -> Response<ResponseBody> {
     // The request's one clock read until its answer arrives; the rest derive from it.
     let started = Instant::now();
     let rid = crate::access_log::request_id(req.headers().get(&X_REQUEST_ID));
@@ -128,36 +132,58 @@ async fn route(req: Request<Incoming>, conn: &ConnInfo, snap: &Snapshot) -> Resp
             upstream_error: None,
         })
     });
-    let mut served = Served::default();
-    let mut resp = dispatch(req, &rid, conn, snap, started, &mut served).await;
+    let mut open = account::Open {
+        snap: &snap,
+        served: Served::default(),
+        entry,
+        started,
+        done: false,
+    };
+    let mut resp = dispatch(req, &rid, &conn, &snap, started, &mut open.served).await;
+    open.done = true;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     let status = resp.status().as_u16();
-    match served.stats {
-        Some(s) => {
-            s.record(status);
-            if served.client_error.is_some() {
-                s.client_errors.fetch_add(1, Relaxed);
-            }
-        }
-        None => {
-            if let Some(s) = snap.unmatched.get(&*conn.listener) {
-                s.record(status);
-            }
-        }
+    let mut entry = open.entry.take();
+    if let Some(e) = entry.as_mut() {
+        account::fill(e, &open.served);
+        e.status = status;
     }
-    if let (Some(log), Some(mut e)) = (&snap.access_log, entry) {
-        let own = |s: Option<&str>| s.map(str::to_string);
-        e.route = own(served.route);
-        e.service = own(served.service);
-        e.group = own(served.group);
-        e.target = own(served.target);
-        e.status = resp.status().as_u16();
-        e.client_error = served.client_error;
-        e.upstream_ms = served.upstream.map(crate::access_log::millis);
-        match resp.body_mut() {
-            // Written when the body ends, with its size.
-            Either::Left(body) => body.log = Some(Box::new((log.clone(), *e, started))),
-            Either::Right(full) => {
+    let served = std::mem::take(&mut open.served);
+    drop(open);
+    match resp.body_mut() {
+        // Counted when the body ends, with the outcome it had.
+        Either::Left(body) => {
+            let place = served.route.map(|(i, _)| i).zip(served.group.and_then(|g| {
+                let groups = &served.service?.groups;
+                groups.iter().position(|x| std::ptr::eq(x.as_ref(), g))
+            }));
+            let took = served.upstream.unwrap_or_default();
+            if let Some(place) = place {
+                let account = account::Account::new(
+                    snap.clone(),
+                    conn,
+                    place,
+                    (status, took),
+                    entry,
+                    started,
+                );
+                body.open(account);
+            }
+        }
+        Either::Right(full) => {
+            let stats = match served.route {
+                Some((_, r)) => Some(&*r.stats),
+                None => snap.unmatched.get(&*conn.listener).map(|s| &**s),
+            };
+            if let Some(s) = stats {
+                // A client error is counted apart, as in its group: not as an answer.
+                if served.client_error.is_some() {
+                    s.client_errors.fetch_add(1, Relaxed);
+                } else {
+                    s.record(status);
+                }
+            }
+            if let (Some(log), Some(mut e)) = (&snap.access_log, entry) {
                 e.bytes = full.size_hint().exact().unwrap_or(0);
                 e.total_ms = crate::access_log::millis(started.elapsed());
                 log.log(*e);
@@ -185,20 +211,20 @@ async fn dispatch<'s>(
         headers: req.headers(),
         client_ip: conn.client.ip(),
     };
-    let Some(route) = snap
-        .routes
-        .get(&*conn.listener)
-        .and_then(|routes| routes.iter().find(|r| matches(&r.conditions, &facts)))
-    else {
+    let Some((at, route)) = snap.routes.get(&*conn.listener).and_then(|routes| {
+        routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| matches(&r.conditions, &facts))
+    }) else {
         return error(ProxyError::NoRoute, "no route matches this request");
     };
-    served.route = Some(&route.name);
-    served.stats = Some(&route.stats);
+    served.route = Some((at, route));
     match &route.action {
         RouteAction::Fixed(f) => fixed(f),
         RouteAction::Redirect(r) => redirect(r, &req, conn),
         RouteAction::Forward(service) => {
-            served.service = Some(&service.name);
+            served.service = Some(service);
             let forced = forced_group(&route.overrides, service, &facts);
             // Only a group the split chose may be swapped for another when unreachable.
             let may_fall_back = forced.is_none();
@@ -249,7 +275,9 @@ async fn forward<'s>(
         may_fall_back,
         limits,
     } = to;
-    served.group = Some(&group.name);
+    served.group = Some(group);
+    // Counted first, like every request of the group, whatever its fate.
+    group.stats.requests.fetch_add(1, Relaxed);
     if let (Some(max), Some(len)) = (limits.max_body, req.body().size_hint().exact()) {
         if len > max {
             group.stats.record_client_error(started);
@@ -261,7 +289,6 @@ async fn forward<'s>(
         }
     }
     let now = ms_at(started);
-    group.stats.requests.fetch_add(1, Relaxed);
     let Some(first) = group.pick(svc.balance, None, now) else {
         record(&group.stats, 503, started, None);
         return error(
@@ -299,6 +326,7 @@ async fn forward<'s>(
                 None if may_fall_back => svc.fallback(group, now).and_then(|g| {
                     record(&group.stats, 502, started, Some(Seen::Connect));
                     group = g;
+                    served.group = Some(g);
                     g.stats.requests.fetch_add(1, Relaxed);
                     g.pick(svc.balance, None, now)
                 }),
@@ -326,7 +354,7 @@ async fn forward<'s>(
         }
     };
 
-    served.group = Some(&group.name);
+    served.group = Some(group);
     served.target = Some(&target.addr.0);
     let in_flight = target.begin();
     // Pinned in place rather than moved into a `Timeout`: the exchange's state is the
@@ -383,19 +411,8 @@ async fn forward<'s>(
             return error(e, f);
         }
     };
-    if head.status.is_server_error() && svc.passive.eject_on_5xx {
-        note_failure(svc, group, target);
-    } else {
-        target.record_success();
-    }
-    // Counted when the body ends: only then is it known whether the target delivered it.
-    let tally = Tally {
-        stats: group.stats.clone(),
-        status: head.status.as_u16(),
-        took,
-        answered,
-        passive: svc.passive,
-    };
+    // Counted when the body ends (`account`): only then is it known whether the target
+    // delivered it — and the target's passive health with it, once.
 
     let inner = match (client_upgrade, inner) {
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -410,7 +427,7 @@ async fn forward<'s>(
             inner
         }
     };
-    let body = UpstreamResponseBody::new(inner, in_flight, now, tally);
+    let body = UpstreamResponseBody::new(inner, in_flight, now, answered, svc.request_timeout);
     Response::from_parts(head, Either::Left(body))
 }
 
@@ -573,13 +590,7 @@ fn connect_failed(svc: &Service, group: &Group, target: &Target, e: &ConnectErro
 }
 
 fn note_failure(svc: &Service, group: &Group, target: &Target) {
-    if target.record_failure(svc.passive.consecutive_failures, svc.passive.ejection_time) {
-        tracing::warn!(
-            service = %svc.name, group = %group.name, target = %target.addr,
-            failures = svc.passive.consecutive_failures,
-            "target ejected after consecutive failures"
-        );
-    }
+    account::strike(svc, group, target);
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -23,22 +23,26 @@ pub struct Limits {
 
 /// The timer of an exchange with an upload: it fires at the earliest moment either limit
 /// could run out, and then looks at whom the exchange is actually waiting for and since
-/// when, rather than being reset on each chunk.
+/// when, rather than being reset on each chunk. Its `Sleep` is the caller's, pinned in the
+/// caller's future (no allocation per upload).
 pub(crate) struct Clock {
-    sleep: Pin<Box<tokio::time::Sleep>>,
     limits: Limits,
     /// Since when the exchange waits for the answer alone (the upload is over).
     pub(crate) answer_since: Option<Instant>,
 }
 
 impl Clock {
-    pub(crate) fn new(limits: Limits, start: Instant) -> Clock {
-        let first = start + limits.request.min(limits.client_body);
+    pub(crate) fn new(limits: Limits) -> Clock {
         Clock {
-            sleep: Box::pin(tokio::time::sleep_until(first.into())),
             limits,
             answer_since: None,
         }
+    }
+
+    /// The sleep to give [`Clock::poll`]: its first deadline, for an upload that began at
+    /// `start`.
+    pub(crate) fn sleep(limits: &Limits, start: Instant) -> tokio::time::Sleep {
+        tokio::time::sleep_until((start + limits.request.min(limits.client_body)).into())
     }
 
     /// Ready with the timeout once the side being waited for has taken longer than its
@@ -47,10 +51,11 @@ impl Clock {
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
         waiting: Option<(Instant, bool)>,
     ) -> Poll<Error> {
         loop {
-            ready!(self.sleep.as_mut().poll(cx));
+            ready!(sleep.as_mut().poll(cx));
             let now = Instant::now();
             let (since, client) = match waiting {
                 Some(w) => w,
@@ -71,7 +76,42 @@ impl Clock {
             // No later than either limit could now run out: the side waited for may change.
             let shortest = self.limits.request.min(self.limits.client_body);
             let next = (since + limit).min(now + shortest);
-            self.sleep.as_mut().reset(next.into());
+            sleep.as_mut().reset(next.into());
+        }
+    }
+}
+
+/// The client-body timer of an answer that streams while the upload still goes on: only
+/// the client's pauses are timed here (the target's pace is the response body's business,
+/// see `proxy::body`). Its `Sleep` is made only once the upload first waits for the client
+/// with nothing to read from the target — never for an upload that arrives whole.
+#[derive(Debug, Default)]
+pub(crate) struct ClientClock {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ClientClock {
+    /// Ready with the stall once the client has sent nothing for `limit` since `since`
+    /// (when the upload began waiting for it); otherwise registers the wake-up.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        since: Instant,
+        limit: Duration,
+    ) -> Poll<ClientError> {
+        let deadline = tokio::time::Instant::from(since + limit);
+        if tokio::time::Instant::now() >= deadline {
+            return Poll::Ready(ClientError::Stalled(limit));
+        }
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(ClientError::Stalled(limit)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -22,8 +22,8 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::body::{Decoded, Framing, Upload, UploadError};
-use super::clock::Clock;
 pub use super::clock::Limits;
+use super::clock::{ClientClock, Clock};
 use super::head::{checked_framing, parse_head, Head};
 use super::SetFields;
 
@@ -142,17 +142,30 @@ impl Conn {
         let resendable = body.is_none();
         let chunked = body.is_some() && !has_length && body_length(&body).is_none();
         encode_head(&mut self.out, req, set, &body, has_length, chunked);
-        if let Err(e) = self.io.write_all(&self.out).await {
+        // With an upload no timer of the caller's runs (the exchange times itself), so the
+        // head's write, which a target that reads nothing can block, is timed here.
+        let written = match body {
+            None => self.io.write_all(&self.out).await,
+            Some(_) => tokio::time::timeout(limits.request, self.io.write_all(&self.out))
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        };
+        if let Err(e) = written {
+            let error = match e.kind() {
+                io::ErrorKind::TimedOut => Error::Timeout(limits.request),
+                _ => Error::Io(e),
+            };
             // A head cut short is never acted on, so only a body would be lost.
             return Err(SendError {
-                error: Error::Io(e),
+                error,
                 resendable,
                 unsent: true,
             });
         }
 
         let mut upload = body.map(|b| Upload::new(b, chunked, limits.max_body));
-        let mut clock = upload.as_ref().map(|up| Clock::new(*limits, up.since));
+        let mut clock = upload.as_ref().map(|_| Clock::new(*limits));
+        let mut sleep = std::pin::pin!(upload.as_ref().map(|up| Clock::sleep(limits, up.since)));
         let mut target_stopped_reading = false;
         let head = poll_fn(|cx| {
             if let Some(up) = upload.as_mut() {
@@ -179,12 +192,12 @@ impl Conn {
             if let Poll::Ready(head) = self.poll_head(cx) {
                 return Poll::Ready(head);
             }
-            match clock.as_mut() {
-                Some(clock) => {
+            match (clock.as_mut(), sleep.as_mut().as_pin_mut()) {
+                (Some(clock), Some(sleep)) => {
                     let waiting = upload.as_ref().map(|up| (up.since, up.waiting_on_client));
-                    clock.poll(cx, waiting).map(Err)
+                    clock.poll(cx, sleep, waiting).map(Err)
                 }
-                None => Poll::Pending,
+                _ => Poll::Pending,
             }
         })
         .await;
@@ -222,6 +235,8 @@ impl Conn {
             framing,
             upload,
             keep_alive,
+            client_body: limits.client_body,
+            clock: ClientClock::default(),
         };
         Ok((parts, body))
     }
@@ -333,6 +348,10 @@ pub struct ResponseBody {
     /// The rest of the request body, if the answer came before all of it was sent.
     upload: Option<Upload>,
     keep_alive: bool,
+    /// How long the client may pause the rest of its upload (`timeouts.client_body`).
+    client_body: Duration,
+    /// Times those pauses while the upload goes on after the head.
+    clock: ClientClock,
 }
 
 impl ResponseBody {
@@ -343,6 +362,27 @@ impl ResponseBody {
             self.conn.take()
         } else {
             None
+        }
+    }
+
+    /// Whether the client's upload is still unfinished.
+    pub fn uploading(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    /// Whether the rest of the upload is waiting for the client's bytes: the exchange is
+    /// then held up by the client, not by the target.
+    pub fn waiting_on_client(&self) -> bool {
+        self.upload.as_ref().is_some_and(|up| up.waiting_on_client)
+    }
+
+    /// The client's failure, if the rest of its upload has stalled for `client_body`
+    /// while nothing is to be read from the target; registers the wake-up otherwise.
+    fn client_stalled(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        let up = self.upload.as_ref().filter(|up| up.waiting_on_client)?;
+        match self.clock.poll(cx, up.since, self.client_body) {
+            Poll::Ready(e) => Some(Error::Client(e)),
+            Poll::Pending => None,
         }
     }
 
@@ -368,13 +408,16 @@ impl Body for ResponseBody {
         if let Some(up) = this.upload.as_mut() {
             match up.poll_send(cx, &mut conn.io) {
                 Poll::Ready(Ok(())) => this.upload = None,
-                // Cut off: the target got part of a body and may wait for the rest.
-                Poll::Ready(Err(UploadError::Client(e @ ClientError::TooLarge(_)))) => {
+                // The client broke its upload off (aborted, broken body, too large): the
+                // target got part of a body and may wait for the rest, so the connection
+                // goes, and the answer ends as the client's failure — not the target's.
+                Poll::Ready(Err(UploadError::Client(e))) => {
                     this.conn = None;
                     this.upload = None;
                     return Poll::Ready(Some(Err(Error::Client(e))));
                 }
-                Poll::Ready(Err(_)) => {
+                // The target stopped reading: its answer may still be whole.
+                Poll::Ready(Err(UploadError::Target(_))) => {
                     this.upload = None;
                     this.keep_alive = false;
                 }
@@ -404,7 +447,20 @@ impl Body for ResponseBody {
                 }
             }
             make_room(&mut conn.buf, BODY_READ);
-            match ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)) {
+            let read = match poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    return match this.client_stalled(cx) {
+                        Some(e) => {
+                            this.conn = None;
+                            this.upload = None;
+                            Poll::Ready(Some(Err(e)))
+                        }
+                        None => Poll::Pending,
+                    };
+                }
+            };
+            match read {
                 Ok(0) if this.framing == Framing::Close => {
                     this.framing = Framing::Empty;
                     this.keep_alive = false;

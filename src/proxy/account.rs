@@ -1,0 +1,194 @@
+//! Where a forwarded request is counted, decided in one place once its outcome is known:
+//! the group's stats (what the rollback guard and analyses judge), the route's, the target's
+//! passive health and the access log line all get the same final outcome. For a proxied
+//! body that is when the body ends (a body that breaks off is a 502, a target that stalls
+//! mid-body a 504, a client that breaks its upload a client error), in the second it ends;
+//! the latency stays the time to the response head. A request whose future is dropped
+//! before its response is ready (`Open`) is the client's: `client_closed`.
+//!
+//! The account reaches its route and group through the request's snapshot (held anyway for
+//! the whole request) and two indices, rather than through `Arc` clones of their stats: each
+//! clone is two contended atomic operations per request on the same cache line.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::access_log::Entry;
+use crate::group::{Group, Target};
+use crate::metrics::Failure as Seen;
+use crate::service::Service;
+use crate::snapshot::{RouteAction, RouteStats, Snapshot};
+
+use super::{ConnInfo, Served};
+
+/// How a proxied answer ended.
+pub(super) enum End {
+    /// The body came whole, or the client stopped reading it: the head's status counts.
+    Delivered,
+    /// The target failed the body after its head: `status` (502 or 504) and what failed.
+    Upstream {
+        status: u16,
+        failure: Seen,
+        code: &'static str,
+    },
+    /// The client failed its own upload after the head (`code` for the access log).
+    Client(&'static str),
+}
+
+/// A proxied answer's count, made once, when its body ends (or is dropped).
+pub(super) struct Account {
+    snap: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    /// The route's index among its listener's routes.
+    route: usize,
+    /// The group's index among its service's groups.
+    group: usize,
+    /// The head's status, and the time to it (the latency counted).
+    pub(super) status: u16,
+    pub(super) took: Duration,
+    entry: Option<Box<Entry>>,
+    started: Instant,
+}
+
+impl Account {
+    pub(super) fn new(
+        snap: Arc<Snapshot>,
+        conn: Arc<ConnInfo>,
+        (route, group): (usize, usize),
+        (status, took): (u16, Duration),
+        entry: Option<Box<Entry>>,
+        started: Instant,
+    ) -> Account {
+        Account {
+            snap,
+            conn,
+            route,
+            group,
+            status,
+            took,
+            entry,
+            started,
+        }
+    }
+
+    fn place(&self) -> Option<(&RouteStats, &Service, &Group)> {
+        let route = self
+            .snap
+            .routes
+            .get(&*self.conn.listener)?
+            .get(self.route)?;
+        let RouteAction::Forward(svc) = &route.action else {
+            return None;
+        };
+        Some((&route.stats, svc, svc.groups.get(self.group)?))
+    }
+
+    /// Counts the answer as `end` says, now, in the group, the route, the target's passive
+    /// health, and writes its access log line with `bytes` sent.
+    pub(super) fn finish(mut self, end: End, target: &Target, bytes: u64) {
+        let now = Instant::now();
+        let Some((route, svc, group)) = self.place() else {
+            return;
+        };
+        let stats = &group.stats;
+        let (status, client_error, upstream_error) = match end {
+            End::Delivered => {
+                let passive = svc.passive;
+                stats.record(self.status, self.took, now, None);
+                route.record(self.status);
+                if self.status >= 500 && passive.eject_on_5xx {
+                    strike(svc, group, target);
+                } else {
+                    target.record_success();
+                }
+                (self.status, None, None)
+            }
+            End::Upstream {
+                status,
+                failure,
+                code,
+            } => {
+                match failure {
+                    Seen::Timeout => &stats.timeouts,
+                    Seen::Connect => &stats.connect_failures,
+                    Seen::Reset => &stats.resets,
+                }
+                .fetch_add(1, Relaxed);
+                stats.record(status, self.took, now, Some(failure));
+                route.record(status);
+                strike(svc, group, target);
+                (status, None, Some(code))
+            }
+            End::Client(code) => {
+                stats.record_client_error(now);
+                route.client_errors.fetch_add(1, Relaxed);
+                (self.status, Some(code), None)
+            }
+        };
+        if let (Some(log), Some(mut e)) = (&self.snap.access_log, self.entry.take()) {
+            e.status = status;
+            e.client_error = client_error;
+            e.upstream_error = upstream_error;
+            e.bytes = bytes;
+            e.total_ms = crate::access_log::millis(now.saturating_duration_since(self.started));
+            log.log(*e);
+        }
+    }
+}
+
+/// A request being served, until its response is ready. If its future is dropped before
+/// that — hyper drops it when an HTTP/1 client closes its connection while the request
+/// waits, or an HTTP/2 client resets the stream — the request is counted as the client's
+/// (`client_closed`, 499 in the access log as nginx has it): a client error for its route
+/// and group, never an answer, a failure or a strike against the target.
+pub(super) struct Open<'s> {
+    pub(super) snap: &'s Snapshot,
+    pub(super) served: Served<'s>,
+    pub(super) entry: Option<Box<Entry>>,
+    pub(super) started: Instant,
+    pub(super) done: bool,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let s = &self.served;
+        if let Some((_, route)) = s.route {
+            route.stats.client_errors.fetch_add(1, Relaxed);
+        }
+        if let Some(g) = s.group {
+            g.stats.record_client_error(Instant::now());
+        }
+        if let (Some(log), Some(mut e)) = (&self.snap.access_log, self.entry.take()) {
+            fill(&mut e, s);
+            e.status = 499;
+            e.client_error = Some("client_closed");
+            e.total_ms = crate::access_log::millis(self.started.elapsed());
+            log.log(*e);
+        }
+    }
+}
+
+/// The access log fields that say what served the request.
+pub(super) fn fill(e: &mut Entry, s: &Served<'_>) {
+    e.route = s.route.map(|(_, r)| r.name.clone());
+    e.service = s.service.map(|x| x.name.clone());
+    e.group = s.group.map(|g| g.name.clone());
+    e.target = s.target.map(str::to_string);
+    e.upstream_ms = s.upstream.map(crate::access_log::millis);
+    e.client_error = s.client_error;
+}
+
+/// One failure of `target` toward its passive ejection.
+pub(super) fn strike(svc: &Service, group: &Group, target: &Target) {
+    if target.record_failure(svc.passive.consecutive_failures, svc.passive.ejection_time) {
+        tracing::warn!(
+            service = %svc.name, group = %group.name, target = %target.addr,
+            failures = svc.passive.consecutive_failures,
+            "target ejected after consecutive failures"
+        );
+    }
+}
