@@ -246,6 +246,11 @@ fn token_names_and_secrets_are_checked_at_validation() {
     );
     let e = parse("[[admin.tokens]]\nname = \"a\"\ntoken = \"t0ken\"").unwrap_err();
     assert!(e.contains("\"admin\"") && e.contains("\"a\""), "{e}");
+    let e = parse("max_connections = 5000").unwrap_err();
+    assert!(
+        e.contains("admin.max_connections") && e.contains("1 to 1024"),
+        "{e}"
+    );
     // Debug output never shows a secret, the unnamed token's included.
     let c = parse(TOKENS).unwrap();
     let shown = format!("{:?}", c.admin);

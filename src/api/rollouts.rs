@@ -213,8 +213,12 @@ pub(super) struct DryRunRequest {
 }
 
 /// One measurement of every check of the analyses, now, against live metrics.
+///
+/// It changes nothing, so it writes no event, but it runs the analyses' commands and
+/// queries: who asked is logged (at info, with the token as actor).
 pub(super) async fn dry_run(
     State(api): State<Api>,
+    Actor(actor): Actor,
     Path(service): Path<String>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -308,6 +312,12 @@ pub(super) async fn dry_run(
             "the service's strategy names no analysis: give `analysis`",
         ));
     }
+    let (by, on_behalf_of) = crate::audit::split(&actor);
+    tracing::info!(
+        %service, %stable, %candidate, analyses = ?names, actor = %by,
+        on_behalf_of = on_behalf_of.as_deref().unwrap_or(""),
+        "analysis dry run"
+    );
     let groups = api.control.groups_of(&service, &stable, &candidate);
     let mut results = Vec::new();
     for name in names {

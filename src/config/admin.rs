@@ -295,15 +295,22 @@ fn scopes(raw: Option<&[String]>, at: KeyPath, p: &mut Problems) -> Scopes {
     Scopes(out)
 }
 
+/// The most `[admin] max_connections` may be: an operator's API needs a handful of
+/// connections, and every one holds a descriptor out of the limit the proxy shares (often
+/// 1024); more than this is a mistake, not a need.
+pub const MAX_ADMIN_CONNECTIONS: usize = 1024;
+
 fn limits(raw: &RawAdmin, p: &mut Problems) -> AdminLimits {
     let d = AdminLimits::default();
     let max_connections = match raw.max_connections {
         None => d.max_connections,
-        Some(n) if (1..=10_000).contains(&n) => n as usize,
+        Some(n) if (1..=MAX_ADMIN_CONNECTIONS as i64).contains(&n) => n as usize,
         Some(n) => {
             p.add(
                 path!["admin", "max_connections"],
-                format!("{n} is out of range: use 1 to 10000"),
+                format!(
+                    "{n} is out of range: use 1 to {MAX_ADMIN_CONNECTIONS} (each holds a file descriptor the proxy needs too)"
+                ),
             );
             d.max_connections
         }
