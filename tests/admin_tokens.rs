@@ -7,6 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -181,10 +182,43 @@ async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
         .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
         .await
         .unwrap();
-    let events = admin(&sy).get("/api/v1/events?service=shop").await.unwrap();
-    let e = &events[0];
-    assert_eq!(e["actor"], "deploy-bot", "{events}");
-    assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{events}");
+    let found = Mutex::new(None);
+    eventually(Duration::from_secs(5), "the switch's event", || {
+        let (api, found) = (admin(&sy), &found);
+        async move {
+            let events = api.get("/api/v1/events?service=shop").await.unwrap();
+            let first = events.as_array().and_then(|a| a.first().cloned());
+            let there = first.is_some();
+            *found.lock().unwrap() = first;
+            there
+        }
+    })
+    .await;
+    let e = found.into_inner().unwrap().unwrap();
+    assert_eq!(e["actor"], "deploy-bot", "{e}");
+    assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{e}");
+}
+
+/// The reason of the first event whose reason contains `needle`, once there is one.
+async fn event_reason(api: &AdminClient, needle: &str) -> String {
+    let found = Mutex::new(None);
+    eventually(Duration::from_secs(5), "an event with the reason", || {
+        let found = &found;
+        async move {
+            let events = api.get("/api/v1/events?service=shop").await.unwrap();
+            let reason = events.as_array().unwrap().iter().find_map(|e| {
+                e["reason"]
+                    .as_str()
+                    .filter(|r| r.contains(needle))
+                    .map(str::to_string)
+            });
+            let there = reason.is_some();
+            *found.lock().unwrap() = reason;
+            there
+        }
+    })
+    .await;
+    found.into_inner().unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,14 +243,8 @@ async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
     )
     .await
     .unwrap();
-    let events = api.get("/api/v1/events?service=shop").await.unwrap();
-    let recorded = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap().to_string())
-        .find(|r| r.contains("bad"))
-        .unwrap_or_else(|| panic!("no abort event: {events}"));
+    // The abort's event is written by the rollout's driver, perhaps after the answer.
+    let recorded = event_reason(&api, "bad").await;
     assert!(!recorded.chars().any(char::is_control), "{recorded:?}");
     assert!(
         recorded.contains("bad [31m red FAKE: line x"),
