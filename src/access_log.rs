@@ -60,12 +60,7 @@ impl AccessLog {
     pub fn start(config: AccessLogConfig) -> std::io::Result<AccessLog> {
         let mut out: Box<dyn Write + Send> = match &config.path {
             None => Box::new(std::io::stdout()),
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            Some(p) => Box::new(open_log(p)?),
         };
         let (tx, mut rx) = mpsc::channel::<Entry>(config.buffer.max(1));
         let written = Arc::new(AtomicU64::new(0));
@@ -106,6 +101,44 @@ impl AccessLog {
             self.dropped.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// Opens the log file for appending without ever blocking: this runs on the runtime, under
+/// the control locks when a configuration is applied, and opening a FIFO for writing waits
+/// for a reader (which froze the whole process). `O_NONBLOCK` makes that open fail or
+/// return at once; then only a regular file or a character device (`/dev/null`, a
+/// terminal) is kept, in blocking mode for the writer thread.
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let not_a_file = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO or socket would block the writer)",
+        )
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // A FIFO with no reader.
+            Some(libc::ENXIO) => not_a_file(),
+            _ => e,
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_char_device()) {
+        return Err(not_a_file());
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// RFC 3339 with milliseconds, UTC.

@@ -25,6 +25,32 @@ pub fn split(who: &str) -> (String, Option<String>) {
     }
 }
 
+/// Client or remote text made fit for the audit history and logs: control characters
+/// (newlines, escapes) become spaces, runs of spaces one, and at most `max` characters are
+/// kept (with `…` when cut), so that text cannot forge lines or fill the history.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut space = false;
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if c == ' ' && space {
+            continue;
+        }
+        space = c == ' ';
+        if count == max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out.trim().to_string()
+}
+
+/// The longest reason a client may give (an abort's): longer ones are cut.
+pub const MAX_REASON_CHARS: usize = 500;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +64,12 @@ mod tests {
         );
         assert_eq!(split(&compose("guard", None)), ("guard".into(), None));
         assert_eq!(compose("admin", Some("admin")), "admin");
+    }
+
+    #[test]
+    fn clean_text() {
+        assert_eq!(clean("a\r\n\u{1b}[2Jb  c\t", 100), "a [2Jb c");
+        assert_eq!(clean("abcdef", 3), "abc…");
+        assert_eq!(clean("abc", 3), "abc");
     }
 }

@@ -42,15 +42,22 @@ targets = ["{green}"]
     )
 }
 
-/// Whether a process is gone: no such pid, or a zombie nobody has reaped yet (in a
-/// container the reaper may be lazy; a zombie runs nothing).
+/// Whether a killed process is gone: no such pid, or a zombie whose parent is not this
+/// process. A killed orphan is reparented to PID 1 (or a subreaper), which in a container
+/// may reap lazily or never; it runs nothing. A zombie whose parent is this test process
+/// (switchyard runs in-process here) would be one switchyard failed to reap: not gone.
 fn gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After the command name in parentheses: state, then the parent's pid.
+    let mut fields = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace())
+        .into_iter()
+        .flatten();
+    let (state, parent) = (fields.next(), fields.next());
+    state == Some("Z") && parent != Some(std::process::id().to_string().as_str())
 }
 
 async fn background_pid(pidfile: &Path) -> u32 {
@@ -80,10 +87,12 @@ async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group()
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg.pid");
     let analysis = format!(
-        "[[analysis]]\nname = \"slow\"\n[[analysis.check]]\nname = \"orphans\"\ncommand = {:?}\ntimeout = \"300ms\"\n",
+        "[[analysis]]\nname = \"slow\"\n[[analysis.check]]\nname = \"orphans\"\ncommand = {:?}\ntimeout = \"2s\"\n",
         orphan_maker(&pidfile)
     );
     let sy = start(&cfg(blue.addr, green.addr, &analysis, "")).await;
+    // 2 s: long enough for the shell to fork and write its pid on a busy box, short enough
+    // to keep the test fast (the command itself would run 30 s).
     let started = Instant::now();
     let res = admin(&sy)
         .post(
@@ -117,7 +126,7 @@ async fn a_hook_command_that_times_out_is_killed_with_its_whole_process_group() 
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg.pid");
     let service = format!(
-        "[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = {:?}\ntimeout = \"300ms\"\nretries = 0\n",
+        "[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = {:?}\ntimeout = \"2s\"\nretries = 0\n",
         orphan_maker(&pidfile)
     );
     let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
@@ -323,4 +332,178 @@ async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_k
         .await
         .unwrap();
     assert_eq!(r.backend(), "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_command_that_exits_has_what_it_left_running_killed() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pid");
+    let analysis = format!(
+        "[[analysis]]\nname = \"leaves\"\n[[analysis.check]]\nname = \"leaver\"\ncommand = {:?}\ntimeout = \"20s\"\n",
+        format!("sleep 30 & echo $! > {}; exit 0", pidfile.display())
+    );
+    let sy = start(&cfg(blue.addr, green.addr, &analysis, "")).await;
+    let started = Instant::now();
+    let res = admin(&sy)
+        .post(
+            "/api/v1/services/shop/analysis/run",
+            json!({ "analysis": "leaves", "candidate": "green" }),
+        )
+        .await
+        .unwrap();
+    // Not held until the background child ends (it keeps the output pipes open).
+    assert!(started.elapsed() < Duration::from_secs(15), "{res}");
+    let m = &res["results"][0]["measurement"];
+    assert_ne!(m["outcome"], "error", "{m}");
+    let pid = background_pid(&pidfile).await;
+    eventually(
+        Duration::from_secs(5),
+        "the background child of the finished check is gone",
+        || async move { gone(pid) },
+    )
+    .await;
+}
+
+/// A hook cut off by the progress deadline (the driver drops it) takes its process group
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_cut_off_by_the_progress_deadline_is_killed_with_its_process_group() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pid");
+    let service = format!(
+        "progress_deadline = \"2s\"\n[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = {:?}\ntimeout = \"60s\"\nretries = 0\n",
+        orphan_maker(&pidfile)
+    );
+    let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
+    let api = admin(&sy);
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap();
+    let pid = background_pid(&pidfile).await;
+    eventually(Duration::from_secs(15), "the rollout is aborted", || {
+        let api = &api;
+        async move {
+            api.get("/api/v1/services/shop/rollout")
+                .await
+                .is_ok_and(|r| r["status"] == "aborted")
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the background child of the dropped hook is gone",
+        || async move { gone(pid) },
+    )
+    .await;
+}
+
+/// A FIFO as the access log's path: opening it for writing would wait for a reader, on the
+/// runtime, under the control locks. The apply is refused at once, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = cfg(blue.addr, green.addr, "", "");
+    std::fs::write(&path, &text).unwrap();
+    let sy = server_from(&path).await;
+    let web = sy.listener_addr("web").await;
+    let fifo = dir.path().join("access.log");
+    mkfifo(&fifo);
+    let with_log = format!(
+        "[access_log]\npath = {:?}\n{text}",
+        fifo.display().to_string()
+    );
+    let api = admin(&sy);
+    let call = api.post(
+        "/api/v1/config/apply",
+        json!({ "path": path.display().to_string(), "content": with_log }),
+    );
+    let Ok(answer) = tokio::time::timeout(Duration::from_secs(5), call).await else {
+        release(&fifo);
+        panic!("apply blocked on the FIFO");
+    };
+    let e = answer.unwrap_err().to_string();
+    assert!(e.contains("422") && e.contains("not a regular file"), "{e}");
+    assert!(e.contains("access.log"), "{e}");
+    let r = get(&client(), &format!("http://{web}/"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.backend(), "blue");
+}
+
+async fn server_from(path: &Path) -> Server {
+    let mut config = switchyard::config::load(path).unwrap();
+    config.store.path = ":memory:".into();
+    Server::start(config, Some(path.to_path_buf()))
+        .await
+        .unwrap()
+}
+
+/// Commands do not inherit the variables that hold admin tokens (the server's, the CLI's,
+/// every `token_env`), and do inherit the rest. The real binary, so that the environment
+/// is its own and not this test process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_do_not_see_the_admin_tokens_in_their_environment() {
+    let blue = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (web, admin_addr) = (common::bin::free_port(), common::bin::free_port());
+    let path = dir.path().join("switchyard.toml");
+    let seen = dir.path().join("env.txt");
+    let analysis = format!(
+        "[[analysis]]\nname = \"env\"\n[[analysis.check]]\nname = \"env\"\ncommand = {:?}\ntimeout = \"10s\"\n",
+        format!("env > {}", seen.display())
+    );
+    let text = cfg(blue.addr, blue.addr, &analysis, "")
+        .replace("bind = \"127.0.0.1:0\"\ntoken = \"t0ken\"", &format!(
+            "bind = \"{admin_addr}\"\ntoken_env = \"SY_TEST_MAIN_TOKEN\"\n[[admin.tokens]]\nname = \"bot\"\ntoken_env = \"SY_TEST_BOT_TOKEN\"\n[store]\npath = \":memory:\""
+        ))
+        .replace("bind = \"127.0.0.1:0\"", &format!("bind = \"{web}\""));
+    std::fs::write(&path, text).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("SY_TEST_MAIN_TOKEN", "main-s3cret")
+        .env("SY_TEST_BOT_TOKEN", "bot-s3cret")
+        .env("SWITCHYARD_ADMIN_TOKEN", "unused-s3cret")
+        .env("SWITCHYARD_TOKEN", "cli-s3cret")
+        .env("SY_TEST_PLAIN", "visible")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = common::bin::Running { child };
+    let api =
+        switchyard::client::AdminClient::new(&admin_addr.to_string(), Some("bot-s3cret".into()));
+    eventually(Duration::from_secs(10), "the admin API answers", || {
+        let api = &api;
+        async move { api.get("/api/v1/status").await.is_ok() }
+    })
+    .await;
+    api.post(
+        "/api/v1/services/shop/analysis/run",
+        json!({ "analysis": "env", "candidate": "green" }),
+    )
+    .await
+    .unwrap();
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("SY_TEST_PLAIN=visible"), "{env}");
+    assert!(env.contains("PATH="), "{env}");
+    for secret in ["main-s3cret", "bot-s3cret", "unused-s3cret", "cli-s3cret"] {
+        assert!(!env.contains(secret), "{secret} leaked:\n{env}");
+    }
 }

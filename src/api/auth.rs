@@ -14,12 +14,31 @@ use axum::response::{IntoResponse, Response};
 
 use super::{Api, ApiError};
 use crate::config::admin::INTERNAL_ACTORS;
-use crate::config::Scope;
+use crate::config::{Scope, Scopes};
 
 /// The token a request was let in with (set by [`auth`]).
 #[derive(Debug, Clone)]
 pub(super) struct Caller {
     pub name: String,
+    pub scopes: Scopes,
+}
+
+impl Caller {
+    /// Refuses (403 `insufficient_scope`) what needs `scope` beyond the route's own: a
+    /// request body that carries a shell command needs `config`, whatever the route.
+    pub fn require(&self, scope: Scope, what: &str) -> Result<(), ApiError> {
+        if self.scopes.allows(scope) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!(
+                "{what} needs the \"{scope}\" scope; token \"{}\" has {}",
+                self.name, self.scopes
+            ),
+        ))
+    }
 }
 
 /// The scope a call under /api/v1 needs. Anything not listed needs `config`: a new
@@ -50,10 +69,11 @@ pub(super) async fn auth(State(api): State<Api>, mut req: Request, next: Next) -
     let needed = needed_scope(req.method(), req.uri().path());
     let snap = api.control.snapshot();
     let admin = &snap.config.admin;
-    // Compare with every token (constant time each) so timing does not tell which is near.
+    // Compare with every token, so timing does not tell which is near; see `same_secret`.
     let matched = given.as_ref().and_then(|g| {
+        let given = digest(g);
         admin.tokens.iter().fold(None, |found, t| {
-            if constant_time_eq(t.secret.as_bytes(), g.as_bytes()) {
+            if same_secret(&digest(&t.secret), &given) {
                 Some(t)
             } else {
                 found
@@ -64,6 +84,7 @@ pub(super) async fn auth(State(api): State<Api>, mut req: Request, next: Next) -
         (false, true, Some(t)) if t.scopes.allows(needed) => {
             req.extensions_mut().insert(Caller {
                 name: t.name.clone(),
+                scopes: t.scopes.clone(),
             });
             None
         }
@@ -102,8 +123,61 @@ pub(super) async fn auth(State(api): State<Api>, mut req: Request, next: Next) -
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+type Digest = [u8; 32];
+
+/// SHA-256 of a secret: what is compared, so that the comparison always runs over 32 bytes
+/// and neither its time nor an early length check tells how long a token is.
+fn digest(secret: &str) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Equal digests, in time that does not depend on where they differ.
+fn same_secret(a: &Digest, b: &Digest) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The header a client names whom it acts for with.
+const ACTOR_HEADER: &str = "x-switchyard-actor";
+
+/// The longest `x-switchyard-actor` accepted (as a token name).
+const MAX_ON_BEHALF_OF: usize = 64;
+
+/// Checks a client's `x-switchyard-actor`: empty is none; otherwise 1-64 characters of
+/// letters, digits and `-_.:@` (`cli:alice`, `alice@example.com`), never one of
+/// switchyard's own actors. Refused rather than cleaned: the value goes into the audit
+/// history and reasons as is, where spaces could forge " on behalf of " and control
+/// characters could forge log lines.
+fn on_behalf_of(raw: &[u8]) -> Result<Option<String>, ApiError> {
+    let s = String::from_utf8_lossy(raw);
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let ok = s.len() <= MAX_ON_BEHALF_OF
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
+    if !ok {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_actor",
+            format!(
+                "{ACTOR_HEADER} must be 1-{MAX_ON_BEHALF_OF} characters of letters, digits and -_.:@ (e.g. cli:alice)"
+            ),
+        ));
+    }
+    if INTERNAL_ACTORS.contains(&s.to_ascii_lowercase().as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reserved_actor",
+            format!(
+                "{ACTOR_HEADER}: \"{s}\" is a name switchyard records for itself; say whom you act for, e.g. cli:alice"
+            ),
+        ));
+    }
+    Ok(Some(s.to_string()))
 }
 
 /// Who acts, for the audit history: the token's name, with the client's
@@ -115,30 +189,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let said = parts
-            .headers
-            .get("x-switchyard-actor")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.chars()
-                    .filter(|c| !c.is_control())
-                    .take(64)
-                    .collect::<String>()
-                    .trim()
-                    .to_string()
-            })
-            .filter(|v| !v.is_empty());
-        if let Some(s) = said.as_deref() {
-            if INTERNAL_ACTORS.contains(&s.to_ascii_lowercase().as_str()) {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "reserved_actor",
-                    format!(
-                        "x-switchyard-actor: \"{s}\" is a name switchyard records for itself; say whom you act for, e.g. cli:alice"
-                    ),
-                ));
-            }
-        }
+        let said = match parts.headers.get(ACTOR_HEADER) {
+            None => None,
+            Some(v) => on_behalf_of(v.as_bytes())?,
+        };
         // Routes that take an `Actor` are mutating, so `auth` has let a token in.
         let token = parts
             .extensions

@@ -53,6 +53,13 @@ pub fn router(control: Arc<Controller>) -> Router {
         .route("/events", get(rollouts::events))
         .route("/series", get(dashboard::series))
         .route("/services/{service}/analysis/run", post(rollouts::dry_run))
+        // The token is checked (headers only) before any body is read: an unauthenticated
+        // client gets its 401 at once and never has 2 MiB buffered for it. (The last layer
+        // added runs first.)
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            serve::body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .route("/", get(dashboard::page))
@@ -66,10 +73,6 @@ pub fn router(control: Arc<Controller>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .layer(middleware::from_fn_with_state(
-            api.clone(),
-            serve::body_in_time,
-        ))
         .with_state(api)
 }
 

@@ -4,11 +4,14 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 
+use super::auth::Caller;
 use super::{bad_request, Actor, Api, ApiError};
 use crate::config::raw::RawStrategy;
+use crate::config::Scope;
 use crate::control::RolloutView;
 use crate::rollout::Rollout;
 use crate::store::{Event, EventQuery};
@@ -27,6 +30,7 @@ pub(super) struct StartRequest {
 pub(super) async fn start(
     State(api): State<Api>,
     Actor(actor): Actor,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<StartRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let Json(req) = body.map_err(bad_request)?;
@@ -46,6 +50,22 @@ pub(super) async fn start(
                     )
                 })?,
             };
+            // `teardown` is a shell command the driver runs: with it, starting a rollout is
+            // shell access, which only `config` grants (a `release` token must not gain it
+            // through a request body). The other fields name steps and configured analyses.
+            if raw.teardown.is_some() {
+                let what = "a strategy with a `teardown` command";
+                match caller {
+                    Some(Extension(c)) => c.require(Scope::Config, what)?,
+                    None => {
+                        return Err(ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "insufficient_scope",
+                            format!("{what} needs the \"config\" scope"),
+                        ))
+                    }
+                }
+            }
             let analyses = api.control.snapshot().config.analysis_names();
             Some(
                 crate::config::strategy_from_request(&raw, &analyses).map_err(|e| {
@@ -122,7 +142,14 @@ pub(super) async fn command(
         "promote" => c.promote(&service, req.full, &actor).await?,
         "pause" => c.pause(&service, &actor).await?,
         "resume" => c.resume(&service, &actor).await?,
-        "abort" => c.abort(&service, &actor, req.reason.as_deref()).await?,
+        "abort" => {
+            // The client's text goes into the audit history and logs: one line, bounded.
+            let reason = req
+                .reason
+                .map(|r| crate::audit::clean(&r, crate::audit::MAX_REASON_CHARS))
+                .filter(|r| !r.is_empty());
+            c.abort(&service, &actor, reason.as_deref()).await?
+        }
         "retry" => c.retry(&service, req.force, &actor).await?,
         "undo" => c.undo(&service, req.force, &actor).await?,
         other => {
@@ -186,8 +213,12 @@ pub(super) struct DryRunRequest {
 }
 
 /// One measurement of every check of the analyses, now, against live metrics.
+///
+/// It changes nothing, so it writes no event, but it runs the analyses' commands and
+/// queries: who asked is logged (at info, with the token as actor).
 pub(super) async fn dry_run(
     State(api): State<Api>,
+    Actor(actor): Actor,
     Path(service): Path<String>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -281,6 +312,12 @@ pub(super) async fn dry_run(
             "the service's strategy names no analysis: give `analysis`",
         ));
     }
+    let (by, on_behalf_of) = crate::audit::split(&actor);
+    tracing::info!(
+        %service, %stable, %candidate, analyses = ?names, actor = %by,
+        on_behalf_of = on_behalf_of.as_deref().unwrap_or(""),
+        "analysis dry run"
+    );
     let groups = api.control.groups_of(&service, &stable, &candidate);
     let mut results = Vec::new();
     for name in names {

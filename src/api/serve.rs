@@ -2,8 +2,9 @@
 //! process's file descriptors with the proxy, and 300 idle admin connections under a
 //! 256-descriptor limit once left the proxy unable to accept ("Too many open files").
 //!
-//! - at most `[admin] max_connections` are open; one more is answered 503 and closed at
-//!   once (never queued holding a descriptor);
+//! - at most `[admin] max_connections` are open; one more is answered 503 and closed
+//!   (never queued, never served; drained for at most half a second so that the client
+//!   reads the 503 rather than a reset);
 //! - a request's head must arrive within `header_read_timeout` (one byte a second does not
 //!   keep a connection); hyper starts this clock as soon as it waits for a head, so it also
 //!   bounds how long a kept-alive connection waits for its next request;
@@ -43,6 +44,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -68,7 +70,7 @@ pub async fn serve(
                     slot,
                 ));
             }
-            None => refuse(stream, limits.max_connections),
+            None => refuse(stream, limits.max_connections, &refusing),
         }
     }
     drop(listener);
@@ -86,7 +88,8 @@ pub const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// Reads a request's whole body within `header_read_timeout` before any handler runs, so
 /// that a handler never waits on a slow client (its connection counts as busy meanwhile,
-/// which the idle rule spares).
+/// which the idle rule spares). Runs under /api/v1 after the token check (see `router`):
+/// no body is read for a caller without a valid token. The other routes read no body.
 pub(super) async fn body_in_time(
     State(api): State<super::Api>,
     req: Request,
@@ -139,8 +142,20 @@ impl Drop for Slot {
     }
 }
 
-/// A connection over the cap: a 503 if the socket takes it without waiting, then closed.
-fn refuse(stream: TcpStream, max: usize) {
+/// How many refused connections may be lingering (answer written, request drained) at
+/// once; beyond that one is closed at once, since each lingering one holds a descriptor.
+const MAX_REFUSING: usize = 16;
+
+/// How long a refused connection is kept to drain the client's request, and how much of it
+/// is read: closing a socket with unread input sends a reset, which can make the client
+/// lose the 503 it was sent.
+const REFUSE_LINGER: Duration = Duration::from_millis(500);
+const REFUSE_DRAIN_BYTES: usize = 64 * 1024;
+
+/// A connection over the cap: answered 503, its write side shut (the client reads the
+/// answer, then end of stream), what the client sent drained briefly, then closed. Never
+/// served, and never held longer than [`REFUSE_LINGER`].
+fn refuse(stream: TcpStream, max: usize, refusing: &Arc<AtomicUsize>) {
     let body = format!(
         "{{\"error\":{{\"code\":\"too_many_connections\",\"message\":\"the admin API has {max} connections open, its [admin] max_connections\"}}}}"
     );
@@ -148,8 +163,29 @@ fn refuse(stream: TcpStream, max: usize) {
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(answer.as_bytes());
     tracing::debug!(max, "admin connection refused: too many open");
+    let Some(slot) = Slot::take(refusing, MAX_REFUSING) else {
+        let _ = stream.try_write(answer.as_bytes());
+        return;
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSE_LINGER, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            let (mut buf, mut drained) = ([0u8; 4096], 0);
+            while drained < REFUSE_DRAIN_BYTES {
+                match stream.read(&mut buf).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+    });
 }
 
 async fn connection(
@@ -176,7 +212,11 @@ async fn connection(
     tokio::pin!(conn);
     let step = (limits.idle_timeout / 4).max(Duration::from_millis(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
-    let (mut seen, mut quiet) = (activity.moved.load(Ordering::Relaxed), Duration::ZERO);
+    // Missed ticks (a busy runtime) are not made up in a burst; the idle time is measured
+    // from the last activity seen, not added up from ticks.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = activity.moved.load(Ordering::Relaxed);
+    let mut last_active = tokio::time::Instant::now();
     let mut draining = false;
     loop {
         tokio::select! {
@@ -193,13 +233,11 @@ async fn connection(
             _ = tick.tick() => {
                 let now = activity.moved.load(Ordering::Relaxed);
                 if now != seen || busy.load(Ordering::SeqCst) > 0 {
-                    (seen, quiet) = (now, Duration::ZERO);
-                } else {
-                    quiet += step;
-                    if quiet >= limits.idle_timeout {
-                        tracing::debug!("closing idle admin connection");
-                        return;
-                    }
+                    seen = now;
+                    last_active = tokio::time::Instant::now();
+                } else if last_active.elapsed() >= limits.idle_timeout {
+                    tracing::debug!("closing idle admin connection");
+                    return;
                 }
             }
         }

@@ -6,10 +6,16 @@
 //! the shell exits by itself, what it left running in its group is killed too, so a
 //! command never outlives its own check or hook (a program meant to outlive it must detach
 //! deliberately, e.g. with `setsid`). Only the last [`MAX_OUTPUT_BYTES`] of stdout and
-//! stderr are kept: a chatty command cannot grow memory.
+//! stderr are kept: a chatty command cannot grow memory. Cancelling a run (dropping its
+//! future) kills the group and its output readers too.
+//!
+//! Commands inherit switchyard's environment less the variables that hold admin tokens
+//! ([`secret_env`]).
 
+use std::collections::BTreeSet;
 use std::io;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -40,23 +46,70 @@ pub struct CommandOutput {
 }
 
 impl CommandOutput {
-    /// The last `chars` characters of stderr (of stdout when stderr is empty), trimmed: what
-    /// a command said about its result, short enough for an event.
+    /// The last `chars` characters of stderr (of stdout when stderr is empty), trimmed and
+    /// cleaned (see [`crate::audit::clean`]): what a command said about its result, short
+    /// enough for an event or a check's detail.
     pub fn said(&self, chars: usize) -> String {
-        let bytes = if self.stderr.is_empty() {
-            &self.stdout
+        if self.stderr.is_empty() {
+            tail(&self.stdout, chars)
         } else {
-            &self.stderr
-        };
-        let s = String::from_utf8_lossy(bytes);
-        let s = s.trim();
-        s.chars()
-            .skip(s.chars().count().saturating_sub(chars))
-            .collect()
+            tail(&self.stderr, chars)
+        }
+    }
+
+    /// As [`said`](Self::said), from stderr only: for what goes into the audit history,
+    /// where a command's stdout (its data, perhaps secrets it printed) does not belong.
+    pub fn said_on_stderr(&self, chars: usize) -> String {
+        tail(&self.stderr, chars)
     }
 }
 
-/// Runs `sh -c cmd` with `env` added to switchyard's environment; stdin is empty.
+fn tail(bytes: &[u8], chars: usize) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = crate::audit::clean(s.trim(), usize::MAX);
+    s.chars()
+        .skip(s.chars().count().saturating_sub(chars))
+        .collect()
+}
+
+/// Environment variables that are never passed to a command: the ones that hold admin
+/// tokens by default (the server's and the CLI's).
+const ALWAYS_HIDDEN: [&str; 2] = ["SWITCHYARD_ADMIN_TOKEN", "SWITCHYARD_TOKEN"];
+
+/// Every variable a configuration has read a secret from (`token_env`), since the process
+/// started. Only ever grows: a variable that held a token once is not handed to a hook
+/// after a reload drops it from the configuration either.
+static HIDDEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Reads a secret from the environment, and marks the variable as one no command sees:
+/// hooks, checks and teardowns inherit switchyard's environment (PATH, cloud credentials,
+/// proxies they need), but not the admin tokens, which a script that logs its environment
+/// would leak.
+pub fn secret_env(var: &str) -> Result<String, std::env::VarError> {
+    HIDDEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(var.to_string());
+    std::env::var(var)
+}
+
+fn hidden_env() -> Vec<String> {
+    let mut names: Vec<String> = ALWAYS_HIDDEN.iter().map(|s| s.to_string()).collect();
+    names.extend(
+        HIDDEN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned(),
+    );
+    names
+}
+
+/// Runs `sh -c cmd` with `env` added to switchyard's environment (less the variables that
+/// hold admin tokens, see [`secret_env`]); stdin is empty.
+///
+/// Cancelling the returned future (dropping it) kills the command's process group and
+/// stops reading its output.
 pub async fn run_shell(
     cmd: &str,
     env: &[(&str, String)],
@@ -66,9 +119,12 @@ pub async fn run_shell(
         cmd: cmd.to_string(),
         source,
     };
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
+    let mut command = tokio::process::Command::new("sh");
+    command.arg("-c").arg(cmd);
+    for name in hidden_env() {
+        command.env_remove(name);
+    }
+    let mut child = command
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -77,36 +133,76 @@ pub async fn run_shell(
         .kill_on_drop(true)
         .spawn()
         .map_err(spawn_err)?;
-    // Declared after `child`, so dropped before it: a cancelled run kills the group first.
+    // Declared after `child`, so dropped before it: a cancelled run kills the group while
+    // the shell is unreaped (its pid, and so the group id, cannot have been reused).
     let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
-    let stdout = tokio::spawn(keep_tail(child.stdout.take()));
-    let stderr = tokio::spawn(keep_tail(child.stderr.take()));
-    let waited = tokio::time::timeout(timeout, child.wait()).await;
-    match waited {
-        Err(_) => {
-            // Killed while the shell is unreaped, so the group id is still ours.
-            group.kill();
-            let _ = child.wait().await;
-            stdout.abort();
-            stderr.abort();
-            Err(CommandError::TimedOut {
-                cmd: cmd.to_string(),
-                timeout,
-            })
+    let stdout = Reader(tokio::spawn(keep_tail(child.stdout.take())));
+    let stderr = Reader(tokio::spawn(keep_tail(child.stderr.take())));
+    let ended = match group.0 {
+        Some(pid) => tokio::time::timeout(timeout, exited(pid)).await.is_ok(),
+        None => true,
+    };
+    // The shell has ended (not reaped yet) or timed out: either way its group id is still
+    // ours. What it left running in the group is killed, then the shell is reaped.
+    group.kill();
+    let status = child.wait().await.map_err(spawn_err)?;
+    if !ended {
+        return Err(CommandError::TimedOut {
+            cmd: cmd.to_string(),
+            timeout,
+        });
+    }
+    Ok(CommandOutput {
+        status,
+        stdout: stdout.finish().await,
+        stderr: stderr.finish().await,
+    })
+}
+
+/// Waits until the child `pid` has exited, without reaping it (`waitid` with `WNOWAIT`):
+/// until it is reaped its pid, which is its process group's id, stays ours to kill.
+/// Woken by SIGCHLD; a slow poll backs that up (signals coalesce, other code may take
+/// them).
+async fn exited(pid: i32) {
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+    loop {
+        if has_exited(pid) {
+            return;
         }
-        Ok(Err(source)) => {
-            group.kill();
-            Err(spawn_err(source))
+        let poll = tokio::time::sleep(Duration::from_millis(100));
+        match sigchld.as_mut() {
+            Some(s) => {
+                tokio::select! {
+                    _ = s.recv() => {}
+                    _ = poll => {}
+                }
+            }
+            None => poll.await,
         }
-        Ok(Ok(status)) => {
-            // Leftovers of the shell keep the group (and its id) alive, so this reaches
-            // them; with none left it finds no group.
-            group.kill();
-            Ok(CommandOutput {
-                status,
-                stdout: finish(stdout).await,
-                stderr: finish(stderr).await,
-            })
+    }
+}
+
+/// Whether the child `pid` has exited (a zombie now); an error (no such child) counts as
+/// exited, so that the caller goes on to reap and learns the truth there.
+fn has_exited(pid: i32) -> bool {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid; waitid writes at most one into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the child unreaped.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            // SAFETY: waitid filled `info` (or left it zeroed: no child has exited).
+            return unsafe { info.si_pid() } != 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return true;
         }
     }
 }
@@ -131,14 +227,23 @@ impl Drop for Group {
     }
 }
 
-async fn finish(task: JoinHandle<Vec<u8>>) -> Vec<u8> {
-    let mut task = task;
-    match tokio::time::timeout(OUTPUT_GRACE, &mut task).await {
-        Ok(Ok(kept)) => kept,
-        _ => {
-            task.abort();
-            Vec::new()
+/// A task reading one of the command's pipes, aborted when dropped: a cancelled run must
+/// not leave a reader behind on a pipe that a detached process holds open.
+struct Reader(JoinHandle<Vec<u8>>);
+
+impl Reader {
+    /// What the reader kept, once the pipe ends or [`OUTPUT_GRACE`] passes.
+    async fn finish(mut self) -> Vec<u8> {
+        match tokio::time::timeout(OUTPUT_GRACE, &mut self.0).await {
+            Ok(Ok(kept)) => kept,
+            _ => Vec::new(),
         }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -197,5 +302,69 @@ mod tests {
         .unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.said(100), "hello");
+    }
+
+    /// Whether `pid` runs no more: absent, or a zombie that is not ours to reap (a killed
+    /// orphan waits for its reaper; one of ours unreaped would be a leak, so not gone).
+    fn gone(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => {
+                let rest: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+                rest.first() == Some(&"Z")
+                    && rest.get(1) != Some(&std::process::id().to_string().as_str())
+            }
+        }
+    }
+
+    async fn pid_in(file: &std::path::Path) -> u32 {
+        for _ in 0..1000 {
+            if let Some(pid) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no pid in {}", file.display());
+    }
+
+    async fn until_gone(pid: u32) {
+        for _ in 0..500 {
+            if gone(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("process {pid} still runs");
+    }
+
+    /// A run whose caller gives up (a rollout aborted during a hook) takes its process
+    /// group with it, the shell's background children included.
+    #[tokio::test]
+    async fn a_dropped_run_kills_its_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bg.pid");
+        let cmd = format!("sleep 30 & echo $! > {}; sleep 30", file.display());
+        let run = tokio::spawn(async move { run_shell(&cmd, &[], Duration::from_secs(60)).await });
+        let bg = pid_in(&file).await;
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+        until_gone(bg).await;
+    }
+
+    /// A shell that exits at once leaves its background children killed, not running on.
+    #[tokio::test]
+    async fn children_left_by_a_finished_command_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bg.pid");
+        let cmd = format!("sleep 30 & echo $! > {}; echo done >&2", file.display());
+        let out = run_shell(&cmd, &[], Duration::from_secs(20)).await.unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.said_on_stderr(100), "done");
+        until_gone(pid_in(&file).await).await;
     }
 }

@@ -381,16 +381,34 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Reloads run in a task of their own, one at a time, so that SIGTERM never waits for
+    // one (a reload may wait on a slow store or file). SIGHUPs that arrive during a reload
+    // are folded into one more reload after it: the file may have changed meanwhile.
+    let wanted = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reloader = {
+        let (wanted, control) = (wanted.clone(), server.control.clone());
+        tokio::spawn(async move {
+            loop {
+                wanted.notified().await;
+                match control.reload("signal:SIGHUP").await {
+                    Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays")
+                    }
+                }
+            }
+        })
+    };
     loop {
         tokio::select! {
-            _ = hup.recv() => match server.control.reload("signal:SIGHUP").await {
-                Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
-                Err(e) => tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays"),
-            },
+            _ = hup.recv() => wanted.notify_one(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    // A reload still running is dropped: the process is stopping, and the file is read
+    // again at the next start.
+    reloader.abort();
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     server.shutdown().await;
     tracing::info!("stopped");

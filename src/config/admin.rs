@@ -134,7 +134,7 @@ impl Default for AdminLimits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
     /// The unnamed token (`[admin] token`); `None` with no named tokens leaves the API
@@ -143,6 +143,18 @@ pub struct AdminConfig {
     /// Every accepted token: the unnamed one first (as `admin`, all scopes), then the named.
     pub tokens: Vec<AdminToken>,
     pub limits: AdminLimits,
+}
+
+impl fmt::Debug for AdminConfig {
+    /// Never a secret (the unnamed token's neither): configurations end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("tokens", &self.tokens)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl AdminConfig {
@@ -170,7 +182,7 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             None
         }
         (Some(t), None) => Some(t.clone()),
-        (None, Some(var)) => match std::env::var(var) {
+        (None, Some(var)) => match crate::bounded::command::secret_env(var) {
             Ok(t) if !t.is_empty() => Some(t),
             _ => {
                 p.add(
@@ -180,7 +192,7 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
                 None
             }
         },
-        (None, None) => std::env::var("SWITCHYARD_ADMIN_TOKEN")
+        (None, None) => crate::bounded::command::secret_env("SWITCHYARD_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
     };
@@ -195,7 +207,7 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
     for (i, t) in raw.tokens.iter().enumerate() {
         let at = path!["admin", "tokens", i];
         name(&t.name, at.join("name"), p);
-        if INTERNAL_ACTORS.contains(&t.name.as_str()) {
+        if INTERNAL_ACTORS.contains(&t.name.to_ascii_lowercase().as_str()) {
             p.add(
                 at.join("name"),
                 format!(
@@ -213,7 +225,7 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
         let scopes = scopes(t.scopes.as_deref(), at.join("scopes"), p);
         let value = match (&t.token, &t.token_env) {
             (Some(v), None) if !v.is_empty() => Some(v.clone()),
-            (None, Some(var)) => std::env::var(var)
+            (None, Some(var)) => crate::bounded::command::secret_env(var)
                 .ok()
                 .filter(|v| !v.is_empty())
                 .or_else(|| {
@@ -232,6 +244,17 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             }
         };
         if let Some(secret) = value {
+            // One secret for two names would let its holder act as either, and the audit
+            // history could not tell them apart.
+            if let Some(other) = tokens.iter().find(|o| o.secret == secret) {
+                p.add(
+                    at.clone(),
+                    format!(
+                        "token \"{}\" has the same secret as token \"{}\"; give each its own",
+                        t.name, other.name
+                    ),
+                );
+            }
             tokens.push(AdminToken {
                 name: t.name.clone(),
                 secret,
@@ -272,15 +295,22 @@ fn scopes(raw: Option<&[String]>, at: KeyPath, p: &mut Problems) -> Scopes {
     Scopes(out)
 }
 
+/// The most `[admin] max_connections` may be: an operator's API needs a handful of
+/// connections, and every one holds a descriptor out of the limit the proxy shares (often
+/// 1024); more than this is a mistake, not a need.
+pub const MAX_ADMIN_CONNECTIONS: usize = 1024;
+
 fn limits(raw: &RawAdmin, p: &mut Problems) -> AdminLimits {
     let d = AdminLimits::default();
     let max_connections = match raw.max_connections {
         None => d.max_connections,
-        Some(n) if (1..=10_000).contains(&n) => n as usize,
+        Some(n) if (1..=MAX_ADMIN_CONNECTIONS as i64).contains(&n) => n as usize,
         Some(n) => {
             p.add(
                 path!["admin", "max_connections"],
-                format!("{n} is out of range: use 1 to 10000"),
+                format!(
+                    "{n} is out of range: use 1 to {MAX_ADMIN_CONNECTIONS} (each holds a file descriptor the proxy needs too)"
+                ),
             );
             d.max_connections
         }

@@ -77,17 +77,24 @@ pub async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
-        let once = async {
-            match (&hook.url, &hook.command) {
-                (Some(url), _) => call(url, point, r).await,
-                (None, Some(cmd)) => command(cmd, point, r, timeout).await,
-                (None, None) => Err("the hook has neither url nor command".into()),
-            }
+        // A command bounds itself (and kills its process group when it times out); a
+        // second timeout of the same length around it would race that one and drop the run
+        // mid-kill. An HTTP call is bounded here.
+        let once = match (&hook.url, &hook.command) {
+            (Some(url), _) => tokio::time::timeout(timeout, call(url, point, r))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "timed out after {}",
+                        humantime::format_duration(timeout)
+                    ))
+                }),
+            (None, Some(cmd)) => command(cmd, point, r, timeout).await,
+            (None, None) => Err("the hook has neither url nor command".into()),
         };
-        last = match tokio::time::timeout(timeout, once).await {
-            Ok(Ok(done)) => return Ok(format!("hook {point} {done}")),
-            Ok(Err(e)) => e,
-            Err(_) => format!("timed out after {}", humantime::format_duration(timeout)),
+        last = match once {
+            Ok(done) => return Ok(format!("hook {point} {done}")),
+            Err(e) => e,
         };
         tracing::warn!(point, attempt, error = %last, "hook failed");
     }
@@ -96,6 +103,10 @@ pub async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String
         hook.retries + 1
     ))
 }
+
+/// How much of what a failed hook said (a remote answer, a command's stderr) goes into its
+/// failure event.
+const SAID_CHARS: usize = 200;
 
 async fn call(url: &str, point: &str, r: &Rollout) -> Result<String, String> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -116,20 +127,18 @@ async fn call(url: &str, point: &str, r: &Rollout) -> Result<String, String> {
         // The answer's body is not needed: dropping it closes the connection unread.
         return Ok(format!("answered {}", status.as_u16()));
     }
-    // A failure's answer says why: read it, bounded, and show its start.
+    // A failure's answer says why: read it, bounded, and show its start, cleaned (it goes
+    // into the audit history).
     let said =
         match crate::bounded::read_body(resp.into_body(), crate::bounded::MAX_ANSWER_BYTES).await {
-            Ok(b) => String::from_utf8_lossy(&b)
-                .trim()
-                .chars()
-                .take(200)
-                .collect(),
+            Ok(b) => crate::audit::clean(String::from_utf8_lossy(&b).trim(), SAID_CHARS),
             Err(e) => e.to_string(),
         };
     Err(format!("{url} answered {}: {said}", status.as_u16()))
 }
 
-/// The command runs in its own process group, killed with it on timeout (see `bounded`).
+/// The command runs in its own process group, killed with it on timeout or when the rollout
+/// stops waiting for it (see `bounded`).
 async fn command(cmd: &str, point: &str, r: &Rollout, timeout: Duration) -> Result<String, String> {
     let env = [
         ("SWITCHYARD_HOOK", point.to_string()),
@@ -144,6 +153,12 @@ async fn command(cmd: &str, point: &str, r: &Rollout, timeout: Duration) -> Resu
     if out.status.success() {
         Ok(format!("`{cmd}` succeeded"))
     } else {
-        Err(format!("`{cmd}` {}: {}", out.status, out.said(500)))
+        // stderr only: a hook's stdout is its data, not a reason, and may hold what should
+        // not be in the audit history.
+        Err(format!(
+            "`{cmd}` {}: {}",
+            out.status,
+            out.said_on_stderr(SAID_CHARS)
+        ))
     }
 }
