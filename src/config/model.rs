@@ -2,7 +2,6 @@
 //! re-parses or re-validates: an address is a `SocketAddr`, a weight is basis points that sum
 //! to 10 000, a route's service is known to exist.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,8 +9,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use ipnet::IpNet;
 
-/// Basis points: 10 000 is all traffic, so a canary can start at 0.01 %.
-pub const FULL_WEIGHT: u32 = 10_000;
+pub use super::split::{Split, FULL_WEIGHT};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -264,43 +262,6 @@ pub struct StickyCookie {
 impl ServiceConfig {
     pub fn group(&self, name: &str) -> Option<&GroupConfig> {
         self.groups.iter().find(|g| g.name == name)
-    }
-}
-
-/// Weights in basis points by group name; always sums to `FULL_WEIGHT`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Split(pub BTreeMap<String, u32>);
-
-impl Split {
-    /// All traffic to one group: a blue-green "active" group.
-    pub fn all_to(group: &str) -> Split {
-        Split(BTreeMap::from([(group.to_string(), FULL_WEIGHT)]))
-    }
-
-    pub fn weight(&self, group: &str) -> u32 {
-        self.0.get(group).copied().unwrap_or(0)
-    }
-
-    /// The group that takes all traffic, if one does.
-    pub fn active(&self) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(_, w)| **w == FULL_WEIGHT)
-            .map(|(g, _)| g.as_str())
-    }
-}
-
-impl std::fmt::Display for Split {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut first = true;
-        for (g, w) in self.0.iter().filter(|(_, w)| **w > 0) {
-            if !first {
-                f.write_str(" ")?;
-            }
-            first = false;
-            write!(f, "{g}={}", crate::config::format_percent(*w))?;
-        }
-        Ok(())
     }
 }
 

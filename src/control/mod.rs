@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify};
 
-use crate::config::{self, Config, ConfigError, Split};
+use crate::config::{self, Config, ConfigError, ServiceConfig, Split};
 use crate::group::now_ms;
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
@@ -45,8 +45,6 @@ pub enum ControlError {
     NoHealthyTarget { service: String, group: String },
     #[error("service \"{0}\" has no previous split to go back to")]
     NothingToRevert(String),
-    #[error("weights for service \"{service}\" are invalid: {reason}")]
-    BadWeights { service: String, reason: String },
     #[error("no configuration file to reload (started without one)")]
     NoConfigFile,
     #[error("{0}")]
@@ -106,6 +104,25 @@ impl Traffic {
         }
     }
 
+    /// The one rule for which split survives a new configuration (reload, apply, and what
+    /// `plan` says they will do): a rollout in progress keeps its traffic; so does a service
+    /// whose file split is unchanged since it was last loaded (a switch made since stays), as
+    /// long as every group of the current split still exists. Otherwise the file's split
+    /// takes over, and the one it replaces becomes `previous` (if its groups still exist).
+    fn after_config(old: Option<&Traffic>, s: &ServiceConfig, in_rollout: bool) -> Traffic {
+        match old {
+            Some(old) if in_rollout || keeps_split(&old.from_file, &old.current, s) => old.clone(),
+            Some(old) => Traffic {
+                current: s.split.clone(),
+                previous: Some(old.current.clone()).filter(|p| known_groups(p, s)),
+                from_file: s.split.clone(),
+                stable: s.split.active().map(str::to_string),
+                retired: Vec::new(),
+            },
+            None => Traffic::from_config(&s.split),
+        }
+    }
+
     fn record(&self) -> TrafficRecord {
         TrafficRecord {
             current: self.current.clone(),
@@ -126,6 +143,16 @@ impl Traffic {
             retired: r.retired,
         }
     }
+}
+
+/// Whether the traffic a service had (from `from_file`, now `current`) stays when `s` is
+/// loaded: see [`Traffic::after_config`]; also what a restart restores from the store.
+fn keeps_split(from_file: &Split, current: &Split, s: &ServiceConfig) -> bool {
+    *from_file == s.split && known_groups(current, s)
+}
+
+fn known_groups(split: &Split, s: &ServiceConfig) -> bool {
+    split.groups().all(|g| s.group(g).is_some())
 }
 
 struct State {
@@ -264,29 +291,18 @@ impl Controller {
                 what: "promote or abort it instead",
             });
         }
-        for g in split.0.keys() {
+        for g in split.groups() {
             if svc.group(g).is_none() {
                 return Err(ControlError::UnknownGroup {
                     service: service.into(),
-                    group: g.clone(),
+                    group: g.to_string(),
                 });
             }
-        }
-        let sum: u32 = split.0.values().sum();
-        if sum != config::FULL_WEIGHT {
-            return Err(ControlError::BadWeights {
-                service: service.into(),
-                reason: format!("they sum to {}, not 100%", config::format_percent(sum)),
-            });
         }
         if !force {
             self.check_healthy(
                 service,
-                split
-                    .0
-                    .iter()
-                    .filter(|(_, w)| **w > 0)
-                    .map(|(g, _)| g.as_str()),
+                split.iter().filter(|(_, w)| *w > 0).map(|(g, _)| g),
             )?;
         }
         let mut t = state.traffic[service].clone();
@@ -415,20 +431,7 @@ impl Controller {
                 .rollouts
                 .get(&s.name)
                 .is_some_and(|r| r.status.is_active());
-            let known = |sp: &Split| sp.0.keys().all(|g| s.group(g).is_some());
-            let t = match state.traffic.get(&s.name) {
-                Some(old) if in_rollout || (old.from_file == s.split && known(&old.current)) => {
-                    old.clone()
-                }
-                Some(old) => Traffic {
-                    current: s.split.clone(),
-                    previous: Some(old.current.clone()).filter(known),
-                    from_file: s.split.clone(),
-                    stable: s.split.active().map(str::to_string),
-                    retired: Vec::new(),
-                },
-                None => Traffic::from_config(&s.split),
-            };
+            let t = Traffic::after_config(state.traffic.get(&s.name), s, in_rollout);
             if state.traffic.get(&s.name) != Some(&t) {
                 changes.push((s.name.clone(), t.record()));
                 let from = state.traffic.get(&s.name).map(|o| o.current.clone());

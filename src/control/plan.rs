@@ -144,15 +144,9 @@ impl Controller {
     }
 }
 
-/// The split `apply` would leave in force (the same rule as `Controller::apply`).
+/// The split `apply` would leave in force: the same rule as `Controller::apply`.
 fn weights_after(old: Option<&Traffic>, s: &ServiceConfig, in_rollout: bool) -> Split {
-    match old {
-        Some(t) if in_rollout => t.current.clone(),
-        Some(t) if t.from_file == s.split && t.current.0.keys().all(|g| s.group(g).is_some()) => {
-            t.current.clone()
-        }
-        _ => s.split.clone(),
-    }
+    Traffic::after_config(old, s, in_rollout).current
 }
 
 fn service_changes(c: &ServiceConfig, s: &ServiceConfig, out: &mut Vec<PlanChange>) {
