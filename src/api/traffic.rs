@@ -269,9 +269,8 @@ pub(super) async fn apply(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(bad_request)?;
     let config = parse_request(req).await?;
-    let changes = api.control.plan(&config).await;
-    let generation = api.control.apply(config, &actor).await?;
+    let applied = api.control.apply_config(config, &actor).await?;
     Ok(Json(
-        serde_json::json!({ "changes": changes, "generation": generation }),
+        serde_json::json!({ "changes": applied.changes, "generation": applied.generation }),
     ))
 }

@@ -3,10 +3,12 @@
 
 pub mod admin;
 pub mod analysis;
+pub mod diff;
 pub mod locate;
 pub mod model;
 pub mod raw;
 mod release;
+mod ser;
 pub mod split;
 mod validate;
 

@@ -203,6 +203,13 @@ pub struct Counts {
     pub analyses: BTreeMap<(String, String), u64>,
 }
 
+/// What an `apply` did: the generation it published and the changes it made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    pub generation: u64,
+    pub changes: Vec<PlanChange>,
+}
+
 /// What a traffic change did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrafficChange {
@@ -378,12 +385,20 @@ impl Controller {
         self.apply(config, actor).await
     }
 
+    /// Replaces the configuration; the new generation. See [`Controller::apply_config`].
+    pub async fn apply(&self, config: Config, actor: &str) -> Result<u64, ControlError> {
+        Ok(self.apply_config(config, actor).await?.generation)
+    }
+
     /// Replaces the configuration: checks it against rollouts in progress, binds new
     /// listeners (so a bind failure changes nothing), persists, publishes, then stops
-    /// listeners that are gone.
-    pub async fn apply(&self, config: Config, actor: &str) -> Result<u64, ControlError> {
+    /// listeners that are gone. What it changed is computed by `plan`'s own function under
+    /// the same lock, so the list returned is what this apply did, not what a plan said a
+    /// moment earlier.
+    pub async fn apply_config(&self, config: Config, actor: &str) -> Result<Applied, ControlError> {
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
+        let diffs = plan::plan(&state, &config);
         let config = Arc::new(config);
 
         for r in state.rollouts.values().filter(|r| r.status.is_active()) {
@@ -456,7 +471,11 @@ impl Controller {
             "config",
             None,
             None,
-            "configuration applied".into(),
+            match diffs.len() {
+                0 => "configuration applied: no changes".into(),
+                1 => "configuration applied: 1 change".into(),
+                n => format!("configuration applied: {n} changes"),
+            },
         ));
 
         let epochs = state.epochs.clone();
@@ -513,8 +532,19 @@ impl Controller {
                 tokio::spawn(l.stop());
             }
         }
-        tracing::info!(generation, actor, "configuration applied");
-        Ok(generation)
+        for c in &diffs {
+            tracing::info!(op = c.op, what = %c.what, detail = %c.detail, "configuration change");
+        }
+        tracing::info!(
+            generation,
+            actor,
+            changes = diffs.len(),
+            "configuration applied"
+        );
+        Ok(Applied {
+            generation,
+            changes: diffs,
+        })
     }
 
     /// Current traffic state, for the API: (current split, previous split, stable group).
