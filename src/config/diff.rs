@@ -45,9 +45,20 @@ pub const SEP: &str = " › ";
 /// Slack-style URL is its own credential). Only the fact that they changed is shown.
 const SECRET: &[&str] = &["secret", "notifications.webhook"];
 
+/// Settings read only when the process starts: a reload or apply records them, and the
+/// plan says when they take effect.
+const AT_RESTART: &[&str] = &["admin › bind", "store › path"];
+
 /// Every difference between `cur` and `next`.
 pub fn diff(cur: &Config, next: &Config) -> Vec<Change> {
-    diff_values(&to_tree(cur), &to_tree(next))
+    let mut out = diff_values(&to_tree(cur), &to_tree(next));
+    for c in out
+        .iter_mut()
+        .filter(|c| AT_RESTART.contains(&c.what.as_str()))
+    {
+        c.detail.push_str(" (takes effect at restart)");
+    }
+    out
 }
 
 /// The differences between two serialized trees (`diff` without the model, for tests).

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify};
 
-use crate::config::{self, Config, ConfigError, ServiceConfig, Split};
+use crate::config::{self, Config, ConfigError, Split};
 use crate::group::now_ms;
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
@@ -32,6 +32,7 @@ use persist::{superseded, Persister, Write};
 use publish::view;
 
 pub use persist::StoreHealth;
+use plan::keeps_split;
 pub use plan::PlanChange;
 pub use rollouts::RolloutView;
 
@@ -104,25 +105,6 @@ impl Traffic {
         }
     }
 
-    /// The one rule for which split survives a new configuration (reload, apply, and what
-    /// `plan` says they will do): a rollout in progress keeps its traffic; so does a service
-    /// whose file split is unchanged since it was last loaded (a switch made since stays), as
-    /// long as every group of the current split still exists. Otherwise the file's split
-    /// takes over, and the one it replaces becomes `previous` (if its groups still exist).
-    fn after_config(old: Option<&Traffic>, s: &ServiceConfig, in_rollout: bool) -> Traffic {
-        match old {
-            Some(old) if in_rollout || keeps_split(&old.from_file, &old.current, s) => old.clone(),
-            Some(old) => Traffic {
-                current: s.split.clone(),
-                previous: Some(old.current.clone()).filter(|p| known_groups(p, s)),
-                from_file: s.split.clone(),
-                stable: s.split.active().map(str::to_string),
-                retired: Vec::new(),
-            },
-            None => Traffic::from_config(&s.split),
-        }
-    }
-
     fn record(&self) -> TrafficRecord {
         TrafficRecord {
             current: self.current.clone(),
@@ -143,16 +125,6 @@ impl Traffic {
             retired: r.retired,
         }
     }
-}
-
-/// Whether the traffic a service had (from `from_file`, now `current`) stays when `s` is
-/// loaded: see [`Traffic::after_config`]; also what a restart restores from the store.
-fn keeps_split(from_file: &Split, current: &Split, s: &ServiceConfig) -> bool {
-    *from_file == s.split && known_groups(current, s)
-}
-
-fn known_groups(split: &Split, s: &ServiceConfig) -> bool {
-    split.groups().all(|g| s.group(g).is_some())
 }
 
 struct State {

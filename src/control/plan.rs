@@ -1,10 +1,10 @@
 //! What applying a configuration would change on the running instance: every difference in
 //! the configuration (`config::diff`, over the whole model), and the weights that would be in
-//! force (the traffic state, by the rule `apply` uses: `Traffic::after_config`).
+//! force (the traffic state, by the rule `apply` uses: `Traffic::after_config`, here too).
 
 use super::{State, Traffic};
 use crate::config::diff::{diff, SEP};
-use crate::config::Config;
+use crate::config::{Config, ServiceConfig, Split};
 
 pub use crate::config::diff::Change as PlanChange;
 
@@ -47,4 +47,39 @@ pub(super) fn plan(state: &State, next: &Config) -> Vec<PlanChange> {
         ));
     }
     out
+}
+
+impl Traffic {
+    /// The one rule for which split survives a new configuration (reload, apply, and what
+    /// `plan` says they will do): a rollout in progress keeps its traffic; so does a service
+    /// whose file split is unchanged since it was last loaded (a switch made since stays), as
+    /// long as every group of the current split still exists. Otherwise the file's split
+    /// takes over, and the one it replaces becomes `previous` (if its groups still exist).
+    pub(super) fn after_config(
+        old: Option<&Traffic>,
+        s: &ServiceConfig,
+        in_rollout: bool,
+    ) -> Traffic {
+        match old {
+            Some(old) if in_rollout || keeps_split(&old.from_file, &old.current, s) => old.clone(),
+            Some(old) => Traffic {
+                current: s.split.clone(),
+                previous: Some(old.current.clone()).filter(|p| known_groups(p, s)),
+                from_file: s.split.clone(),
+                stable: s.split.active().map(str::to_string),
+                retired: Vec::new(),
+            },
+            None => Traffic::from_config(&s.split),
+        }
+    }
+}
+
+/// Whether the traffic a service had (from `from_file`, now `current`) stays when `s` is
+/// loaded: see [`Traffic::after_config`]; also what a restart restores from the store.
+pub(super) fn keeps_split(from_file: &Split, current: &Split, s: &ServiceConfig) -> bool {
+    *from_file == s.split && known_groups(current, s)
+}
+
+fn known_groups(split: &Split, s: &ServiceConfig) -> bool {
+    split.groups().all(|g| s.group(g).is_some())
 }
