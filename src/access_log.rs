@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessLogConfig {
     /// `None`: standard output.
     pub path: Option<PathBuf>,

@@ -164,13 +164,13 @@ impl Service {
     }
 
     pub fn split(&self) -> Split {
-        Split(
+        Split::from_basis_points(
             self.groups
                 .iter()
                 .zip(&self.weights)
-                .map(|(g, w)| (g.name.clone(), *w))
-                .collect(),
+                .map(|(g, w)| (g.name.clone(), *w)),
         )
+        .expect("a snapshot's weights come from a split")
     }
 
     pub fn group(&self, name: &str) -> Option<&Arc<Group>> {

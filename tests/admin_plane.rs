@@ -270,7 +270,7 @@ async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
         .unwrap();
     let text = plan["changes"].to_string();
     assert!(
-        text.contains("admin token admin") && text.contains("secret changed"),
+        text.contains("admin › token admin › secret") && text.contains("secret changed"),
         "{text}"
     );
     assert!(
@@ -308,7 +308,9 @@ async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
         .await
         .unwrap();
     assert!(
-        applied["changes"].to_string().contains("admin token ci"),
+        applied["changes"]
+            .to_string()
+            .contains("+\",\"what\":\"admin › token ci"),
         "{applied}"
     );
     as_client(&sy, "c1")

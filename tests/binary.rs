@@ -176,17 +176,30 @@ async fn plan_shows_what_apply_then_changes() {
             &format!("targets = [\"{}\"]", green.addr),
             &format!("targets = [\"{}\", \"{}\"]", green.addr, green2.addr),
         )
+        + "[service.guard]\nmax_error_rate = 10\n[service.hooks.on_rollback]\ncommand = \"./page.sh\"\n"
         + "[[route]]\nname = \"health\"\npriority = 0\nmatch.path = [\"/lb\"]\nfixed_response = { status = 200, body = \"ok\" }\n";
     std::fs::write(&path, next).unwrap();
     let (code, out, err) = cli(&path, &["plan"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("+ route health: priority 0"), "{out}");
     assert!(
-        out.contains(&format!("~ service shop group green: +{}", green2.addr)),
+        out.contains(&format!(
+            "~ service shop › group green › targets: +{}",
+            green2.addr
+        )),
         "{out}"
     );
     assert!(
-        out.contains("~ service shop weights: blue=100% -> blue=90% green=10%"),
+        out.contains("~ service shop › split: blue=100% → blue=90% green=10%"),
+        "{out}"
+    );
+    // Settings the hand-written plan never compared: a threshold, a command for the host.
+    assert!(
+        out.contains("~ service shop › guard › max_error_rate: 5 → 10"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ service shop › hooks › on_rollback: command=./page.sh"),
         "{out}"
     );
     let c = client();
@@ -236,7 +249,7 @@ async fn plan_shows_what_apply_then_changes() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("422") && err.contains("sy.toml:24:12: route[1].priority"),
+        err.contains("422") && err.contains("sy.toml:28:12: route[1].priority"),
         "{err}"
     );
 }

@@ -267,7 +267,10 @@ async fn admin_api_errors_say_what_is_wrong() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("422") && err.contains("sum to 50%"), "{err}");
+    assert!(
+        err.contains("422") && err.contains("weights: weights sum to 50, not 100"),
+        "{err}"
+    );
 
     let anonymous = switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), None);
     let err = anonymous

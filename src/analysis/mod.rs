@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalysisConfig {
     pub name: String,
     pub checks: Vec<Check>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
     pub name: String,
     pub provider: Provider,
@@ -34,7 +34,7 @@ pub struct Check {
     pub window: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Provider {
     Metric(Metric),
     /// Mann-Whitney U on candidate vs stable latency: fails when the candidate is slower with
@@ -58,7 +58,7 @@ pub enum Provider {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Metric {
     /// Percent of answers that are not 5xx.
     SuccessRate,
@@ -97,7 +97,7 @@ impl Metric {
 
 /// Bounds a measured value must keep. `*_stable` ones compare with the stable group over the
 /// same window.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Threshold {
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -156,7 +156,7 @@ pub struct Measurement {
 }
 
 /// The rollout-side settings of a service: the fast rollback guard, hooks, deadline.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Guard {
     pub enabled: bool,
     pub interval: Duration,

@@ -114,7 +114,6 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(_) => (S::CONFLICT, "conflict"),
             ControlError::NoConfigFile => (S::CONFLICT, "no_config_file"),
             ControlError::Bind { .. } => (S::CONFLICT, "bind_failed"),
-            ControlError::BadWeights { .. } => (S::UNPROCESSABLE_ENTITY, "bad_weights"),
             ControlError::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "bad_request"),
             ControlError::Config(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
             ControlError::Snapshot(_) => (S::UNPROCESSABLE_ENTITY, "cannot_apply"),

@@ -257,10 +257,7 @@ pub(super) async fn dry_run(
             )
         })?;
     // Stable: the rollout's, else the service's, else the heaviest other group of the split.
-    let split = traffic
-        .get(&service)
-        .map(|(s, _, _)| s.clone())
-        .unwrap_or_default();
+    let split = traffic.get(&service).map(|(s, _, _)| s.clone());
     let stable = current
         .as_ref()
         .map(|r| r.stable.clone())
@@ -268,11 +265,11 @@ pub(super) async fn dry_run(
         .filter(|s| s != &candidate)
         .or_else(|| {
             split
-                .0
                 .iter()
-                .filter(|(g, _)| **g != candidate)
-                .max_by_key(|(_, w)| **w)
-                .map(|(g, _)| g.clone())
+                .flat_map(|s| s.iter())
+                .filter(|(g, _)| *g != candidate)
+                .max_by_key(|(_, w)| *w)
+                .map(|(g, _)| g.to_string())
         })
         .ok_or_else(|| {
             ApiError::new(

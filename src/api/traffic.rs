@@ -59,20 +59,20 @@ pub(super) async fn weights(
     body: Result<Json<WeightsRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<crate::control::TrafficChange>, ApiError> {
     let Json(req) = body.map_err(bad_request)?;
-    let mut split = BTreeMap::new();
-    for (g, pct) in req.weights {
-        if !pct.is_finite() || !(0.0..=100.0).contains(&pct) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_weights",
-                format!("weights.{g}: {pct} is not a percentage from 0 to 100"),
-            ));
-        }
-        split.insert(g, (pct * 100.0).round() as u32);
-    }
+    let split = Split::from_percents(req.weights).map_err(|e| {
+        let field = match e.group() {
+            Some(g) => format!("weights.{g}"),
+            None => "weights".into(),
+        };
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_weights",
+            format!("{field}: {e}"),
+        )
+    })?;
     Ok(Json(
         api.control
-            .set_split(&service, Split(split), req.force, &actor, "weights")
+            .set_split(&service, split, req.force, &actor, "weights")
             .await?,
     ))
 }
@@ -168,11 +168,11 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
             let previous = traffic
                 .get(&s.name)
                 .and_then(|(_, p, _)| p.clone())
-                .map(|p| p.0);
+                .map(|p| p.basis_points().clone());
             let stable = traffic.get(&s.name).and_then(|(_, _, st)| st.clone());
             ServiceStatus {
                 name: s.name.clone(),
-                split: s.split().0,
+                split: s.split().basis_points().clone(),
                 split_text: s.split().to_string(),
                 previous,
                 stable,
@@ -269,9 +269,8 @@ pub(super) async fn apply(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(req) = body.map_err(bad_request)?;
     let config = parse_request(req).await?;
-    let changes = api.control.plan(&config).await;
-    let generation = api.control.apply(config, &actor).await?;
+    let applied = api.control.apply_config(config, &actor).await?;
     Ok(Json(
-        serde_json::json!({ "changes": changes, "generation": generation }),
+        serde_json::json!({ "changes": applied.changes, "generation": applied.generation }),
     ))
 }

@@ -198,7 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             target,
         } => {
-            let mut map = serde_json::Map::new();
+            let mut percents = Vec::new();
             for w in &weights {
                 let (g, pct) = w
                     .split_once('=')
@@ -206,8 +206,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let pct: f64 = pct
                     .parse()
                     .with_context(|| format!("\"{pct}\" in \"{w}\" is not a number"))?;
-                map.insert(g.to_string(), json!(pct));
+                percents.push((g.to_string(), pct));
             }
+            // The same rule as the file and the API, checked before anything is sent.
+            let split = config::Split::from_percents(percents.iter().cloned())?;
+            let map: serde_json::Map<String, serde_json::Value> = percents
+                .into_iter()
+                .filter(|(g, _)| split.groups().any(|s| s == g))
+                .map(|(g, pct)| (g, json!(pct)))
+                .collect();
             let res = admin(&target)?
                 .put(
                     &format!("/api/v1/services/{service}/weights"),

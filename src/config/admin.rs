@@ -35,7 +35,8 @@ pub const INTERNAL_ACTORS: &[&str] = &[
 ];
 
 /// What a token may do. Every token may read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Status, rollouts, events, series: every GET.
     Read,
@@ -68,7 +69,7 @@ impl fmt::Display for Scope {
 }
 
 /// A set of scopes; `read` is always in it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Scopes(pub BTreeSet<Scope>);
 
 impl Scopes {
@@ -94,7 +95,8 @@ impl fmt::Display for Scopes {
 }
 
 /// An accepted bearer token: its name is who acts in the audit history.
-#[derive(Clone, PartialEq)]
+/// Serialized for `plan` with its secret, which `diff` never prints (see `diff::SECRET`).
+#[derive(Clone, PartialEq, serde::Serialize)]
 pub struct AdminToken {
     pub name: String,
     pub secret: String,
@@ -113,7 +115,7 @@ impl fmt::Debug for AdminToken {
 
 /// Bounds on the admin listener's connections: it shares the process's descriptors with the
 /// proxy, so a client holding connections open must not starve the proxy of them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct AdminLimits {
     /// A request's head must arrive within this, then its body within as long again
     /// (slowloris).
@@ -134,11 +136,12 @@ impl Default for AdminLimits {
     }
 }
 
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, serde::Serialize)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
     /// The unnamed token (`[admin] token`); `None` with no named tokens leaves the API
-    /// read-only. The CLI sends it.
+    /// read-only. The CLI sends it. Not serialized: it is `tokens`' `admin`.
+    #[serde(skip)]
     pub token: Option<String>,
     /// Every accepted token: the unnamed one first (as `admin`, all scopes), then the named.
     pub tokens: Vec<AdminToken>,
@@ -327,73 +330,4 @@ fn limits(raw: &RawAdmin, p: &mut Problems) -> AdminLimits {
         }),
         max_connections,
     }
-}
-
-/// What applying `next` changes in the admin section, for `plan`: (op, what, detail). Says
-/// that a token's secret changed, never what it is.
-pub fn changes(cur: &AdminConfig, next: &AdminConfig) -> Vec<(&'static str, String, String)> {
-    let mut out = Vec::new();
-    for t in &next.tokens {
-        let what = format!("admin token {}", t.name);
-        match cur.tokens.iter().find(|c| c.name == t.name) {
-            None => out.push(("+", what, format!("scopes {}", t.scopes))),
-            Some(c) => {
-                let mut parts = Vec::new();
-                if c.secret != t.secret {
-                    parts.push("secret changed: the old one stops working".to_string());
-                }
-                if c.scopes != t.scopes {
-                    parts.push(format!("scopes {} -> {}", c.scopes, t.scopes));
-                }
-                if !parts.is_empty() {
-                    out.push(("~", what, parts.join(", ")));
-                }
-            }
-        }
-    }
-    for c in cur
-        .tokens
-        .iter()
-        .filter(|c| !next.tokens.iter().any(|t| t.name == c.name))
-    {
-        out.push(("-", format!("admin token {}", c.name), String::new()));
-    }
-    if cur.bind != next.bind {
-        out.push((
-            "~",
-            "admin bind".into(),
-            format!("{} -> {} (takes effect at restart)", cur.bind, next.bind),
-        ));
-    }
-    let (a, b) = (cur.limits, next.limits);
-    if a != b {
-        let d = |d: Duration| humantime::format_duration(d).to_string();
-        let mut parts = Vec::new();
-        if a.header_read_timeout != b.header_read_timeout {
-            parts.push(format!(
-                "header_read_timeout {} -> {}",
-                d(a.header_read_timeout),
-                d(b.header_read_timeout)
-            ));
-        }
-        if a.idle_timeout != b.idle_timeout {
-            parts.push(format!(
-                "idle_timeout {} -> {}",
-                d(a.idle_timeout),
-                d(b.idle_timeout)
-            ));
-        }
-        if a.max_connections != b.max_connections {
-            parts.push(format!(
-                "max_connections {} -> {}",
-                a.max_connections, b.max_connections
-            ));
-        }
-        out.push((
-            "~",
-            "admin limits".into(),
-            format!("{} (for new connections)", parts.join(", ")),
-        ));
-    }
-    out
 }

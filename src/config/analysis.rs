@@ -254,7 +254,7 @@ pub struct Hook {
     pub confirm: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Hooks {
     pub before_traffic: Option<Hook>,
     pub after_traffic: Option<Hook>,

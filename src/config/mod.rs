@@ -3,10 +3,13 @@
 
 pub mod admin;
 pub mod analysis;
+pub mod diff;
 pub mod locate;
 pub mod model;
 pub mod raw;
 mod release;
+mod ser;
+pub mod split;
 mod validate;
 
 use std::fmt;
@@ -14,6 +17,7 @@ use std::path::Path;
 
 pub use admin::{AdminConfig, AdminLimits, AdminToken, Scope, Scopes};
 pub use model::*;
+pub use split::{basis_points, format_percent, SplitError, WeightError, WeightProblem};
 pub use validate::{status_ranges, target_addr};
 
 /// Validates a strategy given in an API request; errors read `strategy.steps[1].pause: …`.
@@ -182,14 +186,4 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErr
         out.sort_by_key(|d| (d.line, d.column));
         ConfigError::Invalid(out)
     })
-}
-
-/// Basis points as a percentage with no needless decimals: 1000 → "10%", 5 → "0.05%".
-pub fn format_percent(bp: u32) -> String {
-    if bp % 100 == 0 {
-        format!("{}%", bp / 100)
-    } else {
-        let s = format!("{:.2}", bp as f64 / 100.0);
-        format!("{}%", s.trim_end_matches('0'))
-    }
 }

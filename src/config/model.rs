@@ -2,18 +2,19 @@
 //! re-parses or re-validates: an address is a `SocketAddr`, a weight is basis points that sum
 //! to 10 000, a route's service is known to exist.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use ipnet::IpNet;
+use serde::Serialize;
 
-/// Basis points: 10 000 is all traffic, so a canary can start at 0.01 %.
-pub const FULL_WEIGHT: u32 = 10_000;
+use super::ser;
 
-#[derive(Debug, Clone, PartialEq)]
+pub use super::split::{Split, FULL_WEIGHT};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub admin: super::admin::AdminConfig,
     pub timeouts: Timeouts,
@@ -24,11 +25,12 @@ pub struct Config {
     pub store: StoreConfig,
     pub analyses: Vec<crate::analysis::AnalysisConfig>,
     /// Slack-compatible webhook told about rollbacks.
+    #[serde(rename = "notifications.webhook")]
     pub notify_webhook: Option<String>,
     pub access_log: Option<crate::access_log::AccessLogConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoreConfig {
     /// SQLite file; `:memory:` keeps state only for the life of the process.
     pub path: PathBuf,
@@ -48,7 +50,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Timeouts {
     pub connect: Duration,
     /// How long a target may keep a request waiting: for its response headers, and to take
@@ -78,7 +80,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -96,7 +98,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
@@ -110,16 +112,17 @@ impl ListenerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// The chain and key as read when the configuration was loaded (off the async runtime),
     /// so that building a snapshot never reads a file; `None` reads them then.
+    #[serde(rename = "chain", serialize_with = "ser::certificate")]
     pub loaded: Option<crate::tls::LoadedKey>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteConfig {
     pub name: String,
     pub priority: i64,
@@ -132,13 +135,13 @@ pub struct RouteConfig {
 }
 
 /// A rule that sends matching requests of a route to one group, whatever the split.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Override {
     pub to: GroupRef,
     pub when: OverrideWhen,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum GroupRef {
     Named(String),
     /// The candidate of the rollout in progress (no rollout: the override does not apply).
@@ -156,36 +159,46 @@ impl GroupRef {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum OverrideWhen {
-    Header(http::HeaderName, Vec<Glob>),
+    Header(
+        #[serde(serialize_with = "ser::display")] http::HeaderName,
+        Vec<Glob>,
+    ),
     Cookie(String, Vec<Glob>),
-    Source(Vec<IpNet>),
+    Source(#[serde(serialize_with = "ser::display_seq")] Vec<IpNet>),
     /// A country code header set by a CDN, e.g. `cloudfront-viewer-country`.
-    Country(http::HeaderName, Vec<String>),
+    Country(
+        #[serde(serialize_with = "ser::display")] http::HeaderName,
+        Vec<String>,
+    ),
     /// The header's value is the group (`x-switchyard-group: green`).
-    GroupFromHeader(http::HeaderName),
+    GroupFromHeader(#[serde(serialize_with = "ser::display")] http::HeaderName),
 }
 
 /// All present conditions must hold; the values inside one condition are alternatives.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Conditions {
     pub hosts: Vec<HostPattern>,
     pub paths: Vec<PathPattern>,
+    #[serde(serialize_with = "ser::display_seq")]
     pub methods: Vec<Method>,
+    #[serde(serialize_with = "ser::pairs")]
     pub headers: Vec<(http::HeaderName, Vec<Glob>)>,
+    #[serde(serialize_with = "ser::pairs")]
     pub query: Vec<(String, Vec<Glob>)>,
+    #[serde(serialize_with = "ser::display_seq")]
     pub sources: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum HostPattern {
     Exact(String),
     /// `*.example.com` stored as `.example.com`: matches any name ending in it.
     Suffix(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum PathPattern {
     Exact(String),
     Prefix(String),
@@ -193,26 +206,28 @@ pub enum PathPattern {
 }
 
 /// ALB-style wildcard: `*` any run of characters, `?` exactly one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Glob(pub String);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Action {
     Forward { service: String },
     Fixed(FixedResponse),
     Redirect(Redirect),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FixedResponse {
+    #[serde(serialize_with = "ser::status")]
     pub status: StatusCode,
     pub content_type: String,
     pub body: String,
 }
 
 /// Each `None` keeps that part of the original request URL.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Redirect {
+    #[serde(serialize_with = "ser::status")]
     pub status: StatusCode,
     pub scheme: Option<String>,
     pub host: Option<String>,
@@ -221,11 +236,12 @@ pub struct Redirect {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceConfig {
     pub name: String,
     pub groups: Vec<GroupConfig>,
     /// How traffic is split between the groups when the service is loaded.
+    #[serde(serialize_with = "ser::display")]
     pub split: Split,
     pub balance: Balance,
     pub request_timeout: Option<Duration>,
@@ -241,21 +257,21 @@ pub struct ServiceConfig {
 }
 
 /// How a request keeps its version while weights change.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stickiness {
     pub key: Option<StickyKey>,
     /// switchyard's own cookie, set on responses to requests that have no key.
     pub cookie: Option<StickyCookie>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum StickyKey {
     Cookie(String),
-    Header(http::HeaderName),
+    Header(#[serde(serialize_with = "ser::display")] http::HeaderName),
     ClientIp,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StickyCookie {
     pub name: String,
     pub max_age: Duration,
@@ -267,57 +283,20 @@ impl ServiceConfig {
     }
 }
 
-/// Weights in basis points by group name; always sums to `FULL_WEIGHT`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Split(pub BTreeMap<String, u32>);
-
-impl Split {
-    /// All traffic to one group: a blue-green "active" group.
-    pub fn all_to(group: &str) -> Split {
-        Split(BTreeMap::from([(group.to_string(), FULL_WEIGHT)]))
-    }
-
-    pub fn weight(&self, group: &str) -> u32 {
-        self.0.get(group).copied().unwrap_or(0)
-    }
-
-    /// The group that takes all traffic, if one does.
-    pub fn active(&self) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(_, w)| **w == FULL_WEIGHT)
-            .map(|(g, _)| g.as_str())
-    }
-}
-
-impl std::fmt::Display for Split {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut first = true;
-        for (g, w) in self.0.iter().filter(|(_, w)| **w > 0) {
-            if !first {
-                f.write_str(" ")?;
-            }
-            first = false;
-            write!(f, "{g}={}", crate::config::format_percent(*w))?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Balance {
     LeastOutstanding,
     RoundRobin,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UpstreamProtocol {
     Http1,
     /// Prior-knowledge HTTP/2 (h2c), as gRPC backends speak it.
     Http2,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupConfig {
     pub name: String,
     pub targets: Vec<TargetAddr>,
@@ -326,7 +305,7 @@ pub struct GroupConfig {
 }
 
 /// `host:port`, where host is an IP address or a DNS name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct TargetAddr(pub String);
 
 impl std::fmt::Display for TargetAddr {
@@ -335,7 +314,7 @@ impl std::fmt::Display for TargetAddr {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct HealthCheck {
     pub path: String,
     pub interval: Duration,
@@ -346,7 +325,7 @@ pub struct HealthCheck {
 }
 
 /// ALB's matcher syntax: `200`, `200,202`, `200-299`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct StatusRanges(pub Vec<(u16, u16)>);
 
 impl StatusRanges {
@@ -355,7 +334,7 @@ impl StatusRanges {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PassiveHealth {
     /// 0 disables passive ejection.
     pub consecutive_failures: u32,

@@ -76,19 +76,9 @@ pub fn strategy(
                     continue;
                 }
                 if let Some(w) = st.weight {
-                    let bp = (w * 100.0).round();
-                    if !w.is_finite() || !(0.0..=100.0).contains(&w) {
-                        p.push((
-                            at.join("weight"),
-                            format!("weight {w} is out of range: use 0 to 100 (percent)"),
-                        ));
-                    } else if (bp - w * 100.0).abs() > 1e-6 {
-                        p.push((
-                            at.join("weight"),
-                            format!("weight {w} is finer than 0.01 percent"),
-                        ));
-                    } else {
-                        steps.push(Step::SetWeight { weight: bp as u32 });
+                    match super::split::basis_points(w) {
+                        Ok(weight) => steps.push(Step::SetWeight { weight }),
+                        Err(e) => p.push((at.join("weight"), e.to_string())),
                     }
                 } else if let Some(pause) = &st.pause {
                     if pause == "until-promoted" {

@@ -1,7 +1,7 @@
 //! Raw file values to domain types. Each check records the key path of the value it rejects;
 //! `mod.rs` turns paths into line and column. All problems are collected, not just the first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +10,6 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 use ipnet::IpNet;
 
-use super::format_percent;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
@@ -450,42 +449,20 @@ fn split(s: &RawService, at: &KeyPath, p: &mut Problems) -> Split {
             Split::all_to(a)
         }
         (None, Some(w)) => {
-            let mut bp = BTreeMap::new();
-            for (g, pct) in w {
-                let wat = at.join("weights").join(g);
-                if !known(g) {
-                    p.add(
-                        wat.clone(),
-                        format!("no group named \"{g}\" in service \"{}\"", s.name),
-                    );
-                }
-                if !(0.0..=100.0).contains(pct) || !pct.is_finite() {
-                    p.add(
-                        wat,
-                        format!("weight {pct} is out of range: use 0 to 100 (percent)"),
-                    );
-                    continue;
-                }
-                let b = (pct * 100.0).round();
-                if (b - pct * 100.0).abs() > 1e-6 {
-                    p.add(
-                        wat,
-                        format!("weight {pct} is finer than 0.01 percent (one basis point)"),
-                    );
-                }
-                bp.insert(g.clone(), b as u32);
-            }
-            let sum: u32 = bp.values().sum();
-            if sum != FULL_WEIGHT {
+            for g in w.keys().filter(|g| !known(g)) {
                 p.add(
-                    at.join("weights"),
-                    format!(
-                        "weights sum to {}, not 100",
-                        format_percent(sum).trim_end_matches('%')
-                    ),
+                    at.join("weights").join(g.as_str()),
+                    format!("no group named \"{g}\" in service \"{}\"", s.name),
                 );
             }
-            Split(bp)
+            Split::from_percents(w.iter().map(|(g, pct)| (g.clone(), *pct))).unwrap_or_else(|e| {
+                let wat = match e.group() {
+                    Some(g) => at.join("weights").join(g),
+                    None => at.join("weights"),
+                };
+                p.add(wat, e.to_string());
+                fallback()
+            })
         }
         (None, None) if s.group.len() == 1 => fallback(),
         (None, None) => {

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 
 use super::persist::Persister;
 use super::transition::rollout_split;
-use super::{observe, view, ControlError, Controller, State, Traffic};
+use super::{keeps_split, observe, view, ControlError, Controller, State, Traffic};
 use crate::config::{format_percent, Config, Split};
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
@@ -50,10 +50,10 @@ impl Controller {
         let mut traffic = BTreeMap::new();
         let mut step_from = HashMap::new();
         for s in &config.services {
-            let restored = persisted.traffic.get(&s.name).filter(|t| {
-                let known = |sp: &Split| sp.0.keys().all(|g| s.group(g).is_some());
-                t.from_file == s.split && known(&t.current)
-            });
+            let restored = persisted
+                .traffic
+                .get(&s.name)
+                .filter(|t| keeps_split(&t.from_file, &t.current, s));
             let t = match restored {
                 Some(r) => {
                     if let Some(from) = &r.step_from {
@@ -243,7 +243,7 @@ fn hold_unconfirmed_steps(
         let Some(from) = step_from.get(&r.service) else {
             continue;
         };
-        let held = from.0.get(&r.candidate).copied().unwrap_or(0);
+        let held = from.weight(&r.candidate);
         if held >= r.weight {
             continue;
         }

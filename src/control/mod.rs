@@ -32,6 +32,7 @@ use persist::{superseded, Persister, Write};
 use publish::view;
 
 pub use persist::StoreHealth;
+use plan::keeps_split;
 pub use plan::PlanChange;
 pub use rollouts::RolloutView;
 
@@ -45,8 +46,6 @@ pub enum ControlError {
     NoHealthyTarget { service: String, group: String },
     #[error("service \"{0}\" has no previous split to go back to")]
     NothingToRevert(String),
-    #[error("weights for service \"{service}\" are invalid: {reason}")]
-    BadWeights { service: String, reason: String },
     #[error("no configuration file to reload (started without one)")]
     NoConfigFile,
     #[error("{0}")]
@@ -176,6 +175,13 @@ pub struct Counts {
     pub analyses: BTreeMap<(String, String), u64>,
 }
 
+/// What an `apply` did: the generation it published and the changes it made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    pub generation: u64,
+    pub changes: Vec<PlanChange>,
+}
+
 /// What a traffic change did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrafficChange {
@@ -264,29 +270,18 @@ impl Controller {
                 what: "promote or abort it instead",
             });
         }
-        for g in split.0.keys() {
+        for g in split.groups() {
             if svc.group(g).is_none() {
                 return Err(ControlError::UnknownGroup {
                     service: service.into(),
-                    group: g.clone(),
+                    group: g.to_string(),
                 });
             }
-        }
-        let sum: u32 = split.0.values().sum();
-        if sum != config::FULL_WEIGHT {
-            return Err(ControlError::BadWeights {
-                service: service.into(),
-                reason: format!("they sum to {}, not 100%", config::format_percent(sum)),
-            });
         }
         if !force {
             self.check_healthy(
                 service,
-                split
-                    .0
-                    .iter()
-                    .filter(|(_, w)| **w > 0)
-                    .map(|(g, _)| g.as_str()),
+                split.iter().filter(|(_, w)| *w > 0).map(|(g, _)| g),
             )?;
         }
         let mut t = state.traffic[service].clone();
@@ -362,12 +357,20 @@ impl Controller {
         self.apply(config, actor).await
     }
 
+    /// Replaces the configuration; the new generation. See [`Controller::apply_config`].
+    pub async fn apply(&self, config: Config, actor: &str) -> Result<u64, ControlError> {
+        Ok(self.apply_config(config, actor).await?.generation)
+    }
+
     /// Replaces the configuration: checks it against rollouts in progress, binds new
     /// listeners (so a bind failure changes nothing), persists, publishes, then stops
-    /// listeners that are gone.
-    pub async fn apply(&self, config: Config, actor: &str) -> Result<u64, ControlError> {
+    /// listeners that are gone. What it changed is computed by `plan`'s own function under
+    /// the same lock, so the list returned is what this apply did, not what a plan said a
+    /// moment earlier.
+    pub async fn apply_config(&self, config: Config, actor: &str) -> Result<Applied, ControlError> {
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
+        let diffs = plan::plan(&state, &config);
         let config = Arc::new(config);
 
         for r in state.rollouts.values().filter(|r| r.status.is_active()) {
@@ -415,20 +418,7 @@ impl Controller {
                 .rollouts
                 .get(&s.name)
                 .is_some_and(|r| r.status.is_active());
-            let known = |sp: &Split| sp.0.keys().all(|g| s.group(g).is_some());
-            let t = match state.traffic.get(&s.name) {
-                Some(old) if in_rollout || (old.from_file == s.split && known(&old.current)) => {
-                    old.clone()
-                }
-                Some(old) => Traffic {
-                    current: s.split.clone(),
-                    previous: Some(old.current.clone()).filter(known),
-                    from_file: s.split.clone(),
-                    stable: s.split.active().map(str::to_string),
-                    retired: Vec::new(),
-                },
-                None => Traffic::from_config(&s.split),
-            };
+            let t = Traffic::after_config(state.traffic.get(&s.name), s, in_rollout);
             if state.traffic.get(&s.name) != Some(&t) {
                 changes.push((s.name.clone(), t.record()));
                 let from = state.traffic.get(&s.name).map(|o| o.current.clone());
@@ -453,7 +443,11 @@ impl Controller {
             "config",
             None,
             None,
-            "configuration applied".into(),
+            match diffs.len() {
+                0 => "configuration applied: no changes".into(),
+                1 => "configuration applied: 1 change".into(),
+                n => format!("configuration applied: {n} changes"),
+            },
         ));
 
         let epochs = state.epochs.clone();
@@ -510,8 +504,19 @@ impl Controller {
                 tokio::spawn(l.stop());
             }
         }
-        tracing::info!(generation, actor, "configuration applied");
-        Ok(generation)
+        for c in &diffs {
+            tracing::info!(op = c.op, what = %c.what, detail = %c.detail, "configuration change");
+        }
+        tracing::info!(
+            generation,
+            actor,
+            changes = diffs.len(),
+            "configuration applied"
+        );
+        Ok(Applied {
+            generation,
+            changes: diffs,
+        })
     }
 
     /// Current traffic state, for the API: (current split, previous split, stable group).

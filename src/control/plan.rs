@@ -1,218 +1,85 @@
-//! What applying a configuration would change on the running instance: listeners, routes,
-//! services, groups, targets, settings, and the weights that would be in force.
+//! What applying a configuration would change on the running instance: every difference in
+//! the configuration (`config::diff`, over the whole model), and the weights that would be in
+//! force (the traffic state, by the rule `apply` uses: `Traffic::after_config`, here too).
 
-use std::collections::BTreeSet;
-
-use serde::Serialize;
-
-use super::{Controller, Traffic};
+use super::{State, Traffic};
+use crate::config::diff::{diff, SEP};
 use crate::config::{Config, ServiceConfig, Split};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PlanChange {
-    /// `+` added, `-` removed, `~` changed.
-    pub op: &'static str,
-    pub what: String,
-    pub detail: String,
-}
+pub use crate::config::diff::Change as PlanChange;
 
-fn change(op: &'static str, what: String, detail: impl Into<String>) -> PlanChange {
-    PlanChange {
-        op,
-        what,
-        detail: detail.into(),
-    }
-}
-
-impl Controller {
+impl super::Controller {
+    /// What `apply(next)` would change now.
     pub async fn plan(&self, next: &Config) -> Vec<PlanChange> {
-        let state = self.state.lock().await;
-        let cur = &state.config;
-        let mut out = Vec::new();
-
-        for l in &next.listeners {
-            match cur.listeners.iter().find(|c| c.name == l.name) {
-                None => out.push(change(
-                    "+",
-                    format!("listener {}", l.name),
-                    format!("on {}", l.bind),
-                )),
-                Some(c) if c != l => out.push(change(
-                    "~",
-                    format!("listener {}", l.name),
-                    format!(
-                        "{} -> {}{}",
-                        c.bind,
-                        l.bind,
-                        if l.is_tls() { " (tls)" } else { "" }
-                    ),
-                )),
-                _ => {}
-            }
-        }
-        for c in cur
-            .listeners
-            .iter()
-            .filter(|c| !next.listeners.iter().any(|l| l.name == c.name))
-        {
-            out.push(change(
-                "-",
-                format!("listener {}", c.name),
-                format!("on {}", c.bind),
-            ));
-        }
-
-        for r in &next.routes {
-            match cur.routes.iter().find(|c| c.name == r.name) {
-                None => out.push(change(
-                    "+",
-                    format!("route {}", r.name),
-                    format!("priority {}", r.priority),
-                )),
-                Some(c) if c != r => {
-                    let mut parts = Vec::new();
-                    if c.priority != r.priority {
-                        parts.push(format!("priority {} -> {}", c.priority, r.priority));
-                    }
-                    if c.conditions != r.conditions {
-                        parts.push("conditions".into());
-                    }
-                    if c.action != r.action {
-                        parts.push("action".into());
-                    }
-                    if c.overrides != r.overrides {
-                        parts.push("overrides".into());
-                    }
-                    if c.listeners != r.listeners {
-                        parts.push("listeners".into());
-                    }
-                    out.push(change("~", format!("route {}", r.name), parts.join(", ")));
-                }
-                _ => {}
-            }
-        }
-        for c in cur
-            .routes
-            .iter()
-            .filter(|c| !next.routes.iter().any(|r| r.name == c.name))
-        {
-            out.push(change("-", format!("route {}", c.name), ""));
-        }
-
-        for s in &next.services {
-            match cur.service(&s.name) {
-                None => out.push(change(
-                    "+",
-                    format!("service {}", s.name),
-                    format!(
-                        "groups {}",
-                        names(&s.groups.iter().map(|g| g.name.clone()).collect::<Vec<_>>())
-                    ),
-                )),
-                Some(c) => service_changes(c, s, &mut out),
-            }
-            let in_rollout = state
-                .rollouts
-                .get(&s.name)
-                .is_some_and(|r| r.status.is_active());
-            let old = state.traffic.get(&s.name);
-            let now = old.map(|t| t.current.clone());
-            let then = weights_after(old, s, in_rollout);
-            if now.as_ref() != Some(&then) {
-                let from = now.map_or_else(|| "none".into(), |n| n.to_string());
-                out.push(change(
-                    "~",
-                    format!("service {} weights", s.name),
-                    format!("{from} -> {then}"),
-                ));
-            }
-        }
-        for c in cur
-            .services
-            .iter()
-            .filter(|c| next.service(&c.name).is_none())
-        {
-            out.push(change("-", format!("service {}", c.name), ""));
-        }
-        if cur.timeouts != next.timeouts || cur.limits != next.limits {
-            out.push(change("~", "settings".into(), "timeouts or limits"));
-        }
-        for (op, what, detail) in crate::config::admin::changes(&cur.admin, &next.admin) {
-            out.push(change(op, what, detail));
-        }
-        out
+        plan(&*self.state.lock().await, next)
     }
 }
 
-/// The split `apply` would leave in force (the same rule as `Controller::apply`).
-fn weights_after(old: Option<&Traffic>, s: &ServiceConfig, in_rollout: bool) -> Split {
-    match old {
-        Some(t) if in_rollout => t.current.clone(),
-        Some(t) if t.from_file == s.split && t.current.0.keys().all(|g| s.group(g).is_some()) => {
-            t.current.clone()
+/// The one computation behind `plan` and `apply`: the configuration's differences, then each
+/// service whose weights in force would move. A weight line that only repeats the file's
+/// `split` change is left out.
+pub(super) fn plan(state: &State, next: &Config) -> Vec<PlanChange> {
+    let mut out = diff(&state.config, next);
+    for s in &next.services {
+        let in_rollout = state
+            .rollouts
+            .get(&s.name)
+            .is_some_and(|r| r.status.is_active());
+        let old = state.traffic.get(&s.name);
+        let now = old.map(|t| t.current.clone());
+        let then = Traffic::after_config(old, s, in_rollout).current;
+        if now.as_ref() == Some(&then) {
+            continue;
         }
-        _ => s.split.clone(),
-    }
-}
-
-fn service_changes(c: &ServiceConfig, s: &ServiceConfig, out: &mut Vec<PlanChange>) {
-    for g in &s.groups {
-        let what = format!("service {} group {}", s.name, g.name);
-        match c.group(&g.name) {
-            None => out.push(change(
-                "+",
-                what,
-                format!(
-                    "targets {}",
-                    names(&g.targets.iter().map(|t| t.0.clone()).collect::<Vec<_>>())
-                ),
-            )),
-            Some(cg) => {
-                let before: BTreeSet<String> = cg.targets.iter().map(|t| t.0.clone()).collect();
-                let after: BTreeSet<String> = g.targets.iter().map(|t| t.0.clone()).collect();
-                let mut parts: Vec<String> =
-                    after.difference(&before).map(|t| format!("+{t}")).collect();
-                parts.extend(before.difference(&after).map(|t| format!("-{t}")));
-                if cg.protocol != g.protocol {
-                    parts.push("protocol".into());
-                }
-                if cg.health_check != g.health_check {
-                    parts.push("health check".into());
-                }
-                if !parts.is_empty() {
-                    out.push(change("~", what, parts.join(" ")));
-                }
-            }
+        let from = now.map_or_else(|| "none".into(), |n| n.to_string());
+        let detail = format!("{from} → {then}");
+        let split_line = format!("service {}{SEP}split", s.name);
+        if out
+            .iter()
+            .any(|c| c.what == split_line && c.detail == detail)
+        {
+            continue;
         }
-    }
-    for cg in c.groups.iter().filter(|cg| s.group(&cg.name).is_none()) {
-        out.push(change(
-            "-",
-            format!("service {} group {}", s.name, cg.name),
-            "",
+        out.push(PlanChange::new(
+            "~",
+            format!("service {}{SEP}weights in force", s.name),
+            detail,
         ));
     }
-    let mut parts = Vec::new();
-    if c.balance != s.balance {
-        parts.push("balance");
-    }
-    if c.request_timeout != s.request_timeout || c.deregistration_delay != s.deregistration_delay {
-        parts.push("timeouts");
-    }
-    if c.passive != s.passive {
-        parts.push("passive health");
-    }
-    if c.strategy != s.strategy {
-        parts.push("strategy");
-    }
-    if c.stickiness != s.stickiness {
-        parts.push("stickiness");
-    }
-    if !parts.is_empty() {
-        out.push(change("~", format!("service {}", s.name), parts.join(", ")));
+    out
+}
+
+impl Traffic {
+    /// The one rule for which split survives a new configuration (reload, apply, and what
+    /// `plan` says they will do): a rollout in progress keeps its traffic; so does a service
+    /// whose file split is unchanged since it was last loaded (a switch made since stays), as
+    /// long as every group of the current split still exists. Otherwise the file's split
+    /// takes over, and the one it replaces becomes `previous` (if its groups still exist).
+    pub(super) fn after_config(
+        old: Option<&Traffic>,
+        s: &ServiceConfig,
+        in_rollout: bool,
+    ) -> Traffic {
+        match old {
+            Some(old) if in_rollout || keeps_split(&old.from_file, &old.current, s) => old.clone(),
+            Some(old) => Traffic {
+                current: s.split.clone(),
+                previous: Some(old.current.clone()).filter(|p| known_groups(p, s)),
+                from_file: s.split.clone(),
+                stable: s.split.active().map(str::to_string),
+                retired: Vec::new(),
+            },
+            None => Traffic::from_config(&s.split),
+        }
     }
 }
 
-fn names(v: &[String]) -> String {
-    v.join(", ")
+/// Whether the traffic a service had (from `from_file`, now `current`) stays when `s` is
+/// loaded: see [`Traffic::after_config`]; also what a restart restores from the store.
+pub(super) fn keeps_split(from_file: &Split, current: &Split, s: &ServiceConfig) -> bool {
+    *from_file == s.split && known_groups(current, s)
+}
+
+fn known_groups(split: &Split, s: &ServiceConfig) -> bool {
+    split.groups().all(|g| s.group(g).is_some())
 }

@@ -82,10 +82,11 @@ fn toward_stable(before: &Rollout, after: &Rollout) -> bool {
 
 /// The split while a rollout is active: the candidate's weight, the rest on stable.
 pub(super) fn rollout_split(r: &Rollout) -> Split {
-    Split(BTreeMap::from([
+    Split::from_basis_points([
         (r.stable.clone(), FULL_WEIGHT - r.weight),
         (r.candidate.clone(), r.weight),
-    ]))
+    ])
+    .expect("a rollout's weight is at most FULL_WEIGHT")
 }
 
 impl Controller {
