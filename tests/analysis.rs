@@ -114,11 +114,13 @@ min_requests = 20
 name = "errors"
 metric = "error-rate"
 max_over_stable = 1.0
+# Sub-millisecond p99s on a loaded 2-core machine differ by scheduling noise alone (seen:
+# 3.4 ms against 0.6 ms, both healthy), so the bound is absolute and wide: it still catches
+# a candidate tens of milliseconds slower, and the ratio bound is unit-tested.
 [[analysis.check]]
 name = "p99"
 metric = "latency-p99"
-max_ratio_to_stable = 5.0
-max_over_stable = 5.0
+max_over_stable = 50.0
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
