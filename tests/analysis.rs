@@ -801,3 +801,60 @@ max_over_stable = 2
         "{reason}"
     );
 }
+
+/// An inconclusive background analysis pauses the rollout for a person; once the person
+/// resumes, the analysis watches again (it used to end with the pause, so a resumed rollout
+/// went on unwatched) and a failure then rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_analysis_watches_again_after_its_pause_is_resumed() {
+    let (blue, green) = (
+        TestBackend::start("blue").await,
+        TestBackend::start("green").await,
+    );
+    let analysis = r#"
+[[analysis]]
+name = "bg"
+interval = "200ms"
+min_requests = 10
+[[analysis.check]]
+name = "errors"
+metric = "error-rate"
+max_over_stable = 2
+"#;
+    let sy = start(&cfg(
+        blue.addr,
+        green.addr,
+        analysis,
+        "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 30 }, { pause = \"1h\" }]\nbackground_analysis = \"bg\"",
+    ))
+    .await;
+    let api = admin(&sy);
+    // No traffic: fewer than min_requests is inconclusive, which pauses for a person.
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap();
+    let r = wait_status(&api, 15, |r| r["status"] == "paused").await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("background analysis inconclusive"),
+        "{r:#}"
+    );
+    // Resumed with a failing candidate under load: the analysis must catch it.
+    green.set_errors(300);
+    let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
+    api.post("/api/v1/services/shop/rollout/resume", json!({}))
+        .await
+        .unwrap();
+    let r = wait_status(&api, 15, |r| r["status"] == "aborted").await;
+    load.stop().await;
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("aborted by analysis: background analysis bg: check errors failed"),
+        "{reason}"
+    );
+}

@@ -8,7 +8,7 @@ use crate::analysis::external::Context;
 use crate::analysis::run;
 use crate::control::Controller;
 use crate::rollout::machine::Verdict;
-use crate::rollout::RollbackCause;
+use crate::rollout::{RollbackCause, Status};
 
 /// Aborts attempt `of` (rollout id, attempt) of `service` when the candidate's 5xx rate over the guard window
 /// exceeds stable's by more than the configured points. It lives as long as the rollout is
@@ -93,68 +93,86 @@ pub async fn guard(
     }
 }
 
-/// Runs the strategy's background analysis until the rollout ends or the analysis does not
-/// pass: a failure aborts, an inconclusive result pauses for a person. Acting on the result
-/// is retried every second while the rollout is active.
+/// Runs the strategy's background analysis for attempt `of` until the rollout ends: a
+/// failure aborts; an inconclusive result pauses for a person, and once the person resumes
+/// the analysis starts again from then (a paused rollout is still active, and a resumed one
+/// must not go on unwatched). A failure to act is logged at error level and tried again.
 pub async fn background(control: Arc<Controller>, service: String, of: (u64, u32), name: String) {
     let id = of.0;
-    let Ok(view) = control.rollout(&service).await else {
-        return;
-    };
-    let r = view.rollout;
-    let Some(analysis) = control.snapshot().config.analysis(&name).cloned() else {
-        tracing::warn!(%service, analysis = %name, "background analysis is not configured");
-        return;
-    };
-    let ctx = Context {
-        service: service.clone(),
-        rollout: Some(id),
-        stable: r.stable.clone(),
-        candidate: r.candidate.clone(),
-        weight: r.weight,
-        analysis: name.clone(),
-        check: String::new(),
-        since: crate::metrics::now_second(),
-    };
-    let groups = control.groups_of(&service, &r.stable, &r.candidate);
-    let report = run::run(&analysis, groups, ctx, true).await;
-    control.count_analysis(&service, report.verdict);
     loop {
-        let still = control
-            .rollout(&service)
-            .await
-            .is_ok_and(|v| (v.rollout.id, v.rollout.attempt) == of && v.rollout.status.is_active());
-        if !still {
+        let Ok(view) = control.rollout(&service).await else {
+            return;
+        };
+        let r = view.rollout;
+        let Some(analysis) = control.snapshot().config.analysis(&name).cloned() else {
+            tracing::warn!(%service, analysis = %name, "background analysis is not configured");
+            return;
+        };
+        let ctx = Context {
+            service: service.clone(),
+            rollout: Some(id),
+            stable: r.stable.clone(),
+            candidate: r.candidate.clone(),
+            weight: r.weight,
+            analysis: name.clone(),
+            check: String::new(),
+            since: crate::metrics::now_second(),
+        };
+        let groups = control.groups_of(&service, &r.stable, &r.candidate);
+        let report = run::run(&analysis, groups, ctx, true).await;
+        control.count_analysis(&service, report.verdict);
+        loop {
+            if attempt_status(&control, &service, of).await.is_none() {
+                return;
+            }
+            let result = match report.verdict {
+                Verdict::Fail => {
+                    control
+                        .abort_from(
+                            &service,
+                            RollbackCause::Analysis,
+                            &format!("background analysis {}", report.detail),
+                        )
+                        .await
+                }
+                _ => {
+                    control
+                        .pause_from(
+                            &service,
+                            "analysis",
+                            &format!("background analysis inconclusive: {}", report.detail),
+                        )
+                        .await
+                }
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(%service, rollout = id, error = %e, "background analysis result not applied; trying again");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+        if report.verdict == Verdict::Fail {
             return;
         }
-        let result = match report.verdict {
-            Verdict::Fail => {
-                control
-                    .abort_from(
-                        &service,
-                        RollbackCause::Analysis,
-                        &format!("background analysis {}", report.detail),
-                    )
-                    .await
-            }
-            _ => {
-                control
-                    .pause_from(
-                        &service,
-                        "analysis",
-                        &format!("background analysis inconclusive: {}", report.detail),
-                    )
-                    .await
-            }
-        };
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::error!(%service, rollout = id, error = %e, "background analysis result not applied; trying again");
-                tokio::time::sleep(RETRY).await;
+        // Paused for a person: watch again once resumed, end with the attempt.
+        loop {
+            match attempt_status(&control, &service, of).await {
+                None => return,
+                Some(Status::Paused) => tokio::time::sleep(RETRY).await,
+                Some(_) => break,
             }
         }
+        tracing::info!(%service, rollout = id, analysis = %name, "rollout resumed: background analysis starts again");
     }
+}
+
+/// The status of attempt `of` while it is active; `None` once it ended or was replaced.
+async fn attempt_status(control: &Controller, service: &str, of: (u64, u32)) -> Option<Status> {
+    let v = control.rollout(service).await.ok()?;
+    let r = v.rollout;
+    ((r.id, r.attempt) == of && r.status.is_active()).then_some(r.status)
 }
 
 /// How soon the background analysis tries again to act on its result.
