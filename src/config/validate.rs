@@ -2,29 +2,20 @@
 //! `mod.rs` turns paths into line and column. All problems are collected, not just the first.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
-use ipnet::IpNet;
 
+use super::fields::*;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
 use crate::path;
 
-pub struct Problems(pub Vec<(KeyPath, String)>);
-
-impl Problems {
-    pub(super) fn add(&mut self, at: KeyPath, msg: impl Into<String>) {
-        self.0.push((at, msg.into()));
-    }
-}
-
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems::new();
     let admin = super::admin::admin(&raw.admin, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
@@ -33,17 +24,14 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
     let services = services(&raw.service, &analysis_names, &mut p);
     let access_log = raw.access_log.as_ref().and_then(|a| {
-        let buffer = match a.buffer {
-            None => 8192,
-            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
-            Some(n) => {
-                p.add(
-                    path!["access_log", "buffer"],
-                    format!("{n} is out of range: use 1 to 1000000 lines"),
-                );
-                8192
-            }
-        };
+        let buffer = count_or(
+            a.buffer,
+            1..=1_000_000,
+            8192,
+            "lines",
+            path!["access_log", "buffer"],
+            &mut p,
+        ) as usize;
         a.enabled
             .unwrap_or(true)
             .then(|| crate::access_log::AccessLogConfig {
@@ -57,12 +45,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     });
     let notify_webhook = raw.notifications.webhook.clone();
     if let Some(u) = &notify_webhook {
-        if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
-            p.add(
-                path!["notifications", "webhook"],
-                format!("\"{u}\" is not an http:// URL"),
-            );
-        }
+        http_url(u, path!["notifications", "webhook"], &mut p);
     }
     let routes = routes(&raw.route, &listeners, &services, &mut p);
     let store = StoreConfig {
@@ -72,7 +55,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
             Some(path) => base_dir.join(path),
         },
     };
-    if p.0.is_empty() {
+    if p.is_empty() {
         Ok(Config {
             admin,
             timeouts,
@@ -93,8 +76,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
 fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
     let d = Timeouts::default();
     let mut get = |v: &Option<String>, key: &str, default: Duration| {
-        v.as_ref()
-            .map_or(default, |s| duration(s, path!["timeouts", key], p))
+        duration_or(v.as_ref(), path!["timeouts", key], default, &TIMEOUT, p)
     };
     Timeouts {
         connect: get(&raw.connect, "connect", d.connect),
@@ -108,38 +90,33 @@ fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
 
 fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
     let d = Limits::default();
-    let max_header_bytes = match raw.max_header_bytes {
-        None => d.max_header_bytes,
-        Some(n) if (8192..=1 << 24).contains(&n) => n as usize,
-        Some(n) => {
-            p.add(
-                path!["limits", "max_header_bytes"],
-                format!("{n} is out of range: use 8192 to 16777216"),
-            );
-            d.max_header_bytes
-        }
-    };
-    let max_headers = match raw.max_headers {
-        None => d.max_headers,
-        Some(n) if (1..=10_000).contains(&n) => n as usize,
-        Some(n) => {
-            p.add(
-                path!["limits", "max_headers"],
-                format!("{n} is out of range: use 1 to 10000"),
-            );
-            d.max_headers
-        }
-    };
+    let max_header_bytes = count_or(
+        raw.max_header_bytes,
+        8192..=1 << 24,
+        d.max_header_bytes as u64,
+        "",
+        path!["limits", "max_header_bytes"],
+        p,
+    ) as usize;
+    let max_headers = count_or(
+        raw.max_headers,
+        1..=10_000,
+        d.max_headers as u64,
+        "",
+        path!["limits", "max_headers"],
+        p,
+    ) as usize;
     let max_body_bytes = match raw.max_body_bytes {
         None => d.max_body_bytes,
-        Some(n) if n >= 0 => Some(n as u64),
-        Some(n) => {
-            p.add(
-                path!["limits", "max_body_bytes"],
-                format!("{n} is out of range: use 0 or more bytes"),
-            );
-            d.max_body_bytes
-        }
+        Some(n) => in_range(
+            n,
+            0..=i64::MAX,
+            "bytes",
+            path!["limits", "max_body_bytes"],
+            p,
+        )
+        .map(|n| n as u64)
+        .or(d.max_body_bytes),
     };
     Limits {
         max_header_bytes,
@@ -201,12 +178,7 @@ fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::Analy
     for (i, a) in raw.iter().enumerate() {
         name(&a.name, path!["analysis", i, "name"], p);
     }
-    let mut errs = Vec::new();
-    let out = super::analysis::analyses(raw, &mut errs);
-    for (at, msg) in errs {
-        p.add(at, msg);
-    }
-    out
+    super::analysis::analyses(raw, p)
 }
 
 fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<ServiceConfig> {
@@ -230,7 +202,14 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
                 ),
             );
         }
-        let default_hc = s.health_check.clone();
+        // The service's health check, checked once where it is written; groups inherit it.
+        let default_hc = s
+            .health_check
+            .as_ref()
+            .map(|d| (d, at.join("health_check")));
+        let inherited = default_hc
+            .as_ref()
+            .map(|(d, dat)| health_check(&[(d, dat)], p));
         let mut group_names = HashSet::new();
         let mut groups = Vec::new();
         for (j, g) in s.group.iter().enumerate() {
@@ -245,7 +224,7 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
                     ),
                 );
             }
-            groups.push(group(g, default_hc.as_ref(), &gat, p));
+            groups.push(group(g, default_hc.as_ref(), inherited.as_ref(), &gat, p));
         }
         let split = split(s, &at, p);
         let balance = match s.balance.as_deref() {
@@ -264,45 +243,33 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
         let request_timeout = s
             .request_timeout
             .as_ref()
-            .map(|d| duration(d, at.join("request_timeout"), p));
-        let deregistration_delay = s
-            .deregistration_delay
-            .as_ref()
-            .map_or(Duration::from_secs(30), |d| {
-                duration_or_zero(d, at.join("deregistration_delay"), p)
-            });
+            .and_then(|d| duration(d, at.join("request_timeout"), &TIMEOUT, p));
+        let deregistration_delay = duration_or(
+            s.deregistration_delay.as_ref(),
+            at.join("deregistration_delay"),
+            Duration::from_secs(30),
+            &DELAY,
+            p,
+        );
         let passive = passive(s.passive.as_ref(), &at.join("passive"), p);
         let strategy = match &s.strategy {
             None => crate::rollout::Strategy::preset("canary-10pct-5m").expect("built-in preset"),
-            Some(raw) => super::release::strategy(raw, analyses).unwrap_or_else(|errs| {
-                for (sub, msg) in errs {
-                    let mut full = at.join("strategy");
-                    full.0.extend(sub.0);
-                    p.add(full, msg);
-                }
-                crate::rollout::Strategy::all_at_once()
-            }),
+            Some(raw) => super::release::strategy(raw, analyses, &at.join("strategy"), p)
+                .unwrap_or_else(crate::rollout::Strategy::all_at_once),
         };
-        let stickiness = s.stickiness.as_ref().map(|raw| {
-            let mut errs = Vec::new();
-            let st = super::release::stickiness(raw, &at.join("stickiness"), &mut errs);
-            for (path, msg) in errs {
-                p.add(path, msg);
-            }
-            st
-        });
-        let mut errs = Vec::new();
-        let guard = super::analysis::guard(s.guard.as_ref(), &at.join("guard"), &mut errs);
-        let hooks = super::analysis::hooks(s.hooks.as_ref(), &at.join("hooks"), &mut errs);
-        for (path, msg) in errs {
-            p.add(path, msg);
-        }
-        let progress_deadline = s
-            .progress_deadline
+        let stickiness = s
+            .stickiness
             .as_ref()
-            .map_or(Duration::from_secs(600), |d| {
-                duration(d, at.join("progress_deadline"), p)
-            });
+            .map(|raw| super::release::stickiness(raw, &at.join("stickiness"), p));
+        let guard = super::analysis::guard(s.guard.as_ref(), &at.join("guard"), p);
+        let hooks = super::analysis::hooks(s.hooks.as_ref(), &at.join("hooks"), p);
+        let progress_deadline = duration_or(
+            s.progress_deadline.as_ref(),
+            at.join("progress_deadline"),
+            Duration::from_secs(600),
+            &DEADLINE,
+            p,
+        );
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -323,7 +290,8 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
 
 fn group(
     g: &RawGroup,
-    default_hc: Option<&RawHealthCheck>,
+    default_hc: Option<&(&RawHealthCheck, KeyPath)>,
+    inherited: Option<&HealthCheck>,
     at: &KeyPath,
     p: &mut Problems,
 ) -> GroupConfig {
@@ -358,21 +326,15 @@ fn group(
             UpstreamProtocol::Http1
         }
     };
-    // A group's own health_check overrides the service's field by field.
-    let health_check = match (default_hc, &g.health_check) {
-        (None, None) => None,
-        (Some(d), None) => Some(health_check(d, &at.join("health_check"), p)),
-        (d, Some(own)) => {
-            let d = d.cloned().unwrap_or_default();
-            let merged = RawHealthCheck {
-                path: own.path.clone().or(d.path),
-                interval: own.interval.clone().or(d.interval),
-                timeout: own.timeout.clone().or(d.timeout),
-                healthy_threshold: own.healthy_threshold.or(d.healthy_threshold),
-                unhealthy_threshold: own.unhealthy_threshold.or(d.unhealthy_threshold),
-                success_codes: own.success_codes.clone().or(d.success_codes),
-            };
-            Some(health_check(&merged, &at.join("health_check"), p))
+    // A group's own health_check overrides the service's field by field; each field's
+    // problem is reported where that field is written (the same one once, by `Problems`).
+    let health_check = match (&g.health_check, default_hc) {
+        (None, _) => inherited.cloned(),
+        (Some(own), d) => {
+            let own_at = at.join("health_check");
+            let mut layers = vec![(own, &own_at)];
+            layers.extend(d.map(|(d, dat)| (*d, dat)));
+            Some(health_check(&layers, p))
         }
     };
     GroupConfig {
@@ -383,20 +345,39 @@ fn group(
     }
 }
 
-fn health_check(raw: &RawHealthCheck, at: &KeyPath, p: &mut Problems) -> HealthCheck {
-    let path = raw.path.clone().unwrap_or_else(|| "/".to_string());
-    if !path.starts_with('/') {
-        p.add(at.join("path"), format!("\"{path}\" must start with /"));
+/// A health check from layers (a group's own, then its service's): each field is taken from
+/// the first layer that sets it, and checked at the path where it is written.
+fn health_check(layers: &[(&RawHealthCheck, &KeyPath)], p: &mut Problems) -> HealthCheck {
+    fn pick<'a, T>(
+        layers: &[(&'a RawHealthCheck, &KeyPath)],
+        field: fn(&'a RawHealthCheck) -> Option<T>,
+        key: &str,
+    ) -> (Option<T>, KeyPath) {
+        for (raw, at) in layers {
+            if let Some(v) = field(raw) {
+                return (Some(v), at.join(key));
+            }
+        }
+        (None, layers[0].1.join(key))
     }
-    let interval = raw.interval.as_ref().map_or(Duration::from_secs(5), |s| {
-        duration(s, at.join("interval"), p)
-    });
-    let timeout = raw.timeout.as_ref().map_or(Duration::from_secs(2), |s| {
-        duration(s, at.join("timeout"), p)
-    });
+    let (path, path_at) = pick(layers, |r| r.path.as_ref(), "path");
+    let path = path.cloned().unwrap_or_else(|| "/".to_string());
+    if !path.starts_with('/') {
+        p.add(path_at, format!("\"{path}\" must start with /"));
+    }
+    let (interval, interval_at) = pick(layers, |r| r.interval.as_ref(), "interval");
+    let interval = duration_or(interval, interval_at, Duration::from_secs(5), &TIMEOUT, p);
+    let (timeout, timeout_at) = pick(layers, |r| r.timeout.as_ref(), "timeout");
+    let timeout = duration_or(
+        timeout,
+        timeout_at.clone(),
+        Duration::from_secs(2),
+        &TIMEOUT,
+        p,
+    );
     if timeout > interval {
         p.add(
-            at.join("timeout"),
+            timeout_at,
             format!(
                 "timeout {} is longer than interval {}",
                 humantime::format_duration(timeout),
@@ -404,20 +385,17 @@ fn health_check(raw: &RawHealthCheck, at: &KeyPath, p: &mut Problems) -> HealthC
             ),
         );
     }
-    let mut threshold = |v: Option<i64>, key: &str| match v {
-        None => 2,
-        Some(n) if (1..=100).contains(&n) => n as u32,
-        Some(n) => {
-            p.add(at.join(key), format!("{n} is out of range: use 1 to 100"));
-            2
-        }
+    let mut threshold = |field: fn(&RawHealthCheck) -> Option<i64>, key: &str| {
+        let (v, at) = pick(layers, field, key);
+        count_or(v, 1..=100, 2, "", at, p) as u32
     };
-    let healthy_threshold = threshold(raw.healthy_threshold, "healthy_threshold");
-    let unhealthy_threshold = threshold(raw.unhealthy_threshold, "unhealthy_threshold");
-    let success_codes = match raw.success_codes.as_deref() {
+    let healthy_threshold = threshold(|r| r.healthy_threshold, "healthy_threshold");
+    let unhealthy_threshold = threshold(|r| r.unhealthy_threshold, "unhealthy_threshold");
+    let (codes, codes_at) = pick(layers, |r| r.success_codes.as_deref(), "success_codes");
+    let success_codes = match codes {
         None => StatusRanges(vec![(200, 399)]),
         Some(s) => status_ranges(s).unwrap_or_else(|e| {
-            p.add(at.join("success_codes"), e);
+            p.add(codes_at, e);
             StatusRanges(vec![(200, 399)])
         }),
     };
@@ -482,20 +460,21 @@ fn passive(raw: Option<&RawPassive>, at: &KeyPath, p: &mut Problems) -> PassiveH
     let d = PassiveHealth::default();
     let Some(raw) = raw else { return d };
     PassiveHealth {
-        consecutive_failures: match raw.consecutive_failures {
-            None => d.consecutive_failures,
-            Some(n) if (0..=1000).contains(&n) => n as u32,
-            Some(n) => {
-                p.add(
-                    at.join("consecutive_failures"),
-                    format!("{n} is out of range: use 0 (off) to 1000"),
-                );
-                d.consecutive_failures
-            }
-        },
-        ejection_time: raw.ejection_time.as_ref().map_or(d.ejection_time, |s| {
-            duration(s, at.join("ejection_time"), p)
-        }),
+        consecutive_failures: count_or(
+            raw.consecutive_failures,
+            0..=1000,
+            d.consecutive_failures as u64,
+            "0 is off",
+            at.join("consecutive_failures"),
+            p,
+        ) as u32,
+        ejection_time: duration_or(
+            raw.ejection_time.as_ref(),
+            at.join("ejection_time"),
+            d.ejection_time,
+            &TIMEOUT,
+            p,
+        ),
         eject_on_5xx: raw.eject_on_5xx.unwrap_or(d.eject_on_5xx),
     }
 }
@@ -556,16 +535,8 @@ fn routes(
             ),
             _ => None,
         };
-        let mut errs = Vec::new();
-        let overrides = super::release::overrides(
-            &r.overrides,
-            groups.as_deref(),
-            &at.join("override"),
-            &mut errs,
-        );
-        for (path, msg) in errs {
-            p.add(path, msg);
-        }
+        let overrides =
+            super::release::overrides(&r.overrides, groups.as_deref(), &at.join("override"), p);
         out.push(RouteConfig {
             name: r.name.clone(),
             priority: r.priority,
@@ -635,16 +606,10 @@ fn action(r: &RawRoute, services: &[ServiceConfig], at: &KeyPath, p: &mut Proble
                 );
             }
         }
-        let port = rd.port.and_then(|n| match u16::try_from(n) {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                p.add(
-                    rat.join("port"),
-                    format!("port {n} is out of range 1-65535"),
-                );
-                None
-            }
-        });
+        let port = rd
+            .port
+            .and_then(|n| in_range(n, 1..=65_535, "", rat.join("port"), p))
+            .map(|n| n as u16);
         if let Some(path) = &rd.path {
             if !path.starts_with('/') {
                 p.add(rat.join("path"), format!("\"{path}\" must start with /"));
@@ -726,106 +691,13 @@ fn conditions(m: &RawMatch, at: &KeyPath, p: &mut Problems) -> Conditions {
             .push((name.clone(), values.iter().cloned().map(Glob).collect()));
     }
     for (i, s) in m.source.iter().enumerate() {
-        let net = s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-        match net {
-            Ok(n) => c.sources.push(n),
-            Err(_) => p.add(
+        match ip_net(s) {
+            Some(n) => c.sources.push(n),
+            None => p.add(
                 at.join("source").join(i),
                 format!("\"{s}\" is not an IP address or CIDR such as 10.0.0.0/8"),
             ),
         }
     }
     c
-}
-
-pub(super) fn name(s: &str, at: KeyPath, p: &mut Problems) {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if !ok {
-        p.add(
-            at,
-            format!("name \"{s}\" must be 1-64 characters of letters, digits, '-', '_' or '.'"),
-        );
-    }
-}
-
-pub(super) fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
-    s.parse().unwrap_or_else(|_| {
-        p.add(
-            at,
-            format!("\"{s}\" is not an address: use IP:PORT such as 127.0.0.1:8080 or [::1]:8080"),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    })
-}
-
-/// `host:port` with a port; the host may be an IP address or a DNS name.
-pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(TargetAddr(s.to_string()));
-    }
-    let bad = || format!("\"{s}\" is not a target: use HOST:PORT such as 10.0.0.5:8080");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if port_ok && host_ok {
-        Ok(TargetAddr(s.to_string()))
-    } else {
-        Err(bad())
-    }
-}
-
-pub(super) fn duration(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
-    let d = duration_or_zero(s, at.clone(), p);
-    if d.is_zero() {
-        p.add(at, format!("\"{s}\" must be longer than zero"));
-        return Duration::from_secs(1);
-    }
-    d
-}
-
-fn duration_or_zero(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
-    humantime::parse_duration(s).unwrap_or_else(|_| {
-        p.add(
-            at,
-            format!("\"{s}\" is not a duration such as \"250ms\", \"5s\" or \"2m\""),
-        );
-        Duration::from_secs(1)
-    })
-}
-
-fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
-    match u16::try_from(n).ok().filter(|n| (200..=599).contains(n)) {
-        Some(n) => StatusCode::from_u16(n).ok(),
-        None => {
-            p.add(at, format!("status {n} is out of range 200-599"));
-            None
-        }
-    }
-}
-
-pub fn status_ranges(s: &str) -> Result<StatusRanges, String> {
-    let bad =
-        || format!("\"{s}\" is not a status matcher such as \"200\", \"200,204\" or \"200-299\"");
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let lo: u16 = lo.parse().map_err(|_| bad())?;
-        let hi: u16 = hi.parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
-        }
-        out.push((lo, hi));
-    }
-    Ok(StatusRanges(out))
 }
