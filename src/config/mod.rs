@@ -9,6 +9,7 @@ pub mod locate;
 pub mod model;
 pub mod raw;
 mod release;
+mod routes;
 mod ser;
 pub mod split;
 mod validate;
