@@ -34,13 +34,11 @@ impl Problems {
     /// The problems, each reported once (a value shared by several sections, such as a
     /// service's health check, is checked for each but written once).
     pub fn into_unique(self) -> Vec<(KeyPath, String)> {
-        let mut out: Vec<(KeyPath, String)> = Vec::new();
-        for (at, msg) in self.0 {
-            if !out.iter().any(|(a, m)| *a == at && *m == msg) {
-                out.push((at, msg));
-            }
-        }
-        out
+        let mut seen = std::collections::HashSet::new();
+        self.0
+            .into_iter()
+            .filter(|(at, msg)| seen.insert((at.to_string(), msg.clone())))
+            .collect()
     }
 }
 
