@@ -187,3 +187,64 @@ fn validate_command_prints_errors_and_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_bad_duration_reads_the_same_everywhere() {
+    let e = error_of(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [\"127.0.0.1:9001\"]\n[timeouts]\nconnect = \"5x\"",
+    );
+    assert_eq!(
+        e,
+        "sy.toml:18:11: timeouts.connect: \"5x\" is not a duration: use e.g. 500ms, 30s, 5m"
+    );
+    let e = error_of(
+        "active = \"blue\"",
+        "active = \"blue\"\nrequest_timeout = \"0s\"",
+    );
+    assert_eq!(
+        e,
+        "sy.toml:13:19: service[0].request_timeout: \"0s\" is out of range: use 1ms to 1h"
+    );
+}
+
+#[test]
+fn a_number_out_of_range_reads_the_same_everywhere() {
+    let e = error_of(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [\"127.0.0.1:9001\"]\n[limits]\nmax_headers = 0",
+    );
+    assert_eq!(
+        e,
+        "sy.toml:18:15: limits.max_headers: 0 is out of range: use 1 to 10000"
+    );
+}
+
+#[test]
+fn a_service_health_check_problem_is_reported_once_where_it_is_written() {
+    let src = BASE.to_string()
+        + "[[service.group]]\nname = \"green\"\ntargets = [\"127.0.0.1:9002\"]\n"
+        + "[service.health_check]\ninterval = \"5x\"\n";
+    let e = switchyard::config::parse(&src, "sy.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "sy.toml:21:12: service[0].health_check.interval: \"5x\" is not a duration: use e.g. 500ms, 30s, 5m"
+    );
+    // A group's own value is reported at the group; the service's once, at the service.
+    let src = BASE.to_string()
+        + "[service.group.health_check]\ntimeout = \"1x\"\n"
+        + "[[service.group]]\nname = \"green\"\ntargets = [\"127.0.0.1:9002\"]\n"
+        + "[service.health_check]\nhealthy_threshold = 0\n";
+    let e = switchyard::config::parse(&src, "sy.toml", Path::new(".")).unwrap_err();
+    let lines: Vec<String> = e.diagnostics().iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        lines,
+        [
+            "sy.toml:18:11: service[0].group[0].health_check.timeout: \"1x\" is not a duration: use e.g. 500ms, 30s, 5m",
+            "sy.toml:23:21: service[0].health_check.healthy_threshold: 0 is out of range: use 1 to 100",
+        ],
+        "{e}"
+    );
+}

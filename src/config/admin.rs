@@ -10,9 +10,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::fields::*;
 use super::locate::KeyPath;
 use super::raw::RawAdmin;
-use super::validate::{duration, name, socket_addr, Problems};
 use crate::path;
 
 /// The unnamed `[admin] token`'s name in the audit history.
@@ -305,29 +305,29 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 1024;
 
 fn limits(raw: &RawAdmin, p: &mut Problems) -> AdminLimits {
     let d = AdminLimits::default();
-    let max_connections = match raw.max_connections {
-        None => d.max_connections,
-        Some(n) if (1..=MAX_ADMIN_CONNECTIONS as i64).contains(&n) => n as usize,
-        Some(n) => {
-            p.add(
-                path!["admin", "max_connections"],
-                format!(
-                    "{n} is out of range: use 1 to {MAX_ADMIN_CONNECTIONS} (each holds a file descriptor the proxy needs too)"
-                ),
-            );
-            d.max_connections
-        }
-    };
+    let max_connections = count_or(
+        raw.max_connections,
+        1..=MAX_ADMIN_CONNECTIONS as i64,
+        d.max_connections as u64,
+        "each holds a file descriptor the proxy needs too",
+        path!["admin", "max_connections"],
+        p,
+    ) as usize;
     AdminLimits {
-        header_read_timeout: raw
-            .header_read_timeout
-            .as_ref()
-            .map_or(d.header_read_timeout, |s| {
-                duration(s, path!["admin", "header_read_timeout"], p)
-            }),
-        idle_timeout: raw.idle_timeout.as_ref().map_or(d.idle_timeout, |s| {
-            duration(s, path!["admin", "idle_timeout"], p)
-        }),
+        header_read_timeout: duration_or(
+            raw.header_read_timeout.as_ref(),
+            path!["admin", "header_read_timeout"],
+            d.header_read_timeout,
+            &TIMEOUT,
+            p,
+        ),
+        idle_timeout: duration_or(
+            raw.idle_timeout.as_ref(),
+            path!["admin", "idle_timeout"],
+            d.idle_timeout,
+            &TIMEOUT,
+            p,
+        ),
         max_connections,
     }
 }

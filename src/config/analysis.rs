@@ -2,43 +2,13 @@
 
 use std::time::Duration;
 
+use super::fields::*;
 use super::locate::KeyPath;
 use super::raw::{RawAnalysis, RawCheck, RawGuard, RawHook, RawHooks};
 use crate::analysis::{AnalysisConfig, Check, Guard, Metric, Provider, Threshold};
 
-type Problems = Vec<(KeyPath, String)>;
-
-fn dur(v: &Option<String>, at: KeyPath, default: Duration, p: &mut Problems) -> Duration {
-    match v {
-        None => default,
-        Some(s) => match humantime::parse_duration(s) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                p.push((
-                    at,
-                    format!("\"{s}\" is not a duration above zero such as \"1s\" or \"30s\""),
-                ));
-                default
-            }
-        },
-    }
-}
-
 fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) -> u32 {
-    match v {
-        None => default,
-        Some(n) if (0..=max).contains(&n) => n as u32,
-        Some(n) => {
-            p.push((at, format!("{n} is out of range: use 0 to {max}")));
-            default
-        }
-    }
-}
-
-fn http_url(u: &str, at: KeyPath, p: &mut Problems) {
-    if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
-        p.push((at, format!("\"{u}\" is not an http:// URL")));
-    }
+    count_or(v, 0..=max, default as u64, "", at, p) as u32
 }
 
 pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
@@ -46,19 +16,25 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
     for (i, a) in raw.iter().enumerate() {
         let at = crate::path!["analysis", i];
         if out.iter().any(|o| o.name == a.name) {
-            p.push((
+            p.add(
                 at.join("name"),
                 format!("duplicate analysis name \"{}\"", a.name),
-            ));
+            );
         }
         if a.check.is_empty() {
-            p.push((
+            p.add(
                 at.clone(),
                 format!("analysis \"{}\" has no [[analysis.check]]", a.name),
-            ));
+            );
         }
         let defaults = (
-            dur(&a.interval, at.join("interval"), Duration::from_secs(10), p),
+            duration_or(
+                a.interval.as_ref(),
+                at.join("interval"),
+                Duration::from_secs(10),
+                &MEASURE,
+                p,
+            ),
             count(a.count, at.join("count"), 3, 10_000, p),
             count(a.failure_limit, at.join("failure_limit"), 0, 10_000, p),
             count(
@@ -81,10 +57,10 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
         for (j, c) in a.check.iter().enumerate() {
             let cat = at.join("check").join(j);
             if checks.iter().any(|o| o.name == c.name) {
-                p.push((
+                p.add(
                     cat.join("name"),
                     format!("duplicate check name \"{}\"", c.name),
-                ));
+                );
             }
             if let Some(check) = check(c, &defaults, &cat, p) {
                 checks.push(check);
@@ -101,11 +77,14 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
 type Defaults = (Duration, u32, u32, u32, u64, Option<String>);
 
 fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<Check> {
-    let interval = c
-        .interval
-        .as_ref()
-        .map_or(d.0, |_| dur(&c.interval, at.join("interval"), d.0, p));
-    let timeout = dur(&c.timeout, at.join("timeout"), Duration::from_secs(10), p);
+    let interval = duration_or(c.interval.as_ref(), at.join("interval"), d.0, &MEASURE, p);
+    let timeout = duration_or(
+        c.timeout.as_ref(),
+        at.join("timeout"),
+        Duration::from_secs(10),
+        &TIMEOUT,
+        p,
+    );
     let kinds = [
         c.metric.is_some(),
         c.mann_whitney.is_some(),
@@ -114,10 +93,10 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         c.command.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
-        p.push((
+        p.add(
             at.clone(),
             format!("check \"{}\" needs exactly one of `metric`, `mann_whitney`, `prometheus`, `webhook` or `command`", c.name),
-        ));
+        );
         return None;
     }
     let threshold = Threshold {
@@ -129,35 +108,31 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
     let has_bound = threshold.min.is_some() || threshold.max.is_some() || threshold.needs_stable();
     let provider = if let Some(m) = &c.metric {
         let Some(metric) = Metric::parse(m) else {
-            p.push((
+            p.add(
                 at.join("metric"),
                 format!("unknown metric \"{m}\": use success-rate, error-rate, request-rate or latency-pNN (e.g. latency-p99)"),
-            ));
+            );
             return None;
         };
         if !has_bound {
-            p.push((
+            p.add(
                 at.clone(),
-                "a metric check needs a bound: min, max, max_over_stable or max_ratio_to_stable"
-                    .into(),
-            ));
+                "a metric check needs a bound: min, max, max_over_stable or max_ratio_to_stable",
+            );
         }
         Provider::Metric(metric)
     } else if let Some(mw) = &c.mann_whitney {
         let confidence = mw.confidence.unwrap_or(0.95);
         let tolerance = mw.tolerance.unwrap_or(0.1);
-        if !(0.5..1.0).contains(&confidence) {
-            p.push((
-                at.join("mann_whitney").join("confidence"),
-                format!("{confidence} is out of range: use 0.5 to 0.999"),
-            ));
-        }
-        if !(0.0..=10.0).contains(&tolerance) {
-            p.push((
-                at.join("mann_whitney").join("tolerance"),
-                format!("{tolerance} is out of range: use 0 (any slowdown) to 10"),
-            ));
-        }
+        let mat = at.join("mann_whitney");
+        in_range(confidence, 0.5..=0.999, "", mat.join("confidence"), p);
+        in_range(
+            tolerance,
+            0.0..=10.0,
+            "0 is any slowdown",
+            mat.join("tolerance"),
+            p,
+        );
         Provider::MannWhitney {
             confidence,
             tolerance,
@@ -165,13 +140,10 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
     } else if let Some(pr) = &c.prometheus {
         http_url(&pr.url, at.join("prometheus").join("url"), p);
         if threshold.needs_stable() {
-            p.push((
-                at.clone(),
-                "a Prometheus check compares with min/max only".into(),
-            ));
+            p.add(at.clone(), "a Prometheus check compares with min/max only");
         }
         if !has_bound {
-            p.push((at.clone(), "a Prometheus check needs min or max".into()));
+            p.add(at.clone(), "a Prometheus check needs min or max");
         }
         Provider::Prometheus {
             url: pr.url.clone(),
@@ -215,7 +187,13 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
             ) as u64
         }),
         // The window defaults to the interval: each measurement sees the traffic since the last.
-        window: dur(&window_src, at.join("window"), interval, p),
+        window: duration_or(
+            window_src.as_ref(),
+            at.join("window"),
+            interval,
+            &MEASURE,
+            p,
+        ),
     })
 }
 
@@ -223,16 +201,29 @@ pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
     let d = Guard::default();
     let Some(raw) = raw else { return d };
     let max_error_rate = raw.max_error_rate.unwrap_or(d.max_error_rate);
-    if !(0.0..=100.0).contains(&max_error_rate) {
-        p.push((
-            at.join("max_error_rate"),
-            format!("{max_error_rate} is out of range: use 0 to 100 (points)"),
-        ));
-    }
+    in_range(
+        max_error_rate,
+        0.0..=100.0,
+        "points",
+        at.join("max_error_rate"),
+        p,
+    );
     Guard {
         enabled: raw.enabled.unwrap_or(true),
-        interval: dur(&raw.interval, at.join("interval"), d.interval, p),
-        window: dur(&raw.window, at.join("window"), d.window, p),
+        interval: duration_or(
+            raw.interval.as_ref(),
+            at.join("interval"),
+            d.interval,
+            &MEASURE,
+            p,
+        ),
+        window: duration_or(
+            raw.window.as_ref(),
+            at.join("window"),
+            d.window,
+            &MEASURE,
+            p,
+        ),
         max_error_rate,
         min_requests: count(
             raw.min_requests,
@@ -271,25 +262,31 @@ pub fn hooks(raw: Option<&RawHooks>, at: &KeyPath, p: &mut Problems) -> Hooks {
         let h = h.as_ref()?;
         let hat = at.join(key);
         if h.url.is_some() == h.command.is_some() {
-            p.push((
+            p.add(
                 hat.clone(),
-                "a hook needs exactly one of `url` or `command`".into(),
-            ));
+                "a hook needs exactly one of `url` or `command`",
+            );
         }
         if let Some(u) = &h.url {
             http_url(u, hat.join("url"), p);
         }
         if h.confirm == Some(true) && key != "before_promotion" {
-            p.push((
+            p.add(
                 hat.join("confirm"),
-                "only before_promotion can wait for a confirmation".into(),
-            ));
+                "only before_promotion can wait for a confirmation",
+            );
         }
         Some(Hook {
             url: h.url.clone(),
             command: h.command.clone(),
-            timeout_ms: dur(&h.timeout, hat.join("timeout"), Duration::from_secs(30), p).as_millis()
-                as u64,
+            timeout_ms: duration_or(
+                h.timeout.as_ref(),
+                hat.join("timeout"),
+                Duration::from_secs(30),
+                &TIMEOUT,
+                p,
+            )
+            .as_millis() as u64,
             retries: count(h.retries, hat.join("retries"), 0, 10, p),
             confirm: h.confirm.unwrap_or(false),
         })

@@ -4,10 +4,12 @@
 pub mod admin;
 pub mod analysis;
 pub mod diff;
+mod fields;
 pub mod locate;
 pub mod model;
 pub mod raw;
 mod release;
+mod routes;
 mod ser;
 pub mod split;
 mod validate;
@@ -16,25 +18,25 @@ use std::fmt;
 use std::path::Path;
 
 pub use admin::{AdminConfig, AdminLimits, AdminToken, Scope, Scopes};
+pub use fields::{status_ranges, target_addr};
 pub use model::*;
 pub use split::{basis_points, format_percent, SplitError, WeightError, WeightProblem};
-pub use validate::{status_ranges, target_addr};
 
 /// Validates a strategy given in an API request; errors read `strategy.steps[1].pause: …`.
 pub fn strategy_from_request(
     raw: &raw::RawStrategy,
     analyses: &[String],
 ) -> Result<crate::rollout::Strategy, String> {
-    release::strategy(raw, analyses).map_err(|errs| {
-        errs.into_iter()
-            .map(|(path, msg)| {
-                let mut full = locate::KeyPath(vec![locate::Seg::from("strategy")]);
-                full.0.extend(path.0);
-                format!("{full}: {msg}")
-            })
+    let mut p = fields::Problems::new();
+    match release::strategy(raw, analyses, &crate::path!["strategy"], &mut p) {
+        Some(s) if p.is_empty() => Ok(s),
+        _ => Err(p
+            .into_unique()
+            .into_iter()
+            .map(|(at, msg)| format!("{at}: {msg}"))
             .collect::<Vec<_>>()
-            .join("; ")
-    })
+            .join("; ")),
+    }
 }
 
 /// One problem in a configuration file.
@@ -179,7 +181,7 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErr
     };
     validate::validate(raw, base_dir).map_err(|problems| {
         let mut out: Vec<Diagnostic> = problems
-            .0
+            .into_unique()
             .into_iter()
             .map(|(at, msg)| diag(locator.offset_of(&at), at.to_string(), msg))
             .collect();

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use http::HeaderName;
-use ipnet::IpNet;
 
+use super::fields::*;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::{RawOverride, RawStickiness, RawStrategy};
@@ -15,34 +15,28 @@ use crate::rollout::{BlueGreen, Step, Strategy};
 pub fn strategy(
     raw: &RawStrategy,
     analyses: &[String],
-) -> Result<Strategy, Vec<(KeyPath, String)>> {
-    let mut p = Vec::new();
-    let dur = |v: &Option<String>, key: &str, p: &mut Vec<(KeyPath, String)>| -> Option<Duration> {
-        v.as_ref().and_then(|s| match humantime::parse_duration(s) {
-            Ok(d) => Some(d),
-            Err(_) => {
-                p.push((
-                    crate::path![key],
-                    format!("\"{s}\" is not a duration such as \"30s\" or \"5m\""),
-                ));
-                None
-            }
-        })
+    at: &KeyPath,
+    p: &mut Problems,
+) -> Option<Strategy> {
+    let before = p.0.len();
+    let dur = |v: &Option<String>, key: &str, p: &mut Problems| -> Option<Duration> {
+        v.as_ref()
+            .and_then(|s| duration(s, at.join(key), &RELEASE, p))
     };
-    let only = |p: &mut Vec<(KeyPath, String)>, kind: &str, fields: &[(&str, bool)]| {
+    let only = |p: &mut Problems, kind: &str, fields: &[(&str, bool)]| {
         for (f, set) in fields {
             if *set {
-                p.push((
-                    crate::path![*f],
+                p.add(
+                    at.join(*f),
                     format!("`{f}` does not apply to strategy \"{kind}\""),
-                ));
+                );
             }
         }
     };
     let s = match raw.kind.as_str() {
         "canary" => {
             only(
-                &mut p,
+                p,
                 "canary",
                 &[
                     ("auto_promote_after", raw.auto_promote_after.is_some()),
@@ -51,52 +45,46 @@ pub fn strategy(
                 ],
             );
             let Some(raw_steps) = &raw.steps else {
-                p.push((KeyPath::default(), "a canary strategy needs `steps`".into()));
-                return Err(p);
+                p.add(at.clone(), "a canary strategy needs `steps`");
+                return None;
             };
             if raw_steps.is_empty() {
-                p.push((
-                    crate::path!["steps"],
-                    "a canary needs at least one step".into(),
-                ));
+                p.add(at.join("steps"), "a canary needs at least one step");
             }
             let mut steps = Vec::new();
             for (i, st) in raw_steps.iter().enumerate() {
-                let at = crate::path!["steps", i];
+                let sat = at.join("steps").join(i);
                 let set = [
                     st.weight.is_some(),
                     st.pause.is_some(),
                     st.analysis.is_some(),
                 ];
                 if set.iter().filter(|x| **x).count() != 1 {
-                    p.push((
-                        at,
-                        "a step is exactly one of `weight`, `pause` or `analysis`".into(),
-                    ));
+                    p.add(
+                        sat,
+                        "a step is exactly one of `weight`, `pause` or `analysis`",
+                    );
                     continue;
                 }
                 if let Some(w) = st.weight {
                     match super::split::basis_points(w) {
                         Ok(weight) => steps.push(Step::SetWeight { weight }),
-                        Err(e) => p.push((at.join("weight"), e.to_string())),
+                        Err(e) => p.add(sat.join("weight"), e.to_string()),
                     }
                 } else if let Some(pause) = &st.pause {
                     if pause == "until-promoted" {
                         steps.push(Step::Pause { duration_ms: None });
-                    } else {
-                        match humantime::parse_duration(pause) {
-                            Ok(d) => steps.push(Step::Pause {
-                                duration_ms: Some(d.as_millis() as u64),
-                            }),
-                            Err(_) => p.push((
-                                at.join("pause"),
-                                format!("\"{pause}\" is not a duration such as \"30s\" or `until-promoted`"),
-                            )),
-                        }
+                    } else if let Some(d) = duration(pause, sat.join("pause"), &RELEASE, p) {
+                        steps.push(Step::Pause {
+                            duration_ms: Some(d.as_millis() as u64),
+                        });
                     }
                 } else if let Some(name) = &st.analysis {
                     if !analyses.contains(name) {
-                        p.push((at.join("analysis"), format!("no analysis named \"{name}\"")));
+                        p.add(
+                            sat.join("analysis"),
+                            format!("no analysis named \"{name}\""),
+                        );
                     }
                     steps.push(Step::Analysis { name: name.clone() });
                 }
@@ -105,13 +93,13 @@ pub fn strategy(
         }
         "blue-green" => {
             if raw.steps.is_some() {
-                p.push((
-                    crate::path!["steps"],
-                    "blue-green has fixed steps; use `kind = \"canary\"` for custom ones".into(),
-                ));
+                p.add(
+                    at.join("steps"),
+                    "blue-green has fixed steps; use `kind = \"canary\"` for custom ones",
+                );
             }
-            let auto_promote_after = dur(&raw.auto_promote_after, "auto_promote_after", &mut p);
-            let scale_down_delay = dur(&raw.scale_down_delay, "scale_down_delay", &mut p)
+            let auto_promote_after = dur(&raw.auto_promote_after, "auto_promote_after", p);
+            let scale_down_delay = dur(&raw.scale_down_delay, "scale_down_delay", p)
                 .unwrap_or(Duration::from_secs(600));
             Strategy::blue_green(&BlueGreen {
                 auto_promote_after,
@@ -123,7 +111,7 @@ pub fn strategy(
         }
         "all-at-once" => {
             only(
-                &mut p,
+                p,
                 "all-at-once",
                 &[
                     ("steps", raw.steps.is_some()),
@@ -136,25 +124,25 @@ pub fn strategy(
         }
         preset => match Strategy::preset(preset) {
             Some(s) => {
-                only(&mut p, preset, &[("steps", raw.steps.is_some())]);
+                only(p, preset, &[("steps", raw.steps.is_some())]);
                 s
             }
             None => {
-                p.push((
-                    crate::path!["kind"],
+                p.add(
+                    at.join("kind"),
                     format!(
                         "unknown strategy \"{preset}\": use canary, blue-green, all-at-once or a preset such as \
                          canary-10pct-5m, canary-10pct-15m, linear-10pct-every-1m, linear-10pct-every-3m"
                     ),
-                ));
-                return Err(p);
+                );
+                return None;
             }
         },
     };
     let mut s = s;
     if raw.kind != "blue-green" {
         only(
-            &mut p,
+            p,
             &raw.kind,
             &[
                 (
@@ -175,19 +163,15 @@ pub fn strategy(
     ] {
         if let Some(n) = name {
             if !analyses.contains(n) {
-                p.push((crate::path![key], format!("no analysis named \"{n}\"")));
+                p.add(at.join(key), format!("no analysis named \"{n}\""));
             }
         }
     }
     s.background_analysis = raw.background_analysis.clone();
-    if p.is_empty() {
-        Ok(s)
-    } else {
-        Err(p)
-    }
+    (p.0.len() == before).then_some(s)
 }
 
-pub fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Vec<(KeyPath, String)>) -> Stickiness {
+pub fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Problems) -> Stickiness {
     let key = raw.key.as_deref().and_then(|k| {
         if k == "client-ip" {
             return Some(StickyKey::ClientIp);
@@ -201,32 +185,29 @@ pub fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Vec<(KeyPath, Strin
         {
             return Some(StickyKey::Header(h));
         }
-        p.push((
+        p.add(
             at.join("key"),
             format!("\"{k}\" is not a key: use cookie:NAME, header:NAME or client-ip"),
-        ));
+        );
         None
     });
-    let max_age = match &raw.cookie_max_age {
-        None => Duration::from_secs(86_400),
-        Some(s) => humantime::parse_duration(s).unwrap_or_else(|_| {
-            p.push((
-                at.join("cookie_max_age"),
-                format!("\"{s}\" is not a duration such as \"1h\""),
-            ));
-            Duration::from_secs(86_400)
-        }),
-    };
+    let max_age = duration_or(
+        raw.cookie_max_age.as_ref(),
+        at.join("cookie_max_age"),
+        Duration::from_secs(86_400),
+        &COOKIE_AGE,
+        p,
+    );
     let cookie = raw.cookie.as_ref().map(|name| {
         let ok = !name.is_empty()
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if !ok {
-            p.push((
+            p.add(
                 at.join("cookie"),
                 format!("\"{name}\" is not a cookie name"),
-            ));
+            );
         }
         StickyCookie {
             name: name.clone(),
@@ -234,10 +215,7 @@ pub fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Vec<(KeyPath, Strin
         }
     });
     if raw.key.is_none() && raw.cookie.is_none() {
-        p.push((
-            at.clone(),
-            "stickiness needs a `key`, a `cookie`, or both".into(),
-        ));
+        p.add(at.clone(), "stickiness needs a `key`, a `cookie`, or both");
     }
     Stickiness { key, cookie }
 }
@@ -247,13 +225,13 @@ pub fn overrides(
     raw: &[RawOverride],
     groups: Option<&[String]>,
     at: &KeyPath,
-    p: &mut Vec<(KeyPath, String)>,
+    p: &mut Problems,
 ) -> Vec<Override> {
     let mut out = Vec::new();
     for (i, o) in raw.iter().enumerate() {
         let oat = at.join(i);
         let Some(groups) = groups else {
-            p.push((oat, "overrides need a `forward` action".into()));
+            p.add(oat, "overrides need a `forward` action");
             continue;
         };
         if let Some(h) = &o.group_from_header {
@@ -263,39 +241,39 @@ pub fn overrides(
                 || o.source.is_some()
                 || o.country.is_some()
             {
-                p.push((
+                p.add(
                     oat.join("group_from_header"),
-                    "`group_from_header` stands alone: the header's value is the group".into(),
-                ));
+                    "`group_from_header` stands alone: the header's value is the group",
+                );
             }
             match HeaderName::from_bytes(h.as_bytes()) {
                 Ok(h) => out.push(Override {
                     to: GroupRef::Candidate,
                     when: OverrideWhen::GroupFromHeader(h),
                 }),
-                Err(_) => p.push((
+                Err(_) => p.add(
                     oat.join("group_from_header"),
                     format!("\"{h}\" is not a header name"),
-                )),
+                ),
             }
             continue;
         }
         let to = match &o.group {
             None => {
-                p.push((
+                p.add(
                     oat.clone(),
-                    "an override needs `group` (a group name, `candidate` or `stable`)".into(),
-                ));
+                    "an override needs `group` (a group name, `candidate` or `stable`)",
+                );
                 continue;
             }
             Some(g) => {
                 let r = GroupRef::parse(g);
                 if let GroupRef::Named(n) = &r {
                     if !groups.contains(n) {
-                        p.push((
+                        p.add(
                             oat.join("group"),
                             format!("no group named \"{n}\" in the forwarded service"),
-                        ));
+                        );
                     }
                 }
                 r
@@ -308,10 +286,10 @@ pub fn overrides(
             o.country.is_some(),
         ];
         if set.iter().filter(|x| **x).count() != 1 {
-            p.push((
+            p.add(
                 oat.clone(),
-                "an override needs exactly one of `header`, `cookie`, `source` or `country`".into(),
-            ));
+                "an override needs exactly one of `header`, `cookie`, `source` or `country`",
+            );
             continue;
         }
         let globs = |v: &[String]| v.iter().cloned().map(Glob).collect::<Vec<_>>();
@@ -319,10 +297,10 @@ pub fn overrides(
             match HeaderName::from_bytes(h.name.as_bytes()) {
                 Ok(name) => OverrideWhen::Header(name, globs(&h.values)),
                 Err(_) => {
-                    p.push((
+                    p.add(
                         oat.join("header").join("name"),
                         format!("\"{}\" is not a header name", h.name),
-                    ));
+                    );
                     continue;
                 }
             }
@@ -331,15 +309,12 @@ pub fn overrides(
         } else if let Some(src) = &o.source {
             let mut nets = Vec::new();
             for (j, s) in src.iter().enumerate() {
-                match s
-                    .parse::<IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                {
-                    Ok(n) => nets.push(n),
-                    Err(_) => p.push((
+                match ip_net(s) {
+                    Some(n) => nets.push(n),
+                    None => p.add(
                         oat.join("source").join(j),
                         format!("\"{s}\" is not an IP address or CIDR"),
-                    )),
+                    ),
                 }
             }
             OverrideWhen::Source(nets)
@@ -349,10 +324,10 @@ pub fn overrides(
                 .as_deref()
                 .unwrap_or("cloudfront-viewer-country");
             let Ok(h) = HeaderName::from_bytes(header.as_bytes()) else {
-                p.push((
+                p.add(
                     oat.join("country_header"),
                     format!("\"{header}\" is not a header name"),
-                ));
+                );
                 continue;
             };
             let codes = o

@@ -2,29 +2,18 @@
 //! `mod.rs` turns paths into line and column. All problems are collected, not just the first.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method, StatusCode};
-use ipnet::IpNet;
-
+use super::fields::*;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
 use crate::path;
 
-pub struct Problems(pub Vec<(KeyPath, String)>);
-
-impl Problems {
-    pub(super) fn add(&mut self, at: KeyPath, msg: impl Into<String>) {
-        self.0.push((at, msg.into()));
-    }
-}
-
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems::new();
     let admin = super::admin::admin(&raw.admin, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
@@ -33,17 +22,14 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
     let services = services(&raw.service, &analysis_names, &mut p);
     let access_log = raw.access_log.as_ref().and_then(|a| {
-        let buffer = match a.buffer {
-            None => 8192,
-            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
-            Some(n) => {
-                p.add(
-                    path!["access_log", "buffer"],
-                    format!("{n} is out of range: use 1 to 1000000 lines"),
-                );
-                8192
-            }
-        };
+        let buffer = count_or(
+            a.buffer,
+            1..=1_000_000,
+            8192,
+            "lines",
+            path!["access_log", "buffer"],
+            &mut p,
+        ) as usize;
         a.enabled
             .unwrap_or(true)
             .then(|| crate::access_log::AccessLogConfig {
@@ -57,14 +43,9 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     });
     let notify_webhook = raw.notifications.webhook.clone();
     if let Some(u) = &notify_webhook {
-        if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
-            p.add(
-                path!["notifications", "webhook"],
-                format!("\"{u}\" is not an http:// URL"),
-            );
-        }
+        http_url(u, path!["notifications", "webhook"], &mut p);
     }
-    let routes = routes(&raw.route, &listeners, &services, &mut p);
+    let routes = super::routes::routes(&raw.route, &listeners, &services, &mut p);
     let store = StoreConfig {
         path: match raw.store.path.as_deref() {
             None => base_dir.join("switchyard.db"),
@@ -72,7 +53,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
             Some(path) => base_dir.join(path),
         },
     };
-    if p.0.is_empty() {
+    if p.is_empty() {
         Ok(Config {
             admin,
             timeouts,
@@ -93,8 +74,7 @@ pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
 fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
     let d = Timeouts::default();
     let mut get = |v: &Option<String>, key: &str, default: Duration| {
-        v.as_ref()
-            .map_or(default, |s| duration(s, path!["timeouts", key], p))
+        duration_or(v.as_ref(), path!["timeouts", key], default, &TIMEOUT, p)
     };
     Timeouts {
         connect: get(&raw.connect, "connect", d.connect),
@@ -108,38 +88,33 @@ fn timeouts(raw: &RawTimeouts, p: &mut Problems) -> Timeouts {
 
 fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
     let d = Limits::default();
-    let max_header_bytes = match raw.max_header_bytes {
-        None => d.max_header_bytes,
-        Some(n) if (8192..=1 << 24).contains(&n) => n as usize,
-        Some(n) => {
-            p.add(
-                path!["limits", "max_header_bytes"],
-                format!("{n} is out of range: use 8192 to 16777216"),
-            );
-            d.max_header_bytes
-        }
-    };
-    let max_headers = match raw.max_headers {
-        None => d.max_headers,
-        Some(n) if (1..=10_000).contains(&n) => n as usize,
-        Some(n) => {
-            p.add(
-                path!["limits", "max_headers"],
-                format!("{n} is out of range: use 1 to 10000"),
-            );
-            d.max_headers
-        }
-    };
+    let max_header_bytes = count_or(
+        raw.max_header_bytes,
+        8192..=1 << 24,
+        d.max_header_bytes as u64,
+        "",
+        path!["limits", "max_header_bytes"],
+        p,
+    ) as usize;
+    let max_headers = count_or(
+        raw.max_headers,
+        1..=10_000,
+        d.max_headers as u64,
+        "",
+        path!["limits", "max_headers"],
+        p,
+    ) as usize;
     let max_body_bytes = match raw.max_body_bytes {
         None => d.max_body_bytes,
-        Some(n) if n >= 0 => Some(n as u64),
-        Some(n) => {
-            p.add(
-                path!["limits", "max_body_bytes"],
-                format!("{n} is out of range: use 0 or more bytes"),
-            );
-            d.max_body_bytes
-        }
+        Some(n) => in_range(
+            n,
+            0..=i64::MAX,
+            "bytes",
+            path!["limits", "max_body_bytes"],
+            p,
+        )
+        .map(|n| n as u64)
+        .or(d.max_body_bytes),
     };
     Limits {
         max_header_bytes,
@@ -201,12 +176,7 @@ fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::Analy
     for (i, a) in raw.iter().enumerate() {
         name(&a.name, path!["analysis", i, "name"], p);
     }
-    let mut errs = Vec::new();
-    let out = super::analysis::analyses(raw, &mut errs);
-    for (at, msg) in errs {
-        p.add(at, msg);
-    }
-    out
+    super::analysis::analyses(raw, p)
 }
 
 fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<ServiceConfig> {
@@ -230,7 +200,14 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
                 ),
             );
         }
-        let default_hc = s.health_check.clone();
+        // The service's health check, checked once where it is written; groups inherit it.
+        let default_hc = s
+            .health_check
+            .as_ref()
+            .map(|d| (d, at.join("health_check")));
+        let inherited = default_hc
+            .as_ref()
+            .map(|(d, dat)| health_check(&[(d, dat)], p));
         let mut group_names = HashSet::new();
         let mut groups = Vec::new();
         for (j, g) in s.group.iter().enumerate() {
@@ -245,7 +222,7 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
                     ),
                 );
             }
-            groups.push(group(g, default_hc.as_ref(), &gat, p));
+            groups.push(group(g, default_hc.as_ref(), inherited.as_ref(), &gat, p));
         }
         let split = split(s, &at, p);
         let balance = match s.balance.as_deref() {
@@ -264,45 +241,33 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
         let request_timeout = s
             .request_timeout
             .as_ref()
-            .map(|d| duration(d, at.join("request_timeout"), p));
-        let deregistration_delay = s
-            .deregistration_delay
-            .as_ref()
-            .map_or(Duration::from_secs(30), |d| {
-                duration_or_zero(d, at.join("deregistration_delay"), p)
-            });
+            .and_then(|d| duration(d, at.join("request_timeout"), &TIMEOUT, p));
+        let deregistration_delay = duration_or(
+            s.deregistration_delay.as_ref(),
+            at.join("deregistration_delay"),
+            Duration::from_secs(30),
+            &DELAY,
+            p,
+        );
         let passive = passive(s.passive.as_ref(), &at.join("passive"), p);
         let strategy = match &s.strategy {
             None => crate::rollout::Strategy::preset("canary-10pct-5m").expect("built-in preset"),
-            Some(raw) => super::release::strategy(raw, analyses).unwrap_or_else(|errs| {
-                for (sub, msg) in errs {
-                    let mut full = at.join("strategy");
-                    full.0.extend(sub.0);
-                    p.add(full, msg);
-                }
-                crate::rollout::Strategy::all_at_once()
-            }),
+            Some(raw) => super::release::strategy(raw, analyses, &at.join("strategy"), p)
+                .unwrap_or_else(crate::rollout::Strategy::all_at_once),
         };
-        let stickiness = s.stickiness.as_ref().map(|raw| {
-            let mut errs = Vec::new();
-            let st = super::release::stickiness(raw, &at.join("stickiness"), &mut errs);
-            for (path, msg) in errs {
-                p.add(path, msg);
-            }
-            st
-        });
-        let mut errs = Vec::new();
-        let guard = super::analysis::guard(s.guard.as_ref(), &at.join("guard"), &mut errs);
-        let hooks = super::analysis::hooks(s.hooks.as_ref(), &at.join("hooks"), &mut errs);
-        for (path, msg) in errs {
-            p.add(path, msg);
-        }
-        let progress_deadline = s
-            .progress_deadline
+        let stickiness = s
+            .stickiness
             .as_ref()
-            .map_or(Duration::from_secs(600), |d| {
-                duration(d, at.join("progress_deadline"), p)
-            });
+            .map(|raw| super::release::stickiness(raw, &at.join("stickiness"), p));
+        let guard = super::analysis::guard(s.guard.as_ref(), &at.join("guard"), p);
+        let hooks = super::analysis::hooks(s.hooks.as_ref(), &at.join("hooks"), p);
+        let progress_deadline = duration_or(
+            s.progress_deadline.as_ref(),
+            at.join("progress_deadline"),
+            Duration::from_secs(600),
+            &DEADLINE,
+            p,
+        );
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -323,7 +288,8 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
 
 fn group(
     g: &RawGroup,
-    default_hc: Option<&RawHealthCheck>,
+    default_hc: Option<&(&RawHealthCheck, KeyPath)>,
+    inherited: Option<&HealthCheck>,
     at: &KeyPath,
     p: &mut Problems,
 ) -> GroupConfig {
@@ -358,21 +324,15 @@ fn group(
             UpstreamProtocol::Http1
         }
     };
-    // A group's own health_check overrides the service's field by field.
-    let health_check = match (default_hc, &g.health_check) {
-        (None, None) => None,
-        (Some(d), None) => Some(health_check(d, &at.join("health_check"), p)),
-        (d, Some(own)) => {
-            let d = d.cloned().unwrap_or_default();
-            let merged = RawHealthCheck {
-                path: own.path.clone().or(d.path),
-                interval: own.interval.clone().or(d.interval),
-                timeout: own.timeout.clone().or(d.timeout),
-                healthy_threshold: own.healthy_threshold.or(d.healthy_threshold),
-                unhealthy_threshold: own.unhealthy_threshold.or(d.unhealthy_threshold),
-                success_codes: own.success_codes.clone().or(d.success_codes),
-            };
-            Some(health_check(&merged, &at.join("health_check"), p))
+    // A group's own health_check overrides the service's field by field; each field's
+    // problem is reported where that field is written (the same one once, by `Problems`).
+    let health_check = match (&g.health_check, default_hc) {
+        (None, _) => inherited.cloned(),
+        (Some(own), d) => {
+            let own_at = at.join("health_check");
+            let mut layers = vec![(own, &own_at)];
+            layers.extend(d.map(|(d, dat)| (*d, dat)));
+            Some(health_check(&layers, p))
         }
     };
     GroupConfig {
@@ -383,20 +343,39 @@ fn group(
     }
 }
 
-fn health_check(raw: &RawHealthCheck, at: &KeyPath, p: &mut Problems) -> HealthCheck {
-    let path = raw.path.clone().unwrap_or_else(|| "/".to_string());
-    if !path.starts_with('/') {
-        p.add(at.join("path"), format!("\"{path}\" must start with /"));
+/// A health check from layers (a group's own, then its service's): each field is taken from
+/// the first layer that sets it, and checked at the path where it is written.
+fn health_check(layers: &[(&RawHealthCheck, &KeyPath)], p: &mut Problems) -> HealthCheck {
+    fn pick<'a, T>(
+        layers: &[(&'a RawHealthCheck, &KeyPath)],
+        field: fn(&'a RawHealthCheck) -> Option<T>,
+        key: &str,
+    ) -> (Option<T>, KeyPath) {
+        for (raw, at) in layers {
+            if let Some(v) = field(raw) {
+                return (Some(v), at.join(key));
+            }
+        }
+        (None, layers[0].1.join(key))
     }
-    let interval = raw.interval.as_ref().map_or(Duration::from_secs(5), |s| {
-        duration(s, at.join("interval"), p)
-    });
-    let timeout = raw.timeout.as_ref().map_or(Duration::from_secs(2), |s| {
-        duration(s, at.join("timeout"), p)
-    });
+    let (path, path_at) = pick(layers, |r| r.path.as_ref(), "path");
+    let path = path.cloned().unwrap_or_else(|| "/".to_string());
+    if !path.starts_with('/') {
+        p.add(path_at, format!("\"{path}\" must start with /"));
+    }
+    let (interval, interval_at) = pick(layers, |r| r.interval.as_ref(), "interval");
+    let interval = duration_or(interval, interval_at, Duration::from_secs(5), &TIMEOUT, p);
+    let (timeout, timeout_at) = pick(layers, |r| r.timeout.as_ref(), "timeout");
+    let timeout = duration_or(
+        timeout,
+        timeout_at.clone(),
+        Duration::from_secs(2),
+        &TIMEOUT,
+        p,
+    );
     if timeout > interval {
         p.add(
-            at.join("timeout"),
+            timeout_at,
             format!(
                 "timeout {} is longer than interval {}",
                 humantime::format_duration(timeout),
@@ -404,20 +383,17 @@ fn health_check(raw: &RawHealthCheck, at: &KeyPath, p: &mut Problems) -> HealthC
             ),
         );
     }
-    let mut threshold = |v: Option<i64>, key: &str| match v {
-        None => 2,
-        Some(n) if (1..=100).contains(&n) => n as u32,
-        Some(n) => {
-            p.add(at.join(key), format!("{n} is out of range: use 1 to 100"));
-            2
-        }
+    let mut threshold = |field: fn(&RawHealthCheck) -> Option<i64>, key: &str| {
+        let (v, at) = pick(layers, field, key);
+        count_or(v, 1..=100, 2, "", at, p) as u32
     };
-    let healthy_threshold = threshold(raw.healthy_threshold, "healthy_threshold");
-    let unhealthy_threshold = threshold(raw.unhealthy_threshold, "unhealthy_threshold");
-    let success_codes = match raw.success_codes.as_deref() {
+    let healthy_threshold = threshold(|r| r.healthy_threshold, "healthy_threshold");
+    let unhealthy_threshold = threshold(|r| r.unhealthy_threshold, "unhealthy_threshold");
+    let (codes, codes_at) = pick(layers, |r| r.success_codes.as_deref(), "success_codes");
+    let success_codes = match codes {
         None => StatusRanges(vec![(200, 399)]),
         Some(s) => status_ranges(s).unwrap_or_else(|e| {
-            p.add(at.join("success_codes"), e);
+            p.add(codes_at, e);
             StatusRanges(vec![(200, 399)])
         }),
     };
@@ -482,350 +458,21 @@ fn passive(raw: Option<&RawPassive>, at: &KeyPath, p: &mut Problems) -> PassiveH
     let d = PassiveHealth::default();
     let Some(raw) = raw else { return d };
     PassiveHealth {
-        consecutive_failures: match raw.consecutive_failures {
-            None => d.consecutive_failures,
-            Some(n) if (0..=1000).contains(&n) => n as u32,
-            Some(n) => {
-                p.add(
-                    at.join("consecutive_failures"),
-                    format!("{n} is out of range: use 0 (off) to 1000"),
-                );
-                d.consecutive_failures
-            }
-        },
-        ejection_time: raw.ejection_time.as_ref().map_or(d.ejection_time, |s| {
-            duration(s, at.join("ejection_time"), p)
-        }),
+        consecutive_failures: count_or(
+            raw.consecutive_failures,
+            0..=1000,
+            d.consecutive_failures as u64,
+            "0 is off",
+            at.join("consecutive_failures"),
+            p,
+        ) as u32,
+        ejection_time: duration_or(
+            raw.ejection_time.as_ref(),
+            at.join("ejection_time"),
+            d.ejection_time,
+            &TIMEOUT,
+            p,
+        ),
         eject_on_5xx: raw.eject_on_5xx.unwrap_or(d.eject_on_5xx),
     }
-}
-
-fn routes(
-    raw: &[RawRoute],
-    listeners: &[ListenerConfig],
-    services: &[ServiceConfig],
-    p: &mut Problems,
-) -> Vec<RouteConfig> {
-    let mut names = HashSet::new();
-    // (listener, priority) → route name: ALB requires a unique priority per listener.
-    let mut priorities: HashMap<(String, i64), String> = HashMap::new();
-    let mut out = Vec::new();
-    for (i, r) in raw.iter().enumerate() {
-        let at = path!["route", i];
-        name(&r.name, at.join("name"), p);
-        if !names.insert(r.name.clone()) {
-            p.add(
-                at.join("name"),
-                format!("duplicate route name \"{}\"", r.name),
-            );
-        }
-        if let Some(ls) = &r.listeners {
-            for (j, l) in ls.iter().enumerate() {
-                if !listeners.iter().any(|x| &x.name == l) {
-                    p.add(
-                        at.join("listeners").join(j),
-                        format!("no listener named \"{l}\""),
-                    );
-                }
-            }
-        }
-        let on: Vec<String> = match &r.listeners {
-            Some(ls) => ls.clone(),
-            None => listeners.iter().map(|l| l.name.clone()).collect(),
-        };
-        for l in on {
-            if let Some(other) = priorities.insert((l.clone(), r.priority), r.name.clone()) {
-                p.add(
-                    at.join("priority"),
-                    format!(
-                        "priority {} on listener \"{l}\" is already used by route \"{other}\"",
-                        r.priority
-                    ),
-                );
-            }
-        }
-        let conditions = conditions(&r.conditions, &at.join("match"), p);
-        let action = action(r, services, &at, p);
-        let groups: Option<Vec<String>> = match &action {
-            Action::Forward { service } => Some(
-                services
-                    .iter()
-                    .find(|s| &s.name == service)
-                    .map(|s| s.groups.iter().map(|g| g.name.clone()).collect())
-                    .unwrap_or_default(),
-            ),
-            _ => None,
-        };
-        let mut errs = Vec::new();
-        let overrides = super::release::overrides(
-            &r.overrides,
-            groups.as_deref(),
-            &at.join("override"),
-            &mut errs,
-        );
-        for (path, msg) in errs {
-            p.add(path, msg);
-        }
-        out.push(RouteConfig {
-            name: r.name.clone(),
-            priority: r.priority,
-            listeners: r.listeners.clone(),
-            conditions,
-            action,
-            overrides,
-        });
-    }
-    out.sort_by_key(|r| r.priority);
-    out
-}
-
-fn action(r: &RawRoute, services: &[ServiceConfig], at: &KeyPath, p: &mut Problems) -> Action {
-    let set = [
-        r.forward.is_some(),
-        r.fixed_response.is_some(),
-        r.redirect.is_some(),
-    ];
-    if set.iter().filter(|x| **x).count() != 1 {
-        p.add(
-            at.clone(),
-            format!(
-                "route \"{}\" needs exactly one action: `forward`, `fixed_response` or `redirect`",
-                r.name
-            ),
-        );
-    }
-    if let Some(s) = &r.forward {
-        if !services.iter().any(|x| &x.name == s) {
-            p.add(at.join("forward"), format!("no service named \"{s}\""));
-        }
-        return Action::Forward { service: s.clone() };
-    }
-    if let Some(f) = &r.fixed_response {
-        let status = status_code(f.status, at.join("fixed_response").join("status"), p)
-            .unwrap_or(StatusCode::OK);
-        return Action::Fixed(FixedResponse {
-            status,
-            content_type: f
-                .content_type
-                .clone()
-                .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
-            body: f.body.clone(),
-        });
-    }
-    if let Some(rd) = &r.redirect {
-        let rat = at.join("redirect");
-        let status = match rd.status {
-            None => StatusCode::MOVED_PERMANENTLY,
-            Some(s @ (301 | 302 | 303 | 307 | 308)) => {
-                StatusCode::from_u16(s as u16).expect("valid redirect status")
-            }
-            Some(s) => {
-                p.add(
-                    rat.join("status"),
-                    format!("{s} is not a redirect status: use 301, 302, 303, 307 or 308"),
-                );
-                StatusCode::MOVED_PERMANENTLY
-            }
-        };
-        if let Some(s) = &rd.scheme {
-            if s != "http" && s != "https" {
-                p.add(
-                    rat.join("scheme"),
-                    format!("scheme \"{s}\" must be \"http\" or \"https\""),
-                );
-            }
-        }
-        let port = rd.port.and_then(|n| match u16::try_from(n) {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                p.add(
-                    rat.join("port"),
-                    format!("port {n} is out of range 1-65535"),
-                );
-                None
-            }
-        });
-        if let Some(path) = &rd.path {
-            if !path.starts_with('/') {
-                p.add(rat.join("path"), format!("\"{path}\" must start with /"));
-            }
-        }
-        return Action::Redirect(Redirect {
-            status,
-            scheme: rd.scheme.clone(),
-            host: rd.host.clone(),
-            port,
-            path: rd.path.clone(),
-            query: rd.query.clone(),
-        });
-    }
-    Action::Fixed(FixedResponse {
-        status: StatusCode::NOT_FOUND,
-        content_type: "text/plain".into(),
-        body: String::new(),
-    })
-}
-
-fn conditions(m: &RawMatch, at: &KeyPath, p: &mut Problems) -> Conditions {
-    let mut c = Conditions::default();
-    for (i, h) in m.host.iter().enumerate() {
-        let h = h.to_ascii_lowercase();
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        };
-        if let Some(rest) = h.strip_prefix("*.") {
-            if valid(rest) {
-                c.hosts.push(HostPattern::Suffix(format!(".{rest}")));
-                continue;
-            }
-        } else if valid(&h) {
-            c.hosts.push(HostPattern::Exact(h));
-            continue;
-        }
-        p.add(
-            at.join("host").join(i),
-            format!("\"{h}\" is not a host name or *.domain pattern"),
-        );
-    }
-    let mut path_list = |list: &[String], key: &str, make: fn(String) -> PathPattern| {
-        for (i, s) in list.iter().enumerate() {
-            if s.starts_with('/') {
-                c.paths.push(make(s.clone()));
-            } else {
-                p.add(at.join(key).join(i), format!("\"{s}\" must start with /"));
-            }
-        }
-    };
-    path_list(&m.path, "path", PathPattern::Exact);
-    path_list(&m.path_prefix, "path_prefix", PathPattern::Prefix);
-    path_list(&m.path_glob, "path_glob", |s| PathPattern::Glob(Glob(s)));
-    for (i, s) in m.method.iter().enumerate() {
-        match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
-            Ok(method) => c.methods.push(method),
-            Err(_) => p.add(
-                at.join("method").join(i),
-                format!("\"{s}\" is not an HTTP method"),
-            ),
-        }
-    }
-    for (name, values) in &m.header {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) => c
-                .headers
-                .push((h, values.iter().cloned().map(Glob).collect())),
-            Err(_) => p.add(
-                at.join("header").join(name),
-                format!("\"{name}\" is not a valid header name"),
-            ),
-        }
-    }
-    for (name, values) in &m.query {
-        c.query
-            .push((name.clone(), values.iter().cloned().map(Glob).collect()));
-    }
-    for (i, s) in m.source.iter().enumerate() {
-        let net = s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
-        match net {
-            Ok(n) => c.sources.push(n),
-            Err(_) => p.add(
-                at.join("source").join(i),
-                format!("\"{s}\" is not an IP address or CIDR such as 10.0.0.0/8"),
-            ),
-        }
-    }
-    c
-}
-
-pub(super) fn name(s: &str, at: KeyPath, p: &mut Problems) {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if !ok {
-        p.add(
-            at,
-            format!("name \"{s}\" must be 1-64 characters of letters, digits, '-', '_' or '.'"),
-        );
-    }
-}
-
-pub(super) fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
-    s.parse().unwrap_or_else(|_| {
-        p.add(
-            at,
-            format!("\"{s}\" is not an address: use IP:PORT such as 127.0.0.1:8080 or [::1]:8080"),
-        );
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    })
-}
-
-/// `host:port` with a port; the host may be an IP address or a DNS name.
-pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(TargetAddr(s.to_string()));
-    }
-    let bad = || format!("\"{s}\" is not a target: use HOST:PORT such as 10.0.0.5:8080");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if port_ok && host_ok {
-        Ok(TargetAddr(s.to_string()))
-    } else {
-        Err(bad())
-    }
-}
-
-pub(super) fn duration(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
-    let d = duration_or_zero(s, at.clone(), p);
-    if d.is_zero() {
-        p.add(at, format!("\"{s}\" must be longer than zero"));
-        return Duration::from_secs(1);
-    }
-    d
-}
-
-fn duration_or_zero(s: &str, at: KeyPath, p: &mut Problems) -> Duration {
-    humantime::parse_duration(s).unwrap_or_else(|_| {
-        p.add(
-            at,
-            format!("\"{s}\" is not a duration such as \"250ms\", \"5s\" or \"2m\""),
-        );
-        Duration::from_secs(1)
-    })
-}
-
-fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
-    match u16::try_from(n).ok().filter(|n| (200..=599).contains(n)) {
-        Some(n) => StatusCode::from_u16(n).ok(),
-        None => {
-            p.add(at, format!("status {n} is out of range 200-599"));
-            None
-        }
-    }
-}
-
-pub fn status_ranges(s: &str) -> Result<StatusRanges, String> {
-    let bad =
-        || format!("\"{s}\" is not a status matcher such as \"200\", \"200,204\" or \"200-299\"");
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let lo: u16 = lo.parse().map_err(|_| bad())?;
-        let hi: u16 = hi.parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
-        }
-        out.push((lo, hi));
-    }
-    Ok(StatusRanges(out))
 }
