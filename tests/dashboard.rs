@@ -1,6 +1,7 @@
 //! The web dashboard in a real browser: Debian's Chromium driven by playwright-core (both
-//! installed by ./scripts/test). The page sees the split change while a rollout steps, a
-//! click on Abort rolls back, and the timeline shows it.
+//! installed by ./scripts/test). The page sees the split change while a rollout steps (a
+//! click on Promote moves it past its first pause), a click on Abort rolls back, and the
+//! timeline shows it.
 
 mod common;
 
@@ -18,7 +19,7 @@ async fn the_dashboard_shows_a_rollout_stepping_and_aborts_it() {
     );
     let sy = start(&config(
         &[("blue", &[blue.addr]), ("green", &[green.addr])],
-        "active = \"blue\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"4s\" }, { weight = 50 }, { pause = \"until-promoted\" }]",
+        "active = \"blue\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"until-promoted\" }, { weight = 50 }, { pause = \"until-promoted\" }]",
     ))
     .await;
     let web = format!("http://{}/", sy.listener_addr("web").await);

@@ -1,5 +1,6 @@
 // Drives the switchyard dashboard in headless Chromium (Debian's /usr/bin/chromium):
-// enters the token, watches the split change while a rollout steps, clicks Abort, and waits
+// enters the token, watches the split change while a rollout steps (clicking Promote past its
+// first pause), clicks Abort, and waits
 // for the rollback in the timeline. Usage: node dashboard.mjs ADMIN_URL TOKEN SCREENSHOT_DIR
 import { chromium } from "playwright-core";
 
@@ -20,6 +21,9 @@ try {
   await split.waitFor();
   await page.waitForFunction(() => document.querySelector('[data-testid="split-shop"]')?.textContent.includes("green 10%"), null, { timeout: 15000 });
   step(`split at the first step: ${await split.textContent()}`);
+  // The rollout waits for a person at 10 % (a timed pause raced Chromium's start on a loaded
+  // machine: the page could open after the split had already moved on).
+  await page.getByTestId("promote-shop").click();
   await page.waitForFunction(() => document.querySelector('[data-testid="split-shop"]')?.textContent.includes("green 50%"), null, { timeout: 15000 });
   step(`split at the second step: ${await split.textContent()}`);
   step(`observed: ${await page.getByTestId("observed-shop").textContent()}`);
