@@ -17,30 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn cfg(blue: SocketAddr, admin_extra: &str) -> String {
-    format!(
-        r#"[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-header_read_timeout = "5s"
-{admin_extra}
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[service]]
-name = "shop"
-active = "blue"
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{blue}"]
-"#
-    )
+    Cfg::new()
+        .admin(&format!("header_read_timeout = \"5s\"\n{admin_extra}"))
+        .active("blue")
+        .group("blue", &[blue])
+        .group("green", &[blue])
+        .build()
 }
 
 const TOKENS: &str = r#"[[admin.tokens]]

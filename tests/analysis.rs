@@ -18,34 +18,11 @@ fn cfg(
     top: &str,
     service: &str,
 ) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[route.override]]
-group = "candidate"
-header = {{ name = "x-preview", values = ["1"] }}
-{top}
-[[service]]
-name = "shop"
-active = "blue"
-{service}
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
+    blue_green(blue, green)
+        .route("[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }")
+        .top(top)
+        .service(service)
+        .build()
 }
 
 /// Steady traffic until dropped.

@@ -11,29 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn shop(
-    blue: std::net::SocketAddr,
-    green: std::net::SocketAddr,
-    service_extra: &str,
-    route_extra: &str,
-) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-{route_extra}
-
-[[analysis]]
+const SMOKE: &str = r#"[[analysis]]
 name = "smoke"
 interval = "100ms"
 count = 1
@@ -43,21 +21,19 @@ min_requests = 1000000
 name = "errors"
 metric = "error-rate"
 max = 1
+"#;
 
-[[service]]
-name = "shop"
-active = "blue"
-{service_extra}
-
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
+fn shop(
+    blue: std::net::SocketAddr,
+    green: std::net::SocketAddr,
+    service_extra: &str,
+    route_extra: &str,
+) -> String {
+    blue_green(blue, green)
+        .route(route_extra)
+        .top(SMOKE)
+        .service(service_extra)
+        .build()
 }
 
 /// Sends `n` requests over `workers` connections; counts answers by backend.
@@ -102,38 +78,6 @@ async fn measure(
 fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
     let total: u64 = seen.values().sum();
     100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
-}
-
-async fn rollout(api: &switchyard::client::AdminClient) -> Value {
-    api.get("/api/v1/services/shop/rollout").await.unwrap()
-}
-
-async fn wait_rollout(
-    api: &switchyard::client::AdminClient,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = rollout(api).await;
-        if f(&r) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached: {what}; rollout is {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn start_rollout(api: &switchyard::client::AdminClient, strategy: Value) -> Value {
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": strategy }),
-    )
-    .await
-    .unwrap()
 }
 
 fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {

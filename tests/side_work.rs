@@ -15,31 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 fn cfg(blue: SocketAddr, green: SocketAddr, top: &str, service: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-{top}
-[[service]]
-name = "shop"
-active = "blue"
-{service}
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
+    blue_green(blue, green).top(top).service(service).build()
 }
 
 /// Whether a killed process is gone: no such pid, or a zombie whose parent is not this

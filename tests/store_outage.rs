@@ -15,44 +15,10 @@ use common::*;
 use serde_json::{json, Value};
 
 fn shop(blue: std::net::SocketAddr, green: std::net::SocketAddr, guard: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-
-[store]
-path = "state.db"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-
-[[service]]
-name = "shop"
-active = "blue"
-
-[service.guard]
-{guard}
-
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
-}
-
-async fn rollout(api: &switchyard::client::AdminClient) -> Value {
-    api.get("/api/v1/services/shop/rollout").await.unwrap()
+    blue_green(blue, green)
+        .top("[store]\npath = \"state.db\"")
+        .service(&format!("[service.guard]\n{guard}"))
+        .build()
 }
 
 /// The rollout row and the service's traffic as the database has them.
