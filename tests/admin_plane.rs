@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::bin::{free_port, Running};
+use common::raw::*;
 use common::*;
 use serde_json::json;
 use switchyard::client::AdminClient;
@@ -23,20 +24,6 @@ fn cfg(blue: SocketAddr, admin_extra: &str) -> String {
         .group("blue", &[blue])
         .group("green", &[blue])
         .build()
-}
-
-/// Reads until the peer closes (Ok) or `limit` passes (Err); what was read either way.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Result<String, String> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return Err(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw::*;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,32 +25,6 @@ fn cfg(targets: &[SocketAddr], timeouts: &str, limits: &str, log: &std::path::Pa
         ),
         1,
     )
-}
-
-/// Reads an answer's head (and whatever came with it) and returns it as text.
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("an answer in time");
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
 }
 
 fn counts(sy: &Server) -> switchyard::group::GroupCounts {
@@ -79,15 +54,6 @@ async fn logged(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     })
     .await;
     log_lines(path)
-}
-
-/// A client that announces 100 bytes, sends 3, and then sends nothing more.
-async fn stalled_upload(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
-        .await
-        .unwrap();
-    read_head(&mut s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,10 +483,7 @@ async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_close
 /// charged to the candidate, and 15 of them aborted the rollout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let service = "active = \"blue\"\n[service.guard]\ninterval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]";
     let toml = config(&[("blue", &[blue.addr]), ("green", &[green.addr])], service)
         .replacen(

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::*;
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,16 +17,6 @@ fn with_timeouts(backend: std::net::SocketAddr, timeouts: &str) -> String {
         &format!("[timeouts]\n{timeouts}\n[limits]\nmax_header_bytes = 8192\n\n[[listener]]"),
         1,
     )
-}
-
-/// Reads until EOF (or error); returns what was read and how long it took.
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
-    let t = Instant::now();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf))
-        .await
-        .expect("connection closed in time");
-    (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
 }
 
 #[tokio::test]
@@ -227,39 +218,6 @@ async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
         let text = read_answer(&mut s).await;
         assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text:?}");
     }
-}
-
-/// One whole answer with a `content-length` body (however many reads it takes), as text.
-async fn read_answer(s: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let whole = |got: &[u8]| {
-        let text = String::from_utf8_lossy(got);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let len = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(str::to_string)
-            })
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        body.len() >= len
-    };
-    while !whole(&got) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test]

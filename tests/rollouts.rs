@@ -86,10 +86,7 @@ fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -164,10 +161,7 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -184,10 +178,7 @@ async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
 
@@ -290,10 +281,7 @@ async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_analysis_step_holds_the_rollout_until_promoted() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     start_rollout(
@@ -319,10 +307,7 @@ async fn an_analysis_step_holds_the_rollout_until_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,
@@ -401,10 +386,7 @@ async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,
@@ -450,10 +432,7 @@ async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_force_a_group_before_the_split() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let routes = r#"
 [[route.override]]
 group_from_header = "x-switchyard-group"
@@ -537,10 +516,7 @@ async fn failures(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -585,10 +561,7 @@ async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_a_failed_request() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("torn-down");
     let strategy = format!(
@@ -679,10 +652,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_can_promote_itself_after_a_delay() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,
@@ -691,21 +661,13 @@ async fn blue_green_can_promote_itself_after_a_delay() {
     ))
     .await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
 }
 
 #[tokio::test]
 async fn rollout_api_errors_say_what_is_wrong() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let err = |r: Result<Value, switchyard::client::ClientError>| r.unwrap_err().to_string();
@@ -882,10 +844,7 @@ async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,

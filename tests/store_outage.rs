@@ -60,10 +60,7 @@ async fn pending(api: &switchyard::client::AdminClient) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_is_recorded_later() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
@@ -176,10 +173,7 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_rolls_back_while_the_database_is_locked() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let sy = start_in(
@@ -262,10 +256,7 @@ const GUARD: &str = "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
@@ -313,10 +304,7 @@ async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until_the_guard_judged()
 {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let config = shop(blue.addr, green.addr, GUARD);
@@ -391,10 +379,7 @@ async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
     let api = admin(&sy);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod raw;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,6 +43,11 @@ pub struct TestBackend {
 impl TestBackend {
     pub async fn start(name: &'static str) -> TestBackend {
         Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    /// The usual two: `blue` and `green`.
+    pub async fn pair() -> (TestBackend, TestBackend) {
+        (Self::start("blue").await, Self::start("green").await)
     }
 
     pub async fn start_on(addr: SocketAddr, name: &'static str) -> TestBackend {
@@ -445,6 +451,16 @@ pub async fn wait_rollout_for(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts a rollout of `shop` to `green` with the service's own strategy.
+pub async fn start_green(api: &switchyard::client::AdminClient) -> serde_json::Value {
+    api.post(
+        "/api/v1/rollouts",
+        serde_json::json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap()
 }
 
 /// Starts a rollout of `shop` to `green` with `strategy`.
