@@ -91,10 +91,7 @@ async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_
         (1, 0, 6),
         "the judge sees only the one real answer"
     );
-    let text = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let text = metrics_text(&sy).await;
     let has = |line: &str| text.lines().any(|l| l == line);
     assert!(
         has("switchyard_client_errors_total{service=\"shop\",group=\"blue\"} 6"),
@@ -438,12 +435,11 @@ async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_close
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let sy = start(&cfg(&[b.addr], "request = \"30s\"", "", &log)).await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET /sleep/5000 HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let s = send(
+        sy.listener_addr("web").await,
+        b"GET /sleep/5000 HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     eventually(
         Duration::from_secs(10),
         "the request at the target",

@@ -23,12 +23,11 @@ fn with_timeouts(backend: std::net::SocketAddr, timeouts: &str) -> String {
 async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
     let b = TestBackend::start("blue").await;
     let sy = start(&with_timeouts(b.addr, "idle = \"300ms\"")).await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send(
+        sy.listener_addr("web").await,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     let (text, took) = read_to_close(&mut s, Duration::from_secs(3)).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
@@ -45,12 +44,11 @@ async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
 async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
     let b = TestBackend::start("blue").await;
     let sy = start(&with_timeouts(b.addr, "header_read = \"300ms\"")).await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
-        .await
-        .unwrap();
+    let mut s = send(
+        sy.listener_addr("web").await,
+        b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ",
+    )
+    .await;
     let (_, took) = read_to_close(&mut s, Duration::from_secs(3)).await;
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     assert_eq!(b.hits(), 0);
@@ -265,12 +263,11 @@ async fn header_read_starts_with_the_first_byte_of_a_later_request() {
         "header_read = \"300ms\"\nidle = \"10s\"",
     ))
     .await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send(
+        sy.listener_addr("web").await,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     let mut buf = [0u8; 4096];
     assert!(s.read(&mut buf).await.unwrap() > 0);
     tokio::time::sleep(Duration::from_millis(500)).await;

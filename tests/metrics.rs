@@ -39,10 +39,7 @@ async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
         get(&c, &format!("{web}/sleep/2"), &[]).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = get(&c, &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let text = metrics_text(&sy).await;
 
     let blue_2xx = value(
         &text,

@@ -52,6 +52,21 @@ async fn all_blue(url: &str, n: usize) -> bool {
     true
 }
 
+/// Sends traffic until the rollout is aborted (20 s at most).
+async fn aborted_under_traffic(api: &switchyard::client::AdminClient, url: &str, what: &str) {
+    let c = client();
+    eventually(Duration::from_secs(20), what, || {
+        let (c, url) = (c.clone(), url.to_string());
+        async move {
+            for _ in 0..10 {
+                let _ = get(&c, &url, &[]).await;
+            }
+            rollout(api).await["status"] == "aborted"
+        }
+    })
+    .await;
+}
+
 async fn pending(api: &switchyard::client::AdminClient) -> u64 {
     api.get("/api/v1/status").await.unwrap()["store"]["pending_writes"]
         .as_u64()
@@ -125,10 +140,7 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
             .is_some_and(|w| w.contains("state database")),
         "{view}"
     );
-    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let metrics = metrics_text(&sy).await;
     assert!(
         metric(&metrics, "switchyard_store_pending_writes", &[]).unwrap() >= 1.0,
         "{metrics}"
@@ -206,27 +218,10 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
     // abort failed on "database is locked" and the guard stopped for good.
     let lock = DbLock::hold(&db);
     green.set_errors(1000);
-    let c = client();
-    eventually(
-        Duration::from_secs(20),
-        "guard rolled back during the outage",
-        || {
-            let (c, url, api) = (c.clone(), url.clone(), &api);
-            async move {
-                for _ in 0..10 {
-                    let _ = get(&c, &url, &[]).await;
-                }
-                rollout(api).await["status"] == "aborted"
-            }
-        },
-    )
-    .await;
+    aborted_under_traffic(&api, &url, "guard rolled back during the outage").await;
     assert!(all_blue(&url, 40).await, "all traffic on stable");
     assert!(pending(&api).await >= 1);
-    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let metrics = metrics_text(&sy).await;
     assert_eq!(
         metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
         Some(1.0)
@@ -405,25 +400,8 @@ async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
     assert_eq!(rollout(&api).await["attempt"], 1);
 
     green.set_errors(1000);
-    let c = client();
-    eventually(
-        Duration::from_secs(20),
-        "the guard rolled back the retried attempt",
-        || {
-            let (c, url, api) = (c.clone(), url.clone(), &api);
-            async move {
-                for _ in 0..10 {
-                    let _ = get(&c, &url, &[]).await;
-                }
-                rollout(api).await["status"] == "aborted"
-            }
-        },
-    )
-    .await;
-    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    aborted_under_traffic(&api, &url, "the guard rolled back the retried attempt").await;
+    let metrics = metrics_text(&sy).await;
     assert_eq!(
         metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
         Some(1.0)

@@ -289,6 +289,18 @@ pub async fn get(
     })
 }
 
+/// The admin plane's `/metrics` text.
+pub async fn metrics_text(server: &Server) -> String {
+    get(
+        &client(),
+        &format!("http://{}/metrics", server.admin_addr),
+        &[],
+    )
+    .await
+    .unwrap()
+    .body
+}
+
 /// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where

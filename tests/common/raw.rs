@@ -114,3 +114,10 @@ pub async fn raw(addr: SocketAddr, head: &str, limit: Duration) -> String {
     }
     String::from_utf8_lossy(&got).into_owned()
 }
+
+/// Connects to `addr` and sends `bytes`.
+pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
