@@ -80,6 +80,14 @@ fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
     100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
 }
 
+/// The error a rollout start with `body` is refused with.
+async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String {
+    api.post("/api/v1/rollouts", body)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
     move |r| r["status"] == "paused" && r["weight"] == weight
 }
@@ -674,42 +682,26 @@ async fn rollout_api_errors_say_what_is_wrong() {
 
     let e = err(api.get("/api/v1/services/shop/rollout").await);
     assert!(e.contains("404") && e.contains("has no rollout"), "{e}");
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "nope", "candidate": "green" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "nope", "candidate": "green" })).await;
     assert!(
         e.contains("404") && e.contains("no service named \"nope\""),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "teal" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "shop", "candidate": "teal" })).await;
     assert!(
         e.contains("404") && e.contains("no group named \"teal\""),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "blue" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "shop", "candidate": "blue" })).await;
     assert!(
         e.contains("422") && e.contains("already the stable group"),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": "canary-ish" }),
-        )
-        .await);
+    let e = start_err(
+        &api,
+        json!({ "service": "shop", "candidate": "green", "strategy": "canary-ish" }),
+    )
+    .await;
     assert!(
         e.contains("422") && e.contains("unknown strategy \"canary-ish\""),
         "{e}"
@@ -725,9 +717,7 @@ async fn rollout_api_errors_say_what_is_wrong() {
         e.contains("strategy.steps[2].analysis: no analysis named \"nope\""),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/rollouts", json!({ "service": "shop" }))
-        .await);
+    let e = start_err(&api, json!({ "service": "shop" })).await;
     assert!(e.contains("422") && e.contains("candidate"), "{e}");
 
     start_rollout(
@@ -736,12 +726,7 @@ async fn rollout_api_errors_say_what_is_wrong() {
     )
     .await;
     wait_rollout(&api, "waiting for promotion", paused_at(1000)).await;
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "shop", "candidate": "green" })).await;
     assert!(
         e.contains("409") && e.contains("rollout in progress"),
         "{e}"
