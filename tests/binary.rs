@@ -161,8 +161,7 @@ async fn cli_verbs_drive_a_running_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_what_apply_then_changes() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let green2 = TestBackend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sy.toml");

@@ -11,10 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn file_config(active: &str, blue: std::net::SocketAddr, green: std::net::SocketAddr) -> String {
-    config(
-        &[("blue", &[blue]), ("green", &[green])],
-        &format!("active = \"{active}\""),
-    )
+    blue_green(blue, green).active(active).build()
 }
 
 async fn start_from_file(path: &std::path::Path) -> Server {
@@ -24,8 +21,7 @@ async fn start_from_file(path: &std::path::Path) -> Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
@@ -103,8 +99,7 @@ async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
 
 #[tokio::test]
 async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
@@ -137,8 +132,7 @@ async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
 
 #[tokio::test]
 async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();

@@ -207,8 +207,7 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_holder() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let (first_cfg, second_cfg) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
     let admin_addr = free_port();
