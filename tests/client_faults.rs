@@ -56,19 +56,24 @@ async fn logged(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     log_lines(path)
 }
 
+/// A proxy started from `cfg(targets, timeouts, limits, log)` with the log in a temporary
+/// directory.
+async fn proxy(
+    targets: &[SocketAddr],
+    timeouts: &str,
+    limits: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(targets, timeouts, limits, &log)).await;
+    (dir, log, sy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_its_failure() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
     // The request timeout is the longer one: a stall must not be taken for the target's.
-    let sy = start(&cfg(
-        &[b.addr],
-        "client_body = \"300ms\"\nrequest = \"2s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, log, sy) = proxy(&[b.addr], "client_body = \"300ms\"\nrequest = \"2s\"", "").await;
     let addr = sy.listener_addr("web").await;
     // More than the 5 consecutive failures that eject a target.
     for i in 0..6 {
@@ -115,9 +120,7 @@ async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(&[b.addr], "", "", &log)).await;
+    let (_dir, log, sy) = proxy(&[b.addr], "", "").await;
     let addr = sy.listener_addr("web").await;
     for _ in 0..6 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -152,15 +155,7 @@ async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_upload_that_outlasts_the_request_timeout_is_passed_on_whole() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[b.addr],
-        "request = \"1s\"\nclient_body = \"3s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, _log, sy) = proxy(&[b.addr], "request = \"1s\"\nclient_body = \"3s\"", "").await;
     let mut s = TcpStream::connect(sy.listener_addr("web").await)
         .await
         .unwrap();
@@ -199,15 +194,7 @@ async fn a_target_that_stops_reading_an_upload_still_times_out() {
             held.push(s);
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[target],
-        "request = \"500ms\"\nclient_body = \"30s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, _log, sy) = proxy(&[target], "request = \"500ms\"\nclient_body = \"30s\"", "").await;
     let mut s = TcpStream::connect(sy.listener_addr("web").await)
         .await
         .unwrap();
@@ -239,9 +226,7 @@ async fn a_target_that_stops_reading_an_upload_still_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(&[b.addr], "", "max_body_bytes = 1000", &log)).await;
+    let (_dir, log, sy) = proxy(&[b.addr], "", "max_body_bytes = 1000").await;
     let addr = sy.listener_addr("web").await;
 
     // A stated length over the limit: refused before anything is forwarded.
@@ -374,15 +359,7 @@ async fn upload_started(addr: SocketAddr) -> (TcpStream, String) {
 async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
     // The target gives up on the upload after 3 s; the client's pause is cut at 1 s.
     let target = streaming_target(Duration::from_secs(3)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[target],
-        "client_body = \"1s\"\nrequest = \"10s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, log, sy) = proxy(&[target], "client_body = \"1s\"\nrequest = \"10s\"", "").await;
     let (mut s, head) = upload_started(sy.listener_addr("web").await).await;
     assert_eq!(status_of(&head), 200, "{head}");
     let mut rest = Vec::new();
@@ -401,15 +378,7 @@ async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
     let target = streaming_target(Duration::from_secs(2)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[target],
-        "client_body = \"30s\"\nrequest = \"30s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, log, sy) = proxy(&[target], "client_body = \"30s\"\nrequest = \"30s\"", "").await;
     let (s, head) = upload_started(sy.listener_addr("web").await).await;
     assert_eq!(status_of(&head), 200, "{head}");
     drop(s);
@@ -432,9 +401,7 @@ async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_closed() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(&[b.addr], "request = \"30s\"", "", &log)).await;
+    let (_dir, log, sy) = proxy(&[b.addr], "request = \"30s\"", "").await;
     let s = send(
         sy.listener_addr("web").await,
         b"GET /sleep/5000 HTTP/1.1\r\nhost: x\r\n\r\n",
