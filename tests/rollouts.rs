@@ -80,12 +80,14 @@ fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
     100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
 }
 
+/// The error a POST of `body` to `path` is refused with.
+async fn post_err(api: &switchyard::client::AdminClient, path: &str, body: Value) -> String {
+    api.post(path, body).await.unwrap_err().to_string()
+}
+
 /// The error a rollout start with `body` is refused with.
 async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String {
-    api.post("/api/v1/rollouts", body)
-        .await
-        .unwrap_err()
-        .to_string()
+    post_err(api, "/api/v1/rollouts", body).await
 }
 
 fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
@@ -731,40 +733,37 @@ async fn rollout_api_errors_say_what_is_wrong() {
         e.contains("409") && e.contains("rollout in progress"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-        .await);
+    let e = post_err(
+        &api,
+        "/api/v1/services/shop/switch",
+        json!({ "group": "green" }),
+    )
+    .await;
     assert!(
         e.contains("409") && e.contains("promote or abort it instead"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/undo", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/undo", json!({})).await;
     assert!(
         e.contains("409") && e.contains("only a completed rollout can be undone"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/resume", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/resume", json!({})).await;
     assert!(
         e.contains("409") && e.contains("waits for promotion, not for resume: use promote"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/launch", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/launch", json!({})).await;
     assert!(
         e.contains("404") && e.contains("no rollout verb \"launch\""),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/services/shop/rollout/promote",
-            json!({ "ful": true }),
-        )
-        .await);
+    let e = post_err(
+        &api,
+        "/api/v1/services/shop/rollout/promote",
+        json!({ "ful": true }),
+    )
+    .await;
     assert!(e.contains("422") && e.contains("unknown field"), "{e}");
 
     api.post(
@@ -774,16 +773,12 @@ async fn rollout_api_errors_say_what_is_wrong() {
     .await
     .unwrap();
     wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/promote", json!({})).await;
     assert!(
         e.contains("409") && e.contains("is completed: only an active rollout can be promoted"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/retry", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/retry", json!({})).await;
     assert!(e.contains("409"), "{e}");
 
     let spec: Value = serde_json::from_str(switchyard::api::OPENAPI).unwrap();
