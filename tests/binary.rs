@@ -81,14 +81,8 @@ async fn sighup_reloads_and_sigterm_finishes_in_flight_requests_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_verbs_drive_a_running_instance() {
-    let Binary {
-        blue: _blue,
-        green: _green,
-        dir: _dir,
-        path,
-        web,
-        admin,
-    } = Binary::setup().await;
+    let bin = Binary::setup().await;
+    let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
     let _sy = run_binary(&path, admin).await;
     let c = client();
 
@@ -310,14 +304,8 @@ fn the_faulty_demo_is_rolled_back_automatically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysis_run_prints_each_checks_value_and_verdict() {
-    let Binary {
-        blue: _blue,
-        green: _green,
-        dir: _dir,
-        path,
-        web,
-        admin,
-    } = Binary::setup().await;
+    let bin = Binary::setup().await;
+    let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
     let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
     let text = std::fs::read_to_string(&path)
         .unwrap()

@@ -12,14 +12,8 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_pause() {
-    let Binary {
-        blue: _blue,
-        green: _green,
-        dir: _dir,
-        path,
-        web,
-        admin: admin_addr,
-    } = Binary::setup().await;
+    let bin = Binary::setup().await;
+    let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
     small_guard(&path, "1s");
     let api = admin_at(admin_addr);
 
@@ -269,14 +263,8 @@ async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_a_rollout() {
-    let Binary {
-        blue: _blue,
-        green: _green,
-        dir: _dir,
-        path,
-        web,
-        admin: admin_addr,
-    } = Binary::setup().await;
+    let bin = Binary::setup().await;
+    let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
     let _sy = run_binary(&path, admin_addr).await;
 
     let (code, out, err) = cli(
