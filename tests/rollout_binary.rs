@@ -18,15 +18,13 @@ async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_paus
     let api = admin_at(admin_addr);
 
     let mut first = run_binary(&path, admin_addr).await;
-    let started = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
-                { "weight": 20 }, { "pause": "3s" }, { "weight": 60 }, { "pause": "until-promoted" }
-            ]}}),
-        )
-        .await
-        .unwrap();
+    let started = start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
+            { "weight": 20 }, { "pause": "3s" }, { "weight": 60 }, { "pause": "until-promoted" }
+        ]}),
+    )
+    .await;
     let id = started["id"].clone();
     // Into the timed pause, with at least one checkpoint of its progress.
     eventually(Duration::from_secs(5), "pause checkpointed", || async {
@@ -127,14 +125,9 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
     let api = admin_at(admin_addr);
 
     let mut first = run_binary(&path, admin_addr).await;
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(&api, json!({ "kind": "canary", "steps": [
             { "weight": 30 }, { "pause": "until-promoted" }, { "weight": 80 }, { "pause": "until-promoted" }
-        ]}}),
-    )
-    .await
-    .unwrap();
+        ]})).await;
     eventually(Duration::from_secs(10), "paused at 30%", || async {
         let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
         r["status"] == "paused" && r["weight"] == 3000

@@ -81,14 +81,9 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
     let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(&api, json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }, { "weight": 90 }, { "pause": "until-promoted" }
-        ]}}),
-    )
-    .await
-    .unwrap();
+        ]})).await;
     eventually(Duration::from_secs(10), "paused at 50%", || async {
         let r = rollout(&api).await;
         r["status"] == "paused" && r["weight"] == 5000
@@ -199,14 +194,13 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
     .await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
+        ]}),
     )
-    .await
-    .unwrap();
+    .await;
     eventually(
         Duration::from_secs(10),
         "paused at 50%, recorded",
@@ -256,14 +250,13 @@ async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
     let db = dir.path().join("state.db");
     let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
+        ]}),
     )
-    .await
-    .unwrap();
+    .await;
     paused_at(&api, 5000).await;
     let lock = DbLock::hold(&db);
     api.post("/api/v1/services/shop/rollout/abort", json!({}))
@@ -305,14 +298,9 @@ async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until
     let config = shop(blue.addr, green.addr, GUARD);
     let sy = start_in(&config, dir.path()).await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(&api, json!({ "kind": "canary", "steps": [
             { "weight": 10 }, { "pause": "until-promoted" }, { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
-    )
-    .await
-    .unwrap();
+        ]})).await;
     paused_at(&api, 1000).await;
     api.post("/api/v1/services/shop/rollout/promote", json!({}))
         .await
@@ -379,14 +367,13 @@ async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
     let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
+        ]}),
     )
-    .await
-    .unwrap();
+    .await;
     paused_at(&api, 5000).await;
     // Back to back: the retry may come before the woken driver saw the abort (then its
     // guard had ended with the first attempt).
