@@ -67,18 +67,13 @@ async fn wait_status(
     secs: u64,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        if f(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollout did not get there: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_rollout_for(
+        api,
+        Duration::from_secs(secs),
+        "rollout did not get there",
+        f,
+    )
+    .await
 }
 
 const HEALTH: &str = r#"

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -102,15 +102,7 @@ async fn a_hook_command_that_times_out_is_killed_with_its_whole_process_group() 
     let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
     let api = admin(&sy);
     start_green(&api).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r: Value = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        if r["status"] == "aborted" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the failed hook aborts: {r:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_rollout(&api, "the failed hook aborts", |r| r["status"] == "aborted").await;
     let pid = background_pid(&pidfile).await;
     eventually(
         Duration::from_secs(3),
