@@ -217,10 +217,6 @@ async fn server_from_file(path: &Path) -> Server {
         .unwrap()
 }
 
-fn as_client(sy: &Server, token: &str) -> AdminClient {
-    AdminClient::new(&sy.admin_addr.to_string(), Some(token.into()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
     let blue = TestBackend::start("blue").await;

@@ -32,10 +32,6 @@ name = "ops"
 token = "0ps"
 scopes = ["release", "config"]"#;
 
-fn as_client(sy: &Server, token: &str) -> AdminClient {
-    AdminClient::new(&sy.admin_addr.to_string(), Some(token.into()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
     let blue = TestBackend::start("blue").await;

@@ -324,6 +324,11 @@ pub fn admin(server: &Server) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some("t0ken".into()))
 }
 
+/// An admin client for the server with `token`.
+pub fn as_client(server: &Server, token: &str) -> switchyard::client::AdminClient {
+    switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some(token.into()))
+}
+
 /// A config with one listener on port 0, one service `shop` with the given groups, and a
 /// catch-all route. `extra` is appended to the service table (before its groups).
 pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
