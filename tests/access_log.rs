@@ -113,13 +113,9 @@ async fn a_full_buffer_drops_lines_and_counts_them_instead_of_waiting() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let c = client();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = get(&c, &format!("http://{}/metrics", sy.admin_addr), &[])
-            .await
-            .unwrap()
-            .body;
+        let text = metrics_text(&sy).await;
         let (written, dropped) = (metrics(&text, "written"), metrics(&text, "dropped"));
         if written + dropped == N {
             assert_eq!(

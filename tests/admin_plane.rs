@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::bin::{free_port, Running};
+use common::raw::*;
 use common::*;
 use serde_json::json;
 use switchyard::client::AdminClient;
@@ -17,43 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn cfg(blue: SocketAddr, admin_extra: &str) -> String {
-    format!(
-        r#"[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-{admin_extra}
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[service]]
-name = "shop"
-active = "blue"
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{blue}"]
-"#
-    )
-}
-
-/// Reads until the peer closes (Ok) or `limit` passes (Err); what was read either way.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Result<String, String> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return Err(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
+    Cfg::new()
+        .admin(admin_extra)
+        .active("blue")
+        .group("blue", &[blue])
+        .group("green", &[blue])
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,10 +215,6 @@ async fn server_from_file(path: &Path) -> Server {
     Server::start(config, Some(path.to_path_buf()))
         .await
         .unwrap()
-}
-
-fn as_client(sy: &Server, token: &str) -> AdminClient {
-    AdminClient::new(&sy.admin_addr.to_string(), Some(token.into()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

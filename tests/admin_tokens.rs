@@ -10,37 +10,18 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::raw::*;
 use common::*;
 use serde_json::json;
 use switchyard::client::AdminClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 fn cfg(blue: SocketAddr, admin_extra: &str) -> String {
-    format!(
-        r#"[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-header_read_timeout = "5s"
-{admin_extra}
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[service]]
-name = "shop"
-active = "blue"
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{blue}"]
-"#
-    )
+    Cfg::new()
+        .admin(&format!("header_read_timeout = \"5s\"\n{admin_extra}"))
+        .active("blue")
+        .group("blue", &[blue])
+        .group("green", &[blue])
+        .build()
 }
 
 const TOKENS: &str = r#"[[admin.tokens]]
@@ -50,10 +31,6 @@ token = "b0t"
 name = "ops"
 token = "0ps"
 scopes = ["release", "config"]"#;
-
-fn as_client(sy: &Server, token: &str) -> AdminClient {
-    AdminClient::new(&sy.admin_addr.to_string(), Some(token.into()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
@@ -108,22 +85,6 @@ async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() 
         .unwrap();
     assert_eq!(view["candidate"], "green", "{view}");
     assert_eq!(view["created_by"], "ops", "{view}");
-}
-
-/// Sends `head` on a raw connection and returns what came back within `limit`.
-async fn raw(addr: SocketAddr, head: &str, limit: Duration) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n{") {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,34 +18,11 @@ fn cfg(
     top: &str,
     service: &str,
 ) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[route.override]]
-group = "candidate"
-header = {{ name = "x-preview", values = ["1"] }}
-{top}
-[[service]]
-name = "shop"
-active = "blue"
-{service}
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
+    blue_green(blue, green)
+        .route("[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }")
+        .top(top)
+        .service(service)
+        .build()
 }
 
 /// Steady traffic until dropped.
@@ -90,18 +67,13 @@ async fn wait_status(
     secs: u64,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        if f(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollout did not get there: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_rollout_for(
+        api,
+        Duration::from_secs(secs),
+        "rollout did not get there",
+        f,
+    )
+    .await
 }
 
 const HEALTH: &str = r#"
@@ -125,10 +97,7 @@ max_over_stable = 50.0
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_candidate_promotes_through_every_step_by_analysis_alone() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&cfg(
         blue.addr,
         green.addr,
@@ -138,12 +107,7 @@ async fn a_healthy_candidate_promotes_through_every_step_by_analysis_alone() {
     .await;
     let api = admin(&sy);
     let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let r = wait_status(&api, 15, |r| r["status"] != "progressing").await;
     load.stop().await;
     assert_eq!(r["status"], "completed", "{r:#}");
@@ -165,10 +129,7 @@ async fn a_healthy_candidate_promotes_through_every_step_by_analysis_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_candidate_is_rolled_back_by_the_guard_within_seconds_and_notified() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     // A Slack-compatible receiver.
     let received: Arc<Mutex<Vec<Value>>> = Arc::default();
     let hook_addr = json_receiver(received.clone(), 200, "").await;
@@ -181,12 +142,7 @@ async fn a_failing_candidate_is_rolled_back_by_the_guard_within_seconds_and_noti
     .await;
     let api = admin(&sy);
     let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 6, &[]);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     wait_status(&api, 5, |r| r["weight"] == 1000).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -236,10 +192,7 @@ async fn a_failing_candidate_is_rolled_back_by_the_guard_within_seconds_and_noti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_analysis_check_records_the_failing_values_and_threshold() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     green.set_errors(300);
     let sy = start(&cfg(
         blue.addr,
@@ -250,12 +203,7 @@ async fn an_analysis_check_records_the_failing_values_and_threshold() {
     .await;
     let api = admin(&sy);
     let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
     load.stop().await;
     let reason = r["reason"].as_str().unwrap();
@@ -277,10 +225,7 @@ async fn an_analysis_check_records_the_failing_values_and_threshold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latency_regression_is_caught_by_the_mann_whitney_comparison() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     green.set_delay(15);
     let analysis = r#"
 [[analysis]]
@@ -301,12 +246,7 @@ mann_whitney = { confidence = 0.99, tolerance = 0.2 }
     .await;
     let api = admin(&sy);
     let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 8, &[]);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
     let reason = r["reason"].as_str().unwrap().to_string();
     assert!(
@@ -341,10 +281,7 @@ mann_whitney = { confidence = 0.99, tolerance = 0.2 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_little_traffic_is_inconclusive_and_pauses_for_a_person() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let analysis = r#"
 [[analysis]]
 name = "volume"
@@ -365,12 +302,7 @@ max = 1.0
     ))
     .await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     // A trickle of requests: never enough for a verdict.
     let c = client();
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -433,10 +365,7 @@ async fn json_receiver(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_and_command_checks_including_empty_and_malformed_answers() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let ok = json_receiver(seen.clone(), 200, "").await;
     let fail = json_receiver(
@@ -541,10 +470,7 @@ async fn webhook_and_command_checks_including_empty_and_malformed_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_hook_aborts_and_a_confirm_gate_waits_for_promotion() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("hooks.log");
     let gate = dir.path().join("gate-open");
@@ -574,12 +500,7 @@ command = "echo on_rollback >> {log}"
     let api = admin(&sy);
 
     // The gate file is missing: before_traffic fails (after its retry) and aborts.
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
     assert!(
         r["reason"]
@@ -626,10 +547,7 @@ command = "echo on_rollback >> {log}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_that_stops_moving_hits_the_progress_deadline() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&cfg(
         blue.addr,
         green.addr,
@@ -638,12 +556,7 @@ async fn a_step_that_stops_moving_hits_the_progress_deadline() {
     ))
     .await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let r = wait_status(&api, 5, |r| r["status"] == "aborted").await;
     assert!(
         r["reason"]
@@ -656,10 +569,7 @@ async fn a_step_that_stops_moving_hits_the_progress_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let healthy = dir.path().join("post-ok");
     let analyses = format!(
@@ -695,12 +605,7 @@ command = "test -e {}"
     // Only preview traffic reaches the candidate before the switch.
     let preview = Load::start(url.clone(), 4, &[("x-preview", "1")]);
     green.set_errors(300);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
     assert_eq!(r["weight"], 0, "never switched");
     assert!(
@@ -758,10 +663,7 @@ command = "test -e {}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_analysis_watches_the_whole_rollout() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let analysis = r#"
 [[analysis]]
 name = "bg"
@@ -781,12 +683,7 @@ max_over_stable = 2
     .await;
     let api = admin(&sy);
     let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         api.get("/api/v1/services/shop/rollout").await.unwrap()["status"],

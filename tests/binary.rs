@@ -11,12 +11,14 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_sigterm_finishes_in_flight_requests_then_exits_0() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
-    let (web, admin) = (free_port(), free_port());
-    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let Binary {
+        blue,
+        green,
+        dir: _dir,
+        path,
+        web,
+        admin,
+    } = Binary::setup().await;
     let mut sy = run_binary(&path, admin).await;
     let c = client();
     assert_eq!(
@@ -79,12 +81,8 @@ async fn sighup_reloads_and_sigterm_finishes_in_flight_requests_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_verbs_drive_a_running_instance() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
-    let (web, admin) = (free_port(), free_port());
-    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let bin = Binary::setup().await;
+    let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
     let _sy = run_binary(&path, admin).await;
     let c = client();
 
@@ -157,8 +155,7 @@ async fn cli_verbs_drive_a_running_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_what_apply_then_changes() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let green2 = TestBackend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sy.toml");
@@ -307,12 +304,8 @@ fn the_faulty_demo_is_rolled_back_automatically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysis_run_prints_each_checks_value_and_verdict() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
-    let (web, admin) = (free_port(), free_port());
-    write_config(&path, web, admin, "blue", blue.addr, green.addr);
+    let bin = Binary::setup().await;
+    let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
     let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
     let text = std::fs::read_to_string(&path)
         .unwrap()

@@ -47,13 +47,8 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_and_switch_back_under_load_fail_nothing() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let sy = start(&config(
-        &[("blue", &[blue.addr]), ("green", &[green.addr])],
-        "active = \"blue\"",
-    ))
-    .await;
+    let (blue, green) = TestBackend::pair().await;
+    let sy = start(&blue_green(blue.addr, green.addr).build()).await;
     let url = format!("http://{}/", sy.listener_addr("web").await);
     let api = admin(&sy);
 
@@ -100,13 +95,8 @@ async fn switch_and_switch_back_under_load_fail_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_started_after_a_switch_reaches_the_old_group() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let sy = start(&config(
-        &[("blue", &[blue.addr]), ("green", &[green.addr])],
-        "active = \"blue\"",
-    ))
-    .await;
+    let (blue, green) = TestBackend::pair().await;
+    let sy = start(&blue_green(blue.addr, green.addr).build()).await;
     let url = format!("http://{}/", sy.listener_addr("web").await);
     let seq = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -135,8 +125,7 @@ async fn no_request_started_after_a_switch_reaches_the_old_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&config(
         &[("blue", &[blue.addr]), ("green", &[green.addr])],
         "weights = { blue = 90, green = 10 }",
@@ -293,13 +282,8 @@ pub async fn free_port() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn named_tokens_are_who_acted_in_the_history() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let toml = config(
-        &[("blue", &[blue.addr]), ("green", &[green.addr])],
-        "active = \"blue\"",
-    )
-    .replacen(
+    let (blue, green) = TestBackend::pair().await;
+    let toml = blue_green(blue.addr, green.addr).build().replacen(
         "token = \"t0ken\"",
         "token = \"t0ken\"\n[[admin.tokens]]\nname = \"deploy-bot\"\ntoken = \"bot-secret\"",
         1,

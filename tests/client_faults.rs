@@ -9,6 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw::*;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,32 +25,6 @@ fn cfg(targets: &[SocketAddr], timeouts: &str, limits: &str, log: &std::path::Pa
         ),
         1,
     )
-}
-
-/// Reads an answer's head (and whatever came with it) and returns it as text.
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("an answer in time");
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
 }
 
 fn counts(sy: &Server) -> switchyard::group::GroupCounts {
@@ -81,28 +56,24 @@ async fn logged(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     log_lines(path)
 }
 
-/// A client that announces 100 bytes, sends 3, and then sends nothing more.
-async fn stalled_upload(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
-        .await
-        .unwrap();
-    read_head(&mut s).await
+/// A proxy started from `cfg(targets, timeouts, limits, log)` with the log in a temporary
+/// directory.
+async fn proxy(
+    targets: &[SocketAddr],
+    timeouts: &str,
+    limits: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let sy = start(&cfg(targets, timeouts, limits, &log)).await;
+    (dir, log, sy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_its_failure() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
     // The request timeout is the longer one: a stall must not be taken for the target's.
-    let sy = start(&cfg(
-        &[b.addr],
-        "client_body = \"300ms\"\nrequest = \"2s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, log, sy) = proxy(&[b.addr], "client_body = \"300ms\"\nrequest = \"2s\"", "").await;
     let addr = sy.listener_addr("web").await;
     // More than the 5 consecutive failures that eject a target.
     for i in 0..6 {
@@ -125,10 +96,7 @@ async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_
         (1, 0, 6),
         "the judge sees only the one real answer"
     );
-    let text = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let text = metrics_text(&sy).await;
     let has = |line: &str| text.lines().any(|l| l == line);
     assert!(
         has("switchyard_client_errors_total{service=\"shop\",group=\"blue\"} 6"),
@@ -152,9 +120,7 @@ async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(&[b.addr], "", "", &log)).await;
+    let (_dir, log, sy) = proxy(&[b.addr], "", "").await;
     let addr = sy.listener_addr("web").await;
     for _ in 0..6 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -189,15 +155,7 @@ async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_upload_that_outlasts_the_request_timeout_is_passed_on_whole() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[b.addr],
-        "request = \"1s\"\nclient_body = \"3s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, _log, sy) = proxy(&[b.addr], "request = \"1s\"\nclient_body = \"3s\"", "").await;
     let mut s = TcpStream::connect(sy.listener_addr("web").await)
         .await
         .unwrap();
@@ -236,15 +194,7 @@ async fn a_target_that_stops_reading_an_upload_still_times_out() {
             held.push(s);
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[target],
-        "request = \"500ms\"\nclient_body = \"30s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, _log, sy) = proxy(&[target], "request = \"500ms\"\nclient_body = \"30s\"", "").await;
     let mut s = TcpStream::connect(sy.listener_addr("web").await)
         .await
         .unwrap();
@@ -276,9 +226,7 @@ async fn a_target_that_stops_reading_an_upload_still_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(&[b.addr], "", "max_body_bytes = 1000", &log)).await;
+    let (_dir, log, sy) = proxy(&[b.addr], "", "max_body_bytes = 1000").await;
     let addr = sy.listener_addr("web").await;
 
     // A stated length over the limit: refused before anything is forwarded.
@@ -411,15 +359,7 @@ async fn upload_started(addr: SocketAddr) -> (TcpStream, String) {
 async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
     // The target gives up on the upload after 3 s; the client's pause is cut at 1 s.
     let target = streaming_target(Duration::from_secs(3)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[target],
-        "client_body = \"1s\"\nrequest = \"10s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, log, sy) = proxy(&[target], "client_body = \"1s\"\nrequest = \"10s\"", "").await;
     let (mut s, head) = upload_started(sy.listener_addr("web").await).await;
     assert_eq!(status_of(&head), 200, "{head}");
     let mut rest = Vec::new();
@@ -438,15 +378,7 @@ async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
     let target = streaming_target(Duration::from_secs(2)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(
-        &[target],
-        "client_body = \"30s\"\nrequest = \"30s\"",
-        "",
-        &log,
-    ))
-    .await;
+    let (_dir, log, sy) = proxy(&[target], "client_body = \"30s\"\nrequest = \"30s\"", "").await;
     let (s, head) = upload_started(sy.listener_addr("web").await).await;
     assert_eq!(status_of(&head), 200, "{head}");
     drop(s);
@@ -469,15 +401,12 @@ async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_closed() {
     let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let sy = start(&cfg(&[b.addr], "request = \"30s\"", "", &log)).await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET /sleep/5000 HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (_dir, log, sy) = proxy(&[b.addr], "request = \"30s\"", "").await;
+    let s = send(
+        sy.listener_addr("web").await,
+        b"GET /sleep/5000 HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     eventually(
         Duration::from_secs(10),
         "the request at the target",
@@ -517,10 +446,7 @@ async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_close
 /// charged to the candidate, and 15 of them aborted the rollout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let service = "active = \"blue\"\n[service.guard]\ninterval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]";
     let toml = config(&[("blue", &[blue.addr]), ("green", &[green.addr])], service)
         .replacen(

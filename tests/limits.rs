@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::*;
 use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,26 +19,15 @@ fn with_timeouts(backend: std::net::SocketAddr, timeouts: &str) -> String {
     )
 }
 
-/// Reads until EOF (or error); returns what was read and how long it took.
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
-    let t = Instant::now();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf))
-        .await
-        .expect("connection closed in time");
-    (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
-}
-
 #[tokio::test]
 async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
     let b = TestBackend::start("blue").await;
     let sy = start(&with_timeouts(b.addr, "idle = \"300ms\"")).await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send(
+        sy.listener_addr("web").await,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     let (text, took) = read_to_close(&mut s, Duration::from_secs(3)).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
@@ -54,12 +44,11 @@ async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
 async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
     let b = TestBackend::start("blue").await;
     let sy = start(&with_timeouts(b.addr, "header_read = \"300ms\"")).await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
-        .await
-        .unwrap();
+    let mut s = send(
+        sy.listener_addr("web").await,
+        b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ",
+    )
+    .await;
     let (_, took) = read_to_close(&mut s, Duration::from_secs(3)).await;
     assert!(took < Duration::from_millis(1500), "took {took:?}");
     assert_eq!(b.hits(), 0);
@@ -229,39 +218,6 @@ async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
     }
 }
 
-/// One whole answer with a `content-length` body (however many reads it takes), as text.
-async fn read_answer(s: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let whole = |got: &[u8]| {
-        let text = String::from_utf8_lossy(got);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let len = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(str::to_string)
-            })
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        body.len() >= len
-    };
-    while !whole(&got) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 #[tokio::test]
 async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
     let b = TestBackend::start("blue").await;
@@ -307,12 +263,11 @@ async fn header_read_starts_with_the_first_byte_of_a_later_request() {
         "header_read = \"300ms\"\nidle = \"10s\"",
     ))
     .await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send(
+        sy.listener_addr("web").await,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     let mut buf = [0u8; 4096];
     assert!(s.read(&mut buf).await.unwrap() > 0);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 
 fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
@@ -18,10 +17,7 @@ fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     green.set_errors(500);
     let sy = start(&config(
         &[("blue", &[blue.addr]), ("green", &[green.addr])],
@@ -31,12 +27,7 @@ async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
     let api = admin(&sy);
     let web = format!("http://{}", sy.listener_addr("web").await);
     let c = client();
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while api.get("/api/v1/services/shop/rollout").await.unwrap()["status"] != "aborted" {
         assert!(Instant::now() < deadline, "not rolled back");
@@ -48,10 +39,7 @@ async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
         get(&c, &format!("{web}/sleep/2"), &[]).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = get(&c, &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let text = metrics_text(&sy).await;
 
     let blue_2xx = value(
         &text,

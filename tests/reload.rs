@@ -11,10 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn file_config(active: &str, blue: std::net::SocketAddr, green: std::net::SocketAddr) -> String {
-    config(
-        &[("blue", &[blue]), ("green", &[green])],
-        &format!("active = \"{active}\""),
-    )
+    blue_green(blue, green).active(active).build()
 }
 
 async fn start_from_file(path: &std::path::Path) -> Server {
@@ -22,16 +19,30 @@ async fn start_from_file(path: &std::path::Path) -> Server {
     Server::start(cfg, Some(path.to_path_buf())).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+/// Backends `blue` and `green`, `switchyard.toml` in a temporary directory with blue
+/// active, a server started from it, its admin client and its web URL.
+async fn from_file() -> (
+    TestBackend,
+    TestBackend,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Server,
+    switchyard::client::AdminClient,
+    String,
+) {
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
     let sy = start_from_file(&path).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
+    (blue, green, dir, path, sy, api, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
+    let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
@@ -103,14 +114,7 @@ async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
 
 #[tokio::test]
 async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
-    let sy = start_from_file(&path).await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
     api.post("/api/v1/services/shop/switch", json!({ "group": "green" }))
         .await
@@ -137,14 +141,7 @@ async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
 
 #[tokio::test]
 async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
-    let sy = start_from_file(&path).await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
     // Green active, plus a second listener on a port that is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

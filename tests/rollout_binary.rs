@@ -12,25 +12,19 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_pause() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
-    let (web, admin_addr) = (free_port(), free_port());
-    write_config(&path, web, admin_addr, "blue", blue.addr, green.addr);
+    let bin = Binary::setup().await;
+    let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
     small_guard(&path, "1s");
-    let api = switchyard::client::AdminClient::new(&admin_addr.to_string(), Some("t0ken".into()));
+    let api = admin_at(admin_addr);
 
     let mut first = run_binary(&path, admin_addr).await;
-    let started = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
-                { "weight": 20 }, { "pause": "3s" }, { "weight": 60 }, { "pause": "until-promoted" }
-            ]}}),
-        )
-        .await
-        .unwrap();
+    let started = start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
+            { "weight": 20 }, { "pause": "3s" }, { "weight": 60 }, { "pause": "until-promoted" }
+        ]}),
+    )
+    .await;
     let id = started["id"].clone();
     // Into the timed pause, with at least one checkpoint of its progress.
     eventually(Duration::from_secs(5), "pause checkpointed", || async {
@@ -116,27 +110,24 @@ const GUARD_GATE_MS: u64 = 2200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recorded_weight() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
+    let Binary {
+        blue: _blue,
+        green: _green,
+        dir,
+        path,
+        web,
+        admin: admin_addr,
+    } = Binary::setup().await;
     let db = dir.path().join("switchyard.db");
-    let (web, admin_addr) = (free_port(), free_port());
-    write_config(&path, web, admin_addr, "blue", blue.addr, green.addr);
     // Long enough that the hold is still on when the first requests after the restart are
     // answered, however slowly the box starts the binary.
     small_guard(&path, "5s");
-    let api = switchyard::client::AdminClient::new(&admin_addr.to_string(), Some("t0ken".into()));
+    let api = admin_at(admin_addr);
 
     let mut first = run_binary(&path, admin_addr).await;
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(&api, json!({ "kind": "canary", "steps": [
             { "weight": 30 }, { "pause": "until-promoted" }, { "weight": 80 }, { "pause": "until-promoted" }
-        ]}}),
-    )
-    .await
-    .unwrap();
+        ]})).await;
     eventually(Duration::from_secs(10), "paused at 30%", || async {
         let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
         r["status"] == "paused" && r["weight"] == 3000
@@ -203,8 +194,7 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_holder() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let (first_cfg, second_cfg) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
     let admin_addr = free_port();
@@ -266,12 +256,8 @@ async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_a_rollout() {
-    let blue = TestBackend::start("blue").await;
-    let green = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
-    let (web, admin_addr) = (free_port(), free_port());
-    write_config(&path, web, admin_addr, "blue", blue.addr, green.addr);
+    let bin = Binary::setup().await;
+    let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
     let _sy = run_binary(&path, admin_addr).await;
 
     let (code, out, err) = cli(

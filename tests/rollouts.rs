@@ -11,29 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn shop(
-    blue: std::net::SocketAddr,
-    green: std::net::SocketAddr,
-    service_extra: &str,
-    route_extra: &str,
-) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-{route_extra}
-
-[[analysis]]
+const SMOKE: &str = r#"[[analysis]]
 name = "smoke"
 interval = "100ms"
 count = 1
@@ -43,21 +21,19 @@ min_requests = 1000000
 name = "errors"
 metric = "error-rate"
 max = 1
+"#;
 
-[[service]]
-name = "shop"
-active = "blue"
-{service_extra}
-
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
+fn shop(
+    blue: std::net::SocketAddr,
+    green: std::net::SocketAddr,
+    service_extra: &str,
+    route_extra: &str,
+) -> String {
+    blue_green(blue, green)
+        .route(route_extra)
+        .top(SMOKE)
+        .service(service_extra)
+        .build()
 }
 
 /// Sends `n` requests over `workers` connections; counts answers by backend.
@@ -104,36 +80,14 @@ fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
     100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
 }
 
-async fn rollout(api: &switchyard::client::AdminClient) -> Value {
-    api.get("/api/v1/services/shop/rollout").await.unwrap()
+/// The error a POST of `body` to `path` is refused with.
+async fn post_err(api: &switchyard::client::AdminClient, path: &str, body: Value) -> String {
+    api.post(path, body).await.unwrap_err().to_string()
 }
 
-async fn wait_rollout(
-    api: &switchyard::client::AdminClient,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = rollout(api).await;
-        if f(&r) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached: {what}; rollout is {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn start_rollout(api: &switchyard::client::AdminClient, strategy: Value) -> Value {
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": strategy }),
-    )
-    .await
-    .unwrap()
+/// The error a rollout start with `body` is refused with.
+async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String {
+    post_err(api, "/api/v1/rollouts", body).await
 }
 
 fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
@@ -142,10 +96,7 @@ fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -220,10 +171,7 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -240,10 +188,7 @@ async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
 
@@ -346,10 +291,7 @@ async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_analysis_step_holds_the_rollout_until_promoted() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     start_rollout(
@@ -375,10 +317,7 @@ async fn an_analysis_step_holds_the_rollout_until_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,
@@ -457,10 +396,7 @@ async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,
@@ -506,10 +442,7 @@ async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_force_a_group_before_the_split() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let routes = r#"
 [[route.override]]
 group_from_header = "x-switchyard-group"
@@ -593,10 +526,7 @@ async fn failures(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
@@ -641,10 +571,7 @@ async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_a_failed_request() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("torn-down");
     let strategy = format!(
@@ -735,10 +662,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_can_promote_itself_after_a_delay() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,
@@ -747,63 +671,39 @@ async fn blue_green_can_promote_itself_after_a_delay() {
     ))
     .await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
 }
 
 #[tokio::test]
 async fn rollout_api_errors_say_what_is_wrong() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let err = |r: Result<Value, switchyard::client::ClientError>| r.unwrap_err().to_string();
 
     let e = err(api.get("/api/v1/services/shop/rollout").await);
     assert!(e.contains("404") && e.contains("has no rollout"), "{e}");
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "nope", "candidate": "green" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "nope", "candidate": "green" })).await;
     assert!(
         e.contains("404") && e.contains("no service named \"nope\""),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "teal" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "shop", "candidate": "teal" })).await;
     assert!(
         e.contains("404") && e.contains("no group named \"teal\""),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "blue" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "shop", "candidate": "blue" })).await;
     assert!(
         e.contains("422") && e.contains("already the stable group"),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": "canary-ish" }),
-        )
-        .await);
+    let e = start_err(
+        &api,
+        json!({ "service": "shop", "candidate": "green", "strategy": "canary-ish" }),
+    )
+    .await;
     assert!(
         e.contains("422") && e.contains("unknown strategy \"canary-ish\""),
         "{e}"
@@ -819,9 +719,7 @@ async fn rollout_api_errors_say_what_is_wrong() {
         e.contains("strategy.steps[2].analysis: no analysis named \"nope\""),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/rollouts", json!({ "service": "shop" }))
-        .await);
+    let e = start_err(&api, json!({ "service": "shop" })).await;
     assert!(e.contains("422") && e.contains("candidate"), "{e}");
 
     start_rollout(
@@ -830,50 +728,42 @@ async fn rollout_api_errors_say_what_is_wrong() {
     )
     .await;
     wait_rollout(&api, "waiting for promotion", paused_at(1000)).await;
-    let e = err(api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green" }),
-        )
-        .await);
+    let e = start_err(&api, json!({ "service": "shop", "candidate": "green" })).await;
     assert!(
         e.contains("409") && e.contains("rollout in progress"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-        .await);
+    let e = post_err(
+        &api,
+        "/api/v1/services/shop/switch",
+        json!({ "group": "green" }),
+    )
+    .await;
     assert!(
         e.contains("409") && e.contains("promote or abort it instead"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/undo", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/undo", json!({})).await;
     assert!(
         e.contains("409") && e.contains("only a completed rollout can be undone"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/resume", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/resume", json!({})).await;
     assert!(
         e.contains("409") && e.contains("waits for promotion, not for resume: use promote"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/launch", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/launch", json!({})).await;
     assert!(
         e.contains("404") && e.contains("no rollout verb \"launch\""),
         "{e}"
     );
-    let e = err(api
-        .post(
-            "/api/v1/services/shop/rollout/promote",
-            json!({ "ful": true }),
-        )
-        .await);
+    let e = post_err(
+        &api,
+        "/api/v1/services/shop/rollout/promote",
+        json!({ "ful": true }),
+    )
+    .await;
     assert!(e.contains("422") && e.contains("unknown field"), "{e}");
 
     api.post(
@@ -883,16 +773,12 @@ async fn rollout_api_errors_say_what_is_wrong() {
     .await
     .unwrap();
     wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/promote", json!({})).await;
     assert!(
         e.contains("409") && e.contains("is completed: only an active rollout can be promoted"),
         "{e}"
     );
-    let e = err(api
-        .post("/api/v1/services/shop/rollout/retry", json!({}))
-        .await);
+    let e = post_err(&api, "/api/v1/services/shop/rollout/retry", json!({})).await;
     assert!(e.contains("409"), "{e}");
 
     let spec: Value = serde_json::from_str(switchyard::api::OPENAPI).unwrap();
@@ -938,10 +824,7 @@ async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(
         blue.addr,
         green.addr,

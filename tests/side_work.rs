@@ -10,36 +10,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 fn cfg(blue: SocketAddr, green: SocketAddr, top: &str, service: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-{top}
-[[service]]
-name = "shop"
-active = "blue"
-{service}
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
+    blue_green(blue, green).top(top).service(service).build()
 }
 
 /// Whether a killed process is gone: no such pid, or a zombie whose parent is not this
@@ -80,10 +56,7 @@ fn orphan_maker(pidfile: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg.pid");
     let analysis = format!(
@@ -119,10 +92,7 @@ async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_command_that_times_out_is_killed_with_its_whole_process_group() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg.pid");
     let service = format!(
@@ -131,21 +101,8 @@ async fn a_hook_command_that_times_out_is_killed_with_its_whole_process_group() 
     );
     let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r: Value = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        if r["status"] == "aborted" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the failed hook aborts: {r:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    start_green(&api).await;
+    wait_rollout(&api, "the failed hook aborts", |r| r["status"] == "aborted").await;
     let pid = background_pid(&pidfile).await;
     eventually(
         Duration::from_secs(3),
@@ -194,10 +151,7 @@ async fn flood_server(head: &'static str, body_bytes: Option<usize>) -> SocketAd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_prometheus_and_webhook_answers_are_cut_at_the_cap_and_are_errors() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let endless = flood_server(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
         None,
@@ -274,10 +228,7 @@ fn release(fifo: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_keeps_serving() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     let text = cfg(blue.addr, green.addr, "", "");
@@ -336,10 +287,7 @@ async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_k
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_command_that_exits_has_what_it_left_running_killed() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg.pid");
     let analysis = format!(
@@ -372,10 +320,7 @@ async fn a_check_command_that_exits_has_what_it_left_running_killed() {
 /// with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_cut_off_by_the_progress_deadline_is_killed_with_its_process_group() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("bg.pid");
     let service = format!(
@@ -384,12 +329,7 @@ async fn a_hook_cut_off_by_the_progress_deadline_is_killed_with_its_process_grou
     );
     let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
+    start_green(&api).await;
     let pid = background_pid(&pidfile).await;
     eventually(Duration::from_secs(15), "the rollout is aborted", || {
         let api = &api;
@@ -412,10 +352,7 @@ async fn a_hook_cut_off_by_the_progress_deadline_is_killed_with_its_process_grou
 /// runtime, under the control locks. The apply is refused at once, naming the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     let text = cfg(blue.addr, green.addr, "", "");

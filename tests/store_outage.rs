@@ -15,44 +15,10 @@ use common::*;
 use serde_json::{json, Value};
 
 fn shop(blue: std::net::SocketAddr, green: std::net::SocketAddr, guard: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-
-[store]
-path = "state.db"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-
-[[service]]
-name = "shop"
-active = "blue"
-
-[service.guard]
-{guard}
-
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    )
-}
-
-async fn rollout(api: &switchyard::client::AdminClient) -> Value {
-    api.get("/api/v1/services/shop/rollout").await.unwrap()
+    blue_green(blue, green)
+        .top("[store]\npath = \"state.db\"")
+        .service(&format!("[service.guard]\n{guard}"))
+        .build()
 }
 
 /// The rollout row and the service's traffic as the database has them.
@@ -86,6 +52,21 @@ async fn all_blue(url: &str, n: usize) -> bool {
     true
 }
 
+/// Sends traffic until the rollout is aborted (20 s at most).
+async fn aborted_under_traffic(api: &switchyard::client::AdminClient, url: &str, what: &str) {
+    let c = client();
+    eventually(Duration::from_secs(20), what, || {
+        let (c, url) = (c.clone(), url.to_string());
+        async move {
+            for _ in 0..10 {
+                let _ = get(&c, &url, &[]).await;
+            }
+            rollout(api).await["status"] == "aborted"
+        }
+    })
+    .await;
+}
+
 async fn pending(api: &switchyard::client::AdminClient) -> u64 {
     api.get("/api/v1/status").await.unwrap()["store"]["pending_writes"]
         .as_u64()
@@ -94,23 +75,15 @@ async fn pending(api: &switchyard::client::AdminClient) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_is_recorded_later() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(&api, json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }, { "weight": 90 }, { "pause": "until-promoted" }
-        ]}}),
-    )
-    .await
-    .unwrap();
+        ]})).await;
     eventually(Duration::from_secs(10), "paused at 50%", || async {
         let r = rollout(&api).await;
         r["status"] == "paused" && r["weight"] == 5000
@@ -162,10 +135,7 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
             .is_some_and(|w| w.contains("state database")),
         "{view}"
     );
-    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let metrics = metrics_text(&sy).await;
     assert!(
         metric(&metrics, "switchyard_store_pending_writes", &[]).unwrap() >= 1.0,
         "{metrics}"
@@ -210,10 +180,7 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_rolls_back_while_the_database_is_locked() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let sy = start_in(
@@ -227,14 +194,13 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
     .await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
+        ]}),
     )
-    .await
-    .unwrap();
+    .await;
     eventually(
         Duration::from_secs(10),
         "paused at 50%, recorded",
@@ -246,27 +212,10 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
     // abort failed on "database is locked" and the guard stopped for good.
     let lock = DbLock::hold(&db);
     green.set_errors(1000);
-    let c = client();
-    eventually(
-        Duration::from_secs(20),
-        "guard rolled back during the outage",
-        || {
-            let (c, url, api) = (c.clone(), url.clone(), &api);
-            async move {
-                for _ in 0..10 {
-                    let _ = get(&c, &url, &[]).await;
-                }
-                rollout(api).await["status"] == "aborted"
-            }
-        },
-    )
-    .await;
+    aborted_under_traffic(&api, &url, "guard rolled back during the outage").await;
     assert!(all_blue(&url, 40).await, "all traffic on stable");
     assert!(pending(&api).await >= 1);
-    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    let metrics = metrics_text(&sy).await;
     assert_eq!(
         metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
         Some(1.0)
@@ -296,22 +245,18 @@ const GUARD: &str = "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
+        ]}),
     )
-    .await
-    .unwrap();
+    .await;
     paused_at(&api, 5000).await;
     let lock = DbLock::hold(&db);
     api.post("/api/v1/services/shop/rollout/abort", json!({}))
@@ -347,23 +292,15 @@ async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until_the_guard_judged()
 {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
     let config = shop(blue.addr, green.addr, GUARD);
     let sy = start_in(&config, dir.path()).await;
     let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(&api, json!({ "kind": "canary", "steps": [
             { "weight": 10 }, { "pause": "until-promoted" }, { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
-    )
-    .await
-    .unwrap();
+        ]})).await;
     paused_at(&api, 1000).await;
     api.post("/api/v1/services/shop/rollout/promote", json!({}))
         .await
@@ -425,22 +362,18 @@ async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
-    let (blue, green) = (
-        TestBackend::start("blue").await,
-        TestBackend::start("green").await,
-    );
+    let (blue, green) = TestBackend::pair().await;
     let dir = tempfile::tempdir().unwrap();
     let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "strategy": { "kind": "canary", "steps": [
+    start_rollout(
+        &api,
+        json!({ "kind": "canary", "steps": [
             { "weight": 50 }, { "pause": "until-promoted" }
-        ]}}),
+        ]}),
     )
-    .await
-    .unwrap();
+    .await;
     paused_at(&api, 5000).await;
     // Back to back: the retry may come before the woken driver saw the abort (then its
     // guard had ended with the first attempt).
@@ -454,25 +387,8 @@ async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
     assert_eq!(rollout(&api).await["attempt"], 1);
 
     green.set_errors(1000);
-    let c = client();
-    eventually(
-        Duration::from_secs(20),
-        "the guard rolled back the retried attempt",
-        || {
-            let (c, url, api) = (c.clone(), url.clone(), &api);
-            async move {
-                for _ in 0..10 {
-                    let _ = get(&c, &url, &[]).await;
-                }
-                rollout(api).await["status"] == "aborted"
-            }
-        },
-    )
-    .await;
-    let metrics = get(&client(), &format!("http://{}/metrics", sy.admin_addr), &[])
-        .await
-        .unwrap()
-        .body;
+    aborted_under_traffic(&api, &url, "the guard rolled back the retried attempt").await;
+    let metrics = metrics_text(&sy).await;
     assert_eq!(
         metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
         Some(1.0)

@@ -1,11 +1,11 @@
 //! Running the real `switchyard` binary in tests.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{client, eventually, get};
+use super::{client, eventually, get, TestBackend};
 
 pub fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -47,6 +47,41 @@ targets = ["{green}"]
 "#
     );
     std::fs::write(path, text).unwrap();
+}
+
+/// What a binary test starts from: backends `blue` and `green`, a temporary directory with
+/// `sy.toml` written by `write_config` (blue active), and the two ports it names.
+pub struct Binary {
+    pub blue: TestBackend,
+    pub green: TestBackend,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub web: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Binary {
+    pub async fn setup() -> Binary {
+        let blue = TestBackend::start("blue").await;
+        let green = TestBackend::start("green").await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sy.toml");
+        let (web, admin) = (free_port(), free_port());
+        write_config(&path, web, admin, "blue", blue.addr, green.addr);
+        Binary {
+            blue,
+            green,
+            dir,
+            path,
+            web,
+            admin,
+        }
+    }
+}
+
+/// An admin client for a binary's admin address, with the test token.
+pub fn admin_at(addr: SocketAddr) -> switchyard::client::AdminClient {
+    switchyard::client::AdminClient::new(&addr.to_string(), Some("t0ken".into()))
 }
 
 pub struct Running {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod raw;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,6 +43,11 @@ pub struct TestBackend {
 impl TestBackend {
     pub async fn start(name: &'static str) -> TestBackend {
         Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    /// The usual two: `blue` and `green`.
+    pub async fn pair() -> (TestBackend, TestBackend) {
+        (Self::start("blue").await, Self::start("green").await)
     }
 
     pub async fn start_on(addr: SocketAddr, name: &'static str) -> TestBackend {
@@ -283,6 +289,18 @@ pub async fn get(
     })
 }
 
+/// The admin plane's `/metrics` text.
+pub async fn metrics_text(server: &Server) -> String {
+    get(
+        &client(),
+        &format!("http://{}/metrics", server.admin_addr),
+        &[],
+    )
+    .await
+    .unwrap()
+    .body
+}
+
 /// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -306,22 +324,173 @@ pub fn admin(server: &Server) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some("t0ken".into()))
 }
 
+/// An admin client for the server with `token`.
+pub fn as_client(server: &Server, token: &str) -> switchyard::client::AdminClient {
+    switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some(token.into()))
+}
+
 /// A config with one listener on port 0, one service `shop` with the given groups, and a
 /// catch-all route. `extra` is appended to the service table (before its groups).
 pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
-    let mut s = String::from(
-        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n\n[[service]]\nname = \"shop\"\n",
-    );
-    s.push_str(service_extra);
-    s.push('\n');
+    let mut c = Cfg::new().service(service_extra);
     for (name, targets) in groups {
-        let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
-        s.push_str(&format!(
-            "[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n",
-            t.join(", ")
-        ));
+        c = c.group(name, targets);
     }
-    s
+    c.build()
+}
+
+/// The usual `shop` service with groups `blue` and `green`, `blue` active.
+pub fn blue_green(blue: SocketAddr, green: SocketAddr) -> Cfg {
+    Cfg::new()
+        .active("blue")
+        .group("blue", &[blue])
+        .group("green", &[green])
+}
+
+/// The test config builder: `[admin]` on port 0 with token `t0ken`, one listener `web` on
+/// port 0, a catch-all route `all` to service `shop`, and the groups added. Each option
+/// appends raw TOML at its place: `admin` to the admin table, `route` to the route, `top`
+/// after the route (top-level tables such as `[[analysis]]` or `[store]`), `service` to the
+/// service table before its groups.
+#[derive(Clone, Default)]
+pub struct Cfg {
+    admin: String,
+    route: String,
+    top: String,
+    service: String,
+    active: Option<String>,
+    groups: Vec<(String, Vec<SocketAddr>)>,
+}
+
+fn push_line(to: &mut String, extra: &str) {
+    to.push_str(extra);
+    if !extra.is_empty() && !extra.ends_with('\n') {
+        to.push('\n');
+    }
+}
+
+impl Cfg {
+    pub fn new() -> Cfg {
+        Cfg::default()
+    }
+
+    pub fn admin(mut self, extra: &str) -> Cfg {
+        push_line(&mut self.admin, extra);
+        self
+    }
+
+    pub fn route(mut self, extra: &str) -> Cfg {
+        push_line(&mut self.route, extra);
+        self
+    }
+
+    pub fn top(mut self, extra: &str) -> Cfg {
+        push_line(&mut self.top, extra);
+        self
+    }
+
+    pub fn service(mut self, extra: &str) -> Cfg {
+        push_line(&mut self.service, extra);
+        self
+    }
+
+    pub fn active(mut self, group: &str) -> Cfg {
+        self.active = Some(group.to_string());
+        self
+    }
+
+    pub fn group(mut self, name: &str, targets: &[SocketAddr]) -> Cfg {
+        self.groups.push((name.to_string(), targets.to_vec()));
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let mut s = String::from("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n");
+        s.push_str(&self.admin);
+        s.push_str("\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n");
+        s.push_str("[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n");
+        s.push_str(&self.route);
+        s.push('\n');
+        s.push_str(&self.top);
+        s.push_str("\n[[service]]\nname = \"shop\"\n");
+        if let Some(active) = &self.active {
+            s.push_str(&format!("active = \"{active}\"\n"));
+        }
+        s.push_str(&self.service);
+        s.push('\n');
+        for (name, targets) in &self.groups {
+            let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
+            s.push_str(&format!(
+                "[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n",
+                t.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for Cfg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.build())
+    }
+}
+
+/// The rollout of service `shop`.
+pub async fn rollout(api: &switchyard::client::AdminClient) -> serde_json::Value {
+    api.get("/api/v1/services/shop/rollout").await.unwrap()
+}
+
+/// Polls the rollout of `shop` every 20 ms until `f` holds (10 s at most).
+pub async fn wait_rollout(
+    api: &switchyard::client::AdminClient,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_rollout_for(api, Duration::from_secs(10), what, f).await
+}
+
+/// As `wait_rollout`, with its own limit.
+pub async fn wait_rollout_for(
+    api: &switchyard::client::AdminClient,
+    limit: Duration,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let r = rollout(api).await;
+        if f(&r) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached: {what}; rollout is {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a rollout of `shop` to `green` with the service's own strategy.
+pub async fn start_green(api: &switchyard::client::AdminClient) -> serde_json::Value {
+    api.post(
+        "/api/v1/rollouts",
+        serde_json::json!({ "service": "shop", "candidate": "green" }),
+    )
+    .await
+    .unwrap()
+}
+
+/// Starts a rollout of `shop` to `green` with `strategy`.
+pub async fn start_rollout(
+    api: &switchyard::client::AdminClient,
+    strategy: serde_json::Value,
+) -> serde_json::Value {
+    api.post(
+        "/api/v1/rollouts",
+        serde_json::json!({ "service": "shop", "candidate": "green", "strategy": strategy }),
+    )
+    .await
+    .unwrap()
 }
 
 /// Another process's hold on the state database, as in an outage: an exclusive SQLite
