@@ -456,7 +456,7 @@ async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back(
         )
         .replacen(
             "[[listener]]",
-            "[timeouts]\nclient_body = \"300ms\"\nrequest = \"500ms\"\n\n[[listener]]",
+            "[timeouts]\nclient_body = \"300ms\"\nrequest = \"2s\"\n\n[[listener]]",
             1,
         );
     let sy = start(&toml).await;

@@ -276,6 +276,12 @@ async fn header_read_starts_with_the_first_byte_of_a_later_request() {
         .await
         .unwrap();
     let (_, took) = read_to_close(&mut s, Duration::from_secs(8)).await;
+    // Not before header_read (300 ms) from the second head's first byte: a timer that ran
+    // from the end of the first answer would have closed the connection during the sleep.
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(b.hits(), 1);
 }
