@@ -315,12 +315,20 @@ async fn uploads_to_an_http2_target_are_timed_the_same_way() {
 /// A target that answers as soon as it has a request's head — a chunked `200` whose first
 /// chunk goes out at once — and then reads the rest of the upload, giving up (closing the
 /// connection) after `patience` without a byte, as servers with a read timeout do.
-async fn streaming_target(patience: Duration) -> SocketAddr {
+/// Also returns how many of its exchanges have ended (the target closed its side).
+async fn streaming_target(
+    patience: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = ended.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let done = done.clone();
             tokio::spawn(async move {
+                // Counted however the exchange ends, when `s` is dropped with this guard.
+                let _ended = Ended(done);
                 let mut got = Vec::new();
                 let mut chunk = [0u8; 4096];
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -342,7 +350,16 @@ async fn streaming_target(patience: Duration) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, ended)
+}
+
+/// Counts an exchange of `streaming_target` as ended when dropped.
+struct Ended(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A client that starts an upload of 100 bytes, sends 3, and reads the answer's head.
@@ -358,7 +375,7 @@ async fn upload_started(addr: SocketAddr) -> (TcpStream, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
     // The target gives up on the upload after 3 s; the client's pause is cut at 1 s.
-    let target = streaming_target(Duration::from_secs(3)).await;
+    let (target, _) = streaming_target(Duration::from_secs(3)).await;
     let (_dir, log, sy) = proxy(&[target], "client_body = \"1s\"\nrequest = \"10s\"", "").await;
     let (mut s, head) = upload_started(sy.listener_addr("web").await).await;
     assert_eq!(status_of(&head), 200, "{head}");
@@ -377,7 +394,7 @@ async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
-    let target = streaming_target(Duration::from_secs(2)).await;
+    let (target, ended) = streaming_target(Duration::from_secs(2)).await;
     let (_dir, log, sy) = proxy(&[target], "client_body = \"30s\"\nrequest = \"30s\"", "").await;
     let (s, head) = upload_started(sy.listener_addr("web").await).await;
     assert_eq!(status_of(&head), 200, "{head}");
@@ -386,8 +403,13 @@ async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not
         counts(&sy).client_errors == 1
     })
     .await;
-    // Past the target's own read timeout: its close must not be counted either.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Once the target has closed its side (at the latest after its 2 s read timeout), and a
+    // moment for the proxy to see it: that close must not be counted either.
+    eventually(Duration::from_secs(10), "the target closed", || async {
+        ended.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let c = counts(&sy);
     assert_eq!(
         (c.client_errors, c.resets, c.responses[1], c.responses[4]),
