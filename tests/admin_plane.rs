@@ -176,6 +176,8 @@ async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
         .unwrap_or_else(|e| {
             panic!("cannot run `prlimit` (util-linux; `apt-get install util-linux` on Debian): {e}")
         });
+    // prlimit execs switchyard: the same pid, whose descriptors /proc shows.
+    let fds = format!("/proc/{}/fd", child.id());
     let _running = Running { child };
     let c = client();
     eventually(Duration::from_secs(10), "the proxy answers", || {
@@ -193,8 +195,21 @@ async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
             idle.push(s);
         }
     }
-    // Let the admin loop accept (and refuse) all of them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the admin loop accept (and refuse) all it will: until the process's descriptor
+    // count has not moved for half a second (a fixed wait could end before a loaded machine
+    // accepted them, and the proxy would then be tried with descriptors to spare).
+    let count = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
+    let (mut last, mut still) = (count(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while still < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = count();
+        (still, last) = if now == last {
+            (still + 1, now)
+        } else {
+            (0, now)
+        };
+    }
     for i in 0..20 {
         // A fresh connection each time: the proxy must accept.
         let fresh = client();
