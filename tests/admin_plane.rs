@@ -224,14 +224,6 @@ async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
     drop(idle);
 }
 
-async fn server_from_file(path: &Path) -> Server {
-    let mut config = switchyard::config::load(path).unwrap();
-    config.store.path = ":memory:".into();
-    Server::start(config, Some(path.to_path_buf()))
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
     let blue = TestBackend::start("blue").await;

@@ -357,7 +357,7 @@ async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
     let path = dir.path().join("switchyard.toml");
     let text = cfg(blue.addr, green.addr, "", "");
     std::fs::write(&path, &text).unwrap();
-    let sy = server_from(&path).await;
+    let sy = server_from_file(&path).await;
     let web = sy.listener_addr("web").await;
     let fifo = dir.path().join("access.log");
     mkfifo(&fifo);
@@ -381,14 +381,6 @@ async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(r.backend(), "blue");
-}
-
-async fn server_from(path: &Path) -> Server {
-    let mut config = switchyard::config::load(path).unwrap();
-    config.store.path = ":memory:".into();
-    Server::start(config, Some(path.to_path_buf()))
-        .await
-        .unwrap()
 }
 
 /// Commands do not inherit the variables that hold admin tokens (the server's, the CLI's,

@@ -1,8 +1,6 @@
 //! The request path: route match, then for a forward action the group and target choice,
 //! header rewriting, the upstream exchange with its timeout and one retry, and the response.
 //! A request reads the routing snapshot once and finishes on it.
-//! (A little over 600 lines: `forward` and its retry read best top-down in one place; the
-//! pieces that stand alone — body, account, headers, answers, tunnel — are their own files.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,11 +30,13 @@ use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Upstream};
 mod account;
 mod answers;
 mod body;
+mod failure;
 mod headers;
 mod tunnel;
 pub use answers::error;
 use answers::{fixed, redirect};
 pub use body::{UpstreamBody, UpstreamResponseBody};
+use failure::{classify, Failure};
 use headers::{
     is_upgrade, prepare_request_headers, remove_hop_by_hop, request_host, split_port, X_REQUEST_ID,
 };
@@ -513,65 +513,6 @@ async fn exchange(
     }
 }
 
-/// Why an exchange with a target failed.
-#[derive(Debug)]
-enum Failure {
-    Connect(String),
-    Reset(String),
-    Timeout(std::time::Duration),
-    Protocol(String),
-    /// The client failed its own request while it was being sent on.
-    Client(h1::ClientError),
-}
-
-impl Failure {
-    fn error(&self) -> ProxyError {
-        match self {
-            Failure::Connect(_) => ProxyError::UpstreamConnect,
-            Failure::Reset(_) => ProxyError::UpstreamReset,
-            Failure::Timeout(_) => ProxyError::UpstreamTimeout,
-            Failure::Protocol(_) => ProxyError::UpstreamProtocol,
-            Failure::Client(e) => e.proxy_error(),
-        }
-    }
-}
-
-impl From<h1::Error> for Failure {
-    fn from(e: h1::Error) -> Failure {
-        match e {
-            h1::Error::Protocol(m) => Failure::Protocol(m),
-            h1::Error::Client(e) => Failure::Client(e),
-            h1::Error::Timeout(d) => Failure::Timeout(d),
-            e @ (h1::Error::Io(_) | h1::Error::Closed) => Failure::Reset(error_chain(&e)),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Connect(e) => write!(f, "cannot connect to target: {e}"),
-            Failure::Reset(e) => write!(f, "target closed the connection: {e}"),
-            Failure::Timeout(d) => write!(
-                f,
-                "target sent no response within {}",
-                humantime::format_duration(*d)
-            ),
-            Failure::Protocol(e) => write!(f, "bad response from target: {e}"),
-            Failure::Client(e) => write!(f, "{}", error_chain(e)),
-        }
-    }
-}
-
-fn classify(e: hyper::Error) -> Failure {
-    let detail = error_chain(&e);
-    if e.is_parse() {
-        Failure::Protocol(detail)
-    } else {
-        Failure::Reset(detail)
-    }
-}
-
 /// Records an answer of the group now and returns how long it took.
 fn record(
     stats: &GroupStats,
@@ -593,15 +534,4 @@ fn connect_failed(svc: &Service, group: &Group, target: &Target, e: &ConnectErro
 
 fn note_failure(svc: &Service, group: &Group, target: &Target) {
     account::strike(svc, group, target);
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -228,6 +228,15 @@ pub async fn start(toml: &str) -> Server {
     start_in(toml, Path::new(".")).await
 }
 
+/// A switchyard started from a config file (so reload and SIGHUP re-read it), state in memory.
+pub async fn server_from_file(path: &Path) -> Server {
+    let mut config = switchyard::config::load(path).unwrap();
+    config.store.path = ":memory:".into();
+    Server::start(config, Some(path.to_path_buf()))
+        .await
+        .unwrap()
+}
+
 /// State lives in memory unless the config names a `[store] path`.
 pub async fn start_in(toml: &str, dir: &Path) -> Server {
     let mut config = switchyard::config::parse(toml, "test.toml", dir)
