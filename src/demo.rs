@@ -166,6 +166,12 @@ pub async fn run() -> anyhow::Result<()> {
         let r = api.get("/api/v1/services/shop/rollout").await?;
         let weight = r["weight"].as_u64().unwrap_or(0);
         let done = r["status"] == "completed";
+        // The driver takes the first step just after `start` answers; a read in
+        // between sees 0 %, which is not a phase of the canary.
+        if last_weight.is_none() && weight == 0 && !done {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         if last_weight != Some(weight) {
             if last_weight.is_some() {
                 let t = std::mem::take(&mut *tally.lock().expect("tally"));
