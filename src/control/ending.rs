@@ -30,7 +30,7 @@ impl Controller {
         } else {
             "after_rollout"
         };
-        if let Some(hook) = crate::rollout::hooks::by_point(&svc.hooks, point).cloned() {
+        if let Some(hook) = super::hooks::by_point(&svc.hooks, point).cloned() {
             let (persist, r) = (self.persist.clone(), r.clone());
             // Taken now, while the state lock orders it before any later attempt's driver.
             let held = lane.clone().try_lock_owned();
@@ -39,7 +39,7 @@ impl Controller {
                     Ok(g) => g,
                     Err(_) => lane.lock_owned().await,
                 };
-                let (kind, reason) = match crate::rollout::hooks::run(&hook, point, &r).await {
+                let (kind, reason) = match super::hooks::run(&hook, point, &r).await {
                     Ok(done) => ("hook", done),
                     Err(e) => ("hook_failed", e),
                 };

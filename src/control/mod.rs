@@ -4,7 +4,10 @@
 //! snapshot; a change that fails anywhere is not applied at all. The hot path only ever sees
 //! the published snapshot.
 
+mod driver;
 mod ending;
+mod guard;
+mod hooks;
 mod lifecycle;
 mod observe;
 mod persist;

@@ -94,10 +94,8 @@ impl Controller {
         if !force {
             self.check_healthy(service, [candidate])?;
         }
-        let strategy = crate::rollout::hooks::with_hooks(
-            strategy.unwrap_or_else(|| svc.strategy.clone()),
-            &svc.hooks,
-        );
+        let strategy =
+            super::hooks::with_hooks(strategy.unwrap_or_else(|| svc.strategy.clone()), &svc.hooks);
         let now = unix_ms();
         let r = Rollout {
             // The database allocates the id in the write that records the start.
@@ -348,8 +346,7 @@ impl Controller {
             _ if active => {
                 let wake = Arc::new(Notify::new());
                 let lane = state.end_hooks.entry(service.into()).or_default().clone();
-                let drive =
-                    crate::rollout::driver::drive(self.clone(), service.into(), wake.clone());
+                let drive = super::driver::drive(self.clone(), service.into(), wake.clone());
                 let task = tokio::spawn(async move {
                     // The previous attempt's end hook finishes first.
                     drop(lane.lock().await);

@@ -1,10 +1,8 @@
 //! Rollouts: one release of a service from its stable group to a candidate group. Every
 //! strategy compiles to a list of steps, so one state machine (`machine`) drives canaries,
-//! blue-green and all-at-once alike, and one driver (`driver`) runs it over time.
+//! blue-green and all-at-once alike, and the control plane's driver runs it over time. Pure types only:
+//! nothing here does I/O or reaches the control plane.
 
-pub mod driver;
-pub mod guard;
-pub mod hooks;
 pub mod machine;
 
 use std::time::Duration;

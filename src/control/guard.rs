@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use crate::analysis::external::Context;
 use crate::analysis::run;
-use crate::control::Controller;
 use crate::rollout::machine::Verdict;
 use crate::rollout::{RollbackCause, Status};
+
+use super::Controller;
 
 /// Aborts attempt `of` (rollout id, attempt) of `service` when the candidate's 5xx rate over the guard window
 /// exceeds stable's by more than the configured points. It lives as long as the rollout is
 /// active: a failure to act is logged and tried again on the next tick, never a reason to
 /// stop watching. With `judged`, it says when it has judged one full window without rolling
 /// back (a rollout resumed after a restart waits for that).
-pub async fn guard(
+pub(super) async fn guard(
     control: Arc<Controller>,
     service: String,
     of: (u64, u32),
@@ -97,7 +98,12 @@ pub async fn guard(
 /// failure aborts; an inconclusive result pauses for a person, and once the person resumes
 /// the analysis starts again from then (a paused rollout is still active, and a resumed one
 /// must not go on unwatched). A failure to act is logged at error level and tried again.
-pub async fn background(control: Arc<Controller>, service: String, of: (u64, u32), name: String) {
+pub(super) async fn background(
+    control: Arc<Controller>,
+    service: String,
+    of: (u64, u32),
+    name: String,
+) {
     let id = of.0;
     loop {
         let Ok(view) = control.rollout(&service).await else {

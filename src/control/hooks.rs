@@ -8,14 +8,14 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::{Rollout, Step, Strategy};
 use crate::config::analysis::{Hook, Hooks};
 use crate::config::FULL_WEIGHT;
+use crate::rollout::{Rollout, Step, Strategy};
 
 /// The strategy's steps with the service's hooks in place: `before_traffic` first,
 /// `before_promotion` (and a wait for confirmation if asked) before the step that gives the
 /// candidate all traffic, `after_traffic` right after it.
-pub fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
+pub(super) fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
     let hook = |p: &str| Step::Hook {
         point: p.to_string(),
     };
@@ -58,7 +58,7 @@ pub fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
     s
 }
 
-pub fn by_point<'h>(hooks: &'h Hooks, point: &str) -> Option<&'h Hook> {
+pub(super) fn by_point<'h>(hooks: &'h Hooks, point: &str) -> Option<&'h Hook> {
     match point {
         "before_traffic" => hooks.before_traffic.as_ref(),
         "after_traffic" => hooks.after_traffic.as_ref(),
@@ -70,7 +70,7 @@ pub fn by_point<'h>(hooks: &'h Hooks, point: &str) -> Option<&'h Hook> {
 }
 
 /// Runs a hook, retrying; `Ok` says what happened, `Err` why it failed.
-pub async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String> {
+pub(super) async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String> {
     let timeout = Duration::from_millis(hook.timeout_ms);
     let mut last = String::new();
     for attempt in 0..=hook.retries {

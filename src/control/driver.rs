@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::machine::{Outcome, Verdict};
-use super::RollbackCause;
 use crate::analysis::external::Context;
 use crate::analysis::run;
-use crate::control::Controller;
+use crate::rollout::machine::{Outcome, Verdict};
+use crate::rollout::{RollbackCause, Rollout};
+
+use super::{ControlError, Controller};
 
 /// How often a running pause records its progress.
 const CHECKPOINT: Duration = Duration::from_secs(1);
 
-pub async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>) {
+pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>) {
     let mut side = Side::default();
     // After a restart the last instance may have decided a rollback it could not record:
     // nothing moves before the guard has judged what the rollout resumed at.
@@ -166,7 +167,7 @@ impl Side {
         &mut self,
         control: &Arc<Controller>,
         service: &str,
-        r: &super::Rollout,
+        r: &Rollout,
         judged: Option<tokio::sync::oneshot::Sender<()>>,
     ) {
         if self.of == Some((r.id, r.attempt)) {
@@ -191,7 +192,7 @@ impl Side {
     }
 }
 
-fn log<T>(r: Result<T, crate::control::ControlError>) {
+fn log<T>(r: Result<T, ControlError>) {
     if let Err(e) = r {
         tracing::error!(error = %e, "rollout transition not recorded");
     }
