@@ -4,14 +4,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use serde::Serialize;
 
 use super::{Check, Measurement, Outcome};
+use crate::bounded::{self, ReadBody};
 
 /// What a webhook or command is told about the rollout.
 #[derive(Debug, Clone, Serialize)]
@@ -43,37 +40,24 @@ fn result(
     }
 }
 
+/// (status, body) of a call through the one bounded client.
 async fn http(
     method: Method,
     url: &str,
     body: Option<String>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::builder().method(method).uri(url);
-    if body.is_some() {
-        req = req.header(http::header::CONTENT_TYPE, "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| format!("bad URL {url}: {e}"))?;
-    let call = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = crate::bounded::read_body(resp.into_body(), crate::bounded::MAX_ANSWER_BYTES)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    let answer = bounded::call(method, url, body, timeout, ReadBody::Always)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = match answer.body {
+        Some(read) => read.map_err(|e| format!("{url}: {e}"))?,
+        None => Default::default(),
     };
-    tokio::time::timeout(timeout, call).await.map_err(|_| {
-        format!(
-            "{url}: no answer within {}",
-            humantime::format_duration(timeout)
-        )
-    })?
+    Ok((
+        answer.status.as_u16(),
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
 }
 
 fn percent_encode(s: &str) -> String {

@@ -13,4 +13,4 @@ pub mod http;
 
 pub use command::{run_shell, CommandError, CommandOutput};
 pub use file::{read_file, read_text, FileError, MAX_FILE_BYTES};
-pub use http::{read_body, BodyError, MAX_ANSWER_BYTES};
+pub use http::{call, read_body, Answer, BodyError, CallError, ReadBody, MAX_ANSWER_BYTES};

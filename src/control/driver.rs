@@ -145,7 +145,7 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
             Outcome::Retire(teardown) => {
                 let detail = match teardown {
                     None => String::new(),
-                    Some(cmd) => run_teardown(&cmd, &service, &r.stable).await,
+                    Some(cmd) => super::effects::teardown(&cmd, &service, &r.stable).await,
                 };
                 log(control.rollout_retired(&service, r.step, &detail).await);
             }
@@ -195,23 +195,5 @@ impl Side {
 fn log<T>(r: Result<T, ControlError>) {
     if let Err(e) = r {
         tracing::error!(error = %e, "rollout transition not recorded");
-    }
-}
-
-/// Runs the teardown command with `sh -c` (bounded: see `bounded::run_shell`); its result is
-/// recorded, never fatal: the release has already happened.
-async fn run_teardown(cmd: &str, service: &str, group: &str) -> String {
-    let env = [
-        ("SWITCHYARD_SERVICE", service.to_string()),
-        ("SWITCHYARD_GROUP", group.to_string()),
-    ];
-    match crate::bounded::run_shell(cmd, &env, Duration::from_secs(300)).await {
-        Err(e) => format!("; teardown {e}"),
-        Ok(out) if out.status.success() => format!("; teardown `{cmd}` succeeded"),
-        Ok(out) => format!(
-            "; teardown `{cmd}` failed ({}): {}",
-            out.status,
-            out.said(200)
-        ),
     }
 }

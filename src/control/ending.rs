@@ -3,7 +3,6 @@
 //! background so that ending a rollout (a rollback above all) never waits for them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::persist::Kind;
 use super::{event, Controller};
@@ -68,31 +67,7 @@ impl Controller {
                 },
                 change.reason
             );
-            tokio::spawn(notify(url, text));
+            tokio::spawn(super::effects::notify(url, text));
         }
-    }
-}
-
-/// Posts a Slack-compatible message.
-async fn notify(url: String, text: String) {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let body = serde_json::json!({ "text": text }).to_string();
-    let Ok(req) = http::Request::post(&url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-    else {
-        return;
-    };
-    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => {}
-        Ok(Ok(resp)) => {
-            tracing::warn!(%url, status = %resp.status(), "notification webhook refused the message")
-        }
-        Ok(Err(e)) => tracing::warn!(%url, error = %e, "notification webhook unreachable"),
-        Err(_) => tracing::warn!(%url, "notification webhook timed out"),
     }
 }

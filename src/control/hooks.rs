@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
+use super::effects;
+use crate::bounded::{CallError, ReadBody};
 use crate::config::analysis::{Hook, Hooks};
 use crate::config::FULL_WEIGHT;
 use crate::rollout::{Rollout, Step, Strategy};
@@ -77,18 +74,10 @@ pub(super) async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String,
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
         }
-        // A command bounds itself (and kills its process group when it times out); a
-        // second timeout of the same length around it would race that one and drop the run
-        // mid-kill. An HTTP call is bounded here.
+        // Both bound themselves: a command kills its process group when it times out (a
+        // second timeout around it would race that one and drop the run mid-kill).
         let once = match (&hook.url, &hook.command) {
-            (Some(url), _) => tokio::time::timeout(timeout, call(url, point, r))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "timed out after {}",
-                        humantime::format_duration(timeout)
-                    ))
-                }),
+            (Some(url), _) => call(url, point, r, timeout).await,
             (None, Some(cmd)) => command(cmd, point, r, timeout).await,
             (None, None) => Err("the hook has neither url nor command".into()),
         };
@@ -108,32 +97,30 @@ pub(super) async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String,
 /// failure event.
 const SAID_CHARS: usize = 200;
 
-async fn call(url: &str, point: &str, r: &Rollout) -> Result<String, String> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+async fn call(url: &str, point: &str, r: &Rollout, timeout: Duration) -> Result<String, String> {
     let body = serde_json::json!({
         "hook": point, "service": r.service, "rollout": r.id, "stable": r.stable,
         "candidate": r.candidate, "weight": r.weight, "step": r.step,
     });
-    let req = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| format!("bad URL {url}: {e}"))?;
-    let resp = client
-        .request(req)
+    let answer = effects::post_json(url, &body, timeout, ReadBody::OnFailure)
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = resp.status();
+        .map_err(|e| match e {
+            CallError::TimedOut { timeout, .. } => {
+                format!("timed out after {}", humantime::format_duration(timeout))
+            }
+            e => e.to_string(),
+        })?;
+    let status = answer.status;
     if status.is_success() {
         // The answer's body is not needed: dropping it closes the connection unread.
         return Ok(format!("answered {}", status.as_u16()));
     }
-    // A failure's answer says why: read it, bounded, and show its start, cleaned (it goes
-    // into the audit history).
-    let said =
-        match crate::bounded::read_body(resp.into_body(), crate::bounded::MAX_ANSWER_BYTES).await {
-            Ok(b) => crate::audit::clean(String::from_utf8_lossy(&b).trim(), SAID_CHARS),
-            Err(e) => e.to_string(),
-        };
+    // A failure's answer says why: its start, cleaned (it goes into the audit history).
+    let said = match answer.body {
+        Some(Ok(b)) => crate::audit::clean(String::from_utf8_lossy(&b).trim(), SAID_CHARS),
+        Some(Err(e)) => e.to_string(),
+        None => String::new(),
+    };
     Err(format!("{url} answered {}: {said}", status.as_u16()))
 }
 
@@ -147,7 +134,7 @@ async fn command(cmd: &str, point: &str, r: &Rollout, timeout: Duration) -> Resu
         ("SWITCHYARD_STABLE", r.stable.clone()),
         ("SWITCHYARD_CANDIDATE", r.candidate.clone()),
     ];
-    let out = crate::bounded::run_shell(cmd, &env, timeout)
+    let out = effects::run_command(cmd, &env, timeout)
         .await
         .map_err(|e| e.to_string())?;
     if out.status.success() {

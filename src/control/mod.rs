@@ -5,6 +5,7 @@
 //! the published snapshot.
 
 mod driver;
+mod effects;
 mod ending;
 mod guard;
 mod hooks;
