@@ -72,7 +72,13 @@ pub(super) async fn weights(
     })?;
     Ok(Json(
         api.control
-            .set_split(&service, split, req.force, &actor, "weights")
+            .set_split(
+                &service,
+                split,
+                req.force,
+                &actor,
+                crate::audit::EventKind::Weights,
+            )
             .await?,
     ))
 }

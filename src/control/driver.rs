@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::analysis::external::Context;
 use crate::analysis::run;
+use crate::audit::System;
 use crate::rollout::machine::{Outcome, Verdict};
 use crate::rollout::{RollbackCause, Rollout};
 
@@ -113,7 +114,7 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                 tokio::select! {
                     report = tokio::time::timeout(deadline, run::run(&analysis, groups, ctx, false)) => match report {
                         Ok(rep) => log(control.rollout_analysis_done(&service, r.step, rep.verdict, &rep.detail).await),
-                        Err(_) => log(control.abort_from(&service, RollbackCause::Deadline, &stuck(&format!("analysis {name}"))).await),
+                        Err(_) => log(control.abort_from(&service, System::Deadline, RollbackCause::Deadline, &stuck(&format!("analysis {name}"))).await),
                     },
                     _ = wake.notified() => {}
                 }
@@ -123,12 +124,12 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                     .snapshot()
                     .config
                     .service(&service)
-                    .and_then(|s| super::hooks::by_point(&s.hooks, &point).cloned());
+                    .and_then(|s| super::hooks::by_point(&s.hooks, point).cloned());
                 let mut cause = RollbackCause::Hook;
                 let result = match hook {
                     None => Ok(format!("hook {point} is no longer configured")),
                     Some(h) => {
-                        match tokio::time::timeout(deadline, super::hooks::run(&h, &point, r)).await
+                        match tokio::time::timeout(deadline, super::hooks::run(&h, point, r)).await
                         {
                             Ok(res) => res,
                             Err(_) => {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::persist::Kind;
 use super::{event, Controller};
+use crate::audit::{EventKind, System};
 use crate::rollout::machine::Change;
-use crate::rollout::{Rollout, Status};
+use crate::rollout::{HookPoint, Rollout, Status};
 use crate::store::Commit;
 
 impl Controller {
@@ -25,9 +26,9 @@ impl Controller {
         };
         let rolled_back = matches!(r.status, Status::Aborted | Status::RolledBack);
         let point = if rolled_back {
-            "on_rollback"
+            HookPoint::OnRollback
         } else {
-            "after_rollout"
+            HookPoint::AfterRollout
         };
         if let Some(hook) = super::hooks::by_point(&svc.hooks, point).cloned() {
             let (persist, r) = (self.persist.clone(), r.clone());
@@ -39,10 +40,11 @@ impl Controller {
                     Err(_) => lane.lock_owned().await,
                 };
                 let (kind, reason) = match super::hooks::run(&hook, point, &r).await {
-                    Ok(done) => ("hook", done),
-                    Err(e) => ("hook_failed", e),
+                    Ok(done) => (EventKind::Hook, done),
+                    Err(e) => (EventKind::HookFailed, e),
                 };
-                let ev = event(&r.service, Some(r.id), "hook", kind, None, None, reason);
+                let by = System::Hook.into();
+                let ev = event(&r.service, Some(r.id), &by, kind, None, None, reason);
                 persist.durable(
                     Kind::Event,
                     vec![r.service.clone()],

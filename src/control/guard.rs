@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::analysis::external::Context;
 use crate::analysis::run;
+use crate::audit::System;
 use crate::rollout::machine::Verdict;
 use crate::rollout::{RollbackCause, Status};
 
@@ -76,7 +77,7 @@ pub(super) async fn guard(
             );
             tracing::info!(%service, rollout = id, %why, "guard rolls back");
             if let Err(e) = control
-                .abort_from(&service, RollbackCause::Guard, &why)
+                .abort_from(&service, System::Guard, RollbackCause::Guard, &why)
                 .await
             {
                 tracing::error!(%service, rollout = id, error = %e, "guard rollback not applied; trying again next tick");
@@ -136,6 +137,7 @@ pub(super) async fn background(
                     control
                         .abort_from(
                             &service,
+                            System::Analysis,
                             RollbackCause::Analysis,
                             &format!("background analysis {}", report.detail),
                         )
@@ -145,7 +147,7 @@ pub(super) async fn background(
                     control
                         .pause_from(
                             &service,
-                            "analysis",
+                            System::Analysis,
                             &format!("background analysis inconclusive: {}", report.detail),
                         )
                         .await

@@ -7,18 +7,16 @@ use super::effects;
 use crate::bounded::{CallError, ReadBody};
 use crate::config::analysis::{Hook, Hooks};
 use crate::config::FULL_WEIGHT;
-use crate::rollout::{Rollout, Step, Strategy};
+use crate::rollout::{HookPoint, Rollout, Step, Strategy};
 
 /// The strategy's steps with the service's hooks in place: `before_traffic` first,
 /// `before_promotion` (and a wait for confirmation if asked) before the step that gives the
 /// candidate all traffic, `after_traffic` right after it.
 pub(super) fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
-    let hook = |p: &str| Step::Hook {
-        point: p.to_string(),
-    };
+    let hook = |point| Step::Hook { point };
     let mut steps = Vec::new();
     if hooks.before_traffic.is_some() {
-        steps.push(hook("before_traffic"));
+        steps.push(hook(HookPoint::BeforeTraffic));
     }
     let full = s
         .steps
@@ -30,7 +28,7 @@ pub(super) fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
     };
     steps.extend_from_slice(before);
     if let Some(h) = &hooks.before_promotion {
-        steps.push(hook("before_promotion"));
+        steps.push(hook(HookPoint::BeforePromotion));
         if h.confirm {
             steps.push(Step::Pause { duration_ms: None });
         }
@@ -39,7 +37,7 @@ pub(super) fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
         Some((switch, rest)) => {
             steps.push(switch.clone());
             if hooks.after_traffic.is_some() {
-                steps.push(hook("after_traffic"));
+                steps.push(hook(HookPoint::AfterTraffic));
             }
             steps.extend_from_slice(rest);
         }
@@ -47,7 +45,7 @@ pub(super) fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
             steps.push(Step::SetWeight {
                 weight: FULL_WEIGHT,
             });
-            steps.push(hook("after_traffic"));
+            steps.push(hook(HookPoint::AfterTraffic));
         }
         None => {}
     }
@@ -55,19 +53,18 @@ pub(super) fn with_hooks(mut s: Strategy, hooks: &Hooks) -> Strategy {
     s
 }
 
-pub(super) fn by_point<'h>(hooks: &'h Hooks, point: &str) -> Option<&'h Hook> {
+pub(super) fn by_point(hooks: &Hooks, point: HookPoint) -> Option<&Hook> {
     match point {
-        "before_traffic" => hooks.before_traffic.as_ref(),
-        "after_traffic" => hooks.after_traffic.as_ref(),
-        "before_promotion" => hooks.before_promotion.as_ref(),
-        "after_rollout" => hooks.after_rollout.as_ref(),
-        "on_rollback" => hooks.on_rollback.as_ref(),
-        _ => None,
+        HookPoint::BeforeTraffic => hooks.before_traffic.as_ref(),
+        HookPoint::AfterTraffic => hooks.after_traffic.as_ref(),
+        HookPoint::BeforePromotion => hooks.before_promotion.as_ref(),
+        HookPoint::AfterRollout => hooks.after_rollout.as_ref(),
+        HookPoint::OnRollback => hooks.on_rollback.as_ref(),
     }
 }
 
 /// Runs a hook, retrying; `Ok` says what happened, `Err` why it failed.
-pub(super) async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String, String> {
+pub(super) async fn run(hook: &Hook, point: HookPoint, r: &Rollout) -> Result<String, String> {
     let timeout = Duration::from_millis(hook.timeout_ms);
     let mut last = String::new();
     for attempt in 0..=hook.retries {
@@ -85,7 +82,7 @@ pub(super) async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String,
             Ok(done) => return Ok(format!("hook {point} {done}")),
             Err(e) => e,
         };
-        tracing::warn!(point, attempt, error = %last, "hook failed");
+        tracing::warn!(%point, attempt, error = %last, "hook failed");
     }
     Err(format!(
         "hook {point} failed after {} attempts: {last}",
@@ -97,7 +94,12 @@ pub(super) async fn run(hook: &Hook, point: &str, r: &Rollout) -> Result<String,
 /// failure event.
 const SAID_CHARS: usize = 200;
 
-async fn call(url: &str, point: &str, r: &Rollout, timeout: Duration) -> Result<String, String> {
+async fn call(
+    url: &str,
+    point: HookPoint,
+    r: &Rollout,
+    timeout: Duration,
+) -> Result<String, String> {
     let body = serde_json::json!({
         "hook": point, "service": r.service, "rollout": r.id, "stable": r.stable,
         "candidate": r.candidate, "weight": r.weight, "step": r.step,
@@ -126,7 +128,12 @@ async fn call(url: &str, point: &str, r: &Rollout, timeout: Duration) -> Result<
 
 /// The command runs in its own process group, killed with it on timeout or when the rollout
 /// stops waiting for it (see `bounded`).
-async fn command(cmd: &str, point: &str, r: &Rollout, timeout: Duration) -> Result<String, String> {
+async fn command(
+    cmd: &str,
+    point: HookPoint,
+    r: &Rollout,
+    timeout: Duration,
+) -> Result<String, String> {
     let env = [
         ("SWITCHYARD_HOOK", point.to_string()),
         ("SWITCHYARD_SERVICE", r.service.clone()),

@@ -188,14 +188,14 @@ impl Controller {
     pub(crate) async fn open_resume_gate(&self, service: &str) -> Result<(), ControlError> {
         let target = self.state.lock().await.restore.get(service).copied();
         if let Some(target) = target {
-            self.transition(service, "restart", None, |r| {
+            self.transition(service, &crate::audit::System::Restart.into(), None, |r| {
                 if !r.status.is_active() || r.weight >= target {
                     return Ok(Outcome::Idle);
                 }
                 let held = r.weight;
                 r.weight = target;
                 Ok(Outcome::Changed(Change {
-                    kind: "restored",
+                    kind: crate::audit::EventKind::Restored,
                     reason: format!(
                         "{} back to the recorded {} after the guard judged a window at {} since the restart",
                         r.candidate,

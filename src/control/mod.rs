@@ -25,6 +25,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify};
 
+use crate::audit::{Actor, EventKind};
 use crate::config::{self, Config, ConfigError, Split};
 use crate::group::now_ms;
 use crate::health::HealthChecker;
@@ -211,10 +212,16 @@ impl Controller {
         service: &str,
         group: &str,
         force: bool,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<TrafficChange, ControlError> {
-        self.set_split(service, Split::all_to(group), force, actor, "switch")
-            .await
+        self.set_split(
+            service,
+            Split::all_to(group),
+            force,
+            actor,
+            EventKind::Switch,
+        )
+        .await
     }
 
     /// Restores the split that was in force before the last change. It is read under the
@@ -226,9 +233,10 @@ impl Controller {
         &self,
         service: &str,
         force: bool,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<TrafficChange, ControlError> {
-        self.change_split(service, force, actor, "switch_back", |t| {
+        let actor = actor.into();
+        self.change_split(service, force, &actor, EventKind::SwitchBack, |t| {
             t.previous
                 .clone()
                 .ok_or_else(|| ControlError::NothingToRevert(service.into()))
@@ -243,10 +251,11 @@ impl Controller {
         service: &str,
         split: Split,
         force: bool,
-        actor: &str,
-        kind: &str,
+        actor: impl Into<Actor>,
+        kind: EventKind,
     ) -> Result<TrafficChange, ControlError> {
-        self.change_split(service, force, actor, kind, |_| Ok(split.clone()))
+        let actor = actor.into();
+        self.change_split(service, force, &actor, kind, |_| Ok(split.clone()))
             .await
     }
 
@@ -255,8 +264,8 @@ impl Controller {
         &self,
         service: &str,
         force: bool,
-        actor: &str,
-        kind: &str,
+        actor: &Actor,
+        kind: EventKind,
         to: impl FnOnce(&Traffic) -> Result<Split, ControlError>,
     ) -> Result<TrafficChange, ControlError> {
         let _writer = self.writer.lock().await;
@@ -323,7 +332,7 @@ impl Controller {
         }
         state.traffic.insert(service.to_string(), t);
         let generation = self.publish(&mut state)?;
-        tracing::info!(service, from = %from, to = %split, generation, actor, "traffic changed");
+        tracing::info!(service, from = %from, to = %split, generation, %actor, "traffic changed");
         Ok(TrafficChange {
             service: service.into(),
             from,
@@ -352,7 +361,7 @@ impl Controller {
     }
 
     /// Re-reads the configuration file. An invalid file changes nothing.
-    pub async fn reload(&self, actor: &str) -> Result<u64, ControlError> {
+    pub async fn reload(&self, actor: impl Into<Actor>) -> Result<u64, ControlError> {
         let path = self
             .config_path
             .as_ref()
@@ -362,7 +371,11 @@ impl Controller {
     }
 
     /// Replaces the configuration; the new generation. See [`Controller::apply_config`].
-    pub async fn apply(&self, config: Config, actor: &str) -> Result<u64, ControlError> {
+    pub async fn apply(
+        &self,
+        config: Config,
+        actor: impl Into<Actor>,
+    ) -> Result<u64, ControlError> {
         Ok(self.apply_config(config, actor).await?.generation)
     }
 
@@ -371,7 +384,12 @@ impl Controller {
     /// listeners that are gone. What it changed is computed by `plan`'s own function under
     /// the same lock, so the list returned is what this apply did, not what a plan said a
     /// moment earlier.
-    pub async fn apply_config(&self, config: Config, actor: &str) -> Result<Applied, ControlError> {
+    pub async fn apply_config(
+        &self,
+        config: Config,
+        actor: impl Into<Actor>,
+    ) -> Result<Applied, ControlError> {
+        let actor = &actor.into();
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
         let diffs = plan::plan(&state, &config);
@@ -431,7 +449,7 @@ impl Controller {
                         &s.name,
                         None,
                         actor,
-                        "config",
+                        EventKind::Config,
                         from.as_ref(),
                         Some(&t.current),
                         "the configuration file sets a new split".into(),
@@ -444,7 +462,7 @@ impl Controller {
             "",
             None,
             actor,
-            "config",
+            EventKind::Config,
             None,
             None,
             match diffs.len() {
@@ -513,7 +531,7 @@ impl Controller {
         }
         tracing::info!(
             generation,
-            actor,
+            %actor,
             changes = diffs.len(),
             "configuration applied"
         );
@@ -564,21 +582,20 @@ impl State {
 fn event(
     service: &str,
     rollout: Option<u64>,
-    actor: &str,
-    kind: &str,
+    actor: &Actor,
+    kind: EventKind,
     from: Option<&Split>,
     to: Option<&Split>,
     reason: String,
 ) -> Event {
-    let (actor, on_behalf_of) = crate::audit::split(actor);
     Event {
         id: 0,
         at: unix_ms(),
         service: service.to_string(),
         rollout,
-        actor,
-        on_behalf_of,
-        kind: kind.to_string(),
+        actor: actor.name().to_string(),
+        on_behalf_of: actor.on_behalf_of().map(str::to_string),
+        kind: kind.as_str().to_string(),
         from: from.cloned(),
         to: to.cloned(),
         reason,

@@ -69,8 +69,8 @@ fn commit(label: &str) -> Commit {
         events: vec![super::super::event(
             "shop",
             None,
-            "test",
-            "test",
+            &"test".into(),
+            crate::audit::EventKind::Config,
             None,
             None,
             label.into(),

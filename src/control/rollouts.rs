@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use super::persist::{superseded, Kind, Write};
 use super::transition::plan;
 use super::{ControlError, Controller};
+use crate::audit::{Actor, EventKind, System};
 use crate::config::Split;
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
 use crate::rollout::{unix_ms, RollbackCause, Rollout, Status, Strategy};
@@ -52,8 +53,9 @@ impl Controller {
         candidate: &str,
         strategy: Option<Strategy>,
         force: bool,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
         let svc = state
@@ -110,18 +112,18 @@ impl Controller {
             reason: None,
             pause_elapsed_ms: 0,
             held: false,
-            created_by: actor.into(),
+            created_by: actor.to_string(),
             created_at: now,
             updated_at: now,
             attempt: 0,
         };
         let before = state.traffic[service].clone();
-        let actor_name = actor.to_string();
+        let actor_name = actor.clone();
         let make = move |id: u64| {
             let mut r = r.clone();
             r.id = id;
             let change = Change {
-                kind: "started",
+                kind: EventKind::Started,
                 reason: format!(
                     "rollout #{} from {} to {} ({}, {} steps)",
                     r.id,
@@ -179,8 +181,9 @@ impl Controller {
         self: &Arc<Self>,
         service: &str,
         full: bool,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         if self.state.lock().await.resume_gate.contains(service) {
             return Err(ControlError::Conflict(format!(
                 "the rollout of {service} resumed after a restart and waits for the guard to judge one full window first"
@@ -193,8 +196,9 @@ impl Controller {
     pub async fn pause(
         self: &Arc<Self>,
         service: &str,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         let why = format!("paused by {actor}");
         self.command(service, actor, None, |r| machine::pause(r, &why))
             .await
@@ -203,17 +207,19 @@ impl Controller {
     pub async fn resume(
         self: &Arc<Self>,
         service: &str,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         self.command(service, actor, None, machine::resume).await
     }
 
     pub async fn abort(
         self: &Arc<Self>,
         service: &str,
-        actor: &str,
+        actor: impl Into<Actor>,
         why: Option<&str>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         let why = why.map_or_else(
             || format!("aborted by {actor}"),
             |w| format!("aborted by {actor}: {w}"),
@@ -228,8 +234,9 @@ impl Controller {
         self: &Arc<Self>,
         service: &str,
         force: bool,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         if !force {
             let candidate = self.rollout(service).await?.rollout.candidate;
             self.check_healthy(service, [candidate.as_str()])?;
@@ -243,8 +250,9 @@ impl Controller {
         self: &Arc<Self>,
         service: &str,
         force: bool,
-        actor: &str,
+        actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
+        let actor = &actor.into();
         let mut state = self.state.lock().await;
         let mut r = state
             .rollouts
@@ -254,7 +262,7 @@ impl Controller {
         if r.status != Status::Completed {
             return Err(CommandError::NotAllowed {
                 service: service.into(),
-                status: status_name(r.status),
+                status: r.status.as_str().to_string(),
                 what: "only a completed rollout can be undone (abort an active one)",
             }
             .into());
@@ -265,7 +273,7 @@ impl Controller {
         r.status = Status::RolledBack;
         r.reason = Some(format!("undone by {actor}"));
         let change = Change {
-            kind: "rolled_back",
+            kind: EventKind::RolledBack,
             reason: format!(
                 "undo of rollout #{}: {} back to {}",
                 r.id, r.candidate, r.stable
@@ -325,7 +333,7 @@ impl Controller {
     async fn command(
         self: &Arc<Self>,
         service: &str,
-        actor: &str,
+        actor: &Actor,
         cause: Option<RollbackCause>,
         f: impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
     ) -> Result<RolloutView, ControlError> {
@@ -378,8 +386,10 @@ impl Controller {
         &self,
         service: &str,
     ) -> Result<(Outcome, RolloutView), ControlError> {
-        self.transition(service, "schedule", None, |r| Ok(machine::step(r)))
-            .await
+        self.transition(service, &System::Schedule.into(), None, |r| {
+            Ok(machine::step(r))
+        })
+        .await
     }
 
     /// Counts time spent in a timed pause (persisted, so a restart resumes with what was left).
@@ -420,10 +430,7 @@ impl Controller {
 
     /// Counts an analysis verdict for /metrics.
     pub(crate) fn count_analysis(&self, service: &str, verdict: Verdict) {
-        let v = serde_json::to_value(verdict)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let v = verdict.as_str().to_string();
         *self
             .counts
             .lock()
@@ -441,9 +448,12 @@ impl Controller {
         detail: &str,
     ) -> Result<(), ControlError> {
         self.count_analysis(service, verdict);
-        self.transition(service, "analysis", Some(RollbackCause::Analysis), |r| {
-            Ok(machine::analysis_done(r, step, verdict, detail).unwrap_or(Outcome::Idle))
-        })
+        self.transition(
+            service,
+            &System::Analysis.into(),
+            Some(RollbackCause::Analysis),
+            |r| Ok(machine::analysis_done(r, step, verdict, detail).unwrap_or(Outcome::Idle)),
+        )
         .await
         .map(|_| ())
     }
@@ -455,7 +465,7 @@ impl Controller {
         result: Result<String, String>,
         cause: RollbackCause,
     ) -> Result<(), ControlError> {
-        self.transition(service, "hook", Some(cause), |r| {
+        self.transition(service, &System::Hook.into(), Some(cause), |r| {
             Ok(machine::hook_done(r, step, result.clone()).unwrap_or(Outcome::Idle))
         })
         .await
@@ -464,16 +474,17 @@ impl Controller {
 
     /// For the rollout's own side tasks (guard, background analysis): aborts and wakes the
     /// running driver, without ever starting one (which keeps their futures non-recursive).
-    /// The cause is the code path's own and also names the actor in the history.
+    /// The cause is the code path's own, as is the part of switchyard named as the actor.
     pub(crate) async fn abort_from(
         &self,
         service: &str,
+        by: System,
         cause: RollbackCause,
         why: &str,
     ) -> Result<(), ControlError> {
-        let actor = cause.as_str();
+        let actor = Actor::from(by);
         let why = format!("aborted by {actor}: {why}");
-        self.transition(service, actor, Some(cause), |r| machine::abort(r, &why))
+        self.transition(service, &actor, Some(cause), |r| machine::abort(r, &why))
             .await?;
         self.wake_driver(service).await;
         Ok(())
@@ -483,10 +494,10 @@ impl Controller {
     pub(crate) async fn pause_from(
         &self,
         service: &str,
-        actor: &str,
+        by: System,
         why: &str,
     ) -> Result<(), ControlError> {
-        self.transition(service, actor, None, |r| machine::pause(r, why))
+        self.transition(service, &by.into(), None, |r| machine::pause(r, why))
             .await?;
         self.wake_driver(service).await;
         Ok(())
@@ -524,17 +535,10 @@ impl Controller {
         step: usize,
         detail: &str,
     ) -> Result<(), ControlError> {
-        self.transition(service, "schedule", None, |r| {
+        self.transition(service, &System::Schedule.into(), None, |r| {
             Ok(machine::retired(r, step, detail).unwrap_or(Outcome::Idle))
         })
         .await
         .map(|_| ())
     }
-}
-
-fn status_name(s: Status) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

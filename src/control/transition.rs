@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use super::persist::{superseded, Kind, Write};
 use super::rollouts::RolloutView;
 use super::{event, ControlError, Controller, State, Traffic};
+use crate::audit::{Actor, EventKind};
 use crate::config::{Split, FULL_WEIGHT};
 use crate::rollout::machine::{Change, CommandError, Outcome};
 use crate::rollout::{unix_ms, RollbackCause, Rollout, Status};
@@ -24,7 +25,7 @@ pub(super) struct Planned {
     pub(super) commit: Commit,
 }
 
-pub(super) fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &str) -> Planned {
+pub(super) fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &Actor) -> Planned {
     r.updated_at = unix_ms();
     let service = r.service.clone();
     let mut t = before.clone();
@@ -44,7 +45,7 @@ pub(super) fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &st
         }
         Status::Progressing | Status::Paused => t.current = rollout_split(&r),
     }
-    if change.kind == "retired" && !t.retired.contains(&r.stable) {
+    if change.kind == EventKind::Retired && !t.retired.contains(&r.stable) {
         t.retired.push(r.stable.clone());
     }
     let ev = event(
@@ -96,7 +97,7 @@ impl Controller {
     pub(super) async fn transition(
         &self,
         service: &str,
-        actor: &str,
+        actor: &Actor,
         cause: Option<RollbackCause>,
         f: impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
     ) -> Result<(Outcome, RolloutView), ControlError> {
@@ -160,7 +161,7 @@ impl Controller {
         state: &mut State,
         r: Rollout,
         change: &Change,
-        actor: &str,
+        actor: &Actor,
         cause: Option<RollbackCause>,
     ) -> Result<RolloutView, ControlError> {
         let service = r.service.clone();
@@ -206,21 +207,21 @@ impl Controller {
             if let Err(e) = self.publish(state) {
                 put_back(&mut state.traffic, &service, old_t);
                 put_back(&mut state.rollouts, &service, old_r);
-                tracing::error!(service, rollout = r.id, kind = change.kind, error = %e, "rollout change not applied: cannot build the snapshot");
+                tracing::error!(service, rollout = r.id, kind = %change.kind, error = %e, "rollout change not applied: cannot build the snapshot");
                 return Err(e);
             }
         }
-        tracing::info!(service, rollout = r.id, kind = change.kind, reason = %change.reason, split = %t.current, "rollout");
+        tracing::info!(service, rollout = r.id, kind = %change.kind, reason = %change.reason, split = %t.current, "rollout");
         if !r.status.is_active() {
             state.resume_gate.remove(&service);
             state.restore.remove(&service);
         }
-        if was_active && !r.status.is_active() || change.kind == "rolled_back" {
+        if was_active && !r.status.is_active() || change.kind == EventKind::RolledBack {
             let lane = state.end_hooks.entry(service.clone()).or_default().clone();
             self.after_end(&state.config, &r, &change, lane);
         }
         if matches!(r.status, Status::Aborted | Status::RolledBack)
-            && (was_active || change.kind == "rolled_back")
+            && (was_active || change.kind == EventKind::RolledBack)
         {
             let cause = cause.unwrap_or_else(|| {
                 debug_assert!(false, "a rollback without a cause: {}", change.kind);

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::{Rollout, Status, Step};
+use super::{HookPoint, Rollout, Status, Step};
+use crate::audit::EventKind;
 use crate::config::{format_percent, FULL_WEIGHT};
 
 /// What `step` did, or what the rollout waits for.
@@ -21,18 +22,18 @@ pub enum Outcome {
     /// The current step retires the old group: run the teardown, then `retired`.
     Retire(Option<String>),
     /// The current step is a hook: run it, then report with `hook_done`.
-    Hook(String),
+    Hook(HookPoint),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub reason: String,
     pub weight_changed: bool,
 }
 
 impl Change {
-    fn outcome(kind: &'static str, reason: impl Into<String>, weight_changed: bool) -> Outcome {
+    fn outcome(kind: EventKind, reason: impl Into<String>, weight_changed: bool) -> Outcome {
         Outcome::Changed(Change {
             kind,
             reason: reason.into(),
@@ -54,10 +55,7 @@ pub enum CommandError {
 fn not_allowed(r: &Rollout, what: &'static str) -> CommandError {
     CommandError::NotAllowed {
         service: r.service.clone(),
-        status: serde_json::to_value(r.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        status: r.status.as_str().to_string(),
         what,
     }
 }
@@ -75,7 +73,7 @@ pub fn step(r: &mut Rollout) -> Outcome {
             r.status = Status::Completed;
             r.reason = None;
             Change::outcome(
-                "completed",
+                EventKind::Completed,
                 format!("{} now takes all traffic", r.candidate),
                 changed,
             )
@@ -85,7 +83,7 @@ pub fn step(r: &mut Rollout) -> Outcome {
             r.weight = weight;
             r.step += 1;
             Change::outcome(
-                "weight",
+                EventKind::Weight,
                 format!("step {n}: {} at {}", r.candidate, format_percent(weight)),
                 changed,
             )
@@ -93,7 +91,11 @@ pub fn step(r: &mut Rollout) -> Outcome {
         Some(Step::Pause { duration_ms: None }) => {
             r.status = Status::Paused;
             r.reason = Some(format!("step {n}: waiting for promotion"));
-            Change::outcome("paused", format!("step {n}: waiting for promotion"), false)
+            Change::outcome(
+                EventKind::Paused,
+                format!("step {n}: waiting for promotion"),
+                false,
+            )
         }
         Some(Step::Pause {
             duration_ms: Some(ms),
@@ -102,7 +104,7 @@ pub fn step(r: &mut Rollout) -> Outcome {
                 r.step += 1;
                 r.pause_elapsed_ms = 0;
                 Change::outcome(
-                    "step",
+                    EventKind::Step,
                     format!(
                         "step {n}: pause of {} over",
                         humantime::format_duration(Duration::from_millis(ms))
@@ -128,14 +130,14 @@ pub fn hook_done(r: &mut Rollout, step: usize, result: Result<String, String>) -
     Some(match result {
         Ok(detail) => {
             r.step += 1;
-            Change::outcome("hook", format!("step {n}: {detail}"), false)
+            Change::outcome(EventKind::Hook, format!("step {n}: {detail}"), false)
         }
         Err(detail) => {
             let changed = r.weight != 0;
             r.weight = 0;
             r.status = Status::Aborted;
             r.reason = Some(format!("step {n}: {detail}"));
-            Change::outcome("aborted", format!("step {n}: {detail}"), changed)
+            Change::outcome(EventKind::Aborted, format!("step {n}: {detail}"), changed)
         }
     })
 }
@@ -176,7 +178,7 @@ pub fn promote(r: &mut Rollout, full: bool) -> Result<Outcome, CommandError> {
         let changed = r.weight != FULL_WEIGHT;
         r.weight = FULL_WEIGHT;
         return Ok(Change::outcome(
-            "promoted",
+            EventKind::Promoted,
             format!("promoted fully: {} takes all traffic", r.candidate),
             changed,
         ));
@@ -188,12 +190,16 @@ pub fn promote(r: &mut Rollout, full: bool) -> Result<Outcome, CommandError> {
     ) {
         r.step += 1;
         return Ok(Change::outcome(
-            "promoted",
+            EventKind::Promoted,
             format!("step {n} promoted"),
             false,
         ));
     }
-    Ok(Change::outcome("promoted", "resumed by promotion", false))
+    Ok(Change::outcome(
+        EventKind::Promoted,
+        "resumed by promotion",
+        false,
+    ))
 }
 
 /// A person holds the rollout where it is; timed pauses stop counting.
@@ -204,7 +210,7 @@ pub fn pause(r: &mut Rollout, why: &str) -> Result<Outcome, CommandError> {
     r.status = Status::Paused;
     r.held = true;
     r.reason = Some(why.to_string());
-    Ok(Change::outcome("paused", why.to_string(), false))
+    Ok(Change::outcome(EventKind::Paused, why.to_string(), false))
 }
 
 pub fn resume(r: &mut Rollout) -> Result<Outcome, CommandError> {
@@ -220,7 +226,7 @@ pub fn resume(r: &mut Rollout) -> Result<Outcome, CommandError> {
     r.status = Status::Progressing;
     r.held = false;
     r.reason = None;
-    Ok(Change::outcome("resumed", "resumed", false))
+    Ok(Change::outcome(EventKind::Resumed, "resumed", false))
 }
 
 /// All traffic back to the stable group at once.
@@ -233,7 +239,11 @@ pub fn abort(r: &mut Rollout, why: &str) -> Result<Outcome, CommandError> {
     r.status = Status::Aborted;
     r.held = false;
     r.reason = Some(why.to_string());
-    Ok(Change::outcome("aborted", why.to_string(), changed))
+    Ok(Change::outcome(
+        EventKind::Aborted,
+        why.to_string(),
+        changed,
+    ))
 }
 
 /// Starts an aborted rollout again from its first step.
@@ -247,7 +257,7 @@ pub fn retry(r: &mut Rollout) -> Result<Outcome, CommandError> {
     r.reason = None;
     r.attempt += 1;
     Ok(Change::outcome(
-        "retried",
+        EventKind::Retried,
         format!("attempt {}", r.attempt + 1),
         false,
     ))
@@ -269,7 +279,7 @@ pub fn analysis_done(
         Verdict::Pass => {
             r.step += 1;
             Change::outcome(
-                "analysis",
+                EventKind::Analysis,
                 format!("step {n}: analysis passed: {detail}"),
                 false,
             )
@@ -280,7 +290,7 @@ pub fn analysis_done(
             r.status = Status::Aborted;
             r.reason = Some(format!("step {n}: analysis failed: {detail}"));
             Change::outcome(
-                "aborted",
+                EventKind::Aborted,
                 format!("step {n}: analysis failed: {detail}"),
                 changed,
             )
@@ -290,7 +300,7 @@ pub fn analysis_done(
             r.held = true;
             r.reason = Some(format!("step {n}: analysis inconclusive: {detail}"));
             Change::outcome(
-                "paused",
+                EventKind::Paused,
                 format!("step {n}: analysis inconclusive: {detail}"),
                 false,
             )
@@ -306,6 +316,17 @@ pub enum Verdict {
     Inconclusive,
 }
 
+impl Verdict {
+    /// The name the API, the store and /metrics use (serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// The old group was retired (teardown ran, or there was none).
 pub fn retired(r: &mut Rollout, step: usize, detail: &str) -> Option<Outcome> {
     if r.step != step || r.status != Status::Progressing {
@@ -313,7 +334,7 @@ pub fn retired(r: &mut Rollout, step: usize, detail: &str) -> Option<Outcome> {
     }
     r.step += 1;
     Some(Change::outcome(
-        "retired",
+        EventKind::Retired,
         format!("{} retired{detail}", r.stable),
         false,
     ))
@@ -346,7 +367,7 @@ mod tests {
 
     fn kind(o: Outcome) -> &'static str {
         match o {
-            Outcome::Changed(c) => c.kind,
+            Outcome::Changed(c) => c.kind.as_str(),
             other => panic!("expected a change, got {other:?}"),
         }
     }

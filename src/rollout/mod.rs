@@ -33,8 +33,38 @@ pub enum Step {
     /// A lifecycle hook (`before_traffic`, `before_promotion`, `after_traffic`); its failure
     /// aborts the rollout.
     Hook {
-        point: String,
+        point: HookPoint,
     },
+}
+
+/// Where in a rollout a lifecycle hook runs; its name is the configuration's key and what
+/// the hook is told (`SWITCHYARD_HOOK`, `"hook"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    BeforeTraffic,
+    BeforePromotion,
+    AfterTraffic,
+    AfterRollout,
+    OnRollback,
+}
+
+impl HookPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::BeforeTraffic => "before_traffic",
+            HookPoint::BeforePromotion => "before_promotion",
+            HookPoint::AfterTraffic => "after_traffic",
+            HookPoint::AfterRollout => "after_rollout",
+            HookPoint::OnRollback => "on_rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Step {
@@ -196,6 +226,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The name the API and the store use (serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Progressing => "progressing",
+            Status::Paused => "paused",
+            Status::Completed => "completed",
+            Status::Aborted => "aborted",
+            Status::RolledBack => "rolled_back",
+        }
+    }
+
     pub fn is_active(self) -> bool {
         matches!(self, Status::Progressing | Status::Paused)
     }
@@ -276,6 +317,34 @@ pub fn unix_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `as_str` is the name serde writes (the store's and the API's), for every variant.
+    #[test]
+    fn names_are_serdes() {
+        let serde_name = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for s in [
+            Status::Progressing,
+            Status::Paused,
+            Status::Completed,
+            Status::Aborted,
+            Status::RolledBack,
+        ] {
+            assert_eq!(serde_name(serde_json::to_value(s).unwrap()), s.as_str());
+        }
+        for p in [
+            HookPoint::BeforeTraffic,
+            HookPoint::BeforePromotion,
+            HookPoint::AfterTraffic,
+            HookPoint::AfterRollout,
+            HookPoint::OnRollback,
+        ] {
+            assert_eq!(serde_name(serde_json::to_value(p).unwrap()), p.as_str());
+        }
+        use machine::Verdict;
+        for v in [Verdict::Pass, Verdict::Fail, Verdict::Inconclusive] {
+            assert_eq!(serde_name(serde_json::to_value(v).unwrap()), v.as_str());
+        }
+    }
 
     #[test]
     fn presets_expand_to_steps() {

@@ -142,11 +142,7 @@ impl SqliteStore {
         }
         if let Some(r) = &c.rollout {
             let json = serde_json::to_string(r).expect("rollout serialises");
-            let status = serde_json::to_value(r.status)
-                .expect("status")
-                .as_str()
-                .unwrap_or("")
-                .to_string();
+            let status = r.status.as_str();
             tx.execute(
                 "INSERT INTO rollouts (id, service, state, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (id) DO UPDATE SET service = excluded.service, state = excluded.state, status = excluded.status,
