@@ -110,7 +110,6 @@ impl AccessLog {
 /// terminal) is kept, in blocking mode for the writer thread.
 fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    use std::os::unix::io::AsRawFd;
     let not_a_file = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -131,13 +130,7 @@ fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     if !(kind.is_file() || kind.is_char_device()) {
         return Err(not_a_file());
     }
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own; no memory is passed.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    crate::sys::clear_nonblocking(&file)?;
     Ok(file)
 }
 

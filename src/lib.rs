@@ -22,5 +22,6 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod sys;
 pub mod tls;
 pub mod upstream;

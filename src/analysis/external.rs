@@ -26,6 +26,22 @@ pub struct Context {
     pub since: u64,
 }
 
+impl Context {
+    /// What analysis `analysis` of rollout `r` is told, starting now.
+    pub fn of_rollout(r: &crate::rollout::Rollout, analysis: &str) -> Context {
+        Context {
+            service: r.service.clone(),
+            rollout: Some(r.id),
+            stable: r.stable.clone(),
+            candidate: r.candidate.clone(),
+            weight: r.weight,
+            analysis: analysis.to_string(),
+            check: String::new(),
+            since: crate::metrics::now_second(),
+        }
+    }
+}
+
 fn result(
     check: &Check,
     outcome: Outcome,

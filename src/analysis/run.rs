@@ -16,8 +16,9 @@ pub type Groups = Arc<dyn Fn() -> Option<(Arc<Group>, Arc<Group>)> + Send + Sync
 
 /// One measurement of one check, now.
 pub async fn measure(check: &Check, groups: &Groups, ctx: &Context) -> Measurement {
-    let live = || {
-        groups().ok_or_else(|| Measurement {
+    // The candidate's and stable's windows since the analysis began, from the live groups.
+    let windows = || {
+        let (stable, candidate) = groups().ok_or_else(|| Measurement {
             check: check.name.clone(),
             outcome: Outcome::Error,
             value: None,
@@ -25,29 +26,22 @@ pub async fn measure(check: &Check, groups: &Groups, ctx: &Context) -> Measureme
                 "groups {} / {} are not in the running configuration",
                 ctx.stable, ctx.candidate
             ),
-        })
+        })?;
+        let since = |g: &Group| g.stats.window.last_since(check.window, ctx.since);
+        Ok::<_, Measurement>((since(&candidate), since(&stable)))
     };
     match &check.provider {
-        Provider::Metric(m) => match live() {
-            Ok((stable, candidate)) => builtin::metric(
-                check,
-                *m,
-                &candidate.stats.window.last_since(check.window, ctx.since),
-                &stable.stats.window.last_since(check.window, ctx.since),
-            ),
+        Provider::Metric(m) => match windows() {
+            Ok((candidate, stable)) => builtin::metric(check, *m, &candidate, &stable),
             Err(e) => e,
         },
         Provider::MannWhitney {
             confidence,
             tolerance,
-        } => match live() {
-            Ok((stable, candidate)) => builtin::compare_latency(
-                check,
-                *confidence,
-                *tolerance,
-                &candidate.stats.window.last_since(check.window, ctx.since),
-                &stable.stats.window.last_since(check.window, ctx.since),
-            ),
+        } => match windows() {
+            Ok((candidate, stable)) => {
+                builtin::compare_latency(check, *confidence, *tolerance, &candidate, &stable)
+            }
             Err(e) => e,
         },
         Provider::Prometheus {

@@ -166,7 +166,7 @@ pub async fn run_shell(
 async fn exited(pid: i32) {
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
     loop {
-        if has_exited(pid) {
+        if crate::sys::child_has_exited(pid) {
             return;
         }
         let poll = tokio::time::sleep(Duration::from_millis(100));
@@ -182,41 +182,13 @@ async fn exited(pid: i32) {
     }
 }
 
-/// Whether the child `pid` has exited (a zombie now); an error (no such child) counts as
-/// exited, so that the caller goes on to reap and learns the truth there.
-fn has_exited(pid: i32) -> bool {
-    loop {
-        // SAFETY: an all-zero siginfo_t is valid; waitid writes at most one into it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the child unreaped.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if r == 0 {
-            // SAFETY: waitid filled `info` (or left it zeroed: no child has exited).
-            return unsafe { info.si_pid() } != 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return true;
-        }
-    }
-}
-
 /// A process group to kill once: when the command ends, times out, or is dropped.
 struct Group(Option<i32>);
 
 impl Group {
     fn kill(&mut self) {
         if let Some(pgid) = self.0.take() {
-            // SAFETY: killpg has no memory effects; an absent group is ESRCH, ignored.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
+            crate::sys::kill_group(pgid);
         }
     }
 }

@@ -99,16 +99,7 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                         .await);
                     continue;
                 };
-                let ctx = Context {
-                    service: service.clone(),
-                    rollout: Some(r.id),
-                    stable: r.stable.clone(),
-                    candidate: r.candidate.clone(),
-                    weight: r.weight,
-                    analysis: name.clone(),
-                    check: String::new(),
-                    since: crate::metrics::now_second(),
-                };
+                let ctx = Context::of_rollout(r, &name);
                 let groups = control.groups_of(&service, &r.stable, &r.candidate);
                 // A command (promote, abort, …) interrupts the analysis; the loop looks again.
                 tokio::select! {

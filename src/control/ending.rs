@@ -31,7 +31,7 @@ impl Controller {
             HookPoint::AfterRollout
         };
         if let Some(hook) = super::hooks::by_point(&svc.hooks, point).cloned() {
-            let (persist, r) = (self.persist.clone(), r.clone());
+            let (persist, r, clock) = (self.persist.clone(), r.clone(), self.clock.clone());
             // Taken now, while the state lock orders it before any later attempt's driver.
             let held = lane.clone().try_lock_owned();
             tokio::spawn(async move {
@@ -44,7 +44,8 @@ impl Controller {
                     Err(e) => (EventKind::HookFailed, e),
                 };
                 let by = System::Hook.into();
-                let ev = event(&r.service, Some(r.id), &by, kind, None, None, reason);
+                let at = clock.unix_ms();
+                let ev = event(at, &r.service, Some(r.id), &by, kind, (None, None), reason);
                 persist.durable(
                     Kind::Event,
                     vec![r.service.clone()],

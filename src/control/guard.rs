@@ -3,6 +3,7 @@
 //! and the background analysis of a strategy. Both end with the rollout.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::analysis::external::Context;
 use crate::analysis::run;
@@ -27,6 +28,11 @@ pub(super) async fn guard(
     // Whole seconds from this attempt only: a retry must not be judged on the errors that
     // aborted the attempt before it.
     let since = crate::metrics::now_second() + 1;
+    // The window's seconds are the request counters' (the data plane's clock); how long the
+    // guard has watched is measured on tokio's, like every other control-plane duration, so
+    // that a paused clock drives it: from the start of second `since` on.
+    let watching_from = tokio::time::Instant::now()
+        + Duration::from_millis((since * 1000).saturating_sub(crate::group::now_ms()));
     loop {
         let Some(g) = control
             .snapshot()
@@ -87,12 +93,17 @@ pub(super) async fn guard(
         // A full window of whole seconds since the guard started, seen without a breach
         // (with fewer than `min_requests` there is nothing to hold against the candidate,
         // as in any other window).
-        if crate::metrics::now_second() >= since + g.window.as_secs().max(1) {
+        if watching_from.elapsed() >= full_window(g.window) {
             if let Some(tx) = judged.take() {
                 let _ = tx.send(());
             }
         }
     }
+}
+
+/// A full window of whole seconds (at least one).
+fn full_window(window: Duration) -> Duration {
+    Duration::from_secs(window.as_secs().max(1))
 }
 
 /// Runs the strategy's background analysis for attempt `of` until the rollout ends: a
@@ -115,16 +126,7 @@ pub(super) async fn background(
             tracing::warn!(%service, analysis = %name, "background analysis is not configured");
             return;
         };
-        let ctx = Context {
-            service: service.clone(),
-            rollout: Some(id),
-            stable: r.stable.clone(),
-            candidate: r.candidate.clone(),
-            weight: r.weight,
-            analysis: name.clone(),
-            check: String::new(),
-            since: crate::metrics::now_second(),
-        };
+        let ctx = Context::of_rollout(&r, &name);
         let groups = control.groups_of(&service, &r.stable, &r.candidate);
         let report = run::run(&analysis, groups, ctx, true).await;
         control.count_analysis(&service, report.verdict);
@@ -184,4 +186,4 @@ async fn attempt_status(control: &Controller, service: &str, of: (u64, u32)) -> 
 }
 
 /// How soon the background analysis tries again to act on its result.
-const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY: Duration = Duration::from_secs(1);

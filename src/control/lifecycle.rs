@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 
 use super::persist::Persister;
 use super::transition::rollout_split;
-use super::{keeps_split, observe, view, ControlError, Controller, State, Traffic};
+use super::{keeps_split, observe, view, Clock, ControlError, Controller, State, Traffic};
 use crate::config::{format_percent, Config, Split};
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
@@ -43,6 +43,15 @@ impl Controller {
     pub async fn start(
         config: Config,
         path: Option<PathBuf>,
+    ) -> Result<Arc<Controller>, ControlError> {
+        Controller::start_with(config, path, Clock::system()).await
+    }
+
+    /// [`Controller::start`] with the wall clock its records and events are stamped with.
+    pub async fn start_with(
+        config: Config,
+        path: Option<PathBuf>,
+        clock: Clock,
     ) -> Result<Arc<Controller>, ControlError> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
         let persisted = store.load()?;
@@ -129,6 +138,7 @@ impl Controller {
             store,
             persist,
             writer: Mutex::new(()),
+            clock,
         });
         for service in active {
             tracing::info!(%service, "resuming rollout");

@@ -4,6 +4,7 @@
 //! snapshot; a change that fails anywhere is not applied at all. The hot path only ever sees
 //! the published snapshot.
 
+pub mod clock;
 mod driver;
 mod effects;
 mod ending;
@@ -30,12 +31,13 @@ use crate::config::{self, Config, ConfigError, Split};
 use crate::group::now_ms;
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
-use crate::rollout::{unix_ms, Rollout};
+use crate::rollout::Rollout;
 use crate::snapshot::Snapshot;
 use crate::store::{Commit, Event, EventQuery, Store, StoreError, TrafficRecord};
 use persist::{superseded, Persister, Write};
 use publish::view;
 
+pub use clock::Clock;
 pub use persist::StoreHealth;
 use plan::keeps_split;
 pub use plan::PlanChange;
@@ -168,6 +170,8 @@ pub struct Controller {
     /// Held by forward changes across their store write (the state lock is not, so that a
     /// rollback never waits for the store): one forward change at a time.
     writer: Mutex<()>,
+    /// Timestamps of records and events (durations are on tokio's clock); see `clock`.
+    clock: Clock,
     observer: Arc<observe::Observer>,
     observer_task: tokio::task::AbortHandle,
     /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
@@ -306,12 +310,12 @@ impl Controller {
             t.retired.retain(|g| g != active);
         }
         let event = event(
+            self.clock.unix_ms(),
             service,
             None,
             actor,
             kind,
-            Some(&from),
-            Some(&split),
+            (Some(&from), Some(&split)),
             format!("{from} -> {split}"),
         );
         let epoch = state.epoch(service);
@@ -446,12 +450,12 @@ impl Controller {
                 let from = state.traffic.get(&s.name).map(|o| o.current.clone());
                 if from.as_ref() != Some(&t.current) {
                     events.push(event(
+                        self.clock.unix_ms(),
                         &s.name,
                         None,
                         actor,
                         EventKind::Config,
-                        from.as_ref(),
-                        Some(&t.current),
+                        (from.as_ref(), Some(&t.current)),
                         "the configuration file sets a new split".into(),
                     ));
                 }
@@ -459,12 +463,12 @@ impl Controller {
             traffic.insert(s.name.clone(), t);
         }
         events.push(event(
+            self.clock.unix_ms(),
             "",
             None,
             actor,
             EventKind::Config,
-            None,
-            None,
+            (None, None),
             match diffs.len() {
                 0 => "configuration applied: no changes".into(),
                 1 => "configuration applied: 1 change".into(),
@@ -580,17 +584,17 @@ impl State {
 }
 
 fn event(
+    at: i64,
     service: &str,
     rollout: Option<u64>,
     actor: &Actor,
     kind: EventKind,
-    from: Option<&Split>,
-    to: Option<&Split>,
+    (from, to): (Option<&Split>, Option<&Split>),
     reason: String,
 ) -> Event {
     Event {
         id: 0,
-        at: unix_ms(),
+        at,
         service: service.to_string(),
         rollout,
         actor: actor.name().to_string(),
@@ -601,3 +605,6 @@ fn event(
         reason,
     }
 }
+
+#[cfg(test)]
+mod time_tests;

@@ -28,8 +28,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, MutexGuard, Notify};
 
 use super::{ControlError, Controller, State};
-use crate::rollout::unix_ms;
 use crate::store::{Commit, NewRollout, Store};
+use crate::sys::unix_ms;
 
 /// First wait before a failed durable write is tried again; it doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);

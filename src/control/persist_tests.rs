@@ -67,12 +67,12 @@ impl Store for Fake {
 fn commit(label: &str) -> Commit {
     Commit {
         events: vec![super::super::event(
+            0,
             "shop",
             None,
             &"test".into(),
             crate::audit::EventKind::Config,
-            None,
-            None,
+            (None, None),
             label.into(),
         )],
         ..Commit::default()

@@ -16,7 +16,7 @@ use super::{ControlError, Controller};
 use crate::audit::{Actor, EventKind, System};
 use crate::config::Split;
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
-use crate::rollout::{unix_ms, RollbackCause, Rollout, Status, Strategy};
+use crate::rollout::{RollbackCause, Rollout, Status, Strategy};
 use crate::store::Commit;
 
 /// A rollout as the API shows it.
@@ -98,27 +98,17 @@ impl Controller {
         }
         let strategy =
             super::hooks::with_hooks(strategy.unwrap_or_else(|| svc.strategy.clone()), &svc.hooks);
-        let now = unix_ms();
-        let r = Rollout {
-            // The database allocates the id in the write that records the start.
-            id: 0,
-            service: service.into(),
-            stable,
-            candidate: candidate.into(),
+        let r = Rollout::new(
+            service,
+            &stable,
+            candidate,
             strategy,
-            step: 0,
-            weight: 0,
-            status: Status::Progressing,
-            reason: None,
-            pause_elapsed_ms: 0,
-            held: false,
-            created_by: actor.to_string(),
-            created_at: now,
-            updated_at: now,
-            attempt: 0,
-        };
+            actor.to_string(),
+            self.clock.unix_ms(),
+        );
         let before = state.traffic[service].clone();
         let actor_name = actor.clone();
+        let clock = self.clock.clone();
         let make = move |id: u64| {
             let mut r = r.clone();
             r.id = id;
@@ -134,7 +124,7 @@ impl Controller {
                 ),
                 weight_changed: false,
             };
-            plan(&before, r, &change, &actor_name)
+            plan(&before, r, &change, &actor_name, clock.unix_ms())
         };
         let make = Arc::new(make);
         let for_store = make.clone();
@@ -154,7 +144,7 @@ impl Controller {
             let mut orphan = make(id).commit.rollout.expect("a new rollout");
             orphan.status = Status::Aborted;
             orphan.reason = Some("superseded by an undo decided while it was being started".into());
-            orphan.updated_at = unix_ms();
+            orphan.updated_at = self.clock.unix_ms();
             tracing::warn!(
                 service,
                 rollout = id,
@@ -405,7 +395,7 @@ impl Controller {
             return Ok(());
         };
         if machine::pause_progress(&mut r, step, elapsed) {
-            r.updated_at = unix_ms();
+            r.updated_at = self.clock.unix_ms();
             let epoch = state.epoch(service);
             // With the traffic row: this write is only made once the step before it was
             // applied, so it clears that step's `step_from` (see `lifecycle`).

@@ -12,7 +12,7 @@ use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::config::{Split, FULL_WEIGHT};
 use crate::rollout::machine::{Change, CommandError, Outcome};
-use crate::rollout::{unix_ms, RollbackCause, Rollout, Status};
+use crate::rollout::{RollbackCause, Rollout, Status};
 use crate::store::Commit;
 
 /// A rollout change worked out but not yet applied: the rollout, the traffic it implies,
@@ -25,8 +25,15 @@ pub(super) struct Planned {
     pub(super) commit: Commit,
 }
 
-pub(super) fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &Actor) -> Planned {
-    r.updated_at = unix_ms();
+/// `now`: the record's and the event's timestamp (the controller's `clock`).
+pub(super) fn plan(
+    before: &Traffic,
+    mut r: Rollout,
+    change: &Change,
+    actor: &Actor,
+    now: i64,
+) -> Planned {
+    r.updated_at = now;
     let service = r.service.clone();
     let mut t = before.clone();
     match r.status {
@@ -49,12 +56,12 @@ pub(super) fn plan(before: &Traffic, mut r: Rollout, change: &Change, actor: &Ac
         t.retired.push(r.stable.clone());
     }
     let ev = event(
+        now,
         &service,
         Some(r.id),
         actor,
         change.kind,
-        Some(&before.current),
-        Some(&t.current),
+        (Some(&before.current), Some(&t.current)),
         change.reason.clone(),
     );
     let commit = Commit {
@@ -131,7 +138,13 @@ impl Controller {
             let view = self.record_now(&mut state, r, &change, actor, cause)?;
             return Ok((outcome, view));
         }
-        let mut planned = plan(&state.traffic[service], r, &change, actor);
+        let mut planned = plan(
+            &state.traffic[service],
+            r,
+            &change,
+            actor,
+            self.clock.unix_ms(),
+        );
         if planned.t.current != planned.before {
             // Recorded before it is applied: a rollback decided while this write runs is
             // published first and recorded after it. Until a later write of the service
@@ -170,7 +183,13 @@ impl Controller {
         } else {
             Kind::Hold
         };
-        let planned = plan(&state.traffic[&service], r, change, actor);
+        let planned = plan(
+            &state.traffic[&service],
+            r,
+            change,
+            actor,
+            self.clock.unix_ms(),
+        );
         let commit = planned.commit.clone();
         let view = self.apply_planned(state, planned, cause)?;
         self.persist.durable(kind, vec![service.clone()], commit);

@@ -348,20 +348,14 @@ mod tests {
     fn rollout(steps: Vec<Step>) -> Rollout {
         Rollout {
             id: 1,
-            service: "shop".into(),
-            stable: "blue".into(),
-            candidate: "green".into(),
-            strategy: Strategy::canary(steps),
-            step: 0,
-            weight: 0,
-            status: Status::Progressing,
-            reason: None,
-            pause_elapsed_ms: 0,
-            held: false,
-            created_by: "test".into(),
-            created_at: 0,
-            updated_at: 0,
-            attempt: 0,
+            ..Rollout::new(
+                "shop",
+                "blue",
+                "green",
+                Strategy::canary(steps),
+                "test".into(),
+                0,
+            )
         }
     }
 

@@ -302,16 +302,38 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// A rollout not yet started: step 0, the candidate at weight 0, no id (the store
+    /// allocates it when the start is recorded), created and updated at `now` (Unix ms).
+    pub fn new(
+        service: &str,
+        stable: &str,
+        candidate: &str,
+        strategy: Strategy,
+        created_by: String,
+        now: i64,
+    ) -> Rollout {
+        Rollout {
+            id: 0,
+            service: service.into(),
+            stable: stable.into(),
+            candidate: candidate.into(),
+            strategy,
+            step: 0,
+            weight: 0,
+            status: Status::Progressing,
+            reason: None,
+            pause_elapsed_ms: 0,
+            held: false,
+            created_by,
+            created_at: now,
+            updated_at: now,
+            attempt: 0,
+        }
+    }
+
     pub fn current_step(&self) -> Option<&Step> {
         self.strategy.steps.get(self.step)
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch, for persisted timestamps.
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -34,13 +33,9 @@ impl InstanceLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| err(format!("cannot open lock file {}: {e}", path.display())))?;
-        // SAFETY: flock on a descriptor we own; no memory is shared with the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err(format!("cannot lock {}: {e}", path.display())));
-            }
+        let locked = crate::sys::try_lock_exclusive(&file)
+            .map_err(|e| err(format!("cannot lock {}: {e}", path.display())))?;
+        if !locked {
             let holder = read_holder(&mut file);
             let holder = holder.trim();
             return Err(StoreError::InUse {
@@ -57,7 +52,7 @@ impl InstanceLock {
             "switchyard pid {} on host {}, since unix ms {}\n",
             std::process::id(),
             hostname(),
-            crate::rollout::unix_ms()
+            crate::sys::unix_ms()
         );
         let written = file
             .set_len(0)
@@ -123,21 +118,11 @@ fn holder_alive(holder: &str) -> bool {
     if host.is_some_and(|h| h != hostname()) {
         return true;
     }
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::sys::process_exists(pid)
 }
 
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
-    // truncates, and we stop at the first NUL either way.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    crate::sys::hostname().unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

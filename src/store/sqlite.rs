@@ -325,26 +325,20 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{Status, Strategy};
+    use crate::rollout::Strategy;
 
     fn new_rollout(id: u64, service: &str) -> Commit {
         Commit {
             rollout: Some(Rollout {
                 id,
-                service: service.into(),
-                stable: "blue".into(),
-                candidate: "green".into(),
-                strategy: Strategy::all_at_once(),
-                step: 0,
-                weight: 0,
-                status: Status::Progressing,
-                reason: None,
-                pause_elapsed_ms: 0,
-                held: false,
-                created_by: "test".into(),
-                created_at: 0,
-                updated_at: 0,
-                attempt: 0,
+                ..Rollout::new(
+                    service,
+                    "blue",
+                    "green",
+                    Strategy::all_at_once(),
+                    "test".into(),
+                    0,
+                )
             }),
             ..Commit::default()
         }
