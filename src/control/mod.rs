@@ -318,20 +318,13 @@ impl Controller {
             (Some(&from), Some(&split)),
             format!("{from} -> {split}"),
         );
-        let epoch = state.epoch(service);
         let commit = Commit {
             traffic: vec![(service.to_string(), t.record())],
             rollout: None,
             events: vec![event],
         };
-        let (mut state, _) = self
-            .write_forward(
-                state,
-                vec![service.to_string()],
-                Write::Commit(Box::new(commit)),
-            )
-            .await?;
-        if state.epoch(service) != epoch {
+        let (mut state, unchanged) = self.write_service(state, service, commit).await?;
+        if !unchanged {
             return Err(superseded(service));
         }
         state.traffic.insert(service.to_string(), t);

@@ -478,6 +478,26 @@ fn describe(entries: &VecDeque<Entry>) -> String {
 }
 
 impl Controller {
+    /// [`Controller::write_forward`] of one service's commit: the state again, and whether
+    /// the service's epoch is unchanged (no rollback came in while the write waited).
+    pub(super) async fn write_service<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        service: &str,
+        commit: Commit,
+    ) -> Result<(MutexGuard<'a, State>, bool), ControlError> {
+        let epoch = state.epoch(service);
+        let (state, _) = self
+            .write_forward(
+                state,
+                vec![service.to_string()],
+                Write::Commit(Box::new(commit)),
+            )
+            .await?;
+        let unchanged = state.epoch(service) == epoch;
+        Ok((state, unchanged))
+    }
+
     /// Writes a forward change: queued under the control lock (so the store sees changes in
     /// the order they were decided), awaited without it (so a rollback never waits behind a
     /// store write) for at most `FORWARD_WAIT`, then the lock is taken again. The caller

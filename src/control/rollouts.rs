@@ -173,13 +173,12 @@ impl Controller {
         full: bool,
         actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
-        let actor = &actor.into();
         if self.state.lock().await.resume_gate.contains(service) {
             return Err(ControlError::Conflict(format!(
                 "the rollout of {service} resumed after a restart and waits for the guard to judge one full window first"
             )));
         }
-        self.command(service, actor, None, |r| machine::promote(r, full))
+        self.command(service, actor, None, |r, _| machine::promote(r, full))
             .await
     }
 
@@ -188,10 +187,10 @@ impl Controller {
         service: &str,
         actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
-        let actor = &actor.into();
-        let why = format!("paused by {actor}");
-        self.command(service, actor, None, |r| machine::pause(r, &why))
-            .await
+        self.command(service, actor, None, |r, by| {
+            machine::pause(r, &format!("paused by {by}"))
+        })
+        .await
     }
 
     pub async fn resume(
@@ -199,8 +198,8 @@ impl Controller {
         service: &str,
         actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
-        let actor = &actor.into();
-        self.command(service, actor, None, machine::resume).await
+        self.command(service, actor, None, |r, _| machine::resume(r))
+            .await
     }
 
     pub async fn abort(
@@ -209,12 +208,11 @@ impl Controller {
         actor: impl Into<Actor>,
         why: Option<&str>,
     ) -> Result<RolloutView, ControlError> {
-        let actor = &actor.into();
-        let why = why.map_or_else(
-            || format!("aborted by {actor}"),
-            |w| format!("aborted by {actor}: {w}"),
-        );
-        self.command(service, actor, Some(RollbackCause::Manual), |r| {
+        self.command(service, actor, Some(RollbackCause::Manual), |r, by| {
+            let why = why.map_or_else(
+                || format!("aborted by {by}"),
+                |w| format!("aborted by {by}: {w}"),
+            );
             machine::abort(r, &why)
         })
         .await
@@ -226,12 +224,12 @@ impl Controller {
         force: bool,
         actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
-        let actor = &actor.into();
         if !force {
             let candidate = self.rollout(service).await?.rollout.candidate;
             self.check_healthy(service, [candidate.as_str()])?;
         }
-        self.command(service, actor, None, machine::retry).await
+        self.command(service, actor, None, |r, _| machine::retry(r))
+            .await
     }
 
     /// Rolls back the last finished rollout: all traffic back to the group that was stable
@@ -319,15 +317,19 @@ impl Controller {
         )
     }
 
-    /// Runs a command, then wakes (or restarts) the service's driver.
+    /// Runs a command by `actor` (which `f` may name in its reason), then wakes (or
+    /// restarts) the service's driver.
     async fn command(
         self: &Arc<Self>,
         service: &str,
-        actor: &Actor,
+        actor: impl Into<Actor>,
         cause: Option<RollbackCause>,
-        f: impl Fn(&mut Rollout) -> Result<Outcome, CommandError>,
+        f: impl Fn(&mut Rollout, &Actor) -> Result<Outcome, CommandError>,
     ) -> Result<RolloutView, ControlError> {
-        let (_, view) = self.transition(service, actor, cause, f).await?;
+        let actor = actor.into();
+        let (_, view) = self
+            .transition(service, &actor, cause, |r| f(r, &actor))
+            .await?;
         self.ensure_driver(service).await;
         Ok(view)
     }
@@ -396,7 +398,6 @@ impl Controller {
         };
         if machine::pause_progress(&mut r, step, elapsed) {
             r.updated_at = self.clock.unix_ms();
-            let epoch = state.epoch(service);
             // With the traffic row: this write is only made once the step before it was
             // applied, so it clears that step's `step_from` (see `lifecycle`).
             let commit = Commit {
@@ -404,14 +405,8 @@ impl Controller {
                 rollout: Some(r.clone()),
                 ..Commit::default()
             };
-            let (mut state, _) = self
-                .write_forward(
-                    state,
-                    vec![service.to_string()],
-                    Write::Commit(Box::new(commit)),
-                )
-                .await?;
-            if state.epoch(service) == epoch {
+            let (mut state, unchanged) = self.write_service(state, service, commit).await?;
+            if unchanged {
                 state.rollouts.insert(service.to_string(), r);
             }
         }

@@ -72,6 +72,12 @@ async fn eventually(
 
 const SLACK: Duration = Duration::from_millis(1);
 
+/// The rollout a moment (`SLACK`) before `secs` seconds after `t0`.
+async fn just_before(control: &Controller, t0: Instant, secs: u64) -> Rollout {
+    sleep_until(t0 + Duration::from_secs(secs) - SLACK).await;
+    now(control).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_ten_minute_pause_moves_on_at_ten_minutes_and_not_before() {
     let control = controller(
@@ -86,8 +92,7 @@ async fn a_ten_minute_pause_moves_on_at_ten_minutes_and_not_before() {
     })
     .await;
 
-    sleep_until(t0 + Duration::from_secs(600) - SLACK).await;
-    let r = now(&control).await;
+    let r = just_before(&control, t0, 600).await;
     assert_eq!(
         (r.weight, r.step),
         (1000, 1),
@@ -158,8 +163,7 @@ async fn an_analysis_step_measures_at_its_interval() {
     let t0 = Instant::now();
     start(&control).await;
 
-    sleep_until(t0 + Duration::from_secs(90) - SLACK).await;
-    let r = now(&control).await;
+    let r = just_before(&control, t0, 90).await;
     assert_eq!((r.weight, r.step), (1000, 1), "the analysis ended early");
 
     let r = eventually(&control, 2 * SLACK, "past the analysis", |r| {
@@ -181,8 +185,7 @@ async fn the_progress_deadline_rolls_back_at_the_deadline() {
     let t0 = Instant::now();
     start(&control).await;
 
-    sleep_until(t0 + Duration::from_secs(300) - SLACK).await;
-    let r = now(&control).await;
+    let r = just_before(&control, t0, 300).await;
     assert_eq!(
         (r.status, r.weight),
         (Status::Progressing, 1000),

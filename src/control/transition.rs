@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::persist::{superseded, Kind, Write};
+use super::persist::{superseded, Kind};
 use super::rollouts::RolloutView;
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
@@ -151,15 +151,10 @@ impl Controller {
             // clears it, a restart holds the rollout at the split before this step.
             planned.commit.traffic[0].1.step_from = Some(planned.before.clone());
         }
-        let epoch = state.epoch(service);
-        let (mut state, _) = self
-            .write_forward(
-                state,
-                vec![service.to_string()],
-                Write::Commit(Box::new(planned.commit.clone())),
-            )
+        let (mut state, unchanged) = self
+            .write_service(state, service, planned.commit.clone())
             .await?;
-        if state.epoch(service) != epoch {
+        if !unchanged {
             return Err(superseded(service));
         }
         let view = self.apply_planned(&mut state, planned, cause)?;
