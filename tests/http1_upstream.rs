@@ -766,7 +766,7 @@ async fn a_5xx_whose_body_breaks_off_is_one_strike_toward_ejection_and_one_answe
     let snap = server.control.snapshot();
     let target_state = &snap.services["shop"].groups[0].targets[0];
     assert!(
-        !target_state.ejected(switchyard::group::now_ms()),
+        !target_state.ejected(switchyard::metrics::now_ms()),
         "ejected after three failed answers"
     );
     // The route counts what the group counts: three 502s, not the heads' 500s and 200.

@@ -31,9 +31,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::{Activity, TrackedIo};
 use crate::config::AdminLimits;
 use crate::control::Controller;
-use crate::listener::{Activity, TrackedIo};
 
 /// Serves `router` on `listener` until `stop`, then waits (at most the shutdown timeout) for
 /// open connections to finish their requests.

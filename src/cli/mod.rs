@@ -11,6 +11,7 @@ use serde_json::json;
 use switchyard::client::AdminClient;
 use switchyard::config;
 use switchyard::server::Server;
+use switchyard::split;
 
 #[derive(Parser)]
 #[command(
@@ -209,7 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 percents.push((g.to_string(), pct));
             }
             // The same rule as the file and the API, checked before anything is sent.
-            let split = config::Split::from_percents(percents.iter().cloned())?;
+            let split = split::Split::from_percents(percents.iter().cloned())?;
             let map: serde_json::Map<String, serde_json::Value> = percents
                 .into_iter()
                 .filter(|(g, _)| split.groups().any(|s| s == g))
@@ -476,7 +477,7 @@ fn split_text(v: &serde_json::Value) -> String {
         .filter_map(|(g, w)| {
             w.as_u64()
                 .filter(|w| *w > 0)
-                .map(|w| format!("{g}={}", config::format_percent(w as u32)))
+                .map(|w| format!("{g}={}", split::format_percent(w as u32)))
         })
         .collect();
     parts.join(" ")
@@ -533,7 +534,7 @@ fn print_status(s: &serde_json::Value) {
                 (r["step"].as_u64().unwrap_or(0) + 1)
                     .min(r["steps"].as_array().map_or(0, |s| s.len() as u64)),
                 r["steps"].as_array().map_or(0, |s| s.len()),
-                config::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
+                split::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
                 r["reason"]
                     .as_str()
                     .map(|s| format!(" — {s}"))

@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use switchyard::client::AdminClient;
-use switchyard::config::format_percent;
+use switchyard::split::format_percent;
 
 #[derive(Subcommand)]
 pub enum RolloutCommand {

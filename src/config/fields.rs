@@ -11,7 +11,7 @@ use http::StatusCode;
 use ipnet::IpNet;
 
 use super::locate::KeyPath;
-use super::model::{StatusRanges, TargetAddr};
+use crate::group::TargetAddr;
 
 /// Every problem found, each with the key path of the value the user wrote; `mod.rs` turns the
 /// paths into lines and columns. All problems are collected, not just the first.
@@ -235,25 +235,6 @@ pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
 
 pub fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
     in_range(n, 200..=599, "", at, p).and_then(|n| StatusCode::from_u16(n as u16).ok())
-}
-
-pub fn status_ranges(s: &str) -> Result<StatusRanges, String> {
-    let bad =
-        || format!("\"{s}\" is not a status matcher such as \"200\", \"200,204\" or \"200-299\"");
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let lo: u16 = lo.parse().map_err(|_| bad())?;
-        let hi: u16 = hi.parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
-        }
-        out.push((lo, hi));
-    }
-    Ok(StatusRanges(out))
 }
 
 #[cfg(test)]

@@ -11,16 +11,14 @@ pub mod raw;
 mod release;
 mod routes;
 mod ser;
-pub mod split;
 mod validate;
 
 use std::fmt;
 use std::path::Path;
 
 pub use admin::{AdminConfig, AdminLimits, AdminToken, Scope, Scopes};
-pub use fields::{status_ranges, target_addr};
+pub use fields::target_addr;
 pub use model::*;
-pub use split::{basis_points, format_percent, SplitError, WeightError, WeightProblem};
 
 /// Validates a strategy given in an API request; errors read `strategy.steps[1].pause: …`.
 pub fn strategy_from_request(

@@ -67,7 +67,7 @@ pub fn strategy(
                     continue;
                 }
                 if let Some(w) = st.weight {
-                    match super::split::basis_points(w) {
+                    match crate::split::basis_points(w) {
                         Ok(weight) => steps.push(Step::SetWeight { weight }),
                         Err(e) => p.add(sat.join("weight"), e.to_string()),
                     }

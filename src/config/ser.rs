@@ -40,18 +40,10 @@ pub fn status<S: Serializer>(v: &http::StatusCode, s: S) -> Result<S::Ok, S::Err
 
 /// A loaded certificate chain by a fingerprint of its bytes: a certificate file rewritten
 /// in place is a change, though its path is not.
-pub fn certificate<S: Serializer>(
-    v: &Option<crate::tls::LoadedKey>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match v {
-        None => s.serialize_none(),
-        Some(k) => {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for c in &k.0.cert {
-                c.as_ref().hash(&mut h);
-            }
-            s.serialize_str(&format!("chain {:016x}", h.finish()))
-        }
+pub fn certificate<S: Serializer>(k: &crate::tls::LoadedKey, s: S) -> Result<S::Ok, S::Error> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in &k.0.cert {
+        c.as_ref().hash(&mut h);
     }
+    s.serialize_str(&format!("chain {:016x}", h.finish()))
 }

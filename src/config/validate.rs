@@ -3,14 +3,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::fields::*;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
+use crate::group::Balance;
 use crate::path;
+use crate::split::Split;
+use crate::upstream::UpstreamProtocol;
 
 pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
     let mut p = Problems::new();
@@ -152,16 +154,11 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
         }
         let mut certificates = Vec::new();
         for (j, c) in l.certificate.iter().enumerate() {
-            let mut cert = CertificateConfig {
-                cert: base_dir.join(&c.cert),
-                key: base_dir.join(&c.key),
-                loaded: None,
-            };
-            match crate::tls::load_certified_key(&cert) {
-                Ok(k) => cert.loaded = Some(crate::tls::LoadedKey(Arc::new(k))),
+            let (cert, key) = (base_dir.join(&c.cert), base_dir.join(&c.key));
+            match crate::tls::load_certified_key(&cert, &key) {
+                Ok(loaded) => certificates.push(CertificateConfig { cert, key, loaded }),
                 Err(e) => p.add(path!["listener", i, "certificate", j], e.to_string()),
             }
-            certificates.push(cert);
         }
         out.push(ListenerConfig {
             name: l.name.clone(),
@@ -392,7 +389,7 @@ fn health_check(layers: &[(&RawHealthCheck, &KeyPath)], p: &mut Problems) -> Hea
     let (codes, codes_at) = pick(layers, |r| r.success_codes.as_deref(), "success_codes");
     let success_codes = match codes {
         None => StatusRanges(vec![(200, 399)]),
-        Some(s) => status_ranges(s).unwrap_or_else(|e| {
+        Some(s) => StatusRanges::parse(s).unwrap_or_else(|e| {
             p.add(codes_at, e);
             StatusRanges(vec![(200, 399)])
         }),

@@ -13,9 +13,9 @@ use tokio::sync::Notify;
 use super::persist::{superseded, Kind, Write};
 use super::transition::plan;
 use super::{ControlError, Controller};
-use crate::config::Split;
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
 use crate::rollout::{unix_ms, RollbackCause, Rollout, Status, Strategy};
+use crate::split::Split;
 use crate::store::Commit;
 
 /// A rollout as the API shows it.

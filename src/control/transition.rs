@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use super::persist::{superseded, Kind, Write};
 use super::rollouts::RolloutView;
 use super::{event, ControlError, Controller, State, Traffic};
-use crate::config::{Split, FULL_WEIGHT};
 use crate::rollout::machine::{Change, CommandError, Outcome};
 use crate::rollout::{unix_ms, RollbackCause, Rollout, Status};
+use crate::split::{Split, FULL_WEIGHT};
 use crate::store::Commit;
 
 /// A rollout change worked out but not yet applied: the rollout, the traffic it implies,

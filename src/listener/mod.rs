@@ -19,11 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{self, ConnInfo};
 
-mod activity;
 mod serve;
+use crate::activity::{Activity, Guarded, TrackedIo};
 use crate::snapshot::Snapshot;
-use activity::Guarded;
-pub(crate) use activity::{Activity, TrackedIo};
 use serve::{Drain, Member, Serve};
 
 /// A running listener.
@@ -211,17 +209,5 @@ impl Connection {
             header_read: timeouts.header_read,
         };
         Serve::new(conn.into_owned(), member, activity, limits).await;
-    }
-}
-
-/// Resolves once `activity` has not moved for `limit`, for connections that have left
-/// hyper: upgraded tunnels.
-pub(crate) async fn quiet_for(activity: Arc<Activity>, limit: Duration) {
-    let mut watch = serve::IdleWatch::new(activity, limit);
-    loop {
-        tokio::time::sleep(watch.step()).await;
-        if watch.look() {
-            return;
-        }
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-use super::Activity;
+use crate::activity::{Activity, IdleWatch};
 
 /// A listener's open connections, so that stopping it can tell each to finish its current
 /// request and close, and wait for them.
@@ -101,45 +101,6 @@ impl Drop for Member {
         if m.wakers.is_empty() {
             self.drain.empty.notify_waiters();
         }
-    }
-}
-
-/// The idle rule of client connections and upgraded tunnels: the activity count (bumped
-/// by every read or write that moved bytes) is looked at four times per `limit`, and a
-/// connection quiet for all of `limit` is idle — it closes between `limit` and 1.25 ×
-/// `limit` after its last byte, and reads and writes never read the clock.
-pub(crate) struct IdleWatch {
-    activity: Arc<Activity>,
-    seen: u64,
-    quiet: Duration,
-    limit: Duration,
-}
-
-impl IdleWatch {
-    pub(crate) fn new(activity: Arc<Activity>, limit: Duration) -> Self {
-        IdleWatch {
-            seen: activity.moved.load(Ordering::Relaxed),
-            activity,
-            quiet: Duration::ZERO,
-            limit,
-        }
-    }
-
-    /// How long between looks.
-    pub(crate) fn step(&self) -> Duration {
-        self.limit / 4
-    }
-
-    /// One look, a step after the last: true once nothing has moved for the whole limit.
-    pub(crate) fn look(&mut self) -> bool {
-        let now = self.activity.moved.load(Ordering::Relaxed);
-        if now != self.seen {
-            self.seen = now;
-            self.quiet = Duration::ZERO;
-            return false;
-        }
-        self.quiet += self.step();
-        self.quiet >= self.limit
     }
 }
 

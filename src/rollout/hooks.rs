@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{Rollout, Step, Strategy};
 use crate::config::analysis::{Hook, Hooks};
-use crate::config::FULL_WEIGHT;
+use crate::split::FULL_WEIGHT;
 
 /// The strategy's steps with the service's hooks in place: `before_traffic` first,
 /// `before_promotion` (and a wait for confirmation if asked) before the step that gives the

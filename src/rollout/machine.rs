@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Rollout, Status, Step};
-use crate::config::{format_percent, FULL_WEIGHT};
+use crate::split::{format_percent, FULL_WEIGHT};
 
 /// What `step` did, or what the rollout waits for.
 #[derive(Debug, Clone, PartialEq)]
