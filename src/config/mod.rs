@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analysis;
 pub mod diff;
 mod fields;
+pub mod load;
 pub mod locate;
 pub mod model;
 pub mod raw;
@@ -151,6 +152,10 @@ pub fn fuzz(data: &[u8]) {
     }
 }
 
+/// The text to a configuration in three steps: TOML into `raw` types, the load step
+/// (`load`: token variables and certificate files, relative paths from `base_dir`), then
+/// validation, which reads nothing. Blocking (certificates): on the runtime, use
+/// [`parse_async`].
 pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
     let locator = locate::Locator::new(src);
     let diag = |offset: usize, field: String, message: String| {
@@ -177,7 +182,8 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErr
             return Err(ConfigError::Invalid(vec![diag(offset, field, message)]));
         }
     };
-    validate::validate(raw, base_dir).map_err(|problems| {
+    let loaded = load::load(&raw, base_dir);
+    validate::validate(raw, &loaded, base_dir).map_err(|problems| {
         let mut out: Vec<Diagnostic> = problems
             .into_unique()
             .into_iter()

@@ -6,20 +6,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::fields::*;
+use super::load::Loaded;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
 use crate::group::Balance;
 use crate::path;
 use crate::split::Split;
+use crate::tls::TlsError;
 use crate::upstream::UpstreamProtocol;
 
-pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
+/// Pure: everything read from outside the text (tokens from the environment, certificate
+/// files) comes in `loaded`, read by the load step before.
+pub fn validate(raw: RawConfig, loaded: &Loaded, base_dir: &Path) -> Result<Config, Problems> {
     let mut p = Problems::new();
-    let admin = super::admin::admin(&raw.admin, &mut p);
+    let admin = super::admin::admin(&raw.admin, loaded, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
-    let listeners = listeners(&raw.listener, base_dir, &mut p);
+    let listeners = listeners(&raw.listener, loaded, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
     let services = services(&raw.service, &analysis_names, &mut p);
@@ -125,7 +129,7 @@ fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
     }
 }
 
-fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<ListenerConfig> {
+fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<ListenerConfig> {
     if raw.is_empty() {
         p.add(
             KeyPath::default(),
@@ -153,11 +157,21 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
             }
         }
         let mut certificates = Vec::new();
-        for (j, c) in l.certificate.iter().enumerate() {
-            let (cert, key) = (base_dir.join(&c.cert), base_dir.join(&c.key));
-            match crate::tls::load_certified_key(&cert, &key) {
-                Ok(loaded) => certificates.push(CertificateConfig { cert, key, loaded }),
-                Err(e) => p.add(path!["listener", i, "certificate", j], e.to_string()),
+        for (j, c) in loaded.certificates(i).iter().enumerate() {
+            match &c.loaded {
+                Ok(chain) => certificates.push(CertificateConfig {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                    loaded: chain.clone(),
+                }),
+                // Located at the key that names the file that could not be used.
+                Err(e) => {
+                    let file = match e {
+                        TlsError::Cert { .. } => "cert",
+                        TlsError::Key { .. } => "key",
+                    };
+                    p.add(path!["listener", i, "certificate", j, file], e.to_string());
+                }
             }
         }
         out.push(ListenerConfig {
@@ -471,5 +485,38 @@ fn passive(raw: Option<&RawPassive>, at: &KeyPath, p: &mut Problems) -> PassiveH
             p,
         ),
         eject_on_5xx: raw.eject_on_5xx.unwrap_or(d.eject_on_5xx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load;
+
+    /// Validation takes a token from the load step's values, not from the environment: a
+    /// variable set nowhere but in `Loaded` is accepted, and one missing there is refused.
+    #[test]
+    fn validation_reads_tokens_from_the_load_step_not_the_environment() {
+        const VAR: &str = "SWITCHYARD_TEST_NEVER_SET_7F3A";
+        assert!(std::env::var(VAR).is_err(), "test bug: {VAR} is set");
+        let text = format!(
+            "[admin]\ntoken_env = \"{VAR}\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n"
+        );
+        let raw = || toml::from_str::<RawConfig>(&text).unwrap();
+        let loaded = load(&raw(), Path::new("."));
+        assert_eq!(loaded.env(VAR), None);
+        let refused = validate(raw(), &loaded, Path::new(".")).expect_err("unset is refused");
+        assert!(
+            refused
+                .0
+                .iter()
+                .any(|(at, m)| at.to_string() == "admin.token_env"
+                    && m == &format!("environment variable {VAR} is not set or empty")),
+            "{refused:?}"
+        );
+
+        let given = load(&raw(), Path::new(".")).with_env(VAR, "from-the-load-step");
+        let config = validate(raw(), &given, Path::new(".")).expect("valid with the value");
+        assert_eq!(config.admin.token.as_deref(), Some("from-the-load-step"));
     }
 }
