@@ -1,6 +1,7 @@
 //! Command-line verbs. Those that act on a running instance go through its admin API.
 
 mod rollout;
+mod show;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +13,8 @@ use switchyard::client::AdminClient;
 use switchyard::config;
 use switchyard::server::Server;
 use switchyard::split;
+
+use show::{flag, str_of};
 
 #[derive(Parser)]
 #[command(
@@ -256,7 +259,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Each service's latest rollout, if it has one.
             if let Some(services) = res["services"].as_array_mut() {
                 for svc in services {
-                    let name = svc["name"].as_str().unwrap_or("").to_string();
+                    let name = str_of(&svc["name"]).to_string();
                     svc["rollout"] = api
                         .get(&format!("/api/v1/services/{name}/rollout"))
                         .await
@@ -307,13 +310,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             println!(
                 "{service}: candidate {} against stable {}",
-                res["candidate"].as_str().unwrap_or(""),
-                res["stable"].as_str().unwrap_or("")
+                str_of(&res["candidate"]),
+                str_of(&res["stable"])
             );
             let mut worst = 0;
             for r in res["results"].as_array().into_iter().flatten() {
                 let m = &r["measurement"];
-                let outcome = m["outcome"].as_str().unwrap_or("");
+                let outcome = str_of(&m["outcome"]);
                 worst = worst.max(match outcome {
                     "pass" => 0,
                     "fail" => 2,
@@ -321,10 +324,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 println!(
                     "  {:<14} {:<16} {:<13} {}",
-                    r["analysis"].as_str().unwrap_or(""),
-                    m["check"].as_str().unwrap_or(""),
+                    str_of(&r["analysis"]),
+                    str_of(&m["check"]),
                     outcome,
-                    m["detail"].as_str().unwrap_or("")
+                    str_of(&m["detail"])
                 );
             }
             Ok(ExitCode::from(worst))
@@ -458,12 +461,12 @@ fn print_plan(res: &serde_json::Value) {
         println!("no changes");
     }
     for c in changes {
-        let detail = c["detail"].as_str().unwrap_or("");
+        let detail = str_of(&c["detail"]);
         let sep = if detail.is_empty() { "" } else { ": " };
         println!(
             "{} {}{sep}{detail}",
             c["op"].as_str().unwrap_or("?"),
-            c["what"].as_str().unwrap_or("")
+            str_of(&c["what"])
         );
     }
 }
@@ -497,22 +500,18 @@ fn print_status(s: &serde_json::Value) {
         );
     }
     for l in s["listeners"].as_array().into_iter().flatten() {
-        let tls = if l["tls"].as_bool() == Some(true) {
-            " (tls)"
-        } else {
-            ""
-        };
+        let tls = flag(&l["tls"], " (tls)");
         println!(
             "listener {} on {}{tls}",
-            l["name"].as_str().unwrap_or(""),
-            l["addr"].as_str().unwrap_or("")
+            str_of(&l["name"]),
+            str_of(&l["addr"])
         );
     }
     for svc in s["services"].as_array().into_iter().flatten() {
         println!(
             "service {}: {}",
-            svc["name"].as_str().unwrap_or(""),
-            svc["split_text"].as_str().unwrap_or("")
+            str_of(&svc["name"]),
+            str_of(&svc["split_text"])
         );
         if let Some(obs) = svc["observed"].as_object() {
             let o: Vec<String> = obs
@@ -526,10 +525,10 @@ fn print_status(s: &serde_json::Value) {
             println!(
                 "  rollout #{} {} -> {} ({}): {}, step {}/{}, candidate at {}{}",
                 r["id"],
-                r["stable"].as_str().unwrap_or(""),
-                r["candidate"].as_str().unwrap_or(""),
-                r["strategy"]["name"].as_str().unwrap_or(""),
-                r["status"].as_str().unwrap_or(""),
+                str_of(&r["stable"]),
+                str_of(&r["candidate"]),
+                str_of(&r["strategy"]["name"]),
+                str_of(&r["status"]),
                 // The step being run, counted from 1 (all of them once done).
                 (r["step"].as_u64().unwrap_or(0) + 1)
                     .min(r["steps"].as_array().map_or(0, |s| s.len() as u64)),
@@ -547,22 +546,18 @@ fn print_status(s: &serde_json::Value) {
         for g in svc["groups"].as_array().into_iter().flatten() {
             println!(
                 "  group {:<12} weight {:>7}  healthy {}/{}  requests {}",
-                g["name"].as_str().unwrap_or(""),
-                g["weight_text"].as_str().unwrap_or(""),
+                str_of(&g["name"]),
+                str_of(&g["weight_text"]),
                 g["healthy_targets"],
                 g["targets"].as_array().map_or(0, |t| t.len()),
                 g["counts"]["requests"],
             );
             for t in g["targets"].as_array().into_iter().flatten() {
-                let ejected = if t["ejected"].as_bool() == Some(true) {
-                    " ejected"
-                } else {
-                    ""
-                };
+                let ejected = flag(&t["ejected"], " ejected");
                 println!(
                     "    {:<24} {}{ejected}  in flight {}",
-                    t["addr"].as_str().unwrap_or(""),
-                    t["health"].as_str().unwrap_or(""),
+                    str_of(&t["addr"]),
+                    str_of(&t["health"]),
                     t["in_flight"]
                 );
             }

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use switchyard::client::AdminClient;
 use switchyard::split::format_percent;
 
+use super::show::str_of;
+
 #[derive(Subcommand)]
 pub enum RolloutCommand {
     /// Start a rollout of SERVICE to the CANDIDATE group.
@@ -136,7 +138,7 @@ pub async fn run(api: &AdminClient, cmd: RolloutCommand) -> anyhow::Result<()> {
                     str_of(&r["candidate"]),
                     str_of(&r["strategy"]["name"]),
                     str_of(&r["status"]),
-                    r["reason"].as_str().unwrap_or("")
+                    str_of(&r["reason"])
                 );
             }
         }
@@ -197,10 +199,6 @@ pub async fn events(api: &AdminClient, filters: &[(&str, Option<String>)]) -> an
         );
     }
     Ok(())
-}
-
-fn str_of(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
 }
 
 /// The status view: steps with a progress bar, the weights and the split observed.

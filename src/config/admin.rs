@@ -197,6 +197,7 @@ pub(super) fn admin(raw: &RawAdmin, loaded: &Loaded, p: &mut Problems) -> AdminC
             scopes: Scopes::all(),
         })
         .collect();
+    let mut names = Unique::new("token");
     for (i, t) in raw.tokens.iter().enumerate() {
         let at = path!["admin", "tokens", i];
         name(&t.name, at.join("name"), p);
@@ -209,12 +210,7 @@ pub(super) fn admin(raw: &RawAdmin, loaded: &Loaded, p: &mut Problems) -> AdminC
                 ),
             );
         }
-        if raw.tokens[..i].iter().any(|o| o.name == t.name) {
-            p.add(
-                at.join("name"),
-                format!("duplicate token name \"{}\"", t.name),
-            );
-        }
+        names.check(&t.name, at.join("name"), p);
         let scopes = scopes(t.scopes.as_deref(), at.join("scopes"), p);
         let value = match (&t.token, &t.token_env) {
             (Some(v), None) if !v.is_empty() => Some(v.clone()),

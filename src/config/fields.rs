@@ -2,6 +2,7 @@
 //! durations with bounds, numbers in a range, names, addresses and status codes. Each has one
 //! message shape, so that the same mistake reads the same wherever it is made.
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -176,6 +177,39 @@ pub fn count_or(
 ) -> u64 {
     v.and_then(|n| in_range(n, range, note, at, p))
         .map_or(default, |n| n as u64)
+}
+
+/// Names that must be unique among their kind (listeners, services, a service's groups,
+/// tokens, analyses, an analysis's checks): every use after the first is a problem at its
+/// own key, `duplicate <kind> name "<name>"`.
+pub struct Unique {
+    kind: &'static str,
+    /// Said after the name: whose names these are (`in service "shop"`).
+    within: String,
+    seen: HashSet<String>,
+}
+
+impl Unique {
+    pub fn new(kind: &'static str) -> Unique {
+        Unique::within(kind, String::new())
+    }
+
+    pub fn within(kind: &'static str, owner: String) -> Unique {
+        Unique {
+            kind,
+            within: owner,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn check(&mut self, n: &str, at: KeyPath, p: &mut Problems) {
+        if !self.seen.insert(n.to_string()) {
+            p.add(
+                at,
+                format!("duplicate {} name \"{n}\"{}", self.kind, self.within),
+            );
+        }
+    }
 }
 
 pub fn name(s: &str, at: KeyPath, p: &mut Problems) {

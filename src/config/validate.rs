@@ -136,17 +136,12 @@ fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<List
             "no [[listener]]: at least one listener is needed",
         );
     }
-    let mut names = HashSet::new();
+    let mut names = Unique::new("listener");
     let mut binds = HashMap::new();
     let mut out = Vec::new();
     for (i, l) in raw.iter().enumerate() {
         name(&l.name, path!["listener", i, "name"], p);
-        if !names.insert(l.name.clone()) {
-            p.add(
-                path!["listener", i, "name"],
-                format!("duplicate listener name \"{}\"", l.name),
-            );
-        }
+        names.check(&l.name, path!["listener", i, "name"], p);
         let bind = socket_addr(&l.bind, path!["listener", i, "bind"], p);
         if let Some(other) = binds.insert(bind, l.name.clone()) {
             if bind.port() != 0 {
@@ -191,17 +186,12 @@ fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::Analy
 }
 
 fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<ServiceConfig> {
-    let mut names = HashSet::new();
+    let mut names = Unique::new("service");
     let mut out = Vec::new();
     for (i, s) in raw.iter().enumerate() {
         let at = path!["service", i];
         name(&s.name, at.join("name"), p);
-        if !names.insert(s.name.clone()) {
-            p.add(
-                at.join("name"),
-                format!("duplicate service name \"{}\"", s.name),
-            );
-        }
+        names.check(&s.name, at.join("name"), p);
         if s.group.is_empty() {
             p.add(
                 at.clone(),
@@ -219,20 +209,12 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
         let inherited = default_hc
             .as_ref()
             .map(|(d, dat)| health_check(&[(d, dat)], p));
-        let mut group_names = HashSet::new();
+        let mut group_names = Unique::within("group", format!(" in service \"{}\"", s.name));
         let mut groups = Vec::new();
         for (j, g) in s.group.iter().enumerate() {
             let gat = at.join("group").join(j);
             name(&g.name, gat.join("name"), p);
-            if !group_names.insert(g.name.clone()) {
-                p.add(
-                    gat.join("name"),
-                    format!(
-                        "duplicate group name \"{}\" in service \"{}\"",
-                        g.name, s.name
-                    ),
-                );
-            }
+            group_names.check(&g.name, gat.join("name"), p);
             groups.push(group(g, default_hc.as_ref(), inherited.as_ref(), &gat, p));
         }
         let split = split(s, &at, p);
