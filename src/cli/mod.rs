@@ -188,12 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let res = admin(&target)?
                 .post(&format!("/api/v1/services/{service}/switch"), body)
                 .await?;
-            println!(
-                "{service}: {} -> {} (generation {})",
-                split_text(&res["from"]),
-                split_text(&res["to"]),
-                res["generation"]
-            );
+            print_traffic_change(&service, &res);
             Ok(ExitCode::SUCCESS)
         }
         Command::Weights {
@@ -225,12 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json!({ "weights": map, "force": force }),
                 )
                 .await?;
-            println!(
-                "{service}: {} -> {} (generation {})",
-                split_text(&res["from"]),
-                split_text(&res["to"]),
-                res["generation"]
-            );
+            print_traffic_change(&service, &res);
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan { target } => {
@@ -469,6 +459,16 @@ fn print_plan(res: &serde_json::Value) {
             str_of(&c["what"])
         );
     }
+}
+
+/// What a switch or a weights change did: `shop: blue=100% -> green=100% (generation 4)`.
+fn print_traffic_change(service: &str, res: &serde_json::Value) {
+    println!(
+        "{service}: {} -> {} (generation {})",
+        split_text(&res["from"]),
+        split_text(&res["to"]),
+        res["generation"]
+    );
 }
 
 fn split_text(v: &serde_json::Value) -> String {
