@@ -277,7 +277,7 @@ fn a_service_health_check_problem_is_reported_once_where_it_is_written() {
         + "[[service.group]]\nname = \"green\"\ntargets = [\"127.0.0.1:9002\"]\n"
         + "[service.health_check]\nhealthy_threshold = 0\n";
     let e = switchyard::config::parse(&src, "sy.toml", Path::new(".")).unwrap_err();
-    let lines: Vec<String> = e.diagnostics().iter().map(|d| d.to_string()).collect();
+    let lines: Vec<String> = e.diagnostics().iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
         [

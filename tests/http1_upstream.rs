@@ -818,7 +818,7 @@ async fn an_answer_that_takes_long_to_deliver_counts_in_the_second_it_ends() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let server = start(&config(&[("blue", &[addr])], "")).await;
-    let mut c = tokio::net::TcpStream::connect(server.listener_addr("web").await)
+    let mut c = TcpStream::connect(server.listener_addr("web").await)
         .await
         .unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{Api, ApiError};
 use crate::metrics::now_second;
 
-pub const PAGE: &str = include_str!("dashboard/index.html");
+pub(super) const PAGE: &str = include_str!("dashboard/index.html");
 
 pub(super) async fn page() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE))

@@ -84,7 +84,7 @@ pub async fn serve(
 
 /// The largest request body read: axum's own limit for JSON bodies, which a configuration
 /// sent to `plan` / `apply` travels in.
-pub const MAX_BODY_BYTES: usize = 2 << 20;
+pub(super) const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// Reads a request's whole body within `header_read_timeout` before any handler runs, so
 /// that a handler never waits on a slow client (its connection counts as busy meanwhile,

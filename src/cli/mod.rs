@@ -22,7 +22,7 @@ use show::{flag, str_of};
     version,
     about = "Layer-7 load balancer and release manager"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Tokio worker threads (1 runs single-threaded).
     #[arg(long, global = true)]
     pub workers: Option<usize>,
@@ -165,7 +165,7 @@ enum AnalysisCommand {
     },
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(
         &cli.log_format,
         matches!(cli.command, Command::Run { .. } | Command::Backend { .. }),
@@ -394,7 +394,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 match control.reload("signal:SIGHUP").await {
                     Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
                     Err(e) => {
-                        tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays")
+                        tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays");
                     }
                 }
             }
@@ -532,7 +532,7 @@ fn print_status(s: &serde_json::Value) {
                 // The step being run, counted from 1 (all of them once done).
                 (r["step"].as_u64().unwrap_or(0) + 1)
                     .min(r["steps"].as_array().map_or(0, |s| s.len() as u64)),
-                r["steps"].as_array().map_or(0, |s| s.len()),
+                r["steps"].as_array().map_or(0, Vec::len),
                 split::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
                 r["reason"]
                     .as_str()
@@ -549,7 +549,7 @@ fn print_status(s: &serde_json::Value) {
                 str_of(&g["name"]),
                 str_of(&g["weight_text"]),
                 g["healthy_targets"],
-                g["targets"].as_array().map_or(0, |t| t.len()),
+                g["targets"].as_array().map_or(0, Vec::len),
                 g["counts"]["requests"],
             );
             for t in g["targets"].as_array().into_iter().flatten() {

@@ -35,7 +35,7 @@ impl Problems {
     /// The problems, each reported once (a value shared by several sections, such as a
     /// service's health check, is checked for each but written once).
     pub fn into_unique(self) -> Vec<(KeyPath, String)> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         self.0
             .into_iter()
             .filter(|(at, msg)| seen.insert((at.to_string(), msg.clone())))
@@ -48,21 +48,23 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Timeouts, intervals, windows: above zero, at most an hour.
-pub const TIMEOUT: RangeInclusive<Duration> = MS..=HOUR;
+pub(super) const TIMEOUT: RangeInclusive<Duration> = MS..=HOUR;
 /// Delays that may be zero (deregistration): at most an hour.
-pub const DELAY: RangeInclusive<Duration> = Duration::ZERO..=HOUR;
+pub(super) const DELAY: RangeInclusive<Duration> = Duration::ZERO..=HOUR;
 /// Analysis intervals and windows: above zero, at most a day.
-pub const MEASURE: RangeInclusive<Duration> = MS..=DAY;
+pub(super) const MEASURE: RangeInclusive<Duration> = MS..=DAY;
 /// Release pauses and delays (may be zero): at most a week.
-pub const RELEASE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(7 * 86_400);
+pub(super) const RELEASE: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(7 * 86_400);
 /// A rollout's progress deadline: above zero, at most a week.
-pub const DEADLINE: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
+pub(super) const DEADLINE: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
 /// A cookie's max age: at most 400 days (what browsers keep).
-pub const COOKIE_AGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(400 * 86_400);
+pub(super) const COOKIE_AGE: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(400 * 86_400);
 
 /// The one duration parser: `500ms`, `30s`, `5m`, … within `bounds`. `None` (and a problem at
 /// `at`) when the text is not a duration or is out of range.
-pub fn duration(
+pub(super) fn duration(
     s: &str,
     at: KeyPath,
     bounds: &RangeInclusive<Duration>,
@@ -89,7 +91,7 @@ pub fn duration(
 }
 
 /// An optional duration field: its default when absent or wrong (the problem is recorded).
-pub fn duration_or(
+pub(super) fn duration_or(
     v: Option<&String>,
     at: KeyPath,
     default: Duration,
@@ -101,7 +103,7 @@ pub fn duration_or(
 }
 
 /// The message for text that is not a duration.
-pub fn not_a_duration(s: &str) -> String {
+pub(super) fn not_a_duration(s: &str) -> String {
     format!("\"{s}\" is not a duration: use e.g. 500ms, 30s, 5m")
 }
 
@@ -126,7 +128,7 @@ fn short(d: Duration) -> String {
 }
 
 /// A number that a range can bound: integers and floats.
-pub trait Bound: Copy + PartialOrd + Display {
+pub(super) trait Bound: Copy + PartialOrd + Display {
     /// The type's largest value: a range up to it is written "N or more".
     const MAX: Self;
 }
@@ -141,7 +143,7 @@ impl Bound for f64 {
 
 /// The one range check: `v` within `range`, or `None` and "N is out of range: use LO to HI"
 /// (with `note`, when given, in parentheses after it).
-pub fn in_range<T: Bound>(
+pub(super) fn in_range<T: Bound>(
     v: T,
     range: RangeInclusive<T>,
     note: &str,
@@ -167,7 +169,7 @@ pub fn in_range<T: Bound>(
 }
 
 /// An optional count: its default when absent or out of range (the problem is recorded).
-pub fn count_or(
+pub(super) fn count_or(
     v: Option<i64>,
     range: RangeInclusive<i64>,
     default: u64,
@@ -182,7 +184,7 @@ pub fn count_or(
 /// Names that must be unique among their kind (listeners, services, a service's groups,
 /// tokens, analyses, an analysis's checks): every use after the first is a problem at its
 /// own key, `duplicate <kind> name "<name>"`.
-pub struct Unique {
+pub(super) struct Unique {
     kind: &'static str,
     /// Said after the name: whose names these are (`in service "shop"`).
     within: String,
@@ -190,11 +192,11 @@ pub struct Unique {
 }
 
 impl Unique {
-    pub fn new(kind: &'static str) -> Unique {
+    pub(super) fn new(kind: &'static str) -> Unique {
         Unique::within(kind, String::new())
     }
 
-    pub fn within(kind: &'static str, owner: String) -> Unique {
+    pub(super) fn within(kind: &'static str, owner: String) -> Unique {
         Unique {
             kind,
             within: owner,
@@ -202,7 +204,7 @@ impl Unique {
         }
     }
 
-    pub fn check(&mut self, n: &str, at: KeyPath, p: &mut Problems) {
+    pub(super) fn check(&mut self, n: &str, at: KeyPath, p: &mut Problems) {
         if !self.seen.insert(n.to_string()) {
             p.add(
                 at,
@@ -212,7 +214,7 @@ impl Unique {
     }
 }
 
-pub fn name(s: &str, at: KeyPath, p: &mut Problems) {
+pub(super) fn name(s: &str, at: KeyPath, p: &mut Problems) {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -225,7 +227,7 @@ pub fn name(s: &str, at: KeyPath, p: &mut Problems) {
     }
 }
 
-pub fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
+pub(super) fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
     s.parse().unwrap_or_else(|_| {
         p.add(
             at,
@@ -236,13 +238,13 @@ pub fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
 }
 
 /// An IP network, or a single address as one.
-pub fn ip_net(s: &str) -> Option<IpNet> {
+pub(super) fn ip_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .ok()
 }
 
-pub fn http_url(u: &str, at: KeyPath, p: &mut Problems) {
+pub(super) fn http_url(u: &str, at: KeyPath, p: &mut Problems) {
     if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
         p.add(at, format!("\"{u}\" is not an http:// URL"));
     }
@@ -267,7 +269,7 @@ pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
     }
 }
 
-pub fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
+pub(super) fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
     in_range(n, 200..=599, "", at, p).and_then(|n| StatusCode::from_u16(n as u16).ok())
 }
 

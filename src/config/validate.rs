@@ -18,7 +18,11 @@ use crate::upstream::UpstreamProtocol;
 
 /// Pure: everything read from outside the text (tokens from the environment, certificate
 /// files) comes in `loaded`, read by the load step before.
-pub fn validate(raw: RawConfig, loaded: &Loaded, base_dir: &Path) -> Result<Config, Problems> {
+pub(super) fn validate(
+    raw: RawConfig,
+    loaded: &Loaded,
+    base_dir: &Path,
+) -> Result<Config, Problems> {
     let mut p = Problems::new();
     let admin = super::admin::admin(&raw.admin, loaded, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);

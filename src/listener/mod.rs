@@ -132,9 +132,8 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream, client: SocketAddr, member: Member) {
         let _ = stream.set_nodelay(true);
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => return,
+        let Ok(local) = stream.local_addr() else {
+            return;
         };
         let snap = self.snapshots.load_full();
         let activity = Arc::new(Activity::default());
@@ -156,7 +155,7 @@ impl Connection {
             match handshake.await {
                 Ok(Ok(tls)) => {
                     activity.handshake_done(tls.get_ref().1.alpn_protocol() == Some(b"h2"));
-                    self.http(tls, info, &snap, activity, member).await
+                    self.http(tls, info, &snap, activity, member).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%client, "TLS handshake timed out"),

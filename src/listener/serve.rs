@@ -22,7 +22,7 @@ use crate::activity::{Activity, IdleWatch};
 /// A listener's open connections, so that stopping it can tell each to finish its current
 /// request and close, and wait for them.
 #[derive(Debug, Default)]
-pub struct Drain {
+pub(super) struct Drain {
     draining: AtomicBool,
     members: Mutex<Members>,
     empty: Notify,
@@ -36,7 +36,7 @@ struct Members {
 
 impl Drain {
     /// A new connection's membership; it leaves when dropped.
-    pub fn join(self: &Arc<Self>) -> Member {
+    pub(super) fn join(self: &Arc<Self>) -> Member {
         let mut m = self.members.lock().expect("drain lock");
         let id = m.next;
         m.next += 1;
@@ -48,12 +48,12 @@ impl Drain {
         }
     }
 
-    pub fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.members.lock().expect("drain lock").wakers.len()
     }
 
     /// Tells every connection to finish and close, and resolves once all have.
-    pub async fn drain(&self) {
+    pub(super) async fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         loop {
             let empty = self.empty.notified();
@@ -73,7 +73,7 @@ impl Drain {
 
 /// One connection's place in its listener's [`Drain`].
 #[derive(Debug)]
-pub struct Member {
+pub(super) struct Member {
     drain: Arc<Drain>,
     id: u64,
     /// The waker last registered, to register again only when the task's waker changes.
@@ -106,7 +106,7 @@ impl Drop for Member {
 
 /// A client connection's time limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(super) struct Limits {
     /// No byte moving either way (between requests, too).
     pub idle: Duration,
     /// From a request's first byte to the end of its head.
@@ -115,7 +115,7 @@ pub struct Limits {
 
 /// A client connection being served until it ends, idles out, is too slow to send a
 /// request head, or is drained.
-pub struct Serve<C> {
+pub(super) struct Serve<C> {
     conn: Pin<Box<C>>,
     member: Member,
     draining: bool,
@@ -129,7 +129,7 @@ pub struct Serve<C> {
 }
 
 impl<C: GracefulConnection> Serve<C> {
-    pub fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
+    pub(super) fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
         let watch = IdleWatch::new(activity.clone(), limits.idle);
         Serve {
             conn: Box::pin(conn),

@@ -187,7 +187,7 @@ impl Body for UpstreamResponseBody {
                     match &e {
                         error::Error::Client(c) => this.finish(End::Client(c.code())),
                         error::Error::Protocol(_) => {
-                            this.upstream_failed("upstream_protocol_error")
+                            this.upstream_failed("upstream_protocol_error");
                         }
                         _ => this.upstream_failed("upstream_reset"),
                     }
