@@ -178,7 +178,7 @@ pub async fn run() -> anyhow::Result<()> {
                 print_tally(
                     &format!(
                         "at {}",
-                        switchyard::config::format_percent(last_weight.unwrap_or(0) as u32)
+                        switchyard::split::format_percent(last_weight.unwrap_or(0) as u32)
                     ),
                     &t,
                 );

@@ -3,26 +3,29 @@
 //! touches here is an atomic; the control plane shares no lock with it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use crate::config::{Balance, TargetAddr};
+use crate::metrics::{ms_at, now_ms};
 use crate::upstream::{Pool, Upstream};
 
-/// Milliseconds since the process started: a clock cheap enough to read per request and small
-/// enough to keep in an atomic.
-pub fn now_ms() -> u64 {
-    ms_at(Instant::now())
+/// `host:port`, where host is an IP address or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct TargetAddr(pub String);
+
+impl std::fmt::Display for TargetAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// [`now_ms`] at an instant already read: the request path reads the clock once when a
-/// request starts and once when its answer arrives, and derives everything else.
-pub fn ms_at(t: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
-        .as_millis() as u64
+/// How a group picks the target for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Balance {
+    LeastOutstanding,
+    RoundRobin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -40,7 +43,6 @@ pub enum Health {
 pub struct Target {
     pub addr: TargetAddr,
     pub authority: Authority,
-    pub socket_addr: Option<std::net::SocketAddr>,
     pub pool: Pool,
     outstanding: AtomicU32,
     health: AtomicU8,
@@ -54,10 +56,9 @@ impl Target {
     pub fn new(addr: TargetAddr) -> Target {
         let authority = addr.0.parse().expect("validated target address");
         Target {
-            socket_addr: crate::upstream::literal_addr(&addr.0),
+            pool: Pool::new(&addr.0),
             addr,
             authority,
-            pool: Pool::default(),
             outstanding: AtomicU32::new(0),
             health: AtomicU8::new(Health::Unknown as u8),
             consecutive_failures: AtomicU32::new(0),

@@ -13,9 +13,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::task::AbortHandle;
 
-use crate::config::{HealthCheck, UpstreamProtocol};
+use crate::config::HealthCheck;
 use crate::group::{Health, Target};
 use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamProtocol;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CheckKey {
@@ -99,7 +100,7 @@ async fn run(key: CheckKey, target: Arc<Target>) {
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         ticker.tick().await;
-        target.pool.sweep(crate::group::now_ms());
+        target.pool.sweep(crate::metrics::now_ms());
         let result = probe(&client, &uri, check).await;
         match &result {
             Ok(()) => {

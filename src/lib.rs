@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of modules.
 
 pub mod access_log;
+pub mod activity;
 pub mod analysis;
 pub mod api;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod snapshot;
+pub mod split;
 pub mod store;
 pub mod sys;
 pub mod tls;

@@ -10,9 +10,22 @@
 //! analyses judge a version by.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use crate::group::now_ms;
+/// Milliseconds since the process started: a clock cheap enough to read per request and small
+/// enough to keep in an atomic. A slot's second is this divided by 1000.
+pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at an instant already read: the request path reads the clock once when a
+/// request starts and once when its answer arrives, and derives everything else.
+pub fn ms_at(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
+}
 
 /// Seconds kept: 11 minutes.
 pub const SLOTS: u64 = 660;

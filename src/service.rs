@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::{Balance, PassiveHealth, Split, Stickiness, StickyKey, FULL_WEIGHT};
+use crate::config::{PassiveHealth, Stickiness, StickyKey};
+use crate::group::Balance;
 use crate::group::Group;
+use crate::split::{Split, FULL_WEIGHT};
 
 #[derive(Debug)]
 pub struct Service {

@@ -4,17 +4,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{
-    Action, Conditions, Config, FixedResponse, Override, Redirect, Split, FULL_WEIGHT,
-};
+use crate::config::{Action, Conditions, Config, FixedResponse, Override, Redirect};
 use crate::group::{Group, GroupStats, Target};
 use crate::service::Service;
+use crate::split::{Split, FULL_WEIGHT};
 use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
     #[error("access log {path}: {source}")]
     AccessLog {
         path: String,
@@ -167,7 +164,8 @@ impl Snapshot {
             _ => {
                 let mut tls = HashMap::new();
                 for l in config.listeners.iter().filter(|l| l.is_tls()) {
-                    tls.insert(l.name.clone(), crate::tls::server_config(&l.certificates)?);
+                    let keys = l.certificates.iter().map(|c| &c.loaded);
+                    tls.insert(l.name.clone(), crate::tls::server_config(keys));
                 }
                 tls
             }

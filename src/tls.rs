@@ -1,5 +1,6 @@
 //! TLS termination: certificates chosen by SNI, ALPN offering h2 and http/1.1.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -8,7 +9,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::bounded::{read_file, MAX_FILE_BYTES};
-use crate::config::CertificateConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -31,15 +31,15 @@ impl PartialEq for LoadedKey {
 
 /// Reads and checks a certificate chain and its key. Blocking: only regular files of
 /// bounded size are read (see `bounded::file`), and callers on the runtime use
-/// `spawn_blocking`.
-pub fn load_certified_key(c: &CertificateConfig) -> Result<CertifiedKey, TlsError> {
-    let cert_path = c.cert.display().to_string();
-    let key_path = c.key.display().to_string();
-    let cert_pem = read_file(&c.cert, MAX_FILE_BYTES).map_err(|e| TlsError::Cert {
+/// `spawn_blocking` (the configuration's load step, `config::load`, is the one caller).
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<LoadedKey, TlsError> {
+    let cert_path = cert.display().to_string();
+    let key_path = key.display().to_string();
+    let cert_pem = read_file(cert, MAX_FILE_BYTES).map_err(|e| TlsError::Cert {
         path: cert_path.clone(),
         reason: e.to_string(),
     })?;
-    let key_pem = read_file(&c.key, MAX_FILE_BYTES).map_err(|e| TlsError::Key {
+    let key_pem = read_file(key, MAX_FILE_BYTES).map_err(|e| TlsError::Key {
         path: key_path.clone(),
         reason: e.to_string(),
     })?;
@@ -60,10 +60,11 @@ pub fn load_certified_key(c: &CertificateConfig) -> Result<CertifiedKey, TlsErro
         reason: e.to_string(),
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Key {
+    let loaded = CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Key {
         path: key_path,
         reason: e.to_string(),
-    })
+    })?;
+    Ok(LoadedKey(Arc::new(loaded)))
 }
 
 /// Picks a certificate by the client's SNI name among the names each certificate covers
@@ -143,17 +144,18 @@ fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, value, &b[hdr + len..]))
 }
 
-/// A server config for a listener's certificates, offering h2 and http/1.1 by ALPN.
-pub fn server_config(certs: &[CertificateConfig]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut loaded = Vec::new();
-    for c in certs {
-        let key = match &c.loaded {
-            Some(k) => k.0.clone(),
-            None => Arc::new(load_certified_key(c)?),
-        };
-        let names = key.cert.first().map(dns_names).unwrap_or_default();
-        loaded.push((names, key));
-    }
+/// A server config for a listener's certificates (loaded with the configuration, so that
+/// building it reads no file), offering h2 and http/1.1 by ALPN.
+pub fn server_config<'a>(
+    keys: impl IntoIterator<Item = &'a LoadedKey>,
+) -> Arc<rustls::ServerConfig> {
+    let loaded = keys
+        .into_iter()
+        .map(|k| {
+            let names = k.0.cert.first().map(dns_names).unwrap_or_default();
+            (names, k.0.clone())
+        })
+        .collect();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -161,7 +163,7 @@ pub fn server_config(certs: &[CertificateConfig]) -> Result<Arc<rustls::ServerCo
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs: loaded }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 #[cfg(test)]

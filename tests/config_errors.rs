@@ -136,14 +136,53 @@ fn all_problems_are_reported_at_once_in_file_order() {
 }
 
 #[test]
-fn missing_certificate_files_are_reported_at_the_certificate() {
+fn a_missing_certificate_file_is_reported_at_the_cert_key() {
     let e = error_of(
         "bind = \"127.0.0.1:8080\"",
         "bind = \"127.0.0.1:8080\"\n[[listener.certificate]]\ncert = \"missing.pem\"\nkey = \"missing.key\"",
     );
     assert!(
-        e.starts_with("sy.toml:4:1: listener[0].certificate[0]: certificate ./missing.pem:"),
+        e.starts_with("sy.toml:5:8: listener[0].certificate[0].cert: certificate ./missing.pem:"),
         "{e}"
+    );
+}
+
+#[test]
+fn a_missing_key_file_is_reported_at_the_key_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("shop.pem"), made.cert.pem()).unwrap();
+    let src = BASE.replacen(
+        "bind = \"127.0.0.1:8080\"",
+        "bind = \"127.0.0.1:8080\"\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"missing.key\"",
+        1,
+    );
+    let e = switchyard::config::parse(&src, "sy.toml", dir.path())
+        .unwrap_err()
+        .to_string();
+    let shown = dir.path().join("missing.key").display().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "sy.toml:6:7: listener[0].certificate[0].key: key {shown}:"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unset_token_env_is_reported_at_the_token_env_key() {
+    let var = "SWITCHYARD_TEST_CONFIG_ERRORS_UNSET";
+    assert!(std::env::var(var).is_err(), "test bug: {var} is set");
+    let e = error_of(
+        "[[route]]",
+        &format!("[admin]\ntoken_env = \"{var}\"\n[[admin.tokens]]\nname = \"bot\"\ntoken_env = \"{var}\"\n\n[[route]]"),
+    );
+    assert_eq!(
+        e,
+        format!(
+            "sy.toml:6:13: admin.token_env: environment variable {var} is not set or empty\n\
+             sy.toml:9:13: admin.tokens[0].token_env: environment variable {var} is not set or empty"
+        )
     );
 }
 
@@ -238,7 +277,7 @@ fn a_service_health_check_problem_is_reported_once_where_it_is_written() {
         + "[[service.group]]\nname = \"green\"\ntargets = [\"127.0.0.1:9002\"]\n"
         + "[service.health_check]\nhealthy_threshold = 0\n";
     let e = switchyard::config::parse(&src, "sy.toml", Path::new(".")).unwrap_err();
-    let lines: Vec<String> = e.diagnostics().iter().map(|d| d.to_string()).collect();
+    let lines: Vec<String> = e.diagnostics().iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
         [

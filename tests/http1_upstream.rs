@@ -551,6 +551,33 @@ async fn an_answer_whose_length_cannot_be_known_is_a_502_counted_as_5xx() {
     assert_eq!(counts.responses[4], paths.len() as u64);
 }
 
+/// RFC 9112 §6.3: two Content-Length fields that disagree leave the body's end unknown, so
+/// the proxy answers 502 rather than guessing (reading to the close would pass on whatever
+/// the target sends next); the same length written twice is one length, as the RFC allows.
+#[tokio::test]
+async fn two_different_content_lengths_are_a_502_and_the_same_one_twice_is_read() {
+    let target = scripted(|_, _, head| {
+        let second = if head.starts_with("GET /differ") {
+            7
+        } else {
+            5
+        };
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: {second}\r\n\r\n");
+        Act::Send([head.as_bytes(), b"hello"].concat())
+    })
+    .await;
+    let (server, url) = proxy_to(target.addr).await;
+    let client = common::client();
+    let r = get(&client, &format!("{url}/differ"), &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert_eq!(r.headers["x-switchyard-error"], "upstream_protocol_error");
+    let r = get(&client, &format!("{url}/same"), &[]).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "hello"));
+    let counts = group_counts(&server);
+    assert_eq!((counts.responses[1], counts.responses[4]), (1, 1));
+}
+
 #[tokio::test]
 async fn a_length_next_to_chunked_is_ignored_and_not_forwarded_and_the_connection_closed() {
     let target = scripted(|_, _, _| {
@@ -766,7 +793,7 @@ async fn a_5xx_whose_body_breaks_off_is_one_strike_toward_ejection_and_one_answe
     let snap = server.control.snapshot();
     let target_state = &snap.services["shop"].groups[0].targets[0];
     assert!(
-        !target_state.ejected(switchyard::group::now_ms()),
+        !target_state.ejected(switchyard::metrics::now_ms()),
         "ejected after three failed answers"
     );
     // The route counts what the group counts: three 502s, not the heads' 500s and 200.
@@ -791,7 +818,7 @@ async fn an_answer_that_takes_long_to_deliver_counts_in_the_second_it_ends() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let server = start(&config(&[("blue", &[addr])], "")).await;
-    let mut c = tokio::net::TcpStream::connect(server.listener_addr("web").await)
+    let mut c = TcpStream::connect(server.listener_addr("web").await)
         .await
         .unwrap();
     c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -26,7 +26,7 @@ pub(super) struct Caller {
 impl Caller {
     /// Refuses (403 `insufficient_scope`) what needs `scope` beyond the route's own: a
     /// request body that carries a shell command needs `config`, whatever the route.
-    pub fn require(&self, scope: Scope, what: &str) -> Result<(), ApiError> {
+    pub(super) fn require(&self, scope: Scope, what: &str) -> Result<(), ApiError> {
         if self.scopes.allows(scope) {
             return Ok(());
         }
@@ -50,11 +50,14 @@ pub(super) fn needed_scope(method: &Method, path: &str) -> Scope {
     let path = path.strip_prefix("/api/v1").unwrap_or(path);
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segs.as_slice()) {
-        ("POST", ["services", _, "switch"])
-        | ("PUT", ["services", _, "weights"])
-        | ("POST", ["rollouts"])
-        | ("POST", ["services", _, "rollout", _])
-        | ("POST", ["services", _, "analysis", "run"]) => Scope::Release,
+        (
+            "POST",
+            ["services", _, "switch"]
+            | ["rollouts"]
+            | ["services", _, "rollout", _]
+            | ["services", _, "analysis", "run"],
+        )
+        | ("PUT", ["services", _, "weights"]) => Scope::Release,
         _ => Scope::Config,
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::Json;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{Api, ApiError};
 use crate::metrics::now_second;
 
-pub const PAGE: &str = include_str!("dashboard/index.html");
+pub(super) const PAGE: &str = include_str!("dashboard/index.html");
 
 pub(super) async fn page() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE))
@@ -29,13 +29,7 @@ pub(super) async fn series(
     State(api): State<Api>,
     q: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_request",
-            e.body_text(),
-        )
-    })?;
+    let Query(q) = q?;
     let seconds = q.seconds.unwrap_or(300).clamp(10, 600);
     let snap = api.control.snapshot();
     let now = now_second();

@@ -11,7 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::Api;
-use crate::group::{now_ms, Health};
+use crate::group::Health;
+use crate::metrics::now_ms;
 
 type Labels = Vec<(String, String)>;
 

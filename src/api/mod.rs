@@ -124,6 +124,18 @@ impl From<ControlError> for ApiError {
     }
 }
 
+/// A query string axum could not read (unknown key, wrong type), in our error shape: a
+/// handler takes `Result<Query<_>, QueryRejection>` and writes `q?`.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_request",
+            e.body_text(),
+        )
+    }
+}
+
 /// Rejections from axum's extractors (bad JSON, wrong field types) in our error shape.
 fn bad_request(e: axum::extract::rejection::JsonRejection) -> ApiError {
     ApiError::new(

@@ -93,7 +93,7 @@ pub(super) async fn status(
     Path(service): Path<String>,
     q: Result<Query<WindowQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
+    let Query(q) = q?;
     let view = api.control.rollout(&service).await?;
     let mut json = serde_json::to_value(&view).expect("view serialises");
     let window = q.window.unwrap_or(5_000).clamp(250, 60_000);
@@ -169,7 +169,7 @@ pub(super) async fn history(
     State(api): State<Api>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Rollout>>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
+    let Query(q) = q?;
     Ok(Json(
         api.control
             .rollout_history(q.service, q.limit.unwrap_or(50).min(1000))
@@ -181,7 +181,7 @@ pub(super) async fn events(
     State(api): State<Api>,
     q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
+    let Query(q) = q?;
     Ok(Json(api.control.events(q).await?))
 }
 
@@ -325,13 +325,4 @@ pub(super) async fn dry_run(
     Ok(Json(
         serde_json::json!({ "stable": stable, "candidate": candidate, "results": results }),
     ))
-}
-
-/// A query string that does not parse (a wrong field type), in the API's error shape.
-fn bad_query(e: QueryRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_request",
-        e.body_text(),
-    )
 }

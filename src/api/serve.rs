@@ -31,9 +31,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::{Activity, TrackedIo};
 use crate::config::AdminLimits;
 use crate::control::Controller;
-use crate::listener::{Activity, TrackedIo};
 
 /// Serves `router` on `listener` until `stop`, then waits (at most the shutdown timeout) for
 /// open connections to finish their requests.
@@ -84,7 +84,7 @@ pub async fn serve(
 
 /// The largest request body read: axum's own limit for JSON bodies, which a configuration
 /// sent to `plan` / `apply` travels in.
-pub const MAX_BODY_BYTES: usize = 2 << 20;
+pub(super) const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// Reads a request's whole body within `header_read_timeout` before any handler runs, so
 /// that a handler never waits on a slow client (its connection counts as busy meanwhile,

@@ -8,9 +8,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{bad_request, Actor, Api, ApiError};
-use crate::config::{format_percent, Split};
 use crate::control::ControlError;
-use crate::group::{now_ms, GroupCounts, Health};
+use crate::group::{GroupCounts, Health};
+use crate::metrics::now_ms;
+use crate::split::{format_percent, Split};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! Command-line verbs. Those that act on a running instance go through its admin API.
 
 mod rollout;
+mod show;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +12,9 @@ use serde_json::json;
 use switchyard::client::AdminClient;
 use switchyard::config;
 use switchyard::server::Server;
+use switchyard::split;
+
+use show::{flag, str_of};
 
 #[derive(Parser)]
 #[command(
@@ -18,7 +22,7 @@ use switchyard::server::Server;
     version,
     about = "Layer-7 load balancer and release manager"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Tokio worker threads (1 runs single-threaded).
     #[arg(long, global = true)]
     pub workers: Option<usize>,
@@ -161,7 +165,7 @@ enum AnalysisCommand {
     },
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(
         &cli.log_format,
         matches!(cli.command, Command::Run { .. } | Command::Backend { .. }),
@@ -184,12 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let res = admin(&target)?
                 .post(&format!("/api/v1/services/{service}/switch"), body)
                 .await?;
-            println!(
-                "{service}: {} -> {} (generation {})",
-                split_text(&res["from"]),
-                split_text(&res["to"]),
-                res["generation"]
-            );
+            print_traffic_change(&service, &res);
             Ok(ExitCode::SUCCESS)
         }
         Command::Weights {
@@ -209,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 percents.push((g.to_string(), pct));
             }
             // The same rule as the file and the API, checked before anything is sent.
-            let split = config::Split::from_percents(percents.iter().cloned())?;
+            let split = split::Split::from_percents(percents.iter().cloned())?;
             let map: serde_json::Map<String, serde_json::Value> = percents
                 .into_iter()
                 .filter(|(g, _)| split.groups().any(|s| s == g))
@@ -221,12 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     json!({ "weights": map, "force": force }),
                 )
                 .await?;
-            println!(
-                "{service}: {} -> {} (generation {})",
-                split_text(&res["from"]),
-                split_text(&res["to"]),
-                res["generation"]
-            );
+            print_traffic_change(&service, &res);
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan { target } => {
@@ -255,7 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Each service's latest rollout, if it has one.
             if let Some(services) = res["services"].as_array_mut() {
                 for svc in services {
-                    let name = svc["name"].as_str().unwrap_or("").to_string();
+                    let name = str_of(&svc["name"]).to_string();
                     svc["rollout"] = api
                         .get(&format!("/api/v1/services/{name}/rollout"))
                         .await
@@ -306,13 +300,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             println!(
                 "{service}: candidate {} against stable {}",
-                res["candidate"].as_str().unwrap_or(""),
-                res["stable"].as_str().unwrap_or("")
+                str_of(&res["candidate"]),
+                str_of(&res["stable"])
             );
             let mut worst = 0;
             for r in res["results"].as_array().into_iter().flatten() {
                 let m = &r["measurement"];
-                let outcome = m["outcome"].as_str().unwrap_or("");
+                let outcome = str_of(&m["outcome"]);
                 worst = worst.max(match outcome {
                     "pass" => 0,
                     "fail" => 2,
@@ -320,10 +314,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 println!(
                     "  {:<14} {:<16} {:<13} {}",
-                    r["analysis"].as_str().unwrap_or(""),
-                    m["check"].as_str().unwrap_or(""),
+                    str_of(&r["analysis"]),
+                    str_of(&m["check"]),
                     outcome,
-                    m["detail"].as_str().unwrap_or("")
+                    str_of(&m["detail"])
                 );
             }
             Ok(ExitCode::from(worst))
@@ -400,7 +394,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 match control.reload("signal:SIGHUP").await {
                     Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
                     Err(e) => {
-                        tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays")
+                        tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays");
                     }
                 }
             }
@@ -457,14 +451,24 @@ fn print_plan(res: &serde_json::Value) {
         println!("no changes");
     }
     for c in changes {
-        let detail = c["detail"].as_str().unwrap_or("");
+        let detail = str_of(&c["detail"]);
         let sep = if detail.is_empty() { "" } else { ": " };
         println!(
             "{} {}{sep}{detail}",
             c["op"].as_str().unwrap_or("?"),
-            c["what"].as_str().unwrap_or("")
+            str_of(&c["what"])
         );
     }
+}
+
+/// What a switch or a weights change did: `shop: blue=100% -> green=100% (generation 4)`.
+fn print_traffic_change(service: &str, res: &serde_json::Value) {
+    println!(
+        "{service}: {} -> {} (generation {})",
+        split_text(&res["from"]),
+        split_text(&res["to"]),
+        res["generation"]
+    );
 }
 
 fn split_text(v: &serde_json::Value) -> String {
@@ -476,7 +480,7 @@ fn split_text(v: &serde_json::Value) -> String {
         .filter_map(|(g, w)| {
             w.as_u64()
                 .filter(|w| *w > 0)
-                .map(|w| format!("{g}={}", config::format_percent(w as u32)))
+                .map(|w| format!("{g}={}", split::format_percent(w as u32)))
         })
         .collect();
     parts.join(" ")
@@ -496,22 +500,18 @@ fn print_status(s: &serde_json::Value) {
         );
     }
     for l in s["listeners"].as_array().into_iter().flatten() {
-        let tls = if l["tls"].as_bool() == Some(true) {
-            " (tls)"
-        } else {
-            ""
-        };
+        let tls = flag(&l["tls"], " (tls)");
         println!(
             "listener {} on {}{tls}",
-            l["name"].as_str().unwrap_or(""),
-            l["addr"].as_str().unwrap_or("")
+            str_of(&l["name"]),
+            str_of(&l["addr"])
         );
     }
     for svc in s["services"].as_array().into_iter().flatten() {
         println!(
             "service {}: {}",
-            svc["name"].as_str().unwrap_or(""),
-            svc["split_text"].as_str().unwrap_or("")
+            str_of(&svc["name"]),
+            str_of(&svc["split_text"])
         );
         if let Some(obs) = svc["observed"].as_object() {
             let o: Vec<String> = obs
@@ -525,15 +525,15 @@ fn print_status(s: &serde_json::Value) {
             println!(
                 "  rollout #{} {} -> {} ({}): {}, step {}/{}, candidate at {}{}",
                 r["id"],
-                r["stable"].as_str().unwrap_or(""),
-                r["candidate"].as_str().unwrap_or(""),
-                r["strategy"]["name"].as_str().unwrap_or(""),
-                r["status"].as_str().unwrap_or(""),
+                str_of(&r["stable"]),
+                str_of(&r["candidate"]),
+                str_of(&r["strategy"]["name"]),
+                str_of(&r["status"]),
                 // The step being run, counted from 1 (all of them once done).
                 (r["step"].as_u64().unwrap_or(0) + 1)
                     .min(r["steps"].as_array().map_or(0, |s| s.len() as u64)),
-                r["steps"].as_array().map_or(0, |s| s.len()),
-                config::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
+                r["steps"].as_array().map_or(0, Vec::len),
+                split::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
                 r["reason"]
                     .as_str()
                     .map(|s| format!(" — {s}"))
@@ -546,22 +546,18 @@ fn print_status(s: &serde_json::Value) {
         for g in svc["groups"].as_array().into_iter().flatten() {
             println!(
                 "  group {:<12} weight {:>7}  healthy {}/{}  requests {}",
-                g["name"].as_str().unwrap_or(""),
-                g["weight_text"].as_str().unwrap_or(""),
+                str_of(&g["name"]),
+                str_of(&g["weight_text"]),
                 g["healthy_targets"],
-                g["targets"].as_array().map_or(0, |t| t.len()),
+                g["targets"].as_array().map_or(0, Vec::len),
                 g["counts"]["requests"],
             );
             for t in g["targets"].as_array().into_iter().flatten() {
-                let ejected = if t["ejected"].as_bool() == Some(true) {
-                    " ejected"
-                } else {
-                    ""
-                };
+                let ejected = flag(&t["ejected"], " ejected");
                 println!(
                     "    {:<24} {}{ejected}  in flight {}",
-                    t["addr"].as_str().unwrap_or(""),
-                    t["health"].as_str().unwrap_or(""),
+                    str_of(&t["addr"]),
+                    str_of(&t["health"]),
                     t["in_flight"]
                 );
             }

@@ -7,10 +7,12 @@ use anyhow::bail;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use switchyard::client::AdminClient;
-use switchyard::config::format_percent;
+use switchyard::split::format_percent;
+
+use super::show::str_of;
 
 #[derive(Subcommand)]
-pub enum RolloutCommand {
+pub(super) enum RolloutCommand {
     /// Start a rollout of SERVICE to the CANDIDATE group.
     Start {
         service: String,
@@ -71,7 +73,7 @@ pub enum RolloutCommand {
     },
 }
 
-pub async fn run(api: &AdminClient, cmd: RolloutCommand) -> anyhow::Result<()> {
+pub(super) async fn run(api: &AdminClient, cmd: RolloutCommand) -> anyhow::Result<()> {
     match cmd {
         RolloutCommand::Start {
             service,
@@ -91,7 +93,7 @@ pub async fn run(api: &AdminClient, cmd: RolloutCommand) -> anyhow::Result<()> {
                 str_of(&r["stable"]),
                 str_of(&r["candidate"]),
                 str_of(&r["strategy"]["name"]),
-                r["steps"].as_array().map_or(0, |s| s.len())
+                r["steps"].as_array().map_or(0, Vec::len)
             );
         }
         RolloutCommand::Status {
@@ -136,7 +138,7 @@ pub async fn run(api: &AdminClient, cmd: RolloutCommand) -> anyhow::Result<()> {
                     str_of(&r["candidate"]),
                     str_of(&r["strategy"]["name"]),
                     str_of(&r["status"]),
-                    r["reason"].as_str().unwrap_or("")
+                    str_of(&r["reason"])
                 );
             }
         }
@@ -167,7 +169,10 @@ pub async fn run(api: &AdminClient, cmd: RolloutCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn events(api: &AdminClient, filters: &[(&str, Option<String>)]) -> anyhow::Result<()> {
+pub(super) async fn events(
+    api: &AdminClient,
+    filters: &[(&str, Option<String>)],
+) -> anyhow::Result<()> {
     let query: Vec<String> = filters
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
@@ -197,10 +202,6 @@ pub async fn events(api: &AdminClient, filters: &[(&str, Option<String>)]) -> an
         );
     }
     Ok(())
-}
-
-fn str_of(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
 }
 
 /// The status view: steps with a progress bar, the weights and the split observed.

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::fields::*;
+use super::load::{Loaded, DEFAULT_TOKEN_ENV};
 use super::locate::KeyPath;
 use super::raw::RawAdmin;
 use crate::path;
@@ -167,7 +168,7 @@ impl AdminConfig {
     }
 }
 
-pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
+pub(super) fn admin(raw: &RawAdmin, loaded: &Loaded, p: &mut Problems) -> AdminConfig {
     let bind = match &raw.bind {
         None => SocketAddr::from(([127, 0, 0, 1], 9901)),
         Some(s) => socket_addr(s, path!["admin", "bind"], p),
@@ -185,19 +186,8 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             None
         }
         (Some(t), None) => Some(t.clone()),
-        (None, Some(var)) => match crate::bounded::command::secret_env(var) {
-            Ok(t) if !t.is_empty() => Some(t),
-            _ => {
-                p.add(
-                    path!["admin", "token_env"],
-                    format!("environment variable {var} is not set or empty"),
-                );
-                None
-            }
-        },
-        (None, None) => crate::bounded::command::secret_env("SWITCHYARD_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+        (None, Some(var)) => env_token(loaded, var, path!["admin", "token_env"], p),
+        (None, None) => loaded.env(DEFAULT_TOKEN_ENV).map(String::from),
     };
     let mut tokens: Vec<AdminToken> = token
         .iter()
@@ -207,6 +197,7 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             scopes: Scopes::all(),
         })
         .collect();
+    let mut names = Unique::new("token");
     for (i, t) in raw.tokens.iter().enumerate() {
         let at = path!["admin", "tokens", i];
         name(&t.name, at.join("name"), p);
@@ -219,25 +210,11 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
                 ),
             );
         }
-        if raw.tokens[..i].iter().any(|o| o.name == t.name) {
-            p.add(
-                at.join("name"),
-                format!("duplicate token name \"{}\"", t.name),
-            );
-        }
+        names.check(&t.name, at.join("name"), p);
         let scopes = scopes(t.scopes.as_deref(), at.join("scopes"), p);
         let value = match (&t.token, &t.token_env) {
             (Some(v), None) if !v.is_empty() => Some(v.clone()),
-            (None, Some(var)) => crate::bounded::command::secret_env(var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .or_else(|| {
-                    p.add(
-                        at.join("token_env"),
-                        format!("environment variable {var} is not set or empty"),
-                    );
-                    None
-                }),
+            (None, Some(var)) => env_token(loaded, var, at.join("token_env"), p),
             _ => {
                 p.add(
                     at.clone(),
@@ -271,6 +248,18 @@ pub(super) fn admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
         tokens,
         limits: limits(raw, p),
     }
+}
+
+/// A token read from the environment by the load step; refused at `at` if not set or empty.
+fn env_token(loaded: &Loaded, var: &str, at: KeyPath, p: &mut Problems) -> Option<String> {
+    let value = loaded.env(var).map(String::from);
+    if value.is_none() {
+        p.add(
+            at,
+            format!("environment variable {var} is not set or empty"),
+        );
+    }
+    value
 }
 
 fn scopes(raw: Option<&[String]>, at: KeyPath, p: &mut Problems) -> Scopes {

@@ -13,14 +13,10 @@ fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) 
 
 pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
     let mut out: Vec<AnalysisConfig> = Vec::new();
+    let mut names = Unique::new("analysis");
     for (i, a) in raw.iter().enumerate() {
         let at = crate::path!["analysis", i];
-        if out.iter().any(|o| o.name == a.name) {
-            p.add(
-                at.join("name"),
-                format!("duplicate analysis name \"{}\"", a.name),
-            );
-        }
+        names.check(&a.name, at.join("name"), p);
         if a.check.is_empty() {
             p.add(
                 at.clone(),
@@ -54,14 +50,10 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
             a.window.clone(),
         );
         let mut checks: Vec<Check> = Vec::new();
+        let mut check_names = Unique::new("check");
         for (j, c) in a.check.iter().enumerate() {
             let cat = at.join("check").join(j);
-            if checks.iter().any(|o| o.name == c.name) {
-                p.add(
-                    cat.join("name"),
-                    format!("duplicate check name \"{}\"", c.name),
-                );
-            }
+            check_names.check(&c.name, cat.join("name"), p);
             if let Some(check) = check(c, &defaults, &cat, p) {
                 checks.push(check);
             }

@@ -2,6 +2,7 @@
 //! durations with bounds, numbers in a range, names, addresses and status codes. Each has one
 //! message shape, so that the same mistake reads the same wherever it is made.
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -11,7 +12,7 @@ use http::StatusCode;
 use ipnet::IpNet;
 
 use super::locate::KeyPath;
-use super::model::{StatusRanges, TargetAddr};
+use crate::group::TargetAddr;
 
 /// Every problem found, each with the key path of the value the user wrote; `mod.rs` turns the
 /// paths into lines and columns. All problems are collected, not just the first.
@@ -34,7 +35,7 @@ impl Problems {
     /// The problems, each reported once (a value shared by several sections, such as a
     /// service's health check, is checked for each but written once).
     pub fn into_unique(self) -> Vec<(KeyPath, String)> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         self.0
             .into_iter()
             .filter(|(at, msg)| seen.insert((at.to_string(), msg.clone())))
@@ -47,21 +48,23 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Timeouts, intervals, windows: above zero, at most an hour.
-pub const TIMEOUT: RangeInclusive<Duration> = MS..=HOUR;
+pub(super) const TIMEOUT: RangeInclusive<Duration> = MS..=HOUR;
 /// Delays that may be zero (deregistration): at most an hour.
-pub const DELAY: RangeInclusive<Duration> = Duration::ZERO..=HOUR;
+pub(super) const DELAY: RangeInclusive<Duration> = Duration::ZERO..=HOUR;
 /// Analysis intervals and windows: above zero, at most a day.
-pub const MEASURE: RangeInclusive<Duration> = MS..=DAY;
+pub(super) const MEASURE: RangeInclusive<Duration> = MS..=DAY;
 /// Release pauses and delays (may be zero): at most a week.
-pub const RELEASE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(7 * 86_400);
+pub(super) const RELEASE: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(7 * 86_400);
 /// A rollout's progress deadline: above zero, at most a week.
-pub const DEADLINE: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
+pub(super) const DEADLINE: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
 /// A cookie's max age: at most 400 days (what browsers keep).
-pub const COOKIE_AGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(400 * 86_400);
+pub(super) const COOKIE_AGE: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(400 * 86_400);
 
 /// The one duration parser: `500ms`, `30s`, `5m`, … within `bounds`. `None` (and a problem at
 /// `at`) when the text is not a duration or is out of range.
-pub fn duration(
+pub(super) fn duration(
     s: &str,
     at: KeyPath,
     bounds: &RangeInclusive<Duration>,
@@ -88,7 +91,7 @@ pub fn duration(
 }
 
 /// An optional duration field: its default when absent or wrong (the problem is recorded).
-pub fn duration_or(
+pub(super) fn duration_or(
     v: Option<&String>,
     at: KeyPath,
     default: Duration,
@@ -100,7 +103,7 @@ pub fn duration_or(
 }
 
 /// The message for text that is not a duration.
-pub fn not_a_duration(s: &str) -> String {
+pub(super) fn not_a_duration(s: &str) -> String {
     format!("\"{s}\" is not a duration: use e.g. 500ms, 30s, 5m")
 }
 
@@ -125,7 +128,7 @@ fn short(d: Duration) -> String {
 }
 
 /// A number that a range can bound: integers and floats.
-pub trait Bound: Copy + PartialOrd + Display {
+pub(super) trait Bound: Copy + PartialOrd + Display {
     /// The type's largest value: a range up to it is written "N or more".
     const MAX: Self;
 }
@@ -140,7 +143,7 @@ impl Bound for f64 {
 
 /// The one range check: `v` within `range`, or `None` and "N is out of range: use LO to HI"
 /// (with `note`, when given, in parentheses after it).
-pub fn in_range<T: Bound>(
+pub(super) fn in_range<T: Bound>(
     v: T,
     range: RangeInclusive<T>,
     note: &str,
@@ -166,7 +169,7 @@ pub fn in_range<T: Bound>(
 }
 
 /// An optional count: its default when absent or out of range (the problem is recorded).
-pub fn count_or(
+pub(super) fn count_or(
     v: Option<i64>,
     range: RangeInclusive<i64>,
     default: u64,
@@ -178,7 +181,40 @@ pub fn count_or(
         .map_or(default, |n| n as u64)
 }
 
-pub fn name(s: &str, at: KeyPath, p: &mut Problems) {
+/// Names that must be unique among their kind (listeners, services, a service's groups,
+/// tokens, analyses, an analysis's checks): every use after the first is a problem at its
+/// own key, `duplicate <kind> name "<name>"`.
+pub(super) struct Unique {
+    kind: &'static str,
+    /// Said after the name: whose names these are (`in service "shop"`).
+    within: String,
+    seen: HashSet<String>,
+}
+
+impl Unique {
+    pub(super) fn new(kind: &'static str) -> Unique {
+        Unique::within(kind, String::new())
+    }
+
+    pub(super) fn within(kind: &'static str, owner: String) -> Unique {
+        Unique {
+            kind,
+            within: owner,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub(super) fn check(&mut self, n: &str, at: KeyPath, p: &mut Problems) {
+        if !self.seen.insert(n.to_string()) {
+            p.add(
+                at,
+                format!("duplicate {} name \"{n}\"{}", self.kind, self.within),
+            );
+        }
+    }
+}
+
+pub(super) fn name(s: &str, at: KeyPath, p: &mut Problems) {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.chars()
@@ -191,7 +227,7 @@ pub fn name(s: &str, at: KeyPath, p: &mut Problems) {
     }
 }
 
-pub fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
+pub(super) fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
     s.parse().unwrap_or_else(|_| {
         p.add(
             at,
@@ -202,13 +238,13 @@ pub fn socket_addr(s: &str, at: KeyPath, p: &mut Problems) -> SocketAddr {
 }
 
 /// An IP network, or a single address as one.
-pub fn ip_net(s: &str) -> Option<IpNet> {
+pub(super) fn ip_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .ok()
 }
 
-pub fn http_url(u: &str, at: KeyPath, p: &mut Problems) {
+pub(super) fn http_url(u: &str, at: KeyPath, p: &mut Problems) {
     if !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok()) {
         p.add(at, format!("\"{u}\" is not an http:// URL"));
     }
@@ -233,27 +269,8 @@ pub fn target_addr(s: &str) -> Result<TargetAddr, String> {
     }
 }
 
-pub fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
+pub(super) fn status_code(n: i64, at: KeyPath, p: &mut Problems) -> Option<StatusCode> {
     in_range(n, 200..=599, "", at, p).and_then(|n| StatusCode::from_u16(n as u16).ok())
-}
-
-pub fn status_ranges(s: &str) -> Result<StatusRanges, String> {
-    let bad =
-        || format!("\"{s}\" is not a status matcher such as \"200\", \"200,204\" or \"200-299\"");
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let lo: u16 = lo.parse().map_err(|_| bad())?;
-        let hi: u16 = hi.parse().map_err(|_| bad())?;
-        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-            return Err(bad());
-        }
-        out.push((lo, hi));
-    }
-    Ok(StatusRanges(out))
 }
 
 #[cfg(test)]

@@ -5,22 +5,21 @@ pub mod admin;
 pub mod analysis;
 pub mod diff;
 mod fields;
+pub mod load;
 pub mod locate;
 pub mod model;
 pub mod raw;
 mod release;
 mod routes;
 mod ser;
-pub mod split;
 mod validate;
 
 use std::fmt;
 use std::path::Path;
 
 pub use admin::{AdminConfig, AdminLimits, AdminToken, Scope, Scopes};
-pub use fields::{status_ranges, target_addr};
+pub use fields::target_addr;
 pub use model::*;
-pub use split::{basis_points, format_percent, SplitError, WeightError, WeightProblem};
 
 /// Validates a strategy given in an API request; errors read `strategy.steps[1].pause: …`.
 pub fn strategy_from_request(
@@ -66,7 +65,7 @@ pub enum ConfigError {
         file: String,
         source: crate::bounded::FileError,
     },
-    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", .0.iter().map(std::string::ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
 }
 
@@ -153,6 +152,10 @@ pub fn fuzz(data: &[u8]) {
     }
 }
 
+/// The text to a configuration in three steps: TOML into `raw` types, the load step
+/// (`load`: token variables and certificate files, relative paths from `base_dir`), then
+/// validation, which reads nothing. Blocking (certificates): on the runtime, use
+/// [`parse_async`].
 pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
     let locator = locate::Locator::new(src);
     let diag = |offset: usize, field: String, message: String| {
@@ -179,7 +182,8 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErr
             return Err(ConfigError::Invalid(vec![diag(offset, field, message)]));
         }
     };
-    validate::validate(raw, base_dir).map_err(|problems| {
+    let loaded = load::load(&raw, base_dir);
+    validate::validate(raw, &loaded, base_dir).map_err(|problems| {
         let mut out: Vec<Diagnostic> = problems
             .into_unique()
             .into_iter()

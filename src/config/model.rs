@@ -11,8 +11,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::ser;
-
-pub use super::split::{Split, FULL_WEIGHT};
+use crate::group::{Balance, TargetAddr};
+use crate::split::Split;
+use crate::upstream::UpstreamProtocol;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -117,9 +118,9 @@ pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// The chain and key as read when the configuration was loaded (off the async runtime),
-    /// so that building a snapshot never reads a file; `None` reads them then.
+    /// so that building a snapshot never reads a file.
     #[serde(rename = "chain", serialize_with = "ser::certificate")]
-    pub loaded: Option<crate::tls::LoadedKey>,
+    pub loaded: crate::tls::LoadedKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -283,35 +284,12 @@ impl ServiceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Balance {
-    LeastOutstanding,
-    RoundRobin,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum UpstreamProtocol {
-    Http1,
-    /// Prior-knowledge HTTP/2 (h2c), as gRPC backends speak it.
-    Http2,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupConfig {
     pub name: String,
     pub targets: Vec<TargetAddr>,
     pub protocol: UpstreamProtocol,
     pub health_check: Option<HealthCheck>,
-}
-
-/// `host:port`, where host is an IP address or a DNS name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct TargetAddr(pub String);
-
-impl std::fmt::Display for TargetAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -329,6 +307,27 @@ pub struct HealthCheck {
 pub struct StatusRanges(pub Vec<(u16, u16)>);
 
 impl StatusRanges {
+    /// Parses the matcher syntax; the message names the value and shows the forms.
+    pub fn parse(s: &str) -> Result<StatusRanges, String> {
+        let bad = || {
+            format!("\"{s}\" is not a status matcher such as \"200\", \"200,204\" or \"200-299\"")
+        };
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let lo: u16 = lo.parse().map_err(|_| bad())?;
+            let hi: u16 = hi.parse().map_err(|_| bad())?;
+            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+                return Err(bad());
+            }
+            out.push((lo, hi));
+        }
+        Ok(StatusRanges(out))
+    }
+
     pub fn contains(&self, status: u16) -> bool {
         self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
     }

@@ -12,7 +12,7 @@ use super::raw::{RawOverride, RawStickiness, RawStrategy};
 use crate::rollout::{BlueGreen, Step, Strategy};
 
 /// A strategy from its raw form; problems are (path relative to the strategy, message).
-pub fn strategy(
+pub(super) fn strategy(
     raw: &RawStrategy,
     analyses: &[String],
     at: &KeyPath,
@@ -67,7 +67,7 @@ pub fn strategy(
                     continue;
                 }
                 if let Some(w) = st.weight {
-                    match super::split::basis_points(w) {
+                    match crate::split::basis_points(w) {
                         Ok(weight) => steps.push(Step::SetWeight { weight }),
                         Err(e) => p.add(sat.join("weight"), e.to_string()),
                     }
@@ -171,7 +171,7 @@ pub fn strategy(
     (p.0.len() == before).then_some(s)
 }
 
-pub fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Problems) -> Stickiness {
+pub(super) fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Problems) -> Stickiness {
     let key = raw.key.as_deref().and_then(|k| {
         if k == "client-ip" {
             return Some(StickyKey::ClientIp);
@@ -221,7 +221,7 @@ pub fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Problems) -> Sticki
 }
 
 /// Overrides of a route that forwards to `service` (with these group names).
-pub fn overrides(
+pub(super) fn overrides(
     raw: &[RawOverride],
     groups: Option<&[String]>,
     at: &KeyPath,

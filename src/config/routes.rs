@@ -1,7 +1,7 @@
 //! Validation of routes: the listeners they name, unique priorities per listener, match
 //! conditions, the action (forward, fixed response, redirect) and release overrides.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use http::{HeaderName, Method, StatusCode};
 
@@ -17,19 +17,14 @@ pub(super) fn routes(
     services: &[ServiceConfig],
     p: &mut Problems,
 ) -> Vec<RouteConfig> {
-    let mut names = HashSet::new();
+    let mut names = Unique::new("route");
     // (listener, priority) → route name: ALB requires a unique priority per listener.
     let mut priorities: HashMap<(String, i64), String> = HashMap::new();
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let at = path!["route", i];
         name(&r.name, at.join("name"), p);
-        if !names.insert(r.name.clone()) {
-            p.add(
-                at.join("name"),
-                format!("duplicate route name \"{}\"", r.name),
-            );
-        }
+        names.check(&r.name, at.join("name"), p);
         if let Some(ls) = &r.listeners {
             for (j, l) in ls.iter().enumerate() {
                 if !listeners.iter().any(|x| &x.name == l) {

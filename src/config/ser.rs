@@ -9,12 +9,12 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::Serializer;
 
 /// Any value by its `Display` text.
-pub fn display<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn display<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
 /// A list by the `Display` text of each item.
-pub fn display_seq<T: Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn display_seq<T: Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
     let mut seq = s.serialize_seq(Some(v.len()))?;
     for item in v {
         seq.serialize_element(&item.to_string())?;
@@ -23,7 +23,7 @@ pub fn display_seq<T: Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S:
 }
 
 /// `[(name, values)]` as a map by name, as the file writes it (`match.header = { … }`).
-pub fn pairs<K: Display, V: serde::Serialize, S: Serializer>(
+pub(super) fn pairs<K: Display, V: serde::Serialize, S: Serializer>(
     v: &[(K, V)],
     s: S,
 ) -> Result<S::Ok, S::Error> {
@@ -34,24 +34,19 @@ pub fn pairs<K: Display, V: serde::Serialize, S: Serializer>(
     map.end()
 }
 
-pub fn status<S: Serializer>(v: &http::StatusCode, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn status<S: Serializer>(v: &http::StatusCode, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u16(v.as_u16())
 }
 
 /// A loaded certificate chain by a fingerprint of its bytes: a certificate file rewritten
 /// in place is a change, though its path is not.
-pub fn certificate<S: Serializer>(
-    v: &Option<crate::tls::LoadedKey>,
+pub(super) fn certificate<S: Serializer>(
+    k: &crate::tls::LoadedKey,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    match v {
-        None => s.serialize_none(),
-        Some(k) => {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for c in &k.0.cert {
-                c.as_ref().hash(&mut h);
-            }
-            s.serialize_str(&format!("chain {:016x}", h.finish()))
-        }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in &k.0.cert {
+        c.as_ref().hash(&mut h);
     }
+    s.serialize_str(&format!("chain {:016x}", h.finish()))
 }

@@ -3,21 +3,31 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::fields::*;
+use super::load::Loaded;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
+use crate::group::Balance;
 use crate::path;
+use crate::split::Split;
+use crate::tls::TlsError;
+use crate::upstream::UpstreamProtocol;
 
-pub fn validate(raw: RawConfig, base_dir: &Path) -> Result<Config, Problems> {
+/// Pure: everything read from outside the text (tokens from the environment, certificate
+/// files) comes in `loaded`, read by the load step before.
+pub(super) fn validate(
+    raw: RawConfig,
+    loaded: &Loaded,
+    base_dir: &Path,
+) -> Result<Config, Problems> {
     let mut p = Problems::new();
-    let admin = super::admin::admin(&raw.admin, &mut p);
+    let admin = super::admin::admin(&raw.admin, loaded, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
-    let listeners = listeners(&raw.listener, base_dir, &mut p);
+    let listeners = listeners(&raw.listener, loaded, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
     let services = services(&raw.service, &analysis_names, &mut p);
@@ -123,24 +133,19 @@ fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
     }
 }
 
-fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<ListenerConfig> {
+fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<ListenerConfig> {
     if raw.is_empty() {
         p.add(
             KeyPath::default(),
             "no [[listener]]: at least one listener is needed",
         );
     }
-    let mut names = HashSet::new();
+    let mut names = Unique::new("listener");
     let mut binds = HashMap::new();
     let mut out = Vec::new();
     for (i, l) in raw.iter().enumerate() {
         name(&l.name, path!["listener", i, "name"], p);
-        if !names.insert(l.name.clone()) {
-            p.add(
-                path!["listener", i, "name"],
-                format!("duplicate listener name \"{}\"", l.name),
-            );
-        }
+        names.check(&l.name, path!["listener", i, "name"], p);
         let bind = socket_addr(&l.bind, path!["listener", i, "bind"], p);
         if let Some(other) = binds.insert(bind, l.name.clone()) {
             if bind.port() != 0 {
@@ -151,17 +156,22 @@ fn listeners(raw: &[RawListener], base_dir: &Path, p: &mut Problems) -> Vec<List
             }
         }
         let mut certificates = Vec::new();
-        for (j, c) in l.certificate.iter().enumerate() {
-            let mut cert = CertificateConfig {
-                cert: base_dir.join(&c.cert),
-                key: base_dir.join(&c.key),
-                loaded: None,
-            };
-            match crate::tls::load_certified_key(&cert) {
-                Ok(k) => cert.loaded = Some(crate::tls::LoadedKey(Arc::new(k))),
-                Err(e) => p.add(path!["listener", i, "certificate", j], e.to_string()),
+        for (j, c) in loaded.certificates(i).iter().enumerate() {
+            match &c.loaded {
+                Ok(chain) => certificates.push(CertificateConfig {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                    loaded: chain.clone(),
+                }),
+                // Located at the key that names the file that could not be used.
+                Err(e) => {
+                    let file = match e {
+                        TlsError::Cert { .. } => "cert",
+                        TlsError::Key { .. } => "key",
+                    };
+                    p.add(path!["listener", i, "certificate", j, file], e.to_string());
+                }
             }
-            certificates.push(cert);
         }
         out.push(ListenerConfig {
             name: l.name.clone(),
@@ -180,17 +190,12 @@ fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::Analy
 }
 
 fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<ServiceConfig> {
-    let mut names = HashSet::new();
+    let mut names = Unique::new("service");
     let mut out = Vec::new();
     for (i, s) in raw.iter().enumerate() {
         let at = path!["service", i];
         name(&s.name, at.join("name"), p);
-        if !names.insert(s.name.clone()) {
-            p.add(
-                at.join("name"),
-                format!("duplicate service name \"{}\"", s.name),
-            );
-        }
+        names.check(&s.name, at.join("name"), p);
         if s.group.is_empty() {
             p.add(
                 at.clone(),
@@ -208,20 +213,12 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
         let inherited = default_hc
             .as_ref()
             .map(|(d, dat)| health_check(&[(d, dat)], p));
-        let mut group_names = HashSet::new();
+        let mut group_names = Unique::within("group", format!(" in service \"{}\"", s.name));
         let mut groups = Vec::new();
         for (j, g) in s.group.iter().enumerate() {
             let gat = at.join("group").join(j);
             name(&g.name, gat.join("name"), p);
-            if !group_names.insert(g.name.clone()) {
-                p.add(
-                    gat.join("name"),
-                    format!(
-                        "duplicate group name \"{}\" in service \"{}\"",
-                        g.name, s.name
-                    ),
-                );
-            }
+            group_names.check(&g.name, gat.join("name"), p);
             groups.push(group(g, default_hc.as_ref(), inherited.as_ref(), &gat, p));
         }
         let split = split(s, &at, p);
@@ -392,7 +389,7 @@ fn health_check(layers: &[(&RawHealthCheck, &KeyPath)], p: &mut Problems) -> Hea
     let (codes, codes_at) = pick(layers, |r| r.success_codes.as_deref(), "success_codes");
     let success_codes = match codes {
         None => StatusRanges(vec![(200, 399)]),
-        Some(s) => status_ranges(s).unwrap_or_else(|e| {
+        Some(s) => StatusRanges::parse(s).unwrap_or_else(|e| {
             p.add(codes_at, e);
             StatusRanges(vec![(200, 399)])
         }),
@@ -474,5 +471,38 @@ fn passive(raw: Option<&RawPassive>, at: &KeyPath, p: &mut Problems) -> PassiveH
             p,
         ),
         eject_on_5xx: raw.eject_on_5xx.unwrap_or(d.eject_on_5xx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load;
+
+    /// Validation takes a token from the load step's values, not from the environment: a
+    /// variable set nowhere but in `Loaded` is accepted, and one missing there is refused.
+    #[test]
+    fn validation_reads_tokens_from_the_load_step_not_the_environment() {
+        const VAR: &str = "SWITCHYARD_TEST_NEVER_SET_7F3A";
+        assert!(std::env::var(VAR).is_err(), "test bug: {VAR} is set");
+        let text = format!(
+            "[admin]\ntoken_env = \"{VAR}\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n"
+        );
+        let raw = || toml::from_str::<RawConfig>(&text).unwrap();
+        let loaded = load(&raw(), Path::new("."));
+        assert_eq!(loaded.env(VAR), None);
+        let refused = validate(raw(), &loaded, Path::new(".")).expect_err("unset is refused");
+        assert!(
+            refused
+                .0
+                .iter()
+                .any(|(at, m)| at.to_string() == "admin.token_env"
+                    && m == &format!("environment variable {VAR} is not set or empty")),
+            "{refused:?}"
+        );
+
+        let given = load(&raw(), Path::new(".")).with_env(VAR, "from-the-load-step");
+        let config = validate(raw(), &given, Path::new(".")).expect("valid with the value");
+        assert_eq!(config.admin.token.as_deref(), Some("from-the-load-step"));
     }
 }

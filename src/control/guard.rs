@@ -32,7 +32,7 @@ pub(super) async fn guard(
     // guard has watched is measured on tokio's, like every other control-plane duration, so
     // that a paused clock drives it: from the start of second `since` on.
     let watching_from = tokio::time::Instant::now()
-        + Duration::from_millis((since * 1000).saturating_sub(crate::group::now_ms()));
+        + Duration::from_millis((since * 1000).saturating_sub(crate::metrics::now_ms()));
     loop {
         let Some(g) = control
             .snapshot()

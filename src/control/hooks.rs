@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::effects;
 use crate::bounded::{CallError, ReadBody};
 use crate::config::analysis::{Hook, Hooks};
-use crate::config::FULL_WEIGHT;
 use crate::rollout::{HookPoint, Rollout, Step, Strategy};
+use crate::split::FULL_WEIGHT;
 
 /// The strategy's steps with the service's hooks in place: `before_traffic` first,
 /// `before_promotion` (and a wait for confirmation if asked) before the step that gives the

@@ -26,12 +26,13 @@ use tokio::sync::Mutex;
 use super::persist::Persister;
 use super::transition::rollout_split;
 use super::{keeps_split, observe, view, Clock, ControlError, Controller, State, Traffic};
-use crate::config::{format_percent, Config, Split};
+use crate::config::Config;
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
 use crate::rollout::machine::{Change, Outcome};
 use crate::rollout::Rollout;
 use crate::snapshot::Snapshot;
+use crate::split::{format_percent, Split};
 use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for writes already published (rollbacks) to reach the store.

@@ -27,12 +27,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify};
 
 use crate::audit::{Actor, EventKind};
-use crate::config::{self, Config, ConfigError, Split};
-use crate::group::now_ms;
+use crate::config::{self, Config, ConfigError};
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
+use crate::metrics::now_ms;
 use crate::rollout::Rollout;
 use crate::snapshot::Snapshot;
+use crate::split::Split;
 use crate::store::{Commit, Event, EventQuery, Store, StoreError, TrafficRecord};
 use persist::{superseded, Persister, Write};
 use publish::view;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::group::now_ms;
+use crate::metrics::now_ms;
 use crate::snapshot::Snapshot;
 
 const EVERY: Duration = Duration::from_millis(250);

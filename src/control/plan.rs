@@ -4,7 +4,8 @@
 
 use super::{State, Traffic};
 use crate::config::diff::{diff, SEP};
-use crate::config::{Config, ServiceConfig, Split};
+use crate::config::{Config, ServiceConfig};
+use crate::split::Split;
 
 pub use crate::config::diff::Change as PlanChange;
 

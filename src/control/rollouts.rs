@@ -14,9 +14,9 @@ use super::persist::{superseded, Kind, Write};
 use super::transition::plan;
 use super::{ControlError, Controller};
 use crate::audit::{Actor, EventKind, System};
-use crate::config::Split;
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
 use crate::rollout::{RollbackCause, Rollout, Status, Strategy};
+use crate::split::Split;
 use crate::store::Commit;
 
 /// A rollout as the API shows it.

@@ -10,9 +10,9 @@ use super::persist::{superseded, Kind};
 use super::rollouts::RolloutView;
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
-use crate::config::{Split, FULL_WEIGHT};
 use crate::rollout::machine::{Change, CommandError, Outcome};
 use crate::rollout::{RollbackCause, Rollout, Status};
+use crate::split::{Split, FULL_WEIGHT};
 use crate::store::Commit;
 
 /// A rollout change worked out but not yet applied: the rollout, the traffic it implies,

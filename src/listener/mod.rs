@@ -19,11 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{self, ConnInfo};
 
-mod activity;
 mod serve;
+use crate::activity::{Activity, Guarded, TrackedIo};
 use crate::snapshot::Snapshot;
-use activity::Guarded;
-pub(crate) use activity::{Activity, TrackedIo};
 use serve::{Drain, Member, Serve};
 
 /// A running listener.
@@ -134,9 +132,8 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream, client: SocketAddr, member: Member) {
         let _ = stream.set_nodelay(true);
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => return,
+        let Ok(local) = stream.local_addr() else {
+            return;
         };
         let snap = self.snapshots.load_full();
         let activity = Arc::new(Activity::default());
@@ -158,7 +155,7 @@ impl Connection {
             match handshake.await {
                 Ok(Ok(tls)) => {
                     activity.handshake_done(tls.get_ref().1.alpn_protocol() == Some(b"h2"));
-                    self.http(tls, info, &snap, activity, member).await
+                    self.http(tls, info, &snap, activity, member).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
@@ -211,17 +208,5 @@ impl Connection {
             header_read: timeouts.header_read,
         };
         Serve::new(conn.into_owned(), member, activity, limits).await;
-    }
-}
-
-/// Resolves once `activity` has not moved for `limit`, for connections that have left
-/// hyper: upgraded tunnels.
-pub(crate) async fn quiet_for(activity: Arc<Activity>, limit: Duration) {
-    let mut watch = serve::IdleWatch::new(activity, limit);
-    loop {
-        tokio::time::sleep(watch.step()).await;
-        if watch.look() {
-            return;
-        }
     }
 }

@@ -17,12 +17,12 @@ use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-use super::Activity;
+use crate::activity::{Activity, IdleWatch};
 
 /// A listener's open connections, so that stopping it can tell each to finish its current
 /// request and close, and wait for them.
 #[derive(Debug, Default)]
-pub struct Drain {
+pub(super) struct Drain {
     draining: AtomicBool,
     members: Mutex<Members>,
     empty: Notify,
@@ -36,7 +36,7 @@ struct Members {
 
 impl Drain {
     /// A new connection's membership; it leaves when dropped.
-    pub fn join(self: &Arc<Self>) -> Member {
+    pub(super) fn join(self: &Arc<Self>) -> Member {
         let mut m = self.members.lock().expect("drain lock");
         let id = m.next;
         m.next += 1;
@@ -48,12 +48,12 @@ impl Drain {
         }
     }
 
-    pub fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.members.lock().expect("drain lock").wakers.len()
     }
 
     /// Tells every connection to finish and close, and resolves once all have.
-    pub async fn drain(&self) {
+    pub(super) async fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         loop {
             let empty = self.empty.notified();
@@ -73,7 +73,7 @@ impl Drain {
 
 /// One connection's place in its listener's [`Drain`].
 #[derive(Debug)]
-pub struct Member {
+pub(super) struct Member {
     drain: Arc<Drain>,
     id: u64,
     /// The waker last registered, to register again only when the task's waker changes.
@@ -104,48 +104,9 @@ impl Drop for Member {
     }
 }
 
-/// The idle rule of client connections and upgraded tunnels: the activity count (bumped
-/// by every read or write that moved bytes) is looked at four times per `limit`, and a
-/// connection quiet for all of `limit` is idle — it closes between `limit` and 1.25 ×
-/// `limit` after its last byte, and reads and writes never read the clock.
-pub(crate) struct IdleWatch {
-    activity: Arc<Activity>,
-    seen: u64,
-    quiet: Duration,
-    limit: Duration,
-}
-
-impl IdleWatch {
-    pub(crate) fn new(activity: Arc<Activity>, limit: Duration) -> Self {
-        IdleWatch {
-            seen: activity.moved.load(Ordering::Relaxed),
-            activity,
-            quiet: Duration::ZERO,
-            limit,
-        }
-    }
-
-    /// How long between looks.
-    pub(crate) fn step(&self) -> Duration {
-        self.limit / 4
-    }
-
-    /// One look, a step after the last: true once nothing has moved for the whole limit.
-    pub(crate) fn look(&mut self) -> bool {
-        let now = self.activity.moved.load(Ordering::Relaxed);
-        if now != self.seen {
-            self.seen = now;
-            self.quiet = Duration::ZERO;
-            return false;
-        }
-        self.quiet += self.step();
-        self.quiet >= self.limit
-    }
-}
-
 /// A client connection's time limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(super) struct Limits {
     /// No byte moving either way (between requests, too).
     pub idle: Duration,
     /// From a request's first byte to the end of its head.
@@ -154,7 +115,7 @@ pub struct Limits {
 
 /// A client connection being served until it ends, idles out, is too slow to send a
 /// request head, or is drained.
-pub struct Serve<C> {
+pub(super) struct Serve<C> {
     conn: Pin<Box<C>>,
     member: Member,
     draining: bool,
@@ -168,7 +129,7 @@ pub struct Serve<C> {
 }
 
 impl<C: GracefulConnection> Serve<C> {
-    pub fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
+    pub(super) fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
         let watch = IdleWatch::new(activity.clone(), limits.idle);
         Serve {
             conn: Box::pin(conn),

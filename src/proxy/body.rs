@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::account::{Account, End};
 use crate::group::InFlight;
 use crate::metrics::Failure as Seen;
+use crate::upstream::error;
 use crate::upstream::{h1, h2};
 
 /// A target's response body: read by our HTTP/1 client or by hyper's HTTP/2 one.
@@ -184,8 +185,10 @@ impl Body for UpstreamResponseBody {
             UpstreamBody::H1(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     match &e {
-                        h1::Error::Client(c) => this.finish(End::Client(c.code())),
-                        h1::Error::Protocol(_) => this.upstream_failed("upstream_protocol_error"),
+                        error::Error::Client(c) => this.finish(End::Client(c.code())),
+                        error::Error::Protocol(_) => {
+                            this.upstream_failed("upstream_protocol_error");
+                        }
                         _ => this.upstream_failed("upstream_reset"),
                     }
                     Poll::Ready(Some(Err(e.into())))

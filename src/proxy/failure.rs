@@ -2,7 +2,7 @@
 //! the client (`ProxyError`), and the text logged and shown in `x-switchyard-error` details.
 
 use crate::error::ProxyError;
-use crate::upstream::h1;
+use crate::upstream::error::{ClientError, Error};
 
 /// Why an exchange with a target failed.
 #[derive(Debug)]
@@ -12,7 +12,7 @@ pub(super) enum Failure {
     Timeout(std::time::Duration),
     Protocol(String),
     /// The client failed its own request while it was being sent on.
-    Client(h1::ClientError),
+    Client(ClientError),
 }
 
 impl Failure {
@@ -27,13 +27,13 @@ impl Failure {
     }
 }
 
-impl From<h1::Error> for Failure {
-    fn from(e: h1::Error) -> Failure {
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
         match e {
-            h1::Error::Protocol(m) => Failure::Protocol(m),
-            h1::Error::Client(e) => Failure::Client(e),
-            h1::Error::Timeout(d) => Failure::Timeout(d),
-            e @ (h1::Error::Io(_) | h1::Error::Closed) => Failure::Reset(error_chain(&e)),
+            Error::Protocol(m) => Failure::Protocol(m),
+            Error::Client(e) => Failure::Client(e),
+            Error::Timeout(d) => Failure::Timeout(d),
+            e @ (Error::Io(_) | Error::Closed) => Failure::Reset(error_chain(&e)),
         }
     }
 }

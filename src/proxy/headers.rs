@@ -129,7 +129,7 @@ pub(super) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
 }
 
 /// Splits `host:port`, `[v6]:port` or a bare host.

@@ -20,8 +20,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-use crate::group::{ms_at, now_ms, Group, GroupStats, Target};
+use crate::group::{Group, GroupStats, Target};
 use crate::metrics::Failure as Seen;
+use crate::metrics::{ms_at, now_ms};
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{Route, RouteAction, Snapshot};
@@ -315,7 +316,7 @@ async fn forward<'s>(
     // move to another one: the request is still untouched.
     let (target, sender, reused): (&Arc<Target>, Sender, bool) = match group
         .upstream
-        .checkout(first, now)
+        .checkout(&first.pool, now)
         .await
     {
         Ok((s, reused)) => (first, s, reused),
@@ -342,7 +343,7 @@ async fn forward<'s>(
                 );
             };
             tracing::debug!(target = %first.addr, retry = %second.addr, group = %group.name, "connect failed; trying another target");
-            match group.upstream.checkout(second, now_ms()).await {
+            match group.upstream.checkout(&second.pool, now_ms()).await {
                 Ok((s, reused)) => (second, s, reused),
                 Err(e) => {
                     connect_failed(svc, group, second, &e);
@@ -502,7 +503,7 @@ async fn exchange(
         return Err(Failure::from(e.error));
     }
     tracing::debug!(target = %target.addr, error = %e.error, "pooled connection was closed; resending on a new one");
-    let fresh = match upstream.connect(target).await {
+    let fresh = match upstream.connect(&target.pool).await {
         Ok(Sender::Http1(c)) => c,
         Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
         Err(e) => return Err(Failure::Connect(e.to_string())),

@@ -13,9 +13,9 @@ pub(super) async fn tunnel(
     idle: std::time::Duration,
 ) {
     use tokio::io::AsyncWriteExt;
-    let activity = Arc::new(crate::listener::Activity::default());
+    let activity = Arc::new(crate::activity::Activity::default());
     let mut client = match client.await {
-        Ok(c) => crate::listener::TrackedIo::new(hyper_util::rt::TokioIo::new(c), activity.clone()),
+        Ok(c) => crate::activity::TrackedIo::new(hyper_util::rt::TokioIo::new(c), activity.clone()),
         Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
     };
     if !early.is_empty() {
@@ -29,7 +29,7 @@ pub(super) async fn tunnel(
                 tracing::debug!(error = %e, "upgraded connection ended with an error");
             }
         }
-        _ = crate::listener::quiet_for(activity, idle) => {
+        _ = crate::activity::quiet_for(activity, idle) => {
             tracing::debug!("closing idle upgraded connection");
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{HookPoint, Rollout, Status, Step};
 use crate::audit::EventKind;
-use crate::config::{format_percent, FULL_WEIGHT};
+use crate::split::{format_percent, FULL_WEIGHT};
 
 /// What `step` did, or what the rollout waits for.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FULL_WEIGHT;
+use crate::split::FULL_WEIGHT;
 
 /// What a rollout does, step by step. Weights are the candidate's share in basis points.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ impl Step {
     pub fn describe(&self) -> String {
         match self {
             Step::SetWeight { weight } => {
-                format!("set weight {}", crate::config::format_percent(*weight))
+                format!("set weight {}", crate::split::format_percent(*weight))
             }
             Step::Pause { duration_ms: None } => "pause until promoted".into(),
             Step::Pause {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
 
-use crate::config::Split;
 use crate::rollout::Rollout;
+use crate::split::Split;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

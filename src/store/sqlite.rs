@@ -152,7 +152,7 @@ impl SqliteStore {
             .map_err(|e| self.io(e))?;
         }
         for e in &c.events {
-            let split = |s: &Option<crate::config::Split>| {
+            let split = |s: &Option<crate::split::Split>| {
                 s.as_ref().map(|s| serde_json::to_string(s).expect("split"))
             };
             tx.execute(

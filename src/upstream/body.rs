@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::h1::{ClientError, Error};
+use super::error::{ClientError, Error};
 
 /// A chunk-size line or a trailer section longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::h1::{ClientError, Error};
+use super::error::{ClientError, Error};
 
 /// How long each side may keep an exchange with a request body waiting, and how large the
 /// body may be. The request timeout is the target's time — to take the upload's bytes, and

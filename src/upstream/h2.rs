@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 
 use super::clock::{ClientClock, Clock, Limits};
-use super::h1::{self, ClientError};
+use super::error::{self, ClientError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,7 +77,7 @@ pub async fn send(
             .poll(cx, sleep.as_mut(), Some((since, client)))
             .map(|e| {
                 Err(match e {
-                    h1::Error::Client(c) => Error::Client(c),
+                    error::Error::Client(c) => Error::Client(c),
                     _ => Error::Timeout(limits.request),
                 })
             })

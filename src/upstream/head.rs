@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::body::{Chunk, Framing};
-use super::h1::Error;
+use super::error::Error;
 
 /// Response heads with more fields, or more bytes, than this are refused.
 const MAX_HEADERS: usize = 128;

@@ -6,6 +6,7 @@
 
 mod body;
 mod clock;
+pub mod error;
 mod fields;
 #[doc(hidden)]
 pub mod fuzz;
@@ -26,14 +27,19 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::config::UpstreamProtocol;
-use crate::group::Target;
-
 /// Idle HTTP/1 connections kept per target; more are closed when returned.
 const MAX_IDLE: usize = 512;
 /// An idle connection older than this is closed rather than reused: servers commonly drop
 /// idle keep-alive connections after 60–75 s, and reusing one just as it closes fails.
 const IDLE_TIMEOUT_MS: u64 = 55_000;
+
+/// The protocol a group's targets speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// Prior-knowledge HTTP/2 (h2c), as gRPC backends speak it.
+    Http2,
+}
 
 /// How a group talks to its targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +48,31 @@ pub struct Upstream {
     pub connect_timeout: Duration,
 }
 
-/// A target's connections: a LIFO stack of idle HTTP/1 ones (the most recently used is the
-/// least likely to have been closed by the server), and one shared HTTP/2 connection.
-#[derive(Debug, Default)]
+/// A target's connections: where to open them, a LIFO stack of idle HTTP/1 ones (the most
+/// recently used is the least likely to have been closed by the server), and one shared
+/// HTTP/2 connection. It holds the address itself so that this module needs nothing of the
+/// target it belongs to (`group::Target` holds a pool).
+#[derive(Debug)]
 pub struct Pool {
+    /// `host:port` as written, resolved per connection when it is not an IP literal.
+    addr: Box<str>,
+    /// The address when it is an IP literal: no resolver call per connection.
+    socket_addr: Option<SocketAddr>,
     idle: Mutex<Vec<(h1::Conn, u64)>>,
     h2: Mutex<Option<http2::SendRequest<h2::RequestBody>>>,
 }
 
 impl Pool {
+    /// An empty pool for the target at `addr` (`host:port`).
+    pub fn new(addr: &str) -> Pool {
+        Pool {
+            addr: addr.into(),
+            socket_addr: addr.parse().ok(),
+            idle: Mutex::default(),
+            h2: Mutex::default(),
+        }
+    }
+
     /// Returns an HTTP/1 connection whose last response is complete; `used_ms` is when it
     /// was taken (a little early is safe: it only makes the connection expire sooner).
     pub fn put(&self, conn: h1::Conn, used_ms: u64) {
@@ -93,6 +115,13 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         self.idle.lock().expect("pool lock").len()
     }
+
+    async fn connect_tcp(&self) -> io::Result<TcpStream> {
+        match self.socket_addr {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(&*self.addr).await,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,26 +142,22 @@ pub enum Sender {
 
 impl Upstream {
     /// A pooled connection if one is alive and ready (`true`), else a new one (`false`).
-    pub async fn checkout(
-        &self,
-        target: &Target,
-        now_ms: u64,
-    ) -> Result<(Sender, bool), ConnectError> {
+    pub async fn checkout(&self, pool: &Pool, now_ms: u64) -> Result<(Sender, bool), ConnectError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                while let Some(mut conn) = target.pool.take_idle(now_ms) {
+                while let Some(mut conn) = pool.take_idle(now_ms) {
                     if conn.is_alive() {
                         return Ok((Sender::Http1(conn), true));
                     }
                 }
-                Ok((self.connect(target).await?, false))
+                Ok((self.connect(pool).await?, false))
             }
             UpstreamProtocol::Http2 => {
-                let shared = target.pool.h2.lock().expect("pool lock").clone();
+                let shared = pool.h2.lock().expect("pool lock").clone();
                 if let Some(s) = shared.filter(|s| !s.is_closed()) {
                     return Ok((Sender::Http2(s), true));
                 }
-                Ok((self.connect(target).await?, false))
+                Ok((self.connect(pool).await?, false))
             }
         }
     }
@@ -144,13 +169,13 @@ impl Upstream {
     /// which hyper moves as a whole when a request arrives.
     pub fn connect<'a>(
         &'a self,
-        target: &'a Target,
+        pool: &'a Pool,
     ) -> Pin<Box<dyn Future<Output = Result<Sender, ConnectError>> + Send + 'a>> {
-        Box::pin(self.open(target))
+        Box::pin(self.open(pool))
     }
 
-    async fn open(&self, target: &Target) -> Result<Sender, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(target))
+    async fn open(&self, pool: &Pool) -> Result<Sender, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, pool.connect_tcp())
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
         let _ = stream.set_nodelay(true);
@@ -168,21 +193,9 @@ impl Upstream {
                         tracing::debug!(error = %e, "upstream h2 connection ended with an error");
                     }
                 });
-                *target.pool.h2.lock().expect("pool lock") = Some(sender.clone());
+                *pool.h2.lock().expect("pool lock") = Some(sender.clone());
                 Ok(Sender::Http2(sender))
             }
         }
     }
-}
-
-async fn connect_tcp(target: &Target) -> io::Result<TcpStream> {
-    match target.socket_addr {
-        Some(addr) => TcpStream::connect(addr).await,
-        None => TcpStream::connect(target.addr.0.as_str()).await,
-    }
-}
-
-/// The target's address when it is an IP literal (no resolver call per connection).
-pub fn literal_addr(addr: &str) -> Option<SocketAddr> {
-    addr.parse().ok()
 }

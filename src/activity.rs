@@ -1,5 +1,7 @@
 //! What a client connection's timeouts watch: bytes moving (the idle timeout) and where the
-//! connection is between requests (the header-read timeout).
+//! connection is between requests (the header-read timeout). Its own module, below both
+//! `listener` (which serves connections with it) and `proxy` (whose upgraded tunnels idle
+//! out by the same rule), so that neither imports the other for it.
 //!
 //! hyper's own header-read timer starts as soon as a connection waits for a request head,
 //! so it also covers the quiet gap between requests on a kept-alive connection, and would
@@ -15,6 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -193,5 +196,56 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The idle rule of client connections and upgraded tunnels: the activity count (bumped
+/// by every read or write that moved bytes) is looked at four times per `limit`, and a
+/// connection quiet for all of `limit` is idle — it closes between `limit` and 1.25 ×
+/// `limit` after its last byte, and reads and writes never read the clock.
+pub(crate) struct IdleWatch {
+    activity: Arc<Activity>,
+    seen: u64,
+    quiet: Duration,
+    limit: Duration,
+}
+
+impl IdleWatch {
+    pub(crate) fn new(activity: Arc<Activity>, limit: Duration) -> Self {
+        IdleWatch {
+            seen: activity.moved.load(Relaxed),
+            activity,
+            quiet: Duration::ZERO,
+            limit,
+        }
+    }
+
+    /// How long between looks.
+    pub(crate) fn step(&self) -> Duration {
+        self.limit / 4
+    }
+
+    /// One look, a step after the last: true once nothing has moved for the whole limit.
+    pub(crate) fn look(&mut self) -> bool {
+        let now = self.activity.moved.load(Relaxed);
+        if now != self.seen {
+            self.seen = now;
+            self.quiet = Duration::ZERO;
+            return false;
+        }
+        self.quiet += self.step();
+        self.quiet >= self.limit
+    }
+}
+
+/// Resolves once `activity` has not moved for `limit`, for connections that have left
+/// hyper: upgraded tunnels.
+pub(crate) async fn quiet_for(activity: Arc<Activity>, limit: Duration) {
+    let mut watch = IdleWatch::new(activity, limit);
+    loop {
+        tokio::time::sleep(watch.step()).await;
+        if watch.look() {
+            return;
+        }
     }
 }

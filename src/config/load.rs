@@ -1,0 +1,85 @@
+//! The load step: what a configuration names outside its own text — the environment
+//! variables that hold admin tokens, the certificate files — read once, before validation.
+//! Validation is then a function of the text and these values alone: it reads nothing, so
+//! the same text with the same values always gives the same answer, and a value that could
+//! not be read is a problem like any other, reported at the key that named it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::raw::RawConfig;
+use crate::tls::{LoadedKey, TlsError};
+
+/// The variable the unnamed admin token is taken from when the file sets neither `token`
+/// nor `token_env`.
+pub const DEFAULT_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
+
+/// What the file names outside itself, as read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every variable a `token_env` names, and [`DEFAULT_TOKEN_ENV`]: its value, if set.
+    env: BTreeMap<String, Option<String>>,
+    /// Per `[[listener]]`, per `[[listener.certificate]]`, in file order.
+    certificates: Vec<Vec<Certificate>>,
+}
+
+/// One certificate's files, resolved against the configuration's folder, and what reading
+/// them gave.
+#[derive(Debug)]
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub loaded: Result<LoadedKey, TlsError>,
+}
+
+/// Reads what `raw` names. Blocking (certificate files): callers on the runtime go through
+/// `load_async` / `parse_async`. Variables are read through `secret_env`, which also keeps
+/// them out of the environment of commands switchyard runs.
+pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
+    let named = raw.admin.token_env.iter();
+    let named = named.chain(raw.admin.tokens.iter().filter_map(|t| t.token_env.as_ref()));
+    let env = named
+        .map(String::as_str)
+        .chain([DEFAULT_TOKEN_ENV])
+        .map(|var| {
+            let value = crate::bounded::command::secret_env(var).ok();
+            (var.to_string(), value)
+        })
+        .collect();
+    let certificates = raw
+        .listener
+        .iter()
+        .map(|l| {
+            l.certificate
+                .iter()
+                .map(|c| {
+                    let (cert, key) = (base_dir.join(&c.cert), base_dir.join(&c.key));
+                    let loaded = crate::tls::load_certified_key(&cert, &key);
+                    Certificate { cert, key, loaded }
+                })
+                .collect()
+        })
+        .collect();
+    Loaded { env, certificates }
+}
+
+impl Loaded {
+    /// A variable's value when it is set and not empty.
+    pub fn env(&self, var: &str) -> Option<&str> {
+        let value = self.env.get(var);
+        debug_assert!(value.is_some(), "{var} was not read by the load step");
+        value.and_then(Option::as_deref).filter(|v| !v.is_empty())
+    }
+
+    /// The certificates of the `i`-th `[[listener]]`.
+    pub fn certificates(&self, listener: usize) -> &[Certificate] {
+        self.certificates.get(listener).map_or(&[], Vec::as_slice)
+    }
+
+    /// As if the load step had read `value` from `var`.
+    #[cfg(test)]
+    pub fn with_env(mut self, var: &str, value: &str) -> Loaded {
+        self.env.insert(var.into(), Some(value.into()));
+        self
+    }
+}
