@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::release::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -36,50 +35,6 @@ fn shop(
         .build()
 }
 
-/// Sends `n` requests over `workers` connections; counts answers by backend.
-async fn measure(
-    url: &str,
-    n: usize,
-    workers: usize,
-    headers: &[(&str, &str)],
-) -> BTreeMap<String, u64> {
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (url, headers) = (url.to_string(), headers.clone());
-        let count = n / workers + usize::from(w < n % workers);
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            let h: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-            for _ in 0..count {
-                let r = get(&c, &url, &h).await.unwrap();
-                assert_eq!(r.status, 200, "{}", r.body);
-                *seen.entry(r.backend().to_string()).or_default() += 1;
-            }
-            seen
-        }));
-    }
-    let mut total = BTreeMap::new();
-    for t in tasks {
-        for (k, v) in t.await.unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
-    total
-}
-
-fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
-    let total: u64 = seen.values().sum();
-    100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
-}
-
 /// The error a POST of `body` to `path` is refused with.
 async fn post_err(api: &switchyard::client::AdminClient, path: &str, body: Value) -> String {
     api.post(path, body).await.unwrap_err().to_string()
@@ -88,10 +43,6 @@ async fn post_err(api: &switchyard::client::AdminClient, path: &str, body: Value
 /// The error a rollout start with `body` is refused with.
 async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String {
     post_err(api, "/api/v1/rollouts", body).await
-}
-
-fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
-    move |r| r["status"] == "paused" && r["weight"] == weight
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +75,7 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
             .as_f64()
             .expect("observed split");
         assert!(
-            (observed * 100.0 - pct as f64).abs() <= 2.0,
+            (observed * 100.0 - pct as f64).abs() <= 1.0,
             "observed {observed} at {pct}% (window {window} ms, measured in {:?}): {status}",
             t.elapsed()
         );
@@ -186,6 +137,28 @@ async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests
     assert!((g - 0.5).abs() <= 0.2, "green got {g:.3}% at 0.5%");
 }
 
+/// The candidate's weight set by each `weight` (and the `completed`) event of rollout `id`,
+/// oldest first, with the event's time (Unix ms).
+async fn weights(
+    api: &switchyard::client::AdminClient,
+    id: u64,
+    candidate: &str,
+) -> Vec<(u64, i64)> {
+    let mut out: Vec<(u64, i64)> = events(api, &format!("rollout={id}"))
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "weight" || e["kind"] == "completed")
+        .map(|e| {
+            (
+                e["to"][candidate].as_u64().unwrap_or(0),
+                e["at"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
     let (blue, green) = TestBackend::pair().await;
@@ -201,47 +174,49 @@ async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
     )
     .await;
     let id = r["id"].as_u64().unwrap();
-    wait_rollout(&api, "weight 40", |r| r["weight"] == 4000).await;
+    // The steps are read back from the events once it completed, not caught by polling
+    // (a 200 ms step can pass between two polls on a loaded box).
     wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    let events = api
-        .get(&format!("/api/v1/events?rollout={id}"))
+    let steps = weights(&api, id, "green").await;
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [1000, 4000, 10000]
+    );
+    for pair in steps.windows(2) {
+        assert!(
+            pair[1].1 - pair[0].1 >= 199,
+            "a 200ms pause took {} ms",
+            pair[1].1 - pair[0].1
+        );
+    }
+    let reasons: Vec<String> = events(&api, &format!("rollout={id}"))
         .await
-        .unwrap();
-    let reasons: Vec<&str> = events
-        .as_array()
-        .unwrap()
         .iter()
-        .rev()
-        .map(|e| e["reason"].as_str().unwrap())
+        .map(|e| reason(e).to_string())
         .collect();
     assert!(
-        reasons.contains(&"step 2: pause of 200ms over"),
+        reasons.iter().any(|r| r == "step 2: pause of 200ms over"),
         "{reasons:?}"
     );
 
     // A linear preset: 25, 50, 75 then all, every 150 ms; then back with all-at-once.
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "blue", "strategy": "linear-25pct-every-150ms" }),
-    )
-    .await
-    .unwrap();
-    let mut seen_weights = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = rollout(&api).await;
-        let w = r["weight"].as_u64().unwrap();
-        if seen_weights.last() != Some(&w) {
-            seen_weights.push(w);
-        }
-        if r["status"] == "completed" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(seen_weights.last(), Some(&10000));
-    assert!(seen_weights.contains(&5000), "{seen_weights:?}");
+    let r = api
+        .post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "blue", "strategy": "linear-25pct-every-150ms" }),
+        )
+        .await
+        .unwrap();
+    let id = r["id"].as_u64().unwrap();
+    wait_rollout(&api, "completed", |r| {
+        r["status"] == "completed" && r["candidate"] == "blue"
+    })
+    .await;
+    let steps = weights(&api, id, "blue").await;
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [2500, 5000, 7500, 10000]
+    );
 
     let r = api
         .post(
@@ -496,42 +471,13 @@ source = ["10.0.0.0/8"]
     assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
 }
 
-/// Runs clients until `stop`; returns the number of failed requests.
-fn load(url: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<u64>> {
-    (0..8)
-        .map(|_| {
-            let (url, stop) = (url.clone(), stop.clone());
-            tokio::spawn(async move {
-                let c = client();
-                let (mut n, mut failed) = (0, 0);
-                while !stop.load(Ordering::SeqCst) && n < 50_000 {
-                    n += 1;
-                    if !get(&c, &url, &[]).await.is_ok_and(|r| r.status == 200) {
-                        failed += 1;
-                    }
-                }
-                failed
-            })
-        })
-        .collect()
-}
-
-async fn failures(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
-    let mut f = 0;
-    for t in tasks {
-        f += t.await.unwrap();
-    }
-    f
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
     let (blue, green) = TestBackend::pair().await;
     let sy = start(&shop(blue.addr, green.addr, "", "")).await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(url.clone(), stop.clone());
+    let load = Load::start(url.clone(), 8, &[]);
     start_rollout(
         &api,
         json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
@@ -551,8 +497,7 @@ async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
     assert_eq!(r["reason"], "aborted by admin: errors in the logs");
     let after_abort = green.hits();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(failures(tasks).await, 0);
+    assert_eq!(load.stop().await, 0);
     assert!(green_before > 0);
     assert!(
         green.hits() - after_abort <= 8,
@@ -575,7 +520,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("torn-down");
     let strategy = format!(
-        "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"600ms\"\nteardown = \"echo $SWITCHYARD_GROUP > {}\"",
+        "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"1h\"\nteardown = \"echo $SWITCHYARD_GROUP > {}\"",
         marker.display()
     );
     let sy = start(&shop(
@@ -587,8 +532,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
     .await;
     let api = admin(&sy);
     let url = format!("http://{}/", sy.listener_addr("web").await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(url.clone(), stop.clone());
+    let load = Load::start(url.clone(), 8, &[]);
 
     // Preview: the candidate only through the preview route.
     let r = api
@@ -609,11 +553,11 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
     );
     assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
 
-    // Promotion: the atomic switch; then the window in which abort is the rollback.
-    api.post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap();
-    wait_rollout(&api, "switched", |r| r["weight"] == 10000).await;
+    // Promotion: the atomic switch; then the window in which abort is the rollback (an hour,
+    // so that it cannot run out while the test measures: promote ends it below).
+    promote(&api).await;
+    let r = wait_rollout(&api, "switched", |r| r["weight"] == 10000).await;
+    assert_eq!(r["status"], "progressing", "in the scale-down window: {r}");
     assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
     api.post("/api/v1/services/shop/rollout/abort", json!({}))
         .await
@@ -625,9 +569,10 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
         .await
         .unwrap();
     wait_rollout(&api, "waiting for promotion", paused_at(0)).await;
-    api.post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap();
+    promote(&api).await;
+    wait_rollout(&api, "switched again", |r| r["weight"] == 10000).await;
+    // A promotion in the scale-down window retires the old group now.
+    promote(&api).await;
     let r = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
     assert_eq!(r["split"], json!({ "green": 10000 }));
     assert_eq!(
@@ -651,9 +596,8 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
         .unwrap();
     assert_eq!(r["status"], "rolled_back");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, Ordering::SeqCst);
     assert_eq!(
-        failures(tasks).await,
+        load.stop().await,
         0,
         "no request failed across preview, switch, rollback, retire, undo"
     );
@@ -666,13 +610,37 @@ async fn blue_green_can_promote_itself_after_a_delay() {
     let sy = start(&shop(
         blue.addr,
         green.addr,
-        "[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"200ms\"\nscale_down_delay = \"0s\"",
+        "[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"1s\"\nscale_down_delay = \"0s\"",
         "",
     ))
     .await;
     let api = admin(&sy);
-    start_green(&api).await;
+    let r = start_green(&api).await;
+    let id = r["id"].as_u64().unwrap();
+    // Not before the delay: while polled, and by the times the events record. After it: by
+    // itself, with no command.
+    let early = rollout(&api).await;
+    assert_eq!(early["weight"], 0, "switched at once: {early}");
     wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+    let all = events(&api, &format!("rollout={id}")).await;
+    let at = |kind: &str, green: u64| {
+        all.iter()
+            .find(|e| e["kind"] == kind && e["to"]["green"].as_u64().unwrap_or(0) == green)
+            .unwrap_or_else(|| panic!("no {kind} event to {green}: {all:?}"))["at"]
+            .as_i64()
+            .unwrap()
+    };
+    let waited = at("weight", 10000) - at("started", 0);
+    // The events' times are whole milliseconds: 1 ms of rounding.
+    assert!(
+        waited >= 999,
+        "promoted {waited} ms after the start, before the 1s delay"
+    );
+    assert!(
+        all.iter()
+            .all(|e| e["actor"] != "admin" || e["kind"] == "started"),
+        "nobody promoted it: {all:?}"
+    );
 }
 
 #[tokio::test]
