@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::bin::*;
+use common::release::*;
 use common::*;
 use serde_json::json;
 
@@ -18,25 +19,28 @@ async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_paus
     let api = admin_at(admin_addr);
 
     let mut first = run_binary(&path, admin_addr).await;
+    // A 10 s pause killed once 5 s of it are checkpointed: what is left (4–5 s) is longer
+    // than the guard's hold after the restart, and left + hold + margin is shorter than the
+    // whole pause, so that a pause counted as over and one started again both fail below.
     let started = start_rollout(
         &api,
         json!({ "kind": "canary", "steps": [
-            { "weight": 20 }, { "pause": "3s" }, { "weight": 60 }, { "pause": "until-promoted" }
+            { "weight": 20 }, { "pause": "10s" }, { "weight": 60 }, { "pause": "until-promoted" }
         ]}),
     )
     .await;
     let id = started["id"].clone();
-    // Into the timed pause, with at least one checkpoint of its progress.
-    eventually(Duration::from_secs(5), "pause checkpointed", || async {
+    eventually(Duration::from_secs(20), "pause checkpointed", || async {
         let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        r["step"] == 1 && r["pause_elapsed_ms"].as_u64().unwrap() >= 1000
+        r["step"] == 1 && r["pause_elapsed_ms"].as_u64().unwrap() >= 5000
     })
     .await;
     signal(&first.child, "-KILL");
     first.child.wait().unwrap();
 
-    let restarted_at = Instant::now();
+    let spawned = Instant::now();
     let _second = run_binary(&path, admin_addr).await;
+    let up = Instant::now();
     let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
     assert_eq!(r["id"], id, "the same rollout");
     assert_eq!(
@@ -46,42 +50,39 @@ async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_paus
     );
     assert_eq!(r["status"], "progressing");
     let elapsed_before = r["pause_elapsed_ms"].as_u64().unwrap();
-    assert!(elapsed_before >= 1000, "{r}");
+    assert!(elapsed_before >= 5000, "{r}");
 
-    // The same weights in the data plane at once.
-    let c = client();
-    let mut green_hits = 0;
-    for _ in 0..2000 {
-        if get(&c, &format!("http://{web}/"), &[])
-            .await
-            .unwrap()
-            .backend()
-            == "green"
-        {
-            green_hits += 1;
-        }
-    }
-    let pct = green_hits as f64 / 20.0;
+    // The same weights in the data plane at once: one client's requests follow the split's
+    // sequence, so 500 of them land within a point or two of 20 %.
+    let seen = measure(&format!("http://{web}/"), 500, 1, &[]).await;
+    let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+    assert_eq!(r["weight"], 2000, "the step changed while measuring: {r}");
+    let pct = share(&seen, "green");
     assert!(
-        (pct - 20.0).abs() <= 4.0,
+        (pct - 20.0).abs() <= 2.0,
         "{pct}% on green after the restart"
     );
 
     // The pause goes on with the time it had left, not from the start, once the guard has
-    // judged one full window (1 s here, whole seconds) after the restart.
-    eventually(Duration::from_secs(10), "next step", || async {
+    // judged one full window (1 s here, whole seconds) after the restart: no sooner than
+    // `left` after the new process answered, no later than `left` + the hold after it was
+    // spawned (+ 2 s for starting on a loaded box).
+    eventually(Duration::from_secs(20), "next step", || async {
         api.get("/api/v1/services/shop/rollout").await.unwrap()["weight"] == 6000
     })
     .await;
-    let took = restarted_at.elapsed().as_millis() as u64;
-    let left = 3000 - elapsed_before;
+    let (since_up, since_spawn) = (
+        up.elapsed().as_millis() as u64,
+        spawned.elapsed().as_millis() as u64,
+    );
+    let left = 10_000 - elapsed_before;
     assert!(
-        took + 300 >= left,
-        "moved on after {took} ms, but {left} ms were left"
+        since_up >= left,
+        "moved on {since_up} ms after the restart, but {left} ms were left"
     );
     assert!(
-        took <= left + GUARD_GATE_MS + 2000,
-        "took {took} ms for the {left} ms that were left"
+        since_spawn <= left + GUARD_GATE_MS + 2000,
+        "took {since_spawn} ms for the {left} ms that were left"
     );
     let events = api
         .get("/api/v1/events?service=shop&kind=weight")
@@ -360,4 +361,161 @@ async fn the_cli_drives_a_rollout() {
             .backend(),
         "blue"
     );
+}
+
+/// Appends `text` to the config file (tables after the groups belong to the service).
+fn append(path: &std::path::Path, text: &str) {
+    let mut config = std::fs::read_to_string(path).unwrap();
+    config.push_str(text);
+    std::fs::write(path, config).unwrap();
+}
+
+/// Kills the instance with SIGKILL and starts another on the same files, which it returns
+/// once its admin API answers.
+async fn kill_and_restart(
+    running: &mut Running,
+    path: &std::path::Path,
+    admin: std::net::SocketAddr,
+) -> Running {
+    signal(&running.child, "-KILL");
+    running.child.wait().unwrap();
+    run_binary(path, admin).await
+}
+
+/// Which backends answered 50 requests without and 10 with the preview header.
+async fn answered(web: std::net::SocketAddr) -> (Vec<String>, Vec<String>) {
+    let url = format!("http://{web}/");
+    let public = measure(&url, 50, 1, &[]).await;
+    let preview = measure(&url, 10, 1, &[("x-preview", "1")]).await;
+    (public.into_keys().collect(), preview.into_keys().collect())
+}
+
+/// Waits until a restarted rollout's guard has judged its window (no more `waiting_for`).
+async fn released(api: &switchyard::client::AdminClient) -> serde_json::Value {
+    wait_status(api, 20, |r| r["waiting_for"].is_null()).await
+}
+
+/// SIGKILL in the preview of a blue-green rollout and again in its scale-down window: each
+/// restart serves what was committed (preview: stable for all, the candidate by preview;
+/// switched: the candidate for all), and the rollout goes on from there to a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_blue_green_restarts_with_the_traffic_as_committed() {
+    bounded(TEST_LIMIT, async {
+        let bin = Binary::setup().await;
+        let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
+        append(
+            &path,
+            "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"1h\"\n",
+        );
+        small_guard(&path, "1s");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "forward = \"shop\"\n",
+            "forward = \"shop\"\n[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }\n",
+        );
+        std::fs::write(&path, text).unwrap();
+        let api = admin_at(admin_addr);
+        let mut running = run_binary(&path, admin_addr).await;
+        start_green(&api).await;
+        wait_status(&api, 10, paused_at(0)).await;
+
+        running = kill_and_restart(&mut running, &path, admin_addr).await;
+        assert_eq!(answered(web).await, (vec!["blue".into()], vec!["green".into()]));
+        let r = released(&api).await;
+        assert_eq!((r["status"].as_str(), r["weight"].as_u64()), (Some("paused"), Some(0)), "{r}");
+        promote(&api).await;
+        // Switched and in the scale-down window, with the pause checkpointed: the switch is
+        // then confirmed (an unconfirmed last step resumes below it, see store_outage).
+        let r = wait_status(&api, 10, |r| {
+            r["weight"] == 10000 && r["pause_elapsed_ms"].as_u64() >= Some(1000)
+        })
+        .await;
+        assert_eq!(r["status"], "progressing", "in the scale-down window: {r}");
+
+        running = kill_and_restart(&mut running, &path, admin_addr).await;
+        assert_eq!(answered(web).await, (vec!["green".into()], vec!["green".into()]));
+        let r = rollout(&api).await;
+        assert_eq!((r["weight"].as_u64(), r["step"].clone()), (Some(10000), json!(3)), "{r}");
+        // The rollback of the window still works after the restart.
+        let r = verb(&api, "abort", json!({})).await;
+        assert_eq!(r["status"], "aborted");
+        assert_eq!(answered(web).await.0, vec!["blue".to_string()]);
+        drop(running);
+    })
+    .await;
+}
+
+/// SIGKILL in the middle of an analysis step: the restarted rollout is held (guard window)
+/// at the recorded weight, then runs the analysis again from its start and goes on when it
+/// passes; killed in the next analysis step with the check now failing, it rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_analysis_step_holds_then_judges_again_and_goes_on_or_rolls_back() {
+    bounded(TEST_LIMIT, async {
+        let bin = Binary::setup().await;
+        let (path, admin_addr) = (bin.path.clone(), bin.admin);
+        let (runs, ok) = (bin.dir.path().join("runs"), bin.dir.path().join("ok"));
+        std::fs::write(&ok, "").unwrap();
+        small_guard(&path, "1s");
+        append(
+            &path,
+            &format!(
+                "[[analysis]]\nname = \"judge\"\ninterval = \"300ms\"\ncount = 5\n[[analysis.check]]\nname = \"judge\"\ncommand = \"echo run >> {}; test -e {}\"\n",
+                runs.display(),
+                ok.display()
+            ),
+        );
+        let count = || std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+        let api = admin_at(admin_addr);
+        let mut running = run_binary(&path, admin_addr).await;
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [
+                { "weight": 20 }, { "analysis": "judge" },
+                { "weight": 40 }, { "analysis": "judge" },
+                { "weight": 60 }, { "pause": "until-promoted" },
+            ]}),
+        )
+        .await;
+        eventually(Duration::from_secs(10), "the first analysis measured", || async {
+            count() >= 1
+        })
+        .await;
+
+        // An analysis step writes nothing, so the step to 20 % is the last record and is
+        // unconfirmed: the restart holds at most at 20 % (README: "After a restart").
+        running = kill_and_restart(&mut running, &path, admin_addr).await;
+        let before = count();
+        let r = rollout(&api).await;
+        assert_eq!(r["step"], 1, "{r}");
+        assert!(r["weight"].as_u64() <= Some(2000), "{r}");
+        assert!(r["waiting_for"].as_str().is_some_and(|w| w.contains("guard")), "{r}");
+        // Once released: back at 20 %, judged again from the start (five measurements after
+        // the restart), and on to the next step.
+        let r = wait_status(&api, 20, |r| {
+            let held = !r["waiting_for"].is_null();
+            // The first measurement comes an interval (300 ms) after the analysis starts.
+            assert!(!held || count() == before, "measured while held: {r}");
+            !held
+        })
+        .await;
+        assert_eq!((r["step"].as_u64(), r["weight"].as_u64()), (Some(1), Some(2000)), "{r}");
+        let r = wait_status(&api, 20, |r| r["step"].as_u64() >= Some(3)).await;
+        assert_eq!(r["weight"], 4000, "{r}");
+        assert!(count() >= before + 5, "judged again from the start");
+        eventually(Duration::from_secs(10), "the second analysis measured", || async {
+            count() >= before + 6
+        })
+        .await;
+
+        std::fs::remove_file(&ok).unwrap();
+        running = kill_and_restart(&mut running, &path, admin_addr).await;
+        let r = rollout(&api).await;
+        assert_eq!(r["step"], 3, "{r}");
+        assert!(r["weight"].as_u64() <= Some(4000), "{r}");
+        assert!(r["waiting_for"].as_str().is_some_and(|w| w.contains("guard")), "{r}");
+        let r = wait_status(&api, 20, |r| r["status"] == "aborted").await;
+        assert!(reason(&r).contains("analysis failed: judge"), "{r}");
+        assert_eq!(r["weight"], 0);
+        drop(running);
+    })
+    .await;
 }
