@@ -13,86 +13,89 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_pause() {
-    let bin = Binary::setup().await;
-    let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
-    small_guard(&path, "1s");
-    let api = admin_at(admin_addr);
+    bounded(TEST_LIMIT, async {
+        let bin = Binary::setup().await;
+        let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
+        small_guard(&path, "1s");
+        let api = admin_at(admin_addr);
 
-    let mut first = run_binary(&path, admin_addr).await;
-    // A 10 s pause killed once 5 s of it are checkpointed: what is left (4–5 s) is longer
-    // than the guard's hold after the restart, and left + hold + margin is shorter than the
-    // whole pause, so that a pause counted as over and one started again both fail below.
-    let started = start_rollout(
+        let mut first = run_binary(&path, admin_addr).await;
+        // A 10 s pause killed once 5 s of it are checkpointed: what is left (4–5 s) is longer
+        // than the guard's hold after the restart, and left + hold + margin is shorter than the
+        // whole pause, so that a pause counted as over and one started again both fail below.
+        let started = start_rollout(
         &api,
         json!({ "kind": "canary", "steps": [
             { "weight": 20 }, { "pause": "10s" }, { "weight": 60 }, { "pause": "until-promoted" }
         ]}),
     )
     .await;
-    let id = started["id"].clone();
-    eventually(Duration::from_secs(20), "pause checkpointed", || async {
+        let id = started["id"].clone();
+        eventually(Duration::from_secs(20), "pause checkpointed", || async {
+            let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+            r["step"] == 1 && r["pause_elapsed_ms"].as_u64().unwrap() >= 5000
+        })
+        .await;
+        signal(&first.child, "-KILL");
+        first.child.wait().unwrap();
+
+        let spawned = Instant::now();
+        let _second = run_binary(&path, admin_addr).await;
+        let up = Instant::now();
         let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        r["step"] == 1 && r["pause_elapsed_ms"].as_u64().unwrap() >= 5000
+        assert_eq!(r["id"], id, "the same rollout");
+        assert_eq!(
+            (r["step"].as_u64(), r["weight"].as_u64()),
+            (Some(1), Some(2000)),
+            "{r}"
+        );
+        assert_eq!(r["status"], "progressing");
+        let elapsed_before = r["pause_elapsed_ms"].as_u64().unwrap();
+        assert!(elapsed_before >= 5000, "{r}");
+
+        // The same weights in the data plane at once: one client's requests follow the split's
+        // sequence, so 500 of them land within a point or two of 20 %.
+        let seen = measure(&format!("http://{web}/"), 500, 1, &[]).await;
+        let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+        assert_eq!(r["weight"], 2000, "the step changed while measuring: {r}");
+        let pct = share(&seen, "green");
+        assert!(
+            (pct - 20.0).abs() <= 2.0,
+            "{pct}% on green after the restart"
+        );
+
+        // The pause goes on with the time it had left, not from the start, once the guard has
+        // judged one full window (1 s here, whole seconds) after the restart: no sooner than
+        // `left` after the new process answered, no later than `left` + the hold after it was
+        // spawned (+ 2 s for starting on a loaded box).
+        eventually(Duration::from_secs(20), "next step", || async {
+            api.get("/api/v1/services/shop/rollout").await.unwrap()["weight"] == 6000
+        })
+        .await;
+        let (since_up, since_spawn) = (
+            up.elapsed().as_millis() as u64,
+            spawned.elapsed().as_millis() as u64,
+        );
+        let left = 10_000 - elapsed_before;
+        assert!(
+            since_up >= left,
+            "moved on {since_up} ms after the restart, but {left} ms were left"
+        );
+        assert!(
+            since_spawn <= left + GUARD_GATE_MS + 2000,
+            "took {since_spawn} ms for the {left} ms that were left"
+        );
+        let events = api
+            .get("/api/v1/events?service=shop&kind=weight")
+            .await
+            .unwrap();
+        assert_eq!(
+            events.as_array().unwrap().len(),
+            2,
+            "no step was repeated: {events}"
+        );
     })
     .await;
-    signal(&first.child, "-KILL");
-    first.child.wait().unwrap();
-
-    let spawned = Instant::now();
-    let _second = run_binary(&path, admin_addr).await;
-    let up = Instant::now();
-    let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-    assert_eq!(r["id"], id, "the same rollout");
-    assert_eq!(
-        (r["step"].as_u64(), r["weight"].as_u64()),
-        (Some(1), Some(2000)),
-        "{r}"
-    );
-    assert_eq!(r["status"], "progressing");
-    let elapsed_before = r["pause_elapsed_ms"].as_u64().unwrap();
-    assert!(elapsed_before >= 5000, "{r}");
-
-    // The same weights in the data plane at once: one client's requests follow the split's
-    // sequence, so 500 of them land within a point or two of 20 %.
-    let seen = measure(&format!("http://{web}/"), 500, 1, &[]).await;
-    let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-    assert_eq!(r["weight"], 2000, "the step changed while measuring: {r}");
-    let pct = share(&seen, "green");
-    assert!(
-        (pct - 20.0).abs() <= 2.0,
-        "{pct}% on green after the restart"
-    );
-
-    // The pause goes on with the time it had left, not from the start, once the guard has
-    // judged one full window (1 s here, whole seconds) after the restart: no sooner than
-    // `left` after the new process answered, no later than `left` + the hold after it was
-    // spawned (+ 2 s for starting on a loaded box).
-    eventually(Duration::from_secs(20), "next step", || async {
-        api.get("/api/v1/services/shop/rollout").await.unwrap()["weight"] == 6000
-    })
-    .await;
-    let (since_up, since_spawn) = (
-        up.elapsed().as_millis() as u64,
-        spawned.elapsed().as_millis() as u64,
-    );
-    let left = 10_000 - elapsed_before;
-    assert!(
-        since_up >= left,
-        "moved on {since_up} ms after the restart, but {left} ms were left"
-    );
-    assert!(
-        since_spawn <= left + GUARD_GATE_MS + 2000,
-        "took {since_spawn} ms for the {left} ms that were left"
-    );
-    let events = api
-        .get("/api/v1/events?service=shop&kind=weight")
-        .await
-        .unwrap();
-    assert_eq!(
-        events.as_array().unwrap().len(),
-        2,
-        "no step was repeated: {events}"
-    );
 }
 
 /// A guard that judges a `window` every 100 ms (a restarted rollout waits for one).
@@ -111,27 +114,28 @@ const GUARD_GATE_MS: u64 = 2200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recorded_weight() {
-    let Binary {
-        blue: _blue,
-        green: _green,
-        dir,
-        path,
-        web,
-        admin: admin_addr,
-    } = Binary::setup().await;
-    let db = dir.path().join("switchyard.db");
-    // Long enough that the hold is still on when the first requests after the restart are
-    // answered, however slowly the box starts the binary.
-    small_guard(&path, "5s");
-    let api = admin_at(admin_addr);
+    bounded(TEST_LIMIT, async {
+        let Binary {
+            blue: _blue,
+            green: _green,
+            dir,
+            path,
+            web,
+            admin: admin_addr,
+        } = Binary::setup().await;
+        let db = dir.path().join("switchyard.db");
+        // Long enough that the hold is still on when the first requests after the restart are
+        // answered, however slowly the box starts the binary.
+        small_guard(&path, "5s");
+        let api = admin_at(admin_addr);
 
-    let mut first = run_binary(&path, admin_addr).await;
-    start_rollout(&api, json!({ "kind": "canary", "steps": [
-            { "weight": 30 }, { "pause": "until-promoted" }, { "weight": 80 }, { "pause": "until-promoted" }
-        ]})).await;
-    eventually(Duration::from_secs(10), "paused at 30%", || async {
-        let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        r["status"] == "paused" && r["weight"] == 3000
+        let mut first = run_binary(&path, admin_addr).await;
+        start_rollout(&api, json!({ "kind": "canary", "steps": [
+                { "weight": 30 }, { "pause": "until-promoted" }, { "weight": 80 }, { "pause": "until-promoted" }
+            ]})).await;
+        eventually(Duration::from_secs(10), "paused at 30%", || async {
+            let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+            r["status"] == "paused" && r["weight"] == 3000
     })
     .await;
 
@@ -192,175 +196,183 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
         .await
         .unwrap();
     assert_eq!(r["status"], "progressing");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_holder() {
-    let (blue, green) = TestBackend::pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (first_cfg, second_cfg) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
-    let admin_addr = free_port();
-    write_config(
-        &first_cfg,
-        free_port(),
-        admin_addr,
-        "blue",
-        blue.addr,
-        green.addr,
-    );
-    let first = run_binary(&first_cfg, admin_addr).await;
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (first_cfg, second_cfg) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        let admin_addr = free_port();
+        write_config(
+            &first_cfg,
+            free_port(),
+            admin_addr,
+            "blue",
+            blue.addr,
+            green.addr,
+        );
+        let first = run_binary(&first_cfg, admin_addr).await;
 
-    // The very same configuration (same ports): the store is opened before anything is
-    // bound, so it fails on the database's lock, naming the holder, not "address in use".
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "-c"])
-        .arg(&first_cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second instance runs on the same state database");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(!status.success());
-    assert!(err.contains("switchyard.db"), "{err}");
-    assert!(
-        err.contains(&format!("pid {}", first.child.id())),
-        "names the holder: {err}"
-    );
+        // The very same configuration (same ports): the store is opened before anything is
+        // bound, so it fails on the database's lock, naming the holder, not "address in use".
+        let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "-c"])
+            .arg(&first_cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = second.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = second.kill();
+                panic!("a second instance runs on the same state database");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success());
+        assert!(err.contains("switchyard.db"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", first.child.id())),
+            "names the holder: {err}"
+        );
 
-    // SIGKILL frees it: the kernel drops the lock with the process.
-    let mut first = first;
-    signal(&first.child, "-KILL");
-    first.child.wait().unwrap();
-    drop(first);
-    let second_admin = free_port();
-    write_config(
-        &second_cfg,
-        free_port(),
-        second_admin,
-        "blue",
-        blue.addr,
-        green.addr,
-    );
-    let _second = run_binary(&second_cfg, second_admin).await;
+        // SIGKILL frees it: the kernel drops the lock with the process.
+        let mut first = first;
+        signal(&first.child, "-KILL");
+        first.child.wait().unwrap();
+        drop(first);
+        let second_admin = free_port();
+        write_config(
+            &second_cfg,
+            free_port(),
+            second_admin,
+            "blue",
+            blue.addr,
+            green.addr,
+        );
+        let _second = run_binary(&second_cfg, second_admin).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_a_rollout() {
-    let bin = Binary::setup().await;
-    let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
-    let _sy = run_binary(&path, admin_addr).await;
+    bounded(TEST_LIMIT, async {
+        let bin = Binary::setup().await;
+        let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
+        let _sy = run_binary(&path, admin_addr).await;
 
-    let (code, out, err) = cli(
-        &path,
-        &[
-            "rollout",
-            "start",
-            "shop",
-            "green",
-            "--strategy",
-            "canary-50pct-1h",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("rollout #1 of shop: blue -> green (canary-50pct-1h, 2 steps)"),
-        "{out}"
-    );
+        let (code, out, err) = cli(
+            &path,
+            &[
+                "rollout",
+                "start",
+                "shop",
+                "green",
+                "--strategy",
+                "canary-50pct-1h",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("rollout #1 of shop: blue -> green (canary-50pct-1h, 2 steps)"),
+            "{out}"
+        );
 
-    let c = client();
-    eventually(Duration::from_secs(5), "at 50%", || async {
+        let c = client();
+        eventually(Duration::from_secs(5), "at 50%", || async {
+            let (_, out, _) = cli(&path, &["rollout", "status", "shop"]);
+            out.contains("weights:  blue 50%  green 50%")
+        })
+        .await;
+        for _ in 0..50 {
+            get(&c, &format!("http://{web}/"), &[]).await.unwrap();
+        }
+        // The observed split appears once the sampler (4 per second) has seen the traffic.
+        eventually(Duration::from_secs(3), "observed split shown", || async {
+            cli(&path, &["rollout", "status", "shop"])
+                .1
+                .contains("observed: blue ")
+        })
+        .await;
         let (_, out, _) = cli(&path, &["rollout", "status", "shop"]);
-        out.contains("weights:  blue 50%  green 50%")
-    })
-    .await;
-    for _ in 0..50 {
-        get(&c, &format!("http://{web}/"), &[]).await.unwrap();
-    }
-    // The observed split appears once the sampler (4 per second) has seen the traffic.
-    eventually(Duration::from_secs(3), "observed split shown", || async {
-        cli(&path, &["rollout", "status", "shop"])
-            .1
-            .contains("observed: blue ")
-    })
-    .await;
-    let (_, out, _) = cli(&path, &["rollout", "status", "shop"]);
-    assert!(out.contains("[x] 1. set weight 50%"), "{out}");
-    assert!(out.contains("[>] 2. pause 1h"), "{out}");
+        assert!(out.contains("[x] 1. set weight 50%"), "{out}");
+        assert!(out.contains("[>] 2. pause 1h"), "{out}");
 
-    let (code, out, _) = cli(&path, &["status"]);
-    assert_eq!(code, 0);
-    assert!(
+        let (code, out, _) = cli(&path, &["status"]);
+        assert_eq!(code, 0);
+        assert!(
         out.contains(
             "rollout #1 blue -> green (canary-50pct-1h): progressing, step 2/2, candidate at 50%"
         ),
         "{out}"
     );
-    assert!(out.contains("observed (last 5 s): blue="), "{out}");
-    let (_, out, _) = cli(&path, &["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["services"][0]["rollout"]["weight"], 5000);
+        assert!(out.contains("observed (last 5 s): blue="), "{out}");
+        let (_, out, _) = cli(&path, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["services"][0]["rollout"]["weight"], 5000);
 
-    let (code, out, _) = cli(&path, &["rollout", "pause", "shop"]);
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("status: paused") && out.contains("paused by admin on behalf of cli:"),
-        "{out}"
-    );
-    let (code, out, _) = cli(&path, &["rollout", "resume", "shop"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("status: progressing"), "{out}");
-    let (code, out, _) = cli(&path, &["rollout", "promote", "shop", "--full"]);
-    assert_eq!(code, 0, "{out}");
-    eventually(Duration::from_secs(5), "completed", || async {
-        cli(&path, &["rollout", "status", "shop"])
-            .1
-            .contains("status: completed")
+        let (code, out, _) = cli(&path, &["rollout", "pause", "shop"]);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("status: paused") && out.contains("paused by admin on behalf of cli:"),
+            "{out}"
+        );
+        let (code, out, _) = cli(&path, &["rollout", "resume", "shop"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("status: progressing"), "{out}");
+        let (code, out, _) = cli(&path, &["rollout", "promote", "shop", "--full"]);
+        assert_eq!(code, 0, "{out}");
+        eventually(Duration::from_secs(5), "completed", || async {
+            cli(&path, &["rollout", "status", "shop"])
+                .1
+                .contains("status: completed")
+        })
+        .await;
+        // --watch on a finished rollout draws once and ends.
+        let (code, out, _) = cli(&path, &["rollout", "status", "shop", "--watch"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("status: completed"), "{out}");
+
+        let (code, out, _) = cli(&path, &["rollout", "undo", "shop"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("status: rolled_back"), "{out}");
+        let (code, _, err) = cli(&path, &["rollout", "promote", "shop"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("409") && err.contains("is rolled_back"),
+            "{err}"
+        );
+
+        let (_, out, _) = cli(&path, &["rollout", "history", "shop"]);
+        assert!(out.contains("#1") && out.contains("rolled_back"), "{out}");
+        let (_, out, _) = cli(&path, &["events", "--service", "shop"]);
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        assert!(
+            out.contains(&format!("admin for cli:{user}"))
+                && out.contains("started")
+                && out.contains("rolled_back"),
+            "{out}"
+        );
+        assert_eq!(
+            get(&c, &format!("http://{web}/"), &[])
+                .await
+                .unwrap()
+                .backend(),
+            "blue"
+        );
     })
     .await;
-    // --watch on a finished rollout draws once and ends.
-    let (code, out, _) = cli(&path, &["rollout", "status", "shop", "--watch"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("status: completed"), "{out}");
-
-    let (code, out, _) = cli(&path, &["rollout", "undo", "shop"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("status: rolled_back"), "{out}");
-    let (code, _, err) = cli(&path, &["rollout", "promote", "shop"]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("409") && err.contains("is rolled_back"),
-        "{err}"
-    );
-
-    let (_, out, _) = cli(&path, &["rollout", "history", "shop"]);
-    assert!(out.contains("#1") && out.contains("rolled_back"), "{out}");
-    let (_, out, _) = cli(&path, &["events", "--service", "shop"]);
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    assert!(
-        out.contains(&format!("admin for cli:{user}"))
-            && out.contains("started")
-            && out.contains("rolled_back"),
-        "{out}"
-    );
-    assert_eq!(
-        get(&c, &format!("http://{web}/"), &[])
-            .await
-            .unwrap()
-            .backend(),
-        "blue"
-    );
 }
 
 /// Appends `text` to the config file (tables after the groups belong to the service).

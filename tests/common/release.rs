@@ -30,6 +30,9 @@ pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
 /// The bound most release tests use: several times what they take on a loaded 2-core box.
 pub const TEST_LIMIT: Duration = Duration::from_secs(60);
 
+/// The bound of tests that send tens of thousands of requests (12–40 s on a loaded box).
+pub const LOAD_LIMIT: Duration = Duration::from_secs(180);
+
 /// `POST /api/v1/services/shop/rollout/{verb}` with `body`; panics on an error answer.
 pub async fn verb(api: &AdminClient, verb: &str, body: Value) -> Value {
     api.post(&format!("/api/v1/services/shop/rollout/{verb}"), body)
