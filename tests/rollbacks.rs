@@ -267,12 +267,15 @@ async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within
             "[service.guard]\ninterval = \"100ms\"\nwindow = \"2s\"\nmin_requests = 20",
         )
         .await;
+        let begun = now_second();
         start_rollout(
             &rig.api,
             json!({ "kind": "canary", "steps": [{ "pause": "until-promoted" }] }),
         )
         .await;
         wait_status(&rig.api, 10, paused_at(0)).await;
+        // The guard counts from the second after its attempt began.
+        until_second(begun + 2).await;
 
         // 15 errors, then 15 answers once those errors are 3 seconds old (out of the window).
         to_candidate(&rig.url, "status/500", 15).await;
@@ -287,11 +290,18 @@ async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within
             "errors out of the window were judged: {r}"
         );
 
-        // 12 errors in one second, 12 in the next: 24 within the window, too few in either
-        // second alone.
-        until_second(healthy_until + 1).await;
+        // Once those answers left the window too: 12 errors in one second, 12 in the next.
+        // Too few to judge alone; 24 within the window.
+        until_second(healthy_until + 3).await;
         to_candidate(&rig.url, "status/500", 12).await;
-        until_second(now_second() + 1).await;
+        let first = now_second();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = rollout(&rig.api).await;
+        assert_eq!(
+            r["status"], "paused",
+            "12 requests are fewer than min_requests: {r}"
+        );
+        until_second(first + 1).await;
         to_candidate(&rig.url, "status/500", 12).await;
         let r = wait_status(&rig.api, 5, |r| r["status"] == "aborted").await;
         assert!(reason(&r).contains("aborted by guard"), "{r}");
