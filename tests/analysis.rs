@@ -185,15 +185,15 @@ async fn a_latency_regression_is_caught_by_the_mann_whitney_comparison() {
         let (blue, green) = TestBackend::pair().await;
         green.set_delay(15);
         let analysis = r#"
-    [[analysis]]
-    name = "latency"
-    interval = "500ms"
-    count = 2
-    min_requests = 20
-    [[analysis.check]]
-    name = "mann-whitney"
-    mann_whitney = { confidence = 0.99, tolerance = 0.2 }
-    "#;
+[[analysis]]
+name = "latency"
+interval = "500ms"
+count = 2
+min_requests = 20
+[[analysis.check]]
+name = "mann-whitney"
+mann_whitney = { confidence = 0.99, tolerance = 0.2 }
+"#;
         let sy = start(&cfg(
             blue.addr,
             green.addr,
@@ -220,9 +220,7 @@ async fn a_latency_regression_is_caught_by_the_mann_whitney_comparison() {
         green.set_delay(10);
         blue.set_delay(10);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        api.post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "retry", json!({})).await;
         let r = wait_status(&api, 10, |r| r["status"] != "progressing").await;
         load.stop().await;
         assert_eq!(r["status"], "completed", "{r:#}");
@@ -243,17 +241,17 @@ async fn too_little_traffic_is_inconclusive_and_pauses_for_a_person() {
     bounded(TEST_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
         let analysis = r#"
-    [[analysis]]
-    name = "volume"
-    interval = "200ms"
-    count = 3
-    inconclusive_limit = 1
-    min_requests = 1000
-    [[analysis.check]]
-    name = "errors"
-    metric = "error-rate"
-    max = 1.0
-    "#;
+[[analysis]]
+name = "volume"
+interval = "200ms"
+count = 3
+inconclusive_limit = 1
+min_requests = 1000
+[[analysis.check]]
+name = "errors"
+metric = "error-rate"
+max = 1.0
+"#;
         let sy = start(&cfg(
             blue.addr,
             green.addr,
@@ -278,9 +276,7 @@ async fn too_little_traffic_is_inconclusive_and_pauses_for_a_person() {
             "{reason}"
         );
         // A person decides: promote past it.
-        api.post("/api/v1/services/shop/rollout/promote", json!({}))
-            .await
-            .unwrap();
+        promote(&api).await;
         wait_status(&api, 5, |r| r["status"] == "completed").await;
     })
     .await;
@@ -410,23 +406,23 @@ async fn a_failing_hook_aborts_and_a_confirm_gate_waits_for_promotion() {
         };
         let hooks = format!(
             r#"
-    [service.strategy]
-    kind = "canary"
-    steps = [{{ weight = 25 }}]
-    [service.hooks.before_traffic]
-    command = "test -e {gate} && {{ {before_traffic}; }}"
-    retries = 1
-    timeout = "5s"
-    [service.hooks.before_promotion]
-    command = "{before_promotion}"
-    confirm = true
-    [service.hooks.after_traffic]
-    command = "{after_traffic}"
-    [service.hooks.after_rollout]
-    command = "test $SWITCHYARD_CANDIDATE = green && {{ {after_rollout}; }}"
-    [service.hooks.on_rollback]
-    command = "{on_rollback}"
-    "#,
+[service.strategy]
+kind = "canary"
+steps = [{{ weight = 25 }}]
+[service.hooks.before_traffic]
+command = "test -e {gate} && {{ {before_traffic}; }}"
+retries = 1
+timeout = "5s"
+[service.hooks.before_promotion]
+command = "{before_promotion}"
+confirm = true
+[service.hooks.after_traffic]
+command = "{after_traffic}"
+[service.hooks.after_rollout]
+command = "test $SWITCHYARD_CANDIDATE = green && {{ {after_rollout}; }}"
+[service.hooks.on_rollback]
+command = "{on_rollback}"
+"#,
             gate = gate.display(),
             before_traffic = timed("before_traffic", "0.2"),
             before_promotion = timed("before_promotion", "0.2"),
@@ -451,41 +447,37 @@ async fn a_failing_hook_aborts_and_a_confirm_gate_waits_for_promotion() {
 
         // With the gate open the hooks run in order; before_promotion waits for a confirmation.
         std::fs::write(&gate, "").unwrap();
-        api.post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "retry", json!({})).await;
         let r = wait_status(&api, 10, |r| r["status"] == "paused").await;
         assert_eq!(r["weight"], 2500);
-        api.post("/api/v1/services/shop/rollout/promote", json!({}))
-            .await
-            .unwrap();
+        promote(&api).await;
         wait_status(&api, 10, |r| r["status"] == "completed").await;
         eventually(Duration::from_secs(10), "after_rollout ended", || async {
             std::fs::read_to_string(&log).is_ok_and(|t| t.contains("after_rollout end"))
-    })
-    .await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    let runs = hook_runs(&text);
-    let names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "on_rollback",
-            "before_traffic",
-            "before_promotion",
-            "after_traffic",
-            "after_rollout"
-        ],
-        "{text}"
-    );
-    for pair in runs.windows(2) {
-        assert!(
-            pair[1].1 >= pair[0].2,
-            "{} started before {} ended:\n{text}",
-            pair[1].0,
-            pair[0].0
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        let runs = hook_runs(&text);
+        let names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "on_rollback",
+                "before_traffic",
+                "before_promotion",
+                "after_traffic",
+                "after_rollout"
+            ],
+            "{text}"
         );
-    }
+        for pair in runs.windows(2) {
+            assert!(
+                pair[1].1 >= pair[0].2,
+                "{} started before {} ended:\n{text}",
+                pair[1].0,
+                pair[0].0
+            );
+        }
     })
     .await;
 }
@@ -542,23 +534,23 @@ async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
         let healthy = dir.path().join("post-ok");
         let analyses = format!(
             r#"
-    [[analysis]]
-    name = "preview"
-    interval = "300ms"
-    count = 2
-    min_requests = 20
-    [[analysis.check]]
-    name = "errors"
-    metric = "error-rate"
-    max = 1
-    [[analysis]]
-    name = "post"
-    interval = "200ms"
-    count = 1
-    [[analysis.check]]
-    name = "smoke"
-    command = "test -e {}"
-    "#,
+[[analysis]]
+name = "preview"
+interval = "300ms"
+count = 2
+min_requests = 20
+[[analysis.check]]
+name = "errors"
+metric = "error-rate"
+max = 1
+[[analysis]]
+name = "post"
+interval = "200ms"
+count = 1
+[[analysis.check]]
+name = "smoke"
+command = "test -e {}"
+"#,
             healthy.display()
         );
         let sy = start(&cfg(
@@ -587,9 +579,7 @@ async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
         // Healthy preview: switch; then the post-promotion check fails and rolls the switch back.
         green.set_errors(0);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        api.post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "retry", json!({})).await;
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         preview.stop().await;
         assert!(
@@ -620,9 +610,7 @@ async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
 
         // Both pass: completed.
         std::fs::write(&healthy, "").unwrap();
-        api.post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "retry", json!({})).await;
         let preview = Load::start(url.clone(), 4, &[("x-preview", "1")]);
         let r = wait_status(&api, 10, |r| r["status"] != "progressing").await;
         preview.stop().await;

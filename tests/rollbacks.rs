@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::release::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use switchyard::client::AdminClient;
 use switchyard::metrics::now_second;
 
@@ -69,19 +69,11 @@ impl Rig {
     }
 }
 
-const HOLD: &str =
-    r#"{ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }"#;
-
-fn hold() -> Value {
-    serde_json::from_str(HOLD).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_abort_is_counted_as_manual_and_notified() {
     bounded(TEST_LIMIT, async {
         let rig = Rig::start("", "[service.guard]\nenabled = false").await;
-        start_rollout(&rig.api, hold()).await;
-        wait_status(&rig.api, 10, paused_at(1000)).await;
+        start_held(&rig.api, 10.0).await;
         verb(&rig.api, "abort", json!({ "reason": "bad logs" })).await;
         rig.rolled_back_by(
             "manual",
@@ -134,7 +126,7 @@ async fn a_failed_hook_is_counted_as_hook_and_notified() {
             "[service.guard]\nenabled = false\n[service.hooks.before_traffic]\ncommand = \"exit 1\"\nretries = 0",
         )
         .await;
-        start_rollout(&rig.api, hold()).await;
+        start_rollout(&rig.api, held_at(10.0)).await;
         wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
         rig.rolled_back_by("hook", "hook before_traffic failed after 1 attempts")
             .await;
@@ -150,7 +142,7 @@ async fn a_progress_deadline_is_counted_as_deadline_and_notified() {
             "progress_deadline = \"300ms\"\n[service.guard]\nenabled = false\n[service.hooks.before_traffic]\ncommand = \"sleep 30\"\ntimeout = \"60s\"",
         )
         .await;
-        start_rollout(&rig.api, hold()).await;
+        start_rollout(&rig.api, held_at(10.0)).await;
         wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
         rig.rolled_back_by("deadline", "made no progress for 300ms").await;
     })
@@ -199,12 +191,7 @@ async fn the_guard_keeps_a_candidate_three_points_over_stable_and_rolls_back_one
             "[service.guard]\ninterval = \"100ms\"\nwindow = \"2s\"\nmin_requests = 200",
         )
         .await;
-        start_rollout(
-            &rig.api,
-            json!({ "kind": "canary", "steps": [{ "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_status(&rig.api, 10, paused_at(0)).await;
+        start_held(&rig.api, 0.0).await;
         let stop = Arc::new(AtomicBool::new(false));
         let (on_green, on_blue) = (Arc::new(AtomicU64::new(7)), Arc::new(AtomicU64::new(4)));
         let began = Instant::now();
@@ -268,12 +255,7 @@ async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within
         )
         .await;
         let begun = now_second();
-        start_rollout(
-            &rig.api,
-            json!({ "kind": "canary", "steps": [{ "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_status(&rig.api, 10, paused_at(0)).await;
+        start_held(&rig.api, 0.0).await;
         // The guard counts from the second after its attempt began.
         until_second(begun + 2).await;
 
@@ -327,7 +309,7 @@ async fn an_http_hook_is_timed_out_and_retried_and_a_failing_one_aborts_after_it
             ),
         )
         .await;
-        start_rollout(&rig.api, hold()).await;
+        start_rollout(&rig.api, held_at(10.0)).await;
         let r = wait_status(&rig.api, 10, |r| r["status"] != "progressing").await;
         assert_eq!(r["status"], "paused", "the retry answered: {r}");
         let calls = stalls_once.calls();
@@ -346,7 +328,7 @@ async fn an_http_hook_is_timed_out_and_retried_and_a_failing_one_aborts_after_it
             ),
         )
         .await;
-        start_rollout(&rig.api, hold()).await;
+        start_rollout(&rig.api, held_at(10.0)).await;
         let r = wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
         assert!(
             reason(&r).contains("hook before_traffic failed after 3 attempts"),
@@ -385,8 +367,7 @@ async fn a_slow_on_rollback_hook_holds_back_the_retry_until_it_ends() {
             ),
         )
         .await;
-        start_rollout(&rig.api, hold()).await;
-        wait_status(&rig.api, 10, paused_at(1000)).await;
+        start_held(&rig.api, 10.0).await;
         verb(&rig.api, "abort", json!({})).await;
         eventually(Duration::from_secs(10), "on_rollback started", || async {
             !stamps(&log, "start").is_empty()

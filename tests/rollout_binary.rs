@@ -136,66 +136,60 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
         eventually(Duration::from_secs(10), "paused at 30%", || async {
             let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
             r["status"] == "paused" && r["weight"] == 3000
-    })
-    .await;
+        })
+        .await;
 
-    // The abort is decided and applied while the file is locked, then the process dies
-    // before it could record it.
-    let lock = DbLock::hold(&db);
-    let r = api
-        .post("/api/v1/services/shop/rollout/abort", json!({}))
-        .await
-        .expect("abort during the outage");
-    assert_eq!(r["status"], "aborted");
-    let c = client();
-    for _ in 0..20 {
-        let r = get(&c, &format!("http://{web}/"), &[]).await.unwrap();
-        assert_eq!(r.backend(), "blue");
-    }
-    let s = api.get("/api/v1/status").await.unwrap();
-    assert!(s["store"]["pending_writes"].as_u64().unwrap() >= 1, "{s}");
-    signal(&first.child, "-KILL");
-    first.child.wait().unwrap();
-    lock.release();
+        // The abort is decided and applied while the file is locked, then the process dies
+        // before it could record it.
+        let lock = DbLock::hold(&db);
+        let r = api
+            .post("/api/v1/services/shop/rollout/abort", json!({}))
+            .await
+            .expect("abort during the outage");
+        assert_eq!(r["status"], "aborted");
+        let c = client();
+        for _ in 0..20 {
+            let r = get(&c, &format!("http://{web}/"), &[]).await.unwrap();
+            assert_eq!(r.backend(), "blue");
+        }
+        let s = api.get("/api/v1/status").await.unwrap();
+        assert!(s["store"]["pending_writes"].as_u64().unwrap() >= 1, "{s}");
+        signal(&first.child, "-KILL");
+        first.child.wait().unwrap();
+        lock.release();
 
-    let restarted = Instant::now();
-    let _second = run_binary(&path, admin_addr).await;
-    let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-    assert_eq!(
-        r["weight"].as_u64(),
-        Some(3000),
-        "the candidate has what it had when the rollback was decided, never more: {r}"
-    );
-    // Held until the guard has judged one full window (5 s of whole seconds from the
-    // driver's start, which comes before the admin API answers): no promotion, no step.
-    assert!(
-        r["waiting_for"]
-            .as_str()
-            .is_some_and(|w| w.contains("guard")),
-        "{r}"
-    );
-    let e = api
-        .post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("409"), "{e}");
-    eventually(
-        Duration::from_secs(20),
-        "the guard judged a window",
-        || async {
-            api.get("/api/v1/services/shop/rollout").await.unwrap()["waiting_for"].is_null()
-        },
-    )
-    .await;
-    assert!(
-        restarted.elapsed() >= Duration::from_millis(5000),
-        "held for at least the guard window"
-    );
-    let r = api
-        .post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["status"], "progressing");
+        let restarted = Instant::now();
+        let _second = run_binary(&path, admin_addr).await;
+        let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
+        assert_eq!(
+            r["weight"].as_u64(),
+            Some(3000),
+            "the candidate has what it had when the rollback was decided, never more: {r}"
+        );
+        // Held until the guard has judged one full window (5 s of whole seconds from the
+        // driver's start, which comes before the admin API answers): no promotion, no step.
+        assert!(
+            r["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.contains("guard")),
+            "{r}"
+        );
+        let e = verb_err(&api, "promote", json!({})).await;
+        assert!(e.contains("409"), "{e}");
+        eventually(
+            Duration::from_secs(20),
+            "the guard judged a window",
+            || async {
+                api.get("/api/v1/services/shop/rollout").await.unwrap()["waiting_for"].is_null()
+            },
+        )
+        .await;
+        assert!(
+            restarted.elapsed() >= Duration::from_millis(5000),
+            "held for at least the guard window"
+        );
+        let r = promote(&api).await;
+        assert_eq!(r["status"], "progressing");
     })
     .await;
 }

@@ -35,6 +35,19 @@ fn shop(
         .build()
 }
 
+/// A switchyard for `shop` (see `shop`), its admin client and its listener's URL.
+async fn started(
+    blue: &TestBackend,
+    green: &TestBackend,
+    service_extra: &str,
+    route_extra: &str,
+) -> (Server, switchyard::client::AdminClient, String) {
+    let sy = start(&shop(blue.addr, green.addr, service_extra, route_extra)).await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    (sy, api, url)
+}
+
 /// The error a POST of `body` to `path` is refused with.
 async fn post_err(api: &switchyard::client::AdminClient, path: &str, body: Value) -> String {
     api.post(path, body).await.unwrap_err().to_string()
@@ -49,9 +62,7 @@ async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String
 async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
     bounded(LOAD_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let (_sy, api, url) = started(&blue, &green, "", "").await;
         let steps = json!({ "kind": "canary", "steps": [
             { "weight": 5 }, { "pause": "until-promoted" },
             { "weight": 25 }, { "pause": "until-promoted" },
@@ -80,9 +91,7 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
                 "observed {observed} at {pct}% (window {window} ms, measured in {:?}): {status}",
                 t.elapsed()
             );
-            api.post("/api/v1/services/shop/rollout/promote", json!({}))
-                .await
-                .unwrap();
+            promote(&api).await;
         }
         let r = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
         assert_eq!(r["split"], json!({ "green": 10000 }));
@@ -127,15 +136,8 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
 async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests() {
     bounded(LOAD_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
-        start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 0.5 }, { "pause": "until-promoted" }] }),
-    )
-    .await;
-        wait_rollout(&api, "paused at 0.5%", paused_at(50)).await;
+        let (_sy, api, url) = started(&blue, &green, "", "").await;
+        start_held(&api, 0.5).await;
         let seen = measure(&url, 40_000, 16, &[]).await;
         let g = share(&seen, "green");
         assert!((g - 0.5).abs() <= 0.2, "green got {g:.3}% at 0.5%");
@@ -217,58 +219,58 @@ async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
         let id = r["id"].as_u64().unwrap();
         wait_rollout(&api, "completed", |r| {
             r["status"] == "completed" && r["candidate"] == "blue"
-    })
-    .await;
-    let steps = weights(&api, id, "blue").await;
-    assert_eq!(
-        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
-        [2500, 5000, 7500, 10000]
-    );
+        })
+        .await;
+        let steps = weights(&api, id, "blue").await;
+        assert_eq!(
+            steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [2500, 5000, 7500, 10000]
+        );
 
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": "all-at-once" }),
+        let r = api
+            .post(
+                "/api/v1/rollouts",
+                json!({ "service": "shop", "candidate": "green", "strategy": "all-at-once" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["steps"], json!(["set weight 100%"]));
+        wait_rollout(&api, "completed", |r| {
+            r["status"] == "completed" && r["candidate"] == "green"
+        })
+        .await;
+        assert_eq!(
+            measure(
+                &format!("http://{}/", sy.listener_addr("web").await),
+                50,
+                2,
+                &[]
+            )
+            .await
+            .get("green"),
+            Some(&50)
+        );
+
+        // A CodeDeploy preset by name, promoted fully instead of waiting 5 minutes.
+        let r = api
+            .post(
+                "/api/v1/rollouts",
+                json!({ "service": "shop", "candidate": "blue", "strategy": "canary-10pct-5m" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["steps"], json!(["set weight 10%", "pause 5m"]));
+        wait_rollout(&api, "at 10%", |r| r["weight"] == 1000).await;
+        api.post(
+            "/api/v1/services/shop/rollout/promote",
+            json!({ "full": true }),
         )
         .await
         .unwrap();
-    assert_eq!(r["steps"], json!(["set weight 100%"]));
-    wait_rollout(&api, "completed", |r| {
-        r["status"] == "completed" && r["candidate"] == "green"
-    })
-    .await;
-    assert_eq!(
-        measure(
-            &format!("http://{}/", sy.listener_addr("web").await),
-            50,
-            2,
-            &[]
-        )
-        .await
-        .get("green"),
-        Some(&50)
-    );
-
-    // A CodeDeploy preset by name, promoted fully instead of waiting 5 minutes.
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "blue", "strategy": "canary-10pct-5m" }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r["steps"], json!(["set weight 10%", "pause 5m"]));
-    wait_rollout(&api, "at 10%", |r| r["weight"] == 1000).await;
-    api.post(
-        "/api/v1/services/shop/rollout/promote",
-        json!({ "full": true }),
-    )
-    .await
-    .unwrap();
-    wait_rollout(&api, "completed", |r| {
-        r["status"] == "completed" && r["candidate"] == "blue"
-    })
-    .await;
+        wait_rollout(&api, "completed", |r| {
+            r["status"] == "completed" && r["candidate"] == "blue"
+        })
+        .await;
     })
     .await;
 }
@@ -294,9 +296,7 @@ async fn an_analysis_step_holds_the_rollout_until_promoted() {
                 .contains("analysis inconclusive: smoke"),
             "{r}"
         );
-        api.post("/api/v1/services/shop/rollout/promote", json!({}))
-            .await
-            .unwrap();
+        promote(&api).await;
         wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
     })
     .await;
@@ -306,15 +306,13 @@ async fn an_analysis_step_holds_the_rollout_until_promoted() {
 async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
     bounded(LOAD_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
+        let (_sy, api, url) = started(
+            &blue,
+            &green,
             "[service.stickiness]\nkey = \"header:x-user\"",
             "",
-        ))
+        )
         .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
         start_rollout(
             &api,
             json!({ "kind": "canary", "steps": [
@@ -375,9 +373,7 @@ async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises()
                 "{g:.2}% of keys on green at {pct}%"
             );
             if pct < 100 {
-                api.post("/api/v1/services/shop/rollout/promote", json!({}))
-                    .await
-                    .unwrap();
+                promote(&api).await;
             }
         }
     })
@@ -388,21 +384,14 @@ async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises()
 async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
     bounded(TEST_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
+        let (_sy, api, url) = started(
+            &blue,
+            &green,
             "[service.stickiness]\ncookie = \"sy_pin\"\ncookie_max_age = \"1h\"",
             "",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
         )
         .await;
-        wait_rollout(&api, "paused", paused_at(5000)).await;
+        start_held(&api, 50.0).await;
         let c = client();
         let mut versions = std::collections::BTreeSet::new();
         for _ in 0..20 {
@@ -450,9 +439,7 @@ country = ["NZ"]
 group = "candidate"
 source = ["10.0.0.0/8"]
 "#;
-        let sy = start(&shop(blue.addr, green.addr, "", routes)).await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let (_sy, api, url) = started(&blue, &green, "", routes).await;
         let c = client();
         let via = |h: &'static [(&'static str, &'static str)]| {
             let (c, url) = (c.clone(), url.clone());
@@ -472,12 +459,7 @@ source = ["10.0.0.0/8"]
             "no rollout: no candidate"
         );
 
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_rollout(&api, "paused", paused_at(0)).await;
+        start_held(&api, 0.0).await;
         assert_eq!(via(&[("cookie", "a=1; beta=yes")]).await, "green");
         assert_eq!(via(&[("x-switchyard-group", "candidate")]).await, "green");
         assert_eq!(via(&[("x-switchyard-group", "stable")]).await, "blue");
@@ -496,16 +478,9 @@ source = ["10.0.0.0/8"]
 async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
     bounded(LOAD_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let (_sy, api, url) = started(&blue, &green, "", "").await;
         let load = Load::start(url.clone(), 8, &[]);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_rollout(&api, "at 50%", paused_at(5000)).await;
+        start_held(&api, 50.0).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let green_before = green.hits();
         let r = api
@@ -528,10 +503,7 @@ async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
         assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
 
         // Retry starts from the first step again.
-        let r = api
-            .post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        let r = verb(&api, "retry", json!({})).await;
         assert_eq!(r["attempt"], 1);
         wait_rollout(&api, "at 50% again", paused_at(5000)).await;
     })
@@ -548,15 +520,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
             "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"1h\"\nteardown = \"echo $SWITCHYARD_GROUP > {}\"",
             marker.display()
         );
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
-            &strategy,
-            "[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let (_sy, api, url) = started(&blue, &green, &strategy, "[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }").await;
         let load = Load::start(url.clone(), 8, &[]);
 
         // Preview: the candidate only through the preview route.
@@ -584,15 +548,11 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
         let r = wait_rollout(&api, "switched", |r| r["weight"] == 10000).await;
         assert_eq!(r["status"], "progressing", "in the scale-down window: {r}");
         assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
-        api.post("/api/v1/services/shop/rollout/abort", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "abort", json!({})).await;
         assert_eq!(measure(&url, 50, 2, &[]).await.get("blue"), Some(&50));
 
         // Again, this time to the end: the old group is retired and torn down.
-        api.post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "retry", json!({})).await;
         wait_rollout(&api, "waiting for promotion", paused_at(0)).await;
         promote(&api).await;
         wait_rollout(&api, "switched again", |r| r["weight"] == 10000).await;
@@ -615,10 +575,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
         );
 
         // Undo: one command back to blue.
-        let r = api
-            .post("/api/v1/services/shop/rollout/undo", json!({}))
-            .await
-            .unwrap();
+        let r = verb(&api, "undo", json!({})).await;
         assert_eq!(r["status"], "rolled_back");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
@@ -721,12 +678,7 @@ async fn rollout_api_errors_say_what_is_wrong() {
         let e = start_err(&api, json!({ "service": "shop" })).await;
         assert!(e.contains("422") && e.contains("candidate"), "{e}");
 
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_rollout(&api, "waiting for promotion", paused_at(1000)).await;
+        start_held(&api, 10.0).await;
         let e = start_err(&api, json!({ "service": "shop", "candidate": "green" })).await;
         assert!(
             e.contains("409") && e.contains("rollout in progress"),
@@ -742,17 +694,17 @@ async fn rollout_api_errors_say_what_is_wrong() {
             e.contains("409") && e.contains("promote or abort it instead"),
             "{e}"
         );
-        let e = post_err(&api, "/api/v1/services/shop/rollout/undo", json!({})).await;
+        let e = verb_err(&api, "undo", json!({})).await;
         assert!(
             e.contains("409") && e.contains("only a completed rollout can be undone"),
             "{e}"
         );
-        let e = post_err(&api, "/api/v1/services/shop/rollout/resume", json!({})).await;
+        let e = verb_err(&api, "resume", json!({})).await;
         assert!(
             e.contains("409") && e.contains("waits for promotion, not for resume: use promote"),
             "{e}"
         );
-        let e = post_err(&api, "/api/v1/services/shop/rollout/launch", json!({})).await;
+        let e = verb_err(&api, "launch", json!({})).await;
         assert!(
             e.contains("404") && e.contains("no rollout verb \"launch\""),
             "{e}"
@@ -772,12 +724,12 @@ async fn rollout_api_errors_say_what_is_wrong() {
         .await
         .unwrap();
         wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-        let e = post_err(&api, "/api/v1/services/shop/rollout/promote", json!({})).await;
+        let e = verb_err(&api, "promote", json!({})).await;
         assert!(
             e.contains("409") && e.contains("is completed: only an active rollout can be promoted"),
             "{e}"
         );
-        let e = post_err(&api, "/api/v1/services/shop/rollout/retry", json!({})).await;
+        let e = verb_err(&api, "retry", json!({})).await;
         assert!(e.contains("409"), "{e}");
 
         let spec: Value = serde_json::from_str(switchyard::api::OPENAPI).unwrap();
@@ -830,40 +782,14 @@ async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
 async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
     bounded(LOAD_LIMIT, async {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
-            "",
-            "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_rollout(&api, "at 50%", paused_at(5000)).await;
+        let (sy, api, url) = started(&blue, &green, "", "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]").await;
+        start_held(&api, 50.0).await;
         // Loopback clients are "internal users": the source override sends them to the candidate.
         assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
         drop(sy);
 
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
-            "[service.stickiness]\nkey = \"cookie:session\"",
-            "",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
-        wait_rollout(&api, "at 50%", paused_at(5000)).await;
+        let (sy, api, url) = started(&blue, &green, "[service.stickiness]\nkey = \"cookie:session\"", "").await;
+        start_held(&api, 50.0).await;
         let c = client();
         let mut per_session = BTreeMap::new();
         for i in 0..200 {
@@ -898,15 +824,7 @@ async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stab
 
         // A client IP is a key too: one client, one version (with a live candidate again).
         let green = TestBackend::start("green").await;
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
-            "[service.stickiness]\nkey = \"client-ip\"",
-            "",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let (_sy, api, url) = started(&blue, &green, "[service.stickiness]\nkey = \"client-ip\"", "").await;
         api.post(
             "/api/v1/rollouts",
             json!({ "service": "shop", "candidate": "green", "force": true,

@@ -120,39 +120,50 @@ async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group()
                 m["detail"].as_str().unwrap().contains("did not finish"),
                 "{m}"
             );
-    })
-    .await;
-    eventually(
-        Duration::from_secs(3),
-        "the background child of the timed-out check is gone",
-        || async move { gone(pid) },
-    )
-    .await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hook_command_that_times_out_is_killed_with_its_whole_process_group() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("bg.pid");
-        let service = format!(
-            "[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = {:?}\ntimeout = \"2s\"\nretries = 0\n",
-            orphan_maker(&pidfile)
-        );
-        let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
-        let api = admin(&sy);
-        let pid = forked(&pidfile, |n| aborted_attempt(&api, n)).await;
+        })
+        .await;
         eventually(
             Duration::from_secs(3),
-            "the background child of the timed-out hook is gone",
+            "the background child of the timed-out check is gone",
             || async move { gone(pid) },
         )
         .await;
     })
     .await;
+}
+
+/// A before_traffic hook that leaves a background child, run with `settings` (a service's
+/// `progress_deadline` and the hook's `timeout`) until its attempt is aborted: the child is
+/// gone with the hook's process group.
+async fn hook_killed_with_its_group(progress_deadline: &str, hook_timeout: &str) {
+    let (blue, green) = TestBackend::pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pid");
+    let service = format!(
+        "progress_deadline = \"{progress_deadline}\"\n[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = {:?}\ntimeout = \"{hook_timeout}\"\nretries = 0\n",
+        orphan_maker(&pidfile)
+    );
+    let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
+    let api = admin(&sy);
+    let pid = forked(&pidfile, |n| aborted_attempt(&api, n)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the background child of the killed hook is gone",
+        || async move { gone(pid) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_command_that_times_out_is_killed_with_its_whole_process_group() {
+    bounded(TEST_LIMIT, hook_killed_with_its_group("10m", "2s")).await;
+}
+
+/// A hook cut off by the progress deadline (the driver drops it) takes its process group
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_cut_off_by_the_progress_deadline_is_killed_with_its_process_group() {
+    bounded(TEST_LIMIT, hook_killed_with_its_group("2s", "60s")).await;
 }
 
 /// A raw HTTP server that answers every connection with `head` and then `body_bytes` of
@@ -272,6 +283,31 @@ fn release(fifo: &Path) {
     });
 }
 
+/// The error `call` (which names `fifo`) is refused with, within 5 s, saying the file is not
+/// a regular file. A call that blocks (the FIFO opened after all) lets the reader go and
+/// fails the test.
+async fn refused_at_once<T: std::fmt::Debug>(
+    what: &str,
+    fifo: &Path,
+    call: impl std::future::Future<Output = Result<T, switchyard::client::ClientError>>,
+) -> String {
+    let Ok(answer) = tokio::time::timeout(Duration::from_secs(5), call).await else {
+        release(fifo);
+        panic!("{what} blocked on the FIFO");
+    };
+    let e = answer.unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    e
+}
+
+/// The proxy still answers, from the stable group.
+async fn still_serving(web: SocketAddr) {
+    let r = get(&client(), &format!("http://{web}/"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.backend(), "blue");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_keeps_serving() {
     bounded(TEST_LIMIT, async {
@@ -302,34 +338,16 @@ async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_k
                 endpoint,
                 json!({ "path": path.display().to_string(), "content": with_tls }),
             );
-            let Ok(answer) = tokio::time::timeout(Duration::from_secs(5), call).await else {
-                release(&fifo);
-                panic!("{endpoint} blocked on the FIFO");
-            };
-            let e = answer.unwrap_err().to_string();
+            let e = refused_at_once(endpoint, &fifo, call).await;
             assert!(e.contains("422"), "{e}");
-            assert!(e.contains("not a regular file"), "{e}");
             assert!(e.contains("cert.pem"), "{e}");
         }
         // The configuration file itself replaced by a FIFO: the reload is refused, not stuck.
         std::fs::remove_file(&path).unwrap();
         mkfifo(&path);
-        let Ok(answer) = tokio::time::timeout(
-            Duration::from_secs(5),
-            api.post("/api/v1/reload", json!({})),
-        )
-        .await
-        else {
-            release(&path);
-            panic!("reload blocked on the FIFO");
-        };
-        let e = answer.unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
+        let e = refused_at_once("reload", &path, api.post("/api/v1/reload", json!({}))).await;
         assert!(e.contains("switchyard.toml"), "{e}");
-        let r = get(&client(), &format!("http://{web}/"), &[])
-            .await
-            .unwrap();
-        assert_eq!(r.backend(), "blue");
+        still_serving(web).await;
     })
     .await;
 }
@@ -368,31 +386,6 @@ async fn a_check_command_that_exits_has_what_it_left_running_killed() {
     .await;
 }
 
-/// A hook cut off by the progress deadline (the driver drops it) takes its process group
-/// with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hook_cut_off_by_the_progress_deadline_is_killed_with_its_process_group() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("bg.pid");
-        let service = format!(
-            "progress_deadline = \"2s\"\n[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = {:?}\ntimeout = \"60s\"\nretries = 0\n",
-            orphan_maker(&pidfile)
-        );
-        let sy = start(&cfg(blue.addr, green.addr, "", &service)).await;
-        let api = admin(&sy);
-        let pid = forked(&pidfile, |n| aborted_attempt(&api, n)).await;
-        eventually(
-            Duration::from_secs(5),
-            "the background child of the dropped hook is gone",
-            || async move { gone(pid) },
-        )
-        .await;
-    })
-    .await;
-}
-
 /// A FIFO as the access log's path: opening it for writing would wait for a reader, on the
 /// runtime, under the control locks. The apply is refused at once, naming the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,17 +409,10 @@ async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
             "/api/v1/config/apply",
             json!({ "path": path.display().to_string(), "content": with_log }),
         );
-        let Ok(answer) = tokio::time::timeout(Duration::from_secs(5), call).await else {
-            release(&fifo);
-            panic!("apply blocked on the FIFO");
-        };
-        let e = answer.unwrap_err().to_string();
-        assert!(e.contains("422") && e.contains("not a regular file"), "{e}");
+        let e = refused_at_once("apply", &fifo, call).await;
+        assert!(e.contains("422"), "{e}");
         assert!(e.contains("access.log"), "{e}");
-        let r = get(&client(), &format!("http://{web}/"), &[])
-            .await
-            .unwrap();
-        assert_eq!(r.backend(), "blue");
+        still_serving(web).await;
     })
     .await;
 }
@@ -470,20 +456,20 @@ async fn commands_do_not_see_the_admin_tokens_in_their_environment() {
         eventually(Duration::from_secs(10), "the admin API answers", || {
             let api = &api;
             async move { api.get("/api/v1/status").await.is_ok() }
-    })
-    .await;
-    api.post(
-        "/api/v1/services/shop/analysis/run",
-        json!({ "analysis": "env", "candidate": "green" }),
-    )
-    .await
-    .unwrap();
-    let env = std::fs::read_to_string(&seen).unwrap();
-    assert!(env.contains("SY_TEST_PLAIN=visible"), "{env}");
-    assert!(env.contains("PATH="), "{env}");
-    for secret in ["main-s3cret", "bot-s3cret", "unused-s3cret", "cli-s3cret"] {
-        assert!(!env.contains(secret), "{secret} leaked:\n{env}");
-    }
+        })
+        .await;
+        api.post(
+            "/api/v1/services/shop/analysis/run",
+            json!({ "analysis": "env", "candidate": "green" }),
+        )
+        .await
+        .unwrap();
+        let env = std::fs::read_to_string(&seen).unwrap();
+        assert!(env.contains("SY_TEST_PLAIN=visible"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
+        for secret in ["main-s3cret", "bot-s3cret", "unused-s3cret", "cli-s3cret"] {
+            assert!(!env.contains(secret), "{secret} leaked:\n{env}");
+        }
     })
     .await;
 }

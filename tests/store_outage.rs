@@ -89,95 +89,90 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
         eventually(Duration::from_secs(10), "paused at 50%", || async {
             let r = rollout(&api).await;
             r["status"] == "paused" && r["weight"] == 5000
-    })
-    .await;
-    // "paused" is a durable write: in the API before it is in the file.
-    eventually(Duration::from_secs(10), "the pause recorded", || async {
-        pending(&api).await == 0
-    })
-    .await;
+        })
+        .await;
+        // "paused" is a durable write: in the API before it is in the file.
+        eventually(Duration::from_secs(10), "the pause recorded", || async {
+            pending(&api).await == 0
+        })
+        .await;
 
-    let lock = DbLock::hold(&db);
-    // Forward: refused while the file cannot be written, and nothing moved.
-    let e = api
-        .post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, switchyard::client::ClientError::Api { status, code, .. }
-            if status.as_u16() == 503 && code == "store_unavailable"),
-        "{e}"
-    );
-    assert_eq!(rollout(&api).await["weight"], 5000);
+        let lock = DbLock::hold(&db);
+        // Forward: refused while the file cannot be written, and nothing moved.
+        let e = api
+            .post("/api/v1/services/shop/rollout/promote", json!({}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, switchyard::client::ClientError::Api { status, code, .. }
+                if status.as_u16() == 503 && code == "store_unavailable"),
+            "{e}"
+        );
+        assert_eq!(rollout(&api).await["weight"], 5000);
 
-    // Backward: answered at once; the data plane has it.
-    let asked = Instant::now();
-    let r = admin(&sy)
-        .with_actor("cli:alice")
-        .post(
-            "/api/v1/services/shop/rollout/abort",
-            json!({ "reason": "looks bad" }),
+        // Backward: answered at once; the data plane has it.
+        let asked = Instant::now();
+        let r = admin(&sy)
+            .with_actor("cli:alice")
+            .post(
+                "/api/v1/services/shop/rollout/abort",
+                json!({ "reason": "looks bad" }),
+            )
+            .await
+            .expect("abort during the outage");
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "abort took {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(r["status"], "aborted");
+        assert!(all_blue(&url, 40).await, "all traffic on stable at once");
+
+        // The pending record shows in status, the rollout and /metrics; forward stays refused.
+        assert!(pending(&api).await >= 1);
+        let view = rollout(&api).await;
+        assert!(
+            view["waiting_for"]
+                .as_str()
+                .is_some_and(|w| w.contains("state database")),
+            "{view}"
+        );
+        let metrics = metrics_text(&sy).await;
+        assert!(
+            metric(&metrics, "switchyard_store_pending_writes", &[]).unwrap() >= 1.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "switchyard_rollbacks_total",
+                &["cause=\"manual\""]
+            ),
+            Some(1.0),
+            "an abort by API is manual (the cause comes from the code path)"
+        );
+        assert_eq!(
+            metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
+            None
+        );
+        let e = verb_err(&api, "retry", json!({})).await;
+        assert!(e.contains("503"), "{e}");
+        let (status, _) = recorded(&db);
+        assert_eq!(status, "paused", "the database could not have it yet");
+
+        lock.release();
+        eventually(
+            Duration::from_secs(10),
+            "the abort recorded once the file is writable",
+            || async { pending(&api).await == 0 },
         )
-        .await
-        .expect("abort during the outage");
-    assert!(
-        asked.elapsed() < Duration::from_secs(3),
-        "abort took {:?}",
-        asked.elapsed()
-    );
-    assert_eq!(r["status"], "aborted");
-    assert!(all_blue(&url, 40).await, "all traffic on stable at once");
-
-    // The pending record shows in status, the rollout and /metrics; forward stays refused.
-    assert!(pending(&api).await >= 1);
-    let view = rollout(&api).await;
-    assert!(
-        view["waiting_for"]
-            .as_str()
-            .is_some_and(|w| w.contains("state database")),
-        "{view}"
-    );
-    let metrics = metrics_text(&sy).await;
-    assert!(
-        metric(&metrics, "switchyard_store_pending_writes", &[]).unwrap() >= 1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "switchyard_rollbacks_total",
-            &["cause=\"manual\""]
-        ),
-        Some(1.0),
-        "an abort by API is manual (the cause comes from the code path)"
-    );
-    assert_eq!(
-        metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
-        None
-    );
-    let e = api
-        .post("/api/v1/services/shop/rollout/retry", json!({}))
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("503"), "{e}");
-    let (status, _) = recorded(&db);
-    assert_eq!(status, "paused", "the database could not have it yet");
-
-    lock.release();
-    eventually(
-        Duration::from_secs(10),
-        "the abort recorded once the file is writable",
-        || async { pending(&api).await == 0 },
-    )
-    .await;
-    let (status, traffic) = recorded(&db);
-    assert_eq!(status, "aborted");
-    assert!(traffic.contains(r#""current":{"blue":10000}"#), "{traffic}");
-    assert!(rollout(&api).await.get("waiting_for").is_none());
-    // Writable again: a retry goes.
-    api.post("/api/v1/services/shop/rollout/retry", json!({}))
-        .await
-        .unwrap();
+        .await;
+        let (status, traffic) = recorded(&db);
+        assert_eq!(status, "aborted");
+        assert!(traffic.contains(r#""current":{"blue":10000}"#), "{traffic}");
+        assert!(rollout(&api).await.get("waiting_for").is_none());
+        // Writable again: a retry goes.
+        verb(&api, "retry", json!({})).await;
     })
     .await;
 }
@@ -188,30 +183,11 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
-        let sy = start_in(
-            &shop(
-                blue.addr,
-                green.addr,
-                "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5",
-            ),
-            dir.path(),
-        )
-        .await;
+        let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
         let api = admin(&sy);
         let url = format!("http://{}/", sy.listener_addr("web").await);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [
-                { "weight": 50 }, { "pause": "until-promoted" }
-            ]}),
-        )
-        .await;
-        eventually(
-            Duration::from_secs(10),
-            "paused at 50%, recorded",
-            || async { rollout(&api).await["status"] == "paused" && pending(&api).await == 0 },
-        )
-        .await;
+        start_rollout(&api, held_at(50.0)).await;
+        paused_at(&api, 5000).await;
 
         // The database stays locked until the guard has rolled back: before the fix the guard's
         // abort failed on "database is locked" and the guard stopped for good.
@@ -258,18 +234,10 @@ async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
         let db = dir.path().join("state.db");
         let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
         let api = admin(&sy);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [
-                { "weight": 50 }, { "pause": "until-promoted" }
-            ]}),
-        )
-        .await;
+        start_rollout(&api, held_at(50.0)).await;
         paused_at(&api, 5000).await;
         let lock = DbLock::hold(&db);
-        api.post("/api/v1/services/shop/rollout/abort", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "abort", json!({})).await;
         assert!(pending(&api).await >= 1);
 
         let control = sy.control.clone();
@@ -313,9 +281,7 @@ async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until
                 { "weight": 10 }, { "pause": "until-promoted" }, { "weight": 50 }, { "pause": "until-promoted" }
             ]})).await;
         paused_at(&api, 1000).await;
-        api.post("/api/v1/services/shop/rollout/promote", json!({}))
-            .await
-            .unwrap();
+        promote(&api).await;
         paused_at(&api, 5000).await;
         sy.shutdown().await;
 
@@ -350,11 +316,8 @@ async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until
                 .is_some_and(|w| w.contains("guard") && w.contains("50%")),
             "{r}"
         );
-        let e = api
-            .post("/api/v1/services/shop/rollout/promote", json!({}))
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("409"), "{e}");
+        let e = verb_err(&api, "promote", json!({})).await;
+        assert!(e.contains("409"), "{e}");
         eventually(
             Duration::from_secs(15),
             "back at the recorded 50% once the guard judged a window",
@@ -381,22 +344,12 @@ async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
         let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
         let api = admin(&sy);
         let url = format!("http://{}/", sy.listener_addr("web").await);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [
-                { "weight": 50 }, { "pause": "until-promoted" }
-            ]}),
-        )
-        .await;
+        start_rollout(&api, held_at(50.0)).await;
         paused_at(&api, 5000).await;
         // Back to back: the retry may come before the woken driver saw the abort (then its
         // guard had ended with the first attempt).
-        api.post("/api/v1/services/shop/rollout/abort", json!({}))
-            .await
-            .unwrap();
-        api.post("/api/v1/services/shop/rollout/retry", json!({}))
-            .await
-            .unwrap();
+        verb(&api, "abort", json!({})).await;
+        verb(&api, "retry", json!({})).await;
         paused_at(&api, 5000).await;
         assert_eq!(rollout(&api).await["attempt"], 1);
 
