@@ -740,38 +740,34 @@ async fn rollout_api_errors_say_what_is_wrong() {
     .await;
 }
 
+/// Why a switchyard with its state in `db` does not start.
+async fn start_error(db: &std::path::Path, dir: &std::path::Path) -> String {
+    let toml = format!(
+        "[store]\npath = \"{}\"\n{}",
+        db.display(),
+        config(&[("blue", &["127.0.0.1:9".parse().unwrap()])], "")
+    );
+    let cfg = switchyard::config::parse(&toml, "t.toml", dir).unwrap();
+    match Server::start(cfg, None).await {
+        Ok(_) => panic!("started on {}", db.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
     bounded(TEST_LIMIT, async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
         std::fs::write(&db, vec![b'x'; 4096]).unwrap();
-        let toml = format!(
-            "[store]\npath = \"{}\"\n{}",
-            db.display(),
-            config(&[("blue", &["127.0.0.1:9".parse().unwrap()])], "")
-        );
-        let cfg = switchyard::config::parse(&toml, "t.toml", dir.path()).unwrap();
-        let err = match Server::start(cfg, None).await {
-            Ok(_) => panic!("started on a corrupt database"),
-            Err(e) => e.to_string(),
-        };
+        let err = start_error(&db, dir.path()).await;
         assert!(
             err.contains("state.db") && err.contains("not a database"),
             "{err}"
         );
 
-        let ro_dir = dir.path().join("missing-dir/deeper/state.db");
-        let toml = format!(
-            "[store]\npath = \"{}\"\n{}",
-            ro_dir.display(),
-            config(&[("blue", &["127.0.0.1:9".parse().unwrap()])], "")
-        );
-        let cfg = switchyard::config::parse(&toml, "t.toml", dir.path()).unwrap();
-        let err = match Server::start(cfg, None).await {
-            Ok(_) => panic!("started on an unopenable database"),
-            Err(e) => e.to_string(),
-        };
+        let unopenable = dir.path().join("missing-dir/deeper/state.db");
+        let err = start_error(&unopenable, dir.path()).await;
         assert!(
             err.contains("state database") && err.contains("deeper/state.db"),
             "{err}"

@@ -68,6 +68,21 @@ async fn aborted_under_traffic(api: &switchyard::client::AdminClient, url: &str,
     .await;
 }
 
+/// Blue and green, a directory with the state database `state.db` and a switchyard on it
+/// whose guard is off.
+async fn unguarded() -> (
+    (TestBackend, TestBackend),
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Server,
+) {
+    let (blue, green) = TestBackend::pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
+    ((blue, green), dir, db, sy)
+}
+
 async fn pending(api: &switchyard::client::AdminClient) -> u64 {
     api.get("/api/v1/status").await.unwrap()["store"]["pending_writes"]
         .as_u64()
@@ -77,10 +92,7 @@ async fn pending(api: &switchyard::client::AdminClient) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_is_recorded_later() {
     bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("state.db");
-        let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
+        let (_backends, _dir, db, sy) = unguarded().await;
         let api = admin(&sy);
         let url = format!("http://{}/", sy.listener_addr("web").await);
         start_rollout(&api, json!({ "kind": "canary", "steps": [
@@ -229,10 +241,7 @@ const GUARD: &str = "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
     bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("state.db");
-        let sy = start_in(&shop(blue.addr, green.addr, "enabled = false"), dir.path()).await;
+        let (_backends, _dir, db, sy) = unguarded().await;
         let api = admin(&sy);
         start_rollout(&api, held_at(50.0)).await;
         paused_at(&api, 5000).await;
