@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::release::*;
 use common::*;
 use serde_json::{json, Value};
 
@@ -36,48 +35,17 @@ fn shop(
         .build()
 }
 
-/// Sends `n` requests over `workers` connections; counts answers by backend.
-async fn measure(
-    url: &str,
-    n: usize,
-    workers: usize,
-    headers: &[(&str, &str)],
-) -> BTreeMap<String, u64> {
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (url, headers) = (url.to_string(), headers.clone());
-        let count = n / workers + usize::from(w < n % workers);
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            let h: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-            for _ in 0..count {
-                let r = get(&c, &url, &h).await.unwrap();
-                assert_eq!(r.status, 200, "{}", r.body);
-                *seen.entry(r.backend().to_string()).or_default() += 1;
-            }
-            seen
-        }));
-    }
-    let mut total = BTreeMap::new();
-    for t in tasks {
-        for (k, v) in t.await.unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
-    total
-}
-
-fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
-    let total: u64 = seen.values().sum();
-    100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
+/// A switchyard for `shop` (see `shop`), its admin client and its listener's URL.
+async fn started(
+    blue: &TestBackend,
+    green: &TestBackend,
+    service_extra: &str,
+    route_extra: &str,
+) -> (Server, switchyard::client::AdminClient, String) {
+    let sy = start(&shop(blue.addr, green.addr, service_extra, route_extra)).await;
+    let api = admin(&sy);
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    (sy, api, url)
 }
 
 /// The error a POST of `body` to `path` is refused with.
@@ -90,360 +58,377 @@ async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String
     post_err(api, "/api/v1/rollouts", body).await
 }
 
-fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
-    move |r| r["status"] == "paused" && r["weight"] == weight
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    let steps = json!({ "kind": "canary", "steps": [
-        { "weight": 5 }, { "pause": "until-promoted" },
-        { "weight": 25 }, { "pause": "until-promoted" },
-        { "weight": 50 }, { "pause": "until-promoted" },
-    ]});
-    let r = start_rollout(&api, steps).await;
-    assert_eq!(r["steps"][0], "set weight 5%");
-    for pct in [5u64, 25, 50] {
-        wait_rollout(&api, "paused at step", paused_at(pct * 100)).await;
-        let t = std::time::Instant::now();
-        let seen = measure(&url, 20_000, 16, &[]).await;
-        let g = share(&seen, "green");
-        assert!((g - pct as f64).abs() <= 1.0, "at {pct}% green got {g:.2}%");
-        // The observed split over this step's traffic only (samples come every 250 ms).
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let window = t.elapsed().as_millis() as u64 - 250;
-        let status = api
-            .get(&format!("/api/v1/services/shop/rollout?window={window}"))
-            .await
-            .unwrap();
-        let observed = status["observed"]["green"]
-            .as_f64()
-            .expect("observed split");
-        assert!(
-            (observed * 100.0 - pct as f64).abs() <= 2.0,
-            "observed {observed} at {pct}% (window {window} ms, measured in {:?}): {status}",
-            t.elapsed()
-        );
-        api.post("/api/v1/services/shop/rollout/promote", json!({}))
-            .await
-            .unwrap();
-    }
-    let r = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    assert_eq!(r["split"], json!({ "green": 10000 }));
-    let seen = measure(&url, 200, 4, &[]).await;
-    assert_eq!(seen.get("green"), Some(&200));
-    // The candidate is the new stable group: a rollout back to blue is allowed.
-    let s = api.get("/api/v1/status").await.unwrap();
-    assert_eq!(s["services"][0]["stable"], "green");
+    bounded(LOAD_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let (_sy, api, url) = started(&blue, &green, "", "").await;
+        let steps = json!({ "kind": "canary", "steps": [
+            { "weight": 5 }, { "pause": "until-promoted" },
+            { "weight": 25 }, { "pause": "until-promoted" },
+            { "weight": 50 }, { "pause": "until-promoted" },
+        ]});
+        let r = start_rollout(&api, steps).await;
+        assert_eq!(r["steps"][0], "set weight 5%");
+        for pct in [5u64, 25, 50] {
+            wait_rollout(&api, "paused at step", paused_at(pct * 100)).await;
+            let t = std::time::Instant::now();
+            // The split follows a low-discrepancy sequence, so that any run of requests is
+            // split as the weights say: 5000 requests are plenty for one point.
+            let seen = measure(&url, 5_000, 16, &[]).await;
+            let g = share(&seen, "green");
+            assert!((g - pct as f64).abs() <= 1.0, "at {pct}% green got {g:.2}%");
+            // The observed split over this step's traffic only (samples come every 250 ms).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let window = t.elapsed().as_millis() as u64 - 250;
+            let status = api
+                .get(&format!("/api/v1/services/shop/rollout?window={window}"))
+                .await
+                .unwrap();
+            let observed = status["observed"]["green"]
+                .as_f64()
+                .expect("observed split");
+            assert!(
+                (observed * 100.0 - pct as f64).abs() <= 1.0,
+                "observed {observed} at {pct}% (window {window} ms, measured in {:?}): {status}",
+                t.elapsed()
+            );
+            promote(&api).await;
+        }
+        let r = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+        assert_eq!(r["split"], json!({ "green": 10000 }));
+        let seen = measure(&url, 200, 4, &[]).await;
+        assert_eq!(seen.get("green"), Some(&200));
+        // The candidate is the new stable group: a rollout back to blue is allowed.
+        let s = api.get("/api/v1/status").await.unwrap();
+        assert_eq!(s["services"][0]["stable"], "green");
 
-    let events = api
-        .get("/api/v1/events?service=shop&limit=100")
-        .await
-        .unwrap();
-    let kinds: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "started",
-            "weight",
-            "paused",
-            "promoted",
-            "weight",
-            "paused",
-            "promoted",
-            "weight",
-            "paused",
-            "promoted",
-            "completed"
-        ]
-    );
+        let events = api
+            .get("/api/v1/events?service=shop&limit=100")
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "started",
+                "weight",
+                "paused",
+                "promoted",
+                "weight",
+                "paused",
+                "promoted",
+                "weight",
+                "paused",
+                "promoted",
+                "completed"
+            ]
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 0.5 }, { "pause": "until-promoted" }] }),
-    )
+    bounded(LOAD_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let (_sy, api, url) = started(&blue, &green, "", "").await;
+        start_held(&api, 0.5).await;
+        let seen = measure(&url, 40_000, 16, &[]).await;
+        let g = share(&seen, "green");
+        assert!((g - 0.5).abs() <= 0.2, "green got {g:.3}% at 0.5%");
+    })
     .await;
-    wait_rollout(&api, "paused at 0.5%", paused_at(50)).await;
-    let seen = measure(&url, 40_000, 16, &[]).await;
-    let g = share(&seen, "green");
-    assert!((g - 0.5).abs() <= 0.2, "green got {g:.3}% at 0.5%");
+}
+
+/// The candidate's weight set by each `weight` (and the `completed`) event of rollout `id`,
+/// oldest first, with the event's time (Unix ms).
+async fn weights(
+    api: &switchyard::client::AdminClient,
+    id: u64,
+    candidate: &str,
+) -> Vec<(u64, i64)> {
+    let mut out: Vec<(u64, i64)> = events(api, &format!("rollout={id}"))
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "weight" || e["kind"] == "completed")
+        .map(|e| {
+            (
+                e["to"][candidate].as_u64().unwrap_or(0),
+                e["at"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-    let api = admin(&sy);
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
+        let api = admin(&sy);
 
-    // A canary with timed pauses.
-    let r = start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [
-            { "weight": 10 }, { "pause": "200ms" }, { "weight": 40 }, { "pause": "200ms" }
-        ]}),
-    )
-    .await;
-    let id = r["id"].as_u64().unwrap();
-    wait_rollout(&api, "weight 40", |r| r["weight"] == 4000).await;
-    wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    let events = api
-        .get(&format!("/api/v1/events?rollout={id}"))
-        .await
-        .unwrap();
-    let reasons: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|e| e["reason"].as_str().unwrap())
-        .collect();
-    assert!(
-        reasons.contains(&"step 2: pause of 200ms over"),
-        "{reasons:?}"
-    );
-
-    // A linear preset: 25, 50, 75 then all, every 150 ms; then back with all-at-once.
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "blue", "strategy": "linear-25pct-every-150ms" }),
-    )
-    .await
-    .unwrap();
-    let mut seen_weights = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = rollout(&api).await;
-        let w = r["weight"].as_u64().unwrap();
-        if seen_weights.last() != Some(&w) {
-            seen_weights.push(w);
+        // A canary with timed pauses.
+        let r = start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [
+                { "weight": 10 }, { "pause": "200ms" }, { "weight": 40 }, { "pause": "200ms" }
+            ]}),
+        )
+        .await;
+        let id = r["id"].as_u64().unwrap();
+        // The steps are read back from the events once it completed, not caught by polling
+        // (a 200 ms step can pass between two polls on a loaded box).
+        wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+        let steps = weights(&api, id, "green").await;
+        assert_eq!(
+            steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1000, 4000, 10000]
+        );
+        for pair in steps.windows(2) {
+            assert!(
+                pair[1].1 - pair[0].1 >= 199,
+                "a 200ms pause took {} ms",
+                pair[1].1 - pair[0].1
+            );
         }
-        if r["status"] == "completed" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(seen_weights.last(), Some(&10000));
-    assert!(seen_weights.contains(&5000), "{seen_weights:?}");
+        let reasons: Vec<String> = events(&api, &format!("rollout={id}"))
+            .await
+            .iter()
+            .map(|e| reason(e).to_string())
+            .collect();
+        assert!(
+            reasons.iter().any(|r| r == "step 2: pause of 200ms over"),
+            "{reasons:?}"
+        );
 
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": "all-at-once" }),
+        // A linear preset: 25, 50, 75 then all, every 150 ms; then back with all-at-once.
+        let r = api
+            .post(
+                "/api/v1/rollouts",
+                json!({ "service": "shop", "candidate": "blue", "strategy": "linear-25pct-every-150ms" }),
+            )
+            .await
+            .unwrap();
+        let id = r["id"].as_u64().unwrap();
+        wait_rollout(&api, "completed", |r| {
+            r["status"] == "completed" && r["candidate"] == "blue"
+        })
+        .await;
+        let steps = weights(&api, id, "blue").await;
+        assert_eq!(
+            steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [2500, 5000, 7500, 10000]
+        );
+
+        let r = api
+            .post(
+                "/api/v1/rollouts",
+                json!({ "service": "shop", "candidate": "green", "strategy": "all-at-once" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["steps"], json!(["set weight 100%"]));
+        wait_rollout(&api, "completed", |r| {
+            r["status"] == "completed" && r["candidate"] == "green"
+        })
+        .await;
+        assert_eq!(
+            measure(
+                &format!("http://{}/", sy.listener_addr("web").await),
+                50,
+                2,
+                &[]
+            )
+            .await
+            .get("green"),
+            Some(&50)
+        );
+
+        // A CodeDeploy preset by name, promoted fully instead of waiting 5 minutes.
+        let r = api
+            .post(
+                "/api/v1/rollouts",
+                json!({ "service": "shop", "candidate": "blue", "strategy": "canary-10pct-5m" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["steps"], json!(["set weight 10%", "pause 5m"]));
+        wait_rollout(&api, "at 10%", |r| r["weight"] == 1000).await;
+        api.post(
+            "/api/v1/services/shop/rollout/promote",
+            json!({ "full": true }),
         )
         .await
         .unwrap();
-    assert_eq!(r["steps"], json!(["set weight 100%"]));
-    wait_rollout(&api, "completed", |r| {
-        r["status"] == "completed" && r["candidate"] == "green"
-    })
-    .await;
-    assert_eq!(
-        measure(
-            &format!("http://{}/", sy.listener_addr("web").await),
-            50,
-            2,
-            &[]
-        )
-        .await
-        .get("green"),
-        Some(&50)
-    );
-
-    // A CodeDeploy preset by name, promoted fully instead of waiting 5 minutes.
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "blue", "strategy": "canary-10pct-5m" }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r["steps"], json!(["set weight 10%", "pause 5m"]));
-    wait_rollout(&api, "at 10%", |r| r["weight"] == 1000).await;
-    api.post(
-        "/api/v1/services/shop/rollout/promote",
-        json!({ "full": true }),
-    )
-    .await
-    .unwrap();
-    wait_rollout(&api, "completed", |r| {
-        r["status"] == "completed" && r["candidate"] == "blue"
+        wait_rollout(&api, "completed", |r| {
+            r["status"] == "completed" && r["candidate"] == "blue"
+        })
+        .await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_analysis_step_holds_the_rollout_until_promoted() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-    let api = admin(&sy);
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 20 }, { "analysis": "smoke" }] }),
-    )
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
+        let api = admin(&sy);
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [{ "weight": 20 }, { "analysis": "smoke" }] }),
+        )
+        .await;
+        let r = wait_rollout(&api, "held at analysis", |r| r["status"] == "paused").await;
+        assert_eq!(r["weight"], 2000);
+        // Far too little traffic for a verdict: held for a person, never promoted by itself.
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("analysis inconclusive: smoke"),
+            "{r}"
+        );
+        promote(&api).await;
+        wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+    })
     .await;
-    let r = wait_rollout(&api, "held at analysis", |r| r["status"] == "paused").await;
-    assert_eq!(r["weight"], 2000);
-    // Far too little traffic for a verdict: held for a person, never promoted by itself.
-    assert!(
-        r["reason"]
-            .as_str()
-            .unwrap()
-            .contains("analysis inconclusive: smoke"),
-        "{r}"
-    );
-    api.post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap();
-    wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        "[service.stickiness]\nkey = \"header:x-user\"",
-        "",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [
-            { "weight": 5 }, { "pause": "until-promoted" },
-            { "weight": 25 }, { "pause": "until-promoted" },
-            { "weight": 50 }, { "pause": "until-promoted" },
-        ]}),
-    )
-    .await;
-    const KEYS: usize = 10_000;
-    let mut on_candidate = vec![false; KEYS];
-    for pct in [5u64, 25, 50, 100] {
-        if pct < 100 {
-            wait_rollout(&api, "paused", paused_at(pct * 100)).await;
-        } else {
-            wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-        }
-        // Each key twice: it must see one version within the step.
-        let mut tasks = Vec::new();
-        for w in 0..20 {
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let c = client();
-                let mut out = Vec::new();
-                for k in (w..KEYS).step_by(20) {
-                    let key = format!("user-{k}");
-                    let a = get(&c, &url, &[("x-user", &key)])
-                        .await
-                        .unwrap()
-                        .backend()
-                        .to_string();
-                    let b = get(&c, &url, &[("x-user", &key)])
-                        .await
-                        .unwrap()
-                        .backend()
-                        .to_string();
-                    out.push((k, a, b));
+    bounded(LOAD_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let (_sy, api, url) = started(
+            &blue,
+            &green,
+            "[service.stickiness]\nkey = \"header:x-user\"",
+            "",
+        )
+        .await;
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [
+                { "weight": 5 }, { "pause": "until-promoted" },
+                { "weight": 25 }, { "pause": "until-promoted" },
+                { "weight": 50 }, { "pause": "until-promoted" },
+            ]}),
+        )
+        .await;
+        const KEYS: usize = 10_000;
+        let mut on_candidate = vec![false; KEYS];
+        for pct in [5u64, 25, 50, 100] {
+            if pct < 100 {
+                wait_rollout(&api, "paused", paused_at(pct * 100)).await;
+            } else {
+                wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+            }
+            // Each key twice: it must see one version within the step.
+            let mut tasks = Vec::new();
+            for w in 0..20 {
+                let url = url.clone();
+                tasks.push(tokio::spawn(async move {
+                    let c = client();
+                    let mut out = Vec::new();
+                    for k in (w..KEYS).step_by(20) {
+                        let key = format!("user-{k}");
+                        let a = get(&c, &url, &[("x-user", &key)])
+                            .await
+                            .unwrap()
+                            .backend()
+                            .to_string();
+                        let b = get(&c, &url, &[("x-user", &key)])
+                            .await
+                            .unwrap()
+                            .backend()
+                            .to_string();
+                        out.push((k, a, b));
+                    }
+                    out
+                }));
+            }
+            let mut green_count = 0;
+            for t in tasks {
+                for (k, a, b) in t.await.unwrap() {
+                    assert_eq!(a, b, "key {k} saw two versions at {pct}%");
+                    let now_green = a == "green";
+                    assert!(
+                        !on_candidate[k] || now_green,
+                        "key {k} went back from green to blue at {pct}%"
+                    );
+                    on_candidate[k] = now_green;
+                    green_count += usize::from(now_green);
                 }
-                out
-            }));
-        }
-        let mut green_count = 0;
-        for t in tasks {
-            for (k, a, b) in t.await.unwrap() {
-                assert_eq!(a, b, "key {k} saw two versions at {pct}%");
-                let now_green = a == "green";
-                assert!(
-                    !on_candidate[k] || now_green,
-                    "key {k} went back from green to blue at {pct}%"
-                );
-                on_candidate[k] = now_green;
-                green_count += usize::from(now_green);
+            }
+            let g = 100.0 * green_count as f64 / KEYS as f64;
+            assert!(
+                (g - pct as f64).abs() <= 1.5,
+                "{g:.2}% of keys on green at {pct}%"
+            );
+            if pct < 100 {
+                promote(&api).await;
             }
         }
-        let g = 100.0 * green_count as f64 / KEYS as f64;
-        assert!(
-            (g - pct as f64).abs() <= 1.5,
-            "{g:.2}% of keys on green at {pct}%"
-        );
-        if pct < 100 {
-            api.post("/api/v1/services/shop/rollout/promote", json!({}))
-                .await
-                .unwrap();
-        }
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        "[service.stickiness]\ncookie = \"sy_pin\"\ncookie_max_age = \"1h\"",
-        "",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-    )
-    .await;
-    wait_rollout(&api, "paused", paused_at(5000)).await;
-    let c = client();
-    let mut versions = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        let first = get(&c, &url, &[]).await.unwrap();
-        let set = first.headers["set-cookie"].to_str().unwrap().to_string();
-        assert!(
-            set.starts_with("sy_pin=") && set.contains("Max-Age=3600"),
-            "{set}"
-        );
-        let cookie = set.split(';').next().unwrap().to_string();
-        for _ in 0..5 {
-            let r = get(&c, &url, &[("cookie", &cookie)]).await.unwrap();
-            assert!(r.headers.get("set-cookie").is_none());
-            assert_eq!(
-                r.backend(),
-                first.backend(),
-                "a pinned client changed version"
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let (_sy, api, url) = started(
+            &blue,
+            &green,
+            "[service.stickiness]\ncookie = \"sy_pin\"\ncookie_max_age = \"1h\"",
+            "",
+        )
+        .await;
+        start_held(&api, 50.0).await;
+        let c = client();
+        let mut versions = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let first = get(&c, &url, &[]).await.unwrap();
+            let set = first.headers["set-cookie"].to_str().unwrap().to_string();
+            assert!(
+                set.starts_with("sy_pin=") && set.contains("Max-Age=3600"),
+                "{set}"
             );
+            let cookie = set.split(';').next().unwrap().to_string();
+            for _ in 0..5 {
+                let r = get(&c, &url, &[("cookie", &cookie)]).await.unwrap();
+                assert!(r.headers.get("set-cookie").is_none());
+                assert_eq!(
+                    r.backend(),
+                    first.backend(),
+                    "a pinned client changed version"
+                );
+            }
+            versions.insert(first.backend().to_string());
         }
-        versions.insert(first.backend().to_string());
-    }
-    assert_eq!(
-        versions.len(),
-        2,
-        "20 new clients at 50% all got one version"
-    );
+        assert_eq!(
+            versions.len(),
+            2,
+            "20 new clients at 50% all got one version"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_force_a_group_before_the_split() {
-    let (blue, green) = TestBackend::pair().await;
-    let routes = r#"
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let routes = r#"
 [[route.override]]
 group_from_header = "x-switchyard-group"
 [[route.override]]
@@ -456,474 +441,412 @@ country = ["NZ"]
 group = "candidate"
 source = ["10.0.0.0/8"]
 "#;
-    let sy = start(&shop(blue.addr, green.addr, "", routes)).await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    let c = client();
-    let via = |h: &'static [(&'static str, &'static str)]| {
-        let (c, url) = (c.clone(), url.clone());
-        async move { get(&c, &url, h).await.unwrap().backend().to_string() }
-    };
-    assert_eq!(via(&[]).await, "blue");
-    assert_eq!(via(&[("x-switchyard-group", "green")]).await, "green");
-    assert_eq!(
-        via(&[("x-switchyard-group", "nope")]).await,
-        "blue",
-        "an unknown group is ignored"
-    );
-    assert_eq!(via(&[("cloudfront-viewer-country", "nz")]).await, "green");
-    assert_eq!(
-        via(&[("cookie", "beta=yes")]).await,
-        "blue",
-        "no rollout: no candidate"
-    );
+        let (_sy, api, url) = started(&blue, &green, "", routes).await;
+        let c = client();
+        let via = |h: &'static [(&'static str, &'static str)]| {
+            let (c, url) = (c.clone(), url.clone());
+            async move { get(&c, &url, h).await.unwrap().backend().to_string() }
+        };
+        assert_eq!(via(&[]).await, "blue");
+        assert_eq!(via(&[("x-switchyard-group", "green")]).await, "green");
+        assert_eq!(
+            via(&[("x-switchyard-group", "nope")]).await,
+            "blue",
+            "an unknown group is ignored"
+        );
+        assert_eq!(via(&[("cloudfront-viewer-country", "nz")]).await, "green");
+        assert_eq!(
+            via(&[("cookie", "beta=yes")]).await,
+            "blue",
+            "no rollout: no candidate"
+        );
 
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "pause": "until-promoted" }] }),
-    )
+        start_held(&api, 0.0).await;
+        assert_eq!(via(&[("cookie", "a=1; beta=yes")]).await, "green");
+        assert_eq!(via(&[("x-switchyard-group", "candidate")]).await, "green");
+        assert_eq!(via(&[("x-switchyard-group", "stable")]).await, "blue");
+        assert_eq!(
+            via(&[]).await,
+            "blue",
+            "the candidate gets no public traffic at 0%"
+        );
+        // The source override does not match loopback clients.
+        assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
+    })
     .await;
-    wait_rollout(&api, "paused", paused_at(0)).await;
-    assert_eq!(via(&[("cookie", "a=1; beta=yes")]).await, "green");
-    assert_eq!(via(&[("x-switchyard-group", "candidate")]).await, "green");
-    assert_eq!(via(&[("x-switchyard-group", "stable")]).await, "blue");
-    assert_eq!(
-        via(&[]).await,
-        "blue",
-        "the candidate gets no public traffic at 0%"
-    );
-    // The source override does not match loopback clients.
-    assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
-}
-
-/// Runs clients until `stop`; returns the number of failed requests.
-fn load(url: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<u64>> {
-    (0..8)
-        .map(|_| {
-            let (url, stop) = (url.clone(), stop.clone());
-            tokio::spawn(async move {
-                let c = client();
-                let (mut n, mut failed) = (0, 0);
-                while !stop.load(Ordering::SeqCst) && n < 50_000 {
-                    n += 1;
-                    if !get(&c, &url, &[]).await.is_ok_and(|r| r.status == 200) {
-                        failed += 1;
-                    }
-                }
-                failed
-            })
-        })
-        .collect()
-}
-
-async fn failures(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
-    let mut f = 0;
-    for t in tasks {
-        f += t.await.unwrap();
-    }
-    f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(url.clone(), stop.clone());
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-    )
-    .await;
-    wait_rollout(&api, "at 50%", paused_at(5000)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let green_before = green.hits();
-    let r = api
-        .post(
-            "/api/v1/services/shop/rollout/abort",
-            json!({ "reason": "errors in the logs" }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r["status"], "aborted");
-    assert_eq!(r["reason"], "aborted by admin: errors in the logs");
-    let after_abort = green.hits();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(failures(tasks).await, 0);
-    assert!(green_before > 0);
-    assert!(
-        green.hits() - after_abort <= 8,
-        "at most the in-flight requests reached green after the abort"
-    );
-    assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
+    bounded(LOAD_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let (_sy, api, url) = started(&blue, &green, "", "").await;
+        let load = Load::start(url.clone(), 8, &[]);
+        start_held(&api, 50.0).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let green_before = green.hits();
+        let r = api
+            .post(
+                "/api/v1/services/shop/rollout/abort",
+                json!({ "reason": "errors in the logs" }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["status"], "aborted");
+        assert_eq!(r["reason"], "aborted by admin: errors in the logs");
+        let after_abort = green.hits();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(load.stop().await, 0);
+        assert!(green_before > 0);
+        assert!(
+            green.hits() - after_abort <= 8,
+            "at most the in-flight requests reached green after the abort"
+        );
+        assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
 
-    // Retry starts from the first step again.
-    let r = api
-        .post("/api/v1/services/shop/rollout/retry", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["attempt"], 1);
-    wait_rollout(&api, "at 50% again", paused_at(5000)).await;
+        // Retry starts from the first step again.
+        let r = verb(&api, "retry", json!({})).await;
+        assert_eq!(r["attempt"], 1);
+        wait_rollout(&api, "at 50% again", paused_at(5000)).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_a_failed_request() {
-    let (blue, green) = TestBackend::pair().await;
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("torn-down");
-    let strategy = format!(
-        "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"600ms\"\nteardown = \"echo $SWITCHYARD_GROUP > {}\"",
-        marker.display()
-    );
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        &strategy,
-        "[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(url.clone(), stop.clone());
+    bounded(LOAD_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("torn-down");
+        let strategy = format!(
+            "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"1h\"\nteardown = \"echo $SWITCHYARD_GROUP > {}\"",
+            marker.display()
+        );
+        let (_sy, api, url) = started(&blue, &green, &strategy, "[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }").await;
+        let load = Load::start(url.clone(), 8, &[]);
 
-    // Preview: the candidate only through the preview route.
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green" }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r["strategy"]["name"], "blue-green");
-    wait_rollout(&api, "waiting for promotion", paused_at(0)).await;
-    assert_eq!(
-        get(&client(), &url, &[("x-preview", "1")])
+        // Preview: the candidate only through the preview route.
+        let r = api
+            .post(
+                "/api/v1/rollouts",
+                json!({ "service": "shop", "candidate": "green" }),
+            )
             .await
-            .unwrap()
-            .backend(),
-        "green"
-    );
-    assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+            .unwrap();
+        assert_eq!(r["strategy"]["name"], "blue-green");
+        wait_rollout(&api, "waiting for promotion", paused_at(0)).await;
+        assert_eq!(
+            get(&client(), &url, &[("x-preview", "1")])
+                .await
+                .unwrap()
+                .backend(),
+            "green"
+        );
+        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
 
-    // Promotion: the atomic switch; then the window in which abort is the rollback.
-    api.post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap();
-    wait_rollout(&api, "switched", |r| r["weight"] == 10000).await;
-    assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
-    api.post("/api/v1/services/shop/rollout/abort", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(measure(&url, 50, 2, &[]).await.get("blue"), Some(&50));
+        // Promotion: the atomic switch; then the window in which abort is the rollback (an hour,
+        // so that it cannot run out while the test measures: promote ends it below).
+        promote(&api).await;
+        let r = wait_rollout(&api, "switched", |r| r["weight"] == 10000).await;
+        assert_eq!(r["status"], "progressing", "in the scale-down window: {r}");
+        assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
+        verb(&api, "abort", json!({})).await;
+        assert_eq!(measure(&url, 50, 2, &[]).await.get("blue"), Some(&50));
 
-    // Again, this time to the end: the old group is retired and torn down.
-    api.post("/api/v1/services/shop/rollout/retry", json!({}))
-        .await
-        .unwrap();
-    wait_rollout(&api, "waiting for promotion", paused_at(0)).await;
-    api.post("/api/v1/services/shop/rollout/promote", json!({}))
-        .await
-        .unwrap();
-    let r = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    assert_eq!(r["split"], json!({ "green": 10000 }));
-    assert_eq!(
-        std::fs::read_to_string(&marker).unwrap().trim(),
-        "blue",
-        "teardown ran for the old group"
-    );
-    let events = api
-        .get("/api/v1/events?service=shop&kind=retired")
-        .await
-        .unwrap();
-    assert!(
-        events[0]["reason"].as_str().unwrap().contains("teardown"),
-        "{events}"
-    );
+        // Again, this time to the end: the old group is retired and torn down.
+        verb(&api, "retry", json!({})).await;
+        wait_rollout(&api, "waiting for promotion", paused_at(0)).await;
+        promote(&api).await;
+        wait_rollout(&api, "switched again", |r| r["weight"] == 10000).await;
+        // A promotion in the scale-down window retires the old group now.
+        promote(&api).await;
+        let r = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+        assert_eq!(r["split"], json!({ "green": 10000 }));
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap().trim(),
+            "blue",
+            "teardown ran for the old group"
+        );
+        let events = api
+            .get("/api/v1/events?service=shop&kind=retired")
+            .await
+            .unwrap();
+        assert!(
+            events[0]["reason"].as_str().unwrap().contains("teardown"),
+            "{events}"
+        );
 
-    // Undo: one command back to blue.
-    let r = api
-        .post("/api/v1/services/shop/rollout/undo", json!({}))
-        .await
-        .unwrap();
-    assert_eq!(r["status"], "rolled_back");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(
-        failures(tasks).await,
-        0,
-        "no request failed across preview, switch, rollback, retire, undo"
-    );
-    assert_eq!(measure(&url, 50, 2, &[]).await.get("blue"), Some(&50));
+        // Undo: one command back to blue.
+        let r = verb(&api, "undo", json!({})).await;
+        assert_eq!(r["status"], "rolled_back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            load.stop().await,
+            0,
+            "no request failed across preview, switch, rollback, retire, undo"
+        );
+        assert_eq!(measure(&url, 50, 2, &[]).await.get("blue"), Some(&50));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_can_promote_itself_after_a_delay() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        "[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"200ms\"\nscale_down_delay = \"0s\"",
-        "",
-    ))
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&shop(
+            blue.addr,
+            green.addr,
+            "[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"1s\"\nscale_down_delay = \"0s\"",
+            "",
+        ))
+        .await;
+        let api = admin(&sy);
+        let r = start_green(&api).await;
+        let id = r["id"].as_u64().unwrap();
+        // Not before the delay: while polled, and by the times the events record. After it: by
+        // itself, with no command.
+        let early = rollout(&api).await;
+        assert_eq!(early["weight"], 0, "switched at once: {early}");
+        wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+        let all = events(&api, &format!("rollout={id}")).await;
+        let at = |kind: &str, green: u64| {
+            all.iter()
+                .find(|e| e["kind"] == kind && e["to"]["green"].as_u64().unwrap_or(0) == green)
+                .unwrap_or_else(|| panic!("no {kind} event to {green}: {all:?}"))["at"]
+                .as_i64()
+                .unwrap()
+        };
+        let waited = at("weight", 10000) - at("started", 0);
+        // The events' times are whole milliseconds: 1 ms of rounding.
+        assert!(
+            waited >= 999,
+            "promoted {waited} ms after the start, before the 1s delay"
+        );
+        assert!(
+            all.iter()
+                .all(|e| e["actor"] != "admin" || e["kind"] == "started"),
+            "nobody promoted it: {all:?}"
+        );
+    })
     .await;
-    let api = admin(&sy);
-    start_green(&api).await;
-    wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
 }
 
 #[tokio::test]
 async fn rollout_api_errors_say_what_is_wrong() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-    let api = admin(&sy);
-    let err = |r: Result<Value, switchyard::client::ClientError>| r.unwrap_err().to_string();
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
+        let api = admin(&sy);
+        let err = |r: Result<Value, switchyard::client::ClientError>| r.unwrap_err().to_string();
 
-    let e = err(api.get("/api/v1/services/shop/rollout").await);
-    assert!(e.contains("404") && e.contains("has no rollout"), "{e}");
-    let e = start_err(&api, json!({ "service": "nope", "candidate": "green" })).await;
-    assert!(
-        e.contains("404") && e.contains("no service named \"nope\""),
-        "{e}"
-    );
-    let e = start_err(&api, json!({ "service": "shop", "candidate": "teal" })).await;
-    assert!(
-        e.contains("404") && e.contains("no group named \"teal\""),
-        "{e}"
-    );
-    let e = start_err(&api, json!({ "service": "shop", "candidate": "blue" })).await;
-    assert!(
-        e.contains("422") && e.contains("already the stable group"),
-        "{e}"
-    );
-    let e = start_err(
-        &api,
-        json!({ "service": "shop", "candidate": "green", "strategy": "canary-ish" }),
-    )
-    .await;
-    assert!(
-        e.contains("422") && e.contains("unknown strategy \"canary-ish\""),
-        "{e}"
-    );
-    let bad_steps = json!({ "service": "shop", "candidate": "green",
-        "strategy": { "kind": "canary", "steps": [{ "weight": 5 }, { "pause": "soon" }, { "analysis": "nope" }] } });
-    let e = err(api.post("/api/v1/rollouts", bad_steps).await);
-    assert!(
-        e.contains("strategy.steps[1].pause: \"soon\" is not a duration"),
-        "{e}"
-    );
-    assert!(
-        e.contains("strategy.steps[2].analysis: no analysis named \"nope\""),
-        "{e}"
-    );
-    let e = start_err(&api, json!({ "service": "shop" })).await;
-    assert!(e.contains("422") && e.contains("candidate"), "{e}");
+        let e = err(api.get("/api/v1/services/shop/rollout").await);
+        assert!(e.contains("404") && e.contains("has no rollout"), "{e}");
+        let e = start_err(&api, json!({ "service": "nope", "candidate": "green" })).await;
+        assert!(
+            e.contains("404") && e.contains("no service named \"nope\""),
+            "{e}"
+        );
+        let e = start_err(&api, json!({ "service": "shop", "candidate": "teal" })).await;
+        assert!(
+            e.contains("404") && e.contains("no group named \"teal\""),
+            "{e}"
+        );
+        let e = start_err(&api, json!({ "service": "shop", "candidate": "blue" })).await;
+        assert!(
+            e.contains("422") && e.contains("already the stable group"),
+            "{e}"
+        );
+        let e = start_err(
+            &api,
+            json!({ "service": "shop", "candidate": "green", "strategy": "canary-ish" }),
+        )
+        .await;
+        assert!(
+            e.contains("422") && e.contains("unknown strategy \"canary-ish\""),
+            "{e}"
+        );
+        let bad_steps = json!({ "service": "shop", "candidate": "green",
+            "strategy": { "kind": "canary", "steps": [{ "weight": 5 }, { "pause": "soon" }, { "analysis": "nope" }] } });
+        let e = err(api.post("/api/v1/rollouts", bad_steps).await);
+        assert!(
+            e.contains("strategy.steps[1].pause: \"soon\" is not a duration"),
+            "{e}"
+        );
+        assert!(
+            e.contains("strategy.steps[2].analysis: no analysis named \"nope\""),
+            "{e}"
+        );
+        let e = start_err(&api, json!({ "service": "shop" })).await;
+        assert!(e.contains("422") && e.contains("candidate"), "{e}");
 
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
-    )
-    .await;
-    wait_rollout(&api, "waiting for promotion", paused_at(1000)).await;
-    let e = start_err(&api, json!({ "service": "shop", "candidate": "green" })).await;
-    assert!(
-        e.contains("409") && e.contains("rollout in progress"),
-        "{e}"
-    );
-    let e = post_err(
-        &api,
-        "/api/v1/services/shop/switch",
-        json!({ "group": "green" }),
-    )
-    .await;
-    assert!(
-        e.contains("409") && e.contains("promote or abort it instead"),
-        "{e}"
-    );
-    let e = post_err(&api, "/api/v1/services/shop/rollout/undo", json!({})).await;
-    assert!(
-        e.contains("409") && e.contains("only a completed rollout can be undone"),
-        "{e}"
-    );
-    let e = post_err(&api, "/api/v1/services/shop/rollout/resume", json!({})).await;
-    assert!(
-        e.contains("409") && e.contains("waits for promotion, not for resume: use promote"),
-        "{e}"
-    );
-    let e = post_err(&api, "/api/v1/services/shop/rollout/launch", json!({})).await;
-    assert!(
-        e.contains("404") && e.contains("no rollout verb \"launch\""),
-        "{e}"
-    );
-    let e = post_err(
-        &api,
-        "/api/v1/services/shop/rollout/promote",
-        json!({ "ful": true }),
-    )
-    .await;
-    assert!(e.contains("422") && e.contains("unknown field"), "{e}");
+        start_held(&api, 10.0).await;
+        let e = start_err(&api, json!({ "service": "shop", "candidate": "green" })).await;
+        assert!(
+            e.contains("409") && e.contains("rollout in progress"),
+            "{e}"
+        );
+        let e = post_err(
+            &api,
+            "/api/v1/services/shop/switch",
+            json!({ "group": "green" }),
+        )
+        .await;
+        assert!(
+            e.contains("409") && e.contains("promote or abort it instead"),
+            "{e}"
+        );
+        let e = verb_err(&api, "undo", json!({})).await;
+        assert!(
+            e.contains("409") && e.contains("only a completed rollout can be undone"),
+            "{e}"
+        );
+        let e = verb_err(&api, "resume", json!({})).await;
+        assert!(
+            e.contains("409") && e.contains("waits for promotion, not for resume: use promote"),
+            "{e}"
+        );
+        let e = verb_err(&api, "launch", json!({})).await;
+        assert!(
+            e.contains("404") && e.contains("no rollout verb \"launch\""),
+            "{e}"
+        );
+        let e = post_err(
+            &api,
+            "/api/v1/services/shop/rollout/promote",
+            json!({ "ful": true }),
+        )
+        .await;
+        assert!(e.contains("422") && e.contains("unknown field"), "{e}");
 
-    api.post(
-        "/api/v1/services/shop/rollout/promote",
-        json!({ "full": true }),
-    )
-    .await
-    .unwrap();
-    wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    let e = post_err(&api, "/api/v1/services/shop/rollout/promote", json!({})).await;
-    assert!(
-        e.contains("409") && e.contains("is completed: only an active rollout can be promoted"),
-        "{e}"
-    );
-    let e = post_err(&api, "/api/v1/services/shop/rollout/retry", json!({})).await;
-    assert!(e.contains("409"), "{e}");
+        api.post(
+            "/api/v1/services/shop/rollout/promote",
+            json!({ "full": true }),
+        )
+        .await
+        .unwrap();
+        wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+        let e = verb_err(&api, "promote", json!({})).await;
+        assert!(
+            e.contains("409") && e.contains("is completed: only an active rollout can be promoted"),
+            "{e}"
+        );
+        let e = verb_err(&api, "retry", json!({})).await;
+        assert!(e.contains("409"), "{e}");
 
-    let spec: Value = serde_json::from_str(switchyard::api::OPENAPI).unwrap();
-    assert_eq!(spec["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        let spec: Value = serde_json::from_str(switchyard::api::OPENAPI).unwrap();
+        assert_eq!(spec["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    })
+    .await;
 }
 
-#[tokio::test]
-async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("state.db");
-    std::fs::write(&db, vec![b'x'; 4096]).unwrap();
+/// Why a switchyard with its state in `db` does not start.
+async fn start_error(db: &std::path::Path, dir: &std::path::Path) -> String {
     let toml = format!(
         "[store]\npath = \"{}\"\n{}",
         db.display(),
         config(&[("blue", &["127.0.0.1:9".parse().unwrap()])], "")
     );
-    let cfg = switchyard::config::parse(&toml, "t.toml", dir.path()).unwrap();
-    let err = match Server::start(cfg, None).await {
-        Ok(_) => panic!("started on a corrupt database"),
+    let cfg = switchyard::config::parse(&toml, "t.toml", dir).unwrap();
+    match Server::start(cfg, None).await {
+        Ok(_) => panic!("started on {}", db.display()),
         Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains("state.db") && err.contains("not a database"),
-        "{err}"
-    );
+    }
+}
 
-    let ro_dir = dir.path().join("missing-dir/deeper/state.db");
-    let toml = format!(
-        "[store]\npath = \"{}\"\n{}",
-        ro_dir.display(),
-        config(&[("blue", &["127.0.0.1:9".parse().unwrap()])], "")
-    );
-    let cfg = switchyard::config::parse(&toml, "t.toml", dir.path()).unwrap();
-    let err = match Server::start(cfg, None).await {
-        Ok(_) => panic!("started on an unopenable database"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        err.contains("state database") && err.contains("deeper/state.db"),
-        "{err}"
-    );
+#[tokio::test]
+async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
+    bounded(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        std::fs::write(&db, vec![b'x'; 4096]).unwrap();
+        let err = start_error(&db, dir.path()).await;
+        assert!(
+            err.contains("state.db") && err.contains("not a database"),
+            "{err}"
+        );
+
+        let unopenable = dir.path().join("missing-dir/deeper/state.db");
+        let err = start_error(&unopenable, dir.path()).await;
+        assert!(
+            err.contains("state database") && err.contains("deeper/state.db"),
+            "{err}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
-    let (blue, green) = TestBackend::pair().await;
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        "",
-        "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-    )
-    .await;
-    wait_rollout(&api, "at 50%", paused_at(5000)).await;
-    // Loopback clients are "internal users": the source override sends them to the candidate.
-    assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
-    drop(sy);
+    bounded(LOAD_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let (sy, api, url) = started(&blue, &green, "", "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]").await;
+        start_held(&api, 50.0).await;
+        // Loopback clients are "internal users": the source override sends them to the candidate.
+        assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
+        drop(sy);
 
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        "[service.stickiness]\nkey = \"cookie:session\"",
-        "",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    start_rollout(
-        &api,
-        json!({ "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] }),
-    )
-    .await;
-    wait_rollout(&api, "at 50%", paused_at(5000)).await;
-    let c = client();
-    let mut per_session = BTreeMap::new();
-    for i in 0..200 {
-        let cookie = format!("session=s{i}");
-        let a = get(&c, &url, &[("cookie", &cookie)])
-            .await
-            .unwrap()
-            .backend()
-            .to_string();
-        let b = get(&c, &url, &[("cookie", &cookie)])
-            .await
-            .unwrap()
-            .backend()
-            .to_string();
-        assert_eq!(a, b, "session {i} changed version");
-        *per_session.entry(a).or_insert(0) += 1;
-    }
-    assert!(per_session.len() == 2, "{per_session:?}");
+        let (sy, api, url) = started(&blue, &green, "[service.stickiness]\nkey = \"cookie:session\"", "").await;
+        start_held(&api, 50.0).await;
+        let c = client();
+        let mut per_session = BTreeMap::new();
+        for i in 0..200 {
+            let cookie = format!("session=s{i}");
+            let a = get(&c, &url, &[("cookie", &cookie)])
+                .await
+                .unwrap()
+                .backend()
+                .to_string();
+            let b = get(&c, &url, &[("cookie", &cookie)])
+                .await
+                .unwrap()
+                .backend()
+                .to_string();
+            assert_eq!(a, b, "session {i} changed version");
+            *per_session.entry(a).or_insert(0) += 1;
+        }
+        assert!(per_session.len() == 2, "{per_session:?}");
 
-    // The candidate dies: its users go to stable instead of failing.
-    green.kill();
-    for i in 0..100 {
-        let cookie = format!("session=s{i}");
-        let r = get(&c, &url, &[("cookie", &cookie)]).await.unwrap();
+        // The candidate dies: its users go to stable instead of failing.
+        green.kill();
+        for i in 0..100 {
+            let cookie = format!("session=s{i}");
+            let r = get(&c, &url, &[("cookie", &cookie)]).await.unwrap();
+            assert_eq!(
+                (r.status.as_u16(), r.backend()),
+                (200, "blue"),
+                "session {i}"
+            );
+        }
+        drop(sy);
+
+        // A client IP is a key too: one client, one version (with a live candidate again).
+        let green = TestBackend::start("green").await;
+        let (_sy, api, url) = started(&blue, &green, "[service.stickiness]\nkey = \"client-ip\"", "").await;
+        api.post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "green", "force": true,
+                    "strategy": { "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] } }),
+        )
+        .await
+        .unwrap();
+        wait_rollout(&api, "at 50%", paused_at(5000)).await;
+        let seen = measure(&url, 100, 4, &[]).await;
+        assert_eq!(seen.len(), 1, "one client IP, one version: {seen:?}");
+        let (v, _) = seen.into_iter().next().unwrap();
+        // 127.0.0.1's bucket decides; with the candidate at 100% every key is on it.
+        api.post(
+            "/api/v1/services/shop/rollout/promote",
+            json!({ "full": true }),
+        )
+        .await
+        .unwrap();
+        wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
         assert_eq!(
-            (r.status.as_u16(), r.backend()),
-            (200, "blue"),
-            "session {i}"
+            measure(&url, 20, 2, &[]).await.get("green"),
+            Some(&20),
+            "was on {v}"
         );
-    }
-    drop(sy);
-
-    // A client IP is a key too: one client, one version (with a live candidate again).
-    let green = TestBackend::start("green").await;
-    let sy = start(&shop(
-        blue.addr,
-        green.addr,
-        "[service.stickiness]\nkey = \"client-ip\"",
-        "",
-    ))
+    })
     .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    api.post(
-        "/api/v1/rollouts",
-        json!({ "service": "shop", "candidate": "green", "force": true,
-                "strategy": { "kind": "canary", "steps": [{ "weight": 50 }, { "pause": "until-promoted" }] } }),
-    )
-    .await
-    .unwrap();
-    wait_rollout(&api, "at 50%", paused_at(5000)).await;
-    let seen = measure(&url, 100, 4, &[]).await;
-    assert_eq!(seen.len(), 1, "one client IP, one version: {seen:?}");
-    let (v, _) = seen.into_iter().next().unwrap();
-    // 127.0.0.1's bucket decides; with the candidate at 100% every key is on it.
-    api.post(
-        "/api/v1/services/shop/rollout/promote",
-        json!({ "full": true }),
-    )
-    .await
-    .unwrap();
-    wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    assert_eq!(
-        measure(&url, 20, 2, &[]).await.get("green"),
-        Some(&20),
-        "was on {v}"
-    );
 }

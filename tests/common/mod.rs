@@ -4,6 +4,7 @@
 
 pub mod bin;
 pub mod raw;
+pub mod release;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
