@@ -137,22 +137,6 @@ where
     }
 }
 
-/// Fuzzing entry (cargo-fuzz target `config` and the seeded robustness test): any text
-/// either parses or fails with diagnostics that point into it — never a panic.
-#[doc(hidden)]
-pub fn fuzz(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Err(ConfigError::Invalid(diagnostics)) = parse(text, "fuzz.toml", Path::new(".")) {
-        assert!(!diagnostics.is_empty(), "an invalid config says why");
-        let lines = text.split('\n').count();
-        for d in diagnostics {
-            assert!(d.line >= 1 && d.line <= lines && d.column >= 1, "{d}");
-        }
-    }
-}
-
 pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
     let locator = locate::Locator::new(src);
     let diag = |offset: usize, field: String, message: String| {

@@ -7,8 +7,6 @@
 mod body;
 mod clock;
 mod fields;
-#[doc(hidden)]
-pub mod fuzz;
 pub mod h1;
 pub mod h2;
 mod head;
