@@ -33,8 +33,8 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// The first two bytes choose a `key = value` line of the example, the rest (newlines made
-/// spaces) replaces its value.
+/// The first two bytes choose a `key = value` line of the example (or an element of its
+/// multi-line array), the rest (newlines made spaces) replaces its value.
 pub fn config_line(data: &[u8]) {
     let [a, b, rest @ ..] = data else {
         return;
@@ -49,26 +49,29 @@ pub fn config_line(data: &[u8]) {
         .split('\n')
         .enumerate()
         .map(|(i, l)| match i + 1 == edit.line {
+            true if edit.key.is_empty() => format!("{value},"),
             true => format!("{} = {value}", edit.key),
             false => l.to_string(),
         })
         .collect();
+    let at = edit.line;
+    let said = |d: &Diagnostic| format!("{d} — line {at} made `{}`", text[at - 1]);
     let text = text.join("\n");
     let Err(diagnostics) = diagnose(&text) else {
         return;
     };
-    let at = edit.line;
-    let said = |d: &Diagnostic| format!("{d} — line {at} made `{} = {value}`", edit.key);
     if let Some(line) = syntax_line(&text) {
         let d = &diagnostics[0];
         assert_eq!(d.line, line, "{}", said(d));
         // Syntax and type errors are on the mutated line, but for a value that opens a
-        // string, array or table the parser reads on past its line, and an error with no
-        // place of its own the deserialiser gives at the table holding the field.
-        let opens = ["\"\"\"", "'''", "[", "{"]
-            .iter()
-            .any(|o| value.contains(o));
-        let table = index.line_of(&edit.path, &edit.path, usize::MAX);
+        // string, array or table the parser reads on past its line (and inside a multi-line
+        // array it names the next element for a broken one: "missing comma"), and an error
+        // with no place of its own the deserialiser gives at the table holding the field.
+        let opens = edit.key.is_empty()
+            || ["\"\"\"", "'''", "[", "{"]
+                .iter()
+                .any(|o| value.contains(o));
+        let table = index.enclosing(&edit.path);
         assert!(
             line == at || (line > at && opens) || line == table,
             "{}",
@@ -102,7 +105,8 @@ struct Index {
     editable: Vec<Edit>,
 }
 
-/// A `key = value` line whose value the fuzzer may replace.
+/// A `key = value` line whose value the fuzzer may replace, or an element of a multi-line
+/// array (no key: the line becomes `value,`).
 struct Edit {
     line: usize,
     key: String,
@@ -110,15 +114,24 @@ struct Edit {
 }
 
 impl Index {
+    /// The line of the deepest table or array the example has around `path`.
+    fn enclosing(&self, path: &str) -> usize {
+        self.deepest(path, |p| p != path)
+    }
+
     /// The line a diagnostic about `field` belongs on: `at` for `mutated` and what is inside
     /// it, else the line of the deepest part of `field` the example has (1 for none).
     fn line_of(&self, field: &str, mutated: &str, at: usize) -> usize {
-        if inside(field, mutated) && at != usize::MAX {
+        if inside(field, mutated) {
             return at;
         }
+        self.deepest(field, |_| true)
+    }
+
+    fn deepest(&self, field: &str, keep: impl Fn(&str) -> bool) -> usize {
         self.lines
             .iter()
-            .filter(|(path, _)| inside(field, path))
+            .filter(|(path, _)| inside(field, path) && keep(path))
             .max_by_key(|(path, _)| path.len())
             .map_or(1, |(_, line)| *line)
     }
@@ -157,7 +170,13 @@ fn build(src: &str) -> Index {
             if l.starts_with(']') {
                 open_array = None;
             } else {
-                add(format!("{array}[{next}]"), line);
+                let path = format!("{array}[{next}]");
+                add(path.clone(), line);
+                editable.push(Edit {
+                    line,
+                    key: String::new(),
+                    path,
+                });
                 *next += 1;
             }
             continue;
