@@ -12,6 +12,8 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod group;
 pub mod health;
 pub mod listener;

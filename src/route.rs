@@ -151,7 +151,10 @@ fn glob(p: &[u8], t: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || (p[pi] != b'*' && eq(p[pi], t[ti]))) {
+        if pi < p.len() && p[pi] == b'?' {
+            pi += 1;
+            ti += char_len(t[ti]);
+        } else if pi < p.len() && p[pi] != b'*' && eq(p[pi], t[ti]) {
             pi += 1;
             ti += 1;
         } else if pi < p.len() && p[pi] == b'*' {
@@ -159,13 +162,23 @@ fn glob(p: &[u8], t: &[u8], eq: impl Fn(u8, u8) -> bool) -> bool {
             pi += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
+            ti = st + char_len(t[st]);
+            star = Some((sp, ti));
         } else {
             return false;
         }
     }
     p[pi..].iter().all(|c| *c == b'*')
+}
+
+/// The length of the UTF-8 character `first` begins: `?` takes one character, not a byte.
+fn char_len(first: u8) -> usize {
+    match first {
+        0xf0.. => 4,
+        0xe0.. => 3,
+        0xc0.. => 2,
+        _ => 1,
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +190,7 @@ mod tests {
         assert!(glob_match("/img/*.png", "/img/a/b.png"));
         assert!(glob_match("/a?c", "/abc"));
         assert!(!glob_match("/a?c", "/ac"));
+        assert!(glob_match("/?", "/é") && !glob_match("/??", "/é"));
         assert!(glob_match("*", ""));
         assert!(!glob_match("/api/*", "/ap"));
         assert!(glob_match_ci("BETA*", "beta-users"));

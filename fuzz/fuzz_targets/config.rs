@@ -1,6 +1,6 @@
-//! A config file's text: it parses, or its diagnostics point into it — never a panic.
+//! Target `config`: see `switchyard::fuzz` for what it feeds and which properties it checks.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    switchyard::config::fuzz(data);
+    switchyard::fuzz::config(data);
 });

@@ -1,7 +1,6 @@
-//! A target's HTTP/1 answer, as bytes off the wire: no panic, and the same meaning whole or
-//! cut into reads.
+//! Target `h1_answer`: see `switchyard::fuzz` for what it feeds and which properties it checks.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    switchyard::upstream::fuzz::answer(data);
+    switchyard::fuzz::h1_answer(data);
 });

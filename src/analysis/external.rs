@@ -116,8 +116,9 @@ pub async fn prometheus(check: &Check, base: &str, query: &str, timeout: Duratio
     }
 }
 
-/// The single number of an instant query's answer.
-fn parse_prometheus(status: u16, body: &str) -> Result<f64, String> {
+/// The single number of an instant query's answer. Public for the fuzz harness only.
+#[doc(hidden)]
+pub fn parse_prometheus(status: u16, body: &str) -> Result<f64, String> {
     let json: serde_json::Value = serde_json::from_str(body).map_err(|_| {
         let shown: String = body.chars().take(120).collect();
         format!("answer is not JSON (status {status}): {shown:?}")
@@ -163,6 +164,12 @@ pub async fn webhook(check: &Check, url: &str, timeout: Duration, ctx: &Context)
         Ok(x) => x,
         Err(e) => return result(check, Outcome::Error, None, e),
     };
+    webhook_verdict(check, status, &text)
+}
+
+/// What a webhook's answer says. Public for the fuzz harness only.
+#[doc(hidden)]
+pub fn webhook_verdict(check: &Check, status: u16, text: &str) -> Measurement {
     if !(200..300).contains(&status) {
         let shown: String = text.chars().take(200).collect();
         return result(
@@ -180,7 +187,7 @@ pub async fn webhook(check: &Check, url: &str, timeout: Duration, ctx: &Context)
             format!("webhook answered {status}"),
         );
     }
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
         let shown: String = text.chars().take(120).collect();
         return result(
             check,

@@ -136,22 +136,6 @@ where
     }
 }
 
-/// Fuzzing entry (cargo-fuzz target `config` and the seeded robustness test): any text
-/// either parses or fails with diagnostics that point into it — never a panic.
-#[doc(hidden)]
-pub fn fuzz(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Err(ConfigError::Invalid(diagnostics)) = parse(text, "fuzz.toml", Path::new(".")) {
-        assert!(!diagnostics.is_empty(), "an invalid config says why");
-        let lines = text.split('\n').count();
-        for d in diagnostics {
-            assert!(d.line >= 1 && d.line <= lines && d.column >= 1, "{d}");
-        }
-    }
-}
-
 /// The text to a configuration in three steps: TOML into `raw` types, the load step
 /// (`load`: token variables and certificate files, relative paths from `base_dir`), then
 /// validation, which reads nothing. Blocking (certificates): on the runtime, use

@@ -14,7 +14,6 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::error::{ClientError, Error};
 
@@ -225,7 +224,7 @@ impl Upload {
     pub(super) fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut TcpStream,
+        io: &mut (impl AsyncWrite + Unpin),
     ) -> Poll<Result<(), UploadError>> {
         loop {
             while !self.pending.is_empty() {

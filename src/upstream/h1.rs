@@ -17,7 +17,7 @@ use http::header;
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
@@ -32,10 +32,11 @@ use super::SetFields;
 const HEAD_READ: usize = 8 * 1024;
 const BODY_READ: usize = 32 * 1024;
 
-/// An open connection to a target, idle between exchanges.
+/// An open connection to a target, idle between exchanges. Generic over the stream only so
+/// that the fuzz harness (`crate::fuzz`) can drive this very read loop over memory.
 #[derive(Debug)]
-pub struct Conn {
-    io: TcpStream,
+pub struct Conn<IO = TcpStream> {
+    io: IO,
     /// Bytes read and not yet consumed; empty while the connection is idle.
     buf: BytesMut,
     /// The encoded request head, kept to reuse its allocation.
@@ -53,15 +54,17 @@ pub struct SendError {
     pub unsent: bool,
 }
 
-impl Conn {
-    pub fn new(io: TcpStream) -> Conn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    pub fn new(io: IO) -> Self {
         Conn {
             io,
             buf: BytesMut::with_capacity(HEAD_READ),
             out: Vec::with_capacity(512),
         }
     }
+}
 
+impl Conn {
     /// Whether an idle connection still looks usable: the target has neither closed it nor
     /// sent anything unasked. Costs no system call unless the event loop has seen the socket
     /// become readable since the last response was read.
@@ -76,7 +79,9 @@ impl Conn {
             }
         }
     }
+}
 
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// Sends a request and reads the response head; the body follows through
     /// [`ResponseBody`], which owns the connection until it is done. A request with a body
     /// is timed here, by `limits` (see [`Limits`]); one without is left to the caller.
@@ -86,7 +91,7 @@ impl Conn {
         set: &SetFields,
         body: Option<Incoming>,
         limits: &Limits,
-    ) -> Result<(http::response::Parts, ResponseBody), SendError> {
+    ) -> Result<(http::response::Parts, ResponseBody<IO>), SendError> {
         let body = body.filter(|b| !b.is_end_stream());
         let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
         let resendable = body.is_none();
@@ -292,8 +297,8 @@ fn encode_head(
 /// A response body read straight off the target's connection. When it is complete and the
 /// connection can carry another request, [`ResponseBody::take_reusable`] gives it back.
 #[derive(Debug)]
-pub struct ResponseBody {
-    conn: Option<Conn>,
+pub struct ResponseBody<IO = TcpStream> {
+    conn: Option<Conn<IO>>,
     framing: Framing,
     /// The rest of the request body, if the answer came before all of it was sent.
     upload: Option<Upload>,
@@ -304,9 +309,9 @@ pub struct ResponseBody {
     clock: ClientClock,
 }
 
-impl ResponseBody {
+impl<IO> ResponseBody<IO> {
     /// The connection, once the body is complete and nothing else is owed on it.
-    pub fn take_reusable(&mut self) -> Option<Conn> {
+    pub fn take_reusable(&mut self) -> Option<Conn<IO>> {
         let clean = self.conn.as_ref().is_some_and(|c| c.buf.is_empty());
         if self.framing.is_end() && self.keep_alive && self.upload.is_none() && clean {
             self.conn.take()
@@ -337,12 +342,12 @@ impl ResponseBody {
     }
 
     /// After a 101, the raw connection and whatever the target sent past its head.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+    pub fn into_upgraded(mut self) -> Option<(IO, Bytes)> {
         self.conn.take().map(|c| (c.io, c.buf.freeze()))
     }
 }
 
-impl Body for ResponseBody {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Body for ResponseBody<IO> {
     type Data = Bytes;
     type Error = Error;
 

@@ -8,8 +8,6 @@ mod body;
 mod clock;
 pub mod error;
 mod fields;
-#[doc(hidden)]
-pub mod fuzz;
 pub mod h1;
 pub mod h2;
 mod head;
