@@ -4,10 +4,12 @@
 
 pub mod bin;
 pub mod raw;
+mod wait;
+
+pub use wait::*;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -308,24 +310,6 @@ pub async fn metrics_text(server: &Server) -> String {
     .await
     .unwrap()
     .body
-}
-
-/// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("not true within {limit:?}: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An admin client for the server with the token the test configs use.
