@@ -1,83 +1,12 @@
-//! The real `switchyard` binary: signals (SIGHUP reload, SIGTERM graceful shutdown) and the
-//! CLI verbs against a running instance.
+//! The real `switchyard` binary: the CLI verbs against a running instance, and the demo.
+//! (Signals are in `signals.rs`.)
 
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::bin::*;
 use common::*;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_and_sigterm_finishes_in_flight_requests_then_exits_0() {
-    let Binary {
-        blue,
-        green,
-        dir: _dir,
-        path,
-        web,
-        admin,
-    } = Binary::setup().await;
-    let mut sy = run_binary(&path, admin).await;
-    let c = client();
-    assert_eq!(
-        get(&c, &format!("http://{web}/"), &[])
-            .await
-            .unwrap()
-            .backend(),
-        "blue"
-    );
-
-    write_config(&path, web, admin, "green", blue.addr, green.addr);
-    signal(&sy.child, "-HUP");
-    eventually(
-        Duration::from_secs(5),
-        "SIGHUP applied the new file",
-        || {
-            let c = c.clone();
-            async move {
-                get(&c, &format!("http://{web}/"), &[])
-                    .await
-                    .is_ok_and(|r| r.backend() == "green")
-            }
-        },
-    )
-    .await;
-
-    // A broken file on SIGHUP: the running config stays.
-    std::fs::write(&path, "this is not toml").unwrap();
-    signal(&sy.child, "-HUP");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        get(&c, &format!("http://{web}/"), &[])
-            .await
-            .unwrap()
-            .backend(),
-        "green"
-    );
-
-    // SIGTERM while a request is in flight: it completes, then the process exits 0.
-    let slow =
-        tokio::spawn(async move { get(&client(), &format!("http://{web}/sleep/800"), &[]).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let t = Instant::now();
-    signal(&sy.child, "-TERM");
-    let r = slow.await.unwrap().expect("in-flight request finished");
-    assert_eq!(r.status, 200);
-    let status = loop {
-        if let Some(s) = sy.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
-    assert!(
-        tokio::net::TcpStream::connect(web).await.is_err(),
-        "no longer accepting"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_verbs_drive_a_running_instance() {
@@ -270,10 +199,17 @@ fn the_demo_runs_to_the_end_without_a_failed_request() {
         text.contains("after the switch") && text.contains("green-v2 100.0%"),
         "{text}"
     );
-    assert!(
-        text.contains("done: every switch and step took effect at once"),
-        "{text}"
-    );
+    // Measured by the demo: requests sent after a switch was acknowledged that reached
+    // the previous version.
+    let done = text
+        .lines()
+        .find(|l| l.starts_with("done: of "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let numbers: Vec<u64> = done
+        .split(' ')
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    assert!(matches!(numbers[..], [checked, 0] if checked > 0), "{text}");
 }
 
 #[test]
