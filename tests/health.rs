@@ -76,9 +76,12 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
         ok += o;
         failed += f;
     }
-    // Two failed probes at 100 ms intervals (+ timeout), with slack for a loaded CI machine.
+    // Two failed probes at 100 ms intervals: 200 ms, plus the probes' 100 ms timeout. The
+    // 8 load workers share the 2 cores with the probes and the status polls, so the bound
+    // allows a further second of scheduling delay: what it catches is a threshold or
+    // interval ignored (detection after seconds, or never — the wait above fails then).
     assert!(
-        detect < Duration::from_millis(800),
+        detect < Duration::from_millis(1300),
         "took {detect:?} to mark the target unhealthy"
     );
     assert!(ok > 200, "too little load: {ok}");

@@ -269,18 +269,19 @@ async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_u
         let echo = ws.next().await.unwrap().unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
     }
-    // Then silent: closed by switchyard 400–500 ms later.
+    // Then silent: closed by switchyard between 1 and 1.25 times the limit later.
     let t = std::time::Instant::now();
-    let end = tokio::time::timeout(std::time::Duration::from_secs(3), ws.next())
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
         .await
         .expect("the idle tunnel was closed");
     assert!(
         !matches!(end, Some(Ok(Message::Text(_)))),
         "nothing but the end: {end:?}"
     );
-    assert!(
-        t.elapsed() >= std::time::Duration::from_millis(350),
-        "closed too early: {:?}",
-        t.elapsed()
+    fired_between(
+        t.elapsed(),
+        std::time::Duration::from_millis(400),
+        std::time::Duration::from_millis(500),
+        "the tunnel's idle timeout",
     );
 }
