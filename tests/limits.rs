@@ -226,7 +226,7 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
         "header_read = \"500ms\"\nidle = \"30s\"",
     ))
     .await;
-    let mut s = TcpStream::connect(sy.listener_addr("web").await)
+    let s = TcpStream::connect(sy.listener_addr("web").await)
         .await
         .unwrap();
     // A slowloris: every byte resets no timer, so the head is cut 500 ms after its first
