@@ -542,3 +542,46 @@ async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back(
         "the guard left a healthy canary alone: {r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_broken_off_mid_stream_is_a_400_client_body_error_counted_and_logged_apart() {
+    bounded(TEST_LIMIT, async {
+        let b = TestBackend::start("blue").await;
+        let (_dir, log, sy) = proxy(&[b.addr], "", "").await;
+        let addr = sy.listener_addr("web").await;
+        // A chunked upload whose second chunk's size line is not a number.
+        let mut s = send(
+            addr,
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .await;
+        let head = read_head(&mut s).await;
+        assert_eq!(status_of(&head), 400, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-switchyard-error: client_body_error"),
+            "{head}"
+        );
+        eventually(Duration::from_secs(5), "one client error", || async {
+            counts(&sy).client_errors == 1
+        })
+        .await;
+        let w = window(&sy);
+        assert_eq!(
+            (w.classes[3], w.classes[4]),
+            (0, 0),
+            "not an answer of the version"
+        );
+        let text = metrics_text(&sy).await;
+        assert_eq!(
+            metric(&text, "switchyard_client_errors_total", &["group=\"blue\""]),
+            Some(1.0),
+            "{text}"
+        );
+        let line = &logged(&log, 1).await[0];
+        // The access log's word for a body the client broke off (`access_log::Entry`).
+        assert_eq!(line["client_error"], "aborted", "{line}");
+        assert_eq!(line["status"], 400, "{line}");
+    })
+    .await;
+}

@@ -257,3 +257,84 @@ targets = ["{dead}"]
     let r = get(&cl, &format!("{base}/sleep/1"), &[]).await.unwrap();
     assert_eq!(r.status, 200, "a fast request still works");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_probes() {
+    bounded(TEST_LIMIT, async {
+        let live = TestBackend::start("live").await;
+        let flaky = TestBackend::start("flaky").await;
+        let addr = flaky.addr;
+        // 100 ms probes; 4 passes to come back: not before 3 intervals after the first.
+        let sy = start(&config(
+            &[("blue", &[live.addr, addr])],
+            "balance = \"round-robin\"\n[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 4",
+        ))
+        .await;
+        let api = admin(&sy);
+        let url = format!("http://{}/", sy.listener_addr("web").await);
+        eventually(Duration::from_secs(3), "both healthy", || async {
+            target_state(&api, 0, 1).await["health"] == "healthy"
+        })
+        .await;
+        drop(flaky);
+        eventually(Duration::from_secs(3), "flaky unhealthy", || async {
+            target_state(&api, 0, 1).await["health"] == "unhealthy"
+        })
+        .await;
+
+        let back = TestBackend::start_on(addr, "flaky").await;
+        let up = Instant::now();
+        eventually(Duration::from_secs(5), "flaky healthy again", || async {
+            target_state(&api, 0, 1).await["health"] == "healthy"
+        })
+        .await;
+        let took = up.elapsed();
+        assert!(
+            took + MEASURE_SLACK >= Duration::from_millis(300),
+            "healthy after {took:?}: fewer than 4 passing probes"
+        );
+        // Back in rotation: round-robin gives it every other request.
+        let cl = client();
+        for _ in 0..10 {
+            assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
+        }
+        assert!(back.hits() >= 4, "{} of 10 requests", back.hits());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() {
+    bounded(TEST_LIMIT, async {
+        let live = TestBackend::start("live").await;
+        let dead = dead_addr().await;
+        let sy = start(&config(
+            &[("blue", &[dead, live.addr])],
+            "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"1s\" }",
+        ))
+        .await;
+        let api = admin(&sy);
+        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let cl = client();
+        // Measured from before the requests that eject it: the ejection is no earlier.
+        let ejected = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
+        }
+        assert_eq!(target_state(&api, 0, 0).await["ejected"], true);
+        // The target comes back at once, but is left alone until its ejection time is over.
+        let revived = TestBackend::start_on(dead, "revived").await;
+        eventually(Duration::from_secs(5), "ejection over", || async {
+            target_state(&api, 0, 0).await["ejected"] == false
+        })
+        .await;
+        let took = ejected.elapsed();
+        fired_between(took, Duration::from_secs(1), Duration::from_secs(1), "ejection_time");
+        assert_eq!(revived.hits(), 0, "no request while ejected");
+        for _ in 0..10 {
+            assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
+        }
+        assert!(revived.hits() >= 4, "{} of 10 requests", revived.hits());
+    })
+    .await;
+}

@@ -108,6 +108,12 @@ pub fn logged(path: &Path) -> String {
 /// Starts `switchyard run -c path` (its log appended to `log_path(path)`) and waits until
 /// its admin API answers.
 pub async fn run_binary(path: &Path, admin: SocketAddr) -> Running {
+    run_binary_with_env(path, admin, &[]).await
+}
+
+/// `run_binary` with `env` added to the process's environment (the test's own is never
+/// changed: other tests run beside it).
+pub async fn run_binary_with_env(path: &Path, admin: SocketAddr, env: &[(&str, &str)]) -> Running {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -116,6 +122,7 @@ pub async fn run_binary(path: &Path, admin: SocketAddr) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "-c"])
         .arg(path)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
