@@ -34,6 +34,7 @@ scopes = ["release", "config"]"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
+    bounded(TEST_LIMIT, async {
     let blue = TestBackend::start("blue").await;
     let sy = start(&cfg(blue.addr, TOKENS)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -85,10 +86,13 @@ async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() 
         .unwrap();
     assert_eq!(view["candidate"], "green", "{view}");
     assert_eq!(view["created_by"], "ops", "{view}");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
+    bounded(TEST_LIMIT, async {
     let blue = TestBackend::start("blue").await;
     let sy = start(&cfg(blue.addr, "")).await;
     // 2 MiB announced, none sent: the token check must not wait for the body (it would
@@ -114,50 +118,55 @@ async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, TOKENS)).await;
-    for bad in [
-        "alice on behalf of bob",
-        "a b",
-        "x\"y",
-        "<script>",
-        &"a".repeat(65),
-    ] {
-        let e = as_client(&sy, "b0t")
-            .with_actor(bad)
+    bounded(TEST_LIMIT, async {
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, TOKENS)).await;
+        for bad in [
+            "alice on behalf of bob",
+            "a b",
+            "x\"y",
+            "<script>",
+            &"a".repeat(65),
+        ] {
+            let e = as_client(&sy, "b0t")
+                .with_actor(bad)
+                .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("422") && e.contains("x-switchyard-actor"),
+                "{bad}: {e}"
+            );
+        }
+        as_client(&sy, "b0t")
+            .with_actor("cli:alice@example.com")
             .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("422") && e.contains("x-switchyard-actor"),
-            "{bad}: {e}"
-        );
-    }
-    as_client(&sy, "b0t")
-        .with_actor("cli:alice@example.com")
-        .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-        .await
-        .unwrap();
-    let found = Mutex::new(None);
-    eventually(Duration::from_secs(5), "the switch's event", || {
-        let (api, found) = (admin(&sy), &found);
-        async move {
-            let events = api.get("/api/v1/events?service=shop").await.unwrap();
-            let first = events.as_array().and_then(|a| a.first().cloned());
-            let there = first.is_some();
-            *found.lock().unwrap() = first;
-            there
-        }
+            .unwrap();
+        let found = Mutex::new(None);
+        eventually(Duration::from_secs(5), "the switch's event", || {
+            let (api, found) = (admin(&sy), &found);
+            async move {
+                let events = api.get("/api/v1/events?service=shop").await.unwrap();
+                let first = events.as_array().and_then(|a| a.first().cloned());
+                let there = first.is_some();
+                *found.lock().unwrap() = first;
+                there
+            }
+        })
+        .await;
+        let e = found.into_inner().unwrap().unwrap();
+        assert_eq!(e["actor"], "deploy-bot", "{e}");
+        assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{e}");
     })
     .await;
-    let e = found.into_inner().unwrap().unwrap();
-    assert_eq!(e["actor"], "deploy-bot", "{e}");
-    assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{e}");
 }
 
 /// The reason of the first event whose reason contains `needle`, once there is one.
@@ -184,6 +193,7 @@ async fn event_reason(api: &AdminClient, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
+    bounded(TEST_LIMIT, async {
     let blue = TestBackend::start("blue").await;
     let sy = start(&cfg(blue.addr, "")).await;
     let api = admin(&sy);
@@ -212,6 +222,8 @@ async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
         "{recorded:?}"
     );
     assert!(recorded.chars().count() < 700, "{}", recorded.len());
+    })
+    .await;
 }
 
 #[test]

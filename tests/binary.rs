@@ -10,80 +10,84 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_verbs_drive_a_running_instance() {
-    let bin = Binary::setup().await;
-    let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
-    let _sy = run_binary(&path, admin).await;
-    let c = client();
+    bounded(TEST_LIMIT, async {
+        let bin = Binary::setup().await;
+        let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
+        let _sy = run_binary(&path, admin).await;
+        let c = client();
 
-    let (code, out, err) = cli(&path, &["switch", "shop", "green"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("shop: blue=100% -> green=100%"), "{out}");
-    assert_eq!(
-        get(&c, &format!("http://{web}/"), &[])
-            .await
+        let (code, out, err) = cli(&path, &["switch", "shop", "green"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("shop: blue=100% -> green=100%"), "{out}");
+        assert_eq!(
+            get(&c, &format!("http://{web}/"), &[])
+                .await
+                .unwrap()
+                .backend(),
+            "green"
+        );
+
+        let (code, out, _) = cli(&path, &["status"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("service shop: green=100%"), "{out}");
+        assert!(out.contains("group green"), "{out}");
+        let (code, out, _) = cli(&path, &["status", "--json"]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["services"][0]["split"]["green"], 10000);
+
+        let (code, out, err) = cli(&path, &["switch", "shop", "--back"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("-> blue=100%"), "{out}");
+
+        let (code, out, err) = cli(&path, &["weights", "shop", "blue=99.5", "green=0.5"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("-> blue=99.5% green=0.5%"), "{out}");
+
+        let (code, _, err) = cli(&path, &["switch", "shop", "teal"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("404") && err.contains("no group named \"teal\""),
+            "{err}"
+        );
+
+        let (code, _, err) = cli(&path, &["weights", "shop", "blue=abc"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("\"abc\" in \"blue=abc\" is not a number"),
+            "{err}"
+        );
+
+        // Reload of a file that became invalid: the error names line and column. The CLI reads
+        // the admin address from that same (now broken) file, so point it at the API directly.
+        let broken = std::fs::read_to_string(&path)
             .unwrap()
-            .backend(),
-        "green"
-    );
+            .replace("forward = \"shop\"", "forward = \"x\"");
+        std::fs::write(&path, broken).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["reload", "--admin", &admin.to_string(), "--token", "t0ken"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("sy.toml:12:11: route[0].forward: no service named \"x\""),
+            "{err}"
+        );
 
-    let (code, out, _) = cli(&path, &["status"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("service shop: green=100%"), "{out}");
-    assert!(out.contains("group green"), "{out}");
-    let (code, out, _) = cli(&path, &["status", "--json"]);
-    assert_eq!(code, 0);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["services"][0]["split"]["green"], 10000);
-
-    let (code, out, err) = cli(&path, &["switch", "shop", "--back"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("-> blue=100%"), "{out}");
-
-    let (code, out, err) = cli(&path, &["weights", "shop", "blue=99.5", "green=0.5"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("-> blue=99.5% green=0.5%"), "{out}");
-
-    let (code, _, err) = cli(&path, &["switch", "shop", "teal"]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("404") && err.contains("no group named \"teal\""),
-        "{err}"
-    );
-
-    let (code, _, err) = cli(&path, &["weights", "shop", "blue=abc"]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("\"abc\" in \"blue=abc\" is not a number"),
-        "{err}"
-    );
-
-    // Reload of a file that became invalid: the error names line and column. The CLI reads
-    // the admin address from that same (now broken) file, so point it at the API directly.
-    let broken = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("forward = \"shop\"", "forward = \"x\"");
-    std::fs::write(&path, broken).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["reload", "--admin", &admin.to_string(), "--token", "t0ken"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("sy.toml:12:11: route[0].forward: no service named \"x\""),
-        "{err}"
-    );
-
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["status", "--admin", &admin.to_string(), "--token", "wrong"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["status", "--admin", &admin.to_string(), "--token", "wrong"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_what_apply_then_changes() {
+    bounded(TEST_LIMIT, async {
     let (blue, green) = TestBackend::pair().await;
     let green2 = TestBackend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +182,8 @@ async fn plan_shows_what_apply_then_changes() {
         err.contains("422") && err.contains("sy.toml:28:12: route[1].priority"),
         "{err}"
     );
+    })
+    .await;
 }
 
 #[test]
@@ -240,6 +246,7 @@ fn the_faulty_demo_is_rolled_back_automatically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysis_run_prints_each_checks_value_and_verdict() {
+    bounded(TEST_LIMIT, async {
     let bin = Binary::setup().await;
     let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
     let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
@@ -294,4 +301,6 @@ async fn analysis_run_prints_each_checks_value_and_verdict() {
         err.contains("422") && err.contains("name a `candidate`"),
         "{err}"
     );
+    })
+    .await;
 }

@@ -25,6 +25,7 @@ async fn target_state(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests(
 ) {
+    bounded(TEST_LIMIT, async {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let c = TestBackend::start("c").await;
@@ -90,84 +91,93 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
         "{failed} failures, more than the {WORKERS} requests that can be in flight"
     );
     eprintln!("detected in {detect:?}; {ok} ok, {failed} failed");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_failure_moves_the_request_to_another_target() {
-    let live = TestBackend::start("live").await;
-    let dead = dead_addr().await;
-    // No health checks and no passive ejection: only the retry can save requests.
-    let sy = start(&config(
-        &[("blue", &[dead, live.addr])],
-        "balance = \"round-robin\"\npassive = { consecutive_failures = 0 }",
-    ))
-    .await;
-    let addr = sy.listener_addr("web").await;
-    let cl = client();
-    for _ in 0..50 {
-        let r = get(&cl, &format!("http://{addr}/"), &[]).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    let s = admin(&sy).get("/api/v1/status").await.unwrap();
-    let connect_failures = s["services"][0]["groups"][0]["counts"]["connect_failures"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        connect_failures >= 20,
-        "round-robin should have hit the dead target: {connect_failures}"
-    );
-
-    // The connection is made before anything is sent, so even a POST with a body moves
-    // safely to another target.
-    let post_client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    for _ in 0..6 {
-        let req = http::Request::post(format!("http://{addr}/echo"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                b"payload",
-            )))
+    bounded(TEST_LIMIT, async {
+        let live = TestBackend::start("live").await;
+        let dead = dead_addr().await;
+        // No health checks and no passive ejection: only the retry can save requests.
+        let sy = start(&config(
+            &[("blue", &[dead, live.addr])],
+            "balance = \"round-robin\"\npassive = { consecutive_failures = 0 }",
+        ))
+        .await;
+        let addr = sy.listener_addr("web").await;
+        let cl = client();
+        for _ in 0..50 {
+            let r = get(&cl, &format!("http://{addr}/"), &[]).await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let s = admin(&sy).get("/api/v1/status").await.unwrap();
+        let connect_failures = s["services"][0]["groups"][0]["counts"]["connect_failures"]
+            .as_u64()
             .unwrap();
-        let r = post_client.request(req).await.unwrap();
-        assert_eq!(r.status(), 200);
-        let body = http_body_util::BodyExt::collect(r.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(seen["body"], "payload");
-    }
+        assert!(
+            connect_failures >= 20,
+            "round-robin should have hit the dead target: {connect_failures}"
+        );
+
+        // The connection is made before anything is sent, so even a POST with a body moves
+        // safely to another target.
+        let post_client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        for _ in 0..6 {
+            let req = http::Request::post(format!("http://{addr}/echo"))
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"payload",
+                )))
+                .unwrap();
+            let r = post_client.request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(seen["body"], "payload");
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
-    let (d1, d2) = (dead_addr().await, dead_addr().await);
-    let sy = start(&config(
-        &[("blue", &[d1, d2])],
-        "passive = { consecutive_failures = 0 }",
-    ))
+    bounded(TEST_LIMIT, async {
+        let (d1, d2) = (dead_addr().await, dead_addr().await);
+        let sy = start(&config(
+            &[("blue", &[d1, d2])],
+            "passive = { consecutive_failures = 0 }",
+        ))
+        .await;
+        let r = get(
+            &client(),
+            &format!("http://{}/", sy.listener_addr("web").await),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 502);
+        assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
+        assert!(r.body.contains("cannot connect to target"), "{}", r.body);
+        let s = admin(&sy).get("/api/v1/status").await.unwrap();
+        let counts = &s["services"][0]["groups"][0]["counts"];
+        assert_eq!(
+            counts["connect_failures"], 2,
+            "tried both targets once: {counts}"
+        );
+        assert_eq!(counts["5xx"], 1);
+    })
     .await;
-    let r = get(
-        &client(),
-        &format!("http://{}/", sy.listener_addr("web").await),
-        &[],
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 502);
-    assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
-    assert!(r.body.contains("cannot connect to target"), "{}", r.body);
-    let s = admin(&sy).get("/api/v1/status").await.unwrap();
-    let counts = &s["services"][0]["groups"][0]["counts"];
-    assert_eq!(
-        counts["connect_failures"], 2,
-        "tried both targets once: {counts}"
-    );
-    assert_eq!(counts["5xx"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_failures_eject_a_target_passively() {
+    bounded(TEST_LIMIT, async {
     let live = TestBackend::start("live").await;
     let dead = dead_addr().await;
     let sy = start(&config(
@@ -196,14 +206,17 @@ async fn consecutive_failures_eject_a_target_passively() {
         s["services"][0]["groups"][0]["counts"]["connect_failures"], 3,
         "no request went to the ejected target"
     );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn proxy_errors_have_their_status_and_code() {
-    let slow = TestBackend::start("slow").await;
-    let dead = dead_addr().await;
-    let toml = format!(
-        r#"
+    bounded(TEST_LIMIT, async {
+        let slow = TestBackend::start("slow").await;
+        let dead = dead_addr().await;
+        let toml = format!(
+            r#"
 [admin]
 bind = "127.0.0.1:0"
 token = "t0ken"
@@ -233,29 +246,31 @@ passive = {{ consecutive_failures = 0 }}
 name = "only"
 targets = ["{dead}"]
 "#,
-        slow = slow.addr
-    );
-    let sy = start(&toml).await;
-    let base = format!("http://{}", sy.listener_addr("web").await);
-    let cl = client();
+            slow = slow.addr
+        );
+        let sy = start(&toml).await;
+        let base = format!("http://{}", sy.listener_addr("web").await);
+        let cl = client();
 
-    let r = get(&cl, &format!("{base}/sleep/2000"), &[]).await.unwrap();
-    assert_eq!(r.status, 504);
-    assert_eq!(r.headers["x-switchyard-error"], "upstream_timeout");
-    assert!(r.body.contains("200ms"), "{}", r.body);
+        let r = get(&cl, &format!("{base}/sleep/2000"), &[]).await.unwrap();
+        assert_eq!(r.status, 504);
+        assert_eq!(r.headers["x-switchyard-error"], "upstream_timeout");
+        assert!(r.body.contains("200ms"), "{}", r.body);
 
-    let r = get(&cl, &format!("{base}/dead"), &[]).await.unwrap();
-    assert_eq!(r.status, 502);
-    assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
+        let r = get(&cl, &format!("{base}/dead"), &[]).await.unwrap();
+        assert_eq!(r.status, 502);
+        assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
 
-    let r = get(&cl, &format!("{base}/nothing-here"), &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status, 404);
-    assert_eq!(r.headers["x-switchyard-error"], "no_route");
+        let r = get(&cl, &format!("{base}/nothing-here"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.headers["x-switchyard-error"], "no_route");
 
-    let r = get(&cl, &format!("{base}/sleep/1"), &[]).await.unwrap();
-    assert_eq!(r.status, 200, "a fast request still works");
+        let r = get(&cl, &format!("{base}/sleep/1"), &[]).await.unwrap();
+        assert_eq!(r.status, 200, "a fast request still works");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

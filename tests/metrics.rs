@@ -9,6 +9,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
+    bounded(TEST_LIMIT, async {
     let (blue, green) = TestBackend::pair().await;
     green.set_errors(500);
     let sy = start(&config(
@@ -133,6 +134,8 @@ async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
     assert!(text.contains("switchyard_build_info{version=\""));
 
     promtool_accepts(&text);
+    })
+    .await;
 }
 
 /// promtool (Debian's prometheus package; `./scripts/test` installs it) parses the

@@ -28,6 +28,7 @@ fn prometheus_binary() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_checks_judge_switchyards_own_metrics() {
+    bounded(TEST_LIMIT, async {
     let (blue, green) = TestBackend::pair().await;
     green.set_errors(200);
     let prom_addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -137,4 +138,6 @@ max = 1
         "{}",
         m(3)
     );
+    })
+    .await;
 }

@@ -38,84 +38,90 @@ targets = [{targets}]
 
 #[tokio::test]
 async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
-    let b = TestBackend::start("blue").await;
-    let sy = start(&shop_config(&format!("\"{}\"", b.addr), "", "")).await;
-    let h2: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
-    let resp = h2
-        .get(
-            format!("http://{}/echo", sy.listener_addr("web").await)
-                .parse()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(seen["version"], "HTTP/1.1", "the target speaks HTTP/1.1");
-    assert!(
-        seen["headers"]["host"]
-            .as_str()
-            .unwrap()
-            .starts_with("127.0.0.1:"),
-        "host from :authority: {seen}"
-    );
+    bounded(TEST_LIMIT, async {
+        let b = TestBackend::start("blue").await;
+        let sy = start(&shop_config(&format!("\"{}\"", b.addr), "", "")).await;
+        let h2: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let resp = h2
+            .get(
+                format!("http://{}/echo", sy.listener_addr("web").await)
+                    .parse()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(seen["version"], "HTTP/1.1", "the target speaks HTTP/1.1");
+        assert!(
+            seen["headers"]["host"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "host from :authority: {seen}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
-    let b = TestBackend::start("grpc").await;
-    let sy = start(&shop_config(
-        &format!("\"{}\"", b.addr),
-        "protocol = \"http2\"",
-        "",
-    ))
-    .await;
-    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
-    let req = http::Request::post(format!("http://{}/grpc", sy.listener_addr("web").await))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x00")))
-        .unwrap();
-    let resp = h2.request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/grpc");
-    let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected
-        .trailers()
-        .cloned()
-        .expect("trailers passed through");
-    assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(&collected.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
+    bounded(TEST_LIMIT, async {
+        let b = TestBackend::start("grpc").await;
+        let sy = start(&shop_config(
+            &format!("\"{}\"", b.addr),
+            "protocol = \"http2\"",
+            "",
+        ))
+        .await;
+        let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let req = http::Request::post(format!("http://{}/grpc", sy.listener_addr("web").await))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x00")))
+            .unwrap();
+        let resp = h2.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("trailers passed through");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"\x00\x00\x00\x00\x02hi");
 
-    // And the target really was spoken to over HTTP/2, with `te: trailers` kept and the
-    // proxy's fields in place of the client's (an HTTP/2 target gets them from the map).
-    let r = get(
-        &client(),
-        &format!("http://{}/echo", sy.listener_addr("web").await),
-        &[
-            ("te", "trailers"),
-            ("x-forwarded-for", "203.0.113.9"),
-            ("x-forwarded-proto", "https"),
-        ],
-    )
-    .await
-    .unwrap();
-    let h = &r.json()["headers"];
-    assert_eq!(r.json()["version"], "HTTP/2.0");
-    assert_eq!(h["te"], "trailers");
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
-    assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(
-        h["x-request-id"],
-        r.headers["x-request-id"].to_str().unwrap()
-    );
+        // And the target really was spoken to over HTTP/2, with `te: trailers` kept and the
+        // proxy's fields in place of the client's (an HTTP/2 target gets them from the map).
+        let r = get(
+            &client(),
+            &format!("http://{}/echo", sy.listener_addr("web").await),
+            &[
+                ("te", "trailers"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await
+        .unwrap();
+        let h = &r.json()["headers"];
+        assert_eq!(r.json()["version"], "HTTP/2.0");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["x-request-id"],
+            r.headers["x-request-id"].to_str().unwrap()
+        );
+    })
+    .await;
 }
 
 struct Cert {
@@ -160,6 +166,7 @@ async fn tls_connect(
 
 #[tokio::test]
 async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
+    bounded(TEST_LIMIT, async {
     let b = TestBackend::start("blue").await;
     let dir = tempfile::tempdir().unwrap();
     let (shop, api) = (cert("shop.test"), cert("api.test"));
@@ -211,6 +218,8 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
     // An unknown name gets the first certificate.
     let tls = tls_connect(addr, "shop.test", &[&shop], &[]).await;
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
+    })
+    .await;
 }
 
 /// A WebSocket echo backend.
@@ -234,54 +243,60 @@ async fn ws_echo() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn websocket_upgrades_pass_through() {
-    let ws_addr = ws_echo().await;
-    let sy = start(&shop_config(&format!("\"{ws_addr}\""), "", "")).await;
-    let url = format!("ws://{}/chat", sy.listener_addr("web").await);
-    let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    for i in 0..3 {
-        let text = format!("hello {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
-            .await
-            .unwrap();
-        let echo = ws.next().await.unwrap().unwrap();
-        assert_eq!(echo.into_text().unwrap().as_str(), text);
-    }
-    ws.close(None).await.unwrap();
+    bounded(TEST_LIMIT, async {
+        let ws_addr = ws_echo().await;
+        let sy = start(&shop_config(&format!("\"{ws_addr}\""), "", "")).await;
+        let url = format!("ws://{}/chat", sy.listener_addr("web").await);
+        let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..3 {
+            let text = format!("hello {i}");
+            ws.send(tokio_tungstenite::tungstenite::Message::text(text.clone()))
+                .await
+                .unwrap();
+            let echo = ws.next().await.unwrap().unwrap();
+            assert_eq!(echo.into_text().unwrap().as_str(), text);
+        }
+        ws.close(None).await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_use() {
-    use tokio_tungstenite::tungstenite::Message;
-    let ws_addr = ws_echo().await;
-    let cfg = shop_config(&format!("\"{ws_addr}\""), "", "").replacen(
-        "[[listener]]",
-        "[timeouts]\nidle = \"400ms\"\n[[listener]]",
-        1,
-    );
-    let sy = start(&cfg).await;
-    let url = format!("ws://{}/chat", sy.listener_addr("web").await);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    // In use for twice the idle timeout: stays open.
-    for i in 0..8 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
-        let echo = ws.next().await.unwrap().unwrap();
-        assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
-    }
-    // Then silent: closed by switchyard between 1 and 1.25 times the limit later.
-    let t = std::time::Instant::now();
-    let end = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
-        .await
-        .expect("the idle tunnel was closed");
-    assert!(
-        !matches!(end, Some(Ok(Message::Text(_)))),
-        "nothing but the end: {end:?}"
-    );
-    fired_between(
-        t.elapsed(),
-        std::time::Duration::from_millis(400),
-        std::time::Duration::from_millis(500),
-        "the tunnel's idle timeout",
-    );
+    bounded(TEST_LIMIT, async {
+        use tokio_tungstenite::tungstenite::Message;
+        let ws_addr = ws_echo().await;
+        let cfg = shop_config(&format!("\"{ws_addr}\""), "", "").replacen(
+            "[[listener]]",
+            "[timeouts]\nidle = \"400ms\"\n[[listener]]",
+            1,
+        );
+        let sy = start(&cfg).await;
+        let url = format!("ws://{}/chat", sy.listener_addr("web").await);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        // In use for twice the idle timeout: stays open.
+        for i in 0..8 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+            let echo = ws.next().await.unwrap().unwrap();
+            assert_eq!(echo.into_text().unwrap().as_str(), format!("ping {i}"));
+        }
+        // Then silent: closed by switchyard between 1 and 1.25 times the limit later.
+        let t = std::time::Instant::now();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("the idle tunnel was closed");
+        assert!(
+            !matches!(end, Some(Ok(Message::Text(_)))),
+            "nothing but the end: {end:?}"
+        );
+        fired_between(
+            t.elapsed(),
+            std::time::Duration::from_millis(400),
+            std::time::Duration::from_millis(500),
+            "the tunnel's idle timeout",
+        );
+    })
+    .await;
 }
