@@ -186,18 +186,25 @@ async fn plan_shows_what_apply_then_changes() {
     .await;
 }
 
-#[test]
-fn the_demo_runs_to_the_end_without_a_failed_request() {
+/// Runs `switchyard demo` with `args` to its successful end; what it printed.
+fn demo(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("demo")
+        .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn the_demo_runs_to_the_end_without_a_failed_request() {
+    let text = demo(&[]);
     let phases: Vec<&str> = text.lines().filter(|l| l.contains(" requests: ")).collect();
     assert_eq!(phases.len(), 8, "{text}");
     assert!(phases.iter().all(|l| l.ends_with("failed 0")), "{text}");
@@ -220,16 +227,7 @@ fn the_demo_runs_to_the_end_without_a_failed_request() {
 
 #[test]
 fn the_faulty_demo_is_rolled_back_automatically() {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["demo", "--faulty"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = demo(&["--faulty"]);
     assert!(
         text.contains("rolled back") && text.contains("error rate"),
         "{text}"

@@ -6,12 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::bin::free_port;
 use common::*;
-
-async fn dead_addr() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
-}
 
 async fn target_state(
     api: &switchyard::client::AdminClient,
@@ -99,7 +95,7 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
 async fn a_connect_failure_moves_the_request_to_another_target() {
     bounded(TEST_LIMIT, async {
         let live = TestBackend::start("live").await;
-        let dead = dead_addr().await;
+        let dead = free_port();
         // No health checks and no passive ejection: only the retry can save requests.
         let sy = start(&config(
             &[("blue", &[dead, live.addr])],
@@ -148,7 +144,7 @@ async fn a_connect_failure_moves_the_request_to_another_target() {
 #[tokio::test]
 async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
     bounded(TEST_LIMIT, async {
-        let (d1, d2) = (dead_addr().await, dead_addr().await);
+        let (d1, d2) = (free_port(), free_port());
         let sy = start(&config(
             &[("blue", &[d1, d2])],
             "passive = { consecutive_failures = 0 }",
@@ -179,7 +175,7 @@ async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
 async fn consecutive_failures_eject_a_target_passively() {
     bounded(TEST_LIMIT, async {
     let live = TestBackend::start("live").await;
-    let dead = dead_addr().await;
+    let dead = free_port();
     let sy = start(&config(
         &[("blue", &[dead, live.addr])],
         "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"30s\" }",
@@ -214,7 +210,7 @@ async fn consecutive_failures_eject_a_target_passively() {
 async fn proxy_errors_have_their_status_and_code() {
     bounded(TEST_LIMIT, async {
         let slow = TestBackend::start("slow").await;
-        let dead = dead_addr().await;
+        let dead = free_port();
         let toml = format!(
             r#"
 [admin]
@@ -322,7 +318,7 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
 async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() {
     bounded(TEST_LIMIT, async {
         let live = TestBackend::start("live").await;
-        let dead = dead_addr().await;
+        let dead = free_port();
         let sy = start(&config(
             &[("blue", &[dead, live.addr])],
             "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"1s\" }",

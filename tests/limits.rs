@@ -19,16 +19,19 @@ fn with_timeouts(backend: std::net::SocketAddr, timeouts: &str) -> String {
     )
 }
 
+/// A backend `blue` behind a switchyard with `timeouts`, and the address of its listener.
+async fn blue_behind(timeouts: &str) -> (TestBackend, Server, std::net::SocketAddr) {
+    let b = TestBackend::start("blue").await;
+    let sy = start(&with_timeouts(b.addr, timeouts)).await;
+    let web = sy.listener_addr("web").await;
+    (b, sy, web)
+}
+
 #[tokio::test]
 async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(b.addr, "idle = \"300ms\"")).await;
-        let mut s = send(
-            sy.listener_addr("web").await,
-            b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
-        )
-        .await;
+        let (_b, _sy, web) = blue_behind("idle = \"300ms\"").await;
+        let mut s = send(web, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let (text, took) = read_to_close(&mut s, Duration::from_secs(5)).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         // Between 1 and 1.25 times the limit after the answer's last byte.
@@ -45,13 +48,8 @@ async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(b.addr, "header_read = \"300ms\"")).await;
-        let mut s = send(
-            sy.listener_addr("web").await,
-            b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ",
-        )
-        .await;
+        let (b, _sy, web) = blue_behind("header_read = \"300ms\"").await;
+        let mut s = send(web, b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ").await;
         let (_, took) = read_to_close(&mut s, Duration::from_secs(5)).await;
         let limit = Duration::from_millis(300);
         fired_between(took, limit, limit, "header_read");
@@ -63,15 +61,9 @@ async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
 #[tokio::test]
 async fn headers_over_the_size_limit_are_refused() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(b.addr, "")).await;
+        let (b, _sy, web) = blue_behind("").await;
         let big = "v".repeat(20_000);
-        let r = get(
-            &client(),
-            &format!("http://{}/", sy.listener_addr("web").await),
-            &[("x-big", &big)],
-        )
-        .await;
+        let r = get(&client(), &format!("http://{}/", web), &[("x-big", &big)]).await;
         assert_eq!(r.unwrap().status, 431);
         assert_eq!(b.hits(), 0);
     })
@@ -177,9 +169,8 @@ async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() 
 #[tokio::test]
 async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_finish() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(b.addr, "shutdown = \"20s\"")).await;
-        let addr = sy.listener_addr("web").await;
+        let (_b, sy, web) = blue_behind("shutdown = \"20s\"").await;
+        let addr = web;
         // One kept-alive connection that sits idle, one with a slow request in flight.
         let mut idle = TcpStream::connect(addr).await.unwrap();
         idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -215,15 +206,8 @@ async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_fini
 #[tokio::test]
 async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(
-            b.addr,
-            "header_read = \"300ms\"\nidle = \"5s\"",
-        ))
-        .await;
-        let mut s = TcpStream::connect(sy.listener_addr("web").await)
-            .await
-            .unwrap();
+        let (_b, _sy, web) = blue_behind("header_read = \"300ms\"\nidle = \"5s\"").await;
+        let mut s = TcpStream::connect(web).await.unwrap();
         for i in 0..2 {
             if i > 0 {
                 // Well past header_read, well within idle.
@@ -242,15 +226,8 @@ async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
 #[tokio::test]
 async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(
-            b.addr,
-            "header_read = \"500ms\"\nidle = \"30s\"",
-        ))
-        .await;
-        let s = TcpStream::connect(sy.listener_addr("web").await)
-            .await
-            .unwrap();
+        let (b, _sy, web) = blue_behind("header_read = \"500ms\"\nidle = \"30s\"").await;
+        let s = TcpStream::connect(web).await.unwrap();
         // A slowloris: every byte resets no timer, so the head is cut 500 ms after its first
         // byte, long before it ends (a head of this size would take 20 s at this pace). The
         // bytes go out from a task of their own while the test watches for the close.
@@ -286,17 +263,8 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
 #[tokio::test]
 async fn header_read_starts_with_the_first_byte_of_a_later_request() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(
-            b.addr,
-            "header_read = \"300ms\"\nidle = \"10s\"",
-        ))
-        .await;
-        let mut s = send(
-            sy.listener_addr("web").await,
-            b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
-        )
-        .await;
+        let (b, _sy, web) = blue_behind("header_read = \"300ms\"\nidle = \"10s\"").await;
+        let mut s = send(web, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let mut buf = [0u8; 4096];
         assert!(s.read(&mut buf).await.unwrap() > 0);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -317,16 +285,9 @@ async fn header_read_starts_with_the_first_byte_of_a_later_request() {
 #[tokio::test]
 async fn an_idle_h2c_connection_is_not_cut_by_header_read() {
     bounded(TEST_LIMIT, async {
-        let b = TestBackend::start("blue").await;
-        let sy = start(&with_timeouts(
-            b.addr,
-            "header_read = \"300ms\"\nidle = \"5s\"",
-        ))
-        .await;
+        let (_b, _sy, web) = blue_behind("header_read = \"300ms\"\nidle = \"5s\"").await;
         // One connection, by hand: a client that reconnected would hide a closed one.
-        let stream = TcpStream::connect(sy.listener_addr("web").await)
-            .await
-            .unwrap();
+        let stream = TcpStream::connect(web).await.unwrap();
         let (mut send, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .handshake(hyper_util::rt::TokioIo::new(stream))

@@ -57,6 +57,19 @@ async fn sighup_applies_the_new_file_and_logs_a_broken_one_with_its_place_while_
     .await;
 }
 
+/// A request to `path` sent through the binary's listener, once blue has it in hand.
+async fn in_flight(bin: &Binary, path: &str) -> tokio::task::JoinHandle<Result<Reply, String>> {
+    let url = format!("http://{}{path}", bin.web);
+    let slow = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    eventually(
+        Duration::from_secs(5),
+        "the request reached blue",
+        || async { bin.blue.hits() == 1 },
+    )
+    .await;
+    slow
+}
+
 /// Sends `sig` while a 2 s request is in flight: new connections are refused while that
 /// request still runs and the process is still alive; the request then completes with 200
 /// and the process exits 0.
@@ -64,14 +77,7 @@ async fn stops_gracefully_on(sig: &str) {
     let bin = Binary::setup().await;
     let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
     let mut sy = run_binary(&path, admin).await;
-    let slow =
-        tokio::spawn(async move { get(&client(), &format!("http://{web}/sleep/2000"), &[]).await });
-    eventually(
-        Duration::from_secs(5),
-        "the slow request reached blue",
-        || async { bin.blue.hits() == 1 },
-    )
-    .await;
+    let slow = in_flight(&bin, "/sleep/2000").await;
     let t = Instant::now();
     signal(&sy.child, sig);
     eventually(
@@ -108,22 +114,13 @@ async fn sigint_stops_like_sigterm() {
 async fn a_request_longer_than_the_shutdown_bound_is_cut_and_the_process_exits_at_the_bound() {
     bounded(TEST_LIMIT, async {
         let bin = Binary::setup().await;
-        let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
+        let (path, admin) = (bin.path.clone(), bin.admin);
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("shutdown = \"5s\"", "shutdown = \"1s\"");
         std::fs::write(&path, text).unwrap();
         let mut sy = run_binary(&path, admin).await;
-        let slow =
-            tokio::spawn(
-                async move { get(&client(), &format!("http://{web}/sleep/10000"), &[]).await },
-            );
-        eventually(
-            Duration::from_secs(5),
-            "the slow request reached blue",
-            || async { bin.blue.hits() == 1 },
-        )
-        .await;
+        let slow = in_flight(&bin, "/sleep/10000").await;
         let t = Instant::now();
         signal(&sy.child, "-TERM");
         let (status, took) = exit_of(&mut sy.child, t, Duration::from_secs(9)).await;
