@@ -29,81 +29,81 @@ fn cfg(blue: SocketAddr, admin_extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_admin_connections_are_closed() {
     bounded(TEST_LIMIT, async {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(
-        blue.addr,
-        "header_read_timeout = \"400ms\"\nidle_timeout = \"600ms\"",
-    ))
-    .await;
-    let addr = sy.admin_addr;
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(
+            blue.addr,
+            "header_read_timeout = \"400ms\"\nidle_timeout = \"600ms\"",
+        ))
+        .await;
+        let addr = sy.admin_addr;
 
-    // Slowloris: a request head one byte at a time, never finished.
-    let mut slow = TcpStream::connect(addr).await.unwrap();
-    let started = Instant::now();
-    let dripper = tokio::spawn(async move {
-        for b in
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-        {
-            if slow.write_all(&[*b]).await.is_err() {
-                return (slow, true);
+        // Slowloris: a request head one byte at a time, never finished.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let dripper = tokio::spawn(async move {
+            for b in
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            {
+                if slow.write_all(&[*b]).await.is_err() {
+                    return (slow, true);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        (slow, false)
-    });
-    let (mut slow, cut_off) = dripper.await.unwrap();
-    let r = closed_within(&mut slow, Duration::from_secs(5)).await;
-    assert!(
-        cut_off || r.is_ok(),
-        "a client dripping its head was not closed: {r:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(4));
-    assert!(!r.unwrap_or_default().contains("200 OK"));
+            (slow, false)
+        });
+        let (mut slow, cut_off) = dripper.await.unwrap();
+        let r = closed_within(&mut slow, Duration::from_secs(5)).await;
+        assert!(
+            cut_off || r.is_ok(),
+            "a client dripping its head was not closed: {r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert!(!r.unwrap_or_default().contains("200 OK"));
 
-    // A whole head, then a body a byte at a time: answered 408 at the bound.
-    let mut slow_body = TcpStream::connect(addr).await.unwrap();
-    slow_body
-        .write_all(b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let (mut rd, mut wr) = slow_body.into_split();
-    let drip = tokio::spawn(async move {
-        for _ in 0..60 {
-            if wr.write_all(b" ").await.is_err() {
-                return;
+        // A whole head, then a body a byte at a time: answered 408 at the bound.
+        let mut slow_body = TcpStream::connect(addr).await.unwrap();
+        slow_body
+            .write_all(b"POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (mut rd, mut wr) = slow_body.into_split();
+        let drip = tokio::spawn(async move {
+            for _ in 0..60 {
+                if wr.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        let mut said = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&said).contains("\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => said.extend_from_slice(&buf[..n]),
+                other => panic!("no answer to a slow body: {other:?}"),
+            }
         }
-    });
-    let mut said = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&said).contains("\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => said.extend_from_slice(&buf[..n]),
-            other => panic!("no answer to a slow body: {other:?}"),
-        }
-    }
-    drip.abort();
-    let said = String::from_utf8_lossy(&said);
-    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+        drip.abort();
+        let said = String::from_utf8_lossy(&said);
+        assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+        assert!(started.elapsed() < Duration::from_secs(2));
 
-    // A connection that never sends anything.
-    let mut idle = TcpStream::connect(addr).await.unwrap();
-    closed_within(&mut idle, Duration::from_secs(5))
-        .await
-        .expect("an idle admin connection is closed");
+        // A connection that never sends anything.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        closed_within(&mut idle, Duration::from_secs(5))
+            .await
+            .expect("an idle admin connection is closed");
 
-    // A keep-alive connection idle after one answer.
-    let mut kept = TcpStream::connect(addr).await.unwrap();
-    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let said = closed_within(&mut kept, Duration::from_secs(5))
-        .await
-        .expect("an idle keep-alive admin connection is closed");
-    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
+        // A keep-alive connection idle after one answer.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let said = closed_within(&mut kept, Duration::from_secs(5))
+            .await
+            .expect("an idle keep-alive admin connection is closed");
+        assert!(said.starts_with("HTTP/1.1 200"), "{said}");
     })
     .await;
 }
@@ -159,76 +159,76 @@ async fn connections_beyond_the_cap_are_refused_while_the_proxy_keeps_accepting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
     bounded(TEST_LIMIT, async {
-    let blue = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (web, admin_addr) = (free_port(), free_port());
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[admin]\nbind = \"{admin_addr}\"\ntoken = \"t0ken\"\n[store]\npath = \":memory:\"\n[[listener]]\nname = \"web\"\nbind = \"{web}\"\n[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n[[service]]\nname = \"shop\"\n[[service.group]]\nname = \"blue\"\ntargets = [\"{}\"]\n",
-            blue.addr
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        // Never skipped: without prlimit the descriptor limit cannot be set, so say so.
-        .unwrap_or_else(|e| {
-            panic!("cannot run `prlimit` (util-linux; `apt-get install util-linux` on Debian): {e}")
-        });
-    // prlimit execs switchyard: the same pid, whose descriptors /proc shows.
-    let fds = format!("/proc/{}/fd", child.id());
-    let _running = Running { child };
-    let c = client();
-    eventually(Duration::from_secs(10), "the proxy answers", || {
-        let c = c.clone();
-        async move {
-            get(&c, &format!("http://{web}/"), &[])
+        let blue = TestBackend::start("blue").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (web, admin_addr) = (free_port(), free_port());
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[admin]\nbind = \"{admin_addr}\"\ntoken = \"t0ken\"\n[store]\npath = \":memory:\"\n[[listener]]\nname = \"web\"\nbind = \"{web}\"\n[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n[[service]]\nname = \"shop\"\n[[service.group]]\nname = \"blue\"\ntargets = [\"{}\"]\n",
+                blue.addr
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("prlimit")
+            .arg("--nofile=256:256")
+            .arg(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            // Never skipped: without prlimit the descriptor limit cannot be set, so say so.
+            .unwrap_or_else(|e| {
+                panic!("cannot run `prlimit` (util-linux; `apt-get install util-linux` on Debian): {e}")
+            });
+        // prlimit execs switchyard: the same pid, whose descriptors /proc shows.
+        let fds = format!("/proc/{}/fd", child.id());
+        let _running = Running { child };
+        let c = client();
+        eventually(Duration::from_secs(10), "the proxy answers", || {
+            let c = c.clone();
+            async move {
+                get(&c, &format!("http://{web}/"), &[])
+                    .await
+                    .is_ok_and(|r| r.backend() == "blue")
+            }
+        })
+        .await;
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            if let Ok(s) = TcpStream::connect(admin_addr).await {
+                idle.push(s);
+            }
+        }
+        // Let the admin loop accept (and refuse) all it will: until the process's descriptor
+        // count has not moved for half a second (a fixed wait could end before a loaded machine
+        // accepted them, and the proxy would then be tried with descriptors to spare).
+        let count = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
+        let (mut last, mut still) = (count(), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while still < 5 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = count();
+            (still, last) = if now == last {
+                (still + 1, now)
+            } else {
+                (0, now)
+            };
+        }
+        for i in 0..20 {
+            // A fresh connection each time: the proxy must accept.
+            let fresh = client();
+            let url = format!("http://{web}/");
+            let call = get(&fresh, &url, &[("connection", "close")]);
+            let r = tokio::time::timeout(Duration::from_secs(5), call)
                 .await
-                .is_ok_and(|r| r.backend() == "blue")
+                .unwrap_or_else(|_| panic!("request {i} through the proxy got no answer"))
+                .unwrap_or_else(|e| panic!("request {i} through the proxy failed: {e}"));
+            assert_eq!(r.backend(), "blue", "request {i}");
         }
-    })
-    .await;
-    let mut idle = Vec::new();
-    for _ in 0..300 {
-        if let Ok(s) = TcpStream::connect(admin_addr).await {
-            idle.push(s);
-        }
-    }
-    // Let the admin loop accept (and refuse) all it will: until the process's descriptor
-    // count has not moved for half a second (a fixed wait could end before a loaded machine
-    // accepted them, and the proxy would then be tried with descriptors to spare).
-    let count = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
-    let (mut last, mut still) = (count(), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while still < 5 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = count();
-        (still, last) = if now == last {
-            (still + 1, now)
-        } else {
-            (0, now)
-        };
-    }
-    for i in 0..20 {
-        // A fresh connection each time: the proxy must accept.
-        let fresh = client();
-        let url = format!("http://{web}/");
-        let call = get(&fresh, &url, &[("connection", "close")]);
-        let r = tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .unwrap_or_else(|_| panic!("request {i} through the proxy got no answer"))
-            .unwrap_or_else(|e| panic!("request {i} through the proxy failed: {e}"));
-        assert_eq!(r.backend(), "blue", "request {i}");
-    }
-    drop(idle);
+        drop(idle);
     })
     .await;
 }

@@ -35,57 +35,57 @@ scopes = ["release", "config"]"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
     bounded(TEST_LIMIT, async {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, TOKENS)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("ran");
-    let start = json!({
-        "service": "shop",
-        "candidate": "green",
-        "strategy": {
-            "kind": "blue-green",
-            "scale_down_delay": "0s",
-            "teardown": format!("touch {}", marker.display()),
-        },
-    });
-    let e = as_client(&sy, "b0t")
-        .post("/api/v1/rollouts", start.clone())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("403") && e.contains("\"config\" scope") && e.contains("teardown"),
-        "{e}"
-    );
-    // Nothing was started by the refused call.
-    let status = as_client(&sy, "b0t")
-        .get("/api/v1/services/shop/rollout")
-        .await;
-    assert!(status.is_err(), "{status:?}");
-    // A strategy without a command is a release matter.
-    let plain = json!({
-        "service": "shop",
-        "candidate": "green",
-        "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
-    });
-    as_client(&sy, "b0t")
-        .post("/api/v1/rollouts", plain)
-        .await
-        .unwrap();
-    as_client(&sy, "b0t")
-        .post(
-            "/api/v1/services/shop/rollout/abort",
-            json!({ "reason": "make room" }),
-        )
-        .await
-        .unwrap();
-    // `config` grants shell access, so a config token may.
-    let view = as_client(&sy, "0ps")
-        .post("/api/v1/rollouts", start)
-        .await
-        .unwrap();
-    assert_eq!(view["candidate"], "green", "{view}");
-    assert_eq!(view["created_by"], "ops", "{view}");
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, TOKENS)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let start = json!({
+            "service": "shop",
+            "candidate": "green",
+            "strategy": {
+                "kind": "blue-green",
+                "scale_down_delay": "0s",
+                "teardown": format!("touch {}", marker.display()),
+            },
+        });
+        let e = as_client(&sy, "b0t")
+            .post("/api/v1/rollouts", start.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("403") && e.contains("\"config\" scope") && e.contains("teardown"),
+            "{e}"
+        );
+        // Nothing was started by the refused call.
+        let status = as_client(&sy, "b0t")
+            .get("/api/v1/services/shop/rollout")
+            .await;
+        assert!(status.is_err(), "{status:?}");
+        // A strategy without a command is a release matter.
+        let plain = json!({
+            "service": "shop",
+            "candidate": "green",
+            "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
+        });
+        as_client(&sy, "b0t")
+            .post("/api/v1/rollouts", plain)
+            .await
+            .unwrap();
+        as_client(&sy, "b0t")
+            .post(
+                "/api/v1/services/shop/rollout/abort",
+                json!({ "reason": "make room" }),
+            )
+            .await
+            .unwrap();
+        // `config` grants shell access, so a config token may.
+        let view = as_client(&sy, "0ps")
+            .post("/api/v1/rollouts", start)
+            .await
+            .unwrap();
+        assert_eq!(view["candidate"], "green", "{view}");
+        assert_eq!(view["created_by"], "ops", "{view}");
     })
     .await;
 }
@@ -93,31 +93,31 @@ async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
     bounded(TEST_LIMIT, async {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, "")).await;
-    // 2 MiB announced, none sent: the token check must not wait for the body (it would
-    // wait header_read_timeout, 5 s, and answer 408).
-    for auth in ["", "Authorization: Bearer wrong\r\n"] {
-        let started = Instant::now();
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, "")).await;
+        // 2 MiB announced, none sent: the token check must not wait for the body (it would
+        // wait header_read_timeout, 5 s, and answer 408).
+        for auth in ["", "Authorization: Bearer wrong\r\n"] {
+            let started = Instant::now();
+            let answer = raw(
+                sy.admin_addr,
+                &format!(
+                    "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n"
+                ),
+                Duration::from_secs(4),
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            assert!(started.elapsed() < Duration::from_secs(4));
+        }
+        // With the token, the body is still awaited (bounded): 408 once the bound passes.
         let answer = raw(
             sy.admin_addr,
-            &format!(
-                "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n"
-            ),
-            Duration::from_secs(4),
+            "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n",
+            Duration::from_secs(30),
         )
         .await;
-        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-        assert!(started.elapsed() < Duration::from_secs(4));
-    }
-    // With the token, the body is still awaited (bounded): 408 once the bound passes.
-    let answer = raw(
-        sy.admin_addr,
-        "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n",
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     })
     .await;
 }
@@ -194,34 +194,34 @@ async fn event_reason(api: &AdminClient, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
     bounded(TEST_LIMIT, async {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, "")).await;
-    let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({
-            "service": "shop",
-            "candidate": "green",
-            "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
-        }),
-    )
-    .await
-    .unwrap();
-    let reason = format!("bad\u{1b}[31m red\r\nFAKE: line\u{7}{}", "x".repeat(2000));
-    api.post(
-        "/api/v1/services/shop/rollout/abort",
-        json!({ "reason": reason }),
-    )
-    .await
-    .unwrap();
-    // The abort's event is written by the rollout's driver, perhaps after the answer.
-    let recorded = event_reason(&api, "bad").await;
-    assert!(!recorded.chars().any(char::is_control), "{recorded:?}");
-    assert!(
-        recorded.contains("bad [31m red FAKE: line x"),
-        "{recorded:?}"
-    );
-    assert!(recorded.chars().count() < 700, "{}", recorded.len());
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, "")).await;
+        let api = admin(&sy);
+        api.post(
+            "/api/v1/rollouts",
+            json!({
+                "service": "shop",
+                "candidate": "green",
+                "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
+            }),
+        )
+        .await
+        .unwrap();
+        let reason = format!("bad\u{1b}[31m red\r\nFAKE: line\u{7}{}", "x".repeat(2000));
+        api.post(
+            "/api/v1/services/shop/rollout/abort",
+            json!({ "reason": reason }),
+        )
+        .await
+        .unwrap();
+        // The abort's event is written by the rollout's driver, perhaps after the answer.
+        let recorded = event_reason(&api, "bad").await;
+        assert!(!recorded.chars().any(char::is_control), "{recorded:?}");
+        assert!(
+            recorded.contains("bad [31m red FAKE: line x"),
+            "{recorded:?}"
+        );
+        assert!(recorded.chars().count() < 700, "{}", recorded.len());
     })
     .await;
 }

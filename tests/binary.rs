@@ -88,100 +88,100 @@ async fn cli_verbs_drive_a_running_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_what_apply_then_changes() {
     bounded(TEST_LIMIT, async {
-    let (blue, green) = TestBackend::pair().await;
-    let green2 = TestBackend::start("green").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sy.toml");
-    let (web, admin) = (free_port(), free_port());
-    write_config(&path, web, admin, "blue", blue.addr, green.addr);
-    let _sy = run_binary(&path, admin).await;
+        let (blue, green) = TestBackend::pair().await;
+        let green2 = TestBackend::start("green").await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sy.toml");
+        let (web, admin) = (free_port(), free_port());
+        write_config(&path, web, admin, "blue", blue.addr, green.addr);
+        let _sy = run_binary(&path, admin).await;
 
-    let (code, out, _) = cli(&path, &["plan"]);
-    assert_eq!((code, out.trim()), (0, "no changes"));
+        let (code, out, _) = cli(&path, &["plan"]);
+        assert_eq!((code, out.trim()), (0, "no changes"));
 
-    let next = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("active = \"blue\"", "weights = { blue = 90, green = 10 }")
-        .replace(
-            &format!("targets = [\"{}\"]", green.addr),
-            &format!("targets = [\"{}\", \"{}\"]", green.addr, green2.addr),
-        )
-        + "[service.guard]\nmax_error_rate = 10\n[service.hooks.on_rollback]\ncommand = \"./page.sh\"\n"
-        + "[[route]]\nname = \"health\"\npriority = 0\nmatch.path = [\"/lb\"]\nfixed_response = { status = 200, body = \"ok\" }\n";
-    std::fs::write(&path, next).unwrap();
-    let (code, out, err) = cli(&path, &["plan"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("+ route health: priority 0"), "{out}");
-    assert!(
-        out.contains(&format!(
-            "~ service shop › group green › targets: +{}",
-            green2.addr
-        )),
-        "{out}"
-    );
-    assert!(
-        out.contains("~ service shop › split: blue=100% → blue=90% green=10%"),
-        "{out}"
-    );
-    // Settings the hand-written plan never compared: a threshold, a command for the host.
-    assert!(
-        out.contains("~ service shop › guard › max_error_rate: 5 → 10"),
-        "{out}"
-    );
-    assert!(
-        out.contains("+ service shop › hooks › on_rollback: command=./page.sh"),
-        "{out}"
-    );
-    let c = client();
-    assert_eq!(
-        get(&c, &format!("http://{web}/lb"), &[])
-            .await
+        let next = std::fs::read_to_string(&path)
             .unwrap()
-            .status,
-        200,
-        "the catch-all route"
-    );
-    assert_eq!(blue.hits(), 1, "plan changed nothing");
+            .replace("active = \"blue\"", "weights = { blue = 90, green = 10 }")
+            .replace(
+                &format!("targets = [\"{}\"]", green.addr),
+                &format!("targets = [\"{}\", \"{}\"]", green.addr, green2.addr),
+            )
+            + "[service.guard]\nmax_error_rate = 10\n[service.hooks.on_rollback]\ncommand = \"./page.sh\"\n"
+            + "[[route]]\nname = \"health\"\npriority = 0\nmatch.path = [\"/lb\"]\nfixed_response = { status = 200, body = \"ok\" }\n";
+        std::fs::write(&path, next).unwrap();
+        let (code, out, err) = cli(&path, &["plan"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("+ route health: priority 0"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "~ service shop › group green › targets: +{}",
+                green2.addr
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains("~ service shop › split: blue=100% → blue=90% green=10%"),
+            "{out}"
+        );
+        // Settings the hand-written plan never compared: a threshold, a command for the host.
+        assert!(
+            out.contains("~ service shop › guard › max_error_rate: 5 → 10"),
+            "{out}"
+        );
+        assert!(
+            out.contains("+ service shop › hooks › on_rollback: command=./page.sh"),
+            "{out}"
+        );
+        let c = client();
+        assert_eq!(
+            get(&c, &format!("http://{web}/lb"), &[])
+                .await
+                .unwrap()
+                .status,
+            200,
+            "the catch-all route"
+        );
+        assert_eq!(blue.hits(), 1, "plan changed nothing");
 
-    let (code, out, err) = cli(&path, &["apply"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("applied: generation"), "{out}");
-    let r = get(&c, &format!("http://{web}/lb"), &[]).await.unwrap();
-    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
-    let mut greens = 0;
-    for _ in 0..1000 {
-        if get(&c, &format!("http://{web}/"), &[])
-            .await
-            .unwrap()
-            .backend()
-            == "green"
-        {
-            greens += 1;
+        let (code, out, err) = cli(&path, &["apply"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("applied: generation"), "{out}");
+        let r = get(&c, &format!("http://{web}/lb"), &[]).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+        let mut greens = 0;
+        for _ in 0..1000 {
+            if get(&c, &format!("http://{web}/"), &[])
+                .await
+                .unwrap()
+                .backend()
+                == "green"
+            {
+                greens += 1;
+            }
         }
-    }
-    assert!(
-        (60..=140).contains(&greens),
-        "{greens} of 1000 on green at 10%"
-    );
-    assert!(green2.hits() > 0, "the added target serves");
+        assert!(
+            (60..=140).contains(&greens),
+            "{greens} of 1000 on green at 10%"
+        );
+        assert!(green2.hits() > 0, "the added target serves");
 
-    // An invalid file: plan says where, nothing changes.
-    let broken = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("priority = 0", "priority = \"zero\"");
-    std::fs::write(&path, broken).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["plan", "-c"])
-        .arg(&path)
-        .args(["--admin", &admin.to_string(), "--token", "t0ken"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("422") && err.contains("sy.toml:28:12: route[1].priority"),
-        "{err}"
-    );
+        // An invalid file: plan says where, nothing changes.
+        let broken = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("priority = 0", "priority = \"zero\"");
+        std::fs::write(&path, broken).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["plan", "-c"])
+            .arg(&path)
+            .args(["--admin", &admin.to_string(), "--token", "t0ken"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("422") && err.contains("sy.toml:28:12: route[1].priority"),
+            "{err}"
+        );
     })
     .await;
 }
@@ -245,60 +245,60 @@ fn the_faulty_demo_is_rolled_back_automatically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysis_run_prints_each_checks_value_and_verdict() {
     bounded(TEST_LIMIT, async {
-    let bin = Binary::setup().await;
-    let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
-    let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replacen("[[service]]", &format!("{extra}[[service]]"), 1)
-        .replacen(
-            "forward = \"shop\"",
-            "forward = \"shop\"\n[[route.override]]\ngroup_from_header = \"x-switchyard-group\"",
-            1,
+        let bin = Binary::setup().await;
+        let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
+        let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen("[[service]]", &format!("{extra}[[service]]"), 1)
+            .replacen(
+                "forward = \"shop\"",
+                "forward = \"shop\"\n[[route.override]]\ngroup_from_header = \"x-switchyard-group\"",
+                1,
+            );
+        std::fs::write(&path, text).unwrap();
+        let _sy = run_binary(&path, admin).await;
+        let c = client();
+        for _ in 0..20 {
+            get(
+                &c,
+                &format!("http://{web}/"),
+                &[("x-switchyard-group", "green")],
+            )
+            .await
+            .unwrap();
+        }
+        let (code, out, err) = cli(
+            &path,
+            &[
+                "analysis",
+                "run",
+                "shop",
+                "--analysis",
+                "health",
+                "--candidate",
+                "green",
+            ],
         );
-    std::fs::write(&path, text).unwrap();
-    let _sy = run_binary(&path, admin).await;
-    let c = client();
-    for _ in 0..20 {
-        get(
-            &c,
-            &format!("http://{web}/"),
-            &[("x-switchyard-group", "green")],
-        )
-        .await
-        .unwrap();
-    }
-    let (code, out, err) = cli(
-        &path,
-        &[
-            "analysis",
-            "run",
-            "shop",
-            "--analysis",
-            "health",
-            "--candidate",
-            "green",
-        ],
-    );
-    assert_eq!(code, 2, "a failing check exits 2: {out}{err}");
-    assert!(
-        out.contains("shop: candidate green against stable blue"),
-        "{out}"
-    );
-    assert!(
-        out.contains("errors") && out.contains("pass") && out.contains("candidate 0.000%"),
-        "{out}"
-    );
-    assert!(
-        out.contains("gate") && out.contains("fail") && out.contains("`exit 1` exited 1"),
-        "{out}"
-    );
-    let (code, _, err) = cli(&path, &["analysis", "run", "shop"]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("422") && err.contains("name a `candidate`"),
-        "{err}"
-    );
+        assert_eq!(code, 2, "a failing check exits 2: {out}{err}");
+        assert!(
+            out.contains("shop: candidate green against stable blue"),
+            "{out}"
+        );
+        assert!(
+            out.contains("errors") && out.contains("pass") && out.contains("candidate 0.000%"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gate") && out.contains("fail") && out.contains("`exit 1` exited 1"),
+            "{out}"
+        );
+        let (code, _, err) = cli(&path, &["analysis", "run", "shop"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("422") && err.contains("name a `candidate`"),
+            "{err}"
+        );
     })
     .await;
 }

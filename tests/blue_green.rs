@@ -167,45 +167,45 @@ async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced() {
     bounded(TEST_LIMIT, async {
-    let blue = TestBackend::start("blue").await;
-    let dead = free_port().await;
-    let sy = start(&config(
-        &[("blue", &[blue.addr]), ("green", &[dead])],
-        "active = \"blue\"\n[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    eventually(Duration::from_secs(5), "green marked unhealthy", || async {
-        let s = api.get("/api/v1/status").await.unwrap();
-        s["services"][0]["groups"][1]["targets"][0]["health"] == "unhealthy"
-    })
-    .await;
+        let blue = TestBackend::start("blue").await;
+        let dead = free_port().await;
+        let sy = start(&config(
+            &[("blue", &[blue.addr]), ("green", &[dead])],
+            "active = \"blue\"\n[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"",
+        ))
+        .await;
+        let api = admin(&sy);
+        let url = format!("http://{}/", sy.listener_addr("web").await);
+        eventually(Duration::from_secs(5), "green marked unhealthy", || async {
+            let s = api.get("/api/v1/status").await.unwrap();
+            s["services"][0]["groups"][1]["targets"][0]["health"] == "unhealthy"
+        })
+        .await;
 
-    let err = api
-        .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("409"), "{err}");
-    assert!(err.to_string().contains("no healthy target"), "{err}");
-    // Refused means nothing changed.
-    assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+        let err = api
+            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("409"), "{err}");
+        assert!(err.to_string().contains("no healthy target"), "{err}");
+        // Refused means nothing changed.
+        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
 
-    api.post(
-        "/api/v1/services/shop/switch",
-        json!({ "group": "green", "force": true }),
-    )
-    .await
-    .unwrap();
-    let r = get(&client(), &url, &[]).await.unwrap();
-    assert_eq!(r.status, 503);
-    assert_eq!(r.headers["x-switchyard-error"], "no_healthy_target");
-    assert!(r.body.contains("group green"), "{}", r.body);
-
-    api.post("/api/v1/services/shop/switch", json!({ "back": true }))
+        api.post(
+            "/api/v1/services/shop/switch",
+            json!({ "group": "green", "force": true }),
+        )
         .await
         .unwrap();
-    assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+        let r = get(&client(), &url, &[]).await.unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.headers["x-switchyard-error"], "no_healthy_target");
+        assert!(r.body.contains("group green"), "{}", r.body);
+
+        api.post("/api/v1/services/shop/switch", json!({ "back": true }))
+            .await
+            .unwrap();
+        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
     })
     .await;
 }

@@ -499,79 +499,79 @@ async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_close
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back() {
     bounded(TEST_LIMIT, async {
-    let (blue, green) = TestBackend::pair().await;
-    let service = "active = \"blue\"\n[service.guard]\ninterval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]";
-    let toml = config(&[("blue", &[blue.addr]), ("green", &[green.addr])], service)
-        .replacen(
-            "forward = \"shop\"\n",
-            "forward = \"shop\"\n[[route.override]]\ngroup_from_header = \"x-switchyard-group\"\n",
-            1,
+        let (blue, green) = TestBackend::pair().await;
+        let service = "active = \"blue\"\n[service.guard]\ninterval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]";
+        let toml = config(&[("blue", &[blue.addr]), ("green", &[green.addr])], service)
+            .replacen(
+                "forward = \"shop\"\n",
+                "forward = \"shop\"\n[[route.override]]\ngroup_from_header = \"x-switchyard-group\"\n",
+                1,
+            )
+            .replacen(
+                "[[listener]]",
+                "[timeouts]\nclient_body = \"300ms\"\nrequest = \"2s\"\n\n[[listener]]",
+                1,
+            );
+        let sy = start(&toml).await;
+        let api = admin(&sy);
+        api.post(
+            "/api/v1/rollouts",
+            serde_json::json!({ "service": "shop", "candidate": "green" }),
         )
-        .replacen(
-            "[[listener]]",
-            "[timeouts]\nclient_body = \"300ms\"\nrequest = \"2s\"\n\n[[listener]]",
-            1,
-        );
-    let sy = start(&toml).await;
-    let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        serde_json::json!({ "service": "shop", "candidate": "green" }),
-    )
-    .await
-    .expect("rollout starts");
-    let status = |api: switchyard::client::AdminClient| async move {
-        api.get("/api/v1/services/shop/rollout")
-            .await
-            .expect("rollout view")
-    };
-    eventually(Duration::from_secs(10), "the canary at 10%", || async {
-        let r = status(admin(&sy)).await;
-        r["weight"] == 1000
-    })
-    .await;
-
-    let addr = sy.listener_addr("web").await;
-    let url = format!("http://{addr}/");
-    let c = client();
-    // Healthy answers from the candidate, so the guard has enough requests to judge, and
-    // 15 stalled uploads at it, all within the guard's window.
-    let stalls: Vec<_> = (0..15)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.unwrap();
-                s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nx-switchyard-group: green\r\ncontent-length: 100\r\n\r\nabc")
-                    .await
-                    .unwrap();
-                status_of(&read_head(&mut s).await)
-            })
+        .await
+        .expect("rollout starts");
+        let status = |api: switchyard::client::AdminClient| async move {
+            api.get("/api/v1/services/shop/rollout")
+                .await
+                .expect("rollout view")
+        };
+        eventually(Duration::from_secs(10), "the canary at 10%", || async {
+            let r = status(admin(&sy)).await;
+            r["weight"] == 1000
         })
-        .collect();
-    for _ in 0..20 {
-        let r = get(&c, &url, &[("x-switchyard-group", "green")])
-            .await
-            .unwrap();
-        assert_eq!((r.status.as_u16(), r.backend()), (200, "green"));
-    }
-    for s in stalls {
-        assert_eq!(s.await.unwrap(), 408);
-    }
-    // The guard judges every 100 ms over the last second: give it several full windows in
-    // which the stalls are inside, then check that it did not act.
-    let since = std::time::Instant::now();
-    while since.elapsed() < Duration::from_millis(2500) {
-        let r = get(&c, &url, &[("x-switchyard-group", "green")])
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "the candidate's target was not ejected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let r = status(admin(&sy)).await;
-    assert_eq!(
-        (r["status"].as_str(), r["weight"].as_u64()),
-        (Some("progressing"), Some(1000)),
-        "the guard left a healthy canary alone: {r}"
-    );
+        .await;
+
+        let addr = sy.listener_addr("web").await;
+        let url = format!("http://{addr}/");
+        let c = client();
+        // Healthy answers from the candidate, so the guard has enough requests to judge, and
+        // 15 stalled uploads at it, all within the guard's window.
+        let stalls: Vec<_> = (0..15)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr).await.unwrap();
+                    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nx-switchyard-group: green\r\ncontent-length: 100\r\n\r\nabc")
+                        .await
+                        .unwrap();
+                    status_of(&read_head(&mut s).await)
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            let r = get(&c, &url, &[("x-switchyard-group", "green")])
+                .await
+                .unwrap();
+            assert_eq!((r.status.as_u16(), r.backend()), (200, "green"));
+        }
+        for s in stalls {
+            assert_eq!(s.await.unwrap(), 408);
+        }
+        // The guard judges every 100 ms over the last second: give it several full windows in
+        // which the stalls are inside, then check that it did not act.
+        let since = std::time::Instant::now();
+        while since.elapsed() < Duration::from_millis(2500) {
+            let r = get(&c, &url, &[("x-switchyard-group", "green")])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "the candidate's target was not ejected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = status(admin(&sy)).await;
+        assert_eq!(
+            (r["status"].as_str(), r["weight"].as_u64()),
+            (Some("progressing"), Some(1000)),
+            "the guard left a healthy canary alone: {r}"
+        );
     })
     .await;
 }

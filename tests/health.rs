@@ -22,71 +22,71 @@ async fn target_state(
 async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests(
 ) {
     bounded(TEST_LIMIT, async {
-    let a = TestBackend::start("a").await;
-    let b = TestBackend::start("b").await;
-    let c = TestBackend::start("c").await;
-    // 100 ms interval, 2 failures: unhealthy at most ~2 intervals after the kill.
-    let sy = start(&config(
-        &[("blue", &[a.addr, b.addr, c.addr])],
-        "[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/sleep/5", sy.listener_addr("web").await);
-    eventually(Duration::from_secs(3), "all healthy", || async {
-        target_state(&api, 0, 1).await["health"] == "healthy"
-    })
-    .await;
+        let a = TestBackend::start("a").await;
+        let b = TestBackend::start("b").await;
+        let c = TestBackend::start("c").await;
+        // 100 ms interval, 2 failures: unhealthy at most ~2 intervals after the kill.
+        let sy = start(&config(
+            &[("blue", &[a.addr, b.addr, c.addr])],
+            "[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2",
+        ))
+        .await;
+        let api = admin(&sy);
+        let url = format!("http://{}/sleep/5", sy.listener_addr("web").await);
+        eventually(Duration::from_secs(3), "all healthy", || async {
+            target_state(&api, 0, 1).await["health"] == "healthy"
+        })
+        .await;
 
-    const WORKERS: u64 = 8;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..WORKERS {
-        let (url, stop) = (url.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let cl = client();
-            let (mut ok, mut failed) = (0u64, 0u64);
-            while !stop.load(Ordering::SeqCst) && ok + failed < 20_000 {
-                match get(&cl, &url, &[]).await {
-                    Ok(r) if r.status == 200 => ok += 1,
-                    _ => failed += 1,
+        const WORKERS: u64 = 8;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..WORKERS {
+            let (url, stop) = (url.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let cl = client();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) && ok + failed < 20_000 {
+                    match get(&cl, &url, &[]).await {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
                 }
-            }
-            (ok, failed)
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let b_hits_before = b.hits();
-    assert!(b_hits_before > 0, "b served before the kill");
-    let killed = Instant::now();
-    b.kill();
-    eventually(Duration::from_secs(3), "b marked unhealthy", || async {
-        target_state(&api, 0, 1).await["health"] == "unhealthy"
-    })
-    .await;
-    let detect = killed.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, 0);
-    for t in tasks {
-        let (o, f) = t.await.unwrap();
-        ok += o;
-        failed += f;
-    }
-    // Two failed probes at 100 ms intervals: 200 ms, plus the probes' 100 ms timeout. The
-    // 8 load workers share the 2 cores with the probes and the status polls, so the bound
-    // allows a further second of scheduling delay: what it catches is a threshold or
-    // interval ignored (detection after seconds, or never — the wait above fails then).
-    assert!(
-        detect < Duration::from_millis(1300),
-        "took {detect:?} to mark the target unhealthy"
-    );
-    assert!(ok > 200, "too little load: {ok}");
-    assert!(
-        failed <= WORKERS,
-        "{failed} failures, more than the {WORKERS} requests that can be in flight"
-    );
-    eprintln!("detected in {detect:?}; {ok} ok, {failed} failed");
+                (ok, failed)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b_hits_before = b.hits();
+        assert!(b_hits_before > 0, "b served before the kill");
+        let killed = Instant::now();
+        b.kill();
+        eventually(Duration::from_secs(3), "b marked unhealthy", || async {
+            target_state(&api, 0, 1).await["health"] == "unhealthy"
+        })
+        .await;
+        let detect = killed.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failed) = (0, 0);
+        for t in tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failed += f;
+        }
+        // Two failed probes at 100 ms intervals: 200 ms, plus the probes' 100 ms timeout. The
+        // 8 load workers share the 2 cores with the probes and the status polls, so the bound
+        // allows a further second of scheduling delay: what it catches is a threshold or
+        // interval ignored (detection after seconds, or never — the wait above fails then).
+        assert!(
+            detect < Duration::from_millis(1300),
+            "took {detect:?} to mark the target unhealthy"
+        );
+        assert!(ok > 200, "too little load: {ok}");
+        assert!(
+            failed <= WORKERS,
+            "{failed} failures, more than the {WORKERS} requests that can be in flight"
+        );
+        eprintln!("detected in {detect:?}; {ok} ok, {failed} failed");
     })
     .await;
 }
@@ -174,34 +174,34 @@ async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_failures_eject_a_target_passively() {
     bounded(TEST_LIMIT, async {
-    let live = TestBackend::start("live").await;
-    let dead = free_port();
-    let sy = start(&config(
-        &[("blue", &[dead, live.addr])],
-        "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"30s\" }",
-    ))
-    .await;
-    let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
-    let cl = client();
-    for _ in 0..20 {
-        assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
-    }
-    let t = target_state(&api, 0, 0).await;
-    assert_eq!(t["ejected"], true, "{t}");
-    let s = api.get("/api/v1/status").await.unwrap();
-    let failures = s["services"][0]["groups"][0]["counts"]["connect_failures"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(failures, 3, "ejected after exactly 3 consecutive failures");
-    for _ in 0..20 {
-        assert_eq!(get(&cl, &url, &[]).await.unwrap().backend(), "live");
-    }
-    let s = api.get("/api/v1/status").await.unwrap();
-    assert_eq!(
-        s["services"][0]["groups"][0]["counts"]["connect_failures"], 3,
-        "no request went to the ejected target"
-    );
+        let live = TestBackend::start("live").await;
+        let dead = free_port();
+        let sy = start(&config(
+            &[("blue", &[dead, live.addr])],
+            "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"30s\" }",
+        ))
+        .await;
+        let api = admin(&sy);
+        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let cl = client();
+        for _ in 0..20 {
+            assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
+        }
+        let t = target_state(&api, 0, 0).await;
+        assert_eq!(t["ejected"], true, "{t}");
+        let s = api.get("/api/v1/status").await.unwrap();
+        let failures = s["services"][0]["groups"][0]["counts"]["connect_failures"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(failures, 3, "ejected after exactly 3 consecutive failures");
+        for _ in 0..20 {
+            assert_eq!(get(&cl, &url, &[]).await.unwrap().backend(), "live");
+        }
+        let s = api.get("/api/v1/status").await.unwrap();
+        assert_eq!(
+            s["services"][0]["groups"][0]["counts"]["connect_failures"], 3,
+            "no request went to the ejected target"
+        );
     })
     .await;
 }

@@ -10,130 +10,130 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
     bounded(TEST_LIMIT, async {
-    let (blue, green) = TestBackend::pair().await;
-    green.set_errors(500);
-    let sy = start(&config(
-        &[("blue", &[blue.addr]), ("green", &[green.addr])],
-        "active = \"blue\"\n[service.guard]\ninterval = \"200ms\"\nwindow = \"1s\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 50 }, { pause = \"1h\" }]",
-    ))
-    .await;
-    let api = admin(&sy);
-    let web = format!("http://{}", sy.listener_addr("web").await);
-    let c = client();
-    start_green(&api).await;
-    eventually(Duration::from_secs(10), "the guard rolled back", || async {
-        for _ in 0..20 {
-            get(&c, &format!("{web}/"), &[]).await.unwrap();
+        let (blue, green) = TestBackend::pair().await;
+        green.set_errors(500);
+        let sy = start(&config(
+            &[("blue", &[blue.addr]), ("green", &[green.addr])],
+            "active = \"blue\"\n[service.guard]\ninterval = \"200ms\"\nwindow = \"1s\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 50 }, { pause = \"1h\" }]",
+        ))
+        .await;
+        let api = admin(&sy);
+        let web = format!("http://{}", sy.listener_addr("web").await);
+        let c = client();
+        start_green(&api).await;
+        eventually(Duration::from_secs(10), "the guard rolled back", || async {
+            for _ in 0..20 {
+                get(&c, &format!("{web}/"), &[]).await.unwrap();
+            }
+            rollout(&api).await["status"] == "aborted"
+        })
+        .await;
+        for _ in 0..10 {
+            get(&c, &format!("{web}/sleep/2"), &[]).await.unwrap();
         }
-        rollout(&api).await["status"] == "aborted"
-    })
-    .await;
-    for _ in 0..10 {
-        get(&c, &format!("{web}/sleep/2"), &[]).await.unwrap();
-    }
-    // Counters only grow: once the last answers are counted and a split observed, a
-    // later scrape holds them too.
-    eventually(
-        Duration::from_secs(5),
-        "answers counted, split observed",
-        || async {
-            let text = metrics_text(&sy).await;
-            metric(&text, "switchyard_observed_share", &["group=\"blue\""]).is_some()
-                && metric(
-                    &text,
-                    "switchyard_latency_seconds_count",
-                    &["group=\"blue\""],
-                )
-                .is_some_and(|n| n >= 10.0)
-        },
-    )
-    .await;
-    let text = metrics_text(&sy).await;
+        // Counters only grow: once the last answers are counted and a split observed, a
+        // later scrape holds them too.
+        eventually(
+            Duration::from_secs(5),
+            "answers counted, split observed",
+            || async {
+                let text = metrics_text(&sy).await;
+                metric(&text, "switchyard_observed_share", &["group=\"blue\""]).is_some()
+                    && metric(
+                        &text,
+                        "switchyard_latency_seconds_count",
+                        &["group=\"blue\""],
+                    )
+                    .is_some_and(|n| n >= 10.0)
+            },
+        )
+        .await;
+        let text = metrics_text(&sy).await;
 
-    let blue_2xx = metric(
-        &text,
-        "switchyard_responses_total",
-        &["group=\"blue\"", "class=\"2xx\""],
-    )
-    .unwrap();
-    assert!(blue_2xx >= 10.0, "{text}");
-    assert!(
-        metric(
+        let blue_2xx = metric(
             &text,
             "switchyard_responses_total",
-            &["group=\"green\"", "class=\"5xx\""]
+            &["group=\"blue\"", "class=\"2xx\""],
         )
-        .unwrap()
-            > 0.0
-    );
-    assert!(
-        metric(
+        .unwrap();
+        assert!(blue_2xx >= 10.0, "{text}");
+        assert!(
+            metric(
+                &text,
+                "switchyard_responses_total",
+                &["group=\"green\"", "class=\"5xx\""]
+            )
+            .unwrap()
+                > 0.0
+        );
+        assert!(
+            metric(
+                &text,
+                "switchyard_route_responses_total",
+                &["route=\"all\"", "class=\"2xx\""]
+            )
+            .unwrap()
+                >= 10.0
+        );
+        assert!(
+            metric(
+                &text,
+                "switchyard_target_requests_total",
+                &[&format!("target=\"{}\"", blue.addr)]
+            )
+            .unwrap()
+                >= 10.0
+        );
+        let count = metric(
             &text,
-            "switchyard_route_responses_total",
-            &["route=\"all\"", "class=\"2xx\""]
+            "switchyard_latency_seconds_count",
+            &["group=\"blue\""],
         )
-        .unwrap()
-            >= 10.0
-    );
-    assert!(
-        metric(
-            &text,
-            "switchyard_target_requests_total",
-            &[&format!("target=\"{}\"", blue.addr)]
-        )
-        .unwrap()
-            >= 10.0
-    );
-    let count = metric(
-        &text,
-        "switchyard_latency_seconds_count",
-        &["group=\"blue\""],
-    )
-    .unwrap();
-    let inf = metric(
-        &text,
-        "switchyard_latency_seconds_bucket",
-        &["group=\"blue\"", "le=\"+Inf\""],
-    )
-    .unwrap();
-    assert_eq!(count, inf, "the +Inf bucket holds every observation");
-    assert!(
-        metric(
+        .unwrap();
+        let inf = metric(
             &text,
             "switchyard_latency_seconds_bucket",
-            &["group=\"blue\"", "le=\"0.001\""]
+            &["group=\"blue\"", "le=\"+Inf\""],
         )
-        .unwrap()
-            < count
-    );
-    assert_eq!(
-        metric(&text, "switchyard_weight_basis_points", &["group=\"blue\""]),
-        Some(10000.0)
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "switchyard_rollout",
-            &["status=\"aborted\"", "candidate=\"green\""]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "switchyard_rollbacks_total",
-            &["service=\"shop\"", "cause=\"guard\""]
-        ),
-        Some(1.0)
-    );
-    assert!(metric(&text, "switchyard_observed_share", &["group=\"blue\""]).is_some());
-    assert_eq!(
-        metric(&text, "switchyard_target_healthy", &["group=\"green\""]),
-        Some(1.0)
-    );
-    assert!(text.contains("switchyard_build_info{version=\""));
+        .unwrap();
+        assert_eq!(count, inf, "the +Inf bucket holds every observation");
+        assert!(
+            metric(
+                &text,
+                "switchyard_latency_seconds_bucket",
+                &["group=\"blue\"", "le=\"0.001\""]
+            )
+            .unwrap()
+                < count
+        );
+        assert_eq!(
+            metric(&text, "switchyard_weight_basis_points", &["group=\"blue\""]),
+            Some(10000.0)
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "switchyard_rollout",
+                &["status=\"aborted\"", "candidate=\"green\""]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "switchyard_rollbacks_total",
+                &["service=\"shop\"", "cause=\"guard\""]
+            ),
+            Some(1.0)
+        );
+        assert!(metric(&text, "switchyard_observed_share", &["group=\"blue\""]).is_some());
+        assert_eq!(
+            metric(&text, "switchyard_target_healthy", &["group=\"green\""]),
+            Some(1.0)
+        );
+        assert!(text.contains("switchyard_build_info{version=\""));
 
-    promtool_accepts(&text);
+        promtool_accepts(&text);
     })
     .await;
 }

@@ -167,57 +167,57 @@ async fn tls_connect(
 #[tokio::test]
 async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
     bounded(TEST_LIMIT, async {
-    let b = TestBackend::start("blue").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (shop, api) = (cert("shop.test"), cert("api.test"));
-    for (n, c) in [("shop", &shop), ("api", &api)] {
-        std::fs::write(dir.path().join(format!("{n}.pem")), &c.pem).unwrap();
-        std::fs::write(dir.path().join(format!("{n}.key")), &c.key).unwrap();
-    }
-    let certs = "[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[listener.certificate]]\ncert = \"api.pem\"\nkey = \"api.key\"";
-    let sy = start_in(
-        &shop_config(&format!("\"{}\"", b.addr), "", certs),
-        dir.path(),
-    )
-    .await;
-    let addr = sy.listener_addr("web").await;
+        let b = TestBackend::start("blue").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (shop, api) = (cert("shop.test"), cert("api.test"));
+        for (n, c) in [("shop", &shop), ("api", &api)] {
+            std::fs::write(dir.path().join(format!("{n}.pem")), &c.pem).unwrap();
+            std::fs::write(dir.path().join(format!("{n}.key")), &c.key).unwrap();
+        }
+        let certs = "[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[listener.certificate]]\ncert = \"api.pem\"\nkey = \"api.key\"";
+        let sy = start_in(
+            &shop_config(&format!("\"{}\"", b.addr), "", certs),
+            dir.path(),
+        )
+        .await;
+        let addr = sy.listener_addr("web").await;
 
-    // SNI api.test gets the api certificate (verified against it alone), over h2.
-    let tls = tls_connect(addr, "api.test", &[&api], &[b"h2", b"http/1.1"]).await;
-    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], api.der);
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        // SNI api.test gets the api certificate (verified against it alone), over h2.
+        let tls = tls_connect(addr, "api.test", &[&api], &[b"h2", b"http/1.1"]).await;
+        assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], api.der);
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("https://api.test/echo")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(seen["headers"]["host"], "api.test");
+
+        // SNI shop.test gets the shop certificate, over HTTP/1.1.
+        let tls = tls_connect(addr, "shop.test", &[&shop], &[b"http/1.1"]).await;
+        assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("https://api.test/echo")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let seen: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
-    assert_eq!(seen["headers"]["host"], "api.test");
+        tokio::spawn(conn);
+        let req = http::Request::get("/")
+            .header("host", "shop.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.headers()["x-backend"], "blue");
 
-    // SNI shop.test gets the shop certificate, over HTTP/1.1.
-    let tls = tls_connect(addr, "shop.test", &[&shop], &[b"http/1.1"]).await;
-    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/")
-        .header("host", "shop.test")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.headers()["x-backend"], "blue");
-
-    // An unknown name gets the first certificate.
-    let tls = tls_connect(addr, "shop.test", &[&shop], &[]).await;
-    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
+        // An unknown name gets the first certificate.
+        let tls = tls_connect(addr, "shop.test", &[&shop], &[]).await;
+        assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
     })
     .await;
 }
