@@ -36,12 +36,6 @@ try {
   await page.getByTestId("promote-shop").click();
   await page.waitForFunction(() => document.querySelector('[data-testid="split-shop"]')?.textContent.includes("green 50%"), null, { timeout: 15000 });
   step(`split at the second step: ${await split.textContent()}`);
-  // The observed split (last 5 s) settles at the configured one once 5 s have passed at 50 %.
-  await page.waitForFunction(() => {
-    const m = document.querySelector('[data-testid="observed-shop"]')?.textContent.match(/green (\d+(\.\d+)?)%/);
-    return m && Math.abs(Number(m[1]) - 50) <= 5;
-  }, null, { timeout: 20000 });
-  step(`observed: ${await page.getByTestId("observed-shop").textContent()}`);
   // Both charts draw a line per group that had traffic.
   await page.waitForFunction(() => ["success rate", "p99"].every(label =>
     [...document.querySelectorAll(`[data-testid="service-shop"] svg[aria-label="${label}"] polyline`)]
@@ -56,6 +50,13 @@ try {
   await page.getByTestId("resume-shop").click();
   await until("not held after Resume", r => r.held === false && r.weight === 5000);
   step("after resume: not held, green still at 50%");
+  // The observed split (last 5 s) settles at the configured one once 5 s have passed at 50 %
+  // (checked last, so that the clicks above overlap that wait).
+  await page.waitForFunction(() => {
+    const m = document.querySelector('[data-testid="observed-shop"]')?.textContent.match(/green (\d+(\.\d+)?)%/);
+    return m && Math.abs(Number(m[1]) - 50) <= 5;
+  }, null, { timeout: 20000 });
+  step(`observed: ${await page.getByTestId("observed-shop").textContent()}`);
   await page.screenshot({ path: `${shots}/dashboard-rollout.png`, fullPage: true });
   await page.getByTestId("abort-shop").click();
   await page.waitForFunction(() => document.querySelector('[data-testid="timeline-shop"]')?.textContent.includes("aborted by admin on behalf of dashboard"), null, { timeout: 15000 });
