@@ -168,7 +168,8 @@ async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
 async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced() {
     bounded(TEST_LIMIT, async {
         let blue = TestBackend::start("blue").await;
-        let dead = free_port().await;
+        let refusing = common::raw::RefusingPort::new();
+        let dead = refusing.addr;
         let sy = start(&config(
             &[("blue", &[blue.addr]), ("green", &[dead])],
             "active = \"blue\"\n[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"",
@@ -287,12 +288,6 @@ async fn admin_api_errors_say_what_is_wrong() {
         assert!(err.contains("401") && err.contains("wrong"), "{err}");
     })
     .await;
-}
-
-/// A loopback port with nothing listening on it.
-pub async fn free_port() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::bin::free_port;
+use common::raw::RefusingPort;
 use common::*;
 
 async fn target_state(
@@ -95,7 +95,8 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
 async fn a_connect_failure_moves_the_request_to_another_target() {
     bounded(TEST_LIMIT, async {
         let live = TestBackend::start("live").await;
-        let dead = free_port();
+        let refusing = RefusingPort::new();
+        let dead = refusing.addr;
         // No health checks and no passive ejection: only the retry can save requests.
         let sy = start(&config(
             &[("blue", &[dead, live.addr])],
@@ -144,7 +145,8 @@ async fn a_connect_failure_moves_the_request_to_another_target() {
 #[tokio::test]
 async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
     bounded(TEST_LIMIT, async {
-        let (d1, d2) = (free_port(), free_port());
+        let (d1, d2) = (RefusingPort::new(), RefusingPort::new());
+        let (d1, d2) = (d1.addr, d2.addr);
         let sy = start(&config(
             &[("blue", &[d1, d2])],
             "passive = { consecutive_failures = 0 }",
@@ -175,7 +177,8 @@ async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
 async fn consecutive_failures_eject_a_target_passively() {
     bounded(TEST_LIMIT, async {
         let live = TestBackend::start("live").await;
-        let dead = free_port();
+        let refusing = RefusingPort::new();
+        let dead = refusing.addr;
         let sy = start(&config(
             &[("blue", &[dead, live.addr])],
             "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"30s\" }",
@@ -210,7 +213,8 @@ async fn consecutive_failures_eject_a_target_passively() {
 async fn proxy_errors_have_their_status_and_code() {
     bounded(TEST_LIMIT, async {
         let slow = TestBackend::start("slow").await;
-        let dead = free_port();
+        let refusing = RefusingPort::new();
+        let dead = refusing.addr;
         let toml = format!(
             r#"
 [admin]
@@ -274,10 +278,9 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
     bounded(TEST_LIMIT, async {
         let live = TestBackend::start("live").await;
         let flaky = TestBackend::start("flaky").await;
-        let addr = flaky.addr;
         // 100 ms probes; 4 passes to come back: not before 3 intervals after the first.
         let sy = start(&config(
-            &[("blue", &[live.addr, addr])],
+            &[("blue", &[live.addr, flaky.addr])],
             "balance = \"round-robin\"\n[service.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 4",
         ))
         .await;
@@ -287,13 +290,13 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
             target_state(&api, 0, 1).await["health"] == "healthy"
         })
         .await;
-        drop(flaky);
+        // Probes time out (100 ms) while it answers after 300 ms; then it answers at once.
+        flaky.set_delay(300);
         eventually(Duration::from_secs(3), "flaky unhealthy", || async {
             target_state(&api, 0, 1).await["health"] == "unhealthy"
         })
         .await;
-
-        let back = TestBackend::start_on(addr, "flaky").await;
+        flaky.set_delay(0);
         let up = Instant::now();
         eventually(Duration::from_secs(5), "flaky healthy again", || async {
             target_state(&api, 0, 1).await["health"] == "healthy"
@@ -305,11 +308,16 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
             "healthy after {took:?}: fewer than 4 passing probes"
         );
         // Back in rotation: round-robin gives it every other request.
+        let before = flaky.hits();
         let cl = client();
         for _ in 0..10 {
             assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
         }
-        assert!(back.hits() >= 4, "{} of 10 requests", back.hits());
+        assert!(
+            flaky.hits() - before >= 4,
+            "{} of 10 requests",
+            flaky.hits() - before
+        );
     })
     .await;
 }
@@ -318,7 +326,8 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
 async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() {
     bounded(TEST_LIMIT, async {
         let live = TestBackend::start("live").await;
-        let dead = free_port();
+        let refusing = RefusingPort::new();
+        let dead = refusing.addr;
         let sy = start(&config(
             &[("blue", &[dead, live.addr])],
             "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"1s\" }",
@@ -334,7 +343,7 @@ async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() 
         }
         assert_eq!(target_state(&api, 0, 0).await["ejected"], true);
         // The target comes back at once, but is left alone until its ejection time is over.
-        let revived = TestBackend::start_on(dead, "revived").await;
+        let revived = TestBackend::start_on(refusing.release(), "revived").await;
         eventually(Duration::from_secs(5), "ejection over", || async {
             target_state(&api, 0, 0).await["ejected"] == false
         })
