@@ -173,20 +173,25 @@ async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
     .await;
 }
 
+/// A round-robin group of a refusing target (first) and a live one, ejecting after 3
+/// consecutive failures for `ejection_time`; the listener's URL.
+async fn ejecting(ejection_time: &str) -> (TestBackend, RefusingPort, Server, String) {
+    let live = TestBackend::start("live").await;
+    let refusing = RefusingPort::new();
+    let sy = start(&config(
+        &[("blue", &[refusing.addr, live.addr])],
+        &format!("balance = \"round-robin\"\npassive = {{ consecutive_failures = 3, ejection_time = \"{ejection_time}\" }}"),
+    ))
+    .await;
+    let url = format!("http://{}/", sy.listener_addr("web").await);
+    (live, refusing, sy, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_failures_eject_a_target_passively() {
     bounded(TEST_LIMIT, async {
-        let live = TestBackend::start("live").await;
-        let refusing = RefusingPort::new();
-        let dead = refusing.addr;
-        let sy = start(&config(
-            &[("blue", &[dead, live.addr])],
-            "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"30s\" }",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
-        let cl = client();
+        let (_live, _refusing, sy, url) = ejecting("30s").await;
+        let (api, cl) = (admin(&sy), client());
         for _ in 0..20 {
             assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
         }
@@ -325,17 +330,8 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() {
     bounded(TEST_LIMIT, async {
-        let live = TestBackend::start("live").await;
-        let refusing = RefusingPort::new();
-        let dead = refusing.addr;
-        let sy = start(&config(
-            &[("blue", &[dead, live.addr])],
-            "balance = \"round-robin\"\npassive = { consecutive_failures = 3, ejection_time = \"1s\" }",
-        ))
-        .await;
-        let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
-        let cl = client();
+        let (_live, refusing, sy, url) = ejecting("1s").await;
+        let (api, cl) = (admin(&sy), client());
         // Measured from before the requests that eject it: the ejection is no earlier.
         let ejected = Instant::now();
         for _ in 0..10 {
@@ -349,7 +345,12 @@ async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() 
         })
         .await;
         let took = ejected.elapsed();
-        fired_between(took, Duration::from_secs(1), Duration::from_secs(1), "ejection_time");
+        fired_between(
+            took,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            "ejection_time",
+        );
         assert_eq!(revived.hits(), 0, "no request while ejected");
         for _ in 0..10 {
             assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);

@@ -12,35 +12,16 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
 
-fn shop_config(targets: &str, group_extra: &str, listener_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-{listener_extra}
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[service]]
-name = "shop"
-[[service.group]]
-name = "blue"
-targets = [{targets}]
-{group_extra}
-"#
-    )
+/// Service `shop` with one group `blue` of `target`.
+fn shop_to(target: std::net::SocketAddr) -> Cfg {
+    Cfg::new().group("blue", &[target])
 }
 
 #[tokio::test]
 async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
     bounded(TEST_LIMIT, async {
         let b = TestBackend::start("blue").await;
-        let sy = start(&shop_config(&format!("\"{}\"", b.addr), "", "")).await;
+        let sy = start(&shop_to(b.addr).build()).await;
         let h2: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                 .http2_only(true)
@@ -72,11 +53,11 @@ async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
 async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
     bounded(TEST_LIMIT, async {
         let b = TestBackend::start("grpc").await;
-        let sy = start(&shop_config(
-            &format!("\"{}\"", b.addr),
-            "protocol = \"http2\"",
-            "",
-        ))
+        let sy = start(
+            &Cfg::new()
+                .group_with("blue", &[b.addr], "protocol = \"http2\"")
+                .build(),
+        )
         .await;
         let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -176,7 +157,7 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
         }
         let certs = "[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\n[[listener.certificate]]\ncert = \"api.pem\"\nkey = \"api.key\"";
         let sy = start_in(
-            &shop_config(&format!("\"{}\"", b.addr), "", certs),
+            &shop_to(b.addr).listener(certs).build(),
             dir.path(),
         )
         .await;
@@ -245,7 +226,7 @@ async fn ws_echo() -> std::net::SocketAddr {
 async fn websocket_upgrades_pass_through() {
     bounded(TEST_LIMIT, async {
         let ws_addr = ws_echo().await;
-        let sy = start(&shop_config(&format!("\"{ws_addr}\""), "", "")).await;
+        let sy = start(&shop_to(ws_addr).build()).await;
         let url = format!("ws://{}/chat", sy.listener_addr("web").await);
         let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
         assert_eq!(resp.status(), 101);
@@ -267,11 +248,7 @@ async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_u
     bounded(TEST_LIMIT, async {
         use tokio_tungstenite::tungstenite::Message;
         let ws_addr = ws_echo().await;
-        let cfg = shop_config(&format!("\"{ws_addr}\""), "", "").replacen(
-            "[[listener]]",
-            "[timeouts]\nidle = \"400ms\"\n[[listener]]",
-            1,
-        );
+        let cfg = shop_to(ws_addr).top("[timeouts]\nidle = \"400ms\"").build();
         let sy = start(&cfg).await;
         let url = format!("ws://{}/chat", sy.listener_addr("web").await);
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();

@@ -351,8 +351,10 @@ pub struct Cfg {
     route: String,
     top: String,
     service: String,
+    listener: String,
     active: Option<String>,
-    groups: Vec<(String, Vec<SocketAddr>)>,
+    /// Name, targets, and raw TOML appended to the group's table.
+    groups: Vec<(String, Vec<SocketAddr>, String)>,
 }
 
 fn push_line(to: &mut String, extra: &str) {
@@ -392,15 +394,29 @@ impl Cfg {
         self
     }
 
-    pub fn group(mut self, name: &str, targets: &[SocketAddr]) -> Cfg {
-        self.groups.push((name.to_string(), targets.to_vec()));
+    pub fn group(self, name: &str, targets: &[SocketAddr]) -> Cfg {
+        self.group_with(name, targets, "")
+    }
+
+    /// A group with `extra` appended to its table (e.g. `protocol = "http2"`).
+    pub fn group_with(mut self, name: &str, targets: &[SocketAddr], extra: &str) -> Cfg {
+        self.groups
+            .push((name.to_string(), targets.to_vec(), extra.to_string()));
+        self
+    }
+
+    /// Appends `extra` to the listener's table (e.g. its certificates).
+    pub fn listener(mut self, extra: &str) -> Cfg {
+        push_line(&mut self.listener, extra);
         self
     }
 
     pub fn build(&self) -> String {
         let mut s = String::from("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n");
         s.push_str(&self.admin);
-        s.push_str("\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n");
+        s.push_str("\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n");
+        s.push_str(&self.listener);
+        s.push('\n');
         s.push_str("[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n");
         s.push_str(&self.route);
         s.push('\n');
@@ -411,12 +427,13 @@ impl Cfg {
         }
         s.push_str(&self.service);
         s.push('\n');
-        for (name, targets) in &self.groups {
+        for (name, targets, extra) in &self.groups {
             let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
             s.push_str(&format!(
                 "[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n",
                 t.join(", ")
             ));
+            push_line(&mut s, extra);
         }
         s
     }
