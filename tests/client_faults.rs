@@ -480,13 +480,7 @@ async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_close
             "{lines:?}"
         );
         // The target was not struck: the next request goes there and is answered.
-        let r = get(
-            &client(),
-            &format!("http://{}/", sy.listener_addr("web").await),
-            &[],
-        )
-        .await
-        .unwrap();
+        let r = get_web(&sy, "/").await;
         assert_eq!(r.status, 200);
     })
     .await;

@@ -152,13 +152,7 @@ async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
             "passive = { consecutive_failures = 0 }",
         ))
         .await;
-        let r = get(
-            &client(),
-            &format!("http://{}/", sy.listener_addr("web").await),
-            &[],
-        )
-        .await
-        .unwrap();
+        let r = get_web(&sy, "/").await;
         assert_eq!(r.status, 502);
         assert_eq!(r.headers["x-switchyard-error"], "upstream_connect_failed");
         assert!(r.body.contains("cannot connect to target"), "{}", r.body);

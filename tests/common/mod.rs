@@ -300,6 +300,12 @@ pub async fn get(
     })
 }
 
+/// `GET path` through the server's listener `web` on a fresh client.
+pub async fn get_web(server: &Server, path: &str) -> Reply {
+    let url = format!("http://{}{path}", server.listener_addr("web").await);
+    get(&client(), &url, &[]).await.unwrap()
+}
+
 /// The admin plane's `/metrics` text.
 pub async fn metrics_text(server: &Server) -> String {
     get(
