@@ -110,29 +110,39 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
+    let switched = Arc::new(Mutex::new(Switched::default()));
     let stop = CancellationToken::new();
     let mut load = Vec::new();
     for _ in 0..WORKERS {
-        load.push(tokio::spawn(traffic(web, tally.clone(), stop.clone())));
+        load.push(tokio::spawn(traffic(
+            web,
+            tally.clone(),
+            switched.clone(),
+            stop.clone(),
+        )));
     }
 
     phase(&tally, "all traffic on blue").await;
     let r = api
         .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
         .await?;
+    expect(&switched, Some("green-v2"));
     println!(
         "→ switchyard switch shop green   (generation {})",
         r["generation"]
     );
     phase(&tally, "after the switch").await;
+    expect(&switched, None);
     let r = api
         .post("/api/v1/services/shop/switch", json!({ "back": true }))
         .await?;
+    expect(&switched, Some("blue-v1"));
     println!(
         "→ switchyard switch shop --back  (generation {})",
         r["generation"]
     );
     phase(&tally, "after switching back").await;
+    expect(&switched, None);
     let r = api
         .put(
             "/api/v1/services/shop/weights",
@@ -144,8 +154,12 @@ pub async fn run() -> anyhow::Result<()> {
         r["generation"]
     );
     phase(&tally, "weighted 90/10").await;
+    expect(&switched, None);
     api.post("/api/v1/services/shop/switch", json!({ "group": "blue" }))
         .await?;
+    expect(&switched, Some("blue-v1"));
+    tokio::time::sleep(PHASE / 4).await;
+    expect(&switched, None);
 
     println!("\ncanary: green goes 5% -> 25% -> 50% -> 100%, pausing 2s at each step");
     let steps = json!({ "kind": "canary", "steps": [
@@ -201,10 +215,32 @@ pub async fn run() -> anyhow::Result<()> {
         l.await.context("traffic generator")?;
     }
     server.shutdown().await;
+    let s = switched.lock().expect("switched");
     println!(
-        "\ndone: every switch and step took effect at once, with no failed request in between."
+        "\ndone: of {} requests sent after a switch was acknowledged, {} reached the previous version",
+        s.checked, s.stale
     );
     Ok(())
+}
+
+/// What the switches are measured by: the version every request sent after a switch was
+/// acknowledged must reach (`expected`, none while no switch is being measured), how many
+/// such requests were sent (`checked`) and how many reached another version (`stale`). A
+/// request is measured only if no other change began before its answer (`generation`
+/// unchanged): measuring stops (`expect(None)`) before each change is sent.
+#[derive(Default)]
+struct Switched {
+    expected: Option<&'static str>,
+    generation: u64,
+    checked: u64,
+    stale: u64,
+}
+
+/// From now on, every request sent must reach `backend` (or, with `None`, is not measured).
+fn expect(switched: &Mutex<Switched>, backend: Option<&'static str>) {
+    let mut s = switched.lock().expect("switched");
+    s.expected = backend;
+    s.generation += 1;
 }
 
 #[derive(Default)]
@@ -236,10 +272,21 @@ fn print_tally(what: &str, t: &Tally) {
     );
 }
 
-async fn traffic(addr: std::net::SocketAddr, tally: Arc<Mutex<Tally>>, stop: CancellationToken) {
+async fn traffic(
+    addr: std::net::SocketAddr,
+    tally: Arc<Mutex<Tally>>,
+    switched: Arc<Mutex<Switched>>,
+    stop: CancellationToken,
+) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = format!("http://{addr}/").parse().expect("uri");
     while !stop.is_cancelled() {
+        // Read before the request goes out: a switch acknowledged after this point may
+        // rightly miss it.
+        let (expected, generation) = {
+            let s = switched.lock().expect("switched");
+            (s.expected, s.generation)
+        };
         let res = client.get(uri.clone()).await;
         let backend = match res {
             Ok(r) if r.status().is_success() => {
@@ -253,6 +300,14 @@ async fn traffic(addr: std::net::SocketAddr, tally: Arc<Mutex<Tally>>, stop: Can
             }
             _ => None,
         };
+        let mut s = switched.lock().expect("switched");
+        if let Some(want) = expected.filter(|_| s.generation == generation) {
+            s.checked += 1;
+            if backend.as_deref() != Some(want) {
+                s.stale += 1;
+            }
+        }
+        drop(s);
         let mut t = tally.lock().expect("tally");
         match backend {
             Some(b) => *t.by_backend.entry(b).or_default() += 1,
@@ -301,8 +356,14 @@ max_error_rate = 5
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = CancellationToken::new();
     let mut load = Vec::new();
+    let unmeasured = Arc::new(Mutex::new(Switched::default()));
     for _ in 0..WORKERS {
-        load.push(tokio::spawn(traffic(web, tally.clone(), stop.clone())));
+        load.push(tokio::spawn(traffic(
+            web,
+            tally.clone(),
+            unmeasured.clone(),
+            stop.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = tokio::time::Instant::now();

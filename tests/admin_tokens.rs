@@ -34,130 +34,139 @@ scopes = ["release", "config"]"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, TOKENS)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("ran");
-    let start = json!({
-        "service": "shop",
-        "candidate": "green",
-        "strategy": {
-            "kind": "blue-green",
-            "scale_down_delay": "0s",
-            "teardown": format!("touch {}", marker.display()),
-        },
-    });
-    let e = as_client(&sy, "b0t")
-        .post("/api/v1/rollouts", start.clone())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("403") && e.contains("\"config\" scope") && e.contains("teardown"),
-        "{e}"
-    );
-    // Nothing was started by the refused call.
-    let status = as_client(&sy, "b0t")
-        .get("/api/v1/services/shop/rollout")
-        .await;
-    assert!(status.is_err(), "{status:?}");
-    // A strategy without a command is a release matter.
-    let plain = json!({
-        "service": "shop",
-        "candidate": "green",
-        "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
-    });
-    as_client(&sy, "b0t")
-        .post("/api/v1/rollouts", plain)
-        .await
-        .unwrap();
-    as_client(&sy, "b0t")
-        .post(
-            "/api/v1/services/shop/rollout/abort",
-            json!({ "reason": "make room" }),
-        )
-        .await
-        .unwrap();
-    // `config` grants shell access, so a config token may.
-    let view = as_client(&sy, "0ps")
-        .post("/api/v1/rollouts", start)
-        .await
-        .unwrap();
-    assert_eq!(view["candidate"], "green", "{view}");
-    assert_eq!(view["created_by"], "ops", "{view}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, "")).await;
-    // 2 MiB announced, none sent: the token check must not wait for the body (it would
-    // wait header_read_timeout, 5 s, and answer 408).
-    for auth in ["", "Authorization: Bearer wrong\r\n"] {
-        let started = Instant::now();
-        let answer = raw(
-            sy.admin_addr,
-            &format!(
-                "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n"
-            ),
-            Duration::from_secs(4),
-        )
-        .await;
-        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-        assert!(started.elapsed() < Duration::from_secs(4));
-    }
-    // With the token, the body is still awaited (bounded): 408 once the bound passes.
-    let answer = raw(
-        sy.admin_addr,
-        "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n",
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, TOKENS)).await;
-    for bad in [
-        "alice on behalf of bob",
-        "a b",
-        "x\"y",
-        "<script>",
-        &"a".repeat(65),
-    ] {
+    bounded(TEST_LIMIT, async {
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, TOKENS)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let start = json!({
+            "service": "shop",
+            "candidate": "green",
+            "strategy": {
+                "kind": "blue-green",
+                "scale_down_delay": "0s",
+                "teardown": format!("touch {}", marker.display()),
+            },
+        });
         let e = as_client(&sy, "b0t")
-            .with_actor(bad)
-            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .post("/api/v1/rollouts", start.clone())
             .await
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("422") && e.contains("x-switchyard-actor"),
-            "{bad}: {e}"
+            e.contains("403") && e.contains("\"config\" scope") && e.contains("teardown"),
+            "{e}"
         );
-    }
-    as_client(&sy, "b0t")
-        .with_actor("cli:alice@example.com")
-        .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-        .await
-        .unwrap();
-    let found = Mutex::new(None);
-    eventually(Duration::from_secs(5), "the switch's event", || {
-        let (api, found) = (admin(&sy), &found);
-        async move {
-            let events = api.get("/api/v1/events?service=shop").await.unwrap();
-            let first = events.as_array().and_then(|a| a.first().cloned());
-            let there = first.is_some();
-            *found.lock().unwrap() = first;
-            there
-        }
+        // Nothing was started by the refused call.
+        let status = as_client(&sy, "b0t")
+            .get("/api/v1/services/shop/rollout")
+            .await;
+        assert!(status.is_err(), "{status:?}");
+        // A strategy without a command is a release matter.
+        let plain = json!({
+            "service": "shop",
+            "candidate": "green",
+            "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
+        });
+        as_client(&sy, "b0t")
+            .post("/api/v1/rollouts", plain)
+            .await
+            .unwrap();
+        as_client(&sy, "b0t")
+            .post(
+                "/api/v1/services/shop/rollout/abort",
+                json!({ "reason": "make room" }),
+            )
+            .await
+            .unwrap();
+        // `config` grants shell access, so a config token may.
+        let view = as_client(&sy, "0ps")
+            .post("/api/v1/rollouts", start)
+            .await
+            .unwrap();
+        assert_eq!(view["candidate"], "green", "{view}");
+        assert_eq!(view["created_by"], "ops", "{view}");
     })
     .await;
-    let e = found.into_inner().unwrap().unwrap();
-    assert_eq!(e["actor"], "deploy-bot", "{e}");
-    assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
+    bounded(TEST_LIMIT, async {
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, "")).await;
+        // 2 MiB announced, none sent: the token check must not wait for the body (it would
+        // wait header_read_timeout, 5 s, and answer 408).
+        for auth in ["", "Authorization: Bearer wrong\r\n"] {
+            let started = Instant::now();
+            let answer = raw(
+                sy.admin_addr,
+                &format!(
+                    "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n"
+                ),
+                Duration::from_secs(4),
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            assert!(started.elapsed() < Duration::from_secs(4));
+        }
+        // With the token, the body is still awaited (bounded): 408 once the bound passes.
+        let answer = raw(
+            sy.admin_addr,
+            "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
+    bounded(TEST_LIMIT, async {
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, TOKENS)).await;
+        for bad in [
+            "alice on behalf of bob",
+            "a b",
+            "x\"y",
+            "<script>",
+            &"a".repeat(65),
+        ] {
+            let e = as_client(&sy, "b0t")
+                .with_actor(bad)
+                .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("422") && e.contains("x-switchyard-actor"),
+                "{bad}: {e}"
+            );
+        }
+        as_client(&sy, "b0t")
+            .with_actor("cli:alice@example.com")
+            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap();
+        let found = Mutex::new(None);
+        eventually(Duration::from_secs(5), "the switch's event", || {
+            let (api, found) = (admin(&sy), &found);
+            async move {
+                let events = api.get("/api/v1/events?service=shop").await.unwrap();
+                let first = events.as_array().and_then(|a| a.first().cloned());
+                let there = first.is_some();
+                *found.lock().unwrap() = first;
+                there
+            }
+        })
+        .await;
+        let e = found.into_inner().unwrap().unwrap();
+        assert_eq!(e["actor"], "deploy-bot", "{e}");
+        assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{e}");
+    })
+    .await;
 }
 
 /// The reason of the first event whose reason contains `needle`, once there is one.
@@ -184,34 +193,37 @@ async fn event_reason(api: &AdminClient, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
-    let blue = TestBackend::start("blue").await;
-    let sy = start(&cfg(blue.addr, "")).await;
-    let api = admin(&sy);
-    api.post(
-        "/api/v1/rollouts",
-        json!({
-            "service": "shop",
-            "candidate": "green",
-            "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
-        }),
-    )
-    .await
-    .unwrap();
-    let reason = format!("bad\u{1b}[31m red\r\nFAKE: line\u{7}{}", "x".repeat(2000));
-    api.post(
-        "/api/v1/services/shop/rollout/abort",
-        json!({ "reason": reason }),
-    )
-    .await
-    .unwrap();
-    // The abort's event is written by the rollout's driver, perhaps after the answer.
-    let recorded = event_reason(&api, "bad").await;
-    assert!(!recorded.chars().any(char::is_control), "{recorded:?}");
-    assert!(
-        recorded.contains("bad [31m red FAKE: line x"),
-        "{recorded:?}"
-    );
-    assert!(recorded.chars().count() < 700, "{}", recorded.len());
+    bounded(TEST_LIMIT, async {
+        let blue = TestBackend::start("blue").await;
+        let sy = start(&cfg(blue.addr, "")).await;
+        let api = admin(&sy);
+        api.post(
+            "/api/v1/rollouts",
+            json!({
+                "service": "shop",
+                "candidate": "green",
+                "strategy": { "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] },
+            }),
+        )
+        .await
+        .unwrap();
+        let reason = format!("bad\u{1b}[31m red\r\nFAKE: line\u{7}{}", "x".repeat(2000));
+        api.post(
+            "/api/v1/services/shop/rollout/abort",
+            json!({ "reason": reason }),
+        )
+        .await
+        .unwrap();
+        // The abort's event is written by the rollout's driver, perhaps after the answer.
+        let recorded = event_reason(&api, "bad").await;
+        assert!(!recorded.chars().any(char::is_control), "{recorded:?}");
+        assert!(
+            recorded.contains("bad [31m red FAKE: line x"),
+            "{recorded:?}"
+        );
+        assert!(recorded.chars().count() < 700, "{}", recorded.len());
+    })
+    .await;
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The web dashboard in a real browser: Debian's Chromium driven by playwright-core (both
 //! installed by ./scripts/test). The page sees the split change while a rollout steps (a
-//! click on Promote moves it past its first pause), a click on Abort rolls back, and the
-//! timeline shows it.
+//! click on Promote moves it past its first pause), shows the observed split and draws its
+//! charts; Pause and Resume hold and release the rollout (checked in the API), a click on
+//! Abort rolls back, and the timeline shows it. The rollout waits for a person at each step,
+//! so nothing races the browser's start.
 
 mod common;
 
@@ -12,7 +14,8 @@ use common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_a_rollout_stepping_and_aborts_it() {
+async fn the_dashboard_shows_the_configured_and_observed_split_and_charts_and_its_buttons_act() {
+    bounded(Duration::from_secs(90), async {
     let (blue, green) = (
         TestBackend::start("blue").await,
         TestBackend::start("green").await,
@@ -64,9 +67,25 @@ async fn the_dashboard_shows_a_rollout_stepping_and_aborts_it() {
         said.contains("split at the second step: blue 50% · green 50%"),
         "{said}"
     );
+    // The observed split the page showed, as measured: green within 5 points of 50 %.
+    let observed = said
+        .lines()
+        .find_map(|l| l.strip_prefix("dashboard: observed: "))
+        .unwrap_or_else(|| panic!("{said}"));
+    let green: f64 = observed
+        .split(" · ")
+        .find_map(|p| p.strip_prefix("green "))
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!((45.0..=55.0).contains(&green), "{said}");
+    assert!(said.contains("chart lines: success rate 2, p99 2"), "{said}");
+    assert!(said.contains("after pause: held"), "{said}");
+    assert!(said.contains("after resume: not held"), "{said}");
 
     let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
     assert_eq!(r["status"], "aborted");
     assert_eq!(r["reason"], "aborted by admin on behalf of dashboard");
     assert_eq!(r["split"], json!({ "blue": 10000 }));
+    })
+    .await;
 }

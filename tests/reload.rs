@@ -42,131 +42,140 @@ async fn from_file() -> (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
-    let (blue, green, _dir, path, _sy, api, url) = from_file().await;
+    bounded(TEST_LIMIT, async {
+        let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (url, stop) = (url.clone(), stop.clone());
-        load.push(tokio::spawn(async move {
-            let c = client();
-            let mut failed = 0;
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) && n < 50_000 {
-                n += 1;
-                match get(&c, &url, &[]).await {
-                    Ok(r) if r.status == 200 => {}
-                    _ => failed += 1,
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let (url, stop) = (url.clone(), stop.clone());
+            load.push(tokio::spawn(async move {
+                let c = client();
+                let mut failed = 0;
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < 50_000 {
+                    n += 1;
+                    match get(&c, &url, &[]).await {
+                        Ok(r) if r.status == 200 => {}
+                        _ => failed += 1,
+                    }
                 }
-            }
-            failed
-        }));
-    }
+                failed
+            }));
+        }
 
-    // Broken: a route to a service that does not exist.
-    std::fs::write(
-        &path,
-        file_config("blue", blue.addr, green.addr)
-            .replace("forward = \"shop\"", "forward = \"shoop\""),
-    )
-    .unwrap();
-    let err = api
-        .post("/api/v1/reload", json!({}))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("422"), "{err}");
-    assert!(
-        err.contains("switchyard.toml:12:11: route[0].forward: no service named \"shoop\""),
-        "{err}"
-    );
-    assert_eq!(
-        get(&client(), &url, &[]).await.unwrap().backend(),
-        "blue",
-        "old config still serves"
-    );
+        // Broken: a route to a service that does not exist.
+        std::fs::write(
+            &path,
+            file_config("blue", blue.addr, green.addr)
+                .replace("forward = \"shop\"", "forward = \"shoop\""),
+        )
+        .unwrap();
+        let err = api
+            .post("/api/v1/reload", json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("422"), "{err}");
+        assert!(
+            err.contains("switchyard.toml:12:11: route[0].forward: no service named \"shoop\""),
+            "{err}"
+        );
+        assert_eq!(
+            get(&client(), &url, &[]).await.unwrap().backend(),
+            "blue",
+            "old config still serves"
+        );
 
-    // Unreadable: also rejected.
-    std::fs::remove_file(&path).unwrap();
-    let err = api
-        .post("/api/v1/reload", json!({}))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("cannot read"), "{err}");
+        // Unreadable: also rejected.
+        std::fs::remove_file(&path).unwrap();
+        let err = api
+            .post("/api/v1/reload", json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
 
-    // Valid: green becomes active.
-    let before = blue.hits();
-    std::fs::write(&path, file_config("green", blue.addr, green.addr)).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = api.post("/api/v1/reload", json!({})).await.unwrap();
-    assert!(r["generation"].as_u64().unwrap() >= 2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut failed = 0;
-    for l in load {
-        failed += l.await.unwrap();
-    }
-    assert_eq!(failed, 0, "no request failed across the reloads");
-    assert!(before > 0 && green.hits() > 0);
-    assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "green");
+        // Valid: green becomes active.
+        let before = blue.hits();
+        std::fs::write(&path, file_config("green", blue.addr, green.addr)).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = api.post("/api/v1/reload", json!({})).await.unwrap();
+        assert!(r["generation"].as_u64().unwrap() >= 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut failed = 0;
+        for l in load {
+            failed += l.await.unwrap();
+        }
+        assert_eq!(failed, 0, "no request failed across the reloads");
+        assert!(before > 0 && green.hits() > 0);
+        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "green");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
-    let (blue, green, _dir, path, _sy, api, url) = from_file().await;
+    bounded(TEST_LIMIT, async {
+        let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
-    api.post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-        .await
+        api.post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap();
+        // Same split in the file, other changes: the switch stays.
+        let other_change = config(
+            &[("blue", &[blue.addr]), ("green", &[green.addr])],
+            "active = \"blue\"\nbalance = \"round-robin\"",
+        );
+        std::fs::write(&path, other_change).unwrap();
+        api.post("/api/v1/reload", json!({})).await.unwrap();
+        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "green");
+
+        // The file now says something new about the split: the file wins.
+        std::fs::write(
+            &path,
+            file_config("blue", blue.addr, green.addr)
+                .replace("active = \"blue\"", "weights = { blue = 100, green = 0 }"),
+        )
         .unwrap();
-    // Same split in the file, other changes: the switch stays.
-    let other_change = config(
-        &[("blue", &[blue.addr]), ("green", &[green.addr])],
-        "active = \"blue\"\nbalance = \"round-robin\"",
-    );
-    std::fs::write(&path, other_change).unwrap();
-    api.post("/api/v1/reload", json!({})).await.unwrap();
-    assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "green");
-
-    // The file now says something new about the split: the file wins.
-    std::fs::write(
-        &path,
-        file_config("blue", blue.addr, green.addr)
-            .replace("active = \"blue\"", "weights = { blue = 100, green = 0 }"),
-    )
-    .unwrap();
-    api.post("/api/v1/reload", json!({})).await.unwrap();
-    assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+        api.post("/api/v1/reload", json!({})).await.unwrap();
+        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
-    let (blue, green, _dir, path, _sy, api, url) = from_file().await;
+    bounded(TEST_LIMIT, async {
+        let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
-    // Green active, plus a second listener on a port that is taken.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let text = file_config("green", blue.addr, green.addr).replace(
-        "[[route]]",
-        &format!(
-            "[[listener]]\nname = \"extra\"\nbind = \"{}\"\n\n[[route]]",
-            taken.local_addr().unwrap()
-        ),
-    );
-    std::fs::write(&path, text).unwrap();
-    let err = api
-        .post("/api/v1/reload", json!({}))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("409") && err.contains("listener \"extra\" cannot bind"),
-        "{err}"
-    );
-    assert_eq!(
-        get(&client(), &url, &[]).await.unwrap().backend(),
-        "blue",
-        "nothing was applied"
-    );
-    let s = api.get("/api/v1/status").await.unwrap();
-    assert_eq!(s["listeners"].as_array().unwrap().len(), 1);
+        // Green active, plus a second listener on a port that is taken.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let text = file_config("green", blue.addr, green.addr).replace(
+            "[[route]]",
+            &format!(
+                "[[listener]]\nname = \"extra\"\nbind = \"{}\"\n\n[[route]]",
+                taken.local_addr().unwrap()
+            ),
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = api
+            .post("/api/v1/reload", json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("409") && err.contains("listener \"extra\" cannot bind"),
+            "{err}"
+        );
+        assert_eq!(
+            get(&client(), &url, &[]).await.unwrap().backend(),
+            "blue",
+            "nothing was applied"
+        );
+        let s = api.get("/api/v1/status").await.unwrap();
+        assert_eq!(s["listeners"].as_array().unwrap().len(), 1);
+    })
+    .await;
 }

@@ -82,72 +82,75 @@ fn the_file_refuses_bad_weights_at_their_line_and_column() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_and_the_cli_refuse_the_same_weights_with_the_same_message() {
-    let sy = start(&two_groups("active = \"blue\"")).await;
-    let api = admin(&sy);
-    let path = "/api/v1/services/shop/weights";
-    for (w, field, msg) in BAD {
-        let body: serde_json::Map<String, serde_json::Value> =
-            w.iter().map(|(g, p)| (g.to_string(), json!(p))).collect();
-        let err = api
-            .put(path, json!({ "weights": body, "force": true }))
-            .await
-            .expect_err("bad weights")
-            .to_string();
+    bounded(TEST_LIMIT, async {
+        let sy = start(&two_groups("active = \"blue\"")).await;
+        let api = admin(&sy);
+        let path = "/api/v1/services/shop/weights";
+        for (w, field, msg) in BAD {
+            let body: serde_json::Map<String, serde_json::Value> =
+                w.iter().map(|(g, p)| (g.to_string(), json!(p))).collect();
+            let err = api
+                .put(path, json!({ "weights": body, "force": true }))
+                .await
+                .expect_err("bad weights")
+                .to_string();
+            assert!(
+                err.contains("422") && err.contains(&format!("{field}: {msg}")),
+                "{w:?}: {err}"
+            );
+
+            let mut args = vec!["weights".to_string(), "shop".into()];
+            args.extend(w.iter().map(|(g, p)| format!("{g}={p}")));
+            let out = cli(&sy.admin_addr.to_string(), &args);
+            assert_eq!(out.0, 1, "{w:?}: {out:?}");
+            assert!(out.2.contains(msg), "{w:?}: {}", out.2);
+        }
+        // JSON has no NaN or infinity: such a body is refused before it is a split.
+        for raw in ["NaN", "1e999"] {
+            let body = format!(r#"{{"weights": {{"blue": 100, "green": {raw}}}, "force": true}}"#);
+            let res = raw_put(&sy.admin_addr.to_string(), path, &body).await;
+            assert_eq!(res.0, 422, "{raw}: {}", res.1);
+        }
+        let out = cli(
+            &sy.admin_addr.to_string(),
+            &[
+                "weights".into(),
+                "shop".into(),
+                "blue=100".into(),
+                "green=NaN".into(),
+            ],
+        );
         assert!(
-            err.contains("422") && err.contains(&format!("{field}: {msg}")),
-            "{w:?}: {err}"
+            out.2.contains("weight NaN for green is not a number"),
+            "{}",
+            out.2
         );
 
-        let mut args = vec!["weights".to_string(), "shop".into()];
-        args.extend(w.iter().map(|(g, p)| format!("{g}={p}")));
-        let out = cli(&sy.admin_addr.to_string(), &args);
-        assert_eq!(out.0, 1, "{w:?}: {out:?}");
-        assert!(out.2.contains(msg), "{w:?}: {}", out.2);
-    }
-    // JSON has no NaN or infinity: such a body is refused before it is a split.
-    for raw in ["NaN", "1e999"] {
-        let body = format!(r#"{{"weights": {{"blue": 100, "green": {raw}}}, "force": true}}"#);
-        let res = raw_put(&sy.admin_addr.to_string(), path, &body).await;
-        assert_eq!(res.0, 422, "{raw}: {}", res.1);
-    }
-    let out = cli(
-        &sy.admin_addr.to_string(),
-        &[
-            "weights".into(),
-            "shop".into(),
-            "blue=100".into(),
-            "green=NaN".into(),
-        ],
-    );
-    assert!(
-        out.2.contains("weight NaN for green is not a number"),
-        "{}",
-        out.2
-    );
-
-    // Nothing moved, and good weights still go through every door.
-    let status = api.get("/api/v1/status").await.unwrap();
-    assert_eq!(status["services"][0]["split_text"], "blue=100%");
-    let ok = api
-        .put(
-            path,
-            json!({ "weights": { "blue": 99.99, "green": 0.01 }, "force": true }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(ok["to"], json!({ "blue": 9999, "green": 1 }));
-    let out = cli(
-        &sy.admin_addr.to_string(),
-        &[
-            "weights".into(),
-            "shop".into(),
-            "blue=90".into(),
-            "green=10".into(),
-            "--force".into(),
-        ],
-    );
-    assert_eq!(out.0, 0, "{out:?}");
-    assert!(out.1.contains("-> blue=90% green=10%"), "{}", out.1);
+        // Nothing moved, and good weights still go through every door.
+        let status = api.get("/api/v1/status").await.unwrap();
+        assert_eq!(status["services"][0]["split_text"], "blue=100%");
+        let ok = api
+            .put(
+                path,
+                json!({ "weights": { "blue": 99.99, "green": 0.01 }, "force": true }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok["to"], json!({ "blue": 9999, "green": 1 }));
+        let out = cli(
+            &sy.admin_addr.to_string(),
+            &[
+                "weights".into(),
+                "shop".into(),
+                "blue=90".into(),
+                "green=10".into(),
+                "--force".into(),
+            ],
+        );
+        assert_eq!(out.0, 0, "{out:?}");
+        assert!(out.1.contains("-> blue=90% green=10%"), "{}", out.1);
+    })
+    .await;
 }
 
 fn cli(admin: &str, args: &[String]) -> (i32, String, String) {

@@ -95,12 +95,36 @@ impl Drop for Running {
     }
 }
 
+/// Where `run_binary` appends the process's log (stderr) for the config at `path`.
+pub fn log_path(path: &Path) -> PathBuf {
+    path.with_extension("stderr")
+}
+
+/// What the binary started with the config at `path` has logged so far.
+pub fn logged(path: &Path) -> String {
+    std::fs::read_to_string(log_path(path)).unwrap_or_default()
+}
+
+/// Starts `switchyard run -c path` (its log appended to `log_path(path)`) and waits until
+/// its admin API answers.
 pub async fn run_binary(path: &Path, admin: SocketAddr) -> Running {
+    run_binary_with_env(path, admin, &[]).await
+}
+
+/// `run_binary` with `env` added to the process's environment (the test's own is never
+/// changed: other tests run beside it).
+pub async fn run_binary_with_env(path: &Path, admin: SocketAddr, env: &[(&str, &str)]) -> Running {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(path))
+        .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "-c"])
         .arg(path)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let c = client();
@@ -136,4 +160,20 @@ pub fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Waits for the process to exit (polling every 10 ms) and returns its status and when it
+/// exited, measured from `since`; panics after `limit`.
+pub async fn exit_of(
+    child: &mut Child,
+    since: std::time::Instant,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, since.elapsed());
+        }
+        assert!(since.elapsed() < limit, "did not exit within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -5,10 +5,12 @@
 pub mod bin;
 pub mod raw;
 pub mod release;
+mod wait;
+
+pub use wait::*;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -299,6 +301,12 @@ pub async fn get(
     })
 }
 
+/// `GET path` through the server's listener `web` on a fresh client.
+pub async fn get_web(server: &Server, path: &str) -> Reply {
+    let url = format!("http://{}{path}", server.listener_addr("web").await);
+    get(&client(), &url, &[]).await.unwrap()
+}
+
 /// The admin plane's `/metrics` text.
 pub async fn metrics_text(server: &Server) -> String {
     get(
@@ -309,24 +317,6 @@ pub async fn metrics_text(server: &Server) -> String {
     .await
     .unwrap()
     .body
-}
-
-/// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("not true within {limit:?}: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An admin client for the server with the token the test configs use.
@@ -368,8 +358,10 @@ pub struct Cfg {
     route: String,
     top: String,
     service: String,
+    listener: String,
     active: Option<String>,
-    groups: Vec<(String, Vec<SocketAddr>)>,
+    /// Name, targets, and raw TOML appended to the group's table.
+    groups: Vec<(String, Vec<SocketAddr>, String)>,
 }
 
 fn push_line(to: &mut String, extra: &str) {
@@ -409,15 +401,29 @@ impl Cfg {
         self
     }
 
-    pub fn group(mut self, name: &str, targets: &[SocketAddr]) -> Cfg {
-        self.groups.push((name.to_string(), targets.to_vec()));
+    pub fn group(self, name: &str, targets: &[SocketAddr]) -> Cfg {
+        self.group_with(name, targets, "")
+    }
+
+    /// A group with `extra` appended to its table (e.g. `protocol = "http2"`).
+    pub fn group_with(mut self, name: &str, targets: &[SocketAddr], extra: &str) -> Cfg {
+        self.groups
+            .push((name.to_string(), targets.to_vec(), extra.to_string()));
+        self
+    }
+
+    /// Appends `extra` to the listener's table (e.g. its certificates).
+    pub fn listener(mut self, extra: &str) -> Cfg {
+        push_line(&mut self.listener, extra);
         self
     }
 
     pub fn build(&self) -> String {
         let mut s = String::from("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n");
         s.push_str(&self.admin);
-        s.push_str("\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n");
+        s.push_str("\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n");
+        s.push_str(&self.listener);
+        s.push('\n');
         s.push_str("[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n");
         s.push_str(&self.route);
         s.push('\n');
@@ -428,12 +434,13 @@ impl Cfg {
         }
         s.push_str(&self.service);
         s.push('\n');
-        for (name, targets) in &self.groups {
+        for (name, targets, extra) in &self.groups {
             let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
             s.push_str(&format!(
                 "[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n",
                 t.join(", ")
             ));
+            push_line(&mut s, extra);
         }
         s
     }

@@ -121,3 +121,41 @@ pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     s.write_all(bytes).await.unwrap();
     s
 }
+
+/// A loopback port that refuses connections and stays reserved while this lives: a socket
+/// bound to it that never listens. A port taken and freed instead (`bin::free_port`) can
+/// be handed to another test's backend meanwhile, and then it answers.
+pub struct RefusingPort {
+    _socket: std::os::fd::OwnedFd,
+    pub addr: SocketAddr,
+}
+
+impl RefusingPort {
+    pub fn new() -> RefusingPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket calls on a descriptor we own; the address structs are ours.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket");
+            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let sp = &mut sa as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(fd, sp, len), 0, "bind");
+            let mut got = len;
+            assert_eq!(libc::getsockname(fd, sp, &mut got), 0, "getsockname");
+            let port = u16::from_be(sa.sin_port);
+            RefusingPort {
+                _socket: socket,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            }
+        }
+    }
+
+    /// Frees the port for a backend to start on it at once; its address.
+    pub fn release(self) -> SocketAddr {
+        self.addr
+    }
+}

