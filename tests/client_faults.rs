@@ -2,7 +2,8 @@
 //! (408, 400, 413) and counted apart as client errors: never against the target (passive
 //! ejection), nor in the group's answers that the guard and analyses judge. Uploads that flow
 //! steadily are not cut by the request timeout, which is the target's time. Misbehaving
-//! clients are raw TCP clients on loopback.
+//! clients are raw TCP clients on loopback. (Over 600 lines: one fault per test, sharing
+//! this file's proxy-and-log setup; splitting it would copy that setup.)
 
 mod common;
 
