@@ -16,28 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Edges that still close a cycle, each with why it is allowed for now. An edge listed here
-/// that no longer exists fails the test, so that the list only ever shrinks.
-const PENDING: &[(&str, &str, &str)] = &[
-    // rollout/driver.rs, guard.rs and hooks.rs move into control/ (issue 12).
-    (
-        "rollout",
-        "control",
-        "driver.rs and guard.rs move into control/",
-    ),
-    (
-        "rollout",
-        "analysis",
-        "driver.rs and guard.rs move into control/",
-    ),
-    ("rollout", "config", "hooks.rs moves into control/"),
-    (
-        "control/transition",
-        "control/rollouts",
-        "control/ is being restructured (issue 12)",
-    ),
-];
-
 #[test]
 fn no_module_imports_a_module_that_imports_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -87,13 +65,6 @@ fn no_module_imports_a_module_that_imports_it() {
     }
 
     let mut problems = Vec::new();
-    for (from, to, why) in PENDING {
-        if edges.remove(&(from.to_string(), to.to_string())).is_none() {
-            problems.push(format!(
-                "{from} → {to} no longer exists: remove it from PENDING ({why})"
-            ));
-        }
-    }
     let mut graph: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (from, to) in edges.keys() {
         graph.entry(from).or_default().insert(to);

@@ -121,16 +121,7 @@ pub(super) async fn command(
     Path((service, verb)): Path<(String, String)>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    let req: VerbRequest = match body {
-        None => VerbRequest::default(),
-        Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_request",
-                e.to_string(),
-            )
-        })?,
-    };
+    let req: VerbRequest = optional_body(body)?;
     let c = &api.control;
     let view = match verb.as_str() {
         "promote" => c.promote(&service, req.full, &actor).await?,
@@ -204,16 +195,7 @@ pub(super) async fn dry_run(
     Path(service): Path<String>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let req: DryRunRequest = match body {
-        None => DryRunRequest::default(),
-        Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_request",
-                e.to_string(),
-            )
-        })?,
-    };
+    let req: DryRunRequest = optional_body(body)?;
     let snap = api.control.snapshot();
     let svc = snap.config.service(&service).ok_or_else(|| {
         ApiError::from(crate::control::ControlError::UnknownService(
@@ -325,4 +307,20 @@ pub(super) async fn dry_run(
     Ok(Json(
         serde_json::json!({ "stable": stable, "candidate": candidate, "results": results }),
     ))
+}
+
+/// A request body that may be left out (then every field takes its default).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: Option<Json<serde_json::Value>>,
+) -> Result<T, ApiError> {
+    match body {
+        None => Ok(T::default()),
+        Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_request",
+                e.to_string(),
+            )
+        }),
+    }
 }

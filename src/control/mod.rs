@@ -42,7 +42,7 @@ pub use clock::Clock;
 pub use persist::StoreHealth;
 use plan::keeps_split;
 pub use plan::PlanChange;
-pub use rollouts::RolloutView;
+pub use transition::RolloutView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

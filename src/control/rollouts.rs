@@ -7,42 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::persist::{superseded, Kind, Write};
-use super::transition::plan;
+use super::transition::{plan, RolloutView};
 use super::{ControlError, Controller};
 use crate::audit::{Actor, EventKind, System};
 use crate::rollout::machine::{self, Change, CommandError, Outcome, Verdict};
 use crate::rollout::{RollbackCause, Rollout, Status, Strategy};
-use crate::split::Split;
 use crate::store::Commit;
-
-/// A rollout as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RolloutView {
-    #[serde(flatten)]
-    pub rollout: Rollout,
-    pub steps: Vec<String>,
-    /// The split in force, in basis points by group.
-    pub split: Split,
-    /// What holds the rollout besides its steps: the guard's first window after a restart,
-    /// or the state database (a rollback applied but not yet recorded, or writes refused).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub waiting_for: Option<String>,
-}
-
-impl RolloutView {
-    pub(super) fn new(r: Rollout, split: Split) -> RolloutView {
-        RolloutView {
-            steps: r.strategy.steps.iter().map(|s| s.describe()).collect(),
-            rollout: r,
-            split,
-            waiting_for: None,
-        }
-    }
-}
 
 impl Controller {
     /// Starts a rollout of `service` to `candidate`, with the service's strategy unless one

@@ -36,13 +36,17 @@ async fn controller(service: &str, top: &str) -> Arc<Controller> {
         .expect("controller starts")
 }
 
-/// Starts the rollout to `green` (no health to wait for: `force`).
-async fn start(control: &Arc<Controller>) -> Rollout {
-    control
+/// A controller (see [`controller`]) with the rollout to `green` started (no health to wait
+/// for: `force`), the moment it started, and the rollout.
+async fn started(service: &str, top: &str) -> (Arc<Controller>, Instant, Rollout) {
+    let control = controller(service, top).await;
+    let t0 = Instant::now();
+    let r = control
         .start_rollout("shop", "green", None, true, "test")
         .await
         .expect("rollout starts")
-        .rollout
+        .rollout;
+    (control, t0, r)
 }
 
 async fn now(control: &Controller) -> Rollout {
@@ -80,13 +84,11 @@ async fn just_before(control: &Controller, t0: Instant, secs: u64) -> Rollout {
 
 #[tokio::test(start_paused = true)]
 async fn a_ten_minute_pause_moves_on_at_ten_minutes_and_not_before() {
-    let control = controller(
+    let (control, t0, _) = started(
         "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"10m\" }, { weight = 50 }, { pause = \"1h\" }]",
         "",
     )
     .await;
-    let t0 = Instant::now();
-    start(&control).await;
     eventually(&control, SLACK, "at 10 % in the pause", |r| {
         r.weight == 1000 && r.step == 1
     })
@@ -121,14 +123,12 @@ async fn a_ten_minute_pause_moves_on_at_ten_minutes_and_not_before() {
 
 #[tokio::test(start_paused = true)]
 async fn the_guard_says_judged_only_after_a_full_window() {
-    let control = controller(
+    let (control, t0, r) = started(
         "[service.guard]\ninterval = \"1s\"\nwindow = \"30s\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]",
         "",
     )
     .await;
-    let r = start(&control).await;
     let (judged, mut judged_rx) = tokio::sync::oneshot::channel();
-    let t0 = Instant::now();
     tokio::spawn(super::guard::guard(
         control.clone(),
         "shop".into(),
@@ -155,13 +155,11 @@ async fn the_guard_says_judged_only_after_a_full_window() {
 /// Three measurements 30 s apart: the analysis step passes at 90 s, not before.
 #[tokio::test(start_paused = true)]
 async fn an_analysis_step_measures_at_its_interval() {
-    let control = controller(
+    let (control, t0, _) = started(
         "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { analysis = \"slow\" }, { weight = 50 }, { pause = \"1h\" }]",
         "[[analysis]]\nname = \"slow\"\ninterval = \"30s\"\ncount = 3\ninconclusive_limit = 10\nmin_requests = 1000000\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n",
     )
     .await;
-    let t0 = Instant::now();
-    start(&control).await;
 
     let r = just_before(&control, t0, 90).await;
     assert_eq!((r.weight, r.step), (1000, 1), "the analysis ended early");
@@ -177,13 +175,11 @@ async fn an_analysis_step_measures_at_its_interval() {
 /// rolls back at 5 minutes.
 #[tokio::test(start_paused = true)]
 async fn the_progress_deadline_rolls_back_at_the_deadline() {
-    let control = controller(
+    let (control, t0, _) = started(
         "progress_deadline = \"5m\"\n[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { analysis = \"hour\" }]",
         "[[analysis]]\nname = \"hour\"\ninterval = \"1h\"\ncount = 1\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n",
     )
     .await;
-    let t0 = Instant::now();
-    start(&control).await;
 
     let r = just_before(&control, t0, 300).await;
     assert_eq!(

@@ -6,14 +6,40 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
 use super::persist::{superseded, Kind};
-use super::rollouts::RolloutView;
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::rollout::machine::{Change, CommandError, Outcome};
 use crate::rollout::{RollbackCause, Rollout, Status};
 use crate::split::{Split, FULL_WEIGHT};
 use crate::store::Commit;
+
+/// A rollout as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    pub steps: Vec<String>,
+    /// The split in force, in basis points by group.
+    pub split: Split,
+    /// What holds the rollout besides its steps: the guard's first window after a restart,
+    /// or the state database (a rollback applied but not yet recorded, or writes refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+impl RolloutView {
+    pub(super) fn new(r: Rollout, split: Split) -> RolloutView {
+        RolloutView {
+            steps: r.strategy.steps.iter().map(|s| s.describe()).collect(),
+            rollout: r,
+            split,
+            waiting_for: None,
+        }
+    }
+}
 
 /// A rollout change worked out but not yet applied: the rollout, the traffic it implies,
 /// and the commit that records both.
