@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::config::{Action, Conditions, Config, FixedResponse, Override, Redirect};
 use crate::group::{Group, GroupStats, Target};
 use crate::service::Service;
@@ -27,7 +28,7 @@ pub struct Snapshot {
     pub routes: HashMap<String, Vec<Route>>,
     pub services: BTreeMap<String, Arc<Service>>,
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
-    pub access_log: Option<crate::access_log::AccessLog>,
+    pub access_log: Option<AccessLog>,
     /// Requests no route matched, per listener.
     pub unmatched: HashMap<String, Arc<RouteStats>>,
 }
@@ -73,6 +74,34 @@ pub enum RouteAction {
 }
 
 impl Snapshot {
+    /// The access log a snapshot of `config` writes to: the running writer (and its
+    /// counters) when the settings are the same, else a new one. Opened apart from
+    /// [`Snapshot::build`] so that the one step that can fail comes before a change is
+    /// recorded, as binding a listener does: once the store holds a configuration, building
+    /// its snapshot cannot fail.
+    pub fn access_log_for(
+        config: &Config,
+        prev: Option<&Snapshot>,
+    ) -> Result<Option<AccessLog>, SnapshotError> {
+        let Some(c) = &config.access_log else {
+            return Ok(None);
+        };
+        if let Some(running) = prev.and_then(|p| p.access_log.as_ref()) {
+            if *running.config == *c {
+                return Ok(Some(running.clone()));
+            }
+        }
+        AccessLog::start(c.clone())
+            .map(Some)
+            .map_err(|source| SnapshotError::AccessLog {
+                path: c
+                    .path
+                    .as_ref()
+                    .map_or("stdout".into(), |p| p.display().to_string()),
+                source,
+            })
+    }
+
     /// Builds a snapshot for `config` with the given splits (by service; a missing one takes
     /// the config's), reusing targets, counters and pools of `prev` by name so that health,
     /// in-flight counts and warm connections carry over.
@@ -81,7 +110,8 @@ impl Snapshot {
         traffic: &HashMap<String, ServiceTraffic>,
         prev: Option<&Snapshot>,
         generation: u64,
-    ) -> Result<Snapshot, SnapshotError> {
+        access_log: Option<AccessLog>,
+    ) -> Snapshot {
         let mut services = BTreeMap::new();
         for s in &config.services {
             let old = prev.and_then(|p| p.services.get(&s.name));
@@ -171,22 +201,6 @@ impl Snapshot {
             }
         };
 
-        // The same log settings keep the running writer (and its counters).
-        let access_log = match (&config.access_log, prev.and_then(|p| p.access_log.as_ref())) {
-            (None, _) => None,
-            (Some(c), Some(running)) if *running.config == *c => Some(running.clone()),
-            (Some(c), _) => Some(crate::access_log::AccessLog::start(c.clone()).map_err(
-                |source| {
-                    SnapshotError::AccessLog {
-                        path: c
-                            .path
-                            .as_ref()
-                            .map_or("stdout".into(), |p| p.display().to_string()),
-                        source,
-                    }
-                },
-            )?),
-        };
         let unmatched = config
             .listeners
             .iter()
@@ -195,7 +209,7 @@ impl Snapshot {
                 (l.name.clone(), kept.unwrap_or_default())
             })
             .collect();
-        Ok(Snapshot {
+        Snapshot {
             generation,
             config,
             routes,
@@ -203,7 +217,7 @@ impl Snapshot {
             tls,
             access_log,
             unmatched,
-        })
+        }
     }
 
     /// Every (service, group, target) in this snapshot.

@@ -86,12 +86,14 @@ impl Controller {
             .collect();
         let restore = hold_unconfirmed_steps(&mut rollouts, &mut traffic, &step_from);
 
+        let log = Snapshot::access_log_for(&config, None)?;
         let snapshot = Arc::new(Snapshot::build(
             config.clone(),
             &view(&traffic, &rollouts),
             None,
             1,
-        )?);
+            log,
+        ));
         let snapshots = Arc::new(ArcSwap::new(snapshot.clone()));
         let mut listeners = HashMap::new();
         for l in &config.listeners {

@@ -378,7 +378,8 @@ impl Controller {
     }
 
     /// Replaces the configuration: checks it against rollouts in progress, binds new
-    /// listeners (so a bind failure changes nothing), persists, publishes, then stops
+    /// listeners and opens a new access log (so a failure there changes nothing), persists,
+    /// publishes (which cannot fail then), then stops
     /// listeners that are gone. What it changed is computed by `plan`'s own function under
     /// the same lock, so the list returned is what this apply did, not what a plan said a
     /// moment earlier.
@@ -429,6 +430,11 @@ impl Controller {
                 }
             }
         }
+
+        // Like the listeners, the access log is opened before anything is recorded: after
+        // the commit, publishing cannot fail, so the store never holds a configuration
+        // that is not the one serving.
+        let access_log = Snapshot::access_log_for(&config, Some(&self.snapshots.load()))?;
 
         let mut traffic = BTreeMap::new();
         let mut changes = Vec::new();
@@ -489,17 +495,9 @@ impl Controller {
                 }
             }
         }
-        let old_config = std::mem::replace(&mut state.config, config.clone());
-        let old_traffic = std::mem::replace(&mut state.traffic, traffic);
-        let applied = self.publish(&mut state);
-        let generation = match applied {
-            Ok(g) => g,
-            Err(e) => {
-                state.config = old_config;
-                state.traffic = old_traffic;
-                return Err(e);
-            }
-        };
+        state.config = config.clone();
+        state.traffic = traffic;
+        let generation = self.publish_with(&mut state, access_log);
 
         for (name, (configured, socket, tls)) in started {
             match listener::spawn(&name, configured, socket, tls, self.snapshots.clone()) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ControlError, Controller, State, Traffic};
+use crate::access_log::AccessLog;
 use crate::rollout::Rollout;
 use crate::snapshot::{ServiceTraffic, Snapshot};
 
@@ -13,6 +14,13 @@ impl Controller {
     /// Builds and swaps in a snapshot of the current state; starts and stops health checks
     /// to match, and lets removed targets drain.
     pub(super) fn publish(&self, state: &mut State) -> Result<u64, ControlError> {
+        let log = Snapshot::access_log_for(&state.config, Some(&self.snapshots.load()))?;
+        Ok(self.publish_with(state, log))
+    }
+
+    /// [`Controller::publish`] with the access log already opened (by `apply`, before it
+    /// recorded the configuration): it cannot fail.
+    pub(super) fn publish_with(&self, state: &mut State, log: Option<AccessLog>) -> u64 {
         let prev = self.snapshots.load_full();
         let generation = state.generation + 1;
         let next = Arc::new(Snapshot::build(
@@ -20,12 +28,13 @@ impl Controller {
             &view(&state.traffic, &state.rollouts),
             Some(&prev),
             generation,
-        )?);
+            log,
+        ));
         self.snapshots.store(next.clone());
         state.generation = generation;
         state.health.reconcile(&next);
         drain_removed(&prev, &next);
-        Ok(generation)
+        generation
     }
 }
 
