@@ -179,3 +179,40 @@ async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_whose_access_log_cannot_be_opened_records_and_changes_nothing() {
+    bounded(TEST_LIMIT, async {
+        let (blue, green, dir, path, _sy, api, url) = from_file().await;
+        let before = api.get("/api/v1/events").await.unwrap();
+
+        // Green active, logging to a path that is a directory: the log cannot be opened.
+        let text = file_config("green", blue.addr, green.addr).replacen(
+            "[[listener]]",
+            &format!(
+                "[access_log]\npath = \"{}\"\n\n[[listener]]",
+                dir.path().display()
+            ),
+            1,
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = api
+            .post("/api/v1/reload", json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access log"), "{err}");
+
+        assert_eq!(
+            get(&client(), &url, &[]).await.unwrap().backend(),
+            "blue",
+            "nothing was applied"
+        );
+        assert_eq!(
+            api.get("/api/v1/events").await.unwrap(),
+            before,
+            "nothing was recorded: the store holds what serves"
+        );
+    })
+    .await;
+}
