@@ -86,7 +86,7 @@ targets = ["{green}"]
     })
 }
 
-pub async fn run() -> anyhow::Result<()> {
+pub(crate) async fn run() -> anyhow::Result<()> {
     let service =
         "[service.health_check]\npath = \"/healthz\"\ninterval = \"500ms\"\ntimeout = \"250ms\"";
     let Demo {
@@ -318,7 +318,7 @@ async fn traffic(
 
 /// `switchyard demo --faulty`: the new version answers 30 % of requests with 500s; the
 /// canary is rolled back automatically and the reason printed.
-pub async fn faulty() -> anyhow::Result<()> {
+pub(crate) async fn faulty() -> anyhow::Result<()> {
     let analyses = r#"
 [[analysis]]
 name = "errors"

@@ -230,7 +230,7 @@ pub(super) async fn dry_run(
         .or_else(|| {
             split
                 .iter()
-                .flat_map(|s| s.iter())
+                .flat_map(super::super::split::Split::iter)
                 .filter(|(g, _)| *g != candidate)
                 .max_by_key(|(_, w)| *w)
                 .map(|(g, _)| g.to_string())

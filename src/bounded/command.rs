@@ -88,17 +88,20 @@ static HIDDEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 pub fn secret_env(var: &str) -> Result<String, std::env::VarError> {
     HIDDEN
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(var.to_string());
     std::env::var(var)
 }
 
 fn hidden_env() -> Vec<String> {
-    let mut names: Vec<String> = ALWAYS_HIDDEN.iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> = ALWAYS_HIDDEN
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     names.extend(
         HIDDEN
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .cloned(),
     );

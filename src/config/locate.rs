@@ -101,7 +101,7 @@ impl<'a> Locator<'a> {
                     item = n;
                     if let Some(span) = n.span() {
                         best = span.start;
-                    } else if let Some(t) = n.as_table().and_then(|t| t.span()) {
+                    } else if let Some(t) = n.as_table().and_then(toml_edit::Table::span) {
                         best = t.start;
                     }
                 }
@@ -123,7 +123,7 @@ impl<'a> Locator<'a> {
                 next = t
                     .iter()
                     .find(|(k, v)| {
-                        let key_span = t.key(k).and_then(|key| key.span());
+                        let key_span = t.key(k).and_then(toml_edit::Key::span);
                         key_span.is_some_and(|s| s.contains(&offset)) || contains(v, offset)
                     })
                     .map(|(k, v)| (Seg::from(k), v));
@@ -166,7 +166,7 @@ fn contains(item: &toml_edit::Item, offset: usize) -> bool {
     let in_table = |t: &dyn toml_edit::TableLike| {
         t.iter().any(|(k, v)| {
             t.key(k)
-                .and_then(|key| key.span())
+                .and_then(toml_edit::Key::span)
                 .is_some_and(|s| s.contains(&offset))
                 || contains(v, offset)
         })

@@ -48,10 +48,10 @@ pub(super) async fn notify(url: String, text: String) {
     match post_json(&url, &body, NOTIFY_TIMEOUT, ReadBody::Never).await {
         Ok(answer) if answer.status.is_success() => {}
         Ok(answer) => {
-            tracing::warn!(%url, status = %answer.status, "notification webhook refused the message")
+            tracing::warn!(%url, status = %answer.status, "notification webhook refused the message");
         }
         Err(CallError::TimedOut { .. }) => {
-            tracing::warn!(%url, "notification webhook timed out")
+            tracing::warn!(%url, "notification webhook timed out");
         }
         Err(e) => tracing::warn!(%url, error = %e, "notification webhook unreachable"),
     }

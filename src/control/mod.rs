@@ -488,7 +488,7 @@ impl Controller {
             .await?;
         // A rollback that came in while the write waited is newer than this file's split
         // (and its write lands after this one): it stays.
-        for (service, t) in traffic.iter_mut() {
+        for (service, t) in &mut traffic {
             if state.epoch(service) != epochs.get(service).copied().unwrap_or(0) {
                 if let Some(now) = state.traffic.get(service) {
                     *t = now.clone();

@@ -19,12 +19,14 @@ const KEEP: usize = 240;
 type Sample = (u64, BTreeMap<String, u64>);
 
 #[derive(Debug, Default)]
-pub struct Observer {
+pub(super) struct Observer {
     samples: Mutex<HashMap<String, VecDeque<Sample>>>,
 }
 
 impl Observer {
-    pub fn spawn(snapshots: Arc<ArcSwap<Snapshot>>) -> (Arc<Observer>, tokio::task::AbortHandle) {
+    pub(super) fn spawn(
+        snapshots: Arc<ArcSwap<Snapshot>>,
+    ) -> (Arc<Observer>, tokio::task::AbortHandle) {
         let observer = Arc::new(Observer::default());
         let o = observer.clone();
         let task = tokio::spawn(async move {
@@ -56,7 +58,7 @@ impl Observer {
 
     /// Each group's share (0–1) of the requests over about the last `window_ms`; `None`
     /// without traffic in that window.
-    pub fn shares(&self, service: &str, window_ms: u64) -> Option<BTreeMap<String, f64>> {
+    pub(super) fn shares(&self, service: &str, window_ms: u64) -> Option<BTreeMap<String, f64>> {
         let samples = self.samples.lock().expect("observer lock");
         let ring = samples.get(service)?;
         let (t_new, newest) = ring.back()?;

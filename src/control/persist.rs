@@ -44,7 +44,7 @@ pub(super) const FORWARD_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a forward write did not happen.
 #[derive(Debug, thiserror::Error)]
-pub enum WriteError {
+pub(super) enum WriteError {
     /// The store refused it, or durable writes are still waiting for it.
     #[error("{0}")]
     Unavailable(String),
@@ -135,7 +135,7 @@ pub(super) struct Persister {
 /// A poisoned lock only means a panic elsewhere (which the supervisor reports); the data is
 /// still consistent enough to answer callers, which matters more than propagating it.
 fn lock<T>(m: &Mutex<T>) -> StdGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Persister {

@@ -323,7 +323,7 @@ impl Controller {
                 let task = tokio::spawn(async move {
                     // The previous attempt's end hook finishes first.
                     drop(lane.lock().await);
-                    drive.await
+                    drive.await;
                 });
                 state.drivers.insert(service.to_string(), (wake, task));
             }

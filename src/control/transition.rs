@@ -33,7 +33,12 @@ pub struct RolloutView {
 impl RolloutView {
     pub(super) fn new(r: Rollout, split: Split) -> RolloutView {
         RolloutView {
-            steps: r.strategy.steps.iter().map(|s| s.describe()).collect(),
+            steps: r
+                .strategy
+                .steps
+                .iter()
+                .map(super::super::rollout::Step::describe)
+                .collect(),
             rollout: r,
             split,
             waiting_for: None,

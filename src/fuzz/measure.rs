@@ -88,6 +88,9 @@ pub fn webhook(data: &[u8]) {
     };
     assert_eq!(m.outcome, expected, "{}", said(&m));
     if m.outcome != Outcome::Error {
-        assert_eq!(m.value, json.get("value").and_then(|v| v.as_f64()));
+        assert_eq!(
+            m.value,
+            json.get("value").and_then(serde_json::Value::as_f64)
+        );
     }
 }

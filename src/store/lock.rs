@@ -12,13 +12,13 @@ use super::StoreError;
 
 /// Held for the life of the store; the lock goes with the file descriptor.
 #[derive(Debug)]
-pub struct InstanceLock {
+pub(super) struct InstanceLock {
     _file: File,
 }
 
 impl InstanceLock {
     /// Takes the lock next to `db`, or says which instance holds it.
-    pub fn acquire(db: &Path) -> Result<InstanceLock, StoreError> {
+    pub(super) fn acquire(db: &Path) -> Result<InstanceLock, StoreError> {
         let mut name = canonical(db).into_os_string();
         name.push(".lock");
         let path = PathBuf::from(name);

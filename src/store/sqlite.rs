@@ -17,7 +17,7 @@ const SCHEMA_VERSION: i64 = 1;
 /// How long a write waits for another connection's lock once running. Short on purpose: a
 /// write that cannot get the file must fail fast, so that a forward step is refused quickly
 /// and a rollback's retrying persister (not the caller) does the waiting.
-pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// At open, when nothing runs yet, a locked file is worth waiting for a little longer.
 const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
