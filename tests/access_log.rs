@@ -26,9 +26,8 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_are_logged_as_json_lines_with_their_request_id() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn requests_are_logged_as_json_lines_with_their_request_id() {
         let b = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("access.log");
@@ -94,8 +93,7 @@ async fn requests_are_logged_as_json_lines_with_their_request_id() {
         assert_eq!(own["path"], "/gone", "{own}");
         assert_eq!(own["route"], "all", "{own}");
         assert_eq!(own["group"], "blue", "{own}");
-    })
-    .await;
+    }
 }
 
 /// A pseudo-terminal whose other end nobody reads: a character device that switchyard
@@ -143,13 +141,12 @@ fn counted(text: &str, outcome: &str) -> u64 {
     .unwrap_or(0.0) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_buffer_drops_lines_and_counts_them_instead_of_waiting() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_full_buffer_drops_lines_and_counts_them_instead_of_waiting() {
         let b = TestBackend::start("blue").await;
         let tty = StalledTerminal::open();
         let sy = start(&logged(&tty.path, b.addr, 1)).await;
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         const N: u64 = 2000;
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -186,6 +183,5 @@ async fn a_full_buffer_drops_lines_and_counts_them_instead_of_waiting() {
             },
         )
         .await;
-    })
-    .await;
+    }
 }

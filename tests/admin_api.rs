@@ -12,9 +12,8 @@ use common::*;
 use serde_json::{json, Value};
 use switchyard::client::AdminClient;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_configured_the_api_is_read_only_and_a_write_gets_403() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn without_a_token_configured_the_api_is_read_only_and_a_write_gets_403() {
         let (blue, green) = TestBackend::pair().await;
         let toml = blue_green(blue.addr, green.addr)
             .build()
@@ -24,27 +23,17 @@ async fn without_a_token_configured_the_api_is_read_only_and_a_write_gets_403() 
         let anyone = AdminClient::new(&sy.admin_addr.to_string(), None);
         let status = anyone.get("/api/v1/status").await.unwrap();
         assert_eq!(status["services"][0]["name"], "shop");
-        let e = anyone
-            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = post_err(&anyone, "/api/v1/services/shop/switch", json!({ "group": "green" })).await;
         assert!(e.contains("403"), "{e}");
-        let e = as_client(&sy, "t0ken")
-            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = post_err(&as_client(&sy, "t0ken"), "/api/v1/services/shop/switch", json!({ "group": "green" })).await;
         assert!(e.contains("403") || e.contains("401"), "{e}");
-        let web = format!("http://{}/", sy.listener_addr("web").await);
-        assert_eq!(get(&client(), &web, &[]).await.unwrap().backend(), "blue");
-    })
-    .await;
+        let web = web_url(&sy).await;
+        assert_eq!(backend_of(&web).await, "blue");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_from_the_environment_and_the_clis_environment_variables_work() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_token_from_the_environment_and_the_clis_environment_variables_work() {
         let bin = Binary::setup().await;
         let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
         let text = std::fs::read_to_string(&path)
@@ -80,29 +69,20 @@ async fn a_token_from_the_environment_and_the_clis_environment_variables_work() 
         };
         let out = cli_env("s3cret-from-env", &["switch", "shop", "green"]);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
-        assert_eq!(
-            get(&client(), &format!("http://{web}/"), &[])
-                .await
-                .unwrap()
-                .backend(),
-            "green"
-        );
+        assert_eq!(backend_of(&format!("http://{web}/")).await, "green");
         let out = cli_env("wrong", &["status"]);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("401"),
             "{out:?}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn series_answers_one_point_a_second_per_group_in_the_documented_columns() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
-        let web = format!("http://{}/", sy.listener_addr("web").await);
+bounded_test! {
+    async fn series_answers_one_point_a_second_per_group_in_the_documented_columns() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let web = web_url(&sy).await;
         let c = client();
         for _ in 0..20 {
             get(&c, &web, &[]).await.unwrap();
@@ -146,8 +126,7 @@ async fn series_answers_one_point_a_second_per_group_in_the_documented_columns()
             .unwrap_err()
             .to_string();
         assert!(e.contains("422"), "{e}");
-    })
-    .await;
+    }
 }
 
 /// The routes the admin API's router serves, as (method, path), read from its source: the
@@ -189,11 +168,9 @@ async fn served_openapi(sy: &Server) -> Value {
     r.json()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_served_openapi_document_is_openapi_3_json_whose_paths_are_all_served() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
+bounded_test! {
+    async fn the_served_openapi_document_is_openapi_3_json_whose_paths_are_all_served() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
         let doc = served_openapi(&sy).await;
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
         let served = router_routes();
@@ -209,16 +186,12 @@ async fn the_served_openapi_document_is_openapi_3_json_whose_paths_are_all_serve
                 );
             }
         }
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: src/api/openapi.json lacks plan, apply, series, analysis run, /metrics and /"]
-async fn the_served_openapi_document_lists_every_route_the_admin_api_serves() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
+bounded_test! {
+    async fn the_served_openapi_document_lists_every_route_the_admin_api_serves() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
         let doc = served_openapi(&sy).await;
         let missing: Vec<String> = router_routes()
             .into_iter()
@@ -226,6 +199,5 @@ async fn the_served_openapi_document_lists_every_route_the_admin_api_serves() {
             .map(|(method, path)| format!("{method} {path}"))
             .collect();
         assert!(missing.is_empty(), "served but not documented: {missing:?}");
-    })
-    .await;
+    }
 }

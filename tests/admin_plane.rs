@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::bin::{free_port, Running};
@@ -26,9 +25,8 @@ fn cfg(blue: SocketAddr, admin_extra: &str) -> String {
         .build()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_idle_admin_connections_are_closed() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn slow_and_idle_admin_connections_are_closed() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&cfg(
             blue.addr,
@@ -104,13 +102,11 @@ async fn slow_and_idle_admin_connections_are_closed() {
             .await
             .expect("an idle keep-alive admin connection is closed");
         assert!(said.starts_with("HTTP/1.1 200"), "{said}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_are_refused_while_the_proxy_keeps_accepting() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn connections_beyond_the_cap_are_refused_while_the_proxy_keeps_accepting() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&cfg(
             blue.addr,
@@ -150,27 +146,22 @@ async fn connections_beyond_the_cap_are_refused_while_the_proxy_keeps_accepting(
             async move { api.get("/api/v1/status").await.is_ok() }
         })
         .await;
-    })
-    .await;
+    }
 }
 
-/// 300 idle admin connections against a process allowed 256 descriptors: the proxy still
-/// accepts and forwards (before: "Too many open files").
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// 300 idle admin connections against a process allowed 256 descriptors: the proxy still
+    /// accepts and forwards (before: "Too many open files").
+    async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
         let blue = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let (web, admin_addr) = (free_port(), free_port());
         let path = dir.path().join("switchyard.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[admin]\nbind = \"{admin_addr}\"\ntoken = \"t0ken\"\n[store]\npath = \":memory:\"\n[[listener]]\nname = \"web\"\nbind = \"{web}\"\n[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n[[service]]\nname = \"shop\"\n[[service.group]]\nname = \"blue\"\ntargets = [\"{}\"]\n",
-                blue.addr
-            ),
-        )
-        .unwrap();
+        let cfg = Cfg::new()
+            .bound_to(web, admin_addr)
+            .top("[store]\npath = \":memory:\"")
+            .group("blue", &[blue.addr]);
+        std::fs::write(&path, cfg.build()).unwrap();
         let child = std::process::Command::new("prlimit")
             .arg("--nofile=256:256")
             .arg(env!("CARGO_BIN_EXE_switchyard"))
@@ -229,13 +220,11 @@ async fn idle_admin_connections_never_starve_the_proxy_of_descriptors() {
             assert_eq!(r.backend(), "blue", "request {i}");
         }
         drop(idle);
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
         let blue = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -300,8 +289,7 @@ async fn a_changed_token_is_shown_by_plan_and_applied_by_reload_and_apply() {
             .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
             .await
             .unwrap();
-    })
-    .await;
+    }
 }
 
 fn with_tokens(blue: SocketAddr) -> String {
@@ -321,9 +309,8 @@ scopes = ["release", "config"]"#,
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_actor_is_the_token_and_the_client_is_recorded_on_behalf_of() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn the_actor_is_the_token_and_the_client_is_recorded_on_behalf_of() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&with_tokens(blue.addr)).await;
         as_client(&sy, "b0t")
@@ -378,24 +365,16 @@ async fn the_actor_is_the_token_and_the_client_is_recorded_on_behalf_of() {
         assert_eq!(alice.as_array().unwrap().len(), 0, "{alice}");
 
         // Token names cannot be switchyard's own actors.
-        let bad = cfg(
-            blue.addr,
-            "[[admin.tokens]]\nname = \"guard\"\ntoken = \"x\"",
-        );
-        let e = switchyard::config::parse(&bad, "t.toml", Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let e = config_error(&cfg(blue.addr, "[[admin.tokens]]\nname = \"guard\"\ntoken = \"x\""));
         assert!(
             e.contains("admin.tokens[0].name") && e.contains("records for itself"),
             "{e}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_scopes_decide_what_a_token_may_do() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn token_scopes_decide_what_a_token_may_do() {
         let blue = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -414,11 +393,7 @@ async fn token_scopes_decide_what_a_token_may_do() {
         // read: every GET, nothing else.
         viewer.get("/api/v1/status").await.unwrap();
         viewer.get("/api/v1/events").await.unwrap();
-        let e = viewer
-            .post("/api/v1/services/shop/switch", switch.clone())
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = post_err(&viewer, "/api/v1/services/shop/switch", switch.clone()).await;
         assert!(
             e.contains("403") && e.contains("\"release\" scope") && e.contains("viewer"),
             "{e}"
@@ -449,7 +424,7 @@ async fn token_scopes_decide_what_a_token_may_do() {
             ("/api/v1/config/plan", conf.clone()),
             ("/api/v1/config/apply", conf.clone()),
         ] {
-            let e = bot.post(endpoint, body).await.unwrap_err().to_string();
+            let e = post_err(&bot, endpoint, body).await;
             assert!(
                 e.contains("403") && e.contains("\"config\" scope"),
                 "{endpoint}: {e}"
@@ -464,24 +439,16 @@ async fn token_scopes_decide_what_a_token_may_do() {
             .unwrap();
 
         // Unknown scopes are configuration errors.
-        let bad = cfg(
-            blue.addr,
-            "[[admin.tokens]]\nname = \"x\"\ntoken = \"x\"\nscopes = [\"root\"]",
-        );
-        let e = switchyard::config::parse(&bad, "t.toml", Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let e = config_error(&cfg(blue.addr, "[[admin.tokens]]\nname = \"x\"\ntoken = \"x\"\nscopes = [\"root\"]"));
         assert!(
             e.contains("admin.tokens[0].scopes[0]") && e.contains("unknown scope"),
             "{e}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_changed_in_the_file_applies_on_sighup() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_token_changed_in_the_file_applies_on_sighup() {
         let blue = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -506,8 +473,7 @@ async fn a_token_changed_in_the_file_applies_on_sighup() {
             .unwrap_err()
             .to_string();
         assert!(old.contains("401"), "{old}");
-    })
-    .await;
+    }
 }
 
 /// A database written before events had `on_behalf_of` opens, keeps its events, and

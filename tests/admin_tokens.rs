@@ -32,9 +32,8 @@ name = "ops"
 token = "0ps"
 scopes = ["release", "config"]"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&cfg(blue.addr, TOKENS)).await;
         let dir = tempfile::tempdir().unwrap();
@@ -48,11 +47,7 @@ async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() 
                 "teardown": format!("touch {}", marker.display()),
             },
         });
-        let e = as_client(&sy, "b0t")
-            .post("/api/v1/rollouts", start.clone())
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = post_err(&as_client(&sy, "b0t"), "/api/v1/rollouts", start.clone()).await;
         assert!(
             e.contains("403") && e.contains("\"config\" scope") && e.contains("teardown"),
             "{e}"
@@ -86,13 +81,11 @@ async fn a_release_token_cannot_start_a_rollout_whose_strategy_runs_a_command() 
             .unwrap();
         assert_eq!(view["candidate"], "green", "{view}");
         assert_eq!(view["created_by"], "ops", "{view}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&cfg(blue.addr, "")).await;
         // 2 MiB announced, none sent: the token check must not wait for the body (it would
@@ -118,13 +111,11 @@ async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
         )
         .await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&cfg(blue.addr, TOKENS)).await;
         for bad in [
@@ -165,8 +156,7 @@ async fn on_behalf_of_is_a_name_and_is_recorded_apart() {
         let e = found.into_inner().unwrap().unwrap();
         assert_eq!(e["actor"], "deploy-bot", "{e}");
         assert_eq!(e["on_behalf_of"], "cli:alice@example.com", "{e}");
-    })
-    .await;
+    }
 }
 
 /// The reason of the first event whose reason contains `needle`, once there is one.
@@ -191,9 +181,8 @@ async fn event_reason(api: &AdminClient, needle: &str) -> String {
     found.into_inner().unwrap().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&cfg(blue.addr, "")).await;
         let api = admin(&sy);
@@ -222,8 +211,7 @@ async fn an_abort_reason_is_cleaned_and_capped_before_it_is_recorded() {
             "{recorded:?}"
         );
         assert!(recorded.chars().count() < 700, "{}", recorded.len());
-    })
-    .await;
+    }
 }
 
 #[test]

@@ -22,6 +22,22 @@ fn cfg(
         .build()
 }
 
+/// A switchyard from `cfg(blue, green, top, service)` with steady load from `workers`
+/// clients, and the rollout to `green` started: its admin client and the load.
+async fn rolling(
+    blue: &TestBackend,
+    green: &TestBackend,
+    top: &str,
+    service: &str,
+    workers: usize,
+) -> (Server, switchyard::client::AdminClient, Load) {
+    let sy = start(&cfg(blue.addr, green.addr, top, service)).await;
+    let api = admin(&sy);
+    let load = Load::start(web_url(&sy).await, workers, &[]);
+    start_green(&api).await;
+    (sy, api, load)
+}
+
 const HEALTH: &str = r#"
 [[analysis]]
 name = "health"
@@ -45,20 +61,10 @@ max_over_stable = 50.0
 failure_limit = 1
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_healthy_candidate_promotes_through_every_step_by_analysis_alone() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_healthy_candidate_promotes_through_every_step_by_analysis_alone() {
         let (blue, green) = TestBackend::pair().await;
-        let sy = start(&cfg(
-            blue.addr,
-            green.addr,
-            HEALTH,
-            "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 20 }, { analysis = \"health\" }, { weight = 50 }, { analysis = \"health\" }]",
-        ))
-        .await;
-        let api = admin(&sy);
-        let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
-        start_green(&api).await;
+        let (_sy, api, load) = rolling(&blue, &green, HEALTH, "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 20 }, { analysis = \"health\" }, { weight = 50 }, { analysis = \"health\" }]", 4).await;
         let r = wait_status(&api, 15, |r| r["status"] != "progressing").await;
         load.stop().await;
         assert_eq!(r["status"], "completed", "{r:#}");
@@ -76,34 +82,19 @@ async fn a_healthy_candidate_promotes_through_every_step_by_analysis_alone() {
             "{events:?}"
         );
         assert_eq!(events[0]["actor"], "analysis");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_candidate_is_rolled_back_by_the_guard_within_seconds_and_notified() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_failing_candidate_is_rolled_back_by_the_guard_within_seconds_and_notified() {
         let (blue, green) = TestBackend::pair().await;
         // A Slack-compatible receiver.
         let received = Receiver::answering(200, "").await;
         let hook_addr = received.addr;
-        let sy = start(&cfg(
-            blue.addr,
-            green.addr,
-            &format!("[notifications]\nwebhook = \"http://{hook_addr}/slack\""),
-            "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]",
-        ))
-        .await;
-        let api = admin(&sy);
-        let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 6, &[]);
-        start_green(&api).await;
+        let (_sy, api, load) = rolling(&blue, &green, &format!("[notifications]\nwebhook = \"http://{hook_addr}/slack\""), "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]", 6).await;
         wait_status(&api, 5, |r| r["weight"] == 1000).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(
-            api.get("/api/v1/services/shop/rollout").await.unwrap()["status"],
-            "progressing",
-            "healthy so far"
-        );
+        assert_status(&api, "progressing", "healthy so far").await;
 
         // The onset: 30 % of the candidate's answers become 500s.
         green.set_errors(300);
@@ -139,25 +130,14 @@ async fn a_failing_candidate_is_rolled_back_by_the_guard_within_seconds_and_noti
                 && text.contains("error rate"),
             "{text}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_analysis_check_records_the_failing_values_and_threshold() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn an_analysis_check_records_the_failing_values_and_threshold() {
         let (blue, green) = TestBackend::pair().await;
         green.set_errors(300);
-        let sy = start(&cfg(
-            blue.addr,
-            green.addr,
-            HEALTH,
-            "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 30 }, { analysis = \"health\" }]",
-        ))
-        .await;
-        let api = admin(&sy);
-        let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
-        start_green(&api).await;
+        let (_sy, api, load) = rolling(&blue, &green, HEALTH, "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 30 }, { analysis = \"health\" }]", 4).await;
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         load.stop().await;
         let reason = r["reason"].as_str().unwrap();
@@ -175,13 +155,11 @@ async fn an_analysis_check_records_the_failing_values_and_threshold() {
             .unwrap();
         assert_eq!(ev[0]["actor"], "analysis");
         assert_eq!(ev[0]["to"], json!({ "blue": 10000 }));
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_latency_regression_is_caught_by_the_mann_whitney_comparison() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_latency_regression_is_caught_by_the_mann_whitney_comparison() {
         let (blue, green) = TestBackend::pair().await;
         green.set_delay(15);
         let analysis = r#"
@@ -194,16 +172,7 @@ min_requests = 20
 name = "mann-whitney"
 mann_whitney = { confidence = 0.99, tolerance = 0.2 }
 "#;
-        let sy = start(&cfg(
-            blue.addr,
-            green.addr,
-            analysis,
-            "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 50 }, { analysis = \"latency\" }]",
-        ))
-        .await;
-        let api = admin(&sy);
-        let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 8, &[]);
-        start_green(&api).await;
+        let (_sy, api, load) = rolling(&blue, &green, analysis, "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 50 }, { analysis = \"latency\" }]", 8).await;
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         let reason = r["reason"].as_str().unwrap().to_string();
         assert!(
@@ -232,13 +201,11 @@ mann_whitney = { confidence = 0.99, tolerance = 0.2 }
             ev[0]["reason"].as_str().unwrap().contains("Mann-Whitney"),
             "{ev}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_little_traffic_is_inconclusive_and_pauses_for_a_person() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn too_little_traffic_is_inconclusive_and_pauses_for_a_person() {
         let (blue, green) = TestBackend::pair().await;
         let analysis = r#"
 [[analysis]]
@@ -263,7 +230,7 @@ max = 1.0
         start_green(&api).await;
         // A trickle of requests: never enough for a verdict.
         let c = client();
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         for _ in 0..10 {
             get(&c, &url, &[]).await.unwrap();
         }
@@ -278,13 +245,11 @@ max = 1.0
         // A person decides: promote past it.
         promote(&api).await;
         wait_status(&api, 5, |r| r["status"] == "completed").await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_and_command_checks_including_empty_and_malformed_answers() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn webhook_and_command_checks_including_empty_and_malformed_answers() {
         let (blue, green) = TestBackend::pair().await;
         let ok_peer = Receiver::answering(200, "").await;
         let ok = ok_peer.addr;
@@ -358,13 +323,7 @@ async fn webhook_and_command_checks_including_empty_and_malformed_answers() {
             analysis.push_str(&format!("[[analysis.check]]\nname = \"{name}\"\n{body}\n"));
         }
         let sy = start(&cfg(blue.addr, green.addr, &analysis, "")).await;
-        let res = admin(&sy)
-            .post(
-                "/api/v1/services/shop/analysis/run",
-                json!({ "analysis": "ext", "candidate": "green" }),
-            )
-            .await
-            .unwrap();
+        let res = dry_run(&admin(&sy), "ext").await;
         let results = res["results"].as_array().unwrap();
         for (i, (name, _, want)) in checks.iter().enumerate() {
             let m = &results[i]["measurement"];
@@ -387,13 +346,11 @@ async fn webhook_and_command_checks_including_empty_and_malformed_answers() {
             (ctx["service"].as_str(), ctx["candidate"].as_str()),
             (Some("shop"), Some("green"))
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_hook_aborts_and_a_confirm_gate_waits_for_promotion() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_failing_hook_aborts_and_a_confirm_gate_waits_for_promotion() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("hooks.log");
@@ -437,10 +394,7 @@ command = "{on_rollback}"
         start_green(&api).await;
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         assert!(
-            r["reason"]
-                .as_str()
-                .unwrap()
-                .contains("hook before_traffic failed after 2 attempts"),
+            reason(&r).contains("hook before_traffic failed after 2 attempts"),
             "{r}"
         );
         assert_eq!(r["weight"], 0, "no traffic ever reached the candidate");
@@ -478,8 +432,7 @@ command = "{on_rollback}"
                 pair[0].0
             );
         }
-    })
-    .await;
+    }
 }
 
 /// The hook runs in a log of `NAME start NS` / `NAME end NS` lines: (name, start, end), in
@@ -501,34 +454,26 @@ fn hook_runs(log: &str) -> Vec<(String, u128, u128)> {
     runs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_that_stops_moving_hits_the_progress_deadline() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&cfg(
-            blue.addr,
-            green.addr,
+bounded_test! {
+    async fn a_step_that_stops_moving_hits_the_progress_deadline() {
+        let (_blue, _green, sy) = serve_pair(|b, g| cfg(
+            b,
+            g,
             "",
             "progress_deadline = \"300ms\"\n[service.strategy]\nkind = \"all-at-once\"\n[service.hooks.before_traffic]\ncommand = \"sleep 30\"\ntimeout = \"60s\"",
-        ))
-        .await;
+        )).await;
         let api = admin(&sy);
         start_green(&api).await;
         let r = wait_status(&api, 5, |r| r["status"] == "aborted").await;
         assert!(
-            r["reason"]
-                .as_str()
-                .unwrap()
-                .contains("hook before_traffic made no progress for 300ms"),
+            reason(&r).contains("hook before_traffic made no progress for 300ms"),
             "{r}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn blue_green_checks_preview_traffic_before_and_the_switch_after() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let healthy = dir.path().join("post-ok");
@@ -561,7 +506,7 @@ command = "test -e {}"
         ))
         .await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         // Only preview traffic reaches the candidate before the switch.
         let preview = Load::start(url.clone(), 4, &[("x-preview", "1")]);
         green.set_errors(300);
@@ -569,10 +514,7 @@ command = "test -e {}"
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         assert_eq!(r["weight"], 0, "never switched");
         assert!(
-            r["reason"]
-                .as_str()
-                .unwrap()
-                .contains("analysis failed: preview: check errors"),
+            reason(&r).contains("analysis failed: preview: check errors"),
             "{r}"
         );
 
@@ -583,10 +525,7 @@ command = "test -e {}"
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         preview.stop().await;
         assert!(
-            r["reason"]
-                .as_str()
-                .unwrap()
-                .contains("analysis failed: post: check smoke"),
+            reason(&r).contains("analysis failed: post: check smoke"),
             "{r}"
         );
         let weights: Vec<Value> = api
@@ -603,7 +542,7 @@ command = "test -e {}"
             "the switch happened before the post check: {weights:?}"
         );
         assert_eq!(
-            get(&client(), &url, &[]).await.unwrap().backend(),
+            backend_of(&url).await,
             "blue",
             "rolled back"
         );
@@ -615,8 +554,7 @@ command = "test -e {}"
         let r = wait_status(&api, 10, |r| r["status"] != "progressing").await;
         preview.stop().await;
         assert_eq!(r["status"], "completed", "{r:#}");
-    })
-    .await;
+    }
 }
 
 /// A canary at 30 % held for an hour, watched by a background analysis `bg` (errors at most
@@ -643,29 +581,26 @@ fn aborted_by_bg(r: &Value) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_background_analysis_watches_the_whole_rollout() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_background_analysis_watches_the_whole_rollout() {
         let (_blue, green, sy) = watched_in_the_background("300ms").await;
         let api = admin(&sy);
-        let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
+        let load = Load::start(web_url(&sy).await, 4, &[]);
         start_green(&api).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(rollout(&api).await["status"], "progressing");
+        assert_status(&api, "progressing", "healthy so far").await;
         green.set_errors(200);
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         load.stop().await;
         aborted_by_bg(&r);
-    })
-    .await;
+    }
 }
 
-/// An inconclusive background analysis pauses the rollout for a person; once the person
-/// resumes, the analysis watches again (it used to end with the pause, so a resumed rollout
-/// went on unwatched) and a failure then rolls back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_background_analysis_watches_again_after_its_pause_is_resumed() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// An inconclusive background analysis pauses the rollout for a person; once the person
+    /// resumes, the analysis watches again (it used to end with the pause, so a resumed rollout
+    /// went on unwatched) and a failure then rolls back.
+    async fn a_background_analysis_watches_again_after_its_pause_is_resumed() {
         let (_blue, green, sy) = watched_in_the_background("200ms").await;
         let api = admin(&sy);
         // No traffic: fewer than min_requests is inconclusive, which pauses for a person.
@@ -677,11 +612,10 @@ async fn a_background_analysis_watches_again_after_its_pause_is_resumed() {
         );
         // Resumed with a failing candidate under load: the analysis must catch it.
         green.set_errors(300);
-        let load = Load::start(format!("http://{}/", sy.listener_addr("web").await), 4, &[]);
+        let load = Load::start(web_url(&sy).await, 4, &[]);
         verb(&api, "resume", json!({})).await;
         let r = wait_status(&api, 15, |r| r["status"] == "aborted").await;
         load.stop().await;
         aborted_by_bg(&r);
-    })
-    .await;
+    }
 }

@@ -8,51 +8,36 @@ use std::process::Command;
 use common::bin::*;
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_verbs_drive_a_running_instance() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn cli_verbs_drive_a_running_instance() {
         let bin = Binary::setup().await;
         let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
         let _sy = run_binary(&path, admin).await;
-        let c = client();
 
-        let (code, out, err) = cli(&path, &["switch", "shop", "green"]);
-        assert_eq!(code, 0, "{err}");
+        let out = cli_ok(&path, &["switch", "shop", "green"]);
         assert!(out.contains("shop: blue=100% -> green=100%"), "{out}");
-        assert_eq!(
-            get(&c, &format!("http://{web}/"), &[])
-                .await
-                .unwrap()
-                .backend(),
-            "green"
-        );
+        assert_eq!(backend_of(&format!("http://{web}/")).await, "green");
 
-        let (code, out, _) = cli(&path, &["status"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["status"]);
         assert!(out.contains("service shop: green=100%"), "{out}");
         assert!(out.contains("group green"), "{out}");
-        let (code, out, _) = cli(&path, &["status", "--json"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["services"][0]["split"]["green"], 10000);
 
-        let (code, out, err) = cli(&path, &["switch", "shop", "--back"]);
-        assert_eq!(code, 0, "{err}");
+        let out = cli_ok(&path, &["switch", "shop", "--back"]);
         assert!(out.contains("-> blue=100%"), "{out}");
 
-        let (code, out, err) = cli(&path, &["weights", "shop", "blue=99.5", "green=0.5"]);
-        assert_eq!(code, 0, "{err}");
+        let out = cli_ok(&path, &["weights", "shop", "blue=99.5", "green=0.5"]);
         assert!(out.contains("-> blue=99.5% green=0.5%"), "{out}");
 
-        let (code, _, err) = cli(&path, &["switch", "shop", "teal"]);
-        assert_eq!(code, 1);
+        let err = cli_fails(&path, &["switch", "shop", "teal"]);
         assert!(
             err.contains("404") && err.contains("no group named \"teal\""),
             "{err}"
         );
 
-        let (code, _, err) = cli(&path, &["weights", "shop", "blue=abc"]);
-        assert_eq!(code, 1);
+        let err = cli_fails(&path, &["weights", "shop", "blue=abc"]);
         assert!(
             err.contains("\"abc\" in \"blue=abc\" is not a number"),
             "{err}"
@@ -81,13 +66,11 @@ async fn cli_verbs_drive_a_running_instance() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plan_shows_what_apply_then_changes() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn plan_shows_what_apply_then_changes() {
         let (blue, green) = TestBackend::pair().await;
         let green2 = TestBackend::start("green").await;
         let dir = tempfile::tempdir().unwrap();
@@ -109,8 +92,7 @@ async fn plan_shows_what_apply_then_changes() {
             + "[service.guard]\nmax_error_rate = 10\n[service.hooks.on_rollback]\ncommand = \"./page.sh\"\n"
             + "[[route]]\nname = \"health\"\npriority = 0\nmatch.path = [\"/lb\"]\nfixed_response = { status = 200, body = \"ok\" }\n";
         std::fs::write(&path, next).unwrap();
-        let (code, out, err) = cli(&path, &["plan"]);
-        assert_eq!(code, 0, "{err}");
+        let out = cli_ok(&path, &["plan"]);
         assert!(out.contains("+ route health: priority 0"), "{out}");
         assert!(
             out.contains(&format!(
@@ -143,8 +125,7 @@ async fn plan_shows_what_apply_then_changes() {
         );
         assert_eq!(blue.hits(), 1, "plan changed nothing");
 
-        let (code, out, err) = cli(&path, &["apply"]);
-        assert_eq!(code, 0, "{err}");
+        let out = cli_ok(&path, &["apply"]);
         assert!(out.contains("applied: generation"), "{out}");
         let r = get(&c, &format!("http://{web}/lb"), &[]).await.unwrap();
         assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
@@ -169,6 +150,7 @@ async fn plan_shows_what_apply_then_changes() {
         let broken = std::fs::read_to_string(&path)
             .unwrap()
             .replace("priority = 0", "priority = \"zero\"");
+        let line = 1 + broken.lines().position(|l| l == "priority = \"zero\"").unwrap();
         std::fs::write(&path, broken).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["plan", "-c"])
@@ -179,11 +161,10 @@ async fn plan_shows_what_apply_then_changes() {
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("422") && err.contains("sy.toml:28:12: route[1].priority"),
+            err.contains("422") && err.contains(&format!("sy.toml:{line}:12: route[1].priority")),
             "{err}"
         );
-    })
-    .await;
+    }
 }
 
 /// Runs `switchyard demo` with `args` to its successful end; what it printed.
@@ -242,9 +223,8 @@ fn the_faulty_demo_is_rolled_back_automatically() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn analysis_run_prints_each_checks_value_and_verdict() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn analysis_run_prints_each_checks_value_and_verdict() {
         let bin = Binary::setup().await;
         let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
         let extra = "[[analysis]]\nname = \"health\"\nmin_requests = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n[[analysis.check]]\nname = \"gate\"\ncommand = \"exit 1\"\n";
@@ -293,12 +273,10 @@ async fn analysis_run_prints_each_checks_value_and_verdict() {
             out.contains("gate") && out.contains("fail") && out.contains("`exit 1` exited 1"),
             "{out}"
         );
-        let (code, _, err) = cli(&path, &["analysis", "run", "shop"]);
-        assert_eq!(code, 1);
+        let err = cli_fails(&path, &["analysis", "run", "shop"]);
         assert!(
             err.contains("422") && err.contains("name a `candidate`"),
             "{err}"
         );
-    })
-    .await;
+    }
 }

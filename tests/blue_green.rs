@@ -45,12 +45,10 @@ fn load(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switch_and_switch_back_under_load_fail_nothing() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+bounded_test! {
+    async fn switch_and_switch_back_under_load_fail_nothing() {
+        let (blue, green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let url = web_url(&sy).await;
         let api = admin(&sy);
 
         // Seq numbers start at 1 so that "max seen" 0 means "none".
@@ -92,16 +90,13 @@ async fn switch_and_switch_back_under_load_fail_nothing() {
             "green got a request started after the switch back"
         );
         assert!(green_hits_at_back > 0);
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_request_started_after_a_switch_reaches_the_old_group() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&blue_green(blue.addr, green.addr).build()).await;
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+bounded_test! {
+    async fn no_request_started_after_a_switch_reaches_the_old_group() {
+        let (blue, green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let url = web_url(&sy).await;
         let seq = Arc::new(AtomicU64::new(1));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = load(url, 8, seq.clone(), stop.clone());
@@ -125,20 +120,16 @@ async fn no_request_started_after_a_switch_reaches_the_old_group() {
             "a request started after the switch ({blue_max} >= {marker}) reached blue"
         );
         assert!(green.max_seq.load(Ordering::SeqCst) >= marker);
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&config(
-            &[("blue", &[blue.addr]), ("green", &[green.addr])],
+bounded_test! {
+    async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
+        let (blue, green, sy) = serve_pair(|b, g| config(
+            &[("blue", &[b]), ("green", &[g])],
             "weights = { blue = 90, green = 10 }",
-        ))
-        .await;
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        )).await;
+        let url = web_url(&sy).await;
         let mut tasks = Vec::new();
         for _ in 0..16 {
             let url = url.clone();
@@ -160,13 +151,11 @@ async fn a_90_10_split_over_20000_requests_lands_within_one_point() {
             (green_pct - 10.0).abs() <= 1.0,
             "green got {green_pct:.2}% instead of 10%"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced() {
         let blue = TestBackend::start("blue").await;
         let refusing = common::raw::RefusingPort::new();
         let dead = refusing.addr;
@@ -176,7 +165,7 @@ async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced()
         ))
         .await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         eventually(Duration::from_secs(5), "green marked unhealthy", || async {
             let s = api.get("/api/v1/status").await.unwrap();
             s["services"][0]["groups"][1]["targets"][0]["health"] == "unhealthy"
@@ -190,7 +179,7 @@ async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced()
         assert!(err.to_string().contains("409"), "{err}");
         assert!(err.to_string().contains("no healthy target"), "{err}");
         // Refused means nothing changed.
-        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+        assert_eq!(backend_of(&url).await, "blue");
 
         api.post(
             "/api/v1/services/shop/switch",
@@ -206,14 +195,13 @@ async fn switching_to_a_group_without_healthy_targets_is_refused_unless_forced()
         api.post("/api/v1/services/shop/switch", json!({ "back": true }))
             .await
             .unwrap();
-        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
-    })
-    .await;
+        assert_eq!(backend_of(&url).await, "blue");
+    }
 }
 
-#[tokio::test]
-async fn admin_api_errors_say_what_is_wrong() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn admin_api_errors_say_what_is_wrong() {
         let blue = TestBackend::start("blue").await;
         let sy = start(&config(&[("blue", &[blue.addr])], "")).await;
         let api = admin(&sy);
@@ -256,7 +244,7 @@ async fn admin_api_errors_say_what_is_wrong() {
             ),
         ];
         for (path, body, status, text) in cases {
-            let err = api.post(path, body.clone()).await.unwrap_err().to_string();
+            let err = post_err(&api, path, body.clone()).await;
             assert!(
                 err.contains(status) && err.contains(text),
                 "{path} {body}: {err}"
@@ -286,13 +274,12 @@ async fn admin_api_errors_say_what_is_wrong() {
             switchyard::client::AdminClient::new(&sy.admin_addr.to_string(), Some("nope".into()));
         let err = wrong.get("/api/v1/status").await.unwrap_err().to_string();
         assert!(err.contains("401") && err.contains("wrong"), "{err}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn named_tokens_are_who_acted_in_the_history() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn named_tokens_are_who_acted_in_the_history() {
         let (blue, green) = TestBackend::pair().await;
         let toml = blue_green(blue.addr, green.addr).build().replacen(
             "token = \"t0ken\"",
@@ -346,6 +333,5 @@ async fn named_tokens_are_who_acted_in_the_history() {
             (e["kind"].as_str(), e["reason"].as_str()),
             (Some("switch"), Some("blue=100% -> green=100%"))
         );
-    })
-    .await;
+    }
 }

@@ -70,9 +70,8 @@ async fn proxy(
     (dir, log, sy)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_its_failure() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_its_failure() {
         let b = TestBackend::start("blue").await;
         // The request timeout is the longer one: a stall must not be taken for the target's.
         let (_dir, log, sy) =
@@ -118,13 +117,11 @@ async fn a_stalled_upload_is_a_408_that_neither_ejects_the_target_nor_counts_as_
             .collect();
         assert_eq!(stalled.len(), 6, "{lines:?}");
         assert!(stalled.iter().all(|l| l["status"] == 408));
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
         let b = TestBackend::start("blue").await;
         let (_dir, log, sy) = proxy(&[b.addr], "", "").await;
         let addr = sy.listener_addr("web").await;
@@ -156,13 +153,11 @@ async fn an_aborted_upload_is_counted_as_the_clients_error_only() {
             6,
             "{lines:?}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_steady_upload_that_outlasts_the_request_timeout_is_passed_on_whole() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_steady_upload_that_outlasts_the_request_timeout_is_passed_on_whole() {
         let b = TestBackend::start("blue").await;
         let (_dir, _log, sy) = proxy(&[b.addr], "request = \"1s\"\nclient_body = \"3s\"", "").await;
         let mut s = TcpStream::connect(sy.listener_addr("web").await)
@@ -188,13 +183,11 @@ async fn a_steady_upload_that_outlasts_the_request_timeout_is_passed_on_whole() 
         let answer = read_head(&mut s).await;
         assert_eq!(status_of(&answer), 200, "{answer}");
         assert_eq!(counts(&sy).timeouts, 0);
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_that_stops_reading_an_upload_still_times_out() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_target_that_stops_reading_an_upload_still_times_out() {
         // Reads the request head, then nothing: the upload fills the socket buffers.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = listener.local_addr().unwrap();
@@ -234,13 +227,11 @@ async fn a_target_that_stops_reading_an_upload_still_times_out() {
         .await;
         assert_eq!(counts(&sy).client_errors, 0);
         writer.abort();
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
         let b = TestBackend::start("blue").await;
         let (_dir, log, sy) = proxy(&[b.addr], "", "max_body_bytes = 1000").await;
         let addr = sy.listener_addr("web").await;
@@ -285,13 +276,11 @@ async fn bodies_over_max_body_bytes_are_refused_with_413_as_client_errors() {
             .map(|l| l["status"].as_u64().unwrap())
             .collect();
         assert_eq!(too_large, [413, 413]);
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_to_an_http2_target_are_timed_the_same_way() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn uploads_to_an_http2_target_are_timed_the_same_way() {
         let b = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("access.log");
@@ -329,8 +318,7 @@ async fn uploads_to_an_http2_target_are_timed_the_same_way() {
 
         let c = counts(&sy);
         assert_eq!((c.client_errors, c.timeouts, c.responses[4]), (1, 0, 0));
-    })
-    .await;
+    }
 }
 
 /// A target that answers as soon as it has a request's head — a chunked `200` whose first
@@ -393,9 +381,8 @@ async fn upload_started(addr: SocketAddr) -> (TcpStream, String) {
     (s, head)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
         // The target gives up on the upload after 3 s; the client's pause is cut at 1 s.
         let (target, _) = streaming_target(Duration::from_secs(3)).await;
         let (_dir, log, sy) = proxy(&[target], "client_body = \"1s\"\nrequest = \"10s\"", "").await;
@@ -412,13 +399,11 @@ async fn a_client_that_stalls_its_upload_after_the_head_is_the_clients_error_not
         let lines = logged(&log, 1).await;
         assert_eq!(lines[0]["client_error"], "stalled", "{lines:?}");
         assert!(lines[0]["upstream_error"].is_null(), "{lines:?}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not_the_targets() {
         let (target, ended) = streaming_target(Duration::from_secs(2)).await;
         let (_dir, log, sy) =
             proxy(&[target], "client_body = \"30s\"\nrequest = \"30s\"", "").await;
@@ -444,13 +429,11 @@ async fn a_client_that_aborts_its_upload_after_the_head_is_the_clients_error_not
         );
         let lines = logged(&log, 1).await;
         assert_eq!(lines[0]["client_error"], "aborted", "{lines:?}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_closed() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_closed() {
         let b = TestBackend::start("blue").await;
         let (_dir, log, sy) = proxy(&[b.addr], "request = \"30s\"", "").await;
         let s = send(
@@ -483,17 +466,15 @@ async fn a_client_that_closes_while_its_request_waits_is_counted_as_client_close
         // The target was not struck: the next request goes there and is answered.
         let r = get_web(&sy, "/").await;
         assert_eq!(r.status, 200);
-    })
-    .await;
+    }
 }
 
-/// The scenario end to end: during a canary, stalled uploads sent to the candidate
-/// through the `group_from_header` override (anyone can send them) must not make the guard
-/// roll back a healthy candidate, nor eject its target. Before the fix each stall was a 504
-/// charged to the candidate, and 15 of them aborted the rollout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// The scenario end to end: during a canary, stalled uploads sent to the candidate
+    /// through the `group_from_header` override (anyone can send them) must not make the guard
+    /// roll back a healthy candidate, nor eject its target. Before the fix each stall was a 504
+    /// charged to the candidate, and 15 of them aborted the rollout.
+    async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back() {
         let (blue, green) = TestBackend::pair().await;
         let service = "active = \"blue\"\n[service.guard]\ninterval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"1h\" }]";
         let toml = config(&[("blue", &[blue.addr]), ("green", &[green.addr])], service)
@@ -567,13 +548,11 @@ async fn stalled_uploads_aimed_at_the_candidate_do_not_make_the_guard_roll_back(
             (Some("progressing"), Some(1000)),
             "the guard left a healthy canary alone: {r}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_broken_off_mid_stream_is_a_400_client_body_error_counted_and_logged_apart() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn an_upload_broken_off_mid_stream_is_a_400_client_body_error_counted_and_logged_apart() {
         let b = TestBackend::start("blue").await;
         let (_dir, log, sy) = proxy(&[b.addr], "", "").await;
         let addr = sy.listener_addr("web").await;
@@ -610,6 +589,5 @@ async fn an_upload_broken_off_mid_stream_is_a_400_client_body_error_counted_and_
         // The access log's word for a body the client broke off (`access_log::Entry`).
         assert_eq!(line["client_error"], "aborted", "{line}");
         assert_eq!(line["status"], 400, "{line}");
-    })
-    .await;
+    }
 }

@@ -13,9 +13,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_the_configured_and_observed_split_and_charts_and_its_buttons_act() {
-    bounded(Duration::from_secs(90), async {
+bounded_test! {
+    limit = Duration::from_secs(90);
+    async fn the_dashboard_shows_the_configured_and_observed_split_and_charts_and_its_buttons_act() {
     let (blue, green) = (
         TestBackend::start("blue").await,
         TestBackend::start("green").await,
@@ -25,7 +25,7 @@ async fn the_dashboard_shows_the_configured_and_observed_split_and_charts_and_it
         "active = \"blue\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"until-promoted\" }, { weight = 50 }, { pause = \"until-promoted\" }]",
     ))
     .await;
-    let web = format!("http://{}/", sy.listener_addr("web").await);
+    let web = web_url(&sy).await;
     let load = tokio::spawn(async move {
         let c = client();
         for _ in 0..100_000 {
@@ -86,6 +86,5 @@ async fn the_dashboard_shows_the_configured_and_observed_split_and_charts_and_it
     assert_eq!(r["status"], "aborted");
     assert_eq!(r["reason"], "aborted by admin on behalf of dashboard");
     assert_eq!(r["split"], json!({ "blue": 10000 }));
-    })
-    .await;
+    }
 }

@@ -18,10 +18,8 @@ async fn target_state(
     s["services"][0]["groups"][group]["targets"][target].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests(
-) {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_most_the_in_flight_requests() {
         let a = TestBackend::start("a").await;
         let b = TestBackend::start("b").await;
         let c = TestBackend::start("c").await;
@@ -87,13 +85,11 @@ async fn a_killed_target_is_marked_unhealthy_within_the_thresholds_and_costs_at_
             "{failed} failures, more than the {WORKERS} requests that can be in flight"
         );
         eprintln!("detected in {detect:?}; {ok} ok, {failed} failed");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connect_failure_moves_the_request_to_another_target() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_connect_failure_moves_the_request_to_another_target() {
         let live = TestBackend::start("live").await;
         let refusing = RefusingPort::new();
         let dead = refusing.addr;
@@ -138,13 +134,12 @@ async fn a_connect_failure_moves_the_request_to_another_target() {
             let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(seen["body"], "payload");
         }
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
         let (d1, d2) = (RefusingPort::new(), RefusingPort::new());
         let (d1, d2) = (d1.addr, d2.addr);
         let sy = start(&config(
@@ -163,8 +158,7 @@ async fn when_no_target_can_be_reached_the_answer_is_502_after_one_retry() {
             "tried both targets once: {counts}"
         );
         assert_eq!(counts["5xx"], 1);
-    })
-    .await;
+    }
 }
 
 /// A round-robin group of a refusing target (first) and a live one, ejecting after 3
@@ -177,13 +171,12 @@ async fn ejecting(ejection_time: &str) -> (TestBackend, RefusingPort, Server, St
         &format!("balance = \"round-robin\"\npassive = {{ consecutive_failures = 3, ejection_time = \"{ejection_time}\" }}"),
     ))
     .await;
-    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let url = web_url(&sy).await;
     (live, refusing, sy, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consecutive_failures_eject_a_target_passively() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn consecutive_failures_eject_a_target_passively() {
         let (_live, _refusing, sy, url) = ejecting("30s").await;
         let (api, cl) = (admin(&sy), client());
         for _ in 0..20 {
@@ -204,25 +197,17 @@ async fn consecutive_failures_eject_a_target_passively() {
             s["services"][0]["groups"][0]["counts"]["connect_failures"], 3,
             "no request went to the ejected target"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn proxy_errors_have_their_status_and_code() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn proxy_errors_have_their_status_and_code() {
         let slow = TestBackend::start("slow").await;
         let refusing = RefusingPort::new();
         let dead = refusing.addr;
         let toml = format!(
-            r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-[[route]]
+            r#"{head}[[route]]
 name = "slow"
 priority = 1
 match.path_prefix = ["/sleep/"]
@@ -245,6 +230,7 @@ passive = {{ consecutive_failures = 0 }}
 name = "only"
 targets = ["{dead}"]
 "#,
+            head = Cfg::new().head(),
             slow = slow.addr
         );
         let sy = start(&toml).await;
@@ -268,13 +254,11 @@ targets = ["{dead}"]
 
         let r = get(&cl, &format!("{base}/sleep/1"), &[]).await.unwrap();
         assert_eq!(r.status, 200, "a fast request still works");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_probes() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_probes() {
         let live = TestBackend::start("live").await;
         let flaky = TestBackend::start("flaky").await;
         // 100 ms probes; 4 passes to come back: not before 3 intervals after the first.
@@ -284,7 +268,7 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
         ))
         .await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         eventually(Duration::from_secs(3), "both healthy", || async {
             target_state(&api, 0, 1).await["health"] == "healthy"
         })
@@ -317,13 +301,11 @@ async fn a_target_back_up_is_healthy_again_only_after_healthy_threshold_passing_
             "{} of 10 requests",
             flaky.hits() - before
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() {
         let (_live, refusing, sy, url) = ejecting("1s").await;
         let (api, cl) = (admin(&sy), client());
         // Measured from before the requests that eject it: the ejection is no earlier.
@@ -350,6 +332,5 @@ async fn an_ejected_target_is_back_in_rotation_when_its_ejection_time_is_over() 
             assert_eq!(get(&cl, &url, &[]).await.unwrap().status, 200);
         }
         assert!(revived.hits() >= 4, "{} of 10 requests", revived.hits());
-    })
-    .await;
+    }
 }

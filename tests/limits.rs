@@ -27,9 +27,9 @@ async fn blue_behind(timeouts: &str) -> (TestBackend, Server, std::net::SocketAd
     (b, sy, web)
 }
 
-#[tokio::test]
-async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
         let (_b, _sy, web) = blue_behind("idle = \"300ms\"").await;
         let mut s = send(web, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let (text, took) = read_to_close(&mut s, Duration::from_secs(5)).await;
@@ -41,33 +41,30 @@ async fn an_idle_client_connection_is_closed_after_the_idle_timeout() {
             Duration::from_millis(375),
             "idle",
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_client_that_does_not_finish_its_headers_is_cut_off() {
         let (b, _sy, web) = blue_behind("header_read = \"300ms\"").await;
         let mut s = send(web, b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ").await;
         let (_, took) = read_to_close(&mut s, Duration::from_secs(5)).await;
         let limit = Duration::from_millis(300);
         fired_between(took, limit, limit, "header_read");
         assert_eq!(b.hits(), 0);
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn headers_over_the_size_limit_are_refused() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn headers_over_the_size_limit_are_refused() {
         let (b, _sy, web) = blue_behind("").await;
         let big = "v".repeat(20_000);
         let r = get(&client(), &format!("http://{}/", web), &[("x-big", &big)]).await;
         assert_eq!(r.unwrap().status, 431);
         assert_eq!(b.hits(), 0);
-    })
-    .await;
+    }
 }
 
 /// Share of 200 requests (8 concurrent clients) that the fast target got, when the other
@@ -85,7 +82,7 @@ async fn fast_share(balance: &str) -> f64 {
         &format!("balance = \"{balance}\""),
     ))
     .await;
-    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let url = web_url(&sy).await;
     let mut workers = Vec::new();
     for _ in 0..8 {
         let url = url.clone();
@@ -102,9 +99,8 @@ async fn fast_share(balance: &str) -> f64 {
     fast.hits() as f64 / (fast.hits() + slow.hits()) as f64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_outstanding_sends_most_requests_to_the_target_that_answers_fastest() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn least_outstanding_sends_most_requests_to_the_target_that_answers_fastest() {
         let lor = fast_share("least-outstanding").await;
         let rr = fast_share("round-robin").await;
         assert!(
@@ -117,13 +113,11 @@ async fn least_outstanding_sends_most_requests_to_the_target_that_answers_fastes
             "round-robin should split evenly, got {:.0}%",
             rr * 100.0
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() {
         let old = TestBackend::start("old").await;
         let new = TestBackend::start("new").await;
         let dir = tempfile::tempdir().unwrap();
@@ -148,13 +142,7 @@ async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() 
         admin(&sy).post("/api/v1/reload", json!({})).await.unwrap();
 
         for _ in 0..10 {
-            assert_eq!(
-                get(&client(), &format!("{base}/"), &[])
-                    .await
-                    .unwrap()
-                    .backend(),
-                "new"
-            );
+            assert_eq!(backend_of(&format!("{base}/")).await, "new");
         }
         let r = in_flight.await.unwrap().unwrap();
         assert_eq!(
@@ -162,13 +150,12 @@ async fn a_removed_target_finishes_its_in_flight_request_and_gets_no_new_ones() 
             (200, "old"),
             "the in-flight request finished on the removed target"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_finish() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_finish() {
         let (_b, sy, web) = blue_behind("shutdown = \"20s\"").await;
         let addr = web;
         // One kept-alive connection that sits idle, one with a slow request in flight.
@@ -199,13 +186,12 @@ async fn a_graceful_stop_closes_idle_connections_at_once_and_lets_a_request_fini
             "stopped when the last request was done, not at the 20 s bound: {:?}",
             t.elapsed()
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
         let (_b, _sy, web) = blue_behind("header_read = \"300ms\"\nidle = \"5s\"").await;
         let mut s = TcpStream::connect(web).await.unwrap();
         for i in 0..2 {
@@ -219,13 +205,12 @@ async fn a_kept_alive_connection_waits_idle_not_header_read_between_requests() {
             let text = read_answer(&mut s).await;
             assert!(text.starts_with("HTTP/1.1 200"), "request {i}: {text:?}");
         }
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
         let (b, _sy, web) = blue_behind("header_read = \"500ms\"\nidle = \"30s\"").await;
         let s = TcpStream::connect(web).await.unwrap();
         // A slowloris: every byte resets no timer, so the head is cut 500 ms after its first
@@ -256,13 +241,12 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_at_header_read() {
         let text = String::from_utf8_lossy(&text);
         assert!(!text.contains("200"), "{text}");
         assert_eq!(b.hits(), 0);
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn header_read_starts_with_the_first_byte_of_a_later_request() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn header_read_starts_with_the_first_byte_of_a_later_request() {
         let (b, _sy, web) = blue_behind("header_read = \"300ms\"\nidle = \"10s\"").await;
         let mut s = send(web, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let mut buf = [0u8; 4096];
@@ -278,13 +262,12 @@ async fn header_read_starts_with_the_first_byte_of_a_later_request() {
         let limit = Duration::from_millis(300);
         fired_between(took, limit, limit, "header_read of a later head");
         assert_eq!(b.hits(), 1);
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn an_idle_h2c_connection_is_not_cut_by_header_read() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn an_idle_h2c_connection_is_not_cut_by_header_read() {
         let (_b, _sy, web) = blue_behind("header_read = \"300ms\"\nidle = \"5s\"").await;
         // One connection, by hand: a client that reconnected would hide a closed one.
         let stream = TcpStream::connect(web).await.unwrap();
@@ -307,8 +290,7 @@ async fn an_idle_h2c_connection_is_not_cut_by_header_read() {
                 .expect("the connection is open");
             assert_eq!(resp.status(), 200, "request {i}");
         }
-    })
-    .await;
+    }
 }
 
 /// The testkit's bound itself: a test stuck reading from a peer that never answers fails

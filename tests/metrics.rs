@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
         let (blue, green) = TestBackend::pair().await;
         green.set_errors(500);
         let sy = start(&config(
@@ -134,8 +133,7 @@ async fn metrics_cover_routes_groups_targets_rollouts_and_rollbacks() {
         assert!(text.contains("switchyard_build_info{version=\""));
 
         promtool_accepts(&text);
-    })
-    .await;
+    }
 }
 
 /// promtool (Debian's prometheus package; `./scripts/test` installs it) parses the

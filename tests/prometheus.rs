@@ -6,8 +6,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::release::dry_run;
 use common::*;
-use serde_json::json;
 
 struct Prometheus(Child);
 
@@ -26,45 +26,34 @@ fn prometheus_binary() -> String {
         .expect("prometheus is not installed: ./scripts/test installs Debian's package")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_checks_judge_switchyards_own_metrics() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn prometheus_checks_judge_switchyards_own_metrics() {
         let (blue, green) = TestBackend::pair().await;
         green.set_errors(200);
-        let prom_addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let prom_addr = common::bin::free_port();
         let url = format!("http://{prom_addr}");
-        let analysis = format!(
-            r#"
-[[analysis]]
-name = "prom"
-interval = "500ms"
-count = 1
-[[analysis.check]]
-name = "green-5xx"
-prometheus = {{ url = "{url}", query = 'sum(switchyard_responses_total{{service="shop",group="green",class="5xx"}})' }}
-max = 0
-[[analysis.check]]
-name = "blue-5xx"
-prometheus = {{ url = "{url}", query = 'sum(switchyard_responses_total{{service="shop",group="blue",class="5xx"}})' }}
-max = 0
-[[analysis.check]]
-name = "empty"
-prometheus = {{ url = "{url}", query = 'sum(no_such_metric_anywhere)' }}
-max = 1
-[[analysis.check]]
-name = "broken"
-prometheus = {{ url = "{url}", query = 'sum(' }}
-max = 1
-"#
-        );
-        let toml = config(
-            &[("blue", &[blue.addr]), ("green", &[green.addr])],
-            "weights = { blue = 50, green = 50 }",
-        )
-        .replacen("[[service]]", &format!("{analysis}\n[[service]]"), 1);
+        let errors_of = |group: &str| {
+            format!(r#"sum(switchyard_responses_total{{service="shop",group="{group}",class="5xx"}})"#)
+        };
+        let checks = [
+            ("green-5xx", errors_of("green"), 0),
+            ("blue-5xx", errors_of("blue"), 0),
+            ("empty", "sum(no_such_metric_anywhere)".to_string(), 1),
+            ("broken", "sum(".to_string(), 1),
+        ];
+        let mut analysis =
+            String::from("[[analysis]]\nname = \"prom\"\ninterval = \"500ms\"\ncount = 1\n");
+        for (name, query, max) in &checks {
+            analysis.push_str(&format!(
+                "[[analysis.check]]\nname = \"{name}\"\nprometheus = {{ url = \"{url}\", query = '{query}' }}\nmax = {max}\n"
+            ));
+        }
+        let toml = Cfg::new()
+            .service("weights = { blue = 50, green = 50 }")
+            .group("blue", &[blue.addr])
+            .group("green", &[green.addr])
+            .top(&analysis)
+            .build();
         let sy = start(&toml).await;
 
         let dir = tempfile::tempdir().unwrap();
@@ -92,18 +81,13 @@ max = 1
         );
 
         let c = client();
-        let web = format!("http://{}/", sy.listener_addr("web").await);
+        let web = web_url(&sy).await;
         for _ in 0..200 {
             get(&c, &web, &[]).await.unwrap();
         }
         let api = admin(&sy);
         let run = || async {
-            api.post(
-                "/api/v1/services/shop/analysis/run",
-                json!({ "analysis": "prom", "candidate": "green" }),
-            )
-            .await
-            .unwrap()
+            dry_run(&api, "prom").await
         };
         // Until Prometheus has started and scraped the traffic.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -138,6 +122,5 @@ max = 1
             "{}",
             m(3)
         );
-    })
-    .await;
+    }
 }

@@ -17,9 +17,9 @@ fn shop_to(target: std::net::SocketAddr) -> Cfg {
     Cfg::new().group("blue", &[target])
 }
 
-#[tokio::test]
-async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
         let b = TestBackend::start("blue").await;
         let sy = start(&shop_to(b.addr).build()).await;
         let h2: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
@@ -45,13 +45,12 @@ async fn h2c_clients_are_served_and_proxied_to_http1_targets() {
                 .starts_with("127.0.0.1:"),
             "host from :authority: {seen}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
         let b = TestBackend::start("grpc").await;
         let sy = start(
             &Cfg::new()
@@ -101,8 +100,7 @@ async fn http2_targets_get_grpc_requests_with_trailers_end_to_end() {
             h["x-request-id"],
             r.headers["x-request-id"].to_str().unwrap()
         );
-    })
-    .await;
+    }
 }
 
 struct Cert {
@@ -145,9 +143,9 @@ async fn tls_connect(
         .unwrap()
 }
 
-#[tokio::test]
-async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
         let b = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let (shop, api) = (cert("shop.test"), cert("api.test"));
@@ -199,8 +197,7 @@ async fn tls_picks_the_certificate_by_sni_and_speaks_h2_or_http1_by_alpn() {
         // An unknown name gets the first certificate.
         let tls = tls_connect(addr, "shop.test", &[&shop], &[]).await;
         assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], shop.der);
-    })
-    .await;
+    }
 }
 
 /// A WebSocket echo backend.
@@ -222,9 +219,9 @@ async fn ws_echo() -> std::net::SocketAddr {
     ws_addr
 }
 
-#[tokio::test]
-async fn websocket_upgrades_pass_through() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn websocket_upgrades_pass_through() {
         let ws_addr = ws_echo().await;
         let sy = start(&shop_to(ws_addr).build()).await;
         let url = format!("ws://{}/chat", sy.listener_addr("web").await);
@@ -239,13 +236,12 @@ async fn websocket_upgrades_pass_through() {
             assert_eq!(echo.into_text().unwrap().as_str(), text);
         }
         ws.close(None).await.unwrap();
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_use() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_use() {
         use tokio_tungstenite::tungstenite::Message;
         let ws_addr = ws_echo().await;
         let cfg = shop_to(ws_addr).top("[timeouts]\nidle = \"400ms\"").build();
@@ -274,6 +270,5 @@ async fn an_upgraded_connection_closes_after_the_idle_timeout_but_not_while_in_u
             std::time::Duration::from_millis(500),
             "the tunnel's idle timeout",
         );
-    })
-    .await;
+    }
 }

@@ -36,13 +36,12 @@ async fn from_file() -> (
     std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
     let sy = start_from_file(&path).await;
     let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let url = web_url(&sy).await;
     (blue, green, dir, path, sy, api, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
         let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -71,29 +70,21 @@ async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
                 .replace("forward = \"shop\"", "forward = \"shoop\""),
         )
         .unwrap();
-        let err = api
-            .post("/api/v1/reload", json!({}))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = post_err(&api, "/api/v1/reload", json!({})).await;
         assert!(err.contains("422"), "{err}");
         assert!(
             err.contains("switchyard.toml:12:11: route[0].forward: no service named \"shoop\""),
             "{err}"
         );
         assert_eq!(
-            get(&client(), &url, &[]).await.unwrap().backend(),
+            backend_of(&url).await,
             "blue",
             "old config still serves"
         );
 
         // Unreadable: also rejected.
         std::fs::remove_file(&path).unwrap();
-        let err = api
-            .post("/api/v1/reload", json!({}))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = post_err(&api, "/api/v1/reload", json!({})).await;
         assert!(err.contains("cannot read"), "{err}");
 
         // Valid: green becomes active.
@@ -110,14 +101,13 @@ async fn a_broken_file_is_rejected_and_a_valid_one_swapped_in_under_load() {
         }
         assert_eq!(failed, 0, "no request failed across the reloads");
         assert!(before > 0 && green.hits() > 0);
-        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "green");
-    })
-    .await;
+        assert_eq!(backend_of(&url).await, "green");
+    }
 }
 
-#[tokio::test]
-async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
         let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
         api.post("/api/v1/services/shop/switch", json!({ "group": "green" }))
@@ -130,7 +120,7 @@ async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
         );
         std::fs::write(&path, other_change).unwrap();
         api.post("/api/v1/reload", json!({})).await.unwrap();
-        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "green");
+        assert_eq!(backend_of(&url).await, "green");
 
         // The file now says something new about the split: the file wins.
         std::fs::write(
@@ -140,17 +130,30 @@ async fn a_runtime_switch_survives_a_reload_that_leaves_the_split_alone() {
         )
         .unwrap();
         api.post("/api/v1/reload", json!({})).await.unwrap();
-        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
-    })
-    .await;
+        assert_eq!(backend_of(&url).await, "blue");
+    }
 }
 
-#[tokio::test]
-async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
-    bounded(TEST_LIMIT, async {
+/// Writes `text` (green active, plus something that cannot be applied) and asks for a
+/// reload: the error, once it is checked that blue still serves.
+async fn refused_reload(
+    path: &std::path::Path,
+    text: String,
+    api: &switchyard::client::AdminClient,
+    url: &str,
+) -> String {
+    std::fs::write(path, text).unwrap();
+    let err = post_err(api, "/api/v1/reload", json!({})).await;
+    assert_eq!(backend_of(url).await, "blue", "nothing was applied");
+    err
+}
+
+bounded_test! {
+    current_thread;
+    async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
         let (blue, green, _dir, path, _sy, api, url) = from_file().await;
 
-        // Green active, plus a second listener on a port that is taken.
+        // A second listener on a port that is taken.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let text = file_config("green", blue.addr, green.addr).replace(
             "[[route]]",
@@ -159,60 +162,31 @@ async fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
                 taken.local_addr().unwrap()
             ),
         );
-        std::fs::write(&path, text).unwrap();
-        let err = api
-            .post("/api/v1/reload", json!({}))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = refused_reload(&path, text, &api, &url).await;
         assert!(
             err.contains("409") && err.contains("listener \"extra\" cannot bind"),
             "{err}"
         );
-        assert_eq!(
-            get(&client(), &url, &[]).await.unwrap().backend(),
-            "blue",
-            "nothing was applied"
-        );
         let s = api.get("/api/v1/status").await.unwrap();
         assert_eq!(s["listeners"].as_array().unwrap().len(), 1);
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn a_reload_whose_access_log_cannot_be_opened_records_and_changes_nothing() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_reload_whose_access_log_cannot_be_opened_records_and_changes_nothing() {
         let (blue, green, dir, path, _sy, api, url) = from_file().await;
         let before = api.get("/api/v1/events").await.unwrap();
 
-        // Green active, logging to a path that is a directory: the log cannot be opened.
-        let text = file_config("green", blue.addr, green.addr).replacen(
-            "[[listener]]",
-            &format!(
-                "[access_log]\npath = \"{}\"\n\n[[listener]]",
-                dir.path().display()
-            ),
-            1,
-        );
-        std::fs::write(&path, text).unwrap();
-        let err = api
-            .post("/api/v1/reload", json!({}))
-            .await
-            .unwrap_err()
-            .to_string();
+        // Logging to a path that is a directory: the log cannot be opened.
+        let log = format!("[access_log]\npath = \"{}\"\n\n[[listener]]", dir.path().display());
+        let text = file_config("green", blue.addr, green.addr).replacen("[[listener]]", &log, 1);
+        let err = refused_reload(&path, text, &api, &url).await;
         assert!(err.contains("access log"), "{err}");
-
-        assert_eq!(
-            get(&client(), &url, &[]).await.unwrap().backend(),
-            "blue",
-            "nothing was applied"
-        );
         assert_eq!(
             api.get("/api/v1/events").await.unwrap(),
             before,
             "nothing was recorded: the store holds what serves"
         );
-    })
-    .await;
+    }
 }

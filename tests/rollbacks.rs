@@ -44,7 +44,7 @@ impl Rig {
             .build();
         let sy = start(&toml).await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         Rig {
             _blue: blue,
             green,
@@ -69,9 +69,8 @@ impl Rig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manual_abort_is_counted_as_manual_and_notified() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_manual_abort_is_counted_as_manual_and_notified() {
         let rig = Rig::start("", "[service.guard]\nenabled = false").await;
         start_held(&rig.api, 10.0).await;
         verb(&rig.api, "abort", json!({ "reason": "bad logs" })).await;
@@ -80,30 +79,23 @@ async fn a_manual_abort_is_counted_as_manual_and_notified() {
             "aborted, all traffic back on the stable group: aborted by admin: bad logs",
         )
         .await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undo_is_counted_as_undo_and_notified() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn an_undo_is_counted_as_undo_and_notified() {
         let rig = Rig::start("", "[service.guard]\nenabled = false").await;
         start_rollout(&rig.api, json!("all-at-once")).await;
         wait_status(&rig.api, 10, |r| r["status"] == "completed").await;
         let r = verb(&rig.api, "undo", json!({})).await;
         assert_eq!(r["status"], "rolled_back");
         rig.rolled_back_by("undo", ") rolled back: ").await;
-        assert_eq!(
-            get(&client(), &rig.url, &[]).await.unwrap().backend(),
-            "blue"
-        );
-    })
-    .await;
+        assert_eq!(backend_of(&rig.url).await, "blue");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_analysis_step_is_counted_as_analysis_and_notified() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_failed_analysis_step_is_counted_as_analysis_and_notified() {
         let analysis = "[[analysis]]\nname = \"smoke\"\ninterval = \"100ms\"\ncount = 1\n[[analysis.check]]\nname = \"smoke\"\ncommand = \"exit 1\"";
         let rig = Rig::start(analysis, "[service.guard]\nenabled = false").await;
         start_rollout(
@@ -114,13 +106,11 @@ async fn a_failed_analysis_step_is_counted_as_analysis_and_notified() {
         let r = wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
         assert!(reason(&r).contains("analysis failed: smoke"), "{r}");
         rig.rolled_back_by("analysis", "analysis failed: smoke").await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_hook_is_counted_as_hook_and_notified() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_failed_hook_is_counted_as_hook_and_notified() {
         let rig = Rig::start(
             "",
             "[service.guard]\nenabled = false\n[service.hooks.before_traffic]\ncommand = \"exit 1\"\nretries = 0",
@@ -130,13 +120,11 @@ async fn a_failed_hook_is_counted_as_hook_and_notified() {
         wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
         rig.rolled_back_by("hook", "hook before_traffic failed after 1 attempts")
             .await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_progress_deadline_is_counted_as_deadline_and_notified() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_progress_deadline_is_counted_as_deadline_and_notified() {
         let rig = Rig::start(
             "",
             "progress_deadline = \"300ms\"\n[service.guard]\nenabled = false\n[service.hooks.before_traffic]\ncommand = \"sleep 30\"\ntimeout = \"60s\"",
@@ -145,8 +133,7 @@ async fn a_progress_deadline_is_counted_as_deadline_and_notified() {
         start_rollout(&rig.api, held_at(10.0)).await;
         wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
         rig.rolled_back_by("deadline", "made no progress for 300ms").await;
-    })
-    .await;
+    }
 }
 
 /// Sends requests to one group until stopped — to the candidate through the preview override,
@@ -179,13 +166,12 @@ fn traffic(
     })
 }
 
-/// `max_error_rate` is 5 points over stable's rate, not 5 %: a candidate at 7 % against stable
-/// at 4 % (+3) stays through many judged windows; at 11 % (+7) it is rolled back. The guard's
-/// `min_requests = 200` keeps a window's share within half a point of the set rate (evenly
-/// spread errors: at most one more or fewer than the rate in any run).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_guard_keeps_a_candidate_three_points_over_stable_and_rolls_back_one_seven_over() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// `max_error_rate` is 5 points over stable's rate, not 5 %: a candidate at 7 % against stable
+    /// at 4 % (+3) stays through many judged windows; at 11 % (+7) it is rolled back. The guard's
+    /// `min_requests = 200` keeps a window's share within half a point of the set rate (evenly
+    /// spread errors: at most one more or fewer than the rate in any run).
+    async fn the_guard_keeps_a_candidate_three_points_over_stable_and_rolls_back_one_seven_over() {
         let rig = Rig::start(
             "",
             "[service.guard]\ninterval = \"100ms\"\nwindow = \"2s\"\nmin_requests = 200",
@@ -206,11 +192,7 @@ async fn the_guard_keeps_a_candidate_three_points_over_stable_and_rolls_back_one
         )
         .await;
         tokio::time::sleep(Duration::from_secs(5).saturating_sub(began.elapsed())).await;
-        let r = rollout(&rig.api).await;
-        assert_eq!(
-            r["status"], "paused",
-            "+3 points is within the guard's 5: {r}"
-        );
+        assert_status(&rig.api, "paused", "+3 points is within the guard's 5").await;
 
         on_green.store(11, Ordering::SeqCst);
         let r = wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
@@ -222,8 +204,7 @@ async fn the_guard_keeps_a_candidate_three_points_over_stable_and_rolls_back_one
         );
         assert!(g > 0 && b > 0);
         rig.rolled_back_by("guard", "exceeds stable's").await;
-    })
-    .await;
+    }
 }
 
 /// `n` requests to the candidate (through the preview override) at `path`.
@@ -243,12 +224,11 @@ async fn until_second(second: u64) {
     }
 }
 
-/// The guard judges exactly its window, in whole seconds (`now - 2 ..= now` for 2 s): errors
-/// that left it are forgotten, and errors spread over two of its seconds add up. With
-/// `min_requests = 20`, each batch of 15 or 12 requests alone is too few to judge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within_it() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// The guard judges exactly its window, in whole seconds (`now - 2 ..= now` for 2 s): errors
+    /// that left it are forgotten, and errors spread over two of its seconds add up. With
+    /// `min_requests = 20`, each batch of 15 or 12 requests alone is too few to judge.
+    async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within_it() {
         let rig = Rig::start(
             "",
             "[service.guard]\ninterval = \"100ms\"\nwindow = \"2s\"\nmin_requests = 20",
@@ -266,11 +246,7 @@ async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within
         let healthy_until = now_second();
         // Ten ticks: a guard that still counted the first batch would see 30 requests at 50 %.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = rollout(&rig.api).await;
-        assert_eq!(
-            r["status"], "paused",
-            "errors out of the window were judged: {r}"
-        );
+        assert_status(&rig.api, "paused", "errors out of the window were judged").await;
 
         // Once those answers left the window too: 12 errors in one second, 12 in the next.
         // Too few to judge alone; 24 within the window.
@@ -278,24 +254,18 @@ async fn the_guard_forgets_errors_older_than_its_window_and_adds_up_those_within
         to_candidate(&rig.url, "status/500", 12).await;
         let first = now_second();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = rollout(&rig.api).await;
-        assert_eq!(
-            r["status"], "paused",
-            "12 requests are fewer than min_requests: {r}"
-        );
+        assert_status(&rig.api, "paused", "12 requests are fewer than min_requests").await;
         until_second(first + 1).await;
         to_candidate(&rig.url, "status/500", 12).await;
         let r = wait_status(&rig.api, 5, |r| r["status"] == "aborted").await;
         assert!(reason(&r).contains("aborted by guard"), "{r}");
-    })
-    .await;
+    }
 }
 
-/// A hook target that stalls its first call past the hook's timeout, then answers: the retry
-/// goes through; one that always fails is called once plus `retries` times, then aborts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_hook_is_timed_out_and_retried_and_a_failing_one_aborts_after_its_attempts() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// A hook target that stalls its first call past the hook's timeout, then answers: the retry
+    /// goes through; one that always fails is called once plus `retries` times, then aborts.
+    async fn an_http_hook_is_timed_out_and_retried_and_a_failing_one_aborts_after_its_attempts() {
         let stalls_once = Receiver::start(Arc::new(|n| {
             let delay = if n == 0 { Duration::from_secs(30) } else { Duration::ZERO };
             (delay, 200, "ok")
@@ -337,8 +307,7 @@ async fn an_http_hook_is_timed_out_and_retried_and_a_failing_one_aborts_after_it
         assert!(reason(&r).contains("down for maintenance"), "{r}");
         assert_eq!(fails.calls().len(), 3);
         assert_eq!(r["weight"], 0, "no traffic reached the candidate");
-    })
-    .await;
+    }
 }
 
 /// Lines `name <nanoseconds>` from a log the hooks write.
@@ -351,12 +320,11 @@ fn stamps(log: &std::path::Path, name: &str) -> Vec<u128> {
         .collect()
 }
 
-/// README: "a retry or the next rollout of the service starts only once that hook has
-/// finished". The retry is accepted at once; its first step (the before_traffic hook, then
-/// the weight) waits until the slow `on_rollback` hook has ended.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_on_rollback_hook_holds_back_the_retry_until_it_ends() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// README: "a retry or the next rollout of the service starts only once that hook has
+    /// finished". The retry is accepted at once; its first step (the before_traffic hook, then
+    /// the weight) waits until the slow `on_rollback` hook has ended.
+    async fn a_slow_on_rollback_hook_holds_back_the_retry_until_it_ends() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("hooks.log");
         let rig = Rig::start(
@@ -388,8 +356,7 @@ async fn a_slow_on_rollback_hook_holds_back_the_retry_until_it_ends() {
             "the retry's before_traffic started {} ms before on_rollback ended",
             (end[0] - before[1]) / 1_000_000
         );
-    })
-    .await;
+    }
 }
 
 /// A command check that counts its runs in `file` and fails (exit 1) or is inconclusive
@@ -408,11 +375,10 @@ fn runs(file: &std::path::Path) -> usize {
         .count()
 }
 
-/// `failure_limit = 2` tolerates two failed measurements and rolls back at the third;
-/// `inconclusive_limit = 1` tolerates one inconclusive measurement and holds at the second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn analyses_tolerate_their_limits_and_act_one_measurement_past_them() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// `failure_limit = 2` tolerates two failed measurements and rolls back at the third;
+    /// `inconclusive_limit = 1` tolerates one inconclusive measurement and holds at the second.
+    async fn analyses_tolerate_their_limits_and_act_one_measurement_past_them() {
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str| dir.path().join(name);
         let analysis = |name: &str, limits: &str, check: String| {
@@ -469,6 +435,5 @@ async fn analyses_tolerate_their_limits_and_act_one_measurement_past_them() {
             "{r}"
         );
         assert_eq!(runs(&file("d")), 2);
-    })
-    .await;
+    }
 }

@@ -11,9 +11,8 @@ use common::release::*;
 use common::*;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_pause() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_pause() {
         let bin = Binary::setup().await;
         let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
         small_guard(&path, "1s");
@@ -94,8 +93,7 @@ async fn sigkill_mid_rollout_resumes_at_the_same_step_weights_and_remaining_paus
             2,
             "no step was repeated: {events}"
         );
-    })
-    .await;
+    }
 }
 
 /// A guard that judges a `window` every 100 ms (a restarted rollout waits for one).
@@ -112,9 +110,8 @@ fn small_guard(path: &std::path::Path, window: &str) {
 /// up to a second to reach whole seconds, and a tick.
 const GUARD_GATE_MS: u64 = 2200;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recorded_weight() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recorded_weight() {
         let Binary {
             blue: _blue,
             green: _green,
@@ -190,13 +187,11 @@ async fn sigkill_with_an_unrecorded_abort_resumes_held_at_no_more_than_the_recor
         );
         let r = promote(&api).await;
         assert_eq!(r["status"], "progressing");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_holder() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_holder() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let (first_cfg, second_cfg) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
@@ -255,18 +250,16 @@ async fn a_second_instance_on_the_same_database_refuses_to_start_and_names_the_h
             green.addr,
         );
         let _second = run_binary(&second_cfg, second_admin).await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_drives_a_rollout() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn the_cli_drives_a_rollout() {
         let bin = Binary::setup().await;
         let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
         let _sy = run_binary(&path, admin_addr).await;
 
-        let (code, out, err) = cli(
+        let out = cli_ok(
             &path,
             &[
                 "rollout",
@@ -277,7 +270,6 @@ async fn the_cli_drives_a_rollout() {
                 "canary-50pct-1h",
             ],
         );
-        assert_eq!(code, 0, "{err}");
         assert!(
             out.contains("rollout #1 of shop: blue -> green (canary-50pct-1h, 2 steps)"),
             "{out}"
@@ -303,8 +295,7 @@ async fn the_cli_drives_a_rollout() {
         assert!(out.contains("[x] 1. set weight 50%"), "{out}");
         assert!(out.contains("[>] 2. pause 1h"), "{out}");
 
-        let (code, out, _) = cli(&path, &["status"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["status"]);
         assert!(
         out.contains(
             "rollout #1 blue -> green (canary-50pct-1h): progressing, step 2/2, candidate at 50%"
@@ -316,17 +307,14 @@ async fn the_cli_drives_a_rollout() {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["services"][0]["rollout"]["weight"], 5000);
 
-        let (code, out, _) = cli(&path, &["rollout", "pause", "shop"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["rollout", "pause", "shop"]);
         assert!(
             out.contains("status: paused") && out.contains("paused by admin on behalf of cli:"),
             "{out}"
         );
-        let (code, out, _) = cli(&path, &["rollout", "resume", "shop"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["rollout", "resume", "shop"]);
         assert!(out.contains("status: progressing"), "{out}");
-        let (code, out, _) = cli(&path, &["rollout", "promote", "shop", "--full"]);
-        assert_eq!(code, 0, "{out}");
+        cli_ok(&path, &["rollout", "promote", "shop", "--full"]);
         eventually(Duration::from_secs(5), "completed", || async {
             cli(&path, &["rollout", "status", "shop"])
                 .1
@@ -334,15 +322,12 @@ async fn the_cli_drives_a_rollout() {
         })
         .await;
         // --watch on a finished rollout draws once and ends.
-        let (code, out, _) = cli(&path, &["rollout", "status", "shop", "--watch"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["rollout", "status", "shop", "--watch"]);
         assert!(out.contains("status: completed"), "{out}");
 
-        let (code, out, _) = cli(&path, &["rollout", "undo", "shop"]);
-        assert_eq!(code, 0);
+        let out = cli_ok(&path, &["rollout", "undo", "shop"]);
         assert!(out.contains("status: rolled_back"), "{out}");
-        let (code, _, err) = cli(&path, &["rollout", "promote", "shop"]);
-        assert_eq!(code, 1);
+        let err = cli_fails(&path, &["rollout", "promote", "shop"]);
         assert!(
             err.contains("409") && err.contains("is rolled_back"),
             "{err}"
@@ -358,15 +343,8 @@ async fn the_cli_drives_a_rollout() {
                 && out.contains("rolled_back"),
             "{out}"
         );
-        assert_eq!(
-            get(&c, &format!("http://{web}/"), &[])
-                .await
-                .unwrap()
-                .backend(),
-            "blue"
-        );
-    })
-    .await;
+        assert_eq!(backend_of(&format!("http://{web}/")).await, "blue");
+    }
 }
 
 /// Appends `text` to the config file (tables after the groups belong to the service).
@@ -401,12 +379,11 @@ async fn released(api: &switchyard::client::AdminClient) -> serde_json::Value {
     wait_status(api, 20, |r| r["waiting_for"].is_null()).await
 }
 
-/// SIGKILL in the preview of a blue-green rollout and again in its scale-down window: each
-/// restart serves what was committed (preview: stable for all, the candidate by preview;
-/// switched: the candidate for all), and the rollout goes on from there to a rollback.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_blue_green_restarts_with_the_traffic_as_committed() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// SIGKILL in the preview of a blue-green rollout and again in its scale-down window: each
+    /// restart serves what was committed (preview: stable for all, the candidate by preview;
+    /// switched: the candidate for all), and the rollout goes on from there to a rollback.
+    async fn sigkill_during_a_blue_green_restarts_with_the_traffic_as_committed() {
         let bin = Binary::setup().await;
         let (path, web, admin_addr) = (bin.path.clone(), bin.web, bin.admin);
         append(
@@ -446,16 +423,14 @@ async fn sigkill_during_a_blue_green_restarts_with_the_traffic_as_committed() {
         assert_eq!(r["status"], "aborted");
         assert_eq!(answered(web).await.0, vec!["blue".to_string()]);
         drop(running);
-    })
-    .await;
+    }
 }
 
-/// SIGKILL in the middle of an analysis step: the restarted rollout is held (guard window)
-/// at the recorded weight, then runs the analysis again from its start and goes on when it
-/// passes; killed in the next analysis step with the check now failing, it rolls back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_an_analysis_step_holds_then_judges_again_and_goes_on_or_rolls_back() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// SIGKILL in the middle of an analysis step: the restarted rollout is held (guard window)
+    /// at the recorded weight, then runs the analysis again from its start and goes on when it
+    /// passes; killed in the next analysis step with the check now failing, it rolls back.
+    async fn sigkill_during_an_analysis_step_holds_then_judges_again_and_goes_on_or_rolls_back() {
         let bin = Binary::setup().await;
         let (path, admin_addr) = (bin.path.clone(), bin.admin);
         let (runs, ok) = (bin.dir.path().join("runs"), bin.dir.path().join("ok"));
@@ -522,6 +497,5 @@ async fn sigkill_during_an_analysis_step_holds_then_judges_again_and_goes_on_or_
         assert!(reason(&r).contains("analysis failed: judge"), "{r}");
         assert_eq!(r["weight"], 0);
         drop(running);
-    })
-    .await;
+    }
 }

@@ -35,8 +35,25 @@ fn shop(
         .build()
 }
 
-/// A switchyard for `shop` (see `shop`), its admin client and its listener's URL.
+/// Backends `blue` and `green`, a switchyard for `shop` (see `shop`) in front of them, its
+/// admin client and its listener's URL.
 async fn started(
+    service_extra: &str,
+    route_extra: &str,
+) -> (
+    TestBackend,
+    TestBackend,
+    Server,
+    switchyard::client::AdminClient,
+    String,
+) {
+    let (blue, green) = TestBackend::pair().await;
+    let (sy, api, url) = started_on(&blue, &green, service_extra, route_extra).await;
+    (blue, green, sy, api, url)
+}
+
+/// As `started`, in front of backends the test already has.
+async fn started_on(
     blue: &TestBackend,
     green: &TestBackend,
     service_extra: &str,
@@ -44,13 +61,8 @@ async fn started(
 ) -> (Server, switchyard::client::AdminClient, String) {
     let sy = start(&shop(blue.addr, green.addr, service_extra, route_extra)).await;
     let api = admin(&sy);
-    let url = format!("http://{}/", sy.listener_addr("web").await);
+    let url = web_url(&sy).await;
     (sy, api, url)
-}
-
-/// The error a POST of `body` to `path` is refused with.
-async fn post_err(api: &switchyard::client::AdminClient, path: &str, body: Value) -> String {
-    api.post(path, body).await.unwrap_err().to_string()
 }
 
 /// The error a rollout start with `body` is refused with.
@@ -58,11 +70,10 @@ async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String
     post_err(api, "/api/v1/rollouts", body).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
-    bounded(LOAD_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let (_sy, api, url) = started(&blue, &green, "", "").await;
+bounded_test! {
+    limit = LOAD_LIMIT;
+    async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
+        let (_blue, _green, _sy, api, url) = started("", "").await;
         let steps = json!({ "kind": "canary", "steps": [
             { "weight": 5 }, { "pause": "until-promoted" },
             { "weight": 25 }, { "pause": "until-promoted" },
@@ -130,21 +141,18 @@ async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point
                 "completed"
             ]
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests() {
-    bounded(LOAD_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let (_sy, api, url) = started(&blue, &green, "", "").await;
+bounded_test! {
+    limit = LOAD_LIMIT;
+    async fn a_half_percent_step_lands_within_a_fifth_of_a_point_over_40000_requests() {
+        let (_blue, _green, _sy, api, url) = started("", "").await;
         start_held(&api, 0.5).await;
         let seen = measure(&url, 40_000, 16, &[]).await;
         let g = share(&seen, "green");
         assert!((g - 0.5).abs() <= 0.2, "green got {g:.3}% at 0.5%");
-    })
-    .await;
+    }
 }
 
 /// The candidate's weight set by each `weight` (and the `completed`) event of rollout `id`,
@@ -169,12 +177,9 @@ async fn weights(
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-        let api = admin(&sy);
+bounded_test! {
+    async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
+        let (_blue, _green, sy, api, _url) = started("", "").await;
 
         // A canary with timed pauses.
         let r = start_rollout(
@@ -243,7 +248,7 @@ async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
         .await;
         assert_eq!(
             measure(
-                &format!("http://{}/", sy.listener_addr("web").await),
+                &web_url(&sy).await,
                 50,
                 2,
                 &[]
@@ -273,16 +278,12 @@ async fn timed_pauses_presets_and_all_at_once_complete_by_themselves() {
             r["status"] == "completed" && r["candidate"] == "blue"
         })
         .await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_analysis_step_holds_the_rollout_until_promoted() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-        let api = admin(&sy);
+bounded_test! {
+    async fn an_analysis_step_holds_the_rollout_until_promoted() {
+        let (_blue, _green, _sy, api, _url) = started("", "").await;
         start_rollout(
             &api,
             json!({ "kind": "canary", "steps": [{ "weight": 20 }, { "analysis": "smoke" }] }),
@@ -292,25 +293,18 @@ async fn an_analysis_step_holds_the_rollout_until_promoted() {
         assert_eq!(r["weight"], 2000);
         // Far too little traffic for a verdict: held for a person, never promoted by itself.
         assert!(
-            r["reason"]
-                .as_str()
-                .unwrap()
-                .contains("analysis inconclusive: smoke"),
+            reason(&r).contains("analysis inconclusive: smoke"),
             "{r}"
         );
         promote(&api).await;
         wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
-    bounded(LOAD_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let (_sy, api, url) = started(
-            &blue,
-            &green,
+bounded_test! {
+    limit = LOAD_LIMIT;
+    async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
+        let (_blue, _green, _sy, api, url) = started(
             "[service.stickiness]\nkey = \"header:x-user\"",
             "",
         )
@@ -378,17 +372,12 @@ async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises()
                 promote(&api).await;
             }
         }
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let (_sy, api, url) = started(
-            &blue,
-            &green,
+bounded_test! {
+    async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
+        let (_blue, _green, _sy, api, url) = started(
             "[service.stickiness]\ncookie = \"sy_pin\"\ncookie_max_age = \"1h\"",
             "",
         )
@@ -420,13 +409,11 @@ async fn switchyard_pins_clients_without_a_key_with_its_own_cookie() {
             2,
             "20 new clients at 50% all got one version"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overrides_force_a_group_before_the_split() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn overrides_force_a_group_before_the_split() {
         let (blue, green) = TestBackend::pair().await;
         let routes = r#"
 [[route.override]]
@@ -441,7 +428,7 @@ country = ["NZ"]
 group = "candidate"
 source = ["10.0.0.0/8"]
 "#;
-        let (_sy, api, url) = started(&blue, &green, "", routes).await;
+        let (_sy, api, url) = started_on(&blue, &green, "", routes).await;
         let c = client();
         let via = |h: &'static [(&'static str, &'static str)]| {
             let (c, url) = (c.clone(), url.clone());
@@ -472,15 +459,13 @@ source = ["10.0.0.0/8"]
         );
         // The source override does not match loopback clients.
         assert_eq!(measure(&url, 100, 2, &[]).await.get("blue"), Some(&100));
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
-    bounded(LOAD_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let (_sy, api, url) = started(&blue, &green, "", "").await;
+bounded_test! {
+    limit = LOAD_LIMIT;
+    async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
+        let (_blue, green, _sy, api, url) = started("", "").await;
         let load = Load::start(url.clone(), 8, &[]);
         start_held(&api, 50.0).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -508,13 +493,12 @@ async fn abort_under_load_fails_no_request_and_returns_all_traffic_to_stable() {
         let r = verb(&api, "retry", json!({})).await;
         assert_eq!(r["attempt"], 1);
         wait_rollout(&api, "at 50% again", paused_at(5000)).await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_a_failed_request() {
-    bounded(LOAD_LIMIT, async {
+bounded_test! {
+    limit = LOAD_LIMIT;
+    async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_a_failed_request() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("torn-down");
@@ -522,7 +506,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
             "[service.strategy]\nkind = \"blue-green\"\nscale_down_delay = \"1h\"\nteardown = \"echo $SWITCHYARD_GROUP > {}\"",
             marker.display()
         );
-        let (_sy, api, url) = started(&blue, &green, &strategy, "[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }").await;
+        let (_sy, api, url) = started_on(&blue, &green, &strategy, "[[route.override]]\ngroup = \"candidate\"\nheader = { name = \"x-preview\", values = [\"1\"] }").await;
         let load = Load::start(url.clone(), 8, &[]);
 
         // Preview: the candidate only through the preview route.
@@ -542,7 +526,7 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
                 .backend(),
             "green"
         );
-        assert_eq!(get(&client(), &url, &[]).await.unwrap().backend(), "blue");
+        assert_eq!(backend_of(&url).await, "blue");
 
         // Promotion: the atomic switch; then the window in which abort is the rollback (an hour,
         // so that it cannot run out while the test measures: promote ends it below).
@@ -586,22 +570,12 @@ async fn blue_green_previews_switches_retires_and_rolls_back_under_load_without_
             "no request failed across preview, switch, rollback, retire, undo"
         );
         assert_eq!(measure(&url, 50, 2, &[]).await.get("blue"), Some(&50));
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blue_green_can_promote_itself_after_a_delay() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(
-            blue.addr,
-            green.addr,
-            "[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"1s\"\nscale_down_delay = \"0s\"",
-            "",
-        ))
-        .await;
-        let api = admin(&sy);
+bounded_test! {
+    async fn blue_green_can_promote_itself_after_a_delay() {
+        let (_blue, _green, _sy, api, _url) = started("[service.strategy]\nkind = \"blue-green\"\nauto_promote_after = \"1s\"\nscale_down_delay = \"0s\"", "").await;
         let r = start_green(&api).await;
         let id = r["id"].as_u64().unwrap();
         // Not before the delay: while polled, and by the times the events record. After it: by
@@ -628,16 +602,13 @@ async fn blue_green_can_promote_itself_after_a_delay() {
                 .all(|e| e["actor"] != "admin" || e["kind"] == "started"),
             "nobody promoted it: {all:?}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn rollout_api_errors_say_what_is_wrong() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&shop(blue.addr, green.addr, "", "")).await;
-        let api = admin(&sy);
+bounded_test! {
+    current_thread;
+    async fn rollout_api_errors_say_what_is_wrong() {
+        let (_blue, _green, _sy, api, _url) = started("", "").await;
         let err = |r: Result<Value, switchyard::client::ClientError>| r.unwrap_err().to_string();
 
         let e = err(api.get("/api/v1/services/shop/rollout").await);
@@ -736,8 +707,7 @@ async fn rollout_api_errors_say_what_is_wrong() {
 
         let spec: Value = serde_json::from_str(switchyard::api::OPENAPI).unwrap();
         assert_eq!(spec["openapi"].as_str().map(|v| &v[..2]), Some("3."));
-    })
-    .await;
+    }
 }
 
 /// Why a switchyard with its state in `db` does not start.
@@ -754,9 +724,9 @@ async fn start_error(db: &std::path::Path, dir: &std::path::Path) -> String {
     }
 }
 
-#[tokio::test]
-async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
         std::fs::write(&db, vec![b'x'; 4096]).unwrap();
@@ -772,21 +742,19 @@ async fn a_corrupt_database_stops_the_start_with_a_clear_error() {
             err.contains("state database") && err.contains("deeper/state.db"),
             "{err}"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
-    bounded(LOAD_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
-        let (sy, api, url) = started(&blue, &green, "", "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]").await;
+bounded_test! {
+    limit = LOAD_LIMIT;
+    async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stable() {
+        let (blue, green, sy, api, url) = started("", "[[route.override]]\ngroup = \"candidate\"\nsource = [\"127.0.0.0/8\"]").await;
         start_held(&api, 50.0).await;
         // Loopback clients are "internal users": the source override sends them to the candidate.
         assert_eq!(measure(&url, 50, 2, &[]).await.get("green"), Some(&50));
         drop(sy);
 
-        let (sy, api, url) = started(&blue, &green, "[service.stickiness]\nkey = \"cookie:session\"", "").await;
+        let (sy, api, url) = started_on(&blue, &green, "[service.stickiness]\nkey = \"cookie:session\"", "").await;
         start_held(&api, 50.0).await;
         let c = client();
         let mut per_session = BTreeMap::new();
@@ -822,7 +790,7 @@ async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stab
 
         // A client IP is a key too: one client, one version (with a live candidate again).
         let green = TestBackend::start("green").await;
-        let (_sy, api, url) = started(&blue, &green, "[service.stickiness]\nkey = \"client-ip\"", "").await;
+        let (_sy, api, url) = started_on(&blue, &green, "[service.stickiness]\nkey = \"client-ip\"", "").await;
         api.post(
             "/api/v1/rollouts",
             json!({ "service": "shop", "candidate": "green", "force": true,
@@ -847,6 +815,5 @@ async fn cookie_and_client_ip_keys_stick_and_a_dead_candidate_falls_back_to_stab
             Some(&20),
             "was on {v}"
         );
-    })
-    .await;
+    }
 }

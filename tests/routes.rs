@@ -8,15 +8,8 @@ async fn setup() -> (TestBackend, TestBackend, Server, String) {
     let a = TestBackend::start("api").await;
     let w = TestBackend::start("web").await;
     let toml = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-token = "t0ken"
-[limits]
+        r#"{head}[limits]
 max_headers = 20
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
 
 [[route]]
 name = "health"
@@ -77,6 +70,7 @@ name = "web"
 name = "g"
 targets = ["{w}"]
 "#,
+        head = Cfg::new().head(),
         a = a.addr,
         w = w.addr
     );
@@ -85,9 +79,9 @@ targets = ["{w}"]
     (a, w, sy, base)
 }
 
-#[tokio::test]
-async fn conditions_and_priorities_pick_the_route() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn conditions_and_priorities_pick_the_route() {
         let (_a, _w, _sy, base) = setup().await;
         let c = client();
         let beta = [("host", "eu.api.test"), ("x-beta", "YES")];
@@ -120,13 +114,12 @@ async fn conditions_and_priorities_pick_the_route() {
             let r = get(&c, &url, &headers).await.unwrap();
             assert_eq!(r.backend(), want, "{url} {headers:?}");
         }
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn fixed_responses_and_redirects() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn fixed_responses_and_redirects() {
         let (_a, _w, _sy, base) = setup().await;
         let c = client();
         let r = get(&c, &format!("{base}/lb-health"), &[]).await.unwrap();
@@ -148,13 +141,12 @@ async fn fixed_responses_and_redirects() {
             .unwrap();
         assert_eq!(r.status, 301);
         assert_eq!(r.headers["location"], "https://secure.test/login");
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
         let (_a, _w, _sy, base) = setup().await;
         let r = get(
             &client(),
@@ -201,13 +193,12 @@ async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
             "a header named in Connection leaked: {h}"
         );
         assert!(h.get("proxy-connection").is_none(), "{h}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn too_many_headers_are_refused() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    current_thread;
+    async fn too_many_headers_are_refused() {
         let (_a, _w, _sy, base) = setup().await;
         let names: Vec<String> = (0..30).map(|i| format!("x-h{i}")).collect();
         let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
@@ -221,6 +212,5 @@ async fn too_many_headers_are_refused() {
             .await
             .unwrap();
         assert_eq!(r.status, 200);
-    })
-    .await;
+    }
 }

@@ -87,32 +87,29 @@ async fn aborted_attempt(api: &switchyard::client::AdminClient, n: u32) {
     .await;
 }
 
+/// Backends, and a switchyard whose analysis `cmd` has one check, also `cmd`, that runs
+/// `command` with `timeout`.
+async fn command_check(command: &str, timeout: &str) -> (TestBackend, TestBackend, Server) {
+    let analysis = format!(
+        "[[analysis]]\nname = \"cmd\"\n[[analysis.check]]\nname = \"cmd\"\ncommand = {command:?}\ntimeout = \"{timeout}\"\n"
+    );
+    serve_pair(|b, g| cfg(b, g, &analysis, "")).await
+}
+
 /// `sleep 30 & echo $! > PIDFILE; sleep 30`: a background child and a foreground one.
 fn orphan_maker(pidfile: &Path) -> String {
     format!("sleep 30 & echo $! > {}; sleep 30", pidfile.display())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
+bounded_test! {
+    async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("bg.pid");
-        let analysis = format!(
-            "[[analysis]]\nname = \"slow\"\n[[analysis.check]]\nname = \"orphans\"\ncommand = {:?}\ntimeout = \"2s\"\n",
-            orphan_maker(&pidfile)
-        );
-        let sy = start(&cfg(blue.addr, green.addr, &analysis, "")).await;
+        let (_blue, _green, sy) = command_check(&orphan_maker(&pidfile), "2s").await;
         let api = admin(&sy);
         let pid = forked(&pidfile, |_| async {
             let started = Instant::now();
-            let res = api
-                .post(
-                    "/api/v1/services/shop/analysis/run",
-                    json!({ "analysis": "slow", "candidate": "green" }),
-                )
-                .await
-                .unwrap();
+            let res = dry_run(&api, "cmd").await;
             assert!(started.elapsed() < Duration::from_secs(10));
             let m = &res["results"][0]["measurement"];
             assert_eq!(m["outcome"], "error", "{m}");
@@ -128,8 +125,7 @@ async fn a_check_command_that_times_out_is_killed_with_its_whole_process_group()
             || async move { gone(pid) },
         )
         .await;
-    })
-    .await;
+    }
 }
 
 /// A before_traffic hook that leaves a background child, run with `settings` (a service's
@@ -203,9 +199,8 @@ async fn flood_server(head: &'static str, body_bytes: Option<usize>) -> SocketAd
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn huge_prometheus_and_webhook_answers_are_cut_at_the_cap_and_are_errors() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn huge_prometheus_and_webhook_answers_are_cut_at_the_cap_and_are_errors() {
         let (blue, green) = TestBackend::pair().await;
         let endless = flood_server(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -241,13 +236,7 @@ timeout = "8s"
 "#
         );
         let sy = start(&cfg(blue.addr, green.addr, &analysis, "")).await;
-        let res = admin(&sy)
-            .post(
-                "/api/v1/services/shop/analysis/run",
-                json!({ "analysis": "big", "candidate": "green" }),
-            )
-            .await
-            .unwrap();
+        let res = dry_run(&admin(&sy), "big").await;
         let results = res["results"].as_array().unwrap();
         assert_eq!(results.len(), 4);
         for r in results {
@@ -262,8 +251,7 @@ timeout = "8s"
                 "{m}"
             );
         }
-    })
-    .await;
+    }
 }
 
 fn mkfifo(path: &Path) {
@@ -308,9 +296,8 @@ async fn still_serving(web: SocketAddr) {
     assert_eq!(r.backend(), "blue");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_keeps_serving() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_keeps_serving() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -348,29 +335,17 @@ async fn a_fifo_as_certificate_or_config_file_is_refused_at_once_and_the_proxy_k
         let e = refused_at_once("reload", &path, api.post("/api/v1/reload", json!({}))).await;
         assert!(e.contains("switchyard.toml"), "{e}");
         still_serving(web).await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_command_that_exits_has_what_it_left_running_killed() {
-    bounded(TEST_LIMIT, async {
-        let (blue, green) = TestBackend::pair().await;
+bounded_test! {
+    async fn a_check_command_that_exits_has_what_it_left_running_killed() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("bg.pid");
-        let analysis = format!(
-            "[[analysis]]\nname = \"leaves\"\n[[analysis.check]]\nname = \"leaver\"\ncommand = {:?}\ntimeout = \"20s\"\n",
-            format!("sleep 30 & echo $! > {}; exit 0", pidfile.display())
-        );
-        let sy = start(&cfg(blue.addr, green.addr, &analysis, "")).await;
+        let leaver = format!("sleep 30 & echo $! > {}; exit 0", pidfile.display());
+        let (_blue, _green, sy) = command_check(&leaver, "20s").await;
         let started = Instant::now();
-        let res = admin(&sy)
-            .post(
-                "/api/v1/services/shop/analysis/run",
-                json!({ "analysis": "leaves", "candidate": "green" }),
-            )
-            .await
-            .unwrap();
+        let res = dry_run(&admin(&sy), "cmd").await;
         // Not held until the background child ends (it keeps the output pipes open).
         assert!(started.elapsed() < Duration::from_secs(15), "{res}");
         let m = &res["results"][0]["measurement"];
@@ -382,15 +357,13 @@ async fn a_check_command_that_exits_has_what_it_left_running_killed() {
             || async move { gone(pid) },
         )
         .await;
-    })
-    .await;
+    }
 }
 
-/// A FIFO as the access log's path: opening it for writing would wait for a reader, on the
-/// runtime, under the control locks. The apply is refused at once, naming the file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// A FIFO as the access log's path: opening it for writing would wait for a reader, on the
+    /// runtime, under the control locks. The apply is refused at once, naming the file.
+    async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -413,16 +386,14 @@ async fn a_fifo_as_access_log_is_refused_at_once_and_the_proxy_keeps_serving() {
         assert!(e.contains("422"), "{e}");
         assert!(e.contains("access.log"), "{e}");
         still_serving(web).await;
-    })
-    .await;
+    }
 }
 
-/// Commands do not inherit the variables that hold admin tokens (the server's, the CLI's,
-/// every `token_env`), and do inherit the rest. The real binary, so that the environment
-/// is its own and not this test process's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_do_not_see_the_admin_tokens_in_their_environment() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    /// Commands do not inherit the variables that hold admin tokens (the server's, the CLI's,
+    /// every `token_env`), and do inherit the rest. The real binary, so that the environment
+    /// is its own and not this test process's.
+    async fn commands_do_not_see_the_admin_tokens_in_their_environment() {
         let blue = TestBackend::start("blue").await;
         let dir = tempfile::tempdir().unwrap();
         let (web, admin_addr) = (common::bin::free_port(), common::bin::free_port());
@@ -458,18 +429,12 @@ async fn commands_do_not_see_the_admin_tokens_in_their_environment() {
             async move { api.get("/api/v1/status").await.is_ok() }
         })
         .await;
-        api.post(
-            "/api/v1/services/shop/analysis/run",
-            json!({ "analysis": "env", "candidate": "green" }),
-        )
-        .await
-        .unwrap();
+        dry_run(&api, "env").await;
         let env = std::fs::read_to_string(&seen).unwrap();
         assert!(env.contains("SY_TEST_PLAIN=visible"), "{env}");
         assert!(env.contains("PATH="), "{env}");
         for secret in ["main-s3cret", "bot-s3cret", "unused-s3cret", "cli-s3cret"] {
             assert!(!env.contains(secret), "{secret} leaked:\n{env}");
         }
-    })
-    .await;
+    }
 }

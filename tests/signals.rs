@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use common::bin::*;
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_the_new_file_and_logs_a_broken_one_with_its_place_while_the_old_serves() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn sighup_applies_the_new_file_and_logs_a_broken_one_with_its_place_while_the_old_serves() {
         let bin = Binary::setup().await;
         let (path, web, admin) = (bin.path.clone(), bin.web, bin.admin);
         let sy = run_binary(&path, admin).await;
@@ -53,8 +52,7 @@ async fn sighup_applies_the_new_file_and_logs_a_broken_one_with_its_place_while_
         for _ in 0..5 {
             assert_eq!(get(&c, &url, &[]).await.unwrap().backend(), "green");
         }
-    })
-    .await;
+    }
 }
 
 /// A request to `path` sent through the binary's listener, once blue has it in hand.
@@ -110,9 +108,8 @@ async fn sigint_stops_like_sigterm() {
     bounded(TEST_LIMIT, stops_gracefully_on("-INT")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_longer_than_the_shutdown_bound_is_cut_and_the_process_exits_at_the_bound() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_request_longer_than_the_shutdown_bound_is_cut_and_the_process_exits_at_the_bound() {
         let bin = Binary::setup().await;
         let (path, admin) = (bin.path.clone(), bin.admin);
         let text = std::fs::read_to_string(&path)
@@ -137,6 +134,5 @@ async fn a_request_longer_than_the_shutdown_bound_is_cut_and_the_process_exits_a
             "the 10 s request was cut, not answered: {:?}",
             cut.map(|r| r.status)
         );
-    })
-    .await;
+    }
 }

@@ -89,12 +89,11 @@ async fn pending(api: &switchyard::client::AdminClient) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_is_recorded_later() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_is_recorded_later() {
         let (_backends, _dir, db, sy) = unguarded().await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         start_rollout(&api, json!({ "kind": "canary", "steps": [
                 { "weight": 50 }, { "pause": "until-promoted" }, { "weight": 90 }, { "pause": "until-promoted" }
             ]})).await;
@@ -185,19 +184,17 @@ async fn a_manual_abort_while_the_database_is_locked_moves_traffic_at_once_and_i
         assert!(rollout(&api).await.get("waiting_for").is_none());
         // Writable again: a retry goes.
         verb(&api, "retry", json!({})).await;
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_guard_rolls_back_while_the_database_is_locked() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn the_guard_rolls_back_while_the_database_is_locked() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
         let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         start_rollout(&api, held_at(50.0)).await;
         paused_at(&api, 5000).await;
 
@@ -220,8 +217,7 @@ async fn the_guard_rolls_back_while_the_database_is_locked() {
         })
         .await;
         assert_eq!(recorded(&db).0, "aborted");
-    })
-    .await;
+    }
 }
 
 async fn paused_at(api: &switchyard::client::AdminClient, weight: u64) {
@@ -238,9 +234,8 @@ async fn paused_at(api: &switchyard::client::AdminClient, weight: u64) {
 
 const GUARD: &str = "interval = \"100ms\"\nwindow = \"1s\"\nmin_requests = 5";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
         let (_backends, _dir, db, sy) = unguarded().await;
         let api = admin(&sy);
         start_rollout(&api, held_at(50.0)).await;
@@ -272,14 +267,11 @@ async fn shutdown_with_the_database_locked_answers_every_caller_and_ends() {
         lock.release();
         // The abort never reached the file: the next start resumes held (see rollout_binary).
         assert_eq!(recorded(&db).0, "paused");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until_the_guard_judged()
-{
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until_the_guard_judged() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
@@ -341,18 +333,16 @@ async fn a_restart_after_an_unconfirmed_step_holds_at_the_weight_before_it_until
             .await
             .unwrap();
         assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
         let (blue, green) = TestBackend::pair().await;
         let dir = tempfile::tempdir().unwrap();
         let sy = start_in(&shop(blue.addr, green.addr, GUARD), dir.path()).await;
         let api = admin(&sy);
-        let url = format!("http://{}/", sy.listener_addr("web").await);
+        let url = web_url(&sy).await;
         start_rollout(&api, held_at(50.0)).await;
         paused_at(&api, 5000).await;
         // Back to back: the retry may come before the woken driver saw the abort (then its
@@ -369,6 +359,5 @@ async fn a_retry_right_after_an_abort_is_still_watched_by_the_guard() {
             metric(&metrics, "switchyard_rollbacks_total", &["cause=\"guard\""]),
             Some(1.0)
         );
-    })
-    .await;
+    }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use serde_json::json;
@@ -80,9 +79,8 @@ fn the_file_refuses_bad_weights_at_their_line_and_column() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_and_the_cli_refuse_the_same_weights_with_the_same_message() {
-    bounded(TEST_LIMIT, async {
+bounded_test! {
+    async fn the_api_and_the_cli_refuse_the_same_weights_with_the_same_message() {
         let sy = start(&two_groups("active = \"blue\"")).await;
         let api = admin(&sy);
         let path = "/api/v1/services/shop/weights";
@@ -149,21 +147,12 @@ async fn the_api_and_the_cli_refuse_the_same_weights_with_the_same_message() {
         );
         assert_eq!(out.0, 0, "{out:?}");
         assert!(out.1.contains("-> blue=90% green=10%"), "{}", out.1);
-    })
-    .await;
+    }
 }
 
 fn cli(admin: &str, args: &[String]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .args(["--admin", admin, "--token", "t0ken"])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let to = ["--admin", admin, "--token", "t0ken"].map(String::from);
+    common::bin::switchyard(args.iter().chain(&to))
 }
 
 /// A PUT with a body that is not valid JSON for serde (NaN, 1e999): status and body.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{client, eventually, get, TestBackend};
+use super::{blue_green, client, eventually, get, TestBackend};
 
 pub fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -14,6 +14,8 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+/// Writes the usual blue-green config (see `blue_green`) to `path`, bound to `web` and
+/// `admin`, with `active` in force and a 5 s shutdown.
 pub fn write_config(
     path: &Path,
     web: SocketAddr,
@@ -22,31 +24,11 @@ pub fn write_config(
     blue: SocketAddr,
     green: SocketAddr,
 ) {
-    let text = format!(
-        r#"[admin]
-bind = "{admin}"
-token = "t0ken"
-[timeouts]
-shutdown = "5s"
-[[listener]]
-name = "web"
-bind = "{web}"
-[[route]]
-name = "all"
-priority = 1
-forward = "shop"
-[[service]]
-name = "shop"
-active = "{active}"
-[[service.group]]
-name = "blue"
-targets = ["{blue}"]
-[[service.group]]
-name = "green"
-targets = ["{green}"]
-"#
-    );
-    std::fs::write(path, text).unwrap();
+    let cfg = blue_green(blue, green)
+        .active(active)
+        .bound_to(web, admin)
+        .top("[timeouts]\nshutdown = \"5s\"");
+    std::fs::write(path, cfg.build()).unwrap();
 }
 
 /// What a binary test starts from: backends `blue` and `green`, a temporary directory with
@@ -148,11 +130,12 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
-pub fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
+/// Runs `switchyard` with `args` to its end: exit code, stdout and stderr.
+pub fn switchyard<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
-        .arg("-c")
-        .arg(path)
         .output()
         .unwrap();
     (
@@ -160,6 +143,29 @@ pub fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `switchyard ARGS -c path`.
+pub fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
+    let c = [std::ffi::OsStr::new("-c"), path.as_os_str()];
+    switchyard(args.iter().map(std::ffi::OsStr::new).chain(c))
+}
+
+/// `cli`, which must succeed: its stdout.
+pub fn cli_ok(path: &Path, args: &[&str]) -> String {
+    let (code, out, err) = cli(path, args);
+    assert_eq!(code, 0, "switchyard {args:?} failed:\n{out}{err}");
+    out
+}
+
+/// `cli`, which must fail with exit code 1: its stderr.
+pub fn cli_fails(path: &Path, args: &[&str]) -> String {
+    let (code, out, err) = cli(path, args);
+    assert_eq!(
+        code, 1,
+        "switchyard {args:?} exited with {code}:\n{out}{err}"
+    );
+    err
 }
 
 /// Waits for the process to exit (polling every 10 ms) and returns its status and when it

@@ -1,12 +1,15 @@
 //! Test support: real backends on loopback that record what reached them, a switchyard
-//! started in-process from a TOML string, a keep-alive HTTP client, and `eventually`.
+//! started in-process from a TOML string (built with `Cfg`, in `cfg`), a keep-alive HTTP
+//! client, and the waits (`eventually`, `bounded`, `bounded_test!`, in `wait`).
 #![allow(dead_code)]
 
 pub mod bin;
+mod cfg;
 pub mod raw;
 pub mod release;
 mod wait;
 
+pub use cfg::*;
 pub use wait::*;
 
 use std::collections::BTreeMap;
@@ -231,6 +234,16 @@ pub async fn start(toml: &str) -> Server {
     start_in(toml, Path::new(".")).await
 }
 
+/// Backends `blue` and `green`, and a switchyard from the config `cfg` writes for their
+/// addresses: how most tests begin.
+pub async fn serve_pair(
+    cfg: impl FnOnce(SocketAddr, SocketAddr) -> String,
+) -> (TestBackend, TestBackend, Server) {
+    let (blue, green) = TestBackend::pair().await;
+    let server = start(&cfg(blue.addr, green.addr)).await;
+    (blue, green, server)
+}
+
 /// A switchyard started from a config file (so reload and SIGHUP re-read it), state in memory.
 pub async fn server_from_file(path: &Path) -> Server {
     let mut config = switchyard::config::load(path).unwrap();
@@ -301,10 +314,21 @@ pub async fn get(
     })
 }
 
+/// Which backend answered a `GET url` on a fresh client.
+pub async fn backend_of(url: &str) -> String {
+    let reply = get(&client(), url, &[]).await.unwrap();
+    reply.backend().to_string()
+}
+
 /// `GET path` through the server's listener `web` on a fresh client.
 pub async fn get_web(server: &Server, path: &str) -> Reply {
     let url = format!("http://{}{path}", server.listener_addr("web").await);
     get(&client(), &url, &[]).await.unwrap()
+}
+
+/// The URL of the server's listener `web`, for clients the test makes itself.
+pub async fn web_url(server: &Server) -> String {
+    format!("http://{}/", server.listener_addr("web").await)
 }
 
 /// The admin plane's `/metrics` text.
@@ -324,132 +348,21 @@ pub fn admin(server: &Server) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some("t0ken".into()))
 }
 
+/// The error a POST of `body` to `path` is refused with; panics if it is accepted.
+pub async fn post_err(
+    api: &switchyard::client::AdminClient,
+    path: &str,
+    body: serde_json::Value,
+) -> String {
+    match api.post(path, body).await {
+        Ok(v) => panic!("POST {path} was accepted: {v}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// An admin client for the server with `token`.
 pub fn as_client(server: &Server, token: &str) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some(token.into()))
-}
-
-/// A config with one listener on port 0, one service `shop` with the given groups, and a
-/// catch-all route. `extra` is appended to the service table (before its groups).
-pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
-    let mut c = Cfg::new().service(service_extra);
-    for (name, targets) in groups {
-        c = c.group(name, targets);
-    }
-    c.build()
-}
-
-/// The usual `shop` service with groups `blue` and `green`, `blue` active.
-pub fn blue_green(blue: SocketAddr, green: SocketAddr) -> Cfg {
-    Cfg::new()
-        .active("blue")
-        .group("blue", &[blue])
-        .group("green", &[green])
-}
-
-/// The test config builder: `[admin]` on port 0 with token `t0ken`, one listener `web` on
-/// port 0, a catch-all route `all` to service `shop`, and the groups added. Each option
-/// appends raw TOML at its place: `admin` to the admin table, `route` to the route, `top`
-/// after the route (top-level tables such as `[[analysis]]` or `[store]`), `service` to the
-/// service table before its groups.
-#[derive(Clone, Default)]
-pub struct Cfg {
-    admin: String,
-    route: String,
-    top: String,
-    service: String,
-    listener: String,
-    active: Option<String>,
-    /// Name, targets, and raw TOML appended to the group's table.
-    groups: Vec<(String, Vec<SocketAddr>, String)>,
-}
-
-fn push_line(to: &mut String, extra: &str) {
-    to.push_str(extra);
-    if !extra.is_empty() && !extra.ends_with('\n') {
-        to.push('\n');
-    }
-}
-
-impl Cfg {
-    pub fn new() -> Cfg {
-        Cfg::default()
-    }
-
-    pub fn admin(mut self, extra: &str) -> Cfg {
-        push_line(&mut self.admin, extra);
-        self
-    }
-
-    pub fn route(mut self, extra: &str) -> Cfg {
-        push_line(&mut self.route, extra);
-        self
-    }
-
-    pub fn top(mut self, extra: &str) -> Cfg {
-        push_line(&mut self.top, extra);
-        self
-    }
-
-    pub fn service(mut self, extra: &str) -> Cfg {
-        push_line(&mut self.service, extra);
-        self
-    }
-
-    pub fn active(mut self, group: &str) -> Cfg {
-        self.active = Some(group.to_string());
-        self
-    }
-
-    pub fn group(self, name: &str, targets: &[SocketAddr]) -> Cfg {
-        self.group_with(name, targets, "")
-    }
-
-    /// A group with `extra` appended to its table (e.g. `protocol = "http2"`).
-    pub fn group_with(mut self, name: &str, targets: &[SocketAddr], extra: &str) -> Cfg {
-        self.groups
-            .push((name.to_string(), targets.to_vec(), extra.to_string()));
-        self
-    }
-
-    /// Appends `extra` to the listener's table (e.g. its certificates).
-    pub fn listener(mut self, extra: &str) -> Cfg {
-        push_line(&mut self.listener, extra);
-        self
-    }
-
-    pub fn build(&self) -> String {
-        let mut s = String::from("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n");
-        s.push_str(&self.admin);
-        s.push_str("\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n");
-        s.push_str(&self.listener);
-        s.push('\n');
-        s.push_str("[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n");
-        s.push_str(&self.route);
-        s.push('\n');
-        s.push_str(&self.top);
-        s.push_str("\n[[service]]\nname = \"shop\"\n");
-        if let Some(active) = &self.active {
-            s.push_str(&format!("active = \"{active}\"\n"));
-        }
-        s.push_str(&self.service);
-        s.push('\n');
-        for (name, targets, extra) in &self.groups {
-            let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
-            s.push_str(&format!(
-                "[[service.group]]\nname = \"{name}\"\ntargets = [{}]\n",
-                t.join(", ")
-            ));
-            push_line(&mut s, extra);
-        }
-        s
-    }
-}
-
-impl std::fmt::Display for Cfg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.build())
-    }
 }
 
 /// The rollout of service `shop`.

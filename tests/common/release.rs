@@ -38,6 +38,17 @@ pub async fn verb_err(api: &AdminClient, verb: &str, body: Value) -> String {
     }
 }
 
+/// One dry run of `analysis` against candidate `green` (`POST …/analysis/run`); panics on an
+/// error answer.
+pub async fn dry_run(api: &AdminClient, analysis: &str) -> Value {
+    api.post(
+        "/api/v1/services/shop/analysis/run",
+        json!({ "analysis": analysis, "candidate": "green" }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("analysis run of {analysis} refused: {e}"))
+}
+
 pub async fn promote(api: &AdminClient) -> Value {
     verb(api, "promote", json!({})).await
 }
@@ -62,6 +73,14 @@ pub async fn wait_status(api: &AdminClient, secs: u64, f: impl Fn(&Value) -> boo
         f,
     )
     .await
+}
+
+/// Asserts that the rollout of `shop` is in `status` now, without waiting (`why` says why it
+/// must be); returns the rollout.
+pub async fn assert_status(api: &AdminClient, status: &str, why: &str) -> Value {
+    let r = super::rollout(api).await;
+    assert_eq!(r["status"], status, "{why}: {r}");
+    r
 }
 
 pub fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {

@@ -1,5 +1,6 @@
 //! Waiting in tests: on a state (`eventually`), with a bound on the whole test (`bounded`),
-//! and the one rule for asserting when a timer fired (`fired_between`).
+//! the one wrapper that declares such a test (`bounded_test!`), and the one rule for
+//! asserting when a timer fired (`fired_between`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +18,48 @@ pub async fn bounded<F: Future>(limit: Duration, body: F) -> F::Output {
         Err(_) => panic!("the test did not finish within {limit:?}"),
     }
 }
+
+/// A network test on tokio's multi-thread runtime (two workers), its body bounded by
+/// `TEST_LIMIT` with `bounded`: one wrapper, so that no test repeats it. Options before the
+/// function: `current_thread;` for tokio's default runtime, `limit = EXPR;` for another bound.
+///
+/// ```ignore
+/// bounded_test! {
+///     /// What it checks.
+///     async fn a_name_that_says_what_it_checks() { /* body */ }
+/// }
+/// ```
+#[allow(unused_macros)]
+macro_rules! bounded_test {
+    (current_thread; limit = $limit:expr; $(#[$m:meta])* async fn $name:ident() { $($body:tt)* }) => {
+        $(#[$m])*
+        #[tokio::test]
+        async fn $name() {
+            $crate::common::bounded($limit, async { $($body)* }).await
+        }
+    };
+    (current_thread; $(#[$m:meta])* async fn $name:ident() { $($body:tt)* }) => {
+        bounded_test! {
+            current_thread; limit = $crate::common::TEST_LIMIT;
+            $(#[$m])* async fn $name() { $($body)* }
+        }
+    };
+    (limit = $limit:expr; $(#[$m:meta])* async fn $name:ident() { $($body:tt)* }) => {
+        $(#[$m])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $crate::common::bounded($limit, async { $($body)* }).await
+        }
+    };
+    ($(#[$m:meta])* async fn $name:ident() { $($body:tt)* }) => {
+        bounded_test! {
+            limit = $crate::common::TEST_LIMIT;
+            $(#[$m])* async fn $name() { $($body)* }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use bounded_test;
 
 /// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
