@@ -196,7 +196,7 @@ bounded_test! {
         // Let the admin loop accept (and refuse) all it will: until the process's descriptor
         // count has not moved for half a second (a fixed wait could end before a loaded machine
         // accepted them, and the proxy would then be tried with descriptors to spare).
-        let count = || std::fs::read_dir(&fds).map(|d| d.count()).unwrap_or(0);
+        let count = || std::fs::read_dir(&fds).map(std::iter::Iterator::count).unwrap_or(0);
         let (mut last, mut still) = (count(), 0);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while still < 5 && std::time::Instant::now() < deadline {

@@ -183,7 +183,7 @@ fn every_setting_of_the_file_that_changes_shows_in_the_plan() {
     // Every leaf, and the string values each key has anywhere in the file.
     let mut all: Vec<(String, Value)> = Vec::new();
     leaves(&mut doc.clone().as_item_mut().clone(), "", &mut |p, v| {
-        all.push((p.to_string(), v.clone()))
+        all.push((p.to_string(), v.clone()));
     });
     let strings_of = |key: &str| -> Vec<String> {
         let mut v: Vec<String> = all

@@ -22,7 +22,7 @@ fn prometheus_binary() -> String {
     ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
         .iter()
         .find(|p| std::path::Path::new(p).exists())
-        .map(|p| p.to_string())
+        .map(std::string::ToString::to_string)
         .expect("prometheus is not installed: ./scripts/test installs Debian's package")
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{blue_green, client, eventually, get, TestBackend};
 
-pub fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -16,7 +16,7 @@ pub fn free_port() -> SocketAddr {
 
 /// Writes the usual blue-green config (see `blue_green`) to `path`, bound to `web` and
 /// `admin`, with `active` in force and a 5 s shutdown.
-pub fn write_config(
+pub(crate) fn write_config(
     path: &Path,
     web: SocketAddr,
     admin: SocketAddr,
@@ -33,7 +33,7 @@ pub fn write_config(
 
 /// What a binary test starts from: backends `blue` and `green`, a temporary directory with
 /// `sy.toml` written by `write_config` (blue active), and the two ports it names.
-pub struct Binary {
+pub(crate) struct Binary {
     pub blue: TestBackend,
     pub green: TestBackend,
     pub dir: tempfile::TempDir,
@@ -43,7 +43,7 @@ pub struct Binary {
 }
 
 impl Binary {
-    pub async fn setup() -> Binary {
+    pub(crate) async fn setup() -> Binary {
         let blue = TestBackend::start("blue").await;
         let green = TestBackend::start("green").await;
         let dir = tempfile::tempdir().unwrap();
@@ -62,11 +62,11 @@ impl Binary {
 }
 
 /// An admin client for a binary's admin address, with the test token.
-pub fn admin_at(addr: SocketAddr) -> switchyard::client::AdminClient {
+pub(crate) fn admin_at(addr: SocketAddr) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&addr.to_string(), Some("t0ken".into()))
 }
 
-pub struct Running {
+pub(crate) struct Running {
     pub child: Child,
 }
 
@@ -78,24 +78,28 @@ impl Drop for Running {
 }
 
 /// Where `run_binary` appends the process's log (stderr) for the config at `path`.
-pub fn log_path(path: &Path) -> PathBuf {
+pub(crate) fn log_path(path: &Path) -> PathBuf {
     path.with_extension("stderr")
 }
 
 /// What the binary started with the config at `path` has logged so far.
-pub fn logged(path: &Path) -> String {
+pub(crate) fn logged(path: &Path) -> String {
     std::fs::read_to_string(log_path(path)).unwrap_or_default()
 }
 
 /// Starts `switchyard run -c path` (its log appended to `log_path(path)`) and waits until
 /// its admin API answers.
-pub async fn run_binary(path: &Path, admin: SocketAddr) -> Running {
+pub(crate) async fn run_binary(path: &Path, admin: SocketAddr) -> Running {
     run_binary_with_env(path, admin, &[]).await
 }
 
 /// `run_binary` with `env` added to the process's environment (the test's own is never
 /// changed: other tests run beside it).
-pub async fn run_binary_with_env(path: &Path, admin: SocketAddr, env: &[(&str, &str)]) -> Running {
+pub(crate) async fn run_binary_with_env(
+    path: &Path,
+    admin: SocketAddr,
+    env: &[(&str, &str)],
+) -> Running {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -122,7 +126,7 @@ pub async fn run_binary_with_env(path: &Path, admin: SocketAddr, env: &[(&str, &
     Running { child }
 }
 
-pub fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -131,7 +135,7 @@ pub fn signal(child: &Child, sig: &str) {
 }
 
 /// Runs `switchyard` with `args` to its end: exit code, stdout and stderr.
-pub fn switchyard<S: AsRef<std::ffi::OsStr>>(
+pub(crate) fn switchyard<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
 ) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -146,20 +150,20 @@ pub fn switchyard<S: AsRef<std::ffi::OsStr>>(
 }
 
 /// `switchyard ARGS -c path`.
-pub fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn cli(path: &Path, args: &[&str]) -> (i32, String, String) {
     let c = [std::ffi::OsStr::new("-c"), path.as_os_str()];
     switchyard(args.iter().map(std::ffi::OsStr::new).chain(c))
 }
 
 /// `cli`, which must succeed: its stdout.
-pub fn cli_ok(path: &Path, args: &[&str]) -> String {
+pub(crate) fn cli_ok(path: &Path, args: &[&str]) -> String {
     let (code, out, err) = cli(path, args);
     assert_eq!(code, 0, "switchyard {args:?} failed:\n{out}{err}");
     out
 }
 
 /// `cli`, which must fail with exit code 1: its stderr.
-pub fn cli_fails(path: &Path, args: &[&str]) -> String {
+pub(crate) fn cli_fails(path: &Path, args: &[&str]) -> String {
     let (code, out, err) = cli(path, args);
     assert_eq!(
         code, 1,
@@ -170,7 +174,7 @@ pub fn cli_fails(path: &Path, args: &[&str]) -> String {
 
 /// Waits for the process to exit (polling every 10 ms) and returns its status and when it
 /// exited, measured from `since`; panics after `limit`.
-pub async fn exit_of(
+pub(crate) async fn exit_of(
     child: &mut Child,
     since: std::time::Instant,
     limit: Duration,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// A config with one listener on port 0, one service `shop` with the given groups, and a
 /// catch-all route. `extra` is appended to the service table (before its groups).
-pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
+pub(crate) fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
     let mut c = Cfg::new().service(service_extra);
     for (name, targets) in groups {
         c = c.group(name, targets);
@@ -15,7 +15,7 @@ pub fn config(groups: &[(&str, &[SocketAddr])], service_extra: &str) -> String {
 }
 
 /// The usual `shop` service with groups `blue` and `green`, `blue` active.
-pub fn blue_green(blue: SocketAddr, green: SocketAddr) -> Cfg {
+pub(crate) fn blue_green(blue: SocketAddr, green: SocketAddr) -> Cfg {
     Cfg::new()
         .active("blue")
         .group("blue", &[blue])
@@ -28,7 +28,7 @@ pub fn blue_green(blue: SocketAddr, green: SocketAddr) -> Cfg {
 /// after the route (top-level tables such as `[[analysis]]` or `[store]`), `service` to the
 /// service table before its groups.
 #[derive(Clone, Default)]
-pub struct Cfg {
+pub(crate) struct Cfg {
     admin: String,
     route: String,
     top: String,
@@ -49,37 +49,37 @@ fn push_line(to: &mut String, extra: &str) {
 }
 
 impl Cfg {
-    pub fn new() -> Cfg {
+    pub(crate) fn new() -> Cfg {
         Cfg::default()
     }
 
-    pub fn admin(self, extra: &str) -> Cfg {
+    pub(crate) fn admin(self, extra: &str) -> Cfg {
         self.append(|c| &mut c.admin, extra)
     }
 
-    pub fn route(self, extra: &str) -> Cfg {
+    pub(crate) fn route(self, extra: &str) -> Cfg {
         self.append(|c| &mut c.route, extra)
     }
 
-    pub fn top(self, extra: &str) -> Cfg {
+    pub(crate) fn top(self, extra: &str) -> Cfg {
         self.append(|c| &mut c.top, extra)
     }
 
-    pub fn service(self, extra: &str) -> Cfg {
+    pub(crate) fn service(self, extra: &str) -> Cfg {
         self.append(|c| &mut c.service, extra)
     }
 
-    pub fn active(mut self, group: &str) -> Cfg {
+    pub(crate) fn active(mut self, group: &str) -> Cfg {
         self.active = Some(group.to_string());
         self
     }
 
-    pub fn group(self, name: &str, targets: &[SocketAddr]) -> Cfg {
+    pub(crate) fn group(self, name: &str, targets: &[SocketAddr]) -> Cfg {
         self.group_with(name, targets, "")
     }
 
     /// A group with `extra` appended to its table (e.g. `protocol = "http2"`).
-    pub fn group_with(mut self, name: &str, targets: &[SocketAddr], extra: &str) -> Cfg {
+    pub(crate) fn group_with(mut self, name: &str, targets: &[SocketAddr], extra: &str) -> Cfg {
         self.groups
             .push((name.to_string(), targets.to_vec(), extra.to_string()));
         self
@@ -87,13 +87,13 @@ impl Cfg {
 
     /// Binds the listener `web` and the admin API to these addresses instead of port 0 (for
     /// a process started from a file, whose ports the test must know beforehand).
-    pub fn bound_to(mut self, web: SocketAddr, admin: SocketAddr) -> Cfg {
+    pub(crate) fn bound_to(mut self, web: SocketAddr, admin: SocketAddr) -> Cfg {
         self.binds = Some((web, admin));
         self
     }
 
     /// Appends `extra` to the listener's table (e.g. its certificates).
-    pub fn listener(self, extra: &str) -> Cfg {
+    pub(crate) fn listener(self, extra: &str) -> Cfg {
         self.append(|c| &mut c.listener, extra)
     }
 
@@ -105,7 +105,7 @@ impl Cfg {
 
     /// The `[admin]` table and the listener `web`: the start of every test config, also of
     /// those whose routes and services a test writes by hand.
-    pub fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let (web, admin) = self.binds.unwrap_or((any, any));
         let mut s = format!("[admin]\nbind = \"{admin}\"\ntoken = \"t0ken\"\n");
@@ -118,7 +118,7 @@ impl Cfg {
         s
     }
 
-    pub fn build(&self) -> String {
+    pub(crate) fn build(&self) -> String {
         let mut s = self.head();
         s.push_str("[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n");
         s.push_str(&self.route);
@@ -149,7 +149,7 @@ impl std::fmt::Display for Cfg {
 }
 
 /// Why a config text is invalid (paths relative to the working directory); panics if it is valid.
-pub fn config_error(toml: &str) -> String {
+pub(crate) fn config_error(toml: &str) -> String {
     match switchyard::config::parse(toml, "t.toml", Path::new(".")) {
         Ok(_) => panic!("the config was accepted:\n{toml}"),
         Err(e) => e.to_string(),

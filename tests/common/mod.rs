@@ -3,14 +3,14 @@
 //! client, and the waits (`eventually`, `bounded`, `bounded_test!`, in `wait`).
 #![allow(dead_code)]
 
-pub mod bin;
+pub(crate) mod bin;
 mod cfg;
-pub mod raw;
-pub mod release;
+pub(crate) mod raw;
+pub(crate) mod release;
 mod wait;
 
-pub use cfg::*;
-pub use wait::*;
+pub(crate) use cfg::*;
+pub(crate) use wait::*;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,11 +31,11 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use switchyard::server::Server;
+pub(crate) use switchyard::server::Server;
 
 /// A backend that counts requests, remembers the highest `x-seq` it saw, and can be killed
 /// (listener and every open connection closed at once).
-pub struct TestBackend {
+pub(crate) struct TestBackend {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
@@ -47,21 +47,21 @@ pub struct TestBackend {
 }
 
 impl TestBackend {
-    pub async fn start(name: &'static str) -> TestBackend {
+    pub(crate) async fn start(name: &'static str) -> TestBackend {
         Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
     }
 
     /// The usual two: `blue` and `green`.
-    pub async fn pair() -> (TestBackend, TestBackend) {
+    pub(crate) async fn pair() -> (TestBackend, TestBackend) {
         (Self::start("blue").await, Self::start("green").await)
     }
 
-    pub async fn start_on(addr: SocketAddr, name: &'static str) -> TestBackend {
+    pub(crate) async fn start_on(addr: SocketAddr, name: &'static str) -> TestBackend {
         Self::start_with_delay(addr, name, Duration::ZERO).await
     }
 
     /// A backend that waits `delay` before every answer.
-    pub async fn start_with_delay(
+    pub(crate) async fn start_with_delay(
         addr: SocketAddr,
         name: &'static str,
         delay: Duration,
@@ -122,20 +122,20 @@ impl TestBackend {
         }
     }
 
-    pub fn set_errors(&self, per_mille: u32) {
+    pub(crate) fn set_errors(&self, per_mille: u32) {
         self.errors_per_mille.store(per_mille, Ordering::SeqCst);
     }
 
-    pub fn set_delay(&self, ms: u64) {
+    pub(crate) fn set_delay(&self, ms: u64) {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
-    pub fn hits(&self) -> u64 {
+    pub(crate) fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
 
     /// Closes the listener and every connection, like a crashed process.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.kill.cancel();
     }
 }
@@ -191,7 +191,7 @@ async fn answer(
             .into_body()
             .collect()
             .await
-            .map(|b| b.to_bytes())
+            .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
         let json = serde_json::json!({
             "backend": name, "headers": headers, "version": version, "uri": uri,
@@ -230,13 +230,13 @@ fn text(status: StatusCode, body: &str) -> Response<BoxBody> {
 }
 
 /// Starts switchyard in-process from a config text (paths relative to `dir`).
-pub async fn start(toml: &str) -> Server {
+pub(crate) async fn start(toml: &str) -> Server {
     start_in(toml, Path::new(".")).await
 }
 
 /// Backends `blue` and `green`, and a switchyard from the config `cfg` writes for their
 /// addresses: how most tests begin.
-pub async fn serve_pair(
+pub(crate) async fn serve_pair(
     cfg: impl FnOnce(SocketAddr, SocketAddr) -> String,
 ) -> (TestBackend, TestBackend, Server) {
     let (blue, green) = TestBackend::pair().await;
@@ -245,7 +245,7 @@ pub async fn serve_pair(
 }
 
 /// A switchyard started from a config file (so reload and SIGHUP re-read it), state in memory.
-pub async fn server_from_file(path: &Path) -> Server {
+pub(crate) async fn server_from_file(path: &Path) -> Server {
     let mut config = switchyard::config::load(path).unwrap();
     config.store.path = ":memory:".into();
     Server::start(config, Some(path.to_path_buf()))
@@ -254,7 +254,7 @@ pub async fn server_from_file(path: &Path) -> Server {
 }
 
 /// State lives in memory unless the config names a `[store] path`.
-pub async fn start_in(toml: &str, dir: &Path) -> Server {
+pub(crate) async fn start_in(toml: &str, dir: &Path) -> Server {
     let mut config = switchyard::config::parse(toml, "test.toml", dir)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     if !toml.contains("[store]") {
@@ -265,34 +265,35 @@ pub async fn start_in(toml: &str, dir: &Path) -> Server {
         .expect("switchyard starts")
 }
 
-pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+pub(crate) type HttpClient =
+    Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
-pub fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(64)
         .build_http()
 }
 
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: String,
 }
 
 impl Reply {
-    pub fn backend(&self) -> &str {
+    pub(crate) fn backend(&self) -> &str {
         self.headers
             .get("x-backend")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
     }
 }
 
-pub async fn get(
+pub(crate) async fn get(
     client: &HttpClient,
     url: &str,
     headers: &[(&str, &str)],
@@ -315,24 +316,24 @@ pub async fn get(
 }
 
 /// Which backend answered a `GET url` on a fresh client.
-pub async fn backend_of(url: &str) -> String {
+pub(crate) async fn backend_of(url: &str) -> String {
     let reply = get(&client(), url, &[]).await.unwrap();
     reply.backend().to_string()
 }
 
 /// `GET path` through the server's listener `web` on a fresh client.
-pub async fn get_web(server: &Server, path: &str) -> Reply {
+pub(crate) async fn get_web(server: &Server, path: &str) -> Reply {
     let url = format!("http://{}{path}", server.listener_addr("web").await);
     get(&client(), &url, &[]).await.unwrap()
 }
 
 /// The URL of the server's listener `web`, for clients the test makes itself.
-pub async fn web_url(server: &Server) -> String {
+pub(crate) async fn web_url(server: &Server) -> String {
     format!("http://{}/", server.listener_addr("web").await)
 }
 
 /// The admin plane's `/metrics` text.
-pub async fn metrics_text(server: &Server) -> String {
+pub(crate) async fn metrics_text(server: &Server) -> String {
     get(
         &client(),
         &format!("http://{}/metrics", server.admin_addr),
@@ -344,12 +345,12 @@ pub async fn metrics_text(server: &Server) -> String {
 }
 
 /// An admin client for the server with the token the test configs use.
-pub fn admin(server: &Server) -> switchyard::client::AdminClient {
+pub(crate) fn admin(server: &Server) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some("t0ken".into()))
 }
 
 /// The error a POST of `body` to `path` is refused with; panics if it is accepted.
-pub async fn post_err(
+pub(crate) async fn post_err(
     api: &switchyard::client::AdminClient,
     path: &str,
     body: serde_json::Value,
@@ -361,17 +362,17 @@ pub async fn post_err(
 }
 
 /// An admin client for the server with `token`.
-pub fn as_client(server: &Server, token: &str) -> switchyard::client::AdminClient {
+pub(crate) fn as_client(server: &Server, token: &str) -> switchyard::client::AdminClient {
     switchyard::client::AdminClient::new(&server.admin_addr.to_string(), Some(token.into()))
 }
 
 /// The rollout of service `shop`.
-pub async fn rollout(api: &switchyard::client::AdminClient) -> serde_json::Value {
+pub(crate) async fn rollout(api: &switchyard::client::AdminClient) -> serde_json::Value {
     api.get("/api/v1/services/shop/rollout").await.unwrap()
 }
 
 /// Polls the rollout of `shop` every 20 ms until `f` holds (10 s at most).
-pub async fn wait_rollout(
+pub(crate) async fn wait_rollout(
     api: &switchyard::client::AdminClient,
     what: &str,
     f: impl Fn(&serde_json::Value) -> bool,
@@ -380,7 +381,7 @@ pub async fn wait_rollout(
 }
 
 /// As `wait_rollout`, with its own limit.
-pub async fn wait_rollout_for(
+pub(crate) async fn wait_rollout_for(
     api: &switchyard::client::AdminClient,
     limit: Duration,
     what: &str,
@@ -401,7 +402,7 @@ pub async fn wait_rollout_for(
 }
 
 /// Starts a rollout of `shop` to `green` with the service's own strategy.
-pub async fn start_green(api: &switchyard::client::AdminClient) -> serde_json::Value {
+pub(crate) async fn start_green(api: &switchyard::client::AdminClient) -> serde_json::Value {
     api.post(
         "/api/v1/rollouts",
         serde_json::json!({ "service": "shop", "candidate": "green" }),
@@ -411,7 +412,7 @@ pub async fn start_green(api: &switchyard::client::AdminClient) -> serde_json::V
 }
 
 /// Starts a rollout of `shop` to `green` with `strategy`.
-pub async fn start_rollout(
+pub(crate) async fn start_rollout(
     api: &switchyard::client::AdminClient,
     strategy: serde_json::Value,
 ) -> serde_json::Value {
@@ -425,13 +426,13 @@ pub async fn start_rollout(
 
 /// Another process's hold on the state database, as in an outage: an exclusive SQLite
 /// transaction on the file from another connection, until `release` (or 30 s at most).
-pub struct DbLock {
+pub(crate) struct DbLock {
     release: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DbLock {
-    pub fn hold(db: &Path) -> DbLock {
+    pub(crate) fn hold(db: &Path) -> DbLock {
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (taken, is_taken) = std::sync::mpsc::channel::<()>();
         let db = db.to_path_buf();
@@ -454,7 +455,7 @@ impl DbLock {
         }
     }
 
-    pub fn release(mut self) {
+    pub(crate) fn release(mut self) {
         self.stop();
     }
 
@@ -473,7 +474,7 @@ impl Drop for DbLock {
 }
 
 /// The value of a metric line from the Prometheus text whose labels include all `labels`.
-pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|x| l.contains(x)))

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Reads an answer's head (and whatever came with it) and returns it as text.
-pub async fn read_head(s: &mut TcpStream) -> String {
+pub(crate) async fn read_head(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let read = async {
         let mut chunk = [0u8; 4096];
@@ -25,7 +25,7 @@ pub async fn read_head(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-pub fn status_of(answer: &str) -> u16 {
+pub(crate) fn status_of(answer: &str) -> u16 {
     answer
         .split(' ')
         .nth(1)
@@ -34,7 +34,7 @@ pub fn status_of(answer: &str) -> u16 {
 }
 
 /// A client that announces 100 bytes, sends 3, and then sends nothing more.
-pub async fn stalled_upload(addr: SocketAddr) -> String {
+pub(crate) async fn stalled_upload(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
         .await
@@ -43,7 +43,7 @@ pub async fn stalled_upload(addr: SocketAddr) -> String {
 }
 
 /// Reads until EOF (or error); returns what was read and how long it took.
-pub async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
+pub(crate) async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
     let t = Instant::now();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf))
@@ -53,7 +53,7 @@ pub async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Durat
 }
 
 /// One whole answer with a `content-length` body (however many reads it takes), as text.
-pub async fn read_answer(s: &mut TcpStream) -> String {
+pub(crate) async fn read_answer(s: &mut TcpStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let whole = |got: &[u8]| {
@@ -86,21 +86,21 @@ pub async fn read_answer(s: &mut TcpStream) -> String {
 }
 
 /// Reads until the peer closes (Ok) or `limit` passes (Err); what was read either way.
-pub async fn closed_within(s: &mut TcpStream, limit: Duration) -> Result<String, String> {
+pub(crate) async fn closed_within(s: &mut TcpStream, limit: Duration) -> Result<String, String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
             Err(_) => return Err(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(0) | Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
         }
     }
 }
 
 /// Sends `head` on a raw connection and returns what came back within `limit`.
-pub async fn raw(addr: SocketAddr, head: &str, limit: Duration) -> String {
+pub(crate) async fn raw(addr: SocketAddr, head: &str, limit: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -116,7 +116,7 @@ pub async fn raw(addr: SocketAddr, head: &str, limit: Duration) -> String {
 }
 
 /// Connects to `addr` and sends `bytes`.
-pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+pub(crate) async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     s
@@ -125,37 +125,26 @@ pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 /// A loopback port that refuses connections and stays reserved while this lives: a socket
 /// bound to it that never listens. A port taken and freed instead (`bin::free_port`) can
 /// be handed to another test's backend meanwhile, and then it answers.
-pub struct RefusingPort {
-    _socket: std::os::fd::OwnedFd,
+pub(crate) struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
     pub addr: SocketAddr,
 }
 
 impl RefusingPort {
-    pub fn new() -> RefusingPort {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain socket calls on a descriptor we own; the address structs are ours.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-            assert!(fd >= 0, "socket");
-            let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
-            let mut sa: libc::sockaddr_in = std::mem::zeroed();
-            sa.sin_family = libc::AF_INET as libc::sa_family_t;
-            sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let sp = &mut sa as *mut libc::sockaddr_in as *mut libc::sockaddr;
-            assert_eq!(libc::bind(fd, sp, len), 0, "bind");
-            let mut got = len;
-            assert_eq!(libc::getsockname(fd, sp, &mut got), 0, "getsockname");
-            let port = u16::from_be(sa.sin_port);
-            RefusingPort {
-                _socket: socket,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            }
+    pub(crate) fn new() -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let addr = socket.local_addr().expect("local address");
+        RefusingPort {
+            _socket: socket,
+            addr,
         }
     }
 
     /// Frees the port for a backend to start on it at once; its address.
-    pub fn release(self) -> SocketAddr {
+    pub(crate) fn release(self) -> SocketAddr {
         self.addr
     }
 }

@@ -18,17 +18,17 @@ use super::{client, get, metric, metrics_text, wait_rollout_for, Server};
 
 /// The bound (instead of `common::TEST_LIMIT`) of tests that send tens of thousands of requests (seen: 70 s on a 2-core box
 /// shared with three parallel builds).
-pub const LOAD_LIMIT: Duration = Duration::from_secs(300);
+pub(crate) const LOAD_LIMIT: Duration = Duration::from_secs(300);
 
 /// `POST /api/v1/services/shop/rollout/{verb}` with `body`; panics on an error answer.
-pub async fn verb(api: &AdminClient, verb: &str, body: Value) -> Value {
+pub(crate) async fn verb(api: &AdminClient, verb: &str, body: Value) -> Value {
     api.post(&format!("/api/v1/services/shop/rollout/{verb}"), body)
         .await
         .unwrap_or_else(|e| panic!("{verb} refused: {e}"))
 }
 
 /// The error a rollout verb is refused with.
-pub async fn verb_err(api: &AdminClient, verb: &str, body: Value) -> String {
+pub(crate) async fn verb_err(api: &AdminClient, verb: &str, body: Value) -> String {
     match api
         .post(&format!("/api/v1/services/shop/rollout/{verb}"), body)
         .await
@@ -40,7 +40,7 @@ pub async fn verb_err(api: &AdminClient, verb: &str, body: Value) -> String {
 
 /// One dry run of `analysis` against candidate `green` (`POST …/analysis/run`); panics on an
 /// error answer.
-pub async fn dry_run(api: &AdminClient, analysis: &str) -> Value {
+pub(crate) async fn dry_run(api: &AdminClient, analysis: &str) -> Value {
     api.post(
         "/api/v1/services/shop/analysis/run",
         json!({ "analysis": analysis, "candidate": "green" }),
@@ -49,23 +49,23 @@ pub async fn dry_run(api: &AdminClient, analysis: &str) -> Value {
     .unwrap_or_else(|e| panic!("analysis run of {analysis} refused: {e}"))
 }
 
-pub async fn promote(api: &AdminClient) -> Value {
+pub(crate) async fn promote(api: &AdminClient) -> Value {
     verb(api, "promote", json!({})).await
 }
 
 /// A rollout's (or an event's) reason.
-pub fn reason(r: &Value) -> &str {
+pub(crate) fn reason(r: &Value) -> &str {
     r["reason"].as_str().unwrap_or("")
 }
 
 /// Events matching `query` (e.g. `service=shop&kind=analysis`), newest first.
-pub async fn events(api: &AdminClient, query: &str) -> Vec<Value> {
+pub(crate) async fn events(api: &AdminClient, query: &str) -> Vec<Value> {
     let v = api.get(&format!("/api/v1/events?{query}")).await.unwrap();
     v.as_array().expect("events are a list").clone()
 }
 
 /// Waits up to `secs` for the rollout of `shop` to satisfy `f`.
-pub async fn wait_status(api: &AdminClient, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_status(api: &AdminClient, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
     wait_rollout_for(
         api,
         Duration::from_secs(secs),
@@ -77,25 +77,25 @@ pub async fn wait_status(api: &AdminClient, secs: u64, f: impl Fn(&Value) -> boo
 
 /// Asserts that the rollout of `shop` is in `status` now, without waiting (`why` says why it
 /// must be); returns the rollout.
-pub async fn assert_status(api: &AdminClient, status: &str, why: &str) -> Value {
+pub(crate) async fn assert_status(api: &AdminClient, status: &str, why: &str) -> Value {
     let r = super::rollout(api).await;
     assert_eq!(r["status"], status, "{why}: {r}");
     r
 }
 
-pub fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
+pub(crate) fn paused_at(weight: u64) -> impl Fn(&Value) -> bool {
     move |r| r["status"] == "paused" && r["weight"] == weight
 }
 
 /// Steady traffic from `workers` keep-alive clients until stopped; counts what failed
 /// (anything but a 200).
-pub struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<u64>>,
 }
 
 impl Load {
-    pub fn start(
+    pub(crate) fn start(
         url: String,
         workers: usize,
         headers: &'static [(&'static str, &'static str)],
@@ -122,7 +122,7 @@ impl Load {
     }
 
     /// Stops the clients; the number of requests that failed.
-    pub async fn stop(self) -> u64 {
+    pub(crate) async fn stop(self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
         let mut failed = 0;
         for t in self.tasks {
@@ -134,7 +134,7 @@ impl Load {
 
 /// Sends `n` requests over `workers` connections (each must be a 200); counts answers by
 /// backend.
-pub async fn measure(
+pub(crate) async fn measure(
     url: &str,
     n: usize,
     workers: usize,
@@ -173,35 +173,35 @@ pub async fn measure(
 }
 
 /// The percentage of `seen` answered by `backend`.
-pub fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
+pub(crate) fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
     let total: u64 = seen.values().sum();
     100.0 * seen.get(backend).copied().unwrap_or(0) as f64 / total as f64
 }
 
 /// One request that reached a `Receiver`: when it arrived and its body (JSON, or the text).
 #[derive(Clone, Debug)]
-pub struct Call {
+pub(crate) struct Call {
     pub at: Instant,
     pub body: Value,
 }
 
 /// How a `Receiver` answers its `n`th request (from 0): after a delay, a status and a body.
-pub type Answer = Arc<dyn Fn(usize) -> (Duration, u16, &'static str) + Send + Sync>;
+pub(crate) type Answer = Arc<dyn Fn(usize) -> (Duration, u16, &'static str) + Send + Sync>;
 
 /// An HTTP peer that records every request before it answers it: a hook target, a webhook
 /// check or the notification receiver.
-pub struct Receiver {
+pub(crate) struct Receiver {
     pub addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
 }
 
 impl Receiver {
     /// Answers every request at once with `status` and `body`.
-    pub async fn answering(status: u16, body: &'static str) -> Receiver {
+    pub(crate) async fn answering(status: u16, body: &'static str) -> Receiver {
         Self::start(Arc::new(move |_| (Duration::ZERO, status, body))).await
     }
 
-    pub async fn start(answer: Answer) -> Receiver {
+    pub(crate) async fn start(answer: Answer) -> Receiver {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
@@ -248,16 +248,16 @@ impl Receiver {
         Receiver { addr, calls }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/", self.addr)
     }
 
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }
 
     /// Waits (up to 10 s) until `n` requests have arrived; returns them all.
-    pub async fn wait_calls(&self, n: usize) -> Vec<Call> {
+    pub(crate) async fn wait_calls(&self, n: usize) -> Vec<Call> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let calls = self.calls();
@@ -276,7 +276,7 @@ impl Receiver {
 
 /// Waits until `/metrics` counts `n` rollbacks of `cause`, and no other cause at all (a
 /// rollback counted under the wrong cause fails here).
-pub async fn wait_rollbacks(sy: &Server, cause: &str, n: u64) {
+pub(crate) async fn wait_rollbacks(sy: &Server, cause: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = metrics_text(sy).await;
@@ -307,7 +307,7 @@ pub async fn wait_rollbacks(sy: &Server, cause: &str, n: u64) {
 
 /// A canary strategy that sets the candidate to `percent` % and waits for promotion (no
 /// weight step at 0).
-pub fn held_at(percent: f64) -> Value {
+pub(crate) fn held_at(percent: f64) -> Value {
     if percent == 0.0 {
         return json!({ "kind": "canary", "steps": [{ "pause": "until-promoted" }] });
     }
@@ -316,7 +316,7 @@ pub fn held_at(percent: f64) -> Value {
 
 /// Starts a rollout of `shop` to `green` held at `percent` % and waits until it is paused
 /// there; returns the rollout.
-pub async fn start_held(api: &AdminClient, percent: f64) -> Value {
+pub(crate) async fn start_held(api: &AdminClient, percent: f64) -> Value {
     super::start_rollout(api, held_at(percent)).await;
     let weight = (percent * 100.0).round() as u64;
     wait_status(api, 10, paused_at(weight)).await

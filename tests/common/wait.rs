@@ -7,12 +7,12 @@ use std::time::Duration;
 
 /// How long a network test may run before it fails instead of hanging the suite: ten
 /// times what the slowest test here takes on a loaded 2-core machine.
-pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs a test's body with a bound: a framing regression that leaves a read waiting forever
 /// fails the test after `limit` (wall time; not for tests on tokio's paused clock, where
 /// the bound would run out while real sockets are awaited).
-pub async fn bounded<F: Future>(limit: Duration, body: F) -> F::Output {
+pub(crate) async fn bounded<F: Future>(limit: Duration, body: F) -> F::Output {
     match tokio::time::timeout(limit, body).await {
         Ok(out) => out,
         Err(_) => panic!("the test did not finish within {limit:?}"),
@@ -62,7 +62,7 @@ macro_rules! bounded_test {
 pub(crate) use bounded_test;
 
 /// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -81,16 +81,16 @@ where
 
 /// How early a timer may seem to fire when the test measures from a moment slightly after
 /// the event that armed it (a byte that left switchyard before the test read it).
-pub const MEASURE_SLACK: Duration = Duration::from_millis(25);
+pub(crate) const MEASURE_SLACK: Duration = Duration::from_millis(25);
 
 /// How late a timer may fire on a loaded 2-core machine beyond what is promised: scheduling
 /// delays of the timer's task and of the test's own reads.
-pub const LOAD_SLACK: Duration = Duration::from_millis(700);
+pub(crate) const LOAD_SLACK: Duration = Duration::from_millis(700);
 
 /// Asserts that a timer promised to fire between `from` and `to` after its start did not
 /// fire early (`took` ≥ `from` less the measuring slack) and was not late beyond what a
 /// loaded machine explains (`took` < `to` plus the load slack).
-pub fn fired_between(took: Duration, from: Duration, to: Duration, what: &str) {
+pub(crate) fn fired_between(took: Duration, from: Duration, to: Duration, what: &str) {
     assert!(
         took + MEASURE_SLACK >= from,
         "{what}: fired after {took:?}, before its {from:?}"
