@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::proxy::{self, ConnInfo};
 
 mod serve;
-use crate::activity::{Activity, Guarded, TrackedIo};
+use crate::activity::{Activity, TrackedIo};
 use crate::snapshot::Snapshot;
 use serve::{Drain, Member, Serve};
 
@@ -196,11 +196,7 @@ impl Connection {
         let requests = activity.clone();
         let service = service_fn(move |req| {
             let open = requests.request_begins();
-            let answer = proxy::handle(req, info.clone(), snapshots.clone());
-            async move {
-                let resp = answer.await?;
-                Ok::<_, std::convert::Infallible>(resp.map(|body| Guarded::new(body, open)))
-            }
+            proxy::handle(req, info.clone(), snapshots.clone(), open)
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let limits = serve::Limits {
