@@ -16,6 +16,7 @@ mod persist;
 mod plan;
 mod publish;
 mod rollouts;
+mod traffic;
 mod transition;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,21 +28,21 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify};
 
 use crate::audit::{Actor, EventKind};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::health::HealthChecker;
-use crate::listener::{self, Listener};
-use crate::metrics::now_ms;
+use crate::listener::Listener;
 use crate::rollout::Rollout;
 use crate::snapshot::Snapshot;
 use crate::split::Split;
-use crate::store::{Commit, Event, EventQuery, Store, StoreError, TrafficRecord};
-use persist::{superseded, Persister, Write};
+use crate::store::{Event, EventQuery, Store, StoreError, TrafficRecord};
+use persist::Persister;
 use publish::view;
 
 pub use clock::Clock;
 pub use persist::StoreHealth;
 use plan::keeps_split;
 pub use plan::PlanChange;
+pub use traffic::{Applied, TrafficChange};
 pub use transition::RolloutView;
 
 #[derive(Debug, thiserror::Error)]
@@ -185,22 +186,6 @@ pub struct Counts {
     pub analyses: BTreeMap<(String, String), u64>,
 }
 
-/// What an `apply` did: the generation it published and the changes it made.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Applied {
-    pub generation: u64,
-    pub changes: Vec<PlanChange>,
-}
-
-/// What a traffic change did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TrafficChange {
-    pub service: String,
-    pub from: Split,
-    pub to: Split,
-    pub generation: u64,
-}
-
 impl Controller {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.load_full()
@@ -209,332 +194,6 @@ impl Controller {
     /// The address a listener actually bound (useful with port 0).
     pub async fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.state.lock().await.listeners.get(name).map(|l| l.local)
-    }
-
-    /// Sends all new requests of `service` to `group` at once.
-    pub async fn switch(
-        &self,
-        service: &str,
-        group: &str,
-        force: bool,
-        actor: impl Into<Actor>,
-    ) -> Result<TrafficChange, ControlError> {
-        self.set_split(
-            service,
-            Split::all_to(group),
-            force,
-            actor,
-            EventKind::Switch,
-        )
-        .await
-    }
-
-    /// Restores the split that was in force before the last change. It is read under the
-    /// `writer` and state locks, in the same critical section that writes the change, so
-    /// two concurrent `switch --back`s (or a switch in between) cannot both act on the same
-    /// `previous`. Like every manual split it is a forward write: during a store outage it
-    /// is refused (a rollout's way back, `abort`, never is).
-    pub async fn switch_back(
-        &self,
-        service: &str,
-        force: bool,
-        actor: impl Into<Actor>,
-    ) -> Result<TrafficChange, ControlError> {
-        let actor = actor.into();
-        self.change_split(service, force, &actor, EventKind::SwitchBack, |t| {
-            t.previous
-                .clone()
-                .ok_or_else(|| ControlError::NothingToRevert(service.into()))
-        })
-        .await
-    }
-
-    /// Sets a split by hand. Every group that would get traffic must have a healthy target
-    /// unless `force`; refused while a rollout of the service is in progress.
-    pub async fn set_split(
-        &self,
-        service: &str,
-        split: Split,
-        force: bool,
-        actor: impl Into<Actor>,
-        kind: EventKind,
-    ) -> Result<TrafficChange, ControlError> {
-        let actor = actor.into();
-        self.change_split(service, force, &actor, kind, |_| Ok(split.clone()))
-            .await
-    }
-
-    /// `set_split` with the split worked out from the service's traffic under the locks.
-    async fn change_split(
-        &self,
-        service: &str,
-        force: bool,
-        actor: &Actor,
-        kind: EventKind,
-        to: impl FnOnce(&Traffic) -> Result<Split, ControlError>,
-    ) -> Result<TrafficChange, ControlError> {
-        let _writer = self.writer.lock().await;
-        let state = self.state.lock().await;
-        let svc = state
-            .config
-            .service(service)
-            .ok_or_else(|| ControlError::UnknownService(service.into()))?;
-        let split = to(&state.traffic[service])?;
-        if let Some(r) = state.rollouts.get(service).filter(|r| r.status.is_active()) {
-            return Err(ControlError::RolloutInProgress {
-                service: service.into(),
-                id: r.id,
-                candidate: r.candidate.clone(),
-                what: "promote or abort it instead",
-            });
-        }
-        for g in split.groups() {
-            if svc.group(g).is_none() {
-                return Err(ControlError::UnknownGroup {
-                    service: service.into(),
-                    group: g.to_string(),
-                });
-            }
-        }
-        if !force {
-            self.check_healthy(
-                service,
-                split.iter().filter(|(_, w)| *w > 0).map(|(g, _)| g),
-            )?;
-        }
-        let mut t = state.traffic[service].clone();
-        let from = t.current.clone();
-        t.previous = Some(from.clone());
-        t.current = split.clone();
-        if let Some(active) = split.active() {
-            t.stable = Some(active.to_string());
-            t.retired.retain(|g| g != active);
-        }
-        let event = event(
-            self.clock.unix_ms(),
-            service,
-            None,
-            actor,
-            kind,
-            (Some(&from), Some(&split)),
-            format!("{from} -> {split}"),
-        );
-        let commit = Commit {
-            traffic: vec![(service.to_string(), t.record())],
-            rollout: None,
-            events: vec![event],
-        };
-        let (mut state, unchanged) = self.write_service(state, service, commit).await?;
-        if !unchanged {
-            return Err(superseded(service));
-        }
-        state.traffic.insert(service.to_string(), t);
-        let generation = self.publish(&mut state)?;
-        tracing::info!(service, from = %from, to = %split, generation, %actor, "traffic changed");
-        Ok(TrafficChange {
-            service: service.into(),
-            from,
-            to: split,
-            generation,
-        })
-    }
-
-    fn check_healthy<'a>(
-        &self,
-        service: &str,
-        groups: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), ControlError> {
-        let snap = self.snapshots.load();
-        let rt = &snap.services[service];
-        let now = now_ms();
-        for g in groups {
-            if !rt.group(g).is_some_and(|g| g.has_routable(now)) {
-                return Err(ControlError::NoHealthyTarget {
-                    service: service.into(),
-                    group: g.to_string(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Re-reads the configuration file. An invalid file changes nothing.
-    pub async fn reload(&self, actor: impl Into<Actor>) -> Result<u64, ControlError> {
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or(ControlError::NoConfigFile)?;
-        let config = config::load_async(path).await?;
-        self.apply(config, actor).await
-    }
-
-    /// Replaces the configuration; the new generation. See [`Controller::apply_config`].
-    pub async fn apply(
-        &self,
-        config: Config,
-        actor: impl Into<Actor>,
-    ) -> Result<u64, ControlError> {
-        Ok(self.apply_config(config, actor).await?.generation)
-    }
-
-    /// Replaces the configuration: checks it against rollouts in progress, binds new
-    /// listeners and opens a new access log (so a failure there changes nothing), persists,
-    /// publishes (which cannot fail then), then stops
-    /// listeners that are gone. What it changed is computed by `plan`'s own function under
-    /// the same lock, so the list returned is what this apply did, not what a plan said a
-    /// moment earlier.
-    pub async fn apply_config(
-        &self,
-        config: Config,
-        actor: impl Into<Actor>,
-    ) -> Result<Applied, ControlError> {
-        let actor = &actor.into();
-        let _writer = self.writer.lock().await;
-        let state = self.state.lock().await;
-        let diffs = plan::plan(&state, &config);
-        let config = Arc::new(config);
-
-        for r in state.rollouts.values().filter(|r| r.status.is_active()) {
-            let keeps = config
-                .service(&r.service)
-                .is_some_and(|s| s.group(&r.stable).is_some() && s.group(&r.candidate).is_some());
-            if !keeps {
-                return Err(ControlError::RolloutInProgress {
-                    service: r.service.clone(),
-                    id: r.id,
-                    candidate: r.candidate.clone(),
-                    what: "the new configuration removes the service or one of its two groups",
-                });
-            }
-        }
-
-        let mut started = HashMap::new();
-        for l in &config.listeners {
-            let same = state
-                .listeners
-                .get(&l.name)
-                .is_some_and(|r| r.configured == l.bind && r.tls == l.is_tls());
-            if same {
-                continue;
-            }
-            match listener::bind(l.bind) {
-                Ok(socket) => {
-                    started.insert(l.name.clone(), (l.bind, socket, l.is_tls()));
-                }
-                Err(source) => {
-                    return Err(ControlError::Bind {
-                        name: l.name.clone(),
-                        addr: l.bind,
-                        source,
-                    })
-                }
-            }
-        }
-
-        // Like the listeners, the access log is opened before anything is recorded: after
-        // the commit, publishing cannot fail, so the store never holds a configuration
-        // that is not the one serving.
-        let access_log = Snapshot::access_log_for(&config, Some(&self.snapshots.load()))?;
-
-        let mut traffic = BTreeMap::new();
-        let mut changes = Vec::new();
-        let mut events = Vec::new();
-        for s in &config.services {
-            let in_rollout = state
-                .rollouts
-                .get(&s.name)
-                .is_some_and(|r| r.status.is_active());
-            let t = Traffic::after_config(state.traffic.get(&s.name), s, in_rollout);
-            if state.traffic.get(&s.name) != Some(&t) {
-                changes.push((s.name.clone(), t.record()));
-                let from = state.traffic.get(&s.name).map(|o| o.current.clone());
-                if from.as_ref() != Some(&t.current) {
-                    events.push(event(
-                        self.clock.unix_ms(),
-                        &s.name,
-                        None,
-                        actor,
-                        EventKind::Config,
-                        (from.as_ref(), Some(&t.current)),
-                        "the configuration file sets a new split".into(),
-                    ));
-                }
-            }
-            traffic.insert(s.name.clone(), t);
-        }
-        events.push(event(
-            self.clock.unix_ms(),
-            "",
-            None,
-            actor,
-            EventKind::Config,
-            (None, None),
-            match diffs.len() {
-                0 => "configuration applied: no changes".into(),
-                1 => "configuration applied: 1 change".into(),
-                n => format!("configuration applied: {n} changes"),
-            },
-        ));
-
-        let epochs = state.epochs.clone();
-        let services: Vec<String> = changes.iter().map(|(s, _)| s.clone()).collect();
-        let commit = Commit {
-            traffic: changes,
-            rollout: None,
-            events,
-        };
-        let (mut state, _) = self
-            .write_forward(state, services, Write::Commit(Box::new(commit)))
-            .await?;
-        // A rollback that came in while the write waited is newer than this file's split
-        // (and its write lands after this one): it stays.
-        for (service, t) in &mut traffic {
-            if state.epoch(service) != epochs.get(service).copied().unwrap_or(0) {
-                if let Some(now) = state.traffic.get(service) {
-                    *t = now.clone();
-                }
-            }
-        }
-        state.config = config.clone();
-        state.traffic = traffic;
-        let generation = self.publish_with(&mut state, access_log);
-
-        for (name, (configured, socket, tls)) in started {
-            match listener::spawn(&name, configured, socket, tls, self.snapshots.clone()) {
-                Ok(l) => {
-                    tracing::info!(listener = %name, addr = %l.local, tls, "listening");
-                    if let Some(old) = state.listeners.insert(name, l) {
-                        tokio::spawn(old.stop());
-                    }
-                }
-                Err(e) => tracing::error!(listener = %name, error = %e, "cannot start listener"),
-            }
-        }
-        let gone: Vec<String> = state
-            .listeners
-            .keys()
-            .filter(|n| !config.listeners.iter().any(|l| &&l.name == n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(l) = state.listeners.remove(&name) {
-                tracing::info!(listener = %name, "listener removed; draining");
-                tokio::spawn(l.stop());
-            }
-        }
-        for c in &diffs {
-            tracing::info!(op = c.op, what = %c.what, detail = %c.detail, "configuration change");
-        }
-        tracing::info!(
-            generation,
-            %actor,
-            changes = diffs.len(),
-            "configuration applied"
-        );
-        Ok(Applied {
-            generation,
-            changes: diffs,
-        })
     }
 
     /// Current traffic state, for the API: (current split, previous split, stable group).
