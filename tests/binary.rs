@@ -169,18 +169,9 @@ bounded_test! {
 
 /// Runs `switchyard demo` with `args` to its successful end; what it printed.
 fn demo(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("demo")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    let (code, out, err) = switchyard(["demo"].iter().chain(args));
+    assert_eq!(code, 0, "{out}\n{err}");
+    out
 }
 
 #[test]

@@ -134,19 +134,40 @@ pub(crate) fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
-/// Runs `switchyard` with `args` to its end: exit code, stdout and stderr.
+/// Runs `switchyard` with `args` to its end: exit code, stdout and stderr. Bounded like
+/// every test (`TEST_LIMIT`): a command that hangs is killed and fails the test.
 pub(crate) fn switchyard<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
 ) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            r.read_to_end(&mut text).ok();
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let since = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if since.elapsed() > super::TEST_LIMIT {
+            child.kill().ok();
+            panic!("switchyard did not exit within {:?}", super::TEST_LIMIT);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    (status.code().unwrap_or(-1), out, err)
 }
 
 /// `switchyard ARGS -c path`.
