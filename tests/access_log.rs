@@ -77,7 +77,7 @@ bounded_test! {
         assert_eq!(l[1]["request_id"], generated.as_str());
 
         // Switchyard's own answers are logged too: with the target gone, the 502 it makes.
-        b.kill();
+        b.down().await;
         let r = get(&c, &format!("{base}/gone"), &[("x-request-id", "own-1")])
             .await
             .unwrap();

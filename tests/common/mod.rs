@@ -44,6 +44,25 @@ pub(crate) struct TestBackend {
     pub errors_per_mille: Arc<std::sync::atomic::AtomicU32>,
     pub delay_ms: Arc<AtomicU64>,
     kill: CancellationToken,
+    /// The backend's tasks still running (the accept loop and one per connection): `down`
+    /// waits for none, so that a test acts on a backend that is really gone.
+    tasks: Arc<AtomicU64>,
+}
+
+/// Counts a running task of a test backend while it lives.
+struct Running(Arc<AtomicU64>);
+
+impl Running {
+    fn new(tasks: &Arc<AtomicU64>) -> Running {
+        tasks.fetch_add(1, Ordering::SeqCst);
+        Running(tasks.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl TestBackend {
@@ -75,7 +94,10 @@ impl TestBackend {
         let delay_ms = Arc::new(AtomicU64::new(delay.as_millis() as u64));
         let (faults, slow) = (errors_per_mille.clone(), delay_ms.clone());
         let (h, m, k) = (hits.clone(), max_seq.clone(), kill.clone());
+        let tasks = Arc::new(AtomicU64::new(0));
+        let (t, accepting) = (tasks.clone(), Running::new(&tasks));
         tokio::spawn(async move {
+            let _accepting = accepting;
             loop {
                 let accepted = tokio::select! {
                     _ = k.cancelled() => return,
@@ -84,7 +106,9 @@ impl TestBackend {
                 let Ok((stream, _)) = accepted else { continue };
                 let (h, m, k) = (h.clone(), m.clone(), k.clone());
                 let (faults, slow) = (faults.clone(), slow.clone());
+                let serving = Running::new(&t);
                 tokio::spawn(async move {
+                    let _serving = serving;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (h, m, faults, slow) =
                             (h.clone(), m.clone(), faults.clone(), slow.clone());
@@ -119,6 +143,7 @@ impl TestBackend {
             errors_per_mille,
             delay_ms,
             kill,
+            tasks,
         }
     }
 
@@ -137,6 +162,19 @@ impl TestBackend {
     /// Closes the listener and every connection, like a crashed process.
     pub(crate) fn kill(&self) {
         self.kill.cancel();
+    }
+
+    /// [`TestBackend::kill`], then waits until its listener and connections are closed:
+    /// the kill takes effect on the backend's own tasks, a moment later, and a request sent
+    /// meanwhile could still be accepted and then reset.
+    pub(crate) async fn down(&self) {
+        self.kill();
+        let tasks = self.tasks.clone();
+        eventually(Duration::from_secs(5), "the backend's tasks ended", || {
+            let tasks = tasks.clone();
+            async move { tasks.load(Ordering::SeqCst) == 0 }
+        })
+        .await;
     }
 }
 
