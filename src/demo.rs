@@ -18,7 +18,6 @@ use switchyard::client::AdminClient;
 use switchyard::server::Server;
 use tokio_util::sync::CancellationToken;
 
-const PHASE: Duration = Duration::from_secs(2);
 const WORKERS: usize = 4;
 
 /// The demo's world: two backends, the balancer in front of them, and an admin client.
@@ -86,7 +85,7 @@ targets = ["{green}"]
     })
 }
 
-pub(crate) async fn run() -> anyhow::Result<()> {
+pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     let service =
         "[service.health_check]\npath = \"/healthz\"\ninterval = \"500ms\"\ntimeout = \"250ms\"";
     let Demo {
@@ -105,8 +104,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         server.admin_addr
     );
     println!(
-        "  {WORKERS} clients send requests without pause; each phase lasts {}s\n",
-        PHASE.as_secs()
+        "  {WORKERS} clients send requests without pause; each phase lasts {}\n",
+        humantime::format_duration(phase_length)
     );
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -122,7 +121,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         )));
     }
 
-    phase(&tally, "all traffic on blue").await;
+    phase(&tally, "all traffic on blue", phase_length).await;
     let r = api
         .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
         .await?;
@@ -131,7 +130,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "→ switchyard switch shop green   (generation {})",
         r["generation"]
     );
-    phase(&tally, "after the switch").await;
+    phase(&tally, "after the switch", phase_length).await;
     expect(&switched, None);
     let r = api
         .post("/api/v1/services/shop/switch", json!({ "back": true }))
@@ -141,7 +140,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "→ switchyard switch shop --back  (generation {})",
         r["generation"]
     );
-    phase(&tally, "after switching back").await;
+    phase(&tally, "after switching back", phase_length).await;
     expect(&switched, None);
     let r = api
         .put(
@@ -153,17 +152,18 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         "→ switchyard weights shop blue=90 green=10  (generation {})",
         r["generation"]
     );
-    phase(&tally, "weighted 90/10").await;
+    phase(&tally, "weighted 90/10", phase_length).await;
     expect(&switched, None);
     api.post("/api/v1/services/shop/switch", json!({ "group": "blue" }))
         .await?;
     expect(&switched, Some("blue-v1"));
-    tokio::time::sleep(PHASE / 4).await;
+    tokio::time::sleep(phase_length / 4).await;
     expect(&switched, None);
 
-    println!("\ncanary: green goes 5% -> 25% -> 50% -> 100%, pausing 2s at each step");
+    let pause = humantime::format_duration(phase_length).to_string();
+    println!("\ncanary: green goes 5% -> 25% -> 50% -> 100%, pausing {pause} at each step");
     let steps = json!({ "kind": "canary", "steps": [
-        { "weight": 5 }, { "pause": "2s" }, { "weight": 25 }, { "pause": "2s" }, { "weight": 50 }, { "pause": "2s" }
+        { "weight": 5 }, { "pause": pause }, { "weight": 25 }, { "pause": pause }, { "weight": 50 }, { "pause": pause }
     ]});
     let r = api
         .post(
@@ -249,9 +249,9 @@ struct Tally {
     failed: u64,
 }
 
-async fn phase(tally: &Mutex<Tally>, what: &str) {
+async fn phase(tally: &Mutex<Tally>, what: &str, length: Duration) {
     *tally.lock().expect("tally") = Tally::default();
-    tokio::time::sleep(PHASE).await;
+    tokio::time::sleep(length).await;
     let t = std::mem::take(&mut *tally.lock().expect("tally"));
     print_tally(what, &t);
 }
@@ -318,7 +318,7 @@ async fn traffic(
 
 /// `switchyard demo --faulty`: the new version answers 30 % of requests with 500s; the
 /// canary is rolled back automatically and the reason printed.
-pub(crate) async fn faulty() -> anyhow::Result<()> {
+pub(crate) async fn faulty(phase_length: Duration) -> anyhow::Result<()> {
     let analyses = r#"
 [[analysis]]
 name = "errors"
@@ -393,7 +393,7 @@ max_error_rate = 5
         r["reason"].as_str().unwrap_or("")
     );
     *tally.lock().expect("tally") = Tally::default();
-    tokio::time::sleep(PHASE).await;
+    tokio::time::sleep(phase_length).await;
     let t = std::mem::take(&mut *tally.lock().expect("tally"));
     print_tally("after the rollback", &t);
     stop.cancel();

@@ -168,8 +168,9 @@ bounded_test! {
 }
 
 /// Runs `switchyard demo` with `args` to its successful end; what it printed.
+/// `switchyard demo` with short phases (the walk-through is the same; the suite's time is not).
 fn demo(args: &[&str]) -> String {
-    let (code, out, err) = switchyard(["demo"].iter().chain(args));
+    let (code, out, err) = switchyard(["demo", "--phase", "700ms"].iter().chain(args));
     assert_eq!(code, 0, "{out}\n{err}");
     out
 }

@@ -137,6 +137,9 @@ enum Command {
         /// Instead: a canary whose new version fails, rolled back automatically.
         #[arg(long)]
         faulty: bool,
+        /// How long each phase (and each canary pause) lasts.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        phase: std::time::Duration,
     },
     /// A small test backend that answers with its name (for benchmarks and trials).
     #[command(hide = true)]
@@ -322,8 +325,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(worst))
         }
-        Command::Demo { faulty: false } => crate::demo::run().await.map(|_| ExitCode::SUCCESS),
-        Command::Demo { faulty: true } => crate::demo::faulty().await.map(|_| ExitCode::SUCCESS),
+        Command::Demo {
+            faulty: false,
+            phase,
+        } => crate::demo::run(phase).await.map(|_| ExitCode::SUCCESS),
+        Command::Demo {
+            faulty: true,
+            phase,
+        } => crate::demo::faulty(phase).await.map(|_| ExitCode::SUCCESS),
         Command::Backend {
             bind,
             name,
