@@ -50,16 +50,16 @@ pub(crate) struct TestBackend {
 }
 
 /// Counts a running task of a test backend while it lives.
-struct Running(Arc<AtomicU64>);
+struct LiveTask(Arc<AtomicU64>);
 
-impl Running {
-    fn new(tasks: &Arc<AtomicU64>) -> Running {
+impl LiveTask {
+    fn new(tasks: &Arc<AtomicU64>) -> LiveTask {
         tasks.fetch_add(1, Ordering::SeqCst);
-        Running(tasks.clone())
+        LiveTask(tasks.clone())
     }
 }
 
-impl Drop for Running {
+impl Drop for LiveTask {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -95,7 +95,7 @@ impl TestBackend {
         let (faults, slow) = (errors_per_mille.clone(), delay_ms.clone());
         let (h, m, k) = (hits.clone(), max_seq.clone(), kill.clone());
         let tasks = Arc::new(AtomicU64::new(0));
-        let (t, accepting) = (tasks.clone(), Running::new(&tasks));
+        let (t, accepting) = (tasks.clone(), LiveTask::new(&tasks));
         tokio::spawn(async move {
             let _accepting = accepting;
             loop {
@@ -106,7 +106,7 @@ impl TestBackend {
                 let Ok((stream, _)) = accepted else { continue };
                 let (h, m, k) = (h.clone(), m.clone(), k.clone());
                 let (faults, slow) = (faults.clone(), slow.clone());
-                let serving = Running::new(&t);
+                let serving = LiveTask::new(&t);
                 tokio::spawn(async move {
                     let _serving = serving;
                     let svc = service_fn(move |req: Request<Incoming>| {
