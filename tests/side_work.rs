@@ -304,7 +304,7 @@ bounded_test! {
         let text = cfg(blue.addr, green.addr, "", "");
         std::fs::write(&path, &text).unwrap();
         let mut config = switchyard::config::load(&path).unwrap();
-        config.store.path = ":memory:".into();
+        config.store = switchyard::config::StoreConfig::memory();
         let sy = Server::start(config, Some(path.clone())).await.unwrap();
         let web = sy.listener_addr("web").await;
         let api = admin(&sy);

@@ -43,11 +43,22 @@ pub const SEP: &str = " › ";
 
 /// Keys whose values are credentials: a token's secret, and the notification webhook (a
 /// Slack-style URL is its own credential). Only the fact that they changed is shown.
-const SECRET: &[&str] = &["secret", "notifications.webhook"];
+const SECRET: &[&str] = &["secret", "notifications.webhook", "password"];
 
 /// Settings read only when the process starts: a reload or apply records them, and the
 /// plan says when they take effect.
-const AT_RESTART: &[&str] = &["admin › bind", "store › path"];
+const AT_RESTART: &[&str] = &[
+    "admin › bind",
+    "store › kind",
+    "store › path",
+    "store › endpoints",
+    "store › prefix",
+    "store › username",
+    "store › password",
+    "store › lease_ttl",
+    "instance › name",
+    "instance › advertise",
+];
 
 /// Every difference between `cur` and `next`.
 pub fn diff(cur: &Config, next: &Config) -> Vec<Change> {

@@ -17,7 +17,7 @@ pub const DEFAULT_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
 /// What the file names outside itself, as read.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Every variable a `token_env` names, and [`DEFAULT_TOKEN_ENV`]: its value, if set.
+    /// Every variable a `token_env` or the store's `password_env` names, and [`DEFAULT_TOKEN_ENV`]: its value, if set.
     env: BTreeMap<String, Option<String>>,
     /// Per `[[listener]]`, per `[[listener.certificate]]`, in file order.
     certificates: Vec<Vec<Certificate>>,
@@ -38,6 +38,7 @@ pub struct Certificate {
 pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
     let named = raw.admin.token_env.iter();
     let named = named.chain(raw.admin.tokens.iter().filter_map(|t| t.token_env.as_ref()));
+    let named = named.chain(raw.store.password_env.iter());
     let env = named
         .map(String::as_str)
         .chain([DEFAULT_TOKEN_ENV])

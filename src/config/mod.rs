@@ -12,6 +12,7 @@ pub mod raw;
 mod release;
 mod routes;
 mod ser;
+mod store;
 mod validate;
 
 use std::fmt;

@@ -24,6 +24,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub services: Vec<ServiceConfig>,
     pub store: StoreConfig,
+    pub instance: InstanceConfig,
     pub analyses: Vec<crate::analysis::AnalysisConfig>,
     /// Slack-compatible webhook told about rollbacks.
     #[serde(rename = "notifications.webhook")]
@@ -31,10 +32,59 @@ pub struct Config {
     pub access_log: Option<crate::access_log::AccessLogConfig>,
 }
 
+/// Where the state lives: one SQLite file for one instance, or etcd for a fleet.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoreConfig {
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
     /// SQLite file; `:memory:` keeps state only for the life of the process.
-    pub path: PathBuf,
+    Sqlite {
+        path: PathBuf,
+    },
+    Etcd(EtcdConfig),
+}
+
+impl StoreConfig {
+    /// An in-memory SQLite store (tests, the demo).
+    pub fn memory() -> StoreConfig {
+        StoreConfig::Sqlite {
+            path: ":memory:".into(),
+        }
+    }
+}
+
+/// A fleet's shared state in etcd, under one prefix.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct EtcdConfig {
+    /// `http://host:port` each.
+    pub endpoints: Vec<String>,
+    /// Starts with `/`, no trailing `/`: one fleet per prefix.
+    pub prefix: String,
+    pub username: Option<String>,
+    /// Serialized for `plan`, which only says that it changed (see `diff::SECRET`).
+    pub password: Option<String>,
+    /// The leader's lease: a leader that stops renewing it is replaced after this long.
+    pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    /// Never the password: configurations end up in logs and test output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This instance among a fleet's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InstanceConfig {
+    /// Default: the host name and the admin port (`host:9901`).
+    pub name: Option<String>,
+    /// How peers reach this instance's admin API; default: the admin address it bound.
+    pub advertise: Option<String>,
 }
 
 impl Config {

@@ -24,6 +24,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
+    pub instance: RawInstance,
+    #[serde(default)]
     pub analysis: Vec<RawAnalysis>,
     #[serde(default)]
     pub notifications: RawNotifications,
@@ -42,7 +44,24 @@ pub struct RawAccessLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
+    /// "sqlite" (the default) or "etcd".
+    pub kind: Option<String>,
+    /// SQLite only.
     pub path: Option<String>,
+    /// etcd only, as all the rest.
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub lease_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    pub name: Option<String>,
+    pub advertise: Option<String>,
 }
 
 /// A named analysis: defaults for its checks, and the checks.

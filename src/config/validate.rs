@@ -56,13 +56,8 @@ pub(super) fn validate(
         http_url(u, path!["notifications", "webhook"], &mut p);
     }
     let routes = super::routes::routes(&raw.route, &listeners, &services, &mut p);
-    let store = StoreConfig {
-        path: match raw.store.path.as_deref() {
-            None => base_dir.join("switchyard.db"),
-            Some(":memory:") => ":memory:".into(),
-            Some(path) => base_dir.join(path),
-        },
-    };
+    let store = super::store::store(&raw.store, loaded, base_dir, &mut p);
+    let instance = super::store::instance(&raw.instance, &mut p);
     if p.is_empty() {
         Ok(Config {
             admin,
@@ -72,6 +67,7 @@ pub(super) fn validate(
             routes,
             services,
             store,
+            instance,
             analyses,
             notify_webhook,
             access_log,

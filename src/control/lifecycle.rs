@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use super::persist::Persister;
 use super::transition::rollout_split;
 use super::{keeps_split, observe, view, Clock, ControlError, Controller, State, Traffic};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::health::HealthChecker;
 use crate::listener::{self, Listener};
 use crate::rollout::machine::{Change, Outcome};
@@ -54,7 +54,10 @@ impl Controller {
         path: Option<PathBuf>,
         clock: Clock,
     ) -> Result<Arc<Controller>, ControlError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
+            StoreConfig::Etcd(_) => todo!("etcd store"),
+        };
         let persisted = store.load()?;
         let config = Arc::new(config);
         let mut traffic = BTreeMap::new();

@@ -213,8 +213,11 @@ impl Persister {
     fn forward(
         &self,
         services: Vec<String>,
-        write: Write,
+        mut write: Write,
     ) -> Result<oneshot::Receiver<Reply>, WriteError> {
+        if let Write::Commit(c) = &mut write {
+            c.forward = true;
+        }
         let mut q = lock(&self.queue);
         if let Some(why) = &q.closed {
             return Err(WriteError::Unavailable(why.clone()));

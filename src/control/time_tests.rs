@@ -30,7 +30,7 @@ async fn controller(service: &str, top: &str) -> Arc<Controller> {
     );
     let mut config = crate::config::parse(&toml, "test.toml", Path::new("."))
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-    config.store.path = ":memory:".into();
+    config.store = crate::config::StoreConfig::memory();
     Controller::start_with(config, None, Clock::following_tokio(EPOCH_MS))
         .await
         .expect("controller starts")

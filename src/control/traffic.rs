@@ -147,6 +147,7 @@ impl Controller {
             traffic: vec![(service.to_string(), t.record())],
             rollout: None,
             events: vec![event],
+            ..Commit::default()
         };
         let (mut state, unchanged) = self.write_service(state, service, commit).await?;
         if !unchanged {
@@ -306,6 +307,7 @@ impl Controller {
             traffic: changes,
             rollout: None,
             events,
+            ..Commit::default()
         };
         let (mut state, _) = self
             .write_forward(state, services, Write::Commit(Box::new(commit)))

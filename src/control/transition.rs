@@ -99,6 +99,7 @@ pub(super) fn plan(
         traffic: vec![(service, t.record())],
         rollout: Some(r.clone()),
         events: vec![ev],
+        ..Commit::default()
     };
     Planned {
         r,

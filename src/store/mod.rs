@@ -5,6 +5,7 @@
 //! The trait exists because there are two backends in the design: SQLite (one instance) and
 //! etcd (several instances sharing state).
 
+pub mod etcd;
 mod lock;
 mod sqlite;
 
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
 use crate::rollout::Rollout;
@@ -33,6 +35,16 @@ pub enum StoreError {
         holder: String,
         lock: String,
     },
+    /// etcd could not be reached or refused the request.
+    #[error("etcd at {endpoints}: {reason}")]
+    Etcd { endpoints: String, reason: String },
+    /// This instance led the fleet when it made the write, and no longer does: its writes
+    /// are refused so that a deposed leader changes nothing.
+    #[error("this instance is no longer the fleet's leader; its write was refused")]
+    Fenced,
+    /// A forward write about services another instance changed since this one read them.
+    #[error("the state of {0} was changed by another instance meanwhile; not written")]
+    Stale(String),
 }
 
 /// The traffic state of one service as persisted.
@@ -95,6 +107,21 @@ pub struct Commit {
     pub traffic: Vec<(String, TrafficRecord)>,
     pub rollout: Option<Rollout>,
     pub events: Vec<Event>,
+    /// A forward write (a step, a promotion, a switch): in a fleet it lands only if no other
+    /// instance changed the same services since this one read them (`StoreError::Stale`);
+    /// a move toward stable lands whatever was written meanwhile. SQLite has one writer and
+    /// ignores it.
+    pub forward: bool,
+}
+
+/// Everything a store holds, to move it to another (`switchyard store export` / `import`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dump {
+    pub traffic: BTreeMap<String, TrafficRecord>,
+    /// Every rollout, oldest first.
+    pub rollouts: Vec<Rollout>,
+    /// Every event, oldest first.
+    pub events: Vec<Event>,
 }
 
 #[derive(Debug, Default)]
@@ -116,4 +143,8 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;
     /// Rollouts, newest first.
     fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError>;
+    /// Everything, for another store.
+    fn export(&self) -> Result<Dump, StoreError>;
+    /// Writes a dump into an empty store, ids kept; refused if the store holds any state.
+    fn import(&self, d: &Dump) -> Result<(), StoreError>;
 }

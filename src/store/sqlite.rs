@@ -320,6 +320,12 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+    fn export(&self) -> Result<super::Dump, StoreError> {
+        todo!("sqlite export")
+    }
+    fn import(&self, _d: &super::Dump) -> Result<(), StoreError> {
+        todo!("sqlite import")
+    }
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ pub(crate) async fn serve_pair(
 /// A switchyard started from a config file (so reload and SIGHUP re-read it), state in memory.
 pub(crate) async fn server_from_file(path: &Path) -> Server {
     let mut config = switchyard::config::load(path).unwrap();
-    config.store.path = ":memory:".into();
+    config.store = switchyard::config::StoreConfig::memory();
     Server::start(config, Some(path.to_path_buf()))
         .await
         .unwrap()
@@ -296,7 +296,7 @@ pub(crate) async fn start_in(toml: &str, dir: &Path) -> Server {
     let mut config = switchyard::config::parse(toml, "test.toml", dir)
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     if !toml.contains("[store]") {
-        config.store.path = ":memory:".into();
+        config.store = switchyard::config::StoreConfig::memory();
     }
     Server::start(config, None)
         .await
