@@ -112,6 +112,11 @@ pub struct Commit {
     /// a move toward stable lands whatever was written meanwhile. SQLite has one writer and
     /// ignores it.
     pub forward: bool,
+    /// The fleet's state revision the decision was made on (the highest revision the
+    /// instance had applied when it made it; 0 when unknown). An etcd store writes a forward
+    /// commit only if none of its keys (each `traffic/<service>` and the rollout's key) was
+    /// modified after this revision, and otherwise fails with `StoreError::Stale`.
+    pub based_on: i64,
 }
 
 /// Everything a store holds, to move it to another (`switchyard store export` / `import`).
