@@ -188,7 +188,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         }
         if last_weight != Some(weight) {
             if last_weight.is_some() {
-                let t = std::mem::take(&mut *tally.lock().expect("tally"));
+                let t = tally.lock().expect("tally").take();
                 print_tally(
                     &format!(
                         "at {}",
@@ -197,13 +197,13 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
                     &t,
                 );
             } else {
-                *tally.lock().expect("tally") = Tally::default();
+                tally.lock().expect("tally").restart();
             }
             last_weight = Some(weight);
         }
         if done {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let t = std::mem::take(&mut *tally.lock().expect("tally"));
+            let t = tally.lock().expect("tally").take();
             print_tally("completed (100%)", &t);
             break;
         }
@@ -243,16 +243,35 @@ fn expect(switched: &Mutex<Switched>, backend: Option<&'static str>) {
     s.generation += 1;
 }
 
+/// Answers counted since the last `restart`. Only requests sent after it count: one sent to
+/// the failing version just before a rollback and answered just after would otherwise show
+/// as a failure "after the rollback".
 #[derive(Default)]
 struct Tally {
     by_backend: BTreeMap<String, u64>,
     failed: u64,
+    epoch: u64,
+}
+
+impl Tally {
+    fn restart(&mut self) {
+        self.take();
+    }
+
+    /// The counts so far; counting starts again.
+    fn take(&mut self) -> Tally {
+        let next = Tally {
+            epoch: self.epoch + 1,
+            ..Tally::default()
+        };
+        std::mem::replace(self, next)
+    }
 }
 
 async fn phase(tally: &Mutex<Tally>, what: &str, length: Duration) {
-    *tally.lock().expect("tally") = Tally::default();
+    tally.lock().expect("tally").restart();
     tokio::time::sleep(length).await;
-    let t = std::mem::take(&mut *tally.lock().expect("tally"));
+    let t = tally.lock().expect("tally").take();
     print_tally(what, &t);
 }
 
@@ -287,6 +306,7 @@ async fn traffic(
             let s = switched.lock().expect("switched");
             (s.expected, s.generation)
         };
+        let epoch = tally.lock().expect("tally").epoch;
         let res = client.get(uri.clone()).await;
         let backend = match res {
             Ok(r) if r.status().is_success() => {
@@ -309,6 +329,9 @@ async fn traffic(
         }
         drop(s);
         let mut t = tally.lock().expect("tally");
+        if t.epoch != epoch {
+            continue;
+        }
         match backend {
             Some(b) => *t.by_backend.entry(b).or_default() += 1,
             None => t.failed += 1,
@@ -392,9 +415,9 @@ max_error_rate = 5
         started.elapsed().as_millis(),
         r["reason"].as_str().unwrap_or("")
     );
-    *tally.lock().expect("tally") = Tally::default();
+    tally.lock().expect("tally").restart();
     tokio::time::sleep(phase_length).await;
-    let t = std::mem::take(&mut *tally.lock().expect("tally"));
+    let t = tally.lock().expect("tally").take();
     print_tally("after the rollback", &t);
     stop.cancel();
     for l in load {
