@@ -48,6 +48,8 @@ impl Server {
             admin_stop.clone(),
         ));
         tracing::info!(addr = %admin_addr, "admin API listening");
+        // In a fleet: take part in the election now that peers can reach this instance.
+        control.join_fleet(admin_addr).await;
         Ok(Server {
             control,
             admin_addr,

@@ -239,6 +239,19 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         pending.clone(),
     );
     pending.set(api.control.store_health().pending_writes as i64);
+    if let Some(f) = api.control.fleet_status() {
+        let gauges = [
+            ("fleet_connected", "1 while this instance reaches the fleet's etcd (0: degraded, serving its last state)", i64::from(f.store.connected)),
+            ("fleet_leader", "1 while this instance leads the fleet (runs rollout drivers, guard, analyses, hooks)", i64::from(f.leading)),
+            ("fleet_revision", "The fleet state revision this instance has applied", f.store.revision),
+            ("fleet_instances", "Live instances of the fleet, as this instance last saw them", f.instances.len() as i64),
+        ];
+        for (name, help, value) in gauges {
+            let g = Gauge::<i64>::default();
+            registry.register(name, help, g.clone());
+            g.set(value);
+        }
+    }
     let counts = api.control.counts.lock().expect("counts").clone();
     for ((svc, cause), n) in counts.rollbacks {
         rollbacks

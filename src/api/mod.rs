@@ -63,7 +63,7 @@ pub fn router(control: Arc<Controller>) -> Router {
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .route("/", get(dashboard::page))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .route(
             "/openapi.json",
@@ -143,4 +143,16 @@ fn bad_request(e: axum::extract::rejection::JsonRejection) -> ApiError {
         "bad_request",
         e.body_text(),
     )
+}
+
+/// 200 while the instance serves. In a fleet that cannot reach etcd it still serves its last
+/// state (fail static), so it stays 200, and says why it is degraded.
+async fn healthz(axum::extract::State(api): axum::extract::State<Api>) -> String {
+    match api.control.fleet_status() {
+        Some(f) if !f.store.connected => format!(
+            "degraded: the fleet's state store is unreachable ({}); serving the last state, no rollout moves\n",
+            f.store.last_error.as_deref().unwrap_or("no answer")
+        ),
+        _ => "ok\n".into(),
+    }
 }

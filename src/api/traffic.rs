@@ -114,6 +114,9 @@ pub struct Status {
     /// Writes published but not yet in the state database (a rollback during an outage).
     #[serde(default)]
     pub store: crate::control::StoreHealth,
+    /// The fleet, when the state is shared in etcd: instances, leader, this one's contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::control::FleetStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -220,6 +223,7 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
         listeners,
         services,
         store: api.control.store_health(),
+        fleet: api.control.fleet_status(),
     })
 }
 

@@ -168,7 +168,7 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErr
         }
     };
     let loaded = load::load(&raw, base_dir);
-    validate::validate(raw, &loaded, base_dir).map_err(|problems| {
+    let mut config = validate::validate(raw, &loaded, base_dir).map_err(|problems| {
         let mut out: Vec<Diagnostic> = problems
             .into_unique()
             .into_iter()
@@ -176,5 +176,7 @@ pub fn parse(src: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErr
             .collect();
         out.sort_by_key(|d| (d.line, d.column));
         ConfigError::Invalid(out)
-    })
+    })?;
+    config.source = Some(src.into());
+    Ok(config)
 }

@@ -2,6 +2,7 @@
 //! re-parses or re-validates: an address is a `SocketAddr`, a weight is basis points that sum
 //! to 10 000, a route's service is known to exist.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub struct Config {
     #[serde(rename = "notifications.webhook")]
     pub notify_webhook: Option<String>,
     pub access_log: Option<crate::access_log::AccessLogConfig>,
+    /// The text this configuration was parsed from: what a fleet shares (see `localize`).
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<str>>,
 }
 
 /// Where the state lives: one SQLite file for one instance, or etcd for a fleet.
@@ -85,9 +89,27 @@ pub struct InstanceConfig {
     pub name: Option<String>,
     /// How peers reach this instance's admin API; default: the admin address it bound.
     pub advertise: Option<String>,
+    /// Listener addresses of this instance only, by listener name, in place of the shared
+    /// configuration's (several instances on one host, or hosts with different addresses).
+    pub listen: BTreeMap<String, SocketAddr>,
 }
 
 impl Config {
+    /// A fleet's shared configuration as this instance runs it: what is the instance's own —
+    /// where its state lives, its name and address, its admin listener, its listener
+    /// overrides — comes from `local` (the file it was started with), the rest from `shared`.
+    pub fn localize(mut shared: Config, local: &Config) -> Config {
+        shared.store = local.store.clone();
+        shared.instance = local.instance.clone();
+        shared.admin.bind = local.admin.bind;
+        for l in &mut shared.listeners {
+            if let Some(addr) = local.instance.listen.get(&l.name) {
+                l.bind = *addr;
+            }
+        }
+        shared
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }

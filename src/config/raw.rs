@@ -62,6 +62,8 @@ pub struct RawStore {
 pub struct RawInstance {
     pub name: Option<String>,
     pub advertise: Option<String>,
+    #[serde(default)]
+    pub listen: BTreeMap<String, String>,
 }
 
 /// A named analysis: defaults for its checks, and the checks.

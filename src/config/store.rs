@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
-use super::fields::{duration_or, name, Problems};
+use super::fields::{duration_or, name, socket_addr, Problems};
 use super::load::Loaded;
 use super::model::{EtcdConfig, InstanceConfig, StoreConfig};
 use super::raw::{RawInstance, RawStore};
@@ -146,7 +146,12 @@ fn endpoint(e: &str) -> Result<(), String> {
     }
 }
 
-pub(super) fn instance(raw: &RawInstance, p: &mut Problems) -> InstanceConfig {
+/// `listeners`: the names of the configured listeners, which `listen` may override.
+pub(super) fn instance(
+    raw: &RawInstance,
+    listeners: &[String],
+    p: &mut Problems,
+) -> InstanceConfig {
     if let Some(n) = &raw.name {
         name(n, path!["instance", "name"], p);
     }
@@ -161,8 +166,25 @@ pub(super) fn instance(raw: &RawInstance, p: &mut Problems) -> InstanceConfig {
             );
         }
     }
+    let mut listen = std::collections::BTreeMap::new();
+    for (l, addr) in &raw.listen {
+        if !listeners.contains(l) {
+            p.add(
+                path!["instance", "listen", l.as_str()],
+                format!(
+                    "no listener named \"{l}\" (listeners: {})",
+                    listeners.join(", ")
+                ),
+            );
+        }
+        listen.insert(
+            l.clone(),
+            socket_addr(addr, path!["instance", "listen", l.as_str()], p),
+        );
+    }
     InstanceConfig {
         name: raw.name.clone(),
         advertise: raw.advertise.clone(),
+        listen,
     }
 }

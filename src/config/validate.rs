@@ -57,7 +57,8 @@ pub(super) fn validate(
     }
     let routes = super::routes::routes(&raw.route, &listeners, &services, &mut p);
     let store = super::store::store(&raw.store, loaded, base_dir, &mut p);
-    let instance = super::store::instance(&raw.instance, &mut p);
+    let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
+    let instance = super::store::instance(&raw.instance, &names, &mut p);
     if p.is_empty() {
         Ok(Config {
             admin,
@@ -71,6 +72,7 @@ pub(super) fn validate(
             analyses,
             notify_webhook,
             access_log,
+            source: None,
         })
     } else {
         Err(p)

@@ -54,11 +54,22 @@ impl Controller {
         path: Option<PathBuf>,
         clock: Clock,
     ) -> Result<Arc<Controller>, ControlError> {
-        let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
-            StoreConfig::Etcd(_) => todo!("etcd store"),
+        let (store, fleet, config): (Arc<dyn Store>, _, _) = match &config.store {
+            StoreConfig::Sqlite { path } => (Arc::new(SqliteStore::open(path)?), None, config),
+            StoreConfig::Etcd(cfg) => {
+                let cfg = cfg.clone();
+                let (fleet, config) = super::fleet::join(&cfg, config).await?;
+                (fleet.etcd.clone(), Some(fleet), config)
+            }
         };
-        let persisted = store.load()?;
+        let persisted = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load())
+                .await
+                .expect("store task")?
+        };
+        // The fleet's changes are watched from just after what was loaded.
+        let revision = fleet.as_ref().map_or(0, |f| f.etcd.connection().revision);
         let config = Arc::new(config);
         let mut traffic = BTreeMap::new();
         let mut step_from = HashMap::new();
@@ -121,6 +132,8 @@ impl Controller {
         let (observer, observer_task) = observe::Observer::spawn(snapshots.clone());
         let persist = Persister::spawn(store.clone());
         let control = Arc::new(Controller {
+            fleet,
+            fleet_tasks: Default::default(),
             counts: Default::default(),
             observer,
             observer_task,
@@ -130,6 +143,7 @@ impl Controller {
                 traffic,
                 rollouts,
                 epochs: HashMap::new(),
+                revision,
                 // The last instance may have died with a rollback applied but not recorded:
                 // no rollout moves on before the guard has judged what it resumes at.
                 resume_gate: active.iter().cloned().collect(),
@@ -146,6 +160,15 @@ impl Controller {
             writer: Mutex::new(()),
             clock,
         });
+        if control.fleet.is_some() {
+            // Drivers wait until this instance leads (`join_fleet`, once the admin API is up).
+            let follow = tokio::spawn(control.clone().follow(revision + 1));
+            control
+                .fleet_tasks
+                .lock()
+                .expect("fleet tasks")
+                .push(follow.abort_handle());
+        }
         for service in active {
             tracing::info!(%service, "resuming rollout");
             control.ensure_driver(&service).await;
@@ -160,6 +183,11 @@ impl Controller {
     /// decided late is still in the queue when it is drained, and nothing waits forever.
     pub async fn shutdown(&self) {
         self.observer_task.abort();
+        // Out of the fleet first: no more leadership, no more changes from the others. The
+        // lease is not revoked: the others take over when it runs out, as after a crash.
+        for task in self.fleet_tasks.lock().expect("fleet tasks").drain(..) {
+            task.abort();
+        }
         let drivers: Vec<_> = {
             let mut state = self.state.lock().await;
             state.health.stop();

@@ -8,6 +8,7 @@ pub mod clock;
 mod driver;
 mod effects;
 mod ending;
+mod fleet;
 mod guard;
 mod hooks;
 mod lifecycle;
@@ -39,6 +40,7 @@ use persist::Persister;
 use publish::view;
 
 pub use clock::Clock;
+pub use fleet::FleetStatus;
 pub use persist::StoreHealth;
 use plan::keeps_split;
 pub use plan::PlanChange;
@@ -145,6 +147,9 @@ struct State {
     /// store. A forward change that waited for its write without the lock checks this
     /// before it applies, and gives way if a rollback came in meanwhile.
     epochs: HashMap<String, u64>,
+    /// The highest fleet revision applied (0 for a single instance): what a forward decision
+    /// is based on (`Commit::based_on`).
+    revision: i64,
     /// Services whose rollout resumed after a restart and whose driver waits for the guard
     /// to judge one full window before any step or promotion.
     resume_gate: HashSet<String>,
@@ -176,6 +181,10 @@ pub struct Controller {
     clock: Clock,
     observer: Arc<observe::Observer>,
     observer_task: tokio::task::AbortHandle,
+    /// This instance's part in a fleet (etcd); `None` alone.
+    fleet: Option<Arc<fleet::Fleet>>,
+    /// The fleet's election and the watch: stopped at shutdown.
+    fleet_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
     pub counts: std::sync::Mutex<Counts>,
 }

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, MutexGuard, Notify};
 
 use super::{ControlError, Controller, State};
-use crate::store::{Commit, NewRollout, Store};
+use crate::store::{Commit, NewRollout, Store, StoreError};
 use crate::sys::unix_ms;
 
 /// First wait before a failed durable write is tried again; it doubles up to `MAX_BACKOFF`.
@@ -51,6 +51,9 @@ pub(super) enum WriteError {
     /// A rollback (or hold) of the same service was decided while it waited; not written.
     #[error("superseded by a rollback of the same service")]
     Superseded,
+    /// Another instance of the fleet changed the same services after this decision was made.
+    #[error("{0}")]
+    Stale(String),
 }
 
 pub(super) enum Write {
@@ -298,7 +301,11 @@ impl Persister {
                             self.written();
                             Ok(id)
                         }
+                        // Another instance of the fleet changed the same state first: this
+                        // decision was made on an old state, and the store is fine.
+                        Err(StoreError::Stale(what)) => Err(WriteError::Stale(what)),
                         Err(err) => {
+                            let err = err.to_string();
                             self.failed(&err);
                             Err(WriteError::Unavailable(err))
                         }
@@ -323,6 +330,7 @@ impl Persister {
                             backoff = MIN_BACKOFF;
                         }
                         Err(err) => {
+                            let err = err.to_string();
                             self.failed(&err);
                             // Forward writes queued behind it would wait for the outage:
                             // they fail now instead (they only ever get one try).
@@ -448,11 +456,14 @@ async fn wait(rx: oneshot::Receiver<Reply>, limit: Duration) -> Reply {
 /// Runs a store call off the async threads (SQLite fsyncs); a panic in it is an error of
 /// that write, not the end of the writer.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("the state database call failed: {e}")),
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Io {
+            path: "state store".into(),
+            reason: format!("the call failed: {e}"),
+        }),
     }
 }
 
@@ -512,6 +523,10 @@ impl Controller {
         services: Vec<String>,
         write: Write,
     ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
+        let mut write = write;
+        if let Write::Commit(c) = &mut write {
+            c.based_on = state.revision;
+        }
         let wrote = self
             .persist
             .forward(services.clone(), write)
@@ -533,6 +548,9 @@ fn write_error(services: &[String], e: WriteError) -> ControlError {
     match e {
         WriteError::Unavailable(why) => ControlError::StoreUnavailable(why),
         WriteError::Superseded => superseded(&services.join(", ")),
+        WriteError::Stale(what) => ControlError::Conflict(format!(
+            "the state of {what} was changed by another instance at the same moment; look again and retry"
+        )),
     }
 }
 

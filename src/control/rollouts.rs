@@ -309,6 +309,10 @@ impl Controller {
 
     /// Makes sure an active rollout has a driver, and wakes it.
     pub(super) async fn ensure_driver(self: &Arc<Self>, service: &str) {
+        if !self.leads() {
+            // In a fleet only the leader drives; it learns of the change from the watch.
+            return;
+        }
         let mut state = self.state.lock().await;
         let active = state
             .rollouts

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::persist::{superseded, Write};
 use super::plan::{self, PlanChange};
-use super::{event, ControlError, Controller, Traffic};
+use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::config::{self, Config};
 use crate::listener;
@@ -214,6 +214,11 @@ impl Controller {
         actor: impl Into<Actor>,
     ) -> Result<Applied, ControlError> {
         let actor = &actor.into();
+        // In a fleet the text is the fleet's; what is this instance's own stays its own.
+        let config = match &self.fleet {
+            Some(f) => Config::localize(config, f.local()),
+            None => config,
+        };
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
         let diffs = plan::plan(&state, &config);
@@ -233,28 +238,7 @@ impl Controller {
             }
         }
 
-        let mut started = HashMap::new();
-        for l in &config.listeners {
-            let same = state
-                .listeners
-                .get(&l.name)
-                .is_some_and(|r| r.configured == l.bind && r.tls == l.is_tls());
-            if same {
-                continue;
-            }
-            match listener::bind(l.bind) {
-                Ok(socket) => {
-                    started.insert(l.name.clone(), (l.bind, socket, l.is_tls()));
-                }
-                Err(source) => {
-                    return Err(ControlError::Bind {
-                        name: l.name.clone(),
-                        addr: l.bind,
-                        source,
-                    })
-                }
-            }
-        }
+        let started = bind_new(&state, &config)?;
 
         // Like the listeners, the access log is opened before anything is recorded: after
         // the commit, publishing cannot fail, so the store never holds a configuration
@@ -307,6 +291,7 @@ impl Controller {
             traffic: changes,
             rollout: None,
             events,
+            config: self.fleet.as_ref().and(config.source.clone()),
             ..Commit::default()
         };
         let (mut state, _) = self
@@ -321,9 +306,58 @@ impl Controller {
                 }
             }
         }
+        let generation = self.install(&mut state, config, traffic, started, access_log);
+        for c in &diffs {
+            tracing::info!(op = c.op, what = %c.what, detail = %c.detail, "configuration change");
+        }
+        tracing::info!(
+            generation,
+            %actor,
+            changes = diffs.len(),
+            "configuration applied"
+        );
+        Ok(Applied {
+            generation,
+            changes: diffs,
+        })
+    }
+
+    /// Runs a configuration another instance of the fleet applied and recorded (with the
+    /// traffic it implies, already taken from the same change): binds and opens what it
+    /// needs, then swaps it in. Nothing is recorded here.
+    pub(super) async fn install_config(&self, config: Config) -> Result<u64, ControlError> {
+        let _writer = self.writer.lock().await;
+        let mut state = self.state.lock().await;
+        let config = Arc::new(config);
+        let started = bind_new(&state, &config)?;
+        let access_log = Snapshot::access_log_for(&config, Some(&self.snapshots.load()))?;
+        let traffic = config
+            .services
+            .iter()
+            .map(|s| {
+                let t = state.traffic.get(&s.name).cloned();
+                (
+                    s.name.clone(),
+                    t.unwrap_or_else(|| Traffic::from_config(&s.split)),
+                )
+            })
+            .collect();
+        Ok(self.install(&mut state, config, traffic, started, access_log))
+    }
+
+    /// Swaps a configuration in whose listeners are bound and access log opened: publishes
+    /// it with `traffic`, starts the new listeners and drains those that are gone.
+    fn install(
+        &self,
+        state: &mut State,
+        config: Arc<Config>,
+        traffic: BTreeMap<String, Traffic>,
+        started: Bound,
+        access_log: Option<crate::access_log::AccessLog>,
+    ) -> u64 {
         state.config = config.clone();
         state.traffic = traffic;
-        let generation = self.publish_with(&mut state, access_log);
+        let generation = self.publish_with(state, access_log);
 
         for (name, (configured, socket, tls)) in started {
             match listener::spawn(&name, configured, socket, tls, self.snapshots.clone()) {
@@ -348,18 +382,38 @@ impl Controller {
                 tokio::spawn(l.stop());
             }
         }
-        for c in &diffs {
-            tracing::info!(op = c.op, what = %c.what, detail = %c.detail, "configuration change");
-        }
-        tracing::info!(
-            generation,
-            %actor,
-            changes = diffs.len(),
-            "configuration applied"
-        );
-        Ok(Applied {
-            generation,
-            changes: diffs,
-        })
+        generation
     }
+}
+
+/// Listeners bound ahead of a configuration change, by name: (configured address, socket, TLS).
+type Bound = HashMap<String, (std::net::SocketAddr, tokio::net::TcpListener, bool)>;
+
+/// Binds the listeners of `config` that do not run as configured, so that a failure to bind
+/// changes nothing.
+fn bind_new(state: &State, config: &Config) -> Result<Bound, ControlError> {
+    let mut started = HashMap::new();
+    for l in &config.listeners {
+        let same = state
+            .listeners
+            .get(&l.name)
+            .is_some_and(|r| r.configured == l.bind && r.tls == l.is_tls());
+        if same {
+            continue;
+        }
+        match listener::bind(l.bind) {
+            Ok(socket) => {
+                started.insert(l.name.clone(), (l.bind, socket, l.is_tls()));
+            }
+            Err(source) => {
+                return Err(ControlError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })
+            }
+        }
+    }
+
+    Ok(started)
 }

@@ -262,7 +262,10 @@ impl Controller {
             state.resume_gate.remove(&service);
             state.restore.remove(&service);
         }
-        if was_active && !r.status.is_active() || change.kind == EventKind::RolledBack {
+        // End hooks run where rollouts are driven: in a fleet, the leader (which runs them
+        // for a rollout ended through another instance when the watch brings the end).
+        let ended = was_active && !r.status.is_active() || change.kind == EventKind::RolledBack;
+        if ended && self.leads() {
             let lane = state.end_hooks.entry(service.clone()).or_default().clone();
             self.after_end(&state.config, &r, &change, lane);
         }

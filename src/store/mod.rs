@@ -117,6 +117,10 @@ pub struct Commit {
     /// commit only if none of its keys (each `traffic/<service>` and the rollout's key) was
     /// modified after this revision, and otherwise fails with `StoreError::Stale`.
     pub based_on: i64,
+    /// A fleet's configuration text, applied with this commit (an etcd store writes it to
+    /// the fleet's config key in the same transaction; SQLite, whose instance reads its own
+    /// file, ignores it).
+    pub config: Option<std::sync::Arc<str>>,
 }
 
 /// Everything a store holds, to move it to another (`switchyard store export` / `import`).

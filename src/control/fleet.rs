@@ -1,0 +1,418 @@
+//! A fleet: several instances that share their state in etcd (`store::etcd`).
+//!
+//! Every instance serves traffic from its own snapshot and takes commands; every change is
+//! one etcd transaction, and every instance applies the fleet's changes from one etcd watch
+//! (`follow`), so a switch or an abort made through any instance serves on all of them
+//! within the watch's delay. One instance, the **leader** (an etcd lease, see
+//! `store::etcd::election`), runs what decides by itself — rollout drivers with their guard
+//! and analyses, hooks — and its writes are fenced on its leadership, so a deposed leader
+//! changes nothing. Forward writes of any instance carry the revision they were decided on
+//! and are refused if another instance changed the same state since (`StoreError::Stale`);
+//! moves toward stable always land.
+//!
+//! Without etcd (a partition, an outage) an instance keeps serving its last snapshot (fail
+//! static), shows itself degraded, and never advances a rollout: forward writes fail, and a
+//! leader that cannot renew its lease steps down before it runs out. A rollback decided
+//! meanwhile takes effect on the instance at once and reaches the others when its write
+//! lands (the persister retries it).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{ControlError, Controller, State, Traffic};
+use crate::audit::EventKind;
+use crate::config::{Config, EtcdConfig};
+use crate::rollout::{Rollout, Status};
+use crate::store::etcd::watch::Batch;
+use crate::store::etcd::{Change, ConfigRecord, Connection, InstanceRecord, Leadership};
+use crate::store::{EtcdStore, Store};
+
+/// How long the start waits for etcd before it gives up, naming the endpoints.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// This instance's part in a fleet.
+pub(super) struct Fleet {
+    pub(super) etcd: Arc<EtcdStore>,
+    pub(super) name: String,
+    lease_ttl: Duration,
+    /// The configuration file this instance started with: what is its own (store, instance,
+    /// admin bind, listener overrides) is kept when the fleet's configuration changes.
+    local: Config,
+    leads: AtomicBool,
+    view: Mutex<View>,
+}
+
+#[derive(Default)]
+struct View {
+    leader: Option<InstanceRecord>,
+    instances: std::collections::BTreeMap<String, InstanceRecord>,
+}
+
+/// What `status` shows of the fleet.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FleetStatus {
+    /// This instance.
+    pub instance: String,
+    pub leader: Option<String>,
+    pub leading: bool,
+    /// Whether this instance reaches etcd, its last contact and the state revision it has.
+    pub store: Connection,
+    pub instances: Vec<InstanceRecord>,
+}
+
+/// The instance's name when the file gives none: host name and admin port.
+pub(super) fn default_name(admin_port: u16) -> String {
+    let host = crate::sys::hostname().unwrap_or_else(|| "switchyard".into());
+    format!("{host}:{admin_port}")
+}
+
+/// Connects to the fleet's etcd and settles which configuration runs: the one the fleet
+/// applied last (with this instance's own parts from `local`), or, for the first instance
+/// of a fleet, `local` itself, which it records for the others.
+pub(super) async fn join(
+    cfg: &EtcdConfig,
+    local: Config,
+) -> Result<(Arc<Fleet>, Config), ControlError> {
+    let name = local
+        .instance
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(local.admin.bind.port()));
+    let etcd = EtcdStore::connect(cfg, &name, CONNECT_TIMEOUT).await?;
+    let config = match etcd.config().await? {
+        Some(shared) => {
+            let base = local_base_dir(&local);
+            let parsed = crate::config::parse_async(
+                shared.text.clone(),
+                format!("the fleet's configuration (applied by {})", shared.by),
+                &base,
+            )
+            .await?;
+            tracing::info!(by = %shared.by, "running the fleet's configuration");
+            Config::localize(parsed, &local)
+        }
+        None => {
+            if let Some(text) = &local.source {
+                etcd.put_config(&ConfigRecord {
+                    text: text.to_string(),
+                    by: name.clone(),
+                    at: crate::sys::unix_ms(),
+                })
+                .await?;
+                tracing::info!("first instance of the fleet: its configuration is the fleet's");
+            }
+            local.clone()
+        }
+    };
+    let fleet = Arc::new(Fleet {
+        etcd,
+        name,
+        lease_ttl: cfg.lease_ttl,
+        local,
+        leads: AtomicBool::new(false),
+        view: Mutex::new(View::default()),
+    });
+    Ok((fleet, config))
+}
+
+/// Relative paths of a shared configuration (certificates) resolve against this instance's
+/// own configuration folder.
+fn local_base_dir(local: &Config) -> std::path::PathBuf {
+    match &local.store {
+        crate::config::StoreConfig::Sqlite { path } => {
+            path.parent().map(Path::to_path_buf).unwrap_or_default()
+        }
+        crate::config::StoreConfig::Etcd(_) => std::env::current_dir().unwrap_or_default(),
+    }
+}
+
+impl Fleet {
+    fn leads(&self) -> bool {
+        self.leads.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn local(&self) -> &Config {
+        &self.local
+    }
+}
+
+impl Controller {
+    /// Whether this instance runs rollout drivers: always alone, the leader in a fleet.
+    pub(super) fn leads(&self) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.leads())
+    }
+
+    /// The fleet as this instance sees it; `None` for a single instance.
+    pub fn fleet_status(&self) -> Option<FleetStatus> {
+        let f = self.fleet.as_ref()?;
+        let view = f.view.lock().expect("fleet view");
+        Some(FleetStatus {
+            instance: f.name.clone(),
+            leader: view.leader.as_ref().map(|l| l.name.clone()),
+            leading: f.leads(),
+            store: f.etcd.connection(),
+            instances: view.instances.values().cloned().collect(),
+        })
+    }
+
+    /// Called once the admin API is bound (its address is how peers reach this instance):
+    /// takes part in the leader election and follows who leads.
+    pub async fn join_fleet(self: &Arc<Self>, admin: std::net::SocketAddr) {
+        let Some(f) = &self.fleet else {
+            return;
+        };
+        let now = crate::sys::unix_ms();
+        let me = InstanceRecord {
+            name: f.name.clone(),
+            advertise: f
+                .local
+                .instance
+                .advertise
+                .clone()
+                .unwrap_or_else(|| admin.to_string()),
+            started_at: now,
+            revision: f.etcd.connection().revision,
+            last_contact: now,
+        };
+        let (rx, task) = crate::store::etcd::campaign(f.etcd.clone(), me, f.lease_ttl);
+        let control = self.clone();
+        let follow = tokio::spawn(async move { control.follow_leadership(rx).await });
+        let mut tasks = self.fleet_tasks.lock().expect("fleet tasks");
+        tasks.push(task.abort_handle());
+        tasks.push(follow.abort_handle());
+    }
+
+    async fn follow_leadership(self: Arc<Self>, mut rx: tokio::sync::watch::Receiver<Leadership>) {
+        let Some(f) = self.fleet.clone() else {
+            return;
+        };
+        loop {
+            let l = rx.borrow_and_update().clone();
+            f.view.lock().expect("fleet view").leader = l.leader.clone();
+            let was = f.leads.swap(l.me, Ordering::SeqCst);
+            match (was, l.me) {
+                (false, true) => self.take_over().await,
+                (true, false) => self.step_down().await,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// This instance now leads: every active rollout gets a driver, held until its guard has
+    /// judged one full window (as after a restart: the last leader may have decided a
+    /// rollback it could not record).
+    async fn take_over(self: &Arc<Self>) {
+        let active: Vec<String> = {
+            let mut state = self.state.lock().await;
+            let active: Vec<String> = state
+                .rollouts
+                .values()
+                .filter(|r| r.status.is_active())
+                .map(|r| r.service.clone())
+                .collect();
+            state.resume_gate.extend(active.iter().cloned());
+            active
+        };
+        tracing::warn!(rollouts = active.len(), "this instance leads the fleet now");
+        for service in active {
+            self.ensure_driver(&service).await;
+        }
+    }
+
+    /// This instance no longer leads: what decides stops here (the new leader's drivers take
+    /// over from the recorded state).
+    async fn step_down(&self) {
+        let drivers: Vec<_> = {
+            let mut state = self.state.lock().await;
+            state.drivers.drain().map(|(_, (_, task))| task).collect()
+        };
+        tracing::warn!(
+            drivers = drivers.len(),
+            "this instance no longer leads the fleet"
+        );
+        for task in drivers {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Applies the fleet's changes as etcd delivers them, for the life of the instance.
+    pub(super) async fn follow(self: Arc<Self>, from_revision: i64) {
+        let Some(f) = self.fleet.clone() else {
+            return;
+        };
+        let mut watch = loop {
+            match f.etcd.watch(from_revision).await {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch the fleet's state; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        loop {
+            let batch = watch.next().await;
+            self.apply_batch(&f, batch).await;
+        }
+    }
+
+    async fn apply_batch(self: &Arc<Self>, f: &Fleet, batch: Batch) {
+        let mut touched = Vec::new();
+        let mut config = None;
+        let mut dirty = false;
+        let mut state = self.state.lock().await;
+        for change in batch.changes {
+            match change {
+                Change::Traffic {
+                    service,
+                    record: Some(record),
+                } => {
+                    if self.own_newer(f, &state, &service, batch.revision) {
+                        continue;
+                    }
+                    let t = Traffic::from_record(record);
+                    if state.traffic.get(&service) != Some(&t) {
+                        state.traffic.insert(service, t);
+                        dirty = true;
+                    }
+                }
+                Change::Traffic { record: None, .. } => {}
+                Change::Rollout(r) => {
+                    if self.own_newer(f, &state, &r.service, batch.revision) {
+                        continue;
+                    }
+                    if let Some(s) = self.take_rollout(&mut state, r) {
+                        touched.push(s);
+                        dirty = true;
+                    }
+                }
+                Change::Config(c) => config = Some(c),
+                Change::Leader(l) => f.view.lock().expect("fleet view").leader = l,
+                Change::Instance { name, record } => {
+                    let mut view = f.view.lock().expect("fleet view");
+                    match record {
+                        Some(r) => view.instances.insert(name, r),
+                        None => view.instances.remove(&name),
+                    };
+                }
+                Change::Resync => {
+                    if let Err(e) = self.resync(f, &mut state).await {
+                        tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
+                    } else {
+                        dirty = true;
+                    }
+                }
+            }
+        }
+        state.revision = state.revision.max(batch.revision);
+        if let Some(c) = config.filter(|c| state.config.source.as_deref() != Some(&c.text)) {
+            drop(state);
+            self.apply_shared_config(f, c).await;
+            state = self.state.lock().await;
+            dirty = false;
+        }
+        if dirty {
+            if let Err(e) = self.publish(&mut state) {
+                tracing::error!(error = %e, "cannot publish the fleet's state");
+            }
+        }
+        drop(state);
+        for service in touched {
+            self.ensure_driver(&service).await;
+        }
+    }
+
+    /// Whether this instance holds a newer state of `service` than a change at `revision`:
+    /// a rollback it applied and has not yet recorded, or a write of its own after it.
+    fn own_newer(&self, f: &Fleet, _state: &State, service: &str, revision: i64) -> bool {
+        self.persist.pending_kind(service).is_some() || f.etcd.written_at(service) > revision
+    }
+
+    /// Takes a rollout another instance wrote; the service, when it changed anything. When
+    /// this instance leads and the rollout ended elsewhere, its end hooks run here.
+    fn take_rollout(&self, state: &mut State, r: Rollout) -> Option<String> {
+        let service = r.service.clone();
+        state.config.service(&service)?;
+        let old = state.rollouts.get(&service);
+        if old.is_some_and(|o| o.id > r.id || *o == r) {
+            return None;
+        }
+        let was_active = old.is_some_and(|o| o.id == r.id && o.status.is_active());
+        if let Some(t) = state.traffic.get_mut(&service) {
+            if r.status.is_active() {
+                t.current = super::transition::rollout_split(&r);
+            }
+        }
+        if !r.status.is_active() {
+            state.resume_gate.remove(&service);
+            state.restore.remove(&service);
+            if was_active && self.leads() {
+                let lane = state.end_hooks.entry(service.clone()).or_default().clone();
+                let kind = match r.status {
+                    Status::Completed => EventKind::Completed,
+                    Status::RolledBack => EventKind::RolledBack,
+                    _ => EventKind::Aborted,
+                };
+                let change = crate::rollout::machine::Change {
+                    kind,
+                    reason: r.reason.clone().unwrap_or_default(),
+                    weight_changed: true,
+                };
+                self.after_end(&state.config, &r, &change, lane);
+            }
+        }
+        state.rollouts.insert(service.clone(), r);
+        Some(service)
+    }
+
+    /// After the watch lost its place (etcd compacted the history it needed): the whole
+    /// state again from the store.
+    async fn resync(&self, f: &Fleet, state: &mut State) -> Result<(), ControlError> {
+        let etcd = f.etcd.clone();
+        let persisted = tokio::task::spawn_blocking(move || etcd.load())
+            .await
+            .expect("store task")?;
+        for (service, record) in persisted.traffic {
+            if state.config.service(&service).is_some()
+                && self.persist.pending_kind(&service).is_none()
+            {
+                state.traffic.insert(service, Traffic::from_record(record));
+            }
+        }
+        for (_, r) in persisted.rollouts {
+            self.take_rollout(state, r);
+        }
+        Ok(())
+    }
+
+    /// The fleet applied a new configuration (through another instance, or this one's own
+    /// write coming back): run it here, with this instance's own parts, without recording
+    /// anything — the instance that applied it recorded it, with the traffic it implies.
+    async fn apply_shared_config(&self, f: &Fleet, c: ConfigRecord) {
+        let base = local_base_dir(&f.local);
+        let parsed = crate::config::parse_async(
+            c.text.clone(),
+            format!("the fleet's configuration (applied by {})", c.by),
+            &base,
+        )
+        .await;
+        match parsed {
+            Ok(shared) => {
+                let config = Config::localize(shared, &f.local);
+                if let Err(e) = self.install_config(config).await {
+                    tracing::error!(by = %c.by, error = %e, "cannot run the fleet's new configuration here; keeping the last one");
+                }
+            }
+            Err(e) => {
+                tracing::error!(by = %c.by, error = %e, "the fleet's new configuration does not load here; keeping the last one");
+            }
+        }
+    }
+}
