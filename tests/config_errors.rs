@@ -287,3 +287,67 @@ fn a_service_health_check_problem_is_reported_once_where_it_is_written() {
         "{e}"
     );
 }
+
+/// The store and instance tables of a fleet: each mistake at its key.
+#[test]
+fn store_and_instance_mistakes_are_reported_at_their_keys() {
+    let cases = [
+        (
+            "[store]\nkind = \"etcd\"\n",
+            "sy.toml:18:1: store.endpoints: an etcd store needs endpoints",
+        ),
+        (
+            "[store]\nkind = \"zookeeper\"\n",
+            "sy.toml:19:8: store.kind: unknown store kind \"zookeeper\"",
+        ),
+        (
+            "[store]\nkind = \"etcd\"\nendpoints = [\"https://127.0.0.1:2379\"]\n",
+            "sy.toml:20:14: store.endpoints[0]: \"https://127.0.0.1:2379\": TLS to etcd is not supported yet",
+        ),
+        (
+            "[store]\nkind = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\n",
+            "sy.toml:20:14: store.endpoints[0]: \"127.0.0.1:2379\" is not an etcd endpoint",
+        ),
+        (
+            "[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\npath = \"x.db\"\n",
+            "sy.toml:21:8: store.path: \"path\" is for kind = \"sqlite\"",
+        ),
+        (
+            "[store]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+            "sy.toml:19:13: store.endpoints: \"endpoints\" is for kind = \"etcd\"",
+        ),
+        (
+            "[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"fleet\"\n",
+            "sy.toml:21:10: store.prefix: \"fleet\" is not a key prefix",
+        ),
+        (
+            "[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"1s\"\n",
+            "sy.toml:21:13: store.lease_ttl: \"1s\" is out of range",
+        ),
+        (
+            "[instance]\nlisten = { api = \"127.0.0.1:1\" }\n",
+            "sy.toml:19:18: instance.listen.api: no listener named \"api\" (listeners: web)",
+        ),
+    ];
+    for (extra, want) in cases {
+        let src = format!("{BASE}\n{extra}");
+        let err = switchyard::config::parse(&src, "sy.toml", Path::new("."))
+            .expect_err("should be invalid")
+            .to_string();
+        assert!(
+            err.contains(want),
+            "for\n{extra}\nwant {want:?}\ngot  {err}"
+        );
+    }
+    let fleet = format!(
+        "{BASE}\n[store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy/prod/\"\n\n[instance]\nname = \"lb-1\"\nlisten = {{ web = \"127.0.0.1:8081\" }}\n"
+    );
+    let c = switchyard::config::parse(&fleet, "sy.toml", Path::new(".")).unwrap();
+    match &c.store {
+        switchyard::config::StoreConfig::Etcd(e) => {
+            assert_eq!((e.prefix.as_str(), e.lease_ttl.as_secs()), ("/sy/prod", 5));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.instance.listen["web"].port(), 8081);
+}

@@ -508,6 +508,7 @@ fn print_status(s: &serde_json::Value) {
             s["store"]["last_error"].as_str().unwrap_or("?")
         );
     }
+    print_fleet(&s["fleet"]);
     for l in s["listeners"].as_array().into_iter().flatten() {
         let tls = flag(&l["tls"], " (tls)");
         println!(
@@ -571,5 +572,41 @@ fn print_status(s: &serde_json::Value) {
                 );
             }
         }
+    }
+}
+
+/// The fleet, when the state is shared in etcd: this instance, who leads, every instance
+/// with the state revision it has and when it was last heard of.
+fn print_fleet(f: &serde_json::Value) {
+    if !f.is_object() {
+        return;
+    }
+    let me = str_of(&f["instance"]);
+    let leader = f["leader"].as_str().unwrap_or("none");
+    let store = &f["store"];
+    if store["connected"] == true {
+        println!(
+            "fleet: instance {me}{}, leader {leader}, state revision {}",
+            flag(&f["leading"], " (leads)"),
+            store["revision"]
+        );
+    } else {
+        println!(
+            "fleet: instance {me} DEGRADED — etcd unreachable ({}); serving the last state (revision {}), no rollout moves",
+            store["last_error"].as_str().unwrap_or("no answer"),
+            store["revision"]
+        );
+    }
+    let now = switchyard::sys::unix_ms();
+    for i in f["instances"].as_array().into_iter().flatten() {
+        let name = str_of(&i["name"]);
+        let ago = now - i["last_contact"].as_i64().unwrap_or(now);
+        println!(
+            "  instance {name:<16} {:<22} revision {:<8} last contact {:.1} s ago{}",
+            str_of(&i["advertise"]),
+            i["revision"],
+            ago as f64 / 1000.0,
+            if name == leader { "  leader" } else { "" }
+        );
     }
 }

@@ -16,7 +16,7 @@
 //! meanwhile takes effect on the instance at once and reaches the others when its write
 //! lands (the persister retries it).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +42,8 @@ pub(super) struct Fleet {
     /// The configuration file this instance started with: what is its own (store, instance,
     /// admin bind, listener overrides) is kept when the fleet's configuration changes.
     local: Config,
+    /// The folder of that file (relative paths of the shared configuration).
+    base_dir: PathBuf,
     leads: AtomicBool,
     view: Mutex<View>,
 }
@@ -73,9 +75,12 @@ pub(super) fn default_name(admin_port: u16) -> String {
 /// Connects to the fleet's etcd and settles which configuration runs: the one the fleet
 /// applied last (with this instance's own parts from `local`), or, for the first instance
 /// of a fleet, `local` itself, which it records for the others.
+/// `base_dir`: the folder of this instance's configuration file, against which relative
+/// paths of the shared configuration (certificates, the access log) resolve.
 pub(super) async fn join(
     cfg: &EtcdConfig,
     local: Config,
+    base_dir: PathBuf,
 ) -> Result<(Arc<Fleet>, Config), ControlError> {
     let name = local
         .instance
@@ -85,14 +90,17 @@ pub(super) async fn join(
     let etcd = EtcdStore::connect(cfg, &name, CONNECT_TIMEOUT).await?;
     let config = match etcd.config().await? {
         Some(shared) => {
-            let base = local_base_dir(&local);
             let parsed = crate::config::parse_async(
                 shared.text.clone(),
                 format!("the fleet's configuration (applied by {})", shared.by),
-                &base,
+                &base_dir,
             )
             .await?;
-            tracing::info!(by = %shared.by, "running the fleet's configuration");
+            if local.source.as_deref() != Some(&shared.text) {
+                tracing::warn!(by = %shared.by, "running the fleet's configuration, not this instance's file (apply or reload the file to make it the fleet's)");
+            } else {
+                tracing::info!(by = %shared.by, "running the fleet's configuration");
+            }
             Config::localize(parsed, &local)
         }
         None => {
@@ -111,23 +119,13 @@ pub(super) async fn join(
     let fleet = Arc::new(Fleet {
         etcd,
         name,
+        base_dir,
         lease_ttl: cfg.lease_ttl,
         local,
         leads: AtomicBool::new(false),
         view: Mutex::new(View::default()),
     });
     Ok((fleet, config))
-}
-
-/// Relative paths of a shared configuration (certificates) resolve against this instance's
-/// own configuration folder.
-fn local_base_dir(local: &Config) -> std::path::PathBuf {
-    match &local.store {
-        crate::config::StoreConfig::Sqlite { path } => {
-            path.parent().map(Path::to_path_buf).unwrap_or_default()
-        }
-        crate::config::StoreConfig::Etcd(_) => std::env::current_dir().unwrap_or_default(),
-    }
 }
 
 impl Fleet {
@@ -396,11 +394,10 @@ impl Controller {
     /// write coming back): run it here, with this instance's own parts, without recording
     /// anything — the instance that applied it recorded it, with the traffic it implies.
     async fn apply_shared_config(&self, f: &Fleet, c: ConfigRecord) {
-        let base = local_base_dir(&f.local);
         let parsed = crate::config::parse_async(
             c.text.clone(),
             format!("the fleet's configuration (applied by {})", c.by),
-            &base,
+            &f.base_dir,
         )
         .await;
         match parsed {

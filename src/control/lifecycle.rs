@@ -58,7 +58,12 @@ impl Controller {
             StoreConfig::Sqlite { path } => (Arc::new(SqliteStore::open(path)?), None, config),
             StoreConfig::Etcd(cfg) => {
                 let cfg = cfg.clone();
-                let (fleet, config) = super::fleet::join(&cfg, config).await?;
+                let base_dir = path
+                    .as_ref()
+                    .and_then(|p| p.parent())
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let (fleet, config) = super::fleet::join(&cfg, config, base_dir).await?;
                 (fleet.etcd.clone(), Some(fleet), config)
             }
         };

@@ -304,6 +304,9 @@ impl Persister {
                         // Another instance of the fleet changed the same state first: this
                         // decision was made on an old state, and the store is fine.
                         Err(StoreError::Stale(what)) => Err(WriteError::Stale(what)),
+                        // This instance was deposed while it decided: nothing is wrong with
+                        // the store, and the new leader decides from here.
+                        Err(e @ StoreError::Fenced) => Err(WriteError::Unavailable(e.to_string())),
                         Err(err) => {
                             let err = err.to_string();
                             self.failed(&err);
@@ -525,7 +528,13 @@ impl Controller {
     ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
         let mut write = write;
         if let Write::Commit(c) = &mut write {
-            c.based_on = state.revision;
+            // What this instance has seen of these services: the fleet's changes it applied,
+            // and its own last writes of them (which the watch may not have brought back yet).
+            let own = self.fleet.as_ref().map_or(0, |f| {
+                let written = services.iter().map(|s| f.etcd.written_at(s));
+                written.min().unwrap_or(0)
+            });
+            c.based_on = state.revision.max(own);
         }
         let wrote = self
             .persist
