@@ -18,6 +18,10 @@ use switchyard::client::AdminClient;
 use switchyard::server::Server;
 use tokio_util::sync::CancellationToken;
 
+mod fleet;
+
+pub(crate) use fleet::run as fleet;
+
 const WORKERS: usize = 4;
 
 /// The demo's world: two backends, the balancer in front of them, and an admin client.

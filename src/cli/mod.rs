@@ -135,8 +135,12 @@ enum Command {
     /// A self-contained walk-through: two backends, the balancer, traffic, switches, a canary.
     Demo {
         /// Instead: a canary whose new version fails, rolled back automatically.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fleet")]
         faulty: bool,
+        /// Instead: etcd and three instances sharing their state; the leader is lost
+        /// mid-rollout and another takes over (needs etcd: apt-get install etcd-server).
+        #[arg(long)]
+        fleet: bool,
         /// How long each phase (and each canary pause) lasts.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         phase: std::time::Duration,
@@ -326,12 +330,17 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(worst))
         }
         Command::Demo {
+            fleet: true, phase, ..
+        } => crate::demo::fleet(phase).await.map(|_| ExitCode::SUCCESS),
+        Command::Demo {
             faulty: false,
             phase,
+            ..
         } => crate::demo::run(phase).await.map(|_| ExitCode::SUCCESS),
         Command::Demo {
             faulty: true,
             phase,
+            ..
         } => crate::demo::faulty(phase).await.map(|_| ExitCode::SUCCESS),
         Command::Backend {
             bind,
