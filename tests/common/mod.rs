@@ -5,6 +5,7 @@
 
 pub(crate) mod bin;
 mod cfg;
+pub(crate) mod etcd;
 pub(crate) mod raw;
 pub(crate) mod release;
 mod wait;

@@ -1,7 +1,5 @@
 //! The fleet's store: the state of several instances in etcd, under one prefix.
 //!
-//! SKELETON — signatures agreed with the control plane; bodies are being written.
-//!
 //! Keys under the prefix `P` (values are JSON unless said otherwise):
 //! - `P/traffic/<service>`: a `TrafficRecord`;
 //! - `P/rollouts/<id, 20 digits>`: a `Rollout` (the latest of a service has the highest id);
@@ -13,17 +11,28 @@
 //! - `P/instances/<name>`: each live instance's `InstanceRecord`, attached to its lease.
 
 pub mod client;
+mod dump;
 pub mod election;
+mod events;
+mod keys;
+mod txn;
 pub mod watch;
+mod wire;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
 
-use super::{Commit, Event, EventQuery, NewRollout, Persisted, Store, StoreError, TrafficRecord};
+use super::{Commit, Dump, Event, EventQuery, NewRollout, Persisted, Store, StoreError};
 use crate::config::EtcdConfig;
 use crate::rollout::Rollout;
+use client::{Client, EtcdError};
+use keys::Keys;
+use wire::{Kv, RangeResponse, TxnResponse};
 
 pub use election::{campaign, Leadership};
 pub use watch::{Change, Watch};
@@ -64,8 +73,23 @@ pub struct Connection {
     pub revision: i64,
 }
 
+/// The leadership fence and whether a write found it broken.
+#[derive(Debug, Clone, Copy, Default)]
+struct FenceState {
+    fence: Option<i64>,
+    deposed: bool,
+}
+
 pub struct EtcdStore {
-    _todo: (),
+    client: Client,
+    keys: Keys,
+    /// This instance's name, in event keys.
+    instance: String,
+    /// The runtime `Store` methods block on (they run on `spawn_blocking` threads).
+    rt: Handle,
+    fence: tokio::sync::watch::Sender<FenceState>,
+    /// The `n` of this instance's next event key.
+    next_event: AtomicU64,
 }
 
 impl EtcdStore {
@@ -74,27 +98,49 @@ impl EtcdStore {
     /// Must run on a tokio runtime: the `Store` methods block on it (they are only ever called
     /// from `spawn_blocking`).
     pub async fn connect(
-        _cfg: &EtcdConfig,
-        _instance: &str,
-        _connect_timeout: Duration,
+        cfg: &EtcdConfig,
+        instance: &str,
+        connect_timeout: Duration,
     ) -> Result<Arc<EtcdStore>, StoreError> {
-        todo!()
+        let auth = cfg.username.clone().zip(cfg.password.clone());
+        let store = EtcdStore {
+            client: Client::new(cfg.endpoints.clone(), auth, connect_timeout),
+            keys: Keys::new(&cfg.prefix),
+            instance: instance.to_string(),
+            rt: Handle::current(),
+            fence: tokio::sync::watch::Sender::new(FenceState::default()),
+            next_event: AtomicU64::new(0),
+        };
+        let mut probe = wire::range_prefix(&store.keys.all());
+        probe["limit"] = "1".into();
+        probe["keys_only"] = true.into();
+        let _: RangeResponse = store
+            .client
+            .call("/v3/kv/range", &probe)
+            .await
+            .map_err(|e| store.err(e))?;
+        Ok(Arc::new(store))
     }
 
     /// Leadership fence: while set, every write is a transaction conditioned on the leader
     /// key's create revision being this one; a write that fails the condition returns
     /// `StoreError::Fenced`, clears the fence and wakes `fenced()`.
-    pub fn set_fence(&self, _fence: Option<i64>) {
-        todo!()
+    pub fn set_fence(&self, fence: Option<i64>) {
+        self.fence.send_replace(FenceState {
+            fence,
+            deposed: false,
+        });
     }
 
     /// Resolves when a fenced write found this instance deposed.
     pub async fn fenced(&self) {
-        todo!()
+        let mut rx = self.fence.subscribe();
+        // The sender lives as long as `self`, so `wait_for` only ends on the state.
+        let _ = rx.wait_for(|s| s.deposed).await;
     }
 
     pub fn connection(&self) -> Connection {
-        todo!()
+        self.client.connection()
     }
 
     /// The revision of this instance's last write of `service`'s state (0: none): the watch
@@ -105,48 +151,150 @@ impl EtcdStore {
 
     /// The configuration the fleet applied last, if any.
     pub async fn config(&self) -> Result<Option<ConfigRecord>, StoreError> {
-        todo!()
+        let key = self.keys.config();
+        let r = self.range(wire::range(&key)).await?;
+        r.kvs.first().map(Self::decode).transpose()
     }
 
     /// Records the configuration for the fleet (fenced like every write).
-    pub async fn put_config(&self, _c: &ConfigRecord) -> Result<(), StoreError> {
-        todo!()
+    pub async fn put_config(&self, c: &ConfigRecord) -> Result<(), StoreError> {
+        let put = wire::op_put(&self.keys.config(), &to_json(c), 0);
+        self.write(txn::Write {
+            puts: vec![put],
+            ..txn::Write::default()
+        })
+        .await
+        .map(drop)
     }
 
     /// The live instances (those whose lease is alive).
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        todo!()
+        let r = self
+            .range(wire::range_prefix(&self.keys.instances_prefix()))
+            .await?;
+        r.kvs.iter().map(Self::decode).collect()
     }
 
-    /// Changes under the prefix after `from_revision` (see `watch`).
-    pub async fn watch(self: &Arc<Self>, _from_revision: i64) -> Result<Watch, StoreError> {
-        todo!()
+    /// Changes under the prefix after `from_revision` (see `watch`). The stream is opened
+    /// here, so that the first change is not delayed by it; if etcd cannot be reached now
+    /// the watch still comes back, and keeps trying (it never fails after this).
+    pub async fn watch(self: &Arc<Self>, from_revision: i64) -> Result<Watch, StoreError> {
+        let mut w = Watch::new(self.clone(), from_revision);
+        w.open().await;
+        Ok(w)
     }
+
+    fn err(&self, e: EtcdError) -> StoreError {
+        StoreError::Etcd {
+            endpoints: self.client.endpoints(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: key.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// A stored JSON value, or `Corrupt` naming its key.
+    fn decode<T: DeserializeOwned>(kv: &Kv) -> Result<T, StoreError> {
+        serde_json::from_slice(&kv.value).map_err(|e| Self::corrupt(&kv.key_str(), e))
+    }
+
+    async fn range(&self, req: serde_json::Value) -> Result<RangeResponse, StoreError> {
+        self.client
+            .call("/v3/kv/range", &req)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn txn(&self, req: serde_json::Value) -> Result<TxnResponse, StoreError> {
+        self.client
+            .call("/v3/kv/txn", &req)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Several ranges read at one revision.
+    async fn read(&self, ranges: Vec<serde_json::Value>) -> Result<TxnResponse, StoreError> {
+        let ops = ranges
+            .into_iter()
+            .map(|r| serde_json::json!({ "request_range": r }))
+            .collect();
+        self.txn(wire::txn(vec![], ops, vec![])).await
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("stored records serialise")
 }
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<Persisted, StoreError> {
-        todo!()
+        self.rt.block_on(async {
+            let r = self
+                .read(vec![
+                    wire::range_prefix(&self.keys.traffic_prefix()),
+                    wire::range_prefix(&self.keys.rollouts_prefix()),
+                ])
+                .await?;
+            let mut out = Persisted::default();
+            for kv in r.range(0).map(|r| r.kvs.as_slice()).unwrap_or_default() {
+                if let keys::Key::Traffic(service) = self.keys.decode(&kv.key_str()) {
+                    out.traffic.insert(service, Self::decode(kv)?);
+                }
+            }
+            // Keys sort by id: the last of a service is its latest.
+            for kv in r.range(1).map(|r| r.kvs.as_slice()).unwrap_or_default() {
+                let rollout: Rollout = Self::decode(kv)?;
+                out.rollouts.insert(rollout.service.clone(), rollout);
+            }
+            Ok(out)
+        })
     }
-    fn commit(&self, _c: &Commit) -> Result<(), StoreError> {
-        todo!()
+
+    fn commit(&self, c: &Commit) -> Result<(), StoreError> {
+        self.rt.block_on(self.write(self.commit_write(c))).map(drop)
     }
-    fn create_rollout(&self, _make: &NewRollout) -> Result<u64, StoreError> {
-        todo!()
+
+    fn create_rollout(&self, make: &NewRollout) -> Result<u64, StoreError> {
+        self.rt.block_on(self.create_rollout_async(make))
     }
-    fn events(&self, _q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        todo!()
+
+    fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.rt.block_on(self.query_events(q))
     }
-    fn rollouts(&self, _service: Option<&str>, _limit: usize) -> Result<Vec<Rollout>, StoreError> {
-        todo!()
+
+    fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError> {
+        self.rt.block_on(async {
+            let mut req = wire::range_prefix(&self.keys.rollouts_prefix());
+            req["sort_order"] = "DESCEND".into();
+            req["sort_target"] = "KEY".into();
+            if service.is_none() {
+                req["limit"] = limit.to_string().into();
+            }
+            let r = self.range(req).await?;
+            let mut out = Vec::new();
+            for kv in &r.kvs {
+                let rollout: Rollout = Self::decode(kv)?;
+                if service.is_none_or(|s| s == rollout.service) {
+                    out.push(rollout);
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
     }
-    fn export(&self) -> Result<super::Dump, StoreError> {
-        todo!()
+
+    fn export(&self) -> Result<Dump, StoreError> {
+        self.rt.block_on(self.export_async())
     }
-    fn import(&self, _d: &super::Dump) -> Result<(), StoreError> {
-        todo!()
+
+    fn import(&self, d: &Dump) -> Result<(), StoreError> {
+        self.rt.block_on(self.import_async(d))
     }
 }
-
-#[allow(dead_code)]
-fn _uses(_: TrafficRecord) {}

@@ -1,10 +1,23 @@
-//! SKELETON — the fleet's changes, in revision order, from an etcd watch on the prefix.
+//! The fleet's changes, in revision order, from an etcd watch on the prefix. The stream is
+//! reopened by itself (with backoff) from the revision after the last one delivered; when
+//! etcd no longer has that history (compacted) or cancels the watch, the caller is told to
+//! reload (`Change::Resync`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+
+use super::client::{EtcdError, Lines};
+use super::keys::Key;
+use super::wire::{self, Streamed, WatchEvent, WatchResponse};
 use super::{ConfigRecord, EtcdStore, InstanceRecord};
 use crate::rollout::Rollout;
 use crate::store::TrafficRecord;
+
+/// The first pause before reopening a broken watch; doubled up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One change of the shared state.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,15 +51,200 @@ pub struct Batch {
 /// A watch that survives etcd restarts: `next` reconnects by itself (with backoff) from the
 /// last revision it delivered, and while it cannot, `EtcdStore::connection` says so.
 pub struct Watch {
-    _store: Arc<EtcdStore>,
+    store: Arc<EtcdStore>,
+    raw: RawWatch,
 }
 
 impl Watch {
+    pub(super) fn new(store: Arc<EtcdStore>, from_revision: i64) -> Watch {
+        let all = store.keys.all();
+        Watch {
+            raw: RawWatch::new(store.clone(), &all, true, from_revision),
+            store,
+        }
+    }
+
+    /// Opens the stream now (best effort; `next` retries).
+    pub(super) async fn open(&mut self) {
+        if let Ok(lines) = self.raw.open().await {
+            self.raw.lines = Some(lines);
+        }
+    }
+
     /// The next batch of changes; waits (reconnecting as needed) until there is one.
     pub async fn next(&mut self) -> Batch {
-        todo!()
+        loop {
+            let (revision, events) = match self.raw.next().await {
+                Raw::Resync(revision) => {
+                    return Batch {
+                        revision,
+                        changes: vec![Change::Resync],
+                    }
+                }
+                Raw::Events(revision, events) => (revision, events),
+            };
+            self.store.client.saw_revision(revision);
+            let changes: Vec<Change> = events.iter().filter_map(|e| self.change(e)).collect();
+            if !changes.is_empty() {
+                return Batch { revision, changes };
+            }
+        }
+    }
+
+    /// The typed change of an event; `None` for keys the state does not follow (ids,
+    /// events) and for values that cannot be read (logged).
+    fn change(&self, e: &WatchEvent) -> Option<Change> {
+        let key = e.kv.key_str();
+        Some(match self.store.keys.decode(&key) {
+            Key::Traffic(service) => Change::Traffic {
+                record: value(e, "traffic")?,
+                service,
+            },
+            Key::Rollout => Change::Rollout(value(e, "rollout")??),
+            Key::Config => Change::Config(value(e, "config")??),
+            Key::Leader => Change::Leader(value(e, "leader")?),
+            Key::Instance(name) => Change::Instance {
+                record: value(e, "instance")?,
+                name,
+            },
+            Key::Event | Key::Other => return None,
+        })
     }
 }
 
-#[allow(dead_code)]
-fn _uses(_: Rollout, _: TrafficRecord, _: ConfigRecord, _: InstanceRecord) {}
+/// An event's value: `Some(None)` for a delete, `None` when it cannot be read (logged).
+fn value<T: DeserializeOwned>(e: &WatchEvent, what: &str) -> Option<Option<T>> {
+    if e.is_delete() {
+        return Some(None);
+    }
+    match serde_json::from_slice(&e.kv.value) {
+        Ok(v) => Some(Some(v)),
+        Err(err) => {
+            tracing::warn!(key = e.kv.key_str(), %err, "etcd watch: unreadable {what}, skipped");
+            None
+        }
+    }
+}
+
+/// What a raw watch yields.
+pub(super) enum Raw {
+    /// The events of one answer, and the highest revision among them.
+    Events(i64, Vec<WatchEvent>),
+    /// History lost: reload, then go on after this revision.
+    Resync(i64),
+}
+
+/// A watch on one key or prefix that reopens itself; shared by `Watch` and the election's
+/// watch of the leader key.
+pub(super) struct RawWatch {
+    store: Arc<EtcdStore>,
+    request: serde_json::Value,
+    next_revision: i64,
+    lines: Option<Lines>,
+    backoff: Duration,
+}
+
+impl RawWatch {
+    /// Events after `from_revision` on `key` (a prefix when `prefix`).
+    pub(super) fn new(
+        store: Arc<EtcdStore>,
+        key: &str,
+        prefix: bool,
+        from_revision: i64,
+    ) -> RawWatch {
+        let request = if prefix {
+            wire::range_prefix(key)
+        } else {
+            wire::range(key)
+        };
+        RawWatch {
+            store,
+            request,
+            next_revision: from_revision + 1,
+            lines: None,
+            backoff: MIN_BACKOFF,
+        }
+    }
+
+    /// The next answer with events; reconnects as needed. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Raw {
+        loop {
+            let lines = match &mut self.lines {
+                Some(lines) => lines,
+                None => match self.open().await {
+                    Ok(lines) => self.lines.insert(lines),
+                    Err(e) => {
+                        self.failed(e).await;
+                        continue;
+                    }
+                },
+            };
+            let answer = match lines.next::<Streamed<WatchResponse>>().await {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    self.lines = None;
+                    continue;
+                }
+                Err(e) => {
+                    self.failed(e).await;
+                    continue;
+                }
+            };
+            self.store.client.note(&Ok::<(), EtcdError>(()));
+            self.backoff = MIN_BACKOFF;
+            let Some(w) = answer.result else {
+                // An error object in the stream: open a new one.
+                self.lines = None;
+                continue;
+            };
+            if w.canceled || w.compact_revision > 0 {
+                tracing::warn!(
+                    compacted = w.compact_revision,
+                    reason = w.cancel_reason,
+                    "etcd watch cancelled: reloading the state"
+                );
+                self.lines = None;
+                if let Some(now) = self.current_revision().await {
+                    self.next_revision = now + 1;
+                    return Raw::Resync(now);
+                }
+                continue;
+            }
+            let Some(last) = w.events.iter().map(|e| e.kv.mod_revision).max() else {
+                continue;
+            };
+            self.next_revision = last + 1;
+            return Raw::Events(last, w.events);
+        }
+    }
+
+    async fn open(&self) -> Result<Lines, EtcdError> {
+        let mut create = self.request.clone();
+        create["start_revision"] = self.next_revision.to_string().into();
+        let body = serde_json::json!({ "create_request": create });
+        self.store.client.stream("/v3/watch", &body).await
+    }
+
+    /// The stream broke or could not be opened: noted (the store shows itself disconnected),
+    /// then a pause before the next try.
+    async fn failed(&mut self, e: EtcdError) {
+        self.lines = None;
+        self.store.client.note(&Err::<(), _>(e));
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// etcd's revision now, to go on from after a reload; `None` when unreachable (noted).
+    async fn current_revision(&mut self) -> Option<i64> {
+        let mut probe = self.request.clone();
+        probe["limit"] = "1".into();
+        probe["keys_only"] = true.into();
+        match self.store.range(probe).await {
+            Ok(r) => Some(r.header.revision),
+            Err(_) => {
+                tokio::time::sleep(self.backoff).await;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The keys of a fleet under its prefix (the layout is in `etcd`'s module doc): built and
+//! read back here only.
+
+/// What a key under the prefix holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Key {
+    Traffic(String),
+    Rollout,
+    Event,
+    Config,
+    Leader,
+    Instance(String),
+    /// `P/seq/*` and anything unknown.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    /// With its trailing `/`.
+    root: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Keys {
+        Keys {
+            root: format!("{}/", prefix.trim_end_matches('/')),
+        }
+    }
+
+    /// `P/`: everything of the fleet.
+    pub(super) fn all(&self) -> String {
+        self.root.clone()
+    }
+
+    pub(super) fn traffic_prefix(&self) -> String {
+        format!("{}traffic/", self.root)
+    }
+
+    pub(super) fn traffic(&self, service: &str) -> String {
+        format!("{}traffic/{service}", self.root)
+    }
+
+    pub(super) fn rollouts_prefix(&self) -> String {
+        format!("{}rollouts/", self.root)
+    }
+
+    pub(super) fn rollout(&self, id: u64) -> String {
+        format!("{}rollouts/{id:020}", self.root)
+    }
+
+    pub(super) fn rollout_seq(&self) -> String {
+        format!("{}seq/rollout", self.root)
+    }
+
+    /// The id imported events ended at; computed ids start above it.
+    pub(super) fn event_seq(&self) -> String {
+        format!("{}seq/event", self.root)
+    }
+
+    pub(super) fn events_prefix(&self) -> String {
+        format!("{}events/", self.root)
+    }
+
+    /// Events from unix ms `at` on.
+    pub(super) fn events_from(&self, at: i64) -> String {
+        format!("{}events/{:013}", self.root, at.max(0))
+    }
+
+    pub(super) fn event(&self, at: i64, instance: &str, n: u64) -> String {
+        format!("{}events/{:013}-{instance}-{n}", self.root, at.max(0))
+    }
+
+    pub(super) fn config(&self) -> String {
+        format!("{}config", self.root)
+    }
+
+    pub(super) fn leader(&self) -> String {
+        format!("{}leader", self.root)
+    }
+
+    pub(super) fn instances_prefix(&self) -> String {
+        format!("{}instances/", self.root)
+    }
+
+    pub(super) fn instance(&self, name: &str) -> String {
+        format!("{}instances/{name}", self.root)
+    }
+
+    pub(super) fn decode(&self, key: &str) -> Key {
+        let Some(rest) = key.strip_prefix(&self.root) else {
+            return Key::Other;
+        };
+        if let Some(s) = rest.strip_prefix("traffic/") {
+            return Key::Traffic(s.to_string());
+        }
+        if let Some(s) = rest.strip_prefix("instances/") {
+            return Key::Instance(s.to_string());
+        }
+        match rest {
+            "config" => Key::Config,
+            "leader" => Key::Leader,
+            _ if rest.starts_with("rollouts/") => Key::Rollout,
+            _ if rest.starts_with("events/") => Key::Event,
+            _ => Key::Other,
+        }
+    }
+
+    /// The `n` of an event key (`…-<instance>-<n>`).
+    pub(super) fn event_n(key: &str) -> u64 {
+        key.rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_decode_to_what_they_were_built_for() {
+        let k = Keys::new("/sy/prod");
+        assert_eq!(k.decode(&k.traffic("web")), Key::Traffic("web".into()));
+        assert_eq!(k.decode(&k.rollout(7)), Key::Rollout);
+        assert_eq!(k.rollout(7), "/sy/prod/rollouts/00000000000000000007");
+        assert_eq!(k.decode(&k.instance("lb-1")), Key::Instance("lb-1".into()));
+        assert_eq!(k.decode(&k.leader()), Key::Leader);
+        assert_eq!(k.decode(&k.config()), Key::Config);
+        assert_eq!(k.decode(&k.rollout_seq()), Key::Other);
+        let e = k.event(1_700_000_000_000, "lb-1", 42);
+        assert_eq!(k.decode(&e), Key::Event);
+        assert_eq!(Keys::event_n(&e), 42);
+        assert_eq!(k.decode("/sy/prodx/traffic/web"), Key::Other);
+    }
+}

@@ -1,0 +1,161 @@
+//! Writes: each one etcd transaction, conditioned on this instance's leadership while it
+//! leads (the fence) and, for a forward commit, on its keys being unchanged since the
+//! revision the decision was made on. The failure branch reads the leader key and the
+//! guarded keys, so that a refused write says which condition failed.
+
+use serde_json::Value;
+
+use super::{to_json, wire, EtcdStore};
+use crate::store::{Commit, NewRollout, StoreError};
+
+/// How often `create_rollout` tries again after another instance took the id it read.
+const ID_RACES: usize = 8;
+
+/// One transaction's writes and its conditions.
+#[derive(Debug, Default)]
+pub(super) struct Write {
+    pub puts: Vec<Value>,
+    /// Keys that must not have been modified after `based_on`, each with its service.
+    pub guarded: Vec<(String, String)>,
+    pub based_on: i64,
+    /// Further conditions (the rollout id's compare-and-swap): when only these fail the
+    /// outcome is `Raced`.
+    pub extra: Vec<Value>,
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Outcome {
+    /// Written at this revision.
+    Written(i64),
+    /// An `extra` condition failed.
+    Raced,
+}
+
+impl EtcdStore {
+    /// The puts and conditions of a commit.
+    pub(super) fn commit_write(&self, c: &Commit) -> Write {
+        let mut w = Write {
+            based_on: c.based_on,
+            ..Write::default()
+        };
+        for (service, rec) in &c.traffic {
+            let key = self.keys.traffic(service);
+            w.puts.push(wire::op_put(&key, &to_json(rec), 0));
+            w.guarded.push((key, service.clone()));
+        }
+        if let Some(r) = &c.rollout {
+            let key = self.keys.rollout(r.id);
+            w.puts.push(wire::op_put(&key, &to_json(r), 0));
+            w.guarded.push((key, r.service.clone()));
+        }
+        for e in &c.events {
+            let n = self
+                .next_event
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % 1000;
+            let key = self.keys.event(e.at, &self.instance, n);
+            // The id is made from the key's create revision when read (see `events`).
+            let stored = crate::store::Event { id: 0, ..e.clone() };
+            w.puts.push(wire::op_put(&key, &to_json(&stored), 0));
+        }
+        if !c.forward {
+            w.guarded.clear();
+        }
+        w
+    }
+
+    /// Runs one write; `Fenced` (and the fence cleared, `fenced()` woken) when the leader key
+    /// is no longer this instance's, `Stale` naming the services changed meanwhile.
+    pub(super) async fn write(&self, w: Write) -> Result<Outcome, StoreError> {
+        let fence = self.fence.borrow().fence;
+        let leader = self.keys.leader();
+        let mut compare = Vec::new();
+        if let Some(f) = fence {
+            compare.push(wire::create_revision_is(&leader, f));
+        }
+        for (key, _) in &w.guarded {
+            compare.push(wire::mod_revision_below(key, w.based_on + 1));
+        }
+        compare.extend(w.extra);
+        let mut failure = vec![wire::op_range(&leader)];
+        failure.extend(w.guarded.iter().map(|(key, _)| wire::op_range(key)));
+        let r = self.txn(wire::txn(compare, w.puts, failure)).await?;
+        if r.succeeded {
+            return Ok(Outcome::Written(r.header.revision));
+        }
+        if let Some(f) = fence {
+            let holder = r
+                .range(0)
+                .and_then(|l| l.kvs.first())
+                .map(|kv| kv.create_revision);
+            if holder != Some(f) {
+                self.deposed(f);
+                return Err(StoreError::Fenced);
+            }
+        }
+        let mut stale: Vec<&str> = Vec::new();
+        for (i, (_, service)) in w.guarded.iter().enumerate() {
+            let changed = r
+                .range(i + 1)
+                .and_then(|g| g.kvs.first())
+                .is_some_and(|kv| kv.mod_revision > w.based_on);
+            if changed && !stale.contains(&service.as_str()) {
+                stale.push(service);
+            }
+        }
+        if stale.is_empty() {
+            Ok(Outcome::Raced)
+        } else {
+            Err(StoreError::Stale(stale.join(", ")))
+        }
+    }
+
+    /// The fence `f` was found broken: cleared (unless a newer one was set meanwhile).
+    fn deposed(&self, f: i64) {
+        self.fence.send_if_modified(|s| {
+            if s.fence != Some(f) {
+                return false;
+            }
+            s.fence = None;
+            s.deposed = true;
+            true
+        });
+    }
+
+    /// Takes the next id from `P/seq/rollout` by compare-and-swap, in the same transaction
+    /// as the rollout's commit: ids never repeat across instances.
+    pub(super) async fn create_rollout_async(&self, make: &NewRollout) -> Result<u64, StoreError> {
+        let seq = self.keys.rollout_seq();
+        for attempt in 0..ID_RACES {
+            let r = self.range(wire::range(&seq)).await?;
+            let (last, modified) = match r.kvs.first() {
+                None => (0, 0),
+                Some(kv) => {
+                    let text = String::from_utf8_lossy(&kv.value);
+                    let n: u64 = text
+                        .trim()
+                        .parse()
+                        .map_err(|e| Self::corrupt(&seq, format!("{text:?}: {e}")))?;
+                    (n, kv.mod_revision)
+                }
+            };
+            let id = last + 1;
+            let mut w = self.commit_write(&make(id));
+            w.puts
+                .push(wire::op_put(&seq, id.to_string().as_bytes(), 0));
+            w.extra.push(wire::mod_revision_is(&seq, modified));
+            if let Outcome::Written(_) = self.write(w).await? {
+                return Ok(id);
+            }
+            // Another instance took this id: read again, after a short random pause.
+            let pause = fastrand::u64(1..=5 * (attempt as u64 + 1));
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
+        Err(StoreError::Etcd {
+            endpoints: self.client.endpoints(),
+            reason: format!(
+                "no rollout id after {ID_RACES} tries: other instances kept taking them"
+            ),
+        })
+    }
+}

@@ -1,0 +1,463 @@
+//! The `Store` contract against a real etcd (and, where the same assertions apply, against
+//! SQLite beside it), the fleet's watch, and the election: one leader, replaced within the
+//! lease's TTL, a deposed leader fenced.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::{bounded_test, eventually};
+use switchyard::config::EtcdConfig;
+use switchyard::rollout::{Rollout, Status, Strategy};
+use switchyard::split::Split;
+use switchyard::store::etcd::{campaign, Change, InstanceRecord, Leadership};
+use switchyard::store::{
+    Commit, EtcdStore, Event, EventQuery, SqliteStore, Store, StoreError, TrafficRecord,
+};
+
+/// The lease of the election tests: short, so that a failover is quick to wait for.
+const TTL: Duration = Duration::from_secs(2);
+
+async fn connect(etcd: &Etcd, name: &str) -> Arc<EtcdStore> {
+    connect_to(vec![etcd.endpoint()], name).await.unwrap()
+}
+
+async fn connect_to(endpoints: Vec<String>, name: &str) -> Result<Arc<EtcdStore>, StoreError> {
+    let cfg = EtcdConfig {
+        endpoints,
+        prefix: "/switchyard/test".into(),
+        username: None,
+        password: None,
+        lease_ttl: TTL,
+    };
+    EtcdStore::connect(&cfg, name, Duration::from_secs(2)).await
+}
+
+/// `Store` methods block: they run where the control plane runs them.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn split(blue: f64) -> Split {
+    Split::from_percents([("blue", blue), ("green", 100.0 - blue)]).unwrap()
+}
+
+fn traffic(blue: f64) -> TrafficRecord {
+    TrafficRecord {
+        current: split(blue),
+        previous: None,
+        from_file: split(100.0),
+        stable: Some("blue".into()),
+        retired: vec![],
+        step_from: None,
+    }
+}
+
+fn rollout(id: u64, service: &str) -> Rollout {
+    Rollout {
+        id,
+        ..Rollout::new(
+            service,
+            "blue",
+            "green",
+            Strategy::all_at_once(),
+            "test".into(),
+            1_000,
+        )
+    }
+}
+
+fn event(at: i64, service: &str, kind: &str, actor: &str, rollout: Option<u64>) -> Event {
+    Event {
+        id: 0,
+        at,
+        service: service.into(),
+        rollout,
+        actor: actor.into(),
+        on_behalf_of: None,
+        kind: kind.into(),
+        from: None,
+        to: Some(split(50.0)),
+        reason: format!("{kind} at {at}"),
+    }
+}
+
+fn traffic_commit(service: &str, blue: f64) -> Commit {
+    Commit {
+        traffic: vec![(service.into(), traffic(blue))],
+        ..Commit::default()
+    }
+}
+
+/// The same assertions on any store: commits load back, the latest rollout per service
+/// wins, rollouts list newest first.
+fn round_trip_contract(store: &dyn Store) {
+    let a1 = store.create_rollout(&|id| Commit {
+        rollout: Some(rollout(id, "web")),
+        ..traffic_commit("web", 90.0)
+    });
+    let a1 = a1.unwrap();
+    let b1 = store.create_rollout(&|id| Commit {
+        rollout: Some(rollout(id, "api")),
+        ..Commit::default()
+    });
+    let b1 = b1.unwrap();
+    let mut finished = rollout(a1, "web");
+    finished.status = Status::Completed;
+    store
+        .commit(&Commit {
+            rollout: Some(finished.clone()),
+            ..traffic_commit("web", 0.0)
+        })
+        .unwrap();
+    let a2 = store
+        .create_rollout(&|id| Commit {
+            rollout: Some(rollout(id, "web")),
+            ..Commit::default()
+        })
+        .unwrap();
+    assert!(a1 < b1 && b1 < a2, "ids increase: {a1} {b1} {a2}");
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.traffic.len(), 1);
+    assert_eq!(loaded.traffic["web"], traffic(0.0));
+    assert_eq!(loaded.rollouts["web"].id, a2);
+    assert_eq!(loaded.rollouts["api"].id, b1);
+    let ids = |rs: Vec<Rollout>| rs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.rollouts(None, 10).unwrap()), vec![a2, b1, a1]);
+    assert_eq!(ids(store.rollouts(Some("web"), 10).unwrap()), vec![a2, a1]);
+    assert_eq!(ids(store.rollouts(Some("web"), 1).unwrap()), vec![a2]);
+    assert_eq!(store.rollouts(Some("web"), 10).unwrap()[1], finished);
+}
+
+/// Every query an operator makes of the history, answered as (service, kind, at), newest
+/// first; ids checked to be unique and decreasing.
+fn event_answers(store: &dyn Store) -> Vec<Vec<(String, String, i64)>> {
+    let commits = [
+        vec![event(3_000, "web", "switch", "admin", None)],
+        vec![
+            event(1_000, "api", "rollout.start", "alice", Some(1)),
+            event(1_000, "api", "weight", "schedule", Some(1)),
+        ],
+        vec![event(5_000, "web", "weight", "guard", Some(2))],
+        vec![event(2_000, "web", "abort", "alice", Some(2))],
+    ];
+    for events in commits {
+        store
+            .commit(&Commit {
+                events,
+                ..Commit::default()
+            })
+            .unwrap();
+    }
+    let queries = [
+        EventQuery::default(),
+        EventQuery {
+            service: Some("web".into()),
+            ..EventQuery::default()
+        },
+        EventQuery {
+            rollout: Some(2),
+            ..EventQuery::default()
+        },
+        EventQuery {
+            kind: Some("weight".into()),
+            ..EventQuery::default()
+        },
+        EventQuery {
+            actor: Some("alice".into()),
+            ..EventQuery::default()
+        },
+        EventQuery {
+            since: Some(2_000),
+            ..EventQuery::default()
+        },
+        EventQuery {
+            limit: Some(2),
+            ..EventQuery::default()
+        },
+        EventQuery {
+            service: Some("web".into()),
+            since: Some(2_500),
+            limit: Some(1),
+            ..EventQuery::default()
+        },
+    ];
+    queries
+        .iter()
+        .map(|q| {
+            let found = store.events(q).unwrap();
+            let ids: Vec<i64> = found.iter().map(|e| e.id).collect();
+            assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+            found
+                .into_iter()
+                .map(|e| (e.service, e.kind, e.at))
+                .collect()
+        })
+        .collect()
+}
+
+bounded_test! {
+    /// Commit, create_rollout, load and rollouts answer alike on SQLite and etcd.
+    async fn commits_load_back_alike_on_sqlite_and_etcd() {
+        let etcd = Etcd::start().await;
+        let store = connect(&etcd, "lb-1").await;
+        blocking(move || round_trip_contract(&*store)).await;
+        let sqlite = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
+        round_trip_contract(&sqlite);
+    }
+}
+
+bounded_test! {
+    /// Every event query (each filter, since, limit) gives the same events in the same
+    /// newest-first order on SQLite and on etcd.
+    async fn event_queries_answer_alike_on_sqlite_and_etcd() {
+        let etcd = Etcd::start().await;
+        let store = connect(&etcd, "lb-1").await;
+        let on_etcd = blocking(move || event_answers(&*store)).await;
+        let sqlite = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
+        let on_sqlite = event_answers(&sqlite);
+        assert_eq!(on_etcd, on_sqlite);
+        let kinds = |i: usize| on_sqlite[i].iter().map(|e| e.1.as_str()).collect::<Vec<_>>();
+        assert_eq!(kinds(0), ["abort", "weight", "weight", "rollout.start", "switch"]);
+        assert_eq!(kinds(5), ["abort", "weight", "switch"]);
+        assert_eq!(kinds(7), ["weight"]);
+    }
+}
+
+bounded_test! {
+    /// Two instances creating rollouts at once on one prefix never get the same id, and
+    /// together they use every id from 1 up.
+    async fn rollout_ids_from_two_instances_never_collide() {
+        let etcd = Etcd::start().await;
+        let stores = [connect(&etcd, "lb-1").await, connect(&etcd, "lb-2").await];
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = stores[i % 2].clone();
+            let service = format!("svc-{i}");
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let mut ids = Vec::new();
+                for _ in 0..4 {
+                    let service = service.clone();
+                    let make = move |id| Commit {
+                        rollout: Some(rollout(id, &service)),
+                        ..Commit::default()
+                    };
+                    ids.push(store.create_rollout(&make).unwrap());
+                }
+                ids
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await.unwrap());
+        }
+        let unique: BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "an id was handed out twice: {ids:?}");
+        assert_eq!(unique, (1..=32).collect::<BTreeSet<u64>>());
+    }
+}
+
+bounded_test! {
+    /// A forward commit based on a revision older than another instance's write to the
+    /// same service is refused as stale (naming it), while a move toward stable made on
+    /// the same old revision lands.
+    async fn a_forward_commit_on_an_old_revision_is_stale_and_a_move_to_stable_lands() {
+        let etcd = Etcd::start().await;
+        let (a, b) = (connect(&etcd, "lb-1").await, connect(&etcd, "lb-2").await);
+        let a2 = a.clone();
+        blocking(move || a2.commit(&traffic_commit("web", 100.0)).unwrap()).await;
+        let seen = a.connection().revision;
+        blocking(move || b.commit(&traffic_commit("web", 80.0)).unwrap()).await;
+        let forward = Commit {
+            forward: true,
+            based_on: seen,
+            ..traffic_commit("web", 50.0)
+        };
+        let a2 = a.clone();
+        let err = blocking(move || a2.commit(&forward)).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Stale(s) if s == "web"), "{err}");
+        let a2 = a.clone();
+        blocking(move || a2.commit(&traffic_commit("web", 100.0)).unwrap()).await;
+        let now = a.connection().revision;
+        let forward = Commit {
+            forward: true,
+            based_on: now,
+            ..traffic_commit("web", 50.0)
+        };
+        let a2 = a.clone();
+        blocking(move || a2.commit(&forward).unwrap()).await;
+        let loaded = blocking(move || a.load().unwrap()).await;
+        assert_eq!(loaded.traffic["web"], traffic(50.0));
+    }
+}
+
+bounded_test! {
+    /// The watch delivers each put in revision order, goes on from where it stood after
+    /// etcd was stopped and started again (the store showing itself disconnected meanwhile).
+    async fn watch_delivers_puts_in_order_and_survives_an_etcd_restart() {
+        let mut etcd = Etcd::start().await;
+        let (a, b) = (connect(&etcd, "lb-1").await, connect(&etcd, "lb-2").await);
+        let mut watch = a.watch(a.connection().revision).await.unwrap();
+        let mut latencies = Vec::new();
+        for blue in [90.0, 80.0, 70.0] {
+            let b2 = b.clone();
+            let sent = Instant::now();
+            blocking(move || b2.commit(&traffic_commit("web", blue)).unwrap()).await;
+            let batch = watch.next().await;
+            latencies.push(sent.elapsed());
+            let record = Some(traffic(blue));
+            assert_eq!(batch.changes, vec![Change::Traffic { service: "web".into(), record }]);
+            assert_eq!(batch.revision, b.connection().revision);
+        }
+        println!("commit → watch: {latencies:?}");
+        etcd.stop().await;
+        let a2 = a.clone();
+        let pending = tokio::spawn(async move { watch.next().await });
+        eventually(Duration::from_secs(5), "the store shows etcd unreachable", || {
+            let c = a2.connection();
+            async move { !c.connected && c.last_error.is_some() }
+        })
+        .await;
+        etcd.start_again().await;
+        let b2 = b.clone();
+        eventually(Duration::from_secs(10), "a commit lands after the restart", || {
+            let b2 = b2.clone();
+            async move { blocking(move || b2.commit(&traffic_commit("web", 60.0)).is_ok()).await }
+        })
+        .await;
+        let batch = pending.await.unwrap();
+        let record = Some(traffic(60.0));
+        assert_eq!(batch.changes, vec![Change::Traffic { service: "web".into(), record }]);
+        assert!(a.connection().connected);
+    }
+}
+
+bounded_test! {
+    /// A watch from a revision etcd compacted away says to reload (`Resync`) and goes on
+    /// with the changes after it.
+    async fn a_watch_from_a_compacted_revision_yields_resync_then_goes_on() {
+        let etcd = Etcd::start().await;
+        let a = connect(&etcd, "lb-1").await;
+        for blue in [90.0, 80.0, 70.0] {
+            let a2 = a.clone();
+            blocking(move || a2.commit(&traffic_commit("web", blue)).unwrap()).await;
+        }
+        let now = a.connection().revision;
+        etcd.compact(now).await;
+        let mut watch = a.watch(1).await.unwrap();
+        let batch = watch.next().await;
+        assert_eq!(batch.changes, vec![Change::Resync]);
+        assert!(batch.revision >= now, "{} < {now}", batch.revision);
+        let a2 = a.clone();
+        blocking(move || a2.commit(&traffic_commit("web", 10.0)).unwrap()).await;
+        let record = Some(traffic(10.0));
+        assert_eq!(watch.next().await.changes, vec![Change::Traffic { service: "web".into(), record }]);
+    }
+}
+
+fn me(name: &str) -> InstanceRecord {
+    InstanceRecord {
+        name: name.into(),
+        advertise: format!("127.0.0.1:99{}", name.len()),
+        started_at: 1,
+        revision: 0,
+        last_contact: 0,
+    }
+}
+
+/// Waits until exactly one of `seen` leads, and every other knows it; its index.
+async fn one_leader(seen: &[tokio::sync::watch::Receiver<Leadership>], within: Duration) -> usize {
+    eventually(within, "one leader, known to all", || {
+        let all: Vec<Leadership> = seen.iter().map(|s| s.borrow().clone()).collect();
+        async move {
+            let leaders: Vec<&Leadership> = all.iter().filter(|l| l.me).collect();
+            let name = leaders
+                .first()
+                .and_then(|l| l.leader.as_ref())
+                .map(|r| r.name.clone());
+            leaders.len() == 1
+                && all
+                    .iter()
+                    .all(|l| l.leader.as_ref().map(|r| r.name.clone()) == name)
+        }
+    })
+    .await;
+    seen.iter().position(|s| s.borrow().me).unwrap()
+}
+
+bounded_test! {
+    /// Three campaigns: one leads and all know it; its campaign stops dead (a paused
+    /// process: no resign, no revoke) and another leads within TTL + 1 s; the old leader's
+    /// fenced commit is then refused as `Fenced` and wakes `fenced()`.
+    async fn one_of_three_leads_and_another_takes_over_within_the_ttl_and_fences_the_first() {
+        let etcd = Etcd::start().await;
+        let mut stores = Vec::new();
+        let (mut seen, mut tasks) = (Vec::new(), Vec::new());
+        for name in ["lb-1", "lb-2", "lb-3"] {
+            let store = connect(&etcd, name).await;
+            let (rx, task) = campaign(store.clone(), me(name), TTL);
+            stores.push(store);
+            seen.push(rx);
+            tasks.push(task);
+        }
+        let first = one_leader(&seen, Duration::from_secs(5)).await;
+        let instances = stores[0].instances().await.unwrap();
+        assert_eq!(instances.len(), 3, "{instances:?}");
+        tasks[first].abort();
+        let stopped = Instant::now();
+        let rest: Vec<_> = (0..3).filter(|i| *i != first).map(|i| seen[i].clone()).collect();
+        let next = one_leader(&rest, TTL + Duration::from_secs(3)).await;
+        let took = stopped.elapsed();
+        println!("failover took {took:?}");
+        assert!(took < TTL + Duration::from_secs(1), "failover took {took:?}");
+        let new = rest[next].borrow().leader.clone().unwrap();
+        assert_ne!(new.name, ["lb-1", "lb-2", "lb-3"][first]);
+        let deposed = stores[first].clone();
+        let woken = tokio::spawn({
+            let d = deposed.clone();
+            async move { d.fenced().await }
+        });
+        let err = blocking(move || deposed.commit(&traffic_commit("web", 0.0))).await.unwrap_err();
+        assert!(matches!(err, StoreError::Fenced), "{err}");
+        tokio::time::timeout(Duration::from_secs(1), woken).await.unwrap().unwrap();
+        let loaded = blocking({
+            let s = stores[first].clone();
+            move || s.load().unwrap()
+        })
+        .await;
+        assert!(loaded.traffic.is_empty(), "the deposed leader wrote: {:?}", loaded.traffic);
+    }
+}
+
+bounded_test! {
+    /// A leader that cannot renew its lease (etcd paused) stops leading before the lease
+    /// can have run out on etcd's side, and leads again once etcd is back.
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out() {
+        let etcd = Etcd::start().await;
+        let store = connect(&etcd, "lb-1").await;
+        let (mut seen, _task) = campaign(store.clone(), me("lb-1"), TTL);
+        let first = seen.wait_for(|l| l.me).await.unwrap().clone();
+        assert_eq!(first.leader.unwrap().name, "lb-1");
+        etcd.pause();
+        let paused = Instant::now();
+        seen.wait_for(|l| !l.me).await.unwrap();
+        let took = paused.elapsed();
+        etcd.resume();
+        assert!(took < TTL, "stepped down {took:?} after its last chance to renew");
+        tokio::time::timeout(TTL * 4, seen.wait_for(|l| l.me)).await.unwrap().unwrap();
+    }
+}
+
+bounded_test! {
+    /// Connecting to an endpoint where nothing listens fails at once, naming it and why.
+    async fn connect_to_a_dead_endpoint_fails_naming_it() {
+        let dead = format!("http://{}", common::bin::free_port());
+        let err = connect_to(vec![dead.clone()], "lb-1").await.err().expect("no etcd there");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Etcd { .. }), "{text}");
+        assert!(text.contains(&dead) && text.contains("refused"), "{text}");
+    }
+}
