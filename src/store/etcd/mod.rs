@@ -90,6 +90,8 @@ pub struct EtcdStore {
     fence: tokio::sync::watch::Sender<FenceState>,
     /// The `n` of this instance's next event key.
     next_event: AtomicU64,
+    /// Per service, the revision of this instance's last write of its state.
+    written: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl EtcdStore {
@@ -110,6 +112,7 @@ impl EtcdStore {
             rt: Handle::current(),
             fence: tokio::sync::watch::Sender::new(FenceState::default()),
             next_event: AtomicU64::new(0),
+            written: Default::default(),
         };
         let mut probe = wire::range_prefix(&store.keys.all());
         probe["limit"] = "1".into();
@@ -145,8 +148,23 @@ impl EtcdStore {
 
     /// The revision of this instance's last write of `service`'s state (0: none): the watch
     /// delivers older changes of it after the instance already applied its own.
-    pub fn written_at(&self, _service: &str) -> i64 {
-        todo!()
+    pub fn written_at(&self, service: &str) -> i64 {
+        let written = self.written.lock().expect("written");
+        written.get(service).copied().unwrap_or(0)
+    }
+
+    /// A commit landed at `revision`: its services' state is this instance's from there.
+    pub(super) fn note_written(&self, c: &Commit, revision: i64) {
+        let mut written = self.written.lock().expect("written");
+        let services = c
+            .traffic
+            .iter()
+            .map(|(s, _)| s)
+            .chain(c.rollout.iter().map(|r| &r.service));
+        for s in services {
+            let at = written.entry(s.clone()).or_default();
+            *at = (*at).max(revision);
+        }
     }
 
     /// The configuration the fleet applied last, if any.
@@ -256,7 +274,12 @@ impl Store for EtcdStore {
     }
 
     fn commit(&self, c: &Commit) -> Result<(), StoreError> {
-        self.rt.block_on(self.write(self.commit_write(c))).map(drop)
+        if let txn::Outcome::Written(revision) =
+            self.rt.block_on(self.write(self.commit_write(c)))?
+        {
+            self.note_written(c, revision);
+        }
+        Ok(())
     }
 
     fn create_rollout(&self, make: &NewRollout) -> Result<u64, StoreError> {

@@ -58,6 +58,15 @@ impl EtcdStore {
             let stored = crate::store::Event { id: 0, ..e.clone() };
             w.puts.push(wire::op_put(&key, &to_json(&stored), 0));
         }
+        if let Some(text) = &c.config {
+            let record = super::ConfigRecord {
+                text: text.to_string(),
+                by: self.instance.clone(),
+                at: crate::sys::unix_ms(),
+            };
+            w.puts
+                .push(wire::op_put(&self.keys.config(), &to_json(&record), 0));
+        }
         if !c.forward {
             w.guarded.clear();
         }
@@ -140,11 +149,13 @@ impl EtcdStore {
                 }
             };
             let id = last + 1;
-            let mut w = self.commit_write(&make(id));
+            let commit = make(id);
+            let mut w = self.commit_write(&commit);
             w.puts
                 .push(wire::op_put(&seq, id.to_string().as_bytes(), 0));
             w.extra.push(wire::mod_revision_is(&seq, modified));
-            if let Outcome::Written(_) = self.write(w).await? {
+            if let Outcome::Written(revision) = self.write(w).await? {
+                self.note_written(&commit, revision);
                 return Ok(id);
             }
             // Another instance took this id: read again, after a short random pause.
