@@ -124,6 +124,7 @@ impl Controller {
             counts: Default::default(),
             observer,
             observer_task,
+            peers: super::peers::Peers::new(snapshots.clone(), clock.clone()),
             snapshots,
             state: Mutex::new(State {
                 config,
@@ -160,6 +161,7 @@ impl Controller {
     /// decided late is still in the queue when it is drained, and nothing waits forever.
     pub async fn shutdown(&self) {
         self.observer_task.abort();
+        self.peers.set(Vec::new());
         let drivers: Vec<_> = {
             let mut state = self.state.lock().await;
             state.health.stop();

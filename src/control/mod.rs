@@ -12,6 +12,7 @@ mod guard;
 mod hooks;
 mod lifecycle;
 mod observe;
+mod peers;
 mod persist;
 mod plan;
 mod publish;
@@ -39,6 +40,7 @@ use persist::Persister;
 use publish::view;
 
 pub use clock::Clock;
+pub use peers::{FleetSeconds, Peer, PeerView};
 pub use persist::StoreHealth;
 use plan::keeps_split;
 pub use plan::PlanChange;
@@ -176,6 +178,8 @@ pub struct Controller {
     clock: Clock,
     observer: Arc<observe::Observer>,
     observer_task: tokio::task::AbortHandle,
+    /// The fleet's other instances, pulled for fleet-wide judgement (empty alone).
+    peers: peers::Peers,
     /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
     pub counts: std::sync::Mutex<Counts>,
 }

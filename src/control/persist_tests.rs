@@ -62,6 +62,12 @@ impl Store for Fake {
     fn rollouts(&self, _: Option<&str>, _: usize) -> Result<Vec<Rollout>, StoreError> {
         Ok(Vec::new())
     }
+    fn export(&self) -> Result<crate::store::Dump, StoreError> {
+        unreachable!()
+    }
+    fn import(&self, _: &crate::store::Dump) -> Result<(), StoreError> {
+        unreachable!()
+    }
 }
 
 fn commit(label: &str) -> Commit {
