@@ -141,18 +141,22 @@ impl Window {
         }
     }
 
+    /// The slots of the seconds `[from, to]` still kept (at most the last 11 minutes up to
+    /// `to`), each with its second; slots a newer second took over are skipped.
+    fn slots_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, &Slot)> {
+        (from.max(to.saturating_sub(SLOTS - 1))..=to).filter_map(move |sec| {
+            let s = &self.slots[(sec % SLOTS) as usize];
+            (s.second.load(Relaxed) == sec).then_some((sec, s))
+        })
+    }
+
     /// Totals over the seconds `[from, to]` (slots of other seconds are skipped).
     pub fn summary(&self, from: u64, to: u64) -> Summary {
         let mut out = Summary {
             seconds: to.saturating_sub(from) + 1,
             ..Summary::default()
         };
-        let from = from.max(to.saturating_sub(SLOTS - 1));
-        for sec in from..=to {
-            let s = &self.slots[(sec % SLOTS) as usize];
-            if s.second.load(Relaxed) != sec {
-                continue;
-            }
+        for (_, s) in self.slots_in(from, to) {
             out.requests += s.requests.load(Relaxed);
             for i in 0..5 {
                 out.classes[i] += s.classes[i].load(Relaxed);
@@ -183,13 +187,8 @@ impl Window {
     /// The seconds `[from, to]` that saw anything, each as a [`Second`] (empty ones left
     /// out: an idle group costs nothing to send).
     pub fn seconds(&self, from: u64, to: u64) -> Vec<Second> {
-        let from = from.max(to.saturating_sub(SLOTS - 1));
-        (from..=to)
-            .filter_map(|sec| {
-                let s = &self.slots[(sec % SLOTS) as usize];
-                if s.second.load(Relaxed) != sec {
-                    return None;
-                }
+        self.slots_in(from, to)
+            .filter_map(|(sec, s)| {
                 let out = Second {
                     second: sec,
                     requests: s.requests.load(Relaxed),

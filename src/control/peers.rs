@@ -93,6 +93,9 @@ pub struct PeerView {
     pub observed: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
+/// Summaries being added to, by group name.
+type Sums<'a, 'b> = [(&'a str, &'b mut Summary)];
+
 /// What has been pulled from one peer.
 #[derive(Debug, Default)]
 struct Pulled {
@@ -145,13 +148,7 @@ impl Pulled {
 
     /// Adds the peer's seconds `[from, to]` of `service`'s groups to their summaries; true
     /// when it had any.
-    fn add_to(
-        &self,
-        service: &str,
-        groups: &mut [(&str, &mut Summary)],
-        from: u64,
-        to: u64,
-    ) -> bool {
+    fn add_to(&self, service: &str, groups: &mut Sums, from: u64, to: u64) -> bool {
         let mut any = false;
         for (group, summary) in groups.iter_mut() {
             let key = (service.to_string(), group.to_string());
@@ -159,9 +156,9 @@ impl Pulled {
                 .seconds
                 .get(&key)
                 .into_iter()
-                .flat_map(|k| k.range(from..=to))
+                .flat_map(|k| within(k, from, to))
             {
-                summary.add(s.1);
+                summary.add(s);
                 any = true;
             }
         }
@@ -172,7 +169,7 @@ impl Pulled {
     fn observed(&self, from: u64, to: u64) -> BTreeMap<String, BTreeMap<String, f64>> {
         let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for ((service, group), kept) in &self.seconds {
-            let n: u64 = kept.range(from..=to).map(|(_, s)| s.requests).sum();
+            let n: u64 = within(kept, from, to).map(|s| s.requests).sum();
             *counts
                 .entry(service.clone())
                 .or_default()
@@ -193,6 +190,15 @@ impl Pulled {
             })
             .collect()
     }
+}
+
+/// The seconds `[from, to]` of `kept`; none when `from` is past `to` (a guard that began
+/// this second asks from the next one).
+fn within(kept: &BTreeMap<u64, Second>, from: u64, to: u64) -> impl Iterator<Item = &Second> {
+    (from <= to)
+        .then(|| kept.range(from..=to).map(|(_, s)| s))
+        .into_iter()
+        .flatten()
 }
 
 /// A followed peer: what was pulled, and the task pulling it.
@@ -256,13 +262,7 @@ impl Peers {
 
     /// Adds every peer's seconds `[from, to]` of `service`'s groups; the number of peers
     /// that had any.
-    fn add_to(
-        &self,
-        service: &str,
-        groups: &mut [(&str, &mut Summary)],
-        from: u64,
-        to: u64,
-    ) -> usize {
+    fn add_to(&self, service: &str, groups: &mut Sums, from: u64, to: u64) -> usize {
         let followed = self.followed.lock().expect("peers lock");
         followed
             .iter()
