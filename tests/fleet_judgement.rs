@@ -276,7 +276,7 @@ bounded_test! {
 bounded_test! {
     /// `GET /api/v1/fleet/seconds?from=S`: the instance's clock, and per service and group
     /// the seconds from S that saw anything, with counters by class and a sparse latency
-    /// histogram; nothing before S; read scope.
+    /// histogram; nothing before S; `seconds=1` a page of one; read scope.
     async fn the_fleet_seconds_endpoint_answers_each_groups_seconds_from_the_asked_one() {
         let (blue, green) = TestBackend::pair().await;
         let sy = start(&blue_green(blue.addr, green.addr).build()).await;
@@ -303,6 +303,14 @@ bounded_test! {
         assert_eq!(in_buckets, 3, "{v}");
         assert_eq!(v["services"]["shop"]["green"], json!([]), "an idle group sends nothing");
 
+        assert_eq!(v["to"], v["now_second"], "{v}");
+        let page = api
+            .get(&format!("/api/v1/fleet/seconds?from={from}&seconds=1"))
+            .await
+            .unwrap();
+        assert_eq!(page["to"], from, "{page}");
+        let first = page["services"]["shop"]["blue"].as_array().unwrap();
+        assert!(first.iter().all(|s| s["second"] == from), "{page}");
         let later = api.get(&format!("/api/v1/fleet/seconds?from={}", now + 5)).await.unwrap();
         assert_eq!(later["services"]["shop"]["blue"], json!([]), "{later}");
         let url = format!("http://{}/api/v1/fleet/seconds", sy.admin_addr);

@@ -14,10 +14,12 @@ use crate::control::FleetSeconds;
 pub(super) struct SecondsQuery {
     /// The first second wanted, on this instance's window clock (default: the oldest kept).
     from: Option<u64>,
+    /// At most this many seconds from `from` (default: up to now).
+    seconds: Option<u64>,
 }
 
-/// `GET /api/v1/fleet/seconds?from=S`: per service and group, the seconds from `S` to now
-/// that saw anything, and this instance's clock.
+/// `GET /api/v1/fleet/seconds?from=S&seconds=N`: per service and group, the seconds from
+/// `S` to now (or the first `N` of them) that saw anything, and this instance's clock.
 pub(super) async fn seconds(
     State(api): State<Api>,
     q: Result<Query<SecondsQuery>, QueryRejection>,
@@ -26,5 +28,6 @@ pub(super) async fn seconds(
     Ok(Json(FleetSeconds::of(
         &api.control.snapshot(),
         q.from.unwrap_or(0),
+        q.seconds,
     )))
 }

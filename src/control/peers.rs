@@ -33,6 +33,10 @@ use crate::snapshot::Snapshot;
 const EVERY: Duration = Duration::from_millis(250);
 /// How long one pull may take; a peer slower than that is stale until it answers again.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// The most seconds one pull asks for: a leader catching up on 11 minutes of a peer's busy
+/// groups does it in pages, each well under what an answer may weigh
+/// (`bounded::http::MAX_ANSWER_BYTES`; a busy group's second is under 1 KiB).
+const PAGE: u64 = 60;
 /// The seconds a peer's observed split is taken over, in its view.
 const OBSERVED_SECONDS: u64 = 5;
 
@@ -44,10 +48,13 @@ pub struct Peer {
 }
 
 /// What `GET /api/v1/fleet/seconds` answers: per service and group, the seconds from the
-/// asked one to now that saw anything, on this instance's window clock.
+/// asked one to `to` (now, unless fewer were asked for) that saw anything, on this
+/// instance's window clock.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetSeconds {
     pub now_second: u64,
+    /// The last second this answer covers: `now_second` unless `seconds` cut it short.
+    pub to: u64,
     /// The same clock in milliseconds: how the puller maps these seconds onto its own.
     pub now_ms: u64,
     pub services: BTreeMap<String, BTreeMap<String, Vec<Second>>>,
@@ -55,10 +62,14 @@ pub struct FleetSeconds {
 
 impl FleetSeconds {
     /// The seconds from `from` to now of every group of the snapshot (at most the 11
-    /// minutes the window keeps).
-    pub fn of(snap: &Snapshot, from: u64) -> FleetSeconds {
+    /// minutes the window keeps), or only the first `most` of them from the oldest kept.
+    pub fn of(snap: &Snapshot, from: u64, most: Option<u64>) -> FleetSeconds {
         let now_ms = metrics::now_ms();
         let now_second = now_ms / 1000;
+        let from = from.max(now_second.saturating_sub(SLOTS - 1));
+        let to = most.map_or(now_second, |n| {
+            now_second.min(from.saturating_add(n.max(1) - 1))
+        });
         let services = snap
             .services
             .values()
@@ -66,13 +77,14 @@ impl FleetSeconds {
                 let groups = svc
                     .groups
                     .iter()
-                    .map(|g| (g.name.clone(), g.stats.window.seconds(from, now_second)))
+                    .map(|g| (g.name.clone(), g.stats.window.seconds(from, to)))
                     .collect();
                 (svc.name.clone(), groups)
             })
             .collect();
         FleetSeconds {
             now_second,
+            to,
             now_ms,
             services,
         }
@@ -141,9 +153,14 @@ impl Pulled {
             *kept = kept.split_off(&oldest);
         }
         self.seconds.retain(|_, kept| !kept.is_empty());
-        // The current second is still growing, and a request that ended just before the
-        // second turned may be counted a moment after the answer was read: both come again.
-        self.from = answer.now_second.saturating_sub(1);
+        // Catching up, the next page; else the current second, still growing, and the one
+        // before (a request that ended just before the second turned may be counted a
+        // moment after the answer was read): both come again.
+        self.from = if answer.to < answer.now_second {
+            answer.to + 1
+        } else {
+            answer.now_second.saturating_sub(1)
+        };
     }
 
     /// Adds the peer's seconds `[from, to]` of `service`'s groups to their summaries; true
@@ -293,26 +310,32 @@ async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let from = pulled.lock().expect("peer lock").from;
-        let result = fetch(&peer, from, read_token(&snapshots.load()).as_deref()).await;
-        let local_ms = metrics::now_ms();
-        let outcome = match result {
-            Ok(answer) => {
-                let mut p = pulled.lock().expect("peer lock");
-                p.take(answer, local_ms, clock.unix_ms());
-                "ok"
-            }
-            Err(e) => {
-                tracing::debug!(peer = %peer.name, error = %e, "peer pull failed");
-                pulled.lock().expect("peer lock").stale = Some(e);
-                "failed"
-            }
-        };
-        *pulls
-            .lock()
-            .expect("pulls lock")
-            .entry((peer.name.clone(), outcome))
-            .or_default() += 1;
+        // Pages follow each other at once until the peer's current second is reached.
+        let mut more = true;
+        while more {
+            let from = pulled.lock().expect("peer lock").from;
+            let result = fetch(&peer, from, read_token(&snapshots.load()).as_deref()).await;
+            let local_ms = metrics::now_ms();
+            let outcome = match result {
+                Ok(answer) => {
+                    more = answer.to < answer.now_second;
+                    let mut p = pulled.lock().expect("peer lock");
+                    p.take(answer, local_ms, clock.unix_ms());
+                    "ok"
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.name, error = %e, "peer pull failed");
+                    more = false;
+                    pulled.lock().expect("peer lock").stale = Some(e);
+                    "failed"
+                }
+            };
+            *pulls
+                .lock()
+                .expect("pulls lock")
+                .entry((peer.name.clone(), outcome))
+                .or_default() += 1;
+        }
     }
 }
 
@@ -330,7 +353,10 @@ fn read_token(snap: &Snapshot) -> Option<String> {
 
 /// One pull: the peer's seconds from its second `from`.
 async fn fetch(peer: &Peer, from: u64, token: Option<&str>) -> Result<FleetSeconds, String> {
-    let url = format!("http://{}/api/v1/fleet/seconds?from={from}", peer.admin);
+    let url = format!(
+        "http://{}/api/v1/fleet/seconds?from={from}&seconds={PAGE}",
+        peer.admin
+    );
     let answer = call_as(
         http::Method::GET,
         &url,
@@ -441,13 +467,14 @@ mod tests {
         let groups = BTreeMap::from([("green".to_string(), seconds)]);
         FleetSeconds {
             now_second: now_ms / 1000,
+            to: now_ms / 1000,
             now_ms,
             services: BTreeMap::from([("shop".to_string(), groups)]),
         }
     }
 
     #[test]
-    fn a_peer_seconds_are_shifted_onto_ours_replaced_when_pulled_again_and_forgotten_on_its_restart(
+    fn a_peer_seconds_are_shifted_onto_ours_replaced_when_pulled_again_paged_and_forgotten_on_its_restart(
     ) {
         let mut p = Pulled::default();
         let ours = metrics::now_second() + 100;
@@ -471,9 +498,14 @@ mod tests {
         assert!(p.add_to("shop", &mut [("green", &mut s)], ours, ours));
         assert_eq!((s.requests, s.classes[4], s.latency[10]), (12, 2, 12));
         assert_eq!(p.observed(ours, ours)["shop"]["green"], 1.0);
+        // A page of a catch-up: the next pull asks from the second after it.
+        let mut page = answer(peer_now + 300, vec![]);
+        page.to = 30;
+        p.take(page, ours * 1000 + 1300, 3);
+        assert_eq!(p.from, 31);
         // Its clock went back: it restarted, and what it sent before is dropped.
-        p.take(answer(3_000, vec![]), ours * 1000 + 1500, 3);
+        p.take(answer(3_000, vec![]), ours * 1000 + 1500, 4);
         assert!(p.seconds.is_empty() && p.shift.is_none() && p.from == 0);
-        assert_eq!(p.last_pull_unix_ms, Some(3));
+        assert_eq!(p.last_pull_unix_ms, Some(4));
     }
 }
