@@ -318,7 +318,8 @@ async fn follow(
             let local_ms = metrics::now_ms();
             let outcome = match result {
                 Ok(answer) => {
-                    more = answer.to < answer.now_second;
+                    // (An answer that does not move forward ends the pages until the next tick.)
+                    more = answer.to < answer.now_second && answer.to >= from;
                     let mut p = pulled.lock().expect("peer lock");
                     p.take(answer, local_ms, clock.unix_ms());
                     "ok"
