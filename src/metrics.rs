@@ -8,10 +8,15 @@
 //! upload) are counted apart, in `client_errors`: they are not answers of the version, so
 //! they add to neither the requests, the status classes nor the latency that the guard and
 //! analyses judge a version by.
+//!
+//! A fleet's leader judges the sum of every instance's traffic: a second's slot is exported
+//! as a [`Second`] (the histogram sparse) for the admin API, and added into a [`Summary`].
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the process started: a clock cheap enough to read per request and small
 /// enough to keep in an atomic. A slot's second is this divided by 1000.
@@ -136,18 +141,22 @@ impl Window {
         }
     }
 
+    /// The slots of the seconds `[from, to]` still kept (at most the last 11 minutes up to
+    /// `to`), each with its second; slots a newer second took over are skipped.
+    fn slots_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, &Slot)> {
+        (from.max(to.saturating_sub(SLOTS - 1))..=to).filter_map(move |sec| {
+            let s = &self.slots[(sec % SLOTS) as usize];
+            (s.second.load(Relaxed) == sec).then_some((sec, s))
+        })
+    }
+
     /// Totals over the seconds `[from, to]` (slots of other seconds are skipped).
     pub fn summary(&self, from: u64, to: u64) -> Summary {
         let mut out = Summary {
             seconds: to.saturating_sub(from) + 1,
             ..Summary::default()
         };
-        let from = from.max(to.saturating_sub(SLOTS - 1));
-        for sec in from..=to {
-            let s = &self.slots[(sec % SLOTS) as usize];
-            if s.second.load(Relaxed) != sec {
-                continue;
-            }
+        for (_, s) in self.slots_in(from, to) {
             out.requests += s.requests.load(Relaxed);
             for i in 0..5 {
                 out.classes[i] += s.classes[i].load(Relaxed);
@@ -171,10 +180,53 @@ impl Window {
 
     /// `last`, but nothing before second `since`.
     pub fn last_since(&self, window: Duration, since: u64) -> Summary {
-        let now = now_second();
-        let secs = window.as_secs().max(1);
-        self.summary(now.saturating_sub(secs).max(since), now)
+        let (from, to) = last_range(window, since);
+        self.summary(from, to)
     }
+
+    /// The seconds `[from, to]` that saw anything, each as a [`Second`] (empty ones left
+    /// out: an idle group costs nothing to send).
+    pub fn seconds(&self, from: u64, to: u64) -> Vec<Second> {
+        self.slots_in(from, to)
+            .filter_map(|(sec, s)| {
+                let out = Second {
+                    second: sec,
+                    requests: s.requests.load(Relaxed),
+                    classes: std::array::from_fn(|i| s.classes[i].load(Relaxed)),
+                    failures: std::array::from_fn(|i| s.failures[i].load(Relaxed)),
+                    client_errors: s.client_errors.load(Relaxed),
+                    latency: (0..BUCKETS)
+                        .filter_map(|i| {
+                            let n = s.latency[i].load(Relaxed);
+                            (n > 0).then_some((i as u16, n))
+                        })
+                        .collect(),
+                };
+                (out.requests + out.client_errors > 0).then_some(out)
+            })
+            .collect()
+    }
+}
+
+/// The seconds `[from, to]` that `last_since(window, since)` judges: the current (partial)
+/// second and the `window` of whole seconds before it, none before `since`. One rule for
+/// the local window and the seconds a fleet's peers add to it.
+pub fn last_range(window: Duration, since: u64) -> (u64, u64) {
+    let now = now_second();
+    let secs = window.as_secs().max(1);
+    (now.saturating_sub(secs).max(since), now)
+}
+
+/// One second's slot as it travels between instances: the counters, and the latency
+/// histogram as (bucket, count) pairs of its non-empty buckets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub second: u64,
+    pub requests: u64,
+    pub classes: [u64; 5],
+    pub failures: [u64; 3],
+    pub client_errors: u64,
+    pub latency: Vec<(u16, u32)>,
 }
 
 fn bucket(latency: Duration) -> usize {
@@ -220,6 +272,27 @@ impl Default for Summary {
 }
 
 impl Summary {
+    /// Adds another instance's second: counters summed, histograms merged bucket by bucket
+    /// (a bucket index this build does not have, from a peer's answer, is dropped). The
+    /// seconds spanned stay this summary's own.
+    pub fn add(&mut self, s: &Second) {
+        self.requests += s.requests;
+        self.classes
+            .iter_mut()
+            .zip(s.classes)
+            .for_each(|(a, b)| *a += b);
+        self.failures
+            .iter_mut()
+            .zip(s.failures)
+            .for_each(|(a, b)| *a += b);
+        self.client_errors += s.client_errors;
+        for &(i, n) in &s.latency {
+            if let Some(h) = self.latency.get_mut(i as usize) {
+                *h += n as u64;
+            }
+        }
+    }
+
     /// Share of 5xx answers, in percent.
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| 100.0 * self.classes[4] as f64 / self.requests as f64)
@@ -292,5 +365,31 @@ mod tests {
         w.record_client_error(now - SLOTS);
         let s = w.summary(now, now);
         assert_eq!((s.requests, s.classes[4], s.client_errors), (1, 0, 0));
+    }
+
+    #[test]
+    fn two_windows_exported_as_seconds_and_added_equal_one_window_that_saw_both() {
+        let (a, b, both) = (Window::default(), Window::default(), Window::default());
+        let now = 3 * SLOTS + 11;
+        for (i, sec) in [now - 2, now - 1, now].into_iter().enumerate() {
+            for k in 0..(5 + i as u64) {
+                let (w, status) = if k % 2 == 0 { (&a, 200) } else { (&b, 503) };
+                let latency = Duration::from_millis(1 + 7 * k);
+                let failure = (status == 503).then_some(Failure::Reset);
+                w.record(sec, status, latency, failure);
+                both.record(sec, status, latency, failure);
+            }
+        }
+        b.record_client_error(now);
+        both.record_client_error(now);
+        let mut sum = a.summary(now - 2, now);
+        for s in b.seconds(now - 2, now) {
+            sum.add(&s);
+        }
+        assert_eq!(sum, both.summary(now - 2, now));
+        assert_eq!(sum.classes[4], b.summary(now - 2, now).requests);
+        // An idle second is not sent; a second outside the range is not either.
+        assert!(a.seconds(now - 10, now - 3).is_empty());
+        assert_eq!(b.seconds(now, now).len(), 1);
     }
 }

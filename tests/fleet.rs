@@ -257,3 +257,49 @@ bounded_test! {
         assert!(err.contains(&endpoint) && err.contains("etcd"), "{err}");
     }
 }
+
+bounded_test! {
+    limit = LOAD_LIMIT;
+    /// The issue's fleet-wide judgement: each instance sees a third of the traffic, the
+    /// leader's guard judges the sum (pulled from the others every 250 ms). A candidate
+    /// that starts failing behind three instances is rolled back on all of them within
+    /// 1.5 s of the onset, and the reason counts the instances.
+    async fn a_canary_failing_behind_three_instances_is_rolled_back_on_all_within_1_5_s() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let cfg = blue_green(blue.addr, green.addr).service(
+            "[service.guard]\ninterval = \"250ms\"\nwindow = \"1s\"\nmin_requests = 5\n\n\
+             [service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 20 }, { pause = \"until-promoted\" }, { weight = 100 }]\n",
+        );
+        let fleet = Fleet::start(&etcd, "/sy/judge", &cfg, 3).await;
+        let leader = fleet.wait_for_leader().await;
+        let mut loads = Vec::new();
+        for s in &fleet.servers {
+            loads.push(Load::start(web_url(s).await, 2, &[]));
+        }
+        admin(&fleet.servers[0])
+            .post("/api/v1/rollouts", json!({ "service": "shop", "candidate": "green" }))
+            .await
+            .unwrap();
+        for s in &fleet.servers {
+            wait_status(&admin(s), 5, paused_at(2000)).await;
+        }
+        // A healthy candidate for two guard windows: kept.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_status(&admin(&fleet.servers[0]), "paused", "a healthy candidate").await;
+        green.set_errors(500);
+        let onset = Instant::now();
+        let mut reason = String::new();
+        for s in &fleet.servers {
+            let r = wait_status(&admin(s), 10, |r| r["status"] == "aborted").await;
+            reason = r["reason"].as_str().unwrap_or("").to_string();
+        }
+        let took = onset.elapsed();
+        println!("rolled back on all three {took:?} after the onset (leader {leader}): {reason}");
+        assert!(took <= Duration::from_millis(1500), "took {took:?}: {reason}");
+        assert!(reason.contains("3 instances"), "{reason}");
+        for l in loads {
+            l.stop().await;
+        }
+    }
+}

@@ -2,23 +2,47 @@
 //! failures and inconclusive results against its limits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
 use super::external::{self, Context};
 use super::{builtin, AnalysisConfig, Check, Measurement, Outcome, Provider};
-use crate::group::Group;
+use crate::metrics::Summary;
 use crate::rollout::machine::Verdict;
 
-/// Where a running analysis finds the stable and candidate groups: looked up afresh for
-/// every measurement, since snapshots change while it runs.
-pub type Groups = Arc<dyn Fn() -> Option<(Arc<Group>, Arc<Group>)> + Send + Sync>;
+/// What a built-in check or the guard judges: the candidate's and stable's traffic over a
+/// range of seconds, summed over every instance of the fleet that saw any of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub candidate: Summary,
+    pub stable: Summary,
+    /// This instance and every peer that contributed a second (1 without a fleet).
+    pub instances: usize,
+}
+
+impl Judged {
+    /// What a decision's reason adds about the fleet: `", 3 instances"`, or nothing when
+    /// this instance judged alone.
+    pub fn across(&self) -> String {
+        match self.instances {
+            0 | 1 => String::new(),
+            n => format!(", {n} instances"),
+        }
+    }
+}
+
+/// Where a running analysis (and the guard) finds what it judges: the `window` before now,
+/// nothing before second `since` (see `metrics::last_range`), looked up afresh for every
+/// measurement since snapshots and peers change while it runs; `None` when the groups are
+/// not in the running configuration.
+pub type Windows = Arc<dyn Fn(Duration, u64) -> Option<Judged> + Send + Sync>;
 
 /// One measurement of one check, now.
-pub async fn measure(check: &Check, groups: &Groups, ctx: &Context) -> Measurement {
-    // The candidate's and stable's windows since the analysis began, from the live groups.
-    let windows = || {
-        let (stable, candidate) = groups().ok_or_else(|| Measurement {
+pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measurement {
+    // The candidate's and stable's windows since the analysis began, over the fleet.
+    let judged = || {
+        windows(check.window, ctx.since).ok_or_else(|| Measurement {
             check: check.name.clone(),
             outcome: Outcome::Error,
             value: None,
@@ -26,24 +50,24 @@ pub async fn measure(check: &Check, groups: &Groups, ctx: &Context) -> Measureme
                 "groups {} / {} are not in the running configuration",
                 ctx.stable, ctx.candidate
             ),
-        })?;
-        let since = |g: &Group| g.stats.window.last_since(check.window, ctx.since);
-        Ok::<_, Measurement>((since(&candidate), since(&stable)))
+        })
+    };
+    let builtin = |f: &dyn Fn(&Judged) -> Measurement| match judged() {
+        Ok(j) => {
+            let mut m = f(&j);
+            m.detail.push_str(&j.across());
+            m
+        }
+        Err(e) => e,
     };
     match &check.provider {
-        Provider::Metric(m) => match windows() {
-            Ok((candidate, stable)) => builtin::metric(check, *m, &candidate, &stable),
-            Err(e) => e,
-        },
+        Provider::Metric(m) => builtin(&|j| builtin::metric(check, *m, &j.candidate, &j.stable)),
         Provider::MannWhitney {
             confidence,
             tolerance,
-        } => match windows() {
-            Ok((candidate, stable)) => {
-                builtin::compare_latency(check, *confidence, *tolerance, &candidate, &stable)
-            }
-            Err(e) => e,
-        },
+        } => builtin(&|j| {
+            builtin::compare_latency(check, *confidence, *tolerance, &j.candidate, &j.stable)
+        }),
         Provider::Prometheus {
             url,
             query,
@@ -66,15 +90,15 @@ pub struct Report {
 /// Runs every check `count` times (forever with `background`, until one does not pass).
 pub async fn run(
     analysis: &AnalysisConfig,
-    groups: Groups,
+    windows: Windows,
     ctx: Context,
     background: bool,
 ) -> Report {
     let mut set = JoinSet::new();
     for check in analysis.checks.clone() {
-        let (groups, mut ctx) = (groups.clone(), ctx.clone());
+        let (windows, mut ctx) = (windows.clone(), ctx.clone());
         ctx.check = check.name.clone();
-        set.spawn(async move { run_check(check, groups, ctx, background).await });
+        set.spawn(async move { run_check(check, windows, ctx, background).await });
     }
     let mut passed = Vec::new();
     let mut inconclusive: Option<String> = None;
@@ -114,7 +138,7 @@ pub async fn run(
 
 async fn run_check(
     check: Check,
-    groups: Groups,
+    windows: Windows,
     ctx: Context,
     background: bool,
 ) -> (Verdict, String) {
@@ -122,7 +146,7 @@ async fn run_check(
     let mut last = String::new();
     while background || taken < check.count.max(1) {
         tokio::time::sleep(check.interval).await;
-        let m = measure(&check, &groups, &ctx).await;
+        let m = measure(&check, &windows, &ctx).await;
         taken += 1;
         tracing::debug!(check = %m.check, outcome = ?m.outcome, detail = %m.detail, "measurement");
         last = format!("check {} {}", m.check, m.detail);

@@ -252,6 +252,17 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             g.set(value);
         }
     }
+    let peer_pulls = Family::<Labels, Counter>::default();
+    registry.register(
+        "peer_pulls",
+        "Pulls of a peer's per-second summaries for fleet-wide judgement, by result (ok, failed)",
+        peer_pulls.clone(),
+    );
+    for ((peer, result), n) in api.control.peer_pulls() {
+        peer_pulls
+            .get_or_create(&labels(&[("peer", &peer), ("result", result)]))
+            .inc_by(n);
+    }
     let counts = api.control.counts.lock().expect("counts").clone();
     for ((svc, cause), n) in counts.rollbacks {
         rollbacks

@@ -5,6 +5,7 @@
 
 mod auth;
 mod dashboard;
+mod fleet;
 mod metrics;
 mod rollouts;
 mod serve;
@@ -52,6 +53,7 @@ pub fn router(control: Arc<Controller>) -> Router {
         )
         .route("/events", get(rollouts::events))
         .route("/series", get(dashboard::series))
+        .route("/fleet/seconds", get(fleet::seconds))
         .route("/services/{service}/analysis/run", post(rollouts::dry_run))
         // The token is checked (headers only) before any body is read: an unauthenticated
         // client gets its 401 at once and never has 2 MiB buffered for it. (The last layer

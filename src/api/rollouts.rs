@@ -279,7 +279,7 @@ pub(super) async fn dry_run(
         on_behalf_of = on_behalf_of.as_deref().unwrap_or(""),
         "analysis dry run"
     );
-    let groups = api.control.groups_of(&service, &stable, &candidate);
+    let windows = api.control.windows(&service, &stable, &candidate);
     let mut results = Vec::new();
     for name in names {
         let analysis = snap.config.analysis(&name).ok_or_else(|| {
@@ -300,7 +300,7 @@ pub(super) async fn dry_run(
                 check: check.name.clone(),
                 since: 0,
             };
-            let m = crate::analysis::run::measure(check, &groups, &ctx).await;
+            let m = crate::analysis::run::measure(check, &windows, &ctx).await;
             results.push(serde_json::json!({ "analysis": name, "measurement": m }));
         }
     }

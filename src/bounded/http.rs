@@ -76,8 +76,23 @@ pub async fn call(
     timeout: Duration,
     read: ReadBody,
 ) -> Result<Answer, CallError> {
+    call_as(method, url, None, json, timeout, read).await
+}
+
+/// [`call`] with `Authorization: Bearer {bearer}` (a fleet's leader reading a peer's admin API).
+pub async fn call_as(
+    method: http::Method,
+    url: &str,
+    bearer: Option<&str>,
+    json: Option<String>,
+    timeout: Duration,
+    read: ReadBody,
+) -> Result<Answer, CallError> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = http::Request::builder().method(method).uri(url);
+    if let Some(token) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
     if json.is_some() {
         req = req.header(http::header::CONTENT_TYPE, "application/json");
     }

@@ -618,4 +618,27 @@ fn print_fleet(f: &serde_json::Value) {
             if name == leader { "  leader" } else { "" }
         );
     }
+    let shares = |v: &serde_json::Value| -> String {
+        let o: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(g, s)| format!("{g}={:.1}%", s.as_f64().unwrap_or(0.0) * 100.0))
+            .collect();
+        o.join(" ")
+    };
+    for (svc, obs) in f["observed"].as_object().into_iter().flatten() {
+        println!("  observed (last 5 s) {svc}, whole fleet: {}", shares(obs));
+        for p in f["peers"].as_array().into_iter().flatten() {
+            let stale = p["stale"]
+                .as_str()
+                .map(|e| format!("  (stale: {e})"))
+                .unwrap_or_default();
+            println!(
+                "    on {:<16} {}{stale}",
+                str_of(&p["name"]),
+                shares(&p["observed"][svc.as_str()])
+            );
+        }
+    }
 }

@@ -64,6 +64,13 @@ pub struct FleetStatus {
     /// Whether this instance reaches etcd, its last contact and the state revision it has.
     pub store: Connection,
     pub instances: Vec<InstanceRecord>,
+    /// What this instance pulled from each of the others for fleet-wide judgement: when,
+    /// whether it is stale, and the split each observed.
+    #[serde(default)]
+    pub peers: Vec<super::PeerView>,
+    /// Per service, each group's share of the whole fleet's requests over the last seconds.
+    #[serde(default)]
+    pub observed: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 /// The instance's name when the file gives none: host name and admin port.
@@ -154,6 +161,14 @@ impl Controller {
             leading: f.leads(),
             store: f.etcd.connection(),
             instances: view.instances.values().cloned().collect(),
+            peers: self.peer_views(),
+            observed: self
+                .snapshot()
+                .config
+                .services
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), self.fleet_observed(&s.name)?)))
+                .collect(),
         })
     }
 
@@ -177,11 +192,26 @@ impl Controller {
             last_contact: now,
         };
         let (rx, task) = crate::store::etcd::campaign(f.etcd.clone(), me, f.lease_ttl);
+        self.load_instances(f).await;
         let control = self.clone();
         let follow = tokio::spawn(async move { control.follow_leadership(rx).await });
         let mut tasks = self.fleet_tasks.lock().expect("fleet tasks");
         tasks.push(task.abort_handle());
         tasks.push(follow.abort_handle());
+    }
+
+    /// The fleet's instances as etcd has them now (the watch brings every change after).
+    async fn load_instances(&self, f: &Fleet) {
+        match f.etcd.instances().await {
+            Ok(list) => {
+                let mut view = f.view.lock().expect("fleet view");
+                view.instances = list.into_iter().map(|r| (r.name.clone(), r)).collect();
+                let peers = peers_of(&view, &f.name);
+                drop(view);
+                self.set_peers(peers);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the fleet's instances"),
+        }
     }
 
     async fn follow_leadership(self: Arc<Self>, mut rx: tokio::sync::watch::Receiver<Leadership>) {
@@ -295,10 +325,19 @@ impl Controller {
                 Change::Leader(l) => f.view.lock().expect("fleet view").leader = l,
                 Change::Instance { name, record } => {
                     let mut view = f.view.lock().expect("fleet view");
+                    let joined = record.as_ref().map(|r| r.advertise.clone());
+                    let before = view.instances.get(&name).map(|r| r.advertise.clone());
                     match record {
                         Some(r) => view.instances.insert(name, r),
                         None => view.instances.remove(&name),
                     };
+                    // Only a peer that came, went or moved changes whom the judgement pulls
+                    // (records are renewed every second).
+                    if joined != before {
+                        let peers = peers_of(&view, &f.name);
+                        drop(view);
+                        self.set_peers(peers);
+                    }
                 }
                 Change::Resync => {
                     if let Err(e) = self.resync(f, &mut state).await {
@@ -412,4 +451,16 @@ impl Controller {
             }
         }
     }
+}
+
+/// Every instance but this one, as the judgement pulls them.
+fn peers_of(view: &View, me: &str) -> Vec<super::Peer> {
+    view.instances
+        .values()
+        .filter(|r| r.name != me)
+        .map(|r| super::Peer {
+            name: r.name.clone(),
+            admin: r.advertise.clone(),
+        })
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! Side tasks of an active rollout: the fast rollback guard, which watches the candidate's
 //! error rate (default every second) and aborts at once when it runs away from stable's,
-//! and the background analysis of a strategy. Both end with the rollout.
+//! and the background analysis of a strategy. Both end with the rollout. Both judge the
+//! fleet's traffic through `Controller::windows` (this instance's alone without peers).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,20 +66,20 @@ pub(super) async fn guard(
         if !g.enabled {
             continue;
         }
-        let Some((stable, candidate)) = (control.groups_of(&service, &r.stable, &r.candidate))()
+        let Some(seen) = (control.windows(&service, &r.stable, &r.candidate))(g.window, since)
         else {
             continue;
         };
-        let c = candidate.stats.window.last_since(g.window, since);
-        let s = stable.stats.window.last_since(g.window, since);
+        let (c, s) = (&seen.candidate, &seen.stable);
         let (ce, se) = (c.error_rate().unwrap_or(0.0), s.error_rate().unwrap_or(0.0));
         if c.requests >= g.min_requests && ce - se > g.max_error_rate {
             let why = format!(
-                "candidate {} error rate {ce:.1}% ({} of {} requests in {}) exceeds stable's {se:.1}% by more than {} points",
+                "candidate {} error rate {ce:.1}% ({} of {} requests in {}{}) exceeds stable's {se:.1}% by more than {} points",
                 r.candidate,
                 c.classes[4],
                 c.requests,
                 humantime::format_duration(g.window),
+                seen.across(),
                 g.max_error_rate
             );
             tracing::info!(%service, rollout = id, %why, "guard rolls back");
@@ -127,8 +128,8 @@ pub(super) async fn background(
             return;
         };
         let ctx = Context::of_rollout(&r, &name);
-        let groups = control.groups_of(&service, &r.stable, &r.candidate);
-        let report = run::run(&analysis, groups, ctx, true).await;
+        let windows = control.windows(&service, &r.stable, &r.candidate);
+        let report = run::run(&analysis, windows, ctx, true).await;
         control.count_analysis(&service, report.verdict);
         loop {
             if attempt_status(&control, &service, of).await.is_none() {

@@ -142,6 +142,7 @@ impl Controller {
             counts: Default::default(),
             observer,
             observer_task,
+            peers: super::peers::Peers::new(snapshots.clone(), clock.clone()),
             snapshots,
             state: Mutex::new(State {
                 config,
@@ -193,6 +194,7 @@ impl Controller {
         for task in self.fleet_tasks.lock().expect("fleet tasks").drain(..) {
             task.abort();
         }
+        self.peers.set(Vec::new());
         let drivers: Vec<_> = {
             let mut state = self.state.lock().await;
             state.health.stop();

@@ -13,6 +13,7 @@ mod guard;
 mod hooks;
 mod lifecycle;
 mod observe;
+mod peers;
 mod persist;
 mod plan;
 mod publish;
@@ -41,6 +42,7 @@ use publish::view;
 
 pub use clock::Clock;
 pub use fleet::FleetStatus;
+pub use peers::{FleetSeconds, Peer, PeerView};
 pub use persist::StoreHealth;
 use plan::keeps_split;
 pub use plan::PlanChange;
@@ -185,6 +187,8 @@ pub struct Controller {
     fleet: Option<Arc<fleet::Fleet>>,
     /// The fleet's election and the watch: stopped at shutdown.
     fleet_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The fleet's other instances, pulled for fleet-wide judgement (empty alone).
+    peers: peers::Peers,
     /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
     pub counts: std::sync::Mutex<Counts>,
 }

@@ -471,26 +471,6 @@ impl Controller {
         }
     }
 
-    /// Looks up the live stable and candidate groups of a service (for analyses and the guard).
-    pub fn groups_of(
-        self: &Arc<Self>,
-        service: &str,
-        stable: &str,
-        candidate: &str,
-    ) -> crate::analysis::run::Groups {
-        let (control, service, stable, candidate) = (
-            self.clone(),
-            service.to_string(),
-            stable.to_string(),
-            candidate.to_string(),
-        );
-        Arc::new(move || {
-            let snap = control.snapshot();
-            let s = snap.services.get(&service)?;
-            Some((s.group(&stable)?.clone(), s.group(&candidate)?.clone()))
-        })
-    }
-
     pub(crate) async fn rollout_retired(
         &self,
         service: &str,
