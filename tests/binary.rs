@@ -272,3 +272,28 @@ bounded_test! {
         );
     }
 }
+
+/// `demo --fleet`: a real etcd and three instances; the leader is stopped mid-canary without
+/// resigning, another leads, the rollout completes, and no client request failed.
+#[test]
+fn the_fleet_demo_loses_its_leader_mid_canary_and_the_rollout_completes() {
+    let text = demo(&["--fleet"]);
+    let took: u64 = text
+        .lines()
+        .find_map(|l| l.split(" leads after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no new leader:\n{text}"));
+    // The demo's lease is 2 s: the others take over once it ran out, not before, and soon.
+    assert!((1000..=3500).contains(&took), "took {took} ms:\n{text}");
+    assert!(text.contains("done: the rollout completed"), "{text}");
+    let per_instance: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" requests answered, "))
+        .collect();
+    assert_eq!(per_instance.len(), 3, "{text}");
+    assert!(
+        per_instance.iter().all(|l| l.contains(", 0 failed")),
+        "{text}"
+    );
+}

@@ -173,10 +173,14 @@ enum AnalysisCommand {
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    init_logging(
-        &cli.log_format,
-        matches!(cli.command, Command::Run { .. } | Command::Backend { .. }),
-    );
+    // The demo narrates itself; its instances' own warnings (a leader lost on purpose)
+    // would only interleave with that.
+    let level = match cli.command {
+        Command::Run { .. } | Command::Backend { .. } => "info",
+        Command::Demo { .. } => "error",
+        _ => "warn",
+    };
+    init_logging(&cli.log_format, level);
     match cli.command {
         Command::Run { config } => serve(&config).await,
         Command::Validate { config } => validate(&config),
@@ -360,8 +364,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_logging(format: &str, verbose: bool) {
-    let default = if verbose { "info" } else { "warn" };
+/// `default`: the level when `SWITCHYARD_LOG` does not say.
+fn init_logging(format: &str, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

@@ -29,7 +29,7 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
         side.ensure(&control, &service, &view.rollout, gated.then_some(judged));
     }
     if gated {
-        tracing::warn!(%service, "rollout resumed after a restart: held until the guard has judged one full window");
+        tracing::warn!(%service, "rollout resumed (after a restart, or by a new leader of the fleet): held until the guard has judged one full window");
         // Sent after a clean full window; dropped when the guard ends (the rollout ended).
         let _ = judged_rx.await;
         // Going back to a recorded weight is a forward write: tried until the store has it.

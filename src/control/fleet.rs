@@ -103,7 +103,9 @@ pub(super) async fn join(
                 &base_dir,
             )
             .await?;
-            if local.source.as_deref() != Some(&shared.text) {
+            let mut same = Config::localize(parsed.clone(), &local);
+            same.source.clone_from(&local.source);
+            if same != local {
                 tracing::warn!(by = %shared.by, "running the fleet's configuration, not this instance's file (apply or reload the file to make it the fleet's)");
             } else {
                 tracing::info!(by = %shared.by, "running the fleet's configuration");

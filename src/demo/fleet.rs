@@ -198,10 +198,10 @@ async fn leader_of(api: &AdminClient) -> Option<String> {
 }
 
 fn describe(r: &Value) -> String {
+    let steps = r["steps"].as_array().map_or(0, Vec::len) as u64;
     format!(
-        "step {} of {}, green at {}{}",
-        r["step"].as_u64().unwrap_or(0) + 1,
-        r["steps"].as_array().map_or(0, Vec::len),
+        "step {} of {steps}, green at {}{}",
+        (r["step"].as_u64().unwrap_or(0) + 1).min(steps),
         switchyard::split::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
         match r["pause_elapsed_ms"].as_u64() {
             Some(ms) if ms > 0 => format!(", {:.1} s of the pause done", ms as f64 / 1000.0),
@@ -330,7 +330,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     for l in load {
         l.await.context("clients")?;
     }
-    let c = counts.lock().expect("counts");
+    let c = std::mem::take(&mut *counts.lock().expect("counts"));
     for i in 0..INSTANCES {
         let name = format!("lb-{i}");
         let answered: u64 = c
