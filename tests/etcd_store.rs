@@ -26,11 +26,19 @@ async fn connect(etcd: &Etcd, name: &str) -> Arc<EtcdStore> {
 }
 
 async fn connect_to(endpoints: Vec<String>, name: &str) -> Result<Arc<EtcdStore>, StoreError> {
+    connect_as(endpoints, name, None).await
+}
+
+async fn connect_as(
+    endpoints: Vec<String>,
+    name: &str,
+    user: Option<(&str, &str)>,
+) -> Result<Arc<EtcdStore>, StoreError> {
     let cfg = EtcdConfig {
         endpoints,
         prefix: "/switchyard/test".into(),
-        username: None,
-        password: None,
+        username: user.map(|u| u.0.to_string()),
+        password: user.map(|u| u.1.to_string()),
         lease_ttl: TTL,
     };
     EtcdStore::connect(&cfg, name, Duration::from_secs(2)).await
@@ -459,5 +467,30 @@ bounded_test! {
         let text = err.to_string();
         assert!(matches!(err, StoreError::Etcd { .. }), "{text}");
         assert!(text.contains(&dead) && text.contains("refused"), "{text}");
+    }
+}
+
+bounded_test! {
+    /// With etcd's auth on, a store given the user and password reads and writes (its
+    /// calls carry the token); one without them is refused at connect.
+    async fn with_auth_on_the_configured_user_reads_and_writes() {
+        let etcd = Etcd::start().await;
+        for (path, body) in [
+            ("/v3/auth/user/add", r#"{"name":"root","password":"s3cret"}"#),
+            ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+            ("/v3/auth/enable", "{}"),
+        ] {
+            let answer = common::etcd::post(&etcd.endpoint(), path, body).await;
+            assert!(answer.as_ref().is_some_and(|a| a.0 == 200), "{path}: {answer:?}");
+        }
+        let err = connect_to(vec![etcd.endpoint()], "lb-1").await.err().expect("refused");
+        assert!(err.to_string().contains("user name is empty"), "{err}");
+        let store = connect_as(vec![etcd.endpoint()], "lb-1", Some(("root", "s3cret")))
+            .await
+            .unwrap();
+        let s = store.clone();
+        blocking(move || s.commit(&traffic_commit("web", 70.0)).unwrap()).await;
+        let loaded = blocking(move || store.load().unwrap()).await;
+        assert_eq!(loaded.traffic["web"], traffic(70.0));
     }
 }

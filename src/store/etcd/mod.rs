@@ -197,18 +197,28 @@ impl EtcdStore {
         serde_json::from_slice(&kv.value).map_err(|e| Self::corrupt(&kv.key_str(), e))
     }
 
+    /// A read of the state; its revision counts as seen.
     async fn range(&self, req: serde_json::Value) -> Result<RangeResponse, StoreError> {
-        self.client
+        let r: RangeResponse = self
+            .client
             .call("/v3/kv/range", &req)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.client.saw_revision(r.header.revision);
+        Ok(r)
     }
 
+    /// A write (or a read of several ranges) of the state; its revision counts as seen.
+    /// The election's presence and leader writes do not come here: they say nothing about
+    /// the state this instance has seen.
     async fn txn(&self, req: serde_json::Value) -> Result<TxnResponse, StoreError> {
-        self.client
+        let r: TxnResponse = self
+            .client
             .call("/v3/kv/txn", &req)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.client.saw_revision(r.header.revision);
+        Ok(r)
     }
 
     /// Several ranges read at one revision.
