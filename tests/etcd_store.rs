@@ -460,13 +460,19 @@ bounded_test! {
 }
 
 bounded_test! {
-    /// Connecting to an endpoint where nothing listens fails at once, naming it and why.
-    async fn connect_to_a_dead_endpoint_fails_naming_it() {
-        let dead = format!("http://{}", common::bin::free_port());
-        let err = connect_to(vec![dead.clone()], "lb-1").await.err().expect("no etcd there");
+    /// Endpoints are tried in turn: a dead one before a live one costs nothing but the
+    /// refusal; when none answers, the error names every endpoint and why.
+    async fn connect_tries_each_endpoint_and_names_every_dead_one() {
+        let etcd = Etcd::start().await;
+        let dead = [1, 2].map(|_| format!("http://{}", common::bin::free_port()));
+        let store = connect_to(vec![dead[0].clone(), etcd.endpoint()], "lb-1").await.unwrap();
+        blocking(move || store.commit(&traffic_commit("web", 90.0)).unwrap()).await;
+        let err = connect_to(dead.to_vec(), "lb-1").await.err().expect("no etcd there");
         let text = err.to_string();
         assert!(matches!(err, StoreError::Etcd { .. }), "{text}");
-        assert!(text.contains(&dead) && text.contains("refused"), "{text}");
+        for d in &dead {
+            assert!(text.contains(&format!("{d}: cannot connect: Connection refused")), "{text}");
+        }
     }
 }
 

@@ -226,11 +226,13 @@ impl Campaign {
         }
     }
 
-    /// Stops acting as leader first, then says so.
+    /// Says first that this instance no longer leads, so that the control plane stops
+    /// acting as leader, then lifts the fence (a leader's write still in flight meanwhile is
+    /// refused by it).
     fn step_down(&self, leading: &mut Option<i64>) {
         if leading.take().is_some() {
-            self.store.set_fence(None);
             self.publish(false, None);
+            self.store.set_fence(None);
         }
     }
 

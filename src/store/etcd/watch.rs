@@ -182,7 +182,10 @@ impl RawWatch {
             let answer = match lines.next::<Streamed<WatchResponse>>().await {
                 Ok(Some(a)) => a,
                 Ok(None) => {
+                    // Closed by etcd (shutting down, or a proxy's idle limit): reopen after
+                    // a pause, which the open's outcome then reports.
                     self.lines = None;
+                    self.pause().await;
                     continue;
                 }
                 Err(e) => {
@@ -230,6 +233,11 @@ impl RawWatch {
     async fn failed(&mut self, e: EtcdError) {
         self.lines = None;
         self.store.client.note(&Err::<(), _>(e));
+        self.pause().await;
+    }
+
+    /// Waits before the next try, longer each time until an answer comes.
+    async fn pause(&mut self) {
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
@@ -242,7 +250,7 @@ impl RawWatch {
         match self.store.range(probe).await {
             Ok(r) => Some(r.header.revision),
             Err(_) => {
-                tokio::time::sleep(self.backoff).await;
+                self.pause().await;
                 None
             }
         }
