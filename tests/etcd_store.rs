@@ -13,7 +13,7 @@ use common::{bounded_test, eventually};
 use switchyard::config::EtcdConfig;
 use switchyard::rollout::{Rollout, Status, Strategy};
 use switchyard::split::Split;
-use switchyard::store::etcd::{campaign, Change, InstanceRecord, Leadership};
+use switchyard::store::etcd::{campaign, Change, ConfigRecord, InstanceRecord, Leadership};
 use switchyard::store::{
     Commit, EtcdStore, Event, EventQuery, SqliteStore, Store, StoreError, TrafficRecord,
 };
@@ -405,6 +405,36 @@ bounded_test! {
         blocking(move || a2.commit(&traffic_commit("web", 10.0)).unwrap()).await;
         let record = Some(traffic(10.0));
         assert_eq!(watch.next().await.changes, vec![Change::Traffic { service: "web".into(), record }]);
+    }
+}
+
+bounded_test! {
+    /// The fleet's configuration is read back as written; the watch reports it and a new
+    /// rollout as typed changes, and nothing for the id counter or the event history.
+    async fn config_and_rollouts_are_watched_and_ids_and_events_are_not() {
+        let etcd = Etcd::start().await;
+        let store = connect(&etcd, "lb-1").await;
+        assert_eq!(store.config().await.unwrap(), None);
+        let mut watch = store.watch(store.connection().revision).await.unwrap();
+        let applied = ConfigRecord {
+            text: "[admin]\nbind = \"127.0.0.1:9901\"\n".into(),
+            by: "lb-1".into(),
+            at: 1_700_000_000_000,
+        };
+        store.put_config(&applied).await.unwrap();
+        assert_eq!(store.config().await.unwrap(), Some(applied.clone()));
+        assert_eq!(watch.next().await.changes, vec![Change::Config(applied)]);
+        let s = store.clone();
+        let id = blocking(move || {
+            s.create_rollout(&|id| Commit {
+                rollout: Some(rollout(id, "web")),
+                events: vec![event(1_000, "web", "rollout.start", "alice", Some(id))],
+                ..Commit::default()
+            })
+            .unwrap()
+        })
+        .await;
+        assert_eq!(watch.next().await.changes, vec![Change::Rollout(rollout(id, "web"))]);
     }
 }
 
