@@ -401,6 +401,9 @@ bounded_test! {
         let batch = watch.next().await;
         assert_eq!(batch.changes, vec![Change::Resync]);
         assert!(batch.revision >= now, "{} < {now}", batch.revision);
+        let (state, at) = a.load_at().await.unwrap();
+        assert_eq!(state.traffic["web"], traffic(70.0));
+        assert!(at >= batch.revision, "read at {at}, before {}", batch.revision);
         let a2 = a.clone();
         blocking(move || a2.commit(&traffic_commit("web", 10.0)).unwrap()).await;
         let record = Some(traffic(10.0));

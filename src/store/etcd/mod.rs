@@ -35,7 +35,7 @@ use keys::Keys;
 use wire::{Kv, RangeResponse, TxnResponse};
 
 pub use election::{campaign, Leadership};
-pub use watch::{Change, Watch};
+pub use watch::{Batch, Change, Watch};
 
 /// An instance as the fleet sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +169,29 @@ impl EtcdStore {
         r.kvs.iter().map(Self::decode).collect()
     }
 
+    /// `Store::load`, and the revision the state was read at: a watch from there misses
+    /// nothing and repeats nothing (`watch(revision)`).
+    pub async fn load_at(&self) -> Result<(Persisted, i64), StoreError> {
+        let r = self
+            .read(vec![
+                wire::range_prefix(&self.keys.traffic_prefix()),
+                wire::range_prefix(&self.keys.rollouts_prefix()),
+            ])
+            .await?;
+        let mut out = Persisted::default();
+        for kv in r.range(0).map(|r| r.kvs.as_slice()).unwrap_or_default() {
+            if let keys::Key::Traffic(service) = self.keys.decode(&kv.key_str()) {
+                out.traffic.insert(service, Self::decode(kv)?);
+            }
+        }
+        // Keys sort by id: the last of a service is its latest.
+        for kv in r.range(1).map(|r| r.kvs.as_slice()).unwrap_or_default() {
+            let rollout: Rollout = Self::decode(kv)?;
+            out.rollouts.insert(rollout.service.clone(), rollout);
+        }
+        Ok((out, r.header.revision))
+    }
+
     /// Changes under the prefix after `from_revision` (see `watch`). The stream is opened
     /// here, so that the first change is not delayed by it; if etcd cannot be reached now
     /// the watch still comes back, and keeps trying (it never fails after this).
@@ -237,26 +260,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<Persisted, StoreError> {
-        self.rt.block_on(async {
-            let r = self
-                .read(vec![
-                    wire::range_prefix(&self.keys.traffic_prefix()),
-                    wire::range_prefix(&self.keys.rollouts_prefix()),
-                ])
-                .await?;
-            let mut out = Persisted::default();
-            for kv in r.range(0).map(|r| r.kvs.as_slice()).unwrap_or_default() {
-                if let keys::Key::Traffic(service) = self.keys.decode(&kv.key_str()) {
-                    out.traffic.insert(service, Self::decode(kv)?);
-                }
-            }
-            // Keys sort by id: the last of a service is its latest.
-            for kv in r.range(1).map(|r| r.kvs.as_slice()).unwrap_or_default() {
-                let rollout: Rollout = Self::decode(kv)?;
-                out.rollouts.insert(rollout.service.clone(), rollout);
-            }
-            Ok(out)
-        })
+        self.rt.block_on(self.load_at()).map(|(p, _)| p)
     }
 
     fn commit(&self, c: &Commit) -> Result<(), StoreError> {
