@@ -22,6 +22,9 @@ use serde_json::{json, Value};
 
 use super::Connection;
 
+/// The least time an answer is given (see `Client::timeout`).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a call to etcd failed; each names the endpoint.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EtcdError {
@@ -66,6 +69,9 @@ impl EtcdError {
 pub struct Client {
     endpoints: Vec<String>,
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// How long an answer may take once connected: longer than a connection, as etcd
+    /// syncs each write to disk before it answers (seconds on a loaded machine). Callers
+    /// that must not wait that long bound their own waits.
     timeout: Duration,
     /// The endpoint that answered last: tried first.
     preferred: AtomicUsize,
@@ -118,14 +124,16 @@ impl Lines {
 }
 
 impl Client {
+    /// `connect_timeout` bounds each connection; answers get at least `ANSWER_TIMEOUT`.
     pub fn new(
         endpoints: Vec<String>,
         auth: Option<(String, String)>,
-        timeout: Duration,
+        connect_timeout: Duration,
     ) -> Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        connector.set_connect_timeout(Some(connect_timeout));
+        let timeout = connect_timeout.max(ANSWER_TIMEOUT);
         Client {
             endpoints: endpoints
                 .into_iter()

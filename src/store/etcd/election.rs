@@ -108,20 +108,24 @@ impl Campaign {
         let every = self.ttl / 3;
         let mut last_ok = granted;
         let mut next_keepalive = Instant::now() + every;
-        let mut next_refresh = Instant::now();
+        // Present in the fleet before campaigning: whoever sees a leader sees its peers.
+        if let Some(false) = self.present(lease, Some(Instant::now() + every)).await {
+            return Ended::Lost;
+        }
+        let mut next_refresh = Instant::now() + REFRESH;
         let mut leading: Option<i64> = None;
         let mut follow: Option<RawWatch> = None;
         let mut vacant = true;
         loop {
             if leading.is_none() && vacant {
-                match self.try_lead(lease).await {
-                    Ok(Ok(fence)) => {
+                match within(Some(Instant::now() + every), self.try_lead(lease)).await {
+                    Some(Ok(Ok(fence))) => {
                         self.store.set_fence(Some(fence));
                         leading = Some(fence);
                         follow = None;
                         self.publish(true, Some(self.record()));
                     }
-                    Ok(Err((holder, revision))) => {
+                    Some(Ok(Err((holder, revision)))) => {
                         vacant = holder.is_none();
                         self.publish(false, holder);
                         follow = Some(RawWatch::new(
@@ -131,13 +135,15 @@ impl Campaign {
                             revision,
                         ));
                     }
-                    Err(e) if lease_gone(&e) => return Ended::Lost,
-                    Err(_) => {}
+                    Some(Err(e)) if lease_gone(&e) => return Ended::Lost,
+                    Some(Err(_)) | None => {}
                 }
             }
             let lead_deadline = last_ok + budget;
-            // While leading, nothing here may wait past the moment to step down.
-            let bound = leading.map(|_| lead_deadline);
+            // No call waits past the next keepalive, nor, while leading, past the moment
+            // to step down.
+            let soon = Instant::now() + every;
+            let bound = Some(leading.map_or(soon, |_| lead_deadline.min(soon)));
             tokio::select! {
                 biased;
                 _ = sleep_until(lead_deadline), if leading.is_some() => {
@@ -164,9 +170,7 @@ impl Campaign {
                 }
                 _ = sleep_until(next_refresh) => {
                     next_refresh = Instant::now() + REFRESH;
-                    let put = wire::put(&self.store.keys.instance(&self.me.name), &to_json(&self.record()), lease);
-                    let call = self.store.client.call::<serde_json::Value>("/v3/kv/put", &put);
-                    if matches!(within(bound, call).await, Some(Err(e)) if lease_gone(&e)) {
+                    if let Some(false) = self.present(lease, bound).await {
                         self.step_down(&mut leading);
                         return Ended::Lost;
                     }
@@ -210,6 +214,22 @@ impl Campaign {
             .and_then(|l| l.kvs.first())
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
         Ok(Err((holder, r.header.revision)))
+    }
+
+    /// Writes this instance's record on `lease`: `Some(false)` when the lease is gone,
+    /// `None` when etcd could not be reached by `until`.
+    async fn present(&self, lease: i64, until: Option<Instant>) -> Option<bool> {
+        let key = self.store.keys.instance(&self.me.name);
+        let put = wire::put(&key, &to_json(&self.record()), lease);
+        let call = self
+            .store
+            .client
+            .call::<serde_json::Value>("/v3/kv/put", &put);
+        match within(until, call).await? {
+            Ok(_) => Some(true),
+            Err(e) if lease_gone(&e) => Some(false),
+            Err(_) => None,
+        }
     }
 
     /// `Some(alive)` when etcd answered, `None` when it could not be reached in time.

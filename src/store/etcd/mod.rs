@@ -93,8 +93,9 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the first endpoint that answers (each tried for at most `connect_timeout`)
-    /// and checks that etcd serves; the error names every endpoint and why it failed.
+    /// Connects to the first endpoint that answers (each connection attempt bounded by
+    /// `connect_timeout`, each answer by at least `client::ANSWER_TIMEOUT`) and checks
+    /// that etcd serves; the error names every endpoint and why it failed.
     /// Must run on a tokio runtime: the `Store` methods block on it (they are only ever called
     /// from `spawn_blocking`).
     pub async fn connect(
