@@ -5,10 +5,17 @@
 //! - `P/rollouts/<id, 20 digits>`: a `Rollout` (the latest of a service has the highest id);
 //! - `P/seq/rollout`: the last rollout id handed out (decimal), moved by compare-and-swap;
 //! - `P/events/<unix ms, 13 digits>-<instance>-<n>`: an `Event`; its id is
-//!   `create_revision * 1000 + n`, unique and increasing across the fleet;
+//!   `create_revision * 1000 + n` (`n` < 1000, so at most 1000 events per commit), unique
+//!   and increasing across the fleet, plus `P/seq/event` when events were imported;
+//! - `P/seq/event`: the highest imported event id (imported events keep theirs in the value);
 //! - `P/config`: the applied configuration's text (TOML), see `ConfigRecord`;
 //! - `P/leader`: the leader's `InstanceRecord`, attached to its lease;
 //! - `P/instances/<name>`: each live instance's `InstanceRecord`, attached to its lease.
+//!
+//! Files: `client` (the JSON gateway), `wire` (its messages), `keys` (this layout), `txn`
+//! (writes and their conditions), `events` (the history), `dump` (export/import), `watch`,
+//! `election`. A commit is one etcd transaction, so it holds at most 128 operations (etcd's
+//! default `--max-txn-ops`): traffic, rollout and events together.
 
 pub mod client;
 mod dump;
