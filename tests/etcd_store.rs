@@ -517,7 +517,8 @@ bounded_test! {
 
 bounded_test! {
     /// A leader that cannot renew its lease (etcd paused) stops leading before the lease
-    /// can have run out on etcd's side, and leads again once etcd is back.
+    /// can have run out on etcd's side, shows etcd unreachable meanwhile, and leads again
+    /// once etcd is back.
     async fn a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out() {
         let etcd = Etcd::start().await;
         let store = connect(&etcd, "lb-1").await;
@@ -528,9 +529,13 @@ bounded_test! {
         let paused = Instant::now();
         seen.wait_for(|l| !l.me).await.unwrap();
         let took = paused.elapsed();
+        let shown = store.connection();
         etcd.resume();
         assert!(took < TTL, "stepped down {took:?} after its last chance to renew");
+        assert!(!shown.connected, "a hung etcd shows as reached: {shown:?}");
+        assert!(shown.last_error.unwrap().contains("no answer within"));
         tokio::time::timeout(TTL * 4, seen.wait_for(|l| l.me)).await.unwrap().unwrap();
+        assert!(store.connection().connected);
     }
 }
 
