@@ -2,6 +2,7 @@
 
 mod rollout;
 mod show;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -132,6 +133,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Move the state between stores: `store export` / `store import` (instance stopped).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// A self-contained walk-through: two backends, the balancer, traffic, switches, a canary.
     Demo {
         /// Instead: a canary whose new version fails, rolled back automatically.
@@ -333,6 +337,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(worst))
         }
+        Command::Store(command) => store::run(command).await,
         Command::Demo {
             fleet: true, phase, ..
         } => crate::demo::fleet(phase).await.map(|_| ExitCode::SUCCESS),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::lock::InstanceLock;
-use super::{Commit, Event, EventQuery, NewRollout, Persisted, Store, StoreError};
+use super::{Commit, Dump, Event, EventQuery, NewRollout, Persisted, Store, StoreError};
 use crate::rollout::Rollout;
 
 const SCHEMA_VERSION: i64 = 1;
@@ -155,9 +155,10 @@ impl SqliteStore {
             let split = |s: &Option<crate::split::Split>| {
                 s.as_ref().map(|s| serde_json::to_string(s).expect("split"))
             };
+            // A new event takes the next id; an imported one keeps its own.
             tx.execute(
-                "INSERT INTO events (at, service, rollout, actor, kind, from_split, to_split, reason, on_behalf_of)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO events (id, at, service, rollout, actor, kind, from_split, to_split, reason, on_behalf_of)
+                 VALUES (?10, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     e.at,
                     e.service,
@@ -167,12 +168,75 @@ impl SqliteStore {
                     split(&e.from),
                     split(&e.to),
                     e.reason,
-                    e.on_behalf_of
+                    e.on_behalf_of,
+                    (e.id != 0).then_some(e.id)
                 ],
             )
             .map_err(|e| self.io(e))?;
         }
         Ok(())
+    }
+
+    /// Events selected by `filter` (the SQL after `FROM events`).
+    fn read_events(
+        &self,
+        conn: &Connection,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, at, service, rollout, actor, kind, from_split, to_split, reason, on_behalf_of
+                 FROM events {filter}"
+            ))
+            .map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                ))
+            })
+            .map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, service, rollout, actor, kind, from, to, reason, on_behalf_of) =
+                row.map_err(|e| self.io(e))?;
+            let parse = |s: Option<String>| -> Result<_, StoreError> {
+                s.map(|s| serde_json::from_str(&s).map_err(|e| self.corrupt(e)))
+                    .transpose()
+            };
+            out.push(Event {
+                id,
+                at,
+                service,
+                rollout: rollout.map(|r| r as u64),
+                actor,
+                on_behalf_of,
+                kind,
+                from: parse(from)?,
+                to: parse(to)?,
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pairs of text columns (a name and a JSON `state`), in the order `sql` gives.
+    fn states(&self, conn: &Connection, sql: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = conn.prepare(sql).map_err(|e| self.io(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.io(e))?;
+        rows.map(|r| r.map_err(|e| self.io(e))).collect()
     }
 }
 
@@ -246,63 +310,21 @@ impl Store for SqliteStore {
 
     fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let conn = self.conn.lock().expect("store lock");
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, at, service, rollout, actor, kind, from_split, to_split, reason, on_behalf_of FROM events
-                 WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR rollout = ?2)
-                   AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR at >= ?5)
-                 ORDER BY id DESC LIMIT ?6",
-            )
-            .map_err(|e| self.io(e))?;
         let limit = q.limit.unwrap_or(100).min(10_000) as i64;
-        let rows = stmt
-            .query_map(
-                params![
-                    q.service,
-                    q.rollout.map(|r| r as i64),
-                    q.kind,
-                    q.actor,
-                    q.since,
-                    limit
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<i64>>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                        r.get::<_, Option<String>>(7)?,
-                        r.get::<_, String>(8)?,
-                        r.get::<_, Option<String>>(9)?,
-                    ))
-                },
-            )
-            .map_err(|e| self.io(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, at, service, rollout, actor, kind, from, to, reason, on_behalf_of) =
-                row.map_err(|e| self.io(e))?;
-            let parse = |s: Option<String>| -> Result<_, StoreError> {
-                s.map(|s| serde_json::from_str(&s).map_err(|e| self.corrupt(e)))
-                    .transpose()
-            };
-            out.push(Event {
-                id,
-                at,
-                service,
-                rollout: rollout.map(|r| r as u64),
-                actor,
-                on_behalf_of,
-                kind,
-                from: parse(from)?,
-                to: parse(to)?,
-                reason,
-            });
-        }
-        Ok(out)
+        self.read_events(
+            &conn,
+            "WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR rollout = ?2)
+               AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR at >= ?5)
+             ORDER BY id DESC LIMIT ?6",
+            params![
+                q.service,
+                q.rollout.map(|r| r as i64),
+                q.kind,
+                q.actor,
+                q.since,
+                limit
+            ],
+        )
     }
 
     fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError> {
@@ -320,11 +342,57 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
-    fn export(&self) -> Result<super::Dump, StoreError> {
-        todo!("sqlite export")
+
+    fn export(&self) -> Result<Dump, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut d = Dump::default();
+        for (service, json) in self.states(&conn, "SELECT service, state FROM traffic")? {
+            let rec = serde_json::from_str(&json)
+                .map_err(|e| self.corrupt(format!("traffic of {service}: {e}")))?;
+            d.traffic.insert(service, rec);
+        }
+        for (_, json) in self.states(&conn, "SELECT service, state FROM rollouts ORDER BY id")? {
+            d.rollouts.push(
+                serde_json::from_str(&json).map_err(|e| self.corrupt(format!("rollout: {e}")))?,
+            );
+        }
+        d.events = self.read_events(&conn, "ORDER BY id", [])?;
+        Ok(d)
     }
-    fn import(&self, _d: &super::Dump) -> Result<(), StoreError> {
-        todo!("sqlite import")
+
+    /// In one transaction, ids kept: explicit ids move AUTOINCREMENT past them, so what is
+    /// created afterwards never reuses one.
+    fn import(&self, d: &Dump) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        let held: i64 = tx
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM traffic) + (SELECT COUNT(*) FROM rollouts) + (SELECT COUNT(*) FROM events)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.io(e))?;
+        if held > 0 {
+            return Err(self.io(
+                "import refused: the database already holds state (traffic, rollouts or events)",
+            ));
+        }
+        let mut c = Commit {
+            traffic: d.traffic.clone().into_iter().collect(),
+            events: d.events.clone(),
+            ..Commit::default()
+        };
+        if c.events.iter().any(|e| e.id <= 0) {
+            return Err(self.io("import refused: an event of the dump has no id"));
+        }
+        self.write(&tx, &c)?;
+        c.traffic.clear();
+        c.events.clear();
+        for r in &d.rollouts {
+            c.rollout = Some(r.clone());
+            self.write(&tx, &c)?;
+        }
+        tx.commit().map_err(|e| self.io(e))
     }
 }
 

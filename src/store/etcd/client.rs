@@ -22,6 +22,9 @@ use serde_json::{json, Value};
 
 use super::Connection;
 
+/// The least time an answer is given (see `Client::timeout`).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a call to etcd failed; each names the endpoint.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EtcdError {
@@ -66,6 +69,9 @@ impl EtcdError {
 pub struct Client {
     endpoints: Vec<String>,
     http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// How long an answer may take once connected: longer than a connection, as etcd
+    /// syncs each write to disk before it answers (seconds on a loaded machine). Callers
+    /// that must not wait that long bound their own waits.
     timeout: Duration,
     /// The endpoint that answered last: tried first.
     preferred: AtomicUsize,
@@ -118,14 +124,16 @@ impl Lines {
 }
 
 impl Client {
+    /// `connect_timeout` bounds each connection; answers get at least `ANSWER_TIMEOUT`.
     pub fn new(
         endpoints: Vec<String>,
         auth: Option<(String, String)>,
-        timeout: Duration,
+        connect_timeout: Duration,
     ) -> Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        connector.set_connect_timeout(Some(connect_timeout));
+        let timeout = connect_timeout.max(ANSWER_TIMEOUT);
         Client {
             endpoints: endpoints
                 .into_iter()
@@ -184,29 +192,11 @@ impl Client {
         let r = self
             .each_endpoint(|client, at| async move {
                 let (endpoint, answer) = client.post(at, path, body).await?;
-                let status = answer.status();
-                let bytes = tokio::time::timeout(client.timeout, answer.into_body().collect())
-                    .await
-                    .map_err(|_| EtcdError::Timeout {
-                        endpoint: endpoint.clone(),
-                        after: client.timeout,
-                    })?
-                    .map_err(|e| EtcdError::Connect {
-                        endpoint: endpoint.clone(),
-                        reason: format!("answer cut: {e}"),
-                    })?
-                    .to_bytes();
-                decode(&endpoint, status, &bytes)
+                client.read(&endpoint, answer).await
             })
             .await;
         self.note(&r);
-        let r = r?;
-        if path.starts_with("/v3/kv/") {
-            if let Some(rev) = r.get("header").and_then(|h| h.get("revision")) {
-                self.saw_revision(rev.as_str().and_then(|s| s.parse().ok()).unwrap_or(0));
-            }
-        }
-        serde_json::from_value(r).map_err(|e| EtcdError::Decode {
+        serde_json::from_value(r?).map_err(|e| EtcdError::Decode {
             endpoint: self.endpoints(),
             reason: e.to_string(),
         })
@@ -219,13 +209,10 @@ impl Client {
                 let (endpoint, answer) = client.post(at, path, body).await?;
                 let status = answer.status();
                 if !status.is_success() {
-                    let bytes = tokio::time::timeout(client.timeout, answer.collect())
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .map(http_body_util::Collected::to_bytes)
-                        .unwrap_or_default();
-                    return Err(failure(&endpoint, status, &bytes));
+                    let read = client.read(&endpoint, answer).await;
+                    return Err(read
+                        .err()
+                        .unwrap_or_else(|| failure(&endpoint, status, b"")));
                 }
                 Ok(Lines {
                     endpoint,
@@ -274,7 +261,7 @@ impl Client {
         }))
     }
 
-    /// POSTs to one endpoint, bounded until the answer's head; with the auth token.
+    /// POSTs to one endpoint with the auth token; the endpoint and the answer's head.
     async fn post(
         &self,
         at: usize,
@@ -283,6 +270,18 @@ impl Client {
     ) -> Result<(String, hyper::Response<Incoming>), EtcdError> {
         let endpoint = self.endpoints.get(at).cloned().unwrap_or_default();
         let token = self.token(&endpoint).await?;
+        let answer = self.send(&endpoint, path, body, token).await?;
+        Ok((endpoint, answer))
+    }
+
+    /// One POST, bounded until the answer's head.
+    async fn send(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+        token: Option<String>,
+    ) -> Result<hyper::Response<Incoming>, EtcdError> {
         let mut req = hyper::Request::post(format!("{endpoint}{path}"))
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(t) = token {
@@ -291,20 +290,41 @@ impl Client {
         let req = req
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| EtcdError::Connect {
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.into(),
                 reason: e.to_string(),
             })?;
         match tokio::time::timeout(self.timeout, self.http.request(req)).await {
             Err(_) => Err(EtcdError::Timeout {
-                endpoint,
+                endpoint: endpoint.into(),
                 after: self.timeout,
             }),
             Ok(Err(e)) => Err(EtcdError::Connect {
+                endpoint: endpoint.into(),
                 reason: connect_reason(&e),
-                endpoint,
             }),
-            Ok(Ok(answer)) => Ok((endpoint, answer)),
+            Ok(Ok(answer)) => Ok(answer),
         }
+    }
+
+    /// A whole answer, bounded: its JSON, or etcd's error.
+    async fn read(
+        &self,
+        endpoint: &str,
+        answer: hyper::Response<Incoming>,
+    ) -> Result<Value, EtcdError> {
+        let status = answer.status();
+        let bytes = tokio::time::timeout(self.timeout, answer.into_body().collect())
+            .await
+            .map_err(|_| EtcdError::Timeout {
+                endpoint: endpoint.into(),
+                after: self.timeout,
+            })?
+            .map_err(|e| EtcdError::Connect {
+                endpoint: endpoint.into(),
+                reason: format!("answer cut: {e}"),
+            })?
+            .to_bytes();
+        decode(endpoint, status, &bytes)
     }
 
     /// The auth token for calls, fetched once (`/v3/auth/authenticate`) when a user is set.
@@ -315,35 +335,11 @@ impl Client {
         if let Some(t) = self.token.lock().expect("etcd token").clone() {
             return Ok(Some(t));
         }
-        let req = hyper::Request::post(format!("{endpoint}/v3/auth/authenticate"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(
-                json!({ "name": name, "password": password }).to_string(),
-            )))
-            .expect("static request");
-        let answer = match tokio::time::timeout(self.timeout, self.http.request(req)).await {
-            Err(_) => {
-                return Err(EtcdError::Timeout {
-                    endpoint: endpoint.into(),
-                    after: self.timeout,
-                })
-            }
-            Ok(Err(e)) => {
-                return Err(EtcdError::Connect {
-                    endpoint: endpoint.into(),
-                    reason: connect_reason(&e),
-                })
-            }
-            Ok(Ok(a)) => a,
-        };
-        let status = answer.status();
-        let bytes = tokio::time::timeout(self.timeout, answer.into_body().collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(http_body_util::Collected::to_bytes)
-            .unwrap_or_default();
-        let v = decode(endpoint, status, &bytes)?;
+        let body = json!({ "name": name, "password": password });
+        let answer = self
+            .send(endpoint, "/v3/auth/authenticate", &body, None)
+            .await?;
+        let v = self.read(endpoint, answer).await?;
         let token = v.get("token").and_then(Value::as_str).map(str::to_string);
         *self.token.lock().expect("etcd token") = token.clone();
         Ok(token)

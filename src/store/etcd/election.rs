@@ -108,20 +108,27 @@ impl Campaign {
         let every = self.ttl / 3;
         let mut last_ok = granted;
         let mut next_keepalive = Instant::now() + every;
-        let mut next_refresh = Instant::now();
+        // Present in the fleet before campaigning: whoever sees a leader sees its peers.
+        if let Some(false) = self.present(lease, Instant::now() + every).await {
+            return Ended::Lost;
+        }
+        let mut next_refresh = Instant::now() + REFRESH;
         let mut leading: Option<i64> = None;
         let mut follow: Option<RawWatch> = None;
         let mut vacant = true;
         loop {
             if leading.is_none() && vacant {
-                match self.try_lead(lease).await {
-                    Ok(Ok(fence)) => {
+                match self
+                    .within(Instant::now() + every, self.try_lead(lease))
+                    .await
+                {
+                    Some(Ok(Ok(fence))) => {
                         self.store.set_fence(Some(fence));
                         leading = Some(fence);
                         follow = None;
                         self.publish(true, Some(self.record()));
                     }
-                    Ok(Err((holder, revision))) => {
+                    Some(Ok(Err((holder, revision)))) => {
                         vacant = holder.is_none();
                         self.publish(false, holder);
                         follow = Some(RawWatch::new(
@@ -131,13 +138,15 @@ impl Campaign {
                             revision,
                         ));
                     }
-                    Err(e) if lease_gone(&e) => return Ended::Lost,
-                    Err(_) => {}
+                    Some(Err(e)) if lease_gone(&e) => return Ended::Lost,
+                    Some(Err(_)) | None => {}
                 }
             }
             let lead_deadline = last_ok + budget;
-            // While leading, nothing here may wait past the moment to step down.
-            let bound = leading.map(|_| lead_deadline);
+            // No call waits past the next keepalive, nor, while leading, past the moment
+            // to step down.
+            let soon = Instant::now() + every;
+            let bound = leading.map_or(soon, |_| lead_deadline.min(soon));
             tokio::select! {
                 biased;
                 _ = sleep_until(lead_deadline), if leading.is_some() => {
@@ -153,7 +162,7 @@ impl Campaign {
                 _ = sleep_until(next_keepalive) => {
                     let sent = Instant::now();
                     next_keepalive = sent + every;
-                    match within(bound, self.keepalive(lease)).await.flatten() {
+                    match self.within(bound, self.keepalive(lease)).await.flatten() {
                         Some(true) => last_ok = sent,
                         Some(false) => {
                             self.step_down(&mut leading);
@@ -164,9 +173,7 @@ impl Campaign {
                 }
                 _ = sleep_until(next_refresh) => {
                     next_refresh = Instant::now() + REFRESH;
-                    let put = wire::put(&self.store.keys.instance(&self.me.name), &to_json(&self.record()), lease);
-                    let call = self.store.client.call::<serde_json::Value>("/v3/kv/put", &put);
-                    if matches!(within(bound, call).await, Some(Err(e)) if lease_gone(&e)) {
+                    if let Some(false) = self.present(lease, bound).await {
                         self.step_down(&mut leading);
                         return Ended::Lost;
                     }
@@ -212,25 +219,61 @@ impl Campaign {
         Ok(Err((holder, r.header.revision)))
     }
 
-    /// `Some(alive)` when etcd answered, `None` when it could not be reached in time.
+    /// Writes this instance's record on `lease`: `Some(false)` when the lease is gone,
+    /// `None` when etcd could not be reached by `until`.
+    async fn present(&self, lease: i64, until: Instant) -> Option<bool> {
+        let key = self.store.keys.instance(&self.me.name);
+        let put = wire::put(&key, &to_json(&self.record()), lease);
+        let call = self
+            .store
+            .client
+            .call::<serde_json::Value>("/v3/kv/put", &put);
+        match self.within(until, call).await? {
+            Ok(_) => Some(true),
+            Err(e) if lease_gone(&e) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    /// `Some(alive)` when etcd answered, `None` when it could not be reached.
     async fn keepalive(&self, lease: i64) -> Option<bool> {
         let body = json!({ "ID": lease.to_string() });
         let call = self
             .store
             .client
             .call::<Streamed<LeaseGrant>>("/v3/lease/keepalive", &body);
-        match timeout(self.ttl / 3, call).await {
-            Ok(Ok(s)) => Some(s.result.is_some_and(|g| g.ttl > 0)),
-            Ok(Err(e)) if lease_gone(&e) => Some(false),
-            _ => None,
+        match call.await {
+            Ok(s) => Some(s.result.is_some_and(|g| g.ttl > 0)),
+            Err(e) if lease_gone(&e) => Some(false),
+            Err(_) => None,
         }
     }
 
-    /// Stops acting as leader first, then says so.
+    /// `f`'s output, or `None` if `until` came first: noted as etcd not answering, as a
+    /// paused or cut-off etcd closes nothing and `connection()` must show it all the same.
+    async fn within<T>(
+        &self,
+        until: Instant,
+        f: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let asked = Instant::now();
+        let r = tokio::time::timeout_at(until, f).await.ok();
+        if r.is_none() {
+            self.store.client.note(&Err::<(), _>(EtcdError::Timeout {
+                endpoint: self.store.client.endpoints(),
+                after: until.saturating_duration_since(asked),
+            }));
+        }
+        r
+    }
+
+    /// Says first that this instance no longer leads, so that the control plane stops
+    /// acting as leader, then lifts the fence (a leader's write still in flight meanwhile is
+    /// refused by it).
     fn step_down(&self, leading: &mut Option<i64>) {
         if leading.take().is_some() {
-            self.store.set_fence(None);
             self.publish(false, None);
+            self.store.set_fence(None);
         }
     }
 
@@ -249,14 +292,6 @@ impl Campaign {
             *l = new;
             changed
         });
-    }
-}
-
-/// `f`'s output, or `None` if `until` came first.
-async fn within<T>(until: Option<Instant>, f: impl std::future::Future<Output = T>) -> Option<T> {
-    match until {
-        Some(at) => tokio::time::timeout_at(at, f).await.ok(),
-        None => Some(f.await),
     }
 }
 

@@ -5,10 +5,17 @@
 //! - `P/rollouts/<id, 20 digits>`: a `Rollout` (the latest of a service has the highest id);
 //! - `P/seq/rollout`: the last rollout id handed out (decimal), moved by compare-and-swap;
 //! - `P/events/<unix ms, 13 digits>-<instance>-<n>`: an `Event`; its id is
-//!   `create_revision * 1000 + n`, unique and increasing across the fleet;
+//!   `create_revision * 1000 + n` (`n` < 1000, so at most 1000 events per commit), unique
+//!   and increasing across the fleet, plus `P/seq/event` when events were imported;
+//! - `P/seq/event`: the highest imported event id (imported events keep theirs in the value);
 //! - `P/config`: the applied configuration's text (TOML), see `ConfigRecord`;
 //! - `P/leader`: the leader's `InstanceRecord`, attached to its lease;
 //! - `P/instances/<name>`: each live instance's `InstanceRecord`, attached to its lease.
+//!
+//! Files: `client` (the JSON gateway), `wire` (its messages), `keys` (this layout), `txn`
+//! (writes and their conditions), `events` (the history), `dump` (export/import), `watch`,
+//! `election`. A commit is one etcd transaction, so it holds at most 128 operations (etcd's
+//! default `--max-txn-ops`): traffic, rollout and events together.
 
 pub mod client;
 mod dump;
@@ -35,7 +42,7 @@ use keys::Keys;
 use wire::{Kv, RangeResponse, TxnResponse};
 
 pub use election::{campaign, Leadership};
-pub use watch::{Change, Watch};
+pub use watch::{Batch, Change, Watch};
 
 /// An instance as the fleet sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,8 +102,9 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to the first endpoint that answers (each tried for at most `connect_timeout`)
-    /// and checks that etcd serves; the error names every endpoint and why it failed.
+    /// Connects to the first endpoint that answers (each connection attempt bounded by
+    /// `connect_timeout`, each answer by at least `client::ANSWER_TIMEOUT`) and checks
+    /// that etcd serves; the error names every endpoint and why it failed.
     /// Must run on a tokio runtime: the `Store` methods block on it (they are only ever called
     /// from `spawn_blocking`).
     pub async fn connect(
@@ -193,6 +201,29 @@ impl EtcdStore {
         r.kvs.iter().map(Self::decode).collect()
     }
 
+    /// `Store::load`, and the revision the state was read at: a watch from there misses
+    /// nothing and repeats nothing (`watch(revision)`).
+    pub async fn load_at(&self) -> Result<(Persisted, i64), StoreError> {
+        let r = self
+            .read(vec![
+                wire::range_prefix(&self.keys.traffic_prefix()),
+                wire::range_prefix(&self.keys.rollouts_prefix()),
+            ])
+            .await?;
+        let mut out = Persisted::default();
+        for kv in r.range(0).map(|r| r.kvs.as_slice()).unwrap_or_default() {
+            if let keys::Key::Traffic(service) = self.keys.decode(&kv.key_str()) {
+                out.traffic.insert(service, Self::decode(kv)?);
+            }
+        }
+        // Keys sort by id: the last of a service is its latest.
+        for kv in r.range(1).map(|r| r.kvs.as_slice()).unwrap_or_default() {
+            let rollout: Rollout = Self::decode(kv)?;
+            out.rollouts.insert(rollout.service.clone(), rollout);
+        }
+        Ok((out, r.header.revision))
+    }
+
     /// Changes under the prefix after `from_revision` (see `watch`). The stream is opened
     /// here, so that the first change is not delayed by it; if etcd cannot be reached now
     /// the watch still comes back, and keeps trying (it never fails after this).
@@ -221,18 +252,28 @@ impl EtcdStore {
         serde_json::from_slice(&kv.value).map_err(|e| Self::corrupt(&kv.key_str(), e))
     }
 
+    /// A read of the state; its revision counts as seen.
     async fn range(&self, req: serde_json::Value) -> Result<RangeResponse, StoreError> {
-        self.client
+        let r: RangeResponse = self
+            .client
             .call("/v3/kv/range", &req)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.client.saw_revision(r.header.revision);
+        Ok(r)
     }
 
+    /// A write (or a read of several ranges) of the state; its revision counts as seen.
+    /// The election's presence and leader writes do not come here: they say nothing about
+    /// the state this instance has seen.
     async fn txn(&self, req: serde_json::Value) -> Result<TxnResponse, StoreError> {
-        self.client
+        let r: TxnResponse = self
+            .client
             .call("/v3/kv/txn", &req)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.client.saw_revision(r.header.revision);
+        Ok(r)
     }
 
     /// Several ranges read at one revision.
@@ -251,26 +292,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<Persisted, StoreError> {
-        self.rt.block_on(async {
-            let r = self
-                .read(vec![
-                    wire::range_prefix(&self.keys.traffic_prefix()),
-                    wire::range_prefix(&self.keys.rollouts_prefix()),
-                ])
-                .await?;
-            let mut out = Persisted::default();
-            for kv in r.range(0).map(|r| r.kvs.as_slice()).unwrap_or_default() {
-                if let keys::Key::Traffic(service) = self.keys.decode(&kv.key_str()) {
-                    out.traffic.insert(service, Self::decode(kv)?);
-                }
-            }
-            // Keys sort by id: the last of a service is its latest.
-            for kv in r.range(1).map(|r| r.kvs.as_slice()).unwrap_or_default() {
-                let rollout: Rollout = Self::decode(kv)?;
-                out.rollouts.insert(rollout.service.clone(), rollout);
-            }
-            Ok(out)
-        })
+        self.rt.block_on(self.load_at()).map(|(p, _)| p)
     }
 
     fn commit(&self, c: &Commit) -> Result<(), StoreError> {

@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::{to_json, wire, EtcdStore};
 use crate::store::{Commit, NewRollout, StoreError};
 
-/// How often `create_rollout` tries again after another instance took the id it read.
-const ID_RACES: usize = 8;
+/// How long `create_rollout` keeps trying while other instances take the ids it read.
+const ID_RACES: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One transaction's writes and its conditions.
 #[derive(Debug, Default)]
@@ -135,7 +135,8 @@ impl EtcdStore {
     /// as the rollout's commit: ids never repeat across instances.
     pub(super) async fn create_rollout_async(&self, make: &NewRollout) -> Result<u64, StoreError> {
         let seq = self.keys.rollout_seq();
-        for attempt in 0..ID_RACES {
+        let started = tokio::time::Instant::now();
+        for attempt in 0u32.. {
             let r = self.range(wire::range(&seq)).await?;
             let (last, modified) = match r.kvs.first() {
                 None => (0, 0),
@@ -158,15 +159,17 @@ impl EtcdStore {
                 self.note_written(&commit, revision);
                 return Ok(id);
             }
-            // Another instance took this id: read again, after a short random pause.
-            let pause = fastrand::u64(1..=5 * (attempt as u64 + 1));
+            if started.elapsed() > ID_RACES {
+                break;
+            }
+            // Another instance took this id: read again after a random pause, longer each
+            // time, so that racing writers spread out.
+            let pause = fastrand::u64(0..=1 << attempt.min(6));
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
         }
         Err(StoreError::Etcd {
             endpoints: self.client.endpoints(),
-            reason: format!(
-                "no rollout id after {ID_RACES} tries: other instances kept taking them"
-            ),
+            reason: format!("no rollout id within {ID_RACES:?}: other instances kept taking them"),
         })
     }
 }

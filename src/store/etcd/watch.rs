@@ -18,6 +18,8 @@ use crate::store::TrafficRecord;
 /// The first pause before reopening a broken watch; doubled up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a new watch may take to be registered.
+const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// One change of the shared state.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,11 +66,9 @@ impl Watch {
         }
     }
 
-    /// Opens the stream now (best effort; `next` retries).
+    /// Opens the stream now (best effort: `next` opens it again if this failed).
     pub(super) async fn open(&mut self) {
-        if let Ok(lines) = self.raw.open().await {
-            self.raw.lines = Some(lines);
-        }
+        let _ = self.raw.open().await;
     }
 
     /// The next batch of changes; waits (reconnecting as needed) until there is one.
@@ -141,6 +141,8 @@ pub(super) struct RawWatch {
     request: serde_json::Value,
     next_revision: i64,
     lines: Option<Lines>,
+    /// The first answer of a new stream, when it was more than "created".
+    pending: Option<Streamed<WatchResponse>>,
     backoff: Duration,
 }
 
@@ -162,6 +164,7 @@ impl RawWatch {
             request,
             next_revision: from_revision + 1,
             lines: None,
+            pending: None,
             backoff: MIN_BACKOFF,
         }
     }
@@ -169,20 +172,13 @@ impl RawWatch {
     /// The next answer with events; reconnects as needed. Cancel-safe.
     pub(super) async fn next(&mut self) -> Raw {
         loop {
-            let lines = match &mut self.lines {
-                Some(lines) => lines,
-                None => match self.open().await {
-                    Ok(lines) => self.lines.insert(lines),
-                    Err(e) => {
-                        self.failed(e).await;
-                        continue;
-                    }
-                },
-            };
-            let answer = match lines.next::<Streamed<WatchResponse>>().await {
+            let answer = match self.answer().await {
                 Ok(Some(a)) => a,
                 Ok(None) => {
+                    // Closed by etcd (shutting down, or a proxy's idle limit): reopen after
+                    // a pause, which the open's outcome then reports.
                     self.lines = None;
+                    self.pause().await;
                     continue;
                 }
                 Err(e) => {
@@ -218,11 +214,46 @@ impl RawWatch {
         }
     }
 
-    async fn open(&self) -> Result<Lines, EtcdError> {
+    /// The next answer, opening the stream first when there is none.
+    async fn answer(&mut self) -> Result<Option<Streamed<WatchResponse>>, EtcdError> {
+        if self.lines.is_none() {
+            self.open().await?;
+        }
+        if let Some(first) = self.pending.take() {
+            return Ok(Some(first));
+        }
+        match &mut self.lines {
+            Some(lines) => lines.next().await,
+            None => Ok(None),
+        }
+    }
+
+    /// Opens the stream and waits for etcd's first answer, which comes once the watch is
+    /// registered: a change made after this returns is streamed at once, where a watcher
+    /// still being set up would get it from etcd's catch-up loop, up to 100 ms later.
+    pub(super) async fn open(&mut self) -> Result<(), EtcdError> {
         let mut create = self.request.clone();
         create["start_revision"] = self.next_revision.to_string().into();
         let body = serde_json::json!({ "create_request": create });
-        self.store.client.stream("/v3/watch", &body).await
+        let mut lines = self.store.client.stream("/v3/watch", &body).await?;
+        let first = tokio::time::timeout(OPEN_WAIT, lines.next::<Streamed<WatchResponse>>()).await;
+        let first = match first {
+            Err(_) => {
+                return Err(EtcdError::Timeout {
+                    endpoint: self.store.client.endpoints(),
+                    after: OPEN_WAIT,
+                })
+            }
+            Ok(first) => first?,
+        };
+        // A plain "created" says nothing more; anything else is for `next`.
+        self.pending = first.filter(|a| {
+            a.result
+                .as_ref()
+                .is_none_or(|w| w.canceled || w.compact_revision > 0 || !w.events.is_empty())
+        });
+        self.lines = Some(lines);
+        Ok(())
     }
 
     /// The stream broke or could not be opened: noted (the store shows itself disconnected),
@@ -230,6 +261,11 @@ impl RawWatch {
     async fn failed(&mut self, e: EtcdError) {
         self.lines = None;
         self.store.client.note(&Err::<(), _>(e));
+        self.pause().await;
+    }
+
+    /// Waits before the next try, longer each time until an answer comes.
+    async fn pause(&mut self) {
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
@@ -242,7 +278,7 @@ impl RawWatch {
         match self.store.range(probe).await {
             Ok(r) => Some(r.header.revision),
             Err(_) => {
-                tokio::time::sleep(self.backoff).await;
+                self.pause().await;
                 None
             }
         }
