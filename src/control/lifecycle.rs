@@ -67,14 +67,18 @@ impl Controller {
                 (fleet.etcd.clone(), Some(fleet), config)
             }
         };
-        let persisted = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.load())
-                .await
-                .expect("store task")?
+        // A fleet's state comes with the revision it was read at: its changes are watched
+        // from just after it, and forward decisions are based on it.
+        let (persisted, revision) = match &fleet {
+            Some(f) => f.etcd.load_at().await?,
+            None => {
+                let store = store.clone();
+                let loaded = tokio::task::spawn_blocking(move || store.load())
+                    .await
+                    .expect("store task")?;
+                (loaded, 0)
+            }
         };
-        // The fleet's changes are watched from just after what was loaded.
-        let revision = fleet.as_ref().map_or(0, |f| f.etcd.connection().revision);
         let config = Arc::new(config);
         let mut traffic = BTreeMap::new();
         let mut step_from = HashMap::new();
