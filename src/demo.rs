@@ -295,6 +295,25 @@ fn print_tally(what: &str, t: &Tally) {
     );
 }
 
+/// Which backend answered a GET of `uri` with a success (`x-backend`); `None` for a failure.
+async fn backend_of(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    uri: http::Uri,
+) -> Option<String> {
+    match client.get(uri).await {
+        Ok(r) if r.status().is_success() => {
+            let b = r
+                .headers()
+                .get("x-backend")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let _ = r.into_body().collect().await;
+            b
+        }
+        _ => None,
+    }
+}
+
 async fn traffic(
     addr: std::net::SocketAddr,
     tally: Arc<Mutex<Tally>>,
@@ -311,19 +330,7 @@ async fn traffic(
             (s.expected, s.generation)
         };
         let epoch = tally.lock().expect("tally").epoch;
-        let res = client.get(uri.clone()).await;
-        let backend = match res {
-            Ok(r) if r.status().is_success() => {
-                let b = r
-                    .headers()
-                    .get("x-backend")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let _ = r.into_body().collect().await;
-                b
-            }
-            _ => None,
-        };
+        let backend = backend_of(&client, uri.clone()).await;
         let mut s = switched.lock().expect("switched");
         if let Some(want) = expected.filter(|_| s.generation == generation) {
             s.checked += 1;

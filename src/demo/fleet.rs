@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
@@ -172,18 +172,7 @@ async fn clients(webs: Targets, counts: Arc<Mutex<Counts>>, stop: CancellationTo
             w[n % w.len()]
         };
         let uri: http::Uri = format!("http://{addr}/").parse().expect("uri");
-        let backend = match client.get(uri).await {
-            Ok(r) if r.status().is_success() => {
-                let b = r
-                    .headers()
-                    .get("x-backend")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let _ = r.into_body().collect().await;
-                b
-            }
-            _ => None,
-        };
+        let backend = super::backend_of(&client, uri).await;
         let mut c = counts.lock().expect("counts");
         match backend {
             Some(b) => *c.answers.entry((i, b)).or_default() += 1,
