@@ -303,3 +303,68 @@ bounded_test! {
         }
     }
 }
+
+bounded_test! {
+    /// `switchyard status` through any instance shows the fleet: every instance with its state
+    /// revision and last contact, the leader, and the observed split of the whole fleet and of
+    /// each other instance.
+    async fn status_shows_the_instances_the_leader_and_the_fleets_observed_split() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let cfg = Cfg::new()
+            .service("weights = { blue = 50, green = 50 }")
+            .group("blue", &[blue.addr])
+            .group("green", &[green.addr]);
+        let fleet = Fleet::start(&etcd, "/sy/status", &cfg, 3).await;
+        let leader = fleet.wait_for_leader().await;
+        let c = client();
+        for s in &fleet.servers {
+            for _ in 0..40 {
+                get(&c, &web_url(s).await, &[]).await.unwrap();
+            }
+        }
+        let admin_addr = fleet.servers[1].admin_addr.to_string();
+        let path = fleet.paths[1].clone();
+        // The peers' seconds reach instance 1 within a few pulls (every 250 ms).
+        let mut out = String::new();
+        for _ in 0..40 {
+            let (admin_addr, path) = (admin_addr.clone(), path.clone());
+            out = tokio::task::spawn_blocking(move || {
+                common::bin::cli_ok(&path, &["status", "--admin", &admin_addr, "--token", "t0ken"])
+            })
+            .await
+            .unwrap();
+            let complete = ["lb-0", "lb-1", "lb-2"]
+                .iter()
+                .all(|n| out.contains(&format!("instance {n} ")));
+            let peers_seen = out
+                .lines()
+                .filter(|l| l.starts_with("    on lb-") && l.contains("blue="))
+                .count();
+            if complete && peers_seen == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(out.contains(&format!("fleet: instance lb-1, leader {leader}, state revision ")), "{out}");
+        for name in ["lb-0", "lb-1", "lb-2"] {
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("instance {name} ")))
+                .unwrap_or_else(|| panic!("{name} missing:\n{out}"));
+            assert!(line.contains("revision ") && line.contains(" s ago"), "{line}");
+            assert_eq!(line.ends_with("leader"), name == leader, "{line}");
+        }
+        let whole = out
+            .lines()
+            .find(|l| l.contains("observed (last 5 s) shop, whole fleet: "))
+            .unwrap_or_else(|| panic!("no fleet-wide split:\n{out}"));
+        assert!(whole.contains("blue=") && whole.contains("green="), "{whole}");
+        let peers: Vec<&str> = out.lines().filter(|l| l.starts_with("    on lb-")).collect();
+        assert_eq!(peers.len(), 2, "each other instance's split:\n{out}");
+        assert!(
+            peers.iter().all(|l| l.contains("blue=") && l.contains("green=") && !l.contains("stale")),
+            "{out}"
+        );
+    }
+}

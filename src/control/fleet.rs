@@ -207,7 +207,11 @@ impl Controller {
         match f.etcd.instances().await {
             Ok(list) => {
                 let mut view = f.view.lock().expect("fleet view");
-                view.instances = list.into_iter().map(|r| (r.name.clone(), r)).collect();
+                // The watch may have brought newer records meanwhile (this instance's own
+                // first one among them): those stay.
+                for r in list {
+                    view.instances.entry(r.name.clone()).or_insert(r);
+                }
                 let peers = peers_of(&view, &f.name);
                 drop(view);
                 self.set_peers(peers);
