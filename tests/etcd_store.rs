@@ -503,7 +503,13 @@ bounded_test! {
             let d = deposed.clone();
             async move { d.fenced().await }
         });
-        let err = blocking(move || deposed.commit(&traffic_commit("web", 0.0))).await.unwrap_err();
+        // A write decided by the deposed leader: under the leadership its store still holds
+        // (the fence stays until its control plane lifts it).
+        let decided = Store::fence(&*deposed);
+        assert!(decided.is_some(), "the deposed leader's fence was lifted by itself");
+        let mut commit = traffic_commit("web", 0.0);
+        commit.fence = decided;
+        let err = blocking(move || deposed.commit(&commit)).await.unwrap_err();
         assert!(matches!(err, StoreError::Fenced), "{err}");
         tokio::time::timeout(Duration::from_secs(1), woken).await.unwrap().unwrap();
         let loaded = blocking({

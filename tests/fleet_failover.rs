@@ -203,6 +203,13 @@ bounded_test! {
             weights.windows(2).all(|w| w[0] <= w[1]),
             "the candidate's weight went back: {weights:?}"
         );
+        // `after_rollout` runs in the background once the rollout completed.
+        eventually(Duration::from_secs(5), "the after_rollout hook ran", || async {
+            std::fs::read_to_string(&runs).unwrap_or_default().contains("after_rollout")
+        })
+        .await;
+        // Time for a second run, if there were one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let hook_runs = std::fs::read_to_string(&runs).unwrap_or_default();
         for point in ["before_traffic", "before_promotion", "after_traffic", "after_rollout"] {
             let n = hook_runs.lines().filter(|l| *l == point).count();

@@ -227,10 +227,9 @@ impl Controller {
         loop {
             let l = rx.borrow_and_update().clone();
             f.view.lock().expect("fleet view").leader = l.leader.clone();
-            let was = f.leads.swap(l.me, Ordering::SeqCst);
-            match (was, l.me) {
-                (false, true) => self.take_over().await,
-                (true, false) => self.step_down().await,
+            match (f.leads(), l.me) {
+                (false, true) => self.take_over(&f).await,
+                (true, false) => self.step_down(&f).await,
                 _ => {}
             }
             if rx.changed().await.is_err() {
@@ -242,9 +241,11 @@ impl Controller {
     /// This instance now leads: every active rollout gets a driver, held until its guard has
     /// judged one full window (as after a restart: the last leader may have decided a
     /// rollback it could not record).
-    async fn take_over(self: &Arc<Self>) {
+    async fn take_over(self: &Arc<Self>, f: &Fleet) {
         let active: Vec<String> = {
             let mut state = self.state.lock().await;
+            // Under the state lock, which `ensure_driver` takes before it looks.
+            f.leads.store(true, Ordering::SeqCst);
             let active: Vec<String> = state
                 .rollouts
                 .values()
@@ -262,9 +263,15 @@ impl Controller {
 
     /// This instance no longer leads: what decides stops here (the new leader's drivers take
     /// over from the recorded state).
-    async fn step_down(&self) {
+    async fn step_down(&self, f: &Fleet) {
+        // The fence of the leadership being left: lifted only once nothing decides here.
+        let fence = f.etcd.fence();
         let drivers: Vec<_> = {
             let mut state = self.state.lock().await;
+            f.leads.store(false, Ordering::SeqCst);
+            // The next leader judges its own window; nothing is held here any more.
+            state.resume_gate.clear();
+            state.restore.clear();
             state.drivers.drain().map(|(_, (_, task))| task).collect()
         };
         tracing::warn!(
@@ -274,6 +281,9 @@ impl Controller {
         for task in drivers {
             task.abort();
             let _ = task.await;
+        }
+        if let Some(fence) = fence {
+            f.etcd.lift_fence(fence);
         }
     }
 
@@ -298,69 +308,64 @@ impl Controller {
     }
 
     async fn apply_batch(self: &Arc<Self>, f: &Fleet, batch: Batch) {
-        let mut touched = Vec::new();
-        let mut config = None;
-        let mut dirty = false;
-        let mut state = self.state.lock().await;
+        let revision = batch.revision;
+        let (mut traffic, mut rollouts, mut config, mut resync) =
+            (Vec::new(), Vec::new(), None, false);
         for change in batch.changes {
             match change {
                 Change::Traffic {
                     service,
                     record: Some(record),
-                } => {
-                    if self.own_newer(f, &state, &service, batch.revision) {
-                        continue;
-                    }
-                    let t = Traffic::from_record(record);
-                    if state.traffic.get(&service) != Some(&t) {
-                        state.traffic.insert(service, t);
-                        dirty = true;
-                    }
-                }
+                } => traffic.push((service, Traffic::from_record(record))),
                 Change::Traffic { record: None, .. } => {}
-                Change::Rollout(r) => {
-                    if self.own_newer(f, &state, &r.service, batch.revision) {
-                        continue;
-                    }
-                    if let Some(s) = self.take_rollout(&mut state, r) {
-                        touched.push(s);
-                        dirty = true;
-                    }
-                }
+                Change::Rollout(r) => rollouts.push(r),
                 Change::Config(c) => config = Some(c),
                 Change::Leader(l) => f.view.lock().expect("fleet view").leader = l,
-                Change::Instance { name, record } => {
-                    let mut view = f.view.lock().expect("fleet view");
-                    let joined = record.as_ref().map(|r| r.advertise.clone());
-                    let before = view.instances.get(&name).map(|r| r.advertise.clone());
-                    match record {
-                        Some(r) => view.instances.insert(name, r),
-                        None => view.instances.remove(&name),
-                    };
-                    // Only a peer that came, went or moved changes whom the judgement pulls
-                    // (records are renewed every second).
-                    if joined != before {
-                        let peers = peers_of(&view, &f.name);
-                        drop(view);
-                        self.set_peers(peers);
-                    }
-                }
-                Change::Resync => {
-                    if let Err(e) = self.resync(f, &mut state).await {
-                        tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
-                    } else {
-                        dirty = true;
-                    }
+                Change::Instance { name, record } => self.instance_changed(f, name, record),
+                Change::Resync => resync = true,
+            }
+        }
+        // A new configuration is installed together with the traffic that came with it (a
+        // split naming its new groups must never be published with the old one).
+        let running = self.snapshot().config.source.clone();
+        if let Some(c) = config.filter(|c| running.as_deref() != Some(&c.text)) {
+            let incoming: std::collections::BTreeMap<String, Traffic> =
+                std::mem::take(&mut traffic)
+                    .into_iter()
+                    .filter(|(s, _)| !self.own_newer(f, s, revision))
+                    .collect();
+            self.apply_shared_config(f, c, incoming).await;
+        }
+        let mut touched = Vec::new();
+        let mut dirty = false;
+        let mut state = self.state.lock().await;
+        if resync {
+            match self.resync(f, &mut state).await {
+                Ok(()) => dirty = true,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
                 }
             }
         }
-        state.revision = state.revision.max(batch.revision);
-        if let Some(c) = config.filter(|c| state.config.source.as_deref() != Some(&c.text)) {
-            drop(state);
-            self.apply_shared_config(f, c).await;
-            state = self.state.lock().await;
-            dirty = false;
+        for (service, t) in traffic {
+            if self.own_newer(f, &service, revision) || state.traffic.get(&service) == Some(&t) {
+                continue;
+            }
+            state.traffic.insert(service, t);
+            dirty = true;
         }
+        for r in rollouts {
+            // A newer rollout than the one a local write is about is never skipped.
+            let newer = state.rollouts.get(&r.service).is_none_or(|o| r.id > o.id);
+            if !newer && self.own_newer(f, &r.service, revision) {
+                continue;
+            }
+            if let Some(s) = self.take_rollout(&mut state, r) {
+                touched.push(s);
+                dirty = true;
+            }
+        }
+        state.revision = state.revision.max(revision);
         if dirty {
             if let Err(e) = self.publish(&mut state) {
                 tracing::error!(error = %e, "cannot publish the fleet's state");
@@ -372,10 +377,32 @@ impl Controller {
         }
     }
 
+    /// An instance's record came, changed or went.
+    fn instance_changed(&self, f: &Fleet, name: String, record: Option<InstanceRecord>) {
+        let mut view = f.view.lock().expect("fleet view");
+        let joined = record.as_ref().map(|r| r.advertise.clone());
+        let before = view.instances.get(&name).map(|r| r.advertise.clone());
+        match record {
+            Some(r) => view.instances.insert(name, r),
+            None => view.instances.remove(&name),
+        };
+        // Only a peer that came, went or moved changes whom the judgement pulls (records
+        // are renewed every second).
+        if joined != before {
+            let peers = peers_of(&view, &f.name);
+            drop(view);
+            self.set_peers(peers);
+        }
+    }
+
     /// Whether this instance holds a newer state of `service` than a change at `revision`:
     /// a rollback it applied and has not yet recorded, or a write of its own after it.
-    fn own_newer(&self, f: &Fleet, _state: &State, service: &str, revision: i64) -> bool {
-        self.persist.pending_kind(service).is_some() || f.etcd.written_at(service) > revision
+    fn own_newer(&self, f: &Fleet, service: &str, revision: i64) -> bool {
+        let pending = self
+            .persist
+            .pending_kind(service)
+            .is_some_and(super::persist::Kind::supersedes);
+        pending || f.etcd.written_at(service) > revision
     }
 
     /// Takes a rollout another instance wrote; the service, when it changed anything. When
@@ -438,7 +465,12 @@ impl Controller {
     /// The fleet applied a new configuration (through another instance, or this one's own
     /// write coming back): run it here, with this instance's own parts, without recording
     /// anything — the instance that applied it recorded it, with the traffic it implies.
-    async fn apply_shared_config(&self, f: &Fleet, c: ConfigRecord) {
+    async fn apply_shared_config(
+        &self,
+        f: &Fleet,
+        c: ConfigRecord,
+        incoming: std::collections::BTreeMap<String, Traffic>,
+    ) {
         let parsed = crate::config::parse_async(
             c.text.clone(),
             format!("the fleet's configuration (applied by {})", c.by),
@@ -448,7 +480,7 @@ impl Controller {
         match parsed {
             Ok(shared) => {
                 let config = Config::localize(shared, &f.local);
-                if let Err(e) = self.install_config(config).await {
+                if let Err(e) = self.install_config(config, incoming).await {
                     tracing::error!(by = %c.by, error = %e, "cannot run the fleet's new configuration here; keeping the last one");
                 }
             }

@@ -107,7 +107,14 @@ impl Controller {
                 })
             })
             .collect();
-        let restore = hold_unconfirmed_steps(&mut rollouts, &mut traffic, &step_from);
+        // In a fleet the state is the fleet's, kept by its leader: a new leader holds what it
+        // takes over (`fleet::take_over`), and no instance lowers a weight on its own.
+        let in_fleet = fleet.is_some();
+        let restore = if in_fleet {
+            HashMap::new()
+        } else {
+            hold_unconfirmed_steps(&mut rollouts, &mut traffic, &step_from)
+        };
 
         let log = Snapshot::access_log_for(&config, None)?;
         let snapshot = Arc::new(Snapshot::build(
@@ -156,7 +163,11 @@ impl Controller {
                 revision,
                 // The last instance may have died with a rollback applied but not recorded:
                 // no rollout moves on before the guard has judged what it resumes at.
-                resume_gate: active.iter().cloned().collect(),
+                resume_gate: if in_fleet {
+                    Default::default()
+                } else {
+                    active.iter().cloned().collect()
+                },
                 restore,
                 listeners,
                 health,
@@ -172,7 +183,7 @@ impl Controller {
         });
         if control.fleet.is_some() {
             // Drivers wait until this instance leads (`join_fleet`, once the admin API is up).
-            let follow = tokio::spawn(control.clone().follow(revision + 1));
+            let follow = tokio::spawn(control.clone().follow(revision));
             control
                 .fleet_tasks
                 .lock()

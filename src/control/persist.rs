@@ -77,7 +77,7 @@ pub(super) enum Kind {
 impl Kind {
     /// Only writes that carry the service's whole state make an earlier forward write moot;
     /// a hook's event does not, and dropping a step for it would lose the step.
-    fn supersedes(self) -> bool {
+    pub(super) fn supersedes(self) -> bool {
         self != Kind::Event
     }
 
@@ -186,7 +186,9 @@ impl Persister {
 
     /// Queues a write the caller has already published; it lands when the store lets it.
     /// Call it under the control lock so that the queue's order is the order of decisions.
-    pub(super) fn durable(&self, kind: Kind, services: Vec<String>, commit: Commit) {
+    pub(super) fn durable(&self, kind: Kind, services: Vec<String>, mut commit: Commit) {
+        // Decided under this leadership: retried, it is written only while that holds.
+        commit.fence = self.store.fence();
         // Queue first, then health, both under the queue lock (the lock order everywhere).
         let mut q = lock(&self.queue);
         {
@@ -216,11 +218,8 @@ impl Persister {
     fn forward(
         &self,
         services: Vec<String>,
-        mut write: Write,
+        write: Write,
     ) -> Result<oneshot::Receiver<Reply>, WriteError> {
-        if let Write::Commit(c) = &mut write {
-            c.forward = true;
-        }
         let mut q = lock(&self.queue);
         if let Some(why) = &q.closed {
             return Err(WriteError::Unavailable(why.clone()));
@@ -331,6 +330,14 @@ impl Persister {
                         Ok(()) => {
                             self.durable_written();
                             backoff = MIN_BACKOFF;
+                        }
+                        // Decided while this instance led the fleet, which it no longer does:
+                        // never written (the new leader decides from the recorded state).
+                        Err(StoreError::Fenced) => {
+                            tracing::error!(services = %lock(&self.queue).entries.front().map(|e| e.services.join(",")).unwrap_or_default(),
+                                "a {} decided while this instance led the fleet is dropped: it no longer leads",
+                                kind.noun());
+                            self.durable_written();
                         }
                         Err(err) => {
                             let err = err.to_string();
@@ -496,7 +503,10 @@ fn describe(entries: &VecDeque<Entry>) -> String {
 
 impl Controller {
     /// [`Controller::write_forward`] of one service's commit: the state again, and whether
-    /// the service's epoch is unchanged (no rollback came in while the write waited).
+    /// the service is as it was (no rollback came in while the write waited — the service's
+    /// epoch — and, in a fleet, no other instance's change was applied meanwhile: its
+    /// rollout and traffic are still what they were, or what this commit wrote, come back
+    /// through the watch).
     pub(super) async fn write_service<'a>(
         &'a self,
         state: MutexGuard<'a, State>,
@@ -504,6 +514,18 @@ impl Controller {
         commit: Commit,
     ) -> Result<(MutexGuard<'a, State>, bool), ControlError> {
         let epoch = state.epoch(service);
+        let before = (
+            state.rollouts.get(service).cloned(),
+            state.traffic.get(service).cloned(),
+        );
+        let written = (
+            commit.rollout.clone(),
+            commit
+                .traffic
+                .iter()
+                .find(|(s, _)| s == service)
+                .map(|(_, r)| super::Traffic::from_record(r.clone())),
+        );
         let (state, _) = self
             .write_forward(
                 state,
@@ -511,7 +533,9 @@ impl Controller {
                 Write::Commit(Box::new(commit)),
             )
             .await?;
-        let unchanged = state.epoch(service) == epoch;
+        let unchanged = state.epoch(service) == epoch
+            && kept(state.rollouts.get(service), &before.0, &written.0)
+            && kept(state.traffic.get(service), &before.1, &written.1);
         Ok((state, unchanged))
     }
 
@@ -526,16 +550,29 @@ impl Controller {
         services: Vec<String>,
         write: Write,
     ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
-        let mut write = write;
-        if let Write::Commit(c) = &mut write {
-            // What this instance has seen of these services: the fleet's changes it applied,
-            // and its own last writes of them (which the watch may not have brought back yet).
-            let own = self.fleet.as_ref().map_or(0, |f| {
-                let written = services.iter().map(|s| f.etcd.written_at(s));
-                written.min().unwrap_or(0)
-            });
-            c.based_on = state.revision.max(own);
-        }
+        // What this instance has seen of these services: the fleet's changes it applied, and
+        // its own last writes of them (which the watch may not have brought back yet).
+        let own = self.fleet.as_ref().map_or(0, |f| {
+            let written = services.iter().map(|s| f.etcd.written_at(s));
+            written.min().unwrap_or(0)
+        });
+        let (based_on, fence) = (state.revision.max(own), self.store.fence());
+        let decided = move |c: &mut Commit| {
+            c.forward = true;
+            c.based_on = based_on;
+            c.fence = fence;
+        };
+        let write = match write {
+            Write::Commit(mut c) => {
+                decided(&mut c);
+                Write::Commit(c)
+            }
+            Write::NewRollout(make) => Write::NewRollout(Arc::new(move |id| {
+                let mut c = make(id);
+                decided(&mut c);
+                c
+            })),
+        };
         let wrote = self
             .persist
             .forward(services.clone(), write)
@@ -572,3 +609,9 @@ pub(super) fn superseded(service: &str) -> ControlError {
 #[cfg(test)]
 #[path = "persist_tests.rs"]
 mod tests;
+
+/// Whether a service's value `now` is the one from before a write, or the one the write
+/// itself recorded.
+fn kept<T: PartialEq>(now: Option<&T>, before: &Option<T>, written: &Option<T>) -> bool {
+    now == before.as_ref() || (written.is_some() && now == written.as_ref())
+}

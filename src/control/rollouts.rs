@@ -309,11 +309,12 @@ impl Controller {
 
     /// Makes sure an active rollout has a driver, and wakes it.
     pub(super) async fn ensure_driver(self: &Arc<Self>, service: &str) {
+        let mut state = self.state.lock().await;
         if !self.leads() {
             // In a fleet only the leader drives; it learns of the change from the watch.
+            // (Looked at under the state lock, under which leadership changes.)
             return;
         }
-        let mut state = self.state.lock().await;
         let active = state
             .rollouts
             .get(service)

@@ -286,6 +286,7 @@ impl Controller {
         ));
 
         let epochs = state.epochs.clone();
+        let before = state.traffic.clone();
         let services: Vec<String> = changes.iter().map(|(s, _)| s.clone()).collect();
         let commit = Commit {
             traffic: changes,
@@ -298,10 +299,14 @@ impl Controller {
             .write_forward(state, services, Write::Commit(Box::new(commit)))
             .await?;
         // A rollback that came in while the write waited is newer than this file's split
-        // (and its write lands after this one): it stays.
+        // (and its write lands after this one): it stays. So does, in a fleet, a change of
+        // another instance applied meanwhile (a service this apply did not change included).
         for (service, t) in &mut traffic {
-            if state.epoch(service) != epochs.get(service).copied().unwrap_or(0) {
-                if let Some(now) = state.traffic.get(service) {
+            let rolled_back = state.epoch(service) != epochs.get(service).copied().unwrap_or(0);
+            let now = state.traffic.get(service);
+            let moved = now != before.get(service) && now != Some(&*t);
+            if rolled_back || moved {
+                if let Some(now) = now {
                     *t = now.clone();
                 }
             }
@@ -322,10 +327,14 @@ impl Controller {
         })
     }
 
-    /// Runs a configuration another instance of the fleet applied and recorded (with the
-    /// traffic it implies, already taken from the same change): binds and opens what it
-    /// needs, then swaps it in. Nothing is recorded here.
-    pub(super) async fn install_config(&self, config: Config) -> Result<u64, ControlError> {
+    /// Runs a configuration another instance of the fleet applied and recorded, with the
+    /// traffic that came with it (`incoming`, in place of what this instance had): binds and
+    /// opens what it needs, then swaps both in at once. Nothing is recorded here.
+    pub(super) async fn install_config(
+        &self,
+        config: Config,
+        mut incoming: BTreeMap<String, Traffic>,
+    ) -> Result<u64, ControlError> {
         let _writer = self.writer.lock().await;
         let mut state = self.state.lock().await;
         let config = Arc::new(config);
@@ -335,7 +344,8 @@ impl Controller {
             .services
             .iter()
             .map(|s| {
-                let t = state.traffic.get(&s.name).cloned();
+                let t = incoming.remove(&s.name);
+                let t = t.or_else(|| state.traffic.get(&s.name).cloned());
                 (
                     s.name.clone(),
                     t.unwrap_or_else(|| Traffic::from_config(&s.split)),

@@ -121,6 +121,10 @@ pub struct Commit {
     /// the fleet's config key in the same transaction; SQLite, whose instance reads its own
     /// file, ignores it).
     pub config: Option<std::sync::Arc<str>>,
+    /// The leadership this write was decided under (`Store::fence` when it was queued): an
+    /// etcd store writes it only while that leadership holds, so a write a leader decided
+    /// is never made after it was deposed, even by a retry after it stepped down.
+    pub fence: Option<i64>,
 }
 
 /// Everything a store holds, to move it to another (`switchyard store export` / `import`).
@@ -152,6 +156,11 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError>;
     /// Rollouts, newest first.
     fn rollouts(&self, service: Option<&str>, limit: usize) -> Result<Vec<Rollout>, StoreError>;
+    /// The leadership under which this instance decides now (a fleet's leader: its leader
+    /// key's create revision); `None` alone or when not leading.
+    fn fence(&self) -> Option<i64> {
+        None
+    }
     /// Everything, for another store.
     fn export(&self) -> Result<Dump, StoreError>;
     /// Writes a dump into an empty store, ids kept; refused if the store holds any state.

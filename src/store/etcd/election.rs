@@ -267,13 +267,12 @@ impl Campaign {
         r
     }
 
-    /// Says first that this instance no longer leads, so that the control plane stops
-    /// acting as leader, then lifts the fence (a leader's write still in flight meanwhile is
-    /// refused by it).
+    /// Says that this instance no longer leads. The fence stays until the control plane has
+    /// stopped its drivers (`EtcdStore::lift_fence`), so that nothing they decide as leader
+    /// meanwhile is written unconditioned.
     fn step_down(&self, leading: &mut Option<i64>) {
         if leading.take().is_some() {
             self.publish(false, None);
-            self.store.set_fence(None);
         }
     }
 

@@ -143,6 +143,19 @@ impl EtcdStore {
         });
     }
 
+    /// Lifts fence `f` once this instance has stopped acting as leader (the control plane's
+    /// step-down), unless a newer one was set meanwhile. Until then every write, retries of
+    /// those decided before included, stays conditioned on the lost leadership.
+    pub fn lift_fence(&self, f: i64) {
+        self.fence.send_if_modified(|s| {
+            if s.fence != Some(f) {
+                return false;
+            }
+            *s = FenceState::default();
+            true
+        });
+    }
+
     /// Resolves when a fenced write found this instance deposed.
     pub async fn fenced(&self) {
         let mut rx = self.fence.subscribe();
@@ -296,12 +309,17 @@ impl Store for EtcdStore {
     }
 
     fn commit(&self, c: &Commit) -> Result<(), StoreError> {
-        if let txn::Outcome::Written(revision) =
-            self.rt.block_on(self.write(self.commit_write(c)))?
-        {
-            self.note_written(c, revision);
+        match self.rt.block_on(self.write(self.commit_write(c)))? {
+            txn::Outcome::Written(revision) => {
+                self.note_written(c, revision);
+                Ok(())
+            }
+            // A commit has no condition that gives this; never report it as written.
+            txn::Outcome::Raced => Err(StoreError::Etcd {
+                endpoints: self.client.endpoints(),
+                reason: "the commit's transaction failed a condition that names no service".into(),
+            }),
         }
-        Ok(())
     }
 
     fn create_rollout(&self, make: &NewRollout) -> Result<u64, StoreError> {
@@ -333,6 +351,10 @@ impl Store for EtcdStore {
             }
             Ok(out)
         })
+    }
+
+    fn fence(&self) -> Option<i64> {
+        self.fence.borrow().fence
     }
 
     fn export(&self) -> Result<Dump, StoreError> {

@@ -21,6 +21,8 @@ pub(super) struct Write {
     /// Further conditions (the rollout id's compare-and-swap): when only these fail the
     /// outcome is `Raced`.
     pub extra: Vec<Value>,
+    /// The leadership the write was decided under; `None`: the store's fence now.
+    pub fence: Option<Option<i64>>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -36,6 +38,7 @@ impl EtcdStore {
     pub(super) fn commit_write(&self, c: &Commit) -> Write {
         let mut w = Write {
             based_on: c.based_on,
+            fence: Some(c.fence),
             ..Write::default()
         };
         for (service, rec) in &c.traffic {
@@ -76,7 +79,7 @@ impl EtcdStore {
     /// Runs one write; `Fenced` (and the fence cleared, `fenced()` woken) when the leader key
     /// is no longer this instance's, `Stale` naming the services changed meanwhile.
     pub(super) async fn write(&self, w: Write) -> Result<Outcome, StoreError> {
-        let fence = self.fence.borrow().fence;
+        let fence = w.fence.unwrap_or_else(|| self.fence.borrow().fence);
         let leader = self.keys.leader();
         let mut compare = Vec::new();
         if let Some(f) = fence {
@@ -119,13 +122,14 @@ impl EtcdStore {
         }
     }
 
-    /// The fence `f` was found broken: cleared (unless a newer one was set meanwhile).
+    /// The fence `f` was found broken: `fenced()` wakes (unless a newer one was set meanwhile).
     fn deposed(&self, f: i64) {
+        // The fence stays: writes keep failing until the control plane has stopped what
+        // decides and lifts it (`lift_fence`).
         self.fence.send_if_modified(|s| {
-            if s.fence != Some(f) {
+            if s.fence != Some(f) || s.deposed {
                 return false;
             }
-            s.fence = None;
             s.deposed = true;
             true
         });
