@@ -281,3 +281,48 @@ bounded_test! {
         );
     }
 }
+
+bounded_test! {
+    limit = LOAD_LIMIT;
+    /// A hook runs at most once across a failover: the leader is killed while a hook step
+    /// runs; the new leader, finding the hook begun and not done, does not run it again but
+    /// holds the rollout for a person, saying why; `resume` runs it again.
+    async fn a_leader_killed_during_a_hook_leaves_it_to_a_person_instead_of_running_it_twice() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("hook-runs");
+        let cfg = blue_green(blue.addr, green.addr).service(&format!(
+            "[service.hooks.before_traffic]\ncommand = \"echo start >> {0}; sleep 3; echo end >> {0}\"\ntimeout = \"20s\"\n",
+            runs.display()
+        ));
+        let mut instances = fleet(&etcd, dir.path(), "/sy/hook", &cfg, 3).await;
+        let all: Vec<&Instance> = instances.iter().collect();
+        let leader = agreed_leader(&all, Duration::from_secs(10), None).await;
+        let dead = instances.iter().position(|i| i.name == leader).unwrap();
+        let other = instances.iter().position(|i| i.name != leader).unwrap();
+        let api = admin_at(instances[other].admin);
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
+        )
+        .await;
+        let starts = || {
+            let text = std::fs::read_to_string(&runs).unwrap_or_default();
+            text.lines().filter(|l| *l == "start").count()
+        };
+        eventually(Duration::from_secs(10), "the hook began", || async { starts() == 1 }).await;
+        let running = instances[dead].running.take().unwrap();
+        signal(&running.child, "-KILL");
+        drop(running);
+        let r = wait_status(&api, 10, |r| r["status"] == "paused").await;
+        assert!(reason(&r).contains("before_traffic hook was running on the last leader"), "{r}");
+        assert_eq!(r["weight"], 0, "no traffic moved past the hook: {r}");
+        // Past the hook's own 3 s: it ran once (the orphaned command finished), never again.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(starts(), 1, "the hook ran again after the failover");
+        api.post("/api/v1/services/shop/rollout/resume", json!({})).await.unwrap();
+        eventually(Duration::from_secs(10), "resume runs the hook again", || async { starts() == 2 }).await;
+        wait_status(&api, 15, paused_at(1000)).await;
+    }
+}

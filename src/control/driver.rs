@@ -111,6 +111,23 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                 }
             }
             Outcome::Hook(point) => {
+                // In a fleet a hook runs at most once: recorded as begun before it runs, and
+                // a leader finding it begun by the last one holds instead of running it again.
+                if control.in_fleet() {
+                    if r.hook_started == Some(r.step) {
+                        log(control.hold_unknown_hook(&service, point).await);
+                        continue;
+                    }
+                    match control.rollout_hook_started(&service, r.step).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::error!(%service, hook = %point, error = %e, "cannot record that the hook begins; not running it yet");
+                            tokio::time::sleep(CHECKPOINT).await;
+                            continue;
+                        }
+                    }
+                }
                 let hook = control
                     .snapshot()
                     .config

@@ -153,6 +153,11 @@ impl Controller {
         self.fleet.as_ref().is_none_or(|f| f.leads())
     }
 
+    /// Whether the state is a fleet's (etcd).
+    pub(crate) fn in_fleet(&self) -> bool {
+        self.fleet.is_some()
+    }
+
     /// The fleet as this instance sees it; `None` for a single instance.
     pub fn fleet_status(&self) -> Option<FleetStatus> {
         let f = self.fleet.as_ref()?;

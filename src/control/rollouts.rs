@@ -391,6 +391,55 @@ impl Controller {
         Ok(())
     }
 
+    /// In a fleet, records that the hook of step `step` begins, before it runs: a leader
+    /// that takes over then knows it may have run (`hook_started`). False when the rollout
+    /// moved meanwhile (the driver looks again); an error when it could not be recorded (the
+    /// hook does not run).
+    pub(crate) async fn rollout_hook_started(
+        &self,
+        service: &str,
+        step: usize,
+    ) -> Result<bool, ControlError> {
+        let _writer = self.writer.lock().await;
+        let state = self.state.lock().await;
+        let Some(mut r) = state.rollouts.get(service).cloned() else {
+            return Ok(false);
+        };
+        if r.step != step || r.status != crate::rollout::Status::Progressing {
+            return Ok(false);
+        }
+        r.hook_started = Some(step);
+        r.updated_at = self.clock.unix_ms();
+        let commit = Commit {
+            traffic: vec![(service.to_string(), state.traffic[service].record())],
+            rollout: Some(r.clone()),
+            ..Commit::default()
+        };
+        let (mut state, unchanged) = self.write_service(state, service, commit).await?;
+        if unchanged {
+            state.rollouts.insert(service.to_string(), r);
+        }
+        Ok(unchanged)
+    }
+
+    /// A new leader found a hook begun by the last one and not recorded as done: held for a
+    /// person, who resumes (the hook runs again) or promotes past it.
+    pub(crate) async fn hold_unknown_hook(
+        &self,
+        service: &str,
+        point: crate::rollout::HookPoint,
+    ) -> Result<(), ControlError> {
+        let why = format!(
+            "the {point} hook was running on the last leader when it was lost and may or may not have run: check, then resume to run it again or promote to go past it"
+        );
+        self.transition(service, &System::Hook.into(), None, |r| {
+            r.hook_started = None;
+            machine::pause(r, &why)
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Counts an analysis verdict for /metrics.
     pub(crate) fn count_analysis(&self, service: &str, verdict: Verdict) {
         let v = verdict.as_str().to_string();

@@ -127,6 +127,7 @@ pub fn hook_done(r: &mut Rollout, step: usize, result: Result<String, String>) -
         return None;
     }
     let n = step + 1;
+    r.hook_started = None;
     Some(match result {
         Ok(detail) => {
             r.step += 1;

@@ -299,6 +299,11 @@ pub struct Rollout {
     pub updated_at: i64,
     /// How many times it was retried after an abort.
     pub attempt: u32,
+    /// In a fleet: the hook step the leader recorded as begun and not yet done. A new leader
+    /// that finds it set does not run that hook again (it may have run): it holds the
+    /// rollout for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_started: Option<usize>,
 }
 
 impl Rollout {
@@ -328,6 +333,7 @@ impl Rollout {
             created_at: now,
             updated_at: now,
             attempt: 0,
+            hook_started: None,
         }
     }
 
