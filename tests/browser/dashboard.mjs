@@ -31,6 +31,8 @@ try {
   await split.waitFor();
   await page.waitForFunction(() => document.querySelector('[data-testid="split-shop"]')?.textContent.includes("green 10%"), null, { timeout: 15000 });
   step(`split at the first step: ${await split.textContent()}`);
+  // A single instance (no shared state) has no Fleet card.
+  step(`fleet cards: ${await page.getByTestId("fleet").count()}`);
   // The rollout waits for a person at 10 % (a timed pause raced Chromium's start on a loaded
   // machine: the page could open after the split had already moved on).
   await page.getByTestId("promote-shop").click();
