@@ -16,12 +16,18 @@ use common::fleet::Fleet;
 use common::release::*;
 use common::*;
 use serde_json::json;
+use switchyard::client::AdminClient;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-/// Each instance's state revision as `server`'s status lists it.
-async fn revisions(server: &Server) -> BTreeMap<String, i64> {
-    let st = admin(server).get("/api/v1/status").await.unwrap();
-    st["fleet"]["instances"]
+/// The fleet as an instance's status has it: each instance's state revision, and the leader.
+struct View {
+    revisions: BTreeMap<String, i64>,
+    leader: Option<String>,
+}
+
+async fn view(api: &AdminClient) -> View {
+    let st = api.get("/api/v1/status").await.unwrap();
+    let revisions = st["fleet"]["instances"]
         .as_array()
         .unwrap_or_else(|| panic!("no fleet instances: {st}"))
         .iter()
@@ -31,7 +37,11 @@ async fn revisions(server: &Server) -> BTreeMap<String, i64> {
                 i["revision"].as_i64().unwrap(),
             )
         })
-        .collect()
+        .collect();
+    View {
+        revisions,
+        leader: st["fleet"]["leader"].as_str().map(str::to_string),
+    }
 }
 
 /// The share (in %) of `group` in a "blue 80.1% · green 19.9%" text.
@@ -51,7 +61,6 @@ bounded_test! {
     let mut etcd = Etcd::start().await;
     let (blue, green) = TestBackend::pair().await;
     let fleet = Fleet::start(&etcd, "/sy/dashboard", &blue_green(blue.addr, green.addr), 3).await;
-    let leader = fleet.wait_for_leader().await;
     admin(&fleet.servers[0])
         .put("/api/v1/services/shop/weights", json!({ "weights": { "blue": 80, "green": 20 } }))
         .await
@@ -68,25 +77,25 @@ bounded_test! {
     for s in &fleet.servers[..2] {
         loads.push(Load::start(web_url(s).await, 2, &[]));
     }
-    let page_of = &fleet.servers[1];
+    let page_of = admin(&fleet.servers[1]);
     // An instance's own record reaches its view through the watch, shortly after it started.
     eventually(Duration::from_secs(5), "lb-1 lists the three instances", || async {
-        revisions(page_of).await.len() == 3
+        view(&page_of).await.revisions.len() == 3
     })
     .await;
     // And has seen the traffic: its own, and lb-0's as pulled from it (every 250 ms).
     eventually(Duration::from_secs(10), "lb-1 observed its traffic and lb-0's", || async {
-        let st = admin(page_of).get("/api/v1/status").await.unwrap();
+        let st = page_of.get("/api/v1/status").await.unwrap();
         let peers = st["fleet"]["peers"].as_array().cloned().unwrap_or_default();
         st["services"][0]["observed"].is_object()
             && peers.iter().any(|p| p["name"] == "lb-0" && p["observed"]["shop"].is_object())
     })
     .await;
-    let before = revisions(page_of).await;
+    let before = view(&page_of).await;
 
     let shots = std::env::var("SWITCHYARD_SCREENSHOTS")
         .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
-    let url = format!("http://{}/", page_of.admin_addr);
+    let url = format!("http://{}/", fleet.servers[1].admin_addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/fleet.mjs");
     let mut node = tokio::process::Command::new("node")
         .arg(script)
@@ -98,12 +107,12 @@ bounded_test! {
         .expect("node runs (./scripts/test installs node dependencies and chromium)");
     let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
     let mut said = String::new();
-    let mut after = BTreeMap::new();
+    let mut after = None;
     while let Some(line) = lines.next_line().await.unwrap() {
         said.push_str(&line);
         said.push('\n');
         if line == "fleet: waiting for degraded" {
-            after = revisions(page_of).await;
+            after = Some(view(&page_of).await);
             etcd.stop().await;
         }
     }
@@ -113,6 +122,7 @@ bounded_test! {
     for l in loads {
         l.stop().await;
     }
+    println!("{said}");
     assert!(status.success(), "{said}{err}");
     let shown = |prefix: &str| {
         said.lines()
@@ -122,20 +132,30 @@ bounded_test! {
     };
 
     // Every instance, with a revision between the ones the API gave before and after the page
-    // read it, and the leader marked (on its row and by name).
+    // read it; the leader the API named before or after (a slow etcd on a loaded machine can
+    // move the lease meanwhile), marked on its row.
+    let after = after.unwrap_or_else(|| panic!("{said}"));
+    let leader = shown("fleet: leader ");
+    assert!(
+        [&before.leader, &after.leader].contains(&&Some(leader.clone())),
+        "the page's leader {leader}, the API's {:?} before and {:?} after:\n{said}",
+        before.leader,
+        after.leader
+    );
     for i in 0..3 {
         let name = format!("lb-{i}");
         let row = shown(&format!("fleet: instance {name} revision "));
         let revision: i64 = row.split(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{said}"));
-        let (low, high) = (before.get(&name), after.get(&name));
+        let (low, high) = (before.revisions.get(&name), after.revisions.get(&name));
         assert!(
             low.zip(high).is_some_and(|(l, h)| *l <= revision && revision <= *h),
-            "{name}: shown revision {revision}, the API's {before:?} before and {after:?} after:\n{said}",
+            "{name}: shown revision {revision}, the API's {:?} before and {:?} after:\n{said}",
+            before.revisions,
+            after.revisions
         );
         assert_eq!(row.contains("leader"), name == leader, "{name}:\n{said}");
         assert_eq!(row.contains("this"), i == 1, "{name}:\n{said}");
     }
-    assert_eq!(shown("fleet: leader "), leader, "{said}");
 
     // The whole fleet's split as configured; each loaded instance's too; none on lb-2.
     let whole = shown("fleet: whole fleet: ");
@@ -149,7 +169,7 @@ bounded_test! {
     assert_eq!(shown("fleet: on lb-2: "), "no traffic", "{said}");
 
     // Connected: no banner; etcd stopped: the banner says what the instance still does.
-    assert_eq!(shown("fleet: degraded banners: "), "0", "{said}");
+    assert!(said.contains("fleet: no degraded banner while etcd runs"), "{said}");
     let degraded = shown("fleet: degraded: ");
     assert!(
         degraded.starts_with("DEGRADED — etcd unreachable")
