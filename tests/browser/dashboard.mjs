@@ -4,14 +4,10 @@
 // Pause and Resume (checking the API's rollout after each), clicks Abort, and waits for the
 // rollback in the timeline. Every wait is on a state of the page or the API, bounded.
 // Usage: node dashboard.mjs ADMIN_URL TOKEN SCREENSHOT_DIR
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, token, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const step = msg => console.log(`dashboard: ${msg}`);
 // The API's view of the rollout, to check what a click did.
 const rollout = async () => (await fetch(`${url}api/v1/services/shop/rollout`, { headers: { authorization: `Bearer ${token}` } })).json();

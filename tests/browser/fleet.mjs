@@ -4,14 +4,10 @@
 // page shows, one "fleet: ..." line each; then says "waiting for degraded" (the test stops
 // etcd on that line) and waits for the DEGRADED banner. Every wait is on a state of the page,
 // bounded. Usage: node fleet.mjs ADMIN_URL TOKEN SCREENSHOT_DIR
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, token, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const step = msg => console.log(`fleet: ${msg}`);
 const status = async () => (await fetch(`${url}api/v1/status`, { headers: { authorization: `Bearer ${token}` } })).json();
 const text = (page, id) => page.getByTestId(id).textContent().then(t => t.replace(/\s+/g, " ").trim());
