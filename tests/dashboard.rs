@@ -1,5 +1,6 @@
 //! The web dashboard in a real browser: Debian's Chromium driven by playwright-core (both
-//! installed by ./scripts/test). The page sees the split change while a rollout steps (a
+//! installed by ./scripts/test). A single instance's page has no Fleet card
+//! (`dashboard_fleet.rs` has one). The page sees the split change while a rollout steps (a
 //! click on Promote moves it past its first pause), shows the observed split and draws its
 //! charts; Pause and Resume hold and release the rollout (checked in the API), a click on
 //! Abort rolls back, and the timeline shows it. The rollout waits for a person at each step,
@@ -78,6 +79,7 @@ bounded_test! {
         .and_then(|p| p.trim_end_matches('%').parse().ok())
         .unwrap_or_else(|| panic!("{said}"));
     assert!((45.0..=55.0).contains(&green), "{said}");
+    assert!(said.contains("fleet cards: 0"), "{said}");
     assert!(said.contains("chart lines: success rate 2, p99 2"), "{said}");
     assert!(said.contains("after pause: held"), "{said}");
     assert!(said.contains("after resume: not held"), "{said}");

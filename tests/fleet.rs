@@ -6,82 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
+use common::fleet::{fleet_top, Fleet};
 use common::raw::RefusingPort;
 use common::release::*;
 use common::*;
 use serde_json::json;
-
-/// The fleet's part of an instance's file: etcd under `prefix`, this instance's name, its
-/// own listener port (the shared config's is per instance).
-fn fleet_top(endpoint: &str, prefix: &str, name: &str) -> String {
-    format!(
-        "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n\n\
-         [instance]\nname = \"{name}\"\nlisten = {{ web = \"127.0.0.1:0\" }}\n"
-    )
-}
-
-/// `n` instances in this process, each from its own file written from `cfg` plus its fleet
-/// part; the first one's file becomes the fleet's configuration.
-struct Fleet {
-    servers: Vec<Server>,
-    _dir: tempfile::TempDir,
-    paths: Vec<PathBuf>,
-}
-
-impl Fleet {
-    async fn start(etcd: &Etcd, prefix: &str, cfg: &Cfg, n: usize) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let mut servers = Vec::new();
-        let mut paths = Vec::new();
-        for i in 0..n {
-            let path = dir.path().join(format!("lb-{i}.toml"));
-            let text = cfg
-                .clone()
-                .top(&fleet_top(&etcd.endpoint(), prefix, &format!("lb-{i}")))
-                .build();
-            std::fs::write(&path, text).unwrap();
-            servers.push(start_file(&path).await);
-            paths.push(path);
-        }
-        let fleet = Fleet {
-            servers,
-            _dir: dir,
-            paths,
-        };
-        fleet.wait_for_leader().await;
-        fleet
-    }
-
-    /// The name of the instance that leads, once every instance agrees on one.
-    async fn wait_for_leader(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut names = Vec::new();
-            for s in &self.servers {
-                let st = admin(s).get("/api/v1/status").await.unwrap();
-                names.push(st["fleet"]["leader"].as_str().map(str::to_string));
-            }
-            if let [Some(first), rest @ ..] = &names[..] {
-                if rest.iter().all(|n| n.as_ref() == Some(first)) {
-                    return first.clone();
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader: {names:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-async fn start_file(path: &Path) -> Server {
-    let config = switchyard::config::load(path).unwrap();
-    Server::start(config, Some(path.to_path_buf()))
-        .await
-        .unwrap()
-}
 
 /// Which backend answers a request through `server` now.
 async fn serving(c: &HttpClient, server: &Server) -> String {

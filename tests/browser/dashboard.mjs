@@ -4,14 +4,10 @@
 // Pause and Resume (checking the API's rollout after each), clicks Abort, and waits for the
 // rollback in the timeline. Every wait is on a state of the page or the API, bounded.
 // Usage: node dashboard.mjs ADMIN_URL TOKEN SCREENSHOT_DIR
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, token, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const step = msg => console.log(`dashboard: ${msg}`);
 // The API's view of the rollout, to check what a click did.
 const rollout = async () => (await fetch(`${url}api/v1/services/shop/rollout`, { headers: { authorization: `Bearer ${token}` } })).json();
@@ -31,6 +27,8 @@ try {
   await split.waitFor();
   await page.waitForFunction(() => document.querySelector('[data-testid="split-shop"]')?.textContent.includes("green 10%"), null, { timeout: 15000 });
   step(`split at the first step: ${await split.textContent()}`);
+  // A single instance (no shared state) has no Fleet card.
+  step(`fleet cards: ${await page.getByTestId("fleet").count()}`);
   // The rollout waits for a person at 10 % (a timed pause raced Chromium's start on a loaded
   // machine: the page could open after the split had already moved on).
   await page.getByTestId("promote-shop").click();

@@ -6,6 +6,7 @@
 pub(crate) mod bin;
 mod cfg;
 pub(crate) mod etcd;
+pub(crate) mod fleet;
 pub(crate) mod raw;
 pub(crate) mod release;
 mod wait;

@@ -1,0 +1,79 @@
+//! A fleet of in-process instances sharing one real etcd (`etcd::Etcd`): each started from
+//! its own file (the shared configuration plus its fleet part), the first one's file being
+//! the fleet's configuration.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::etcd::Etcd;
+use super::{admin, Cfg, Server};
+
+/// The fleet's part of an instance's file: etcd under `prefix`, this instance's name, its
+/// own listener port (the shared config's is per instance).
+pub(crate) fn fleet_top(endpoint: &str, prefix: &str, name: &str) -> String {
+    format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n\n\
+         [instance]\nname = \"{name}\"\nlisten = {{ web = \"127.0.0.1:0\" }}\n"
+    )
+}
+
+/// `n` instances in this process, named `lb-0`, `lb-1`, …, each from its own file written
+/// from `cfg` plus its fleet part.
+pub(crate) struct Fleet {
+    pub(crate) servers: Vec<Server>,
+    _dir: tempfile::TempDir,
+    pub(crate) paths: Vec<PathBuf>,
+}
+
+impl Fleet {
+    /// Starts the instances one after the other and waits until they agree on a leader.
+    pub(crate) async fn start(etcd: &Etcd, prefix: &str, cfg: &Cfg, n: usize) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = Vec::new();
+        let mut paths = Vec::new();
+        for i in 0..n {
+            let path = dir.path().join(format!("lb-{i}.toml"));
+            let text = cfg
+                .clone()
+                .top(&fleet_top(&etcd.endpoint(), prefix, &format!("lb-{i}")))
+                .build();
+            std::fs::write(&path, text).unwrap();
+            servers.push(start_file(&path).await);
+            paths.push(path);
+        }
+        let fleet = Fleet {
+            servers,
+            _dir: dir,
+            paths,
+        };
+        fleet.wait_for_leader().await;
+        fleet
+    }
+
+    /// The name of the instance that leads, once every instance agrees on one.
+    pub(crate) async fn wait_for_leader(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut names = Vec::new();
+            for s in &self.servers {
+                let st = admin(s).get("/api/v1/status").await.unwrap();
+                names.push(st["fleet"]["leader"].as_str().map(str::to_string));
+            }
+            if let [Some(first), rest @ ..] = &names[..] {
+                if rest.iter().all(|n| n.as_ref() == Some(first)) {
+                    return first.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {names:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// An instance started in this process from the file at `path`.
+pub(crate) async fn start_file(path: &Path) -> Server {
+    let config = switchyard::config::load(path).unwrap();
+    Server::start(config, Some(path.to_path_buf()))
+        .await
+        .unwrap()
+}
