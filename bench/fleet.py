@@ -134,6 +134,14 @@ def wait_for(what, limit, probe, every=0.01):
         time.sleep(every)
 
 
+def running(instances):
+    """Broken when an instance that should run has exited (a bad file, a port taken)."""
+    for inst in instances:
+        if inst.proc and inst.proc.poll() is not None:
+            raise Broken(f"{inst.name} exited with {inst.proc.returncode}")
+    return True
+
+
 def agreed_leader(apis, not_=None):
     """The leader every one of `apis` names, when they agree on one other than `not_`."""
     names = set()
@@ -265,7 +273,8 @@ def failover_round(instances, apis, start_via):
 
     apis[live[0]].call("POST", "/api/v1/services/shop/rollout/abort", {"reason": "bench round over"})
     instances[dead].start()
-    wait_for(f"{leader} back, agreeing on the leader", 30, lambda: agreed_leader(apis))
+    wait_for(f"{leader} back, agreeing on the leader", 30,
+             lambda: running(instances) and agreed_leader(apis))
     return {
         "leader": leader, "successor": successor, "handover_ms": handover * 1000,
         "released_ms": released * 1000, "driven_ms": driven * 1000, "before_ms": before.get("pause_elapsed_ms") or 0,
@@ -296,7 +305,8 @@ def main():
     try:
         for inst in instances:
             inst.start()
-        leader = wait_for("a leader every instance names", 30, lambda: agreed_leader(apis))
+        leader = wait_for("a leader every instance names", 30,
+                          lambda: running(instances) and agreed_leader(apis))
         print(f"{len(instances)} instances up, {leader} leads")
 
         every, per_instance, by_watch = propagation(instances, apis, args.switches)
@@ -313,10 +323,10 @@ def main():
         for k in range(args.rounds):
             r = failover_round(instances, apis, start_via=k % len(instances))
             rounds.append(r)
-            print(f"round {k + 1}: killed {r['leader']} at {r['before_ms']} ms of the pause; "
+            print(f"round {k + 1}: killed {r['leader']} with {r['before_ms']} ms of the pause recorded; "
                   f"{r['successor']} leads after {r['handover_ms']:.0f} ms, holds it until "
                   f"{r['released_ms']:.0f} ms, pause time grows again after "
-                  f"{r['driven_ms']:.0f} ms, at {r['after_ms']} ms "
+                  f"{r['driven_ms']:.0f} ms, to {r['after_ms']} ms "
                   f"({'kept' if r['after_ms'] >= r['before_ms'] else 'LOST'}"
                   f"{'' if r['same_step'] else ', STEP CHANGED'}); "
                   f"{r['failed']} of {r['requests']} requests failed")
