@@ -311,17 +311,20 @@ bounded_test! {
         let (a, b) = (connect(&etcd, "lb-1").await, connect(&etcd, "lb-2").await);
         let mut watch = a.watch(a.connection().revision).await.unwrap();
         let mut took = Vec::new();
-        for i in 0..50 {
+        // 200 commits: the 99th percentile is the second slowest (one stall of a loaded
+        // machine is not the watch's delay).
+        for i in 0..200 {
             let b2 = b.clone();
-            blocking(move || b2.commit(&traffic_commit("web", f64::from(i))).unwrap()).await;
+            blocking(move || b2.commit(&traffic_commit("web", f64::from(i % 100))).unwrap()).await;
             let committed = Instant::now();
             let batch = watch.next().await;
             took.push(committed.elapsed());
             assert_eq!(batch.revision, b.connection().revision);
         }
         took.sort();
-        println!("commit answered → watch delivered, p50 {:?} p99 {:?} max {:?}", took[25], took[49], took[49]);
-        assert!(took[49] < Duration::from_millis(100), "p99 {:?}", took[49]);
+        let (p50, p99, max) = (took[100], took[197], took[199]);
+        println!("commit answered → watch delivered, p50 {p50:?} p99 {p99:?} max {max:?}");
+        assert!(p99 < Duration::from_millis(100), "p99 {p99:?} (p50 {p50:?}, max {max:?})");
         let b2 = b.clone();
         blocking(move || {
             for i in 0..20 {
