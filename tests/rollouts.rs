@@ -86,15 +86,19 @@ bounded_test! {
         assert_eq!(r["steps"][0], "set weight 5%");
         for pct in [5u64, 25, 50] {
             wait_rollout(&api, "paused at step", paused_at(pct * 100)).await;
+            // The observed split over this step's traffic only. Samples come every 250 ms
+            // and a window starts at a sample: the window reaches back to `t`, so at most
+            // 250 ms before it — a quiet time (the last step's requests ended longer ago) —
+            // and one sample at least is taken between `t` and this step's first request.
             let t = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_millis(300)).await;
             // The split follows a low-discrepancy sequence, so that any run of requests is
             // split as the weights say: 5000 requests are plenty for one point.
             let seen = measure(&url, 5_000, 16, &[]).await;
             let g = share(&seen, "green");
             assert!((g - pct as f64).abs() <= 1.0, "at {pct}% green got {g:.2}%");
-            // The observed split over this step's traffic only (samples come every 250 ms).
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let window = t.elapsed().as_millis() as u64 - 250;
+            let window = t.elapsed().as_millis() as u64;
             let status = api
                 .get(&format!("/api/v1/services/shop/rollout?window={window}"))
                 .await

@@ -17,6 +17,7 @@ mod peers;
 mod persist;
 mod plan;
 mod publish;
+mod record;
 mod rollouts;
 mod traffic;
 mod transition;

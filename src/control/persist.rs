@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard as StdGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{oneshot, MutexGuard, Notify};
+use tokio::sync::{oneshot, Notify};
 
-use super::{ControlError, Controller, State};
 use crate::store::{Commit, NewRollout, Store, StoreError};
 use crate::sys::unix_ms;
 
@@ -215,7 +214,7 @@ impl Persister {
     /// write that is merely being written (the usual case: a pause step just recorded) it
     /// waits its turn, and fails with it if that write fails. Queue it under the control
     /// lock (the order of decisions), await it without.
-    fn forward(
+    pub(super) fn forward(
         &self,
         services: Vec<String>,
         write: Write,
@@ -451,7 +450,7 @@ impl Persister {
 /// dropped, which tells the writer not to start it; one already running may still land,
 /// which is a forward record never applied: the next step rewrites it, and a restart holds
 /// at the split before it (its `step_from`, see `lifecycle`).
-async fn wait(rx: oneshot::Receiver<Reply>, limit: Duration) -> Reply {
+pub(super) async fn wait(rx: oneshot::Receiver<Reply>, limit: Duration) -> Reply {
     match tokio::time::timeout(limit, rx).await {
         Err(_) => Err(WriteError::Unavailable(format!(
             "the state database did not answer within {limit:?}"
@@ -501,117 +500,6 @@ fn describe(entries: &VecDeque<Entry>) -> String {
     )
 }
 
-impl Controller {
-    /// [`Controller::write_forward`] of one service's commit: the state again, and whether
-    /// the service is as it was (no rollback came in while the write waited — the service's
-    /// epoch — and, in a fleet, no other instance's change was applied meanwhile: its
-    /// rollout and traffic are still what they were, or what this commit wrote, come back
-    /// through the watch).
-    pub(super) async fn write_service<'a>(
-        &'a self,
-        state: MutexGuard<'a, State>,
-        service: &str,
-        commit: Commit,
-    ) -> Result<(MutexGuard<'a, State>, bool), ControlError> {
-        let epoch = state.epoch(service);
-        let before = (
-            state.rollouts.get(service).cloned(),
-            state.traffic.get(service).cloned(),
-        );
-        let written = (
-            commit.rollout.clone(),
-            commit
-                .traffic
-                .iter()
-                .find(|(s, _)| s == service)
-                .map(|(_, r)| super::Traffic::from_record(r.clone())),
-        );
-        let (state, _) = self
-            .write_forward(
-                state,
-                vec![service.to_string()],
-                Write::Commit(Box::new(commit)),
-            )
-            .await?;
-        let unchanged = state.epoch(service) == epoch
-            && kept(state.rollouts.get(service), &before.0, &written.0)
-            && kept(state.traffic.get(service), &before.1, &written.1);
-        Ok((state, unchanged))
-    }
-
-    /// Writes a forward change: queued under the control lock (so the store sees changes in
-    /// the order they were decided), awaited without it (so a rollback never waits behind a
-    /// store write) for at most `FORWARD_WAIT`, then the lock is taken again. The caller
-    /// holds `writer`, so only a rollback can have changed the state meanwhile: it compares
-    /// the service's epoch.
-    pub(super) async fn write_forward<'a>(
-        &'a self,
-        state: MutexGuard<'a, State>,
-        services: Vec<String>,
-        write: Write,
-    ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
-        // What this instance has seen of these services: the fleet's changes it applied, and
-        // its own last writes of them (which the watch may not have brought back yet).
-        let own = self.fleet.as_ref().map_or(0, |f| {
-            let written = services.iter().map(|s| f.etcd.written_at(s));
-            written.min().unwrap_or(0)
-        });
-        let (based_on, fence) = (state.revision.max(own), self.store.fence());
-        let decided = move |c: &mut Commit| {
-            c.forward = true;
-            c.based_on = based_on;
-            c.fence = fence;
-        };
-        let write = match write {
-            Write::Commit(mut c) => {
-                decided(&mut c);
-                Write::Commit(c)
-            }
-            Write::NewRollout(make) => Write::NewRollout(Arc::new(move |id| {
-                let mut c = make(id);
-                decided(&mut c);
-                c
-            })),
-        };
-        let wrote = self
-            .persist
-            .forward(services.clone(), write)
-            .map_err(|e| write_error(&services, e))?;
-        drop(state);
-        let id = wait(wrote, FORWARD_WAIT)
-            .await
-            .map_err(|e| write_error(&services, e))?;
-        Ok((self.state.lock().await, id))
-    }
-
-    /// The store's state for `status` and `/metrics`: writes published but not yet recorded.
-    pub fn store_health(&self) -> StoreHealth {
-        self.persist.health()
-    }
-}
-
-fn write_error(services: &[String], e: WriteError) -> ControlError {
-    match e {
-        WriteError::Unavailable(why) => ControlError::StoreUnavailable(why),
-        WriteError::Superseded => superseded(&services.join(", ")),
-        WriteError::Stale(what) => ControlError::Conflict(format!(
-            "the state of {what} was changed by another instance at the same moment; look again and retry"
-        )),
-    }
-}
-
-pub(super) fn superseded(service: &str) -> ControlError {
-    ControlError::Conflict(format!(
-        "a rollback of {service} was decided while this change waited for the state database; the change was not applied"
-    ))
-}
-
 #[cfg(test)]
 #[path = "persist_tests.rs"]
 mod tests;
-
-/// Whether a service's value `now` is the one from before a write, or the one the write
-/// itself recorded.
-fn kept<T: PartialEq>(now: Option<&T>, before: &Option<T>, written: &Option<T>) -> bool {
-    now == before.as_ref() || (written.is_some() && now == written.as_ref())
-}

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::persist::{superseded, Kind, Write};
+use super::persist::{Kind, Write};
+use super::record::superseded;
 use super::transition::{plan, RolloutView};
 use super::{ControlError, Controller};
 use crate::audit::{Actor, EventKind, System};

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::persist::{superseded, Write};
+use super::persist::Write;
 use super::plan::{self, PlanChange};
+use super::record::superseded;
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::config::{self, Config};

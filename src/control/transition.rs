@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::persist::{superseded, Kind};
+use super::persist::Kind;
+use super::record::superseded;
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::rollout::machine::{Change, CommandError, Outcome};

@@ -1,0 +1,122 @@
+//! How the control plane records a change through the persister: a forward write queued
+//! under the state lock and awaited without it, what it was decided on (the fleet's
+//! revision, the leadership), and whether the service is still as it was once it landed.
+
+use std::sync::Arc;
+
+use tokio::sync::MutexGuard;
+
+use super::persist::{wait, Write, WriteError, FORWARD_WAIT};
+use super::{ControlError, Controller, State, StoreHealth};
+use crate::store::Commit;
+
+impl Controller {
+    /// [`Controller::write_forward`] of one service's commit: the state again, and whether
+    /// the service is as it was (no rollback came in while the write waited — the service's
+    /// epoch — and, in a fleet, no other instance's change was applied meanwhile: its
+    /// rollout and traffic are still what they were, or what this commit wrote, come back
+    /// through the watch).
+    pub(super) async fn write_service<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        service: &str,
+        commit: Commit,
+    ) -> Result<(MutexGuard<'a, State>, bool), ControlError> {
+        let epoch = state.epoch(service);
+        let before = (
+            state.rollouts.get(service).cloned(),
+            state.traffic.get(service).cloned(),
+        );
+        let written = (
+            commit.rollout.clone(),
+            commit
+                .traffic
+                .iter()
+                .find(|(s, _)| s == service)
+                .map(|(_, r)| super::Traffic::from_record(r.clone())),
+        );
+        let (state, _) = self
+            .write_forward(
+                state,
+                vec![service.to_string()],
+                Write::Commit(Box::new(commit)),
+            )
+            .await?;
+        let unchanged = state.epoch(service) == epoch
+            && kept(state.rollouts.get(service), &before.0, &written.0)
+            && kept(state.traffic.get(service), &before.1, &written.1);
+        Ok((state, unchanged))
+    }
+
+    /// Writes a forward change: queued under the control lock (so the store sees changes in
+    /// the order they were decided), awaited without it (so a rollback never waits behind a
+    /// store write) for at most `FORWARD_WAIT`, then the lock is taken again. The caller
+    /// holds `writer`, so only a rollback can have changed the state meanwhile: it compares
+    /// the service's epoch.
+    pub(super) async fn write_forward<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        services: Vec<String>,
+        write: Write,
+    ) -> Result<(MutexGuard<'a, State>, Option<u64>), ControlError> {
+        // What this instance has seen of these services: the fleet's changes it applied, and
+        // its own last writes of them (which the watch may not have brought back yet).
+        let own = self.fleet.as_ref().map_or(0, |f| {
+            let written = services.iter().map(|s| f.etcd.written_at(s));
+            written.min().unwrap_or(0)
+        });
+        let (based_on, fence) = (state.revision.max(own), self.store.fence());
+        let decided = move |c: &mut Commit| {
+            c.forward = true;
+            c.based_on = based_on;
+            c.fence = fence;
+        };
+        let write = match write {
+            Write::Commit(mut c) => {
+                decided(&mut c);
+                Write::Commit(c)
+            }
+            Write::NewRollout(make) => Write::NewRollout(Arc::new(move |id| {
+                let mut c = make(id);
+                decided(&mut c);
+                c
+            })),
+        };
+        let wrote = self
+            .persist
+            .forward(services.clone(), write)
+            .map_err(|e| write_error(&services, e))?;
+        drop(state);
+        let id = wait(wrote, FORWARD_WAIT)
+            .await
+            .map_err(|e| write_error(&services, e))?;
+        Ok((self.state.lock().await, id))
+    }
+
+    /// The store's state for `status` and `/metrics`: writes published but not yet recorded.
+    pub fn store_health(&self) -> StoreHealth {
+        self.persist.health()
+    }
+}
+
+fn write_error(services: &[String], e: WriteError) -> ControlError {
+    match e {
+        WriteError::Unavailable(why) => ControlError::StoreUnavailable(why),
+        WriteError::Superseded => superseded(&services.join(", ")),
+        WriteError::Stale(what) => ControlError::Conflict(format!(
+            "the state of {what} was changed by another instance at the same moment; look again and retry"
+        )),
+    }
+}
+
+pub(super) fn superseded(service: &str) -> ControlError {
+    ControlError::Conflict(format!(
+        "a rollback of {service} was decided while this change waited for the state database; the change was not applied"
+    ))
+}
+
+/// Whether a service's value `now` is the one from before a write, or the one the write
+/// itself recorded.
+fn kept<T: PartialEq>(now: Option<&T>, before: &Option<T>, written: &Option<T>) -> bool {
+    now == before.as_ref() || (written.is_some() && now == written.as_ref())
+}
