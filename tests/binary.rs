@@ -292,8 +292,11 @@ fn the_fleet_demo_loses_its_leader_mid_canary_and_the_rollout_completes() {
         .filter(|l| l.contains(" requests answered, "))
         .collect();
     assert_eq!(per_instance.len(), 3, "{text}");
-    assert!(
-        per_instance.iter().all(|l| l.contains(", 0 failed")),
-        "{text}"
-    );
+    // A request in flight to the stopped one may fail, as in a crash; none to the others.
+    let survivors: Vec<&&str> = per_instance
+        .iter()
+        .filter(|l| !l.contains("stopped mid-rollout"))
+        .collect();
+    assert_eq!(survivors.len(), 2, "{text}");
+    assert!(survivors.iter().all(|l| l.contains(", 0 failed")), "{text}");
 }
