@@ -169,16 +169,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     let steps = json!({ "kind": "canary", "steps": [
         { "weight": 5 }, { "pause": pause }, { "weight": 25 }, { "pause": pause }, { "weight": 50 }, { "pause": pause }
     ]});
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": steps }),
-        )
-        .await?;
-    println!(
-        "→ switchyard rollout start shop green   (rollout #{})",
-        r["id"]
-    );
+    start_green(&api, steps, "").await?;
     let mut last_weight = None;
     loop {
         let r = api.get("/api/v1/services/shop/rollout").await?;
@@ -295,6 +286,26 @@ fn print_tally(what: &str, t: &Tally) {
     );
 }
 
+/// `switchyard rollout start shop green` with `strategy`, said as the demo says commands
+/// (`via`: which instance took it, in a fleet).
+async fn start_green(
+    api: &AdminClient,
+    strategy: serde_json::Value,
+    via: &str,
+) -> anyhow::Result<()> {
+    let r = api
+        .post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "green", "strategy": strategy }),
+        )
+        .await?;
+    println!(
+        "→ switchyard rollout start shop green   ({via}rollout #{})",
+        r["id"]
+    );
+    Ok(())
+}
+
 /// Which backend answered a GET of `uri` with a success (`x-backend`); `None` for a failure.
 async fn backend_of(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
@@ -401,16 +412,8 @@ max_error_rate = 5
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = tokio::time::Instant::now();
-    let r = api
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green" }),
-        )
-        .await?;
-    println!(
-        "→ switchyard rollout start shop green   (rollout #{})",
-        r["id"]
-    );
+    // No strategy: the service's own (`null` is the field left out).
+    start_green(&api, serde_json::Value::Null, "").await?;
     let r = loop {
         let r = api.get("/api/v1/services/shop/rollout").await?;
         if r["status"] != "progressing" && r["status"] != "paused" {

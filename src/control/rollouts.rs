@@ -370,26 +370,9 @@ impl Controller {
         step: usize,
         elapsed: Duration,
     ) -> Result<(), ControlError> {
-        let _writer = self.writer.lock().await;
-        let state = self.state.lock().await;
-        let Some(mut r) = state.rollouts.get(service).cloned() else {
-            return Ok(());
-        };
-        if machine::pause_progress(&mut r, step, elapsed) {
-            r.updated_at = self.clock.unix_ms();
-            // With the traffic row: this write is only made once the step before it was
-            // applied, so it clears that step's `step_from` (see `lifecycle`).
-            let commit = Commit {
-                traffic: vec![(service.to_string(), state.traffic[service].record())],
-                rollout: Some(r.clone()),
-                ..Commit::default()
-            };
-            let (mut state, unchanged) = self.write_service(state, service, commit).await?;
-            if unchanged {
-                state.rollouts.insert(service.to_string(), r);
-            }
-        }
-        Ok(())
+        self.record_rollout(service, |r| machine::pause_progress(r, step, elapsed))
+            .await
+            .map(drop)
     }
 
     /// In a fleet, records that the hook of step `step` begins, before it runs: a leader
@@ -401,15 +384,33 @@ impl Controller {
         service: &str,
         step: usize,
     ) -> Result<bool, ControlError> {
+        self.record_rollout(service, |r| {
+            let due = r.step == step && r.status == crate::rollout::Status::Progressing;
+            if due {
+                r.hook_started = Some(step);
+            }
+            due
+        })
+        .await
+    }
+
+    /// Records bookkeeping of the service's rollout that is no transition (pause progress, a
+    /// hook begun) when `f` changes it: with the traffic row (this write is only made once the
+    /// step before it was applied, so it clears that step's `step_from`, see `lifecycle`).
+    /// Whether it was recorded and kept (the rollout did not move meanwhile).
+    async fn record_rollout(
+        &self,
+        service: &str,
+        f: impl FnOnce(&mut crate::rollout::Rollout) -> bool,
+    ) -> Result<bool, ControlError> {
         let _writer = self.writer.lock().await;
         let state = self.state.lock().await;
         let Some(mut r) = state.rollouts.get(service).cloned() else {
             return Ok(false);
         };
-        if r.step != step || r.status != crate::rollout::Status::Progressing {
+        if !f(&mut r) {
             return Ok(false);
         }
-        r.hook_started = Some(step);
         r.updated_at = self.clock.unix_ms();
         let commit = Commit {
             traffic: vec![(service.to_string(), state.traffic[service].record())],

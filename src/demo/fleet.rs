@@ -253,16 +253,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     let steps = json!({ "kind": "canary", "steps": [
         { "weight": 20 }, { "pause": pause }, { "weight": 50 }, { "pause": pause }, { "weight": 100 }
     ]});
-    let r = api0
-        .post(
-            "/api/v1/rollouts",
-            json!({ "service": "shop", "candidate": "green", "strategy": steps }),
-        )
-        .await?;
-    println!(
-        "→ switchyard rollout start shop green   (through lb-0; rollout #{})",
-        r["id"]
-    );
+    super::start_green(&api0, steps, "through lb-0; ").await?;
     println!("  canary: green 20% -> 50% -> 100%, pausing {pause} at each step");
 
     // Into the first pause, then stop the leader the way a crash would: no resignation.
