@@ -21,6 +21,10 @@ const CHECKPOINT: Duration = Duration::from_secs(1);
 
 pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>) {
     let mut side = Side::default();
+    // The hook this driver ran and could not yet record as done: (rollout id, step, result,
+    // cause). Recorded again instead of run again — and not mistaken for one a lost leader
+    // began.
+    let mut ran: Option<(u64, usize, Result<String, String>, RollbackCause)> = None;
     // After a restart the last instance may have decided a rollback it could not record:
     // nothing moves before the guard has judged what the rollout resumed at.
     let gated = control.resume_gated(&service).await;
@@ -113,6 +117,20 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
             Outcome::Hook(point) => {
                 // In a fleet a hook runs at most once: recorded as begun before it runs, and
                 // a leader finding it begun by the last one holds instead of running it again.
+                if let Some((_, _, result, cause)) = ran
+                    .take()
+                    .filter(|(id, step, ..)| (*id, *step) == (r.id, r.step))
+                {
+                    if let Err(e) = control
+                        .rollout_hook_done(&service, r.step, result.clone(), cause)
+                        .await
+                    {
+                        tracing::error!(%service, hook = %point, error = %e, "cannot record the hook's result; retrying");
+                        ran = Some((r.id, r.step, result, cause));
+                        tokio::time::sleep(CHECKPOINT).await;
+                    }
+                    continue;
+                }
                 if control.in_fleet() {
                     if r.hook_started == Some(r.step) {
                         log(control.hold_unknown_hook(&service, point).await);
@@ -147,9 +165,14 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                         }
                     }
                 };
-                log(control
-                    .rollout_hook_done(&service, r.step, result, cause)
-                    .await);
+                if let Err(e) = control
+                    .rollout_hook_done(&service, r.step, result.clone(), cause)
+                    .await
+                {
+                    tracing::error!(%service, hook = %point, error = %e, "cannot record the hook's result; retrying");
+                    ran = Some((r.id, r.step, result, cause));
+                    tokio::time::sleep(CHECKPOINT).await;
+                }
             }
             Outcome::Retire(teardown) => {
                 let detail = match teardown {
