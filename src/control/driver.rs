@@ -25,6 +25,9 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
     // cause). Recorded again instead of run again — and not mistaken for one a lost leader
     // began.
     let mut ran: Option<(u64, usize, Result<String, String>, RollbackCause)> = None;
+    // The hook this driver recorded as begun (rollout id, step): its own record, not a lost
+    // leader's, even when the write came back refused after it landed.
+    let mut begun: Option<(u64, usize)> = None;
     // After a restart the last instance may have decided a rollback it could not record:
     // nothing moves before the guard has judged what the rollout resumed at.
     let gated = control.resume_gated(&service).await;
@@ -132,10 +135,12 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                     continue;
                 }
                 if control.in_fleet() {
-                    if r.hook_started == Some(r.step) {
+                    let ours = begun == Some((r.id, r.step));
+                    if r.hook_started == Some(r.step) && !ours {
                         log(control.hold_unknown_hook(&service, point).await);
                         continue;
                     }
+                    begun = Some((r.id, r.step));
                     match control.rollout_hook_started(&service, r.step).await {
                         Ok(true) => {}
                         Ok(false) => continue,
