@@ -48,8 +48,14 @@ impl AdminClient {
         self
     }
 
+    /// A GET whose connection broke is asked once more: a kept-alive connection the server
+    /// closed just as the request went out fails without an answer, and reading is safe to
+    /// repeat (a change is not: POST and PUT are never sent twice).
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        self.call(Method::GET, path, None).await
+        match self.call(Method::GET, path, None).await {
+            Err(ClientError::Unreachable { .. }) => self.call(Method::GET, path, None).await,
+            other => other,
+        }
     }
 
     pub async fn post(
@@ -99,7 +105,7 @@ impl AdminClient {
             .await
             .map_err(|e| ClientError::Unreachable {
                 url: url.clone(),
-                reason: e.to_string(),
+                reason: causes(&e),
             })?;
         let status = resp.status();
         let bytes = resp
@@ -120,4 +126,20 @@ impl AdminClient {
             message: field("message"),
         })
     }
+}
+
+/// An error with the chain of its causes ("client error (SendRequest): connection closed
+/// before message completed"): the outer words alone do not say what went wrong.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }

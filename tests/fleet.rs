@@ -300,3 +300,54 @@ bounded_test! {
         );
     }
 }
+
+bounded_test! {
+    /// Two operators set weights through two instances at the same moment, over and over:
+    /// every answer tells what became of the change. A 200 is a change the fleet recorded
+    /// (even when another instance's change followed it at once), a 409 one it refused
+    /// because it was decided on a state another instance had just changed — never "a
+    /// rollback was decided" (none was), and every 200 is one recorded event.
+    async fn concurrent_changes_through_two_instances_each_answer_what_became_of_them() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let fleet = Fleet::start(&etcd, "/sy/concurrent", &blue_green(blue.addr, green.addr), 2).await;
+        let rounds = 40u64;
+        let mut tasks = Vec::new();
+        for i in 0..2u64 {
+            let api = admin(&fleet.servers[i as usize]);
+            tasks.push(tokio::spawn(async move {
+                let (mut took, mut refused) = (0u64, Vec::new());
+                for n in 0..rounds {
+                    // A split no other request sets: each accepted one is one change.
+                    let green = 1 + i * rounds + n;
+                    let body = json!({ "weights": { "blue": 100 - green, "green": green } });
+                    match api.put("/api/v1/services/shop/weights", body).await {
+                        Ok(_) => took += 1,
+                        Err(e) => refused.push(e.to_string()),
+                    }
+                }
+                (took, refused)
+            }));
+        }
+        let mut took = 0;
+        for t in tasks {
+            let (ok, refused) = t.await.unwrap();
+            took += ok;
+            for e in &refused {
+                assert!(e.contains("409") && e.contains("changed by another instance"), "refused with: {e}");
+            }
+        }
+        // Through the other instance's watch, too: what one accepted, both have.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let recorded = loop {
+            let n = events(&admin(&fleet.servers[1]), "service=shop&kind=weights&limit=1000").await.len() as u64;
+            if n == took || Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        println!("{took} of {} changes accepted, {recorded} recorded", 2 * rounds);
+        assert_eq!(recorded, took, "accepted changes and recorded ones differ");
+        assert!(took > 0);
+    }
+}

@@ -27,6 +27,16 @@ struct Instance {
     running: Option<Running>,
 }
 
+impl Drop for Instance {
+    /// A failing test shows what each instance logged: a fleet's failures are in the
+    /// interleaving, which the assertion alone does not tell.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- {} logged:\n{}", self.name, logged(&self.path));
+        }
+    }
+}
+
 /// `n` instances of one fleet, each a process with its own file: `cfg` plus the fleet part.
 async fn fleet(etcd: &Etcd, dir: &Path, prefix: &str, cfg: &Cfg, n: usize) -> Vec<Instance> {
     let mut out = Vec::new();

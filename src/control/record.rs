@@ -10,18 +10,30 @@ use super::persist::{wait, Write, WriteError, FORWARD_WAIT};
 use super::{ControlError, Controller, State, StoreHealth};
 use crate::store::Commit;
 
+/// What became of a forward write of one service that the store took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Landed {
+    /// The service is as it was before the write (or as the write recorded it, come back
+    /// through the watch): the caller applies what it wrote.
+    Kept,
+    /// A rollback was decided here while the write waited: it is newer (its record lands
+    /// after this one), so what was written is not applied.
+    RolledBack,
+    /// In a fleet, the watch brought this write and then another instance's later change
+    /// of the service (a write on an older state would have been refused as stale): the
+    /// change took effect and the fleet has moved on from it; the state stays as it is.
+    Overtaken,
+}
+
 impl Controller {
-    /// [`Controller::write_forward`] of one service's commit: the state again, and whether
-    /// the service is as it was (no rollback came in while the write waited — the service's
-    /// epoch — and, in a fleet, no other instance's change was applied meanwhile: its
-    /// rollout and traffic are still what they were, or what this commit wrote, come back
-    /// through the watch).
+    /// [`Controller::write_forward`] of one service's commit: the state again, and what
+    /// became of the write (see [`Landed`]).
     pub(super) async fn write_service<'a>(
         &'a self,
         state: MutexGuard<'a, State>,
         service: &str,
         commit: Commit,
-    ) -> Result<(MutexGuard<'a, State>, bool), ControlError> {
+    ) -> Result<(MutexGuard<'a, State>, Landed), ControlError> {
         let epoch = state.epoch(service);
         let before = (
             state.rollouts.get(service).cloned(),
@@ -42,10 +54,16 @@ impl Controller {
                 Write::Commit(Box::new(commit)),
             )
             .await?;
-        let unchanged = state.epoch(service) == epoch
-            && kept(state.rollouts.get(service), &before.0, &written.0)
-            && kept(state.traffic.get(service), &before.1, &written.1);
-        Ok((state, unchanged))
+        let landed = if state.epoch(service) != epoch {
+            Landed::RolledBack
+        } else if kept(state.rollouts.get(service), &before.0, &written.0)
+            && kept(state.traffic.get(service), &before.1, &written.1)
+        {
+            Landed::Kept
+        } else {
+            Landed::Overtaken
+        };
+        Ok((state, landed))
     }
 
     /// Writes a forward change: queued under the control lock (so the store sees changes in

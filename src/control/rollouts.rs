@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::persist::{Kind, Write};
-use super::record::superseded;
+use super::record::{superseded, Landed};
 use super::transition::{plan, RolloutView};
 use super::{ControlError, Controller};
 use crate::audit::{Actor, EventKind, System};
@@ -397,7 +397,8 @@ impl Controller {
     /// Records bookkeeping of the service's rollout that is no transition (pause progress, a
     /// hook begun) when `f` changes it: with the traffic row (this write is only made once the
     /// step before it was applied, so it clears that step's `step_from`, see `lifecycle`).
-    /// Whether it was recorded and kept (the rollout did not move meanwhile).
+    /// Whether it was recorded and kept (the rollout did not move meanwhile: when it did, the
+    /// driver looks again).
     async fn record_rollout(
         &self,
         service: &str,
@@ -417,11 +418,12 @@ impl Controller {
             rollout: Some(r.clone()),
             ..Commit::default()
         };
-        let (mut state, unchanged) = self.write_service(state, service, commit).await?;
-        if unchanged {
+        let (mut state, landed) = self.write_service(state, service, commit).await?;
+        let kept = landed == Landed::Kept;
+        if kept {
             state.rollouts.insert(service.to_string(), r);
         }
-        Ok(unchanged)
+        Ok(kept)
     }
 
     /// A new leader found a hook begun by the last one and not recorded as done: held for a

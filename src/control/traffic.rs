@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::persist::Write;
 use super::plan::{self, PlanChange};
-use super::record::superseded;
+use super::record::{superseded, Landed};
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::config::{self, Config};
@@ -150,12 +150,17 @@ impl Controller {
             events: vec![event],
             ..Commit::default()
         };
-        let (mut state, unchanged) = self.write_service(state, service, commit).await?;
-        if !unchanged {
-            return Err(superseded(service));
-        }
-        state.traffic.insert(service.to_string(), t);
-        let generation = self.publish(&mut state)?;
+        let (mut state, landed) = self.write_service(state, service, commit).await?;
+        let generation = match landed {
+            Landed::Kept => {
+                state.traffic.insert(service.to_string(), t);
+                self.publish(&mut state)?
+            }
+            Landed::RolledBack => return Err(superseded(service)),
+            // Switched, and another instance changed the service after it: served as the
+            // fleet has it now.
+            Landed::Overtaken => self.snapshots.load().generation,
+        };
         tracing::info!(service, from = %from, to = %split, generation, %actor, "traffic changed");
         Ok(TrafficChange {
             service: service.into(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::persist::Kind;
-use super::record::superseded;
+use super::record::{superseded, Landed};
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
 use crate::rollout::machine::{Change, CommandError, Outcome};
@@ -184,14 +184,26 @@ impl Controller {
             // clears it, a restart holds the rollout at the split before this step.
             planned.commit.traffic[0].1.step_from = Some(planned.before.clone());
         }
-        let (mut state, unchanged) = self
+        let (mut state, landed) = self
             .write_service(state, service, planned.commit.clone())
             .await?;
-        if !unchanged {
-            return Err(superseded(service));
-        }
-        let view = self.apply_planned(&mut state, planned, cause)?;
+        let view = match landed {
+            Landed::Kept => self.apply_planned(&mut state, planned, cause)?,
+            Landed::RolledBack => return Err(superseded(service)),
+            Landed::Overtaken => Self::view_now(&state, service)?,
+        };
         Ok((outcome, view))
+    }
+
+    /// The service's rollout as this instance has it now (after a write the fleet moved on
+    /// from).
+    fn view_now(state: &State, service: &str) -> Result<RolloutView, ControlError> {
+        let r = state
+            .rollouts
+            .get(service)
+            .cloned()
+            .ok_or_else(|| ControlError::NoRollout(service.into()))?;
+        Ok(RolloutView::new(r, state.traffic[service].current.clone()))
     }
 
     /// Applies a change toward stable now: the data plane gets it at once, then the record
