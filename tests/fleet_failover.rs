@@ -336,3 +336,105 @@ bounded_test! {
         wait_status(&api, 15, paused_at(1000)).await;
     }
 }
+
+/// Lines that `echo WORD >> file` hooks wrote, counted by word.
+fn lines_of(path: &Path, word: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter(|l| *l == word).count()
+}
+
+bounded_test! {
+    limit = LOAD_LIMIT;
+    /// A rollout aborted through another instance while no instance leads (the leader was
+    /// just killed) still gets its `on_rollback` hook: the end's record says the work is due,
+    /// and the next leader finds it there and runs it, once.
+    async fn a_rollout_aborted_while_no_instance_leads_gets_its_end_hook_from_the_next_leader() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("hook-runs");
+        let cfg = blue_green(blue.addr, green.addr).service(&format!(
+            "[service.hooks.on_rollback]\ncommand = \"echo run >> {}\"\n",
+            runs.display()
+        ));
+        let mut instances = fleet(&etcd, dir.path(), "/sy/end-work", &cfg, 3).await;
+        let all: Vec<&Instance> = instances.iter().collect();
+        let leader = agreed_leader(&all, Duration::from_secs(10), None).await;
+        let dead = instances.iter().position(|i| i.name == leader).unwrap();
+        let other = instances.iter().position(|i| i.name != leader).unwrap();
+        let api = admin_at(instances[other].admin);
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
+        )
+        .await;
+        wait_status(&api, 10, paused_at(1000)).await;
+        let running = instances[dead].running.take().unwrap();
+        signal(&running.child, "-KILL");
+        drop(running);
+        // Well within the lease: no instance leads yet.
+        let r = api.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
+        assert_eq!(r["status"], "aborted", "{r}");
+        assert_eq!(lines_of(&runs, "run"), 0, "the hook ran on an instance that does not lead");
+        eventually(TTL + Duration::from_secs(6), "the next leader ran the on_rollback hook", || async {
+            lines_of(&runs, "run") == 1
+        })
+        .await;
+        eventually(Duration::from_secs(5), "the hook's result is in the history", || async {
+            events(&api, "service=shop&kind=hook").await.iter().any(|e| {
+                e["reason"].as_str().is_some_and(|r| r.contains("on_rollback"))
+            })
+        })
+        .await;
+        let r = admin_at(instances[other].admin).get("/api/v1/services/shop/rollout").await.unwrap();
+        assert!(r.get("end_work").is_none(), "the end work is still recorded as due: {r}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(lines_of(&runs, "run"), 1, "the on_rollback hook ran again");
+    }
+}
+
+bounded_test! {
+    limit = LOAD_LIMIT;
+    /// An end hook runs at most once across a failover: the leader is killed while a
+    /// rollout's `on_rollback` hook runs; the next leader does not run it again and says in
+    /// the history that it may or may not have run.
+    async fn a_leader_killed_during_an_end_hook_leaves_a_record_instead_of_running_it_twice() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("hook-runs");
+        let cfg = blue_green(blue.addr, green.addr).service(&format!(
+            "[service.hooks.on_rollback]\ncommand = \"echo start >> {0}; sleep 3; echo end >> {0}\"\ntimeout = \"20s\"\n",
+            runs.display()
+        ));
+        let mut instances = fleet(&etcd, dir.path(), "/sy/end-once", &cfg, 3).await;
+        let all: Vec<&Instance> = instances.iter().collect();
+        let leader = agreed_leader(&all, Duration::from_secs(10), None).await;
+        let dead = instances.iter().position(|i| i.name == leader).unwrap();
+        let other = instances.iter().position(|i| i.name != leader).unwrap();
+        let api = admin_at(instances[other].admin);
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
+        )
+        .await;
+        wait_status(&api, 10, paused_at(1000)).await;
+        api.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
+        eventually(Duration::from_secs(10), "the leader began the hook", || async {
+            lines_of(&runs, "start") == 1
+        })
+        .await;
+        let running = instances[dead].running.take().unwrap();
+        signal(&running.child, "-KILL");
+        drop(running);
+        eventually(TTL + Duration::from_secs(8), "the next leader says the hook may have run", || async {
+            events(&api, "service=shop&kind=hook_failed").await.iter().any(|e| {
+                e["reason"].as_str().is_some_and(|r| r.contains("may or may not have run"))
+            })
+        })
+        .await;
+        // Past the hook's own 3 s: it ran once (the orphaned command finished), never again.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(lines_of(&runs, "start"), 1, "the on_rollback hook ran again after the failover");
+    }
+}

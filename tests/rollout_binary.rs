@@ -499,3 +499,47 @@ bounded_test! {
         drop(running);
     }
 }
+
+bounded_test! {
+    /// SIGKILL while a rollout's `on_rollback` hook runs: the record says the end work is
+    /// still due, so the restarted process runs the hook again (a single instance runs it at
+    /// least once; it has no one to leave the decision to), records it, and not a third time.
+    async fn sigkill_during_an_on_rollback_hook_runs_it_again_after_the_restart() {
+        let bin = Binary::setup().await;
+        let (path, admin_addr) = (bin.path.clone(), bin.admin);
+        let runs = path.with_extension("runs");
+        append(
+            &path,
+            &format!(
+                "[service.hooks.on_rollback]\ncommand = \"echo start >> {0}; sleep 2; echo end >> {0}\"\ntimeout = \"20s\"\n",
+                runs.display()
+            ),
+        );
+        let lines = |word: &str| {
+            let text = std::fs::read_to_string(&runs).unwrap_or_default();
+            text.lines().filter(|l| *l == word).count()
+        };
+        let api = admin_at(admin_addr);
+        let mut running = run_binary(&path, admin_addr).await;
+        start_rollout(
+            &api,
+            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
+        )
+        .await;
+        wait_status(&api, 10, paused_at(1000)).await;
+        verb(&api, "abort", json!({})).await;
+        eventually(Duration::from_secs(10), "the hook began", || async { lines("start") == 1 }).await;
+        running = kill_and_restart(&mut running, &path, admin_addr).await;
+        eventually(Duration::from_secs(10), "the restart ran the hook to its end", || async {
+            lines("start") == 2 && lines("end") >= 1
+        })
+        .await;
+        eventually(Duration::from_secs(5), "the end work is recorded done", || async {
+            rollout(&api).await.get("end_work").is_none()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(lines("start"), 2, "the hook ran a third time");
+        drop(running);
+    }
+}

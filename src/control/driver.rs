@@ -28,12 +28,16 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
     // The hook this driver recorded as begun (rollout id, step): its own record, not a lost
     // leader's, even when the write came back refused after it landed.
     let mut begun: Option<(u64, usize)> = None;
+    // The end work this driver recorded as begun (rollout id, attempt); see `ending`.
+    let mut end_begun: Option<(u64, u32)> = None;
     // After a restart the last instance may have decided a rollback it could not record:
     // nothing moves before the guard has judged what the rollout resumed at.
     let gated = control.resume_gated(&service).await;
     let (judged, judged_rx) = tokio::sync::oneshot::channel();
     if let Ok(view) = control.rollout(&service).await {
-        side.ensure(&control, &service, &view.rollout, gated.then_some(judged));
+        if view.rollout.status.is_active() {
+            side.ensure(&control, &service, &view.rollout, gated.then_some(judged));
+        }
     }
     if gated {
         tracing::warn!(%service, "rollout resumed (after a restart, or by a new leader of the fleet): held until the guard has judged one full window");
@@ -46,6 +50,10 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
         }
     }
     loop {
+        // An ended attempt's hook and notification come first: before a retry's first step.
+        if control.end_work(&service, &mut end_begun).await {
+            continue;
+        }
         let (outcome, view) = match control.rollout_step(&service).await {
             Ok(x) => x,
             Err(e) => {

@@ -24,9 +24,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{ControlError, Controller, State, Traffic};
-use crate::audit::EventKind;
 use crate::config::{Config, EtcdConfig};
-use crate::rollout::{Rollout, Status};
+use crate::rollout::Rollout;
 use crate::store::etcd::watch::Batch;
 use crate::store::etcd::{Change, ConfigRecord, Connection, InstanceRecord, Leadership};
 use crate::store::{EtcdStore, Store};
@@ -258,7 +257,18 @@ impl Controller {
                 .map(|r| r.service.clone())
                 .collect();
             state.resume_gate.extend(active.iter().cloned());
+            // And rollouts that ended with their end work not done (ended while no one led,
+            // or the last leader was lost doing it).
+            let ended = state.rollouts.values().filter(|r| !r.status.is_active());
             active
+                .iter()
+                .cloned()
+                .chain(
+                    ended
+                        .filter(|r| r.end_work.is_some())
+                        .map(|r| r.service.clone()),
+                )
+                .collect()
         };
         tracing::warn!(rollouts = active.len(), "this instance leads the fleet now");
         for service in active {
@@ -365,7 +375,7 @@ impl Controller {
             if !newer && self.own_newer(f, &r.service, revision) {
                 continue;
             }
-            if let Some(s) = self.take_rollout(&mut state, r) {
+            if let Some(s) = Self::take_rollout(&mut state, r) {
                 touched.push(s);
                 dirty = true;
             }
@@ -410,16 +420,16 @@ impl Controller {
         pending || f.etcd.written_at(service) > revision
     }
 
-    /// Takes a rollout another instance wrote; the service, when it changed anything. When
-    /// this instance leads and the rollout ended elsewhere, its end hooks run here.
-    fn take_rollout(&self, state: &mut State, r: Rollout) -> Option<String> {
+    /// Takes a rollout another instance wrote; the service, when it changed anything. (When
+    /// it ended there with end work due, this instance's driver does it if it leads: the
+    /// caller makes sure of the driver.)
+    fn take_rollout(state: &mut State, r: Rollout) -> Option<String> {
         let service = r.service.clone();
         state.config.service(&service)?;
         let old = state.rollouts.get(&service);
         if old.is_some_and(|o| o.id > r.id || *o == r) {
             return None;
         }
-        let was_active = old.is_some_and(|o| o.id == r.id && o.status.is_active());
         if let Some(t) = state.traffic.get_mut(&service) {
             if r.status.is_active() {
                 t.current = super::transition::rollout_split(&r);
@@ -428,20 +438,6 @@ impl Controller {
         if !r.status.is_active() {
             state.resume_gate.remove(&service);
             state.restore.remove(&service);
-            if was_active && self.leads() {
-                let lane = state.end_hooks.entry(service.clone()).or_default().clone();
-                let kind = match r.status {
-                    Status::Completed => EventKind::Completed,
-                    Status::RolledBack => EventKind::RolledBack,
-                    _ => EventKind::Aborted,
-                };
-                let change = crate::rollout::machine::Change {
-                    kind,
-                    reason: r.reason.clone().unwrap_or_default(),
-                    weight_changed: true,
-                };
-                self.after_end(&state.config, &r, &change, lane);
-            }
         }
         state.rollouts.insert(service.clone(), r);
         Some(service)
@@ -462,7 +458,7 @@ impl Controller {
             }
         }
         for (_, r) in persisted.rollouts {
-            self.take_rollout(state, r);
+            Self::take_rollout(state, r);
         }
         Ok(())
     }

@@ -173,7 +173,6 @@ impl Controller {
                 health,
                 generation: 1,
                 drivers: HashMap::new(),
-                end_hooks: HashMap::new(),
             }),
             config_path: path,
             store,
@@ -193,6 +192,23 @@ impl Controller {
         for service in active {
             tracing::info!(%service, "resuming rollout");
             control.ensure_driver(&service).await;
+        }
+        // A single instance killed after a rollout ended and before its end work was done
+        // does it now (in a fleet, the leader does: `fleet::take_over`).
+        if !in_fleet {
+            let ended: Vec<String> = {
+                let state = control.state.lock().await;
+                state
+                    .rollouts
+                    .values()
+                    .filter(|r| !r.status.is_active() && r.end_work.is_some())
+                    .map(|r| r.service.clone())
+                    .collect()
+            };
+            for service in ended {
+                tracing::info!(%service, "running the end work of a rollout that ended before the restart");
+                control.ensure_driver(&service).await;
+            }
         }
         Ok(control)
     }

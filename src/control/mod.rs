@@ -164,10 +164,6 @@ struct State {
     generation: u64,
     /// Wakes the driver task of a service's rollout after a command.
     drivers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)>,
-    /// Per service, held while a finished rollout's `after_rollout`/`on_rollback` hook runs:
-    /// the next attempt's driver waits for it, so a cleanup hook never overlaps the set-up of
-    /// a retry.
-    end_hooks: HashMap<String, Arc<Mutex<()>>>,
 }
 
 pub struct Controller {

@@ -83,6 +83,7 @@ impl Controller {
         let before = state.traffic[service].clone();
         let actor_name = actor.clone();
         let clock = self.clock.clone();
+        let config = state.config.clone();
         let make = move |id: u64| {
             let mut r = r.clone();
             r.id = id;
@@ -98,7 +99,7 @@ impl Controller {
                 ),
                 weight_changed: false,
             };
-            plan(&before, r, &change, &actor_name, clock.unix_ms())
+            plan(&config, &before, r, &change, &actor_name, clock.unix_ms())
         };
         let make = Arc::new(make);
         let for_store = make.clone();
@@ -242,7 +243,11 @@ impl Controller {
             ),
             weight_changed: true,
         };
-        self.record_now(&mut state, r, &change, actor, Some(RollbackCause::Undo))
+        let view = self.record_now(&mut state, r, &change, actor, Some(RollbackCause::Undo))?;
+        drop(state);
+        // Its `on_rollback` hook and notification: the driver's end work.
+        self.ensure_driver(service).await;
+        Ok(view)
     }
 
     /// The latest rollout of a service.
@@ -316,36 +321,33 @@ impl Controller {
             // (Looked at under the state lock, under which leadership changes.)
             return;
         }
-        let active = state
+        let due = state
             .rollouts
             .get(service)
-            .is_some_and(|r| r.status.is_active());
+            .is_some_and(|r| r.status.is_active() || r.end_work.is_some());
         match state.drivers.get(service) {
             Some((wake, task)) if !task.is_finished() => wake.notify_one(),
-            _ if active => {
+            _ if due => {
                 let wake = Arc::new(Notify::new());
-                let lane = state.end_hooks.entry(service.into()).or_default().clone();
                 let drive = super::driver::drive(self.clone(), service.into(), wake.clone());
-                let task = tokio::spawn(async move {
-                    // The previous attempt's end hook finishes first.
-                    drop(lane.lock().await);
-                    drive.await;
-                });
-                state.drivers.insert(service.to_string(), (wake, task));
+                state
+                    .drivers
+                    .insert(service.to_string(), (wake, tokio::spawn(drive)));
             }
             _ => {}
         }
     }
 
-    /// A driver found its rollout inactive: it ends, unless a retry made the rollout active
-    /// again. Decided under the state lock, which `ensure_driver` also holds: either the
-    /// retry's `ensure_driver` finds no driver and starts one, or this one goes on.
+    /// A driver found its rollout inactive and its end work done: it ends, unless a retry
+    /// made the rollout active again (or a new end brought work). Decided under the state
+    /// lock, which `ensure_driver` also holds: either the retry's `ensure_driver` finds no
+    /// driver and starts one, or this one goes on.
     pub(crate) async fn driver_done(&self, service: &str) -> bool {
         let mut state = self.state.lock().await;
         let active = state
             .rollouts
             .get(service)
-            .is_some_and(|r| r.status.is_active());
+            .is_some_and(|r| r.status.is_active() || r.end_work.is_some());
         if !active {
             state.drivers.remove(service);
         }
@@ -399,7 +401,7 @@ impl Controller {
     /// step before it was applied, so it clears that step's `step_from`, see `lifecycle`).
     /// Whether it was recorded and kept (the rollout did not move meanwhile: when it did, the
     /// driver looks again).
-    async fn record_rollout(
+    pub(super) async fn record_rollout(
         &self,
         service: &str,
         f: impl FnOnce(&mut crate::rollout::Rollout) -> bool,

@@ -12,6 +12,7 @@ use super::persist::Kind;
 use super::record::{superseded, Landed};
 use super::{event, ControlError, Controller, State, Traffic};
 use crate::audit::{Actor, EventKind};
+use crate::config::Config;
 use crate::rollout::machine::{Change, CommandError, Outcome};
 use crate::rollout::{RollbackCause, Rollout, Status};
 use crate::split::{Split, FULL_WEIGHT};
@@ -59,6 +60,7 @@ pub(super) struct Planned {
 
 /// `now`: the record's and the event's timestamp (the controller's `clock`).
 pub(super) fn plan(
+    config: &Config,
     before: &Traffic,
     mut r: Rollout,
     change: &Change,
@@ -66,6 +68,11 @@ pub(super) fn plan(
     now: i64,
 ) -> Planned {
     r.updated_at = now;
+    // Recorded with the end itself; an earlier attempt's work not yet done stays (a retry
+    // right after an abort: the driver does it first).
+    if let Some(work) = super::ending::end_work_due(config, &r, change) {
+        r.end_work = Some(work);
+    }
     let service = r.service.clone();
     let mut t = before.clone();
     match r.status {
@@ -172,6 +179,7 @@ impl Controller {
             return Ok((outcome, view));
         }
         let mut planned = plan(
+            &state.config,
             &state.traffic[service],
             r,
             &change,
@@ -224,6 +232,7 @@ impl Controller {
             Kind::Hold
         };
         let planned = plan(
+            &state.config,
             &state.traffic[&service],
             r,
             change,
@@ -274,13 +283,6 @@ impl Controller {
         if !r.status.is_active() {
             state.resume_gate.remove(&service);
             state.restore.remove(&service);
-        }
-        // End hooks run where rollouts are driven: in a fleet, the leader (which runs them
-        // for a rollout ended through another instance when the watch brings the end).
-        let ended = was_active && !r.status.is_active() || change.kind == EventKind::RolledBack;
-        if ended && self.leads() {
-            let lane = state.end_hooks.entry(service.clone()).or_default().clone();
-            self.after_end(&state.config, &r, &change, lane);
         }
         if matches!(r.status, Status::Aborted | Status::RolledBack)
             && (was_active || change.kind == EventKind::RolledBack)

@@ -304,6 +304,41 @@ pub struct Rollout {
     /// rollout for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_started: Option<usize>,
+    /// The work due because an attempt ended — its `after_rollout` / `on_rollback` hook and,
+    /// for a rollback, the notification — until the instance that drives has done it.
+    /// Recorded with the end itself, so that a process killed or a leader lost before it ran
+    /// leaves it to the next one (see `control::ending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_work: Option<EndWork>,
+}
+
+/// The work due at the end of one attempt of a rollout (see `Rollout::end_work`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndWork {
+    /// The attempt that ended, and how (`completed`, `aborted`, `rolled_back`).
+    pub attempt: u32,
+    pub status: Status,
+    /// Why it ended, for the notification.
+    pub reason: String,
+    /// In a fleet: the leader recorded that it began. A new leader finding it begun does not
+    /// run it again (it may have run) and says so in the history.
+    #[serde(default)]
+    pub begun: bool,
+}
+
+impl EndWork {
+    /// The hook point due: `on_rollback` after a rollback, `after_rollout` after completion.
+    pub fn point(&self) -> HookPoint {
+        if self.rolled_back() {
+            HookPoint::OnRollback
+        } else {
+            HookPoint::AfterRollout
+        }
+    }
+
+    pub fn rolled_back(&self) -> bool {
+        matches!(self.status, Status::Aborted | Status::RolledBack)
+    }
 }
 
 impl Rollout {
@@ -334,6 +369,7 @@ impl Rollout {
             updated_at: now,
             attempt: 0,
             hook_started: None,
+            end_work: None,
         }
     }
 
