@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::fleet::{fleet_top, Fleet};
+use common::proxy::FreezingProxy;
 use common::raw::RefusingPort;
 use common::release::*;
 use common::*;
@@ -349,5 +350,54 @@ bounded_test! {
         println!("{took} of {} changes accepted, {recorded} recorded", 2 * rounds);
         assert_eq!(recorded, took, "accepted changes and recorded ones differ");
         assert!(took > 0);
+    }
+}
+
+bounded_test! {
+    /// An instance whose connections to etcd stop carrying anything while staying open (a
+    /// half-open connection, a middlebox that stopped forwarding) finds its watch silent for
+    /// longer than a healthy one can be, reopens it and catches up with a switch made through
+    /// another instance meanwhile; `/metrics` counts the reopen.
+    async fn an_instance_whose_watch_connection_freezes_reopens_it_and_catches_up() {
+        let etcd = Etcd::start().await;
+        let target: std::net::SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
+        let proxy = FreezingProxy::start(target).await;
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = blue_green(blue.addr, green.addr);
+        let mut servers = Vec::new();
+        for (i, endpoint) in [etcd.endpoint(), format!("http://{}", proxy.addr)].iter().enumerate() {
+            let path = dir.path().join(format!("lb-{i}.toml"));
+            let text = cfg.clone().top(&fleet_top(endpoint, "/sy/frozen", &format!("lb-{i}"))).build();
+            std::fs::write(&path, text).unwrap();
+            servers.push(common::fleet::start_file(&path).await);
+        }
+        let c = client();
+        eventually(Duration::from_secs(10), "both instances follow the fleet", || async {
+            let mut leaders = Vec::new();
+            for s in &servers {
+                leaders.push(admin(s).get("/api/v1/status").await.unwrap()["fleet"]["leader"].clone());
+            }
+            leaders[0].is_string() && leaders[0] == leaders[1]
+        })
+        .await;
+        proxy.freeze();
+        admin(&servers[0])
+            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap();
+        let frozen = Instant::now();
+        eventually(Duration::from_secs(15), "the instance behind the frozen connections serves green", || async {
+            serving(&c, &servers[1]).await == "green"
+        })
+        .await;
+        println!("caught up {:?} after the freeze", frozen.elapsed());
+        let text = metrics_text(&servers[1]).await;
+        let reopened: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_fleet_watch_reopened_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no reopen count in /metrics:\n{text}"));
+        assert!(reopened >= 1, "reopened {reopened} times");
     }
 }

@@ -251,6 +251,13 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             registry.register(name, help, g.clone());
             g.set(value);
         }
+        let reopened = Counter::<u64>::default();
+        registry.register(
+            "fleet_watch_reopened",
+            "Times the fleet's etcd watch was silent longer than a healthy one can be and was reopened",
+            reopened.clone(),
+        );
+        reopened.inc_by(f.store.watch_reopened);
     }
     let peer_pulls = Family::<Labels, Counter>::default();
     registry.register(

@@ -7,6 +7,7 @@ pub(crate) mod bin;
 mod cfg;
 pub(crate) mod etcd;
 pub(crate) mod fleet;
+pub(crate) mod proxy;
 pub(crate) mod raw;
 pub(crate) mod release;
 mod wait;

@@ -166,6 +166,11 @@ impl Client {
         self.revision.fetch_max(revision, Ordering::SeqCst);
     }
 
+    /// The fleet's watch was found stuck and is reopened (counted for `/metrics`).
+    pub fn note_stuck_watch(&self) {
+        self.seen.lock().expect("etcd status").watch_reopened += 1;
+    }
+
     /// Records the outcome of an exchange: reached (whatever etcd answered) or not.
     pub fn note<T>(&self, r: &Result<T, EtcdError>) {
         let mut seen = self.seen.lock().expect("etcd status");

@@ -78,6 +78,9 @@ pub struct Connection {
     pub last_contact: Option<i64>,
     /// The highest state revision seen.
     pub revision: i64,
+    /// How often the fleet's watch was found stuck (silent while it cannot be) and reopened.
+    #[serde(default)]
+    pub watch_reopened: u64,
 }
 
 /// The leadership fence and whether a write found it broken.

@@ -20,6 +20,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a new watch may take to be registered.
 const OPEN_WAIT: Duration = Duration::from_secs(2);
+/// How long the fleet's watch may go without an answer before it is taken for stuck and
+/// reopened. Every instance rewrites its record under the prefix each second
+/// (`election::REFRESH`), so a healthy watch is never silent this long; a stuck one (a
+/// half-open connection, a proxy that stopped forwarding) would otherwise leave the instance
+/// serving an old state without knowing it.
+const SILENT: Duration = Duration::from_secs(5);
 
 /// One change of the shared state.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,10 +66,9 @@ pub struct Watch {
 impl Watch {
     pub(super) fn new(store: Arc<EtcdStore>, from_revision: i64) -> Watch {
         let all = store.keys.all();
-        Watch {
-            raw: RawWatch::new(store.clone(), &all, true, from_revision),
-            store,
-        }
+        let mut raw = RawWatch::new(store.clone(), &all, true, from_revision);
+        raw.silent = Some(SILENT);
+        Watch { raw, store }
     }
 
     /// Opens the stream now (best effort: `next` opens it again if this failed).
@@ -144,6 +149,9 @@ pub(super) struct RawWatch {
     /// The first answer of a new stream, when it was more than "created".
     pending: Option<Streamed<WatchResponse>>,
     backoff: Duration,
+    /// A stream without an answer for this long is reopened (see `SILENT`); `None` for a
+    /// watch that may rightly be silent (one key).
+    silent: Option<Duration>,
 }
 
 impl RawWatch {
@@ -166,6 +174,7 @@ impl RawWatch {
             lines: None,
             pending: None,
             backoff: MIN_BACKOFF,
+            silent: None,
         }
     }
 
@@ -222,9 +231,21 @@ impl RawWatch {
         if let Some(first) = self.pending.take() {
             return Ok(Some(first));
         }
-        match &mut self.lines {
-            Some(lines) => lines.next().await,
-            None => Ok(None),
+        let (Some(lines), Some(limit)) = (&mut self.lines, self.silent) else {
+            return match &mut self.lines {
+                Some(lines) => lines.next().await,
+                None => Ok(None),
+            };
+        };
+        match tokio::time::timeout(limit, lines.next()).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(silent_for = ?limit, from_revision = self.next_revision,
+                    "etcd watch silent for longer than a healthy one can be: reopening it");
+                self.store.client.note_stuck_watch();
+                // As if closed: `next` reopens it from the revision after the last delivered.
+                Ok(None)
+            }
         }
     }
 
