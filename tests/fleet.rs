@@ -401,3 +401,34 @@ bounded_test! {
         assert!(reopened >= 1, "reopened {reopened} times");
     }
 }
+
+bounded_test! {
+    /// Two first instances of a fleet starting at the same moment with different files (one
+    /// sends all traffic to blue, the other to green) end up running one configuration: the
+    /// one whose file was recorded first; the other runs it too. Five fleets, for the race.
+    async fn two_first_instances_starting_together_run_one_configuration() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let c = client();
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let prefix = format!("/sy/first-{round}");
+            let mut paths = Vec::new();
+            for (i, active) in ["blue", "green"].iter().enumerate() {
+                let path = dir.path().join(format!("lb-{i}.toml"));
+                let text = blue_green(blue.addr, green.addr)
+                    .active(active)
+                    .top(&fleet_top(&etcd.endpoint(), &prefix, &format!("lb-{i}")))
+                    .build();
+                std::fs::write(&path, text).unwrap();
+                paths.push(path);
+            }
+            let (a, b) = tokio::join!(
+                common::fleet::start_file(&paths[0]),
+                common::fleet::start_file(&paths[1])
+            );
+            let (first, second) = (serving(&c, &a).await, serving(&c, &b).await);
+            assert_eq!(first, second, "round {round}: the two instances run different configurations");
+        }
+    }
+}

@@ -94,8 +94,8 @@ pub(super) async fn join(
         .clone()
         .unwrap_or_else(|| default_name(local.admin.bind.port()));
     let etcd = EtcdStore::connect(cfg, &name, CONNECT_TIMEOUT).await?;
-    let config = match etcd.config().await? {
-        Some(shared) => {
+    let config = loop {
+        if let Some(shared) = etcd.config().await? {
             let parsed = crate::config::parse_async(
                 shared.text.clone(),
                 format!("the fleet's configuration (applied by {})", shared.by),
@@ -109,19 +109,20 @@ pub(super) async fn join(
             } else {
                 tracing::info!(by = %shared.by, "running the fleet's configuration");
             }
-            Config::localize(parsed, &local)
+            break Config::localize(parsed, &local);
         }
-        None => {
-            if let Some(text) = &local.source {
-                etcd.put_config(&ConfigRecord {
-                    text: text.to_string(),
-                    by: name.clone(),
-                    at: crate::sys::unix_ms(),
-                })
-                .await?;
-                tracing::info!("first instance of the fleet: its configuration is the fleet's");
-            }
-            local.clone()
+        let Some(text) = &local.source else {
+            break local.clone();
+        };
+        let record = ConfigRecord {
+            text: text.to_string(),
+            by: name.clone(),
+            at: crate::sys::unix_ms(),
+        };
+        // Only if no other instance recorded one meanwhile; else that one is read above.
+        if etcd.create_config(&record).await? {
+            tracing::info!("first instance of the fleet: its configuration is the fleet's");
+            break local.clone();
         }
     };
     let fleet = Arc::new(Fleet {

@@ -209,6 +209,20 @@ impl EtcdStore {
         .map(drop)
     }
 
+    /// Records `c` as the fleet's configuration only if it has none yet: whether it did. Two
+    /// first instances starting together with different files: one wins, the other runs it.
+    pub async fn create_config(&self, c: &ConfigRecord) -> Result<bool, StoreError> {
+        let key = self.keys.config();
+        let outcome = self
+            .write(txn::Write {
+                puts: vec![wire::op_put(&key, &to_json(c), 0)],
+                extra: vec![wire::create_revision_is(&key, 0)],
+                ..txn::Write::default()
+            })
+            .await?;
+        Ok(outcome != txn::Outcome::Raced)
+    }
+
     /// The live instances (those whose lease is alive).
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         let r = self
