@@ -26,7 +26,6 @@ mod txn;
 pub mod watch;
 mod wire;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,8 +97,6 @@ pub struct EtcdStore {
     /// The runtime `Store` methods block on (they run on `spawn_blocking` threads).
     rt: Handle,
     fence: tokio::sync::watch::Sender<FenceState>,
-    /// The `n` of this instance's next event key.
-    next_event: AtomicU64,
     /// Per service, the revision of this instance's last write of its state.
     written: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -122,7 +119,6 @@ impl EtcdStore {
             instance: instance.to_string(),
             rt: Handle::current(),
             fence: tokio::sync::watch::Sender::new(FenceState::default()),
-            next_event: AtomicU64::new(0),
             written: Default::default(),
         };
         let mut probe = wire::range_prefix(&store.keys.all());

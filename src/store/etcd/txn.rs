@@ -33,6 +33,17 @@ pub(super) enum Outcome {
     Raced,
 }
 
+/// The last part of an event's key: from the event itself and its place in the commit, so
+/// that the same commit written again (a durable write retried after an answer that was
+/// lost although it landed) puts the same keys and records its events once. The place, last
+/// in the number, keeps the events of one commit apart (`events` makes ids of it, mod 1000).
+fn event_n(stored: &[u8], place: usize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    stored.hash(&mut h);
+    (h.finish() % (1 << 40)) * 1000 + place as u64 % 1000
+}
+
 impl EtcdStore {
     /// The puts and conditions of a commit.
     pub(super) fn commit_write(&self, c: &Commit) -> Write {
@@ -51,15 +62,11 @@ impl EtcdStore {
             w.puts.push(wire::op_put(&key, &to_json(r), 0));
             w.guarded.push((key, r.service.clone()));
         }
-        for e in &c.events {
-            let n = self
-                .next_event
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                % 1000;
-            let key = self.keys.event(e.at, &self.instance, n);
+        for (i, e) in c.events.iter().enumerate() {
             // The id is made from the key's create revision when read (see `events`).
-            let stored = crate::store::Event { id: 0, ..e.clone() };
-            w.puts.push(wire::op_put(&key, &to_json(&stored), 0));
+            let stored = to_json(&crate::store::Event { id: 0, ..e.clone() });
+            let key = self.keys.event(e.at, &self.instance, event_n(&stored, i));
+            w.puts.push(wire::op_put(&key, &stored, 0));
         }
         if let Some(text) = &c.config {
             let record = super::ConfigRecord {
@@ -175,5 +182,20 @@ impl EtcdStore {
             endpoints: self.client.endpoints(),
             reason: format!("no rollout id within {ID_RACES:?}: other instances kept taking them"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_n;
+
+    #[test]
+    fn an_event_keeps_its_key_when_its_commit_is_written_again_and_others_get_their_own() {
+        let a = br#"{"kind":"switch","at":1}"#;
+        let b = br#"{"kind":"switch","at":2}"#;
+        assert_eq!(event_n(a, 0), event_n(a, 0));
+        assert_ne!(event_n(a, 0), event_n(b, 0));
+        // Two equal events in one commit stay two, with ids apart.
+        assert_ne!(event_n(a, 0) % 1000, event_n(a, 1) % 1000);
     }
 }
