@@ -360,27 +360,9 @@ bounded_test! {
     /// another instance meanwhile; `/metrics` counts the reopen.
     async fn an_instance_whose_watch_connection_freezes_reopens_it_and_catches_up() {
         let etcd = Etcd::start().await;
-        let target: std::net::SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
-        let proxy = FreezingProxy::start(target).await;
         let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = blue_green(blue.addr, green.addr);
-        let mut servers = Vec::new();
-        for (i, endpoint) in [etcd.endpoint(), format!("http://{}", proxy.addr)].iter().enumerate() {
-            let path = dir.path().join(format!("lb-{i}.toml"));
-            let text = cfg.clone().top(&fleet_top(endpoint, "/sy/frozen", &format!("lb-{i}"))).build();
-            std::fs::write(&path, text).unwrap();
-            servers.push(common::fleet::start_file(&path).await);
-        }
+        let (proxy, servers, _dir) = one_behind_a_proxy(&etcd, "/sy/frozen", &blue_green(blue.addr, green.addr)).await;
         let c = client();
-        eventually(Duration::from_secs(10), "both instances follow the fleet", || async {
-            let mut leaders = Vec::new();
-            for s in &servers {
-                leaders.push(admin(s).get("/api/v1/status").await.unwrap()["fleet"]["leader"].clone());
-            }
-            leaders[0].is_string() && leaders[0] == leaders[1]
-        })
-        .await;
         proxy.freeze();
         admin(&servers[0])
             .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
@@ -430,5 +412,80 @@ bounded_test! {
             let (first, second) = (serving(&c, &a).await, serving(&c, &b).await);
             assert_eq!(first, second, "round {round}: the two instances run different configurations");
         }
+    }
+}
+
+/// Two instances of a fleet under `prefix`: `lb-0` talks to etcd directly, `lb-1` through a
+/// proxy that can freeze its connections; once both follow the same leader.
+async fn one_behind_a_proxy(
+    etcd: &Etcd,
+    prefix: &str,
+    cfg: &common::Cfg,
+) -> (FreezingProxy, Vec<Server>, tempfile::TempDir) {
+    let target: std::net::SocketAddr = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FreezingProxy::start(target).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for (i, endpoint) in [etcd.endpoint(), format!("http://{}", proxy.addr)]
+        .iter()
+        .enumerate()
+    {
+        let path = dir.path().join(format!("lb-{i}.toml"));
+        let text = cfg
+            .clone()
+            .top(&fleet_top(endpoint, prefix, &format!("lb-{i}")))
+            .build();
+        std::fs::write(&path, text).unwrap();
+        servers.push(common::fleet::start_file(&path).await);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "both instances follow the fleet",
+        || async {
+            let mut leaders = Vec::new();
+            for s in &servers {
+                leaders
+                    .push(admin(s).get("/api/v1/status").await.unwrap()["fleet"]["leader"].clone());
+            }
+            leaders[0].is_string() && leaders[0] == leaders[1]
+        },
+    )
+    .await;
+    (proxy, servers, dir)
+}
+
+bounded_test! {
+    /// An instance whose watch lost its place — its connections froze, and etcd compacted
+    /// the history it would have resumed from — reloads the whole fleet state when it
+    /// reopens the watch: the configuration applied meanwhile (a new route) and the switch
+    /// made meanwhile, both.
+    async fn an_instance_back_after_a_compaction_reloads_the_configuration_and_the_state() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let cfg = blue_green(blue.addr, green.addr);
+        let (proxy, servers, dir) = one_behind_a_proxy(&etcd, "/sy/compacted", &cfg).await;
+        proxy.freeze();
+        let text = cfg
+            .clone()
+            .top("[[route]]\nname = \"ping\"\npriority = 0\nmatch.path = [\"/ping\"]\nfixed_response = { status = 200, body = \"pong\" }\n")
+            .top(&fleet_top(&etcd.endpoint(), "/sy/compacted", "lb-0"))
+            .build();
+        std::fs::write(dir.path().join("lb-0.toml"), &text).unwrap();
+        admin(&servers[0]).post("/api/v1/reload", json!({})).await.unwrap();
+        admin(&servers[0])
+            .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
+            .await
+            .unwrap();
+        etcd.compact(etcd.revision().await).await;
+        let c = client();
+        let ping = format!("{}ping", web_url(&servers[1]).await);
+        eventually(Duration::from_secs(15), "the instance back answers the new route and serves green", || async {
+            get(&c, &ping, &[]).await.is_ok_and(|r| r.body == "pong") && serving(&c, &servers[1]).await == "green"
+        })
+        .await;
     }
 }

@@ -341,6 +341,20 @@ impl Controller {
                 Change::Resync => resync = true,
             }
         }
+        // After the watch lost its place: the whole state again, read before the state lock
+        // is taken (a rollback never waits for etcd), the configuration included.
+        let mut reloaded = None;
+        if resync {
+            match self.reload_fleet(f).await {
+                Ok((persisted, shared)) => {
+                    config = config.or(shared);
+                    reloaded = Some(persisted);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
+                }
+            }
+        }
         // A new configuration is installed together with the traffic that came with it (a
         // split naming its new groups must never be published with the old one).
         let running = self.snapshot().config.source.clone();
@@ -355,13 +369,9 @@ impl Controller {
         let mut touched = Vec::new();
         let mut dirty = false;
         let mut state = self.state.lock().await;
-        if resync {
-            match self.resync(f, &mut state).await {
-                Ok(()) => dirty = true,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
-                }
-            }
+        if let Some(persisted) = reloaded {
+            self.resync(&mut state, persisted);
+            dirty = true;
         }
         for (service, t) in traffic {
             if self.own_newer(f, &service, revision) || state.traffic.get(&service) == Some(&t) {
@@ -445,12 +455,22 @@ impl Controller {
     }
 
     /// After the watch lost its place (etcd compacted the history it needed): the whole
-    /// state again from the store.
-    async fn resync(&self, f: &Fleet, state: &mut State) -> Result<(), ControlError> {
+    /// state and the configuration again, from the store.
+    async fn reload_fleet(
+        &self,
+        f: &Fleet,
+    ) -> Result<(crate::store::Persisted, Option<ConfigRecord>), ControlError> {
         let etcd = f.etcd.clone();
         let persisted = tokio::task::spawn_blocking(move || etcd.load())
             .await
             .expect("store task")?;
+        let shared = f.etcd.config().await?;
+        Ok((persisted, shared))
+    }
+
+    /// Takes the reloaded state (see `reload_fleet`), except services with a change of this
+    /// instance's own still waiting for the store.
+    fn resync(&self, state: &mut State, persisted: crate::store::Persisted) {
         for (service, record) in persisted.traffic {
             if state.config.service(&service).is_some()
                 && self.persist.pending_kind(&service).is_none()
@@ -461,7 +481,6 @@ impl Controller {
         for (_, r) in persisted.rollouts {
             Self::take_rollout(state, r);
         }
-        Ok(())
     }
 
     /// The fleet applied a new configuration (through another instance, or this one's own

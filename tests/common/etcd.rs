@@ -144,6 +144,19 @@ impl Etcd {
         eventually(READY, "etcd answers", || answers(&endpoint)).await;
     }
 
+    /// etcd's current revision.
+    pub(crate) async fn revision(&self) -> i64 {
+        let (_, text) = post(&self.endpoint(), "/v3/kv/range", r#"{"key":"AA=="}"#)
+            .await
+            .expect("etcd answers");
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}"));
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"))
+    }
+
     /// Compacts etcd's history up to `revision`: older revisions can no longer be watched.
     pub(crate) async fn compact(&self, revision: i64) {
         let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
