@@ -489,3 +489,49 @@ bounded_test! {
         .await;
     }
 }
+
+bounded_test! {
+    /// An instance cut off from etcd aborts a rollout (at once, there) while the others
+    /// complete it and start a newer one. When the partition heals, the abort — about a
+    /// rollout that is no longer the latest — is not written over the newer one: every
+    /// instance ends with the newer rollout and its split.
+    async fn a_rollback_decided_while_cut_off_is_not_written_over_a_newer_rollout() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let (proxy, servers, _dir) =
+            one_behind_a_proxy(&etcd, "/sy/partition", &blue_green(blue.addr, green.addr)).await;
+        let (near, far) = (admin(&servers[0]), admin(&servers[1]));
+        let steps = json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
+        start_rollout(&near, steps).await;
+        wait_status(&near, 10, paused_at(1000)).await;
+        eventually(Duration::from_secs(10), "the far instance has the rollout", || async {
+            far.get("/api/v1/services/shop/rollout").await.is_ok_and(|r| paused_at(1000)(&r))
+        })
+        .await;
+        proxy.cut();
+        let r = far.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
+        assert_eq!(r["status"], "aborted", "the cut-off instance aborts at once: {r}");
+        near.post("/api/v1/services/shop/rollout/promote", json!({})).await.unwrap();
+        wait_status(&near, 15, |r| r["status"] == "completed").await;
+        near.post(
+            "/api/v1/rollouts",
+            json!({ "service": "shop", "candidate": "blue", "strategy": {
+                "kind": "canary", "steps": [{ "weight": 20 }, { "pause": "until-promoted" }] } }),
+        )
+        .await
+        .unwrap();
+        wait_status(&near, 15, paused_at(2000)).await;
+        proxy.heal();
+        for api in [&far, &near] {
+            eventually(Duration::from_secs(20), "the newer rollout and its split everywhere", || async {
+                let r = rollout(api).await;
+                r["id"] == 2 && r["weight"] == 2000 && r["split"] == json!({ "green": 8000, "blue": 2000 })
+            })
+            .await;
+        }
+        // Past the far instance's retries: still the newer rollout's split.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let r = rollout(&near).await;
+        assert_eq!(r["split"], json!({ "green": 8000, "blue": 2000 }), "{r}");
+    }
+}

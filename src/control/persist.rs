@@ -332,6 +332,13 @@ impl Persister {
                         }
                         // Decided while this instance led the fleet, which it no longer does:
                         // never written (the new leader decides from the recorded state).
+                        // About a rollout another instance replaced with a newer one while
+                        // this one could not reach the store: moot (the store reloads this
+                        // instance's view of the fleet).
+                        Err(e @ StoreError::Superseded { .. }) => {
+                            tracing::warn!(error = %e, "a {} decided on an old view of the fleet is dropped", kind.noun());
+                            self.durable_written();
+                        }
                         Err(StoreError::Fenced) => {
                             tracing::error!(services = %lock(&self.queue).entries.front().map(|e| e.services.join(",")).unwrap_or_default(),
                                 "a {} decided while this instance led the fleet is dropped: it no longer leads",

@@ -45,6 +45,14 @@ pub enum StoreError {
     /// A forward write about services another instance changed since this one read them.
     #[error("the state of {0} was changed by another instance meanwhile; not written")]
     Stale(String),
+    /// A move toward stable about a rollout that is no longer its service's latest: another
+    /// instance started a newer one while this one could not reach the store.
+    #[error("rollout #{rollout} of {service} is no longer its latest (#{latest} was started meanwhile); not written")]
+    Superseded {
+        service: String,
+        rollout: u64,
+        latest: u64,
+    },
 }
 
 /// The traffic state of one service as persisted.

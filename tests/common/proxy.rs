@@ -1,6 +1,7 @@
 //! A TCP proxy that can freeze the connections it carries: after `freeze`, bytes stop moving
 //! both ways on every connection open at that moment, which stays open — as a half-open
-//! connection or a middlebox that stopped forwarding would — while new connections work.
+//! connection or a middlebox that stopped forwarding would — while new connections work;
+//! after `cut`, new ones freeze too until `heal` (a partition).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) struct FreezingProxy {
     pub(crate) addr: SocketAddr,
     open: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// While set, new connections are frozen from the start too: a partition.
+    cut: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,13 +24,14 @@ impl FreezingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let conns = open.clone();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (conns, cutting) = (open.clone(), cut.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
-                let frozen = Arc::new(AtomicBool::new(false));
+                let frozen = Arc::new(AtomicBool::new(cutting.load(Ordering::SeqCst)));
                 conns.lock().unwrap().push(frozen.clone());
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
@@ -35,7 +39,23 @@ impl FreezingProxy {
                 tokio::spawn(pipe(sr, cw, frozen));
             }
         });
-        FreezingProxy { addr, open, task }
+        FreezingProxy {
+            addr,
+            open,
+            cut,
+            task,
+        }
+    }
+
+    /// Freezes every connection, open now or made until `heal`.
+    pub(crate) fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.freeze();
+    }
+
+    /// New connections are carried again (those frozen stay frozen).
+    pub(crate) fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 
     /// Stops every connection open now; later ones are carried as usual.

@@ -70,6 +70,12 @@ impl Keys {
         format!("{}events/{:013}-{instance}-{n}", self.root, at.max(0))
     }
 
+    /// The id of the service's latest rollout, written with each new one: a move toward
+    /// stable decided on an older rollout is not written over a newer one (see `txn`).
+    pub(super) fn latest(&self, service: &str) -> String {
+        format!("{}latest/{service}", self.root)
+    }
+
     pub(super) fn config(&self) -> String {
         format!("{}config", self.root)
     }

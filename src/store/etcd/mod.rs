@@ -97,6 +97,9 @@ pub struct EtcdStore {
     /// The runtime `Store` methods block on (they run on `spawn_blocking` threads).
     rt: Handle,
     fence: tokio::sync::watch::Sender<FenceState>,
+    /// Wakes the fleet's watch to have the state reloaded (`Change::Resync`): a write found
+    /// this instance's view of a service older than the fleet's (see `txn`).
+    resync_wanted: tokio::sync::Notify,
     /// Per service, the revision of this instance's last write of its state.
     written: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -119,6 +122,7 @@ impl EtcdStore {
             instance: instance.to_string(),
             rt: Handle::current(),
             fence: tokio::sync::watch::Sender::new(FenceState::default()),
+            resync_wanted: tokio::sync::Notify::new(),
             written: Default::default(),
         };
         let mut probe = wire::range_prefix(&store.keys.all());

@@ -23,6 +23,9 @@ pub(super) struct Write {
     pub extra: Vec<Value>,
     /// The leadership the write was decided under; `None`: the store's fence now.
     pub fence: Option<Option<i64>>,
+    /// For a move toward stable: the service's latest-rollout key and the rollout's id. It
+    /// is written only while that rollout is still the service's latest (see `Superseded`).
+    pub latest: Option<(String, String, u64)>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -79,13 +82,19 @@ impl EtcdStore {
         }
         if !c.forward {
             w.guarded.clear();
+            // Whatever else changed meanwhile, a move toward stable lands — unless it is about
+            // a rollout a newer one of its service replaced (decided on an instance cut off
+            // from etcd while the others went on).
+            if let Some(r) = &c.rollout {
+                w.latest = Some((self.keys.latest(&r.service), r.service.clone(), r.id));
+            }
         }
         w
     }
 
     /// Runs one write; `Fenced` (and the fence cleared, `fenced()` woken) when the leader key
     /// is no longer this instance's, `Stale` naming the services changed meanwhile.
-    pub(super) async fn write(&self, w: Write) -> Result<Outcome, StoreError> {
+    pub(super) async fn write(&self, mut w: Write) -> Result<Outcome, StoreError> {
         let fence = w.fence.unwrap_or_else(|| self.fence.borrow().fence);
         let leader = self.keys.leader();
         let mut compare = Vec::new();
@@ -95,10 +104,16 @@ impl EtcdStore {
         for (key, _) in &w.guarded {
             compare.push(wire::mod_revision_below(key, w.based_on + 1));
         }
-        compare.extend(w.extra);
+        compare.extend(w.extra.iter().cloned());
         let mut failure = vec![wire::op_range(&leader)];
         failure.extend(w.guarded.iter().map(|(key, _)| wire::op_range(key)));
-        let r = self.txn(wire::txn(compare, w.puts, failure)).await?;
+        if let Some((key, _, id)) = &w.latest {
+            compare.push(wire::value_is(key, &id.to_string()));
+            failure.push(wire::op_range(key));
+        }
+        let r = self
+            .txn(wire::txn(compare, w.puts.clone(), failure))
+            .await?;
         if r.succeeded {
             return Ok(Outcome::Written(r.header.revision));
         }
@@ -122,11 +137,31 @@ impl EtcdStore {
                 stale.push(service);
             }
         }
-        if stale.is_empty() {
-            Ok(Outcome::Raced)
-        } else {
-            Err(StoreError::Stale(stale.join(", ")))
+        if !stale.is_empty() {
+            return Err(StoreError::Stale(stale.join(", ")));
         }
+        if let Some((_, service, id)) = w.latest.take() {
+            let latest = r
+                .range(w.guarded.len() + 1)
+                .and_then(|g| g.kvs.first())
+                .map(|kv| String::from_utf8_lossy(&kv.value).trim().parse::<u64>());
+            match latest {
+                Some(Ok(latest)) if latest > id => {
+                    // This instance's view of the service is older than the fleet's: the
+                    // watch skipped the changes it had pending; it reloads the state.
+                    self.resync_wanted.notify_one();
+                    return Err(StoreError::Superseded {
+                        service,
+                        rollout: id,
+                        latest,
+                    });
+                }
+                // No record of a newer rollout (none kept: a fleet written before it was,
+                // or an import): written as before, without the condition.
+                _ => return Box::pin(self.write(w)).await,
+            }
+        }
+        Ok(Outcome::Raced)
     }
 
     /// The fence `f` was found broken: `fenced()` wakes (unless a newer one was set meanwhile).
@@ -163,8 +198,15 @@ impl EtcdStore {
             let id = last + 1;
             let commit = make(id);
             let mut w = self.commit_write(&commit);
+            // It makes itself the latest (below), so it is not conditioned on being it.
+            w.latest = None;
             w.puts
                 .push(wire::op_put(&seq, id.to_string().as_bytes(), 0));
+            if let Some(r) = &commit.rollout {
+                let latest = self.keys.latest(&r.service);
+                w.puts
+                    .push(wire::op_put(&latest, id.to_string().as_bytes(), 0));
+            }
             w.extra.push(wire::mod_revision_is(&seq, modified));
             if let Outcome::Written(revision) = self.write(w).await? {
                 self.note_written(&commit, revision);

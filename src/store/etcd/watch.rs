@@ -79,7 +79,16 @@ impl Watch {
     /// The next batch of changes; waits (reconnecting as needed) until there is one.
     pub async fn next(&mut self) -> Batch {
         loop {
-            let (revision, events) = match self.raw.next().await {
+            let raw = tokio::select! {
+                raw = self.raw.next() => raw,
+                () = self.store.resync_wanted.notified() => {
+                    return Batch {
+                        revision: self.raw.next_revision - 1,
+                        changes: vec![Change::Resync],
+                    }
+                }
+            };
+            let (revision, events) = match raw {
                 Raw::Resync(revision) => {
                     return Batch {
                         revision,
