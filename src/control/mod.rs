@@ -62,17 +62,17 @@ pub enum ControlError {
     NothingToRevert(String),
     #[error("no configuration file to reload (started without one)")]
     NoConfigFile,
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("listener \"{name}\" cannot bind {addr}: {source}")]
+    #[error("listener \"{name}\" cannot bind {addr}: {cause}")]
     Bind {
         name: String,
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// A change toward a candidate (or any forward change) while the state database cannot
     /// be written: refused rather than published unrecorded. Rollbacks are never refused.
