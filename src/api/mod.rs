@@ -5,6 +5,7 @@
 
 mod auth;
 mod dashboard;
+mod errors;
 mod fleet;
 mod metrics;
 mod rollouts;
@@ -15,14 +16,14 @@ use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::Router;
 
-use crate::control::{ControlError, Controller};
+use crate::control::Controller;
 
 use auth::{auth, Actor};
+use errors::bad_request;
+pub use errors::ApiError;
 pub use serve::serve;
 pub use traffic::{GroupStatus, ListenerStatus, ServiceStatus, Status, TargetStatus};
 
@@ -75,76 +76,9 @@ pub fn router(control: Arc<Controller>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        // Over everything, the fallback and 405s included: every error in one shape.
+        .layer(middleware::from_fn(errors::json_errors))
         .with_state(api)
-}
-
-#[derive(Debug, Serialize)]
-pub struct ApiError {
-    #[serde(skip)]
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self }))).into_response()
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> ApiError {
-        use StatusCode as S;
-        let (status, code) = match &e {
-            ControlError::UnknownService(_) => (S::NOT_FOUND, "unknown_service"),
-            ControlError::UnknownGroup { .. } => (S::NOT_FOUND, "unknown_group"),
-            ControlError::NoRollout(_) => (S::NOT_FOUND, "no_rollout"),
-            ControlError::NoHealthyTarget { .. } => (S::CONFLICT, "no_healthy_target"),
-            ControlError::NothingToRevert(_) => (S::CONFLICT, "nothing_to_revert"),
-            ControlError::RolloutInProgress { .. } => (S::CONFLICT, "rollout_in_progress"),
-            ControlError::Rollout(_) => (S::CONFLICT, "rollout_state"),
-            ControlError::Conflict(_) => (S::CONFLICT, "conflict"),
-            ControlError::NoConfigFile => (S::CONFLICT, "no_config_file"),
-            ControlError::Bind { .. } => (S::CONFLICT, "bind_failed"),
-            ControlError::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "bad_request"),
-            ControlError::Config(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
-            ControlError::Snapshot(_) => (S::UNPROCESSABLE_ENTITY, "cannot_apply"),
-            ControlError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
-            ControlError::StoreUnavailable(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-/// A query string axum could not read (unknown key, wrong type), in our error shape: a
-/// handler takes `Result<Query<_>, QueryRejection>` and writes `q?`.
-impl From<axum::extract::rejection::QueryRejection> for ApiError {
-    fn from(e: axum::extract::rejection::QueryRejection) -> ApiError {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_request",
-            e.body_text(),
-        )
-    }
-}
-
-/// Rejections from axum's extractors (bad JSON, wrong field types) in our error shape.
-fn bad_request(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_request",
-        e.body_text(),
-    )
 }
 
 /// 200 while the instance serves. In a fleet that cannot reach etcd it still serves its last
