@@ -129,30 +129,13 @@ bounded_test! {
     }
 }
 
-/// The routes the admin API's router serves, as (method, path), read from its source: the
-/// `.route("path", get(..).post(..))` calls of `api::router`, those of `v1` under `/api/v1`.
+/// The routes the admin API's router serves, as (method, path): asked of the table the
+/// router is made from (`api::routes`), not read from its source.
 fn router_routes() -> BTreeSet<(String, String)> {
-    let src = include_str!("../src/api/mod.rs");
-    let body = &src[src.find("pub fn router").unwrap()..];
-    let body = &body[..body.find("\n}\n").unwrap()];
-    let outer = body.rfind("Router::new()").unwrap();
-    let mut routes = BTreeSet::new();
-    for (at, _) in body.match_indices(".route(") {
-        let call = &body[at + 7..];
-        let path = call.split('"').nth(1).unwrap();
-        let call = &call[..call[1..]
-            .find(".route(")
-            .or_else(|| call.find(".layer("))
-            .unwrap_or(call.len())];
-        let call = &call[..call.find(".nest(").unwrap_or(call.len())];
-        let prefix = if at < outer { "/api/v1" } else { "" };
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if call.contains(&format!("{method}(")) {
-                routes.insert((method.to_string(), format!("{prefix}{path}")));
-            }
-        }
-    }
-    routes
+    switchyard::api::routes()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_ascii_lowercase(), path))
+        .collect()
 }
 
 async fn served_openapi(sy: &Server) -> Value {
@@ -319,5 +302,24 @@ bounded_test! {
         )
         .await;
         error_shape(&a, 422, "bad_request");
+    }
+}
+
+bounded_test! {
+    async fn every_route_of_the_table_is_answered_by_the_router_not_its_fallback() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let routes = router_routes();
+        assert!(routes.len() >= 18, "{routes:?}");
+        for (method, path) in routes {
+            let concrete = path.replace("{service}", "shop").replace("{verb}", "pause");
+            let method = method.to_ascii_uppercase();
+            let (status, head, body) =
+                raw_call(&sy, &method, &concrete, "application/json", Vec::new()).await;
+            assert_ne!(status, 405, "{method} {path}: {head}{body}");
+            let code = serde_json::from_str::<Value>(&body)
+                .map(|v| v["error"]["code"].clone())
+                .unwrap_or(Value::Null);
+            assert_ne!(code, "not_found", "{method} {path}: {body}");
+        }
     }
 }
