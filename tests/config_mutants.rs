@@ -33,9 +33,9 @@ const NEVER_NEGATIVE: &[&str] = &[
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
-    /// A number replaced: the problem is at the number's line.
+    /// A number replaced: the problem is at the number's line, and it is the only one.
     Number,
-    /// A duration replaced: the problem is at the duration's line.
+    /// A duration replaced: the problem is at the duration's line, and it is the only one.
     Duration,
     /// The file cut at a byte offset. What is cut away can be referred to anywhere above
     /// (a route forwarding to the service that is gone), so only that the place exists
@@ -349,6 +349,14 @@ fn four_hundred_mutants_of_the_example_are_rejected_where_they_are_wrong_or_acce
         rejected += 1;
         if diags.is_empty() {
             failures.push(format!("{}: rejected without a diagnostic", m.what));
+        }
+        // One wrong value, one problem: not also a second one about its neighbours.
+        if matches!(m.kind, Kind::Number | Kind::Duration) && diags.len() > 1 {
+            failures.push(format!(
+                "{}: {} diagnostics: {diags:?}",
+                m.what,
+                diags.len()
+            ));
         }
         for d in &diags {
             if let Some(why) = misplaced(m, d) {
