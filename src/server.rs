@@ -35,7 +35,7 @@ impl Server {
                 return Err(ControlError::Bind {
                     name: "admin".into(),
                     addr: admin_bind,
-                    cause: source,
+                    source,
                 });
             }
         };

@@ -130,7 +130,7 @@ impl Controller {
             let bind_err = |source| ControlError::Bind {
                 name: l.name.clone(),
                 addr: l.bind,
-                cause: source,
+                source,
             };
             let socket = listener::bind(l.bind).map_err(bind_err)?;
             let running = listener::spawn(&l.name, l.bind, socket, l.is_tls(), snapshots.clone())

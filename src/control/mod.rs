@@ -62,17 +62,17 @@ pub enum ControlError {
     NothingToRevert(String),
     #[error("no configuration file to reload (started without one)")]
     NoConfigFile,
-    #[error(transparent)]
+    #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("listener \"{name}\" cannot bind {addr}: {cause}")]
+    #[error("listener \"{name}\" cannot bind {addr}: {source}")]
     Bind {
         name: String,
         addr: SocketAddr,
-        cause: std::io::Error,
+        source: std::io::Error,
     },
-    #[error(transparent)]
+    #[error("{0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
-    #[error(transparent)]
+    #[error("{0}")]
     Store(#[from] StoreError),
     /// A change toward a candidate (or any forward change) while the state database cannot
     /// be written: refused rather than published unrecorded. Rollbacks are never refused.

@@ -425,7 +425,7 @@ fn bind_new(state: &State, config: &Config) -> Result<Bound, ControlError> {
                 return Err(ControlError::Bind {
                     name: l.name.clone(),
                     addr: l.bind,
-                    cause: source,
+                    source,
                 })
             }
         }
