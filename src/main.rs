@@ -28,8 +28,25 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, `a: b: c`, each said once: an error whose text already says its
+/// cause and that also gives it as its source (`cannot bind …: Address already in use`, a
+/// control error wrapping the store's) does not print the cause twice.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if out.contains(&cause) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&cause);
+    }
+    out
 }

@@ -129,30 +129,13 @@ bounded_test! {
     }
 }
 
-/// The routes the admin API's router serves, as (method, path), read from its source: the
-/// `.route("path", get(..).post(..))` calls of `api::router`, those of `v1` under `/api/v1`.
+/// The routes the admin API's router serves, as (method, path): asked of the table the
+/// router is made from (`api::routes`), not read from its source.
 fn router_routes() -> BTreeSet<(String, String)> {
-    let src = include_str!("../src/api/mod.rs");
-    let body = &src[src.find("pub fn router").unwrap()..];
-    let body = &body[..body.find("\n}\n").unwrap()];
-    let outer = body.rfind("Router::new()").unwrap();
-    let mut routes = BTreeSet::new();
-    for (at, _) in body.match_indices(".route(") {
-        let call = &body[at + 7..];
-        let path = call.split('"').nth(1).unwrap();
-        let call = &call[..call[1..]
-            .find(".route(")
-            .or_else(|| call.find(".layer("))
-            .unwrap_or(call.len())];
-        let call = &call[..call.find(".nest(").unwrap_or(call.len())];
-        let prefix = if at < outer { "/api/v1" } else { "" };
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if call.contains(&format!("{method}(")) {
-                routes.insert((method.to_string(), format!("{prefix}{path}")));
-            }
-        }
-    }
-    routes
+    switchyard::api::routes()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_ascii_lowercase(), path))
+        .collect()
 }
 
 async fn served_openapi(sy: &Server) -> Value {
@@ -199,5 +182,144 @@ bounded_test! {
             .map(|(method, path)| format!("{method} {path}"))
             .collect();
         assert!(missing.is_empty(), "served but not documented: {missing:?}");
+    }
+}
+
+/// One request over a fresh loopback connection with the test token: the answer's status,
+/// head (lower case) and body. The body is written beside the read, so that an answer given
+/// before a large body is all sent is still read.
+async fn raw_call(
+    sy: &Server,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let s = tokio::net::TcpStream::connect(sy.admin_addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer t0ken\r\n\
+         content-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+        wr
+    });
+    let mut got = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut got);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    drop(writer);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer head: {text:?}"));
+    (
+        raw::status_of(head),
+        head.to_ascii_lowercase(),
+        body.to_string(),
+    )
+}
+
+/// The answer is `status` in the error shape with `code`; its message.
+fn error_shape(answer: &(u16, String, String), status: u16, code: &str) -> String {
+    let (got, head, body) = answer;
+    assert_eq!(*got, status, "{answer:?}");
+    assert!(
+        head.contains("\r\ncontent-type: application/json\r\n"),
+        "{answer:?}"
+    );
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(v["error"]["code"], code, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{v}");
+    message.to_string()
+}
+
+bounded_test! {
+    async fn malformed_json_on_a_rollout_verb_and_an_analysis_run_is_a_422_in_the_error_shape() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        for path in [
+            "/api/v1/services/shop/rollout/pause",
+            "/api/v1/services/shop/analysis/run",
+            "/api/v1/services/shop/switch",
+        ] {
+            let a = raw_call(&sy, "POST", path, "application/json", b"{not json".to_vec()).await;
+            let msg = error_shape(&a, 422, "bad_request");
+            assert!(msg.contains("JSON"), "{path}: {msg}");
+        }
+    }
+}
+
+bounded_test! {
+    async fn a_body_too_large_is_a_413_in_the_error_shape_on_every_endpoint() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let big = vec![b' '; 10 << 20];
+        for path in [
+            "/api/v1/services/shop/rollout/pause",
+            "/api/v1/services/shop/switch",
+            "/api/v1/config/plan",
+        ] {
+            let a = raw_call(&sy, "POST", path, "application/json", big.clone()).await;
+            let msg = error_shape(&a, 413, "body_too_large");
+            assert!(msg.contains("2097152 bytes"), "{path}: {msg}");
+        }
+    }
+}
+
+bounded_test! {
+    async fn a_wrong_method_is_a_405_in_the_error_shape_with_its_allow_header() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        for (method, path) in [
+            ("DELETE", "/api/v1/status"),
+            ("GET", "/api/v1/services/shop/switch"),
+            ("POST", "/metrics"),
+        ] {
+            let a = raw_call(&sy, method, path, "application/json", Vec::new()).await;
+            let msg = error_shape(&a, 405, "method_not_allowed");
+            assert!(msg.contains(method) && msg.contains(path), "{msg}");
+            // The Allow header survives the rewrite.
+            assert!(a.1.contains("\r\nallow: "), "{a:?}");
+        }
+    }
+}
+
+bounded_test! {
+    async fn an_unknown_path_and_a_wrong_content_type_are_in_the_error_shape() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        for path in ["/nope", "/api/v1/nope", "/api/v2/status"] {
+            let a = raw_call(&sy, "GET", path, "application/json", Vec::new()).await;
+            error_shape(&a, 404, "not_found");
+        }
+        let a = raw_call(
+            &sy,
+            "POST",
+            "/api/v1/services/shop/switch",
+            "text/plain",
+            br#"{"group":"green"}"#.to_vec(),
+        )
+        .await;
+        error_shape(&a, 422, "bad_request");
+    }
+}
+
+bounded_test! {
+    async fn every_route_of_the_table_is_answered_by_the_router_not_its_fallback() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let routes = router_routes();
+        assert!(routes.len() >= 18, "{routes:?}");
+        for (method, path) in routes {
+            let concrete = path.replace("{service}", "shop").replace("{verb}", "pause");
+            let method = method.to_ascii_uppercase();
+            let (status, head, body) =
+                raw_call(&sy, &method, &concrete, "application/json", Vec::new()).await;
+            assert_ne!(status, 405, "{method} {path}: {head}{body}");
+            let code = serde_json::from_str::<Value>(&body)
+                .map(|v| v["error"]["code"].clone())
+                .unwrap_or(Value::Null);
+            assert_ne!(code, "not_found", "{method} {path}: {body}");
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! Every class of configuration error names the file, line, column and field.
 
+mod common;
+
 use std::path::Path;
+
+use common::bin::{free_port, switchyard};
 
 const BASE: &str = r#"[[listener]]
 name = "web"
@@ -350,4 +354,222 @@ fn store_and_instance_mistakes_are_reported_at_their_keys() {
         other => panic!("{other:?}"),
     }
     assert_eq!(c.instance.listen["web"].port(), 8081);
+}
+
+/// An analysis after the base, with `CHECK` lines in its one check.
+const ANALYSIS: &str = "[[analysis]]\nname = \"smoke\"\nCOUNT\n[[analysis.check]]\nname = \"c\"\nmetric = \"error-rate\"\nCHECK\n";
+
+/// The diagnostics of the base plus an analysis whose check has `check` and whose analysis
+/// has `count` (line 19 is the analysis's count, line 23 the check's line).
+fn analysis_errors(count: &str, check: &str) -> Vec<String> {
+    let src = format!(
+        "{BASE}{}",
+        ANALYSIS.replace("COUNT", count).replace("CHECK", check)
+    );
+    match switchyard::config::parse(&src, "sy.toml", Path::new(".")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.diagnostics().iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn negative_and_nan_thresholds_are_rejected_at_their_key() {
+    let at = "sy.toml:23";
+    for (check, want) in [
+        (
+            "max_over_stable = -1",
+            "sy.toml:23:19: analysis[0].check[0].max_over_stable: -1 is out of range: use 0 or more",
+        ),
+        (
+            "max_over_stable = nan",
+            "sy.toml:23:19: analysis[0].check[0].max_over_stable: NaN is not a number: use a finite bound",
+        ),
+        (
+            "max_ratio_to_stable = -1",
+            "sy.toml:23:23: analysis[0].check[0].max_ratio_to_stable: -1 is out of range: use 0.01 or more (a ratio to stable)",
+        ),
+        (
+            "max_ratio_to_stable = 0.0",
+            "sy.toml:23:23: analysis[0].check[0].max_ratio_to_stable: 0 is out of range: use 0.01 or more (a ratio to stable)",
+        ),
+        (
+            "max = -0.5",
+            "sy.toml:23:7: analysis[0].check[0].max: -0.5 is out of range: use 0 or more",
+        ),
+        (
+            "min = inf",
+            "sy.toml:23:7: analysis[0].check[0].min: inf is not a number: use a finite bound",
+        ),
+    ] {
+        assert_eq!(analysis_errors("", check), [want], "{check}");
+        assert!(want.starts_with(at));
+    }
+    // Mann-Whitney's confidence and tolerance, and the guard's rate, by the same range check.
+    let e = analysis_errors(
+        "",
+        "max = 1\n[[analysis.check]]\nname = \"mw\"\nmann_whitney = { confidence = nan, tolerance = -1 }",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains("mann_whitney.confidence: NaN is out of range"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("mann_whitney.tolerance: -1 is out of range"),
+        "{e:?}"
+    );
+    let e = error_of(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [\"127.0.0.1:9001\"]\n[service.guard]\nmax_error_rate = nan",
+    );
+    assert_eq!(
+        e,
+        "sy.toml:18:18: service[0].guard.max_error_rate: NaN is out of range: use 0 to 100 (points)"
+    );
+}
+
+#[test]
+fn a_prometheus_bound_may_be_negative_but_not_nan() {
+    let prom = "prometheus = { url = \"http://127.0.0.1:9090\", query = \"q\" }";
+    let src = |bound: &str| {
+        ANALYSIS.replace("COUNT", "").replace(
+            "metric = \"error-rate\"\nCHECK",
+            &format!("{prom}\n{bound}"),
+        )
+    };
+    let parse = |b: &str| {
+        switchyard::config::parse(&format!("{BASE}{}", src(b)), "sy.toml", Path::new("."))
+    };
+    assert!(parse("min = -5").is_ok());
+    let e = parse("min = nan").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "sy.toml:23:7: analysis[0].check[0].min: NaN is not a number: use a finite bound"
+    );
+}
+
+#[test]
+fn an_analysis_count_of_zero_is_rejected_for_the_analysis_and_a_check() {
+    assert_eq!(
+        analysis_errors("count = 0", "max = 1"),
+        ["sy.toml:19:9: analysis[0].count: 0 is out of range: use 1 to 10000 (measurements)"]
+    );
+    assert_eq!(
+        analysis_errors("", "max = 1\ncount = 0"),
+        ["sy.toml:24:9: analysis[0].check[0].count: 0 is out of range: use 1 to 10000 (measurements)"]
+    );
+}
+
+#[test]
+fn a_duration_too_large_for_any_clock_is_out_of_range_and_says_the_bound() {
+    for huge in ["99999999999d", "99999999999999999999999d"] {
+        let e = error_of(
+            "active = \"blue\"",
+            &format!("active = \"blue\"\nprogress_deadline = \"{huge}\""),
+        );
+        assert_eq!(
+            e,
+            format!("sy.toml:13:21: service[0].progress_deadline: \"{huge}\" is out of range: use 1ms to 7d")
+        );
+    }
+}
+
+#[test]
+fn a_zero_health_check_interval_is_one_error_not_also_a_timeout_longer_than_it() {
+    let e = error_of(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [\"127.0.0.1:9001\"]\n[service.health_check]\ninterval = \"0s\"\ntimeout = \"10s\"",
+    );
+    assert_eq!(
+        e,
+        "sy.toml:18:12: service[0].health_check.interval: \"0s\" is out of range: use 1ms to 1h"
+    );
+    // Both valid: the relation is still checked.
+    let e = error_of(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [\"127.0.0.1:9001\"]\n[service.health_check]\ninterval = \"1s\"\ntimeout = \"10s\"",
+    );
+    assert_eq!(
+        e,
+        "sy.toml:19:11: service[0].health_check.timeout: timeout 10s is longer than interval 1s"
+    );
+}
+
+#[test]
+fn a_file_cut_inside_a_multi_byte_character_is_rejected_at_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.toml");
+    let text = BASE.replacen("name = \"web\"", "name = \"web\" # ≤ 2", 1);
+    let cut = text.find('≤').unwrap() + 1;
+    std::fs::write(&path, &text.as_bytes()[..cut]).unwrap();
+    let e = switchyard::config::load(&path).unwrap_err();
+    let shown = path.display();
+    assert_eq!(
+        e.to_string(),
+        format!("{shown}:2:16: syntax: the file ends inside a multi-byte character: it is cut short or not UTF-8")
+    );
+    // A byte that is not UTF-8 in the middle: located too.
+    let mut bytes = BASE.as_bytes().to_vec();
+    bytes[BASE.find("shop").unwrap()] = 0xE9;
+    std::fs::write(&path, bytes).unwrap();
+    let e = switchyard::config::load(&path).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!("{shown}:8:12: syntax: invalid UTF-8 here: the file must be UTF-8 text")
+    );
+}
+
+#[test]
+fn a_listener_on_the_admin_address_is_refused_by_validate() {
+    for (admin, listener) in [
+        ("127.0.0.1:9901", "127.0.0.1:9901"),
+        ("0.0.0.0:9901", "127.0.0.1:9901"),
+        ("127.0.0.1:9901", "0.0.0.0:9901"),
+    ] {
+        let e = error_of(
+            "bind = \"127.0.0.1:8080\"",
+            &format!("bind = \"{listener}\"\n[admin]\nbind = \"{admin}\""),
+        );
+        assert_eq!(
+            e,
+            format!("sy.toml:3:8: listener[0].bind: {listener} is the admin API's address ([admin] bind = \"{admin}\"): use another port")
+        );
+    }
+    // Another address on the same port is another socket.
+    let src = BASE.replacen(
+        "bind = \"127.0.0.1:8080\"",
+        "bind = \"127.0.0.2:9901\"\n[admin]\nbind = \"127.0.0.1:9901\"",
+        1,
+    );
+    assert!(switchyard::config::parse(&src, "sy.toml", Path::new(".")).is_ok());
+}
+
+/// `switchyard run` of the usual config with `top` added, with `web` as the listener's
+/// address: its exit code and stderr (it is expected to fail at once).
+fn run_fails(top: &str, web: std::net::SocketAddr) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sy.toml");
+    std::fs::write(dir.path().join("corrupt.db"), [0x5a_u8; 4096]).unwrap();
+    let cfg = common::blue_green(free_port(), free_port())
+        .bound_to(web, free_port())
+        .top(top);
+    std::fs::write(&path, cfg.build()).unwrap();
+    let (code, _, err) = switchyard([std::ffi::OsStr::new("run"), "-c".as_ref(), path.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    err
+}
+
+#[test]
+fn a_corrupt_state_database_is_named_with_its_cause_once() {
+    let err = run_fails("[store]\npath = \"corrupt.db\"", free_port());
+    assert_eq!(err.matches("file is not a database").count(), 1, "{err}");
+    assert_eq!(err.matches("state database").count(), 1, "{err}");
+}
+
+#[test]
+fn a_listener_port_in_use_is_named_with_its_cause_once() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = run_fails("", held.local_addr().unwrap());
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(err.contains("cannot bind"), "{err}");
 }

@@ -1,8 +1,11 @@
-//! `/metrics` in the Prometheus text format, built at scrape time from the data plane's
-//! atomics (scrapes are rare; the hot path never touches a registry).
+//! `/metrics`, built at scrape time from the data plane's atomics (scrapes are rare; the hot
+//! path never touches a registry). OpenMetrics by default (what Prometheus asks for first);
+//! the Prometheus text format 0.0.4 to a client that asks for `text/plain` and not for
+//! OpenMetrics (`Format::from_accept`), converted from the OpenMetrics encoding in one place
+//! (`text_format`), where the two formats differ.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -51,7 +54,76 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+/// The two exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    OpenMetrics,
+    Text,
+}
+
+impl Format {
+    /// The text format only for a client that accepts `text/plain` and not OpenMetrics (such
+    /// as `Accept: text/plain;version=0.0.4`); OpenMetrics for everyone else, as always.
+    fn from_accept(headers: &HeaderMap) -> Format {
+        let accept = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+            .to_ascii_lowercase();
+        if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+            Format::Text
+        } else {
+            Format::OpenMetrics
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text to the Prometheus text format 0.0.4. Where they differ for what we
+/// expose: a counter's HELP and TYPE name its sample (`x_total`), not its family (`x`), and
+/// there is no `# EOF` and no `# UNIT`.
+fn text_format(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let total = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{total} {text}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
+    let format = Format::from_accept(&headers);
     let snap = api.control.snapshot();
     let mut registry = Registry::with_prefix("switchyard");
     let requests = Family::<Labels, Counter>::default();
@@ -337,11 +409,44 @@ pub(super) async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     }
     let mut body = String::new();
     encode(&mut body, &registry).expect("metrics encode into a String");
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
+    if format == Format::Text {
+        body = text_format(&body);
+    }
+    ([(header::CONTENT_TYPE, format.content_type())], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_text_format_only_for_a_client_that_asks_for_it_and_not_for_openmetrics() {
+        assert_eq!(Format::from_accept(&HeaderMap::new()), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(&accept("*/*")), Format::OpenMetrics);
+        assert_eq!(
+            Format::from_accept(&accept("text/plain;version=0.0.4")),
+            Format::Text
+        );
+        // What Prometheus sends: OpenMetrics first.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Format::from_accept(&accept(prometheus)),
+            Format::OpenMetrics
+        );
+    }
+
+    #[test]
+    fn a_counters_help_and_type_name_its_total_sample_in_the_text_format() {
+        let om = "# HELP sy_requests Requests \"quoted\".\n# TYPE sy_requests counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n# EOF\n";
+        assert_eq!(
+            text_format(om),
+            "# HELP sy_requests_total Requests \"quoted\".\n# TYPE sy_requests_total counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n"
+        );
+    }
 }

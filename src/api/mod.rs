@@ -5,6 +5,7 @@
 
 mod auth;
 mod dashboard;
+mod errors;
 mod fleet;
 mod metrics;
 mod rollouts;
@@ -13,16 +14,16 @@ mod traffic;
 
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::routing::{get, post, put, MethodRouter};
+use axum::Router;
 
-use crate::control::{ControlError, Controller};
+use crate::control::Controller;
 
 use auth::{auth, Actor};
+use errors::bad_request;
+pub use errors::ApiError;
 pub use serve::serve;
 pub use traffic::{GroupStatus, ListenerStatus, ServiceStatus, Status, TargetStatus};
 
@@ -34,117 +35,100 @@ struct Api {
     control: Arc<Controller>,
 }
 
+/// Where the token-checked endpoints live.
+const V1: &str = "/api/v1";
+
+/// Every endpoint, one line each: (prefix, path, method, handler). The router is made from
+/// this table and `routes` lists it, so the OpenAPI document is checked against exactly
+/// what is served (`tests/admin_api.rs`).
+fn endpoints() -> Vec<(&'static str, &'static str, Method, MethodRouter<Api>)> {
+    use Method as M;
+    let openapi = || async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) };
+    vec![
+        ("", "/", M::GET, get(dashboard::page)),
+        ("", "/healthz", M::GET, get(healthz)),
+        ("", "/metrics", M::GET, get(metrics::metrics)),
+        ("", "/openapi.json", M::GET, get(openapi)),
+        (V1, "/status", M::GET, get(traffic::status)),
+        (
+            V1,
+            "/services/{service}/switch",
+            M::POST,
+            post(traffic::switch),
+        ),
+        (
+            V1,
+            "/services/{service}/weights",
+            M::PUT,
+            put(traffic::weights),
+        ),
+        (V1, "/reload", M::POST, post(traffic::reload)),
+        (V1, "/config/plan", M::POST, post(traffic::plan)),
+        (V1, "/config/apply", M::POST, post(traffic::apply)),
+        (V1, "/rollouts", M::POST, post(rollouts::start)),
+        (V1, "/rollouts", M::GET, get(rollouts::history)),
+        (
+            V1,
+            "/services/{service}/rollout",
+            M::GET,
+            get(rollouts::status),
+        ),
+        (
+            V1,
+            "/services/{service}/rollout/{verb}",
+            M::POST,
+            post(rollouts::command),
+        ),
+        (V1, "/events", M::GET, get(rollouts::events)),
+        (V1, "/series", M::GET, get(dashboard::series)),
+        (V1, "/fleet/seconds", M::GET, get(fleet::seconds)),
+        (
+            V1,
+            "/services/{service}/analysis/run",
+            M::POST,
+            post(rollouts::dry_run),
+        ),
+    ]
+}
+
+/// Every (method, path) the router serves, from the table it is made from.
+pub fn routes() -> Vec<(Method, String)> {
+    endpoints()
+        .into_iter()
+        .map(|(prefix, path, method, _)| (method, format!("{prefix}{path}")))
+        .collect()
+}
+
 /// The API's routes. Tokens and limits are read from the configuration in force at each
 /// request or connection, so reloads change them.
 pub fn router(control: Arc<Controller>) -> Router {
     let api = Api { control };
-    let v1 = Router::new()
-        .route("/status", get(traffic::status))
-        .route("/services/{service}/switch", post(traffic::switch))
-        .route("/services/{service}/weights", put(traffic::weights))
-        .route("/reload", post(traffic::reload))
-        .route("/config/plan", post(traffic::plan))
-        .route("/config/apply", post(traffic::apply))
-        .route("/rollouts", post(rollouts::start).get(rollouts::history))
-        .route("/services/{service}/rollout", get(rollouts::status))
-        .route(
-            "/services/{service}/rollout/{verb}",
-            post(rollouts::command),
-        )
-        .route("/events", get(rollouts::events))
-        .route("/series", get(dashboard::series))
-        .route("/fleet/seconds", get(fleet::seconds))
-        .route("/services/{service}/analysis/run", post(rollouts::dry_run))
-        // The token is checked (headers only) before any body is read: an unauthenticated
-        // client gets its 401 at once and never has 2 MiB buffered for it. (The last layer
-        // added runs first.)
+    let (mut outer, mut v1) = (Router::new(), Router::new());
+    for (prefix, path, _, handler) in endpoints() {
+        // A path given twice (GET and POST /rollouts) has its methods merged by axum.
+        if prefix == V1 {
+            v1 = v1.route(path, handler);
+        } else {
+            outer = outer.route(path, handler);
+        }
+    }
+    // The token is checked (headers only) before any body is read: an unauthenticated
+    // client gets its 401 at once and never has 2 MiB buffered for it. (The last layer
+    // added runs first.)
+    let v1 = v1
         .layer(middleware::from_fn_with_state(
             api.clone(),
             serve::body_in_time,
         ))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .nest("/api/v1", v1)
+    outer
+        .nest(V1, v1)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        // Over everything, the fallback and 405s included: every error in one shape.
+        .layer(middleware::from_fn(errors::json_errors))
         .with_state(api)
-}
-
-#[derive(Debug, Serialize)]
-pub struct ApiError {
-    #[serde(skip)]
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self }))).into_response()
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> ApiError {
-        use StatusCode as S;
-        let (status, code) = match &e {
-            ControlError::UnknownService(_) => (S::NOT_FOUND, "unknown_service"),
-            ControlError::UnknownGroup { .. } => (S::NOT_FOUND, "unknown_group"),
-            ControlError::NoRollout(_) => (S::NOT_FOUND, "no_rollout"),
-            ControlError::NoHealthyTarget { .. } => (S::CONFLICT, "no_healthy_target"),
-            ControlError::NothingToRevert(_) => (S::CONFLICT, "nothing_to_revert"),
-            ControlError::RolloutInProgress { .. } => (S::CONFLICT, "rollout_in_progress"),
-            ControlError::Rollout(_) => (S::CONFLICT, "rollout_state"),
-            ControlError::Conflict(_) => (S::CONFLICT, "conflict"),
-            ControlError::NoConfigFile => (S::CONFLICT, "no_config_file"),
-            ControlError::Bind { .. } => (S::CONFLICT, "bind_failed"),
-            ControlError::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "bad_request"),
-            ControlError::Config(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
-            ControlError::Snapshot(_) => (S::UNPROCESSABLE_ENTITY, "cannot_apply"),
-            ControlError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
-            ControlError::StoreUnavailable(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-/// A query string axum could not read (unknown key, wrong type), in our error shape: a
-/// handler takes `Result<Query<_>, QueryRejection>` and writes `q?`.
-impl From<axum::extract::rejection::QueryRejection> for ApiError {
-    fn from(e: axum::extract::rejection::QueryRejection) -> ApiError {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "bad_request",
-            e.body_text(),
-        )
-    }
-}
-
-/// Rejections from axum's extractors (bad JSON, wrong field types) in our error shape.
-fn bad_request(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_request",
-        e.body_text(),
-    )
 }
 
 /// 200 while the instance serves. In a fleet that cannot reach etcd it still serves its last

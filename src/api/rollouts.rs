@@ -119,7 +119,7 @@ pub(super) async fn command(
     State(api): State<Api>,
     Actor(actor): Actor,
     Path((service, verb)): Path<(String, String)>,
-    body: Option<Json<serde_json::Value>>,
+    body: Result<Option<Json<serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let req: VerbRequest = optional_body(body)?;
     let c = &api.control;
@@ -193,7 +193,7 @@ pub(super) async fn dry_run(
     State(api): State<Api>,
     Actor(actor): Actor,
     Path(service): Path<String>,
-    body: Option<Json<serde_json::Value>>,
+    body: Result<Option<Json<serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: DryRunRequest = optional_body(body)?;
     let snap = api.control.snapshot();
@@ -309,11 +309,12 @@ pub(super) async fn dry_run(
     ))
 }
 
-/// A request body that may be left out (then every field takes its default).
+/// A request body that may be left out (then every field takes its default); one that is
+/// there but not JSON is refused like any other body (`bad_request`).
 fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    body: Option<Json<serde_json::Value>>,
+    body: Result<Option<Json<serde_json::Value>>, JsonRejection>,
 ) -> Result<T, ApiError> {
-    match body {
+    match body.map_err(bad_request)? {
         None => Ok(T::default()),
         Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
             ApiError::new(

@@ -105,10 +105,16 @@ pub(super) async fn body_in_time(
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
-        Ok(Err(e)) => super::ApiError::new(
+        Ok(Err(e)) if is_too_large(&e) => super::ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the {MAX_BODY_BYTES} bytes read at most"),
+        )
+        .into_response(),
+        Ok(Err(e)) => super::ApiError::new(
+            StatusCode::BAD_REQUEST,
             "body_unreadable",
-            format!("cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}"),
+            format!("cannot read the request body: {e}"),
         )
         .into_response(),
         Err(_) => super::ApiError::new(
@@ -121,6 +127,18 @@ pub(super) async fn body_in_time(
         )
         .into_response(),
     }
+}
+
+/// Whether reading a body failed on its size (not on a broken connection).
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// One of the `max_connections` places; given back when the connection ends.

@@ -11,6 +11,47 @@ fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) 
     count_or(v, 0..=max, default as u64, "", at, p) as u32
 }
 
+/// How many times a check measures: at least once (0 used to be run as 1).
+fn measurements(v: Option<i64>, at: KeyPath, default: u32, p: &mut Problems) -> u32 {
+    count_or(v, 1..=10_000, default as u64, "measurements", at, p) as u32
+}
+
+/// A check's bounds, each a number that can be met: finite, not negative for the built-in
+/// metrics (rates and latencies are never below 0), a ratio to stable above 0. A bound such as
+/// `max_over_stable = -1` or `nan` makes a check that can never pass (or always does).
+fn threshold(c: &RawCheck, at: &KeyPath, p: &mut Problems) -> Threshold {
+    let metric = c.metric.is_some();
+    let bound = |v: Option<f64>, key: &str, lo: f64, note: &str, p: &mut Problems| {
+        let v = v?;
+        let lo = if metric || key != "min" && key != "max" {
+            lo
+        } else {
+            // A Prometheus query may measure anything, below 0 too: finite is enough.
+            -f64::MAX
+        };
+        if !v.is_finite() {
+            p.add(
+                at.join(key),
+                format!("{v} is not a number: use a finite bound"),
+            );
+            return None;
+        }
+        in_range(v, lo..=f64::MAX, note, at.join(key), p)
+    };
+    Threshold {
+        min: bound(c.min, "min", 0.0, "", p),
+        max: bound(c.max, "max", 0.0, "", p),
+        max_over_stable: bound(c.max_over_stable, "max_over_stable", 0.0, "", p),
+        max_ratio_to_stable: bound(
+            c.max_ratio_to_stable,
+            "max_ratio_to_stable",
+            0.01,
+            "a ratio to stable",
+            p,
+        ),
+    }
+}
+
 pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
     let mut out: Vec<AnalysisConfig> = Vec::new();
     let mut names = Unique::new("analysis");
@@ -31,7 +72,7 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
                 &MEASURE,
                 p,
             ),
-            count(a.count, at.join("count"), 3, 10_000, p),
+            measurements(a.count, at.join("count"), 3, p),
             count(a.failure_limit, at.join("failure_limit"), 0, 10_000, p),
             count(
                 a.inconclusive_limit,
@@ -91,13 +132,12 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         );
         return None;
     }
-    let threshold = Threshold {
-        min: c.min,
-        max: c.max,
-        max_over_stable: c.max_over_stable,
-        max_ratio_to_stable: c.max_ratio_to_stable,
-    };
-    let has_bound = threshold.min.is_some() || threshold.max.is_some() || threshold.needs_stable();
+    let threshold = threshold(c, at, p);
+    // Written bounds count even when one was rejected above: one problem per mistake.
+    let has_bound = c.min.is_some()
+        || c.max.is_some()
+        || c.max_over_stable.is_some()
+        || c.max_ratio_to_stable.is_some();
     let provider = if let Some(m) = &c.metric {
         let Some(metric) = Metric::parse(m) else {
             p.add(
@@ -131,7 +171,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         }
     } else if let Some(pr) = &c.prometheus {
         http_url(&pr.url, at.join("prometheus").join("url"), p);
-        if threshold.needs_stable() {
+        if c.max_over_stable.is_some() || c.max_ratio_to_stable.is_some() {
             p.add(at.clone(), "a Prometheus check compares with min/max only");
         }
         if !has_bound {
@@ -160,7 +200,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         provider,
         threshold,
         interval,
-        count: count(c.count, at.join("count"), d.1, 10_000, p),
+        count: measurements(c.count, at.join("count"), d.1, p),
         failure_limit: count(c.failure_limit, at.join("failure_limit"), d.2, 10_000, p),
         inconclusive_limit: count(
             c.inconclusive_limit,

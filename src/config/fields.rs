@@ -70,22 +70,25 @@ pub(super) fn duration(
     bounds: &RangeInclusive<Duration>,
     p: &mut Problems,
 ) -> Option<Duration> {
+    let out_of_range = |p: &mut Problems| {
+        p.add(
+            at.clone(),
+            format!(
+                "\"{s}\" is out of range: use {} to {}",
+                short(*bounds.start()),
+                short(*bounds.end())
+            ),
+        );
+        None
+    };
     match humantime::parse_duration(s) {
+        // A number too large for any duration is a duration out of range, not a typo.
+        Err(humantime::DurationError::NumberOverflow) => out_of_range(p),
         Err(_) => {
-            p.add(at, not_a_duration(s));
+            p.add(at.clone(), not_a_duration(s));
             None
         }
-        Ok(d) if !bounds.contains(&d) => {
-            p.add(
-                at,
-                format!(
-                    "\"{s}\" is out of range: use {} to {}",
-                    short(*bounds.start()),
-                    short(*bounds.end())
-                ),
-            );
-            None
-        }
+        Ok(d) if !bounds.contains(&d) => out_of_range(p),
         Ok(d) => Some(d),
     }
 }

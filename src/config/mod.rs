@@ -61,10 +61,11 @@ impl fmt::Display for Diagnostic {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    /// The cause is in the text, not a `source`: printed once however the error is shown.
+    #[error("{file}: cannot read: {cause}")]
     Read {
         file: String,
-        source: crate::bounded::FileError,
+        cause: crate::bounded::FileError,
     },
     #[error("{}", .0.iter().map(std::string::ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Diagnostic>),
@@ -83,15 +84,38 @@ impl ConfigError {
 /// Blocking (the file and its certificates are read): on the runtime, use [`load_async`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let src =
-        crate::bounded::read_text(path, crate::bounded::MAX_FILE_BYTES).map_err(|source| {
+    let bytes =
+        crate::bounded::read_file(path, crate::bounded::MAX_FILE_BYTES).map_err(|source| {
             ConfigError::Read {
                 file: file.clone(),
-                source,
+                cause: source,
             }
         })?;
+    let src = text(bytes, &file)?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&src, &file, base)
+}
+
+/// The file's bytes as text, or the place where they stop being UTF-8 (a file cut inside a
+/// multi-byte character, a stray Latin-1 byte) as a located diagnostic like any other.
+pub fn text(bytes: Vec<u8>, file: &str) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let e = e.utf8_error();
+        let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let (line, column) = locate::Locator::new(good).line_col(good.len());
+        let message = match e.error_len() {
+            None => "the file ends inside a multi-byte character: it is cut short or not UTF-8",
+            Some(_) => "invalid UTF-8 here: the file must be UTF-8 text",
+        };
+        ConfigError::Invalid(vec![Diagnostic {
+            file: file.to_string(),
+            line,
+            column,
+            field: "syntax".to_string(),
+            message: message.to_string(),
+        }])
+    })
 }
 
 /// How long loading a configuration off the runtime may take before the caller gives up on
@@ -126,7 +150,7 @@ where
         Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(ConfigError::Read {
             file: path.display().to_string(),
-            source: crate::bounded::FileError::Io(std::io::Error::new(
+            cause: crate::bounded::FileError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
                     "reading it and its certificates took longer than {}",

@@ -28,6 +28,7 @@ pub(super) fn validate(
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
     let listeners = listeners(&raw.listener, loaded, &mut p);
+    admin_apart(&admin, &listeners, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
     let services = services(&raw.service, &analysis_names, &mut p);
@@ -128,6 +129,24 @@ fn limits(raw: &RawLimits, p: &mut Problems) -> Limits {
         max_header_bytes,
         max_headers,
         max_body_bytes,
+    }
+}
+
+/// A listener on the admin API's address would fail to bind only when started: refused here,
+/// where `validate` sees it. Two addresses clash on one port when either is the wildcard.
+fn admin_apart(admin: &super::AdminConfig, listeners: &[ListenerConfig], p: &mut Problems) {
+    let a = admin.bind;
+    for (i, l) in listeners.iter().enumerate() {
+        let b = l.bind;
+        let same_ip = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        if a.port() != 0 && a.port() == b.port() && same_ip {
+            p.add(
+                path!["listener", i, "bind"],
+                format!(
+                    "{b} is the admin API's address ([admin] bind = \"{a}\"): use another port"
+                ),
+            );
+        }
     }
 }
 
@@ -359,25 +378,27 @@ fn health_check(layers: &[(&RawHealthCheck, &KeyPath)], p: &mut Problems) -> Hea
         p.add(path_at, format!("\"{path}\" must start with /"));
     }
     let (interval, interval_at) = pick(layers, |r| r.interval.as_ref(), "interval");
-    let interval = duration_or(interval, interval_at, Duration::from_secs(5), &TIMEOUT, p);
+    let interval = interval.map(|s| duration(s, interval_at, &TIMEOUT, p));
     let (timeout, timeout_at) = pick(layers, |r| r.timeout.as_ref(), "timeout");
-    let timeout = duration_or(
-        timeout,
-        timeout_at.clone(),
-        Duration::from_secs(2),
-        &TIMEOUT,
-        p,
-    );
-    if timeout > interval {
-        p.add(
-            timeout_at,
-            format!(
-                "timeout {} is longer than interval {}",
-                humantime::format_duration(timeout),
-                humantime::format_duration(interval)
-            ),
-        );
+    let timeout = timeout.map(|s| duration(s, timeout_at.clone(), &TIMEOUT, p));
+    // Compared only when both are valid: a rejected value is not also "longer" or "shorter"
+    // than its neighbour's default (`interval = "0s"` once gave a second, misleading error).
+    let interval_ok = interval.unwrap_or(Some(Duration::from_secs(5)));
+    let timeout_ok = timeout.unwrap_or(Some(Duration::from_secs(2)));
+    if let (Some(timeout), Some(interval)) = (timeout_ok, interval_ok) {
+        if timeout > interval {
+            p.add(
+                timeout_at,
+                format!(
+                    "timeout {} is longer than interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
     }
+    let interval = interval_ok.unwrap_or(Duration::from_secs(5));
+    let timeout = timeout_ok.unwrap_or(Duration::from_secs(2));
     let mut threshold = |field: fn(&RawHealthCheck) -> Option<i64>, key: &str| {
         let (v, at) = pick(layers, field, key);
         count_or(v, 1..=100, 2, "", at, p) as u32
