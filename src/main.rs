@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    let runtime = match args.workers {
+    let runtime = match args.process().workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -27,9 +27,6 @@ fn main() -> std::process::ExitCode {
     .expect("tokio runtime");
     match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(1)
-        }
+        Err(e) => cli::fail(&e),
     }
 }
