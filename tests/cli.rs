@@ -296,6 +296,18 @@ bounded_test! {
         assert!(out.contains("attempt 2)"), "{out}");
         let out = cli_ok(&bin.path, &["rollout", "status", "shop", "--json"]);
         assert_eq!(json_of(&out)["attempt"], 1, "JSON counts attempts from 0");
+
+        // A promote past the last step prints the rollout completed, not the weights before.
+        cli_ok(&bin.path, &["rollout", "promote", "shop"]);
+        eventually(Duration::from_secs(5), "in the last pause", || async {
+            cli_ok(&bin.path, &["rollout", "status", "shop"]).contains("[>] 4. pause 1h")
+        })
+        .await;
+        let out = cli_ok(&bin.path, &["rollout", "promote", "shop"]);
+        assert!(
+            out.contains("status: completed") && out.contains("weights:  green 100%"),
+            "{out}"
+        );
     }
 }
 

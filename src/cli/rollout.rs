@@ -178,15 +178,34 @@ pub(super) async fn run(api: &Api, cmd: RolloutCommand) -> anyhow::Result<()> {
                 }
                 _ => bail!("unreachable"),
             };
-            let r = api
+            let mut r = api
                 .post(&format!("/api/v1/services/{service}/rollout/{name}"), body)
                 .await?;
-            // The state the API answered after the change (with no observed split: that is
-            // measured over seconds, not a command's moment).
+            // Past its last step a rollout is completed by its driver a moment after the
+            // answer: the state shown is the one after that (bounded: a driver held up by
+            // a hook or the store leaves the answer as it was).
+            let until = tokio::time::Instant::now() + FINISHING;
+            while finishing(&r) && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                r = api
+                    .get(&format!("/api/v1/services/{service}/rollout"))
+                    .await?;
+            }
+            // The state after the change. A verb's answer has no observed split (that is
+            // measured over seconds, not at a command's moment); a status read has.
             out!("{}", render(&r));
         }
     }
     Ok(())
+}
+
+/// How long a verb's output waits for a rollout past its last step to be completed.
+const FINISHING: Duration = Duration::from_secs(3);
+
+/// Whether every step ran and the driver is yet to complete the rollout.
+fn finishing(r: &Value) -> bool {
+    let steps = r["steps"].as_array().map_or(0, Vec::len) as u64;
+    r["status"] == "progressing" && r["step"].as_u64().unwrap_or(0) >= steps
 }
 
 /// `status --watch`: until the rollout is no longer active. On a terminal the view is

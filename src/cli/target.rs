@@ -100,21 +100,27 @@ impl Api {
                     unreachable: true,
                 }
             }
-            ClientError::Api { status, code, .. } if code == "no_token" => format!(
-                "{status}: the admin API needs a token: pass --token TOKEN (or SWITCHYARD_TOKEN), or -c FILE whose [admin] has it"
-            ),
-            ClientError::Api { status, code, .. } if code == "bad_token" => format!(
-                "{status}: the admin API refused the token (from --token, SWITCHYARD_TOKEN or the file's [admin] token)"
-            ),
             ClientError::Api {
-                status, message, ..
-            } => format!("{status}: {}", message.replace("use force", "use --force")),
+                status,
+                code,
+                message,
+            } => format!("{status}: {}", in_cli_words(&code, &message)),
             other => other.to_string(),
         };
         CliError {
             text,
             unreachable: false,
         }
+    }
+}
+
+/// An API error's message as the CLI's user acts on it: the flags to type, not the HTTP
+/// request to make. The API's words stay the API's (other clients read them).
+fn in_cli_words(code: &str, message: &str) -> String {
+    match code {
+        "no_token" => "the admin API needs a token: pass --token TOKEN (or SWITCHYARD_TOKEN), or -c FILE whose [admin] has it".into(),
+        "bad_token" => "the admin API refused the token (from --token, SWITCHYARD_TOKEN or the file's [admin] token)".into(),
+        _ => message.replace("use force", "use --force"),
     }
 }
 
@@ -188,7 +194,22 @@ fn user() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::admin_address;
+    use super::{admin_address, in_cli_words};
+
+    #[test]
+    fn api_messages_name_the_cli_flags() {
+        let m = in_cli_words(
+            "unhealthy",
+            "group \"green\" of service \"shop\" has no healthy target (use force to go ahead anyway)",
+        );
+        assert!(m.ends_with("(use --force to go ahead anyway)"), "{m}");
+        let m = in_cli_words(
+            "no_token",
+            "send the admin token as `Authorization: Bearer TOKEN`",
+        );
+        assert!(m.contains("--token TOKEN") && !m.contains("Bearer"), "{m}");
+        assert!(in_cli_words("bad_token", "the bearer token is wrong").contains("--token"));
+    }
 
     #[test]
     fn admin_addresses_are_taken_as_typed_or_refused_saying_what_is_expected() {
