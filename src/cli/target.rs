@@ -172,6 +172,9 @@ fn admin_address(given: &str) -> anyhow::Result<String> {
     if let Ok(port) = given.parse::<u16>() {
         return Ok(format!("127.0.0.1:{port}"));
     }
+    if given.starts_with("https://") {
+        bail!("--admin {given:?}: the admin API speaks plain HTTP (keep it on localhost or reach it through a tunnel): give HOST:PORT");
+    }
     let rest = given.strip_prefix("http://").unwrap_or(given);
     let port_ok = rest
         .trim_end_matches('/')
@@ -222,5 +225,7 @@ mod tests {
         let err = admin_address("lb-1").unwrap_err().to_string();
         assert!(err.contains("give HOST:PORT"), "{err}");
         assert!(admin_address("99999").is_err());
+        let err = admin_address("https://lb-1:9901").unwrap_err().to_string();
+        assert!(err.contains("plain HTTP"), "{err}");
     }
 }
