@@ -17,14 +17,14 @@ trap cleanup EXIT
 . "$(dirname "$0")/lib.sh"
 pin_setup
 B1=$(port); B2=$(port)
-${LOAD_CPU[@]} "$B" --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-${LOAD_CPU[@]} "$B" --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} "$B" backend --workers 1 --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} "$B" backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 declare -A PORT PID
 for side in A B; do
   P=$(port); ADMIN=$(port); PORT[$side]=$P
   switchyard_config "$WORK/$side.toml" "$P" "$ADMIN" "$B1" "$B2"
   bin=$A; [ $side = B ] && bin=$B
-  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" --workers 1 run -c "$WORK/$side.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" run --workers 1 -c "$WORK/$side.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
 done
 for side in A B; do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:${PORT[$side]}/" && break; sleep 0.1; done

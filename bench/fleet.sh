@@ -53,8 +53,8 @@ for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$ETCD_CLIENT/hea
 curl -fs -o /dev/null "http://127.0.0.1:$ETCD_CLIENT/health" || { echo "etcd did not start:"; tail -n 20 "$WORK/etcd.log"; exit 1; }
 
 B1=$(port); B2=$(port)
-"$BIN" --workers 1 backend --bind "127.0.0.1:$B1" --name blue >/dev/null 2>&1 & pids+=($!)
-"$BIN" --workers 1 backend --bind "127.0.0.1:$B2" --name green >/dev/null 2>&1 & pids+=($!)
+"$BIN" backend --workers 1 --bind "127.0.0.1:$B1" --name blue >/dev/null 2>&1 & pids+=($!)
+"$BIN" backend --workers 1 --bind "127.0.0.1:$B2" --name green >/dev/null 2>&1 & pids+=($!)
 
 # One file per instance: the shared part (service shop, groups blue/green, the token) is the
 # same in all; the store's endpoint and prefix too; the instance's name, listener and admin

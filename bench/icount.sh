@@ -27,8 +27,8 @@ trap cleanup EXIT
 # The backends run natively (the first build's `backend` subcommand); only the proxy is
 # under valgrind.
 B1=$(port); B2=$(port)
-"$1" --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-"$1" --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+"$1" backend --workers 1 --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+"$1" backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 
 # count NAME PORT COMMAND...: runs COMMAND (a proxy listening on PORT) under callgrind.
 count() {
@@ -73,7 +73,7 @@ PY
 for bin in "$@"; do
   P=$(port); A=$(port)
   switchyard_config "$WORK/s.toml" "$P" "$A" "$B1" "$B2"
-  SWITCHYARD_LOG=error count "$bin" "$P" "$bin" --workers 1 run -c "$WORK/s.toml"
+  SWITCHYARD_LOG=error count "$bin" "$P" "$bin" run --workers 1 -c "$WORK/s.toml"
 done
 if [ "$PEERS" = 1 ]; then
   P=$(port); nginx_config "$WORK" "$P" "$B1" "$B2"

@@ -21,8 +21,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 B1=$(port); B2=$(port); SY=$(port); ADMIN=$(port)
-$BIN --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-$BIN --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+$BIN backend --workers 1 --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+$BIN backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 cat > "$WORK/sy.toml" <<CONF
 [admin]
 bind = "127.0.0.1:$ADMIN"

@@ -41,11 +41,11 @@ pin_setup
 B1=$(port); B2=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 
 # Backends: switchyard's built-in echo-name server, one thread each.
-${LOAD_CPU[@]} $BIN --workers 1 backend --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-${LOAD_CPU[@]} $BIN --workers 1 backend --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} $BIN backend --workers 1 --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
+${LOAD_CPU[@]} $BIN backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 
 switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
-SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN --workers 1 run -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
+SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers 1 -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
 SY_PID=$!
 
 nginx_config "$WORK" "$NG" "$B1" "$B2"

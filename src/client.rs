@@ -1,5 +1,7 @@
 //! The CLI's side of the admin API.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -8,6 +10,8 @@ use hyper_util::rt::TokioExecutor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// `reason` begins with the cause in a person's words (connection refused, timed out,
+    /// the name does not resolve, …), then the chain of errors it was read from.
     #[error("cannot reach the admin API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("{status}: {message}")]
@@ -38,7 +42,7 @@ impl AdminClient {
             base,
             token,
             actor: None,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new()).build(connector()),
         }
     }
 
@@ -105,7 +109,7 @@ impl AdminClient {
             .await
             .map_err(|e| ClientError::Unreachable {
                 url: url.clone(),
-                reason: causes(&e),
+                reason: format!("{}: {}", cause(&e), causes(&e)),
             })?;
         let status = resp.status();
         let bytes = resp
@@ -126,6 +130,45 @@ impl AdminClient {
             message: field("message"),
         })
     }
+}
+
+/// How long connecting may take: an address that drops packets is said to time out rather
+/// than leave the command waiting for the system's minutes-long limit.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    c
+}
+
+/// Why a request got no answer, in a person's words, from the error's chain.
+fn cause(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused",
+                std::io::ErrorKind::TimedOut => return "timed out",
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    return "the connection was closed"
+                }
+                _ => {}
+            }
+        }
+        let text = s.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return "the name does not resolve (DNS)";
+        }
+        if text.contains("scheme is not http") {
+            return "the CLI speaks plain HTTP to the admin API (TLS is not supported): give HOST:PORT";
+        }
+        if text.contains("timed out") {
+            return "timed out";
+        }
+        source = s.source();
+    }
+    "no answer"
 }
 
 /// An error with the chain of its causes ("client error (SendRequest): connection closed

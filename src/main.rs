@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    let runtime = match args.workers {
+    let runtime = match args.process().workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -27,26 +27,6 @@ fn main() -> std::process::ExitCode {
     .expect("tokio runtime");
     match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", causes(&e));
-            std::process::ExitCode::from(1)
-        }
+        Err(e) => cli::fail(&e),
     }
-}
-
-/// The error and its causes, `a: b: c`, each said once: an error whose text already says its
-/// cause and that also gives it as its source (`cannot bind …: Address already in use`, a
-/// control error wrapping the store's) does not print the cause twice.
-fn causes(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain().map(ToString::to_string) {
-        if out.contains(&cause) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&cause);
-    }
-    out
 }

@@ -55,6 +55,32 @@ pub fn hostname() -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
+/// The name of the user this process runs as (the password database's entry for the
+/// effective uid), `None` when there is none: who acts when `$USER` is not set.
+pub fn login_name() -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids); getpwuid_r fills it.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `pwd` and `found` are ours, and the buffer's
+    // length is what we pass; the strings `pwd` points to live in `buf`, read before it drops.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name is a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty())
+}
+
 /// Puts `file` back in blocking mode (it was opened with `O_NONBLOCK` so that opening a
 /// FIFO could not block).
 pub fn clear_nonblocking(file: &impl AsFd) -> io::Result<()> {

@@ -252,7 +252,7 @@ bounded_test! {
                 "green",
             ],
         );
-        assert_eq!(code, 2, "a failing check exits 2: {out}{err}");
+        assert_eq!(code, 3, "a failing check exits 3: {out}{err}");
         assert!(
             out.contains("shop: candidate green against stable blue"),
             "{out}"

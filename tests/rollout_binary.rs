@@ -288,7 +288,7 @@ bounded_test! {
         eventually(Duration::from_secs(3), "observed split shown", || async {
             cli(&path, &["rollout", "status", "shop"])
                 .1
-                .contains("observed: blue ")
+                .contains("observed (last 5 s): blue=")
         })
         .await;
         let (_, out, _) = cli(&path, &["rollout", "status", "shop"]);
@@ -298,7 +298,7 @@ bounded_test! {
         let out = cli_ok(&path, &["status"]);
         assert!(
         out.contains(
-            "rollout #1 blue -> green (canary-50pct-1h): progressing, step 2/2, candidate at 50%"
+            "rollout #1 blue -> green (canary-50pct-1h): progressing, step 2 of 2, candidate at 50%"
         ),
         "{out}"
     );
@@ -321,9 +321,12 @@ bounded_test! {
                 .contains("status: completed")
         })
         .await;
-        // --watch on a finished rollout draws once and ends.
+        // --watch on a finished rollout writes once and ends (one line: not a terminal).
         let out = cli_ok(&path, &["rollout", "status", "shop", "--watch"]);
-        assert!(out.contains("status: completed"), "{out}");
+        assert_eq!(
+            out, "rollout #1 of shop: completed, step 2 of 2, weights green 100%\n",
+            "{out}"
+        );
 
         let out = cli_ok(&path, &["rollout", "undo", "shop"]);
         assert!(out.contains("status: rolled_back"), "{out}");
@@ -336,7 +339,11 @@ bounded_test! {
         let (_, out, _) = cli(&path, &["rollout", "history", "shop"]);
         assert!(out.contains("#1") && out.contains("rolled_back"), "{out}");
         let (_, out, _) = cli(&path, &["events", "--service", "shop"]);
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        // $USER, else the login name (as `id -un` says).
+        let user = std::env::var("USER").unwrap_or_else(|_| {
+            let id = std::process::Command::new("id").arg("-un").output().unwrap();
+            String::from_utf8(id.stdout).unwrap().trim().to_string()
+        });
         assert!(
             out.contains(&format!("admin for cli:{user}"))
                 && out.contains("started")

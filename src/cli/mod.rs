@@ -1,68 +1,79 @@
-//! Command-line verbs. Those that act on a running instance go through its admin API.
+//! Command-line verbs. Those that act on a running instance go through its admin API
+//! (`target`: which instance, and its errors in the CLI's words); output goes through
+//! `output` (a closed pipe ends a command quietly; `--json` is the API's answer as it came).
 
+mod analysis;
+mod events;
+mod init;
+mod output;
+mod process;
 mod rollout;
 mod show;
 mod status;
 mod store;
+mod target;
+mod traffic;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use serde_json::json;
-use switchyard::client::AdminClient;
-use switchyard::config;
-use switchyard::server::Server;
-use switchyard::split;
 
-use show::str_of;
+use output::outln;
+use target::{admin, Target};
+
+pub(crate) use process::Process;
 
 #[derive(Parser)]
 #[command(
     name = "switchyard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SWITCHYARD_GIT_COMMIT"), ")"),
     about = "Layer-7 load balancer and release manager"
 )]
 pub(crate) struct Cli {
-    /// Tokio worker threads (1 runs single-threaded).
-    #[arg(long, global = true)]
-    pub workers: Option<usize>,
-    /// Log format: text or json.
-    #[arg(long, global = true, default_value = "text")]
-    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(clap::Args, Clone)]
-struct Target {
-    /// Configuration file; its [admin] section says where the API is and its token.
-    #[arg(short, long, default_value = "switchyard.toml", global = true)]
-    config: PathBuf,
-    /// Admin API address (overrides the config file).
-    #[arg(long, env = "SWITCHYARD_ADMIN", global = true)]
-    admin: Option<String>,
-    /// Admin token (overrides the config file).
-    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+impl Cli {
+    /// The options of a process that serves, for the verbs that serve (the others run on
+    /// the default runtime and log warnings as text).
+    pub(crate) fn process(&self) -> Process {
+        match &self.command {
+            Command::Run { process, .. }
+            | Command::Demo { process, .. }
+            | Command::Backend { process, .. } => *process,
+            _ => Process {
+                workers: None,
+                log_format: process::LogFormat::Text,
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the load balancer.
     Run {
+        /// The configuration file.
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
+        #[command(flatten)]
+        process: Process,
     },
     /// Check a configuration file and print every problem with its line and column.
     Validate {
+        /// The configuration file.
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
     },
+    /// Write a commented starter configuration for one service and its groups.
+    Init(init::Init),
     /// Send all traffic of SERVICE to GROUP at once (blue-green switch), or --back.
     Switch {
+        /// The service whose traffic moves.
         service: String,
+        /// The group that takes all traffic.
         group: Option<String>,
         /// Restore the split before the last change.
         #[arg(long, conflicts_with = "group")]
@@ -75,9 +86,12 @@ enum Command {
     },
     /// Set a weighted split, e.g. `switchyard weights shop blue=90 green=10`.
     Weights {
+        /// The service whose split changes.
         service: String,
+        /// GROUP=PERCENT for each group (`blue=90` or `blue=90%`; 0.01 resolution, sum 100).
         #[arg(required = true)]
         weights: Vec<String>,
+        /// Even if a group given weight has no healthy target.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -85,6 +99,9 @@ enum Command {
     },
     /// Show what applying the file (-c) would change on the running instance.
     Plan {
+        /// Print the API's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -100,6 +117,7 @@ enum Command {
     },
     /// Show services, groups, target health and weights.
     Status {
+        /// Print the API's answer as JSON (each service with its latest rollout).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -115,22 +133,17 @@ enum Command {
     /// Analyses: `analysis run SERVICE` measures every check once, now, and prints the verdicts.
     Analysis {
         #[command(subcommand)]
-        command: AnalysisCommand,
+        command: analysis::AnalysisCommand,
         #[command(flatten)]
         target: Target,
     },
     /// The audit history, oldest first, with filters.
     Events {
+        #[command(flatten)]
+        filters: events::Filters,
+        /// Print the API's answer as JSON (newest first, as the API gives it).
         #[arg(long)]
-        service: Option<String>,
-        #[arg(long)]
-        rollout: Option<u64>,
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long)]
-        actor: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -149,31 +162,23 @@ enum Command {
         /// How long each phase (and each canary pause) lasts.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         phase: std::time::Duration,
+        #[command(flatten)]
+        process: Process,
     },
     /// A small test backend that answers with its name (for benchmarks and trials).
     #[command(hide = true)]
     Backend {
+        /// The address to listen on.
         #[arg(long)]
         bind: std::net::SocketAddr,
+        /// The name it answers with.
         #[arg(long)]
         name: String,
         /// Answers per thousand that are 500s.
         #[arg(long, default_value_t = 0)]
         errors_per_mille: u32,
-    },
-}
-
-#[derive(Subcommand)]
-enum AnalysisCommand {
-    /// Measure every check once against live traffic (exit 0 all pass, 1 inconclusive, 2 fail).
-    Run {
-        service: String,
-        /// One analysis (default: those the service's strategy names).
-        #[arg(long)]
-        analysis: Option<String>,
-        /// The group to judge (default: the candidate of the rollout in progress).
-        #[arg(long)]
-        candidate: Option<String>,
+        #[command(flatten)]
+        process: Process,
     },
 }
 
@@ -185,159 +190,54 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { .. } => "error",
         _ => "warn",
     };
-    init_logging(&cli.log_format, level);
+    process::init_logging(cli.process().log_format, level);
+    let ok = |()| ExitCode::SUCCESS;
     match cli.command {
-        Command::Run { config } => serve(&config).await,
-        Command::Validate { config } => validate(&config),
+        Command::Run { config, .. } => process::serve(&config).await,
+        Command::Validate { config } => process::validate(&config),
+        Command::Init(init) => init::run(&init).map(ok),
         Command::Switch {
             service,
             group,
             back,
             force,
             target,
-        } => {
-            let body = match (group, back) {
-                (Some(g), false) => json!({ "group": g, "force": force }),
-                (None, true) => json!({ "back": true, "force": force }),
-                _ => bail!("give a GROUP to switch to, or --back"),
-            };
-            let res = admin(&target)?
-                .post(&format!("/api/v1/services/{service}/switch"), body)
-                .await?;
-            print_traffic_change(&service, &res);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => traffic::switch(&admin(&target)?, &service, group, back, force)
+            .await
+            .map(ok),
         Command::Weights {
             service,
             weights,
             force,
             target,
-        } => {
-            let mut percents = Vec::new();
-            for w in &weights {
-                let (g, pct) = w
-                    .split_once('=')
-                    .with_context(|| format!("\"{w}\" is not GROUP=PERCENT"))?;
-                let pct: f64 = pct
-                    .parse()
-                    .with_context(|| format!("\"{pct}\" in \"{w}\" is not a number"))?;
-                percents.push((g.to_string(), pct));
-            }
-            // The same rule as the file and the API, checked before anything is sent.
-            let split = split::Split::from_percents(percents.iter().cloned())?;
-            let map: serde_json::Map<String, serde_json::Value> = percents
-                .into_iter()
-                .filter(|(g, _)| split.groups().any(|s| s == g))
-                .map(|(g, pct)| (g, json!(pct)))
-                .collect();
-            let res = admin(&target)?
-                .put(
-                    &format!("/api/v1/services/{service}/weights"),
-                    json!({ "weights": map, "force": force }),
-                )
-                .await?;
-            print_traffic_change(&service, &res);
-            Ok(ExitCode::SUCCESS)
+        } => traffic::weights(&admin(&target)?, &service, &weights, force)
+            .await
+            .map(ok),
+        Command::Plan { json, target } => {
+            traffic::plan(&admin(&target)?, &target.config, false, json)
+                .await
+                .map(ok)
         }
-        Command::Plan { target } => {
-            let res = admin(&target)?
-                .post("/api/v1/config/plan", config_body(&target.config)?)
-                .await?;
-            print_plan(&res);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Apply { target } => {
-            let res = admin(&target)?
-                .post("/api/v1/config/apply", config_body(&target.config)?)
-                .await?;
-            print_plan(&res);
-            println!("applied: generation {}", res["generation"]);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Apply { target } => traffic::plan(&admin(&target)?, &target.config, true, false)
+            .await
+            .map(ok),
         Command::Reload { target } => {
-            let res = admin(&target)?.post("/api/v1/reload", json!({})).await?;
-            println!("reloaded: generation {}", res["generation"]);
+            let res = admin(&target)?
+                .post("/api/v1/reload", serde_json::json!({}))
+                .await?;
+            outln!("reloaded: generation {}", res["generation"]);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, target } => {
-            let api = admin(&target)?;
-            let mut res = api.get("/api/v1/status").await?;
-            // Each service's latest rollout, if it has one.
-            if let Some(services) = res["services"].as_array_mut() {
-                for svc in services {
-                    let name = str_of(&svc["name"]).to_string();
-                    svc["rollout"] = api
-                        .get(&format!("/api/v1/services/{name}/rollout"))
-                        .await
-                        .unwrap_or(serde_json::Value::Null);
-                }
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&res)?);
-            } else {
-                status::print_status(&res);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Status { json, target } => status::run(&admin(&target)?, json).await.map(ok),
         Command::Rollout { command, target } => {
-            rollout::run(&admin(&target)?, command).await?;
-            Ok(ExitCode::SUCCESS)
+            rollout::run(&admin(&target)?, command).await.map(ok)
         }
         Command::Events {
-            service,
-            rollout,
-            kind,
-            actor,
-            limit,
+            filters,
+            json,
             target,
-        } => {
-            let filters = [
-                ("service", service),
-                ("rollout", rollout.map(|r| r.to_string())),
-                ("kind", kind),
-                ("actor", actor),
-                ("limit", Some(limit.to_string())),
-            ];
-            rollout::events(&admin(&target)?, &filters).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Analysis {
-            command:
-                AnalysisCommand::Run {
-                    service,
-                    analysis,
-                    candidate,
-                },
-            target,
-        } => {
-            let body = json!({ "analysis": analysis, "candidate": candidate });
-            let res = admin(&target)?
-                .post(&format!("/api/v1/services/{service}/analysis/run"), body)
-                .await?;
-            println!(
-                "{service}: candidate {} against stable {}",
-                str_of(&res["candidate"]),
-                str_of(&res["stable"])
-            );
-            let mut worst = 0;
-            for r in res["results"].as_array().into_iter().flatten() {
-                let m = &r["measurement"];
-                let outcome = str_of(&m["outcome"]);
-                worst = worst.max(match outcome {
-                    "pass" => 0,
-                    "fail" => 2,
-                    _ => 1,
-                });
-                println!(
-                    "  {:<14} {:<16} {:<13} {}",
-                    str_of(&r["analysis"]),
-                    str_of(&m["check"]),
-                    outcome,
-                    str_of(&m["detail"])
-                );
-            }
-            Ok(ExitCode::from(worst))
-        }
+        } => events::run(&admin(&target)?, &filters, json).await.map(ok),
+        Command::Analysis { command, target } => analysis::run(&admin(&target)?, command).await,
         Command::Store(command) => store::run(command).await,
         Command::Demo {
             fleet: true, phase, ..
@@ -356,6 +256,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bind,
             name,
             errors_per_mille,
+            ..
         } => {
             let name: &'static str = Box::leak(name.into_boxed_str());
             let b = switchyard::backend::Backend::start(bind, name).await?;
@@ -370,146 +271,66 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `default`: the level when `SWITCHYARD_LOG` does not say.
-fn init_logging(format: &str, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Ends the process for an error `run` returned: quietly when the reader of standard
+/// output went away (`| head`), else the error with its causes and exit code 1.
+pub(crate) fn fail(e: &anyhow::Error) -> ExitCode {
+    if output::is_closed_pipe(e) {
+        return ExitCode::SUCCESS;
     }
+    eprintln!("error: {}", causes(e));
+    ExitCode::from(1)
 }
 
-fn validate(path: &Path) -> anyhow::Result<ExitCode> {
-    match config::load(path) {
-        Ok(c) => {
-            println!(
-                "{}: ok ({} listeners, {} routes, {} services)",
-                path.display(),
-                c.listeners.len(),
-                c.routes.len(),
-                c.services.len()
-            );
-            Ok(ExitCode::SUCCESS)
+/// The error and its causes, `a: b: c`, each said once: an error whose text already says its
+/// cause and that also gives it as its source (`cannot bind …: Address already in use`, a
+/// control error wrapping the store's) does not print the cause twice.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if out.contains(&cause) {
+            continue;
         }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(ExitCode::from(1))
+        if !out.is_empty() {
+            out.push_str(": ");
         }
+        out.push_str(&cause);
     }
+    out
 }
 
-async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = config::load(path)?;
-    let server = Server::start(config, Some(path.to_path_buf())).await?;
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // Reloads run in a task of their own, one at a time, so that SIGTERM never waits for
-    // one (a reload may wait on a slow store or file). SIGHUPs that arrive during a reload
-    // are folded into one more reload after it: the file may have changed meanwhile.
-    let wanted = std::sync::Arc::new(tokio::sync::Notify::new());
-    let reloader = {
-        let (wanted, control) = (wanted.clone(), server.control.clone());
-        tokio::spawn(async move {
-            loop {
-                wanted.notified().await;
-                match control.reload("signal:SIGHUP").await {
-                    Ok(generation) => tracing::info!(generation, "reloaded on SIGHUP"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload on SIGHUP rejected; the running configuration stays");
-                    }
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every verb, however deep, says what it is for in `--help`.
+    #[test]
+    fn every_argument_of_every_verb_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
                 }
             }
-        })
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => wanted.notify_one(),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cli = super::Cli::command();
+        walk(&cli, "switchyard", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        super::Cli::command().debug_assert();
+    }
+
+    /// `--workers` and `--log-format` are on the verbs that serve, and only there.
+    #[test]
+    fn process_options_are_only_on_the_verbs_that_serve() {
+        let cli = super::Cli::command();
+        for sub in cli.get_subcommands() {
+            let has = sub.get_arguments().any(|a| a.get_id() == "workers");
+            let serves = matches!(sub.get_name(), "run" | "demo" | "backend");
+            assert_eq!(has, serves, "{}", sub.get_name());
         }
     }
-    // A reload still running is dropped: the process is stopping, and the file is read
-    // again at the next start.
-    reloader.abort();
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    server.shutdown().await;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The admin client for a CLI call: flags and environment first, then the config file.
-fn admin(t: &Target) -> anyhow::Result<AdminClient> {
-    let from_file = if t.admin.is_none() || t.token.is_none() {
-        match config::load(&t.config) {
-            Ok(c) => Some(c.admin),
-            Err(config::ConfigError::Read { .. }) if t.admin.is_some() => None,
-            Err(config::ConfigError::Read { .. }) => None,
-            Err(e) => return Err(e).context("reading the admin address and token"),
-        }
-    } else {
-        None
-    };
-    let addr = t
-        .admin
-        .clone()
-        .or_else(|| from_file.as_ref().map(|a| a.bind.to_string()))
-        .unwrap_or_else(|| "127.0.0.1:9901".into());
-    let token = t.token.clone().or_else(|| from_file.and_then(|a| a.token));
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    Ok(AdminClient::new(&addr, token).with_actor(format!("cli:{user}")))
-}
-
-fn config_body(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let content =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    Ok(json!({ "path": abs.display().to_string(), "content": content }))
-}
-
-fn print_plan(res: &serde_json::Value) {
-    let changes = res["changes"].as_array().cloned().unwrap_or_default();
-    if changes.is_empty() {
-        println!("no changes");
-    }
-    for c in changes {
-        let detail = str_of(&c["detail"]);
-        let sep = if detail.is_empty() { "" } else { ": " };
-        println!(
-            "{} {}{sep}{detail}",
-            c["op"].as_str().unwrap_or("?"),
-            str_of(&c["what"])
-        );
-    }
-}
-
-/// What a switch or a weights change did: `shop: blue=100% -> green=100% (generation 4)`.
-fn print_traffic_change(service: &str, res: &serde_json::Value) {
-    println!(
-        "{service}: {} -> {} (generation {})",
-        split_text(&res["from"]),
-        split_text(&res["to"]),
-        res["generation"]
-    );
-}
-
-fn split_text(v: &serde_json::Value) -> String {
-    let Some(map) = v.as_object() else {
-        return "?".into();
-    };
-    let parts: Vec<String> = map
-        .iter()
-        .filter_map(|(g, w)| {
-            w.as_u64()
-                .filter(|w| *w > 0)
-                .map(|w| format!("{g}={}", split::format_percent(w as u32)))
-        })
-        .collect();
-    parts.join(" ")
 }

@@ -4,13 +4,36 @@
 
 use switchyard::split;
 
-use super::show::{flag, str_of};
+use super::output::{self, outln};
+use super::show::{flag, observed_text, step_of, str_of};
+use super::target::Api;
 
-pub(super) fn print_status(s: &serde_json::Value) {
-    println!("generation {}", s["generation"]);
+/// `status [--json]`: the instance's status with each service's latest rollout.
+pub(super) async fn run(api: &Api, json: bool) -> anyhow::Result<()> {
+    let mut res = api.get("/api/v1/status").await?;
+    // Each service's latest rollout, if it has one.
+    if let Some(services) = res["services"].as_array_mut() {
+        for svc in services {
+            let name = str_of(&svc["name"]).to_string();
+            svc["rollout"] = api
+                .get(&format!("/api/v1/services/{name}/rollout"))
+                .await
+                .unwrap_or(serde_json::Value::Null);
+        }
+    }
+    if json {
+        output::json(&res);
+    } else {
+        print_status(&res);
+    }
+    Ok(())
+}
+
+fn print_status(s: &serde_json::Value) {
+    outln!("generation {}", s["generation"]);
     let pending = s["store"]["pending_writes"].as_u64().unwrap_or(0);
     if pending > 0 {
-        println!(
+        outln!(
             "STATE DATABASE NOT WRITABLE: {pending} write(s) applied to traffic but not recorded ({}); last error: {}",
             s["store"]["pending_services"]
                 .as_array()
@@ -22,38 +45,31 @@ pub(super) fn print_status(s: &serde_json::Value) {
     print_fleet(&s["fleet"]);
     for l in s["listeners"].as_array().into_iter().flatten() {
         let tls = flag(&l["tls"], " (tls)");
-        println!(
+        outln!(
             "listener {} on {}{tls}",
             str_of(&l["name"]),
             str_of(&l["addr"])
         );
     }
     for svc in s["services"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "service {}: {}",
             str_of(&svc["name"]),
             str_of(&svc["split_text"])
         );
-        if let Some(obs) = svc["observed"].as_object() {
-            let o: Vec<String> = obs
-                .iter()
-                .map(|(g, s)| format!("{g}={:.1}%", s.as_f64().unwrap_or(0.0) * 100.0))
-                .collect();
-            println!("  observed (last 5 s): {}", o.join(" "));
+        if svc["observed"].is_object() {
+            outln!("  observed (last 5 s): {}", observed_text(&svc["observed"]));
         }
         let r = &svc["rollout"];
         if r.is_object() {
-            println!(
-                "  rollout #{} {} -> {} ({}): {}, step {}/{}, candidate at {}{}",
+            outln!(
+                "  rollout #{} {} -> {} ({}): {}, {}, candidate at {}{}",
                 r["id"],
                 str_of(&r["stable"]),
                 str_of(&r["candidate"]),
                 str_of(&r["strategy"]["name"]),
                 str_of(&r["status"]),
-                // The step being run, counted from 1 (all of them once done).
-                (r["step"].as_u64().unwrap_or(0) + 1)
-                    .min(r["steps"].as_array().map_or(0, |s| s.len() as u64)),
-                r["steps"].as_array().map_or(0, Vec::len),
+                step_of(r),
                 split::format_percent(r["weight"].as_u64().unwrap_or(0) as u32),
                 r["reason"]
                     .as_str()
@@ -61,11 +77,11 @@ pub(super) fn print_status(s: &serde_json::Value) {
                     .unwrap_or_default()
             );
             if let Some(w) = r["waiting_for"].as_str() {
-                println!("  waiting for {w}");
+                outln!("  waiting for {w}");
             }
         }
         for g in svc["groups"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "  group {:<12} weight {:>7}  healthy {}/{}  requests {}",
                 str_of(&g["name"]),
                 str_of(&g["weight_text"]),
@@ -75,7 +91,7 @@ pub(super) fn print_status(s: &serde_json::Value) {
             );
             for t in g["targets"].as_array().into_iter().flatten() {
                 let ejected = flag(&t["ejected"], " ejected");
-                println!(
+                outln!(
                     "    {:<24} {}{ejected}  in flight {}",
                     str_of(&t["addr"]),
                     str_of(&t["health"]),
@@ -96,13 +112,13 @@ fn print_fleet(f: &serde_json::Value) {
     let leader = f["leader"].as_str().unwrap_or("none");
     let store = &f["store"];
     if store["connected"] == true {
-        println!(
+        outln!(
             "fleet: instance {me}{}, leader {leader}, state revision {}",
             flag(&f["leading"], " (leads)"),
             store["revision"]
         );
     } else {
-        println!(
+        outln!(
             "fleet: instance {me} DEGRADED — etcd unreachable ({}); serving the last state (revision {}), no rollout moves",
             store["last_error"].as_str().unwrap_or("no answer"),
             store["revision"]
@@ -112,7 +128,7 @@ fn print_fleet(f: &serde_json::Value) {
     for i in f["instances"].as_array().into_iter().flatten() {
         let name = str_of(&i["name"]);
         let ago = now - i["last_contact"].as_i64().unwrap_or(now);
-        println!(
+        outln!(
             "  instance {name:<16} {:<22} revision {:<8} last contact {:.1} s ago{}",
             str_of(&i["advertise"]),
             i["revision"],
@@ -120,26 +136,20 @@ fn print_fleet(f: &serde_json::Value) {
             if name == leader { "  leader" } else { "" }
         );
     }
-    let shares = |v: &serde_json::Value| -> String {
-        let o: Vec<String> = v
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(g, s)| format!("{g}={:.1}%", s.as_f64().unwrap_or(0.0) * 100.0))
-            .collect();
-        o.join(" ")
-    };
     for (svc, obs) in f["observed"].as_object().into_iter().flatten() {
-        println!("  observed (last 5 s) {svc}, whole fleet: {}", shares(obs));
+        outln!(
+            "  observed (last 5 s) {svc}, whole fleet: {}",
+            observed_text(obs)
+        );
         for p in f["peers"].as_array().into_iter().flatten() {
             let stale = p["stale"]
                 .as_str()
                 .map(|e| format!("  (stale: {e})"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "    on {:<16} {}{stale}",
                 str_of(&p["name"]),
-                shares(&p["observed"][svc.as_str()])
+                observed_text(&p["observed"][svc.as_str()])
             );
         }
     }

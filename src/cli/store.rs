@@ -22,6 +22,7 @@ pub(super) enum StoreCommand {
     /// Write everything the store holds (traffic, rollouts, events) as JSON. Stop the
     /// instance first when the store is SQLite: this opens the database itself.
     Export {
+        /// The configuration file whose [store] is read.
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
         /// Where to write (default: standard output).
@@ -31,8 +32,10 @@ pub(super) enum StoreCommand {
     /// Read a dump (from `store export`) into the store, ids kept; refused if the store
     /// holds any state. Stop the instance first when the store is SQLite.
     Import {
+        /// The configuration file whose [store] is written.
         #[arg(short, long, default_value = "switchyard.toml")]
         config: PathBuf,
+        /// The dump to read (from `store export`).
         file: PathBuf,
     },
 }

@@ -139,8 +139,18 @@ pub(crate) fn signal(child: &Child, sig: &str) {
 pub(crate) fn switchyard<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
 ) -> (i32, String, String) {
+    switchyard_with(args, |_| {})
+}
+
+/// `switchyard`, with the command set up further first (its directory, its environment).
+pub(crate) fn switchyard_with<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    setup: impl FnOnce(&mut Command),
+) -> (i32, String, String) {
     use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    setup(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
