@@ -535,3 +535,40 @@ bounded_test! {
         assert_eq!(r["split"], json!({ "green": 8000, "blue": 2000 }), "{r}");
     }
 }
+
+bounded_test! {
+    /// A person's pause through an instance cut off from etcd holds the rollout there at once;
+    /// meanwhile the others complete it. When the partition heals, the hold — of an attempt
+    /// that ended — is not written: the rollout stays completed everywhere, all on the
+    /// candidate, instead of coming back paused at its old weight.
+    async fn a_hold_decided_while_cut_off_does_not_bring_back_a_completed_rollout() {
+        let etcd = Etcd::start().await;
+        let (blue, green) = TestBackend::pair().await;
+        let (proxy, servers, _dir) =
+            one_behind_a_proxy(&etcd, "/sy/held", &blue_green(blue.addr, green.addr)).await;
+        let (near, far) = (admin(&servers[0]), admin(&servers[1]));
+        let steps = json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
+        start_rollout(&near, steps).await;
+        wait_status(&near, 10, paused_at(1000)).await;
+        eventually(Duration::from_secs(10), "the far instance has the rollout", || async {
+            far.get("/api/v1/services/shop/rollout").await.is_ok_and(|r| paused_at(1000)(&r))
+        })
+        .await;
+        proxy.cut();
+        let r = far.post("/api/v1/services/shop/rollout/pause", json!({})).await.unwrap();
+        assert_eq!(r["held"], true, "the cut-off instance holds at once: {r}");
+        near.post("/api/v1/services/shop/rollout/promote", json!({})).await.unwrap();
+        wait_status(&near, 15, |r| r["status"] == "completed").await;
+        proxy.heal();
+        for api in [&far, &near] {
+            eventually(Duration::from_secs(20), "completed everywhere, all on green", || async {
+                let r = rollout(api).await;
+                r["status"] == "completed" && r["split"] == json!({ "green": 10000 })
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let r = rollout(&near).await;
+        assert_eq!((r["status"].as_str(), r["split"].clone()), (Some("completed"), json!({ "green": 10000 })), "{r}");
+    }
+}

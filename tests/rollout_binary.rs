@@ -518,7 +518,7 @@ bounded_test! {
         append(
             &path,
             &format!(
-                "[service.hooks.on_rollback]\ncommand = \"echo start >> {0}; sleep 2; echo end >> {0}\"\ntimeout = \"20s\"\n",
+                "[service.hooks.on_rollback]\ncommand = \"echo start >> {0}; sleep 3; echo end >> {0}\"\ntimeout = \"20s\"\n",
                 runs.display()
             ),
         );
@@ -535,7 +535,10 @@ bounded_test! {
         .await;
         wait_status(&api, 10, paused_at(1000)).await;
         verb(&api, "abort", json!({})).await;
+        // The abort is in the state database (the kill must not undo the end itself).
+        released(&api).await;
         eventually(Duration::from_secs(10), "the hook began", || async { lines("start") == 1 }).await;
+        assert_eq!(lines("end"), 0, "the hook ended before the kill");
         running = kill_and_restart(&mut running, &path, admin_addr).await;
         eventually(Duration::from_secs(10), "the restart ran the hook to its end", || async {
             lines("start") == 2 && lines("end") >= 1

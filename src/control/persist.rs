@@ -335,7 +335,7 @@ impl Persister {
                         // About a rollout another instance replaced with a newer one while
                         // this one could not reach the store: moot (the store reloads this
                         // instance's view of the fleet).
-                        Err(e @ StoreError::Superseded { .. }) => {
+                        Err(e @ (StoreError::Superseded { .. } | StoreError::Ended { .. })) => {
                             tracing::warn!(error = %e, "a {} decided on an old view of the fleet is dropped", kind.noun());
                             self.durable_written();
                         }

@@ -53,6 +53,9 @@ pub enum StoreError {
         rollout: u64,
         latest: u64,
     },
+    /// A hold of a rollout attempt that another instance ended meanwhile.
+    #[error("rollout #{rollout} of {service} ended meanwhile (through another instance); a hold of it is not written")]
+    Ended { service: String, rollout: u64 },
 }
 
 /// The traffic state of one service as persisted.

@@ -76,6 +76,12 @@ impl Keys {
         format!("{}latest/{service}", self.root)
     }
 
+    /// Present once attempt `attempt` of rollout `id` ended (written with its end): a hold of
+    /// that attempt decided on an instance that had not seen the end is not written.
+    pub(super) fn ended(&self, id: u64, attempt: u32) -> String {
+        format!("{}ended/{id:020}/{attempt}", self.root)
+    }
+
     pub(super) fn config(&self) -> String {
         format!("{}config", self.root)
     }

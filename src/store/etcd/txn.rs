@@ -26,6 +26,9 @@ pub(super) struct Write {
     /// For a move toward stable: the service's latest-rollout key and the rollout's id. It
     /// is written only while that rollout is still the service's latest (see `Superseded`).
     pub latest: Option<(String, String, u64)>,
+    /// For a hold (a move toward stable that leaves the rollout active): the key saying its
+    /// attempt ended. It is written only while that key is absent.
+    pub ended: Option<(String, String, u64)>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -64,6 +67,10 @@ impl EtcdStore {
             let key = self.keys.rollout(r.id);
             w.puts.push(wire::op_put(&key, &to_json(r), 0));
             w.guarded.push((key, r.service.clone()));
+            if !r.status.is_active() {
+                w.puts
+                    .push(wire::op_put(&self.keys.ended(r.id, r.attempt), b"1", 0));
+            }
         }
         for (i, e) in c.events.iter().enumerate() {
             // The id is made from the key's create revision when read (see `events`).
@@ -87,6 +94,12 @@ impl EtcdStore {
             // from etcd while the others went on).
             if let Some(r) = &c.rollout {
                 w.latest = Some((self.keys.latest(&r.service), r.service.clone(), r.id));
+                // A hold must not bring back an attempt that ended meanwhile (a person's pause
+                // on a cut-off instance while the fleet completed the rollout).
+                if r.status.is_active() {
+                    let ended = self.keys.ended(r.id, r.attempt);
+                    w.ended = Some((ended, r.service.clone(), r.id));
+                }
             }
         }
         w
@@ -109,6 +122,11 @@ impl EtcdStore {
         failure.extend(w.guarded.iter().map(|(key, _)| wire::op_range(key)));
         if let Some((key, _, id)) = &w.latest {
             compare.push(wire::value_is(key, &id.to_string()));
+            failure.push(wire::op_range(key));
+        }
+        let ended_at = failure.len();
+        if let Some((key, _, _)) = &w.ended {
+            compare.push(wire::create_revision_is(key, 0));
             failure.push(wire::op_range(key));
         }
         let r = self
@@ -139,6 +157,15 @@ impl EtcdStore {
         }
         if !stale.is_empty() {
             return Err(StoreError::Stale(stale.join(", ")));
+        }
+        if let Some((_, service, id)) = &w.ended {
+            if r.range(ended_at).is_some_and(|g| !g.kvs.is_empty()) {
+                self.resync_wanted.notify_one();
+                return Err(StoreError::Ended {
+                    service: service.clone(),
+                    rollout: *id,
+                });
+            }
         }
         if let Some((_, service, id)) = w.latest.take() {
             let latest = r
