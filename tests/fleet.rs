@@ -490,6 +490,27 @@ bounded_test! {
     }
 }
 
+/// A canary of `shop` started through `near`, paused at 10 % until promoted, as `far` sees it too.
+async fn canary_paused_at_10_on_both(
+    near: &switchyard::client::AdminClient,
+    far: &switchyard::client::AdminClient,
+) {
+    let steps =
+        json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
+    start_rollout(near, steps).await;
+    wait_status(near, 10, paused_at(1000)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the far instance has the rollout",
+        || async {
+            far.get("/api/v1/services/shop/rollout")
+                .await
+                .is_ok_and(|r| paused_at(1000)(&r))
+        },
+    )
+    .await;
+}
+
 bounded_test! {
     /// An instance cut off from etcd aborts a rollout (at once, there) while the others
     /// complete it and start a newer one. When the partition heals, the abort — about a
@@ -501,13 +522,7 @@ bounded_test! {
         let (proxy, servers, _dir) =
             one_behind_a_proxy(&etcd, "/sy/partition", &blue_green(blue.addr, green.addr)).await;
         let (near, far) = (admin(&servers[0]), admin(&servers[1]));
-        let steps = json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
-        start_rollout(&near, steps).await;
-        wait_status(&near, 10, paused_at(1000)).await;
-        eventually(Duration::from_secs(10), "the far instance has the rollout", || async {
-            far.get("/api/v1/services/shop/rollout").await.is_ok_and(|r| paused_at(1000)(&r))
-        })
-        .await;
+        canary_paused_at_10_on_both(&near, &far).await;
         proxy.cut();
         let r = far.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
         assert_eq!(r["status"], "aborted", "the cut-off instance aborts at once: {r}");
@@ -547,13 +562,7 @@ bounded_test! {
         let (proxy, servers, _dir) =
             one_behind_a_proxy(&etcd, "/sy/held", &blue_green(blue.addr, green.addr)).await;
         let (near, far) = (admin(&servers[0]), admin(&servers[1]));
-        let steps = json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
-        start_rollout(&near, steps).await;
-        wait_status(&near, 10, paused_at(1000)).await;
-        eventually(Duration::from_secs(10), "the far instance has the rollout", || async {
-            far.get("/api/v1/services/shop/rollout").await.is_ok_and(|r| paused_at(1000)(&r))
-        })
-        .await;
+        canary_paused_at_10_on_both(&near, &far).await;
         proxy.cut();
         let r = far.post("/api/v1/services/shop/rollout/pause", json!({})).await.unwrap();
         assert_eq!(r["held"], true, "the cut-off instance holds at once: {r}");

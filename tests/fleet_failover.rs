@@ -298,29 +298,10 @@ bounded_test! {
     /// runs; the new leader, finding the hook begun and not done, does not run it again but
     /// holds the rollout for a person, saying why; `resume` runs it again.
     async fn a_leader_killed_during_a_hook_leaves_it_to_a_person_instead_of_running_it_twice() {
-        let etcd = Etcd::start().await;
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let runs = dir.path().join("hook-runs");
-        let cfg = blue_green(blue.addr, green.addr).service(&format!(
-            "[service.hooks.before_traffic]\ncommand = \"echo start >> {0}; sleep 3; echo end >> {0}\"\ntimeout = \"20s\"\n",
-            runs.display()
-        ));
-        let mut instances = fleet(&etcd, dir.path(), "/sy/hook", &cfg, 3).await;
-        let all: Vec<&Instance> = instances.iter().collect();
-        let leader = agreed_leader(&all, Duration::from_secs(10), None).await;
-        let dead = instances.iter().position(|i| i.name == leader).unwrap();
-        let other = instances.iter().position(|i| i.name != leader).unwrap();
+        let Hooked { mut instances, leader: dead, other, runs, _dir, _backends, _etcd } =
+            hooked_fleet("/sy/hook", "before_traffic", "echo start >> {runs}; sleep 3; echo end >> {runs}").await;
         let api = admin_at(instances[other].admin);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
-        let starts = || {
-            let text = std::fs::read_to_string(&runs).unwrap_or_default();
-            text.lines().filter(|l| *l == "start").count()
-        };
+        let starts = || lines_of(&runs, "start");
         eventually(Duration::from_secs(10), "the hook began", || async { starts() == 1 }).await;
         let running = instances[dead].running.take().unwrap();
         signal(&running.child, "-KILL");
@@ -337,6 +318,52 @@ bounded_test! {
     }
 }
 
+/// Three instances whose service runs a hook, and a canary (10 %, then until promoted)
+/// started through one that does not lead.
+struct Hooked {
+    instances: Vec<Instance>,
+    /// The instance that leads, and one that does not.
+    leader: usize,
+    other: usize,
+    /// The file the hook writes to.
+    runs: PathBuf,
+    _dir: tempfile::TempDir,
+    _backends: (TestBackend, TestBackend),
+    _etcd: Etcd,
+}
+
+/// A `Hooked` fleet under `prefix` whose hook at `point` runs `command`, `{runs}` in it
+/// standing for the file it writes to.
+async fn hooked_fleet(prefix: &str, point: &str, command: &str) -> Hooked {
+    let etcd = Etcd::start().await;
+    let (blue, green) = TestBackend::pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("hook-runs");
+    let command = command.replace("{runs}", &runs.display().to_string());
+    let cfg = blue_green(blue.addr, green.addr).service(&format!(
+        "[service.hooks.{point}]\ncommand = \"{command}\"\ntimeout = \"20s\"\n"
+    ));
+    let instances = fleet(&etcd, dir.path(), prefix, &cfg, 3).await;
+    let all: Vec<&Instance> = instances.iter().collect();
+    let name = agreed_leader(&all, Duration::from_secs(10), None).await;
+    let leader = instances.iter().position(|i| i.name == name).unwrap();
+    let other = instances.iter().position(|i| i.name != name).unwrap();
+    start_rollout(
+        &admin_at(instances[other].admin),
+        json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
+    )
+    .await;
+    Hooked {
+        instances,
+        leader,
+        other,
+        runs,
+        _dir: dir,
+        _backends: (blue, green),
+        _etcd: etcd,
+    }
+}
+
 /// Lines that `echo WORD >> file` hooks wrote, counted by word.
 fn lines_of(path: &Path, word: &str) -> usize {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -349,25 +376,9 @@ bounded_test! {
     /// just killed) still gets its `on_rollback` hook: the end's record says the work is due,
     /// and the next leader finds it there and runs it, once.
     async fn a_rollout_aborted_while_no_instance_leads_gets_its_end_hook_from_the_next_leader() {
-        let etcd = Etcd::start().await;
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let runs = dir.path().join("hook-runs");
-        let cfg = blue_green(blue.addr, green.addr).service(&format!(
-            "[service.hooks.on_rollback]\ncommand = \"echo run >> {}\"\n",
-            runs.display()
-        ));
-        let mut instances = fleet(&etcd, dir.path(), "/sy/end-work", &cfg, 3).await;
-        let all: Vec<&Instance> = instances.iter().collect();
-        let leader = agreed_leader(&all, Duration::from_secs(10), None).await;
-        let dead = instances.iter().position(|i| i.name == leader).unwrap();
-        let other = instances.iter().position(|i| i.name != leader).unwrap();
+        let Hooked { mut instances, leader: dead, other, runs, _dir, _backends, _etcd } =
+            hooked_fleet("/sy/end-work", "on_rollback", "echo run >> {runs}").await;
         let api = admin_at(instances[other].admin);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
         wait_status(&api, 10, paused_at(1000)).await;
         let running = instances[dead].running.take().unwrap();
         signal(&running.child, "-KILL");
@@ -399,25 +410,9 @@ bounded_test! {
     /// rollout's `on_rollback` hook runs; the next leader does not run it again and says in
     /// the history that it may or may not have run.
     async fn a_leader_killed_during_an_end_hook_leaves_a_record_instead_of_running_it_twice() {
-        let etcd = Etcd::start().await;
-        let (blue, green) = TestBackend::pair().await;
-        let dir = tempfile::tempdir().unwrap();
-        let runs = dir.path().join("hook-runs");
-        let cfg = blue_green(blue.addr, green.addr).service(&format!(
-            "[service.hooks.on_rollback]\ncommand = \"echo start >> {0}; sleep 3; echo end >> {0}\"\ntimeout = \"20s\"\n",
-            runs.display()
-        ));
-        let mut instances = fleet(&etcd, dir.path(), "/sy/end-once", &cfg, 3).await;
-        let all: Vec<&Instance> = instances.iter().collect();
-        let leader = agreed_leader(&all, Duration::from_secs(10), None).await;
-        let dead = instances.iter().position(|i| i.name == leader).unwrap();
-        let other = instances.iter().position(|i| i.name != leader).unwrap();
+        let Hooked { mut instances, leader: dead, other, runs, _dir, _backends, _etcd } =
+            hooked_fleet("/sy/end-once", "on_rollback", "echo start >> {runs}; sleep 3; echo end >> {runs}").await;
         let api = admin_at(instances[other].admin);
-        start_rollout(
-            &api,
-            json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] }),
-        )
-        .await;
         wait_status(&api, 10, paused_at(1000)).await;
         api.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
         eventually(Duration::from_secs(10), "the leader began the hook", || async {
