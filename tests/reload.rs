@@ -190,3 +190,34 @@ bounded_test! {
         );
     }
 }
+
+bounded_test! {
+    current_thread;
+    /// One source of truth: after `apply` of another configuration, a `reload` of the file the
+    /// instance started from would silently undo it — it is refused, saying why and what to
+    /// do, and the applied configuration keeps serving. Once the file says what runs, reload
+    /// works again, and so does a reload after the file itself changed.
+    async fn a_reload_that_would_undo_an_apply_is_refused_until_the_file_says_the_same() {
+        let (blue, green, _dir, path, _sy, api, url) = from_file().await;
+        let applied = file_config("green", blue.addr, green.addr);
+        api.post(
+            "/api/v1/config/apply",
+            json!({ "path": "elsewhere.toml", "content": applied }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(backend_of(&url).await, "green");
+        let err = post_err(&api, "/api/v1/reload", json!({})).await;
+        assert!(err.contains("409") && err.contains("would undo"), "{err}");
+        assert!(err.contains("applied through the API by") && err.contains("switchyard apply -c"), "{err}");
+        assert_eq!(backend_of(&url).await, "green", "the applied configuration still serves");
+        // The file made to say what runs: reload is allowed (and changes nothing).
+        std::fs::write(&path, &applied).unwrap();
+        api.post("/api/v1/reload", json!({})).await.unwrap();
+        assert_eq!(backend_of(&url).await, "green");
+        // From now on the file is the source again: a change to it is reloaded.
+        std::fs::write(&path, file_config("blue", blue.addr, green.addr)).unwrap();
+        api.post("/api/v1/reload", json!({})).await.unwrap();
+        assert_eq!(backend_of(&url).await, "blue");
+    }
+}

@@ -55,6 +55,7 @@ impl From<ControlError> for ApiError {
             ControlError::Rollout(_) => (S::CONFLICT, "rollout_state"),
             ControlError::Conflict(_) => (S::CONFLICT, "conflict"),
             ControlError::NoConfigFile => (S::CONFLICT, "no_config_file"),
+            ControlError::ReloadWouldUndo { .. } => (S::CONFLICT, "reload_would_undo_apply"),
             ControlError::Bind { .. } => (S::CONFLICT, "bind_failed"),
             ControlError::BadRequest(_) => (S::UNPROCESSABLE_ENTITY, "bad_request"),
             ControlError::Config(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),

@@ -501,8 +501,17 @@ impl Controller {
         match parsed {
             Ok(shared) => {
                 let config = Config::localize(shared, &f.local);
-                if let Err(e) = self.install_config(config, incoming).await {
-                    tracing::error!(by = %c.by, error = %e, "cannot run the fleet's new configuration here; keeping the last one");
+                match self.install_config(config, incoming).await {
+                    Ok(_) => {
+                        let at = humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_millis(c.at.max(0) as u64),
+                        );
+                        self.state.lock().await.applied_elsewhere =
+                            Some(format!("applied by {} for the fleet at {at}", c.by));
+                    }
+                    Err(e) => {
+                        tracing::error!(by = %c.by, error = %e, "cannot run the fleet's new configuration here; keeping the last one");
+                    }
                 }
             }
             Err(e) => {

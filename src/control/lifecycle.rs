@@ -173,6 +173,7 @@ impl Controller {
                 health,
                 generation: 1,
                 drivers: HashMap::new(),
+                applied_elsewhere: None,
             }),
             config_path: path,
             store,

@@ -62,6 +62,10 @@ pub enum ControlError {
     NothingToRevert(String),
     #[error("no configuration file to reload (started without one)")]
     NoConfigFile,
+    /// One source of truth: a reload never silently undoes a configuration applied since the
+    /// file was last read (through `apply`, or by another instance of the fleet).
+    #[error("{path} differs from the running configuration, which was {how}: reloading the file would undo that. Make the file say what should run and reload, or replace the running configuration on purpose with `switchyard apply -c {path}`")]
+    ReloadWouldUndo { path: String, how: String },
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("listener \"{name}\" cannot bind {addr}: {source}")]
@@ -164,6 +168,9 @@ struct State {
     generation: u64,
     /// Wakes the driver task of a service's rollout after a command.
     drivers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)>,
+    /// How the running configuration came when it did not come from this instance's file
+    /// (`apply` through the API, or the fleet): `reload` then refuses a file that differs.
+    applied_elsewhere: Option<String>,
 }
 
 pub struct Controller {

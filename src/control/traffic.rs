@@ -196,7 +196,19 @@ impl Controller {
             .as_ref()
             .ok_or(ControlError::NoConfigFile)?;
         let config = config::load_async(path).await?;
-        self.apply(config, actor).await
+        let how = self.state.lock().await.applied_elsewhere.clone();
+        if let Some(how) = how {
+            let running = self.snapshot().config.source.clone();
+            if running.as_deref() != config.source.as_deref() {
+                return Err(ControlError::ReloadWouldUndo {
+                    path: path.display().to_string(),
+                    how,
+                });
+            }
+        }
+        let generation = self.replace_config(config, actor.into()).await?.generation;
+        self.state.lock().await.applied_elsewhere = None;
+        Ok(generation)
     }
 
     /// Replaces the configuration; the new generation. See [`Controller::apply_config`].
@@ -208,18 +220,30 @@ impl Controller {
         Ok(self.apply_config(config, actor).await?.generation)
     }
 
+    /// `apply` through the API: the running configuration no longer comes from the file, so a
+    /// `reload` of a file that differs is refused until the file says the same (see
+    /// `ControlError::ReloadWouldUndo`).
+    pub async fn apply_config(
+        &self,
+        config: Config,
+        actor: impl Into<Actor>,
+    ) -> Result<Applied, ControlError> {
+        let actor = actor.into();
+        let applied = self.replace_config(config, actor.clone()).await?;
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        self.state.lock().await.applied_elsewhere =
+            Some(format!("applied through the API by {actor} at {at}"));
+        Ok(applied)
+    }
+
     /// Replaces the configuration: checks it against rollouts in progress, binds new
     /// listeners and opens a new access log (so a failure there changes nothing), persists,
     /// publishes (which cannot fail then), then stops
     /// listeners that are gone. What it changed is computed by `plan`'s own function under
     /// the same lock, so the list returned is what this apply did, not what a plan said a
     /// moment earlier.
-    pub async fn apply_config(
-        &self,
-        config: Config,
-        actor: impl Into<Actor>,
-    ) -> Result<Applied, ControlError> {
-        let actor = &actor.into();
+    async fn replace_config(&self, config: Config, actor: Actor) -> Result<Applied, ControlError> {
+        let actor = &actor;
         // In a fleet the text is the fleet's; what is this instance's own stays its own.
         let config = match &self.fleet {
             Some(f) => Config::localize(config, f.local()),
