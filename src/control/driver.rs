@@ -21,9 +21,9 @@ const CHECKPOINT: Duration = Duration::from_secs(1);
 
 pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<Notify>) {
     let mut side = Side::default();
-    // The hook this driver ran and could not yet record as done: (rollout id, step, result,
-    // cause). Recorded again instead of run again — and not mistaken for one a lost leader
-    // began.
+    // The hook this driver ran and has not yet recorded as done: (rollout id, step, result,
+    // cause). Recorded (again, until the store has it) instead of run again — and not
+    // mistaken for one a lost leader began.
     let mut ran: Option<(u64, usize, Result<String, String>, RollbackCause)> = None;
     // The hook this driver recorded as begun (rollout id, step): its own record, not a lost
     // leader's, even when the write came back refused after it landed.
@@ -178,14 +178,8 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                         }
                     }
                 };
-                if let Err(e) = control
-                    .rollout_hook_done(&service, r.step, result.clone(), cause)
-                    .await
-                {
-                    tracing::error!(%service, hook = %point, error = %e, "cannot record the hook's result; retrying");
-                    ran = Some((r.id, r.step, result, cause));
-                    tokio::time::sleep(CHECKPOINT).await;
-                }
+                // Recorded at the top of the next turn (and again there until it is).
+                ran = Some((r.id, r.step, result, cause));
             }
             Outcome::Retire(teardown) => {
                 let detail = match teardown {
