@@ -26,6 +26,8 @@ const OPEN_WAIT: Duration = Duration::from_secs(2);
 /// half-open connection, a proxy that stopped forwarding) would otherwise leave the instance
 /// serving an old state without knowing it.
 const SILENT: Duration = Duration::from_secs(5);
+/// After `SILENT`, how long the stream gets once more before it is taken for stuck.
+const WAKE_GRACE: Duration = Duration::from_millis(200);
 
 /// One change of the shared state.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,7 +248,12 @@ impl RawWatch {
                 None => Ok(None),
             };
         };
-        match tokio::time::timeout(limit, lines.next()).await {
+        if let Ok(answer) = tokio::time::timeout(limit, lines.next()).await {
+            return answer;
+        }
+        // A process that was stopped (SIGSTOP, a frozen VM) wakes with the timer already run
+        // out and the answers that came meanwhile still unread: those come first.
+        match tokio::time::timeout(WAKE_GRACE, lines.next()).await {
             Ok(answer) => answer,
             Err(_) => {
                 tracing::warn!(silent_for = ?limit, from_revision = self.next_revision,
