@@ -298,7 +298,7 @@ bounded_test! {
     /// runs; the new leader, finding the hook begun and not done, does not run it again but
     /// holds the rollout for a person, saying why; `resume` runs it again.
     async fn a_leader_killed_during_a_hook_leaves_it_to_a_person_instead_of_running_it_twice() {
-        let Hooked { mut instances, leader: dead, other, runs, _dir, _backends, _etcd } =
+        let Hooked { _etcd, _backends, _dir, mut instances, leader: dead, other, runs } =
             hooked_fleet("/sy/hook", "before_traffic", "echo start >> {runs}; sleep 3; echo end >> {runs}").await;
         let api = admin_at(instances[other].admin);
         let starts = || lines_of(&runs, "start");
@@ -376,7 +376,7 @@ bounded_test! {
     /// just killed) still gets its `on_rollback` hook: the end's record says the work is due,
     /// and the next leader finds it there and runs it, once.
     async fn a_rollout_aborted_while_no_instance_leads_gets_its_end_hook_from_the_next_leader() {
-        let Hooked { mut instances, leader: dead, other, runs, _dir, _backends, _etcd } =
+        let Hooked { _etcd, _backends, _dir, mut instances, leader: dead, other, runs } =
             hooked_fleet("/sy/end-work", "on_rollback", "echo run >> {runs}").await;
         let api = admin_at(instances[other].admin);
         wait_status(&api, 10, paused_at(1000)).await;
@@ -410,7 +410,7 @@ bounded_test! {
     /// rollout's `on_rollback` hook runs; the next leader does not run it again and says in
     /// the history that it may or may not have run.
     async fn a_leader_killed_during_an_end_hook_leaves_a_record_instead_of_running_it_twice() {
-        let Hooked { mut instances, leader: dead, other, runs, _dir, _backends, _etcd } =
+        let Hooked { _etcd, _backends, _dir, mut instances, leader: dead, other, runs } =
             hooked_fleet("/sy/end-once", "on_rollback", "echo start >> {runs}; sleep 3; echo end >> {runs}").await;
         let api = admin_at(instances[other].admin);
         wait_status(&api, 10, paused_at(1000)).await;
