@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::etcd::Etcd;
 use common::{bounded_test, eventually};
 use switchyard::config::EtcdConfig;
-use switchyard::rollout::{Rollout, Status, Strategy};
+use switchyard::rollout::{EndWork, Rollout, Status, Strategy};
 use switchyard::split::Split;
 use switchyard::store::etcd::{campaign, Change, ConfigRecord, InstanceRecord, Leadership};
 use switchyard::store::{
@@ -265,6 +265,71 @@ bounded_test! {
         let unique: BTreeSet<u64> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "an id was handed out twice: {ids:?}");
         assert_eq!(unique, (1..=32).collect::<BTreeSet<u64>>());
+    }
+}
+
+bounded_test! {
+    /// The end of an attempt written again — a durable write retried after its answer was
+    /// lost although it landed — does not write over what was recorded after it (here: the
+    /// end work marked begun, which keeps a fleet from running an end hook twice), while
+    /// another end of the same attempt (an undo after a completion) still lands.
+    async fn an_end_written_again_does_not_undo_what_was_recorded_after_it() {
+        let etcd = Etcd::start().await;
+        let store = connect(&etcd, "lb-1").await;
+        let s = store.clone();
+        let id = blocking(move || {
+            s.create_rollout(&|id| Commit {
+                rollout: Some(rollout(id, "web")),
+                ..traffic_commit("web", 90.0)
+            })
+        })
+        .await
+        .unwrap();
+        let mut aborted = rollout(id, "web");
+        aborted.status = Status::Aborted;
+        aborted.end_work = Some(EndWork {
+            attempt: 0,
+            status: Status::Aborted,
+            reason: "aborted by alice".into(),
+            begun: false,
+        });
+        let end = Commit {
+            rollout: Some(aborted.clone()),
+            ..traffic_commit("web", 100.0)
+        };
+        let (s, e) = (store.clone(), end.clone());
+        blocking(move || s.commit(&e).unwrap()).await;
+        let mut begun = aborted.clone();
+        begun.end_work.as_mut().unwrap().begun = true;
+        let mark = Commit {
+            forward: true,
+            based_on: store.connection().revision,
+            rollout: Some(begun.clone()),
+            ..traffic_commit("web", 100.0)
+        };
+        let s = store.clone();
+        blocking(move || s.commit(&mark).unwrap()).await;
+        let (s, e) = (store.clone(), end.clone());
+        blocking(move || s.commit(&e).unwrap()).await;
+        let s = store.clone();
+        let loaded = blocking(move || s.load().unwrap()).await;
+        assert_eq!(loaded.rollouts["web"], begun, "the retried end overwrote the begun mark");
+
+        let mut undone = begun.clone();
+        undone.status = Status::RolledBack;
+        undone.end_work = None;
+        let s = store.clone();
+        let u = undone.clone();
+        blocking(move || {
+            s.commit(&Commit {
+                rollout: Some(u),
+                ..Commit::default()
+            })
+            .unwrap();
+        })
+        .await;
+        let loaded = blocking(move || store.load().unwrap()).await;
+        assert_eq!(loaded.rollouts["web"], undone);
     }
 }
 

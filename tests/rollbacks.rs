@@ -193,9 +193,24 @@ bounded_test! {
         .await;
         tokio::time::sleep(Duration::from_secs(5).saturating_sub(began.elapsed())).await;
         assert_status(&rig.api, "paused", "+3 points is within the guard's 5").await;
+        // The rollout says what the guard sees while it lets the candidate be.
+        let r = wait_status(&rig.api, 10, |r| r["guard"]["state"] == "watching").await;
+        let seen = &r["guard"];
+        assert!(seen["candidate_requests"].as_u64() >= Some(200), "{r}");
+        assert!(
+            (seen["candidate_error_rate"].as_f64().unwrap() - 7.0).abs() < 1.0,
+            "{r}"
+        );
+        assert!(
+            seen["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("rolls back above +5 points")),
+            "{r}"
+        );
 
         on_green.store(11, Ordering::SeqCst);
         let r = wait_status(&rig.api, 10, |r| r["status"] == "aborted").await;
+        assert_eq!(r["guard"]["state"], "rolled_back", "{r}");
         stop.store(true, Ordering::SeqCst);
         let (g, b) = (green.await.unwrap(), blue.await.unwrap());
         assert!(

@@ -14,6 +14,28 @@ use crate::rollout::{RollbackCause, Status};
 
 use super::Controller;
 
+/// What the guard saw at its last look at an attempt, for `GET …/rollout` (the dashboard and
+/// `rollout status` show it): an operator deciding whether to promote wants to know that the
+/// guard is watching and what it measures, not only that it has not fired.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GuardReading {
+    /// The rollout and attempt it judged.
+    pub rollout: u64,
+    pub attempt: u32,
+    /// Wall-clock time of the look (unix ms).
+    pub at_unix_ms: i64,
+    /// `watching` (judged, within bounds), `too_few_requests`, `rolled_back`, `disabled`.
+    pub state: &'static str,
+    /// The window judged, and both groups' requests and 5xx rate (%) in it.
+    pub window_ms: u64,
+    pub candidate_requests: u64,
+    pub candidate_error_rate: f64,
+    pub stable_requests: u64,
+    pub stable_error_rate: f64,
+    /// One sentence with the numbers and the bound.
+    pub detail: String,
+}
+
 /// Aborts attempt `of` (rollout id, attempt) of `service` when the candidate's 5xx rate over the guard window
 /// exceeds stable's by more than the configured points. It lives as long as the rollout is
 /// active: a failure to act is logged and tried again on the next tick, never a reason to
@@ -64,6 +86,10 @@ pub(super) async fn guard(
             return;
         }
         if !g.enabled {
+            control.set_guard_reading(
+                &service,
+                GuardReading::disabled(of, control.clock.unix_ms()),
+            );
             continue;
         }
         let Some(seen) = (control.windows(&service, &r.stable, &r.candidate))(g.window, since)
@@ -72,7 +98,44 @@ pub(super) async fn guard(
         };
         let (c, s) = (&seen.candidate, &seen.stable);
         let (ce, se) = (c.error_rate().unwrap_or(0.0), s.error_rate().unwrap_or(0.0));
-        if c.requests >= g.min_requests && ce - se > g.max_error_rate {
+        let breach = c.requests >= g.min_requests && ce - se > g.max_error_rate;
+        let reading = GuardReading {
+            rollout: of.0,
+            attempt: of.1,
+            at_unix_ms: control.clock.unix_ms(),
+            state: if breach {
+                "rolled_back"
+            } else if c.requests < g.min_requests {
+                "too_few_requests"
+            } else {
+                "watching"
+            },
+            window_ms: g.window.as_millis() as u64,
+            candidate_requests: c.requests,
+            candidate_error_rate: ce,
+            stable_requests: s.requests,
+            stable_error_rate: se,
+            detail: if c.requests < g.min_requests {
+                format!(
+                    "{} of at least {} candidate requests in {}{}: nothing to judge yet",
+                    c.requests,
+                    g.min_requests,
+                    humantime::format_duration(g.window),
+                    seen.across()
+                )
+            } else {
+                format!(
+                    "candidate {ce:.1}% 5xx ({} requests) vs stable {se:.1}% ({} requests) in {}{}: rolls back above +{} points",
+                    c.requests,
+                    s.requests,
+                    humantime::format_duration(g.window),
+                    seen.across(),
+                    g.max_error_rate
+                )
+            },
+        };
+        control.set_guard_reading(&service, reading);
+        if breach {
             let why = format!(
                 "candidate {} error rate {ce:.1}% ({} of {} requests in {}{}) exceeds stable's {se:.1}% by more than {} points",
                 r.candidate,
@@ -99,6 +162,42 @@ pub(super) async fn guard(
                 let _ = tx.send(());
             }
         }
+    }
+}
+
+impl GuardReading {
+    fn disabled(of: (u64, u32), at_unix_ms: i64) -> GuardReading {
+        GuardReading {
+            rollout: of.0,
+            attempt: of.1,
+            at_unix_ms,
+            state: "disabled",
+            window_ms: 0,
+            candidate_requests: 0,
+            candidate_error_rate: 0.0,
+            stable_requests: 0,
+            stable_error_rate: 0.0,
+            detail: "the guard is off for this service ([service.guard] enabled = false)".into(),
+        }
+    }
+}
+
+impl Controller {
+    fn set_guard_reading(&self, service: &str, reading: GuardReading) {
+        self.guard_readings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(service.to_string(), reading);
+    }
+
+    /// The guard's last look at attempt `of` of `service`, if it has looked at that attempt.
+    pub(super) fn guard_reading(&self, service: &str, of: (u64, u32)) -> Option<GuardReading> {
+        self.guard_readings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(service)
+            .filter(|r| (r.rollout, r.attempt) == of)
+            .cloned()
     }
 }
 

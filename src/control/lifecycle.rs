@@ -151,6 +151,7 @@ impl Controller {
             fleet,
             fleet_tasks: Default::default(),
             counts: Default::default(),
+            guard_readings: Default::default(),
             observer,
             observer_task,
             peers: super::peers::Peers::new(snapshots.clone(), clock.clone()),

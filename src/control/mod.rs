@@ -43,6 +43,7 @@ use publish::view;
 
 pub use clock::Clock;
 pub use fleet::FleetStatus;
+pub use guard::GuardReading;
 pub use peers::{FleetSeconds, Peer, PeerView};
 pub use persist::StoreHealth;
 use plan::keeps_split;
@@ -193,6 +194,8 @@ pub struct Controller {
     fleet_tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// The fleet's other instances, pulled for fleet-wide judgement (empty alone).
     peers: peers::Peers,
+    /// The guard's last look per service (never on the request path; see `guard`).
+    guard_readings: std::sync::Mutex<HashMap<String, guard::GuardReading>>,
     /// Rollbacks by (service, cause) and analysis verdicts by (service, verdict), for /metrics.
     pub counts: std::sync::Mutex<Counts>,
 }

@@ -30,6 +30,10 @@ pub struct RolloutView {
     /// or the state database (a rollback applied but not yet recorded, or writes refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// The guard's last look at this attempt (on the instance that runs it: alone, or the
+    /// fleet's leader).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<super::guard::GuardReading>,
 }
 
 impl RolloutView {
@@ -44,6 +48,7 @@ impl RolloutView {
             rollout: r,
             split,
             waiting_for: None,
+            guard: None,
         }
     }
 }

@@ -82,6 +82,14 @@ impl Keys {
         format!("{}ended/{id:020}/{attempt}", self.root)
     }
 
+    /// Present once attempt `attempt` of rollout `id` ended with `status` (written with that
+    /// end): the same end written again — a durable write retried after an answer lost
+    /// although it landed, or a second instance ending the same attempt the same way — is
+    /// not written over what was recorded after it (the end work's progress).
+    pub(super) fn ended_as(&self, id: u64, attempt: u32, status: &str) -> String {
+        format!("{}ends/{id:020}/{attempt}/{status}", self.root)
+    }
+
     pub(super) fn config(&self) -> String {
         format!("{}config", self.root)
     }

@@ -8,6 +8,9 @@
 //!   `create_revision * 1000 + n` (`n` < 1000, so at most 1000 events per commit), unique
 //!   and increasing across the fleet, plus `P/seq/event` when events were imported;
 //! - `P/seq/event`: the highest imported event id (imported events keep theirs in the value);
+//! - `P/latest/<service>`: the id of the service's latest rollout (decimal);
+//! - `P/ended/<id>/<attempt>` and `P/ends/<id>/<attempt>/<status>`: that attempt ended (and
+//!   how), written with the end (see `keys` for what each keeps from being written twice);
 //! - `P/config`: the applied configuration's text (TOML), see `ConfigRecord`;
 //! - `P/leader`: the leader's `InstanceRecord`, attached to its lease;
 //! - `P/instances/<name>`: each live instance's `InstanceRecord`, attached to its lease.
@@ -331,6 +334,8 @@ impl Store for EtcdStore {
                 self.note_written(c, revision);
                 Ok(())
             }
+            // Not this commit's revision: the watch must not skip what came after the end.
+            txn::Outcome::Recorded => Ok(()),
             // A commit has no condition that gives this; never report it as written.
             txn::Outcome::Raced => Err(StoreError::Etcd {
                 endpoints: self.client.endpoints(),

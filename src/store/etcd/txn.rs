@@ -29,6 +29,10 @@ pub(super) struct Write {
     /// For a hold (a move toward stable that leaves the rollout active): the key saying its
     /// attempt ended. It is written only while that key is absent.
     pub ended: Option<(String, String, u64)>,
+    /// For the end of an attempt as a move toward stable: the key saying it ended this way.
+    /// It is written only while that key is absent; present, the end is recorded already
+    /// and the write is answered as landed without writing (see `Keys::ended_as`).
+    pub once: Option<String>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -37,6 +41,8 @@ pub(super) enum Outcome {
     Written(i64),
     /// An `extra` condition failed.
     Raced,
+    /// The end it records was recorded already (see `Write::once`): nothing written.
+    Recorded,
 }
 
 /// The last part of an event's key: from the event itself and its place in the commit, so
@@ -70,6 +76,11 @@ impl EtcdStore {
             if !r.status.is_active() {
                 w.puts
                     .push(wire::op_put(&self.keys.ended(r.id, r.attempt), b"1", 0));
+                let once = self.keys.ended_as(r.id, r.attempt, r.status.as_str());
+                w.puts.push(wire::op_put(&once, b"1", 0));
+                if !c.forward {
+                    w.once = Some(once);
+                }
             }
         }
         for (i, e) in c.events.iter().enumerate() {
@@ -129,6 +140,11 @@ impl EtcdStore {
             compare.push(wire::create_revision_is(key, 0));
             failure.push(wire::op_range(key));
         }
+        let once_at = failure.len();
+        if let Some(key) = &w.once {
+            compare.push(wire::create_revision_is(key, 0));
+            failure.push(wire::op_range(key));
+        }
         let r = self
             .txn(wire::txn(compare, w.puts.clone(), failure))
             .await?;
@@ -166,6 +182,12 @@ impl EtcdStore {
                     rollout: *id,
                 });
             }
+        }
+        if w.once.is_some() && r.range(once_at).is_some_and(|g| !g.kvs.is_empty()) {
+            // Recorded already; what this instance holds may be older than what came after
+            // (or another instance's end of the same attempt): it reloads the state.
+            self.resync_wanted.notify_one();
+            return Ok(Outcome::Recorded);
         }
         if let Some((_, service, id)) = w.latest.take() {
             let latest = r
