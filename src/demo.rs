@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::cli::output::sayln;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -100,14 +102,14 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         api,
     } = setup(0, "", service).await?;
 
-    println!("switchyard demo");
-    println!("  backend blue  (v1) on {}", blue.addr);
-    println!("  backend green (v2) on {}", green.addr);
-    println!(
+    sayln!("switchyard demo");
+    sayln!("  backend blue  (v1) on {}", blue.addr);
+    sayln!("  backend green (v2) on {}", green.addr);
+    sayln!(
         "  balancer on http://{web}, admin API on http://{}",
         server.admin_addr
     );
-    println!(
+    sayln!(
         "  {WORKERS} clients send requests without pause; each phase lasts {}\n",
         humantime::format_duration(phase_length)
     );
@@ -130,7 +132,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         .post("/api/v1/services/shop/switch", json!({ "group": "green" }))
         .await?;
     expect(&switched, Some("green-v2"));
-    println!(
+    sayln!(
         "→ switchyard switch shop green   (generation {})",
         r["generation"]
     );
@@ -140,7 +142,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         .post("/api/v1/services/shop/switch", json!({ "back": true }))
         .await?;
     expect(&switched, Some("blue-v1"));
-    println!(
+    sayln!(
         "→ switchyard switch shop --back  (generation {})",
         r["generation"]
     );
@@ -152,7 +154,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
             json!({ "weights": { "blue": 90, "green": 10 } }),
         )
         .await?;
-    println!(
+    sayln!(
         "→ switchyard weights shop blue=90 green=10  (generation {})",
         r["generation"]
     );
@@ -165,7 +167,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     expect(&switched, None);
 
     let pause = humantime::format_duration(phase_length).to_string();
-    println!("\ncanary: green goes 5% -> 25% -> 50% -> 100%, pausing {pause} at each step");
+    sayln!("\ncanary: green goes 5% -> 25% -> 50% -> 100%, pausing {pause} at each step");
     let steps = json!({ "kind": "canary", "steps": [
         { "weight": 5 }, { "pause": pause }, { "weight": 25 }, { "pause": pause }, { "weight": 50 }, { "pause": pause }
     ]});
@@ -211,7 +213,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     let s = switched.lock().expect("switched");
-    println!(
+    sayln!(
         "\ndone: of {} requests sent after a switch was acknowledged, {} reached the previous version",
         s.checked, s.stale
     );
@@ -279,7 +281,7 @@ fn print_tally(what: &str, t: &Tally) {
             format!("{b} {:5.1}%", 100.0 * n as f64 / total.max(1) as f64)
         })
         .collect();
-    println!(
+    sayln!(
         "  {what:<24} {total:>6} requests: {}   failed {}",
         split.join("  "),
         t.failed
@@ -299,7 +301,7 @@ async fn start_green(
             json!({ "service": "shop", "candidate": "green", "strategy": strategy }),
         )
         .await?;
-    println!(
+    sayln!(
         "→ switchyard rollout start shop green   ({via}rollout #{})",
         r["id"]
     );
@@ -392,9 +394,9 @@ max_error_rate = 5
         blue: _blue,
         green: _green,
     } = setup(300, analyses, service).await?;
-    println!("switchyard demo --faulty");
-    println!("  blue (v1) is healthy; green (v2) answers 30% of requests with 500");
-    println!(
+    sayln!("switchyard demo --faulty");
+    sayln!("  blue (v1) is healthy; green (v2) answers 30% of requests with 500");
+    sayln!(
         "  the canary: 10% -> analysis \"errors\" -> 50% -> pause; the guard checks every 250 ms\n"
     );
 
@@ -424,7 +426,7 @@ max_error_rate = 5
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    println!(
+    sayln!(
         "  rolled back {} ms after the start: {}",
         started.elapsed().as_millis(),
         r["reason"].as_str().unwrap_or("")
@@ -438,7 +440,7 @@ max_error_rate = 5
         l.await.context("traffic generator")?;
     }
     server.shutdown().await;
-    println!(
+    sayln!(
         "\ndone: the failing version was rolled back automatically; all traffic is on blue again."
     );
     Ok(())

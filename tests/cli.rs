@@ -16,10 +16,16 @@ use serde_json::json;
 /// Runs `switchyard ARGS -c path` with standard output a pipe that is closed after one line
 /// was read (`| head -1`): its exit status and standard error.
 async fn into_head(path: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let path = path.to_str().unwrap();
+    let (status, err, _) = head(&[args, &["-c", path]].concat(), 1).await;
+    (status, err)
+}
+
+/// Runs `switchyard ARGS` with standard output a pipe that is closed after `lines` lines
+/// were read (`| head -N`): its exit status, standard error and the lines.
+async fn head(args: &[&str], lines: usize) -> (std::process::ExitStatus, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
-        .arg("-c")
-        .arg(path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -30,14 +36,18 @@ async fn into_head(path: &Path, args: &[&str]) -> (std::process::ExitStatus, Str
         stderr.read_to_string(&mut text).ok();
         text
     });
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(!first.is_empty(), "no first line");
+    let mut read = Vec::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..lines {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the output ended after {read:?}");
+        read.push(line);
+    }
     // The reader is dropped here: the pipe's read end is closed, as `head` does.
+    drop(out);
     let (status, _) = exit_of(&mut child, Instant::now(), TEST_LIMIT).await;
-    (status, err.join().unwrap())
+    (status, err.join().unwrap(), read)
 }
 
 fn assert_quiet_end(what: &str, status: std::process::ExitStatus, err: &str) {
@@ -62,6 +72,27 @@ async fn rollout_started(admin: std::net::SocketAddr) -> switchyard::client::Adm
     .await
     .unwrap();
     api
+}
+
+bounded_test! {
+    /// `demo | head -2` and `demo --fleet | head -3` end quietly and soon (exit 0, no panic),
+    /// and the fleet demo's etcd goes with it (its port refuses connections afterwards).
+    async fn demos_into_a_pipe_closed_early_end_quietly_and_stop_their_etcd() {
+        let began = Instant::now();
+        let (status, err, _) = head(&["demo", "--phase", "300ms"], 2).await;
+        assert_quiet_end("demo | head -2", status, &err);
+        let (status, err, lines) = head(&["demo", "--fleet", "--phase", "300ms"], 3).await;
+        assert_quiet_end("demo --fleet | head -3", status, &err);
+        let etcd = lines[1]
+            .trim()
+            .strip_prefix("etcd on http://")
+            .unwrap_or_else(|| panic!("no etcd line in {lines:?}"));
+        assert!(
+            std::net::TcpStream::connect(etcd).is_err(),
+            "the demo's etcd on {etcd} still answers"
+        );
+        println!("both demos ended in {:?}", began.elapsed());
+    }
 }
 
 bounded_test! {

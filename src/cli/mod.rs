@@ -5,7 +5,7 @@
 mod analysis;
 mod events;
 mod init;
-mod output;
+pub(crate) mod output;
 mod process;
 mod rollout;
 mod show;
@@ -240,18 +240,25 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Analysis { command, target } => analysis::run(&admin(&target)?, command).await,
         Command::Store(command) => store::run(command).await,
         Command::Demo {
-            fleet: true, phase, ..
-        } => crate::demo::fleet(phase).await.map(|_| ExitCode::SUCCESS),
-        Command::Demo {
-            faulty: false,
+            fleet,
+            faulty,
             phase,
             ..
-        } => crate::demo::run(phase).await.map(|_| ExitCode::SUCCESS),
-        Command::Demo {
-            faulty: true,
-            phase,
-            ..
-        } => crate::demo::faulty(phase).await.map(|_| ExitCode::SUCCESS),
+        } => {
+            let demo = async {
+                match (fleet, faulty) {
+                    (true, _) => crate::demo::fleet(phase).await,
+                    (false, false) => crate::demo::run(phase).await,
+                    (false, true) => crate::demo::faulty(phase).await,
+                }
+            };
+            // A reader that went away (`demo | head`) ends the demo quietly; dropping its
+            // future stops its servers and its etcd and removes their files.
+            tokio::select! {
+                done = demo => done.map(|()| ExitCode::SUCCESS),
+                () = output::closed().cancelled() => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::Backend {
             bind,
             name,

@@ -19,7 +19,39 @@ macro_rules! out {
     };
 }
 
-pub(crate) use {out, outln};
+/// `outln!` for the demos: a closed pipe ends the demo through [`closed`] instead of exiting
+/// where it stands (a demo owns servers, child processes and temporary files: they go with
+/// its future, as on a normal end).
+macro_rules! sayln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_or_close(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln, sayln};
+
+/// Cancelled once standard output's reader went away while a demo wrote to it.
+pub(crate) fn closed() -> &'static tokio_util::sync::CancellationToken {
+    static CLOSED: std::sync::OnceLock<tokio_util::sync::CancellationToken> =
+        std::sync::OnceLock::new();
+    CLOSED.get_or_init(tokio_util::sync::CancellationToken::new)
+}
+
+/// `write_out`, except that a closed pipe cancels [`closed`] (and writes nothing more).
+pub(crate) fn write_or_close(args: std::fmt::Arguments<'_>) {
+    if closed().is_cancelled() {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => closed().cancel(),
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+        Ok(()) => {}
+    }
+}
 
 /// Writes to standard output and flushes (a watch or a pipe sees each line as it is made).
 /// A closed pipe exits 0 at once: nothing the command still does is for anyone.

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::cli::output::sayln;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
@@ -204,8 +206,8 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     let blue = Backend::start("127.0.0.1:0".parse()?, "blue-v1").await?;
     let green = Backend::start("127.0.0.1:0".parse()?, "green-v2").await?;
     let token = format!("demo-{:016x}", fastrand::u64(..));
-    println!("switchyard demo --fleet");
-    println!("  etcd on {}", etcd.endpoint);
+    sayln!("switchyard demo --fleet");
+    sayln!("  etcd on {}", etcd.endpoint);
     let mut servers = Vec::new();
     for i in 0..INSTANCES {
         let name = format!("lb-{i}");
@@ -213,7 +215,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         let config = switchyard::config::parse(&text, &format!("{name}.toml"), Path::new("."))?;
         let server = Server::start(config, None).await?;
         let web = server.listener_addr("web").await;
-        println!(
+        sayln!(
             "  instance {name}: traffic on http://{web}, admin API on http://{}",
             server.admin_addr
         );
@@ -231,7 +233,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    println!(
+    sayln!(
         "  leader: {leader} (an etcd lease of {LEASE}); it drives rollouts, the others follow\n"
     );
 
@@ -254,7 +256,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         { "weight": 20 }, { "pause": pause }, { "weight": 50 }, { "pause": pause }, { "weight": 100 }
     ]});
     super::start_green(&api0, steps, "through lb-0; ").await?;
-    println!("  canary: green 20% -> 50% -> 100%, pausing {pause} at each step");
+    sayln!("  canary: green 20% -> 50% -> 100%, pausing {pause} at each step");
 
     // Into the first pause, then stop the leader the way a crash would: no resignation.
     let r = loop {
@@ -264,7 +266,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    println!("  {}", describe(&r));
+    sayln!("  {}", describe(&r));
     let dead = servers
         .iter()
         .position(|s| s.as_ref().is_some_and(|(n, ..)| *n == leader))
@@ -273,7 +275,7 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
     webs.lock().expect("targets").retain(|(i, _)| *i != dead);
     server.shutdown().await;
     let stopped = Instant::now();
-    println!("\n✗ {leader} stopped without resigning (as in a crash)");
+    sayln!("\n✗ {leader} stopped without resigning (as in a crash)");
     let survivor = servers.iter().flatten().next().context("a survivor")?;
     let api = api_of(&survivor.1);
     let next = loop {
@@ -286,25 +288,25 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    println!(
+    sayln!(
         "→ {next} leads after {} ms (the lease ran out); the rollout goes on where it was:",
         stopped.elapsed().as_millis()
     );
     let r = api.get("/api/v1/services/shop/rollout").await?;
-    println!("  {}", describe(&r));
+    sayln!("  {}", describe(&r));
     let mut last = r["weight"].as_u64();
     let done = loop {
         let r = api.get("/api/v1/services/shop/rollout").await?;
         if r["weight"].as_u64() != last {
             last = r["weight"].as_u64();
-            println!("  {}", describe(&r));
+            sayln!("  {}", describe(&r));
         }
         if r["status"] != "progressing" && r["status"] != "paused" {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    println!("  rollout {}\n", done["status"].as_str().unwrap_or("?"));
+    sayln!("  rollout {}\n", done["status"].as_str().unwrap_or("?"));
 
     stop.cancel();
     for l in load {
@@ -325,12 +327,12 @@ pub(crate) async fn run(phase_length: Duration) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!("  {name}: {answered} requests answered, {failed} failed{note}");
+        sayln!("  {name}: {answered} requests answered, {failed} failed{note}");
     }
     for (_, server, _) in servers.into_iter().flatten() {
         server.shutdown().await;
     }
-    println!(
+    sayln!(
         "\ndone: the rollout {} after the leader was lost",
         done["status"].as_str().unwrap_or("?")
     );
