@@ -323,3 +323,123 @@ bounded_test! {
         }
     }
 }
+
+/// `value`, with a `$ref` into the document's components followed.
+fn resolved<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str() {
+        Some(r) => {
+            let path = r.strip_prefix("#/").expect("a local $ref");
+            path.split('/').fold(doc, |v, part| &v[part])
+        }
+        None => value,
+    }
+}
+
+/// The message of a 400 or 422 in the error shape (an answer that is no refusal says so).
+fn refusal(answer: &(u16, String, String)) -> String {
+    if !matches!(answer.0, 400 | 422) {
+        return format!("not refused: {} {}", answer.0, answer.2);
+    }
+    let v: Value = serde_json::from_str(&answer.2).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    v["error"]["message"].as_str().unwrap().to_string()
+}
+
+/// The field names serde lists in an unknown-field refusal ("expected one of `a`, `b`"):
+/// what the handler's request type really accepts.
+fn accepted_fields(message: &str) -> Option<BTreeSet<String>> {
+    let list = message
+        .split_once("expected one of ")
+        .map(|(_, rest)| rest)
+        .or_else(|| message.split_once("expected ").map(|(_, rest)| rest))?;
+    Some(
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+bounded_test! {
+    /// The document cannot drift from the handlers: for every request body and every query
+    /// the document describes, a field no handler knows is refused (422), and the refusal —
+    /// serde's own list of the fields the handler's type accepts — names exactly the
+    /// documented properties or parameters.
+    async fn every_documented_body_and_query_names_exactly_the_fields_its_handler_accepts() {
+        let (_blue, _green, sy) = serve_pair(|b, g| blue_green(b, g).build()).await;
+        let doc = served_openapi(&sy).await;
+        let mut checked = Vec::new();
+        let mut drift = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                // A path parameter with an `enum` (the rollout verbs): each value in turn.
+                let verbs: Vec<String> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == "verb")
+                    .and_then(|p| p["schema"]["enum"].as_array())
+                    .map(|e| e.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_else(|| vec![String::new()]);
+                for verb in verbs {
+                let concrete = path
+                    .replace("{service}", "shop")
+                    .replace("{verb}", &verb);
+                let body_props = op["requestBody"]["content"]["application/json"]["schema"]
+                    .as_object()
+                    .map(|_| {
+                        resolved(&doc, &op["requestBody"]["content"]["application/json"]["schema"])
+                    })
+                    .and_then(|s| s["properties"].as_object());
+                if let Some(props) = body_props {
+                    let documented: BTreeSet<String> = props.keys().cloned().collect();
+                    let answer = raw_call(
+                        &sy,
+                        &method.to_ascii_uppercase(),
+                        &concrete,
+                        "application/json",
+                        br#"{"no_such_field_anywhere": 1}"#.to_vec(),
+                    )
+                    .await;
+                    let message = refusal(&answer);
+                    let accepted = accepted_fields(&message);
+                    if accepted.as_ref() != Some(&documented) {
+                        drift.push(format!(
+                            "{method} {concrete} body: documented {documented:?}, handler says {message:?}"
+                        ));
+                    }
+                    checked.push(format!("{method} {concrete} body"));
+                }
+                let query: BTreeSet<String> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| resolved(&doc, p))
+                    .filter(|p| p["in"] == "query")
+                    .map(|p| p["name"].as_str().unwrap().to_string())
+                    .collect();
+                if !query.is_empty() {
+                    let answer = raw_call(
+                        &sy,
+                        &method.to_ascii_uppercase(),
+                        &format!("{concrete}?no_such_field_anywhere=1"),
+                        "application/json",
+                        Vec::new(),
+                    )
+                    .await;
+                    let message = refusal(&answer);
+                    if accepted_fields(&message).as_ref() != Some(&query) {
+                        drift.push(format!(
+                            "{method} {path} query: documented {query:?}, handler says {message:?}"
+                        ));
+                    }
+                    checked.push(format!("{method} {concrete} query"));
+                }
+                }
+            }
+        }
+        println!("checked: {checked:?}");
+        assert!(checked.len() >= 8, "too few bodies and queries found: {checked:?}");
+        assert!(drift.is_empty(), "{drift:#?}");
+    }
+}

@@ -151,6 +151,7 @@ pub(super) async fn command(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct HistoryQuery {
     service: Option<String>,
     limit: Option<usize>,

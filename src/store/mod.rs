@@ -102,6 +102,8 @@ pub struct Event {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+/// Unknown fields are refused: a misspelt filter in a query must not widen the answer.
+#[serde(deny_unknown_fields)]
 pub struct EventQuery {
     pub service: Option<String>,
     pub rollout: Option<u64>,
