@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .worker_threads(usize::from(n))
             .enable_all()
             .build(),
         None => tokio::runtime::Builder::new_multi_thread()

@@ -459,3 +459,17 @@ fn help_for_every_verb_is_printed() {
         assert!(out.contains("Usage: switchyard"), "help {verb}: {out}");
     }
 }
+
+#[test]
+fn zero_workers_is_refused_as_input_instead_of_panicking() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--workers", "0", "-c", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("0 is not in 1..=1024") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -121,3 +121,76 @@ fn the_dedicated_user_is_made_by_systemd_sysusers() {
     assert!(user.contains(":/var/lib/switchyard:"), "{user}");
     assert!(!user.starts_with("switchyard:x:0:"), "{user}");
 }
+
+/// `readelf -S -W`'s section names of `file`.
+fn sections(file: &Path) -> Vec<String> {
+    let out = run("readelf", &["-S", "-W"], file);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("] ")?.1.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_release_split_ships_a_binary_without_debug_info_whose_addresses_still_resolve_to_lines() {
+    // The split of scripts/release, on the binary the tests built (line tables, like the
+    // release profile): the same objcopy steps, without a 15-minute release build.
+    let bin = Path::new(env!("CARGO_BIN_EXE_switchyard"));
+    let out = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/release");
+    let split = Command::new(script)
+        .arg(bin)
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        split.status.success(),
+        "scripts/release: {}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    let (shipped, debug) = (
+        out.path().join("switchyard"),
+        out.path().join("switchyard.debug"),
+    );
+    let kept = sections(&shipped);
+    assert!(
+        // (`.debug_gdb_scripts` is a few bytes loaded with the program, not debug information.)
+        !kept
+            .iter()
+            .any(|s| s.starts_with(".debug_") && s != ".debug_gdb_scripts"),
+        "debug sections shipped: {kept:?}"
+    );
+    assert!(kept.iter().any(|s| s == ".symtab") && kept.iter().any(|s| s == ".gnu_debuglink"));
+    assert!(sections(&debug).iter().any(|s| s == ".debug_line"));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    println!(
+        "{} MB -> {} MB shipped + {} MB debug",
+        size(bin) >> 20,
+        size(&shipped) >> 20,
+        size(&debug) >> 20
+    );
+    assert!(size(&shipped) < size(bin) / 2);
+    // It runs, and an address in it resolves to a function (its symbol table) and, through
+    // the debug link beside it, to a file and line: what a backtrace prints.
+    let version = Command::new(&shipped).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    let nm = run("nm", &["-C", "--defined-only"], &shipped);
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let main = symbols
+        .lines()
+        .find(|l| l.ends_with(" switchyard::main"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no switchyard::main symbol"));
+    let exe = format!("--exe={}", shipped.display());
+    let at = Command::new("addr2line")
+        .args([exe.as_str(), "-f", "-C"])
+        .arg(format!("0x{main}"))
+        .output()
+        .unwrap();
+    let at = String::from_utf8_lossy(&at.stdout);
+    assert!(
+        at.contains("switchyard::main") && at.contains("src/main.rs:"),
+        "{at}"
+    );
+}

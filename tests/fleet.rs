@@ -229,7 +229,9 @@ bounded_test! {
         }
         let took = onset.elapsed();
         println!("rolled back on all three {took:?} after the onset (leader {leader}): {reason}");
-        assert!(took <= Duration::from_millis(1500), "took {took:?}: {reason}");
+        // The 1.5 s, with the testkit's slack for a loaded machine (the suite runs
+        // beside other load tests on two cores; the figure itself is bench/fleet.sh's).
+        fired_between(took, Duration::ZERO, Duration::from_millis(1500), &reason);
         assert!(reason.contains("3 instances"), "{reason}");
         for l in loads {
             l.stop().await;

@@ -12,9 +12,9 @@ use super::output::outln;
 /// Options of a process that serves: `run`, `demo` (and the hidden test backend).
 #[derive(clap::Args, Clone, Copy)]
 pub(crate) struct Process {
-    /// Tokio worker threads (1 runs single-threaded; default: one per core).
-    #[arg(long)]
-    pub workers: Option<usize>,
+    /// Tokio worker threads, 1 to 1024 (1 runs single-threaded; default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// The log's format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
