@@ -269,6 +269,57 @@ bounded_test! {
 }
 
 bounded_test! {
+    /// A durable write tried again after an answer that was lost although it landed (the same
+    /// token) is answered as written and does not undo what was written since — here a hold,
+    /// then a person's resume; another durable write (a new token) lands as always.
+    async fn a_durable_write_tried_again_after_it_landed_does_not_undo_what_came_after_it() {
+        let etcd = Etcd::start().await;
+        let store = connect(&etcd, "lb-1").await;
+        let s = store.clone();
+        let id = blocking(move || {
+            s.create_rollout(&|id| Commit {
+                rollout: Some(rollout(id, "web")),
+                ..traffic_commit("web", 90.0)
+            })
+        })
+        .await
+        .unwrap();
+        let mut held = rollout(id, "web");
+        held.status = Status::Paused;
+        held.held = true;
+        let hold = Commit {
+            rollout: Some(held.clone()),
+            token: 7,
+            ..traffic_commit("web", 90.0)
+        };
+        let (s, h) = (store.clone(), hold.clone());
+        blocking(move || s.commit(&h).unwrap()).await;
+        let mut resumed = held.clone();
+        resumed.status = Status::Progressing;
+        resumed.held = false;
+        let resume = Commit {
+            forward: true,
+            based_on: store.connection().revision,
+            rollout: Some(resumed.clone()),
+            ..traffic_commit("web", 90.0)
+        };
+        let s = store.clone();
+        blocking(move || s.commit(&resume).unwrap()).await;
+        let (s, h) = (store.clone(), hold.clone());
+        blocking(move || s.commit(&h).unwrap()).await;
+        let s = store.clone();
+        let loaded = blocking(move || s.load().unwrap()).await;
+        assert_eq!(loaded.rollouts["web"], resumed, "the hold's second try undid the resume");
+
+        let again = Commit { token: 8, ..hold };
+        let s = store.clone();
+        blocking(move || s.commit(&again).unwrap()).await;
+        let loaded = blocking(move || store.load().unwrap()).await;
+        assert_eq!(loaded.rollouts["web"], held, "a new hold lands");
+    }
+}
+
+bounded_test! {
     /// The end of an attempt written again — a durable write retried after its answer was
     /// lost although it landed — does not write over what was recorded after it (here: the
     /// end work marked begun, which keeps a fleet from running an end hook twice), while

@@ -397,8 +397,13 @@ bounded_test! {
             })
         })
         .await;
-        let r = admin_at(instances[other].admin).get("/api/v1/services/shop/rollout").await.unwrap();
-        assert!(r.get("end_work").is_none(), "the end work is still recorded as due: {r}");
+        // The leader records the work done after the hook's event (a write of its own, which
+        // reaches this instance through the watch).
+        eventually(Duration::from_secs(5), "the end work recorded as done", || async {
+            let r = admin_at(instances[other].admin).get("/api/v1/services/shop/rollout").await.unwrap();
+            r.get("end_work").is_none()
+        })
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(lines_of(&runs, "run"), 1, "the on_rollback hook ran again");
     }

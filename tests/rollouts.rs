@@ -824,3 +824,57 @@ bounded_test! {
         );
     }
 }
+
+/// Starts a rollout of `shop` to `candidate` and promotes it fully once it waits at 10 %: the
+/// completed rollout and when the test saw it complete.
+async fn complete(
+    api: &switchyard::client::AdminClient,
+    candidate: &str,
+) -> (Value, std::time::Instant) {
+    api.post(
+        "/api/v1/rollouts",
+        json!({ "service": "shop", "candidate": candidate }),
+    )
+    .await
+    .unwrap();
+    wait_status(api, 10, paused_at(1000)).await;
+    verb(api, "promote", json!({ "full": true })).await;
+    let r = wait_rollout(api, "completed", |r| r["status"] == "completed").await;
+    (r, std::time::Instant::now())
+}
+
+bounded_test! {
+    /// Within `rollback_window` after a rollout completed, `undo` moves all traffic straight
+    /// back; past it, `undo` starts a rollout back to the old group through the service's
+    /// steps (here held at its first step), and `immediate` goes straight back anyway.
+    async fn undo_goes_straight_back_within_the_rollback_window_and_through_the_steps_after_it() {
+        let window = Duration::from_secs(2);
+        let (_blue, _green, _sy, api, _url) = started(
+            "rollback_window = \"2s\"\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"until-promoted\" }, { weight = 100 }]",
+            "",
+        )
+        .await;
+        let (first, done) = complete(&api, "green").await;
+        let r = verb(&api, "undo", json!({})).await;
+        assert!(done.elapsed() < window, "the undo came too late to test the window");
+        assert_eq!(r["status"], "rolled_back", "{r}");
+        assert_eq!(r["id"], first["id"], "{r}");
+        assert_eq!(r["split"]["blue"], 10000, "{r}");
+
+        let (second, done) = complete(&api, "green").await;
+        tokio::time::sleep(window.saturating_sub(done.elapsed()) + Duration::from_millis(200)).await;
+        let r = verb(&api, "undo", json!({})).await;
+        assert_ne!(r["id"], second["id"], "past the window an undo is a new rollout: {r}");
+        assert_eq!(r["candidate"], "blue", "{r}");
+        assert_eq!(r["stable"], "green", "{r}");
+        let r = wait_status(&api, 10, paused_at(1000)).await;
+        assert_eq!(r["split"]["blue"], 1000, "through the steps: {r}");
+        verb(&api, "promote", json!({ "full": true })).await;
+        let back = wait_rollout(&api, "completed", |r| r["status"] == "completed").await;
+        tokio::time::sleep(window + Duration::from_millis(200)).await;
+        let r = verb(&api, "undo", json!({ "immediate": true })).await;
+        assert_eq!(r["status"], "rolled_back", "{r}");
+        assert_eq!(r["id"], back["id"], "{r}");
+        assert_eq!(r["split"]["green"], 10000, "{r}");
+    }
+}

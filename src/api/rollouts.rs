@@ -113,6 +113,9 @@ pub(super) struct VerbRequest {
     force: bool,
     /// abort: recorded with the event.
     reason: Option<String>,
+    /// undo: straight back even past the service's `rollback_window`.
+    #[serde(default)]
+    immediate: bool,
 }
 
 pub(super) async fn command(
@@ -136,7 +139,7 @@ pub(super) async fn command(
             c.abort(&service, &actor, reason.as_deref()).await?
         }
         "retry" => c.retry(&service, req.force, &actor).await?,
-        "undo" => c.undo(&service, req.force, &actor).await?,
+        "undo" => c.undo(&service, req.force, req.immediate, &actor).await?,
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -73,13 +73,17 @@ pub(super) enum RolloutCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Roll back the last completed rollout.
+    /// Roll back the last completed rollout: all traffic straight back within the service's
+    /// `rollback_window` after it completed, later a new rollout back through the steps.
     Undo {
         /// The service whose last rollout is undone.
         service: String,
         /// Even if the old stable group has no healthy target.
         #[arg(long)]
         force: bool,
+        /// All traffic straight back even past the rollback window.
+        #[arg(long)]
+        immediate: bool,
     },
     /// Past rollouts, newest first.
     History {
@@ -173,9 +177,15 @@ pub(super) async fn run(api: &Api, cmd: RolloutCommand) -> anyhow::Result<()> {
                 RolloutCommand::Retry { service, force } => {
                     (service, "retry", json!({ "force": force }))
                 }
-                RolloutCommand::Undo { service, force } => {
-                    (service, "undo", json!({ "force": force }))
-                }
+                RolloutCommand::Undo {
+                    service,
+                    force,
+                    immediate,
+                } => (
+                    service,
+                    "undo",
+                    json!({ "force": force, "immediate": immediate }),
+                ),
                 _ => bail!("unreachable"),
             };
             let mut r = api

@@ -315,6 +315,7 @@ TOP
         ("request_timeout = V", "", "service[0].request_timeout"),
         ("deregistration_delay = V", "", "service[0].deregistration_delay"),
         ("progress_deadline = V", "", "service[0].progress_deadline"),
+        ("rollback_window = V", "", "service[0].rollback_window"),
         ("", "[service.health_check]\ntimeout = \"500ms\"\ninterval = V", "service[0].health_check.interval"),
         ("", "[service.health_check]\ntimeout = V", "service[0].health_check.timeout"),
         ("", "[service.passive]\nejection_time = V", "service[0].passive.ejection_time"),

@@ -327,6 +327,12 @@ pub struct ServiceConfig {
     pub hooks: super::analysis::Hooks,
     /// A hook or analysis step that runs longer than this aborts the rollout.
     pub progress_deadline: Duration,
+    /// Within this long after a rollout completed, `undo` moves all traffic straight back
+    /// to the group that was stable before it. Later, the old version is no longer known to
+    /// work with what changed since (data, dependencies, traffic): `undo` starts a rollout
+    /// back to it through the strategy's steps and analyses instead (Argo Rollouts'
+    /// `rollbackWindow`), unless asked for `immediate`.
+    pub rollback_window: Duration,
 }
 
 /// How a request keeps its version while weights change.

@@ -295,6 +295,8 @@ pub struct RawService {
     pub hooks: Option<RawHooks>,
     /// A hook or analysis step that takes longer than this aborts the rollout.
     pub progress_deadline: Option<String>,
+    /// How long after a rollout completed `undo` goes straight back (see `ServiceConfig`).
+    pub rollback_window: Option<String>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
 }

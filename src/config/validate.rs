@@ -282,6 +282,13 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             &DEADLINE,
             p,
         );
+        let rollback_window = duration_or(
+            s.rollback_window.as_ref(),
+            at.join("rollback_window"),
+            Duration::from_secs(3600),
+            &RELEASE,
+            p,
+        );
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -295,6 +302,7 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             guard,
             hooks,
             progress_deadline,
+            rollback_window,
         });
     }
     out

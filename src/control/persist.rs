@@ -188,6 +188,7 @@ impl Persister {
     pub(super) fn durable(&self, kind: Kind, services: Vec<String>, mut commit: Commit) {
         // Decided under this leadership: retried, it is written only while that holds.
         commit.fence = self.store.fence();
+        commit.token = fastrand::u64(1..);
         // Queue first, then health, both under the queue lock (the lock order everywhere).
         let mut q = lock(&self.queue);
         {

@@ -207,12 +207,15 @@ impl Controller {
             .await
     }
 
-    /// Rolls back the last finished rollout: all traffic back to the group that was stable
-    /// before it.
+    /// Rolls back the last finished rollout: within the service's `rollback_window` after it
+    /// completed (or when `immediate`), all traffic straight back to the group that was
+    /// stable before it; later, a new rollout back to that group through the strategy's
+    /// steps and analyses (see `ServiceConfig::rollback_window`).
     pub async fn undo(
         self: &Arc<Self>,
         service: &str,
         force: bool,
+        immediate: bool,
         actor: impl Into<Actor>,
     ) -> Result<RolloutView, ControlError> {
         let actor = &actor.into();
@@ -229,6 +232,22 @@ impl Controller {
                 what: "only a completed rollout can be undone (abort an active one)",
             }
             .into());
+        }
+        let window = state
+            .config
+            .service(service)
+            .map_or(Duration::MAX, |s| s.rollback_window);
+        // A record from before `completed_at` was kept: its last update is when it ended.
+        let completed = r.completed_at.unwrap_or(r.updated_at);
+        let since =
+            Duration::from_millis(self.clock.unix_ms().saturating_sub(completed).max(0) as u64);
+        if !immediate && since > window {
+            drop(state);
+            tracing::info!(%service, rollout = r.id, since = ?since, window = ?window,
+                "undo past the rollback window: a rollout back to {} through the steps", r.stable);
+            return self
+                .start_rollout(service, &r.stable, None, force, actor.clone())
+                .await;
         }
         if !force {
             self.check_healthy(service, [r.stable.as_str()])?;

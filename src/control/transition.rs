@@ -80,6 +80,9 @@ pub(super) fn plan(
     }
     let service = r.service.clone();
     let mut t = before.clone();
+    if r.status == Status::Completed && r.completed_at.is_none() {
+        r.completed_at = Some(now);
+    }
     match r.status {
         Status::Completed => {
             t.previous = Some(Split::all_to(&r.stable));

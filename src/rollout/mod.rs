@@ -310,6 +310,10 @@ pub struct Rollout {
     /// leaves it to the next one (see `control::ending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_work: Option<EndWork>,
+    /// When it completed (unix ms): `undo` goes straight back only within the service's
+    /// `rollback_window` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
 }
 
 /// The work due at the end of one attempt of a rollout (see `Rollout::end_work`).
@@ -370,6 +374,7 @@ impl Rollout {
             attempt: 0,
             hook_started: None,
             end_work: None,
+            completed_at: None,
         }
     }
 

@@ -138,6 +138,12 @@ pub struct Commit {
     /// etcd store writes it only while that leadership holds, so a write a leader decided
     /// is never made after it was deposed, even by a retry after it stepped down.
     pub fence: Option<i64>,
+    /// A durable write's own random number (0: none), the same on every try: an etcd store
+    /// records the last one of this instance that landed (`P/once/<instance>`) in the same
+    /// transaction, so that a try after an answer that was lost although the write landed is
+    /// not written again over what others wrote since (a person's resume, the end work
+    /// marked begun). SQLite, which answers every write, ignores it.
+    pub token: u64,
 }
 
 /// Everything a store holds, to move it to another (`switchyard store export` / `import`).

@@ -90,6 +90,11 @@ impl Keys {
         format!("{}ends/{id:020}/{attempt}/{status}", self.root)
     }
 
+    /// The token of this instance's last durable write that landed (see `Commit::token`).
+    pub(super) fn once(&self, instance: &str) -> String {
+        format!("{}once/{instance}", self.root)
+    }
+
     pub(super) fn config(&self) -> String {
         format!("{}config", self.root)
     }

@@ -33,6 +33,9 @@ pub(super) struct Write {
     /// It is written only while that key is absent; present, the end is recorded already
     /// and the write is answered as landed without writing (see `Keys::ended_as`).
     pub once: Option<String>,
+    /// A durable write's token (see `Commit::token`): its key, the token, and whether the key
+    /// is known to be absent (no durable write of this instance ever landed).
+    pub token: Option<(String, u64, bool)>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -98,6 +101,12 @@ impl EtcdStore {
             w.puts
                 .push(wire::op_put(&self.keys.config(), &to_json(&record), 0));
         }
+        if c.token != 0 {
+            let key = self.keys.once(&self.instance);
+            w.puts
+                .push(wire::op_put(&key, c.token.to_string().as_bytes(), 0));
+            w.token = Some((key, c.token, false));
+        }
         if !c.forward {
             w.guarded.clear();
             // Whatever else changed meanwhile, a move toward stable lands — unless it is about
@@ -140,6 +149,15 @@ impl EtcdStore {
             compare.push(wire::create_revision_is(key, 0));
             failure.push(wire::op_range(key));
         }
+        let token_at = failure.len();
+        if let Some((key, token, absent)) = &w.token {
+            compare.push(if *absent {
+                wire::create_revision_is(key, 0)
+            } else {
+                wire::value_is_not(key, &token.to_string())
+            });
+            failure.push(wire::op_range(key));
+        }
         let once_at = failure.len();
         if let Some(key) = &w.once {
             compare.push(wire::create_revision_is(key, 0));
@@ -159,6 +177,24 @@ impl EtcdStore {
             if holder != Some(f) {
                 self.deposed(f);
                 return Err(StoreError::Fenced);
+            }
+        }
+        if let Some((key, token, absent)) = w.token.take() {
+            let last = r.range(token_at).and_then(|g| g.kvs.first());
+            match last {
+                // This very write landed on an earlier try whose answer was lost: written
+                // again it would undo what was written since. The instance reloads the state.
+                Some(kv) if kv.value == token.to_string().as_bytes() => {
+                    self.resync_wanted.notify_one();
+                    return Ok(Outcome::Recorded);
+                }
+                // A compare on a key's value fails while the key is absent: no durable write
+                // of this instance landed yet, this one included.
+                None if !absent => {
+                    w.token = Some((key, token, true));
+                    return Box::pin(self.write(w)).await;
+                }
+                _ => w.token = Some((key, token, absent)),
             }
         }
         let mut stale: Vec<&str> = Vec::new();

@@ -182,6 +182,11 @@ pub(super) fn value_is(key: &str, value: &str) -> Value {
             "value": b64(value.as_bytes()) })
 }
 
+pub(super) fn value_is_not(key: &str, value: &str) -> Value {
+    json!({ "key": b64(key.as_bytes()), "target": "VALUE", "result": "NOT_EQUAL",
+            "value": b64(value.as_bytes()) })
+}
+
 pub(super) fn mod_revision_is(key: &str, revision: i64) -> Value {
     json!({ "key": b64(key.as_bytes()), "target": "MOD", "result": "EQUAL",
             "mod_revision": revision.to_string() })
