@@ -182,9 +182,12 @@ fn mutants() -> Vec<Mutant> {
                 lines: vec![i + 1],
                 what: format!("duration {} → {v}", &l[range.clone()]),
                 text: with(*i, new),
-                // Nothing waits 0s (a cookie age may) or centuries.
+                // Nothing waits 0s (a cookie age may; a rollback window of 0 sends every
+                // undo through the steps) or centuries.
                 must_reject: v != "0s"
-                    || !["pause", "delay", "max_age"].iter().any(|k| l.contains(k)),
+                    || !["pause", "delay", "max_age", "rollback_window"]
+                        .iter()
+                        .any(|k| l.contains(k)),
                 names: Vec::new(),
             });
         }
@@ -259,7 +262,14 @@ fn mutants() -> Vec<Mutant> {
             what: format!("values of `{}` and `{}` swapped", a.1, b.1),
             text: l.join("\n"),
             must_reject: false,
-            names: words(&a.2).into_iter().chain(words(&b.2)).collect(),
+            // A diagnostic may also sit on what the swapped value now clashes with, naming
+            // the table (route, service) the value went to.
+            names: words(&a.2)
+                .into_iter()
+                .chain(words(&b.2))
+                .chain(table_name(EXAMPLE, a.0 + 1))
+                .chain(table_name(EXAMPLE, b.0 + 1))
+                .collect(),
         });
     }
     out
@@ -276,6 +286,16 @@ fn words(line: &str) -> Vec<String> {
         .step_by(2)
         .map(str::to_string)
         .collect()
+}
+
+/// The `name = "…"` of the table that holds 1-based `line`, if it has one.
+fn table_name(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let (from, to) = (header_of(text, line), next_header(text, line + 1));
+    (from..to.min(lines.len() + 1))
+        .map(|l| lines[l - 1].trim())
+        .find_map(|l| l.strip_prefix("name = ").map(words))
+        .and_then(|w| w.into_iter().next())
 }
 
 /// The 1-based line of the table header (`[x]`, `[[x]]`) that holds `line`.

@@ -230,8 +230,8 @@ pub(super) fn overrides(
     let mut out = Vec::new();
     for (i, o) in raw.iter().enumerate() {
         let oat = at.join(i);
+        // Without a `forward` the route says so (see `routes`).
         let Some(groups) = groups else {
-            p.add(oat, "overrides need a `forward` action");
             continue;
         };
         if let Some(h) = &o.group_from_header {

@@ -62,6 +62,10 @@ pub(super) fn routes(
             ),
             _ => None,
         };
+        // Said once, where the `forward` is missing: at the route, not at each override.
+        if groups.is_none() && !r.overrides.is_empty() {
+            p.add(at.clone(), "a route with overrides needs a `forward` action");
+        }
         let overrides =
             super::release::overrides(&r.overrides, groups.as_deref(), &at.join("override"), p);
         out.push(RouteConfig {
