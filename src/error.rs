@@ -20,6 +20,8 @@ pub enum ProxyError {
     ClientTimeout,
     /// The request body is larger than `limits.max_body_bytes`.
     BodyTooLarge,
+    /// The route's host or path rewrite made no valid host or path of this request.
+    BadRewrite,
 }
 
 impl ProxyError {
@@ -34,6 +36,7 @@ impl ProxyError {
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRewrite => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::ClientBody => "client_body_error",
             ProxyError::ClientTimeout => "client_body_timeout",
             ProxyError::BodyTooLarge => "request_body_too_large",
+            ProxyError::BadRewrite => "route_rewrite_invalid",
         }
     }
 }

@@ -28,4 +28,5 @@ pub mod split;
 pub mod store;
 pub mod sys;
 pub mod tls;
+pub mod transform;
 pub mod upstream;

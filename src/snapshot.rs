@@ -39,6 +39,8 @@ pub struct Route {
     pub conditions: Conditions,
     pub action: RouteAction,
     pub overrides: Vec<Override>,
+    /// Boxed: most routes have none, and a route is read on every request.
+    pub transform: Option<Box<crate::transform::Transform>>,
     pub stats: Arc<RouteStats>,
 }
 
@@ -178,6 +180,7 @@ impl Snapshot {
                         Action::Redirect(r) => RouteAction::Redirect(r.clone()),
                     },
                     overrides: r.overrides.clone(),
+                    transform: r.transform.clone().map(Box::new),
                     stats: prev
                         .and_then(|p| p.routes.get(&l.name))
                         .and_then(|rs| rs.iter().find(|x| x.name == r.name))

@@ -50,7 +50,7 @@ fn syntax_error() {
 fn unknown_key() {
     assert_eq!(
         error_of("priority = 1", "priority = 1\nproirity = 2"),
-        "sy.toml:8:1: route[0].proirity: unknown field `proirity`, expected one of `name`, `priority`, `listeners`, `match`, `forward`, `override`, `fixed_response`, `redirect`"
+        "sy.toml:8:1: route[0].proirity: unknown field `proirity`, expected one of `name`, `priority`, `listeners`, `match`, `forward`, `override`, `fixed_response`, `redirect`, `transform`"
     );
 }
 

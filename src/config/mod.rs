@@ -13,6 +13,7 @@ mod release;
 mod routes;
 mod ser;
 mod store;
+mod transform;
 mod validate;
 
 use std::fmt;

@@ -205,6 +205,8 @@ pub struct RouteConfig {
     pub action: Action,
     /// Tried in order before the weighted split of a forward action.
     pub overrides: Vec<Override>,
+    /// Rewrites of what is forwarded and edits of every answer (see `transform`).
+    pub transform: Option<crate::transform::Transform>,
 }
 
 /// A rule that sends matching requests of a route to one group, whatever the split.

@@ -235,6 +235,34 @@ pub struct RawRoute {
     pub overrides: Vec<RawOverride>,
     pub fixed_response: Option<RawFixedResponse>,
     pub redirect: Option<RawRedirect>,
+    /// Host and path rewrites and answer header edits.
+    pub transform: Option<RawTransform>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransform {
+    pub host: Option<RawRewrite>,
+    pub path: Option<RawRewrite>,
+    pub response_headers: Option<RawHeaderEdits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub regex: String,
+    pub replace: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

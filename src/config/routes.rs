@@ -64,10 +64,28 @@ pub(super) fn routes(
         };
         // Said once, where the `forward` is missing: at the route, not at each override.
         if groups.is_none() && !r.overrides.is_empty() {
-            p.add(at.clone(), "a route with overrides needs a `forward` action");
+            p.add(
+                at.clone(),
+                "a route with overrides needs a `forward` action",
+            );
         }
         let overrides =
             super::release::overrides(&r.overrides, groups.as_deref(), &at.join("override"), p);
+        let transform = r
+            .transform
+            .as_ref()
+            .map(|t| super::transform::transform(t, &at.join("transform"), p));
+        if transform
+            .as_ref()
+            .is_some_and(|t| t.host.is_some() || t.path.is_some())
+            // (A route with no action at all is told so once, above.)
+            && (r.fixed_response.is_some() || r.redirect.is_some())
+        {
+            p.add(
+                at.join("transform"),
+                "host and path rewrites apply to what a route forwards: this route does not forward",
+            );
+        }
         out.push(RouteConfig {
             name: r.name.clone(),
             priority: r.priority,
@@ -75,6 +93,7 @@ pub(super) fn routes(
             conditions,
             action,
             overrides,
+            transform,
         });
     }
     out.sort_by_key(|r| r.priority);

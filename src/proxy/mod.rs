@@ -152,6 +152,9 @@ async fn route(
     let mut resp = dispatch(req, &rid, &conn, &snap, started, &mut open.served).await;
     open.done = true;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+    if let Some(t) = open.served.route.and_then(|(_, r)| r.transform.as_deref()) {
+        t.response(resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     let mut entry = open.entry.take();
     if let Some(e) = entry.as_mut() {
@@ -204,7 +207,7 @@ async fn route(
 }
 
 async fn dispatch<'s>(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     rid: &HeaderValue,
     conn: &ConnInfo,
     snap: &'s Snapshot,
@@ -242,6 +245,14 @@ async fn dispatch<'s>(
                 Some(g) => (g, None),
                 None => service.choose_by_split(req.headers(), conn.client.ip(), ms_at(started)),
             };
+            if let Some(t) = &route.transform {
+                let (mut parts, body) = req.into_parts();
+                let rewritten = t.request(&mut parts.headers, &mut parts.uri);
+                req = Request::from_parts(parts, body);
+                if let Err(e) = rewritten {
+                    return error(ProxyError::BadRewrite, e);
+                }
+            }
             let to = Forward {
                 svc: service,
                 group,
