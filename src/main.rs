@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod output;
 
 use clap::Parser;
 

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::output::{self, outln};
 use super::show::str_of;
 use super::target::Api;
+use crate::output::{self, outln};
 
 /// Exit codes of `analysis run` (2 is clap's for a wrong command line).
 pub(super) const PASS: u8 = 0;

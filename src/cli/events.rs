@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::output::{self, outln};
 use super::show::str_of;
 use super::target::Api;
+use crate::output::{self, outln};
 
 /// Which events: the API's query parameters.
 #[derive(clap::Args)]

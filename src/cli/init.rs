@@ -49,7 +49,7 @@ pub(super) fn run(init: &Init) -> anyhow::Result<()> {
     let text = render(init, &groups, &token()?);
     std::fs::write(&init.output, text)
         .with_context(|| format!("cannot write {}", init.output.display()))?;
-    super::output::outln!(
+    crate::output::outln!(
         "wrote {}: service {} with groups {}; check it with `switchyard validate -c {}`",
         init.output.display(),
         init.service,

@@ -5,7 +5,6 @@
 mod analysis;
 mod events;
 mod init;
-pub(crate) mod output;
 mod process;
 mod rollout;
 mod show;
@@ -19,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use output::outln;
+use crate::output::{self, outln};
 use target::{admin, Target};
 
 pub(crate) use process::Process;

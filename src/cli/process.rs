@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use switchyard::config;
 use switchyard::server::Server;
 
-use super::output::outln;
+use crate::output::outln;
 
 /// Options of a process that serves: `run`, `demo` (and the hidden test backend).
 #[derive(clap::Args, Clone, Copy)]
@@ -35,7 +35,7 @@ pub(super) fn init_logging(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(super::output::stderr_is_terminal())
+        .with_ansi(crate::output::stderr_is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -7,9 +7,9 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use switchyard::split::format_percent;
 
-use super::output::{self, out, outln};
 use super::show::{observed_text, step_of, str_of};
 use super::target::Api;
+use crate::output::{self, out, outln};
 
 #[derive(Subcommand)]
 pub(super) enum RolloutCommand {

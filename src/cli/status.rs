@@ -4,9 +4,9 @@
 
 use switchyard::split;
 
-use super::output::{self, outln};
 use super::show::{flag, observed_text, step_of, str_of};
 use super::target::Api;
+use crate::output::{self, outln};
 
 /// `status [--json]`: the instance's status with each service's latest rollout.
 pub(super) async fn run(api: &Api, json: bool) -> anyhow::Result<()> {

@@ -6,9 +6,9 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use switchyard::split;
 
-use super::output::{self, outln};
 use super::show::str_of;
 use super::target::Api;
+use crate::output::{self, outln};
 
 /// `switch SERVICE GROUP` or `switch SERVICE --back`.
 pub(super) async fn switch(

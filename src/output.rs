@@ -8,14 +8,14 @@ use std::io::{IsTerminal, Write};
 /// message (the reader has what it wanted), where `println!` would panic.
 macro_rules! outln {
     ($($arg:tt)*) => {
-        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
 /// `print!` with `outln!`'s handling of a closed pipe.
 macro_rules! out {
     ($($arg:tt)*) => {
-        $crate::cli::output::write_out(format_args!($($arg)*))
+        $crate::output::write_out(format_args!($($arg)*))
     };
 }
 
@@ -24,7 +24,7 @@ macro_rules! out {
 /// its future, as on a normal end).
 macro_rules! sayln {
     ($($arg:tt)*) => {
-        $crate::cli::output::write_or_close(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::output::write_or_close(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
 
