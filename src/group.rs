@@ -48,6 +48,9 @@ pub struct Target {
     health: AtomicU8,
     consecutive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// When the target joined or last came back (unix-epoch ms of the data plane's clock):
+    /// under a group's `slow_start` its share grows from there (see `Group::pick`).
+    warm_from_ms: AtomicU64,
     /// Requests sent to this target (for /metrics).
     pub requests: AtomicU64,
 }
@@ -63,8 +66,21 @@ impl Target {
             health: AtomicU8::new(Health::Unknown as u8),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            warm_from_ms: AtomicU64::new(now_ms()),
             requests: AtomicU64::new(0),
         }
+    }
+
+    /// The share of its full traffic the target takes under `slow_start` at `now`: from
+    /// near 0 when it joined or came back, linearly to 1 at the end of `slow_start`.
+    pub fn warmth(&self, slow_start: Duration, now: u64) -> f64 {
+        let from = self.warm_from_ms.load(Relaxed);
+        let span = slow_start.as_millis() as u64;
+        if span == 0 || from == SETTLED || now >= from.saturating_add(span) {
+            return 1.0;
+        }
+        // A floor, so that a target that just came back is tried at all (ALB starts low too).
+        (now.saturating_sub(from) as f64 / span as f64).max(0.02)
     }
 
     pub fn health(&self) -> Health {
@@ -75,8 +91,18 @@ impl Target {
         }
     }
 
+    /// A target of the first configuration: it does not warm up (the process started, the
+    /// target did not just join).
+    pub fn settle(&self) {
+        self.warm_from_ms.store(SETTLED, Relaxed);
+    }
+
+    /// A target that becomes healthy from unhealthy warms up again (see `warmth`).
     pub fn set_health(&self, h: Health) {
-        self.health.store(h as u8, Relaxed);
+        let before = self.health.swap(h as u8, Relaxed);
+        if h == Health::Healthy && before == Health::Unhealthy as u8 {
+            self.warm_from_ms.store(now_ms(), Relaxed);
+        }
     }
 
     pub fn outstanding(&self) -> u32 {
@@ -114,8 +140,10 @@ impl Target {
         let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if n >= limit {
             self.consecutive_failures.store(0, Relaxed);
-            self.ejected_until_ms
-                .store(now_ms() + ejection.as_millis() as u64, Relaxed);
+            let back = now_ms() + ejection.as_millis() as u64;
+            self.ejected_until_ms.store(back, Relaxed);
+            // It comes back at `back` and warms up from there.
+            self.warm_from_ms.store(back, Relaxed);
             return true;
         }
         false
@@ -123,6 +151,9 @@ impl Target {
 }
 
 /// A request in flight to a target; least-outstanding balancing reads the count.
+/// `warm_from_ms` of a target that is not warming up.
+const SETTLED: u64 = u64::MAX;
+
 #[derive(Debug)]
 pub struct InFlight(Arc<Target>);
 
@@ -221,6 +252,8 @@ pub struct Group {
     pub targets: Vec<Arc<Target>>,
     pub upstream: Upstream,
     pub stats: Arc<GroupStats>,
+    /// The service's `slow_start`: zero, no warming.
+    pub slow_start: Duration,
     rr: AtomicUsize,
 }
 
@@ -236,8 +269,15 @@ impl Group {
             targets,
             upstream,
             stats,
+            slow_start: Duration::ZERO,
             rr: AtomicUsize::new(0),
         }
+    }
+
+    /// With `slow_start` (see `Target::warmth`).
+    pub fn with_slow_start(mut self, slow_start: Duration) -> Group {
+        self.slow_start = slow_start;
+        self
     }
 
     pub fn has_routable(&self, now: u64) -> bool {
@@ -264,9 +304,83 @@ impl Group {
             t.routable(now) && !avoid.is_some_and(|a| std::ptr::eq(a, t.as_ref()))
         };
         let rotated = (0..n).map(|i| &self.targets[(start + i) % n]);
-        match balance {
-            Balance::RoundRobin => rotated.into_iter().find(usable),
-            Balance::LeastOutstanding => rotated.filter(usable).min_by_key(|t| t.outstanding()),
+        // Under slow start a warming target takes a request only with the chance its warmth
+        // gives (one draw per request and target), so its share grows linearly under both
+        // rules; if every usable target declined, the first usable takes it.
+        let warm = |t: &&Arc<Target>| {
+            self.slow_start.is_zero() || {
+                let w = t.warmth(self.slow_start, now);
+                w >= 1.0 || fastrand::f64() < w
+            }
+        };
+        let picked = match balance {
+            Balance::RoundRobin => rotated.clone().filter(usable).find(warm),
+            Balance::LeastOutstanding => rotated
+                .clone()
+                .filter(usable)
+                .filter(warm)
+                .min_by_key(|t| t.outstanding()),
+        };
+        picked.or_else(|| rotated.clone().find(usable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamProtocol;
+
+    /// Two targets, `b` warming since `from` under a 10 s slow start.
+    fn pair(from: u64) -> Group {
+        let target = |a: &str| Arc::new(Target::new(TargetAddr(a.into())));
+        let (a, b) = (target("127.0.0.1:1"), target("127.0.0.1:2"));
+        a.warm_from_ms.store(0, Relaxed);
+        b.warm_from_ms.store(from, Relaxed);
+        let upstream = Upstream {
+            protocol: UpstreamProtocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+        };
+        Group::new("g".into(), vec![a, b], upstream, Default::default())
+            .with_slow_start(Duration::from_secs(10))
+    }
+
+    /// `b`'s share of 20,000 picks at `now`.
+    fn share_of_b(g: &Group, balance: Balance, now: u64) -> f64 {
+        let n = 20_000;
+        let b = (0..n)
+            .filter(|_| g.pick(balance, None, now).unwrap().addr.0 == "127.0.0.1:2")
+            .count();
+        b as f64 / f64::from(n)
+    }
+
+    #[test]
+    fn a_warming_targets_share_grows_linearly_under_both_rules() {
+        let g = pair(100_000);
+        for balance in [Balance::RoundRobin, Balance::LeastOutstanding] {
+            for (elapsed_s, expected) in [(0.0, 0.01), (2.5, 0.125), (5.0, 0.25), (10.0, 0.5)] {
+                let now = 100_000 + (elapsed_s * 1000.0) as u64;
+                let share = share_of_b(&g, balance, now);
+                assert!(
+                    (share - expected).abs() < 0.03,
+                    "{balance:?} at {elapsed_s} s: share {share:.3}, expected {expected}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_target_back_from_unhealthy_or_an_ejection_warms_up_again() {
+        let g = pair(0);
+        let b = &g.targets[1];
+        let now = now_ms();
+        assert_eq!(b.warmth(g.slow_start, now + 20_000), 1.0);
+        b.set_health(Health::Unhealthy);
+        b.set_health(Health::Healthy);
+        assert!(b.warmth(g.slow_start, now_ms()) < 0.1);
+        let c = &g.targets[0];
+        assert!(c.record_failure(1, Duration::from_secs(5)));
+        let back = now_ms() + 5_000;
+        assert!(c.warmth(g.slow_start, back + 1_000) < 0.2);
+        assert_eq!(c.warmth(g.slow_start, back + 10_000), 1.0);
     }
 }

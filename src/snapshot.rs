@@ -130,7 +130,14 @@ impl Snapshot {
                         .map(|addr| {
                             old.and_then(|o| o.target(addr))
                                 .cloned()
-                                .unwrap_or_else(|| Arc::new(Target::new(addr.clone())))
+                                .unwrap_or_else(|| {
+                                    let t = Arc::new(Target::new(addr.clone()));
+                                    // Only a target that joins a running instance warms up.
+                                    if prev.is_none() {
+                                        t.settle();
+                                    }
+                                    t
+                                })
                         })
                         .collect();
                     let upstream = Upstream {
@@ -139,7 +146,10 @@ impl Snapshot {
                     };
                     let stats =
                         old.map_or_else(|| Arc::new(GroupStats::default()), |o| o.stats.clone());
-                    Arc::new(Group::new(g.name.clone(), targets, upstream, stats))
+                    Arc::new(
+                        Group::new(g.name.clone(), targets, upstream, stats)
+                            .with_slow_start(s.slow_start),
+                    )
                 })
                 .collect();
             services.insert(

@@ -183,9 +183,9 @@ fn mutants() -> Vec<Mutant> {
                 what: format!("duration {} → {v}", &l[range.clone()]),
                 text: with(*i, new),
                 // Nothing waits 0s (a cookie age may; a rollback window of 0 sends every
-                // undo through the steps) or centuries.
+                // undo through the steps; a slow start of 0 is none) or centuries.
                 must_reject: v != "0s"
-                    || !["pause", "delay", "max_age", "rollback_window"]
+                    || !["pause", "delay", "max_age", "rollback_window", "slow_start"]
                         .iter()
                         .any(|k| l.contains(k)),
                 names: Vec::new(),

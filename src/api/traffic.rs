@@ -156,6 +156,9 @@ pub struct TargetStatus {
     pub health: String,
     pub ejected: bool,
     pub in_flight: u32,
+    /// Under slow start: the share of its full traffic the target takes now (0–1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<f64>,
 }
 
 pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
@@ -210,6 +213,7 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
                                 .into(),
                                 ejected: t.ejected(now),
                                 in_flight: t.outstanding(),
+                                slow_start: Some(t.warmth(g.slow_start, now)).filter(|w| *w < 1.0),
                             })
                             .collect(),
                         counts: counts_json(g.stats.snapshot()),

@@ -58,6 +58,8 @@ pub(super) const RELEASE: RangeInclusive<Duration> =
     Duration::ZERO..=Duration::from_secs(7 * 86_400);
 /// A rollout's progress deadline: above zero, at most a week.
 pub(super) const DEADLINE: RangeInclusive<Duration> = MS..=Duration::from_secs(7 * 86_400);
+/// Slow start: off, or up to 15 minutes (ALB allows 30 s to 15 min).
+pub(super) const SLOW_START: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(900);
 /// A cookie's max age: at most 400 days (what browsers keep).
 pub(super) const COOKIE_AGE: RangeInclusive<Duration> =
     Duration::ZERO..=Duration::from_secs(400 * 86_400);
@@ -316,6 +318,7 @@ TOP
         ("deregistration_delay = V", "", "service[0].deregistration_delay"),
         ("progress_deadline = V", "", "service[0].progress_deadline"),
         ("rollback_window = V", "", "service[0].rollback_window"),
+        ("slow_start = V", "", "service[0].slow_start"),
         ("", "[service.health_check]\ntimeout = \"500ms\"\ninterval = V", "service[0].health_check.interval"),
         ("", "[service.health_check]\ntimeout = V", "service[0].health_check.timeout"),
         ("", "[service.passive]\nejection_time = V", "service[0].passive.ejection_time"),

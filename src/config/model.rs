@@ -335,6 +335,10 @@ pub struct ServiceConfig {
     /// back to it through the strategy's steps and analyses instead (Argo Rollouts'
     /// `rollbackWindow`), unless asked for `immediate`.
     pub rollback_window: Duration,
+    /// A target that joins the group or comes back (healthy again, or back from a passive
+    /// ejection) gets a share that grows linearly over this long (zero: at once), under
+    /// either balancing rule — ALB's slow start.
+    pub slow_start: Duration,
 }
 
 /// How a request keeps its version while weights change.

@@ -325,6 +325,8 @@ pub struct RawService {
     pub progress_deadline: Option<String>,
     /// How long after a rollout completed `undo` goes straight back (see `ServiceConfig`).
     pub rollback_window: Option<String>,
+    /// How long a target that joins or comes back takes to reach its full share.
+    pub slow_start: Option<String>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
 }

@@ -289,6 +289,13 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             &RELEASE,
             p,
         );
+        let slow_start = duration_or(
+            s.slow_start.as_ref(),
+            at.join("slow_start"),
+            Duration::ZERO,
+            &SLOW_START,
+            p,
+        );
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -303,6 +310,7 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             hooks,
             progress_deadline,
             rollback_window,
+            slow_start,
         });
     }
     out
