@@ -310,6 +310,20 @@ pub struct Rollout {
     /// leaves it to the next one (see `control::ending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_work: Option<EndWork>,
+    /// When the current step of the current attempt began: set by the control plane with the
+    /// transition that entered it, and persisted, so that every view (and every instance of
+    /// a fleet) says how long the step has run. Absent in a record written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_began: Option<StepBegan>,
+}
+
+/// When a step of an attempt began (see `Rollout::step_began`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepBegan {
+    pub step: usize,
+    pub attempt: u32,
+    /// Unix milliseconds.
+    pub at: i64,
 }
 
 /// The work due at the end of one attempt of a rollout (see `Rollout::end_work`).
@@ -370,11 +384,27 @@ impl Rollout {
             attempt: 0,
             hook_started: None,
             end_work: None,
+            step_began: None,
         }
     }
 
     pub fn current_step(&self) -> Option<&Step> {
         self.strategy.steps.get(self.step)
+    }
+
+    /// Records that the current step began at `now` unless it is the step (of the same
+    /// attempt) already recorded: a hold, a resume or a checkpoint keep the time it began.
+    pub fn mark_step_began(&mut self, now: i64) {
+        let same = self
+            .step_began
+            .is_some_and(|b| (b.step, b.attempt) == (self.step, self.attempt));
+        if !same {
+            self.step_began = Some(StepBegan {
+                step: self.step,
+                attempt: self.attempt,
+                at: now,
+            });
+        }
     }
 }
 
