@@ -175,3 +175,91 @@ bounded_test! {
         assert_eq!(r["reason"], "aborted by admin on behalf of dashboard", "{r}");
     }
 }
+
+bounded_test! {
+    async fn the_rollout_says_when_its_step_began_which_a_hold_keeps_and_when_an_analysis_step_runs_out_of_time() {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&two_services(&blue, &green)).await;
+        let load = paced_load(web_url(&sy).await);
+        let api = admin(&sy);
+        let wall = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        let before = wall();
+        start_green(&api).await;
+        let r = wait_rollout(&api, "in the timed pause", |r| r["step"] == 1).await;
+        let began = r["step_began"].clone();
+        assert_eq!((began["step"].as_u64(), began["attempt"].as_u64()), (Some(1), Some(0)), "{r}");
+        let at = began["at"].as_i64().unwrap();
+        assert!((before..=wall()).contains(&at), "began at {at}, the test began at {before}: {r}");
+        assert!(r.get("deadline").is_none(), "a pause has no progress deadline: {r}");
+
+        api.post("/api/v1/services/shop/rollout/pause", serde_json::json!({})).await.unwrap();
+        api.post("/api/v1/services/shop/rollout/resume", serde_json::json!({})).await.unwrap();
+        assert_eq!(rollout(&api).await["step_began"], began, "a hold and a resume keep it");
+
+        let promoted = wall();
+        api.post("/api/v1/services/shop/rollout/promote", serde_json::json!({})).await.unwrap();
+        let r = wait_rollout(&api, "in the analysis step", |r| r["step"] == 3).await;
+        load.abort();
+        let at = r["step_began"]["at"].as_i64().unwrap();
+        assert!(at >= promoted, "{r}");
+        assert_eq!(
+            r["deadline"],
+            serde_json::json!({ "at": at + 120_000, "after_ms": 120_000 }),
+            "progress_deadline = \"2m\" after the step began: {r}"
+        );
+    }
+}
+
+bounded_test! {
+    async fn series_gives_each_groups_requests_per_second_5xx_share_and_p50_and_p99_over_the_last_ten_complete_seconds() {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&two_services(&blue, &green)).await;
+        let (web, c) = (web_url(&sy).await, client());
+        for _ in 0..20 {
+            get(&c, &web, &[]).await.unwrap();
+        }
+        let api = admin(&sy);
+        // The second the requests were made in counts once it is over.
+        eventually(Duration::from_secs(3), "the 20 requests are in the last complete seconds", || async {
+            api.get("/api/v1/series").await.unwrap()["recent"]["services"]["shop"]["blue"]["requests"] == 20
+        })
+        .await;
+        let s = api.get("/api/v1/series").await.unwrap();
+        assert_eq!(s["recent"]["seconds"], 10, "{s}");
+        let blue = &s["recent"]["services"]["shop"]["blue"];
+        assert_eq!((blue["requests_per_s"].as_f64(), blue["error_pct"].as_f64()), (Some(2.0), Some(0.0)), "{s}");
+        let (p50, p99) = (blue["p50_ms"].as_f64().unwrap(), blue["p99_ms"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p99, "{s}");
+        let green = &s["recent"]["services"]["shop"]["green"];
+        assert_eq!(
+            *green,
+            serde_json::json!({ "requests": 0, "requests_per_s": 0.0, "error_pct": null, "p50_ms": null, "p99_ms": null }),
+            "{s}"
+        );
+    }
+}
+
+bounded_test! {
+    async fn status_names_the_token_that_asked_and_each_services_configured_strategy() {
+        let (blue, green) = TestBackend::pair().await;
+        let sy = start(&two_services(&blue, &green)).await;
+        let st = as_client(&sy, "v1ew").get("/api/v1/status").await.unwrap();
+        assert_eq!(st["caller"], serde_json::json!({ "name": "viewer", "scopes": ["read"] }), "{st}");
+        let st = admin(&sy).get("/api/v1/status").await.unwrap();
+        assert_eq!(st["caller"]["name"], "admin", "{st}");
+        let strategies: Vec<_> = st["services"].as_array().unwrap().iter().map(|s| (s["name"].clone(), s["strategy"].clone())).collect();
+        assert_eq!(
+            strategies,
+            [
+                (serde_json::json!("shop"), serde_json::json!({ "name": "canary", "blue_green": false })),
+                (serde_json::json!("site"), serde_json::json!({ "name": "blue-green", "blue_green": true })),
+            ],
+            "{st}"
+        );
+    }
+}

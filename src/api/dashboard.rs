@@ -62,9 +62,12 @@ pub(super) async fn series(
     let snap = api.control.snapshot();
     let now = now_second();
     let from = now.saturating_sub(seconds - 1);
-    let (recent_from, recent_to) = (now.saturating_sub(RECENT_SECONDS), now.saturating_sub(1));
+    // None in the process's first second: no second is complete yet.
+    let recent = now
+        .checked_sub(1)
+        .map(|to| (to.saturating_sub(RECENT_SECONDS - 1), to));
     let mut services = serde_json::Map::new();
-    let mut recent = serde_json::Map::new();
+    let mut figures_by_service = serde_json::Map::new();
     for svc in snap.services.values() {
         let mut groups = serde_json::Map::new();
         let mut figures = serde_json::Map::new();
@@ -76,7 +79,9 @@ pub(super) async fn series(
                 })
                 .collect();
             groups.insert(g.name.clone(), Value::Array(points));
-            let s = g.stats.window.summary(recent_from, recent_to);
+            let s = recent.map_or_else(Summary::default, |(from, to)| {
+                g.stats.window.summary(from, to)
+            });
             figures.insert(
                 g.name.clone(),
                 json!({
@@ -89,12 +94,12 @@ pub(super) async fn series(
             );
         }
         services.insert(svc.name.clone(), Value::Object(groups));
-        recent.insert(svc.name.clone(), Value::Object(figures));
+        figures_by_service.insert(svc.name.clone(), Value::Object(figures));
     }
     Ok(Json(json!({
         "seconds": seconds,
         "columns": ["age_s", "requests", "success_rate", "p99_ms"],
         "services": services,
-        "recent": { "seconds": RECENT_SECONDS, "services": recent },
+        "recent": { "seconds": RECENT_SECONDS, "services": figures_by_service },
     })))
 }

@@ -463,4 +463,37 @@ mod tests {
             Step::SetWeight { weight: 50 }
         );
     }
+
+    #[test]
+    fn a_step_keeps_the_time_it_began_until_the_step_or_the_attempt_changes() {
+        let mut r = Rollout::new(
+            "shop",
+            "blue",
+            "green",
+            Strategy::canary(vec![Step::SetWeight { weight: 1000 }]),
+            "test".into(),
+            0,
+        );
+        let began = |r: &Rollout| r.step_began.map(|b| (b.step, b.attempt, b.at));
+        r.mark_step_began(10);
+        assert_eq!(began(&r), Some((0, 0, 10)));
+        r.mark_step_began(20);
+        assert_eq!(
+            began(&r),
+            Some((0, 0, 10)),
+            "the same step: a hold or a checkpoint"
+        );
+        r.step = 1;
+        r.mark_step_began(30);
+        assert_eq!(began(&r), Some((1, 0, 30)));
+        (r.step, r.attempt) = (0, 1);
+        r.mark_step_began(40);
+        assert_eq!(
+            began(&r),
+            Some((0, 1, 40)),
+            "a retry's first step is a new one"
+        );
+        let back: Rollout = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r, "persisted with the rollout");
+    }
 }
