@@ -4,7 +4,9 @@
 //! blue-green service `site`. The scripts in tests/browser click and check each effect in the
 //! API themselves; these tests run them and check what they say they saw. A single
 //! instance's page has no Fleet card (`dashboard_fleet.rs` has one). Every rollout step
-//! waits for a person or a short analysis, so nothing races the browser's start.
+//! waits for a person or a short analysis, so nothing races the browser's start. And what
+//! the page reads that the API gained for it: the rollout's `step_began` and `deadline`,
+//! `/series` `recent`, and the status's `caller` and `strategy`.
 
 mod common;
 
@@ -58,84 +60,77 @@ fn paced_load(url: String) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Runs a script of tests/browser with node: whether it succeeded, and all it printed.
-async fn browse(script: &str, args: &[&str]) -> (bool, String) {
+/// Starts the two services with paced traffic to `shop` and runs a script of tests/browser
+/// with node on the page (`ADMIN_URL t0ken MORE… SCREENSHOT_DIR`): the instance and its
+/// backends, still running, and all the script printed, once it succeeded.
+async fn drive(script: &str, more: &[&str]) -> (Server, (TestBackend, TestBackend), String) {
+    let (blue, green) = TestBackend::pair().await;
+    let sy = start(&two_services(&blue, &green)).await;
+    let load = paced_load(web_url(&sy).await);
     let path = format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
     let shots = std::env::var("SWITCHYARD_SCREENSHOTS")
         .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
     let out = Command::new("node")
         .arg(path)
-        .args(args)
+        .args([format!("http://{}/", sy.admin_addr), "t0ken".into()])
+        .args(more)
         .arg(shots)
         .kill_on_drop(true)
         .output()
         .await
         .expect("node runs (./scripts/test installs node dependencies and chromium)");
+    load.abort();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{said}");
-    (out.status.success(), said)
+    assert!(out.status.success(), "{said}");
+    (sy, (blue, green), said)
 }
 
-/// The text after `prefix` on the line that starts with it.
-fn shown<'a>(said: &'a str, prefix: &str) -> &'a str {
-    said.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{said}"))
+/// Checks that the script said each `(line, text)`: a line `{who}{line}…` containing `text`.
+fn says(said: &str, who: &str, expected: &[(&str, &str)]) {
+    for (line, text) in expected {
+        let start = format!("{who}{line}");
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with(&start) && l[start.len()..].contains(text)),
+            "no line {start:?}… with {text:?} in:\n{said}"
+        );
+    }
 }
 
 bounded_test! {
     limit = Duration::from_secs(90);
     async fn at_desktop_size_every_rollout_action_acts_as_the_api_shows_and_the_page_shows_figures_timers_verdicts_and_a_filtered_timeline() {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&two_services(&blue, &green)).await;
-        let load = paced_load(web_url(&sy).await);
-        let url = format!("http://{}/", sy.admin_addr);
-        let (ok, said) = browse("dashboard.mjs", &[&url, "t0ken"]).await;
-        load.abort();
-        assert!(ok, "{said}");
+        let (sy, _backends, said) = drive("dashboard.mjs", &[]).await;
 
-        assert_eq!(
-            shown(&said, "dashboard: after a wrong token: "),
-            "The admin API refused the token (the bearer token is wrong). Enter the admin token again.",
-            "{said}"
-        );
-        assert!(said.contains("dashboard: signed in as admin\n"), "{said}");
-        assert!(shown(&said, "dashboard: figures of blue as /series says: ").ends_with("over \"Last 10 s\""), "{said}");
-        assert_eq!(shown(&said, "dashboard: observed label: "), "Observed, last 5 s", "{said}");
-        assert_eq!(
-            shown(&said, "dashboard: start asked: "),
-            "Start a rollout of shop: green as candidate, from blue, with the configured strategy canary?",
-            "{said}"
-        );
-        assert!(shown(&said, "dashboard: pause left: ").contains(" in this step"), "{said}");
-        assert!(said.contains("dashboard: held: Resume shown, "), "{said}");
-        assert_eq!(shown(&said, "dashboard: promote past the pause asked: "), "nothing", "{said}");
-        assert!(shown(&said, "dashboard: verdict: ").contains("passed"), "{said}");
-        assert!(shown(&said, "dashboard: guard: ").starts_with("guard watching"), "{said}");
-        assert_eq!(
-            shown(&said, "dashboard: promote on the last step asked: "),
-            "Promote shop past its last step? green takes all traffic (100%) and the rollout completes; blue gets none.",
-            "{said}"
-        );
-        assert!(shown(&said, "dashboard: undo asked: ").contains("All traffic goes back to blue"), "{said}");
-        assert!(shown(&said, "dashboard: retry asked: ").contains("(attempt 2)"), "{said}");
-        assert!(shown(&said, "dashboard: abort asked: ").contains("All traffic goes back to blue at once"), "{said}");
-        assert!(shown(&said, "dashboard: promote fully asked: ").contains("green takes all traffic (100%) at once"), "{said}");
-        assert_eq!(
-            shown(&said, "dashboard: chart strokes: "),
-            "success rate: 2.5/solid, 1.5/6 3; p99: 2.5/solid, 1.5/6 3",
-            "{said}"
-        );
-        assert!(shown(&said, "dashboard: chart axes: ").contains("100 % 80 % -5 min -2.5 min now"), "{said}");
-        let timeline = shown(&said, "dashboard: timeline: ");
-        assert!(timeline.contains("(aborted,rolled_back)"), "{said}");
-        assert_eq!(shown(&said, "dashboard: actor filter: "), "no events match the filters", "{said}");
-        assert!(said.contains("dashboard: fleet cards: 0"), "{said}");
-        assert!(said.contains("dashboard: ok"), "{said}");
+        says(&said, "dashboard: ", &[
+            ("after a wrong token: ", "The admin API refused the token (the bearer token is wrong). Enter the admin token again."),
+            ("", "signed in as admin"),
+            ("fleet cards: ", "0"),
+            ("figures of blue as /series says: ", "over \"Last 10 s\""),
+            ("observed label: ", "Observed, last 5 s"),
+            ("start asked: ", "Start a rollout of shop: green as candidate, from blue, with the configured strategy canary?"),
+            ("pause left: ", " in this step"),
+            ("held: ", "Resume shown, "),
+            ("promote past the pause asked: ", "nothing"),
+            ("during the analysis: ", "progress deadline 2m: aborts at "),
+            ("verdict: ", "analysis passed: quick: check errors"),
+            ("guard: ", "guard watching"),
+            ("promote on the last step asked: ", "Promote shop past its last step? green takes all traffic (100%) and the rollout completes; blue gets none."),
+            ("undo asked: ", "Undo rollout #1 of shop? All traffic goes back to blue"),
+            ("abort asked: ", "Abort rollout #2 of shop? All traffic goes back to blue at once."),
+            ("retry asked: ", "(attempt 2)"),
+            ("promote fully asked: ", "green takes all traffic (100%) at once"),
+            ("chart strokes: ", "success rate: 2.5/solid, 1.5/6 3; p99: 2.5/solid, 1.5/6 3"),
+            ("chart axes: ", "100 % 80 % -5 min -2.5 min now"),
+            ("timeline: ", "(aborted,rolled_back)"),
+            ("actor filter: ", "no events match the filters"),
+            ("", "ok"),
+        ]);
 
         let r = admin(&sy).get("/api/v1/services/shop/rollout").await.unwrap();
         assert_eq!((r["status"].as_str(), r["attempt"].as_u64()), (Some("completed"), Some(1)), "{r}");
@@ -146,25 +141,19 @@ bounded_test! {
 bounded_test! {
     limit = Duration::from_secs(90);
     async fn at_phone_size_a_refusal_shows_beside_its_button_sign_out_returns_to_the_form_switch_and_start_act_and_nothing_is_wider_than_the_screen() {
-        let (blue, green) = TestBackend::pair().await;
-        let sy = start(&two_services(&blue, &green)).await;
-        let load = paced_load(web_url(&sy).await);
-        let url = format!("http://{}/", sy.admin_addr);
-        let (ok, said) = browse("dashboard-phone.mjs", &[&url, "t0ken", "v1ew"]).await;
-        load.abort();
-        assert!(ok, "{said}");
+        let (sy, _backends, said) = drive("dashboard-phone.mjs", &["v1ew"]).await;
 
-        assert!(said.contains("phone: signed in as viewer\n"), "{said}");
-        assert!(shown(&said, "phone: switch as viewer: ").contains("needs the \"release\" scope"), "{said}");
-        assert!(shown(&said, "phone: signed out: ").starts_with("Signed out"), "{said}");
-        assert_eq!(
-            shown(&said, "phone: switch asked: "),
-            "Switch site: all traffic to green at once (now blue=100%)?",
-            "{said}"
-        );
-        assert!(shown(&said, "phone: abort asked: ").starts_with("Abort rollout #"), "{said}");
-        assert!(said.contains("phone: held rollout: nothing wider than the screen"), "{said}");
-        assert!(said.contains("phone: aborted rollout: nothing wider than the screen"), "{said}");
+        says(&said, "phone: ", &[
+            ("", "signed in as viewer"),
+            ("switch as viewer: ", "needs the \"release\" scope"),
+            ("signed out: ", "Signed out: the token is forgotten."),
+            ("switch asked: ", "Switch site: all traffic to green at once (now blue=100%)?"),
+            ("start asked: ", "Start a rollout of shop: green as candidate"),
+            ("abort asked: ", "Abort rollout #1 of shop? All traffic goes back to blue at once."),
+            ("held rollout: ", "nothing wider than the screen"),
+            ("aborted rollout: ", "nothing wider than the screen"),
+            ("", "ok"),
+        ]);
 
         let api = admin(&sy);
         let st = api.get("/api/v1/status").await.unwrap();
