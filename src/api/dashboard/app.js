@@ -46,7 +46,9 @@ function showSignedIn(who) {
 function signOut(message) {
   token = "";
   sessionStorage.removeItem("sy-token");
+  // What was shown or refused for that token is not the next one's.
   ui.data = {};
+  ui.errors = {};
   showSignedIn(null);
   $("#gen").textContent = "";
   $("#error").textContent = "";
