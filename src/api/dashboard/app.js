@@ -203,7 +203,7 @@ function rolloutPart(svc, r, events) {
       ${r.reason ? `<span class="dim"> — ${esc(r.reason)}</span>` : ""}</div>
     <div class="facts">${facts.join("")}</div>${deadline}${guard}
     ${r.waiting_for ? `<div class="dim">waiting for ${esc(r.waiting_for)}</div>` : ""}
-    <div class="label">Analysis verdicts</div><div class="verdicts" data-testid="verdicts-${n}">${verdicts || `<span class="dim">none yet</span>`}</div>
+    <div class="label">Analysis verdicts</div><div class="verdicts" data-testid="verdicts-${n}">${verdicts || `<span class="dim">${active(r) ? "none yet" : "none"}</span>`}</div>
     <ul class="steps">${steps}</ul>`;
 }
 
