@@ -140,7 +140,7 @@ bounded_test! {
 
 bounded_test! {
     limit = Duration::from_secs(90);
-    async fn at_phone_size_a_refusal_shows_beside_its_button_sign_out_returns_to_the_form_switch_and_start_act_and_nothing_is_wider_than_the_screen() {
+    async fn at_phone_size_a_refusal_shows_beside_its_button_sign_out_returns_to_the_form_every_action_acts_and_nothing_is_wider_than_the_screen() {
         let (sy, _backends, said) = drive("dashboard-phone.mjs", &["v1ew"]).await;
 
         says(&said, "phone: ", &[
@@ -151,7 +151,8 @@ bounded_test! {
             ("start asked: ", "Start a rollout of shop: green as candidate"),
             ("abort asked: ", "Abort rollout #1 of shop? All traffic goes back to blue at once."),
             ("held rollout: ", "nothing wider than the screen"),
-            ("aborted rollout: ", "nothing wider than the screen"),
+            ("undo asked: ", "Undo rollout #1 of shop? All traffic goes back to blue"),
+            ("undone rollout: ", "nothing wider than the screen"),
             ("", "ok"),
         ]);
 
@@ -160,8 +161,7 @@ bounded_test! {
         let site = st["services"].as_array().unwrap().iter().find(|s| s["name"] == "site").unwrap();
         assert_eq!(site["split"]["green"], 10000, "{st}");
         let r = api.get("/api/v1/services/shop/rollout").await.unwrap();
-        assert_eq!(r["status"], "aborted", "{r}");
-        assert_eq!(r["reason"], "aborted by admin on behalf of dashboard", "{r}");
+        assert_eq!((r["status"].as_str(), r["attempt"].as_u64()), (Some("rolled_back"), Some(1)), "{r}");
     }
 }
 

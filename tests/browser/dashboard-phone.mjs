@@ -2,8 +2,8 @@
 // the API: signed in with a read-only token, an action's refusal is shown beside it and
 // changes nothing; Sign out forgets the token and shows the form; signed in again, Switch of
 // the blue-green service `site` (group picked, confirmed) moves its traffic, and a rollout of
-// `shop` is started (confirmed), paused and aborted (confirmed). No element is wider than
-// the screen, with the rollout running and after. Prints one "phone: ..." line per thing
+// `shop` is started, paused, resumed, promoted, aborted, retried, promoted fully and undone.
+// No element is wider than the screen, with the rollout held and after it ended. Prints one "phone: ..." line per thing
 // seen; any check that fails ends it with exit code 1.
 // Usage: node dashboard-phone.mjs ADMIN_URL TOKEN READ_ONLY_TOKEN SCREENSHOT_DIR
 import { launch } from "./chromium.mjs";
@@ -52,18 +52,28 @@ try {
   expect(await page.getByTestId("start-shop").count() === 1 && await page.getByTestId("switch-shop").count() === 0,
     "the canary service shows Start and no Switch");
 
-  // A rollout of shop: start, pause, abort.
+  // A rollout of shop: every action again, on the small screen.
   q = await act(page, asked, "start-shop", () => api.untilRollout("shop", "started", r => r.status === "progressing"));
   say(`start asked: ${q}`);
-  await untilText(page, "step-shop", /^step \d of 5$/);
+  await untilText(page, "step-shop", /^step 2 of 5$/);
   await act(page, asked, "pause-shop", () => api.untilRollout("shop", "held", r => r.held === true));
   await page.getByTestId("resume-shop").waitFor({ timeout: LIMIT });
   await fits("held rollout");
   await page.screenshot({ path: `${shots}/dashboard-phone.png`, fullPage: true });
+  await act(page, asked, "resume-shop", () => api.untilRollout("shop", "resumed", r => r.held === false));
+  await page.getByTestId("promote-shop").waitFor({ timeout: LIMIT });
+  await act(page, asked, "promote-shop", () => api.untilRollout("shop", "past the pause", r => r.step >= 3));
   q = await act(page, asked, "abort-shop", () => api.untilRollout("shop", "aborted", r => r.status === "aborted"));
   say(`abort asked: ${q}`);
   await page.getByTestId("retry-shop").waitFor({ timeout: LIMIT });
-  await fits("aborted rollout");
+  await act(page, asked, "retry-shop", () => api.untilRollout("shop", "retried", r => r.status === "progressing" && r.attempt === 1));
+  await page.getByTestId("promote-full-shop").waitFor({ timeout: LIMIT });
+  await act(page, asked, "promote-full-shop", () => api.untilRollout("shop", "promoted fully", r => r.status === "completed"));
+  await page.getByTestId("undo-shop").waitFor({ timeout: LIMIT });
+  q = await act(page, asked, "undo-shop", () => api.untilRollout("shop", "undone", r => r.status === "rolled_back"));
+  say(`undo asked: ${q}`);
+  await untilText(page, "rollout-status-shop", /^rolled_back$/);
+  await fits("undone rollout");
   say("ok");
 } catch (e) {
   console.error(`phone: FAILED: ${e.message}`);
