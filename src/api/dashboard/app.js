@@ -67,9 +67,13 @@ $("#sign-out").addEventListener("click", () => signOut("Signed out: the token is
 
 class Refused extends Error {}
 
+// A call with the token in use when it began: a 401 signs out only if that token is still
+// the one in use (an answer to a call made before a sign-out or another sign-in is dropped).
 async function api(path, opts = {}) {
-  const r = await fetch(path, { ...opts, headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json", "x-switchyard-actor": "dashboard" } });
+  const used = token;
+  const r = await fetch(path, { ...opts, headers: { "Authorization": "Bearer " + used, "Content-Type": "application/json", "x-switchyard-actor": "dashboard" } });
   const body = await r.json().catch(() => null);
+  if (used !== token) throw new Refused("the token changed meanwhile");
   if (r.status === 401) {
     signOut(`The admin API refused the token (${body?.error?.message || "401"}). Enter the admin token again.`);
     throw new Refused("signed out");
@@ -428,6 +432,7 @@ let series = null, polls = 0;
 async function refresh() {
   if (!token) return;
   try {
+    // Every call below throws `Refused` once the token is no longer the one it was made with.
     const status = await api("/api/v1/status");
     showSignedIn(status.caller ? `signed in as ${status.caller.name}` : "signed in");
     if (polls++ % 2 === 0) series = await api("/api/v1/series?seconds=300").catch(e => { if (e instanceof Refused) throw e; return series; });
@@ -439,7 +444,6 @@ async function refresh() {
       ]);
       return { svc, rollout, events, series };
     }));
-    if (!token) return;
     $("#gen").textContent = `generation ${status.generation} · ${status.listeners.map(l => `${l.name} ${l.addr}`).join(", ")}`;
     layout(status);
     for (const d of data) { ui.data[d.svc.name] = d; redraw(d.svc.name); }
