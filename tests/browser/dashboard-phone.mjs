@@ -34,9 +34,15 @@ try {
   const site = (await api.get("api/v1/status")).services.find(s => s.name === "site");
   expect(site.split.blue === 10000, `the viewer's switch moved traffic: ${JSON.stringify(site.split)}`);
 
-  // Sign out: the token forgotten, the form back.
+  // Sign out while a poll is in flight (its answer held back 500 ms): the token forgotten,
+  // the form back, and the late answer changes neither.
+  await page.route("**/api/v1/status", async route => { await new Promise(r => setTimeout(r, 500)); await route.continue(); });
+  await page.waitForRequest("**/api/v1/status", { timeout: LIMIT });
   await page.getByTestId("sign-out").click();
-  await page.locator("#token-form").waitFor({ state: "visible", timeout: LIMIT });
+  await page.waitForResponse("**/api/v1/status", { timeout: LIMIT });
+  await page.waitForTimeout(300);
+  await page.unroute("**/api/v1/status");
+  expect(await page.locator("#token-form").isVisible(), "the form is gone after a late answer");
   const kept = await page.evaluate(() => sessionStorage.getItem("sy-token"));
   expect(kept === null, `the token is still in sessionStorage: ${kept}`);
   expect(await page.getByTestId("service-shop").count() === 0, "the services are still shown after sign-out");
