@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{bad_request, Actor, Api, ApiError};
@@ -117,6 +117,24 @@ pub struct Status {
     /// The fleet, when the state is shared in etcd: instances, leader, this one's contact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<crate::control::FleetStatus>,
+    /// Who asked: the token's name and scopes (absent when the API is read-only, without
+    /// tokens). The dashboard shows whom it is signed in as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CallerStatus {
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+/// The strategy a rollout of the service uses unless its start names another.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StrategyStatus {
+    pub name: String,
+    /// Blue-green: all traffic moves at once, by a switch or the rollout's promotion.
+    pub blue_green: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,6 +155,8 @@ pub struct ServiceStatus {
     pub candidate: Option<String>,
     /// Share of requests per group over the last seconds (0–1), when there was traffic.
     pub observed: Option<BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub strategy: Option<StrategyStatus>,
     pub groups: Vec<GroupStatus>,
 }
 
@@ -161,7 +181,10 @@ pub struct TargetStatus {
     pub slow_start: Option<f64>,
 }
 
-pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
+pub(super) async fn status(
+    State(api): State<Api>,
+    caller: Option<Extension<super::auth::Caller>>,
+) -> Json<Status> {
     let snap = api.control.snapshot();
     let traffic = api.control.traffic().await;
     let now = now_ms();
@@ -191,6 +214,10 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
                 stable,
                 candidate: s.candidate.map(|i| s.groups[i].name.clone()),
                 observed: api.control.observed(&s.name, 5_000),
+                strategy: snap.config.service(&s.name).map(|c| StrategyStatus {
+                    name: c.strategy.name.clone(),
+                    blue_green: c.strategy.blue_green,
+                }),
                 groups: s
                     .groups
                     .iter()
@@ -228,6 +255,10 @@ pub(super) async fn status(State(api): State<Api>) -> Json<Status> {
         services,
         store: api.control.store_health(),
         fleet: api.control.fleet_status(),
+        caller: caller.map(|Extension(c)| CallerStatus {
+            name: c.name,
+            scopes: c.scopes.0.iter().map(|s| s.name().to_string()).collect(),
+        }),
     })
 }
 

@@ -279,7 +279,7 @@ impl Controller {
             .ok_or_else(|| ControlError::NoRollout(service.into()))?;
         let split = state.traffic[service].current.clone();
         let of = (r.id, r.attempt);
-        let mut view = RolloutView::new(r, split);
+        let mut view = RolloutView::new(r, split).with_deadline(&state.config);
         view.guard = self.guard_reading(service, of);
         view.waiting_for = Controller::resume_wait(&state, service).or_else(|| {
             match self.persist.pending_kind(service) {

@@ -34,6 +34,20 @@ pub struct RolloutView {
     /// fleet's leader).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard: Option<super::guard::GuardReading>,
+    /// When the current step runs out of time, for a step that can (see `StepDeadline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<StepDeadline>,
+}
+
+/// The progress deadline of the step in progress: the driver aborts an analysis or hook step
+/// that runs `progress_deadline` (the service's configuration) after it began. Reckoned from
+/// `step_began`; a process restarted (or a new leader) times the step again from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepDeadline {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// The configured `progress_deadline`.
+    pub after_ms: u64,
 }
 
 impl RolloutView {
@@ -49,7 +63,31 @@ impl RolloutView {
             split,
             waiting_for: None,
             guard: None,
+            deadline: None,
         }
+    }
+
+    /// With the current step's deadline, when it has one: an analysis or hook step of a
+    /// progressing rollout whose start is known.
+    pub(super) fn with_deadline(mut self, config: &Config) -> RolloutView {
+        let r = &self.rollout;
+        let timed = matches!(
+            r.current_step(),
+            Some(crate::rollout::Step::Analysis { .. } | crate::rollout::Step::Hook { .. })
+        );
+        let began = r
+            .step_began
+            .filter(|b| (b.step, b.attempt) == (r.step, r.attempt));
+        if let (true, Status::Progressing, Some(began), Some(svc)) =
+            (timed, r.status, began, config.service(&r.service))
+        {
+            let after_ms = svc.progress_deadline.as_millis() as u64;
+            self.deadline = Some(StepDeadline {
+                at: began.at.saturating_add(after_ms as i64),
+                after_ms,
+            });
+        }
+        self
     }
 }
 
@@ -73,6 +111,7 @@ pub(super) fn plan(
     now: i64,
 ) -> Planned {
     r.updated_at = now;
+    r.mark_step_began(now);
     // Recorded with the end itself; an earlier attempt's work not yet done stays (a retry
     // right after an abort: the driver does it first).
     if let Some(work) = super::ending::end_work_due(config, &r, change) {

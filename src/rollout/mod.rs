@@ -314,6 +314,20 @@ pub struct Rollout {
     /// `rollback_window` after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<i64>,
+    /// When the current step of the current attempt began: set by the control plane with the
+    /// transition that entered it, and persisted, so that every view (and every instance of
+    /// a fleet) says how long the step has run. Absent in a record written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_began: Option<StepBegan>,
+}
+
+/// When a step of an attempt began (see `Rollout::step_began`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepBegan {
+    pub step: usize,
+    pub attempt: u32,
+    /// Unix milliseconds.
+    pub at: i64,
 }
 
 /// The work due at the end of one attempt of a rollout (see `Rollout::end_work`).
@@ -375,11 +389,27 @@ impl Rollout {
             hook_started: None,
             end_work: None,
             completed_at: None,
+            step_began: None,
         }
     }
 
     pub fn current_step(&self) -> Option<&Step> {
         self.strategy.steps.get(self.step)
+    }
+
+    /// Records that the current step began at `now` unless it is the step (of the same
+    /// attempt) already recorded: a hold, a resume or a checkpoint keep the time it began.
+    pub fn mark_step_began(&mut self, now: i64) {
+        let same = self
+            .step_began
+            .is_some_and(|b| (b.step, b.attempt) == (self.step, self.attempt));
+        if !same {
+            self.step_began = Some(StepBegan {
+                step: self.step,
+                attempt: self.attempt,
+                at: now,
+            });
+        }
     }
 }
 
@@ -437,5 +467,38 @@ mod tests {
             Strategy::preset("canary-0.5pct-30s").unwrap().steps[0],
             Step::SetWeight { weight: 50 }
         );
+    }
+
+    #[test]
+    fn a_step_keeps_the_time_it_began_until_the_step_or_the_attempt_changes() {
+        let mut r = Rollout::new(
+            "shop",
+            "blue",
+            "green",
+            Strategy::canary(vec![Step::SetWeight { weight: 1000 }]),
+            "test".into(),
+            0,
+        );
+        let began = |r: &Rollout| r.step_began.map(|b| (b.step, b.attempt, b.at));
+        r.mark_step_began(10);
+        assert_eq!(began(&r), Some((0, 0, 10)));
+        r.mark_step_began(20);
+        assert_eq!(
+            began(&r),
+            Some((0, 0, 10)),
+            "the same step: a hold or a checkpoint"
+        );
+        r.step = 1;
+        r.mark_step_began(30);
+        assert_eq!(began(&r), Some((1, 0, 30)));
+        (r.step, r.attempt) = (0, 1);
+        r.mark_step_began(40);
+        assert_eq!(
+            began(&r),
+            Some((0, 1, 40)),
+            "a retry's first step is a new one"
+        );
+        let back: Rollout = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r, "persisted with the rollout");
     }
 }
