@@ -443,3 +443,123 @@ bounded_test! {
         assert!(drift.is_empty(), "{drift:#?}");
     }
 }
+
+/// Where `value` has what `schema` (of `doc`) does not describe: a field of an object whose
+/// schema lists its properties and allows no others, or a value of another type. Follows
+/// `$ref`, `items`, `properties`, `additionalProperties` and `allOf`/`oneOf`/`anyOf`.
+fn undocumented(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    let schema = resolved(doc, schema);
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alts) = schema[key].as_array() {
+            let fits = alts.iter().any(|alt| {
+                let mut found = Vec::new();
+                undocumented(doc, alt, value, at, &mut found);
+                found.is_empty()
+            });
+            if !fits {
+                out.push(format!("{at}: fits none of its {key}: {value}"));
+            }
+            return;
+        }
+    }
+    if value.is_null() {
+        if schema["nullable"] != true && schema.get("type").is_some() {
+            out.push(format!("{at}: null, not documented as nullable"));
+        }
+        return;
+    }
+    let kind = match value {
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+        Value::Null => unreachable!(),
+    };
+    if let Some(t) = schema["type"].as_str() {
+        if t != kind && !(t == "number" && kind == "integer") {
+            out.push(format!("{at}: a {kind}, documented as {t}"));
+            return;
+        }
+    }
+    match value {
+        Value::Array(items) => {
+            if schema.get("items").is_some() {
+                for (i, item) in items.iter().enumerate() {
+                    undocumented(doc, &schema["items"], item, &format!("{at}[{i}]"), out);
+                }
+            }
+        }
+        Value::Object(fields) => {
+            let mut props = serde_json::Map::new();
+            for part in std::iter::once(schema).chain(
+                schema["allOf"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| resolved(doc, s)),
+            ) {
+                if let Some(p) = part["properties"].as_object() {
+                    props.extend(p.clone());
+                }
+            }
+            let extra = &schema["additionalProperties"];
+            for (k, v) in fields {
+                match props.get(k) {
+                    Some(s) => undocumented(doc, s, v, &format!("{at}.{k}"), out),
+                    None if extra.is_object() => {
+                        undocumented(doc, extra, v, &format!("{at}.{k}"), out)
+                    }
+                    None if props.is_empty() || *extra == true => {}
+                    None => out.push(format!("{at}.{k}: not documented")),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+bounded_test! {
+    /// The document holds the answers too: through a blue-green switch, weights, a rollout
+    /// started, paused, resumed, aborted and retried, a plan and an apply, every JSON answer
+    /// of every route has only fields (and types) that its documented schema describes.
+    async fn every_answer_has_only_the_fields_its_documented_schema_describes() {
+        let (blue, green) = TestBackend::pair().await;
+        let conf = blue_green(blue.addr, green.addr)
+            .service("[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { pause = \"until-promoted\" }]")
+            .build();
+        let sy = start(&conf).await;
+        let doc = served_openapi(&sy).await;
+        let calls: Vec<(&str, &str, &str, Value)> = vec![
+            ("get", "/api/v1/status", "/api/v1/status", Value::Null),
+            ("post", "/api/v1/services/{service}/switch", "/api/v1/services/shop/switch", json!({ "group": "green" })),
+            ("put", "/api/v1/services/{service}/weights", "/api/v1/services/shop/weights", json!({ "weights": { "blue": 100 } })),
+            ("post", "/api/v1/config/plan", "/api/v1/config/plan", json!({ "path": "t.toml", "content": conf })),
+            ("post", "/api/v1/config/apply", "/api/v1/config/apply", json!({ "path": "t.toml", "content": conf })),
+            ("post", "/api/v1/rollouts", "/api/v1/rollouts", json!({ "service": "shop", "candidate": "green" })),
+            ("get", "/api/v1/services/{service}/rollout", "/api/v1/services/shop/rollout", Value::Null),
+            ("post", "/api/v1/services/{service}/rollout/{verb}", "/api/v1/services/shop/rollout/pause", json!({})),
+            ("post", "/api/v1/services/{service}/rollout/{verb}", "/api/v1/services/shop/rollout/resume", json!({})),
+            ("post", "/api/v1/services/{service}/rollout/{verb}", "/api/v1/services/shop/rollout/abort", json!({ "reason": "test" })),
+            ("post", "/api/v1/services/{service}/rollout/{verb}", "/api/v1/services/shop/rollout/retry", json!({ "force": true })),
+            ("get", "/api/v1/rollouts", "/api/v1/rollouts", Value::Null),
+            ("get", "/api/v1/events", "/api/v1/events", Value::Null),
+            ("get", "/api/v1/series", "/api/v1/series?seconds=10", Value::Null),
+            ("get", "/api/v1/fleet/seconds", "/api/v1/fleet/seconds?from=0", Value::Null),
+        ];
+        let mut problems = Vec::new();
+        for (method, documented, path, body) in calls {
+            let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+            let (status, _, answer) =
+                raw_call(&sy, &method.to_ascii_uppercase(), path, "application/json", body).await;
+            assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
+            let responses = &doc["paths"][documented][method]["responses"];
+            let schema = &responses[status.to_string()]["content"]["application/json"]["schema"];
+            assert!(!schema.is_null(), "{method} {documented}: no schema for {status}");
+            let value: Value = serde_json::from_str(&answer).unwrap();
+            undocumented(&doc, schema, &value, &format!("{method} {path}"), &mut problems);
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+}
