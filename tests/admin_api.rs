@@ -484,11 +484,9 @@ fn undocumented(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut 
         }
     }
     match value {
-        Value::Array(items) => {
-            if schema.get("items").is_some() {
-                for (i, item) in items.iter().enumerate() {
-                    undocumented(doc, &schema["items"], item, &format!("{at}[{i}]"), out);
-                }
+        Value::Array(items) if schema.get("items").is_some() => {
+            for (i, item) in items.iter().enumerate() {
+                undocumented(doc, &schema["items"], item, &format!("{at}[{i}]"), out);
             }
         }
         Value::Object(fields) => {
@@ -509,7 +507,7 @@ fn undocumented(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut 
                 match props.get(k) {
                     Some(s) => undocumented(doc, s, v, &format!("{at}.{k}"), out),
                     None if extra.is_object() => {
-                        undocumented(doc, extra, v, &format!("{at}.{k}"), out)
+                        undocumented(doc, extra, v, &format!("{at}.{k}"), out);
                     }
                     None if props.is_empty() || *extra == true => {}
                     None => out.push(format!("{at}.{k}: not documented")),
