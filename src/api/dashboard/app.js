@@ -109,7 +109,7 @@ const ACTIONS = {
     call: d => [`${svcPath(d.svc.name)}/rollout/retry`, {}],
   },
   undo: {
-    ask: d => `Undo rollout #${d.rollout.id} of ${d.svc.name}? All traffic goes back to ${d.rollout.stable}; ${d.rollout.candidate} gets none.`,
+    ask: d => `Undo rollout #${d.rollout.id} of ${d.svc.name}? All traffic goes back to ${d.rollout.stable}; ${d.rollout.candidate} gets none. (Past the service's rollback window this starts a rollout back to ${d.rollout.stable} through the steps instead.)`,
     call: d => [`${svcPath(d.svc.name)}/rollout/undo`, {}],
   },
   start: {
