@@ -240,6 +240,18 @@ pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
         at.join("max_error_rate"),
         p,
     );
+    // The false rollbacks allowed per hour: above 0 (a test that may never err cannot
+    // decide), at most 0.5 (beyond that the guard is a coin).
+    let alpha = raw.alpha.unwrap_or(d.alpha);
+    in_range(alpha, 1e-12..=0.5, "per hour", at.join("alpha"), p);
+    let max_latency_ratio = raw.max_latency_ratio.unwrap_or(d.max_latency_ratio);
+    in_range(
+        max_latency_ratio,
+        1.0..=100.0,
+        "× stable's p99",
+        at.join("max_latency_ratio"),
+        p,
+    );
     Guard {
         enabled: raw.enabled.unwrap_or(true),
         interval: duration_or(
@@ -264,6 +276,9 @@ pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
             1_000_000,
             p,
         ) as u64,
+        alpha,
+        max_latency_ratio,
+        sample_ratio: raw.sample_ratio.unwrap_or(d.sample_ratio),
     }
 }
 
