@@ -312,23 +312,25 @@ impl Breach {
             Breach::Errors => {
                 let e = &look.errors;
                 format!(
-                    "candidate {} error rate {} exceeds stable's {}: {}",
+                    "candidate {} error rate {} exceeds stable's {} by more than {} points: {}",
                     r.candidate,
                     counted(e.candidate, span(e.ticks, g), new),
                     counted(e.stable, reference(look, g), new),
-                    bound(e, g.max_error_rate, g.alpha)
+                    g.max_error_rate,
+                    at_least(e, g.alpha)
                 )
             }
             Breach::Latency => {
                 let l = &look.latency;
                 format!(
-                    "candidate {} answers slower than {} ({} × stable's p99): {} vs stable's {}: {}",
+                    "candidate {} answers slower than {} ({} × stable's p99): {} exceeds stable's {} by more than {} point: {}",
                     r.candidate,
                     ms(threshold),
                     g.max_latency_ratio,
                     counted(l.candidate, span(l.ticks, g), new),
                     counted(l.stable, reference(look, g), new),
-                    bound(l, Guard::MAX_SLOW_POINTS, g.alpha)
+                    Guard::MAX_SLOW_POINTS,
+                    at_least(l, g.alpha)
                 )
             }
         }
@@ -344,6 +346,14 @@ fn counted(c: Counts, over: Duration, new: &Judged) -> String {
         c.n,
         humantime::format_duration(over),
         new.across()
+    )
+}
+
+/// `the difference is at least 18.1 points (α = 0.01 per hour)`.
+fn at_least(c: &Comparison, alpha: f64) -> String {
+    format!(
+        "the difference is at least {:.1} points (α = {alpha} per hour)",
+        c.lower_points
     )
 }
 
