@@ -187,8 +187,9 @@ struct Counting {
 /// How far back the origin moves once it is [`REBASE_AFTER`] old: past the seconds still
 /// growing and a peer's pull behind.
 const REBASE_KEEP: u64 = 5;
-/// Seconds after which the origin moves up (the window keeps 11 minutes).
-const REBASE_AFTER: u64 = 300;
+/// Seconds after which the origin moves up: each reading sums the seconds since the origin,
+/// so it is kept short (the window keeps 11 minutes).
+const REBASE_AFTER: u64 = 30;
 
 impl Counting {
     fn start(control: &Controller, service: &str, r: &Rollout) -> Counting {
