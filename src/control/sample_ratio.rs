@@ -25,6 +25,8 @@ pub struct SampleRatio {
 /// since it is looked at every tick (the looks of a growing sample are strongly correlated;
 /// a seeded fair split stays far above it over 1000 looks, see `sequential`'s tests).
 const SRM_P: f64 = 1e-6;
+/// How long after a step begins its split is first counted.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Requests both groups need since the step began before the split is judged.
 const SRM_MIN_REQUESTS: u64 = 500;
 
@@ -36,6 +38,8 @@ const SRM_MIN_REQUESTS: u64 = 500;
 #[derive(Debug, Default)]
 pub(super) struct SplitCheck {
     segment: Option<(u32, Status)>,
+    /// When the segment began (tokio's clock).
+    began: Option<tokio::time::Instant>,
     candidate: u64,
     total: u64,
 }
@@ -58,12 +62,17 @@ impl SplitCheck {
         let (wc, ws) = (split.weight(&r.candidate), split.weight(&r.stable));
         let segment = (wc, r.status);
         if self.segment != Some(segment) {
-            // A new step (or a pause, or a resume): count afresh from the next tick, whose
-            // answers are all of it.
+            // A new step (or a pause, or a resume): count afresh.
             *self = SplitCheck {
                 segment: Some(segment),
+                began: Some(tokio::time::Instant::now()),
                 ..SplitCheck::default()
             };
+            return None;
+        }
+        if self.began.is_some_and(|b| b.elapsed() < SETTLE) {
+            // Not yet: the other instances of a fleet take up a new weight a moment later,
+            // and their answers from before it still arrive with their next pulls.
             return None;
         }
         self.candidate += tick.candidate_errors.n;
