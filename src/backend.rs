@@ -1,7 +1,8 @@
 //! A tiny HTTP backend that answers with its own name: the demo's blue and green versions,
 //! and the bench's targets. `/healthz` answers 200; `/status/NNN` answers that status;
 //! `/sleep/MS` waits first; `POST /_faults?errors=PER_MILLE` makes that share of answers
-//! 500s from then on (for the rollback demo and bench); any other path echoes the name.
+//! 500s from then on (for the rollback demo and bench), `&delay=MS` adds that wait to every
+//! answer (the bench's latency case); any other path echoes the name.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,6 +66,10 @@ impl Drop for Backend {
     }
 }
 
+/// The wait `/_faults?delay=MS` set, for every backend of the process (the bench runs one
+/// backend per process).
+static DELAY_MS: AtomicU32 = AtomicU32::new(0);
+
 async fn answer(
     req: Request<Incoming>,
     name: &'static str,
@@ -73,20 +78,31 @@ async fn answer(
     let path = req.uri().path();
     let mut status = StatusCode::OK;
     if path == "/_faults" {
-        let per_mille = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("errors="))
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-            .min(1000);
+        let field = |name: &str| {
+            req.uri()
+                .query()
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|kv| {
+                    kv.strip_prefix(name)?
+                        .strip_prefix('=')?
+                        .parse::<u32>()
+                        .ok()
+                })
+        };
+        let per_mille = field("errors").unwrap_or(0).min(1000);
         errors.store(per_mille, Relaxed);
+        DELAY_MS.store(field("delay").unwrap_or(0).min(60_000), Relaxed);
         return Ok(Response::new(Full::new(Bytes::from(format!(
             "errors {per_mille}/1000\n"
         )))));
     }
     if path != "/healthz" && fastrand::u32(0..1000) < errors.load(Relaxed) {
         status = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let delay = DELAY_MS.load(Relaxed);
+    if delay > 0 && path != "/healthz" {
+        tokio::time::sleep(Duration::from_millis(delay.into())).await;
     }
     if let Some(ms) = path.strip_prefix("/sleep/").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -307,6 +307,29 @@ impl Summary {
         self.requests as f64 / self.seconds.max(1) as f64
     }
 
+    /// Answers slower than `d`: those in buckets whose representative latency is above it.
+    pub fn slower_than(&self, d: Duration) -> u64 {
+        let from = bucket(d) + 1;
+        self.latency.iter().skip(from).sum()
+    }
+
+    /// What `self` counts beyond `earlier` (an earlier reading of the same seconds, or of
+    /// fewer of them): counters and histogram bucket by bucket, never below zero. The guard
+    /// reads the still-growing current second at each tick and takes differences.
+    pub fn since(&self, earlier: &Summary) -> Summary {
+        let sub = |a: &[u64], b: &[u64]| -> Vec<u64> {
+            a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect()
+        };
+        Summary {
+            seconds: self.seconds,
+            requests: self.requests.saturating_sub(earlier.requests),
+            classes: std::array::from_fn(|i| self.classes[i].saturating_sub(earlier.classes[i])),
+            failures: std::array::from_fn(|i| self.failures[i].saturating_sub(earlier.failures[i])),
+            client_errors: self.client_errors.saturating_sub(earlier.client_errors),
+            latency: sub(&self.latency, &earlier.latency),
+        }
+    }
+
     /// The latency at quantile `q` (0–1).
     pub fn percentile(&self, q: f64) -> Option<Duration> {
         let total: u64 = self.latency.iter().sum();

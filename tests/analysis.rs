@@ -175,7 +175,8 @@ min_requests = 20
 name = "mann-whitney"
 mann_whitney = { confidence = 0.99, tolerance = 0.2 }
 "#;
-        let (_sy, api, load) = rolling(&blue, &green, analysis, "[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 50 }, { analysis = \"latency\" }]", 8).await;
+        // The guard's own latency test would take the 15 ms candidate back first.
+        let (_sy, api, load) = rolling(&blue, &green, analysis, "[service.guard]\nmax_latency_ratio = 100\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 50 }, { analysis = \"latency\" }]", 8).await;
         let r = wait_status(&api, 10, |r| r["status"] == "aborted").await;
         let reason = r["reason"].as_str().unwrap().to_string();
         assert!(

@@ -180,8 +180,9 @@ pub fn compare_latency(
 }
 
 /// The complementary error function (W. J. Cody's rational approximations via the
-/// Numerical Recipes form; |error| < 1.2e-7, ample for p-values).
-fn erfc(x: f64) -> f64 {
+/// Numerical Recipes form; |error| < 1.2e-7, ample for p-values). Also the guard's
+/// sample-ratio test's.
+pub(super) fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let r = t

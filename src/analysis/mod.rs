@@ -7,6 +7,7 @@
 pub mod builtin;
 pub mod external;
 pub mod run;
+pub mod sequential;
 
 use std::time::Duration;
 
@@ -155,25 +156,58 @@ pub struct Measurement {
     pub detail: String,
 }
 
-/// The rollout-side settings of a service: the fast rollback guard, hooks, deadline.
+/// The rollout-side settings of a service's fast rollback guard (see `sequential` for the
+/// statistics and `control::guard` for what it does with them).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Guard {
     pub enabled: bool,
+    /// How often it looks (and begins a new test).
     pub interval: Duration,
+    /// How long each test lives: the longest run of answers one judgement spans; after a
+    /// restart a rollout is held until the guard has watched this long.
     pub window: Duration,
-    /// Abort when the candidate's 5xx rate exceeds stable's by more than this (points).
+    /// The tolerated difference of 5xx rates, points: the guard rolls back once the lower
+    /// bound of the candidate's rate minus stable's exceeds it.
     pub max_error_rate: f64,
+    /// Candidate answers a test needs before it may roll back.
     pub min_requests: u64,
+    /// The probability of a false rollback per hour of a healthy rollout (errors and latency
+    /// together).
+    pub alpha: f64,
+    /// An answer is slow when it takes longer than this × stable's p99; the guard rolls back
+    /// once the candidate's share of slow answers is surely more than 1 point over stable's
+    /// (a candidate whose p99 is under the threshold has at most 1 % slow answers).
+    pub max_latency_ratio: f64,
+    /// Whether a split that does not match the configured weight pauses the rollout.
+    pub sample_ratio: bool,
+}
+
+impl Guard {
+    /// The tolerated difference of slow answers' shares, points.
+    pub const MAX_SLOW_POINTS: f64 = 1.0;
+
+    /// The statistics' settings for these.
+    pub fn settings(&self) -> sequential::Settings {
+        sequential::Settings {
+            max_error_points: self.max_error_rate,
+            max_slow_points: Guard::MAX_SLOW_POINTS,
+            log_level: sequential::Settings::level(self.alpha, self.interval),
+            min_requests: self.min_requests,
+        }
+    }
 }
 
 impl Default for Guard {
     fn default() -> Self {
         Guard {
             enabled: true,
-            interval: Duration::from_secs(1),
+            interval: Duration::from_millis(100),
             window: Duration::from_secs(2),
             max_error_rate: 5.0,
             min_requests: 10,
+            alpha: 0.01,
+            max_latency_ratio: 1.5,
+            sample_ratio: true,
         }
     }
 }

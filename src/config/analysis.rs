@@ -240,6 +240,18 @@ pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
         at.join("max_error_rate"),
         p,
     );
+    // The false rollbacks allowed per hour: above 0 (a test that may never err cannot
+    // decide), at most 0.5 (beyond that the guard is a coin).
+    let alpha = raw.alpha.unwrap_or(d.alpha);
+    in_range(alpha, 1e-12..=0.5, "per hour", at.join("alpha"), p);
+    let max_latency_ratio = raw.max_latency_ratio.unwrap_or(d.max_latency_ratio);
+    in_range(
+        max_latency_ratio,
+        1.0..=100.0,
+        "× stable's p99",
+        at.join("max_latency_ratio"),
+        p,
+    );
     Guard {
         enabled: raw.enabled.unwrap_or(true),
         interval: duration_or(
@@ -264,6 +276,9 @@ pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
             1_000_000,
             p,
         ) as u64,
+        alpha,
+        max_latency_ratio,
+        sample_ratio: raw.sample_ratio.unwrap_or(d.sample_ratio),
     }
 }
 
@@ -329,5 +344,41 @@ pub fn hooks(raw: Option<&RawHooks>, at: &KeyPath, p: &mut Problems) -> Hooks {
         before_promotion: one(&raw.before_promotion, "before_promotion", p),
         after_rollout: one(&raw.after_rollout, "after_rollout", p),
         on_rollback: one(&raw.on_rollback, "on_rollback", p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const SERVICE: &str = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n[[route]]\nname = \"all\"\npriority = 1\nforward = \"shop\"\n[[service]]\nname = \"shop\"\nactive = \"blue\"\n[[service.group]]\nname = \"blue\"\ntargets = [\"127.0.0.1:9001\"]\n";
+
+    fn parse(guard: &str) -> Result<crate::config::Config, String> {
+        // The guard table after the group's: TOML puts it on the service all the same.
+        let text = format!("{SERVICE}[service.guard]\n{guard}");
+        crate::config::parse(&text, "sy.toml", Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    /// The sequential guard's settings parse with their defaults, and out-of-range values are
+    /// refused at their line and column like every other field.
+    #[test]
+    fn the_guard_alpha_and_latency_ratio_are_parsed_and_range_checked_at_their_place() {
+        let c = parse("alpha = 0.001\nmax_latency_ratio = 2\nsample_ratio = false").unwrap();
+        let g = &c.service("shop").unwrap().guard;
+        assert_eq!(
+            (g.alpha, g.max_latency_ratio, g.sample_ratio),
+            (0.001, 2.0, false)
+        );
+        assert_eq!(g.interval, std::time::Duration::from_millis(100));
+        let e = parse("alpha = 0").unwrap_err();
+        assert!(
+            e.contains("sy.toml:15:9: service[0].guard.alpha: 0 is out of range: use 0.000000000001 to 0.5 (per hour)"),
+            "{e}"
+        );
+        let e = parse("max_latency_ratio = 0.5").unwrap_err();
+        assert!(
+            e.contains("sy.toml:15:21: service[0].guard.max_latency_ratio: 0.5 is out of range"),
+            "{e}"
+        );
     }
 }

@@ -139,6 +139,9 @@ pub struct RawGuard {
     pub window: Option<String>,
     pub max_error_rate: Option<f64>,
     pub min_requests: Option<i64>,
+    pub alpha: Option<f64>,
+    pub max_latency_ratio: Option<f64>,
+    pub sample_ratio: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

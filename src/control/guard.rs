@@ -1,17 +1,24 @@
-//! Side tasks of an active rollout: the fast rollback guard, which watches the candidate's
-//! error rate (default every second) and aborts at once when it runs away from stable's,
-//! and the background analysis of a strategy. Both end with the rollout. Both judge the
-//! fleet's traffic through `Controller::windows` (this instance's alone without peers).
+//! Side tasks of an active rollout: the fast rollback guard, which judges the candidate
+//! against stable continuously (every 100 ms by default) with sequential tests
+//! (`analysis::sequential`: 5xx rate and share of slow answers, always valid however often
+//! it looks) and aborts at once when one is crossed, and checks that the observed split
+//! matches the weight (a mismatch pauses); and the background analysis of a strategy. Both
+//! end with the rollout. Both judge the fleet's traffic through `Controller::judged` /
+//! `Controller::windows` (this instance's alone without peers).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::analysis::external::Context;
-use crate::analysis::run;
+use crate::analysis::run::{self, Judged};
+use crate::analysis::sequential::{self, Comparison, Counts, Judge, Look, Tick};
+use crate::analysis::Guard;
 use crate::audit::System;
+use crate::metrics::{self, Summary};
 use crate::rollout::machine::Verdict;
-use crate::rollout::{RollbackCause, Status};
+use crate::rollout::{RollbackCause, Rollout, Status};
 
+use super::sample_ratio::{SampleRatio, SplitCheck, SplitLook};
 use super::Controller;
 
 /// What the guard saw at its last look at an attempt, for `GET …/rollout` (the dashboard and
@@ -24,9 +31,11 @@ pub struct GuardReading {
     pub attempt: u32,
     /// Wall-clock time of the look (unix ms).
     pub at_unix_ms: i64,
-    /// `watching` (judged, within bounds), `too_few_requests`, `rolled_back`, `disabled`.
+    /// `watching` (judged, within bounds), `too_few_requests`, `rolled_back`,
+    /// `sample_ratio_mismatch` (paused), `disabled`.
     pub state: &'static str,
-    /// The window judged, and both groups' requests and 5xx rate (%) in it.
+    /// The span of the error test reported (the one closest to rolling back), and both
+    /// groups' requests and 5xx rate (%) in it (stable's over the reference span).
     pub window_ms: u64,
     pub candidate_requests: u64,
     pub candidate_error_rate: f64,
@@ -34,13 +43,37 @@ pub struct GuardReading {
     pub stable_error_rate: f64,
     /// One sentence with the numbers and the bound.
     pub detail: String,
+    /// Lower bound of the candidate's 5xx rate minus stable's (points), and the tolerated
+    /// difference it is held to.
+    pub error_lower_bound: f64,
+    pub max_error_rate: f64,
+    /// Probability of a false rollback per hour the bounds are set for.
+    pub alpha: f64,
+    /// The latency test: the threshold (ms; none until stable has answers enough for a
+    /// p99), each group's share of slower answers (%) and the lower bound of the difference.
+    pub latency: LatencyReading,
+    /// The split check of the current step, when the rollout is split by weight.
+    pub sample_ratio: Option<SampleRatio>,
 }
 
-/// Aborts attempt `of` (rollout id, attempt) of `service` when the candidate's 5xx rate over the guard window
-/// exceeds stable's by more than the configured points. It lives as long as the rollout is
-/// active: a failure to act is logged and tried again on the next tick, never a reason to
-/// stop watching. With `judged`, it says when it has judged one full window without rolling
-/// back (a rollout resumed after a restart waits for that).
+/// The latency part of a [`GuardReading`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LatencyReading {
+    pub threshold_ms: Option<f64>,
+    pub window_ms: u64,
+    pub candidate_requests: u64,
+    pub candidate_slow_rate: f64,
+    pub stable_requests: u64,
+    pub stable_slow_rate: f64,
+    pub lower_bound: f64,
+}
+
+/// Judges attempt `of` (rollout id, attempt) of `service` every `interval` until it ends:
+/// rolls back when a sequential test shows the candidate's 5xx rate, or its share of slow
+/// answers, surely above stable's by more than tolerated; pauses once per step when the
+/// split does not match the weight. A failure to act is logged and tried again on the next
+/// tick, never a reason to stop watching. With `judged`, it says when it has watched one
+/// full `window` without rolling back (a rollout resumed after a restart waits for that).
 pub(super) async fn guard(
     control: Arc<Controller>,
     service: String,
@@ -48,14 +81,10 @@ pub(super) async fn guard(
     mut judged: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let id = of.0;
-    // Whole seconds from this attempt only: a retry must not be judged on the errors that
-    // aborted the attempt before it.
-    let since = crate::metrics::now_second() + 1;
-    // The window's seconds are the request counters' (the data plane's clock); how long the
-    // guard has watched is measured on tokio's, like every other control-plane duration, so
-    // that a paused clock drives it: from the start of second `since` on.
-    let watching_from = tokio::time::Instant::now()
-        + Duration::from_millis((since * 1000).saturating_sub(crate::metrics::now_ms()));
+    let watching_from = tokio::time::Instant::now();
+    let mut counts: Option<Counting> = None;
+    let mut judge: Option<(Judge, Duration, Duration)> = None;
+    let mut split = SplitCheck::default();
     loop {
         let Some(g) = control
             .snapshot()
@@ -92,59 +121,31 @@ pub(super) async fn guard(
             );
             continue;
         }
-        let Some(seen) = (control.windows(&service, &r.stable, &r.candidate))(g.window, since)
-        else {
+        // From the attempt's first look on: a retry is not judged on the errors that aborted
+        // the attempt before it.
+        let c = counts.get_or_insert_with(|| Counting::start(&control, &service, r));
+        let Some(new) = c.read(&control, &service, r) else {
             continue;
         };
-        let (c, s) = (&seen.candidate, &seen.stable);
-        let (ce, se) = (c.error_rate().unwrap_or(0.0), s.error_rate().unwrap_or(0.0));
-        let breach = c.requests >= g.min_requests && ce - se > g.max_error_rate;
-        let reading = GuardReading {
-            rollout: of.0,
-            attempt: of.1,
-            at_unix_ms: control.clock.unix_ms(),
-            state: if breach {
-                "rolled_back"
-            } else if c.requests < g.min_requests {
-                "too_few_requests"
-            } else {
-                "watching"
-            },
-            window_ms: g.window.as_millis() as u64,
-            candidate_requests: c.requests,
-            candidate_error_rate: ce,
-            stable_requests: s.requests,
-            stable_error_rate: se,
-            detail: if c.requests < g.min_requests {
-                format!(
-                    "{} of at least {} candidate requests in {}{}: nothing to judge yet",
-                    c.requests,
-                    g.min_requests,
-                    humantime::format_duration(g.window),
-                    seen.across()
-                )
-            } else {
-                format!(
-                    "candidate {ce:.1}% 5xx ({} requests) vs stable {se:.1}% ({} requests) in {}{}: rolls back above +{} points",
-                    c.requests,
-                    s.requests,
-                    humantime::format_duration(g.window),
-                    seen.across(),
-                    g.max_error_rate
-                )
-            },
-        };
+        let threshold = slow_threshold(&control, &service, r, &g);
+        let tick = tick_of(&new, threshold);
+        // A reload that changes the ticks or the window begins the tests afresh.
+        if judge
+            .as_ref()
+            .is_none_or(|(_, w, i)| (*w, *i) != (g.window, g.interval))
+        {
+            judge = Some((Judge::new(g.window, g.interval), g.window, g.interval));
+        }
+        let (j, _, _) = judge.as_mut().expect("set above");
+        j.push(tick);
+        let settings = g.settings();
+        let look = j.look(&settings);
+        let srm = split.observe(&control, &service, r, &tick);
+        let breach = Breach::of(&look, &g);
+        let reading = reading(of, &control, &g, &look, threshold, &new, breach, &srm);
         control.set_guard_reading(&service, reading);
-        if breach {
-            let why = format!(
-                "candidate {} error rate {ce:.1}% ({} of {} requests in {}{}) exceeds stable's {se:.1}% by more than {} points",
-                r.candidate,
-                c.classes[4],
-                c.requests,
-                humantime::format_duration(g.window),
-                seen.across(),
-                g.max_error_rate
-            );
+        if let Some(b) = breach {
+            let why = b.reason(r, &look, &g, threshold, &new);
             tracing::info!(%service, rollout = id, %why, "guard rolls back");
             if let Err(e) = control
                 .abort_from(&service, System::Guard, RollbackCause::Guard, &why)
@@ -154,14 +155,307 @@ pub(super) async fn guard(
             }
             continue;
         }
-        // A full window of whole seconds since the guard started, seen without a breach
-        // (with fewer than `min_requests` there is nothing to hold against the candidate,
-        // as in any other window).
-        if watching_from.elapsed() >= full_window(g.window) {
+        if let Some(s) = srm.filter(|s| s.mismatch() && r.status == Status::Progressing) {
+            let why = s.reason(r);
+            tracing::warn!(%service, rollout = id, %why, "guard pauses");
+            if let Err(e) = control.pause_from(&service, System::Guard, &why).await {
+                tracing::error!(%service, rollout = id, error = %e, "guard pause not applied; trying again next tick");
+            }
+        }
+        // A full window watched without a breach (with fewer than `min_requests` there is
+        // nothing to hold against the candidate, as in any other window).
+        if watching_from.elapsed() >= g.window {
             if let Some(tx) = judged.take() {
                 let _ = tx.send(());
             }
         }
+    }
+}
+
+/// The fleet's answers of both groups since the attempt's first look, read cumulatively
+/// from a fixed second (`Controller::judged` over `[origin, now]`: the current second's
+/// slot grows while it runs, so each tick's reading less the one before is what came in
+/// since — sub-second, though slots are whole seconds). What the origin second held at
+/// the first look is subtracted. A peer's answers arrive with its next pull (~250 ms), so
+/// they count in a later tick than this instance's; a peer's part of the origin second
+/// that had not arrived at the first look is counted as new.
+struct Counting {
+    origin: u64,
+    before: Judged,
+}
+
+/// How far back the origin moves once it is [`REBASE_AFTER`] old: past the seconds still
+/// growing and a peer's pull behind.
+const REBASE_KEEP: u64 = 5;
+/// Seconds after which the origin moves up: each reading sums the seconds since the origin,
+/// so it is kept short (the window keeps 11 minutes).
+const REBASE_AFTER: u64 = 30;
+
+impl Counting {
+    fn start(control: &Controller, service: &str, r: &Rollout) -> Counting {
+        let origin = metrics::now_second();
+        let before = control
+            .judged(service, &r.stable, &r.candidate, origin, origin)
+            .unwrap_or_else(empty);
+        Counting { origin, before }
+    }
+
+    /// What came in since the last reading, or `None` when the groups are not in the
+    /// running configuration.
+    fn read(&mut self, control: &Controller, service: &str, r: &Rollout) -> Option<Judged> {
+        let now = metrics::now_second();
+        let (stable, candidate) = (&r.stable, &r.candidate);
+        if now.saturating_sub(self.origin) >= REBASE_AFTER {
+            // The seconds before the new origin are complete: take them out of the last
+            // reading so that the next difference stays right.
+            let origin = now - REBASE_KEEP;
+            let old = control.judged(service, stable, candidate, self.origin, origin - 1)?;
+            self.before = Judged {
+                candidate: self.before.candidate.since(&old.candidate),
+                stable: self.before.stable.since(&old.stable),
+                instances: self.before.instances,
+            };
+            self.origin = origin;
+        }
+        let seen = control.judged(service, stable, candidate, self.origin, now)?;
+        let new = Judged {
+            candidate: seen.candidate.since(&self.before.candidate),
+            stable: seen.stable.since(&self.before.stable),
+            instances: seen.instances,
+        };
+        self.before = seen;
+        Some(new)
+    }
+}
+
+fn empty() -> Judged {
+    Judged {
+        candidate: Summary::default(),
+        stable: Summary::default(),
+        instances: 1,
+    }
+}
+
+/// An answer is slow above `max_latency_ratio` × stable's p99 over the tests' span; none
+/// until stable has 100 answers there (a p99 of fewer is a guess).
+fn slow_threshold(control: &Controller, service: &str, r: &Rollout, g: &Guard) -> Option<Duration> {
+    let span = g.window.max(sequential::REFERENCE).as_secs();
+    let now = metrics::now_second();
+    let seen = control.judged(
+        service,
+        &r.stable,
+        &r.candidate,
+        now.saturating_sub(span),
+        now,
+    )?;
+    if seen.stable.requests < 100 {
+        return None;
+    }
+    let p99 = seen.stable.percentile(0.99)?;
+    Some(p99.mul_f64(g.max_latency_ratio))
+}
+
+/// One tick's answers as the tests count them.
+fn tick_of(new: &Judged, threshold: Option<Duration>) -> Tick {
+    let (c, s) = (&new.candidate, &new.stable);
+    let slow = |x: &Summary| match threshold {
+        Some(t) => Counts {
+            n: x.requests,
+            k: x.slower_than(t).min(x.requests),
+        },
+        None => Counts::default(),
+    };
+    Tick {
+        candidate_errors: Counts {
+            n: c.requests,
+            k: c.classes[4],
+        },
+        candidate_slow: slow(c),
+        stable_errors: Counts {
+            n: s.requests,
+            k: s.classes[4],
+        },
+        stable_slow: slow(s),
+    }
+}
+
+/// Which test was crossed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Breach {
+    Errors,
+    Latency,
+}
+
+impl Breach {
+    fn of(look: &Look, g: &Guard) -> Option<Breach> {
+        if look.errors.breaches(g.max_error_rate, g.min_requests) {
+            Some(Breach::Errors)
+        } else if look
+            .latency
+            .breaches(Guard::MAX_SLOW_POINTS, g.min_requests)
+        {
+            Some(Breach::Latency)
+        } else {
+            None
+        }
+    }
+
+    /// The abort's reason: the counts, rates and the bound crossed.
+    fn reason(
+        self,
+        r: &Rollout,
+        look: &Look,
+        g: &Guard,
+        threshold: Option<Duration>,
+        new: &Judged,
+    ) -> String {
+        match self {
+            Breach::Errors => {
+                let e = &look.errors;
+                format!(
+                    "candidate {} error rate {} exceeds stable's {} by more than {} points: {}",
+                    r.candidate,
+                    counted(e.candidate, span(e.ticks, g), new),
+                    counted(e.stable, reference(look, g), new),
+                    g.max_error_rate,
+                    at_least(e, g.alpha)
+                )
+            }
+            Breach::Latency => {
+                let l = &look.latency;
+                format!(
+                    "candidate {} answers slower than {} ({} × stable's p99): {} exceeds stable's {} by more than {} point: {}",
+                    r.candidate,
+                    ms(threshold),
+                    g.max_latency_ratio,
+                    counted(l.candidate, span(l.ticks, g), new),
+                    counted(l.stable, reference(look, g), new),
+                    Guard::MAX_SLOW_POINTS,
+                    at_least(l, g.alpha)
+                )
+            }
+        }
+    }
+}
+
+/// `29.8% (42 of 141 requests in 1.4s, 3 instances)`.
+fn counted(c: Counts, over: Duration, new: &Judged) -> String {
+    format!(
+        "{:.1}% ({} of {} requests in {}{})",
+        c.percent(),
+        c.k,
+        c.n,
+        humantime::format_duration(over),
+        new.across()
+    )
+}
+
+/// `the difference is at least 18.1 points (α = 0.01 per hour)`.
+fn at_least(c: &Comparison, alpha: f64) -> String {
+    format!(
+        "the difference is at least {:.1} points (α = {alpha} per hour)",
+        c.lower_points
+    )
+}
+
+/// `the difference is at least 18.1 points, more than the tolerated 5 (α = 0.01 per hour)`.
+fn bound(c: &Comparison, tolerated: f64, alpha: f64) -> String {
+    format!(
+        "the difference is at least {:.1} points, {} the tolerated {tolerated} (α = {alpha} per hour)",
+        c.lower_points,
+        if c.lower_points > tolerated {
+            "more than"
+        } else {
+            "within"
+        }
+    )
+}
+
+fn span(ticks: usize, g: &Guard) -> Duration {
+    g.interval * ticks as u32
+}
+
+fn reference(look: &Look, g: &Guard) -> Duration {
+    span(look.reference_ticks, g)
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    })
+}
+
+/// The reading of one look (see [`GuardReading`]).
+#[allow(clippy::too_many_arguments)]
+fn reading(
+    of: (u64, u32),
+    control: &Controller,
+    g: &Guard,
+    look: &Look,
+    threshold: Option<Duration>,
+    new: &Judged,
+    breach: Option<Breach>,
+    srm: &Option<SplitLook>,
+) -> GuardReading {
+    let (e, l) = (&look.errors, &look.latency);
+    let mismatch = srm.as_ref().is_some_and(SplitLook::mismatch);
+    let too_few = e.candidate.n < g.min_requests;
+    let detail = if too_few {
+        format!(
+            "{} of at least {} candidate requests in {}{}: nothing to judge yet",
+            e.candidate.n,
+            g.min_requests,
+            humantime::format_duration(span(e.ticks, g)),
+            new.across()
+        )
+    } else {
+        let latency = match threshold {
+            Some(_) => format!(
+                "; answers slower than {}: {:.1}% vs {:.1}%, {}",
+                ms(threshold),
+                l.candidate.percent(),
+                l.stable.percent(),
+                bound(l, Guard::MAX_SLOW_POINTS, g.alpha)
+            ),
+            None => "; latency: too few stable answers for a p99 yet".into(),
+        };
+        format!(
+            "candidate {} vs stable {}: {} (rolls back above +{} points){latency}",
+            counted(e.candidate, span(e.ticks, g), new),
+            counted(e.stable, reference(look, g), new),
+            bound(e, g.max_error_rate, g.alpha),
+            g.max_error_rate,
+        )
+    };
+    GuardReading {
+        rollout: of.0,
+        attempt: of.1,
+        at_unix_ms: control.clock.unix_ms(),
+        state: match (breach, mismatch, too_few) {
+            (Some(_), _, _) => "rolled_back",
+            (None, true, _) => "sample_ratio_mismatch",
+            (None, false, true) => "too_few_requests",
+            (None, false, false) => "watching",
+        },
+        window_ms: span(e.ticks, g).as_millis() as u64,
+        candidate_requests: e.candidate.n,
+        candidate_error_rate: e.candidate.percent(),
+        stable_requests: e.stable.n,
+        stable_error_rate: e.stable.percent(),
+        detail,
+        error_lower_bound: e.lower_points,
+        max_error_rate: g.max_error_rate,
+        alpha: g.alpha,
+        latency: LatencyReading {
+            threshold_ms: threshold.map(|t| t.as_secs_f64() * 1000.0),
+            window_ms: span(l.ticks, g).as_millis() as u64,
+            candidate_requests: l.candidate.n,
+            candidate_slow_rate: l.candidate.percent(),
+            stable_requests: l.stable.n,
+            stable_slow_rate: l.stable.percent(),
+            lower_bound: l.lower_points,
+        },
+        sample_ratio: srm.as_ref().map(|s| s.0.clone()),
     }
 }
 
@@ -178,6 +472,19 @@ impl GuardReading {
             stable_requests: 0,
             stable_error_rate: 0.0,
             detail: "the guard is off for this service ([service.guard] enabled = false)".into(),
+            error_lower_bound: 0.0,
+            max_error_rate: 0.0,
+            alpha: 0.0,
+            latency: LatencyReading {
+                threshold_ms: None,
+                window_ms: 0,
+                candidate_requests: 0,
+                candidate_slow_rate: 0.0,
+                stable_requests: 0,
+                stable_slow_rate: 0.0,
+                lower_bound: 0.0,
+            },
+            sample_ratio: None,
         }
     }
 }
@@ -199,11 +506,6 @@ impl Controller {
             .filter(|r| (r.rollout, r.attempt) == of)
             .cloned()
     }
-}
-
-/// A full window of whole seconds (at least one).
-fn full_window(window: Duration) -> Duration {
-    Duration::from_secs(window.as_secs().max(1))
 }
 
 /// Runs the strategy's background analysis for attempt `of` until the rollout ends: a

@@ -19,6 +19,7 @@ mod plan;
 mod publish;
 mod record;
 mod rollouts;
+mod sample_ratio;
 mod traffic;
 mod transition;
 

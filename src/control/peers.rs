@@ -443,33 +443,46 @@ impl Controller {
     /// and candidate groups' seconds, this instance's window plus every peer's — the one
     /// place the fleet's traffic is summed. Without peers, exactly the local window.
     pub fn windows(self: &Arc<Self>, service: &str, stable: &str, candidate: &str) -> Windows {
-        let (control, service, stable, candidate) = (
-            self.clone(),
+        let control = self.clone();
+        let (service, stable, candidate) = (
             service.to_string(),
             stable.to_string(),
             candidate.to_string(),
         );
         Arc::new(move |window, since| {
-            let snap = control.snapshot();
-            let s = snap.services.get(&service)?;
-            let (sg, cg) = (s.group(&stable)?, s.group(&candidate)?);
             let (from, to) = metrics::last_range(window, since);
-            let mut stable_sum = sg.stats.window.summary(from, to);
-            let mut candidate_sum = cg.stats.window.summary(from, to);
-            let peers = control.peers.add_to(
-                &service,
-                &mut [
-                    (candidate.as_str(), &mut candidate_sum),
-                    (stable.as_str(), &mut stable_sum),
-                ],
-                from,
-                to,
-            );
-            Some(Judged {
-                candidate: candidate_sum,
-                stable: stable_sum,
-                instances: 1 + peers,
-            })
+            control.judged(&service, &stable, &candidate, from, to)
+        })
+    }
+
+    /// The seconds `[from, to]` of `service`'s stable and candidate groups, this instance's
+    /// plus every peer's: what [`Controller::windows`] reads, for a caller that chooses the
+    /// seconds itself (the guard reads from a fixed second to now, tick after tick). A
+    /// peer's share arrives with its next pull (about every 250 ms), so it is counted in a
+    /// later reading than this instance's.
+    pub fn judged(
+        &self,
+        service: &str,
+        stable: &str,
+        candidate: &str,
+        from: u64,
+        to: u64,
+    ) -> Option<Judged> {
+        let snap = self.snapshot();
+        let s = snap.services.get(service)?;
+        let (sg, cg) = (s.group(stable)?, s.group(candidate)?);
+        let mut stable_sum = sg.stats.window.summary(from, to);
+        let mut candidate_sum = cg.stats.window.summary(from, to);
+        let peers = self.peers.add_to(
+            service,
+            &mut [(candidate, &mut candidate_sum), (stable, &mut stable_sum)],
+            from,
+            to,
+        );
+        Some(Judged {
+            candidate: candidate_sum,
+            stable: stable_sum,
+            instances: 1 + peers,
         })
     }
 }
