@@ -268,6 +268,31 @@ bounded_test! {
     }
 }
 
+/// A new rollout of `web` (blue → green, blue at 90 %) created in `store`: its id.
+async fn web_rollout(store: &Arc<EtcdStore>) -> u64 {
+    let s = store.clone();
+    blocking(move || {
+        s.create_rollout(&|id| Commit {
+            rollout: Some(rollout(id, "web")),
+            ..traffic_commit("web", 90.0)
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// Commits `c` to `store`, which must take it.
+async fn write(store: &Arc<EtcdStore>, c: &Commit) {
+    let (s, c) = (store.clone(), c.clone());
+    blocking(move || s.commit(&c).unwrap()).await;
+}
+
+/// The rollout of `web` as `store` loads it.
+async fn web_loaded(store: &Arc<EtcdStore>) -> Rollout {
+    let s = store.clone();
+    blocking(move || s.load().unwrap()).await.rollouts["web"].clone()
+}
+
 bounded_test! {
     /// A durable write tried again after an answer that was lost although it landed (the same
     /// token) is answered as written and does not undo what was written since — here a hold,
@@ -275,15 +300,7 @@ bounded_test! {
     async fn a_durable_write_tried_again_after_it_landed_does_not_undo_what_came_after_it() {
         let etcd = Etcd::start().await;
         let store = connect(&etcd, "lb-1").await;
-        let s = store.clone();
-        let id = blocking(move || {
-            s.create_rollout(&|id| Commit {
-                rollout: Some(rollout(id, "web")),
-                ..traffic_commit("web", 90.0)
-            })
-        })
-        .await
-        .unwrap();
+        let id = web_rollout(&store).await;
         let mut held = rollout(id, "web");
         held.status = Status::Paused;
         held.held = true;
@@ -292,8 +309,7 @@ bounded_test! {
             token: 7,
             ..traffic_commit("web", 90.0)
         };
-        let (s, h) = (store.clone(), hold.clone());
-        blocking(move || s.commit(&h).unwrap()).await;
+        write(&store, &hold).await;
         let mut resumed = held.clone();
         resumed.status = Status::Progressing;
         resumed.held = false;
@@ -303,19 +319,12 @@ bounded_test! {
             rollout: Some(resumed.clone()),
             ..traffic_commit("web", 90.0)
         };
-        let s = store.clone();
-        blocking(move || s.commit(&resume).unwrap()).await;
-        let (s, h) = (store.clone(), hold.clone());
-        blocking(move || s.commit(&h).unwrap()).await;
-        let s = store.clone();
-        let loaded = blocking(move || s.load().unwrap()).await;
-        assert_eq!(loaded.rollouts["web"], resumed, "the hold's second try undid the resume");
+        write(&store, &resume).await;
+        write(&store, &hold).await;
+        assert_eq!(web_loaded(&store).await, resumed, "the hold's second try undid the resume");
 
-        let again = Commit { token: 8, ..hold };
-        let s = store.clone();
-        blocking(move || s.commit(&again).unwrap()).await;
-        let loaded = blocking(move || store.load().unwrap()).await;
-        assert_eq!(loaded.rollouts["web"], held, "a new hold lands");
+        write(&store, &Commit { token: 8, ..hold }).await;
+        assert_eq!(web_loaded(&store).await, held, "a new hold lands");
     }
 }
 
@@ -327,15 +336,7 @@ bounded_test! {
     async fn an_end_written_again_does_not_undo_what_was_recorded_after_it() {
         let etcd = Etcd::start().await;
         let store = connect(&etcd, "lb-1").await;
-        let s = store.clone();
-        let id = blocking(move || {
-            s.create_rollout(&|id| Commit {
-                rollout: Some(rollout(id, "web")),
-                ..traffic_commit("web", 90.0)
-            })
-        })
-        .await
-        .unwrap();
+        let id = web_rollout(&store).await;
         let mut aborted = rollout(id, "web");
         aborted.status = Status::Aborted;
         aborted.end_work = Some(EndWork {
@@ -348,8 +349,7 @@ bounded_test! {
             rollout: Some(aborted.clone()),
             ..traffic_commit("web", 100.0)
         };
-        let (s, e) = (store.clone(), end.clone());
-        blocking(move || s.commit(&e).unwrap()).await;
+        write(&store, &end).await;
         let mut begun = aborted.clone();
         begun.end_work.as_mut().unwrap().begun = true;
         let mark = Commit {
@@ -358,29 +358,19 @@ bounded_test! {
             rollout: Some(begun.clone()),
             ..traffic_commit("web", 100.0)
         };
-        let s = store.clone();
-        blocking(move || s.commit(&mark).unwrap()).await;
-        let (s, e) = (store.clone(), end.clone());
-        blocking(move || s.commit(&e).unwrap()).await;
-        let s = store.clone();
-        let loaded = blocking(move || s.load().unwrap()).await;
-        assert_eq!(loaded.rollouts["web"], begun, "the retried end overwrote the begun mark");
+        write(&store, &mark).await;
+        write(&store, &end).await;
+        assert_eq!(web_loaded(&store).await, begun, "the retried end overwrote the begun mark");
 
         let mut undone = begun.clone();
         undone.status = Status::RolledBack;
         undone.end_work = None;
-        let s = store.clone();
-        let u = undone.clone();
-        blocking(move || {
-            s.commit(&Commit {
-                rollout: Some(u),
-                ..Commit::default()
-            })
-            .unwrap();
-        })
-        .await;
-        let loaded = blocking(move || store.load().unwrap()).await;
-        assert_eq!(loaded.rollouts["web"], undone);
+        let undo = Commit {
+            rollout: Some(undone.clone()),
+            ..Commit::default()
+        };
+        write(&store, &undo).await;
+        assert_eq!(web_loaded(&store).await, undone);
     }
 }
 
