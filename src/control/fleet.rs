@@ -247,25 +247,8 @@ impl Controller {
     /// judged one full window (as after a restart: the last leader may have decided a
     /// rollback it could not record).
     async fn take_over(self: &Arc<Self>, f: &Fleet) {
-        // What the fleet recorded, not what the watch has brought so far: the last leader's
-        // last writes (a hook recorded as begun) may still be on their way here, and a driver
-        // deciding from an older rollout would run that hook again. Read before the state
-        // lock is taken; without etcd, the state as it is.
-        let reloaded = match self.reload_fleet(f).await {
-            Ok((persisted, _)) => Some(persisted),
-            Err(e) => {
-                tracing::error!(error = %e, "taking over without reloading the fleet's state");
-                None
-            }
-        };
         let active: Vec<String> = {
             let mut state = self.state.lock().await;
-            if let Some(persisted) = reloaded {
-                self.resync(&mut state, persisted);
-                if let Err(e) = self.publish(&mut state) {
-                    tracing::error!(error = %e, "cannot publish the fleet's state");
-                }
-            }
             // Under the state lock, which `ensure_driver` takes before it looks.
             f.leads.store(true, Ordering::SeqCst);
             let active: Vec<String> = state
@@ -496,10 +479,7 @@ impl Controller {
             }
         }
         for (_, r) in persisted.rollouts {
-            // A rollback or hold of this instance's own, not yet recorded, is newer.
-            if self.persist.pending_kind(&r.service).is_none() {
-                Self::take_rollout(state, r);
-            }
+            Self::take_rollout(state, r);
         }
     }
 
