@@ -188,10 +188,16 @@ impl EtcdStore {
                     self.resync_wanted.notify_one();
                     return Ok(Outcome::Recorded);
                 }
-                // A compare on a key's value fails while the key is absent: no durable write
-                // of this instance landed yet, this one included.
+                // A compare on a key's value fails while the key is absent (no durable write
+                // of this instance landed yet, this one included).
+                // The key's presence was guessed wrong (absent, or written meanwhile): the
+                // compare that fits what is there now.
                 None if !absent => {
                     w.token = Some((key, token, true));
+                    return Box::pin(self.write(w)).await;
+                }
+                Some(_) if absent => {
+                    w.token = Some((key, token, false));
                     return Box::pin(self.write(w)).await;
                 }
                 _ => w.token = Some((key, token, absent)),
