@@ -136,6 +136,23 @@ bounded_test! {
         })
         .await;
 
+        // The pause at 30 % recorded too (the view shows it before the bookkeeping write that
+        // confirms the step lands): otherwise the step counts as in flight, and a restart
+        // rightly resumes below it.
+        eventually(Duration::from_secs(10), "the pause at 30% recorded", || async {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let state: String = conn
+                .query_row("SELECT state FROM rollouts ORDER BY id DESC LIMIT 1", [], |row| row.get(0))
+                .unwrap();
+            let traffic: String = conn
+                .query_row("SELECT state FROM traffic WHERE service = 'shop'", [], |row| row.get(0))
+                .unwrap();
+            let r: serde_json::Value = serde_json::from_str(&state).unwrap();
+            let t: serde_json::Value = serde_json::from_str(&traffic).unwrap();
+            r["status"] == "paused" && r["weight"] == 3000 && t["step_from"].is_null()
+        })
+        .await;
+
         // The abort is decided and applied while the file is locked, then the process dies
         // before it could record it.
         let lock = DbLock::hold(&db);
