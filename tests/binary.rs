@@ -201,7 +201,7 @@ fn the_demo_runs_to_the_end_without_a_failed_request() {
 #[test]
 fn the_faulty_demo_is_rolled_back_automatically() {
     let text = demo(&["--faulty"]);
-    // Whichever judged first: the guard ("… error rate … exceeds stable's …") or the canary's
+    // Whichever judged first: the guard ("… error rate … exceeds stable blue's …") or the canary's
     // analysis step ("check error-rate failed …") — the sequential guard needs ~1–2 s of
     // evidence at the demo's traffic, and the analysis step runs within that.
     assert!(

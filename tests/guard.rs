@@ -86,7 +86,7 @@ bounded_test! {
         let why = reason(&r);
         assert!(
             why.starts_with("aborted by guard: candidate green error rate")
-                && why.contains("exceeds stable's")
+                && why.contains("exceeds stable blue's")
                 && why.contains("by more than 5 points: the difference is at least")
                 && why.contains("(α = 0.01 per hour)"),
             "{why}"
@@ -141,7 +141,7 @@ bounded_test! {
         fired_between(took, Duration::ZERO, Duration::from_secs(2), "latency rollback");
         let why = reason(&r);
         assert!(
-            why.contains("answers slower than") && why.contains("× stable's p99"),
+            why.contains("answers slower than") && why.contains("× stable blue's p99"),
             "{why}"
         );
     }

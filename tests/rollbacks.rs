@@ -221,7 +221,7 @@ bounded_test! {
             "{r}"
         );
         assert!(g > 0 && b > 0);
-        rig.rolled_back_by("guard", "exceeds stable's").await;
+        rig.rolled_back_by("guard", "exceeds stable blue's").await;
     }
 }
 

@@ -17,6 +17,10 @@ pub struct Context {
     pub rollout: Option<u64>,
     pub stable: String,
     pub candidate: String,
+    /// The group running a fresh copy of stable that the candidate is judged against, when
+    /// the strategy has one (`Strategy::baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     /// Candidate weight in basis points.
     pub weight: u32,
     pub analysis: String,
@@ -27,6 +31,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The group built-in measurements compare the candidate with: the baseline, else stable.
+    pub fn reference(&self) -> &str {
+        self.baseline.as_deref().unwrap_or(&self.stable)
+    }
+
     /// What analysis `analysis` of rollout `r` is told, starting now.
     pub fn of_rollout(r: &crate::rollout::Rollout, analysis: &str) -> Context {
         Context {
@@ -34,6 +43,7 @@ impl Context {
             rollout: Some(r.id),
             stable: r.stable.clone(),
             candidate: r.candidate.clone(),
+            baseline: r.strategy.baseline.clone(),
             weight: r.weight,
             analysis: analysis.to_string(),
             check: String::new(),

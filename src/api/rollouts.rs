@@ -283,7 +283,10 @@ pub(super) async fn dry_run(
         on_behalf_of = on_behalf_of.as_deref().unwrap_or(""),
         "analysis dry run"
     );
-    let windows = api.control.windows(&service, &stable, &candidate);
+    // A rollout with a baseline judges the candidate against it, as its steps do.
+    let baseline = current.as_ref().and_then(|r| r.strategy.baseline.clone());
+    let reference = baseline.clone().unwrap_or_else(|| stable.clone());
+    let windows = api.control.windows(&service, &reference, &candidate);
     let mut results = Vec::new();
     for name in names {
         let analysis = snap.config.analysis(&name).ok_or_else(|| {
@@ -299,6 +302,7 @@ pub(super) async fn dry_run(
                 rollout: current.as_ref().map(|r| r.id),
                 stable: stable.clone(),
                 candidate: candidate.clone(),
+                baseline: baseline.clone(),
                 weight: current.as_ref().map_or(0, |r| r.weight),
                 analysis: name.clone(),
                 check: check.name.clone(),
@@ -309,7 +313,7 @@ pub(super) async fn dry_run(
         }
     }
     Ok(Json(
-        serde_json::json!({ "stable": stable, "candidate": candidate, "results": results }),
+        serde_json::json!({ "stable": stable, "baseline": baseline, "candidate": candidate, "results": results }),
     ))
 }
 

@@ -308,6 +308,11 @@ fn render(r: &Value) -> String {
         r["attempt"].as_u64().unwrap_or(0) + 1,
         str_of(&r["status"])
     ));
+    if let Some(b) = r["strategy"]["baseline"].as_str() {
+        out.push_str(&format!(
+            "  baseline {b}: the candidate's weight beside it, and judged against it\n"
+        ));
+    }
     if let Some(reason) = r["reason"].as_str() {
         out.push_str(&format!("  {reason}\n"));
     }

@@ -369,6 +369,9 @@ pub struct RawStrategy {
     /// Blue-green: analyses before and after the switch.
     pub pre_promotion_analysis: Option<String>,
     pub post_promotion_analysis: Option<String>,
+    /// Canary: a group running a fresh copy of stable, given the candidate's weight and
+    /// judged against it instead of stable.
+    pub baseline: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]

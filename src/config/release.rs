@@ -168,6 +168,14 @@ pub(super) fn strategy(
         }
     }
     s.background_analysis = raw.background_analysis.clone();
+    if raw.baseline.is_some() && matches!(raw.kind.as_str(), "blue-green" | "all-at-once") {
+        // Both move all traffic at once: there is no share for a baseline to mirror.
+        only(p, &raw.kind, &[("baseline", true)]);
+    }
+    if let Some(b) = &raw.baseline {
+        super::fields::name(b, at.join("baseline"), p);
+    }
+    s.baseline = raw.baseline.clone();
     (p.0.len() == before).then_some(s)
 }
 

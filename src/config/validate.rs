@@ -269,6 +269,14 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             Some(raw) => super::release::strategy(raw, analyses, &at.join("strategy"), p)
                 .unwrap_or_else(crate::rollout::Strategy::all_at_once),
         };
+        if let Some(b) = s.strategy.as_ref().and_then(|r| r.baseline.as_ref()) {
+            if !s.group.iter().any(|g| &g.name == b) {
+                p.add(
+                    at.join("strategy").join("baseline"),
+                    format!("no group named \"{b}\" in service \"{}\"", s.name),
+                );
+            }
+        }
         let stickiness = s
             .stickiness
             .as_ref()

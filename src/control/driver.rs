@@ -115,7 +115,7 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                     continue;
                 };
                 let ctx = Context::of_rollout(r, &name);
-                let groups = control.windows(&service, &r.stable, &r.candidate);
+                let groups = control.windows(&service, r.reference(), &r.candidate);
                 // A command (promote, abort, …) interrupts the analysis; the loop looks again.
                 tokio::select! {
                     report = tokio::time::timeout(deadline, run::run(&analysis, groups, ctx, false)) => match report {

@@ -195,7 +195,7 @@ impl Counting {
     fn start(control: &Controller, service: &str, r: &Rollout) -> Counting {
         let origin = metrics::now_second();
         let before = control
-            .judged(service, &r.stable, &r.candidate, origin, origin)
+            .judged(service, r.reference(), &r.candidate, origin, origin)
             .unwrap_or_else(empty);
         Counting { origin, before }
     }
@@ -204,7 +204,7 @@ impl Counting {
     /// running configuration.
     fn read(&mut self, control: &Controller, service: &str, r: &Rollout) -> Option<Judged> {
         let now = metrics::now_second();
-        let (stable, candidate) = (&r.stable, &r.candidate);
+        let (stable, candidate) = (r.reference(), &r.candidate);
         if now.saturating_sub(self.origin) >= REBASE_AFTER {
             // The seconds before the new origin are complete: take them out of the last
             // reading so that the next difference stays right.
@@ -243,7 +243,7 @@ fn slow_threshold(control: &Controller, service: &str, r: &Rollout, g: &Guard) -
     let now = metrics::now_second();
     let seen = control.judged(
         service,
-        &r.stable,
+        r.reference(),
         &r.candidate,
         now.saturating_sub(span),
         now,
@@ -313,9 +313,10 @@ impl Breach {
             Breach::Errors => {
                 let e = &look.errors;
                 format!(
-                    "candidate {} error rate {} exceeds stable's {} by more than {} points: {}",
+                    "candidate {} error rate {} exceeds {}'s {} by more than {} points: {}",
                     r.candidate,
                     counted(e.candidate, span(e.ticks, g), new),
+                    against(r),
                     counted(e.stable, reference(look, g), new),
                     g.max_error_rate,
                     at_least(e, g.alpha)
@@ -324,17 +325,28 @@ impl Breach {
             Breach::Latency => {
                 let l = &look.latency;
                 format!(
-                    "candidate {} answers slower than {} ({} × stable's p99): {} exceeds stable's {} by more than {} point: {}",
+                    "candidate {} answers slower than {} ({} × {}'s p99): {} exceeds {}'s {} by more than {} point: {}",
                     r.candidate,
                     ms(threshold),
                     g.max_latency_ratio,
+                    against(r),
                     counted(l.candidate, span(l.ticks, g), new),
+                    against(r),
                     counted(l.stable, reference(look, g), new),
                     Guard::MAX_SLOW_POINTS,
                     at_least(l, g.alpha)
                 )
             }
         }
+    }
+}
+
+/// What the candidate is judged against: `stable blue`, or `baseline blue-fresh` when the
+/// strategy has one (`Rollout::reference`).
+fn against(r: &Rollout) -> String {
+    match &r.strategy.baseline {
+        Some(b) => format!("baseline {b}"),
+        None => format!("stable {}", r.stable),
     }
 }
 
@@ -529,7 +541,7 @@ pub(super) async fn background(
             return;
         };
         let ctx = Context::of_rollout(&r, &name);
-        let windows = control.windows(&service, &r.stable, &r.candidate);
+        let windows = control.windows(&service, r.reference(), &r.candidate);
         let report = run::run(&analysis, windows, ctx, true).await;
         control.count_analysis(&service, report.verdict);
         loop {

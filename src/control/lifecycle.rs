@@ -102,9 +102,9 @@ impl Controller {
             .rollouts
             .into_iter()
             .filter(|(svc, r)| {
-                config.service(svc).is_some_and(|s| {
-                    s.group(&r.stable).is_some() && s.group(&r.candidate).is_some()
-                })
+                config
+                    .service(svc)
+                    .is_some_and(|s| r.groups().all(|g| s.group(g).is_some()))
             })
             .collect();
         // In a fleet the state is the fleet's, kept by its leader: a new leader holds what it

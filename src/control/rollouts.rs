@@ -67,11 +67,28 @@ impl Controller {
                 "\"{candidate}\" is already the stable group of service \"{service}\""
             )));
         }
-        if !force {
-            self.check_healthy(service, [candidate])?;
-        }
         let strategy =
             super::hooks::with_hooks(strategy.unwrap_or_else(|| svc.strategy.clone()), &svc.hooks);
+        if let Some(b) = &strategy.baseline {
+            if svc.group(b).is_none() {
+                return Err(ControlError::UnknownGroup {
+                    service: service.into(),
+                    group: b.clone(),
+                });
+            }
+            if b == &stable || b == candidate {
+                return Err(ControlError::BadRequest(format!(
+                    "the baseline \"{b}\" must be a third group running a fresh copy of the stable version, not the {}",
+                    if b == &stable { "stable group" } else { "candidate" }
+                )));
+            }
+        }
+        if !force {
+            self.check_healthy(
+                service,
+                std::iter::once(candidate).chain(strategy.baseline.as_deref()),
+            )?;
+        }
         let r = Rollout::new(
             service,
             &stable,

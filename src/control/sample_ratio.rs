@@ -59,7 +59,7 @@ impl SplitCheck {
         let g = control.snapshot().config.service(service)?.guard.clone();
         let snap = control.snapshot();
         let split = snap.services.get(service)?.split();
-        let (wc, ws) = (split.weight(&r.candidate), split.weight(&r.stable));
+        let (wc, ws) = (split.weight(&r.candidate), split.weight(r.reference()));
         let segment = (wc, r.status);
         if self.segment != Some(segment) {
             // A new step (or a pause, or a resume): count afresh.

@@ -257,13 +257,14 @@ impl Controller {
         for r in state.rollouts.values().filter(|r| r.status.is_active()) {
             let keeps = config
                 .service(&r.service)
-                .is_some_and(|s| s.group(&r.stable).is_some() && s.group(&r.candidate).is_some());
+                .is_some_and(|s| r.groups().all(|g| s.group(g).is_some()));
             if !keeps {
                 return Err(ControlError::RolloutInProgress {
                     service: r.service.clone(),
                     id: r.id,
                     candidate: r.candidate.clone(),
-                    what: "the new configuration removes the service or one of its two groups",
+                    what:
+                        "the new configuration removes the service or one of the groups it runs on",
                 });
             }
         }

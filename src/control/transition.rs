@@ -175,13 +175,18 @@ fn toward_stable(before: &Rollout, after: &Rollout) -> bool {
         )
 }
 
-/// The split while a rollout is active: the candidate's weight, the rest on stable.
+/// The split while a rollout is active: the candidate's weight, as much to the baseline if
+/// there is one (`Rollout::baseline_weight`), the rest on stable.
 pub(super) fn rollout_split(r: &Rollout) -> Split {
-    Split::from_basis_points([
-        (r.stable.clone(), FULL_WEIGHT - r.weight),
+    let baseline = r.baseline_weight(r.weight);
+    let mut parts = vec![
+        (r.stable.clone(), FULL_WEIGHT - r.weight - baseline),
         (r.candidate.clone(), r.weight),
-    ])
-    .expect("a rollout's weight is at most FULL_WEIGHT")
+    ];
+    if let Some(b) = &r.strategy.baseline {
+        parts.push((b.clone(), baseline));
+    }
+    Split::from_basis_points(parts).expect("a rollout's weights sum to FULL_WEIGHT")
 }
 
 impl Controller {

@@ -101,6 +101,13 @@ pub struct Strategy {
     /// An analysis that runs for the whole rollout; its failure rolls back.
     #[serde(default)]
     pub background_analysis: Option<String>,
+    /// A group running a fresh copy of the stable version, given the candidate's weight
+    /// (taken from stable) while the rollout runs, and the one the judge compares the
+    /// candidate with: a long-running stable group differs from a just-started candidate in
+    /// more than its version (warm caches, leaks, uptime), so comparing like with like is
+    /// the fair test (Kayenta's and Argo Experiments' advice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 /// Options of the blue-green strategy.
@@ -123,6 +130,7 @@ impl Strategy {
             steps,
             blue_green: false,
             background_analysis: None,
+            baseline: None,
         }
     }
 
@@ -134,6 +142,7 @@ impl Strategy {
             }],
             blue_green: false,
             background_analysis: None,
+            baseline: None,
         }
     }
 
@@ -166,6 +175,7 @@ impl Strategy {
             steps,
             blue_green: true,
             background_analysis: None,
+            baseline: None,
         }
     }
 
@@ -208,6 +218,7 @@ impl Strategy {
             steps,
             blue_green: false,
             background_analysis: None,
+            baseline: None,
         })
     }
 }
@@ -360,6 +371,29 @@ impl EndWork {
 }
 
 impl Rollout {
+    /// The group the judge (guard, analyses, the split check) compares the candidate with:
+    /// the strategy's baseline when it has one, else stable.
+    pub fn reference(&self) -> &str {
+        self.strategy.baseline.as_deref().unwrap_or(&self.stable)
+    }
+
+    /// Every group the rollout sends traffic to: stable, the candidate and the baseline.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        [self.stable.as_str(), self.candidate.as_str()]
+            .into_iter()
+            .chain(self.strategy.baseline.as_deref())
+    }
+
+    /// The baseline's weight beside the candidate's `weight`: the same, taken from stable,
+    /// as long as stable has it to give (past 50 % stable is at 0 and the baseline has the
+    /// rest; at 100 % it has nothing). 0 without a baseline.
+    pub fn baseline_weight(&self, weight: u32) -> u32 {
+        match self.strategy.baseline {
+            Some(_) => weight.min(FULL_WEIGHT.saturating_sub(weight)),
+            None => 0,
+        }
+    }
+
     /// A rollout not yet started: step 0, the candidate at weight 0, no id (the store
     /// allocates it when the start is recorded), created and updated at `now` (Unix ms).
     pub fn new(
