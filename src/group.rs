@@ -339,6 +339,7 @@ mod tests {
         let upstream = Upstream {
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         };
         Group::new("g".into(), vec![a, b], upstream, Default::default())
             .with_slow_start(Duration::from_secs(10))

@@ -1,22 +1,26 @@
 //! Active health checks: one task per (target, check settings), probing on an interval and
 //! moving the target between healthy and unhealthy after the configured thresholds. The
 //! result is an atomic on the target, which the hot path reads.
+//!
+//! Each probe opens a connection the way traffic does (`Upstream::stream`: TCP, then TLS
+//! with the group's settings), so a target whose certificate the group would refuse, or
+//! that does not speak h2 by ALPN, is unhealthy; and closes it after the answer, as
+//! HAProxy's checks do (a resumed TLS session makes that cheap).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Uri};
+use http::Request;
 use http_body_util::Empty;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::task::AbortHandle;
 
 use crate::config::HealthCheck;
 use crate::group::{Health, Target};
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamProtocol;
+use crate::upstream::{Upstream, UpstreamProtocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CheckKey {
@@ -25,6 +29,8 @@ struct CheckKey {
     target: String,
     check: HealthCheck,
     protocol: UpstreamProtocol,
+    /// The group's TLS client by what it was built from: a changed one is a new check.
+    tls: Option<String>,
 }
 
 /// The running checks, reconciled with each new snapshot.
@@ -52,13 +58,19 @@ impl HealthChecker {
                         target: t.addr.0.clone(),
                         check: check.clone(),
                         protocol: g.protocol,
+                        tls: group
+                            .upstream
+                            .tls
+                            .as_ref()
+                            .map(|t| t.fingerprint().to_string()),
                     };
-                    wanted.insert(key, t.clone());
+                    // Probes reach the target the way traffic does (protocol, TLS).
+                    wanted.insert(key, (t.clone(), group.upstream.clone()));
                 }
             }
         }
         self.running.retain(|key, (target, task)| {
-            let keep = wanted.get(key).is_some_and(|t| Arc::ptr_eq(t, target));
+            let keep = wanted.get(key).is_some_and(|(t, _)| Arc::ptr_eq(t, target));
             if !keep {
                 task.abort();
                 // Without a check the target is trusted again; a new check decides afresh.
@@ -66,11 +78,11 @@ impl HealthChecker {
             }
             keep
         });
-        for (key, target) in wanted {
+        for (key, (target, upstream)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(run(key.clone(), target.clone())).abort_handle();
+            let task = tokio::spawn(run(key.clone(), target.clone(), upstream)).abort_handle();
             self.running.insert(key, (target, task));
         }
     }
@@ -82,26 +94,20 @@ impl HealthChecker {
     }
 }
 
-async fn run(key: CheckKey, target: Arc<Target>) {
+async fn run(key: CheckKey, target: Arc<Target>, upstream: Upstream) {
     let check = &key.check;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(check.timeout));
-    connector.set_nodelay(true);
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(1)
-        .http2_only(key.protocol == UpstreamProtocol::Http2)
-        .build(connector);
-    let uri: Uri = format!("http://{}{}", target.addr, check.path)
-        .parse()
-        .expect("validated target and path");
+    // The whole probe — connect, handshake, answer — within the check's timeout.
+    let upstream = Upstream {
+        connect_timeout: check.timeout,
+        ..upstream
+    };
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         ticker.tick().await;
         target.pool.sweep(crate::metrics::now_ms());
-        let result = probe(&client, &uri, check).await;
+        let result = probe(&upstream, &target, check).await;
         match &result {
             Ok(()) => {
                 successes += 1;
@@ -138,22 +144,59 @@ async fn run(key: CheckKey, target: Arc<Target>) {
     }
 }
 
-async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    uri: &Uri,
-    check: &HealthCheck,
-) -> Result<(), String> {
-    let req = Request::get(uri.clone())
-        .header(http::header::USER_AGENT, "switchyard-health-check")
-        .body(Empty::new())
-        .expect("valid health check request");
-    match tokio::time::timeout(check.timeout, client.request(req)).await {
+async fn probe(upstream: &Upstream, target: &Target, check: &HealthCheck) -> Result<(), String> {
+    let exchange = async {
+        let stream = upstream
+            .stream(&target.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let io = TokioIo::new(stream);
+        let req = Request::get(check.path.as_str())
+            .header(http::header::USER_AGENT, "switchyard-health-check");
+        let status = match upstream.protocol {
+            UpstreamProtocol::Http1 => {
+                let (mut tx, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let req = req
+                    .header(http::header::HOST, target.addr.0.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .expect("valid health check request");
+                tx.send_request(req)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status()
+            }
+            UpstreamProtocol::Http2 => {
+                let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let scheme = if upstream.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let req = Request::get(format!("{scheme}://{}{}", target.addr, check.path))
+                    .header(http::header::USER_AGENT, "switchyard-health-check")
+                    .body(Empty::<Bytes>::new())
+                    .expect("valid health check request");
+                tx.send_request(req)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status()
+            }
+        };
+        Ok::<_, String>(status)
+    };
+    match tokio::time::timeout(check.timeout, exchange).await {
         Err(_) => Err(format!(
             "no answer within {}",
             humantime::format_duration(check.timeout)
         )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(resp)) if check.success_codes.contains(resp.status().as_u16()) => Ok(()),
-        Ok(Ok(resp)) => Err(format!("status {}", resp.status().as_u16())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(status)) if check.success_codes.contains(status.as_u16()) => Ok(()),
+        Ok(Ok(status)) => Err(format!("status {}", status.as_u16())),
     }
 }

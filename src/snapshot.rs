@@ -143,6 +143,7 @@ impl Snapshot {
                     let upstream = Upstream {
                         protocol: g.protocol,
                         connect_timeout: config.timeouts.connect,
+                        tls: g.tls.as_ref().map(|t| t.client.clone()),
                     };
                     let stats =
                         old.map_or_else(|| Arc::new(GroupStats::default()), |o| o.stats.clone());

@@ -1,4 +1,7 @@
-//! TLS termination: certificates chosen by SNI, ALPN offering h2 and http/1.1.
+//! TLS termination: certificates chosen by SNI, ALPN offering h2 and http/1.1; and TLS to
+//! targets (`client`).
+
+pub mod client;
 
 use std::path::Path;
 use std::sync::Arc;

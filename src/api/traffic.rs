@@ -166,6 +166,9 @@ pub struct GroupStatus {
     pub weight: u32,
     pub weight_text: String,
     pub healthy_targets: usize,
+    /// How traffic reaches the targets over TLS, in words; absent for plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     pub targets: Vec<TargetStatus>,
     pub counts: serde_json::Value,
 }
@@ -227,6 +230,12 @@ pub(super) async fn status(
                         weight: *w,
                         weight_text: format_percent(*w),
                         healthy_targets: g.healthy_count(now),
+                        tls: snap
+                            .config
+                            .service(&s.name)
+                            .and_then(|c| c.group(&g.name))
+                            .and_then(|c| c.tls.as_ref())
+                            .map(crate::config::model::TargetTls::describe),
                         targets: g
                             .targets
                             .iter()

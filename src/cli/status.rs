@@ -89,6 +89,9 @@ fn print_status(s: &serde_json::Value) {
                 g["targets"].as_array().map_or(0, Vec::len),
                 g["counts"]["requests"],
             );
+            if let Some(tls) = g["tls"].as_str() {
+                outln!("    {tls}");
+            }
             for t in g["targets"].as_array().into_iter().flatten() {
                 let ejected = flag(&t["ejected"], " ejected");
                 outln!(

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::raw::RawConfig;
+use crate::tls::client::{self, Roots};
 use crate::tls::{LoadedKey, TlsError};
 
 /// The variable the unnamed admin token is taken from when the file sets neither `token`
@@ -21,6 +22,18 @@ pub struct Loaded {
     env: BTreeMap<String, Option<String>>,
     /// Per `[[listener]]`, per `[[listener.certificate]]`, in file order.
     certificates: Vec<Vec<Certificate>>,
+    /// Per (service, group) index with a `tls` table: what its files gave.
+    target_tls: BTreeMap<(usize, usize), TargetFiles>,
+}
+
+/// What a group's `tls` names, as read.
+#[derive(Debug)]
+pub struct TargetFiles {
+    /// The `ca` bundle, or the system's roots without one; `None` with
+    /// `insecure_skip_verify`.
+    pub roots: Option<Result<Roots, TlsError>>,
+    /// The client certificate, when both `cert` and `key` are given.
+    pub client: Option<Certificate>,
 }
 
 /// One certificate's files, resolved against the configuration's folder, and what reading
@@ -61,7 +74,31 @@ pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
                 .collect()
         })
         .collect();
-    Loaded { env, certificates }
+    let mut target_tls = BTreeMap::new();
+    for (i, s) in raw.service.iter().enumerate() {
+        for (j, g) in s.group.iter().enumerate() {
+            let Some(t) = &g.tls else { continue };
+            let roots = match (&t.ca, t.insecure_skip_verify) {
+                (_, Some(true)) => None,
+                (Some(ca), _) => Some(client::load_bundle(&base_dir.join(ca)).map(Roots::Bundle)),
+                (None, _) => Some(client::system_roots().map(Roots::System)),
+            };
+            let client = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => {
+                    let (cert, key) = (base_dir.join(c), base_dir.join(k));
+                    let loaded = crate::tls::load_certified_key(&cert, &key);
+                    Some(Certificate { cert, key, loaded })
+                }
+                _ => None,
+            };
+            target_tls.insert((i, j), TargetFiles { roots, client });
+        }
+    }
+    Loaded {
+        env,
+        certificates,
+        target_tls,
+    }
 }
 
 impl Loaded {
@@ -70,6 +107,11 @@ impl Loaded {
         let value = self.env.get(var);
         debug_assert!(value.is_some(), "{var} was not read by the load step");
         value.and_then(Option::as_deref).filter(|v| !v.is_empty())
+    }
+
+    /// What the `tls` of group `j` of service `i` names, as read.
+    pub fn target_tls(&self, service: usize, group: usize) -> Option<&TargetFiles> {
+        self.target_tls.get(&(service, group))
     }
 
     /// The certificates of the `i`-th `[[listener]]`.

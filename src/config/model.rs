@@ -374,6 +374,41 @@ pub struct GroupConfig {
     pub targets: Vec<TargetAddr>,
     pub protocol: UpstreamProtocol,
     pub health_check: Option<HealthCheck>,
+    pub tls: Option<TargetTls>,
+}
+
+/// TLS to a group's targets, as configured and built (`tls::client`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetTls {
+    pub sni: Option<String>,
+    /// The CA bundle; none: the system's roots (or nothing, unverified).
+    pub ca: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// The client certificate presented to targets that ask for one.
+    pub cert: Option<PathBuf>,
+    /// Built once with the configuration; shown (and compared) by a digest of what it was
+    /// built from, so that a changed CA or client certificate is a changed group.
+    #[serde(rename = "fingerprint")]
+    pub client: crate::tls::client::ClientTls,
+}
+
+impl TargetTls {
+    /// In words, for `status`: "TLS, trusting ca.pem, SNI api.internal, client certificate
+    /// me.pem".
+    pub fn describe(&self) -> String {
+        let mut s = match (&self.ca, self.insecure_skip_verify) {
+            (_, true) => "TLS, certificates NOT verified (insecure_skip_verify)".to_string(),
+            (Some(ca), _) => format!("TLS, trusting {}", ca.display()),
+            (None, _) => "TLS, trusting the system's roots".to_string(),
+        };
+        if let Some(sni) = &self.sni {
+            s.push_str(&format!(", SNI {sni}"));
+        }
+        if let Some(c) = &self.cert {
+            s.push_str(&format!(", client certificate {}", c.display()));
+        }
+        s
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

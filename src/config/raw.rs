@@ -401,6 +401,24 @@ pub struct RawGroup {
     pub targets: Vec<String>,
     pub protocol: Option<String>,
     pub health_check: Option<RawHealthCheck>,
+    /// TLS to the targets; absent: plain TCP.
+    pub tls: Option<RawTargetTls>,
+}
+
+/// TLS to a group's targets: `tls = {}` trusts the system's roots and sends the target's
+/// host as SNI.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetTls {
+    /// The name sent as SNI and verified (default: the target's host).
+    pub sni: Option<String>,
+    /// A PEM bundle of the CAs to trust instead of the system's roots.
+    pub ca: Option<String>,
+    /// Accept any certificate: named so on purpose.
+    pub insecure_skip_verify: Option<bool>,
+    /// A client certificate chain and its key, for targets that ask for one (mTLS).
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -31,7 +31,7 @@ pub(super) fn validate(
     admin_apart(&admin, &listeners, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
-    let services = services(&raw.service, &analysis_names, &mut p);
+    let services = services(&raw.service, &analysis_names, loaded, &mut p);
     let access_log = raw.access_log.as_ref().and_then(|a| {
         let buffer = count_or(
             a.buffer,
@@ -206,7 +206,12 @@ fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::Analy
     super::analysis::analyses(raw, p)
 }
 
-fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<ServiceConfig> {
+fn services(
+    raw: &[RawService],
+    analyses: &[String],
+    loaded: &Loaded,
+    p: &mut Problems,
+) -> Vec<ServiceConfig> {
     let mut names = Unique::new("service");
     let mut out = Vec::new();
     for (i, s) in raw.iter().enumerate() {
@@ -236,7 +241,12 @@ fn services(raw: &[RawService], analyses: &[String], p: &mut Problems) -> Vec<Se
             let gat = at.join("group").join(j);
             name(&g.name, gat.join("name"), p);
             group_names.check(&g.name, gat.join("name"), p);
-            groups.push(group(g, default_hc.as_ref(), inherited.as_ref(), &gat, p));
+            let mut made = group(g, default_hc.as_ref(), inherited.as_ref(), &gat, p);
+            made.tls = g.tls.as_ref().and_then(|t| {
+                let files = loaded.target_tls(i, j);
+                super::target_tls::target_tls(t, files, made.protocol, &gat.join("tls"), p)
+            });
+            groups.push(made);
         }
         let split = split(s, &at, p);
         let balance = match s.balance.as_deref() {
@@ -378,6 +388,7 @@ fn group(
         targets,
         protocol,
         health_check,
+        tls: None,
     }
 }
 

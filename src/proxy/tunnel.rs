@@ -9,7 +9,7 @@ use bytes::Bytes;
 /// nothing has moved either way for the listener's idle timeout, as ALB's does.
 pub(super) async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    (mut upstream, early): (tokio::net::TcpStream, Bytes),
+    (mut upstream, early): (crate::upstream::Stream, Bytes),
     idle: std::time::Duration,
 ) {
     use tokio::io::AsyncWriteExt;

@@ -9,7 +9,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +18,6 @@ use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::body::{Decoded, Framing, Upload, UploadError};
@@ -26,6 +25,7 @@ pub use super::clock::Limits;
 use super::clock::{ClientClock, Clock};
 use super::error::Error;
 use super::head::{checked_framing, parse_head, Head};
+use super::stream::Stream;
 use super::SetFields;
 
 /// Room made in the read buffer before each read: heads are small, bodies are streamed.
@@ -35,7 +35,7 @@ const BODY_READ: usize = 32 * 1024;
 /// An open connection to a target, idle between exchanges. Generic over the stream only so
 /// that the fuzz harness (`crate::fuzz`) can drive this very read loop over memory.
 #[derive(Debug)]
-pub struct Conn<IO = TcpStream> {
+pub struct Conn<IO = Stream> {
     io: IO,
     /// Bytes read and not yet consumed; empty while the connection is idle.
     buf: BytesMut,
@@ -65,19 +65,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 }
 
 impl Conn {
-    /// Whether an idle connection still looks usable: the target has neither closed it nor
-    /// sent anything unasked. Costs no system call unless the event loop has seen the socket
-    /// become readable since the last response was read.
+    /// Whether an idle connection still looks usable (see `Stream::is_alive`).
     pub fn is_alive(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.io.is_alive()
     }
 }
 
@@ -297,7 +287,7 @@ fn encode_head(
 /// A response body read straight off the target's connection. When it is complete and the
 /// connection can carry another request, [`ResponseBody::take_reusable`] gives it back.
 #[derive(Debug)]
-pub struct ResponseBody<IO = TcpStream> {
+pub struct ResponseBody<IO = Stream> {
     conn: Option<Conn<IO>>,
     framing: Framing,
     /// The rest of the request body, if the answer came before all of it was sent.

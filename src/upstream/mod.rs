@@ -2,7 +2,8 @@
 //! (rather than through a generic client) so that the proxy knows exactly what happened: a
 //! connect failure leaves the request untouched for another target, and a pooled connection
 //! that turns out dead lets a request without a body go again on a fresh one. HTTP/1 is our
-//! own client (`h1`); HTTP/2 (gRPC) targets use hyper's.
+//! own client (`h1`); HTTP/2 (gRPC) targets use hyper's. Either runs over plain TCP or TLS
+//! (`stream::Stream`, `tls::client`).
 
 mod body;
 mod clock;
@@ -11,8 +12,10 @@ mod fields;
 pub mod h1;
 pub mod h2;
 mod head;
+pub mod stream;
 
 pub use fields::SetFields;
+pub use stream::Stream;
 
 use std::future::Future;
 use std::io;
@@ -24,6 +27,8 @@ use std::time::Duration;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+use crate::tls::client::ClientTls;
 
 /// Idle HTTP/1 connections kept per target; more are closed when returned.
 const MAX_IDLE: usize = 512;
@@ -40,10 +45,13 @@ pub enum UpstreamProtocol {
 }
 
 /// How a group talks to its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub protocol: UpstreamProtocol,
+    /// For the TCP connect and the TLS handshake together.
     pub connect_timeout: Duration,
+    /// TLS to the targets (`tls` on the group); plain TCP without.
+    pub tls: Option<ClientTls>,
 }
 
 /// A target's connections: where to open them, a LIFO stack of idle HTTP/1 ones (the most
@@ -130,6 +138,10 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("the target did not agree to HTTP/2 by ALPN")]
+    NoH2,
 }
 
 /// A connection ready to carry one request.
@@ -139,6 +151,32 @@ pub enum Sender {
 }
 
 impl Upstream {
+    /// A new connection to the target, TLS handshake done: within `connect_timeout` in all.
+    /// An HTTP/2 group's TLS target must choose `h2` by ALPN.
+    pub async fn stream(&self, pool: &Pool) -> Result<Stream, ConnectError> {
+        let open = async {
+            let tcp = pool.connect_tcp().await?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(tls) => {
+                    let s = tls
+                        .connect(&pool.addr, tcp)
+                        .await
+                        .map_err(ConnectError::Tls)?;
+                    let s = Stream::Tls(Box::new(s));
+                    if self.protocol == UpstreamProtocol::Http2 && s.alpn() != Some(b"h2") {
+                        return Err(ConnectError::NoH2);
+                    }
+                    Ok(s)
+                }
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, open)
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+    }
+
     /// A pooled connection if one is alive and ready (`true`), else a new one (`false`).
     pub async fn checkout(&self, pool: &Pool, now_ms: u64) -> Result<(Sender, bool), ConnectError> {
         match self.protocol {
@@ -173,10 +211,7 @@ impl Upstream {
     }
 
     async fn open(&self, pool: &Pool) -> Result<Sender, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, pool.connect_tcp())
-            .await
-            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
-        let _ = stream.set_nodelay(true);
+        let stream = self.stream(pool).await?;
         match self.protocol {
             UpstreamProtocol::Http1 => Ok(Sender::Http1(h1::Conn::new(stream))),
             UpstreamProtocol::Http2 => {
