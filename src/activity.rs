@@ -46,6 +46,11 @@ impl Activity {
             .then(|| self.heads.load(Relaxed))
     }
 
+    /// Whether the connection speaks HTTP/2 (by ALPN or the h2c preface).
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Relaxed)
+    }
+
     /// Bytes that arrived before the HTTP exchange begins (a TLS handshake) start no head.
     pub(crate) fn handshake_done(&self, h2: bool) {
         self.head_started.store(false, Relaxed);

@@ -191,6 +191,8 @@ pub struct GroupStats {
     /// Requests failed by the client (stalled, aborted, broken or too large upload): counted
     /// apart from the answers, never as the version's failures.
     pub client_errors: AtomicU64,
+    /// Open WebSocket / Upgrade tunnels, drained when the group loses its traffic.
+    pub tunnels: Arc<crate::tunnels::Tunnels>,
 }
 
 impl GroupStats {

@@ -29,4 +29,5 @@ pub mod store;
 pub mod sys;
 pub mod tls;
 pub mod transform;
+pub mod tunnels;
 pub mod upstream;

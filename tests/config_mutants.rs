@@ -183,11 +183,19 @@ fn mutants() -> Vec<Mutant> {
                 what: format!("duration {} → {v}", &l[range.clone()]),
                 text: with(*i, new),
                 // Nothing waits 0s (a cookie age may; a rollback window of 0 sends every
-                // undo through the steps; a slow start of 0 is none) or centuries.
+                // undo through the steps; a slow start of 0 is none; a drain of 0 cuts
+                // tunnels at the switch) or centuries.
                 must_reject: v != "0s"
-                    || !["pause", "delay", "max_age", "rollback_window", "slow_start"]
-                        .iter()
-                        .any(|k| l.contains(k)),
+                    || ![
+                        "pause",
+                        "delay",
+                        "max_age",
+                        "rollback_window",
+                        "slow_start",
+                        "drain_timeout",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k)),
                 names: Vec::new(),
             });
         }
@@ -337,8 +345,11 @@ fn misplaced(m: &Mutant, d: &Diagnostic) -> Option<String> {
         Kind::Cut => true,
         Kind::Duplicate => near(d.line) || at_header(),
         Kind::Delete if m.what.contains("removed: `[") => {
+            // The header's keys now belong to the table before: the problem shows anywhere
+            // up to the next header, or at that header (`[[analysis.check]]` without its
+            // `[[analysis]]`).
             let next = next_header(&m.text, m.lines[1]);
-            near(d.line) || (m.lines[1]..next).contains(&d.line)
+            near(d.line) || (m.lines[1]..=next).contains(&d.line)
         }
         Kind::Delete | Kind::Swap => near(d.line) || at_header() || names_one(),
     };

@@ -200,25 +200,6 @@ bounded_test! {
     }
 }
 
-/// A WebSocket echo backend.
-async fn ws_echo() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    ws_addr
-}
-
 bounded_test! {
     current_thread;
     async fn websocket_upgrades_pass_through() {

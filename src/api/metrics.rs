@@ -132,6 +132,8 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
     let client_errors = Family::<Labels, Counter>::default();
     let route_client_errors = Family::<Labels, Counter>::default();
     let weight = Family::<Labels, Gauge>::default();
+    let tunnels = Family::<Labels, Gauge>::default();
+    let tunnels_cut = Family::<Labels, Counter>::default();
     let healthy = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
     registry.register("requests", "Requests sent to a group", requests.clone());
@@ -154,6 +156,16 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
         "route_client_errors",
         "Requests failed by the client, by listener and route",
         route_client_errors.clone(),
+    );
+    registry.register(
+        "tunnels_open",
+        "Open WebSocket / Upgrade tunnels to a group",
+        tunnels.clone(),
+    );
+    registry.register(
+        "tunnels_cut",
+        "Tunnels cut because their group had no traffic for drain_timeout",
+        tunnels_cut.clone(),
     );
     registry.register(
         "weight_basis_points",
@@ -378,6 +390,12 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
                 .get_or_create(&labels(&base))
                 .inc_by(c.client_errors);
             weight.get_or_create(&labels(&base)).set(*w as i64);
+            tunnels
+                .get_or_create(&labels(&base))
+                .set(g.stats.tunnels.open() as i64);
+            tunnels_cut
+                .get_or_create(&labels(&base))
+                .inc_by(g.stats.tunnels.cut_total());
             {
                 use std::sync::atomic::Ordering::Relaxed;
                 let per: Vec<u64> = g.stats.latency.iter().map(|b| b.load(Relaxed)).collect();

@@ -169,6 +169,14 @@ pub struct GroupStatus {
     /// How traffic reaches the targets over TLS, in words; absent for plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
+    /// Open WebSocket / Upgrade tunnels, those cut by a drain so far, and when the drain
+    /// under way cuts the open ones (unix ms; after a switch took all traffic away).
+    #[serde(default)]
+    pub tunnels: u64,
+    #[serde(default)]
+    pub tunnels_cut: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnels_draining_until: Option<i64>,
     pub targets: Vec<TargetStatus>,
     pub counts: serde_json::Value,
 }
@@ -236,6 +244,9 @@ pub(super) async fn status(
                             .and_then(|c| c.group(&g.name))
                             .and_then(|c| c.tls.as_ref())
                             .map(crate::config::model::TargetTls::describe),
+                        tunnels: g.stats.tunnels.open(),
+                        tunnels_cut: g.stats.tunnels.cut_total(),
+                        tunnels_draining_until: g.stats.tunnels.draining_until(),
                         targets: g
                             .targets
                             .iter()

@@ -92,6 +92,16 @@ fn print_status(s: &serde_json::Value) {
             if let Some(tls) = g["tls"].as_str() {
                 outln!("    {tls}");
             }
+            let tunnels = g["tunnels"].as_u64().unwrap_or(0);
+            if let Some(until) = g["tunnels_draining_until"].as_i64() {
+                let left = (until - switchyard::sys::unix_ms()).max(0) as u64;
+                outln!(
+                    "    {tunnels} tunnels draining: cut in {} unless traffic returns",
+                    humantime::format_duration(std::time::Duration::from_secs(left.div_ceil(1000)))
+                );
+            } else if tunnels > 0 {
+                outln!("    {tunnels} tunnels open");
+            }
             for t in g["targets"].as_array().into_iter().flatten() {
                 let ejected = flag(&t["ejected"], " ejected");
                 outln!(

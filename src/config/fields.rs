@@ -316,6 +316,7 @@ TOP
         ("", "[admin]\nidle_timeout = V", "admin.idle_timeout"),
         ("request_timeout = V", "", "service[0].request_timeout"),
         ("deregistration_delay = V", "", "service[0].deregistration_delay"),
+        ("drain_timeout = V", "", "service[0].drain_timeout"),
         ("progress_deadline = V", "", "service[0].progress_deadline"),
         ("rollback_window = V", "", "service[0].rollback_window"),
         ("slow_start = V", "", "service[0].slow_start"),

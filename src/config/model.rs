@@ -321,6 +321,9 @@ pub struct ServiceConfig {
     pub balance: Balance,
     pub request_timeout: Option<Duration>,
     pub deregistration_delay: Duration,
+    /// How long a group's open tunnels (WebSocket, Upgrade) keep running after a switch or
+    /// rollback takes all its traffic away, before they are cut.
+    pub drain_timeout: Duration,
     pub passive: PassiveHealth,
     /// The strategy a rollout of this service uses unless its start request names another.
     pub strategy: crate::rollout::Strategy,

@@ -318,6 +318,7 @@ pub struct RawService {
     pub balance: Option<String>,
     pub request_timeout: Option<String>,
     pub deregistration_delay: Option<String>,
+    pub drain_timeout: Option<String>,
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
     pub strategy: Option<RawStrategy>,

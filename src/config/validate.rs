@@ -266,6 +266,13 @@ fn services(
             .request_timeout
             .as_ref()
             .and_then(|d| duration(d, at.join("request_timeout"), &TIMEOUT, p));
+        let drain_timeout = duration_or(
+            s.drain_timeout.as_ref(),
+            at.join("drain_timeout"),
+            Duration::from_secs(300),
+            &RELEASE,
+            p,
+        );
         let deregistration_delay = duration_or(
             s.deregistration_delay.as_ref(),
             at.join("deregistration_delay"),
@@ -321,6 +328,7 @@ fn services(
             balance,
             request_timeout,
             deregistration_delay,
+            drain_timeout,
             passive,
             strategy,
             stickiness,

@@ -34,7 +34,52 @@ impl Controller {
         state.generation = generation;
         state.health.reconcile(&next);
         drain_removed(&prev, &next);
+        self.traffic_moved(state, &prev, &next);
         generation
+    }
+
+    /// Groups that lost all their traffic with this snapshot (a switch, a rollback, an
+    /// abort): HTTP/2 clients get a GOAWAY, and the group's open tunnels keep running for
+    /// the service's `drain_timeout`, then are cut — unless the group takes traffic again
+    /// first.
+    fn traffic_moved(&self, state: &State, prev: &Snapshot, next: &Snapshot) {
+        let mut emptied = false;
+        for (name, s) in &next.services {
+            let before = prev.services.get(name).map(|b| b.split());
+            for (g, w) in s.groups.iter().zip(&s.weights) {
+                let was = before.as_ref().map_or(0, |b| b.weight(&g.name));
+                if *w > 0 {
+                    if was == 0 {
+                        g.stats.tunnels.end_drain();
+                    }
+                    continue;
+                }
+                if was == 0 {
+                    continue;
+                }
+                emptied = true;
+                let delay = next
+                    .config
+                    .service(name)
+                    .map_or(Duration::from_secs(300), |c| c.drain_timeout);
+                let tunnels = g.stats.tunnels.clone();
+                let until = self.clock.unix_ms() + delay.as_millis() as i64;
+                let drain = tunnels.begin_drain(until);
+                let (service, group) = (name.clone(), g.name.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let cut = tunnels.cut_if(drain);
+                    if cut > 0 {
+                        tracing::info!(%service, %group, tunnels = cut, "drain_timeout over: tunnels to a group without traffic cut");
+                    }
+                });
+            }
+        }
+        if emptied {
+            for l in state.listeners.values() {
+                l.goaway();
+            }
+        }
     }
 }
 

@@ -33,9 +33,15 @@ pub struct Listener {
     pub tls: bool,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    drain: Arc<Drain>,
 }
 
 impl Listener {
+    /// Sends HTTP/2 clients a GOAWAY (see `serve::Drain::goaway`).
+    pub fn goaway(&self) {
+        self.drain.goaway();
+    }
+
     pub fn signal_stop(&self) {
         self.stop.cancel();
     }
@@ -69,12 +75,14 @@ pub fn spawn(
     let local = socket.local_addr()?;
     let stop = CancellationToken::new();
     let name: Arc<str> = Arc::from(name);
+    let drain = Arc::new(Drain::default());
     let task = tokio::spawn(accept_loop(
         socket,
         name.clone(),
         tls,
         snapshots,
         stop.clone(),
+        drain.clone(),
     ));
     Ok(Listener {
         name,
@@ -83,6 +91,7 @@ pub fn spawn(
         tls,
         stop,
         task,
+        drain,
     })
 }
 
@@ -92,8 +101,8 @@ async fn accept_loop(
     tls: bool,
     snapshots: Arc<ArcSwap<Snapshot>>,
     stop: CancellationToken,
+    drain: Arc<Drain>,
 ) {
-    let drain = Arc::new(Drain::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

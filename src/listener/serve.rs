@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -24,6 +24,9 @@ use crate::activity::{Activity, IdleWatch};
 #[derive(Debug, Default)]
 pub(super) struct Drain {
     draining: AtomicBool,
+    /// How many times a group lost all its traffic: HTTP/2 connections older than the
+    /// latest get a GOAWAY (see [`Drain::goaway`]).
+    goaways: AtomicU64,
     members: Mutex<Members>,
     empty: Notify,
 }
@@ -45,6 +48,20 @@ impl Drain {
             drain: self.clone(),
             id,
             waker: None,
+            goaways: self.goaways.load(Ordering::SeqCst),
+        }
+    }
+
+    /// A switch or rollback took all traffic from a group: every HTTP/2 connection open now
+    /// is told to take its next streams to a new connection (a graceful GOAWAY: streams in
+    /// flight finish). Each stream is routed by the split in force anyway; the GOAWAY is for
+    /// the clients — one that balances per connection (gRPC's) or holds one connection to
+    /// one of several instances gets to choose again.
+    pub(super) fn goaway(&self) {
+        self.goaways.fetch_add(1, Ordering::SeqCst);
+        let m = self.members.lock().expect("drain lock");
+        for w in m.wakers.values().flatten() {
+            w.wake_by_ref();
         }
     }
 
@@ -78,6 +95,8 @@ pub(super) struct Member {
     id: u64,
     /// The waker last registered, to register again only when the task's waker changes.
     waker: Option<Waker>,
+    /// The drain's GOAWAY count this connection has seen.
+    goaways: u64,
 }
 
 impl Member {
@@ -91,6 +110,13 @@ impl Member {
             self.waker = Some(w);
         }
         self.drain.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether a GOAWAY was asked for since the last look (the waker is registered by
+    /// [`Member::draining`], called first).
+    fn goaway(&mut self) -> bool {
+        let now = self.drain.goaways.load(Ordering::SeqCst);
+        std::mem::replace(&mut self.goaways, now) != now
     }
 }
 
@@ -192,6 +218,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         if !this.draining && this.member.draining(cx) {
+            this.draining = true;
+            this.conn.as_mut().graceful_shutdown();
+        }
+        if !this.draining && this.member.goaway() && this.activity.is_h2() {
             this.draining = true;
             this.conn.as_mut().graceful_shutdown();
         }

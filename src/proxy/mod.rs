@@ -439,7 +439,8 @@ async fn forward<'s>(
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
             // The connection now belongs to the tunnel.
             if let Some(upstream) = b.into_upgraded() {
-                tokio::spawn(tunnel(client, upstream, conn.idle));
+                let ticket = group.stats.tunnels.join();
+                tokio::spawn(tunnel(client, upstream, conn.idle, ticket));
             }
             UpstreamBody::Done
         }

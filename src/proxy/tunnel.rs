@@ -6,11 +6,13 @@ use bytes::Bytes;
 
 /// Joins the client's upgraded connection to the target's (WebSocket and other Upgrades),
 /// first passing on what the target sent right behind its 101. The tunnel closes when
-/// nothing has moved either way for the listener's idle timeout, as ALB's does.
+/// nothing has moved either way for the listener's idle timeout, as ALB's does, or when its
+/// group's drain cuts it (`ticket`: the group lost its traffic `drain_timeout` ago).
 pub(super) async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     (mut upstream, early): (crate::upstream::Stream, Bytes),
     idle: std::time::Duration,
+    ticket: crate::tunnels::Tunnel,
 ) {
     use tokio::io::AsyncWriteExt;
     let activity = Arc::new(crate::activity::Activity::default());
@@ -31,6 +33,9 @@ pub(super) async fn tunnel(
         }
         _ = crate::activity::quiet_for(activity, idle) => {
             tracing::debug!("closing idle upgraded connection");
+        }
+        _ = ticket.cut() => {
+            tracing::debug!("closing upgraded connection: its group's drain_timeout passed");
         }
     }
 }
