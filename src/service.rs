@@ -32,6 +32,9 @@ pub struct Service {
     /// Independent random buckets let a 10 % group get bursts of several requests in a row,
     /// which lengthen its queue and the latency tail.
     spread: AtomicU64,
+    /// An A/B test's rules while one runs: matching requests go to the candidate (after
+    /// the route's own overrides, before the split).
+    pub ab: Vec<crate::config::Override>,
 }
 
 /// The sequence's step: about FULL_WEIGHT / φ and coprime with FULL_WEIGHT, so the buckets
@@ -68,7 +71,14 @@ impl Service {
             passive,
             stickiness,
             spread: AtomicU64::new(fastrand::u64(..u64::from(FULL_WEIGHT))),
+            ab: Vec::new(),
         }
+    }
+
+    /// With an A/B test's rules (see [`Service::ab`]).
+    pub fn with_ab(mut self, rules: Vec<crate::config::Override>) -> Service {
+        self.ab = rules;
+        self
     }
 
     /// The group owning `bucket` in [0, FULL_WEIGHT).

@@ -66,6 +66,8 @@ pub struct ServiceTraffic {
     pub split: Option<Split>,
     pub stable: Option<String>,
     pub candidate: Option<String>,
+    /// An A/B test's rules: matching requests go to the candidate, whatever the split.
+    pub ab: Vec<Override>,
 }
 
 #[derive(Debug)]
@@ -155,17 +157,20 @@ impl Snapshot {
                 .collect();
             services.insert(
                 s.name.clone(),
-                Arc::new(Service::new(
-                    s.name.clone(),
-                    groups,
-                    split,
-                    t.and_then(|t| t.stable.as_deref()).or(split.active()),
-                    t.and_then(|t| t.candidate.as_deref()),
-                    s.balance,
-                    s.request_timeout.unwrap_or(config.timeouts.request),
-                    s.passive,
-                    s.stickiness.clone(),
-                )),
+                Arc::new(
+                    Service::new(
+                        s.name.clone(),
+                        groups,
+                        split,
+                        t.and_then(|t| t.stable.as_deref()).or(split.active()),
+                        t.and_then(|t| t.candidate.as_deref()),
+                        s.balance,
+                        s.request_timeout.unwrap_or(config.timeouts.request),
+                        s.passive,
+                        s.stickiness.clone(),
+                    )
+                    .with_ab(t.map_or_else(Vec::new, |t| t.ab.clone())),
+                ),
             );
         }
         debug_assert!(services

@@ -546,7 +546,7 @@ bounded_test! {
             .unwrap()
         })
         .await;
-        assert_eq!(watch.next().await.changes, vec![Change::Rollout(rollout(id, "web"))]);
+        assert_eq!(watch.next().await.changes, vec![Change::Rollout(Box::new(rollout(id, "web")))]);
     }
 }
 

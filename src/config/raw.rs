@@ -348,7 +348,7 @@ pub struct RawOverride {
     pub group_from_header: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNameValues {
     pub name: String,
@@ -373,6 +373,21 @@ pub struct RawStrategy {
     /// Canary: a group running a fresh copy of stable, given the candidate's weight and
     /// judged against it instead of stable.
     pub baseline: Option<String>,
+    /// A/B test (`kind = "ab"`): the requests that go to the candidate, the rounds, how long
+    /// each waits and the analysis each runs.
+    #[serde(rename = "match")]
+    pub ab_match: Option<Vec<RawAbMatch>>,
+    pub iterations: Option<i64>,
+    pub interval: Option<String>,
+    pub analysis: Option<String>,
+}
+
+/// One rule of an A/B test: a header or a cookie with one of the values.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAbMatch {
+    pub header: Option<RawNameValues>,
+    pub cookie: Option<RawNameValues>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]

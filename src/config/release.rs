@@ -8,8 +8,8 @@ use http::HeaderName;
 use super::fields::*;
 use super::locate::KeyPath;
 use super::model::*;
-use super::raw::{RawOverride, RawStickiness, RawStrategy};
-use crate::rollout::{BlueGreen, Step, Strategy};
+use super::raw::{RawAbMatch, RawOverride, RawStickiness, RawStrategy};
+use crate::rollout::{AbMatch, BlueGreen, Step, Strategy};
 
 /// A strategy from its raw form; problems are (path relative to the strategy, message).
 pub(super) fn strategy(
@@ -122,6 +122,19 @@ pub(super) fn strategy(
             );
             Strategy::all_at_once()
         }
+        "ab" => {
+            only(
+                p,
+                "ab",
+                &[
+                    ("steps", raw.steps.is_some()),
+                    ("auto_promote_after", raw.auto_promote_after.is_some()),
+                    ("scale_down_delay", raw.scale_down_delay.is_some()),
+                    ("teardown", raw.teardown.is_some()),
+                ],
+            );
+            ab(raw, analyses, at, p)?
+        }
         preset => match Strategy::preset(preset) {
             Some(s) => {
                 only(p, preset, &[("steps", raw.steps.is_some())]);
@@ -131,7 +144,7 @@ pub(super) fn strategy(
                 p.add(
                     at.join("kind"),
                     format!(
-                        "unknown strategy \"{preset}\": use canary, blue-green, all-at-once or a preset such as \
+                        "unknown strategy \"{preset}\": use canary, blue-green, all-at-once, ab or a preset such as \
                          canary-10pct-5m, canary-10pct-15m, linear-10pct-every-1m, linear-10pct-every-3m"
                     ),
                 );
@@ -140,6 +153,18 @@ pub(super) fn strategy(
         },
     };
     let mut s = s;
+    if raw.kind != "ab" {
+        only(
+            p,
+            &raw.kind,
+            &[
+                ("match", raw.ab_match.is_some()),
+                ("iterations", raw.iterations.is_some()),
+                ("interval", raw.interval.is_some()),
+                ("analysis", raw.analysis.is_some()),
+            ],
+        );
+    }
     if raw.kind != "blue-green" {
         only(
             p,
@@ -177,6 +202,90 @@ pub(super) fn strategy(
     }
     s.baseline = raw.baseline.clone();
     (p.0.len() == before).then_some(s)
+}
+
+/// An A/B test: rules that send requests to the candidate, `iterations` (1–1000) rounds of
+/// `interval` and `analysis`.
+fn ab(raw: &RawStrategy, analyses: &[String], at: &KeyPath, p: &mut Problems) -> Option<Strategy> {
+    let rules = match &raw.ab_match {
+        None => {
+            p.add(
+                at.clone(),
+                "an A/B test needs `match`: the header or cookie rules whose requests go to the candidate",
+            );
+            Vec::new()
+        }
+        Some(v) if v.is_empty() => {
+            p.add(at.join("match"), "`match` needs at least one rule");
+            Vec::new()
+        }
+        Some(v) => v
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| ab_rule(m, &at.join("match").join(i), p))
+            .collect(),
+    };
+    let iterations = count_or(
+        raw.iterations,
+        1..=1000,
+        10,
+        "rounds",
+        at.join("iterations"),
+        p,
+    );
+    let interval = match &raw.interval {
+        Some(i) => duration(i, at.join("interval"), &MEASURE, p)?,
+        None => Duration::from_secs(60),
+    };
+    let Some(analysis) = &raw.analysis else {
+        p.add(
+            at.clone(),
+            "an A/B test needs `analysis`: the analysis every round runs",
+        );
+        return None;
+    };
+    if !analyses.contains(analysis) {
+        p.add(
+            at.join("analysis"),
+            format!("no analysis named \"{analysis}\""),
+        );
+    }
+    Some(Strategy::ab(rules, iterations as u32, interval, analysis))
+}
+
+fn ab_rule(m: &RawAbMatch, at: &KeyPath, p: &mut Problems) -> Option<AbMatch> {
+    let rule = match (&m.header, &m.cookie) {
+        (Some(h), None) => {
+            if HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                p.add(
+                    at.join("header").join("name"),
+                    format!("\"{}\" is not a header name", h.name),
+                );
+                return None;
+            }
+            AbMatch::Header {
+                name: h.name.to_ascii_lowercase(),
+                values: h.values.clone(),
+            }
+        }
+        (None, Some(c)) => AbMatch::Cookie {
+            name: c.name.clone(),
+            values: c.values.clone(),
+        },
+        _ => {
+            p.add(
+                at.clone(),
+                "a rule needs exactly one of `header` or `cookie`",
+            );
+            return None;
+        }
+    };
+    let (AbMatch::Header { values, .. } | AbMatch::Cookie { values, .. }) = &rule;
+    if values.is_empty() {
+        p.add(at.clone(), "a rule needs at least one value");
+        return None;
+    }
+    Some(rule)
 }
 
 pub(super) fn stickiness(raw: &RawStickiness, at: &KeyPath, p: &mut Problems) -> Stickiness {

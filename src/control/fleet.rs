@@ -334,7 +334,7 @@ impl Controller {
                     record: Some(record),
                 } => traffic.push((service, Traffic::from_record(record))),
                 Change::Traffic { record: None, .. } => {}
-                Change::Rollout(r) => rollouts.push(r),
+                Change::Rollout(r) => rollouts.push(*r),
                 Change::Config(c) => config = Some(c),
                 Change::Leader(l) => f.view.lock().expect("fleet view").leader = l,
                 Change::Instance { name, record } => self.instance_changed(f, name, record),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::{ControlError, Controller, State, Traffic};
 use crate::access_log::AccessLog;
-use crate::rollout::Rollout;
+use crate::config::{Glob, GroupRef, Override, OverrideWhen};
+use crate::rollout::{AbMatch, Rollout};
 use crate::snapshot::{ServiceTraffic, Snapshot};
 
 impl Controller {
@@ -99,6 +100,7 @@ pub(super) fn view(
                     .map(|r| r.stable.clone())
                     .or_else(|| t.stable.clone()),
                 candidate: active.map(|r| r.candidate.clone()),
+                ab: active.map_or_else(Vec::new, |r| ab_rules(&r.strategy.ab_match)),
             };
             (name.clone(), v)
         })
@@ -136,4 +138,28 @@ fn drain_removed(prev: &Snapshot, next: &Snapshot) {
             }
         });
     }
+}
+
+/// An A/B test's rules as the data plane's overrides to the candidate. The names were
+/// checked when the strategy was (a header name that is not one matches nothing).
+fn ab_rules(rules: &[AbMatch]) -> Vec<Override> {
+    let globs = |v: &[String]| v.iter().cloned().map(Glob).collect();
+    rules
+        .iter()
+        .filter_map(|m| {
+            let when = match m {
+                AbMatch::Header { name, values } => OverrideWhen::Header(
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    globs(values),
+                ),
+                AbMatch::Cookie { name, values } => {
+                    OverrideWhen::Cookie(name.clone(), globs(values))
+                }
+            };
+            Some(Override {
+                to: GroupRef::Candidate,
+                when,
+            })
+        })
+        .collect()
 }

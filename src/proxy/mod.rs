@@ -238,7 +238,8 @@ async fn dispatch<'s>(
         RouteAction::Redirect(r) => redirect(r, &req, conn),
         RouteAction::Forward(service) => {
             served.service = Some(service);
-            let forced = forced_group(&route.overrides, service, &facts);
+            let forced = forced_group(&route.overrides, service, &facts)
+                .or_else(|| forced_group(&service.ab, service, &facts));
             // Only a group the split chose may be swapped for another when unreachable.
             let may_fall_back = forced.is_none();
             let (group, set_cookie) = match forced {

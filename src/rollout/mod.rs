@@ -108,6 +108,19 @@ pub struct Strategy {
     /// the fair test (Kayenta's and Argo Experiments' advice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    /// An A/B test (`Strategy::ab`): requests matching any of these go to the candidate
+    /// while the rollout runs, whatever its weight (0 until it is promoted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ab_match: Vec<AbMatch>,
+}
+
+/// A rule of an A/B test: requests with this header, or this cookie, with one of the
+/// values (globs), go to the candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbMatch {
+    Header { name: String, values: Vec<String> },
+    Cookie { name: String, values: Vec<String> },
 }
 
 /// Options of the blue-green strategy.
@@ -131,6 +144,7 @@ impl Strategy {
             blue_green: false,
             background_analysis: None,
             baseline: None,
+            ab_match: Vec::new(),
         }
     }
 
@@ -143,6 +157,7 @@ impl Strategy {
             blue_green: false,
             background_analysis: None,
             baseline: None,
+            ab_match: Vec::new(),
         }
     }
 
@@ -176,6 +191,38 @@ impl Strategy {
             blue_green: true,
             background_analysis: None,
             baseline: None,
+            ab_match: Vec::new(),
+        }
+    }
+
+    /// An A/B test (Flagger's): the candidate gets only the requests that match `rules`
+    /// (weight 0), for `iterations` rounds of waiting `interval` and running `analysis`
+    /// (a failure rolls back, an inconclusive one pauses), then all the traffic.
+    pub fn ab(
+        rules: Vec<AbMatch>,
+        iterations: u32,
+        interval: Duration,
+        analysis: &str,
+    ) -> Strategy {
+        let mut steps = vec![Step::SetWeight { weight: 0 }];
+        for _ in 0..iterations {
+            steps.push(Step::Pause {
+                duration_ms: Some(interval.as_millis() as u64),
+            });
+            steps.push(Step::Analysis {
+                name: analysis.to_string(),
+            });
+        }
+        steps.push(Step::SetWeight {
+            weight: FULL_WEIGHT,
+        });
+        Strategy {
+            name: "ab".into(),
+            steps,
+            blue_green: false,
+            background_analysis: None,
+            baseline: None,
+            ab_match: rules,
         }
     }
 
@@ -219,6 +266,7 @@ impl Strategy {
             blue_green: false,
             background_analysis: None,
             baseline: None,
+            ab_match: Vec::new(),
         })
     }
 }

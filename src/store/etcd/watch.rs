@@ -37,7 +37,8 @@ pub enum Change {
         service: String,
         record: Option<TrafficRecord>,
     },
-    Rollout(Rollout),
+    /// Boxed: a rollout (its strategy, steps and rules) is the largest change by far.
+    Rollout(Box<Rollout>),
     Config(ConfigRecord),
     /// `None`: no leader (its lease ran out or it resigned).
     Leader(Option<InstanceRecord>),
