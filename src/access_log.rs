@@ -53,6 +53,48 @@ pub struct AccessLog {
     tx: mpsc::Sender<Entry>,
     pub dropped: Arc<AtomicU64>,
     pub written: Arc<AtomicU64>,
+    /// The latest idempotent requests each service answered, as logged: what synthetic
+    /// traffic replays (`[service.synthetic] replay`).
+    pub recent: Arc<Recent>,
+}
+
+/// Per service, the method and path of the last [`Recent::KEEP`] logged GET and HEAD
+/// requests that were answered without a 5xx and without a client's failure. Kept by the
+/// writer thread, off the request path.
+#[derive(Debug, Default)]
+pub struct Recent(
+    std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<(String, String)>>,
+    >,
+);
+
+impl Recent {
+    pub const KEEP: usize = 64;
+
+    fn note(&self, e: &Entry) {
+        let Some(service) = &e.service else { return };
+        if !matches!(e.method.as_str(), "GET" | "HEAD")
+            || e.status >= 500
+            || e.status == 0
+            || e.client_error.is_some()
+        {
+            return;
+        }
+        let mut all = self.0.lock().expect("recent lock");
+        let q = all.entry(service.clone()).or_default();
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back((e.method.clone(), e.path.clone()));
+    }
+
+    /// The service's recent requests, oldest first.
+    pub fn of(&self, service: &str) -> Vec<(String, String)> {
+        let all = self.0.lock().expect("recent lock");
+        all.get(service)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl AccessLog {
@@ -65,6 +107,8 @@ impl AccessLog {
         let (tx, mut rx) = mpsc::channel::<Entry>(config.buffer.max(1));
         let written = Arc::new(AtomicU64::new(0));
         let w = written.clone();
+        let recent = Arc::new(Recent::default());
+        let r = recent.clone();
         // Writes happen on a blocking thread; a line is formatted there, not on the request path.
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::with_capacity(64 * 1024);
@@ -72,6 +116,7 @@ impl AccessLog {
                 let mut n = 0;
                 let mut next = Some(first);
                 while let Some(e) = next {
+                    r.note(&e);
                     let _ = serde_json::to_writer(&mut buf, &e);
                     buf.push(b'\n');
                     n += 1;
@@ -93,6 +138,7 @@ impl AccessLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
             written,
+            recent,
         })
     }
 

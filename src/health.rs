@@ -10,16 +10,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Empty;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::{HeaderName, HeaderValue};
 use tokio::task::AbortHandle;
 
 use crate::config::HealthCheck;
 use crate::group::{Health, Target};
 use crate::snapshot::Snapshot;
+use crate::upstream::once::{self, Ask};
 use crate::upstream::{Upstream, UpstreamProtocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -145,51 +142,16 @@ async fn run(key: CheckKey, target: Arc<Target>, upstream: Upstream) {
 }
 
 async fn probe(upstream: &Upstream, target: &Target, check: &HealthCheck) -> Result<(), String> {
-    let exchange = async {
-        let stream = upstream
-            .stream(&target.pool)
-            .await
-            .map_err(|e| e.to_string())?;
-        let io = TokioIo::new(stream);
-        let req = Request::get(check.path.as_str())
-            .header(http::header::USER_AGENT, "switchyard-health-check");
-        let status = match upstream.protocol {
-            UpstreamProtocol::Http1 => {
-                let (mut tx, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let req = req
-                    .header(http::header::HOST, target.addr.0.as_str())
-                    .body(Empty::<Bytes>::new())
-                    .expect("valid health check request");
-                tx.send_request(req)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status()
-            }
-            UpstreamProtocol::Http2 => {
-                let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let scheme = if upstream.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
-                let req = Request::get(format!("{scheme}://{}{}", target.addr, check.path))
-                    .header(http::header::USER_AGENT, "switchyard-health-check")
-                    .body(Empty::<Bytes>::new())
-                    .expect("valid health check request");
-                tx.send_request(req)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status()
-            }
-        };
-        Ok::<_, String>(status)
+    static UA: (HeaderName, HeaderValue) = (
+        http::header::USER_AGENT,
+        HeaderValue::from_static("switchyard-health-check"),
+    );
+    let ask = Ask {
+        method: http::Method::GET,
+        path: &check.path,
+        headers: std::slice::from_ref(&UA),
     };
+    let exchange = once::ask(upstream, &target.pool, &target.addr.0, &ask);
     match tokio::time::timeout(check.timeout, exchange).await {
         Err(_) => Err(format!(
             "no answer within {}",

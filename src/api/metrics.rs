@@ -360,6 +360,17 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
             .get_or_create(&labels(&[("service", &svc), ("cause", &cause)]))
             .inc_by(n);
     }
+    let synthetic = Family::<Labels, Counter>::default();
+    registry.register(
+        "synthetic_requests",
+        "Synthetic requests to a candidate during analysis steps, by result",
+        synthetic.clone(),
+    );
+    for ((svc, result), n) in counts.synthetic {
+        synthetic
+            .get_or_create(&labels(&[("service", &svc), ("result", &result)]))
+            .inc_by(n);
+    }
     for ((svc, verdict), n) in counts.analyses {
         analyses
             .get_or_create(&labels(&[("service", &svc), ("verdict", &verdict)]))

@@ -13,6 +13,7 @@ mod release;
 mod routes;
 mod ser;
 mod store;
+mod synthetic;
 mod target_tls;
 mod transform;
 mod validate;

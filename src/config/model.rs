@@ -342,6 +342,29 @@ pub struct ServiceConfig {
     /// ejection) gets a share that grows linearly over this long (zero: at once), under
     /// either balancing rule — ALB's slow start.
     pub slow_start: Duration,
+    /// Synthetic requests to the candidate's targets during analysis steps.
+    pub synthetic: Option<Synthetic>,
+}
+
+/// A built-in load generator for quiet services (`[service.synthetic]`): while an analysis
+/// step runs, requests at `rate` per second go to the candidate's targets, and no others.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Synthetic {
+    pub rate: f64,
+    pub requests: Vec<SyntheticRequest>,
+    /// Recent idempotent requests from the access log, sent as well.
+    pub replay: bool,
+    /// Counted with the candidate's traffic (analyses judge them) rather than apart.
+    pub together: bool,
+}
+
+/// One synthetic request, checked: an idempotent method, a path (with any query) and
+/// headers that are valid as written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyntheticRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
 }
 
 /// How a request keeps its version while weights change.

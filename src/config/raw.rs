@@ -331,8 +331,30 @@ pub struct RawService {
     pub rollback_window: Option<String>,
     /// How long a target that joins or comes back takes to reach its full share.
     pub slow_start: Option<String>,
+    /// Synthetic requests to the candidate during analysis steps, for quiet services.
+    pub synthetic: Option<RawSynthetic>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSynthetic {
+    /// Requests per second.
+    pub rate: Option<f64>,
+    pub requests: Option<Vec<RawSyntheticRequest>>,
+    /// Also replay recent idempotent requests from the access log.
+    pub replay: Option<bool>,
+    /// `together` (counted with the candidate's traffic, which analyses judge) or `apart`.
+    pub count: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyntheticRequest {
+    pub method: Option<String>,
+    pub path: String,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,7 +31,8 @@ pub(super) fn validate(
     admin_apart(&admin, &listeners, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
-    let services = services(&raw.service, &analysis_names, loaded, &mut p);
+    let logged = raw.access_log.is_some();
+    let services = services(&raw.service, &analysis_names, loaded, logged, &mut p);
     let access_log = raw.access_log.as_ref().and_then(|a| {
         let buffer = count_or(
             a.buffer,
@@ -210,6 +211,7 @@ fn services(
     raw: &[RawService],
     analyses: &[String],
     loaded: &Loaded,
+    logged: bool,
     p: &mut Problems,
 ) -> Vec<ServiceConfig> {
     let mut names = Unique::new("service");
@@ -321,6 +323,10 @@ fn services(
             &SLOW_START,
             p,
         );
+        let synthetic = s
+            .synthetic
+            .as_ref()
+            .map(|raw| super::synthetic::synthetic(raw, logged, &at.join("synthetic"), p));
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -337,6 +343,7 @@ fn services(
             progress_deadline,
             rollback_window,
             slow_start,
+            synthetic,
         });
     }
     out

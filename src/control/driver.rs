@@ -13,6 +13,7 @@ use crate::analysis::run;
 use crate::audit::System;
 use crate::rollout::machine::{Outcome, Verdict};
 use crate::rollout::{RollbackCause, Rollout};
+use tokio_util::sync::CancellationToken;
 
 use super::{ControlError, Controller};
 
@@ -116,6 +117,15 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                 };
                 let ctx = Context::of_rollout(r, &name);
                 let groups = control.windows(&service, r.reference(), &r.candidate);
+                // Synthetic traffic for a quiet service, for as long as the step measures.
+                let synthetic = CancellationToken::new();
+                tokio::spawn(super::synthetic::generate(
+                    control.clone(),
+                    service.clone(),
+                    r.candidate.clone(),
+                    synthetic.clone(),
+                ));
+                let _stop = synthetic.drop_guard();
                 // A command (promote, abort, …) interrupts the analysis; the loop looks again.
                 tokio::select! {
                     report = tokio::time::timeout(deadline, run::run(&analysis, groups, ctx, false)) => match report {

@@ -20,6 +20,7 @@ mod publish;
 mod record;
 mod rollouts;
 mod sample_ratio;
+mod synthetic;
 mod traffic;
 mod transition;
 
@@ -205,6 +206,8 @@ pub struct Controller {
 pub struct Counts {
     pub rollbacks: BTreeMap<(String, String), u64>,
     pub analyses: BTreeMap<(String, String), u64>,
+    /// Synthetic requests by (service, result).
+    pub synthetic: BTreeMap<(String, String), u64>,
 }
 
 impl Controller {

@@ -12,6 +12,7 @@ mod fields;
 pub mod h1;
 pub mod h2;
 mod head;
+pub mod once;
 pub mod stream;
 
 pub use fields::SetFields;

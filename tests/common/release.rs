@@ -183,6 +183,10 @@ pub(crate) fn share(seen: &BTreeMap<String, u64>, backend: &str) -> f64 {
 pub(crate) struct Call {
     pub at: Instant,
     pub body: Value,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub headers: http::HeaderMap,
 }
 
 /// How a `Receiver` answers its `n`th request (from 0): after a delay, a status and a body.
@@ -214,6 +218,13 @@ impl Receiver {
                         move |req: http::Request<hyper::body::Incoming>| {
                             let (seen, answer) = (seen.clone(), answer.clone());
                             async move {
+                                let (method, headers) =
+                                    (req.method().to_string(), req.headers().clone());
+                                let path = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map_or("/", |p| p.as_str())
+                                    .to_string();
                                 let b = req.into_body().collect().await.unwrap().to_bytes();
                                 let body = serde_json::from_slice(&b).unwrap_or_else(|_| {
                                     Value::String(String::from_utf8_lossy(&b).into_owned())
@@ -223,6 +234,9 @@ impl Receiver {
                                     calls.push(Call {
                                         at: Instant::now(),
                                         body,
+                                        method,
+                                        path,
+                                        headers,
                                     });
                                     calls.len() - 1
                                 };
