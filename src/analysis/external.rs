@@ -53,6 +53,7 @@ fn result(
         outcome,
         value,
         detail: detail.into(),
+        requests: None,
     }
 }
 
