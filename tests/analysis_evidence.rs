@@ -17,19 +17,9 @@ use switchyard::analysis::AnalysisConfig;
 use switchyard::metrics::{Summary, BUCKETS};
 use switchyard::rollout::machine::Verdict;
 
-/// One analysis named `a` from TOML (the analysis table's own lines, then its checks'), in
-/// the testkit's two-group configuration.
+/// One analysis named `a` from TOML (the analysis table's own lines, then its checks').
 fn analysis(toml: &str) -> AnalysisConfig {
-    let (blue, green) = (
-        "127.0.0.1:9001".parse().unwrap(),
-        "127.0.0.1:9002".parse().unwrap(),
-    );
-    let text = blue_green(blue, green)
-        .top(&format!("[[analysis]]\nname = \"a\"\n{toml}"))
-        .build();
-    let c = switchyard::config::parse(&text, "sy.toml", std::path::Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
-    c.analysis("a").unwrap().clone()
+    analysis_of(&format!("[[analysis]]\nname = \"a\"\n{toml}"), "a")
 }
 
 /// `requests` answers, `per_mille` of them 5xx, all in one latency bucket.

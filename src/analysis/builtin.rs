@@ -183,30 +183,26 @@ fn effect(
     };
     let change = percent_change(change);
     Some(if p < alpha {
-        (
-            true,
-            format!("{change} {bound} ({test} p = {})", p_value(p)),
-        )
+        (true, format!("{change} {bound} ({test} {})", p_value(p)))
     } else {
         (
             false,
             format!(
-                "{change} {bound} but not significantly ({test} p = {} ≥ {})",
-                p_value(p),
-                p_value(alpha)
+                "{change} {bound} but not significantly ({test} {} ≥ {alpha:.3})",
+                p_value(p)
             ),
         )
     })
 }
 
-/// A p-value as a sentence shows it: 3 significant digits, `< 0.0001` below that.
+/// A p-value as a sentence shows it: `p = 0.003`, `p < 0.0001` below that.
 pub fn p_value(p: f64) -> String {
     if p < 1e-4 {
-        "< 0.0001".into()
+        "p < 0.0001".into()
     } else if p < 0.01 {
-        format!("{p:.4}")
+        format!("p = {p:.4}")
     } else {
-        format!("{p:.3}")
+        format!("p = {p:.3}")
     }
 }
 
@@ -315,15 +311,14 @@ pub fn compare_latency(
         format!("> allowed {}", percent_change(tolerance))
     } else if effect > tolerance {
         format!(
-            "> allowed {} but not significantly (p ≥ {})",
-            percent_change(tolerance),
-            p_value(alpha)
+            "> allowed {} but not significantly (p ≥ {alpha:.3})",
+            percent_change(tolerance)
         )
     } else {
         format!("within allowed {}", percent_change(tolerance))
     };
     let detail = format!(
-        "median candidate {} {:.2} ms vs stable {} {:.2} ms: {} {judged} (Mann-Whitney U={:.0} z={:.2} p = {}, n = {n1} / {n2})",
+        "median candidate {} {:.2} ms vs stable {} {:.2} ms: {} {judged} (Mann-Whitney U={:.0} z={:.2} {}, n = {n1} / {n2})",
         names.candidate,
         r.median_candidate_ms,
         names.stable,
