@@ -46,19 +46,34 @@ fn tallies(results: [Tallied; 3]) -> Vec<CheckTally> {
 
 use Tallied::{Failed, Inconclusive, Passed};
 
+/// Each row's tallies of errors, p99 and smoke give `a` that verdict and score.
+fn assert_scores(a: &AnalysisConfig, rows: &[([Tallied; 3], Verdict, u32)]) {
+    for (results, verdict, score) in rows {
+        let r = judge(a, &tallies(*results));
+        assert_eq!(
+            (r.verdict, r.score),
+            (*verdict, *score),
+            "{results:?}: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn without_scores_every_check_must_pass_as_before() {
     let a = three("", "");
-    let r = judge(&a, &tallies([Passed, Passed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Pass, 100), "{r:?}");
-    let r = judge(&a, &tallies([Failed, Passed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Fail, 66), "{r:?}");
+    assert_scores(
+        &a,
+        &[
+            ([Passed, Passed, Passed], Verdict::Pass, 100),
+            ([Failed, Passed, Passed], Verdict::Fail, 66),
+            ([Passed, Inconclusive, Passed], Verdict::Inconclusive, 66),
+        ],
+    );
     assert_eq!(
-        r.detail,
+        judge(&a, &tallies([Failed, Passed, Passed])).detail,
         "a: check errors Failed; score 66 of 100 (every check must pass): 2 of 3 checks passed"
     );
     let r = judge(&a, &tallies([Passed, Inconclusive, Passed]));
-    assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
     assert!(
         r.detail.starts_with("a: check p99 Inconclusive; score 66"),
         "{r:?}"
@@ -71,61 +86,70 @@ fn without_scores_every_check_must_pass_as_before() {
 #[test]
 fn a_score_at_or_above_pass_passes_above_marginal_pauses_and_below_fails() {
     let a = three("pass_score = 90\nmarginal_score = 60", "");
-    let r = judge(&a, &tallies([Passed, Failed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Inconclusive, 66), "{r:?}");
+    assert_scores(
+        &a,
+        &[
+            ([Passed, Failed, Passed], Verdict::Inconclusive, 66),
+            ([Failed, Failed, Passed], Verdict::Fail, 33),
+            ([Passed, Passed, Passed], Verdict::Pass, 100),
+        ],
+    );
     assert_eq!(
-        r.detail,
+        judge(&a, &tallies([Passed, Failed, Passed])).detail,
         "a: score 66 of 100 (pass ≥ 90, marginal ≥ 60): 2 of 3 checks passed; check p99 Failed"
     );
-    let r = judge(&a, &tallies([Failed, Failed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Fail, 33), "{r:?}");
-    let r = judge(&a, &tallies([Passed, Passed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Pass, 100), "{r:?}");
     // 2 of 3 pass when the pass score is 66.
     let lenient = three("pass_score = 66", "");
-    let r = judge(&lenient, &tallies([Passed, Failed, Passed]));
-    assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+    assert_scores(&lenient, &[([Passed, Failed, Passed], Verdict::Pass, 66)]);
 }
 
 #[test]
 fn a_failed_critical_check_fails_whatever_the_score() {
     let a = three("pass_score = 50\nmarginal_score = 10", "critical = true");
-    let r = judge(&a, &tallies([Failed, Passed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Fail, 0), "{r:?}");
+    // Not critical, the same failure leaves 66: a pass.
+    assert_scores(
+        &a,
+        &[
+            ([Failed, Passed, Passed], Verdict::Fail, 0),
+            ([Passed, Failed, Passed], Verdict::Pass, 66),
+        ],
+    );
     assert_eq!(
-        r.detail,
+        judge(&a, &tallies([Failed, Passed, Passed])).detail,
         "a: check errors Failed (critical); score 0 of 100 (pass ≥ 50, marginal ≥ 10): critical check errors failed"
     );
-    // Not critical, the same failure leaves 66: a pass.
-    let r = judge(&a, &tallies([Passed, Failed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Pass, 66), "{r:?}");
 }
 
 #[test]
 fn weights_set_each_checks_share_of_the_score() {
     let a = three("pass_score = 90\nmarginal_score = 30", "weight = 3");
-    let r = judge(&a, &tallies([Failed, Passed, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Inconclusive, 40), "{r:?}");
-    let r = judge(&a, &tallies([Passed, Failed, Failed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Inconclusive, 60), "{r:?}");
+    assert_scores(
+        &a,
+        &[
+            ([Failed, Passed, Passed], Verdict::Inconclusive, 40),
+            ([Passed, Failed, Failed], Verdict::Inconclusive, 60),
+        ],
+    );
 }
 
 #[test]
 fn an_unknown_check_counts_whichever_way_could_change_the_verdict() {
     let a = three("pass_score = 60\nmarginal_score = 40", "");
-    // 33 known, 66 at best: neither a pass nor surely below the marginal score.
+    // 33 known, 66 at best: neither a pass nor surely below the marginal score; 33 at
+    // best: below 40 whatever the unknown check would have said; 66 at worst: a pass.
+    assert_scores(
+        &a,
+        &[
+            ([Failed, Inconclusive, Passed], Verdict::Inconclusive, 33),
+            ([Failed, Failed, Inconclusive], Verdict::Fail, 0),
+            ([Passed, Passed, Inconclusive], Verdict::Pass, 66),
+        ],
+    );
     let r = judge(&a, &tallies([Failed, Inconclusive, Passed]));
-    assert_eq!((r.verdict, r.score), (Verdict::Inconclusive, 33), "{r:?}");
     assert!(
         r.detail.contains("1 of 3 checks passed, 1 not known"),
         "{r:?}"
     );
-    // 33 at best: below 40 whatever the unknown check would have said.
-    let r = judge(&a, &tallies([Failed, Failed, Inconclusive]));
-    assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
-    // 66 at worst: a pass even without the unknown check.
-    let r = judge(&a, &tallies([Passed, Passed, Inconclusive]));
-    assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
 }
 
 #[test]
