@@ -268,3 +268,27 @@ bounded_test! {
         assert!(reason(&paused[0]).contains("insufficient evidence"), "{paused:?}");
     }
 }
+
+#[test]
+fn the_readmes_worked_example_holds() {
+    let a = analysis("interval = \"1m\"\ncount = 5\nmax_duration = \"10m\"\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nallowed_increase = \"50%\"\n");
+    // Canary at 10 %: stable 9× the candidate, both at 1 % 5xx (over 100 s, so that 1 % is
+    // whole answers).
+    let at = |candidate: u64| Judged {
+        candidate: summary(100, candidate * 100, 10),
+        stable: summary(100, candidate * 900, 10),
+        instances: 1,
+    };
+    let said = |candidate| match &evidence::plan(&a, &at(candidate), 0)[..] {
+        [Plan::Need(need)] => need.sentence(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        said(6),
+        "check errors needs ≈ 3,199 candidate requests to see +50.0 % at 95 % confidence and 80 % power; at 6.0 req/s its 5m gives ≈ 1,800: lengthened to 8m 54s (+3m 54s), ≈ 3,204"
+    );
+    assert_eq!(
+        said(5),
+        "check errors needs ≈ 3,199 candidate requests to see +50.0 % at 95 % confidence and 80 % power; at 5.0 req/s its 5m gives ≈ 1,500, and the maximum 10m ≈ 3,000: lengthened to 10m (+5m)"
+    );
+}
