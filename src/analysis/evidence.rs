@@ -28,8 +28,7 @@
 use std::time::Duration;
 
 use super::builtin::{erfc, percent_change};
-use super::run::Judged;
-use super::{AnalysisConfig, Check, Metric, Provider};
+use super::{AnalysisConfig, Check, Judged, Metric, Provider};
 use crate::metrics::{bucket_value, BUCKETS};
 
 /// The most a planned check judges: the seconds the metrics keep, less a minute of margin.

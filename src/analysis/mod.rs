@@ -17,6 +17,29 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::metrics::Summary;
+
+/// What a built-in check or the guard judges: the candidate's and stable's traffic over a
+/// range of seconds, summed over every instance of the fleet that saw any of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub candidate: Summary,
+    pub stable: Summary,
+    /// This instance and every peer that contributed a second (1 without a fleet).
+    pub instances: usize,
+}
+
+impl Judged {
+    /// What a decision's reason adds about the fleet: `", 3 instances"`, or nothing when
+    /// this instance judged alone.
+    pub fn across(&self) -> String {
+        match self.instances {
+            0 | 1 => String::new(),
+            n => format!(", {n} instances"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalysisConfig {
     pub name: String,

@@ -13,31 +13,10 @@ use super::evidence::{self, Need, Plan};
 use super::external::{self, Context};
 use super::score::{judge, CheckTally, Tallied};
 use super::{AnalysisConfig, Check, Measurement, Outcome, Provider};
-use crate::metrics::Summary;
 use crate::rollout::machine::Verdict;
 
 pub use super::score::Report;
-
-/// What a built-in check or the guard judges: the candidate's and stable's traffic over a
-/// range of seconds, summed over every instance of the fleet that saw any of it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Judged {
-    pub candidate: Summary,
-    pub stable: Summary,
-    /// This instance and every peer that contributed a second (1 without a fleet).
-    pub instances: usize,
-}
-
-impl Judged {
-    /// What a decision's reason adds about the fleet: `", 3 instances"`, or nothing when
-    /// this instance judged alone.
-    pub fn across(&self) -> String {
-        match self.instances {
-            0 | 1 => String::new(),
-            n => format!(", {n} instances"),
-        }
-    }
-}
+pub use super::Judged;
 
 /// Where a running analysis (and the guard) finds what it judges: the `window` before now,
 /// nothing before second `since` (see `metrics::last_range`), looked up afresh for every
