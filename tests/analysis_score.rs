@@ -422,3 +422,45 @@ bounded_test! {
         assert!(why.contains("(critical); score 0 of 100 (pass ≥ 60, marginal ≥ 60): critical check errors failed"), "{why}");
     }
 }
+
+/// Three command checks, one failing, under `head` (the analysis's scoring lines).
+fn commands(name: &str, head: &str, bad: &str) -> String {
+    format!(
+        "[[analysis]]\nname = \"{name}\"\n{head}\n[[analysis.check]]\nname = \"ok\"\ncommand = \"exit 0\"\n[[analysis.check]]\nname = \"also-ok\"\ncommand = \"exit 0\"\n[[analysis.check]]\nname = \"bad\"\ncommand = \"exit 1\"\n{bad}\n"
+    )
+}
+
+bounded_test! {
+    /// `analysis run` exits by each analysis's verdict, not by its worst measurement: 2 of 3
+    /// passing is marginal (4) under pass 90 / marginal 60, a pass (0) under pass 60, and a
+    /// failure (3) when the failing check is critical.
+    async fn analysis_run_exits_by_the_verdict_of_the_score() {
+        use common::bin::*;
+        let bin = Binary::setup().await;
+        let analyses = [
+            commands("marginal", "pass_score = 90\nmarginal_score = 60", ""),
+            commands("lenient", "pass_score = 60", ""),
+            commands("critical", "pass_score = 60", "critical = true"),
+        ]
+        .concat();
+        let text = std::fs::read_to_string(&bin.path)
+            .unwrap()
+            .replacen("[[service]]", &format!("{analyses}[[service]]"), 1);
+        std::fs::write(&bin.path, text).unwrap();
+        let _sy = run_binary(&bin.path, bin.admin).await;
+        let run = |analysis: &str| {
+            cli(&bin.path, &["analysis", "run", "shop", "--analysis", analysis, "--candidate", "green"])
+        };
+        let (code, out, err) = run("marginal");
+        assert_eq!(code, 4, "{out}{err}");
+        assert!(
+            out.contains("marginal: inconclusive (score 66) — marginal: score 66 of 100 (pass ≥ 90, marginal ≥ 60): 2 of 3 checks passed; check bad "),
+            "{out}"
+        );
+        let (code, out, err) = run("lenient");
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, err) = run("critical");
+        assert_eq!(code, 3, "{out}{err}");
+        assert!(out.contains("critical: fail (score 0) — critical: check bad "), "{out}");
+    }
+}
