@@ -304,7 +304,6 @@ async fn run_check(
         );
     };
     // The last measurement judged the most (a planned check's window is the whole step).
-    let plan = need.map_or(Plan::None, Plan::Need);
     let mut t = tally(
         Tallied::Passed,
         format!(
@@ -312,12 +311,6 @@ async fn run_check(
             m.check, m.detail
         ),
     );
-    t.short_of = short_of(
-        &plan,
-        &Measurement {
-            outcome: Outcome::Pass,
-            ..m
-        },
-    );
+    t.short_of = need.and_then(|n| n.short_of(m.requests.unwrap_or(0)));
     t
 }
