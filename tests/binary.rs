@@ -262,7 +262,7 @@ bounded_test! {
             "{out}"
         );
         assert!(
-            out.contains("errors") && out.contains("pass") && out.contains("candidate 0.000%"),
+            out.contains("errors") && out.contains("pass") && out.contains("error rate of green 0.00%"),
             "{out}"
         );
         assert!(

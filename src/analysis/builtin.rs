@@ -1,5 +1,6 @@
-//! Measurements from switchyard's own per-second windows: a metric against thresholds, and
-//! a Mann-Whitney U comparison of candidate and stable latency.
+//! Measurements from switchyard's own per-second windows: a metric against thresholds and
+//! effect sizes, and a Mann-Whitney U comparison of candidate and stable latency. Each says
+//! in one sentence what it saw, with the groups' names and its numbers.
 
 use super::{Check, Measurement, Metric, Outcome};
 use crate::metrics::{bucket_value, Summary};
@@ -13,7 +14,40 @@ fn value_of(m: Metric, s: &Summary) -> Option<f64> {
     }
 }
 
-pub fn metric(check: &Check, m: Metric, candidate: &Summary, stable: &Summary) -> Measurement {
+/// The groups a sentence names: the candidate and the stable group it is compared with.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    pub candidate: &'a str,
+    pub stable: &'a str,
+}
+
+/// A relative change as a sentence shows it: `+52.0 %`, `-3.1 %`; from 0 any rise is `+∞ %`.
+pub fn percent_change(change: f64) -> String {
+    if change.is_infinite() {
+        "+∞ %".into()
+    } else {
+        format!("{:+.1} %", change * 100.0)
+    }
+}
+
+/// `candidate / stable - 1`: +∞ when stable is 0 and the candidate is not.
+fn relative(candidate: f64, stable: f64) -> f64 {
+    if stable > 0.0 {
+        candidate / stable - 1.0
+    } else if candidate > 0.0 {
+        f64::INFINITY
+    } else {
+        0.0
+    }
+}
+
+pub fn metric(
+    check: &Check,
+    m: Metric,
+    candidate: &Summary,
+    stable: &Summary,
+    names: Names,
+) -> Measurement {
     let name = check.name.clone();
     let needs_stable = check.threshold.needs_stable();
     let few = |who: &str, n: u64| Measurement {
@@ -24,6 +58,7 @@ pub fn metric(check: &Check, m: Metric, candidate: &Summary, stable: &Summary) -
             "{who} had {n} requests in the window, fewer than the {} needed",
             check.min_requests
         ),
+        requests: Some(candidate.requests),
     };
     // A request rate is meaningful at any volume; everything else needs a sample.
     if !matches!(m, Metric::RequestRate) {
@@ -42,31 +77,149 @@ pub fn metric(check: &Check, m: Metric, candidate: &Summary, stable: &Summary) -
     } else {
         None
     };
-    let unit = m.unit();
     let shown = match stable_value {
         Some(s) => format!(
-            "candidate {value:.3}{unit}, stable {s:.3}{unit} ({} vs {} requests)",
-            candidate.requests, stable.requests
+            "{} of {} {} vs {} {} ({} vs {} requests)",
+            m.label(),
+            names.candidate,
+            m.show(value),
+            names.stable,
+            m.show(s),
+            candidate.requests,
+            stable.requests
         ),
         None => format!(
-            "candidate {value:.3}{unit} ({} requests)",
+            "{} of {} {} ({} requests)",
+            m.label(),
+            names.candidate,
+            m.show(value),
             candidate.requests
         ),
     };
-    match check.threshold.violation(value, stable_value, unit) {
-        Some(why) => Measurement {
-            check: name,
-            outcome: Outcome::Fail,
-            value: Some(value),
-            detail: format!("{shown}: {why}"),
-        },
-        None => Measurement {
-            check: name,
-            outcome: Outcome::Pass,
-            value: Some(value),
-            detail: shown,
-        },
+    let outcome = |outcome, detail| Measurement {
+        check: name.clone(),
+        outcome,
+        value: Some(value),
+        detail,
+        requests: Some(candidate.requests),
+    };
+    if let Some(why) = check.threshold.violation(value, stable_value, m.unit()) {
+        return outcome(Outcome::Fail, format!("{shown}: {why}"));
     }
+    match stable_value.and_then(|s| effect(check, m, (value, s), candidate, stable)) {
+        Some((failed, why)) => outcome(
+            if failed { Outcome::Fail } else { Outcome::Pass },
+            format!("{shown}: {why}"),
+        ),
+        None => outcome(Outcome::Pass, shown),
+    }
+}
+
+/// The effect-size bounds (`allowed_increase` / `allowed_decrease`): whether the candidate's
+/// value is beyond one with significance at the check's confidence, and the sentence saying
+/// so. Latency is tested with Mann-Whitney U on the two histograms, rates with a
+/// two-proportion z-test, one-sided in the direction of the bound. `None` without such
+/// bounds.
+fn effect(
+    check: &Check,
+    m: Metric,
+    (value, stable_value): (f64, f64),
+    candidate: &Summary,
+    stable: &Summary,
+) -> Option<(bool, String)> {
+    let t = &check.threshold;
+    let change = relative(value, stable_value);
+    let (up, limit) = match (t.allowed_increase, t.allowed_decrease) {
+        (Some(i), _) if change > i => (true, i),
+        (_, Some(d)) if -change > d => (false, d),
+        (None, None) => return None,
+        _ => {
+            let mut allowed = Vec::new();
+            if let Some(i) = t.allowed_increase {
+                allowed.push(percent_change(i));
+            }
+            if let Some(d) = t.allowed_decrease {
+                allowed.push(percent_change(-d));
+            }
+            return Some((
+                false,
+                format!(
+                    "{} within allowed {}",
+                    percent_change(change),
+                    allowed.join(" / ")
+                ),
+            ));
+        }
+    };
+    let (test, p) = match m {
+        Metric::Latency(_) => {
+            let r = if up {
+                mann_whitney(&candidate.latency, &stable.latency)
+            } else {
+                mann_whitney(&stable.latency, &candidate.latency)
+            };
+            ("Mann-Whitney", r.map_or(1.0, |r| r.p))
+        }
+        // Success and error rates are two faces of one proportion: the 5xx answers.
+        _ => {
+            let higher_errors = up == matches!(m, Metric::ErrorRate);
+            let (c, s) = (
+                (candidate.classes[4], candidate.requests),
+                (stable.classes[4], stable.requests),
+            );
+            let p = if higher_errors {
+                two_proportion_p(c, s)
+            } else {
+                two_proportion_p(s, c)
+            };
+            ("z-test", p)
+        }
+    };
+    let alpha = 1.0 - check.judging.confidence;
+    let bound = if up {
+        format!("> allowed {}", percent_change(limit))
+    } else {
+        format!("< allowed {}", percent_change(-limit))
+    };
+    let change = percent_change(change);
+    Some(if p < alpha {
+        (true, format!("{change} {bound} ({test} {})", p_value(p)))
+    } else {
+        (
+            false,
+            format!(
+                "{change} {bound} but not significantly ({test} {} ≥ {alpha:.3})",
+                p_value(p)
+            ),
+        )
+    })
+}
+
+/// A p-value as a sentence shows it: `p = 0.003`, `p < 0.0001` below that.
+pub fn p_value(p: f64) -> String {
+    if p < 1e-4 {
+        "p < 0.0001".into()
+    } else if p < 0.01 {
+        format!("p = {p:.4}")
+    } else {
+        format!("p = {p:.3}")
+    }
+}
+
+/// One-sided p of a two-proportion z-test (pooled): the chance of `a`'s share of events
+/// being this much above `b`'s if both shared one rate. `(events, trials)` each.
+pub fn two_proportion_p(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let (na, nb) = (a.1 as f64, b.1 as f64);
+    if na == 0.0 || nb == 0.0 {
+        return 1.0;
+    }
+    let (pa, pb) = (a.0 as f64 / na, b.0 as f64 / nb);
+    let pooled = (a.0 + b.0) as f64 / (na + nb);
+    let se = (pooled * (1.0 - pooled) * (1.0 / na + 1.0 / nb)).sqrt();
+    if se == 0.0 {
+        return if pa > pb { 0.0 } else { 1.0 };
+    }
+    0.5 * erfc((pa - pb) / se / std::f64::consts::SQRT_2)
 }
 
 /// The result of a Mann-Whitney U test on two latency histograms with the same buckets.
@@ -131,58 +284,63 @@ pub fn compare_latency(
     tolerance: f64,
     candidate: &Summary,
     stable: &Summary,
+    names: Names,
 ) -> Measurement {
     let name = check.name.clone();
     let (n1, n2) = (candidate.requests, stable.requests);
+    let inconclusive = |detail: String| Measurement {
+        check: name.clone(),
+        outcome: Outcome::Inconclusive,
+        value: None,
+        detail,
+        requests: Some(n1),
+    };
     if n1 < check.min_requests.max(1) || n2 < check.min_requests.max(1) {
-        return Measurement {
-            check: name,
-            outcome: Outcome::Inconclusive,
-            value: None,
-            detail: format!(
-                "{n1} candidate and {n2} stable requests; {} each are needed",
-                check.min_requests
-            ),
-        };
+        return inconclusive(format!(
+            "{n1} candidate and {n2} stable requests; {} each are needed",
+            check.min_requests
+        ));
     }
     let Some(r) = mann_whitney(&candidate.latency, &stable.latency) else {
-        return Measurement {
-            check: name,
-            outcome: Outcome::Inconclusive,
-            value: None,
-            detail: "no latency samples".into(),
-        };
+        return inconclusive("no latency samples".into());
     };
-    let effect = if r.median_stable_ms > 0.0 {
-        r.median_candidate_ms / r.median_stable_ms - 1.0
+    let effect = relative(r.median_candidate_ms, r.median_stable_ms);
+    let alpha = 1.0 - confidence;
+    let slower = r.p < alpha && effect > tolerance;
+    let judged = if slower {
+        format!("> allowed {}", percent_change(tolerance))
+    } else if effect > tolerance {
+        format!(
+            "> allowed {} but not significantly (p ≥ {alpha:.3})",
+            percent_change(tolerance)
+        )
     } else {
-        0.0
+        format!("within allowed {}", percent_change(tolerance))
     };
-    let slower = r.p < 1.0 - confidence && effect > tolerance;
     let detail = format!(
-        "Mann-Whitney U={:.0} z={:.2} p={:.4} (n={n1}/{n2}); median candidate {:.2} ms, stable {:.2} ms ({:+.1} %); \
-         fails when p < {:.3} and the median is more than {:.0} % higher",
+        "median candidate {} {:.2} ms vs stable {} {:.2} ms: {} {judged} (Mann-Whitney U={:.0} z={:.2} {}, n = {n1} / {n2})",
+        names.candidate,
+        r.median_candidate_ms,
+        names.stable,
+        r.median_stable_ms,
+        percent_change(effect),
         r.u,
         r.z,
-        r.p,
-        r.median_candidate_ms,
-        r.median_stable_ms,
-        effect * 100.0,
-        1.0 - confidence,
-        tolerance * 100.0
+        p_value(r.p),
     );
     Measurement {
         check: name,
         outcome: if slower { Outcome::Fail } else { Outcome::Pass },
         value: Some(r.p),
         detail,
+        requests: Some(n1),
     }
 }
 
 /// The complementary error function (W. J. Cody's rational approximations via the
 /// Numerical Recipes form; |error| < 1.2e-7, ample for p-values). Also the guard's
 /// sample-ratio test's.
-pub(super) fn erfc(x: f64) -> f64 {
+pub fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let r = t

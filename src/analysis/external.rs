@@ -63,6 +63,7 @@ fn result(
         outcome,
         value,
         detail: detail.into(),
+        requests: None,
     }
 }
 

@@ -1,22 +1,73 @@
 //! Analysis: named sets of checks that judge a candidate. Each check measures `count` times,
-//! one every `interval`; failures beyond `failure_limit` fail the analysis (the rollout rolls
-//! back), inconclusive or erroneous measurements beyond `inconclusive_limit` make it
-//! inconclusive (the rollout pauses for a person). Too little traffic is inconclusive, never a
-//! pass.
+//! one every `interval`; failures beyond `failure_limit` fail the check, inconclusive or
+//! erroneous measurements beyond `inconclusive_limit` make it inconclusive. How the checks'
+//! results make the analysis's verdict (pass moves on, fail rolls back, inconclusive pauses
+//! for a person) is `score`'s one rule; how many requests a comparison needs, and how far a
+//! step is lengthened to get them, is `evidence`'s. Too little traffic is inconclusive, never
+//! a pass.
 
 pub mod builtin;
+pub mod evidence;
 pub mod external;
 pub mod run;
+pub mod score;
 pub mod sequential;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::metrics::Summary;
+
+/// What a built-in check or the guard judges: the candidate's and stable's traffic over a
+/// range of seconds, summed over every instance of the fleet that saw any of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub candidate: Summary,
+    pub stable: Summary,
+    /// This instance and every peer that contributed a second (1 without a fleet).
+    pub instances: usize,
+}
+
+impl Judged {
+    /// What a decision's reason adds about the fleet: `", 3 instances"`, or nothing when
+    /// this instance judged alone.
+    pub fn across(&self) -> String {
+        match self.instances {
+            0 | 1 => String::new(),
+            n => format!(", {n} instances"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalysisConfig {
     pub name: String,
     pub checks: Vec<Check>,
+    /// How the checks' results combine into the verdict.
+    pub scoring: Scoring,
+}
+
+/// The thresholds of an analysis's score (0–100, the weighted share of checks that passed):
+/// at or above `pass` it passes, at or above `marginal` it is inconclusive (a person
+/// decides), below it fails. Without `pass_score` / `marginal_score` in the file both are
+/// 100: every check must pass, as before scores existed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Scoring {
+    pub pass: f64,
+    pub marginal: f64,
+    /// Whether the file set a threshold (the verdict's sentence then leads with the score).
+    pub scored: bool,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Scoring {
+            pass: 100.0,
+            marginal: 100.0,
+            scored: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,6 +84,45 @@ pub struct Check {
     pub min_requests: u64,
     /// How much recent traffic a built-in measurement looks at.
     pub window: Duration,
+    /// What the check weighs in the score, and the evidence it needs.
+    pub judging: Judging,
+}
+
+/// A check's part in its analysis's verdict (see `score`) and the evidence its comparison
+/// needs (see `evidence`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Judging {
+    /// Its failure fails the analysis whatever the score.
+    pub critical: bool,
+    /// Its share of the score, relative to the other checks' (1 by default).
+    pub weight: f64,
+    /// How sure an effect beyond `allowed_increase` / `allowed_decrease` must be to fail
+    /// the check (one-sided; 0.95 by default).
+    pub confidence: f64,
+    /// Set when the check's evidence is planned before a step: it then judges everything
+    /// since its analysis began.
+    pub evidence: Option<Evidence>,
+}
+
+impl Default for Judging {
+    fn default() -> Self {
+        Judging {
+            critical: false,
+            weight: 1.0,
+            confidence: 0.95,
+            evidence: None,
+        }
+    }
+}
+
+/// What a comparison's sample must be able to show.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Evidence {
+    /// The chance of seeing the configured effect when it is there (0.8 by default).
+    pub power: f64,
+    /// How long the check's measuring may be lengthened to (its own `count × interval`
+    /// when not set: not lengthened).
+    pub max_duration: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,6 +177,27 @@ impl Metric {
         })
     }
 
+    /// What a sentence calls it: `error rate`, `p99`.
+    pub fn label(self) -> String {
+        match self {
+            Metric::SuccessRate => "success rate".into(),
+            Metric::ErrorRate => "error rate".into(),
+            Metric::RequestRate => "request rate".into(),
+            Metric::Latency(q) => format!("p{}", (q * 1000.0).round() / 10.0),
+        }
+    }
+
+    /// A value of it as a sentence shows it: rates to 0.01 %, latencies to 3 figures.
+    pub fn show(self, v: f64) -> String {
+        match self {
+            Metric::SuccessRate | Metric::ErrorRate => format!("{v:.2}%"),
+            Metric::RequestRate => format!("{v:.1} req/s"),
+            Metric::Latency(_) if v >= 100.0 => format!("{v:.0} ms"),
+            Metric::Latency(_) if v >= 10.0 => format!("{v:.1} ms"),
+            Metric::Latency(_) => format!("{v:.2} ms"),
+        }
+    }
+
     pub fn unit(self) -> &'static str {
         match self {
             Metric::SuccessRate | Metric::ErrorRate => "%",
@@ -106,11 +217,19 @@ pub struct Threshold {
     pub max_over_stable: Option<f64>,
     /// value ≤ stable × this.
     pub max_ratio_to_stable: Option<f64>,
+    /// The effect sizes: the candidate's value may be at most this much (relative: 0.2 is
+    /// 20 %) above stable's, or below it, unless the difference is not significant at the
+    /// check's confidence.
+    pub allowed_increase: Option<f64>,
+    pub allowed_decrease: Option<f64>,
 }
 
 impl Threshold {
     pub fn needs_stable(&self) -> bool {
-        self.max_over_stable.is_some() || self.max_ratio_to_stable.is_some()
+        self.max_over_stable.is_some()
+            || self.max_ratio_to_stable.is_some()
+            || self.allowed_increase.is_some()
+            || self.allowed_decrease.is_some()
     }
 
     /// Why `value` breaks the threshold, if it does.
@@ -154,6 +273,10 @@ pub struct Measurement {
     pub outcome: Outcome,
     pub value: Option<f64>,
     pub detail: String,
+    /// The candidate requests a built-in measurement judged (what its evidence is weighed
+    /// by); absent for a measurement from outside.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
 }
 
 /// The rollout-side settings of a service's fast rollback guard (see `sequential` for the

@@ -1,36 +1,22 @@
-//! Running an analysis: its checks in parallel, each measuring on its interval and tallying
-//! failures and inconclusive results against its limits.
+//! Running an analysis: its evidence planned (and its checks lengthened) first, then its
+//! checks in parallel, each measuring on its interval and tallying failures and
+//! inconclusive results against its limits; `score::judge` makes the verdict from the
+//! tallies, as soon as one is certain.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use super::builtin::{self, Names};
+use super::evidence::{self, Need, Plan};
 use super::external::{self, Context};
-use super::{builtin, AnalysisConfig, Check, Measurement, Outcome, Provider};
-use crate::metrics::Summary;
+use super::score::{judge, CheckTally, Tallied};
+use super::{AnalysisConfig, Check, Measurement, Outcome, Provider};
 use crate::rollout::machine::Verdict;
 
-/// What a built-in check or the guard judges: the candidate's and stable's traffic over a
-/// range of seconds, summed over every instance of the fleet that saw any of it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Judged {
-    pub candidate: Summary,
-    pub stable: Summary,
-    /// This instance and every peer that contributed a second (1 without a fleet).
-    pub instances: usize,
-}
-
-impl Judged {
-    /// What a decision's reason adds about the fleet: `", 3 instances"`, or nothing when
-    /// this instance judged alone.
-    pub fn across(&self) -> String {
-        match self.instances {
-            0 | 1 => String::new(),
-            n => format!(", {n} instances"),
-        }
-    }
-}
+pub use super::score::Report;
+pub use super::Judged;
 
 /// Where a running analysis (and the guard) finds what it judges: the `window` before now,
 /// nothing before second `since` (see `metrics::last_range`), looked up afresh for every
@@ -48,9 +34,15 @@ pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measure
             value: None,
             detail: format!(
                 "groups {} / {} are not in the running configuration",
-                ctx.stable, ctx.candidate
+                ctx.reference(),
+                ctx.candidate
             ),
+            requests: None,
         })
+    };
+    let names = Names {
+        candidate: &ctx.candidate,
+        stable: ctx.reference(),
     };
     let builtin = |f: &dyn Fn(&Judged) -> Measurement| match judged() {
         Ok(j) => {
@@ -61,12 +53,21 @@ pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measure
         Err(e) => e,
     };
     match &check.provider {
-        Provider::Metric(m) => builtin(&|j| builtin::metric(check, *m, &j.candidate, &j.stable)),
+        Provider::Metric(m) => {
+            builtin(&|j| builtin::metric(check, *m, &j.candidate, &j.stable, names))
+        }
         Provider::MannWhitney {
             confidence,
             tolerance,
         } => builtin(&|j| {
-            builtin::compare_latency(check, *confidence, *tolerance, &j.candidate, &j.stable)
+            builtin::compare_latency(
+                check,
+                *confidence,
+                *tolerance,
+                &j.candidate,
+                &j.stable,
+                names,
+            )
         }),
         Provider::Prometheus {
             url,
@@ -80,83 +81,196 @@ pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measure
     }
 }
 
-/// What an analysis concluded, and why.
+/// An analysis ready to run: its checks as lengthened by the evidence plan, and the plan.
 #[derive(Debug, Clone)]
-pub struct Report {
-    pub verdict: Verdict,
-    pub detail: String,
+pub struct Prepared {
+    pub analysis: AnalysisConfig,
+    /// One per check, in order.
+    pub plans: Vec<Plan>,
 }
 
-/// Runs every check `count` times (forever with `background`, until one does not pass).
+impl Prepared {
+    /// `analysis` run as configured, without a plan (the background analysis).
+    pub fn as_is(analysis: &AnalysisConfig) -> Prepared {
+        Prepared {
+            analysis: analysis.clone(),
+            plans: vec![Plan::None; analysis.checks.len()],
+        }
+    }
+
+    /// How much longer than configured the longest lengthened check measures.
+    pub fn added(&self) -> Duration {
+        self.needs().map(Need::added).max().unwrap_or_default()
+    }
+
+    fn needs(&self) -> impl Iterator<Item = &Need> {
+        self.plans.iter().filter_map(|p| match p {
+            Plan::Need(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// What the plan changed or could not do, one sentence each: lengthened checks, and
+    /// checks whose need could not be estimated.
+    pub fn notes(&self) -> Vec<String> {
+        self.plans
+            .iter()
+            .filter_map(|p| match p {
+                Plan::Need(n) if !n.added().is_zero() => Some(n.sentence()),
+                Plan::Unknown(why) => Some(why.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Plans `analysis`'s evidence from the groups' last seconds (before the analysis began)
+/// and lengthens the checks that need it.
+pub fn prepare(analysis: &AnalysisConfig, windows: &Windows, ctx: &Context) -> Prepared {
+    let plans = match windows(evidence::RATE_WINDOW, 0) {
+        Some(recent) => evidence::plan(analysis, &recent, ctx.weight),
+        None => vec![Plan::None; analysis.checks.len()],
+    };
+    let mut out = analysis.clone();
+    for (check, plan) in out.checks.iter_mut().zip(&plans) {
+        if let Plan::Need(need) = plan {
+            *check = evidence::stretch(check, need);
+        }
+    }
+    let prepared = Prepared {
+        analysis: out,
+        plans,
+    };
+    for note in prepared.notes() {
+        tracing::info!(analysis = %analysis.name, service = %ctx.service, "{note}");
+    }
+    prepared
+}
+
+/// Plans and runs every check `count` times (forever with `background`, unplanned, until
+/// one does not pass).
 pub async fn run(
     analysis: &AnalysisConfig,
     windows: Windows,
     ctx: Context,
     background: bool,
 ) -> Report {
+    let prepared = if background {
+        Prepared::as_is(analysis)
+    } else {
+        prepare(analysis, &windows, &ctx)
+    };
+    execute(prepared, windows, ctx, background).await
+}
+
+/// Runs a prepared analysis: the verdict as soon as it is certain (a failure no later
+/// result can undo; in the background, any check that does not pass).
+pub async fn execute(
+    prepared: Prepared,
+    windows: Windows,
+    ctx: Context,
+    background: bool,
+) -> Report {
+    let analysis = &prepared.analysis;
     let mut set = JoinSet::new();
-    for check in analysis.checks.clone() {
+    for (check, plan) in analysis.checks.iter().cloned().zip(prepared.plans.clone()) {
         let (windows, mut ctx) = (windows.clone(), ctx.clone());
         ctx.check = check.name.clone();
-        set.spawn(async move { run_check(check, windows, ctx, background).await });
+        let need = match plan {
+            Plan::Need(n) => Some(n),
+            _ => None,
+        };
+        set.spawn(async move { run_check(check, need, windows, ctx, background).await });
     }
-    let mut passed = Vec::new();
-    let mut inconclusive: Option<String> = None;
+    let mut tallies = Vec::new();
     while let Some(done) = set.join_next().await {
-        let (verdict, detail) = done.expect("check task");
-        match verdict {
-            // A failure decides at once.
-            Verdict::Fail => {
-                set.abort_all();
-                return Report {
-                    verdict: Verdict::Fail,
-                    detail: format!("{}: {detail}", analysis.name),
-                };
-            }
-            Verdict::Inconclusive if background => {
-                set.abort_all();
-                return Report {
-                    verdict: Verdict::Inconclusive,
-                    detail: format!("{}: {detail}", analysis.name),
-                };
-            }
-            Verdict::Inconclusive => inconclusive = inconclusive.or(Some(detail)),
-            Verdict::Pass => passed.push(detail),
+        let tally = done.expect("check task");
+        let unsure = tally.result != Tallied::Passed;
+        tallies.push(tally);
+        let report = judge(analysis, &tallies);
+        if report.verdict == Verdict::Fail || (background && unsure) {
+            set.abort_all();
+            return noted(report, &prepared);
         }
     }
-    match inconclusive {
-        Some(detail) => Report {
-            verdict: Verdict::Inconclusive,
-            detail: format!("{}: {detail}", analysis.name),
-        },
-        None => Report {
-            verdict: Verdict::Pass,
-            detail: format!("{}: {}", analysis.name, passed.join("; ")),
-        },
+    noted(judge(analysis, &tallies), &prepared)
+}
+
+/// Every check of `analysis` measured once, now (a dry run), and the verdict they make.
+pub async fn once(
+    analysis: &AnalysisConfig,
+    windows: &Windows,
+    ctx: &Context,
+) -> (Vec<Measurement>, Report) {
+    let prepared = prepare(analysis, windows, ctx);
+    let mut measured = Vec::new();
+    let mut tallies = Vec::new();
+    for (check, plan) in analysis.checks.iter().zip(&prepared.plans) {
+        let mut ctx = ctx.clone();
+        ctx.check = check.name.clone();
+        let m = measure(check, windows, &ctx).await;
+        let result = match m.outcome {
+            Outcome::Pass => Tallied::Passed,
+            Outcome::Fail => Tallied::Failed,
+            Outcome::Inconclusive | Outcome::Error => Tallied::Inconclusive,
+        };
+        tallies.push(CheckTally {
+            check: check.name.clone(),
+            result,
+            sentence: format!("check {} {}", m.check, m.detail),
+            short_of: short_of(plan, &m),
+        });
+        measured.push(m);
+    }
+    (measured, judge(analysis, &tallies))
+}
+
+/// The plan's lengthening said in the verdict (unless a sentence there already says it).
+fn noted(mut report: Report, prepared: &Prepared) -> Report {
+    for note in prepared.notes() {
+        if !report.detail.contains(&note) {
+            report.detail.push_str("; ");
+            report.detail.push_str(&note);
+        }
+    }
+    report
+}
+
+/// Why a passing measurement is not enough evidence, if it is not.
+fn short_of(plan: &Plan, m: &Measurement) -> Option<String> {
+    match plan {
+        Plan::Need(need) if m.outcome == Outcome::Pass => need.short_of(m.requests.unwrap_or(0)),
+        _ => None,
     }
 }
 
 async fn run_check(
     check: Check,
+    need: Option<Need>,
     windows: Windows,
     ctx: Context,
     background: bool,
-) -> (Verdict, String) {
+) -> CheckTally {
     let (mut failures, mut inconclusive, mut taken) = (0u32, 0u32, 0u32);
-    let mut last = String::new();
+    let mut last = None;
+    let tally = |result, sentence| CheckTally {
+        check: check.name.clone(),
+        result,
+        sentence,
+        short_of: None,
+    };
     while background || taken < check.count.max(1) {
         tokio::time::sleep(check.interval).await;
         let m = measure(&check, &windows, &ctx).await;
         taken += 1;
         tracing::debug!(check = %m.check, outcome = ?m.outcome, detail = %m.detail, "measurement");
-        last = format!("check {} {}", m.check, m.detail);
         match m.outcome {
             Outcome::Pass => {}
             Outcome::Fail => {
                 failures += 1;
                 if failures > check.failure_limit {
-                    return (
-                        Verdict::Fail,
+                    return tally(
+                        Tallied::Failed,
                         format!(
                             "check {} failed {failures} of {taken} times (limit {}): {}",
                             m.check, check.failure_limit, m.detail
@@ -172,8 +286,8 @@ async fn run_check(
                     } else {
                         "was inconclusive"
                     };
-                    return (
-                        Verdict::Inconclusive,
+                    return tally(
+                        Tallied::Inconclusive,
                         format!(
                             "check {} {what} {inconclusive} of {taken} times (limit {}): {}",
                             m.check, check.inconclusive_limit, m.detail
@@ -182,9 +296,22 @@ async fn run_check(
                 }
             }
         }
+        last = Some(m);
     }
-    (
-        Verdict::Pass,
-        format!("{last} ({taken} measurements, {failures} failed, {inconclusive} inconclusive)"),
-    )
+    let Some(m) = last else {
+        return tally(
+            Tallied::Inconclusive,
+            format!("check {} measured nothing", check.name),
+        );
+    };
+    // The last measurement judged the most (a planned check's window is the whole step).
+    let mut t = tally(
+        Tallied::Passed,
+        format!(
+            "check {} {} ({taken} measurements, {failures} failed, {inconclusive} inconclusive)",
+            m.check, m.detail
+        ),
+    );
+    t.short_of = need.and_then(|n| n.short_of(m.requests.unwrap_or(0)));
+    t
 }

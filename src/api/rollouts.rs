@@ -287,7 +287,7 @@ pub(super) async fn dry_run(
     let baseline = current.as_ref().and_then(|r| r.strategy.baseline.clone());
     let reference = baseline.clone().unwrap_or_else(|| stable.clone());
     let windows = api.control.windows(&service, &reference, &candidate);
-    let mut results = Vec::new();
+    let (mut results, mut analyses) = (Vec::new(), Vec::new());
     for name in names {
         let analysis = snap.config.analysis(&name).ok_or_else(|| {
             ApiError::new(
@@ -296,24 +296,27 @@ pub(super) async fn dry_run(
                 format!("no analysis named \"{name}\""),
             )
         })?;
-        for check in &analysis.checks {
-            let ctx = crate::analysis::external::Context {
-                service: service.clone(),
-                rollout: current.as_ref().map(|r| r.id),
-                stable: stable.clone(),
-                candidate: candidate.clone(),
-                baseline: baseline.clone(),
-                weight: current.as_ref().map_or(0, |r| r.weight),
-                analysis: name.clone(),
-                check: check.name.clone(),
-                since: 0,
-            };
-            let m = crate::analysis::run::measure(check, &windows, &ctx).await;
-            results.push(serde_json::json!({ "analysis": name, "measurement": m }));
-        }
+        let ctx = crate::analysis::external::Context {
+            service: service.clone(),
+            rollout: current.as_ref().map(|r| r.id),
+            stable: stable.clone(),
+            candidate: candidate.clone(),
+            baseline: baseline.clone(),
+            weight: current.as_ref().map_or(0, |r| r.weight),
+            analysis: name.clone(),
+            check: String::new(),
+            since: 0,
+        };
+        let (measured, report) = crate::analysis::run::once(analysis, &windows, &ctx).await;
+        results.extend(
+            measured
+                .into_iter()
+                .map(|m| serde_json::json!({ "analysis": name, "measurement": m })),
+        );
+        analyses.push(serde_json::json!({ "analysis": name, "verdict": report.verdict, "score": report.score, "detail": report.detail }));
     }
     Ok(Json(
-        serde_json::json!({ "stable": stable, "baseline": baseline, "candidate": candidate, "results": results }),
+        serde_json::json!({ "stable": stable, "baseline": baseline, "candidate": candidate, "results": results, "analyses": analyses }),
     ))
 }
 

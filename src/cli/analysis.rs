@@ -18,9 +18,10 @@ pub(super) const UNREACHABLE: u8 = 5;
 
 #[derive(Subcommand)]
 pub(super) enum AnalysisCommand {
-    /// Measure every check once against live traffic. Exit codes: 0 every check passed,
-    /// 3 one failed, 4 one was inconclusive (none failed), 5 the admin API could not be
-    /// reached, 1 any other error (the API refused), 2 a wrong command line.
+    /// Measure every check once against live traffic and judge each analysis as a step
+    /// would (score, critical checks, evidence). Exit codes: 0 every analysis passed, 3 one
+    /// failed, 4 one was inconclusive (none failed), 5 the admin API could not be reached,
+    /// 1 any other error (the API refused), 2 a wrong command line.
     Run {
         /// The service whose analyses run.
         service: String,
@@ -56,14 +57,14 @@ pub(super) async fn run(api: &Api, command: AnalysisCommand) -> anyhow::Result<E
         Err(e) => return Err(e.into()),
     };
     let results = res["results"].as_array().cloned().unwrap_or_default();
-    let verdict = |r: &serde_json::Value| match str_of(&r["measurement"]["outcome"]) {
-        "pass" => PASS,
-        "fail" => FAIL,
-        _ => INCONCLUSIVE,
-    };
-    let worst = results
+    let analyses = res["analyses"].as_array().cloned().unwrap_or_default();
+    let worst = analyses
         .iter()
-        .map(verdict)
+        .map(|a| match str_of(&a["verdict"]) {
+            "pass" => PASS,
+            "fail" => FAIL,
+            _ => INCONCLUSIVE,
+        })
         .max_by_key(|v| match *v {
             FAIL => 2,
             INCONCLUSIVE => 1,
@@ -87,6 +88,15 @@ pub(super) async fn run(api: &Api, command: AnalysisCommand) -> anyhow::Result<E
             str_of(&m["check"]),
             str_of(&m["outcome"]),
             str_of(&m["detail"])
+        );
+    }
+    for a in &analyses {
+        outln!(
+            "{}: {} (score {}) — {}",
+            str_of(&a["analysis"]),
+            str_of(&a["verdict"]),
+            a["score"],
+            str_of(&a["detail"])
         );
     }
     Ok(ExitCode::from(worst))

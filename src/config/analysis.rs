@@ -5,7 +5,10 @@ use std::time::Duration;
 use super::fields::*;
 use super::locate::KeyPath;
 use super::raw::{RawAnalysis, RawCheck, RawGuard, RawHook, RawHooks};
-use crate::analysis::{AnalysisConfig, Check, Guard, Metric, Provider, Threshold};
+use crate::analysis::evidence::JUDGED;
+use crate::analysis::{
+    AnalysisConfig, Check, Evidence, Guard, Judging, Metric, Provider, Scoring, Threshold,
+};
 
 fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) -> u32 {
     count_or(v, 0..=max, default as u64, "", at, p) as u32
@@ -49,6 +52,64 @@ fn threshold(c: &RawCheck, at: &KeyPath, p: &mut Problems) -> Threshold {
             "a ratio to stable",
             p,
         ),
+        allowed_increase: percent(
+            c.allowed_increase.as_ref(),
+            0.0..=1000.0,
+            at.join("allowed_increase"),
+            p,
+        ),
+        allowed_decrease: percent(
+            c.allowed_decrease.as_ref(),
+            0.0..=99.9,
+            at.join("allowed_decrease"),
+            p,
+        ),
+    }
+}
+
+/// An effect size written as a percentage (`"20%"`), as a fraction (0.2), within `range` (%).
+fn percent(
+    v: Option<&String>,
+    range: std::ops::RangeInclusive<f64>,
+    at: KeyPath,
+    p: &mut Problems,
+) -> Option<f64> {
+    let s = v?;
+    let Some(n) = s
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+    else {
+        p.add(at, format!("\"{s}\" is not a percentage: use e.g. \"20%\""));
+        return None;
+    };
+    in_range(n, range, "percent of stable's value", at, p).map(|n| n / 100.0)
+}
+
+/// An analysis's score thresholds: both 100 (every check must pass) unless written; a
+/// marginal score alone leaves the pass score at 100, a pass score alone is also the
+/// marginal one (no inconclusive band).
+fn scoring(a: &RawAnalysis, at: &KeyPath, p: &mut Problems) -> Scoring {
+    let score = |v: Option<f64>, key: &str, p: &mut Problems| {
+        v.and_then(|v| in_range(v, 0.0..=100.0, "of 100", at.join(key), p))
+    };
+    let pass = score(a.pass_score, "pass_score", p);
+    let marginal = score(a.marginal_score, "marginal_score", p);
+    if pass.is_none() && marginal.is_none() {
+        return Scoring::default();
+    }
+    let pass = pass.unwrap_or(100.0);
+    let marginal = marginal.unwrap_or(pass);
+    if marginal > pass {
+        p.add(
+            at.join("marginal_score"),
+            format!("marginal_score {marginal} is above pass_score {pass}: use at most {pass}"),
+        );
+    }
+    Scoring {
+        pass,
+        marginal: marginal.min(pass),
+        scored: true,
     }
 }
 
@@ -64,32 +125,43 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
                 format!("analysis \"{}\" has no [[analysis.check]]", a.name),
             );
         }
-        let defaults = (
-            duration_or(
+        let defaults = Defaults {
+            interval: duration_or(
                 a.interval.as_ref(),
                 at.join("interval"),
                 Duration::from_secs(10),
                 &MEASURE,
                 p,
             ),
-            measurements(a.count, at.join("count"), 3, p),
-            count(a.failure_limit, at.join("failure_limit"), 0, 10_000, p),
-            count(
+            count: measurements(a.count, at.join("count"), 3, p),
+            failure_limit: count(a.failure_limit, at.join("failure_limit"), 0, 10_000, p),
+            inconclusive_limit: count(
                 a.inconclusive_limit,
                 at.join("inconclusive_limit"),
                 1,
                 10_000,
                 p,
             ),
-            count(
+            min_requests: count(
                 a.min_requests,
                 at.join("min_requests"),
                 20,
                 1_000_000_000,
                 p,
             ) as u64,
-            a.window.clone(),
-        );
+            window: a.window.clone(),
+            confidence: a
+                .confidence
+                .and_then(|c| in_range(c, 0.5..=0.999, "", at.join("confidence"), p)),
+            power: a
+                .power
+                .and_then(|c| in_range(c, 0.5..=0.99, "", at.join("power"), p)),
+            max_duration: a
+                .max_duration
+                .as_ref()
+                .and_then(|d| duration(d, at.join("max_duration"), &MAX_DURATION, p))
+                .map(|d| (d, at.join("max_duration"))),
+        };
         let mut checks: Vec<Check> = Vec::new();
         let mut check_names = Unique::new("check");
         for (j, c) in a.check.iter().enumerate() {
@@ -102,15 +174,37 @@ pub fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<AnalysisConfig> {
         out.push(AnalysisConfig {
             name: a.name.clone(),
             checks,
+            scoring: scoring(a, &at, p),
         });
     }
     out
 }
 
-type Defaults = (Duration, u32, u32, u32, u64, Option<String>);
+/// How long a planned check may measure: what the metrics keep (it judges its whole step).
+const MAX_DURATION: std::ops::RangeInclusive<Duration> = Duration::from_millis(1)..=JUDGED;
+
+/// An analysis's settings that its checks inherit.
+struct Defaults {
+    interval: Duration,
+    count: u32,
+    failure_limit: u32,
+    inconclusive_limit: u32,
+    min_requests: u64,
+    window: Option<String>,
+    confidence: Option<f64>,
+    power: Option<f64>,
+    /// With where it was written, for a problem with a check's measuring.
+    max_duration: Option<(Duration, KeyPath)>,
+}
 
 fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<Check> {
-    let interval = duration_or(c.interval.as_ref(), at.join("interval"), d.0, &MEASURE, p);
+    let interval = duration_or(
+        c.interval.as_ref(),
+        at.join("interval"),
+        d.interval,
+        &MEASURE,
+        p,
+    );
     let timeout = duration_or(
         c.timeout.as_ref(),
         at.join("timeout"),
@@ -134,10 +228,31 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
     }
     let threshold = threshold(c, at, p);
     // Written bounds count even when one was rejected above: one problem per mistake.
+    let effect = c.allowed_increase.is_some() || c.allowed_decrease.is_some();
     let has_bound = c.min.is_some()
         || c.max.is_some()
         || c.max_over_stable.is_some()
-        || c.max_ratio_to_stable.is_some();
+        || c.max_ratio_to_stable.is_some()
+        || effect;
+    let effect_at = || {
+        at.join(if c.allowed_increase.is_some() {
+            "allowed_increase"
+        } else {
+            "allowed_decrease"
+        })
+    };
+    if effect && c.metric.is_none() {
+        p.add(
+            effect_at(),
+            "only a metric check (success-rate, error-rate, latency-pNN) has allowed_increase / allowed_decrease; a Mann-Whitney check has `tolerance`",
+        );
+    }
+    if effect && c.metric.as_deref() == Some("request-rate") {
+        p.add(
+            effect_at(),
+            "a request rate follows the weight, not the version: bound it with min or max",
+        );
+    }
     let provider = if let Some(m) = &c.metric {
         let Some(metric) = Metric::parse(m) else {
             p.add(
@@ -149,7 +264,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         if !has_bound {
             p.add(
                 at.clone(),
-                "a metric check needs a bound: min, max, max_over_stable or max_ratio_to_stable",
+                "a metric check needs a bound: min, max, max_over_stable, max_ratio_to_stable, allowed_increase or allowed_decrease",
             );
         }
         Provider::Metric(metric)
@@ -194,22 +309,49 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
             timeout,
         }
     };
-    let window_src = c.window.clone().or_else(|| d.5.clone());
+    let count_ = measurements(c.count, at.join("count"), d.count, p);
+    let judging = judging(c, d, &provider, &threshold, interval * count_, at, p);
+    let window_src = c.window.clone().or_else(|| d.window.clone());
+    // The window defaults to the interval: each measurement sees the traffic since the last;
+    // a planned check's is its whole step (at most what the metrics keep).
+    let window = if judging.evidence.is_some() {
+        if c.window.is_some() {
+            p.add(
+                at.join("window"),
+                "a check whose evidence is planned judges everything since its analysis began: remove `window`",
+            );
+        }
+        JUDGED
+    } else {
+        duration_or(
+            window_src.as_ref(),
+            at.join("window"),
+            interval,
+            &MEASURE,
+            p,
+        )
+    };
     Some(Check {
         name: c.name.clone(),
         provider,
         threshold,
         interval,
-        count: measurements(c.count, at.join("count"), d.1, p),
-        failure_limit: count(c.failure_limit, at.join("failure_limit"), d.2, 10_000, p),
-        inconclusive_limit: count(
-            c.inconclusive_limit,
-            at.join("inconclusive_limit"),
-            d.3,
+        count: count_,
+        failure_limit: count(
+            c.failure_limit,
+            at.join("failure_limit"),
+            d.failure_limit,
             10_000,
             p,
         ),
-        min_requests: c.min_requests.map_or(d.4, |_| {
+        inconclusive_limit: count(
+            c.inconclusive_limit,
+            at.join("inconclusive_limit"),
+            d.inconclusive_limit,
+            10_000,
+            p,
+        ),
+        min_requests: c.min_requests.map_or(d.min_requests, |_| {
             count(
                 c.min_requests,
                 at.join("min_requests"),
@@ -218,15 +360,91 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
                 p,
             ) as u64
         }),
-        // The window defaults to the interval: each measurement sees the traffic since the last.
-        window: duration_or(
-            window_src.as_ref(),
-            at.join("window"),
-            interval,
-            &MEASURE,
-            p,
-        ),
+        window,
+        judging,
     })
+}
+
+/// A check's weight in the score and, for a comparison with stable, the evidence it plans:
+/// planned when it has an effect size or its analysis (or itself) sets `power` or
+/// `max_duration` — so a file written before plans existed runs as it did.
+fn judging(
+    c: &RawCheck,
+    d: &Defaults,
+    provider: &Provider,
+    threshold: &Threshold,
+    measuring: Duration,
+    at: &KeyPath,
+    p: &mut Problems,
+) -> Judging {
+    let weight = c
+        .weight
+        .and_then(|w| {
+            in_range(
+                w,
+                0.01..=1000.0,
+                "a share of the score",
+                at.join("weight"),
+                p,
+            )
+        })
+        .unwrap_or(1.0);
+    let compares = match provider {
+        Provider::Metric(m) => threshold.needs_stable() && !matches!(m, Metric::RequestRate),
+        Provider::MannWhitney { .. } => true,
+        _ => false,
+    };
+    let own_max = c
+        .max_duration
+        .as_ref()
+        .and_then(|v| duration(v, at.join("max_duration"), &MAX_DURATION, p))
+        .map(|v| (v, at.join("max_duration")));
+    if c.max_duration.is_some() && !compares {
+        p.add(
+            at.join("max_duration"),
+            "max_duration lengthens a comparison with stable to gather its evidence: this check does not compare",
+        );
+    }
+    let planned = compares
+        && (c.allowed_increase.is_some()
+            || c.allowed_decrease.is_some()
+            || d.power.is_some()
+            || d.max_duration.is_some()
+            || c.max_duration.is_some());
+    let max_duration = own_max.or_else(|| d.max_duration.clone());
+    if planned {
+        if measuring > JUDGED {
+            p.add(
+                at.clone(),
+                format!(
+                    "check \"{}\" measures for {} (count × interval), longer than the {} a planned check can judge",
+                    c.name,
+                    humantime::format_duration(measuring),
+                    humantime::format_duration(JUDGED)
+                ),
+            );
+        }
+        if let Some((max, key)) = max_duration.as_ref().filter(|(max, _)| *max < measuring) {
+            p.add(
+                key.clone(),
+                format!(
+                    "max_duration {} is shorter than check \"{}\"'s own measuring ({} = count × interval)",
+                    humantime::format_duration(*max),
+                    c.name,
+                    humantime::format_duration(measuring)
+                ),
+            );
+        }
+    }
+    Judging {
+        critical: c.critical.unwrap_or(false),
+        weight,
+        confidence: d.confidence.unwrap_or(0.95),
+        evidence: planned.then(|| Evidence {
+            power: d.power.unwrap_or(0.8),
+            max_duration: max_duration.map(|(d, _)| d),
+        }),
+    }
 }
 
 pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {

@@ -79,6 +79,16 @@ pub struct RawAnalysis {
     pub inconclusive_limit: Option<i64>,
     pub min_requests: Option<i64>,
     pub window: Option<String>,
+    /// The score (0–100) at or above which the analysis passes, and at or above which it is
+    /// inconclusive rather than failed; without them every check must pass.
+    pub pass_score: Option<f64>,
+    pub marginal_score: Option<f64>,
+    /// How sure an effect beyond `allowed_increase` / `allowed_decrease` must be to fail.
+    pub confidence: Option<f64>,
+    /// The chance a planned comparison sees its effect (plans the checks' evidence).
+    pub power: Option<f64>,
+    /// How long a step's checks may be lengthened to, to gather the requests they need.
+    pub max_duration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +112,15 @@ pub struct RawCheck {
     pub inconclusive_limit: Option<i64>,
     pub min_requests: Option<i64>,
     pub window: Option<String>,
+    /// Its failure fails the analysis whatever the score.
+    pub critical: Option<bool>,
+    /// Its share of the score (1 by default).
+    pub weight: Option<f64>,
+    /// Effect sizes relative to stable, e.g. `"20%"`.
+    pub allowed_increase: Option<String>,
+    pub allowed_decrease: Option<String>,
+    /// This check's own `max_duration` (plans its evidence).
+    pub max_duration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -117,6 +117,10 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                 };
                 let ctx = Context::of_rollout(r, &name);
                 let groups = control.windows(&service, r.reference(), &r.candidate);
+                // Its evidence planned first: a check lengthened to gather the requests it
+                // needs has the progress deadline lengthened as much.
+                let prepared = run::prepare(&analysis, &groups, &ctx);
+                let limit = deadline + prepared.added();
                 // Synthetic traffic for a quiet service, for as long as the step measures.
                 let synthetic = CancellationToken::new();
                 tokio::spawn(super::synthetic::generate(
@@ -128,9 +132,12 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                 let _stop = synthetic.drop_guard();
                 // A command (promote, abort, …) interrupts the analysis; the loop looks again.
                 tokio::select! {
-                    report = tokio::time::timeout(deadline, run::run(&analysis, groups, ctx, false)) => match report {
+                    report = tokio::time::timeout(limit, run::execute(prepared, groups, ctx, false)) => match report {
                         Ok(rep) => log(control.rollout_analysis_done(&service, r.step, rep.verdict, &rep.detail).await),
-                        Err(_) => log(control.abort_from(&service, System::Deadline, RollbackCause::Deadline, &stuck(&format!("analysis {name}"))).await),
+                        Err(_) => {
+                            let added = prepared_added(limit, deadline);
+                            log(control.abort_from(&service, System::Deadline, RollbackCause::Deadline, &format!("{}{added}", stuck(&format!("analysis {name}")))).await);
+                        }
                     },
                     _ = wake.notified() => {}
                 }
@@ -238,6 +245,14 @@ impl Side {
                 name,
             ));
         }
+    }
+}
+
+/// What a deadline's reason adds when the analysis was lengthened: `" (+2m for evidence)"`.
+fn prepared_added(limit: Duration, deadline: Duration) -> String {
+    match limit.saturating_sub(deadline) {
+        d if d.is_zero() => String::new(),
+        d => format!(" (+{} for evidence)", humantime::format_duration(d)),
     }
 }
 

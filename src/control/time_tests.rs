@@ -171,6 +171,28 @@ async fn an_analysis_step_measures_at_its_interval() {
     assert_eq!(r.status, Status::Progressing);
 }
 
+/// A step lengthened for evidence (no traffic: to its 5-minute maximum) under a 3-minute
+/// progress deadline: the deadline grows with it, and the step ends at 5 minutes, paused.
+#[tokio::test(start_paused = true)]
+async fn a_step_lengthened_for_evidence_has_its_deadline_lengthened_too() {
+    let (control, t0, _) = started(
+        "progress_deadline = \"3m\"\n[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { analysis = \"evidence\" }]",
+        "[[analysis]]\nname = \"evidence\"\ninterval = \"1m\"\ncount = 2\nmax_duration = \"5m\"\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nallowed_increase = \"20%\"\n",
+    )
+    .await;
+    let r = just_before(&control, t0, 300).await;
+    assert_eq!((r.status, r.weight), (Status::Progressing, 1000), "{r:?}");
+    let r = eventually(
+        &control,
+        2 * SLACK,
+        "paused after the lengthened step",
+        |r| r.status == Status::Paused,
+    )
+    .await;
+    let why = r.reason.unwrap_or_default();
+    assert!(why.contains("lengthened to 5m (+3m)"), "{why}");
+}
+
 /// An analysis that would take an hour, under a 5-minute progress deadline: the rollout
 /// rolls back at 5 minutes.
 #[tokio::test(start_paused = true)]

@@ -61,6 +61,7 @@ pub fn webhook(data: &[u8]) {
         inconclusive_limit: 0,
         min_requests: 0,
         window: Duration::from_secs(1),
+        judging: Default::default(),
     };
     let m = webhook_verdict(&check, status, &text);
     assert_eq!(m.check, "fuzz");

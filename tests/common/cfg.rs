@@ -155,3 +155,13 @@ pub(crate) fn config_error(toml: &str) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Analysis `name` from `top` (its `[[analysis]]` tables) in `blue_green`'s configuration,
+/// parsed as a file is: for tests that call the analysis functions themselves.
+pub(crate) fn analysis_of(top: &str, name: &str) -> switchyard::analysis::AnalysisConfig {
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let text = blue_green(at(9001), at(9002)).top(top).build();
+    let config = switchyard::config::parse(&text, "sy.toml", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    config.analysis(name).expect("the analysis").clone()
+}
