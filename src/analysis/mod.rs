@@ -4,6 +4,7 @@
 //! inconclusive (the rollout pauses for a person). Too little traffic is inconclusive, never a
 //! pass.
 
+pub mod backtest;
 pub mod builtin;
 pub mod external;
 pub mod run;

@@ -1,0 +1,393 @@
+//! Backtest: an analysis replayed over a past rollout's recorded seconds, on a virtual clock.
+//!
+//! While a rollout runs, the control plane records each second of what the guard and the
+//! analyses judge — the candidate's and stable's fleet-wide sums — and when each step began
+//! (`control::history`, kept in the state store). A replay measures each built-in check at
+//! the times the live run would have: every `interval` from the beginning of the step where
+//! the analysis ran (or from the attempt's beginning for one that was not a step's), through
+//! the same `run::measure` as the live run, with a `Windows` that reads the recorded seconds
+//! at the virtual time instead of the live window. The analysis may have changed since: that
+//! is the point (tune thresholds on past data). Prometheus, webhook and command checks asked
+//! something outside that was not recorded: they are "not replayable".
+//!
+//! One difference with the live run: a live measurement sees the current second only up to
+//! the moment it is taken, a replay sees it whole (a second is recorded once complete).
+//!
+//! The tally (failures and inconclusive results against their limits, the first failure
+//! deciding) mirrors `run::run`; it is meant to fold into one pure scoring function.
+
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::external::Context;
+use super::run::{self, Judged, Windows};
+use super::{AnalysisConfig, Check, Measurement, Outcome, Provider};
+use crate::metrics::{Second, Summary};
+use crate::rollout::machine::Verdict;
+
+/// One recorded second: when it began (unix ms) and what the fleet saw in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedSecond {
+    pub start_ms: i64,
+    /// Instances that contributed (1 without a fleet).
+    pub instances: u32,
+    pub candidate: Second,
+    pub stable: Second,
+}
+
+/// Step `step` (0-based) of the attempt began at `at_ms` (unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMark {
+    pub step: u32,
+    pub at_ms: i64,
+}
+
+/// What was recorded of one attempt of a rollout, its seconds in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recording {
+    pub seconds: Vec<RecordedSecond>,
+    pub marks: Vec<StepMark>,
+    /// Seconds that could not be stored (the store was unavailable): gaps in `seconds`.
+    pub dropped: u64,
+}
+
+impl Recording {
+    /// Adds another stored part of the same attempt, keeping the seconds in order (a second
+    /// stored twice keeps its later copy) and the marks of each step once.
+    pub fn merge(&mut self, part: Recording) {
+        self.dropped += part.dropped;
+        self.seconds.extend(part.seconds);
+        self.seconds.sort_by_key(|s| s.start_ms);
+        let mut seen = std::collections::BTreeMap::new();
+        for s in self.seconds.drain(..) {
+            seen.insert(s.start_ms, s);
+        }
+        self.seconds = seen.into_values().collect();
+        for m in part.marks {
+            if !self.marks.iter().any(|k| k.step == m.step) {
+                self.marks.push(m);
+            }
+        }
+        self.marks.sort_by_key(|m| m.at_ms);
+    }
+
+    /// When the attempt began as recorded: its first step mark, else its first second.
+    pub fn began(&self) -> Option<i64> {
+        let first = self.seconds.first().map(|s| s.start_ms);
+        self.marks.first().map(|m| m.at_ms).or(first)
+    }
+
+    /// The end of the last recorded second.
+    pub fn ended(&self) -> Option<i64> {
+        self.seconds.last().map(|s| s.start_ms + 1000)
+    }
+
+    /// When step `step` (0-based) began, if it was reached while recording.
+    pub fn step_began(&self, step: usize) -> Option<i64> {
+        self.marks
+            .iter()
+            .find(|m| m.step as usize == step)
+            .map(|m| m.at_ms)
+    }
+
+    /// What a live measurement at `now_ms` would have judged: the second containing it and
+    /// the `window` of whole seconds before it (`metrics::last_range`'s rule), none that
+    /// began before the second containing `since_ms`.
+    fn judged(&self, now_ms: i64, window: Duration, since_ms: i64) -> Judged {
+        let secs = window.as_secs().max(1) as i64;
+        let lowest = (now_ms - (secs + 1) * 1000).max(since_ms - 1000);
+        let mut candidate = Summary::default();
+        let mut stable = Summary::default();
+        let mut instances = 1;
+        for s in self
+            .seconds
+            .iter()
+            .filter(|s| s.start_ms > lowest && s.start_ms <= now_ms)
+        {
+            candidate.add(&s.candidate);
+            stable.add(&s.stable);
+            instances = instances.max(s.instances as usize);
+        }
+        let seconds = ((now_ms - lowest) / 1000).max(1) as u64;
+        candidate.seconds = seconds;
+        stable.seconds = seconds;
+        Judged {
+            candidate,
+            stable,
+            instances,
+        }
+    }
+}
+
+/// One replayed measurement and when it would have been taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timed {
+    /// Unix ms.
+    pub at_ms: i64,
+    /// Since the attempt began.
+    pub offset_ms: i64,
+    #[serde(flatten)]
+    pub measurement: Measurement,
+}
+
+/// How one check fared in the replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReplay {
+    pub check: String,
+    /// False for a Prometheus, webhook or command check: nothing of it was recorded.
+    pub replayable: bool,
+    /// `None`: not replayable, or the recording ended before the check was done.
+    pub verdict: Option<Verdict>,
+    /// When it was decided (unix ms).
+    pub decided_at_ms: Option<i64>,
+    pub detail: String,
+    pub measurements: Vec<Timed>,
+}
+
+/// One analysis replayed from one beginning.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replay {
+    pub analysis: String,
+    /// The analysis step (1-based) whose beginning the replay starts from; `None` for an
+    /// analysis replayed from the attempt's beginning (the background one, or one named
+    /// that the strategy did not run).
+    pub step: Option<usize>,
+    /// Unix ms of the virtual clock's start.
+    pub start_ms: i64,
+    /// What the analysis would have decided (`None`: nothing decided within the recording,
+    /// or only checks that cannot be replayed would have).
+    pub verdict: Option<Verdict>,
+    pub decided_at_ms: Option<i64>,
+    pub detail: String,
+    pub checks: Vec<CheckReplay>,
+}
+
+/// Replays `analysis` over `rec` from `start_ms`: each built-in check measured every
+/// `interval` (a step's analysis `count` times; the background one until a result that is
+/// not a pass, as it runs live) while the recording lasts.
+pub async fn replay(
+    analysis: &AnalysisConfig,
+    rec: Arc<Recording>,
+    start_ms: i64,
+    began_ms: i64,
+    background: bool,
+    ctx: &Context,
+) -> Replay {
+    let now = Arc::new(AtomicI64::new(start_ms));
+    // `since` is the replay's own: unix ms (the live run's is a window second).
+    let windows: Windows = {
+        let (rec, now) = (rec.clone(), now.clone());
+        Arc::new(move |window, since| Some(rec.judged(now.load(Relaxed), window, since as i64)))
+    };
+    let ctx = Context {
+        analysis: analysis.name.clone(),
+        since: start_ms.max(0) as u64,
+        ..ctx.clone()
+    };
+    let end = rec.ended().unwrap_or(start_ms);
+    let mut checks = Vec::new();
+    for check in &analysis.checks {
+        let ctx = Context {
+            check: check.name.clone(),
+            ..ctx.clone()
+        };
+        let timing = Timing {
+            start_ms,
+            began_ms,
+            end_ms: end,
+        };
+        checks.push(replay_check(check, &windows, &now, &ctx, timing, background).await);
+    }
+    let (verdict, decided_at_ms, detail) = decide(&checks, background);
+    Replay {
+        analysis: analysis.name.clone(),
+        step: None,
+        start_ms,
+        verdict,
+        decided_at_ms,
+        detail: format!("{}: {detail}", analysis.name),
+        checks,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    start_ms: i64,
+    began_ms: i64,
+    end_ms: i64,
+}
+
+async fn replay_check(
+    check: &Check,
+    windows: &Windows,
+    now: &AtomicI64,
+    ctx: &Context,
+    t: Timing,
+    background: bool,
+) -> CheckReplay {
+    let mut out = CheckReplay {
+        check: check.name.clone(),
+        replayable: !matches!(
+            check.provider,
+            Provider::Prometheus { .. } | Provider::Webhook { .. } | Provider::Command { .. }
+        ),
+        verdict: None,
+        decided_at_ms: None,
+        detail: String::new(),
+        measurements: Vec::new(),
+    };
+    if !out.replayable {
+        out.detail = format!(
+            "check {}: not replayable (its provider is outside switchyard; nothing of it was recorded)",
+            check.name
+        );
+        return out;
+    }
+    let step = (check.interval.as_millis() as i64).max(1);
+    let mut tally = Tally::new(check);
+    for k in 1.. {
+        let at = t.start_ms + k * step;
+        if !background && tally.taken >= check.count.max(1) {
+            out.verdict = Some(Verdict::Pass);
+            out.detail = tally.passed();
+            out.decided_at_ms = out.measurements.last().map(|m| m.at_ms);
+            break;
+        }
+        if at > t.end_ms {
+            out.detail = format!(
+                "check {}: the recording ended after {} measurement{}{}",
+                check.name,
+                tally.taken,
+                if tally.taken == 1 { "" } else { "s" },
+                if background {
+                    " without a result that is not a pass"
+                } else {
+                    ""
+                }
+            );
+            break;
+        }
+        now.store(at, Relaxed);
+        let m = run::measure(check, windows, ctx).await;
+        let decided = tally.add(&m);
+        out.measurements.push(Timed {
+            at_ms: at,
+            offset_ms: at - t.began_ms,
+            measurement: m,
+        });
+        if let Some((verdict, detail)) = decided {
+            out.verdict = Some(verdict);
+            out.detail = detail;
+            out.decided_at_ms = Some(at);
+            break;
+        }
+    }
+    out
+}
+
+/// A check's measurements counted against its limits (as `run` counts them live).
+struct Tally<'a> {
+    check: &'a Check,
+    taken: u32,
+    failures: u32,
+    inconclusive: u32,
+    last: String,
+}
+
+impl<'a> Tally<'a> {
+    fn new(check: &'a Check) -> Tally<'a> {
+        Tally {
+            check,
+            taken: 0,
+            failures: 0,
+            inconclusive: 0,
+            last: String::new(),
+        }
+    }
+
+    /// Counts `m`; the check's verdict once a limit is passed.
+    fn add(&mut self, m: &Measurement) -> Option<(Verdict, String)> {
+        self.taken += 1;
+        self.last = format!("check {} {}", m.check, m.detail);
+        let (count, limit, verdict, what) = match m.outcome {
+            Outcome::Pass => return None,
+            Outcome::Fail => {
+                self.failures += 1;
+                let f = self.failures;
+                (f, self.check.failure_limit, Verdict::Fail, "failed")
+            }
+            Outcome::Inconclusive | Outcome::Error => {
+                self.inconclusive += 1;
+                let what = if m.outcome == Outcome::Error {
+                    "erred"
+                } else {
+                    "was inconclusive"
+                };
+                let n = self.inconclusive;
+                (
+                    n,
+                    self.check.inconclusive_limit,
+                    Verdict::Inconclusive,
+                    what,
+                )
+            }
+        };
+        (count > limit).then(|| {
+            let taken = self.taken;
+            (
+                verdict,
+                format!(
+                    "check {} {what} {count} of {taken} times (limit {limit}): {}",
+                    m.check, m.detail
+                ),
+            )
+        })
+    }
+
+    fn passed(&self) -> String {
+        format!(
+            "{} ({} measurements, {} failed, {} inconclusive)",
+            self.last, self.taken, self.failures, self.inconclusive
+        )
+    }
+}
+
+/// The analysis' verdict from its checks' (as `run::run` decides live): the earliest failure
+/// decides; in the background the earliest result that is not a pass; otherwise
+/// inconclusive if any check was, else a pass once every check passed. A check not
+/// replayable or cut short by the recording's end leaves a pass undecided.
+fn decide(checks: &[CheckReplay], background: bool) -> (Option<Verdict>, Option<i64>, String) {
+    let earliest = |f: &dyn Fn(&CheckReplay) -> bool| {
+        checks
+            .iter()
+            .filter(|c| f(c))
+            .min_by_key(|c| c.decided_at_ms)
+    };
+    let decisive = earliest(&|c| {
+        c.verdict == Some(Verdict::Fail) || (background && c.verdict == Some(Verdict::Inconclusive))
+    });
+    if let Some(c) = decisive {
+        return (c.verdict, c.decided_at_ms, c.detail.clone());
+    }
+    let open: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.verdict.is_none())
+        .map(|c| c.detail.as_str())
+        .collect();
+    if !open.is_empty() {
+        return (None, None, format!("undecided: {}", open.join("; ")));
+    }
+    let last = checks.iter().filter_map(|c| c.decided_at_ms).max();
+    if let Some(c) = earliest(&|c| c.verdict == Some(Verdict::Inconclusive)) {
+        return (Some(Verdict::Inconclusive), last, c.detail.clone());
+    }
+    let passed: Vec<&str> = checks.iter().map(|c| c.detail.as_str()).collect();
+    (Some(Verdict::Pass), last, passed.join("; "))
+}
+
+#[cfg(test)]
+#[path = "backtest_tests.rs"]
+mod tests;
