@@ -11,7 +11,8 @@
 //! something outside that was not recorded: they are "not replayable".
 //!
 //! One difference with the live run: a live measurement sees the current second only up to
-//! the moment it is taken, a replay sees it whole (a second is recorded once complete).
+//! the moment it is taken, a replay only its recorded whole — scaled to the part gone by, as
+//! if its answers came evenly (a second is recorded once complete).
 //!
 //! The tally (failures and inconclusive results against their limits, the first failure
 //! deciding) mirrors `run::run`; it is meant to fold into one pure scoring function.
@@ -95,7 +96,9 @@ impl Recording {
 
     /// What a live measurement at `now_ms` would have judged: the second containing it and
     /// the `window` of whole seconds before it (`metrics::last_range`'s rule), none that
-    /// began before the second containing `since_ms`.
+    /// began before the second containing `since_ms`. Live, the current second is counted
+    /// only up to the moment of the measurement: its recorded whole is scaled to the part
+    /// gone by, so that a replay does not see up to a second ahead.
     fn judged(&self, now_ms: i64, window: Duration, since_ms: i64) -> Judged {
         let secs = window.as_secs().max(1) as i64;
         let lowest = (now_ms - (secs + 1) * 1000).max(since_ms - 1000);
@@ -107,8 +110,9 @@ impl Recording {
             .iter()
             .filter(|s| s.start_ms > lowest && s.start_ms <= now_ms)
         {
-            candidate.add(&s.candidate);
-            stable.add(&s.stable);
+            let gone = (now_ms - s.start_ms) as f64 / 1000.0;
+            candidate.add(&part(&s.candidate, gone));
+            stable.add(&part(&s.stable, gone));
             instances = instances.max(s.instances as usize);
         }
         let seconds = ((now_ms - lowest) / 1000).max(1) as u64;
@@ -119,6 +123,24 @@ impl Recording {
             stable,
             instances,
         }
+    }
+}
+
+/// The share `gone` (below 1: the second was still running) of a second's counts, rounded.
+fn part(s: &Second, gone: f64) -> Second {
+    if gone >= 1.0 {
+        return s.clone();
+    }
+    let of = |n: u64| (n as f64 * gone).round() as u64;
+    Second {
+        second: s.second,
+        requests: of(s.requests),
+        classes: s.classes.map(of),
+        failures: s.failures.map(of),
+        client_errors: of(s.client_errors),
+        latency: (s.latency.iter())
+            .map(|&(b, n)| (b, of(n as u64) as u32))
+            .collect(),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::analysis::{Metric, Threshold};
 const T0: i64 = 1_764_000_000_000;
 
 /// 30 seconds from `T0` of 100 candidate and 900 stable answers a second; from second 10 on
-/// the candidate answers 20 % 5xx. Step 1 (an analysis) began 5 s in.
+/// the candidate answers 20 % 5xx. Step 1 (an analysis) began 5.5 s in.
 fn recording() -> Recording {
     let side = |n: u64, errors: u64, second: i64| Second {
         second: second as u64 / 1000,
@@ -30,7 +30,7 @@ fn recording() -> Recording {
             StepMark { step: 0, at_ms: T0 },
             StepMark {
                 step: 1,
-                at_ms: T0 + 5000,
+                at_ms: T0 + 5500,
             },
         ],
         dropped: 0,
@@ -75,7 +75,7 @@ fn ctx() -> Context {
 }
 
 async fn replayed(a: &AnalysisConfig, background: bool) -> Replay {
-    replay(a, Arc::new(recording()), T0 + 5000, T0, background, &ctx()).await
+    replay(a, Arc::new(recording()), T0 + 5500, T0, background, &ctx()).await
 }
 
 #[tokio::test]
@@ -83,12 +83,13 @@ async fn a_replay_measures_each_interval_from_its_step_and_fails_when_the_limit_
     let a = analysis(vec![check(5.0, Provider::Metric(Metric::ErrorRate))]);
     let r = replayed(&a, false).await;
     assert_eq!(r.verdict, Some(Verdict::Fail), "{r:#?}");
-    // Seconds 8–10 hold 20 errors of 300 (6.7 %): the first failure, at +10 s; seconds 9–11
-    // the second, which passes the limit of 1.
-    assert_eq!(r.decided_at_ms, Some(T0 + 11_000));
+    // At +10.5 s: seconds 8 and 9 and half of 10, 10 errors of 250 (4 %). At +11.5 s: 9, 10
+    // and half of 11, 30 of 250 (12 %), the first failure; at +12.5 s 50 of 250, the second,
+    // which passes the limit of 1.
+    assert_eq!(r.decided_at_ms, Some(T0 + 12_500));
     assert!(
         r.detail
-            .starts_with("health: check errors failed 2 of 6 times (limit 1): candidate 13.333%"),
+            .starts_with("health: check errors failed 2 of 7 times (limit 1): candidate 20.000%"),
         "{}",
         r.detail
     );
@@ -99,13 +100,19 @@ async fn a_replay_measures_each_interval_from_its_step_and_fails_when_the_limit_
         .map(|m| m.measurement.outcome)
         .collect();
     use Outcome::{Fail, Pass};
-    assert_eq!(outcomes, [Pass, Pass, Pass, Pass, Fail, Fail]);
-    // The first measurement, 1 s after the step began, sees its second and the one it
-    // began in, none before: 200 requests, not the window's 300.
+    assert_eq!(outcomes, [Pass, Pass, Pass, Pass, Pass, Fail, Fail]);
+    let values: Vec<f64> = c
+        .measurements
+        .iter()
+        .filter_map(|m| m.measurement.value)
+        .collect();
+    assert_eq!(values[4..], [4.0, 12.0, 20.0]);
+    // The first measurement, 1 s after the step began, sees the second the step began in
+    // and half of the current one, none before: 150 requests, not the window's 250.
     let first = &c.measurements[0];
-    assert_eq!((first.at_ms, first.offset_ms), (T0 + 6000, 6000));
+    assert_eq!((first.at_ms, first.offset_ms), (T0 + 6500, 6500));
     assert!(
-        first.measurement.detail.contains("(200 requests)"),
+        first.measurement.detail.contains("(150 requests)"),
         "{}",
         first.measurement.detail
     );
@@ -116,7 +123,7 @@ async fn a_looser_threshold_over_the_same_seconds_passes_after_its_count() {
     let a = analysis(vec![check(25.0, Provider::Metric(Metric::ErrorRate))]);
     let r = replayed(&a, false).await;
     assert_eq!(r.verdict, Some(Verdict::Pass), "{r:#?}");
-    assert_eq!(r.decided_at_ms, Some(T0 + 15_000));
+    assert_eq!(r.decided_at_ms, Some(T0 + 15_500));
     assert_eq!(r.checks[0].measurements.len(), 10);
     assert!(
         r.detail
@@ -153,11 +160,11 @@ async fn in_the_background_a_check_runs_until_the_recording_ends_and_says_so() {
     let a = analysis(vec![check(25.0, Provider::Metric(Metric::ErrorRate))]);
     let r = replayed(&a, true).await;
     assert_eq!(r.verdict, None, "{r:#?}");
-    // From +5 s to the end of the last second (+30 s): 25 measurements, count ignored.
-    assert_eq!(r.checks[0].measurements.len(), 25);
+    // From +5.5 s to the end of the last second (+30 s): 24 measurements, count ignored.
+    assert_eq!(r.checks[0].measurements.len(), 24);
     assert!(
         r.detail.contains(
-            "the recording ended after 25 measurements without a result that is not a pass"
+            "the recording ended after 24 measurements without a result that is not a pass"
         ),
         "{}",
         r.detail
@@ -186,6 +193,6 @@ fn parts_of_a_recording_merge_in_order_each_second_and_step_once() {
     assert_eq!(merged.dropped, 3);
     assert_eq!(merged.began(), Some(T0));
     assert_eq!(merged.ended(), Some(T0 + 30_000));
-    assert_eq!(merged.step_began(1), Some(T0 + 5000));
+    assert_eq!(merged.step_began(1), Some(T0 + 5500));
     assert_eq!(merged.step_began(2), None);
 }
