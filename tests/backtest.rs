@@ -257,6 +257,46 @@ bounded_test! {
 }
 
 bounded_test! {
+    async fn while_the_database_is_locked_the_seconds_wait_for_it_and_the_rollout_goes_on() {
+        let (blue, green) = TestBackend::pair().await;
+        let dir = tempfile::tempdir().unwrap();
+        let conf = blue_green(blue.addr, green.addr)
+            .top(&analyses(5.0))
+            .top("[store]\npath = \"state.db\"")
+            .service("[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 30 }, { pause = \"until-promoted\" }]")
+            .build();
+        let sy = start_in(&conf, dir.path()).await;
+        let api = admin(&sy);
+        let load = Load::start(web_url(&sy).await, 2, &[]);
+        start_green(&api).await;
+        wait_status(&api, 10, |r| r["status"] == "paused").await;
+        // The pause is a write of its own, in the API before it is in the file.
+        eventually(Duration::from_secs(10), "the pause recorded", || async {
+            let st = api.get("/api/v1/status").await.unwrap();
+            st["store"]["pending_writes"] == 0 && st["store"]["last_error"].is_null()
+        })
+        .await;
+        let lock = DbLock::hold(&dir.path().join("state.db"));
+        // Nothing else writes while paused: the error is a batch of seconds refused.
+        eventually(Duration::from_secs(15), "a batch refused", || async {
+            let st = api.get("/api/v1/status").await.unwrap();
+            st["store"]["last_error"].is_string()
+        })
+        .await;
+        lock.release();
+        verb(&api, "promote", json!({})).await;
+        wait_status(&api, 10, |r| r["status"] == "completed").await;
+        load.stop().await;
+        let bt = backtest(&api, json!({ "rollout": 1, "analysis": "errors-loose" })).await;
+        // The refused batch was written with the next: no second of the outage is missing.
+        let span = (bt["ended_ms"].as_i64().unwrap() - bt["began_ms"].as_i64().unwrap()) / 1000;
+        let seconds = bt["seconds"].as_i64().unwrap();
+        assert_eq!(bt["missing_seconds"], 0, "{bt:#}");
+        assert!(seconds >= span - 1, "{seconds} seconds recorded over {span}: {bt:#}");
+    }
+}
+
+bounded_test! {
     async fn in_a_fleet_the_seconds_are_kept_in_etcd_and_the_backtest_decides_as_the_rollout_did() {
         let etcd = Etcd::start().await;
         let (blue, green) = TestBackend::pair().await;

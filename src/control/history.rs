@@ -200,12 +200,62 @@ async fn flush(c: &Controller, at: &Attempt, p: &mut Pending) {
             p.first_batch = false;
         }
         Err(e) => {
-            let over = r.seconds.len().saturating_sub(MAX_PENDING);
-            r.seconds.drain(..over);
-            r.dropped += over as u64;
+            let over = keep_for_retry(r, MAX_PENDING);
             tracing::warn!(service = %at.service, rollout = at.of.0, error = %e,
                 pending = r.seconds.len(), dropped = over,
                 "recorded seconds not written; kept for the next try");
         }
+    }
+}
+
+/// Keeps the newest `most` seconds of a recording the store refused, for the next try; the
+/// older ones are dropped and counted in it. How many were dropped.
+fn keep_for_retry(r: &mut Recording, most: usize) -> usize {
+    let over = r.seconds.len().saturating_sub(most);
+    r.seconds.drain(..over);
+    r.dropped += over as u64;
+    over
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_batch_keeps_its_newest_seconds_and_counts_the_ones_it_drops() {
+        let second = |i: i64| RecordedSecond {
+            start_ms: i * 1000,
+            instances: 1,
+            candidate: second_of(&Summary::default(), i as u64),
+            stable: second_of(&Summary::default(), i as u64),
+        };
+        let mut r = Recording {
+            seconds: (0..130).map(second).collect(),
+            marks: vec![StepMark { step: 0, at_ms: 0 }],
+            dropped: 4,
+        };
+        assert_eq!(keep_for_retry(&mut r, 120), 10);
+        assert_eq!((r.seconds.len(), r.dropped), (120, 14));
+        assert_eq!(r.seconds[0].start_ms, 10_000, "the oldest went");
+        assert_eq!(r.marks.len(), 1, "step marks are kept");
+        assert_eq!(keep_for_retry(&mut r, 120), 0);
+        assert_eq!(r.dropped, 14);
+    }
+
+    #[test]
+    fn a_summary_becomes_a_second_with_only_its_non_empty_buckets() {
+        let mut s = Summary {
+            requests: 3,
+            classes: [0, 2, 0, 0, 1],
+            ..Summary::default()
+        };
+        s.latency[7] = 2;
+        s.latency[200] = 1;
+        let sec = second_of(&s, 42);
+        assert_eq!(sec.latency, [(7, 2), (200, 1)]);
+        let mut back = Summary::default();
+        back.add(&sec);
+        back.seconds = s.seconds;
+        assert_eq!(back, s);
     }
 }
