@@ -64,7 +64,8 @@ async fn rolled_back_by_analysis(api: &AdminClient, web: String, green: &TestBac
 }
 
 /// The backtest of rollout 1, once its last batch is in the store (it is written a couple
-/// of seconds after the attempt ended, once the fleet's share of its last seconds came).
+/// of seconds after the attempt ended, once the fleet's share of its last seconds came): the
+/// only one with the second the rollout ended in, which had traffic.
 async fn backtest(api: &AdminClient, body: Value) -> Value {
     let answer = std::sync::Mutex::new(Value::Null);
     eventually(
@@ -80,7 +81,7 @@ async fn backtest(api: &AdminClient, body: Value) -> Value {
                     return false;
                 };
                 let done = v["outcome"]["at_ms"].as_i64().unwrap_or(i64::MAX);
-                let recorded = v["ended_ms"].as_i64().unwrap_or(0) >= done - 1000;
+                let recorded = v["ended_ms"].as_i64().unwrap_or(0) > done;
                 *answer.lock().unwrap() = v;
                 recorded
             }
@@ -91,7 +92,9 @@ async fn backtest(api: &AdminClient, body: Value) -> Value {
 }
 
 /// The analysis replayed as it ran decides as it did: a failure of the same check after as
-/// many measurements, within a second of when the rollout was taken back.
+/// many measurements, by the time the rollout was taken back. (Replayed from when its step
+/// began; live, an analysis that a wake-up of the driver interrupted began again later, so
+/// the live decision may come later — seen once in a fleet on a loaded machine, 5.8 s.)
 fn assert_same_verdict(bt: &Value, rollout: &Value) {
     let replay = &bt["replays"][0];
     assert_eq!(
@@ -107,8 +110,12 @@ fn assert_same_verdict(bt: &Value, rollout: &Value) {
     let decided = replay["decided_at_ms"].as_i64().unwrap();
     let ended = bt["outcome"]["at_ms"].as_i64().unwrap();
     assert!(
-        (decided - ended).abs() < 1000,
+        decided <= ended + 1000,
         "decided at {decided}, the rollout ended at {ended}: {bt:#}"
+    );
+    eprintln!(
+        "replay decided {} ms before the rollout ended",
+        ended - decided
     );
     assert_eq!(bt["outcome"]["status"], "aborted");
     assert_eq!(bt["outcome"]["reason"], rollout["reason"]);

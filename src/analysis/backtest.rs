@@ -57,16 +57,27 @@ pub struct Recording {
 
 impl Recording {
     /// Adds another stored part of the same attempt, keeping the seconds in order (a second
-    /// stored twice keeps its later copy) and the marks of each step once.
+    /// stored twice keeps its later copy) and the marks of each step once. Parts come in
+    /// order from the stores, which costs an append; any other order a sort.
     pub fn merge(&mut self, part: Recording) {
         self.dropped += part.dropped;
+        let in_order = match (self.seconds.last(), part.seconds.first()) {
+            (Some(last), Some(next)) => last.start_ms < next.start_ms,
+            _ => true,
+        };
         self.seconds.extend(part.seconds);
-        self.seconds.sort_by_key(|s| s.start_ms);
-        let mut seen = std::collections::BTreeMap::new();
-        for s in self.seconds.drain(..) {
-            seen.insert(s.start_ms, s);
+        if !in_order {
+            // Stable: of two copies of a second, the later part's stays after.
+            self.seconds.sort_by_key(|s| s.start_ms);
+            let mut kept: Vec<RecordedSecond> = Vec::with_capacity(self.seconds.len());
+            for s in self.seconds.drain(..) {
+                match kept.last_mut() {
+                    Some(last) if last.start_ms == s.start_ms => *last = s,
+                    _ => kept.push(s),
+                }
+            }
+            self.seconds = kept;
         }
-        self.seconds = seen.into_values().collect();
         for m in part.marks {
             if !self.marks.iter().any(|k| k.step == m.step) {
                 self.marks.push(m);

@@ -189,6 +189,15 @@ fn parts_of_a_recording_merge_in_order_each_second_and_step_once() {
         dropped: 1,
     });
     assert_eq!(merged.seconds, whole.seconds);
+    // A second stored twice (a batch written again with more in it) keeps its later copy.
+    let mut again = whole.seconds[11].clone();
+    again.candidate.requests += 1;
+    merged.merge(Recording {
+        seconds: vec![again.clone()],
+        ..Recording::default()
+    });
+    assert_eq!(merged.seconds.len(), whole.seconds.len());
+    assert_eq!(merged.seconds[11], again);
     assert_eq!(merged.marks, whole.marks);
     assert_eq!(merged.dropped, 3);
     assert_eq!(merged.began(), Some(T0));

@@ -45,10 +45,10 @@ impl EtcdStore {
         let mut kept = 1;
         let mut oldest = adding;
         while kept < KEEP_ROLLOUTS {
-            let mut req = json!({ "key": wire::b64(prefix.as_bytes()),
+            let req = json!({ "key": wire::b64(prefix.as_bytes()),
                 "range_end": wire::b64(end.as_bytes()), "limit": "1", "keys_only": true,
                 "sort_order": "DESCEND", "sort_target": "KEY" });
-            let r = self.range(std::mem::take(&mut req)).await?;
+            let r = self.range(req).await?;
             let Some(kv) = r.kvs.first() else {
                 return Ok(None);
             };
