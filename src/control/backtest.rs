@@ -10,7 +10,7 @@ use super::Controller;
 use crate::analysis::backtest::{self, Replay};
 use crate::analysis::external::Context;
 use crate::rollout::{Rollout, Step};
-use crate::store::StoreError;
+use crate::store::{Event, EventQuery, StoreError};
 
 /// Why a backtest cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -80,16 +80,26 @@ impl Controller {
         }
         let store = self.store.clone();
         let owned = service.to_string();
-        let (record, mut recorded) = tokio::task::spawn_blocking(move || {
+        let (record, mut recorded, ended) = tokio::task::spawn_blocking(move || {
             let record = store
                 .rollouts(Some(&owned), usize::MAX >> 1)?
                 .into_iter()
                 .find(|r| r.id == rollout);
-            let recorded = match &record {
-                Some(_) => store.recorded_seconds(&owned, rollout)?,
-                None => Default::default(),
+            let Some(r) = record else {
+                return Ok((None, Default::default(), None));
             };
-            Ok::<_, StoreError>((record, recorded))
+            // Its last end, as the history has it (the record's `updated_at` moves on with
+            // the end work done after it).
+            let q = EventQuery {
+                service: Some(owned.clone()),
+                rollout: Some(rollout),
+                limit: Some(20),
+                ..EventQuery::default()
+            };
+            let ends = ["aborted", "completed", "rolled_back"];
+            let ended = (store.events(&q)?.into_iter()).find(|e| ends.contains(&e.kind.as_str()));
+            let recorded = store.recorded_seconds(&owned, rollout)?;
+            Ok::<_, StoreError>((Some(r), recorded, ended))
         })
         .await
         .expect("store task")?;
@@ -147,7 +157,7 @@ impl Controller {
             ended_ms: rec.ended().unwrap_or(began),
             seconds: rec.seconds.len(),
             missing_seconds: rec.dropped,
-            outcome: outcome(&r),
+            outcome: outcome(&r, ended),
             replays,
         })
     }
@@ -210,12 +220,18 @@ fn not_reached(name: &str, step: usize) -> Replay {
     }
 }
 
-fn outcome(r: &Rollout) -> Outcome {
-    let ended = !r.status.is_active();
+/// What the rollout did: its status now, and when and why it ended (its end event, else
+/// its record).
+fn outcome(r: &Rollout, ended: Option<Event>) -> Outcome {
+    let over = !r.status.is_active();
+    let ended = ended.filter(|_| over);
     Outcome {
         status: r.status.as_str().to_string(),
-        reason: r.reason.clone(),
-        at_ms: ended.then(|| r.completed_at.unwrap_or(r.updated_at)),
+        reason: r
+            .reason
+            .clone()
+            .or_else(|| ended.as_ref().map(|e| e.reason.clone())),
+        at_ms: over.then(|| ended.map_or(r.completed_at.unwrap_or(r.updated_at), |e| e.at)),
         attempt: r.attempt,
     }
 }
