@@ -247,8 +247,12 @@ bounded_test! {
         assert_eq!(status, 422);
         assert!(message.contains("missing field `rollout`"), "{message}");
 
-        // A rollout (without traffic) whose first batch is recorded: the analysis is checked.
+        // A rollout just started: nothing recorded yet (the first batch comes after 4 s).
         start_green(&api).await;
+        let (status, code, message) = refused(&api, "shop", json!({ "rollout": 1 })).await;
+        assert_eq!((status, code.as_str()), (404, "not_recorded"), "{message}");
+        assert!(message.starts_with("rollout #1 of shop has no recorded seconds"), "{message}");
+        // Once its first batch (without traffic: the step marks) is in, the analysis is checked.
         let last = std::sync::Mutex::new((0, String::new(), String::new()));
         eventually(Duration::from_secs(10), "the first batch recorded", || async {
             let answer = refused(&api, "shop", json!({ "rollout": 1, "analysis": "nope" })).await;
@@ -317,6 +321,8 @@ bounded_test! {
         let store = connect(&etcd, "/sy/backtest").await;
         let kept = tokio::task::spawn_blocking(move || store.recorded_seconds("shop", 1)).await.unwrap().unwrap();
         assert_eq!(kept[&0].seconds.len() as u64, bt["seconds"].as_u64().unwrap());
+        let bytes = switchyard::store::seconds::encode(&kept[&0]).len();
+        eprintln!("{bytes} bytes for {} seconds of candidate and stable", kept[&0].seconds.len());
     }
 }
 
