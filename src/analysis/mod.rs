@@ -6,6 +6,7 @@
 //! step is lengthened to get them, is `evidence`'s. Too little traffic is inconclusive, never
 //! a pass.
 
+pub mod backtest;
 pub mod builtin;
 pub mod evidence;
 pub mod external;

@@ -58,6 +58,8 @@ pub(super) fn needed_scope(method: &Method, path: &str) -> Scope {
             | ["services", _, "analysis", "run"],
         )
         | ("PUT", ["services", _, "weights"]) => Scope::Release,
+        // A backtest replays stored seconds: it changes nothing and calls nothing outside.
+        ("POST", ["services", _, "analysis", "backtest"]) => Scope::Read,
         _ => Scope::Config,
     }
 }

@@ -4,6 +4,7 @@
 //! `{"error": {"code", "message"}}` with a status that says what kind.
 
 mod auth;
+mod backtest;
 mod dashboard;
 mod errors;
 mod fleet;
@@ -87,6 +88,12 @@ fn endpoints() -> Vec<(&'static str, &'static str, Method, MethodRouter<Api>)> {
             "/services/{service}/analysis/run",
             M::POST,
             post(rollouts::dry_run),
+        ),
+        (
+            V1,
+            "/services/{service}/analysis/backtest",
+            M::POST,
+            post(backtest::backtest),
         ),
     ]
 }

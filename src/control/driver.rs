@@ -216,6 +216,8 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
 struct Side {
     tasks: tokio::task::JoinSet<()>,
     of: Option<(u64, u32)>,
+    /// The attempt's recorded seconds (`history`), ended with a last batch when replaced.
+    recorder: Option<super::history::Recorder>,
 }
 
 impl Side {
@@ -231,6 +233,7 @@ impl Side {
         }
         self.tasks.abort_all();
         self.of = Some((r.id, r.attempt));
+        self.recorder = Some(super::history::start(control, service, r));
         self.tasks.spawn(super::guard::guard(
             control.clone(),
             service.to_string(),

@@ -4,12 +4,14 @@
 //! snapshot; a change that fails anywhere is not applied at all. The hot path only ever sees
 //! the published snapshot.
 
+mod backtest;
 pub mod clock;
 mod driver;
 mod effects;
 mod ending;
 mod fleet;
 mod guard;
+mod history;
 mod hooks;
 mod lifecycle;
 mod observe;
@@ -43,6 +45,7 @@ use crate::store::{Event, EventQuery, Store, StoreError, TrafficRecord};
 use persist::Persister;
 use publish::view;
 
+pub use backtest::{Backtest, BacktestError};
 pub use clock::Clock;
 pub use fleet::FleetStatus;
 pub use guard::GuardReading;

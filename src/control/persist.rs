@@ -59,6 +59,8 @@ pub(super) enum Write {
     Commit(Box<Commit>),
     /// A new rollout: its id comes from the database.
     NewRollout(Arc<NewRollout>),
+    /// A batch of a rollout's recorded seconds (`history`): tried once like a forward write.
+    Seconds(Box<crate::store::seconds::Batch>),
 }
 
 /// What a durable write records; it words logs and messages, and decides whether the write
@@ -293,6 +295,7 @@ impl Persister {
                     let result = blocking(move || match e.write {
                         Write::Commit(c) => store.commit(&c).map(|()| None),
                         Write::NewRollout(make) => store.create_rollout(&*make).map(Some),
+                        Write::Seconds(b) => store.record_seconds(&b).map(|()| None),
                     })
                     .await;
                     let answer = match result {

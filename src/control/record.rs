@@ -99,6 +99,7 @@ impl Controller {
                 decided(&mut c);
                 c
             })),
+            seconds @ Write::Seconds(_) => seconds,
         };
         let wrote = self
             .persist

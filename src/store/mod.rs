@@ -7,7 +7,9 @@
 
 pub mod etcd;
 mod lock;
+pub mod seconds;
 mod sqlite;
+mod sqlite_seconds;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
+use crate::analysis::backtest::Recording;
 use crate::rollout::Rollout;
 use crate::split::Split;
 
@@ -184,4 +187,23 @@ pub trait Store: Send + Sync + 'static {
     fn export(&self) -> Result<Dump, StoreError>;
     /// Writes a dump into an empty store, ids kept; refused if the store holds any state.
     fn import(&self, d: &Dump) -> Result<(), StoreError>;
+    /// Keeps a batch of a rollout's recorded seconds (see `seconds`); its attempt's first
+    /// batch prunes the service's seconds beyond the `seconds::KEEP_ROLLOUTS` latest rollouts
+    /// recorded. A store that keeps none refuses (the recorder drops and counts).
+    fn record_seconds(&self, b: &seconds::Batch) -> Result<(), StoreError> {
+        Err(StoreError::Io {
+            path: format!("seconds of rollout #{}", b.rollout),
+            reason: "this store keeps no recorded seconds".into(),
+        })
+    }
+    /// The recorded seconds of rollout `rollout` of `service`, by attempt; empty when none
+    /// were recorded (or they were pruned).
+    fn recorded_seconds(
+        &self,
+        service: &str,
+        rollout: u64,
+    ) -> Result<BTreeMap<u32, Recording>, StoreError> {
+        let _ = (service, rollout);
+        Ok(BTreeMap::new())
+    }
 }

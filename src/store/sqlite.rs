@@ -9,6 +9,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::lock::InstanceLock;
+use super::seconds::Batch;
+use super::sqlite_seconds;
 use super::{Commit, Dump, Event, EventQuery, NewRollout, Persisted, Store, StoreError};
 use crate::rollout::Rollout;
 
@@ -107,6 +109,11 @@ impl SqliteStore {
             path: shown.clone(),
             reason: format!("cannot add events.on_behalf_of: {e}"),
         })?;
+        conn.execute_batch(sqlite_seconds::SCHEMA)
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                reason: format!("cannot add the recorded seconds' table: {e}"),
+            })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         Ok(SqliteStore {
             path: shown,
@@ -358,6 +365,25 @@ impl Store for SqliteStore {
         }
         d.events = self.read_events(&conn, "ORDER BY id", [])?;
         Ok(d)
+    }
+
+    fn record_seconds(&self, b: &Batch) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.io(e))?;
+        sqlite_seconds::write(&tx, b).map_err(|e| self.io(e))?;
+        tx.commit().map_err(|e| self.io(e))
+    }
+
+    fn recorded_seconds(
+        &self,
+        service: &str,
+        rollout: u64,
+    ) -> Result<std::collections::BTreeMap<u32, crate::analysis::backtest::Recording>, StoreError>
+    {
+        let conn = self.conn.lock().expect("store lock");
+        sqlite_seconds::read(&conn, service, rollout)
+            .map_err(|e| self.io(e))?
+            .map_err(|e| self.corrupt(e))
     }
 
     /// In one transaction, ids kept: explicit ids move AUTOINCREMENT past them, so what is

@@ -95,6 +95,44 @@ impl Keys {
         format!("{}once/{instance}", self.root)
     }
 
+    /// Every recorded second of `service`'s rollouts (see `seconds`).
+    pub(super) fn seconds_prefix(&self, service: &str) -> String {
+        format!("{}seconds/{service}/", self.root)
+    }
+
+    /// The recorded seconds of rollout `id` (and, as a range's end, of every older one).
+    pub(super) fn seconds_of(&self, service: &str, id: u64) -> String {
+        format!("{}{id:020}/", self.seconds_prefix(service))
+    }
+
+    /// One batch of recorded seconds of an attempt, by its first second (unix ms).
+    pub(super) fn seconds(&self, service: &str, id: u64, attempt: u32, first_ms: i64) -> String {
+        format!(
+            "{}{attempt}/{:013}",
+            self.seconds_of(service, id),
+            first_ms.max(0)
+        )
+    }
+
+    /// The rollout id of a key of recorded seconds.
+    pub(super) fn seconds_rollout(&self, key: &str) -> Option<u64> {
+        self.seconds_parts(key)?.0.parse().ok()
+    }
+
+    /// The attempt of a key of recorded seconds.
+    pub(super) fn seconds_attempt(&self, key: &str) -> Option<u32> {
+        self.seconds_parts(key)?.1.parse().ok()
+    }
+
+    /// (id, attempt) of `P/seconds/<service>/<id>/<attempt>/<first>`; a service's name has
+    /// no `/`, so they are the last parts but one and two.
+    fn seconds_parts<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("seconds/")?;
+        let mut parts = rest.rsplit('/');
+        let (_first, attempt, id) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((id, attempt))
+    }
+
     pub(super) fn config(&self) -> String {
         format!("{}config", self.root)
     }
@@ -157,5 +195,20 @@ mod tests {
         assert_eq!(k.decode(&e), Key::Event);
         assert_eq!(Keys::event_n(&e), 42);
         assert_eq!(k.decode("/sy/prodx/traffic/web"), Key::Other);
+        let s = k.seconds("web", 7, 2, 1_764_000_000_000);
+        assert_eq!(
+            s,
+            "/sy/prod/seconds/web/00000000000000000007/2/1764000000000"
+        );
+        assert_eq!(
+            k.decode(&s),
+            Key::Other,
+            "the watch ignores recorded seconds"
+        );
+        assert_eq!(
+            (k.seconds_rollout(&s), k.seconds_attempt(&s)),
+            (Some(7), Some(2))
+        );
+        assert!(s.starts_with(&k.seconds_of("web", 7)) && !s.starts_with(&k.seconds_prefix("we")));
     }
 }

@@ -11,6 +11,8 @@
 //! - `P/latest/<service>`: the id of the service's latest rollout (decimal);
 //! - `P/ended/<id>/<attempt>` and `P/ends/<id>/<attempt>/<status>`: that attempt ended (and
 //!   how), written with the end (see `keys` for what each keeps from being written twice);
+//! - `P/seconds/<service>/<id, 20 digits>/<attempt>/<first ms>`: a batch of a rollout's
+//!   recorded seconds (binary, see `store::seconds`);
 //! - `P/config`: the applied configuration's text (TOML), see `ConfigRecord`;
 //! - `P/leader`: the leader's `InstanceRecord`, attached to its lease;
 //! - `P/instances/<name>`: each live instance's `InstanceRecord`, attached to its lease.
@@ -25,6 +27,7 @@ mod dump;
 pub mod election;
 mod events;
 mod keys;
+mod seconds;
 mod txn;
 pub mod watch;
 mod wire;
@@ -385,5 +388,19 @@ impl Store for EtcdStore {
 
     fn import(&self, d: &Dump) -> Result<(), StoreError> {
         self.rt.block_on(self.import_async(d))
+    }
+
+    fn record_seconds(&self, b: &crate::store::seconds::Batch) -> Result<(), StoreError> {
+        self.rt.block_on(self.record_seconds_async(b))
+    }
+
+    fn recorded_seconds(
+        &self,
+        service: &str,
+        rollout: u64,
+    ) -> Result<std::collections::BTreeMap<u32, crate::analysis::backtest::Recording>, StoreError>
+    {
+        self.rt
+            .block_on(self.recorded_seconds_async(service, rollout))
     }
 }
