@@ -150,6 +150,7 @@ async fn probe(upstream: &Upstream, target: &Target, check: &HealthCheck) -> Res
         method: http::Method::GET,
         path: &check.path,
         headers: std::slice::from_ref(&UA),
+        body_cap: 0,
     };
     let exchange = once::ask(upstream, &target.pool, &target.addr.0, &ask);
     match tokio::time::timeout(check.timeout, exchange).await {

@@ -126,11 +126,24 @@ impl Snapshot {
                 .iter()
                 .map(|g| {
                     let old = old.and_then(|o| o.group(&g.name));
+                    let upstream = Upstream {
+                        protocol: g.protocol,
+                        connect_timeout: config.timeouts.connect,
+                        tls: g.tls.as_ref().map(|t| t.client.clone()),
+                    };
+                    // A target keeps its pooled connections only while they were opened the
+                    // way the group now connects: a changed protocol or TLS (turned on, a new
+                    // CA or client certificate) starts it afresh, so no request goes out on
+                    // a connection the new settings would not have made.
+                    let reusable = old.filter(|o| {
+                        (o.upstream.protocol, &o.upstream.tls) == (upstream.protocol, &upstream.tls)
+                    });
                     let targets = g
                         .targets
                         .iter()
                         .map(|addr| {
-                            old.and_then(|o| o.target(addr))
+                            reusable
+                                .and_then(|o| o.target(addr))
                                 .cloned()
                                 .unwrap_or_else(|| {
                                     let t = Arc::new(Target::new(addr.clone()));
@@ -142,11 +155,6 @@ impl Snapshot {
                                 })
                         })
                         .collect();
-                    let upstream = Upstream {
-                        protocol: g.protocol,
-                        connect_timeout: config.timeouts.connect,
-                        tls: g.tls.as_ref().map(|t| t.client.clone()),
-                    };
                     let stats =
                         old.map_or_else(|| Arc::new(GroupStats::default()), |o| o.stats.clone());
                     Arc::new(

@@ -76,6 +76,8 @@ struct Seen {
     alpn: Option<Vec<u8>>,
     client_cert: Option<CertificateDer<'static>>,
     version: http::Version,
+    /// The request's scheme as the target saw it (HTTP/2's `:scheme`).
+    scheme: Option<String>,
     user_agent: String,
 }
 
@@ -145,11 +147,13 @@ impl TlsTarget {
                         alpn: c.alpn_protocol().map(<[u8]>::to_vec),
                         client_cert: c.peer_certificates().map(|p| p[0].clone().into_owned()),
                         version: http::Version::HTTP_11,
+                        scheme: None,
                         user_agent: String::new(),
                     };
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let mut s = base.clone();
                         s.version = req.version();
+                        s.scheme = req.uri().scheme_str().map(str::to_string);
                         s.user_agent = req
                             .headers()
                             .get(http::header::USER_AGENT)
@@ -350,6 +354,7 @@ bounded_test! {
         assert_eq!(get_web(&sy, "/").await.status, 200);
         let p = target.proxied();
         assert_eq!(p[0].version, http::Version::HTTP_2, "{p:?}");
+        assert_eq!(p[0].scheme.as_deref(), Some("https"), "{p:?}");
         assert_eq!(p[0].alpn.as_deref(), Some(&b"h2"[..]), "{p:?}");
 
         let only_h1 = Options {
@@ -400,6 +405,35 @@ bounded_test! {
         assert!(!p[0].resumed, "the first is a full handshake: {p:?}");
         assert!(p[1..].iter().all(|s| s.resumed), "{p:?}");
         assert_eq!(target.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+}
+
+bounded_test! {
+    /// A pooled connection made under the old settings is not used once the group's TLS
+    /// changes: after `apply` makes the group trust only a CA that did not sign the target,
+    /// the next request is refused instead of riding the connection kept alive from before.
+    async fn a_changed_tls_setting_applies_to_the_next_request_not_to_a_pooled_connection() {
+        let (ca, other) = (Ca::new("internal CA"), Ca::new("someone else"));
+        let target = TlsTarget::start(&other.issue(&["127.0.0.1"]), Options::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &[("ca.pem", &ca.pem)]);
+        let with = |tls: &str| Cfg::new().active("blue").group_with("blue", &[target.addr], tls).build();
+        let sy = start_in(&with("tls = { insecure_skip_verify = true }"), dir.path()).await;
+        assert_eq!(get_web(&sy, "/").await.status.as_u16(), 200);
+        admin(&sy)
+            .post(
+                "/api/v1/config/apply",
+                serde_json::json!({
+                    "path": dir.path().join("t.toml").display().to_string(),
+                    "content": with("tls = { ca = \"ca.pem\" }"),
+                }),
+            )
+            .await
+            .unwrap();
+        let r = get_web(&sy, "/").await;
+        assert_eq!(r.status.as_u16(), 502, "{}", r.body);
+        assert!(r.body.contains("UnknownIssuer"), "{}", r.body);
+        assert_eq!(target.proxied().len(), 1, "only the request before the change arrived");
     }
 }
 

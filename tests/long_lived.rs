@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::release;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -109,6 +110,27 @@ bounded_test! {
         assert!(group(&sy, 0).await["tunnels_draining_until"].is_null());
         tokio::time::sleep(Duration::from_millis(900)).await;
         echoes(&mut ws, "kept").await;
+        assert_eq!(group(&sy, 0).await["tunnels_cut"], 0);
+    }
+}
+
+bounded_test! {
+    /// Past 50 % a baseline takes stable's last share (stable at 0 %), but stable is still
+    /// the rollout's stable group: its tunnels are not drained.
+    async fn stable_at_zero_beside_a_baseline_keeps_its_tunnels() {
+        let (blue, green, base) = (ws_echo().await, ws_echo().await, ws_echo().await);
+        let cfg = blue_green(blue, green)
+            .group("base", &[base])
+            .service("drain_timeout = \"300ms\"")
+            .build();
+        let sy = start(&cfg).await;
+        let mut ws = open_ws(&sy).await;
+        let strategy = json!({ "kind": "canary", "baseline": "base", "steps": [{ "weight": 60 }, { "pause": "until-promoted" }] });
+        start_rollout(&admin(&sy), strategy).await;
+        release::wait_status(&admin(&sy), 10, release::paused_at(6000)).await;
+        assert!(group(&sy, 0).await["tunnels_draining_until"].is_null());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        echoes(&mut ws, "stable's tunnel kept").await;
         assert_eq!(group(&sy, 0).await["tunnels_cut"], 0);
     }
 }

@@ -157,8 +157,8 @@ fn synthetic_settings_that_cannot_work_are_refused_at_their_key() {
             "synthetic.rate: 0 is out of range",
         ),
         (
-            "rate = 5000\nrequests = [{ path = \"/\" }]",
-            "synthetic.rate: 5000 is out of range",
+            "rate = 500\nrequests = [{ path = \"/\" }]",
+            "synthetic.rate: 500 is out of range",
         ),
         (
             "requests = [{ method = \"POST\", path = \"/\" }]",

@@ -193,8 +193,9 @@ pub(super) fn strategy(
         }
     }
     s.background_analysis = raw.background_analysis.clone();
-    if raw.baseline.is_some() && matches!(raw.kind.as_str(), "blue-green" | "all-at-once") {
-        // Both move all traffic at once: there is no share for a baseline to mirror.
+    if raw.baseline.is_some() && matches!(raw.kind.as_str(), "blue-green" | "all-at-once" | "ab") {
+        // Blue-green and all-at-once move all traffic at once, an A/B test none until its
+        // end: there is no share for a baseline to mirror.
         only(p, &raw.kind, &[("baseline", true)]);
     }
     if let Some(b) = &raw.baseline {

@@ -9,8 +9,8 @@ use super::model::{Synthetic, SyntheticRequest};
 use super::raw::RawSynthetic;
 
 /// At most this many requests per second: enough to give an analysis evidence, never a
-/// load test.
-pub(super) const MAX_RATE: f64 = 1000.0;
+/// load test (and each is a connection of its own).
+pub(super) const MAX_RATE: f64 = 100.0;
 
 pub(super) fn synthetic(
     raw: &RawSynthetic,

@@ -46,16 +46,30 @@ impl Controller {
     fn traffic_moved(&self, state: &State, prev: &Snapshot, next: &Snapshot) {
         let mut emptied = false;
         for (name, s) in &next.services {
-            let before = prev.services.get(name).map(|b| b.split());
+            let old = prev.services.get(name);
+            let before = old.map(|b| b.split());
+            // Stable at 0 beside a baseline (a canary past 50 %) is still the rollout's
+            // stable group: not emptied.
+            let stable_of_rollout = state
+                .rollouts
+                .get(name)
+                .filter(|r| r.status.is_active())
+                .map(|r| r.stable.as_str());
+            // An A/B test's candidate takes traffic at weight 0, through its rules.
+            let ab_candidate = old
+                .filter(|o| !o.ab.is_empty())
+                .and_then(|o| o.candidate.map(|i| o.groups[i].name.as_str()));
             for (g, w) in s.groups.iter().zip(&s.weights) {
                 let was = before.as_ref().map_or(0, |b| b.weight(&g.name));
-                if *w > 0 {
+                let took_ab = ab_candidate == Some(g.name.as_str())
+                    && s.candidate.map(|i| s.groups[i].name.as_str()) != ab_candidate;
+                if *w > 0 || Some(g.name.as_str()) == stable_of_rollout {
                     if was == 0 {
                         g.stats.tunnels.end_drain();
                     }
                     continue;
                 }
-                if was == 0 {
+                if was == 0 && !took_ab {
                     continue;
                 }
                 emptied = true;

@@ -70,6 +70,12 @@ impl Controller {
         let strategy =
             super::hooks::with_hooks(strategy.unwrap_or_else(|| svc.strategy.clone()), &svc.hooks);
         if let Some(b) = &strategy.baseline {
+            if !strategy.ab_match.is_empty() || strategy.blue_green {
+                return Err(ControlError::BadRequest(format!(
+                    "a baseline gets the candidate's weight, and strategy \"{}\" gives it none until the end: no baseline",
+                    strategy.name
+                )));
+            }
             if svc.group(b).is_none() {
                 return Err(ControlError::UnknownGroup {
                     service: service.into(),

@@ -77,7 +77,14 @@ impl SplitCheck {
         }
         self.candidate += tick.candidate_errors.n;
         self.total += tick.candidate_errors.n + tick.stable_errors.n;
-        if !g.sample_ratio || wc == 0 || ws == 0 {
+        // Synthetic requests counted with the candidate's traffic add to its share alone:
+        // the split cannot be judged while they are (`[service.synthetic] count = "together"`).
+        let synthetic = snap
+            .config
+            .service(service)
+            .and_then(|s| s.synthetic.as_ref())
+            .is_some_and(|s| s.together);
+        if !g.sample_ratio || wc == 0 || ws == 0 || synthetic {
             return None;
         }
         let share = wc as f64 / (wc + ws) as f64;

@@ -22,6 +22,8 @@ use crate::upstream::once::{self, Ask};
 
 /// Synthetic requests in flight at most; more are skipped.
 const IN_FLIGHT: usize = 64;
+/// Bytes of an answer read (and dropped) before its connection is let go.
+const BODY_CAP: usize = 64 * 1024;
 
 static TAG: HeaderName = HeaderName::from_static("x-switchyard-synthetic");
 
@@ -61,9 +63,15 @@ pub(super) async fn generate(
         };
         let (control, service, candidate) = (control.clone(), service.clone(), candidate.clone());
         let together = settings.together;
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let result = send(&control, &service, &candidate, &req, together, n).await;
-            control.count_synthetic(&service, result);
+            // Given up when the step ends: nothing of it counts after.
+            tokio::select! {
+                result = send(&control, &service, &candidate, &req, together, &stop) => {
+                    control.count_synthetic(&service, result);
+                }
+                _ = stop.cancelled() => {}
+            }
             drop(slot);
         });
     }
@@ -106,7 +114,7 @@ async fn send(
     candidate: &str,
     req: &SyntheticRequest,
     together: bool,
-    n: usize,
+    stop: &CancellationToken,
 ) -> &'static str {
     let snap = control.snapshot();
     let Some(svc) = snap.services.get(service) else {
@@ -121,7 +129,7 @@ async fn send(
     if routable.is_empty() {
         return "no_target";
     }
-    let target = routable[n % routable.len()];
+    let target = routable[fastrand::usize(..routable.len())];
     let mut headers: Vec<(HeaderName, HeaderValue)> = req
         .headers
         .iter()
@@ -137,6 +145,7 @@ async fn send(
         method: Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET),
         path: &req.path,
         headers: &headers,
+        body_cap: BODY_CAP,
     };
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(
@@ -150,7 +159,7 @@ async fn send(
         Ok(Err(_)) => (502, Some(Failure::Connect), "failed"),
         Err(_) => (504, Some(Failure::Timeout), "timed_out"),
     };
-    if together {
+    if together && !stop.is_cancelled() {
         let stats = &group.stats;
         stats
             .requests

@@ -476,11 +476,16 @@ fn h2_request(
     mut parts: http::request::Parts,
     body: Incoming,
     target: &Target,
+    tls: bool,
 ) -> Request<Incoming> {
     let pq = parts.uri.path_and_query().cloned();
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
     uri.authority = Some(target.authority.clone());
     parts.version = Version::HTTP_2;
     parts.uri = Uri::from_parts(uri).expect("path with scheme and authority");
@@ -504,7 +509,7 @@ async fn exchange(
     let conn = match sender {
         Sender::Http2(mut s) => {
             set.insert_into(&mut parts.headers);
-            let req = h2_request(parts, body, target);
+            let req = h2_request(parts, body, target, upstream.tls.is_some());
             let resp = h2::send(&mut s, req, limits).await.map_err(|e| match e {
                 h2::Error::Target(e) => classify(e),
                 h2::Error::Client(e) => Failure::Client(e),
