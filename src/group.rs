@@ -191,6 +191,8 @@ pub struct GroupStats {
     /// Requests failed by the client (stalled, aborted, broken or too large upload): counted
     /// apart from the answers, never as the version's failures.
     pub client_errors: AtomicU64,
+    /// The group's failed answers by fingerprint (the `new_errors` check).
+    pub fingerprints: crate::fingerprint::Table,
 }
 
 impl GroupStats {

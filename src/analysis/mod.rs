@@ -6,6 +6,7 @@
 
 pub mod builtin;
 pub mod external;
+pub mod new_errors;
 pub mod run;
 pub mod sequential;
 
@@ -43,6 +44,11 @@ pub enum Provider {
     MannWhitney {
         confidence: f64,
         tolerance: f64,
+    },
+    /// A fingerprint of failed answers only the candidate gave, `min_count` times or more,
+    /// fails (see `new_errors`).
+    NewErrors {
+        min_count: u64,
     },
     Prometheus {
         url: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::external::{self, Context};
-use super::{builtin, AnalysisConfig, Check, Measurement, Outcome, Provider};
+use super::{builtin, new_errors, AnalysisConfig, Check, Measurement, Outcome, Provider};
 use crate::metrics::Summary;
 use crate::rollout::machine::Verdict;
 
@@ -68,6 +68,9 @@ pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measure
         } => builtin(&|j| {
             builtin::compare_latency(check, *confidence, *tolerance, &j.candidate, &j.stable)
         }),
+        Provider::NewErrors { min_count } => {
+            builtin(&|j| new_errors::measure(check, *min_count, j, ctx))
+        }
         Provider::Prometheus {
             url,
             query,

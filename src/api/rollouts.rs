@@ -99,6 +99,9 @@ pub(super) async fn status(
     let window = q.window.unwrap_or(5_000).clamp(250, 60_000);
     json["observed"] =
         serde_json::to_value(api.control.observed(&service, window)).expect("observed");
+    if let Some(errors) = api.control.new_errors(&view.rollout) {
+        json["new_errors"] = serde_json::to_value(errors).expect("new errors");
+    }
     Ok(Json(json))
 }
 
@@ -303,6 +306,7 @@ pub(super) async fn dry_run(
                 analysis: name.clone(),
                 check: check.name.clone(),
                 since: 0,
+                errors: Some(api.control.errors(&service, &stable, &candidate)),
             };
             let m = crate::analysis::run::measure(check, &windows, &ctx).await;
             results.push(serde_json::json!({ "analysis": name, "measurement": m }));

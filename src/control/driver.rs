@@ -114,7 +114,8 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                         .await);
                     continue;
                 };
-                let ctx = Context::of_rollout(r, &name);
+                let errors = control.errors(&service, &r.stable, &r.candidate);
+                let ctx = Context::of_rollout(r, &name).with_errors(errors);
                 let groups = control.windows(&service, &r.stable, &r.candidate);
                 // A command (promote, abort, …) interrupts the analysis; the loop looks again.
                 tokio::select! {

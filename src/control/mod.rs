@@ -8,6 +8,7 @@ pub mod clock;
 mod driver;
 mod effects;
 mod ending;
+mod errors;
 mod fleet;
 mod guard;
 mod hooks;
@@ -43,6 +44,7 @@ use persist::Persister;
 use publish::view;
 
 pub use clock::Clock;
+pub use errors::NewErrorsView;
 pub use fleet::FleetStatus;
 pub use guard::GuardReading;
 pub use peers::{FleetSeconds, Peer, PeerView};
