@@ -258,3 +258,40 @@ bounded_test! {
         assert_eq!(shared(&api, "blue").await, Value::Null);
     }
 }
+
+bounded_test! {
+    /// A fleet: the leader serves no traffic and follows two peers that send 10 % to green,
+    /// whose new 500 only they see. The leader's `new_errors` step counts the peers'
+    /// fingerprints (pulled with their seconds) and rolls back, naming the instances.
+    async fn the_leader_counts_the_fingerprints_of_its_peers_answers() {
+        let blue = TestBackend::start("blue").await;
+        let green = erring("green", 40, db_pool).await;
+        let toml = cfg(blue.addr, green, "[{ weight = 10 }, { analysis = \"new\" }]");
+        let leader = start(&toml).await;
+        let (mut peers, mut running, mut loads) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..2 {
+            let sy = start(&toml).await;
+            admin(&sy)
+                .put("/api/v1/services/shop/weights", serde_json::json!({ "weights": { "blue": 90, "green": 10 } }))
+                .await
+                .unwrap();
+            loads.push(Load::start(web_url(&sy).await, 3, &[]));
+            peers.push(switchyard::control::Peer { name: format!("peer-{i}"), admin: sy.admin_addr.to_string() });
+            running.push(sy);
+        }
+        leader.control.set_peers(peers);
+        let api = admin(&leader);
+        start_green(&api).await;
+        let r = wait_status(&api, 20, |r| r["status"] != "progressing").await;
+        for l in loads {
+            l.stop().await;
+        }
+        assert_eq!(r["status"], "aborted", "{r:#}");
+        let why = reason(&r);
+        eprintln!("rolled back: {why}");
+        assert!(why.contains("'db pool exhausted after <n> waits'") && why.contains("blue never did, 3 instances"), "{why}");
+        // None of it was the leader's own.
+        let own = leader.control.snapshot().services["shop"].group("green").unwrap().stats.fingerprints.export(0, u64::MAX);
+        assert!(own.is_empty(), "{own:?}");
+    }
+}
