@@ -148,22 +148,35 @@ bounded_test! {
     }
 }
 
+/// A rollout of `shop` paused at 50 % whose candidate gives a numbered 500 every tenth
+/// answer, once the rollout view counts 5 of them: the instance, its stable backend (kept
+/// running) and the view.
+async fn paused_with_a_new_error() -> (Server, TestBackend, Value) {
+    let blue = TestBackend::start("blue").await;
+    let green = erring("green", 10, db_pool).await;
+    let sy = start(&cfg(
+        blue.addr,
+        green,
+        "[{ weight = 50 }, { pause = \"1h\" }]",
+    ))
+    .await;
+    let api = admin(&sy);
+    start_green(&api).await;
+    wait_status(&api, 5, |r| r["weight"] == 5000).await;
+    let load = Load::start(web_url(&sy).await, 2, &[]);
+    let r = wait_status(&api, 10, |r| {
+        r["new_errors"]["fingerprints"][0]["candidate"].as_u64() >= Some(5)
+    })
+    .await;
+    load.stop().await;
+    (sy, blue, r)
+}
+
 bounded_test! {
     /// While a rollout is in progress, `GET …/rollout` shows the candidate's fingerprints
     /// against stable's: the new one marked, with counts and when it was first seen.
     async fn the_rollout_view_shows_each_fingerprint_of_the_candidate_with_stable_s_count() {
-        let blue = TestBackend::start("blue").await;
-        let green = erring("green", 10, db_pool).await;
-        let sy = start(&cfg(blue.addr, green, "[{ weight = 50 }, { pause = \"1h\" }]")).await;
-        let api = admin(&sy);
-        start_green(&api).await;
-        wait_status(&api, 5, |r| r["weight"] == 5000).await;
-        let load = Load::start(web_url(&sy).await, 2, &[]);
-        let r = wait_status(&api, 10, |r| {
-            r["new_errors"]["fingerprints"][0]["candidate"].as_u64() >= Some(5)
-        })
-        .await;
-        load.stop().await;
+        let (_sy, _blue, r) = paused_with_a_new_error().await;
         let f = &r["new_errors"]["fingerprints"][0];
         assert_eq!(f["sample"], "db pool exhausted after <n> waits", "{f}");
         assert_eq!((&f["status"], &f["route"], &f["stable"], &f["new"]), (&500.into(), &"all".into(), &0.into(), &true.into()), "{f}");
@@ -293,5 +306,29 @@ bounded_test! {
         // None of it was the leader's own.
         let own = leader.control.snapshot().services["shop"].group("green").unwrap().stats.fingerprints.export(0, u64::MAX);
         assert!(own.is_empty(), "{own:?}");
+    }
+}
+
+bounded_test! {
+    /// The dashboard lists the candidate's new error, marked new, with both groups' counts
+    /// (tests/browser/new-errors.mjs in headless Chromium).
+    async fn the_dashboard_lists_the_candidate_s_new_error_marked_new_with_both_counts() {
+        let (sy, _blue, _) = paused_with_a_new_error().await;
+        let script = format!("{}/tests/browser/new-errors.mjs", env!("CARGO_MANIFEST_DIR"));
+        let out = tokio::process::Command::new("node")
+            .arg(script)
+            .args([format!("http://{}/", sy.admin_addr), "t0ken".into()])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("node runs (./scripts/test installs node dependencies and chromium)");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{said}");
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("new errors: "), "{said}");
     }
 }
