@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::Value;
+use switchyard::client::AdminClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -91,9 +92,26 @@ fn cfg(blue: SocketAddr, green: SocketAddr, steps: &str) -> String {
 
 /// The fingerprints the instance shares with its fleet (`GET /api/v1/fleet/seconds`) of
 /// group `group`.
-async fn shared(api: &switchyard::client::AdminClient, group: &str) -> Value {
+async fn shared(api: &AdminClient, group: &str) -> Value {
     let v = api.get("/api/v1/fleet/seconds?from=0").await.unwrap();
     v["errors"]["shop"][group].clone()
+}
+
+/// A canary of `shop` to `green` (50 %, then the `new_errors` analysis) under steady load,
+/// until it is no longer progressing: the instance, its admin client and the rollout.
+async fn analysed(blue: SocketAddr, green: SocketAddr) -> (Server, AdminClient, Value) {
+    let sy = start(&cfg(
+        blue,
+        green,
+        "[{ weight = 50 }, { analysis = \"new\" }]",
+    ))
+    .await;
+    let api = admin(&sy);
+    let load = Load::start(web_url(&sy).await, 4, &[]);
+    start_green(&api).await;
+    let r = wait_status(&api, 20, |r| r["status"] != "progressing").await;
+    load.stop().await;
+    (sy, api, r)
 }
 
 bounded_test! {
@@ -104,12 +122,7 @@ bounded_test! {
     async fn a_candidate_with_a_new_500_at_a_low_rate_fails_the_new_errors_step_and_rolls_back() {
         let blue = TestBackend::start("blue").await;
         let green = erring("green", 40, db_pool).await;
-        let sy = start(&cfg(blue.addr, green, "[{ weight = 50 }, { analysis = \"new\" }]")).await;
-        let api = admin(&sy);
-        let load = Load::start(web_url(&sy).await, 4, &[]);
-        start_green(&api).await;
-        let r = wait_status(&api, 20, |r| r["status"] != "progressing").await;
-        load.stop().await;
+        let (_sy, api, r) = analysed(blue.addr, green).await;
         assert_eq!(r["status"], "aborted", "{r:#}");
         let why = reason(&r);
         eprintln!("rolled back: {why}");
@@ -134,12 +147,7 @@ bounded_test! {
     async fn the_same_error_in_both_versions_is_no_finding() {
         let blue = erring("blue", 10, db_pool).await;
         let green = erring("green", 40, db_pool).await;
-        let sy = start(&cfg(blue, green, "[{ weight = 50 }, { analysis = \"new\" }]")).await;
-        let api = admin(&sy);
-        let load = Load::start(web_url(&sy).await, 4, &[]);
-        start_green(&api).await;
-        let r = wait_status(&api, 20, |r| r["status"] != "progressing").await;
-        load.stop().await;
+        let (_sy, api, r) = analysed(blue, green).await;
         assert_eq!(r["status"], "completed", "{r:#}");
         let analysis = events(&api, "service=shop&kind=analysis").await;
         let detail = analysis[0]["reason"].as_str().unwrap_or("");
@@ -314,21 +322,8 @@ bounded_test! {
     /// (tests/browser/new-errors.mjs in headless Chromium).
     async fn the_dashboard_lists_the_candidate_s_new_error_marked_new_with_both_counts() {
         let (sy, _blue, _) = paused_with_a_new_error().await;
-        let script = format!("{}/tests/browser/new-errors.mjs", env!("CARGO_MANIFEST_DIR"));
-        let out = tokio::process::Command::new("node")
-            .arg(script)
-            .args([format!("http://{}/", sy.admin_addr), "t0ken".into()])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("node runs (./scripts/test installs node dependencies and chromium)");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        println!("{said}");
-        assert!(out.status.success(), "{said}");
+        let args = [format!("http://{}/", sy.admin_addr), "t0ken".into()];
+        let said = common::browser::run("new-errors.mjs", &args).await;
         assert!(said.contains("new errors: "), "{said}");
     }
 }

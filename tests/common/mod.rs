@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod bin;
+pub(crate) mod browser;
 mod cfg;
 pub(crate) mod etcd;
 pub(crate) mod fleet;
