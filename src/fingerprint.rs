@@ -70,27 +70,21 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn of(f: &Failed) -> Fingerprint {
-        let text = if f.body.is_empty() {
-            String::new()
-        } else {
-            normalise(f.body)
-        };
-        let kind = f.kind.map(kind_name);
-        let mut h = Fnv::default();
-        h.part(f.route.as_bytes());
-        h.part(&f.status.to_be_bytes());
-        h.part(f.cause.unwrap_or("").as_bytes());
-        h.part(kind.unwrap_or("").as_bytes());
-        h.part(text.as_bytes());
+    fn new(f: &Failed, key: u64, text: &str) -> Fingerprint {
         Fingerprint {
-            id: format!("{:016x}", h.0),
+            id: format!("{key:016x}"),
             route: f.route.to_string(),
             status: f.status,
             cause: f.cause.map(str::to_string),
-            kind: kind.map(str::to_string),
+            kind: f.kind.map(|k| kind_name(k).to_string()),
             sample: text.chars().take(SAMPLE_CHARS).collect(),
         }
+    }
+
+    #[cfg(test)]
+    fn of(f: &Failed) -> Fingerprint {
+        let (key, text) = key(f);
+        Fingerprint::new(f, key, &text)
     }
 
     /// How a sentence names it: `503 'db pool exhausted <n>'`, `502 upstream_reset`.
@@ -107,6 +101,22 @@ impl Fingerprint {
         }
         s
     }
+}
+
+/// A failed answer's hash (its fingerprint's id), and its body's normalised prefix.
+fn key(f: &Failed) -> (u64, String) {
+    let text = if f.body.is_empty() {
+        String::new()
+    } else {
+        normalise(f.body)
+    };
+    let mut h = Fnv::default();
+    h.part(f.route.as_bytes());
+    h.part(&f.status.to_be_bytes());
+    h.part(f.cause.unwrap_or("").as_bytes());
+    h.part(f.kind.map_or("", kind_name).as_bytes());
+    h.part(text.as_bytes());
+    (h.0, text)
 }
 
 /// FNV-1a, 64 bits; parts are separated so that ("ab", "c") and ("a", "bc") differ.
@@ -253,9 +263,10 @@ pub struct Table {
 
 impl Table {
     /// One failed answer in window second `second`.
+    /// Only a fingerprint seen for the first time is made (strings copied); a known one is
+    /// a hash, a lookup and an add.
     pub fn record(&self, second: u64, failed: &Failed) {
-        let fingerprint = Fingerprint::of(failed);
-        let key = u64::from_str_radix(&fingerprint.id, 16).unwrap_or_default();
+        let (key, text) = key(failed);
         let mut t = self.inner.lock().expect("fingerprints lock");
         if let Some(e) = t.entries.get_mut(&key) {
             e.counts.add(second);
@@ -271,6 +282,7 @@ impl Table {
         }
         let mut counts = Counts::default();
         counts.add(second);
+        let fingerprint = Fingerprint::new(failed, key, &text);
         t.entries.insert(
             key,
             Entry {
@@ -460,8 +472,9 @@ pub struct Compared {
     pub stable: Tally,
     /// This instance and every peer that contributed (1 without a fleet).
     pub instances: usize,
-    pub now_second: u64,
-    pub now_unix_ms: i64,
+    /// The wall-clock time (unix ms) of the window clock's second 0: the same at every
+    /// reading, so a second is shown as the same time in every view.
+    pub epoch_unix_ms: i64,
 }
 
 /// One fingerprint of the candidate against stable, as the rollout view shows it.
@@ -482,7 +495,7 @@ pub struct Row {
 impl Compared {
     /// The unix milliseconds of window second `second`.
     pub fn unix_ms(&self, second: u64) -> i64 {
-        self.now_unix_ms - (self.now_second.saturating_sub(second) as i64) * 1000
+        self.epoch_unix_ms + second as i64 * 1000
     }
 
     /// Every fingerprint of the candidate, most frequent first, each against stable's count
@@ -669,8 +682,7 @@ mod tests {
             candidate,
             stable,
             instances: 1,
-            now_second: 20,
-            now_unix_ms: 1_000_000,
+            epoch_unix_ms: 980_000,
         };
         let rows = compared.rows(5);
         assert_eq!(rows.len(), 1);

@@ -14,7 +14,6 @@
 //! too few candidate requests (`min_requests`) is inconclusive, as for every built-in check.
 
 use super::external::Context;
-use super::run::Judged;
 use super::{Check, Measurement, Outcome};
 use crate::fingerprint::{sentence, Compared, Row, CAP};
 use crate::metrics;
@@ -22,8 +21,9 @@ use crate::metrics;
 /// Findings named in one measurement's detail; more are counted.
 const NAMED: usize = 3;
 
-/// One measurement: the fingerprints of the check's seconds, compared.
-pub fn measure(check: &Check, min_count: u64, j: &Judged, ctx: &Context) -> Measurement {
+/// One measurement: the fingerprints of the check's seconds, compared; `requests`: the
+/// candidate's over the same seconds.
+pub fn measure(check: &Check, min_count: u64, requests: u64, ctx: &Context) -> Measurement {
     let (outcome, value, detail) = match &ctx.errors {
         None => (
             Outcome::Error,
@@ -41,7 +41,7 @@ pub fn measure(check: &Check, min_count: u64, j: &Judged, ctx: &Context) -> Meas
                         ctx.stable, ctx.candidate
                     ),
                 ),
-                Some(c) => judge(check, min_count, j, ctx, &c),
+                Some(c) => judge(check, min_count, requests, ctx, &c),
             }
         }
     };
@@ -56,7 +56,7 @@ pub fn measure(check: &Check, min_count: u64, j: &Judged, ctx: &Context) -> Meas
 fn judge(
     check: &Check,
     min_count: u64,
-    j: &Judged,
+    requests: u64,
     ctx: &Context,
     c: &Compared,
 ) -> (Outcome, Option<f64>, String) {
@@ -91,13 +91,13 @@ fn judge(
         }
         return (Outcome::Fail, Some(found as f64), said.join("; "));
     }
-    if j.candidate.requests < check.min_requests {
+    if requests < check.min_requests {
         return (
             Outcome::Inconclusive,
             None,
             format!(
-                "too little traffic: {} candidate requests (need {})",
-                j.candidate.requests, check.min_requests
+                "too little traffic: {requests} candidate requests (need {})",
+                check.min_requests
             ),
         );
     }
@@ -108,7 +108,7 @@ fn judge(
         format!(
             "no new errors: {cand}'s {} fingerprints ({answers} failed answers of {} requests) seen in {stable} too, or fewer than {min_count} times",
             c.candidate.seen.len(),
-            j.candidate.requests
+            requests
         ),
     )
 }
@@ -118,7 +118,6 @@ mod tests {
     use super::*;
     use crate::analysis::{Provider, Threshold};
     use crate::fingerprint::{Failed, Source, Table, Tally};
-    use crate::metrics::Summary;
     use std::time::Duration;
 
     fn check() -> Check {
@@ -162,8 +161,7 @@ mod tests {
             candidate,
             stable,
             instances: 1,
-            now_second: metrics::now_second(),
-            now_unix_ms: 0,
+            epoch_unix_ms: 0,
         };
         let ctx = Context {
             service: "shop".into(),
@@ -176,15 +174,7 @@ mod tests {
             since: 0,
             errors: Some(Source::new(move |_, _| Some(compared.clone()))),
         };
-        let j = Judged {
-            candidate: Summary {
-                requests,
-                ..Summary::default()
-            },
-            stable: Summary::default(),
-            instances: 1,
-        };
-        measure(&check(), 5, &j, &ctx)
+        measure(&check(), 5, requests, &ctx)
     }
 
     #[test]

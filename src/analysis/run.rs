@@ -69,7 +69,7 @@ pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measure
             builtin::compare_latency(check, *confidence, *tolerance, &j.candidate, &j.stable)
         }),
         Provider::NewErrors { min_count } => {
-            builtin(&|j| new_errors::measure(check, *min_count, j, ctx))
+            builtin(&|j| new_errors::measure(check, *min_count, j.candidate.requests, ctx))
         }
         Provider::Prometheus {
             url,

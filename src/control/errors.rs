@@ -33,8 +33,7 @@ impl Controller {
             candidate: ct,
             stable: st,
             instances: 1 + peers,
-            now_second: metrics::now_second(),
-            now_unix_ms: self.clock.unix_ms(),
+            epoch_unix_ms: self.clock.unix_ms() - metrics::now_ms() as i64,
         })
     }
 
@@ -82,7 +81,12 @@ impl Controller {
         let c = self.compared(&r.service, &r.stable, &r.candidate, (from, now))?;
         let min_count = self.min_count();
         Some(NewErrorsView {
-            since_unix_ms: c.unix_ms(from),
+            // The rollout's start while the window holds it: the same in every reading.
+            since_unix_ms: if age < metrics::SLOTS - 1 {
+                r.created_at
+            } else {
+                c.unix_ms(from)
+            },
             min_count,
             fingerprints: c.rows(min_count),
             candidate_overflow: c.candidate.overflow,
