@@ -485,7 +485,7 @@ pub struct Row {
     /// Answers of this fingerprint by the candidate, and by stable, over the same seconds.
     pub candidate: u64,
     pub stable: u64,
-    /// When the candidate first and last gave it (unix ms, to the second).
+    /// When the candidate first and last gave it (unix ms: the start of the window second).
     pub first_unix_ms: i64,
     pub last_unix_ms: i64,
     /// A finding: stable never gave it, and the candidate at least `min_count` times.
