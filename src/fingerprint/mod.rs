@@ -14,7 +14,8 @@
 //! that long makes room); a failure that finds no room is counted as overflow, per second.
 //! Only failed answers are recorded, under a mutex: the path of a successful answer never
 //! touches it. A failure the client caused (closed, timed out, broke its upload) is never
-//! recorded: it is not the version's (see `proxy::account`).
+//! recorded: it is not the version's (see `proxy::account`). `tally` sums a group's
+//! fingerprints over a fleet and compares the candidate's with stable's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -345,7 +346,8 @@ pub struct Seen {
 mod tests {
     use super::*;
 
-    fn failed(body: &str) -> Failed<'_> {
+    /// A 500 on route `api` with `body` (also for `tally`'s tests).
+    pub(super) fn failed(body: &str) -> Failed<'_> {
         Failed {
             route: "api",
             status: 500,

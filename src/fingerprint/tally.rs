@@ -240,18 +240,9 @@ impl std::fmt::Debug for Source {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::failed;
     use super::*;
-    use crate::fingerprint::{Failed, Table};
-
-    fn failed(body: &str) -> Failed<'_> {
-        Failed {
-            route: "api",
-            status: 500,
-            cause: None,
-            kind: None,
-            body: body.as_bytes(),
-        }
-    }
+    use crate::fingerprint::Table;
 
     #[test]
     fn a_peer_s_seconds_replace_on_a_second_pull_and_tallies_compare_groups() {
