@@ -193,6 +193,8 @@ pub struct GroupStats {
     pub client_errors: AtomicU64,
     /// Open WebSocket / Upgrade tunnels, drained when the group loses its traffic.
     pub tunnels: Arc<crate::tunnels::Tunnels>,
+    /// The group's failed answers by fingerprint (the `new_errors` check).
+    pub fingerprints: crate::fingerprint::Table,
 }
 
 impl GroupStats {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod group;

@@ -68,6 +68,7 @@ fn ctx() -> Context {
         analysis: "a".into(),
         check: String::new(),
         since: 1,
+        errors: None,
     }
 }
 

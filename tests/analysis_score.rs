@@ -205,6 +205,7 @@ async fn a_latency_bound_says_both_groups_p99_the_change_and_its_significance() 
         analysis: "a".into(),
         check: "latency-p99".into(),
         since: 0,
+        errors: None,
     };
     let judged = |candidate_ms: f64| -> Windows {
         let j = Judged {

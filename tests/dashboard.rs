@@ -13,7 +13,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::process::Command;
 
 const STEPS: &str = r#"steps = [{ weight = 10 }, { pause = "1m" }, { weight = 50 }, { analysis = "quick" }, { pause = "until-promoted" }]"#;
 
@@ -67,26 +66,13 @@ async fn drive(script: &str, more: &[&str]) -> (Server, (TestBackend, TestBacken
     let (blue, green) = TestBackend::pair().await;
     let sy = start(&two_services(&blue, &green)).await;
     let load = paced_load(web_url(&sy).await);
-    let path = format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
     let shots = std::env::var("SWITCHYARD_SCREENSHOTS")
         .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
-    let out = Command::new("node")
-        .arg(path)
-        .args([format!("http://{}/", sy.admin_addr), "t0ken".into()])
-        .args(more)
-        .arg(shots)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("node runs (./scripts/test installs node dependencies and chromium)");
+    let mut args = vec![format!("http://{}/", sy.admin_addr), "t0ken".into()];
+    args.extend(more.iter().map(ToString::to_string));
+    args.push(shots);
+    let said = common::browser::run(script, &args).await;
     load.abort();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{said}");
-    assert!(out.status.success(), "{said}");
     (sy, (blue, green), said)
 }
 

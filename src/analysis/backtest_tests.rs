@@ -74,6 +74,7 @@ fn ctx() -> Context {
         analysis: String::new(),
         check: String::new(),
         since: 0,
+        errors: None,
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Context {
     /// The window second the analysis began: built-in measurements look no further back.
     #[serde(skip)]
     pub since: u64,
+    /// Where a `new_errors` check finds the groups' fingerprints (`Controller::errors`).
+    #[serde(skip)]
+    pub errors: Option<crate::fingerprint::Source>,
 }
 
 impl Context {
@@ -48,6 +51,15 @@ impl Context {
             analysis: analysis.to_string(),
             check: String::new(),
             since: crate::metrics::now_second(),
+            errors: None,
+        }
+    }
+
+    /// With the fingerprints a `new_errors` check reads.
+    pub fn with_errors(self, errors: crate::fingerprint::Source) -> Context {
+        Context {
+            errors: Some(errors),
+            ..self
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod backtest;
 pub mod builtin;
 pub mod evidence;
 pub mod external;
+pub mod new_errors;
 pub mod run;
 pub mod score;
 pub mod sequential;
@@ -134,6 +135,11 @@ pub enum Provider {
     MannWhitney {
         confidence: f64,
         tolerance: f64,
+    },
+    /// A fingerprint of failed answers only the candidate gave, `min_count` times or more,
+    /// fails (see `new_errors`).
+    NewErrors {
+        min_count: u64,
     },
     Prometheus {
         url: String,

@@ -12,7 +12,7 @@ use super::builtin::{self, Names};
 use super::evidence::{self, Need, Plan};
 use super::external::{self, Context};
 use super::score::{judge, CheckTally, Tallied};
-use super::{AnalysisConfig, Check, Measurement, Outcome, Provider};
+use super::{new_errors, AnalysisConfig, Check, Measurement, Outcome, Provider};
 use crate::rollout::machine::Verdict;
 
 pub use super::score::Report;
@@ -69,6 +69,9 @@ pub async fn measure(check: &Check, windows: &Windows, ctx: &Context) -> Measure
                 names,
             )
         }),
+        Provider::NewErrors { min_count } => {
+            builtin(&|j| new_errors::measure(check, *min_count, j.candidate.requests, ctx))
+        }
         Provider::Prometheus {
             url,
             query,

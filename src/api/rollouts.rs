@@ -99,6 +99,9 @@ pub(super) async fn status(
     let window = q.window.unwrap_or(5_000).clamp(250, 60_000);
     json["observed"] =
         serde_json::to_value(api.control.observed(&service, window)).expect("observed");
+    if let Some(errors) = api.control.new_errors(&view.rollout) {
+        json["new_errors"] = serde_json::to_value(errors).expect("new errors");
+    }
     Ok(Json(json))
 }
 
@@ -306,6 +309,7 @@ pub(super) async fn dry_run(
             analysis: name.clone(),
             check: String::new(),
             since: 0,
+            errors: Some(api.control.errors(&service, &reference, &candidate)),
         };
         let (measured, report) = crate::analysis::run::once(analysis, &windows, &ctx).await;
         results.extend(

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use switchyard::split::format_percent;
 
-use super::show::{observed_text, step_of, str_of};
+use super::show::{new_errors_lines, observed_text, step_of, str_of};
 use super::target::Api;
 use crate::output::{self, out, outln};
 
@@ -288,7 +288,8 @@ fn pause_left(r: &Value, i: usize) -> Option<String> {
     ))
 }
 
-/// The status view: steps with a progress bar, the weights and the split observed.
+/// The status view: steps with a progress bar, the weights, the split observed and the
+/// candidate's failed answers by fingerprint.
 fn render(r: &Value) -> String {
     let mut out = String::new();
     let steps: Vec<&str> = r["steps"]
@@ -355,6 +356,10 @@ fn render(r: &Value) -> String {
             out.push_str(&format!("  observed (last 5 s): {}\n", observed_text(obs)));
         }
         _ => {}
+    }
+    for line in new_errors_lines(r, "  ") {
+        out.push_str(&line);
+        out.push('\n');
     }
     out
 }

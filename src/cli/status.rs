@@ -4,7 +4,7 @@
 
 use switchyard::split;
 
-use super::show::{flag, observed_text, step_of, str_of};
+use super::show::{flag, new_errors_lines, observed_text, step_of, str_of};
 use super::target::Api;
 use crate::output::{self, outln};
 
@@ -78,6 +78,9 @@ fn print_status(s: &serde_json::Value) {
             );
             if let Some(w) = r["waiting_for"].as_str() {
                 outln!("  waiting for {w}");
+            }
+            for line in new_errors_lines(r, "  ") {
+                outln!("{line}");
             }
         }
         for g in svc["groups"].as_array().into_iter().flatten() {

@@ -215,6 +215,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
     let kinds = [
         c.metric.is_some(),
         c.mann_whitney.is_some(),
+        c.new_errors.is_some(),
         c.prometheus.is_some(),
         c.webhook.is_some(),
         c.command.is_some(),
@@ -222,7 +223,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
     if kinds.iter().filter(|k| **k).count() != 1 {
         p.add(
             at.clone(),
-            format!("check \"{}\" needs exactly one of `metric`, `mann_whitney`, `prometheus`, `webhook` or `command`", c.name),
+            format!("check \"{}\" needs exactly one of `metric`, `mann_whitney`, `new_errors`, `prometheus`, `webhook` or `command`", c.name),
         );
         return None;
     }
@@ -284,6 +285,22 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
             confidence,
             tolerance,
         }
+    } else if let Some(ne) = &c.new_errors {
+        if has_bound {
+            p.add(
+                at.clone(),
+                "a new_errors check has no bounds: it fails on a finding",
+            );
+        }
+        let min_count = count_or(
+            ne.min_count,
+            1..=1_000_000,
+            crate::fingerprint::DEFAULT_MIN_COUNT,
+            "answers",
+            at.join("new_errors").join("min_count"),
+            p,
+        );
+        Provider::NewErrors { min_count }
     } else if let Some(pr) = &c.prometheus {
         http_url(&pr.url, at.join("prometheus").join("url"), p);
         if c.max_over_stable.is_some() || c.max_ratio_to_stable.is_some() {
@@ -313,7 +330,12 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
     let judging = judging(c, d, &provider, &threshold, interval * count_, at, p);
     let window_src = c.window.clone().or_else(|| d.window.clone());
     // The window defaults to the interval: each measurement sees the traffic since the last;
-    // a planned check's is its whole step (at most what the metrics keep).
+    // a planned check's is its whole step (at most what the metrics keep); a new_errors
+    // check looks back over the whole analysis (the window keeps 11 minutes).
+    let window_default = match provider {
+        Provider::NewErrors { .. } => Duration::from_secs(crate::metrics::SLOTS),
+        _ => interval,
+    };
     let window = if judging.evidence.is_some() {
         if c.window.is_some() {
             p.add(
@@ -326,7 +348,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         duration_or(
             window_src.as_ref(),
             at.join("window"),
-            interval,
+            window_default,
             &MEASURE,
             p,
         )
@@ -575,6 +597,39 @@ mod tests {
         // The guard table after the group's: TOML puts it on the service all the same.
         let text = format!("{SERVICE}[service.guard]\n{guard}");
         crate::config::parse(&text, "sy.toml", Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    /// A `new_errors` check: `min_count` defaults to 5 and is at least 1, its window is
+    /// everything kept, and a bound (which it would ignore) is refused.
+    #[test]
+    fn a_new_errors_check_parses_with_its_defaults_and_refuses_a_zero_min_count_or_a_bound() {
+        let analysis = |check: &str| {
+            let text = format!(
+                "{SERVICE}[[analysis]]\nname = \"a\"\n[[analysis.check]]\nname = \"n\"\n{check}\n"
+            );
+            crate::config::parse(&text, "sy.toml", Path::new(".")).map_err(|e| e.to_string())
+        };
+        let c = analysis("new_errors = {}").unwrap();
+        let check = &c.analysis("a").unwrap().checks[0];
+        assert_eq!(
+            check.provider,
+            crate::analysis::Provider::NewErrors { min_count: 5 }
+        );
+        assert_eq!(check.window, std::time::Duration::from_secs(660));
+        let c = analysis("new_errors = { min_count = 12 }\nwindow = \"2m\"").unwrap();
+        let check = &c.analysis("a").unwrap().checks[0];
+        assert_eq!(
+            check.provider,
+            crate::analysis::Provider::NewErrors { min_count: 12 }
+        );
+        assert_eq!(check.window, std::time::Duration::from_secs(120));
+        let e = analysis("new_errors = { min_count = 0 }").unwrap_err();
+        assert!(
+            e.contains("analysis[0].check[0].new_errors.min_count: 0 is out of range"),
+            "{e}"
+        );
+        let e = analysis("new_errors = {}\nmax = 1").unwrap_err();
+        assert!(e.contains("a new_errors check has no bounds"), "{e}");
     }
 
     /// The sequential guard's settings parse with their defaults, and out-of-range values are

@@ -98,6 +98,8 @@ pub struct RawCheck {
     /// `success-rate`, `error-rate`, `request-rate`, `latency-p99` (any `latency-pNN`).
     pub metric: Option<String>,
     pub mann_whitney: Option<RawMannWhitney>,
+    /// `{ min_count = 5 }`: fails on a failed answer only the candidate gives.
+    pub new_errors: Option<RawNewErrors>,
     pub prometheus: Option<RawPrometheus>,
     pub webhook: Option<RawEndpoint>,
     pub command: Option<String>,
@@ -128,6 +130,12 @@ pub struct RawCheck {
 pub struct RawMannWhitney {
     pub confidence: Option<f64>,
     pub tolerance: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNewErrors {
+    pub min_count: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -129,6 +129,8 @@ impl Controller {
             analysis: String::new(),
             check: String::new(),
             since: 0,
+            // Fingerprints are not recorded: a new_errors check is not replayable.
+            errors: None,
         };
         let mut replays = Vec::new();
         for run in runs {

@@ -115,7 +115,8 @@ pub(super) async fn drive(control: Arc<Controller>, service: String, wake: Arc<N
                         .await);
                     continue;
                 };
-                let ctx = Context::of_rollout(r, &name);
+                let errors = control.errors(&service, r.reference(), &r.candidate);
+                let ctx = Context::of_rollout(r, &name).with_errors(errors);
                 let groups = control.windows(&service, r.reference(), &r.candidate);
                 // Its evidence planned first: a check lengthened to gather the requests it
                 // needs has the progress deadline lengthened as much.

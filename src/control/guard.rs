@@ -540,7 +540,8 @@ pub(super) async fn background(
             tracing::warn!(%service, analysis = %name, "background analysis is not configured");
             return;
         };
-        let ctx = Context::of_rollout(&r, &name);
+        let errors = control.errors(&service, r.reference(), &r.candidate);
+        let ctx = Context::of_rollout(&r, &name).with_errors(errors);
         let windows = control.windows(&service, r.reference(), &r.candidate);
         let report = run::run(&analysis, windows, ctx, true).await;
         control.count_analysis(&service, report.verdict);

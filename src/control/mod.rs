@@ -9,6 +9,7 @@ pub mod clock;
 mod driver;
 mod effects;
 mod ending;
+mod errors;
 mod fleet;
 mod guard;
 mod history;
@@ -47,6 +48,7 @@ use publish::view;
 
 pub use backtest::{Backtest, BacktestError};
 pub use clock::Clock;
+pub use errors::NewErrorsView;
 pub use fleet::FleetStatus;
 pub use guard::GuardReading;
 pub use peers::{FleetSeconds, Peer, PeerView};

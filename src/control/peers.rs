@@ -26,6 +26,7 @@ use super::{Clock, Controller};
 use crate::analysis::run::{Judged, Windows};
 use crate::bounded::http::{call_as, ReadBody};
 use crate::config::Scope;
+use crate::fingerprint::{Exported, Kept, Tally};
 use crate::metrics::{self, Second, Summary, SLOTS};
 use crate::snapshot::Snapshot;
 
@@ -58,6 +59,10 @@ pub struct FleetSeconds {
     /// The same clock in milliseconds: how the puller maps these seconds onto its own.
     pub now_ms: u64,
     pub services: BTreeMap<String, BTreeMap<String, Vec<Second>>>,
+    /// Per service and group, the fingerprints of failed answers in the same seconds (groups
+    /// without any left out; bounded by `fingerprint::CAP` per group).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, BTreeMap<String, Exported>>,
 }
 
 impl FleetSeconds {
@@ -82,11 +87,25 @@ impl FleetSeconds {
                 (svc.name.clone(), groups)
             })
             .collect();
+        let errors = snap
+            .services
+            .values()
+            .filter_map(|svc| {
+                let groups: BTreeMap<String, Exported> = svc
+                    .groups
+                    .iter()
+                    .map(|g| (g.name.clone(), g.stats.fingerprints.export(from, to)))
+                    .filter(|(_, e)| !e.is_empty())
+                    .collect();
+                (!groups.is_empty()).then(|| (svc.name.clone(), groups))
+            })
+            .collect();
         FleetSeconds {
             now_second,
             to,
             now_ms,
             services,
+            errors,
         }
     }
 }
@@ -113,6 +132,8 @@ type Sums<'a, 'b> = [(&'a str, &'b mut Summary)];
 struct Pulled {
     /// (service, group) → our second → the peer's counts in it.
     seconds: HashMap<(String, String), BTreeMap<u64, Second>>,
+    /// (service, group) → the peer's fingerprints of failed answers, on our seconds.
+    errors: HashMap<(String, String), Kept>,
     /// Our second minus the peer's, fixed by the first answer.
     shift: Option<i64>,
     /// The peer's second the next pull starts from.
@@ -148,11 +169,21 @@ impl Pulled {
                 }
             }
         }
+        for (service, groups) in answer.errors {
+            for (group, e) in groups {
+                let kept = self.errors.entry((service.clone(), group)).or_default();
+                kept.take(e, shift);
+            }
+        }
         let oldest = metrics::now_second().saturating_sub(SLOTS);
         for kept in self.seconds.values_mut() {
             *kept = kept.split_off(&oldest);
         }
         self.seconds.retain(|_, kept| !kept.is_empty());
+        self.errors
+            .values_mut()
+            .for_each(|k| k.forget_before(oldest));
+        self.errors.retain(|_, kept| !kept.is_empty());
         // Catching up, the next page; else the current second, still growing, and the one
         // before (a request that ended just before the second turned may be counted a
         // moment after the answer was read): both come again.
@@ -286,6 +317,33 @@ impl Peers {
             .filter(|f| {
                 let pulled = f.pulled.lock().expect("peer lock");
                 pulled.add_to(service, groups, from, to)
+            })
+            .count()
+    }
+}
+
+impl Peers {
+    /// Adds every peer's fingerprints of `service`'s groups in seconds `[from, to]` to their
+    /// tallies; the number of peers that had any.
+    pub(super) fn add_errors(
+        &self,
+        service: &str,
+        groups: &mut [(&str, &mut Tally)],
+        (from, to): (u64, u64),
+    ) -> usize {
+        let followed = self.followed.lock().expect("peers lock");
+        followed
+            .iter()
+            .filter(|f| {
+                let pulled = f.pulled.lock().expect("peer lock");
+                let mut any = false;
+                for (group, tally) in groups.iter_mut() {
+                    if let Some(k) = pulled.errors.get(&(service.to_string(), group.to_string())) {
+                        tally.add(&k.export(from, to));
+                        any = true;
+                    }
+                }
+                any
             })
             .count()
     }
@@ -509,6 +567,7 @@ mod tests {
             to: now_ms / 1000,
             now_ms,
             services: BTreeMap::from([("shop".to_string(), groups)]),
+            errors: BTreeMap::new(),
         }
     }
 

@@ -6,6 +6,10 @@
 //! the latency stays the time to the response head. A request whose future is dropped
 //! before its response is ready (`Open`) is the client's: `client_closed`.
 //!
+//! A failed answer of the version (a 5xx, or an exchange the target failed) is also recorded
+//! by its fingerprint (`crate::fingerprint`): the target's 5xx with the first bytes of its
+//! body, switchyard's own 502/503/504 with its cause. A client's failure never is.
+//!
 //! The account reaches its route and group through the request's snapshot (held anyway for
 //! the whole request) and two indices, rather than through `Arc` clones of their stats: each
 //! clone is two contended atomic operations per request on the same cache line.
@@ -15,9 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access_log::Entry;
+use crate::error::{ProxyError, ERROR_HEADER};
+use crate::fingerprint::Failed;
 use crate::group::{Group, Target};
 use crate::metrics::Failure as Seen;
 use crate::service::Service;
+use crate::snapshot::Route;
 use crate::snapshot::{RouteAction, RouteStats, Snapshot};
 
 use super::{ConnInfo, Served};
@@ -72,7 +79,7 @@ impl Account {
         }
     }
 
-    fn place(&self) -> Option<(&RouteStats, &Service, &Group)> {
+    fn place(&self) -> Option<(&Route, &Service, &Group)> {
         let route = self
             .snap
             .routes
@@ -81,22 +88,37 @@ impl Account {
         let RouteAction::Forward(svc) = &route.action else {
             return None;
         };
-        Some((&route.stats, svc, svc.groups.get(self.group)?))
+        Some((route, svc, svc.groups.get(self.group)?))
     }
 
     /// Counts the answer as `end` says, now, in the group, the route, the target's passive
-    /// health, and writes its access log line with `bytes` sent.
-    pub(super) fn finish(mut self, end: End, target: &Target, bytes: u64) {
+    /// health, and writes its access log line with `bytes` sent. `prefix`: the first bytes
+    /// of the body of a 5xx answer (empty otherwise), for its fingerprint.
+    pub(super) fn finish(mut self, end: End, target: &Target, bytes: u64, prefix: &[u8]) {
         let now = Instant::now();
-        let Some((route, svc, group)) = self.place() else {
+        let Some((named, svc, group)) = self.place() else {
             return;
         };
-        let stats = &group.stats;
+        let (route, stats): (&RouteStats, _) = (&named.stats, &group.stats);
+        let second = crate::metrics::ms_at(now) / 1000;
+        let failed = |status, cause, kind, body| {
+            let f = Failed {
+                route: &named.name,
+                status,
+                cause,
+                kind,
+                body,
+            };
+            stats.fingerprints.record(second, &f);
+        };
         let (status, client_error, upstream_error) = match end {
             End::Delivered => {
                 let passive = svc.passive;
                 stats.record(self.status, self.took, now, None);
                 route.record(self.status);
+                if self.status >= 500 {
+                    failed(self.status, None, None, prefix);
+                }
                 if self.status >= 500 && passive.eject_on_5xx {
                     strike(svc, group, target);
                 } else {
@@ -116,6 +138,7 @@ impl Account {
                 }
                 .fetch_add(1, Relaxed);
                 stats.record(status, self.took, now, Some(failure));
+                failed(status, Some(code), Some(failure), &[]);
                 route.record(status);
                 strike(svc, group, target);
                 (status, None, Some(code))
@@ -170,6 +193,44 @@ impl Drop for Open<'_> {
             log.log(*e);
         }
     }
+}
+
+/// An answer switchyard made itself for a group's request (its 502/503/504 before any
+/// head: no healthy target, the target unreachable, reset or silent): its fingerprint, with
+/// the cause its `x-switchyard-error` names and the failure kind that cause is. Not for a
+/// client's failure, nor for an answer no group was chosen for.
+pub(super) fn own_answer(s: &Served<'_>, resp: &http::Response<super::ResponseBody>) {
+    let (Some((_, route)), Some(group), None) = (s.route, s.group, s.client_error) else {
+        return;
+    };
+    let status = resp.status().as_u16();
+    if status < 500 || !matches!(resp.body(), http_body_util::Either::Right(_)) {
+        return;
+    }
+    let cause = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let kind = [
+        (ProxyError::UpstreamConnect, Seen::Connect),
+        (ProxyError::UpstreamTimeout, Seen::Timeout),
+        (ProxyError::UpstreamReset, Seen::Reset),
+        (ProxyError::UpstreamProtocol, Seen::Reset),
+    ]
+    .into_iter()
+    .find(|(e, _)| Some(e.code()) == cause)
+    .map(|(_, kind)| kind);
+    let f = Failed {
+        route: &route.name,
+        status,
+        cause,
+        kind,
+        body: &[],
+    };
+    group
+        .stats
+        .fingerprints
+        .record(crate::metrics::now_second(), &f);
 }
 
 /// The access log fields that say what served the request.

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::account::{Account, End};
+use crate::fingerprint::PREFIX_BYTES;
 use crate::group::InFlight;
 use crate::metrics::Failure as Seen;
 use crate::upstream::error;
@@ -62,6 +63,9 @@ pub struct UpstreamResponseBody {
     /// The last poll found nothing to read.
     waited: bool,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The first bytes of a 5xx answer's body, for its fingerprint (`crate::fingerprint`):
+    /// copied as they pass, never waited for; `None` for any other answer.
+    prefix: Option<Vec<u8>>,
 }
 
 impl UpstreamResponseBody {
@@ -83,11 +87,15 @@ impl UpstreamResponseBody {
             last: answered,
             waited: false,
             stall: None,
+            prefix: None,
         }
     }
 
     /// Gives the body the account it settles when it ends (at once if it has no more).
     pub(super) fn open(&mut self, account: Account) {
+        if account.status >= 500 {
+            self.prefix = Some(Vec::with_capacity(PREFIX_BYTES));
+        }
         self.account = Some(account);
         if self.inner.is_end_stream() {
             self.release();
@@ -117,7 +125,8 @@ impl UpstreamResponseBody {
         if let End::Upstream { code, .. } = &end {
             tracing::debug!(target = %self.in_flight.target().addr, code, "target's answer broke off");
         }
-        account.finish(end, self.in_flight.target(), self.bytes);
+        let prefix = self.prefix.as_deref().unwrap_or_default();
+        account.finish(end, self.in_flight.target(), self.bytes, prefix);
     }
 
     /// The target broke its answer off: a failed exchange (502, reset) for the group, the
@@ -212,6 +221,10 @@ impl Body for UpstreamResponseBody {
                 }
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                    if let Some(p) = &mut this.prefix {
+                        let room = PREFIX_BYTES - p.len();
+                        p.extend_from_slice(&data[..data.len().min(room)]);
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.release();

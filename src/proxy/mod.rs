@@ -163,6 +163,7 @@ async fn route(
     }
     let served = std::mem::take(&mut open.served);
     drop(open);
+    account::own_answer(&served, &resp);
     match resp.body_mut() {
         // Counted when the body ends, with the outcome it had.
         Either::Left(body) => {

@@ -1,7 +1,8 @@
 // The dashboard's script (served inside index.html): signs in with an admin token kept in
 // sessionStorage, polls the JSON API every second and shows per service what a release
 // engineer decides from — the split configured and observed, the last seconds' figures and
-// the charts, the rollout (step, time in it, pause left, deadline, guard, verdicts) with the
+// the charts, the rollout (step, time in it, pause left, deadline, guard, new errors,
+// verdicts) with the
 // actions its state allows, and the timeline. Each card is made once and its parts replaced
 // only when their text changes, so a picker or a filter keeps what a person chose.
 "use strict";
@@ -182,6 +183,25 @@ function tick() {
 const live = (testid, kind, ...args) =>
   `<span data-testid="${esc(testid)}" data-live="${kind}" data-args="${esc(JSON.stringify(args))}">${esc(LIVE[kind](...args))}</span>`;
 
+// The candidate's failed answers by fingerprint against stable's (`new_errors` of the
+// rollout view): the new ones — only the candidate, `min_count` times or more — first and
+// marked, at most five, so a new bug at a low rate is seen before any check fails.
+function newErrorsPart(r, n) {
+  const e = r.new_errors;
+  if (!e || (!e.fingerprints.length && !e.candidate_overflow)) return "";
+  const rows = e.fingerprints.slice(0, 5).map(f => {
+    const what = `${f.status}${f.cause ? ` ${f.cause}` : ""}${f.sample ? ` '${f.sample}'` : ""}`;
+    // Cells apart by a space, so the row reads as words in its text too.
+    const cells = [f.new ? "<b>new</b>" : "", esc(what), esc(f.route), f.candidate, f.stable, esc(new Date(f.first_unix_ms).toLocaleTimeString())];
+    return `<tr class="${f.new ? "err" : ""}">${cells.map(c => `<td>${c}</td>`).join(" ")}</tr>`;
+  }).join("");
+  const more = e.fingerprints.length > 5 ? `<div class="dim">and ${e.fingerprints.length - 5} more</div>` : "";
+  const over = e.candidate_overflow ? `<div class="dim">${e.candidate_overflow} failed answers of ${esc(r.candidate)} beyond the fingerprints kept</div>` : "";
+  const fresh = e.fingerprints.filter(f => f.new).length;
+  return `<div class="label">New errors since ${esc(new Date(e.since_unix_ms).toLocaleTimeString())}: ${fresh} new (only ${esc(r.candidate)}, ${e.min_count}+ times)</div>
+    <div class="scroll" data-testid="new-errors-${n}"><table><tr><th></th> <th>answer</th> <th>route</th> <th>${esc(r.candidate)}</th> <th>${esc(r.stable)}</th> <th>first</th></tr> ${rows}</table>${more}${over}</div>`;
+}
+
 function rolloutPart(svc, r, events) {
   if (!r) return `<div class="label">Rollout</div><p class="dim">No rollout yet.</p>`;
   const n = esc(svc.name);
@@ -205,7 +225,7 @@ function rolloutPart(svc, r, events) {
   return `<div class="label">Rollout #${r.id}: ${esc(r.stable)} → ${esc(r.candidate)} (${esc(r.strategy.name)}), attempt ${r.attempt + 1}</div>
     <div>status <b class="status-${esc(r.status)}" data-testid="rollout-status-${n}">${esc(r.status)}</b>${r.held ? " (held by a person)" : ""}
       ${r.reason ? `<span class="dim"> — ${esc(r.reason)}</span>` : ""}</div>
-    <div class="facts">${facts.join("")}</div>${deadline}${guard}
+    <div class="facts">${facts.join("")}</div>${deadline}${guard}${newErrorsPart(r, n)}
     ${r.waiting_for ? `<div class="dim">waiting for ${esc(r.waiting_for)}</div>` : ""}
     <div class="label">Analysis verdicts</div><div class="verdicts" data-testid="verdicts-${n}">${verdicts || `<span class="dim">${active(r) ? "none yet" : "none"}</span>`}</div>
     <ul class="steps">${steps}</ul>`;
