@@ -81,19 +81,27 @@ impl Recent {
             return;
         }
         let mut all = self.0.lock().expect("recent lock");
-        let q = all.entry(service.clone()).or_default();
+        // The service's name is copied once, when it is first seen.
+        if !all.contains_key(service) {
+            all.insert(service.clone(), Default::default());
+        }
+        let q = all.get_mut(service).expect("inserted above");
         if q.len() == Self::KEEP {
             q.pop_front();
         }
         q.push_back((e.method.clone(), e.path.clone()));
     }
 
-    /// The service's recent requests, oldest first.
-    pub fn of(&self, service: &str) -> Vec<(String, String)> {
+    /// How many recent requests the service has.
+    pub fn len(&self, service: &str) -> usize {
         let all = self.0.lock().expect("recent lock");
-        all.get(service)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default()
+        all.get(service).map_or(0, std::collections::VecDeque::len)
+    }
+
+    /// The service's `i`-th recent request, oldest first.
+    pub fn get(&self, service: &str, i: usize) -> Option<(String, String)> {
+        let all = self.0.lock().expect("recent lock");
+        all.get(service).and_then(|q| q.get(i)).cloned()
     }
 }
 

@@ -78,33 +78,32 @@ pub(super) async fn generate(
     tracing::info!(%service, %candidate, "synthetic traffic ends");
 }
 
-/// The `n`th request: the configured ones and the replayed ones in turn.
+/// The `n`th request: the configured ones and the replayed ones in turn (only the chosen
+/// one is copied).
 fn pick(control: &Controller, service: &str, s: &Synthetic, n: usize) -> Option<SyntheticRequest> {
-    let replayed: Vec<SyntheticRequest> = if s.replay {
-        let snap = control.snapshot();
-        snap.access_log
-            .as_ref()
-            .map(|log| log.recent.of(service))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(method, path)| SyntheticRequest {
-                method,
-                path,
-                headers: Vec::new(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let all = s.requests.len() + replayed.len();
+    let snap = control.snapshot();
+    let recent = snap
+        .access_log
+        .as_ref()
+        .filter(|_| s.replay)
+        .map(|log| &log.recent);
+    let replayed = recent.map_or(0, |r| r.len(service));
+    let all = s.requests.len() + replayed;
     if all == 0 {
         return None;
     }
     let i = n % all;
-    Some(match s.requests.get(i) {
-        Some(r) => r.clone(),
-        None => replayed[i - s.requests.len()].clone(),
-    })
+    match s.requests.get(i) {
+        Some(r) => Some(r.clone()),
+        None => {
+            let (method, path) = recent?.get(service, i - s.requests.len())?;
+            Some(SyntheticRequest {
+                method,
+                path,
+                headers: Vec::new(),
+            })
+        }
+    }
 }
 
 /// One request to one of the candidate's routable targets (in turn); what became of it.
