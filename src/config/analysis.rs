@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use super::fields::*;
 use super::locate::KeyPath;
-use super::raw::{RawAnalysis, RawCheck, RawGuard, RawHook, RawHooks};
+use super::raw::{RawAnalysis, RawCheck};
 use crate::analysis::evidence::JUDGED;
 use crate::analysis::{
-    AnalysisConfig, Check, Evidence, Guard, Judging, Metric, Provider, Scoring, Threshold,
+    AnalysisConfig, Check, Evidence, Judging, Metric, Provider, Scoring, Threshold,
 };
 
-fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) -> u32 {
+pub(super) fn count(v: Option<i64>, at: KeyPath, default: u32, max: i64, p: &mut Problems) -> u32 {
     count_or(v, 0..=max, default as u64, "", at, p) as u32
 }
 
@@ -466,124 +466,6 @@ fn judging(
             power: d.power.unwrap_or(0.8),
             max_duration: max_duration.map(|(d, _)| d),
         }),
-    }
-}
-
-pub fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> Guard {
-    let d = Guard::default();
-    let Some(raw) = raw else { return d };
-    let max_error_rate = raw.max_error_rate.unwrap_or(d.max_error_rate);
-    in_range(
-        max_error_rate,
-        0.0..=100.0,
-        "points",
-        at.join("max_error_rate"),
-        p,
-    );
-    // The false rollbacks allowed per hour: above 0 (a test that may never err cannot
-    // decide), at most 0.5 (beyond that the guard is a coin).
-    let alpha = raw.alpha.unwrap_or(d.alpha);
-    in_range(alpha, 1e-12..=0.5, "per hour", at.join("alpha"), p);
-    let max_latency_ratio = raw.max_latency_ratio.unwrap_or(d.max_latency_ratio);
-    in_range(
-        max_latency_ratio,
-        1.0..=100.0,
-        "× stable's p99",
-        at.join("max_latency_ratio"),
-        p,
-    );
-    Guard {
-        enabled: raw.enabled.unwrap_or(true),
-        interval: duration_or(
-            raw.interval.as_ref(),
-            at.join("interval"),
-            d.interval,
-            &MEASURE,
-            p,
-        ),
-        window: duration_or(
-            raw.window.as_ref(),
-            at.join("window"),
-            d.window,
-            &MEASURE,
-            p,
-        ),
-        max_error_rate,
-        min_requests: count(
-            raw.min_requests,
-            at.join("min_requests"),
-            d.min_requests as u32,
-            1_000_000,
-            p,
-        ) as u64,
-        alpha,
-        max_latency_ratio,
-        sample_ratio: raw.sample_ratio.unwrap_or(d.sample_ratio),
-    }
-}
-
-/// A lifecycle hook: an HTTP call or a command, with timeout and retries.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Hook {
-    pub url: Option<String>,
-    pub command: Option<String>,
-    pub timeout_ms: u64,
-    pub retries: u32,
-    pub confirm: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Hooks {
-    pub before_traffic: Option<Hook>,
-    pub after_traffic: Option<Hook>,
-    pub before_promotion: Option<Hook>,
-    pub after_rollout: Option<Hook>,
-    pub on_rollback: Option<Hook>,
-}
-
-pub fn hooks(raw: Option<&RawHooks>, at: &KeyPath, p: &mut Problems) -> Hooks {
-    let Some(raw) = raw else {
-        return Hooks::default();
-    };
-    let one = |h: &Option<RawHook>, key: &str, p: &mut Problems| {
-        let h = h.as_ref()?;
-        let hat = at.join(key);
-        if h.url.is_some() == h.command.is_some() {
-            p.add(
-                hat.clone(),
-                "a hook needs exactly one of `url` or `command`",
-            );
-        }
-        if let Some(u) = &h.url {
-            http_url(u, hat.join("url"), p);
-        }
-        if h.confirm == Some(true) && key != "before_promotion" {
-            p.add(
-                hat.join("confirm"),
-                "only before_promotion can wait for a confirmation",
-            );
-        }
-        Some(Hook {
-            url: h.url.clone(),
-            command: h.command.clone(),
-            timeout_ms: duration_or(
-                h.timeout.as_ref(),
-                hat.join("timeout"),
-                Duration::from_secs(30),
-                &TIMEOUT,
-                p,
-            )
-            .as_millis() as u64,
-            retries: count(h.retries, hat.join("retries"), 0, 10, p),
-            confirm: h.confirm.unwrap_or(false),
-        })
-    };
-    Hooks {
-        before_traffic: one(&raw.before_traffic, "before_traffic", p),
-        after_traffic: one(&raw.after_traffic, "after_traffic", p),
-        before_promotion: one(&raw.before_promotion, "before_promotion", p),
-        after_rollout: one(&raw.after_rollout, "after_rollout", p),
-        on_rollback: one(&raw.on_rollback, "on_rollback", p),
     }
 }
 

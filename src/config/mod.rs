@@ -5,6 +5,8 @@ pub mod admin;
 pub mod analysis;
 pub mod diff;
 mod fields;
+mod guard;
+pub mod hooks;
 pub mod load;
 pub mod locate;
 pub mod model;

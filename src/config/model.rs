@@ -329,7 +329,7 @@ pub struct ServiceConfig {
     pub strategy: crate::rollout::Strategy,
     pub stickiness: Option<Stickiness>,
     pub guard: crate::analysis::Guard,
-    pub hooks: super::analysis::Hooks,
+    pub hooks: super::hooks::Hooks,
     /// A hook or analysis step that runs longer than this aborts the rollout.
     pub progress_deadline: Duration,
     /// Within this long after a rollout completed, `undo` moves all traffic straight back

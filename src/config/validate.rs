@@ -300,8 +300,8 @@ fn services(
             .stickiness
             .as_ref()
             .map(|raw| super::release::stickiness(raw, &at.join("stickiness"), p));
-        let guard = super::analysis::guard(s.guard.as_ref(), &at.join("guard"), p);
-        let hooks = super::analysis::hooks(s.hooks.as_ref(), &at.join("hooks"), p);
+        let guard = super::guard::guard(s.guard.as_ref(), &at.join("guard"), p);
+        let hooks = super::hooks::hooks(s.hooks.as_ref(), &at.join("hooks"), p);
         let progress_deadline = duration_or(
             s.progress_deadline.as_ref(),
             at.join("progress_deadline"),

@@ -242,7 +242,7 @@ impl Side {
             judged,
         ));
         if let Some(name) = r.strategy.background_analysis.clone() {
-            self.tasks.spawn(super::guard::background(
+            self.tasks.spawn(super::background::background(
                 control.clone(),
                 service.to_string(),
                 (r.id, r.attempt),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::effects;
 use crate::bounded::{CallError, ReadBody};
-use crate::config::analysis::{Hook, Hooks};
+use crate::config::hooks::{Hook, Hooks};
 use crate::rollout::{HookPoint, Rollout, Step, Strategy};
 use crate::split::FULL_WEIGHT;
 

@@ -4,6 +4,7 @@
 //! snapshot; a change that fails anywhere is not applied at all. The hot path only ever sees
 //! the published snapshot.
 
+mod background;
 mod backtest;
 pub mod clock;
 mod driver;

@@ -1,6 +1,10 @@
 //! Fleet-wide judgement: the peers of this instance, and the fleet's traffic as the guard and
 //! the analyses judge it.
 //!
+//! (Just over 600 lines, kept whole: the pull, what is kept of it and the sums read from it
+//! share one lock discipline over the pulled seconds and fingerprints; `errors` reads the
+//! fingerprints through `Peers::add_errors`, the one way in.)
+//!
 //! In a fleet every instance serves a share of the traffic, but only the leader judges a
 //! candidate. The leader pulls each peer's per-second summaries from its admin API
 //! (`GET /api/v1/fleet/seconds?from=S`, about every 250 ms, from the last second it has) and
