@@ -121,6 +121,8 @@ pub enum EventKind {
     Config,
     Started,
     Weight,
+    /// A mirror step set the share of requests copied to the candidate.
+    Mirror,
     /// A timed pause over.
     Step,
     Paused,
@@ -149,6 +151,7 @@ impl EventKind {
             EventKind::Config => "config",
             EventKind::Started => "started",
             EventKind::Weight => "weight",
+            EventKind::Mirror => "mirror",
             EventKind::Step => "step",
             EventKind::Paused => "paused",
             EventKind::Resumed => "resumed",

@@ -19,6 +19,7 @@ pub mod group;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod rollout;
 pub mod route;

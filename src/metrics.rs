@@ -53,6 +53,8 @@ struct Slot {
     failures: [AtomicU64; 3],
     client_errors: AtomicU64,
     latency: [AtomicU32; BUCKETS],
+    /// Mirrored copies compared with their real answers, and those that differed.
+    mirror: [AtomicU64; 2],
 }
 
 impl Slot {
@@ -66,6 +68,7 @@ impl Slot {
             failures: Default::default(),
             client_errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
+            mirror: Default::default(),
         }
     }
 
@@ -75,6 +78,7 @@ impl Slot {
         self.failures.iter().for_each(|c| c.store(0, Relaxed));
         self.client_errors.store(0, Relaxed);
         self.latency.iter().for_each(|c| c.store(0, Relaxed));
+        self.mirror.iter().for_each(|c| c.store(0, Relaxed));
     }
 }
 
@@ -141,6 +145,16 @@ impl Window {
         }
     }
 
+    /// A mirrored copy of a request to another group, compared with the real answer (see
+    /// `crate::mirror`): counted in the mirror group's seconds, apart from its answers.
+    pub fn record_mirror(&self, second: u64, mismatched: bool) {
+        let Some(s) = self.slot(second) else { return };
+        s.mirror[0].fetch_add(1, Relaxed);
+        if mismatched {
+            s.mirror[1].fetch_add(1, Relaxed);
+        }
+    }
+
     /// The slots of the seconds `[from, to]` still kept (at most the last 11 minutes up to
     /// `to`), each with its second; slots a newer second took over are skipped.
     fn slots_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, &Slot)> {
@@ -165,6 +179,8 @@ impl Window {
                 out.failures[i] += s.failures[i].load(Relaxed);
             }
             out.client_errors += s.client_errors.load(Relaxed);
+            out.mirror_compared += s.mirror[0].load(Relaxed);
+            out.mirror_mismatched += s.mirror[1].load(Relaxed);
             for (h, b) in out.latency.iter_mut().zip(s.latency.iter()) {
                 *h += b.load(Relaxed) as u64;
             }
@@ -195,6 +211,7 @@ impl Window {
                     classes: std::array::from_fn(|i| s.classes[i].load(Relaxed)),
                     failures: std::array::from_fn(|i| s.failures[i].load(Relaxed)),
                     client_errors: s.client_errors.load(Relaxed),
+                    mirror: std::array::from_fn(|i| s.mirror[i].load(Relaxed)),
                     latency: (0..BUCKETS)
                         .filter_map(|i| {
                             let n = s.latency[i].load(Relaxed);
@@ -202,7 +219,7 @@ impl Window {
                         })
                         .collect(),
                 };
-                (out.requests + out.client_errors > 0).then_some(out)
+                (out.requests + out.client_errors + out.mirror[0] > 0).then_some(out)
             })
             .collect()
     }
@@ -226,6 +243,9 @@ pub struct Second {
     pub classes: [u64; 5],
     pub failures: [u64; 3],
     pub client_errors: u64,
+    /// Mirrored copies compared, and those that differed (absent from an older peer).
+    #[serde(default)]
+    pub mirror: [u64; 2],
     pub latency: Vec<(u16, u32)>,
 }
 
@@ -256,6 +276,10 @@ pub struct Summary {
     /// Requests failed by the client, not in `requests` (nor judged).
     pub client_errors: u64,
     pub latency: Vec<u64>,
+    /// Mirrored copies to this group compared with their real answers, and those that
+    /// differed (`mirror-mismatch-rate`).
+    pub mirror_compared: u64,
+    pub mirror_mismatched: u64,
 }
 
 impl Default for Summary {
@@ -267,6 +291,8 @@ impl Default for Summary {
             failures: [0; 3],
             client_errors: 0,
             latency: vec![0; BUCKETS],
+            mirror_compared: 0,
+            mirror_mismatched: 0,
         }
     }
 }
@@ -286,6 +312,8 @@ impl Summary {
             .zip(s.failures)
             .for_each(|(a, b)| *a += b);
         self.client_errors += s.client_errors;
+        self.mirror_compared += s.mirror[0];
+        self.mirror_mismatched += s.mirror[1];
         for &(i, n) in &s.latency {
             if let Some(h) = self.latency.get_mut(i as usize) {
                 *h += n as u64;
@@ -296,6 +324,12 @@ impl Summary {
     /// Share of 5xx answers, in percent.
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| 100.0 * self.classes[4] as f64 / self.requests as f64)
+    }
+
+    /// Share of mirrored copies whose answer differed from the real one, in percent.
+    pub fn mirror_mismatch_rate(&self) -> Option<f64> {
+        (self.mirror_compared > 0)
+            .then(|| 100.0 * self.mirror_mismatched as f64 / self.mirror_compared as f64)
     }
 
     /// Share of answers that are not 5xx, in percent.
@@ -327,6 +361,10 @@ impl Summary {
             failures: std::array::from_fn(|i| self.failures[i].saturating_sub(earlier.failures[i])),
             client_errors: self.client_errors.saturating_sub(earlier.client_errors),
             latency: sub(&self.latency, &earlier.latency),
+            mirror_compared: self.mirror_compared.saturating_sub(earlier.mirror_compared),
+            mirror_mismatched: self
+                .mirror_mismatched
+                .saturating_sub(earlier.mirror_mismatched),
         }
     }
 

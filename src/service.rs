@@ -35,6 +35,8 @@ pub struct Service {
     /// An A/B test's rules while one runs: matching requests go to the candidate (after
     /// the route's own overrides, before the split).
     pub ab: Vec<crate::config::Override>,
+    /// Where copies of its requests go, while any do (`crate::mirror`).
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 /// The sequence's step: about FULL_WEIGHT / φ and coprime with FULL_WEIGHT, so the buckets
@@ -72,12 +74,19 @@ impl Service {
             stickiness,
             spread: AtomicU64::new(fastrand::u64(..u64::from(FULL_WEIGHT))),
             ab: Vec::new(),
+            mirror: None,
         }
     }
 
     /// With an A/B test's rules (see [`Service::ab`]).
     pub fn with_ab(mut self, rules: Vec<crate::config::Override>) -> Service {
         self.ab = rules;
+        self
+    }
+
+    /// With copies of its requests going to a group (see [`Service::mirror`]).
+    pub fn with_mirror(mut self, mirror: Option<crate::mirror::Mirror>) -> Service {
+        self.mirror = mirror;
         self
     }
 

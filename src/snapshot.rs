@@ -68,6 +68,8 @@ pub struct ServiceTraffic {
     pub candidate: Option<String>,
     /// An A/B test's rules: matching requests go to the candidate, whatever the split.
     pub ab: Vec<Override>,
+    /// A rollout's mirror: copies of this share (basis points) of requests to this group.
+    pub mirror: Option<(String, u32)>,
 }
 
 #[derive(Debug)]
@@ -163,6 +165,7 @@ impl Snapshot {
                     )
                 })
                 .collect();
+            let mirror = mirror_of(s, t, &groups, old.map(|o| o.as_ref()));
             services.insert(
                 s.name.clone(),
                 Arc::new(
@@ -177,7 +180,8 @@ impl Snapshot {
                         s.passive,
                         s.stickiness.clone(),
                     )
-                    .with_ab(t.map_or_else(Vec::new, |t| t.ab.clone())),
+                    .with_ab(t.map_or_else(Vec::new, |t| t.ab.clone()))
+                    .with_mirror(mirror),
                 ),
             );
         }
@@ -247,6 +251,13 @@ impl Snapshot {
         }
     }
 
+    /// Every service's mirror in this snapshot.
+    pub fn mirrors(&self) -> impl Iterator<Item = (&str, &crate::mirror::Mirror)> {
+        self.services
+            .values()
+            .filter_map(|s| Some((s.name.as_str(), s.mirror.as_ref()?)))
+    }
+
     /// Every (service, group, target) in this snapshot.
     pub fn targets(&self) -> impl Iterator<Item = (&str, &str, &Arc<Target>)> {
         self.services.values().flat_map(|s| {
@@ -257,4 +268,36 @@ impl Snapshot {
             })
         })
     }
+}
+
+/// A service's mirror: a rollout's mirror steps' (to its candidate) or else the
+/// configuration's `group`, with the settings of `[service.mirror]` (or the defaults). The
+/// lane — queue, dispatcher, counters, connections — is the previous snapshot's while its
+/// queue settings stay, so a publish neither drops queued copies nor resets the counts.
+fn mirror_of(
+    s: &crate::config::ServiceConfig,
+    t: Option<&ServiceTraffic>,
+    groups: &[Arc<Group>],
+    old: Option<&Service>,
+) -> Option<crate::mirror::Mirror> {
+    let settings = s.mirror.clone().unwrap_or_default();
+    let (group, share) = match t.and_then(|t| t.mirror.as_ref()) {
+        Some((g, share)) => (g.clone(), *share),
+        None => (settings.group.clone()?, settings.share),
+    };
+    let group = groups.iter().find(|g| g.name == group)?.clone();
+    if share == 0 {
+        return None;
+    }
+    let lane = old
+        .and_then(|o| o.mirror.as_ref())
+        .map(|m| m.lane.clone())
+        .filter(|l| (l.queue, l.concurrency) == (settings.queue, settings.concurrency))
+        .or_else(|| crate::mirror::Lane::start(settings.queue, settings.concurrency))?;
+    Some(crate::mirror::Mirror::new(
+        group,
+        share,
+        Arc::new(settings),
+        lane,
+    ))
 }

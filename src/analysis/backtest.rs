@@ -150,6 +150,7 @@ fn part(s: &Second, gone: f64) -> Second {
         classes: s.classes.map(of),
         failures: s.failures.map(of),
         client_errors: of(s.client_errors),
+        mirror: s.mirror.map(of),
         latency: (s.latency.iter())
             .map(|&(b, n)| (b, of(n as u64) as u32))
             .collect(),

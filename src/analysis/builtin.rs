@@ -11,6 +11,7 @@ fn value_of(m: Metric, s: &Summary) -> Option<f64> {
         Metric::ErrorRate => s.error_rate(),
         Metric::Latency(q) => s.percentile(q).map(|d| d.as_secs_f64() * 1000.0),
         Metric::RequestRate => Some(s.request_rate()),
+        Metric::MirrorMismatchRate => s.mirror_mismatch_rate(),
     }
 }
 
@@ -60,6 +61,41 @@ pub fn metric(
         ),
         requests: Some(candidate.requests),
     };
+    // The copies compared are the mirror mismatch rate's sample.
+    if m == Metric::MirrorMismatchRate {
+        let n = candidate.mirror_compared;
+        let Some(value) = value_of(m, candidate).filter(|_| n >= check.min_requests.max(1)) else {
+            return Measurement {
+                check: name,
+                outcome: Outcome::Inconclusive,
+                value: None,
+                detail: format!(
+                    "{} had {n} mirrored copies compared in the window, fewer than the {} needed",
+                    names.candidate,
+                    check.min_requests.max(1)
+                ),
+                requests: Some(n),
+            };
+        };
+        let shown = format!(
+            "{} of {} {} ({} of {n} copies differed from the real answers)",
+            m.label(),
+            names.candidate,
+            m.show(value),
+            candidate.mirror_mismatched,
+        );
+        let (outcome, detail) = match check.threshold.violation(value, None, m.unit()) {
+            Some(why) => (Outcome::Fail, format!("{shown}: {why}")),
+            None => (Outcome::Pass, shown),
+        };
+        return Measurement {
+            check: name,
+            outcome,
+            value: Some(value),
+            detail,
+            requests: Some(n),
+        };
+    }
     // A request rate is meaningful at any volume; everything else needs a sample.
     if !matches!(m, Metric::RequestRate) {
         if candidate.requests < check.min_requests.max(1) {

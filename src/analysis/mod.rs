@@ -166,6 +166,9 @@ pub enum Metric {
     Latency(f64),
     /// Requests per second.
     RequestRate,
+    /// Percent of mirrored copies to the candidate whose answer differed from the real one
+    /// (`crate::mirror`); its sample is the copies compared, not the requests.
+    MirrorMismatchRate,
 }
 
 impl Metric {
@@ -174,6 +177,7 @@ impl Metric {
             "success-rate" => Metric::SuccessRate,
             "error-rate" => Metric::ErrorRate,
             "request-rate" => Metric::RequestRate,
+            "mirror-mismatch-rate" => Metric::MirrorMismatchRate,
             _ => {
                 let q: f64 = s.strip_prefix("latency-p")?.parse().ok()?;
                 if !(0.0 < q && q < 100.0) {
@@ -190,6 +194,7 @@ impl Metric {
             Metric::SuccessRate => "success rate".into(),
             Metric::ErrorRate => "error rate".into(),
             Metric::RequestRate => "request rate".into(),
+            Metric::MirrorMismatchRate => "mirror mismatch rate".into(),
             Metric::Latency(q) => format!("p{}", (q * 1000.0).round() / 10.0),
         }
     }
@@ -197,7 +202,9 @@ impl Metric {
     /// A value of it as a sentence shows it: rates to 0.01 %, latencies to 3 figures.
     pub fn show(self, v: f64) -> String {
         match self {
-            Metric::SuccessRate | Metric::ErrorRate => format!("{v:.2}%"),
+            Metric::SuccessRate | Metric::ErrorRate | Metric::MirrorMismatchRate => {
+                format!("{v:.2}%")
+            }
             Metric::RequestRate => format!("{v:.1} req/s"),
             Metric::Latency(_) if v >= 100.0 => format!("{v:.0} ms"),
             Metric::Latency(_) if v >= 10.0 => format!("{v:.1} ms"),
@@ -207,7 +214,7 @@ impl Metric {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::SuccessRate | Metric::ErrorRate => "%",
+            Metric::SuccessRate | Metric::ErrorRate | Metric::MirrorMismatchRate => "%",
             Metric::Latency(_) => " ms",
             Metric::RequestRate => " req/s",
         }

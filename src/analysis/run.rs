@@ -307,7 +307,18 @@ async fn run_check(
             format!("check {} measured nothing", check.name),
         );
     };
-    // The last measurement judged the most (a planned check's window is the whole step).
+    // The last measurement judged the most (a planned check's window is the whole step): a
+    // check that ends on one without enough evidence has not passed, whatever its limit for
+    // inconclusive ones on the way (that limit forgives a slow start, not a missing end).
+    if matches!(m.outcome, Outcome::Inconclusive | Outcome::Error) {
+        return tally(
+            Tallied::Inconclusive,
+            format!(
+                "check {} ended inconclusive ({taken} measurements, {failures} failed, {inconclusive} inconclusive): {}",
+                m.check, m.detail
+            ),
+        );
+    }
     let mut t = tally(
         Tallied::Passed,
         format!(

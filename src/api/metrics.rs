@@ -371,6 +371,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
             .get_or_create(&labels(&[("service", &svc), ("result", &result)]))
             .inc_by(n);
     }
+    mirrors(&mut registry, &snap);
     for ((svc, verdict), n) in counts.analyses {
         analyses
             .get_or_create(&labels(&[("service", &svc), ("verdict", &verdict)]))
@@ -477,5 +478,52 @@ mod tests {
             text_format(om),
             "# HELP sy_requests_total Requests \"quoted\".\n# TYPE sy_requests_total counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n"
         );
+    }
+}
+
+/// Each service's mirror: copies by outcome, differences by kind, copies waiting.
+fn mirrors(registry: &mut Registry, snap: &crate::snapshot::Snapshot) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let copies = Family::<Labels, Counter>::default();
+    registry.register(
+        "mirror_copies",
+        "Mirrored copies of requests, by outcome (compared, dropped, too_large, no_target, copy_failed, real_incomplete)",
+        copies.clone(),
+    );
+    let mismatches = Family::<Labels, Counter>::default();
+    registry.register(
+        "mirror_mismatches",
+        "Mirrored copies whose answer differed from the real one, by kind (status, headers, body, latency, no_answer)",
+        mismatches.clone(),
+    );
+    let waiting = Family::<Labels, Gauge>::default();
+    registry.register(
+        "mirror_waiting",
+        "Mirrored copies waiting to be sent",
+        waiting.clone(),
+    );
+    for (svc, m) in snap.mirrors() {
+        let group = m.group.name.as_str();
+        for (outcome, n) in m.lane.counts.outcomes() {
+            copies
+                .get_or_create(&labels(&[
+                    ("service", svc),
+                    ("group", group),
+                    ("outcome", outcome),
+                ]))
+                .inc_by(n);
+        }
+        for (kind, n) in crate::mirror::KINDS.iter().zip(&m.lane.counts.kinds) {
+            mismatches
+                .get_or_create(&labels(&[
+                    ("service", svc),
+                    ("group", group),
+                    ("kind", kind),
+                ]))
+                .inc_by(n.load(Relaxed));
+        }
+        waiting
+            .get_or_create(&labels(&[("service", svc), ("group", group)]))
+            .set(m.lane.waiting() as i64);
     }
 }

@@ -157,7 +157,30 @@ pub struct ServiceStatus {
     pub observed: Option<BTreeMap<String, f64>>,
     #[serde(default)]
     pub strategy: Option<StrategyStatus>,
+    /// Copies of requests going to a group and how their answers compare, while any do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorStatus>,
     pub groups: Vec<GroupStatus>,
+}
+
+/// A service's mirror (`crate::mirror`): where copies go, how many, what became of them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    pub group: String,
+    /// Basis points of the eligible requests copied.
+    pub share: u32,
+    pub share_text: String,
+    /// Copies waiting to be sent now, and the most that may wait.
+    pub waiting: usize,
+    pub queue: usize,
+    /// Counts since the mirror began: compared, dropped (queue full), too_large, no_target,
+    /// copy_failed, real_incomplete.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Compared copies that differed, by how: status, headers, body, latency, no_answer.
+    pub mismatches: BTreeMap<String, u64>,
+    /// Percent of the copies compared in the last minute whose answers differed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch_rate: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -229,6 +252,7 @@ pub(super) async fn status(
                     name: c.strategy.name.clone(),
                     blue_green: c.strategy.blue_green,
                 }),
+                mirror: s.mirror.as_ref().map(mirror_status),
                 groups: s
                     .groups
                     .iter()
@@ -280,6 +304,34 @@ pub(super) async fn status(
             scopes: c.scopes.0.iter().map(|s| s.name().to_string()).collect(),
         }),
     })
+}
+
+fn mirror_status(m: &crate::mirror::Mirror) -> MirrorStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &m.lane.counts;
+    let minute = m
+        .group
+        .stats
+        .window
+        .last(std::time::Duration::from_secs(60));
+    MirrorStatus {
+        group: m.group.name.clone(),
+        share: m.share,
+        share_text: format_percent(m.share),
+        waiting: m.lane.waiting(),
+        queue: m.lane.queue,
+        outcomes: c
+            .outcomes()
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect(),
+        mismatches: crate::mirror::KINDS
+            .iter()
+            .zip(&c.kinds)
+            .map(|(k, n)| (k.to_string(), n.load(Relaxed)))
+            .collect(),
+        mismatch_rate: minute.mirror_mismatch_rate(),
+    }
 }
 
 fn counts_json(c: GroupCounts) -> serde_json::Value {

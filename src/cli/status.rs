@@ -83,6 +83,25 @@ fn print_status(s: &serde_json::Value) {
                 outln!("{line}");
             }
         }
+        let m = &svc["mirror"];
+        if m.is_object() {
+            let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+            let o = &m["outcomes"];
+            let rate = m["mismatch_rate"]
+                .as_f64()
+                .map_or("no copies compared in the last minute".into(), |r| {
+                    format!("{r:.2}% differed in the last minute")
+                });
+            outln!(
+                "  mirror: {} of requests copied to {}: {} compared ({rate}), {} dropped, {} failed, {} waiting",
+                str_of(&m["share_text"]),
+                str_of(&m["group"]),
+                n(&o["compared"]),
+                n(&o["dropped"]),
+                n(&o["copy_failed"]),
+                n(&m["waiting"]),
+            );
+        }
         for g in svc["groups"].as_array().into_iter().flatten() {
             outln!(
                 "  group {:<12} weight {:>7}  healthy {}/{}  requests {}",

@@ -248,6 +248,12 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
             "only a metric check (success-rate, error-rate, latency-pNN) has allowed_increase / allowed_decrease; a Mann-Whitney check has `tolerance`",
         );
     }
+    if c.metric.as_deref() == Some("mirror-mismatch-rate") && threshold.needs_stable() {
+        p.add(
+            at.clone(),
+            "the mirror mismatch rate already compares the candidate with stable's real answers: bound it with max",
+        );
+    }
     if effect && c.metric.as_deref() == Some("request-rate") {
         p.add(
             effect_at(),
@@ -258,7 +264,7 @@ fn check(c: &RawCheck, d: &Defaults, at: &KeyPath, p: &mut Problems) -> Option<C
         let Some(metric) = Metric::parse(m) else {
             p.add(
                 at.join("metric"),
-                format!("unknown metric \"{m}\": use success-rate, error-rate, request-rate or latency-pNN (e.g. latency-p99)"),
+                format!("unknown metric \"{m}\": use success-rate, error-rate, request-rate, latency-pNN (e.g. latency-p99) or mirror-mismatch-rate"),
             );
             return None;
         };
@@ -412,7 +418,10 @@ fn judging(
         })
         .unwrap_or(1.0);
     let compares = match provider {
-        Provider::Metric(m) => threshold.needs_stable() && !matches!(m, Metric::RequestRate),
+        Provider::Metric(m) => {
+            threshold.needs_stable()
+                && !matches!(m, Metric::RequestRate | Metric::MirrorMismatchRate)
+        }
         Provider::MannWhitney { .. } => true,
         _ => false,
     };

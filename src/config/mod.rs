@@ -9,6 +9,7 @@ mod guard;
 pub mod hooks;
 pub mod load;
 pub mod locate;
+mod mirror;
 pub mod model;
 pub mod raw;
 mod release;

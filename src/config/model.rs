@@ -344,6 +344,82 @@ pub struct ServiceConfig {
     pub slow_start: Duration,
     /// Synthetic requests to the candidate's targets during analysis steps.
     pub synthetic: Option<Synthetic>,
+    /// Copies of requests to a group, compared with the real answers (`[service.mirror]`);
+    /// `None`: the defaults, for a rollout's mirror steps.
+    pub mirror: Option<Mirror>,
+}
+
+/// Mirror and compare (`[service.mirror]`): a share of the service's requests is copied to a
+/// group — `group` always, or a rollout's candidate from its mirror steps on — and each
+/// copy's answer, dropped, is compared with the real one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mirror {
+    /// Always mirror `share` to this group (outside a rollout's mirror steps).
+    pub group: Option<String>,
+    /// Basis points of requests copied to `group`.
+    pub share: u32,
+    /// Methods copied (upper case): by default the safe ones, which a second service
+    /// answering them cannot turn into a second write.
+    pub methods: Vec<String>,
+    /// A request with a longer body is not copied.
+    pub max_body_bytes: u64,
+    /// Copies waiting to be sent at most; more are dropped and counted.
+    pub queue: usize,
+    /// Copies in flight at most.
+    pub concurrency: usize,
+    pub compare: MirrorCompare,
+}
+
+/// What makes a copy's answer differ from the real one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MirrorCompare {
+    pub status: bool,
+    /// Fields whose values must be the same (lower case).
+    pub headers: Vec<String>,
+    pub body: BodyCompare,
+    /// JSON fields left out: a name matches that key at any depth, `a.b` a path from the
+    /// top (array elements are passed through).
+    pub ignore: Vec<String>,
+    /// The most of each answer's body kept to compare as JSON; a longer one is compared by
+    /// its hash.
+    pub max_body_bytes: usize,
+    /// A copy slower than the real answer by more than this fraction (and by more than
+    /// `LATENCY_SLACK` in `crate::mirror::compare`) differs in latency.
+    pub allowed_latency_increase: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyCompare {
+    /// The bytes, by hash.
+    Hash,
+    /// Parsed JSON values, `ignore`d fields left out (order of keys and spacing do not
+    /// matter).
+    Json,
+    /// Only the JSON structure: the same keys and value types.
+    JsonShape,
+    None,
+}
+
+impl Default for Mirror {
+    fn default() -> Mirror {
+        Mirror {
+            group: None,
+            share: 0,
+            methods: ["GET", "HEAD", "OPTIONS"].map(String::from).to_vec(),
+            max_body_bytes: 64 * 1024,
+            queue: 256,
+            concurrency: 32,
+            compare: MirrorCompare {
+                status: true,
+                headers: Vec::new(),
+                body: BodyCompare::Hash,
+                ignore: Vec::new(),
+                max_body_bytes: 1024 * 1024,
+                allowed_latency_increase: None,
+            },
+        }
+    }
 }
 
 /// A built-in load generator for quiet services (`[service.synthetic]`): while an analysis

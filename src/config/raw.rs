@@ -360,8 +360,39 @@ pub struct RawService {
     pub slow_start: Option<String>,
     /// Synthetic requests to the candidate during analysis steps, for quiet services.
     pub synthetic: Option<RawSynthetic>,
+    /// Copies of requests to a group, their answers compared with the real ones.
+    pub mirror: Option<RawMirror>,
     #[serde(default)]
     pub group: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// Always mirror to this group; without it only a rollout's mirror steps do (to the
+    /// candidate).
+    pub group: Option<String>,
+    /// Percent of requests copied (with `group`), 0.01 resolution.
+    pub percent: Option<f64>,
+    pub methods: Option<Vec<String>>,
+    pub max_body_bytes: Option<i64>,
+    pub queue: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub compare: Option<RawMirrorCompare>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirrorCompare {
+    pub status: Option<bool>,
+    pub headers: Option<Vec<String>>,
+    /// `hash`, `json`, `json-shape` or `none`.
+    pub body: Option<String>,
+    /// JSON fields left out of the comparison.
+    pub ignore: Option<Vec<String>>,
+    pub max_body_bytes: Option<i64>,
+    /// How much slower than the real answer a copy may be, as a percentage.
+    pub allowed_latency_increase: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -447,6 +478,10 @@ pub struct RawStep {
     /// A duration, or `until-promoted`.
     pub pause: Option<String>,
     pub analysis: Option<String>,
+    /// Percent of requests copied to the candidate from this step on (0.01 resolution).
+    pub mirror: Option<f64>,
+    /// With `mirror`: how long the step waits before the next one.
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -58,15 +58,36 @@ pub(super) fn strategy(
                     st.weight.is_some(),
                     st.pause.is_some(),
                     st.analysis.is_some(),
+                    st.mirror.is_some(),
                 ];
                 if set.iter().filter(|x| **x).count() != 1 {
                     p.add(
                         sat,
-                        "a step is exactly one of `weight`, `pause` or `analysis`",
+                        "a step is exactly one of `weight`, `pause`, `analysis` or `mirror`",
                     );
                     continue;
                 }
-                if let Some(w) = st.weight {
+                if st.duration.is_some() && st.mirror.is_none() {
+                    p.add(
+                        sat.join("duration"),
+                        "`duration` is how long a `mirror` step waits; a pause is `pause = \"5m\"`",
+                    );
+                }
+                if let Some(m) = st.mirror {
+                    let share = crate::split::basis_points(m)
+                        .map_err(|e| p.add(sat.join("mirror"), e.to_string()))
+                        .ok();
+                    let duration_ms = match &st.duration {
+                        None => None,
+                        Some(d) => match duration(d, sat.join("duration"), &RELEASE, p) {
+                            Some(d) => Some(d.as_millis() as u64),
+                            None => continue,
+                        },
+                    };
+                    if let Some(share) = share {
+                        steps.push(Step::Mirror { share, duration_ms });
+                    }
+                } else if let Some(w) = st.weight {
                     match crate::split::basis_points(w) {
                         Ok(weight) => steps.push(Step::SetWeight { weight }),
                         Err(e) => p.add(sat.join("weight"), e.to_string()),

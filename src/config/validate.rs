@@ -327,6 +327,10 @@ fn services(
             .synthetic
             .as_ref()
             .map(|raw| super::synthetic::synthetic(raw, logged, &at.join("synthetic"), p));
+        let mirror = s.mirror.as_ref().map(|raw| {
+            let names: Vec<&str> = s.group.iter().map(|g| g.name.as_str()).collect();
+            super::mirror::mirror(raw, &names, &at.join("mirror"), p)
+        });
         out.push(ServiceConfig {
             name: s.name.clone(),
             groups,
@@ -344,6 +348,7 @@ fn services(
             rollback_window,
             slow_start,
             synthetic,
+            mirror,
         });
     }
     out

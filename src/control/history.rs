@@ -166,6 +166,7 @@ fn second_of(s: &Summary, second: u64) -> Second {
         classes: s.classes,
         failures: s.failures,
         client_errors: s.client_errors,
+        mirror: [s.mirror_compared, s.mirror_mismatched],
         latency: (s.latency.iter().enumerate())
             .filter(|(_, n)| **n > 0)
             .map(|(i, n)| (i as u16, (*n).min(u32::MAX as u64) as u32))

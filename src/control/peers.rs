@@ -560,6 +560,7 @@ mod tests {
             classes: [0, requests - errors, 0, 0, errors],
             failures: [0; 3],
             client_errors: 0,
+            mirror: [0; 2],
             latency: vec![(10, requests as u32)],
         }
     }

@@ -115,6 +115,9 @@ pub(super) fn view(
                     .or_else(|| t.stable.clone()),
                 candidate: active.map(|r| r.candidate.clone()),
                 ab: active.map_or_else(Vec::new, |r| ab_rules(&r.strategy.ab_match)),
+                mirror: active
+                    .filter(|r| r.mirror_share() > 0)
+                    .map(|r| (r.candidate.clone(), r.mirror_share())),
             };
             (name.clone(), v)
         })

@@ -320,7 +320,15 @@ impl Controller {
             .rollouts
             .get(&service)
             .is_some_and(|o| o.id == r.id && o.status.is_active());
-        let republish = t.current != before || was_active != r.status.is_active();
+        // A mirror step changes no split, but what the data plane copies.
+        let mirror_before = state
+            .rollouts
+            .get(&service)
+            .filter(|o| o.id == r.id)
+            .map_or(0, Rollout::mirror_share);
+        let republish = t.current != before
+            || was_active != r.status.is_active()
+            || mirror_before != r.mirror_share();
         let old_t = state.traffic.insert(service.clone(), t.clone());
         let old_r = state.rollouts.insert(service.clone(), r.clone());
         if republish {

@@ -90,7 +90,7 @@ pub fn read_answer(data: &[u8], pieces: Pieces, head_request: bool) -> Answer {
     };
     run(async move {
         let sent = Conn::new(wire)
-            .send(&req, &SetFields::default(), None, &limits)
+            .send(&req, &SetFields::default(), None, None, &limits)
             .await;
         let Ok((parts, mut body)) = sent else {
             return Answer::Failed;

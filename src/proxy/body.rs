@@ -66,6 +66,9 @@ pub struct UpstreamResponseBody {
     /// The first bytes of a 5xx answer's body, for its fingerprint (`crate::fingerprint`):
     /// copied as they pass, never waited for; `None` for any other answer.
     prefix: Option<Vec<u8>>,
+    /// A mirrored request's real answer, watched for the comparison (`crate::mirror`);
+    /// handed over only when the body ended whole.
+    witness: Option<Box<crate::mirror::Witness>>,
 }
 
 impl UpstreamResponseBody {
@@ -88,6 +91,20 @@ impl UpstreamResponseBody {
             waited: false,
             stall: None,
             prefix: None,
+            witness: None,
+        }
+    }
+
+    /// With the witness of a mirrored request's real answer.
+    pub(super) fn watched(mut self, witness: Option<crate::mirror::Witness>) -> Self {
+        self.witness = witness.map(Box::new);
+        self
+    }
+
+    /// The body ended whole: the mirror's witness has all of it.
+    fn ended_whole(&mut self) {
+        if let Some(w) = self.witness.take() {
+            w.done();
         }
     }
 
@@ -98,6 +115,7 @@ impl UpstreamResponseBody {
         }
         self.account = Some(account);
         if self.inner.is_end_stream() {
+            self.ended_whole();
             self.release();
             self.finish(End::Delivered);
         }
@@ -225,13 +243,18 @@ impl Body for UpstreamResponseBody {
                         let room = PREFIX_BYTES - p.len();
                         p.extend_from_slice(&data[..data.len().min(room)]);
                     }
+                    if let Some(w) = &mut this.witness {
+                        w.data(data);
+                    }
                 }
                 if this.inner.is_end_stream() {
+                    this.ended_whole();
                     this.release();
                     this.finish(End::Delivered);
                 }
             }
             Poll::Ready(None) => {
+                this.ended_whole();
                 this.release();
                 this.finish(End::Delivered);
             }

@@ -27,13 +27,14 @@ use crate::metrics::{ms_at, now_ms};
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{Route, RouteAction, Snapshot};
-use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Upstream};
+use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Tee, Upstream};
 
 mod account;
 mod answers;
 mod body;
 mod failure;
 mod headers;
+mod mirror;
 mod tunnel;
 pub use answers::error;
 use answers::{fixed, redirect};
@@ -331,6 +332,13 @@ async fn forward<'s>(
         conn,
         client_upgrade.is_some(),
     );
+    // A copy for the mirror, when this is a request it wants (never a tunnel).
+    let (mut witness, tee) = match &svc.mirror {
+        Some(m) if client_upgrade.is_none() && m.wants(group, &parts.method) => {
+            mirror::offer(m, &parts, &set, &body, svc.request_timeout)
+        }
+        _ => (None, None),
+    };
 
     // The connection first, so that a target that cannot be reached costs nothing but a
     // move to another one: the request is still untouched.
@@ -391,7 +399,7 @@ async fn forward<'s>(
         (sender, reused),
         parts,
         &set,
-        body,
+        (body, tee),
         &limits,
     ));
     let outcome = if timed_by_exchange {
@@ -451,7 +459,11 @@ async fn forward<'s>(
             inner
         }
     };
-    let body = UpstreamResponseBody::new(inner, in_flight, now, answered, svc.request_timeout);
+    if let Some(w) = &mut witness {
+        w.head(head.status.as_u16(), &head.headers, took);
+    }
+    let body = UpstreamResponseBody::new(inner, in_flight, now, answered, svc.request_timeout)
+        .watched(witness);
     Response::from_parts(head, Either::Left(body))
 }
 
@@ -504,24 +516,26 @@ async fn exchange(
     (sender, reused): (Sender, bool),
     mut parts: http::request::Parts,
     set: &SetFields,
-    body: Incoming,
+    (body, tee): (Incoming, Option<Tee>),
     limits: &h1::Limits,
 ) -> Result<(http::response::Parts, UpstreamBody), Failure> {
     let conn = match sender {
         Sender::Http2(mut s) => {
             set.insert_into(&mut parts.headers);
             let req = h2_request(parts, body, target, upstream.tls.is_some());
-            let resp = h2::send(&mut s, req, limits).await.map_err(|e| match e {
-                h2::Error::Target(e) => classify(e),
-                h2::Error::Client(e) => Failure::Client(e),
-                h2::Error::Timeout(d) => Failure::Timeout(d),
-            })?;
+            let resp = h2::send(&mut s, req, tee, limits)
+                .await
+                .map_err(|e| match e {
+                    h2::Error::Target(e) => classify(e),
+                    h2::Error::Client(e) => Failure::Client(e),
+                    h2::Error::Timeout(d) => Failure::Timeout(d),
+                })?;
             let (head, body) = resp.into_parts();
             return Ok((head, UpstreamBody::H2(body)));
         }
         Sender::Http1(conn) => conn,
     };
-    let e = match conn.send(&parts, set, Some(body), limits).await {
+    let e = match conn.send(&parts, set, Some(body), tee, limits).await {
         Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
         Err(e) => e,
     };
@@ -534,7 +548,7 @@ async fn exchange(
         Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
         Err(e) => return Err(Failure::Connect(e.to_string())),
     };
-    match fresh.send(&parts, set, None, limits).await {
+    match fresh.send(&parts, set, None, None, limits).await {
         Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
         Err(e) => Err(Failure::from(e.error)),
     }

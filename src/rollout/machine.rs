@@ -60,6 +60,14 @@ fn not_allowed(r: &Rollout, what: &'static str) -> CommandError {
     }
 }
 
+/// Everything back to stable: no weight and no copies. Whether that changed the traffic.
+fn back_to_stable(r: &mut Rollout) -> bool {
+    let changed = r.weight != 0 || r.mirror != 0;
+    r.weight = 0;
+    r.mirror = 0;
+    changed
+}
+
 /// Advances by at most one transition.
 pub fn step(r: &mut Rollout) -> Outcome {
     if r.status != Status::Progressing {
@@ -115,6 +123,27 @@ pub fn step(r: &mut Rollout) -> Outcome {
                 Outcome::Sleep(Duration::from_millis(ms - r.pause_elapsed_ms))
             }
         }
+        Some(Step::Mirror { share, duration_ms }) => {
+            let what = format!(
+                "{} of requests copied to {}",
+                format_percent(share),
+                r.candidate
+            );
+            if r.mirror != share {
+                r.mirror = share;
+                return Change::outcome(EventKind::Mirror, format!("step {n}: {what}"), true);
+            }
+            match duration_ms {
+                Some(ms) if r.pause_elapsed_ms < ms => {
+                    Outcome::Sleep(Duration::from_millis(ms - r.pause_elapsed_ms))
+                }
+                _ => {
+                    r.step += 1;
+                    r.pause_elapsed_ms = 0;
+                    Change::outcome(EventKind::Step, format!("step {n}: {what}: over"), false)
+                }
+            }
+        }
         Some(Step::Analysis { name }) => Outcome::Analysis(name),
         Some(Step::Retire { teardown }) => Outcome::Retire(teardown),
         Some(Step::Hook { point }) => Outcome::Hook(point),
@@ -134,8 +163,7 @@ pub fn hook_done(r: &mut Rollout, step: usize, result: Result<String, String>) -
             Change::outcome(EventKind::Hook, format!("step {n}: {detail}"), false)
         }
         Err(detail) => {
-            let changed = r.weight != 0;
-            r.weight = 0;
+            let changed = back_to_stable(r);
             r.status = Status::Aborted;
             r.reason = Some(format!("step {n}: {detail}"));
             Change::outcome(EventKind::Aborted, format!("step {n}: {detail}"), changed)
@@ -149,9 +177,14 @@ pub fn pause_progress(r: &mut Rollout, step: usize, elapsed: Duration) -> bool {
         && r.step == step
         && matches!(
             r.current_step(),
-            Some(Step::Pause {
-                duration_ms: Some(_)
-            })
+            Some(
+                Step::Pause {
+                    duration_ms: Some(_)
+                } | Step::Mirror {
+                    duration_ms: Some(_),
+                    ..
+                }
+            )
         );
     if same {
         r.pause_elapsed_ms += elapsed.as_millis() as u64;
@@ -187,7 +220,7 @@ pub fn promote(r: &mut Rollout, full: bool) -> Result<Outcome, CommandError> {
     let n = r.step + 1;
     if matches!(
         r.current_step(),
-        Some(Step::Pause { .. } | Step::Analysis { .. } | Step::Hook { .. })
+        Some(Step::Pause { .. } | Step::Analysis { .. } | Step::Hook { .. } | Step::Mirror { .. })
     ) {
         r.step += 1;
         return Ok(Change::outcome(
@@ -235,8 +268,7 @@ pub fn abort(r: &mut Rollout, why: &str) -> Result<Outcome, CommandError> {
     if !r.status.is_active() {
         return Err(not_allowed(r, "only an active rollout can be aborted"));
     }
-    let changed = r.weight != 0;
-    r.weight = 0;
+    let changed = back_to_stable(r);
     r.status = Status::Aborted;
     r.held = false;
     r.reason = Some(why.to_string());
@@ -254,6 +286,7 @@ pub fn retry(r: &mut Rollout) -> Result<Outcome, CommandError> {
     }
     r.status = Status::Progressing;
     r.step = 0;
+    r.mirror = 0;
     r.pause_elapsed_ms = 0;
     r.reason = None;
     r.attempt += 1;
@@ -286,8 +319,7 @@ pub fn analysis_done(
             )
         }
         Verdict::Fail => {
-            let changed = r.weight != 0;
-            r.weight = 0;
+            let changed = back_to_stable(r);
             r.status = Status::Aborted;
             r.reason = Some(format!("step {n}: analysis failed: {detail}"));
             Change::outcome(

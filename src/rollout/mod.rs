@@ -25,6 +25,14 @@ pub enum Step {
     Analysis {
         name: String,
     },
+    /// From this step on, `share` (basis points) of the service's requests are copied to the
+    /// candidate and the copies' answers compared with the real ones (`crate::mirror`);
+    /// then the step waits `duration_ms`, if any, like a timed pause. The share holds until
+    /// a later mirror step changes it or the rollout ends.
+    Mirror {
+        share: u32,
+        duration_ms: Option<u64>,
+    },
     /// Blue-green's end: the old stable group is marked retired and the teardown command, if
     /// any, runs (its failure is recorded, the release stands).
     Retire {
@@ -83,6 +91,16 @@ impl Step {
                 )
             }
             Step::Analysis { name } => format!("analysis {name}"),
+            Step::Mirror { share, duration_ms } => {
+                let share = crate::split::format_percent(*share);
+                match duration_ms {
+                    Some(ms) => format!(
+                        "mirror {share} for {}",
+                        humantime::format_duration(Duration::from_millis(*ms))
+                    ),
+                    None => format!("mirror {share}"),
+                }
+            }
             Step::Retire { teardown: None } => "retire the old group".into(),
             Step::Retire { teardown: Some(_) } => "retire the old group and tear it down".into(),
             Step::Hook { point } => format!("hook {point}"),
@@ -345,6 +363,10 @@ pub struct Rollout {
     pub step: usize,
     /// The candidate's weight in basis points, as published.
     pub weight: u32,
+    /// The share of requests copied to the candidate (basis points), set by mirror steps;
+    /// copies go only while the rollout is active.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mirror: u32,
     pub status: Status,
     /// Why it is paused, aborted or what it waits for.
     pub reason: Option<String>,
@@ -378,6 +400,10 @@ pub struct Rollout {
     /// a fleet) says how long the step has run. Absent in a record written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_began: Option<StepBegan>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// When a step of an attempt began (see `Rollout::step_began`).
@@ -460,6 +486,7 @@ impl Rollout {
             strategy,
             step: 0,
             weight: 0,
+            mirror: 0,
             status: Status::Progressing,
             reason: None,
             pause_elapsed_ms: 0,
@@ -472,6 +499,16 @@ impl Rollout {
             end_work: None,
             completed_at: None,
             step_began: None,
+        }
+    }
+
+    /// The share of requests copied to the candidate now: the mirror steps' while the
+    /// rollout is active, none once it ended.
+    pub fn mirror_share(&self) -> u32 {
+        if self.status.is_active() {
+            self.mirror
+        } else {
+            0
         }
     }
 

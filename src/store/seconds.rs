@@ -18,8 +18,9 @@ pub const MAX_SECONDS: u64 = 2 * 60 * 60;
 /// Per service, the rollouts whose seconds are kept (the newest).
 pub const KEEP_ROLLOUTS: usize = 10;
 
-/// The encoding's version, its first byte.
-const VERSION: u8 = 1;
+/// The encoding's version, its first byte. 2 added each second's mirror counts (compared,
+/// mismatched) after its client errors; version 1 is still read (no mirror counts).
+const VERSION: u8 = 2;
 
 /// Seconds of one attempt of a rollout, written together.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,9 +68,14 @@ pub fn encode(r: &Recording) -> Vec<u8> {
 
 /// A batch's recording from its stored form; why not, for a `Corrupt` error.
 pub fn decode(bytes: &[u8]) -> Result<Recording, String> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader {
+        bytes,
+        at: 0,
+        version: 0,
+    };
     let version = r.byte()?;
-    if version != VERSION {
+    r.version = version;
+    if version != VERSION && version != 1 {
         return Err(format!(
             "recorded seconds in an unknown encoding ({version})"
         ));
@@ -124,6 +130,8 @@ fn put_second(out: &mut Vec<u8>, s: &Second) {
         put(out, n);
     }
     put(out, s.client_errors);
+    put(out, s.mirror[0]);
+    put(out, s.mirror[1]);
     put(out, s.latency.len() as u64);
     let mut prev = 0u64;
     for &(bucket, n) in &s.latency {
@@ -136,6 +144,8 @@ fn put_second(out: &mut Vec<u8>, s: &Second) {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// The encoding's version, once read.
+    version: u8,
 }
 
 impl Reader<'_> {
@@ -185,6 +195,11 @@ impl Reader<'_> {
             *f = self.num()?;
         }
         let client_errors = self.num()?;
+        let mirror = if self.version >= 2 {
+            [self.num()?, self.num()?]
+        } else {
+            [0, 0]
+        };
         let mut latency = Vec::new();
         let mut bucket = 0u64;
         for _ in 0..self.len()? {
@@ -202,6 +217,7 @@ impl Reader<'_> {
             classes,
             failures,
             client_errors,
+            mirror,
             latency,
         })
     }
@@ -218,6 +234,7 @@ mod tests {
             classes: [0, n - e, 0, 0, e],
             failures: [0, 0, e / 2],
             client_errors: 1,
+            mirror: [n / 3, e / 3],
             latency: vec![(bucket, (n / 2) as u32), (bucket + 40, (n - n / 2) as u32)],
         };
         RecordedSecond {

@@ -166,6 +166,46 @@ pub(super) enum UploadError {
     Target(io::Error),
 }
 
+/// A copy of a request body's bytes as they go to the target, for a mirrored copy of the
+/// request (`crate::mirror`): handed over whole when the body ends within `cap`; given up
+/// (the receiver sees the sender dropped) when it grows past it or the upload fails.
+#[derive(Debug)]
+pub struct Tee {
+    buf: bytes::BytesMut,
+    cap: u64,
+    tx: Option<tokio::sync::oneshot::Sender<Bytes>>,
+}
+
+impl Tee {
+    pub fn new(cap: u64) -> (Tee, tokio::sync::oneshot::Receiver<Bytes>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tee = Tee {
+            buf: bytes::BytesMut::new(),
+            cap,
+            tx: Some(tx),
+        };
+        (tee, rx)
+    }
+
+    pub(super) fn push(&mut self, data: &[u8]) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.buf.len() as u64 + data.len() as u64 > self.cap {
+            self.tx = None;
+            self.buf = bytes::BytesMut::new();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    pub(super) fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(self.buf.split().freeze());
+        }
+    }
+}
+
 /// A request body on its way to the target, framed by its length or chunked.
 ///
 /// It keeps account of whom it is waiting for, so that a stalled upload is blamed on the
@@ -186,6 +226,8 @@ pub(super) struct Upload {
     pub(super) waiting_on_client: bool,
     /// When the current wait began: the last bytes moved, or the last change of side.
     pub(super) since: Instant,
+    /// A mirrored copy's share of the bytes.
+    tee: Option<Tee>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -198,8 +240,9 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>) -> Upload {
+    pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>, tee: Option<Tee>) -> Upload {
         Upload {
+            tee,
             body,
             chunked,
             pending: VecDeque::new(),
@@ -208,6 +251,18 @@ impl Upload {
             max,
             waiting_on_client: false,
             since: Instant::now(),
+        }
+    }
+
+    /// A chunk of the body queued for writing, framed as the upload is.
+    fn queue(&mut self, data: Bytes) {
+        if self.chunked {
+            self.pending
+                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.pending.push_back(data);
+            self.pending.push_back(Bytes::from_static(b"\r\n"));
+        } else {
+            self.pending.push_back(data);
         }
     }
 
@@ -261,23 +316,27 @@ impl Upload {
                 }
                 Poll::Ready(None) => {
                     self.finished = true;
+                    if let Some(t) = &mut self.tee {
+                        t.end();
+                    }
                     if self.chunked {
                         self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
                     }
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
-                    Ok(data) if self.too_large(data.len()) => {
-                        let max = self.max.unwrap_or_default();
-                        return Poll::Ready(Err(UploadError::Client(ClientError::TooLarge(max))));
+                    Ok(data) => {
+                        if self.too_large(data.len()) {
+                            let max = self.max.unwrap_or_default();
+                            return Poll::Ready(Err(UploadError::Client(ClientError::TooLarge(
+                                max,
+                            ))));
+                        }
+                        if let Some(t) = &mut self.tee {
+                            t.push(&data);
+                        }
+                        self.queue(data);
                     }
-                    Ok(data) if self.chunked => {
-                        self.pending
-                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                        self.pending.push_back(data);
-                        self.pending.push_back(Bytes::from_static(b"\r\n"));
-                    }
-                    Ok(data) => self.pending.push_back(data),
                     Err(frame) => {
                         // Trailers can only travel in a chunked body; with a length they
                         // are dropped, as HTTP/1 has no place for them.
@@ -292,6 +351,9 @@ impl Upload {
                             end.extend_from_slice(b"\r\n");
                             self.pending.push_back(Bytes::from(end));
                             self.finished = true;
+                            if let Some(t) = &mut self.tee {
+                                t.end();
+                            }
                         }
                     }
                 },

@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 
+use super::body::Tee;
 use super::clock::{ClientClock, Clock, Limits};
 use super::error::{self, ClientError};
 
@@ -37,6 +38,7 @@ pub enum Error {
 pub async fn send(
     s: &mut SendRequest<RequestBody>,
     req: http::Request<Incoming>,
+    tee: Option<Tee>,
     limits: &Limits,
 ) -> Result<http::Response<ResponseBody>, Error> {
     let (parts, body) = req.into_parts();
@@ -46,6 +48,7 @@ pub async fn send(
             RequestBody {
                 inner: body,
                 upload: None,
+                tee: None,
             },
         );
         let resp = s.send_request(req).await.map_err(Error::Target)?;
@@ -64,6 +67,7 @@ pub async fn send(
         RequestBody {
             inner: body,
             upload: Some((upload.clone(), 0)),
+            tee,
         },
     );
     let mut answer = std::pin::pin!(s.send_request(req));
@@ -235,6 +239,8 @@ pub struct RequestBody {
     inner: Incoming,
     /// For an upload: its account, and the bytes taken so far.
     upload: Option<(Arc<Upload>, u64)>,
+    /// A mirrored copy's share of the bytes.
+    tee: Option<Tee>,
 }
 
 impl Body for RequestBody {
@@ -247,6 +253,21 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(t) = &mut this.tee {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        t.push(d);
+                    }
+                    // hyper stops polling a body that says it has ended.
+                    if this.inner.is_end_stream() {
+                        t.end();
+                    }
+                }
+                Poll::Ready(None) => t.end(),
+                _ => {}
+            }
+        }
         let Some((up, taken)) = &mut this.upload else {
             return polled.map_err(Into::into);
         };

@@ -12,7 +12,7 @@ const COLORS = ["var(--c0)", "var(--c1)", "var(--c2)", "var(--c3)"];
 const STROKES = [{ width: 2.5, dash: "" }, { width: 1.5, dash: "6 3" }, { width: 1.5, dash: "2 2" }, { width: 1.5, dash: "8 2 2 2" }];
 // The timeline's filters: which event kinds each shows.
 const KINDS = {
-  rollouts: ["started", "weight", "step", "paused", "resumed", "promoted", "retried", "hook", "hook_failed", "retired", "completed", "restored"],
+  rollouts: ["started", "weight", "mirror", "step", "paused", "resumed", "promoted", "retried", "hook", "hook_failed", "retired", "completed", "restored"],
   traffic: ["switch", "switch_back", "weights", "config"],
   analysis: ["analysis"],
   rollbacks: ["aborted", "rolled_back"],
