@@ -347,6 +347,7 @@ fn batch(id: u64, start_ms: i64, n: i64, first: bool) -> Batch {
         classes: [0, 9, 0, 0, 1],
         failures: [0; 3],
         client_errors: 0,
+        mirror: [0; 2],
         latency: vec![(40, 10)],
     };
     Batch {

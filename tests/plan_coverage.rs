@@ -54,9 +54,20 @@ url = "http://127.0.0.1:7000/change-approved"
 confirm = true
 [service.hooks.on_rollback]
 command = "./hooks/page-oncall.sh"
+[service.mirror]
+group = "v2"
+percent = 10
+methods = ["GET", "HEAD"]
+max_body_bytes = 1024
+queue = 100
+concurrency = 8
+compare = { status = true, headers = ["content-type"], body = "json", ignore = ["id"], max_body_bytes = 4096, allowed_latency_increase = "50%" }
 [[service.group]]
 name = "v1"
 targets = ["127.0.0.1:9101"]
+[[service.group]]
+name = "v2"
+targets = ["127.0.0.1:9102"]
 "#;
 
 /// Leaves that must be covered by a valid mutation: the ones most likely to be forgotten.
@@ -80,6 +91,10 @@ const MUST_COVER: &[&str] = &[
     "service[1].hooks.on_rollback.command",
     "service[1].hooks.before_promotion.url",
     "service[1].progress_deadline",
+    "service[1].mirror.percent",
+    "service[1].mirror.queue",
+    "service[1].mirror.compare.ignore[0]",
+    "service[1].mirror.compare.allowed_latency_increase",
 ];
 
 fn source() -> String {

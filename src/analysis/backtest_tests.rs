@@ -12,6 +12,7 @@ fn recording() -> Recording {
         classes: [0, n - errors, 0, 0, errors],
         failures: [0; 3],
         client_errors: 0,
+        mirror: [0; 2],
         latency: vec![(60, n as u32)],
     };
     Recording {

@@ -157,7 +157,9 @@ async fn the_guard_says_judged_only_after_a_full_window() {
 async fn an_analysis_step_measures_at_its_interval() {
     let (control, t0, _) = started(
         "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { analysis = \"slow\" }, { weight = 50 }, { pause = \"1h\" }]",
-        "[[analysis]]\nname = \"slow\"\ninterval = \"30s\"\ncount = 3\ninconclusive_limit = 10\nmin_requests = 1000000\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n",
+        // A request rate is judged at any volume: without traffic each measurement passes
+        // (a check ending on an inconclusive one would not).
+        "[[analysis]]\nname = \"slow\"\ninterval = \"30s\"\ncount = 3\n[[analysis.check]]\nname = \"quiet\"\nmetric = \"request-rate\"\nmax = 1000\n",
     )
     .await;
 
@@ -169,6 +171,32 @@ async fn an_analysis_step_measures_at_its_interval() {
     })
     .await;
     assert_eq!(r.status, Status::Progressing);
+}
+
+/// A check whose last measurement had too little evidence has not passed, whatever its
+/// `inconclusive_limit` forgave on the way: the rollout holds for a person (it used to
+/// move on, one inconclusive measurement being within the default limit of 1).
+#[tokio::test(start_paused = true)]
+async fn an_analysis_that_ends_without_evidence_holds_the_rollout() {
+    let (control, _, _) = started(
+        "[service.guard]\nenabled = false\n[service.strategy]\nkind = \"canary\"\nsteps = [{ weight = 10 }, { analysis = \"once\" }, { weight = 50 }]",
+        "[[analysis]]\nname = \"once\"\ninterval = \"10s\"\ncount = 1\ninconclusive_limit = 5\n[[analysis.check]]\nname = \"errors\"\nmetric = \"error-rate\"\nmax = 1\n",
+    )
+    .await;
+    let r = eventually(&control, Duration::from_secs(30), "held", |r| {
+        r.status != Status::Progressing
+    })
+    .await;
+    assert_eq!(
+        (r.status, r.weight, r.held),
+        (Status::Paused, 1000, true),
+        "{r:?}"
+    );
+    let why = r.reason.unwrap_or_default();
+    assert!(
+        why.contains("analysis inconclusive") && why.contains("ended inconclusive"),
+        "{why}"
+    );
 }
 
 /// A step lengthened for evidence (no traffic: to its 5-minute maximum) under a 3-minute

@@ -102,6 +102,16 @@ impl Mirror {
         }
     }
 
+    /// Whether the queue has room for a copy now; a full one drops it (counted) before
+    /// anything is copied, so a saturated mirror costs the request path a load or two.
+    pub fn room(&self) -> bool {
+        let room = self.lane.tx.capacity() > 0;
+        if !room {
+            self.lane.counts.dropped.fetch_add(1, Relaxed);
+        }
+        room
+    }
+
     /// A request whose body is too long to copy.
     pub fn too_large(&self) {
         self.lane.counts.too_large.fetch_add(1, Relaxed);

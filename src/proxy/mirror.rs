@@ -21,6 +21,9 @@ pub(super) fn offer(
     body: &Incoming,
     timeout: Duration,
 ) -> (Option<Witness>, Option<Tee>) {
+    if !m.room() {
+        return (None, None);
+    }
     let cap = m.settings.max_body_bytes;
     let (copy_body, tee) = if body.is_end_stream() {
         (mirror::Body::Ready(Bytes::new()), None)

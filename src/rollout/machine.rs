@@ -473,6 +473,50 @@ mod tests {
     }
 
     #[test]
+    fn a_mirror_step_sets_the_share_waits_and_the_share_ends_with_the_rollout() {
+        let mut r = rollout(vec![
+            Step::Mirror {
+                share: FULL_WEIGHT,
+                duration_ms: Some(1000),
+            },
+            Step::Mirror {
+                share: 5000,
+                duration_ms: None,
+            },
+        ]);
+        match step(&mut r) {
+            Outcome::Changed(c) => {
+                assert_eq!(c.kind.as_str(), "mirror");
+                assert!(c.weight_changed, "the data plane must be told");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!((r.mirror, r.weight, r.step), (FULL_WEIGHT, 0, 0));
+        assert_eq!(step(&mut r), Outcome::Sleep(Duration::from_millis(1000)));
+        assert!(pause_progress(&mut r, 0, Duration::from_millis(1000)));
+        assert_eq!(kind(step(&mut r)), "step");
+        assert_eq!(kind(step(&mut r)), "mirror");
+        assert_eq!(kind(step(&mut r)), "step", "no duration: on at once");
+        assert_eq!(r.mirror_share(), 5000);
+        // An abort at weight 0 still changes what the data plane does: the copies stop.
+        match abort(&mut r, "no").unwrap() {
+            Outcome::Changed(c) => assert!(c.weight_changed),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!((r.mirror, r.mirror_share()), (0, 0));
+        // A held mirror step can be promoted past, like a pause.
+        let mut r = rollout(vec![Step::Mirror {
+            share: 100,
+            duration_ms: Some(60_000),
+        }]);
+        step(&mut r);
+        promote(&mut r, false).unwrap();
+        assert_eq!((r.step, r.mirror), (1, 100));
+        r.status = Status::Completed;
+        assert_eq!(r.mirror_share(), 0, "a finished rollout copies nothing");
+    }
+
+    #[test]
     fn analysis_verdicts() {
         let mut r = rollout(vec![Step::Analysis { name: "a".into() }]);
         assert_eq!(step(&mut r), Outcome::Analysis("a".into()));

@@ -275,4 +275,38 @@ mod tests {
         assert!(decode(&longer).is_err());
         assert!(decode(&[9]).unwrap_err().contains("unknown encoding"));
     }
+
+    /// A batch written before the mirror counts existed (version 1) still reads, with none.
+    #[test]
+    fn a_version_1_batch_reads_without_mirror_counts() {
+        let mut v1 = vec![1u8];
+        put(&mut v1, 0); // dropped
+        put(&mut v1, 0); // marks
+        put(&mut v1, 1); // seconds
+        put_signed(&mut v1, 5_000);
+        put(&mut v1, 1); // instances
+        for (requests, errors) in [(10, 2), (90, 0)] {
+            put(&mut v1, requests);
+            for c in [0, requests - errors, 0, 0, errors] {
+                put(&mut v1, c);
+            }
+            for f in [0, 0, 0] {
+                put(&mut v1, f);
+            }
+            put(&mut v1, 0); // client errors, and no mirror counts after them
+            put(&mut v1, 1); // one latency bucket
+            put(&mut v1, 40);
+            put(&mut v1, requests);
+        }
+        let r = decode(&v1).unwrap();
+        let s = &r.seconds[0];
+        assert_eq!(
+            (s.start_ms, s.candidate.requests, s.candidate.classes[4]),
+            (5_000, 10, 2)
+        );
+        assert_eq!((s.candidate.mirror, s.stable.mirror), ([0, 0], [0, 0]));
+        assert_eq!(s.stable.latency, [(40, 90)]);
+        // Written again, it is version 2 and reads back the same.
+        assert_eq!(decode(&encode(&r)).unwrap(), r);
+    }
 }
