@@ -165,7 +165,7 @@ impl Snapshot {
                     )
                 })
                 .collect();
-            let mirror = mirror_of(s, t, &groups, old.map(|o| o.as_ref()));
+            let mirror = mirror_of(s, t, &groups, old.map(AsRef::as_ref));
             services.insert(
                 s.name.clone(),
                 Arc::new(

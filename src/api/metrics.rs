@@ -445,42 +445,6 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
     ([(header::CONTENT_TYPE, format.content_type())], body)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn accept(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, v.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn the_text_format_only_for_a_client_that_asks_for_it_and_not_for_openmetrics() {
-        assert_eq!(Format::from_accept(&HeaderMap::new()), Format::OpenMetrics);
-        assert_eq!(Format::from_accept(&accept("*/*")), Format::OpenMetrics);
-        assert_eq!(
-            Format::from_accept(&accept("text/plain;version=0.0.4")),
-            Format::Text
-        );
-        // What Prometheus sends: OpenMetrics first.
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert_eq!(
-            Format::from_accept(&accept(prometheus)),
-            Format::OpenMetrics
-        );
-    }
-
-    #[test]
-    fn a_counters_help_and_type_name_its_total_sample_in_the_text_format() {
-        let om = "# HELP sy_requests Requests \"quoted\".\n# TYPE sy_requests counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n# EOF\n";
-        assert_eq!(
-            text_format(om),
-            "# HELP sy_requests_total Requests \"quoted\".\n# TYPE sy_requests_total counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n"
-        );
-    }
-}
-
 /// Each service's mirror: copies by outcome, differences by kind, copies waiting.
 fn mirrors(registry: &mut Registry, snap: &crate::snapshot::Snapshot) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -525,5 +489,41 @@ fn mirrors(registry: &mut Registry, snap: &crate::snapshot::Snapshot) {
         waiting
             .get_or_create(&labels(&[("service", svc), ("group", group)]))
             .set(m.lane.waiting() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_text_format_only_for_a_client_that_asks_for_it_and_not_for_openmetrics() {
+        assert_eq!(Format::from_accept(&HeaderMap::new()), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(&accept("*/*")), Format::OpenMetrics);
+        assert_eq!(
+            Format::from_accept(&accept("text/plain;version=0.0.4")),
+            Format::Text
+        );
+        // What Prometheus sends: OpenMetrics first.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Format::from_accept(&accept(prometheus)),
+            Format::OpenMetrics
+        );
+    }
+
+    #[test]
+    fn a_counters_help_and_type_name_its_total_sample_in_the_text_format() {
+        let om = "# HELP sy_requests Requests \"quoted\".\n# TYPE sy_requests counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n# EOF\n";
+        assert_eq!(
+            text_format(om),
+            "# HELP sy_requests_total Requests \"quoted\".\n# TYPE sy_requests_total counter\nsy_requests_total{a=\"b\"} 3\n# HELP sy_up Up.\n# TYPE sy_up gauge\nsy_up 1\n"
+        );
     }
 }

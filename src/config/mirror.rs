@@ -159,7 +159,7 @@ pub(super) fn mirror(raw: &RawMirror, groups: &[&str], at: &KeyPath, p: &mut Pro
                     cat.join("allowed_latency_increase"),
                     p,
                 )
-                .map(|n| n / 100.0)
+                .map(|n| n / 100.0);
             }
             None => p.add(
                 cat.join("allowed_latency_increase"),

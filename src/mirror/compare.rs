@@ -34,6 +34,9 @@ pub struct BodySeen {
     pub kept: Option<Vec<u8>>,
 }
 
+/// An answer's head as recorded: status, the compared fields' values, time to it.
+type Head = (u16, Vec<Option<Vec<u8>>>, Duration);
+
 /// Builds a [`Seen`] as an answer passes: the head once, then each chunk of its body.
 #[derive(Debug)]
 pub struct Recorder {
@@ -42,7 +45,7 @@ pub struct Recorder {
     hasher: DefaultHasher,
     len: u64,
     kept: Option<Vec<u8>>,
-    head: Option<(u16, Vec<Option<Vec<u8>>>, Duration)>,
+    head: Option<Head>,
 }
 
 impl Recorder {
@@ -230,7 +233,7 @@ mod tests {
     fn settings(body: BodyCompare, ignore: &[&str]) -> MirrorCompare {
         let mut c = Mirror::default().compare;
         c.body = body;
-        c.ignore = ignore.iter().map(|s| s.to_string()).collect();
+        c.ignore = ignore.iter().map(ToString::to_string).collect();
         c.headers = vec!["content-type".into()];
         c
     }

@@ -226,8 +226,9 @@ pub(super) struct Upload {
     pub(super) waiting_on_client: bool,
     /// When the current wait began: the last bytes moved, or the last change of side.
     pub(super) since: Instant,
-    /// A mirrored copy's share of the bytes.
-    tee: Option<Tee>,
+    /// A mirrored copy's share of the bytes (boxed: most uploads have none, and this rides
+    /// in every HTTP/1 answer's body).
+    tee: Option<Box<Tee>>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -242,7 +243,7 @@ impl std::fmt::Debug for Upload {
 impl Upload {
     pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>, tee: Option<Tee>) -> Upload {
         Upload {
-            tee,
+            tee: tee.map(Box::new),
             body,
             chunked,
             pending: VecDeque::new(),

@@ -67,7 +67,7 @@ pub async fn send(
         RequestBody {
             inner: body,
             upload: Some((upload.clone(), 0)),
-            tee,
+            tee: tee.map(Box::new),
         },
     );
     let mut answer = std::pin::pin!(s.send_request(req));
@@ -240,7 +240,7 @@ pub struct RequestBody {
     /// For an upload: its account, and the bytes taken so far.
     upload: Option<(Arc<Upload>, u64)>,
     /// A mirrored copy's share of the bytes.
-    tee: Option<Tee>,
+    tee: Option<Box<Tee>>,
 }
 
 impl Body for RequestBody {
