@@ -273,7 +273,8 @@ impl Snapshot {
 /// A service's mirror: a rollout's mirror steps' (to its candidate) or else the
 /// configuration's `group`, with the settings of `[service.mirror]` (or the defaults). The
 /// lane — queue, dispatcher, counters, connections — is the previous snapshot's while its
-/// queue settings stay, so a publish neither drops queued copies nor resets the counts.
+/// group and queue settings stay, so a publish neither drops queued copies nor resets the
+/// counts (another group gets a lane, and connections, of its own).
 fn mirror_of(
     s: &crate::config::ServiceConfig,
     t: Option<&ServiceTraffic>,
@@ -291,6 +292,7 @@ fn mirror_of(
     }
     let lane = old
         .and_then(|o| o.mirror.as_ref())
+        .filter(|m| m.group.name == group.name)
         .map(|m| m.lane.clone())
         .filter(|l| (l.queue, l.concurrency) == (settings.queue, settings.concurrency))
         .or_else(|| crate::mirror::Lane::start(settings.queue, settings.concurrency))?;

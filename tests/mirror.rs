@@ -51,17 +51,25 @@ fn copies(r: &Receiver) -> Vec<Call> {
 
 /// The service's mirror in `status`, once `compared` copies have been compared.
 async fn mirror_status(sy: &Server, compared: u64) -> Value {
+    mirror_when(sy, &format!("{compared} compared"), |m| {
+        m["outcomes"]["compared"].as_u64() >= Some(compared)
+    })
+    .await
+}
+
+/// The service's mirror in `status` once `done` holds (10 s at most).
+async fn mirror_when(sy: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let api = admin(sy);
     let mut last = Value::Null;
-    for _ in 0..500 {
+    for _ in 0..1000 {
         let s = api.get("/api/v1/status").await.unwrap();
         last = s["services"][0]["mirror"].clone();
-        if last["outcomes"]["compared"].as_u64() >= Some(compared) {
+        if done(&last) {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("{compared} copies were not compared: {last:#}");
+    panic!("not reached: {what}: {last:#}");
 }
 
 /// `n` GETs through the listener, one after another; every answer is stable's.
@@ -183,10 +191,7 @@ bounded_test! {
         assert_eq!(sent[0].body, json!({"a": 1}), "the copy carries the body");
         assert_eq!(blue.calls()[0].body, json!({"a": 1}), "the real request too");
         assert_eq!(send(&sy, "POST", "{\"a\":12345}").await, (200, "ok".to_string()));
-        eventually(Duration::from_secs(5), "the long body is counted", || async {
-            mirror_status(&sy, 1).await["outcomes"]["too_large"] == 1
-        })
-        .await;
+        mirror_when(&sy, "the long body counted", |m| m["outcomes"]["too_large"] == 1).await;
         assert_eq!(copies(&green).len(), 1, "the long body was copied");
         assert_eq!(blue.calls().len(), 2);
         // GET is not listed any more.
@@ -220,27 +225,38 @@ async fn stalling_target() -> (
 }
 
 bounded_test! {
-    /// A mirror target that takes copies and never answers: real requests are all answered
-    /// by blue, the mirror holds no more than `concurrency` connections, the rest of the
-    /// copies wait in the bounded queue or are dropped and counted, and each copy gives up
+    /// A mirror target that takes copies and never answers: every real request is answered
+    /// by blue without waiting for its copy (each in less than the copies' 1 s timeout), the
+    /// mirror holds no more than `concurrency` exchanges at once, `queue + concurrency`
+    /// copies started and `queue` waiting, the rest dropped and counted; each copy gives up
     /// at the request timeout as a copy without an answer (a difference of its own kind).
     async fn a_stalled_mirror_target_never_holds_up_real_requests() {
         let blue = Receiver::answering(200, "blue").await;
         let (stall, accepted) = stalling_target().await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = blue_green(blue.addr, stall)
-            .service("request_timeout = \"2s\"\n[service.mirror]\ngroup = \"green\"\nconcurrency = 4\nqueue = 8")
+            .service("request_timeout = \"1s\"\n[service.mirror]\ngroup = \"green\"\nconcurrency = 4\nqueue = 4")
             .build();
         let sy = start_in(&cfg, dir.path()).await;
-        gets(&sy, 100, "blue").await;
+        let url = web_url(&sy).await;
+        let c = client();
+        for i in 0..100 {
+            let t = std::time::Instant::now();
+            let r = get(&c, &format!("{url}item/{i}"), &[]).await.unwrap();
+            assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "blue"));
+            // Not a speed bound: a request that waited for its copy would take the copy's
+            // whole 1 s timeout.
+            assert!(t.elapsed() < Duration::from_millis(900), "request {i} waited {:?}", t.elapsed());
+        }
         let m = admin(&sy).get("/api/v1/status").await.unwrap()["services"][0]["mirror"].clone();
-        assert_eq!(m["outcomes"]["dropped"], 88, "4 in flight, 8 waiting, the rest dropped: {m:#}");
-        assert_eq!(m["waiting"], 8, "{m:#}");
+        assert_eq!(m["outcomes"]["dropped"], 88, "8 started, 4 waiting, the rest dropped: {m:#}");
+        assert_eq!(m["waiting"], 4, "{m:#}");
         assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) <= 4);
-        // After the timeout the first copies end without an answer; the queued ones follow.
-        let m = mirror_status(&sy, 12).await;
-        assert_eq!(m["outcomes"]["copy_failed"], 12, "{m:#}");
+        // A second each for the 4 exchanges at a time: 12 copies in 3 s, none answered.
+        let m = mirror_when(&sy, "12 copies failed", |m| m["outcomes"]["copy_failed"] == 12).await;
+        assert_eq!(m["outcomes"]["compared"], 0, "{m:#}");
         assert_eq!(m["mismatches"]["no_answer"], 12, "{m:#}");
+        assert_eq!(m["mismatch_rate"], 100.0, "{m:#}");
         assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) <= 12);
     }
 }
@@ -248,7 +264,7 @@ bounded_test! {
 const MIRRORED: &str = r#"
 [[analysis]]
 name = "mirrored"
-interval = "1s"
+interval = "2s"
 count = 1
 min_requests = 10
 [[analysis.check]]
@@ -357,6 +373,10 @@ fn mirror_settings_that_cannot_work_are_refused_at_their_key() {
         (
             "group = \"green\"\ncompare = { body = \"xml\" }",
             "mirror.compare.body: \"xml\"",
+        ),
+        (
+            "group = \"green\"\ncompare = { headers = [\"Date\"] }",
+            "mirror.compare.headers[0]: \"Date\" differs between any two answers",
         ),
         (
             "group = \"green\"\ncompare = { ignore = [\"id\"] }",

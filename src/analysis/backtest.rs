@@ -286,8 +286,17 @@ async fn replay_check(
     for k in 1.. {
         let at = t.start_ms + k * step;
         if !background && tally.taken >= check.count.max(1) {
-            out.verdict = Some(Verdict::Pass);
-            out.detail = tally.passed();
+            let last = out.measurements.last().map(|m| m.measurement.outcome);
+            match last.and_then(run::ended_without_evidence) {
+                Some(ended) => {
+                    out.verdict = Some(Verdict::Inconclusive);
+                    out.detail = format!("{} — {ended}", tally.last);
+                }
+                None => {
+                    out.verdict = Some(Verdict::Pass);
+                    out.detail = tally.passed();
+                }
+            }
             out.decided_at_ms = out.measurements.last().map(|m| m.at_ms);
             break;
         }

@@ -211,3 +211,14 @@ fn parts_of_a_recording_merge_in_order_each_second_and_step_once() {
     assert_eq!(merged.step_began(1), Some(T0 + 5500));
     assert_eq!(merged.step_began(2), None);
 }
+
+/// As live: a check whose last measurement had too little evidence is inconclusive in the
+/// replay too, though its one inconclusive measurement is within its limit.
+#[tokio::test]
+async fn a_replayed_check_that_ends_without_evidence_is_inconclusive() {
+    let mut c = check(25.0, Provider::Metric(Metric::ErrorRate));
+    (c.count, c.min_requests) = (1, 1_000_000);
+    let r = replayed(&analysis(vec![c]), false).await;
+    assert_eq!(r.verdict, Some(Verdict::Inconclusive), "{r:#?}");
+    assert!(r.detail.contains("ended inconclusive"), "{}", r.detail);
+}

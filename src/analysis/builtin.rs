@@ -61,40 +61,8 @@ pub fn metric(
         ),
         requests: Some(candidate.requests),
     };
-    // The copies compared are the mirror mismatch rate's sample.
     if m == Metric::MirrorMismatchRate {
-        let n = candidate.mirror_compared;
-        let Some(value) = value_of(m, candidate).filter(|_| n >= check.min_requests.max(1)) else {
-            return Measurement {
-                check: name,
-                outcome: Outcome::Inconclusive,
-                value: None,
-                detail: format!(
-                    "{} had {n} mirrored copies compared in the window, fewer than the {} needed",
-                    names.candidate,
-                    check.min_requests.max(1)
-                ),
-                requests: Some(n),
-            };
-        };
-        let shown = format!(
-            "{} of {} {} ({} of {n} copies differed from the real answers)",
-            m.label(),
-            names.candidate,
-            m.show(value),
-            candidate.mirror_mismatched,
-        );
-        let (outcome, detail) = match check.threshold.violation(value, None, m.unit()) {
-            Some(why) => (Outcome::Fail, format!("{shown}: {why}")),
-            None => (Outcome::Pass, shown),
-        };
-        return Measurement {
-            check: name,
-            outcome,
-            value: Some(value),
-            detail,
-            requests: Some(n),
-        };
+        return mirror_mismatch(check, candidate, names);
     }
     // A request rate is meaningful at any volume; everything else needs a sample.
     if !matches!(m, Metric::RequestRate) {
@@ -149,6 +117,73 @@ pub fn metric(
         ),
         None => outcome(Outcome::Pass, shown),
     }
+}
+
+/// The mirror mismatch rate (`crate::mirror`): its sample is the copies compared. Over `max`
+/// fails; it passes only when the rate's upper confidence bound (Wilson, one-sided, at the
+/// check's confidence) is within `max` — 0 differences in 20 copies does not show a rate
+/// under 1 % (the bound is 12 %), so that is "not enough copies yet", inconclusive.
+fn mirror_mismatch(check: &Check, candidate: &Summary, names: Names) -> Measurement {
+    let m = Metric::MirrorMismatchRate;
+    let (n, bad) = (candidate.mirror_compared, candidate.mirror_mismatched);
+    let measured = |outcome, value, detail| Measurement {
+        check: check.name.clone(),
+        outcome,
+        value,
+        detail,
+        requests: Some(n),
+    };
+    let Some(value) = candidate
+        .mirror_mismatch_rate()
+        .filter(|_| n >= check.min_requests.max(1))
+    else {
+        return measured(
+            Outcome::Inconclusive,
+            None,
+            format!(
+                "{} had {n} mirrored copies compared in the window, fewer than the {} needed",
+                names.candidate,
+                check.min_requests.max(1)
+            ),
+        );
+    };
+    let shown = format!(
+        "{} of {} {} ({bad} of {n} copies differed from the real answers)",
+        m.label(),
+        names.candidate,
+        m.show(value)
+    );
+    if let Some(why) = check.threshold.violation(value, None, m.unit()) {
+        return measured(Outcome::Fail, Some(value), format!("{shown}: {why}"));
+    }
+    let confidence = check.judging.confidence;
+    let upper = wilson_upper(bad, n, confidence) * 100.0;
+    match check.threshold.max {
+        Some(max) if upper > max => measured(
+            Outcome::Inconclusive,
+            Some(value),
+            format!(
+                "{shown}: could still be up to {} at {:.0} % confidence, above max {max}% — not enough copies yet",
+                m.show(upper),
+                confidence * 100.0
+            ),
+        ),
+        _ => measured(Outcome::Pass, Some(value), shown),
+    }
+}
+
+/// The one-sided upper bound of a proportion `k / n` at `confidence` (Wilson's score
+/// interval), 0–1.
+pub fn wilson_upper(k: u64, n: u64, confidence: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let z = super::evidence::z(confidence);
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre + spread) / (1.0 + z2 / n)).min(1.0)
 }
 
 /// The effect-size bounds (`allowed_increase` / `allowed_decrease`): whether the candidate's
@@ -413,6 +448,18 @@ mod tests {
             );
         }
         w.last(std::time::Duration::from_secs(1)).latency
+    }
+
+    /// The bound the mirror check passes on: 0 of 20 is not under 1 % at 95 % (about 12 %),
+    /// 0 of 300 is (about 0.9 %); 3 of 100 (3 %) is under 10 %, and never under itself.
+    #[test]
+    fn the_wilson_upper_bound_needs_enough_copies() {
+        let at = |k, n| wilson_upper(k, n, 0.95) * 100.0;
+        assert!((at(0, 20) - 11.9).abs() < 0.3, "{}", at(0, 20));
+        assert!(at(0, 300) < 1.0, "{}", at(0, 300));
+        assert!(at(3, 100) > 3.0 && at(3, 100) < 10.0, "{}", at(3, 100));
+        assert_eq!(wilson_upper(0, 0, 0.95), 1.0);
+        assert_eq!(wilson_upper(5, 5, 0.95), 1.0);
     }
 
     #[test]

@@ -247,6 +247,17 @@ fn short_of(plan: &Plan, m: &Measurement) -> Option<String> {
     }
 }
 
+/// The one rule for a check's last measurement (the live run's and the backtest's): one
+/// without enough evidence, or that erred, leaves the check inconclusive, whatever its
+/// `inconclusive_limit` forgave on the way — how it ended, in words.
+pub(super) fn ended_without_evidence(last: Outcome) -> Option<&'static str> {
+    match last {
+        Outcome::Inconclusive => Some("ended inconclusive"),
+        Outcome::Error => Some("ended in an error"),
+        Outcome::Pass | Outcome::Fail => None,
+    }
+}
+
 async fn run_check(
     check: Check,
     need: Option<Need>,
@@ -310,11 +321,11 @@ async fn run_check(
     // The last measurement judged the most (a planned check's window is the whole step): a
     // check that ends on one without enough evidence has not passed, whatever its limit for
     // inconclusive ones on the way (that limit forgives a slow start, not a missing end).
-    if matches!(m.outcome, Outcome::Inconclusive | Outcome::Error) {
+    if let Some(ended) = ended_without_evidence(m.outcome) {
         return tally(
             Tallied::Inconclusive,
             format!(
-                "check {} ended inconclusive ({taken} measurements, {failures} failed, {inconclusive} inconclusive): {}",
+                "check {} {ended} ({taken} measurements, {failures} failed, {inconclusive} inconclusive): {}",
                 m.check, m.detail
             ),
         );

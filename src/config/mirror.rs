@@ -10,12 +10,27 @@ use super::model::{BodyCompare, Mirror};
 use super::raw::RawMirror;
 
 /// Copies waiting or in flight at most, whatever the file says: a mirror is a sample of
-/// traffic, not a second data plane, and its memory is bounded by these.
-const MAX_QUEUE: i64 = 10_000;
-const MAX_CONCURRENCY: i64 = 1_000;
+/// traffic, not a second data plane, and its memory is bounded by these — each copy started
+/// holds at most its request body (`max_body_bytes`) and, for a JSON comparison, the two
+/// answers' bodies up to `compare.max_body_bytes`.
+const MAX_QUEUE: i64 = 4_096;
+const MAX_CONCURRENCY: i64 = 512;
 /// A copied request body is held whole until the copy is sent; bodies above this are not
-/// copied at all.
-const MAX_BODY: i64 = 16 * 1024 * 1024;
+/// copied at all. Also the most of an answer kept for a JSON comparison.
+const MAX_BODY: i64 = 1024 * 1024;
+/// Fields that describe one connection or one framing, not the answer: they differ between
+/// two answers of the same version (and the real answer's are already gone).
+const NOT_COMPARABLE: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "date",
+];
 
 pub(super) fn mirror(raw: &RawMirror, groups: &[&str], at: &KeyPath, p: &mut Problems) -> Mirror {
     let mut m = Mirror::default();
@@ -96,6 +111,10 @@ pub(super) fn mirror(raw: &RawMirror, groups: &[&str], at: &KeyPath, p: &mut Pro
     }
     for (i, h) in c.headers.iter().flatten().enumerate() {
         match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) if NOT_COMPARABLE.contains(&n.as_str()) => p.add(
+                cat.join("headers").join(i),
+                format!("\"{h}\" differs between any two answers (a connection's or a framing's field, or the time): the body comparison covers what it says"),
+            ),
             Ok(n) => m.compare.headers.push(n.as_str().to_string()),
             Err(_) => p.add(
                 cat.join("headers").join(i),

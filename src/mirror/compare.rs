@@ -85,6 +85,12 @@ impl Recorder {
         }
     }
 
+    /// Nobody will read it: what was kept is let go and nothing more is.
+    pub fn stop(&mut self) {
+        self.mode = BodyCompare::None;
+        self.kept = None;
+    }
+
     /// What was seen; `None` before a head.
     pub fn finish(self) -> Option<Seen> {
         let (status, headers, took) = self.head?;

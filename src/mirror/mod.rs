@@ -142,6 +142,11 @@ impl Witness {
     }
 
     pub fn data(&mut self, chunk: &[u8]) {
+        // The copy gave up (timed out, or the lane is gone): nothing more to keep.
+        if self.tx.is_closed() {
+            self.rec.stop();
+            return;
+        }
         self.rec.data(chunk);
     }
 
@@ -165,10 +170,9 @@ pub struct Lane {
 /// `switchyard_mirror_mismatches_total`, and `status`).
 #[derive(Debug, Default)]
 pub struct Counts {
-    /// Copy and real answer both whole, compared (a copy without an answer included: that is
-    /// a difference).
+    /// Copy and real answer both whole, compared.
     pub compared: AtomicU64,
-    /// Compared and different in at least one way.
+    /// Compared and different in at least one way, or without an answer (`copy_failed`).
     pub mismatched: AtomicU64,
     /// By kind: status, headers, body, latency, no_answer.
     pub kinds: [AtomicU64; 5],
@@ -178,7 +182,8 @@ pub struct Counts {
     pub too_large: AtomicU64,
     /// The mirror group had no routable target.
     pub no_target: AtomicU64,
-    /// The copy got no answer (could not connect, timed out, broke off).
+    /// The copy got no answer (could not connect, timed out, broke off) while the real one
+    /// did: a difference (`no_answer`) in the mismatch rate, apart from `compared`.
     pub copy_failed: AtomicU64,
     /// The real answer did not end whole (or the upload did not): nothing to compare with.
     pub real_incomplete: AtomicU64,
@@ -188,7 +193,6 @@ pub const KINDS: [&str; 5] = ["status", "headers", "body", "latency", "no_answer
 
 impl Counts {
     fn record(&self, d: &Differences) {
-        self.compared.fetch_add(1, Relaxed);
         if d.any() {
             self.mismatched.fetch_add(1, Relaxed);
         }
@@ -218,7 +222,11 @@ impl Lane {
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = mpsc::channel(queue.max(1));
         let counts = Arc::new(Counts::default());
-        rt.spawn(dispatch(rx, concurrency.max(1), counts.clone()));
+        rt.spawn(dispatch(
+            rx,
+            (queue.max(1), concurrency.max(1)),
+            counts.clone(),
+        ));
         Some(Arc::new(Lane {
             tx,
             counts,
@@ -243,31 +251,38 @@ struct Job {
     real: oneshot::Receiver<Seen>,
 }
 
-/// Takes copies off the queue as slots free up; ends when the lane is dropped (every
+/// Takes copies off the queue and starts them: at most `queue + concurrency` started at
+/// once (waiting for their body, an exchange slot or the real answer), `queue` more waiting
+/// in the channel, and at most `concurrency` exchanges with the mirror group at a time —
+/// a slot is held only for the exchange itself. Ends when the lane is dropped (every
 /// snapshot that held it replaced).
-async fn dispatch(mut rx: mpsc::Receiver<Job>, concurrency: usize, counts: Arc<Counts>) {
+async fn dispatch(
+    mut rx: mpsc::Receiver<Job>,
+    (queue, concurrency): (usize, usize),
+    counts: Arc<Counts>,
+) {
+    let started = Arc::new(Semaphore::new(queue + concurrency));
     let slots = Arc::new(Semaphore::new(concurrency));
     let conns = Arc::new(send::Conns::default());
     loop {
-        // The slot first: a copy taken off the queue is one in flight, so at most
-        // `concurrency` are in flight and `queue` wait.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(live) = started.clone().acquire_owned().await else {
             break;
         };
         let Some(job) = rx.recv().await else {
             break;
         };
-        let (counts, conns) = (counts.clone(), conns.clone());
+        let (counts, conns, slots) = (counts.clone(), conns.clone(), slots.clone());
         tokio::spawn(async move {
-            run(job, &counts, &conns).await;
-            drop(slot);
+            run(job, &counts, &conns, &slots).await;
+            drop(live);
         });
     }
 }
 
 /// One copy: its body (if it comes from a tee), the exchange, then the real answer, and the
-/// comparison, counted in the lane and in the mirror group's seconds.
-async fn run(job: Job, counts: &Counts, conns: &send::Conns) {
+/// comparison, counted in the lane and in the mirror group's seconds. Each wait is bounded
+/// by the request timeout.
+async fn run(job: Job, counts: &Counts, conns: &send::Conns, slots: &Semaphore) {
     let Job {
         mut copy,
         body,
@@ -280,27 +295,29 @@ async fn run(job: Job, counts: &Counts, conns: &send::Conns) {
         Body::Ready(b) => b,
         Body::Tee(rx) => match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(b)) => b,
+            // The upload failed, outgrew the cap or stalled: no copy.
             _ => {
                 counts.real_incomplete.fetch_add(1, Relaxed);
                 return;
             }
         },
     };
-    let copied = tokio::time::timeout(timeout, send::send(conns, &group, copy, &settings.compare));
-    let copy = match copied.await {
-        Ok(Ok(seen)) => Some(seen),
-        Ok(Err(send::CopyError::NoTarget(_))) => {
-            counts.no_target.fetch_add(1, Relaxed);
+    let copy = {
+        let Ok(_slot) = slots.acquire().await else {
             return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(group = %group.name, error = %e, "mirrored copy failed");
-            counts.copy_failed.fetch_add(1, Relaxed);
-            None
-        }
-        Err(_) => {
-            counts.copy_failed.fetch_add(1, Relaxed);
-            None
+        };
+        let copied = send::send(conns, &group, copy, &settings.compare);
+        match tokio::time::timeout(timeout, copied).await {
+            Ok(Ok(seen)) => Some(seen),
+            Ok(Err(send::CopyError::NoTarget(_))) => {
+                counts.no_target.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(group = %group.name, error = %e, "mirrored copy failed");
+                None
+            }
+            Err(_) => None,
         }
     };
     let Ok(Ok(real)) = tokio::time::timeout(timeout, real).await else {
@@ -308,11 +325,18 @@ async fn run(job: Job, counts: &Counts, conns: &send::Conns) {
         return;
     };
     let d = match copy {
-        Some(c) => compare::compare(&settings.compare, &real, &c),
-        None => Differences {
-            no_answer: true,
-            ..Differences::default()
-        },
+        Some(c) => {
+            counts.compared.fetch_add(1, Relaxed);
+            compare::compare(&settings.compare, &real, &c)
+        }
+        // No answer at all: a difference of its own kind, in the rate analyses judge.
+        None => {
+            counts.copy_failed.fetch_add(1, Relaxed);
+            Differences {
+                no_answer: true,
+                ..Differences::default()
+            }
+        }
     };
     counts.record(&d);
     group

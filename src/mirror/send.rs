@@ -69,7 +69,6 @@ pub(super) async fn send(
     }
     let target = routable[fastrand::usize(..routable.len())];
     let failed = |e: &dyn std::fmt::Display| CopyError::Failed(e.to_string());
-    let started = Instant::now();
     let mut req = http::Request::builder().method(copy.method);
     let resp = match group.upstream.protocol {
         UpstreamProtocol::Http1 => {
@@ -91,6 +90,9 @@ pub(super) async fn send(
             req = req.uri(copy.path);
             *req.headers_mut().expect("a fresh builder") = copy.headers;
             let req = req.body(Full::new(copy.body)).map_err(|e| failed(&e))?;
+            // Timed from the request's send, as the real one is on a warm connection: a
+            // fresh connection's handshake is not the version's latency.
+            let started = Instant::now();
             let resp = tx.send_request(req).await.map_err(|e| failed(&e))?;
             let (parts, body) = resp.into_parts();
             let seen = read(&parts, body, started, compare).await?;
@@ -131,9 +133,12 @@ pub(super) async fn send(
             req = req.uri(format!("{scheme}://{}{}", target.authority, copy.path));
             *req.headers_mut().expect("a fresh builder") = headers;
             let req = req.body(Full::new(copy.body)).map_err(|e| failed(&e))?;
-            tx.send_request(req).await.map_err(|e| failed(&e))?
+            let started = Instant::now();
+            let resp = tx.send_request(req).await.map_err(|e| failed(&e))?;
+            (resp, started)
         }
     };
+    let (resp, started) = resp;
     let (parts, body) = resp.into_parts();
     read(&parts, body, started, compare).await
 }

@@ -78,6 +78,7 @@ pub fn step(r: &mut Rollout) -> Outcome {
         None => {
             let changed = r.weight != FULL_WEIGHT;
             r.weight = FULL_WEIGHT;
+            r.mirror = 0;
             r.status = Status::Completed;
             r.reason = None;
             Change::outcome(

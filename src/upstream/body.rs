@@ -188,10 +188,11 @@ impl Tee {
     }
 
     pub(super) fn push(&mut self, data: &[u8]) {
-        if self.tx.is_none() {
+        let Some(tx) = &self.tx else {
             return;
-        }
-        if self.buf.len() as u64 + data.len() as u64 > self.cap {
+        };
+        // Past the cap, or the copy gave up waiting for it: nothing more is kept.
+        if tx.is_closed() || self.buf.len() as u64 + data.len() as u64 > self.cap {
             self.tx = None;
             self.buf = bytes::BytesMut::new();
         } else {

@@ -253,21 +253,6 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Some(t) = &mut this.tee {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        t.push(d);
-                    }
-                    // hyper stops polling a body that says it has ended.
-                    if this.inner.is_end_stream() {
-                        t.end();
-                    }
-                }
-                Poll::Ready(None) => t.end(),
-                _ => {}
-            }
-        }
         let Some((up, taken)) = &mut this.upload else {
             return polled.map_err(Into::into);
         };
@@ -283,11 +268,23 @@ impl Body for RequestBody {
                 if let Some(max) = up.max.filter(|max| *taken > *max) {
                     return Poll::Ready(Some(Err(up.failed(ClientError::TooLarge(max)))));
                 }
+                if let Some(t) = &mut this.tee {
+                    if let Some(d) = frame.data_ref() {
+                        t.push(d);
+                    }
+                    // hyper stops polling a body that says it has ended.
+                    if this.inner.is_end_stream() {
+                        t.end();
+                    }
+                }
                 up.wait_on(false, false);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(up.failed(ClientError::Body(e))))),
             Poll::Ready(None) => {
+                if let Some(t) = &mut this.tee {
+                    t.end();
+                }
                 // The answer is waited for from now on.
                 up.wait_on(false, true);
                 Poll::Ready(None)
