@@ -28,10 +28,13 @@ use crate::config::{Config, EtcdConfig};
 use crate::rollout::Rollout;
 use crate::store::etcd::watch::Batch;
 use crate::store::etcd::{Change, ConfigRecord, Connection, InstanceRecord, Leadership};
-use crate::store::{EtcdStore, Store};
+use crate::store::{EtcdStore, Persisted, Store};
 
 /// How long the start waits for etcd before it gives up, naming the endpoints.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How soon a new leader that could not read the fleet's state tries again.
+const TAKE_OVER_RETRY: Duration = Duration::from_millis(250);
 
 /// This instance's part in a fleet.
 pub(super) struct Fleet {
@@ -45,6 +48,10 @@ pub(super) struct Fleet {
     base_dir: PathBuf,
     leads: AtomicBool,
     view: Mutex<View>,
+    /// Held while the fleet's state is being taken in (a watch batch, or a new leader's
+    /// fresh read): one at a time, so that a batch older than a fresh read is never applied
+    /// over it. A rollback never takes it.
+    applying: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -133,6 +140,7 @@ pub(super) async fn join(
         local,
         leads: AtomicBool::new(false),
         view: Mutex::new(View::default()),
+        applying: tokio::sync::Mutex::new(()),
     });
     Ok((fleet, config))
 }
@@ -233,7 +241,13 @@ impl Controller {
             let l = rx.borrow_and_update().clone();
             f.view.lock().expect("fleet view").leader = l.leader.clone();
             match (f.leads(), l.me) {
-                (false, true) => self.take_over(&f).await,
+                (false, true) => {
+                    if !self.take_over(&f, &rx).await {
+                        // Lost again before it could read the fleet's state: nothing was
+                        // started; look at the leadership as it is now.
+                        continue;
+                    }
+                }
                 (true, false) => self.step_down(&f).await,
                 _ => {}
             }
@@ -246,9 +260,76 @@ impl Controller {
     /// This instance now leads: every active rollout gets a driver, held until its guard has
     /// judged one full window (as after a restart: the last leader may have decided a
     /// rollback it could not record).
-    async fn take_over(self: &Arc<Self>, f: &Fleet) {
+    ///
+    /// Decided from the fleet's state read fresh from etcd once leading, not from what the
+    /// watch has brought so far: the watch may lag behind what the last leader wrote (its
+    /// last step, a hook done, the rollout completed), and several of a leader's decisions
+    /// are not refused by etcd when made on an old view — a hold or an abort (moves toward
+    /// stable always land), a hook or an end hook run before any write, its "may or may not
+    /// have run" record, the split published here. Every write of the last leader was
+    /// fenced on its leader key, which was gone before this instance's was created, so a
+    /// read made now has all of them. While etcd cannot be read nothing starts (tried again
+    /// until it can, or until this instance no longer leads). False when leadership was
+    /// lost before that: nothing started, and the fence of the leadership left is lifted.
+    async fn take_over(
+        self: &Arc<Self>,
+        f: &Fleet,
+        leadership: &tokio::sync::watch::Receiver<Leadership>,
+    ) -> bool {
+        let mut leadership = leadership.clone();
+        let (fresh, fence) = loop {
+            let fence = f.etcd.fence();
+            let read = f.etcd.load_fleet().await;
+            if !leadership.borrow().me {
+                if let Some(fence) = fence {
+                    f.etcd.lift_fence(fence);
+                }
+                return false;
+            }
+            match read {
+                // Read within this same leadership (else a leader between may have written
+                // after the read: read again).
+                Ok(fresh) if f.etcd.fence() == fence => break (fresh, fence),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "this instance leads the fleet but cannot read its state: no rollout is driven from an older one; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(TAKE_OVER_RETRY) => {}
+                        _ = leadership.changed() => {}
+                    }
+                }
+            }
+        };
+        let (persisted, shared, revision) = fresh;
+        let applying = f.applying.lock().await;
+        let behind = self.state.lock().await.revision < revision;
+        if behind {
+            tracing::info!(
+                revision,
+                "taking over from the fleet's state read at leadership"
+            );
+            let running = self.snapshot().config.source.clone();
+            if let Some(c) = shared.filter(|c| running.as_deref() != Some(&c.text)) {
+                let incoming = self.incoming_traffic(f, &persisted, revision);
+                self.apply_shared_config(f, c, incoming).await;
+            }
+        }
         let active: Vec<String> = {
             let mut state = self.state.lock().await;
+            if behind {
+                self.resync(f, &mut state, persisted, revision);
+                if let Err(e) = self.publish(&mut state) {
+                    tracing::error!(error = %e, "cannot publish the fleet's state");
+                }
+            }
+            if f.etcd.fence() != fence || !leadership.borrow().me {
+                // Lost meanwhile: the state read stays (it is the fleet's), nothing starts.
+                drop(state);
+                if let Some(fence) = fence {
+                    f.etcd.lift_fence(fence);
+                }
+                return false;
+            }
             // Under the state lock, which `ensure_driver` takes before it looks.
             f.leads.store(true, Ordering::SeqCst);
             let active: Vec<String> = state
@@ -271,10 +352,12 @@ impl Controller {
                 )
                 .collect()
         };
+        drop(applying);
         tracing::warn!(rollouts = active.len(), "this instance leads the fleet now");
         for service in active {
             self.ensure_driver(&service).await;
         }
+        true
     }
 
     /// This instance no longer leads: what decides stops here (the new leader's drivers take
@@ -325,10 +408,15 @@ impl Controller {
 
     async fn apply_batch(self: &Arc<Self>, f: &Fleet, batch: Batch) {
         let revision = batch.revision;
+        let applying = f.applying.lock().await;
+        // Changes the state already has: it was read fresh at a later revision (a new
+        // leader's read, or a reload) while they were on their way.
+        let old = revision <= self.state.lock().await.revision;
         let (mut traffic, mut rollouts, mut config, mut resync) =
             (Vec::new(), Vec::new(), None, false);
         for change in batch.changes {
             match change {
+                Change::Traffic { .. } | Change::Rollout(_) | Change::Config(_) if old => {}
                 Change::Traffic {
                     service,
                     record: Some(record),
@@ -345,10 +433,10 @@ impl Controller {
         // is taken (a rollback never waits for etcd), the configuration included.
         let mut reloaded = None;
         if resync {
-            match self.reload_fleet(f).await {
-                Ok((persisted, shared)) => {
+            match f.etcd.load_fleet().await {
+                Ok((persisted, shared, at)) => {
                     config = config.or(shared);
-                    reloaded = Some(persisted);
+                    reloaded = Some((persisted, at));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
@@ -369,8 +457,8 @@ impl Controller {
         let mut touched = Vec::new();
         let mut dirty = false;
         let mut state = self.state.lock().await;
-        if let Some(persisted) = reloaded {
-            self.resync(&mut state, persisted);
+        if let Some((persisted, at)) = reloaded {
+            self.resync(f, &mut state, persisted, at);
             dirty = true;
         }
         for (service, t) in traffic {
@@ -398,6 +486,7 @@ impl Controller {
             }
         }
         drop(state);
+        drop(applying);
         for service in touched {
             self.ensure_driver(&service).await;
         }
@@ -454,33 +543,45 @@ impl Controller {
         Some(service)
     }
 
-    /// After the watch lost its place (etcd compacted the history it needed): the whole
-    /// state and the configuration again, from the store.
-    async fn reload_fleet(
-        &self,
-        f: &Fleet,
-    ) -> Result<(crate::store::Persisted, Option<ConfigRecord>), ControlError> {
-        let etcd = f.etcd.clone();
-        let persisted = tokio::task::spawn_blocking(move || etcd.load())
-            .await
-            .expect("store task")?;
-        let shared = f.etcd.config().await?;
-        Ok((persisted, shared))
-    }
-
-    /// Takes the reloaded state (see `reload_fleet`), except services with a change of this
-    /// instance's own still waiting for the store.
-    fn resync(&self, state: &mut State, persisted: crate::store::Persisted) {
+    /// Takes the fleet's state read whole at `revision` (after the watch lost its place, or
+    /// by a new leader): each service's traffic and latest rollout, except where this
+    /// instance holds newer (a change of its own not yet recorded, or written after
+    /// `revision`); a rollout is never replaced by an older one (`take_rollout`). The state
+    /// is at `revision` from then on: the watch's changes up to it are skipped.
+    fn resync(&self, f: &Fleet, state: &mut State, persisted: Persisted, revision: i64) {
         for (service, record) in persisted.traffic {
             if state.config.service(&service).is_some()
                 && self.persist.pending_kind(&service).is_none()
+                && f.etcd.written_at(&service) <= revision
             {
                 state.traffic.insert(service, Traffic::from_record(record));
             }
         }
         for (_, r) in persisted.rollouts {
-            Self::take_rollout(state, r);
+            let newer = state.rollouts.get(&r.service).is_none_or(|o| r.id > o.id);
+            if newer || !self.own_newer(f, &r.service, revision) {
+                Self::take_rollout(state, r);
+            }
         }
+        state.revision = state.revision.max(revision);
+    }
+
+    /// The traffic of a state read whole at `revision`, for a configuration installed with
+    /// it, less the services this instance holds newer (see `resync`).
+    fn incoming_traffic(
+        &self,
+        f: &Fleet,
+        persisted: &Persisted,
+        revision: i64,
+    ) -> std::collections::BTreeMap<String, Traffic> {
+        persisted
+            .traffic
+            .iter()
+            .filter(|(s, _)| {
+                self.persist.pending_kind(s).is_none() && f.etcd.written_at(s) <= revision
+            })
+            .map(|(s, t)| (s.clone(), Traffic::from_record(t.clone())))
+            .collect()
     }
 
     /// The fleet applied a new configuration (through another instance, or this one's own
