@@ -247,9 +247,7 @@ impl EtcdStore {
     /// The state, the configuration the fleet applied last and the revision both were read
     /// at, in one read: what a new leader decides from (`control::fleet::take_over`), and
     /// what the watch reloads after it lost its place, with nothing between the parts.
-    pub async fn load_fleet(
-        &self,
-    ) -> Result<(Persisted, Option<ConfigRecord>, i64), StoreError> {
+    pub async fn load_fleet(&self) -> Result<(Persisted, Option<ConfigRecord>, i64), StoreError> {
         let r = self
             .read(vec![
                 wire::range_prefix(&self.keys.traffic_prefix()),
