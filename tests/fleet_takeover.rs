@@ -84,11 +84,13 @@ bounded_test! {
         // The leader is lost; lb-1 leads at once.
         servers.remove(0).shutdown().await;
         etcd.revoke_leader_lease(PREFIX).await;
+        let revoked = std::time::Instant::now();
         let far_server = &servers[0];
         eventually(Duration::from_secs(5), "lb-1 leads", || async {
             far.get("/api/v1/status").await.unwrap()["fleet"]["leading"] == true
         })
         .await;
+        println!("lb-1 leads {:?} after the last leader's lease was revoked", revoked.elapsed());
         assert_eq!(
             reopened(far_server).await,
             0,

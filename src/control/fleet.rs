@@ -389,9 +389,11 @@ impl Controller {
 
     /// Takes the fleet's state read whole at `revision` (after the watch lost its place, or
     /// by a new leader): each service's traffic and latest rollout, except where this
-    /// instance holds newer (a change of its own not yet recorded, or written after
-    /// `revision`); a rollout is never replaced by an older one (`take_rollout`). The state
-    /// is at `revision` from then on: the watch's changes up to it are skipped.
+    /// instance holds newer — a write of its own that landed after `revision`, or, for the
+    /// traffic, one still waiting for the store (a rollback's record refused as decided on
+    /// an old view asks for this reload, so its rollout is taken whatever is queued); a
+    /// rollout is never replaced by an older one (`take_rollout`). The state is at
+    /// `revision` from then on: the watch's changes up to it are skipped.
     pub(super) fn resync(&self, f: &Fleet, state: &mut State, persisted: Persisted, revision: i64) {
         for (service, record) in persisted.traffic {
             if state.config.service(&service).is_some()
@@ -403,7 +405,7 @@ impl Controller {
         }
         for (_, r) in persisted.rollouts {
             let newer = state.rollouts.get(&r.service).is_none_or(|o| r.id > o.id);
-            if newer || !self.own_newer(f, &r.service, revision) {
+            if newer || f.etcd.written_at(&r.service) <= revision {
                 Self::take_rollout(state, r);
             }
         }

@@ -67,6 +67,7 @@ impl Controller {
         leadership: &tokio::sync::watch::Receiver<Leadership>,
     ) -> bool {
         let mut leadership = leadership.clone();
+        let asked = tokio::time::Instant::now();
         let (fresh, fence) = loop {
             let fence = f.etcd.fence();
             let gone = |fence: Option<i64>| {
@@ -98,10 +99,7 @@ impl Controller {
         let applying = f.applying.lock().await;
         let behind = self.state.lock().await.revision < revision;
         if behind {
-            tracing::info!(
-                revision,
-                "taking over from the fleet's state read at leadership"
-            );
+            tracing::info!(revision, read_in = ?asked.elapsed(), "leading from the fleet's state read at this revision");
             let running = self.snapshot().config.source.clone();
             if let Some(c) = shared.filter(|c| running.as_deref() != Some(&c.text)) {
                 let incoming = self.incoming_traffic(f, &persisted, revision);
@@ -147,7 +145,7 @@ impl Controller {
                 .collect()
         };
         drop(applying);
-        tracing::warn!(rollouts = active.len(), "this instance leads the fleet now");
+        tracing::warn!(rollouts = active.len(), after = ?asked.elapsed(), "this instance leads the fleet now");
         for service in active {
             self.ensure_driver(&service).await;
         }
