@@ -31,13 +31,9 @@ impl Controller {
             let l = rx.borrow_and_update().clone();
             f.view.lock().expect("fleet view").leader = l.leader.clone();
             match (f.leads(), l.me) {
-                (false, true) => {
-                    if !self.take_over(&f, &rx).await {
-                        // Lost again before it could read the fleet's state: nothing was
-                        // started; look at the leadership as it is now.
-                        continue;
-                    }
-                }
+                // Lost again before it could read the fleet's state: nothing was started;
+                // look at the leadership as it is now.
+                (false, true) if !self.take_over(&f, &rx).await => continue,
                 (true, false) => self.step_down(&f).await,
                 _ => {}
             }
@@ -85,7 +81,7 @@ impl Controller {
                 // Read within this same leadership (else a leader between may have written
                 // after the read: read again).
                 Ok(fresh) if f.etcd.fence() == fence => break (fresh, fence),
-                Ok(_) => continue,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "this instance leads the fleet but cannot read its state: no rollout is driven from an older one; retrying");
                     tokio::select! {

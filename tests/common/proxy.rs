@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The last bytes a client sent on a connection (its last request, for `freeze_streams`).
 type Sent = Arc<Mutex<Vec<u8>>>;
+/// Each connection open: whether it is frozen, and what its client sent last.
+type Open = Arc<Mutex<Vec<(Arc<AtomicBool>, Sent)>>>;
 /// How much of what a client sent is kept.
 const SENT_KEPT: usize = 8 * 1024;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) struct FreezingProxy {
     pub(crate) addr: SocketAddr,
-    open: Arc<Mutex<Vec<(Arc<AtomicBool>, Sent)>>>,
+    open: Open,
     /// While set, new connections are frozen from the start too: a partition.
     cut: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -30,7 +32,7 @@ impl FreezingProxy {
     pub(crate) async fn start(upstream: SocketAddr) -> FreezingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let open: Arc<Mutex<Vec<(Arc<AtomicBool>, Sent)>>> = Arc::default();
+        let open = Open::default();
         let cut = Arc::new(AtomicBool::new(false));
         let (conns, cutting) = (open.clone(), cut.clone());
         let task = tokio::spawn(async move {
