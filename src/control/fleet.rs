@@ -4,11 +4,11 @@
 //! one etcd transaction, and every instance applies the fleet's changes from one etcd watch
 //! (`follow`), so a switch or an abort made through any instance serves on all of them
 //! within the watch's delay. One instance, the **leader** (an etcd lease, see
-//! `store::etcd::election`), runs what decides by itself — rollout drivers with their guard
-//! and analyses, hooks — and its writes are fenced on its leadership, so a deposed leader
-//! changes nothing. Forward writes of any instance carry the revision they were decided on
-//! and are refused if another instance changed the same state since (`StoreError::Stale`);
-//! moves toward stable always land.
+//! `store::etcd::election`; what leading starts and stops: `leadership`), runs what decides
+//! by itself — rollout drivers with their guard and analyses, hooks — and its writes are
+//! fenced on its leadership, so a deposed leader changes nothing. Forward writes of any
+//! instance carry the revision they were decided on and are refused if another instance
+//! changed the same state since (`StoreError::Stale`); moves toward stable always land.
 //!
 //! Without etcd (a partition, an outage) an instance keeps serving its last snapshot (fail
 //! static), shows itself degraded, and never advances a rollout: forward writes fail, and a
