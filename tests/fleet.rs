@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::fleet::{fleet_top, one_behind_a_proxy, Fleet};
+use common::fleet::{fleet_top, one_behind_a_proxy, watch_reopened, Fleet};
 use common::raw::RefusingPort;
 use common::release::*;
 use common::*;
@@ -375,12 +375,7 @@ bounded_test! {
         })
         .await;
         println!("caught up {:?} after the freeze", frozen.elapsed());
-        let text = metrics_text(&servers[1]).await;
-        let reopened: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("switchyard_fleet_watch_reopened_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no reopen count in /metrics:\n{text}"));
+        let reopened = watch_reopened(&servers[1]).await;
         assert!(reopened >= 1, "reopened {reopened} times");
     }
 }

@@ -379,12 +379,6 @@ async fn hooked_fleet(prefix: &str, point: &str, command: &str) -> Hooked {
     }
 }
 
-/// Lines that `echo WORD >> file` hooks wrote, counted by word.
-fn lines_of(path: &Path, word: &str) -> usize {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().filter(|l| *l == word).count()
-}
-
 bounded_test! {
     limit = LOAD_LIMIT;
     /// A rollout aborted through another instance while no instance leads (the leader was

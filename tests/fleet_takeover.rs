@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::fleet::one_behind_a_proxy;
+use common::fleet::{one_behind_a_proxy, watch_reopened};
 use common::release::*;
 use common::*;
 
@@ -25,21 +25,6 @@ const PREFIX: &str = "/sy/takeover";
 /// prefix), where the election's watch of the leader key is of one key.
 fn state_watch(request: &str) -> bool {
     request.starts_with("/v3/watch") && request.contains("range_end")
-}
-
-/// How often `lb-1` reopened its watch after finding it silent.
-async fn reopened(server: &Server) -> u64 {
-    let text = metrics_text(server).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchyard_fleet_watch_reopened_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no reopen count in /metrics:\n{text}"))
-}
-
-/// Lines that `echo WORD >> file` hooks wrote, counted by word.
-fn lines_of(path: &std::path::Path, word: &str) -> usize {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().filter(|l| *l == word).count()
 }
 
 /// The shop of blue and green whose hook at `point` writes `start`, sleeps a second, then
@@ -71,14 +56,14 @@ async fn hand_over(etcd: &Etcd, servers: &mut Vec<Server>) {
         revoked.elapsed()
     );
     assert_eq!(
-        reopened(&servers[0]).await,
+        watch_reopened(&servers[0]).await,
         0,
         "lb-1's watch caught up before it took over: the test made no lag"
     );
     // Its drivers move once their guard has judged one window (1 s), end work at once;
     // past that, and past the watch's reopening.
     eventually(Duration::from_secs(15), "lb-1's watch reopened", || async {
-        reopened(&servers[0]).await >= 1
+        watch_reopened(&servers[0]).await >= 1
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -111,7 +96,7 @@ bounded_test! {
             r["step"] == 0 && r["hook_started"] == 0
         })
         .await;
-        assert_eq!(proxy.freeze_streams(state_watch), 1, "lb-1's watch stream was not found");
+        assert!(proxy.freeze_streams(state_watch) >= 1, "lb-1's watch stream was not found");
         // The leader finishes the hook, records it, and goes on to 10 %.
         wait_status(&near, 10, paused_at(1000)).await;
         assert_eq!(lines_of(&runs, "end"), 1, "the hook ended");
@@ -160,7 +145,7 @@ bounded_test! {
         near.post("/api/v1/services/shop/rollout/abort", serde_json::json!({})).await.unwrap();
         // lb-1 sees the end work begun, then its watch stops while the hook runs.
         wait_rollout(&far, "lb-1 sees the end work begun", |r| r["end_work"]["begun"] == true).await;
-        assert_eq!(proxy.freeze_streams(state_watch), 1, "lb-1's watch stream was not found");
+        assert!(proxy.freeze_streams(state_watch) >= 1, "lb-1's watch stream was not found");
         // The leader finishes the hook and records its end work done.
         wait_rollout(&near, "the end work done", |r| r.get("end_work").is_none()).await;
         assert_eq!(lines_of(&runs, "end"), 1, "the hook ended");

@@ -123,3 +123,13 @@ pub(crate) async fn one_behind_a_proxy(
     }
     (proxy, servers, dir)
 }
+
+/// How often an instance found its watch silent for longer than a healthy one can be and
+/// reopened it (`/metrics`).
+pub(crate) async fn watch_reopened(server: &Server) -> u64 {
+    let text = super::metrics_text(server).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_fleet_watch_reopened_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no reopen count in /metrics:\n{text}"))
+}
