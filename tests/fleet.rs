@@ -9,8 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::fleet::{fleet_top, Fleet};
-use common::proxy::FreezingProxy;
+use common::fleet::{fleet_top, one_behind_a_proxy, watch_reopened, Fleet};
 use common::raw::RefusingPort;
 use common::release::*;
 use common::*;
@@ -376,12 +375,7 @@ bounded_test! {
         })
         .await;
         println!("caught up {:?} after the freeze", frozen.elapsed());
-        let text = metrics_text(&servers[1]).await;
-        let reopened: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("switchyard_fleet_watch_reopened_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no reopen count in /metrics:\n{text}"));
+        let reopened = watch_reopened(&servers[1]).await;
         assert!(reopened >= 1, "reopened {reopened} times");
     }
 }
@@ -415,49 +409,6 @@ bounded_test! {
             assert_eq!(first, second, "round {round}: the two instances run different configurations");
         }
     }
-}
-
-/// Two instances of a fleet under `prefix`: `lb-0` talks to etcd directly, `lb-1` through a
-/// proxy that can freeze its connections; once both follow the same leader.
-async fn one_behind_a_proxy(
-    etcd: &Etcd,
-    prefix: &str,
-    cfg: &common::Cfg,
-) -> (FreezingProxy, Vec<Server>, tempfile::TempDir) {
-    let target: std::net::SocketAddr = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FreezingProxy::start(target).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut servers = Vec::new();
-    for (i, endpoint) in [etcd.endpoint(), format!("http://{}", proxy.addr)]
-        .iter()
-        .enumerate()
-    {
-        let path = dir.path().join(format!("lb-{i}.toml"));
-        let text = cfg
-            .clone()
-            .top(&fleet_top(endpoint, prefix, &format!("lb-{i}")))
-            .build();
-        std::fs::write(&path, text).unwrap();
-        servers.push(common::fleet::start_file(&path).await);
-    }
-    eventually(
-        Duration::from_secs(10),
-        "both instances follow the fleet",
-        || async {
-            let mut leaders = Vec::new();
-            for s in &servers {
-                leaders
-                    .push(admin(s).get("/api/v1/status").await.unwrap()["fleet"]["leader"].clone());
-            }
-            leaders[0].is_string() && leaders[0] == leaders[1]
-        },
-    )
-    .await;
-    (proxy, servers, dir)
 }
 
 bounded_test! {

@@ -4,11 +4,11 @@
 //! one etcd transaction, and every instance applies the fleet's changes from one etcd watch
 //! (`follow`), so a switch or an abort made through any instance serves on all of them
 //! within the watch's delay. One instance, the **leader** (an etcd lease, see
-//! `store::etcd::election`), runs what decides by itself — rollout drivers with their guard
-//! and analyses, hooks — and its writes are fenced on its leadership, so a deposed leader
-//! changes nothing. Forward writes of any instance carry the revision they were decided on
-//! and are refused if another instance changed the same state since (`StoreError::Stale`);
-//! moves toward stable always land.
+//! `store::etcd::election`; what leading starts and stops: `leadership`), runs what decides
+//! by itself — rollout drivers with their guard and analyses, hooks — and its writes are
+//! fenced on its leadership, so a deposed leader changes nothing. Forward writes of any
+//! instance carry the revision they were decided on and are refused if another instance
+//! changed the same state since (`StoreError::Stale`); moves toward stable always land.
 //!
 //! Without etcd (a partition, an outage) an instance keeps serving its last snapshot (fail
 //! static), shows itself degraded, and never advances a rollout: forward writes fail, and a
@@ -27,8 +27,8 @@ use super::{ControlError, Controller, State, Traffic};
 use crate::config::{Config, EtcdConfig};
 use crate::rollout::Rollout;
 use crate::store::etcd::watch::Batch;
-use crate::store::etcd::{Change, ConfigRecord, Connection, InstanceRecord, Leadership};
-use crate::store::{EtcdStore, Store};
+use crate::store::etcd::{Change, ConfigRecord, Connection, InstanceRecord};
+use crate::store::{EtcdStore, Persisted};
 
 /// How long the start waits for etcd before it gives up, naming the endpoints.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,13 +43,17 @@ pub(super) struct Fleet {
     local: Config,
     /// The folder of that file (relative paths of the shared configuration).
     base_dir: PathBuf,
-    leads: AtomicBool,
-    view: Mutex<View>,
+    pub(super) leads: AtomicBool,
+    pub(super) view: Mutex<View>,
+    /// Held while the fleet's state is being taken in (a watch batch, or a new leader's
+    /// fresh read): one at a time, so that a batch older than a fresh read is never applied
+    /// over it. A rollback never takes it.
+    pub(super) applying: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
-struct View {
-    leader: Option<InstanceRecord>,
+pub(super) struct View {
+    pub(super) leader: Option<InstanceRecord>,
     instances: std::collections::BTreeMap<String, InstanceRecord>,
 }
 
@@ -133,12 +137,13 @@ pub(super) async fn join(
         local,
         leads: AtomicBool::new(false),
         view: Mutex::new(View::default()),
+        applying: tokio::sync::Mutex::new(()),
     });
     Ok((fleet, config))
 }
 
 impl Fleet {
-    fn leads(&self) -> bool {
+    pub(super) fn leads(&self) -> bool {
         self.leads.load(Ordering::SeqCst)
     }
 
@@ -225,84 +230,6 @@ impl Controller {
         }
     }
 
-    async fn follow_leadership(self: Arc<Self>, mut rx: tokio::sync::watch::Receiver<Leadership>) {
-        let Some(f) = self.fleet.clone() else {
-            return;
-        };
-        loop {
-            let l = rx.borrow_and_update().clone();
-            f.view.lock().expect("fleet view").leader = l.leader.clone();
-            match (f.leads(), l.me) {
-                (false, true) => self.take_over(&f).await,
-                (true, false) => self.step_down(&f).await,
-                _ => {}
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// This instance now leads: every active rollout gets a driver, held until its guard has
-    /// judged one full window (as after a restart: the last leader may have decided a
-    /// rollback it could not record).
-    async fn take_over(self: &Arc<Self>, f: &Fleet) {
-        let active: Vec<String> = {
-            let mut state = self.state.lock().await;
-            // Under the state lock, which `ensure_driver` takes before it looks.
-            f.leads.store(true, Ordering::SeqCst);
-            let active: Vec<String> = state
-                .rollouts
-                .values()
-                .filter(|r| r.status.is_active())
-                .map(|r| r.service.clone())
-                .collect();
-            state.resume_gate.extend(active.iter().cloned());
-            // And rollouts that ended with their end work not done (ended while no one led,
-            // or the last leader was lost doing it).
-            let ended = state.rollouts.values().filter(|r| !r.status.is_active());
-            active
-                .iter()
-                .cloned()
-                .chain(
-                    ended
-                        .filter(|r| r.end_work.is_some())
-                        .map(|r| r.service.clone()),
-                )
-                .collect()
-        };
-        tracing::warn!(rollouts = active.len(), "this instance leads the fleet now");
-        for service in active {
-            self.ensure_driver(&service).await;
-        }
-    }
-
-    /// This instance no longer leads: what decides stops here (the new leader's drivers take
-    /// over from the recorded state).
-    async fn step_down(&self, f: &Fleet) {
-        // The fence of the leadership being left: lifted only once nothing decides here.
-        let fence = f.etcd.fence();
-        let drivers: Vec<_> = {
-            let mut state = self.state.lock().await;
-            f.leads.store(false, Ordering::SeqCst);
-            // The next leader judges its own window; nothing is held here any more.
-            state.resume_gate.clear();
-            state.restore.clear();
-            state.drivers.drain().map(|(_, (_, task))| task).collect()
-        };
-        tracing::warn!(
-            drivers = drivers.len(),
-            "this instance no longer leads the fleet"
-        );
-        for task in drivers {
-            task.abort();
-            let _ = task.await;
-        }
-        if let Some(fence) = fence {
-            f.etcd.lift_fence(fence);
-        }
-    }
-
     /// Applies the fleet's changes as etcd delivers them, for the life of the instance.
     pub(super) async fn follow(self: Arc<Self>, from_revision: i64) {
         let Some(f) = self.fleet.clone() else {
@@ -325,10 +252,15 @@ impl Controller {
 
     async fn apply_batch(self: &Arc<Self>, f: &Fleet, batch: Batch) {
         let revision = batch.revision;
+        let applying = f.applying.lock().await;
+        // Changes the state already has: it was read fresh at a later revision (a new
+        // leader's read, or a reload) while they were on their way.
+        let old = revision <= self.state.lock().await.revision;
         let (mut traffic, mut rollouts, mut config, mut resync) =
             (Vec::new(), Vec::new(), None, false);
         for change in batch.changes {
             match change {
+                Change::Traffic { .. } | Change::Rollout(_) | Change::Config(_) if old => {}
                 Change::Traffic {
                     service,
                     record: Some(record),
@@ -345,10 +277,10 @@ impl Controller {
         // is taken (a rollback never waits for etcd), the configuration included.
         let mut reloaded = None;
         if resync {
-            match self.reload_fleet(f).await {
-                Ok((persisted, shared)) => {
+            match f.etcd.load_fleet().await {
+                Ok((persisted, shared, at)) => {
                     config = config.or(shared);
-                    reloaded = Some(persisted);
+                    reloaded = Some((persisted, at));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot reload the fleet's state; keeping the last one");
@@ -369,8 +301,8 @@ impl Controller {
         let mut touched = Vec::new();
         let mut dirty = false;
         let mut state = self.state.lock().await;
-        if let Some(persisted) = reloaded {
-            self.resync(&mut state, persisted);
+        if let Some((persisted, at)) = reloaded {
+            self.resync(f, &mut state, persisted, at);
             dirty = true;
         }
         for (service, t) in traffic {
@@ -398,6 +330,7 @@ impl Controller {
             }
         }
         drop(state);
+        drop(applying);
         for service in touched {
             self.ensure_driver(&service).await;
         }
@@ -454,39 +387,53 @@ impl Controller {
         Some(service)
     }
 
-    /// After the watch lost its place (etcd compacted the history it needed): the whole
-    /// state and the configuration again, from the store.
-    async fn reload_fleet(
-        &self,
-        f: &Fleet,
-    ) -> Result<(crate::store::Persisted, Option<ConfigRecord>), ControlError> {
-        let etcd = f.etcd.clone();
-        let persisted = tokio::task::spawn_blocking(move || etcd.load())
-            .await
-            .expect("store task")?;
-        let shared = f.etcd.config().await?;
-        Ok((persisted, shared))
-    }
-
-    /// Takes the reloaded state (see `reload_fleet`), except services with a change of this
-    /// instance's own still waiting for the store.
-    fn resync(&self, state: &mut State, persisted: crate::store::Persisted) {
+    /// Takes the fleet's state read whole at `revision` (after the watch lost its place, or
+    /// by a new leader): each service's traffic and latest rollout, except where this
+    /// instance holds newer — a write of its own that landed after `revision`, or, for the
+    /// traffic, one still waiting for the store (a rollback's record refused as decided on
+    /// an old view asks for this reload, so its rollout is taken whatever is queued); a
+    /// rollout is never replaced by an older one (`take_rollout`). The state is at
+    /// `revision` from then on: the watch's changes up to it are skipped.
+    pub(super) fn resync(&self, f: &Fleet, state: &mut State, persisted: Persisted, revision: i64) {
         for (service, record) in persisted.traffic {
             if state.config.service(&service).is_some()
                 && self.persist.pending_kind(&service).is_none()
+                && f.etcd.written_at(&service) <= revision
             {
                 state.traffic.insert(service, Traffic::from_record(record));
             }
         }
         for (_, r) in persisted.rollouts {
-            Self::take_rollout(state, r);
+            let newer = state.rollouts.get(&r.service).is_none_or(|o| r.id > o.id);
+            if newer || f.etcd.written_at(&r.service) <= revision {
+                Self::take_rollout(state, r);
+            }
         }
+        state.revision = state.revision.max(revision);
+    }
+
+    /// The traffic of a state read whole at `revision`, for a configuration installed with
+    /// it, less the services this instance holds newer (see `resync`).
+    pub(super) fn incoming_traffic(
+        &self,
+        f: &Fleet,
+        persisted: &Persisted,
+        revision: i64,
+    ) -> std::collections::BTreeMap<String, Traffic> {
+        persisted
+            .traffic
+            .iter()
+            .filter(|(s, _)| {
+                self.persist.pending_kind(s).is_none() && f.etcd.written_at(s) <= revision
+            })
+            .map(|(s, t)| (s.clone(), Traffic::from_record(t.clone())))
+            .collect()
     }
 
     /// The fleet applied a new configuration (through another instance, or this one's own
     /// write coming back): run it here, with this instance's own parts, without recording
     /// anything — the instance that applied it recorded it, with the traffic it implies.
-    async fn apply_shared_config(
+    pub(super) async fn apply_shared_config(
         &self,
         f: &Fleet,
         c: ConfigRecord,

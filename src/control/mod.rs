@@ -15,6 +15,7 @@ mod fleet;
 mod guard;
 mod history;
 mod hooks;
+mod leadership;
 mod lifecycle;
 mod observe;
 mod peers;

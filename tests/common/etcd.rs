@@ -146,15 +146,41 @@ impl Etcd {
 
     /// etcd's current revision.
     pub(crate) async fn revision(&self) -> i64 {
-        let (_, text) = post(&self.endpoint(), "/v3/kv/range", r#"{"key":"AA=="}"#)
-            .await
-            .expect("etcd answers");
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}"));
+        let (v, text) = self.call("/v3/kv/range", r#"{"key":"AA=="}"#).await;
         v["header"]["revision"]
             .as_str()
             .and_then(|r| r.parse().ok())
             .unwrap_or_else(|| panic!("{text}"))
+    }
+
+    /// Revokes the lease of the leader of the fleet under `prefix`, which deletes its leader
+    /// key and instance record: what etcd does when that lease runs out, done now (a leader
+    /// stopped in-process would otherwise hold the key for its lease's TTL).
+    pub(crate) async fn revoke_leader_lease(&self, prefix: &str) {
+        use base64::Engine as _;
+        let key = format!("{}/leader", prefix.trim_end_matches('/'));
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        let (v, text) = self
+            .call("/v3/kv/range", &format!(r#"{{"key":"{key}"}}"#))
+            .await;
+        let lease = v["kvs"][0]["lease"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no leader key with a lease: {text}"))
+            .to_string();
+        let (_, text) = self
+            .call("/v3/lease/revoke", &format!(r#"{{"ID":"{lease}"}}"#))
+            .await;
+        assert!(text.starts_with("HTTP/1.1 200"), "revoke: {text}");
+    }
+
+    /// A POST to the JSON gateway that must answer: its JSON body and the whole answer.
+    async fn call(&self, path: &str, body: &str) -> (serde_json::Value, String) {
+        let (_, text) = post(&self.endpoint(), path, body)
+            .await
+            .expect("etcd answers");
+        let json = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v = serde_json::from_str(json).unwrap_or_else(|_| panic!("{text}"));
+        (v, text)
     }
 
     /// Compacts etcd's history up to `revision`: older revisions can no longer be watched.

@@ -335,3 +335,9 @@ pub(crate) async fn start_held(api: &AdminClient, percent: f64) -> Value {
     let weight = (percent * 100.0).round() as u64;
     wait_status(api, 10, paused_at(weight)).await
 }
+
+/// Lines that `echo WORD >> file` hooks wrote, counted by word.
+pub(crate) fn lines_of(path: &std::path::Path, word: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter(|l| *l == word).count()
+}

@@ -240,10 +240,19 @@ impl EtcdStore {
     /// `Store::load`, and the revision the state was read at: a watch from there misses
     /// nothing and repeats nothing (`watch(revision)`).
     pub async fn load_at(&self) -> Result<(Persisted, i64), StoreError> {
+        let (persisted, _, revision) = self.load_fleet().await?;
+        Ok((persisted, revision))
+    }
+
+    /// The state, the configuration the fleet applied last and the revision both were read
+    /// at, in one read: what a new leader decides from (`control::fleet::take_over`), and
+    /// what the watch reloads after it lost its place, with nothing between the parts.
+    pub async fn load_fleet(&self) -> Result<(Persisted, Option<ConfigRecord>, i64), StoreError> {
         let r = self
             .read(vec![
                 wire::range_prefix(&self.keys.traffic_prefix()),
                 wire::range_prefix(&self.keys.rollouts_prefix()),
+                wire::range(&self.keys.config()),
             ])
             .await?;
         let mut out = Persisted::default();
@@ -257,7 +266,12 @@ impl EtcdStore {
             let rollout: Rollout = Self::decode(kv)?;
             out.rollouts.insert(rollout.service.clone(), rollout);
         }
-        Ok((out, r.header.revision))
+        let config = r
+            .range(2)
+            .and_then(|c| c.kvs.first())
+            .map(Self::decode)
+            .transpose()?;
+        Ok((out, config, r.header.revision))
     }
 
     /// Changes under the prefix after `from_revision` (see `watch`). The stream is opened
