@@ -52,6 +52,8 @@ sy_config() {
   cat > "$1" <<CONF
 [admin]
 bind = "127.0.0.1:$3"
+[store]
+path = "$1.db"
 [[listener]]
 name = "bench"
 bind = "127.0.0.1:$2"

@@ -372,6 +372,19 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
             .inc_by(n);
     }
     mirrors(&mut registry, &snap);
+    let handshakes = Family::<Labels, Counter>::default();
+    registry.register(
+        "tls_handshake_failures",
+        "TLS handshakes that failed on a listener, by reason (timeout, closed, protocol, incompatible, certificate, alert, other)",
+        handshakes.clone(),
+    );
+    for (listener, counts) in api.control.handshake_failures().await {
+        for (reason, n) in counts {
+            handshakes
+                .get_or_create(&labels(&[("listener", &listener), ("reason", reason)]))
+                .inc_by(n);
+        }
+    }
     for ((svc, verdict), n) in counts.analyses {
         analyses
             .get_or_create(&labels(&[("service", &svc), ("verdict", &verdict)]))

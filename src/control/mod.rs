@@ -227,6 +227,17 @@ impl Controller {
         self.state.lock().await.listeners.get(name).map(|l| l.local)
     }
 
+    /// Each TLS listener's failed handshakes so far, by reason (for `/metrics`).
+    pub async fn handshake_failures(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let state = self.state.lock().await;
+        state
+            .listeners
+            .values()
+            .filter(|l| l.tls)
+            .map(|l| (l.name.to_string(), l.handshakes.counts().collect()))
+            .collect()
+    }
+
     /// Current traffic state, for the API: (current split, previous split, stable group).
     pub async fn traffic(&self) -> BTreeMap<String, (Split, Option<Split>, Option<String>)> {
         let state = self.state.lock().await;

@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proxy::{self, ConnInfo};
 
+mod handshake;
 mod serve;
 use crate::activity::{Activity, TrackedIo};
 use crate::snapshot::Snapshot;
+pub use handshake::Handshakes;
 use serve::{Drain, Member, Serve};
 
 /// A running listener.
@@ -34,6 +36,8 @@ pub struct Listener {
     stop: CancellationToken,
     task: JoinHandle<()>,
     drain: Arc<Drain>,
+    /// TLS handshakes that failed here, by reason.
+    pub handshakes: Arc<Handshakes>,
 }
 
 impl Listener {
@@ -76,13 +80,14 @@ pub fn spawn(
     let stop = CancellationToken::new();
     let name: Arc<str> = Arc::from(name);
     let drain = Arc::new(Drain::default());
+    let handshakes = Arc::new(Handshakes::default());
     let task = tokio::spawn(accept_loop(
         socket,
-        name.clone(),
-        tls,
+        (name.clone(), tls),
         snapshots,
         stop.clone(),
         drain.clone(),
+        handshakes.clone(),
     ));
     Ok(Listener {
         name,
@@ -92,16 +97,17 @@ pub fn spawn(
         stop,
         task,
         drain,
+        handshakes,
     })
 }
 
 async fn accept_loop(
     socket: TcpListener,
-    name: Arc<str>,
-    tls: bool,
+    (name, tls): (Arc<str>, bool),
     snapshots: Arc<ArcSwap<Snapshot>>,
     stop: CancellationToken,
     drain: Arc<Drain>,
+    handshakes: Arc<Handshakes>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -114,6 +120,7 @@ async fn accept_loop(
                     listener: name.clone(),
                     tls,
                     snapshots: snapshots.clone(),
+                    handshakes: handshakes.clone(),
                 };
                 tokio::spawn(conn.serve(stream, client, drain.join()));
             }
@@ -136,6 +143,7 @@ struct Connection {
     listener: Arc<str>,
     tls: bool,
     snapshots: Arc<ArcSwap<Snapshot>>,
+    handshakes: Arc<Handshakes>,
 }
 
 impl Connection {
@@ -166,8 +174,10 @@ impl Connection {
                     activity.handshake_done(tls.get_ref().1.alpn_protocol() == Some(b"h2"));
                     self.http(tls, info, &snap, activity, member).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                // Counted, and logged at most once per 10 s per listener: any client can
+                // make a handshake fail.
+                Ok(Err(e)) => self.handshakes.failed_with(&self.listener, &e),
+                Err(_) => self.handshakes.timed_out(&self.listener),
             }
         } else {
             self.http(io, info, &snap, activity, member).await;
