@@ -172,13 +172,29 @@ fn mirror_mismatch(check: &Check, candidate: &Summary, names: Names) -> Measurem
     }
 }
 
+/// The standard normal quantile: `z` with Φ(z) = `p`, by bisection on `erfc` (60 halvings of
+/// [-10, 10]: far finer than the sample sizes need).
+pub fn z(p: f64) -> f64 {
+    let (mut lo, mut hi) = (-10.0_f64, 10.0_f64);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        let phi = 1.0 - 0.5 * erfc(mid / std::f64::consts::SQRT_2);
+        if phi < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
 /// The one-sided upper bound of a proportion `k / n` at `confidence` (Wilson's score
 /// interval), 0–1.
 pub fn wilson_upper(k: u64, n: u64, confidence: f64) -> f64 {
     if n == 0 {
         return 1.0;
     }
-    let z = super::evidence::z(confidence);
+    let z = z(confidence);
     let (n, p) = (n as f64, k as f64 / n as f64);
     let z2 = z * z;
     let centre = p + z2 / (2.0 * n);

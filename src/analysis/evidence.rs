@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use super::builtin::{erfc, percent_change};
+use super::builtin::{percent_change, z};
 use super::{AnalysisConfig, Check, Judged, Metric, Provider};
 use crate::metrics::{bucket_value, BUCKETS};
 
@@ -346,22 +346,6 @@ fn slower_chance(hist: &[u64], shift: f64) -> Option<f64> {
         below += s as f64;
     }
     Some(wins / (n as f64 * n as f64))
-}
-
-/// The standard normal quantile: `z` with Φ(z) = `p`, by bisection on `erfc` (60 halvings of
-/// [-10, 10]: far finer than the sample sizes need).
-pub fn z(p: f64) -> f64 {
-    let (mut lo, mut hi) = (-10.0_f64, 10.0_f64);
-    for _ in 0..60 {
-        let mid = (lo + hi) / 2.0;
-        let phi = 1.0 - 0.5 * erfc(mid / std::f64::consts::SQRT_2);
-        if phi < p {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    (lo + hi) / 2.0
 }
 
 /// A count with thousands separated: `1,840`.
