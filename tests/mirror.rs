@@ -201,6 +201,31 @@ bounded_test! {
     }
 }
 
+bounded_test! {
+    /// HTTP/2 targets: the real upload goes through the h2 path's tee, the copy over the
+    /// mirror's own h2 connection; both carry the body and their answers agree.
+    async fn request_bodies_are_copied_to_and_from_http2_targets() {
+        let (blue, green) = (Receiver::answering(200, "ok").await, Receiver::answering(200, "ok").await);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Cfg::new()
+            .active("blue")
+            .group_with("blue", &[blue.addr], "protocol = \"http2\"")
+            .group_with("green", &[green.addr], "protocol = \"http2\"")
+            .service("[service.mirror]\ngroup = \"green\"\nmethods = [\"PUT\"]")
+            .build();
+        let sy = start_in(&cfg, dir.path()).await;
+        for _ in 0..3 {
+            assert_eq!(send(&sy, "PUT", "{\"n\":7}").await, (200, "ok".to_string()));
+        }
+        let m = mirror_status(&sy, 3).await;
+        assert_eq!(m["mismatch_rate"], 0.0, "{m:#}");
+        let sent = copies(&green);
+        assert_eq!(sent.len(), 3);
+        assert!(sent.iter().all(|c| c.method == "PUT" && c.body == json!({"n": 7})), "{sent:?}");
+        assert!(blue.calls().iter().all(|c| c.body == json!({"n": 7})));
+    }
+}
+
 /// A raw TCP peer that accepts connections, reads what comes and never answers; how many
 /// connections it took.
 async fn stalling_target() -> (
