@@ -226,7 +226,7 @@ impl Snapshot {
                 let mut tls = HashMap::new();
                 for l in config.listeners.iter().filter(|l| l.is_tls()) {
                     let keys = l.certificates.iter().map(|c| &c.loaded);
-                    tls.insert(l.name.clone(), crate::tls::server_config(keys));
+                    tls.insert(l.name.clone(), crate::tls::server_config(keys, &l.tls));
                 }
                 tls
             }

@@ -147,10 +147,82 @@ fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, value, &b[hdr + len..]))
 }
 
+/// A listener's TLS policy, as ALB names its parts: the lowest version, the cipher suites
+/// and key exchange groups (rustls's names, in order of preference; only secure ones exist
+/// in it), and the application protocols offered by ALPN.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Policy {
+    /// TLS 1.3 only; else 1.2 and 1.3.
+    pub tls13_only: bool,
+    /// Empty: all the provider's, the client's preference deciding; else in this order of
+    /// preference, the server's.
+    pub cipher_suites: Vec<String>,
+    /// Empty: all the provider's, in its order.
+    pub groups: Vec<String>,
+    pub alpn: Vec<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            tls13_only: false,
+            cipher_suites: Vec::new(),
+            groups: Vec::new(),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+        }
+    }
+}
+
+/// The cipher suites and key exchange groups the provider has, by the names a policy uses
+/// (rustls's: `TLS13_AES_128_GCM_SHA256`, `X25519`, `secp256r1`), each suite with whether
+/// it is a TLS 1.3 one.
+pub fn suites() -> Vec<(&'static str, bool)> {
+    rustls::crypto::ring::ALL_CIPHER_SUITES
+        .iter()
+        .filter_map(|s| Some((s.suite().as_str()?, s.tls13().is_some())))
+        .collect()
+}
+
+pub fn groups() -> Vec<&'static str> {
+    rustls::crypto::ring::ALL_KX_GROUPS
+        .iter()
+        .filter_map(|g| g.name().as_str())
+        .collect()
+}
+
+/// The provider a policy allows: its suites and groups in the policy's order (all, in the
+/// provider's, when it names none). Names were checked when the configuration was.
+fn provider(policy: &Policy) -> rustls::crypto::CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    let named = |n: Option<&str>, list: &[String]| {
+        n.and_then(|n| list.iter().position(|x| x.eq_ignore_ascii_case(n)))
+    };
+    if !policy.cipher_suites.is_empty() {
+        let mut kept: Vec<_> = p
+            .cipher_suites
+            .iter()
+            .filter_map(|s| Some((named(s.suite().as_str(), &policy.cipher_suites)?, *s)))
+            .collect();
+        kept.sort_by_key(|(i, _)| *i);
+        p.cipher_suites = kept.into_iter().map(|(_, s)| s).collect();
+    }
+    if !policy.groups.is_empty() {
+        let mut kept: Vec<_> = p
+            .kx_groups
+            .iter()
+            .filter_map(|g| Some((named(g.name().as_str(), &policy.groups)?, *g)))
+            .collect();
+        kept.sort_by_key(|(i, _)| *i);
+        p.kx_groups = kept.into_iter().map(|(_, g)| g).collect();
+    }
+    p
+}
+
 /// A server config for a listener's certificates (loaded with the configuration, so that
-/// building it reads no file), offering h2 and http/1.1 by ALPN.
+/// building it reads no file) under its policy: versions, suites, groups, ALPN.
 pub fn server_config<'a>(
     keys: impl IntoIterator<Item = &'a LoadedKey>,
+    policy: &Policy,
 ) -> Arc<rustls::ServerConfig> {
     let loaded = keys
         .into_iter()
@@ -159,13 +231,28 @@ pub fn server_config<'a>(
             (names, k.0.clone())
         })
         .collect();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
+    let versions: &[&rustls::SupportedProtocolVersion] = if policy.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(provider(policy)))
+        .with_protocol_versions(versions)
+        // Checked with the configuration: a suite for a version allowed, a group.
+        .unwrap_or_else(|_| {
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+        });
+    let mut config = builder
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs: loaded }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // A policy that lists suites orders them (as ALB's do); without one the client's
+    // preference stands.
+    config.ignore_client_order = !policy.cipher_suites.is_empty();
     Arc::new(config)
 }
 

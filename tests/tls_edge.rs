@@ -87,3 +87,123 @@ bounded_test! {
         assert!(!log.contains("Illegal SNI"), "rustls logs per handshake:\n{log}");
     }
 }
+
+/// A listener with a certificate for shop.test and `policy` as its `tls = { … }`.
+async fn policy_rig(
+    policy: &str,
+) -> (
+    Server,
+    rustls::pki_types::CertificateDer<'static>,
+    tempfile::TempDir,
+) {
+    let b = TestBackend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("shop.pem"), c.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("shop.key"), c.signing_key.serialize_pem()).unwrap();
+    let cfg = blue_green(b.addr, b.addr)
+        .listener(&format!(
+            "tls = {policy}\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\""
+        ))
+        .build();
+    let sy = start_in(&cfg, dir.path()).await;
+    std::mem::forget(b);
+    (sy, c.cert.der().clone(), dir)
+}
+
+/// A handshake as a client offering `versions`, `suites` and `groups` (all when empty) and
+/// ALPN h2 then http/1.1: what was agreed (version, suite, group, ALPN), or the error.
+async fn handshake(
+    sy: &Server,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: &[rustls::CipherSuite],
+) -> Result<(String, String, String, Option<String>), String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !suites.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|s| suites.contains(&s.suite()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(sy.listener_addr("web").await)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let c = tls.get_ref().1;
+    Ok((
+        format!("{:?}", c.protocol_version().unwrap()),
+        format!("{:?}", c.negotiated_cipher_suite().unwrap().suite()),
+        format!("{:?}", c.negotiated_key_exchange_group().unwrap().name()),
+        c.alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+    ))
+}
+
+bounded_test! {
+    /// `min_version = "1.3"`: a TLS 1.2 client is refused (and counted as incompatible), a
+    /// 1.3 one is served; suites and groups are the policy's, in its order; ALPN offers only
+    /// what the policy lists.
+    async fn a_listeners_tls_policy_decides_what_a_handshake_can_agree_on() {
+        use rustls::version::{TLS12, TLS13};
+        let (sy, root, _dir) = policy_rig(
+            "{ min_version = \"1.3\", cipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\", \"TLS13_AES_128_GCM_SHA256\"], groups = [\"secp384r1\"], alpn = [\"http/1.1\"] }",
+        )
+        .await;
+        let refused = handshake(&sy, &root, &[&TLS12], &[]).await;
+        assert!(refused.is_err(), "{refused:?}");
+        let (version, suite, group, alpn) = handshake(&sy, &root, &[&TLS13, &TLS12], &[]).await.unwrap();
+        assert_eq!(version, "TLSv1_3");
+        assert_eq!(suite, "TLS13_CHACHA20_POLY1305_SHA256", "the policy's first choice");
+        assert_eq!(group, "secp384r1");
+        assert_eq!(alpn.as_deref(), Some("http/1.1"), "h2 is not offered");
+        let m = metrics_text(&sy).await;
+        assert_eq!(
+            metric(&m, "switchyard_tls_handshake_failures_total", &["reason=\"incompatible\""]),
+            Some(1.0),
+            "{m}"
+        );
+
+        // Without a policy: 1.2 still served, h2 by ALPN.
+        let (sy, root, _dir) = policy_rig("{}").await;
+        let (version, _, _, alpn) = handshake(&sy, &root, &[&TLS12], &[]).await.unwrap();
+        assert_eq!((version.as_str(), alpn.as_deref()), ("TLSv1_2", Some("h2")));
+    }
+}
+
+#[test]
+fn tls_policies_that_cannot_work_are_refused_at_their_key() {
+    let (a, b) = (
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
+    for (policy, want) in [
+        ("{ min_version = \"1.1\" }", "listener[0].tls.min_version: \"1.1\": use \"1.2\" or \"1.3\""),
+        ("{ cipher_suites = [\"RC4\"] }", "listener[0].tls.cipher_suites[0]: \"RC4\" is not a cipher suite switchyard has"),
+        ("{ min_version = \"1.3\", cipher_suites = [\"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\"] }", "no cipher suite left for the versions allowed"),
+        ("{ groups = [\"ffdhe2048\"] }", "listener[0].tls.groups[0]: \"ffdhe2048\" is not a key exchange group"),
+        ("{ alpn = [\"spdy/3\"] }", "listener[0].tls.alpn[0]: \"spdy/3\": switchyard speaks"),
+        ("{ alpn = [\"h2\", \"h2\"] }", "\"h2\" is listed twice"),
+    ] {
+        let toml = blue_green(a, b).listener(&format!("tls = {policy}")).build();
+        let e = config_error(&toml);
+        assert!(e.contains(want), "{policy}\n→ {e}");
+    }
+    let toml = blue_green(a, b)
+        .listener("tls = { min_version = \"1.3\" }")
+        .build();
+    assert!(
+        config_error(&toml).contains("a TLS policy needs the listener's [[listener.certificate]]")
+    );
+}

@@ -18,6 +18,7 @@ mod ser;
 mod store;
 mod synthetic;
 mod target_tls;
+mod tls_policy;
 mod transform;
 mod validate;
 

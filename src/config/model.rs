@@ -177,6 +177,8 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Empty for plain HTTP. The first certificate answers clients whose SNI matches none.
     pub certificates: Vec<CertificateConfig>,
+    /// What a TLS handshake may agree on (`tls = { … }`); safe defaults when absent.
+    pub tls: crate::tls::Policy,
 }
 
 impl ListenerConfig {

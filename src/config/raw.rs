@@ -242,6 +242,21 @@ pub struct RawListener {
     pub bind: String,
     #[serde(default)]
     pub certificate: Vec<RawCertificate>,
+    /// The TLS policy: versions, cipher suites, key exchange groups, ALPN.
+    pub tls: Option<RawTlsPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsPolicy {
+    /// `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<String>,
+    /// rustls's names, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher_suites: Option<Vec<String>>,
+    /// `x25519`, `secp256r1`, `secp384r1`.
+    pub groups: Option<Vec<String>>,
+    /// `h2`, `http/1.1`, in order of preference.
+    pub alpn: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -191,10 +191,24 @@ fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<List
                 }
             }
         }
+        let tls = match &l.tls {
+            None => crate::tls::Policy::default(),
+            Some(raw) => {
+                let at = path!["listener", i, "tls"];
+                if l.certificate.is_empty() {
+                    p.add(
+                        at.clone(),
+                        "a TLS policy needs the listener's [[listener.certificate]]",
+                    );
+                }
+                super::tls_policy::policy(raw, &at, p)
+            }
+        };
         out.push(ListenerConfig {
             name: l.name.clone(),
             bind,
             certificates,
+            tls,
         });
     }
     out
