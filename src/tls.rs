@@ -126,6 +126,81 @@ fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
     out
 }
 
+/// A certificate that expires within this many days is reported (`status`, `/metrics`).
+pub const EXPIRES_SOON_DAYS: i64 = 30;
+
+/// What `status` says of a listener's certificate: the names it covers and when it expires.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CertificateStatus {
+    pub cert: String,
+    pub names: Vec<String>,
+    /// Unix seconds; absent when the certificate's validity could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+    /// It expires within [`EXPIRES_SOON_DAYS`] (or has expired).
+    #[serde(default)]
+    pub expires_soon: bool,
+}
+
+impl CertificateStatus {
+    pub fn of(path: &Path, key: &LoadedKey, now_s: i64) -> CertificateStatus {
+        let leaf = key.0.cert.first();
+        let not_after = leaf.and_then(not_after);
+        CertificateStatus {
+            cert: path.display().to_string(),
+            names: leaf.map(dns_names).unwrap_or_default(),
+            not_after,
+            expires_soon: not_after.is_some_and(|t| t - now_s < EXPIRES_SOON_DAYS * 86_400),
+        }
+    }
+}
+
+/// When a certificate stops being valid (its `notAfter`), in unix seconds, read with the
+/// same minimal DER walk: Certificate → tbsCertificate → [version], serial, signature,
+/// issuer, validity → notAfter (UTCTime or GeneralizedTime).
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (0x30, cert, _) = der_item(cert.as_ref())? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_item(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_item(rest)?.2;
+    }
+    for _ in 0..3 {
+        rest = der_item(rest)?.2; // serial, signature, issuer
+    }
+    let (0x30, validity, _) = der_item(rest)? else {
+        return None;
+    };
+    let after = der_item(der_item(validity)?.2)?;
+    let text = std::str::from_utf8(after.1).ok()?;
+    let (year, rest) = match after.0 {
+        0x17 => {
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (field(0)?, field(2)?);
+    let (h, m, sec) = (field(4)?, field(6)?, field(8)?);
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// (tag, value, rest) of one DER item.
 fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *b.first()?;
@@ -259,6 +334,25 @@ pub fn server_config<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificates_not_after_is_read_from_its_der() {
+        let mut params = rcgen_params();
+        params.not_after = rcgen::date_time_ymd(2031, 7, 9);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // 2031-07-09T00:00:00Z
+        assert_eq!(not_after(cert.der()), Some(1_941_321_600));
+        params.not_after = rcgen::date_time_ymd(2061, 2, 28); // GeneralizedTime after 2049
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(not_after(cert.der()), Some(2_876_774_400));
+        assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x00])), None);
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+    }
+
+    fn rcgen_params() -> rcgen::CertificateParams {
+        rcgen::CertificateParams::new(vec!["shop.test".to_string()]).unwrap()
+    }
 
     #[test]
     fn wildcard_names_cover_one_label() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::bin::*;
 use common::*;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TLS 1.3 ClientHello with `sni` as its server name and nothing a handshake could go on
@@ -206,4 +207,105 @@ fn tls_policies_that_cannot_work_are_refused_at_their_key() {
     assert!(
         config_error(&toml).contains("a TLS policy needs the listener's [[listener.certificate]]")
     );
+}
+
+/// A self-signed certificate for shop.test that expires `days` from now (whole days).
+fn expiring_in(days: i64) -> (String, String, i64) {
+    let now = switchyard::sys::unix_ms() / 1000;
+    let at = now + days * 86_400;
+    // Civil date of `at` (Howard Hinnant's algorithm), midnight UTC.
+    let z = at.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut params = rcgen::CertificateParams::new(vec!["shop.test".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (
+        cert.pem(),
+        key.serialize_pem(),
+        at.div_euclid(86_400) * 86_400,
+    )
+}
+
+bounded_test! {
+    /// A certificate that expires within 30 days is reported in `status` and `/metrics`; a
+    /// reload picks up the renewed one — while handshakes go on, none of them failing.
+    async fn an_expiring_certificate_is_reported_and_a_renewal_reloads_without_a_failed_handshake() {
+        let b = TestBackend::start("blue").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, key, at) = expiring_in(10);
+        std::fs::write(dir.path().join("shop.pem"), &pem).unwrap();
+        std::fs::write(dir.path().join("shop.key"), &key).unwrap();
+        let path = dir.path().join("sy.toml");
+        let cfg = blue_green(b.addr, b.addr)
+            .listener("[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+            .build();
+        std::fs::write(&path, cfg).unwrap();
+        let sy = server_from_file(&path).await;
+        let api = admin(&sy);
+        let status = api.get("/api/v1/status").await.unwrap();
+        let c = &status["listeners"][0]["certificates"][0];
+        assert_eq!((c["not_after"].as_i64(), c["expires_soon"].as_bool()), (Some(at), Some(true)), "{c}");
+        assert_eq!(c["names"][0], "shop.test");
+        let m = metrics_text(&sy).await;
+        assert_eq!(metric(&m, "switchyard_tls_certificate_not_after_seconds", &["listener=\"web\""]), Some(at as f64), "{m}");
+
+        // Handshakes in a loop (trusting both certificates) while the renewed one is reloaded.
+        let (pem2, key2, at2) = expiring_in(400);
+        let roots: Vec<_> = [&pem, &pem2]
+            .iter()
+            .map(|p| rustls::pki_types::CertificateDer::from_pem_slice(p.as_bytes()).unwrap())
+            .collect();
+        let addr = sy.listener_addr("web").await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let looping = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut store = rustls::RootCertStore::empty();
+                for r in roots {
+                    store.add(r).unwrap();
+                }
+                let cfg = std::sync::Arc::new(
+                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                        .with_safe_default_protocol_versions()
+                        .unwrap()
+                        .with_root_certificates(store)
+                        .with_no_client_auth(),
+                );
+                let (mut ok, mut failed) = (0u32, 0u32);
+                // Bounded: at most 5,000 handshakes.
+                for _ in 0..5000 {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+                    match tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::write(dir.path().join("shop.pem"), &pem2).unwrap();
+        std::fs::write(dir.path().join("shop.key"), &key2).unwrap();
+        api.post("/api/v1/reload", serde_json::json!({})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+        let (ok, failed) = looping.await.unwrap();
+        assert!(ok > 10, "{ok} handshakes");
+        assert_eq!(failed, 0, "handshakes failed across the reload");
+        let status = api.get("/api/v1/status").await.unwrap();
+        let c = &status["listeners"][0]["certificates"][0];
+        assert_eq!((c["not_after"].as_i64(), c["expires_soon"].as_bool()), (Some(at2), Some(false)), "{c}");
+    }
 }

@@ -378,6 +378,23 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
         "TLS handshakes that failed on a listener, by reason (timeout, closed, protocol, incompatible, certificate, alert, other)",
         handshakes.clone(),
     );
+    let expiry = Family::<Labels, Gauge>::default();
+    registry.register(
+        "tls_certificate_not_after_seconds",
+        "When a listener's certificate expires (unix seconds)",
+        expiry.clone(),
+    );
+    for l in &snap.config.listeners {
+        for c in &l.certificates {
+            let leaf = c.loaded.0.cert.first();
+            if let Some(t) = leaf.and_then(crate::tls::not_after) {
+                let cert = c.cert.display().to_string();
+                expiry
+                    .get_or_create(&labels(&[("listener", &l.name), ("cert", &cert)]))
+                    .set(t);
+            }
+        }
+    }
     for (listener, counts) in api.control.handshake_failures().await {
         for (reason, n) in counts {
             handshakes

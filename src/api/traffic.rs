@@ -142,6 +142,9 @@ pub struct ListenerStatus {
     pub name: String,
     pub addr: String,
     pub tls: bool,
+    /// A TLS listener's certificates: names, expiry, whether it is soon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<crate::tls::CertificateStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -225,10 +228,16 @@ pub(super) async fn status(
     let mut listeners = Vec::new();
     for l in &snap.config.listeners {
         let addr = api.control.listener_addr(&l.name).await.unwrap_or(l.bind);
+        let now_s = crate::sys::unix_ms() / 1000;
         listeners.push(ListenerStatus {
             name: l.name.clone(),
             addr: addr.to_string(),
             tls: l.is_tls(),
+            certificates: l
+                .certificates
+                .iter()
+                .map(|c| crate::tls::CertificateStatus::of(&c.cert, &c.loaded, now_s))
+                .collect(),
         });
     }
     let services = snap

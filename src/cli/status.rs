@@ -50,6 +50,22 @@ fn print_status(s: &serde_json::Value) {
             str_of(&l["name"]),
             str_of(&l["addr"])
         );
+        for c in l["certificates"].as_array().into_iter().flatten() {
+            let days = c["not_after"]
+                .as_i64()
+                .map(|t| (t - switchyard::sys::unix_ms() / 1000) / 86_400);
+            match days {
+                Some(d) if c["expires_soon"] == true && d < 0 => outln!(
+                    "  certificate {} EXPIRED {} days ago",
+                    str_of(&c["cert"]),
+                    -d
+                ),
+                Some(d) if c["expires_soon"] == true => {
+                    outln!("  certificate {} expires in {d} days", str_of(&c["cert"]))
+                }
+                _ => {}
+            }
+        }
     }
     for svc in s["services"].as_array().into_iter().flatten() {
         outln!(
