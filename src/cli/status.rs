@@ -55,13 +55,15 @@ fn print_status(s: &serde_json::Value) {
                 .as_i64()
                 .map(|t| (t - switchyard::sys::unix_ms() / 1000) / 86_400);
             match days {
-                Some(d) if c["expires_soon"] == true && d < 0 => outln!(
-                    "  certificate {} EXPIRED {} days ago",
-                    str_of(&c["cert"]),
-                    -d
-                ),
+                Some(d) if c["expires_soon"] == true && d < 0 => {
+                    outln!(
+                        "  certificate {} EXPIRED {} days ago",
+                        str_of(&c["cert"]),
+                        -d
+                    );
+                }
                 Some(d) if c["expires_soon"] == true => {
-                    outln!("  certificate {} expires in {d} days", str_of(&c["cert"]))
+                    outln!("  certificate {} expires in {d} days", str_of(&c["cert"]));
                 }
                 _ => {}
             }
