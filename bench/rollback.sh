@@ -17,6 +17,8 @@
 #   bench/rollback.sh
 #   ROUNDS=15 LAT_ROUNDS=9 SOAK_SECONDS=600 bench/rollback.sh
 #   PHASES="soak" SOAK_SECONDS=600 bench/rollback.sh
+#   SWITCHYARD_BIN=/tmp/switchyard-before PHASES=errors bench/rollback.sh
+#   GUARD='max_error_rate = 0' PHASES=errors bench/rollback.sh   # [service.guard] settings
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-9}
@@ -27,8 +29,9 @@ command -v wrk >/dev/null || {
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
 }
-cargo build --release -q
-BIN=target/release/switchyard
+# SWITCHYARD_BIN: a binary already built (to compare builds), else this tree's, built.
+BIN=${SWITCHYARD_BIN:-}
+[ -n "$BIN" ] || { cargo build --release -q; BIN=target/release/switchyard; }
 WORK=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -56,6 +59,8 @@ active = "blue"
 [service.strategy]
 kind = "canary"
 steps = [{ weight = 10 }, { pause = "1h" }]
+${GUARD:+[service.guard]
+$GUARD}
 [[service.group]]
 name = "blue"
 targets = ["127.0.0.1:$B1"]
