@@ -40,6 +40,9 @@ fn shop(
 
 /// Backends `blue` and `green`, a switchyard for `shop` (see `shop`) in front of them, its
 /// admin client and its listener's URL.
+/// The guard off, for the load tests of the split (see their comments).
+const NO_GUARD: &str = "[service.guard]\nenabled = false";
+
 async fn started(
     service_extra: &str,
     route_extra: &str,
@@ -76,7 +79,10 @@ async fn start_err(api: &switchyard::client::AdminClient, body: Value) -> String
 bounded_test! {
     limit = LOAD_LIMIT;
     async fn a_canary_walks_its_steps_and_each_observed_split_lands_within_one_point() {
-        let (_blue, _green, _sy, api, url) = started("", "").await;
+        // The split is under test, not the guard: a loaded 2-core host can stall the proxy
+        // long enough for the guard's latency test to see the candidate slower and roll
+        // back (seen in CI next to a release build; noted on issue 15).
+        let (_blue, _green, _sy, api, url) = started(NO_GUARD, "").await;
         let steps = json!({ "kind": "canary", "steps": [
             { "weight": 5 }, { "pause": "until-promoted" },
             { "weight": 25 }, { "pause": "until-promoted" },
@@ -312,7 +318,7 @@ bounded_test! {
     limit = LOAD_LIMIT;
     async fn no_key_ever_goes_back_from_candidate_to_stable_while_the_weight_rises() {
         let (_blue, _green, _sy, api, url) = started(
-            "[service.stickiness]\nkey = \"header:x-user\"",
+            &format!("{NO_GUARD}\n[service.stickiness]\nkey = \"header:x-user\""),
             "",
         )
         .await;
