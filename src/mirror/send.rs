@@ -75,12 +75,7 @@ pub(super) async fn send(
             let mut tx = match conns.idle_h1(&target.addr.0) {
                 Some(tx) => tx,
                 None => {
-                    let stream = group
-                        .upstream
-                        .stream(&target.pool)
-                        .await
-                        .map_err(|e| failed(&e))?;
-                    let (tx, conn) = http1::handshake(TokioIo::new(stream))
+                    let (tx, conn) = http1::handshake(open(group, target).await?)
                         .await
                         .map_err(|e| failed(&e))?;
                     tokio::spawn(conn);
@@ -108,14 +103,9 @@ pub(super) async fn send(
             let mut tx = match conns.shared_h2(&target.addr.0) {
                 Some(tx) => tx,
                 None => {
-                    let stream = group
-                        .upstream
-                        .stream(&target.pool)
-                        .await
-                        .map_err(|e| failed(&e))?;
                     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
-                        .handshake(TokioIo::new(stream))
+                        .handshake(open(group, target).await?)
                         .await
                         .map_err(|e| failed(&e))?;
                     tokio::spawn(conn);
@@ -141,6 +131,17 @@ pub(super) async fn send(
     let (resp, started) = resp;
     let (parts, body) = resp.into_parts();
     read(&parts, body, started, compare).await
+}
+
+/// A fresh connection to `target`, opened as traffic's are (TCP, then the group's TLS).
+async fn open(
+    group: &Group,
+    target: &Target,
+) -> Result<TokioIo<crate::upstream::Stream>, CopyError> {
+    let stream = group.upstream.stream(&target.pool).await;
+    stream
+        .map(TokioIo::new)
+        .map_err(|e| CopyError::Failed(e.to_string()))
 }
 
 /// The answer's head and whole body, frame by frame into the recorder (nothing held beyond
