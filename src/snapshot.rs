@@ -226,7 +226,8 @@ impl Snapshot {
                 let mut tls = HashMap::new();
                 for l in config.listeners.iter().filter(|l| l.is_tls()) {
                     let keys = l.certificates.iter().map(|c| &c.loaded);
-                    tls.insert(l.name.clone(), crate::tls::server_config(keys, &l.tls));
+                    let config = crate::tls::server_config(keys, &l.tls, l.client_auth.as_ref());
+                    tls.insert(l.name.clone(), config);
                 }
                 tls
             }

@@ -2,6 +2,12 @@
 //! targets (`client`).
 
 pub mod client;
+pub mod client_auth;
+mod der;
+pub mod ocsp;
+
+use der::dns_names;
+pub use der::{not_after, CertFacts};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +25,8 @@ pub enum TlsError {
     Cert { path: String, reason: String },
     #[error("key {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error("OCSP response {path}: {reason}")]
+    Ocsp { path: String, reason: String },
 }
 
 /// A certificate chain with its key, loaded once; equal when the chains are (a changed file
@@ -28,7 +36,40 @@ pub struct LoadedKey(pub Arc<CertifiedKey>);
 
 impl PartialEq for LoadedKey {
     fn eq(&self, other: &Self) -> bool {
-        self.0.cert == other.0.cert
+        self.0.cert == other.0.cert && self.0.ocsp == other.0.ocsp
+    }
+}
+
+impl LoadedKey {
+    /// The same key stapling the OCSP response in `path` (DER), checked against the leaf
+    /// (see `ocsp::check`). Blocking, like [`load_certified_key`].
+    pub fn with_ocsp(self, path: Option<&Path>) -> Result<LoadedKey, TlsError> {
+        let Some(path) = path else {
+            return Ok(self);
+        };
+        let err = |reason: String| TlsError::Ocsp {
+            path: path.display().to_string(),
+            reason,
+        };
+        let der = read_file(path, MAX_FILE_BYTES).map_err(|e| err(e.to_string()))?;
+        let leaf = self
+            .0
+            .cert
+            .first()
+            .ok_or_else(|| err("no certificate".into()))?;
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        ocsp::check(&der, leaf, now_s).map_err(err)?;
+        let mut key = CertifiedKey::clone(&self.0);
+        key.ocsp = Some(der);
+        Ok(LoadedKey(Arc::new(key)))
+    }
+
+    /// When the stapled OCSP response's `nextUpdate` is, if one is stapled and says.
+    pub fn ocsp_next_update(&self) -> Option<i64> {
+        let (der, leaf) = (self.0.ocsp.as_ref()?, self.0.cert.first()?);
+        ocsp::check(der, leaf, i64::MIN).ok()?.next_update
     }
 }
 
@@ -96,36 +137,6 @@ fn name_matches(pattern: &str, sni: &str) -> bool {
     }
 }
 
-/// DNS names in the leaf certificate's subjectAltName, read with a minimal DER walk so that
-/// SNI selection needs no X.509 parsing dependency.
-fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
-    // subjectAltName OID 2.5.29.17 followed by the extension's OCTET STRING.
-    const SAN_OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x11];
-    let der = cert.as_ref();
-    let Some(pos) = der.windows(SAN_OID.len()).position(|w| w == SAN_OID) else {
-        return Vec::new();
-    };
-    let mut rest = &der[pos + SAN_OID.len()..];
-    // Optional `critical` BOOLEAN.
-    if rest.first() == Some(&0x01) {
-        rest = rest.get(3..).unwrap_or(&[]);
-    }
-    let Some((0x04, octets, _)) = der_item(rest) else {
-        return Vec::new();
-    };
-    let Some((0x30, mut names, _)) = der_item(octets) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    while let Some((tag, value, next)) = der_item(names) {
-        if tag == 0x82 {
-            out.push(String::from_utf8_lossy(value).to_ascii_lowercase());
-        }
-        names = next;
-    }
-    out
-}
-
 /// A certificate that expires within this many days is reported (`status`, `/metrics`).
 pub const EXPIRES_SOON_DAYS: i64 = 30;
 
@@ -140,6 +151,9 @@ pub struct CertificateStatus {
     /// It expires within [`EXPIRES_SOON_DAYS`] (or has expired).
     #[serde(default)]
     pub expires_soon: bool,
+    /// When the stapled OCSP response goes stale (unix seconds), if one is stapled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_next_update: Option<i64>,
 }
 
 impl CertificateStatus {
@@ -151,75 +165,9 @@ impl CertificateStatus {
             names: leaf.map(dns_names).unwrap_or_default(),
             not_after,
             expires_soon: not_after.is_some_and(|t| t - now_s < EXPIRES_SOON_DAYS * 86_400),
+            ocsp_next_update: key.ocsp_next_update(),
         }
     }
-}
-
-/// When a certificate stops being valid (its `notAfter`), in unix seconds, read with the
-/// same minimal DER walk: Certificate → tbsCertificate → [version], serial, signature,
-/// issuer, validity → notAfter (UTCTime or GeneralizedTime).
-pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (0x30, cert, _) = der_item(cert.as_ref())? else {
-        return None;
-    };
-    let (0x30, tbs, _) = der_item(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = der_item(rest)?.2;
-    }
-    for _ in 0..3 {
-        rest = der_item(rest)?.2; // serial, signature, issuer
-    }
-    let (0x30, validity, _) = der_item(rest)? else {
-        return None;
-    };
-    let after = der_item(der_item(validity)?.2)?;
-    let text = std::str::from_utf8(after.1).ok()?;
-    let (year, rest) = match after.0 {
-        0x17 => {
-            let yy: i64 = text.get(..2)?.parse().ok()?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
-        }
-        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
-        _ => return None,
-    };
-    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-    let (month, day) = (field(0)?, field(2)?);
-    let (h, m, sec) = (field(4)?, field(6)?, field(8)?);
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (tag, value, rest) of one DER item.
-fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *b.first()?;
-    let first = *b.get(1)? as usize;
-    let (len, hdr) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *b.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let value = b.get(hdr..hdr + len)?;
-    Some((tag, value, &b[hdr + len..]))
 }
 
 /// A listener's TLS policy, as ALB names its parts: the lowest version, the cipher suites
@@ -294,10 +242,12 @@ fn provider(policy: &Policy) -> rustls::crypto::CryptoProvider {
 }
 
 /// A server config for a listener's certificates (loaded with the configuration, so that
-/// building it reads no file) under its policy: versions, suites, groups, ALPN.
+/// building it reads no file) under its policy: versions, suites, groups, ALPN; and which
+/// client certificates it asks for and accepts.
 pub fn server_config<'a>(
     keys: impl IntoIterator<Item = &'a LoadedKey>,
     policy: &Policy,
+    client_auth: Option<&client_auth::ClientAuth>,
 ) -> Arc<rustls::ServerConfig> {
     let loaded = keys
         .into_iter()
@@ -321,9 +271,13 @@ pub fn server_config<'a>(
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
         });
-    let mut config = builder
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs: loaded }));
+    // Checked with the configuration (`config::client_auth`): the bundle gives a verifier.
+    let verifier = client_auth.and_then(|a| a.verifier().ok());
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs: loaded }));
     config.alpn_protocols = policy.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // A policy that lists suites orders them (as ALB's do); without one the client's
     // preference stands.
@@ -334,25 +288,6 @@ pub fn server_config<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_certificates_not_after_is_read_from_its_der() {
-        let mut params = rcgen_params();
-        params.not_after = rcgen::date_time_ymd(2031, 7, 9);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        // 2031-07-09T00:00:00Z
-        assert_eq!(not_after(cert.der()), Some(1_941_321_600));
-        params.not_after = rcgen::date_time_ymd(2061, 2, 28); // GeneralizedTime after 2049
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(not_after(cert.der()), Some(2_876_774_400));
-        assert_eq!(not_after(&CertificateDer::from(vec![0x30, 0x00])), None);
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-    }
-
-    fn rcgen_params() -> rcgen::CertificateParams {
-        rcgen::CertificateParams::new(vec!["shop.test".to_string()]).unwrap()
-    }
 
     #[test]
     fn wildcard_names_cover_one_label() {

@@ -384,14 +384,22 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
         "When a listener's certificate expires (unix seconds)",
         expiry.clone(),
     );
+    let stapled = Family::<Labels, Gauge>::default();
+    registry.register(
+        "tls_ocsp_next_update_seconds",
+        "When the OCSP response stapled to a listener's certificate goes stale (unix seconds)",
+        stapled.clone(),
+    );
     for l in &snap.config.listeners {
         for c in &l.certificates {
+            let cert = c.cert.display().to_string();
+            let at = labels(&[("listener", &l.name), ("cert", &cert)]);
             let leaf = c.loaded.0.cert.first();
             if let Some(t) = leaf.and_then(crate::tls::not_after) {
-                let cert = c.cert.display().to_string();
-                expiry
-                    .get_or_create(&labels(&[("listener", &l.name), ("cert", &cert)]))
-                    .set(t);
+                expiry.get_or_create(&at).set(t);
+            }
+            if let Some(t) = c.loaded.ocsp_next_update() {
+                stapled.get_or_create(&at).set(t);
             }
         }
     }

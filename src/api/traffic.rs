@@ -145,6 +145,9 @@ pub struct ListenerStatus {
     /// A TLS listener's certificates: names, expiry, whether it is soon.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<crate::tls::CertificateStatus>,
+    /// With `client_auth`: `required` or `optional` client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -238,6 +241,10 @@ pub(super) async fn status(
                 .iter()
                 .map(|c| crate::tls::CertificateStatus::of(&c.cert, &c.loaded, now_s))
                 .collect(),
+            client_certificates: l.client_auth.as_ref().map(|a| {
+                let mode = if a.required { "required" } else { "optional" };
+                mode.to_string()
+            }),
         });
     }
     let services = snap

@@ -44,7 +44,10 @@ fn print_status(s: &serde_json::Value) {
     }
     print_fleet(&s["fleet"]);
     for l in s["listeners"].as_array().into_iter().flatten() {
-        let tls = flag(&l["tls"], " (tls)");
+        let tls = match l["client_certificates"].as_str() {
+            Some(mode) => format!(" (tls, client certificates {mode})"),
+            None => flag(&l["tls"], " (tls)").to_string(),
+        };
         outln!(
             "listener {} on {}{tls}",
             str_of(&l["name"]),
@@ -66,6 +69,17 @@ fn print_status(s: &serde_json::Value) {
                     outln!("  certificate {} expires in {d} days", str_of(&c["cert"]));
                 }
                 _ => {}
+            }
+            // A stapled response within a day of going stale: clients that insist on one
+            // would refuse the handshake after it.
+            if let Some(t) = c["ocsp_next_update"].as_i64() {
+                let hours = (t - switchyard::sys::unix_ms() / 1000) / 3600;
+                if hours < 24 {
+                    outln!(
+                        "  OCSP response of {} goes stale in {hours} h: fetch a fresh one and reload",
+                        str_of(&c["cert"])
+                    );
+                }
             }
         }
     }

@@ -22,6 +22,8 @@ pub struct Loaded {
     env: BTreeMap<String, Option<String>>,
     /// Per `[[listener]]`, per `[[listener.certificate]]`, in file order.
     certificates: Vec<Vec<Certificate>>,
+    /// Per `[[listener]]` with a `client_auth`: what its CA bundle gave.
+    client_ca: BTreeMap<usize, Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsError>>,
     /// Per (service, group) index with a `tls` table: what its files gave.
     target_tls: BTreeMap<(usize, usize), TargetFiles>,
 }
@@ -68,10 +70,21 @@ pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
                 .iter()
                 .map(|c| {
                     let (cert, key) = (base_dir.join(&c.cert), base_dir.join(&c.key));
-                    let loaded = crate::tls::load_certified_key(&cert, &key);
+                    let ocsp = c.ocsp.as_ref().map(|o| base_dir.join(o));
+                    let loaded = crate::tls::load_certified_key(&cert, &key)
+                        .and_then(|k| k.with_ocsp(ocsp.as_deref()));
                     Certificate { cert, key, loaded }
                 })
                 .collect()
+        })
+        .collect();
+    let client_ca = raw
+        .listener
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let ca = &l.client_auth.as_ref()?.ca;
+            Some((i, client::load_bundle(&base_dir.join(ca))))
         })
         .collect();
     let mut target_tls = BTreeMap::new();
@@ -97,6 +110,7 @@ pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
     Loaded {
         env,
         certificates,
+        client_ca,
         target_tls,
     }
 }
@@ -112,6 +126,14 @@ impl Loaded {
     /// What the `tls` of group `j` of service `i` names, as read.
     pub fn target_tls(&self, service: usize, group: usize) -> Option<&TargetFiles> {
         self.target_tls.get(&(service, group))
+    }
+
+    /// What the `i`-th `[[listener]]`'s `client_auth.ca` bundle gave.
+    pub fn client_ca(
+        &self,
+        listener: usize,
+    ) -> Option<&Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsError>> {
+        self.client_ca.get(&listener)
     }
 
     /// The certificates of the `i`-th `[[listener]]`.

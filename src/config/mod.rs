@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod analysis;
+mod client_auth;
 pub mod diff;
 mod fields;
 mod guard;

@@ -179,6 +179,8 @@ pub struct ListenerConfig {
     pub certificates: Vec<CertificateConfig>,
     /// What a TLS handshake may agree on (`tls = { … }`); safe defaults when absent.
     pub tls: crate::tls::Policy,
+    /// Client certificates (mTLS): whom the listener accepts, what it tells targets.
+    pub client_auth: Option<crate::tls::client_auth::ClientAuth>,
 }
 
 impl ListenerConfig {

@@ -244,6 +244,22 @@ pub struct RawListener {
     pub certificate: Vec<RawCertificate>,
     /// The TLS policy: versions, cipher suites, key exchange groups, ALPN.
     pub tls: Option<RawTlsPolicy>,
+    /// Client certificates (mTLS).
+    pub client_auth: Option<RawClientAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// The PEM bundle of the CAs a client certificate must chain to.
+    pub ca: String,
+    /// `"required"` (default) or `"optional"`.
+    pub mode: Option<String>,
+    /// The fields sent upstream are this and the fact's name; default `x-client-cert-`.
+    pub header_prefix: Option<String>,
+    /// Which facts are sent: `verified`, `subject`, `issuer`, `serial-number`, `san`,
+    /// `fingerprint`, `validity`, `leaf`.
+    pub fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +280,8 @@ pub struct RawTlsPolicy {
 pub struct RawCertificate {
     pub cert: String,
     pub key: String,
+    /// A DER OCSP response to staple, read with the certificate.
+    pub ocsp: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

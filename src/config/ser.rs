@@ -48,5 +48,6 @@ pub(super) fn certificate<S: Serializer>(
     for c in &k.0.cert {
         c.as_ref().hash(&mut h);
     }
+    k.0.ocsp.hash(&mut h);
     s.serialize_str(&format!("chain {:016x}", h.finish()))
 }

@@ -58,6 +58,7 @@ pub(super) fn target_tls(
                 let key = match e {
                     TlsError::Cert { .. } => "cert",
                     TlsError::Key { .. } => "key",
+                    TlsError::Ocsp { .. } => "ocsp",
                 };
                 p.add(at.join(key), e.to_string());
                 None

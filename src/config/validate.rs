@@ -186,6 +186,7 @@ fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<List
                     let file = match e {
                         TlsError::Cert { .. } => "cert",
                         TlsError::Key { .. } => "key",
+                        TlsError::Ocsp { .. } => "ocsp",
                     };
                     p.add(path!["listener", i, "certificate", j, file], e.to_string());
                 }
@@ -204,11 +205,16 @@ fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<List
                 super::tls_policy::policy(raw, &at, p)
             }
         };
+        let client_auth = l.client_auth.as_ref().and_then(|raw| {
+            let at = path!["listener", i, "client_auth"];
+            super::client_auth::client_auth(raw, i, !l.certificate.is_empty(), loaded, &at, p)
+        });
         out.push(ListenerConfig {
             name: l.name.clone(),
             bind,
             certificates,
             tls,
+            client_auth,
         });
     }
     out

@@ -5,11 +5,13 @@
 //! so a panic is a finding whichever runner saw it. Not part of the crate's API.
 
 mod answer;
+mod certificate;
 mod config;
 mod measure;
 mod route;
 
 pub use answer::{h1_answer, read_answer, Answer, Pieces};
+pub use certificate::certificate;
 pub use config::{config, config_line};
 pub use measure::{prometheus, webhook};
 pub use route::route;
@@ -26,4 +28,5 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("prometheus", prometheus),
     ("webhook", webhook),
     ("route", route),
+    ("certificate", certificate),
 ];

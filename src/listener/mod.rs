@@ -155,13 +155,13 @@ impl Connection {
         let snap = self.snapshots.load_full();
         let activity = Arc::new(Activity::default());
         let io = TrackedIo::new(stream, activity.clone());
-        let info = Arc::new(ConnInfo::new(
+        let mut info = ConnInfo::new(
             self.listener.clone(),
             client,
             local,
             self.tls,
             snap.config.timeouts.idle,
-        ));
+        );
         if self.tls {
             let Some(config) = snap.tls.get(&*self.listener).cloned() else {
                 return;
@@ -171,8 +171,18 @@ impl Connection {
                 tokio::time::timeout(snap.config.timeouts.header_read, acceptor.accept(io));
             match handshake.await {
                 Ok(Ok(tls)) => {
-                    activity.handshake_done(tls.get_ref().1.alpn_protocol() == Some(b"h2"));
-                    self.http(tls, info, &snap, activity, member).await;
+                    let session = tls.get_ref().1;
+                    activity.handshake_done(session.alpn_protocol() == Some(b"h2"));
+                    let listener = snap
+                        .config
+                        .listeners
+                        .iter()
+                        .find(|l| *l.name == *self.listener);
+                    if let Some(auth) = listener.and_then(|l| l.client_auth.as_ref()) {
+                        info.client_cert = Some(auth.for_connection(session.peer_certificates()));
+                    }
+                    self.http(tls, Arc::new(info), &snap, activity, member)
+                        .await;
                 }
                 // Counted, and logged at most once per 10 s per listener: any client can
                 // make a handshake fail.
@@ -180,7 +190,7 @@ impl Connection {
                 Err(_) => self.handshakes.timed_out(&self.listener),
             }
         } else {
-            self.http(io, info, &snap, activity, member).await;
+            self.http(io, Arc::new(info), &snap, activity, member).await;
         }
     }
 

@@ -59,6 +59,9 @@ pub struct ConnInfo {
     /// Header values made once per connection rather than once per request.
     client_ip: HeaderValue,
     local_port: HeaderValue,
+    /// On a listener with `client_auth`: what the client's certificate tells the target,
+    /// and the prefix under which anything the client sent is removed.
+    pub(crate) client_cert: Option<crate::tls::client_auth::PeerFields>,
 }
 
 impl ConnInfo {
@@ -78,6 +81,7 @@ impl ConnInfo {
             client_ip: HeaderValue::from_str(&client.ip().to_string())
                 .expect("an IP is a header value"),
             local_port: HeaderValue::from(local.port()),
+            client_cert: None,
         }
     }
 }

@@ -150,7 +150,12 @@ impl std::fmt::Display for Cfg {
 
 /// Why a config text is invalid (paths relative to the working directory); panics if it is valid.
 pub(crate) fn config_error(toml: &str) -> String {
-    match switchyard::config::parse(toml, "t.toml", Path::new(".")) {
+    config_error_in(toml, Path::new("."))
+}
+
+/// Why a config text is invalid, its paths relative to `dir`; panics if it is valid.
+pub(crate) fn config_error_in(toml: &str, dir: &Path) -> String {
+    match switchyard::config::parse(toml, "t.toml", dir) {
         Ok(_) => panic!("the config was accepted:\n{toml}"),
         Err(e) => e.to_string(),
     }

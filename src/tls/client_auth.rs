@@ -1,0 +1,263 @@
+//! Client certificates at the edge (mTLS, a listener's `client_auth`): which clients a
+//! listener accepts (a certificate chaining to its CA bundle — required, or optional), and
+//! what a verified certificate tells the target, in request fields named by a prefix, as
+//! ALB's `X-Amzn-Mtls-Clientcert-*` do. Every field with the prefix that a client sent is
+//! removed first, on every request of such a listener, whether or not a certificate was
+//! presented: a target may trust those fields only because switchyard wrote them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+
+use super::CertFacts;
+
+/// The prefix of the fields sent upstream when the file names none.
+pub const DEFAULT_PREFIX: &str = "x-client-cert-";
+
+/// One fact about the client's certificate, sent upstream as `prefix + name()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Field {
+    /// `SUCCESS` with a verified certificate, `NONE` without one (optional mode).
+    Verified,
+    Subject,
+    Issuer,
+    SerialNumber,
+    /// The subject alternative names.
+    San,
+    /// SHA-256 of the leaf certificate's DER, lower-case hex.
+    Fingerprint,
+    Validity,
+    /// The leaf certificate as URL-encoded PEM (ALB's `-Leaf`).
+    Leaf,
+}
+
+impl Field {
+    pub const ALL: [Field; 8] = [
+        Field::Verified,
+        Field::Subject,
+        Field::Issuer,
+        Field::SerialNumber,
+        Field::San,
+        Field::Fingerprint,
+        Field::Validity,
+        Field::Leaf,
+    ];
+
+    /// Sent when the file lists none: everything but the (long) leaf.
+    pub const DEFAULT: [Field; 7] = [
+        Field::Verified,
+        Field::Subject,
+        Field::Issuer,
+        Field::SerialNumber,
+        Field::San,
+        Field::Fingerprint,
+        Field::Validity,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Verified => "verified",
+            Field::Subject => "subject",
+            Field::Issuer => "issuer",
+            Field::SerialNumber => "serial-number",
+            Field::San => "san",
+            Field::Fingerprint => "fingerprint",
+            Field::Validity => "validity",
+            Field::Leaf => "leaf",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// A listener's `client_auth`, validated: the CA bundle as read by the load step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    /// The bundle's certificates (written out by a fingerprint: a rewritten file is a change).
+    #[serde(serialize_with = "bundle")]
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Refuse a handshake without a client certificate; else accept it and say `NONE`.
+    pub required: bool,
+    /// Lower-case; the fields are this plus [`Field::name`].
+    pub header_prefix: String,
+    pub fields: Vec<Field>,
+}
+
+fn bundle<S: serde::Serializer>(v: &[CertificateDer<'static>], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{} certificates, sha256 {}", v.len(), {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        for c in v {
+            d.update(c.as_ref());
+        }
+        hex(d.finish().as_ref())
+    }))
+}
+
+impl ClientAuth {
+    /// The verifier for the listener's server config. Checked when the configuration was
+    /// (`check`), so this cannot fail on a validated one.
+    pub fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, String> {
+        let mut store = RootCertStore::empty();
+        for (i, c) in self.roots.iter().enumerate() {
+            store.add(c.clone()).map_err(|e| {
+                format!(
+                    "certificate {} of the bundle is not a usable CA: {e}",
+                    i + 1
+                )
+            })?;
+        }
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(store),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        );
+        let builder = if self.required {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        builder.build().map_err(|e| e.to_string())
+    }
+
+    /// What one connection sends upstream on each of its requests: computed once, after
+    /// the handshake, from the certificate rustls verified (`peer`: its chain, if any).
+    pub fn for_connection(&self, peer: Option<&[CertificateDer<'_>]>) -> PeerFields {
+        let leaf = peer.and_then(<[_]>::first);
+        let facts = leaf.and_then(CertFacts::of);
+        let mut values = Vec::with_capacity(self.fields.len());
+        for &f in &self.fields {
+            let value = match (f, leaf, &facts) {
+                (Field::Verified, None, _) => Some("NONE".to_string()),
+                (Field::Verified, Some(_), _) => Some("SUCCESS".to_string()),
+                (Field::Fingerprint, Some(c), _) => {
+                    Some(hex(
+                        ring::digest::digest(&ring::digest::SHA256, c.as_ref()).as_ref()
+                    ))
+                }
+                (Field::Leaf, Some(c), _) => Some(url_encoded_pem(c.as_ref())),
+                (Field::Subject, _, Some(x)) => Some(x.subject.clone()),
+                (Field::Issuer, _, Some(x)) => Some(x.issuer.clone()),
+                (Field::SerialNumber, _, Some(x)) => Some(x.serial.clone()),
+                (Field::San, _, Some(x)) if !x.alt_names.is_empty() => Some(x.alt_names.clone()),
+                (Field::Validity, _, Some(x)) => Some(x.validity.clone()),
+                _ => None,
+            };
+            let name =
+                HeaderName::from_bytes(format!("{}{}", self.header_prefix, f.name()).as_bytes());
+            if let (Some(v), Ok(name)) = (value, name) {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    values.push((name, v));
+                }
+            }
+        }
+        PeerFields {
+            prefix: self.header_prefix.clone().into_boxed_str(),
+            values,
+        }
+    }
+}
+
+/// A connection's client-certificate fields, and the prefix whose client-sent copies are
+/// removed from each of its requests.
+#[derive(Debug)]
+pub struct PeerFields {
+    prefix: Box<str>,
+    values: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl PeerFields {
+    /// Removes what the client sent under the prefix, then sets the connection's fields.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        let prefix = self.prefix.as_bytes();
+        let sent: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().as_bytes().starts_with(prefix))
+            .cloned()
+            .collect();
+        for k in sent {
+            h.remove(k);
+        }
+        for (k, v) in &self.values {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PEM with everything but RFC 3986's unreserved characters percent-encoded.
+fn url_encoded_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() * 2);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(fields: &[Field]) -> ClientAuth {
+        ClientAuth {
+            ca: "ca.pem".into(),
+            roots: Vec::new(),
+            required: false,
+            header_prefix: "x-mtls-".into(),
+            fields: fields.to_vec(),
+        }
+    }
+
+    #[test]
+    fn client_sent_fields_under_the_prefix_are_replaced_by_the_connections() {
+        let c = rcgen::generate_simple_self_signed(vec!["client.test".into()]).unwrap();
+        let fields = auth(&Field::ALL).for_connection(Some(&[c.cert.der().clone()]));
+        let mut h = HeaderMap::new();
+        h.insert("x-mtls-subject", HeaderValue::from_static("CN=admin"));
+        h.insert("x-mtls-made-up", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("kept"));
+        fields.apply(&mut h);
+        assert_eq!(h["x-mtls-subject"], "CN=rcgen self signed cert");
+        assert_eq!(h["x-mtls-verified"], "SUCCESS");
+        assert_eq!(h["x-mtls-san"], "DNS:client.test");
+        assert!(h.get("x-mtls-made-up").is_none());
+        assert_eq!(h["x-other"], "kept");
+        let fp = h["x-mtls-fingerprint"].to_str().unwrap();
+        assert_eq!(fp.len(), 64);
+        let leaf = h["x-mtls-leaf"].to_str().unwrap();
+        assert!(
+            leaf.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+            "{leaf}"
+        );
+
+        // No certificate (optional mode): only `verified`, and the client's copies still go.
+        let none = auth(&Field::DEFAULT).for_connection(None);
+        let mut h = HeaderMap::new();
+        h.insert("x-mtls-subject", HeaderValue::from_static("CN=admin"));
+        none.apply(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-mtls-verified"], "NONE");
+    }
+}
