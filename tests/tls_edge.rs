@@ -309,3 +309,58 @@ bounded_test! {
         assert_eq!((c["not_after"].as_i64(), c["expires_soon"].as_bool()), (Some(at2), Some(false)), "{c}");
     }
 }
+
+bounded_test! {
+    /// `[certificates] watch`: renewed files are read by themselves, no `reload` — and a
+    /// renewal caught half written (the new certificate beside the old key) keeps the
+    /// running certificate, counted, until the key follows.
+    async fn a_watched_certificate_is_swapped_when_its_files_change_and_a_half_written_one_is_not() {
+        let b = TestBackend::start("blue").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, key, at) = expiring_in(10);
+        std::fs::write(dir.path().join("shop.pem"), &pem).unwrap();
+        std::fs::write(dir.path().join("shop.key"), &key).unwrap();
+        let cfg = blue_green(b.addr, b.addr)
+            .top("[certificates]\nwatch = \"100ms\"")
+            .listener("[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+            .build();
+        let sy = start_in(&cfg, dir.path()).await;
+        let api = admin(&sy);
+        let not_after = || async {
+            let status = api.get("/api/v1/status").await.unwrap();
+            status["listeners"][0]["certificates"][0]["not_after"].as_i64()
+        };
+        assert_eq!(not_after().await, Some(at));
+
+        let (pem2, key2, at2) = expiring_in(400);
+        std::fs::write(dir.path().join("shop.pem"), &pem2).unwrap();
+        eventually(Duration::from_secs(10), "the half-written renewal is rejected", || async {
+            let m = metrics_text(&sy).await;
+            metric(&m, "switchyard_tls_certificate_reads_total", &["result=\"rejected\""]) == Some(1.0)
+        })
+        .await;
+        assert_eq!(not_after().await, Some(at), "the running certificate stays");
+
+        std::fs::write(dir.path().join("shop.key"), &key2).unwrap();
+        eventually(Duration::from_secs(10), "the renewed certificate is swapped in", || async {
+            not_after().await == Some(at2)
+        })
+        .await;
+        let m = metrics_text(&sy).await;
+        assert_eq!(metric(&m, "switchyard_tls_certificate_reads_total", &["result=\"swapped\""]), Some(1.0), "{m}");
+        // New handshakes get it.
+        let mut store = rustls::RootCertStore::empty();
+        store.add(rustls::pki_types::CertificateDer::from_pem_slice(pem2.as_bytes()).unwrap()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(sy.listener_addr("web").await).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .expect("a handshake trusting only the renewed certificate");
+    }
+}

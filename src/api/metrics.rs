@@ -384,6 +384,17 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
         "When a listener's certificate expires (unix seconds)",
         expiry.clone(),
     );
+    let reads = Family::<Labels, Counter>::default();
+    registry.register(
+        "tls_certificate_reads",
+        "Changed certificate files read by `[certificates] watch`, by result (swapped, unchanged, rejected: the running ones stayed)",
+        reads.clone(),
+    );
+    for (result, n) in &counts.certificate_reads {
+        reads
+            .get_or_create(&labels(&[("result", result)]))
+            .inc_by(*n);
+    }
     let stapled = Family::<Labels, Gauge>::default();
     registry.register(
         "tls_ocsp_next_update_seconds",

@@ -83,16 +83,16 @@ pub(super) fn client_auth(
             }
         }
     }
-    let roots = match loaded.client_ca(listener) {
-        Some(Ok(certs)) => certs.clone(),
-        Some(Err(e)) => {
+    let (ca, roots) = match loaded.client_ca(listener) {
+        Some((path, Ok(certs))) => (path.clone(), certs.clone()),
+        Some((path, Err(e))) => {
             p.add(at.join("ca"), e.to_string());
-            Vec::new()
+            (path.clone(), Vec::new())
         }
-        None => Vec::new(),
+        None => (raw.ca.clone().into(), Vec::new()),
     };
     let auth = ClientAuth {
-        ca: raw.ca.clone().into(),
+        ca,
         roots,
         required,
         header_prefix: prefix.to_ascii_lowercase(),

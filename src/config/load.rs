@@ -15,6 +15,9 @@ use crate::tls::{LoadedKey, TlsError};
 /// nor `token_env`.
 pub const DEFAULT_TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
 
+/// A PEM bundle's certificates.
+type Bundle = Vec<rustls_pki_types::CertificateDer<'static>>;
+
 /// What the file names outside itself, as read.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -23,7 +26,7 @@ pub struct Loaded {
     /// Per `[[listener]]`, per `[[listener.certificate]]`, in file order.
     certificates: Vec<Vec<Certificate>>,
     /// Per `[[listener]]` with a `client_auth`: what its CA bundle gave.
-    client_ca: BTreeMap<usize, Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsError>>,
+    client_ca: BTreeMap<usize, (PathBuf, Result<Bundle, TlsError>)>,
     /// Per (service, group) index with a `tls` table: what its files gave.
     target_tls: BTreeMap<(usize, usize), TargetFiles>,
 }
@@ -44,6 +47,7 @@ pub struct TargetFiles {
 pub struct Certificate {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub ocsp: Option<PathBuf>,
     pub loaded: Result<LoadedKey, TlsError>,
 }
 
@@ -73,7 +77,12 @@ pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
                     let ocsp = c.ocsp.as_ref().map(|o| base_dir.join(o));
                     let loaded = crate::tls::load_certified_key(&cert, &key)
                         .and_then(|k| k.with_ocsp(ocsp.as_deref()));
-                    Certificate { cert, key, loaded }
+                    Certificate {
+                        cert,
+                        key,
+                        ocsp,
+                        loaded,
+                    }
                 })
                 .collect()
         })
@@ -83,8 +92,9 @@ pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
         .iter()
         .enumerate()
         .filter_map(|(i, l)| {
-            let ca = &l.client_auth.as_ref()?.ca;
-            Some((i, client::load_bundle(&base_dir.join(ca))))
+            let ca = base_dir.join(&l.client_auth.as_ref()?.ca);
+            let read = client::load_bundle(&ca);
+            Some((i, (ca, read)))
         })
         .collect();
     let mut target_tls = BTreeMap::new();
@@ -100,7 +110,12 @@ pub fn load(raw: &RawConfig, base_dir: &Path) -> Loaded {
                 (Some(c), Some(k)) => {
                     let (cert, key) = (base_dir.join(c), base_dir.join(k));
                     let loaded = crate::tls::load_certified_key(&cert, &key);
-                    Some(Certificate { cert, key, loaded })
+                    Some(Certificate {
+                        cert,
+                        key,
+                        ocsp: None,
+                        loaded,
+                    })
                 }
                 _ => None,
             };
@@ -129,10 +144,7 @@ impl Loaded {
     }
 
     /// What the `i`-th `[[listener]]`'s `client_auth.ca` bundle gave.
-    pub fn client_ca(
-        &self,
-        listener: usize,
-    ) -> Option<&Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsError>> {
+    pub fn client_ca(&self, listener: usize) -> Option<&(PathBuf, Result<Bundle, TlsError>)> {
         self.client_ca.get(&listener)
     }
 
@@ -146,5 +158,43 @@ impl Loaded {
     pub fn with_env(mut self, var: &str, value: &str) -> Loaded {
         self.env.insert(var.into(), Some(value.into()));
         self
+    }
+}
+
+impl super::Config {
+    /// The listeners' TLS files: certificates, keys, OCSP responses, client CA bundles.
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for l in &self.listeners {
+            for c in &l.certificates {
+                files.extend([c.cert.clone(), c.key.clone()]);
+                files.extend(c.ocsp.clone());
+            }
+            files.extend(l.client_auth.as_ref().map(|a| a.ca.clone()));
+        }
+        files
+    }
+
+    /// The same configuration with the listeners' TLS files read again (what a renewal
+    /// changes), checked as the load step and validation check them; the first problem if
+    /// one is not usable — a key that does not match its new certificate while a renewal
+    /// is half written, say. Blocking, like [`load`].
+    pub fn reread_certificates(&self) -> Result<super::Config, String> {
+        let mut next = self.clone();
+        for l in &mut next.listeners {
+            let name = &l.name;
+            for c in &mut l.certificates {
+                c.loaded = crate::tls::load_certified_key(&c.cert, &c.key)
+                    .and_then(|k| k.with_ocsp(c.ocsp.as_deref()))
+                    .map_err(|e| format!("listener {name}: {e}"))?;
+            }
+            if let Some(a) = &mut l.client_auth {
+                a.roots = client::load_bundle(&a.ca)
+                    .map_err(|e| format!("listener {name}: client_auth.ca: {e}"))?;
+                a.verifier()
+                    .map_err(|e| format!("listener {name}: client_auth.ca: {e}"))?;
+            }
+        }
+        Ok(next)
     }
 }

@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(rename = "notifications.webhook")]
     pub notify_webhook: Option<String>,
     pub access_log: Option<crate::access_log::AccessLogConfig>,
+    /// How often the listeners' TLS files are looked at for changes (`[certificates] watch`).
+    pub certificate_watch: Option<std::time::Duration>,
     /// The text this configuration was parsed from: what a fleet shares (see `localize`).
     #[serde(skip)]
     pub source: Option<std::sync::Arc<str>>,
@@ -193,6 +195,8 @@ impl ListenerConfig {
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The OCSP response stapled (its bytes are in `loaded`).
+    pub ocsp: Option<PathBuf>,
     /// The chain and key as read when the configuration was loaded (off the async runtime),
     /// so that building a snapshot never reads a file.
     #[serde(rename = "chain", serialize_with = "ser::certificate")]

@@ -30,6 +30,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub notifications: RawNotifications,
     pub access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub certificates: RawCertificates,
+}
+
+/// `[certificates]`: how switchyard notices renewed certificate files by itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificates {
+    /// Look at the listeners' certificate, key, OCSP and client CA files this often and
+    /// read them again when one changed; off by default.
+    pub watch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -53,6 +53,15 @@ pub(super) fn validate(
                 buffer,
             })
     });
+    let certificate_watch = raw.certificates.watch.as_ref().and_then(|w| {
+        let at = path!["certificates", "watch"];
+        duration(
+            w,
+            at,
+            &(Duration::from_millis(100)..=Duration::from_secs(86_400)),
+            &mut p,
+        )
+    });
     let notify_webhook = raw.notifications.webhook.clone();
     if let Some(u) = &notify_webhook {
         http_url(u, path!["notifications", "webhook"], &mut p);
@@ -74,6 +83,7 @@ pub(super) fn validate(
             analyses,
             notify_webhook,
             access_log,
+            certificate_watch,
             source: None,
         })
     } else {
@@ -179,6 +189,7 @@ fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<List
                 Ok(chain) => certificates.push(CertificateConfig {
                     cert: c.cert.clone(),
                     key: c.key.clone(),
+                    ocsp: c.ocsp.clone(),
                     loaded: chain.clone(),
                 }),
                 // Located at the key that names the file that could not be used.

@@ -191,6 +191,7 @@ impl Controller {
                 .expect("fleet tasks")
                 .push(follow.abort_handle());
         }
+        tokio::spawn(super::cert_watch::watch(Arc::downgrade(&control)));
         for service in active {
             tracing::info!(%service, "resuming rollout");
             control.ensure_driver(&service).await;

@@ -6,6 +6,7 @@
 
 mod background;
 mod backtest;
+mod cert_watch;
 pub mod clock;
 mod driver;
 mod effects;
@@ -215,6 +216,9 @@ pub struct Counts {
     pub analyses: BTreeMap<(String, String), u64>,
     /// Synthetic requests by (service, result).
     pub synthetic: BTreeMap<(String, String), u64>,
+    /// Changed certificate files read by the watch, by result (`swapped`, `unchanged`,
+    /// `rejected`).
+    pub certificate_reads: BTreeMap<String, u64>,
 }
 
 impl Controller {
