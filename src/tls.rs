@@ -137,8 +137,9 @@ fn name_matches(pattern: &str, sni: &str) -> bool {
     }
 }
 
-/// A certificate that expires within this many days is reported (`status`, `/metrics`).
-pub const EXPIRES_SOON_DAYS: i64 = 30;
+/// A certificate that expires sooner than this is reported (`status`), unless
+/// `[certificates] warn_before` says otherwise.
+pub const EXPIRES_SOON: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// What `status` says of a listener's certificate: the names it covers and when it expires.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -148,7 +149,7 @@ pub struct CertificateStatus {
     /// Unix seconds; absent when the certificate's validity could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<i64>,
-    /// It expires within [`EXPIRES_SOON_DAYS`] (or has expired).
+    /// It expires within `[certificates] warn_before` (or has expired).
     #[serde(default)]
     pub expires_soon: bool,
     /// When the stapled OCSP response goes stale (unix seconds), if one is stapled.
@@ -157,14 +158,19 @@ pub struct CertificateStatus {
 }
 
 impl CertificateStatus {
-    pub fn of(path: &Path, key: &LoadedKey, now_s: i64) -> CertificateStatus {
+    pub fn of(
+        path: &Path,
+        key: &LoadedKey,
+        now_s: i64,
+        warn_before: std::time::Duration,
+    ) -> CertificateStatus {
         let leaf = key.0.cert.first();
         let not_after = leaf.and_then(not_after);
         CertificateStatus {
             cert: path.display().to_string(),
             names: leaf.map(dns_names).unwrap_or_default(),
             not_after,
-            expires_soon: not_after.is_some_and(|t| t - now_s < EXPIRES_SOON_DAYS * 86_400),
+            expires_soon: not_after.is_some_and(|t| t - now_s < warn_before.as_secs() as i64),
             ocsp_next_update: key.ocsp_next_update(),
         }
     }

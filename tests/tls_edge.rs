@@ -207,6 +207,20 @@ fn tls_policies_that_cannot_work_are_refused_at_their_key() {
     assert!(
         config_error(&toml).contains("a TLS policy needs the listener's [[listener.certificate]]")
     );
+    for (top, want) in [
+        ("[certificates]\nwatch = \"1ms\"", "certificates.watch"),
+        (
+            "[certificates]\nwarn_before = \"soon\"",
+            "certificates.warn_before",
+        ),
+        (
+            "[certificates]\nwatch_every = \"1s\"",
+            "unknown field `watch_every`",
+        ),
+    ] {
+        let e = config_error(&blue_green(a, b).top(top).build());
+        assert!(e.contains(want), "{top}\n→ {e}");
+    }
 }
 
 /// A self-signed certificate for shop.test that expires `days` from now (whole days).
@@ -321,7 +335,7 @@ bounded_test! {
         std::fs::write(dir.path().join("shop.pem"), &pem).unwrap();
         std::fs::write(dir.path().join("shop.key"), &key).unwrap();
         let cfg = blue_green(b.addr, b.addr)
-            .top("[certificates]\nwatch = \"100ms\"")
+            .top("[certificates]\nwatch = \"100ms\"\nwarn_before = \"5d\"")
             .listener("[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
             .build();
         let sy = start_in(&cfg, dir.path()).await;
@@ -331,6 +345,9 @@ bounded_test! {
             status["listeners"][0]["certificates"][0]["not_after"].as_i64()
         };
         assert_eq!(not_after().await, Some(at));
+        let status = api.get("/api/v1/status").await.unwrap();
+        let soon = &status["listeners"][0]["certificates"][0]["expires_soon"];
+        assert_eq!(soon, false, "10 days left is not within warn_before = 5d");
 
         let (pem2, key2, at2) = expiring_in(400);
         std::fs::write(dir.path().join("shop.pem"), &pem2).unwrap();

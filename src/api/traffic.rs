@@ -239,7 +239,10 @@ pub(super) async fn status(
             certificates: l
                 .certificates
                 .iter()
-                .map(|c| crate::tls::CertificateStatus::of(&c.cert, &c.loaded, now_s))
+                .map(|c| {
+                    let warn = snap.config.certificate_warn_before;
+                    crate::tls::CertificateStatus::of(&c.cert, &c.loaded, now_s, warn)
+                })
                 .collect(),
             client_certificates: l.client_auth.as_ref().map(|a| {
                 let mode = if a.required { "required" } else { "optional" };

@@ -33,6 +33,8 @@ pub struct Config {
     pub access_log: Option<crate::access_log::AccessLogConfig>,
     /// How often the listeners' TLS files are looked at for changes (`[certificates] watch`).
     pub certificate_watch: Option<std::time::Duration>,
+    /// A certificate expiring within this is reported (`[certificates] warn_before`).
+    pub certificate_warn_before: std::time::Duration,
     /// The text this configuration was parsed from: what a fleet shares (see `localize`).
     #[serde(skip)]
     pub source: Option<std::sync::Arc<str>>,

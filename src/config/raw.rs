@@ -41,6 +41,8 @@ pub struct RawCertificates {
     /// Look at the listeners' certificate, key, OCSP and client CA files this often and
     /// read them again when one changed; off by default.
     pub watch: Option<String>,
+    /// Report a certificate that expires within this (`status`); default 30 days.
+    pub warn_before: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

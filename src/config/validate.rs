@@ -62,6 +62,13 @@ pub(super) fn validate(
             &mut p,
         )
     });
+    let certificate_warn_before = duration_or(
+        raw.certificates.warn_before.as_ref(),
+        path!["certificates", "warn_before"],
+        crate::tls::EXPIRES_SOON,
+        &(Duration::from_secs(3600)..=Duration::from_secs(3650 * 86_400)),
+        &mut p,
+    );
     let notify_webhook = raw.notifications.webhook.clone();
     if let Some(u) = &notify_webhook {
         http_url(u, path!["notifications", "webhook"], &mut p);
@@ -84,6 +91,7 @@ pub(super) fn validate(
             notify_webhook,
             access_log,
             certificate_watch,
+            certificate_warn_before,
             source: None,
         })
     } else {
