@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::external::Context;
 use super::run::{self, Judged, Windows};
 use super::score::{judge, CheckTally, Tallied};
-use super::{AnalysisConfig, Check, Measurement, Outcome, Provider};
+use super::{AnalysisConfig, Check, Measurement, Provider};
 use crate::metrics::{Second, Summary};
 use crate::rollout::machine::Verdict;
 
@@ -282,21 +282,13 @@ async fn replay_check(
         return out;
     }
     let step = (check.interval.as_millis() as i64).max(1);
-    let mut tally = Tally::new(check);
+    let mut tally = run::Tally::new(check);
     for k in 1.. {
         let at = t.start_ms + k * step;
         if !background && tally.taken >= check.count.max(1) {
-            let last = out.measurements.last().map(|m| m.measurement.outcome);
-            match last.and_then(run::ended_without_evidence) {
-                Some(ended) => {
-                    out.verdict = Some(Verdict::Inconclusive);
-                    out.detail = format!("{} — {ended}", tally.last);
-                }
-                None => {
-                    out.verdict = Some(Verdict::Pass);
-                    out.detail = tally.passed();
-                }
-            }
+            let (result, sentence) = tally.end();
+            out.verdict = Some(verdict(result));
+            out.detail = sentence;
             out.decided_at_ms = out.measurements.last().map(|m| m.at_ms);
             break;
         }
@@ -322,81 +314,14 @@ async fn replay_check(
             offset_ms: at - t.began_ms,
             measurement: m,
         });
-        if let Some((verdict, detail)) = decided {
-            out.verdict = Some(verdict);
+        if let Some((result, detail)) = decided {
+            out.verdict = Some(verdict(result));
             out.detail = detail;
             out.decided_at_ms = Some(at);
             break;
         }
     }
     out
-}
-
-/// A check's measurements counted against its limits (as `run` counts them live).
-struct Tally<'a> {
-    check: &'a Check,
-    taken: u32,
-    failures: u32,
-    inconclusive: u32,
-    last: String,
-}
-
-impl<'a> Tally<'a> {
-    fn new(check: &'a Check) -> Tally<'a> {
-        Tally {
-            check,
-            taken: 0,
-            failures: 0,
-            inconclusive: 0,
-            last: String::new(),
-        }
-    }
-
-    /// Counts `m`; the check's verdict once a limit is passed.
-    fn add(&mut self, m: &Measurement) -> Option<(Verdict, String)> {
-        self.taken += 1;
-        self.last = format!("check {} {}", m.check, m.detail);
-        let (count, limit, verdict, what) = match m.outcome {
-            Outcome::Pass => return None,
-            Outcome::Fail => {
-                self.failures += 1;
-                let f = self.failures;
-                (f, self.check.failure_limit, Verdict::Fail, "failed")
-            }
-            Outcome::Inconclusive | Outcome::Error => {
-                self.inconclusive += 1;
-                let what = if m.outcome == Outcome::Error {
-                    "erred"
-                } else {
-                    "was inconclusive"
-                };
-                let n = self.inconclusive;
-                (
-                    n,
-                    self.check.inconclusive_limit,
-                    Verdict::Inconclusive,
-                    what,
-                )
-            }
-        };
-        (count > limit).then(|| {
-            let taken = self.taken;
-            (
-                verdict,
-                format!(
-                    "check {} {what} {count} of {taken} times (limit {limit}): {}",
-                    m.check, m.detail
-                ),
-            )
-        })
-    }
-
-    fn passed(&self) -> String {
-        format!(
-            "{} ({} measurements, {} failed, {} inconclusive)",
-            self.last, self.taken, self.failures, self.inconclusive
-        )
-    }
 }
 
 /// The analysis' verdict from its checks', by the one rule the live run uses
@@ -446,3 +371,12 @@ fn decide(
 #[cfg(test)]
 #[path = "backtest_tests.rs"]
 mod tests;
+
+/// A check's result as the verdict a backtest reports.
+fn verdict(result: Tallied) -> Verdict {
+    match result {
+        Tallied::Passed => Verdict::Pass,
+        Tallied::Failed => Verdict::Fail,
+        Tallied::Inconclusive | Tallied::Unfinished => Verdict::Inconclusive,
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use crate::analysis::Outcome;
 use crate::analysis::{Metric, Threshold};
 
 const T0: i64 = 1_764_000_000_000;

@@ -247,14 +247,94 @@ fn short_of(plan: &Plan, m: &Measurement) -> Option<String> {
     }
 }
 
-/// The one rule for a check's last measurement (the live run's and the backtest's): one
-/// without enough evidence, or that erred, leaves the check inconclusive, whatever its
-/// `inconclusive_limit` forgave on the way — how it ended, in words.
-pub(super) fn ended_without_evidence(last: Outcome) -> Option<&'static str> {
-    match last {
-        Outcome::Inconclusive => Some("ended inconclusive"),
-        Outcome::Error => Some("ended in an error"),
-        Outcome::Pass | Outcome::Fail => None,
+/// A check's measurements counted against its limits: the one rule the live run and the
+/// backtest both follow.
+pub(super) struct Tally<'a> {
+    check: &'a Check,
+    pub(super) taken: u32,
+    failures: u32,
+    inconclusive: u32,
+    /// The last measurement's outcome and sentence.
+    last: Option<(Outcome, String)>,
+}
+
+impl<'a> Tally<'a> {
+    pub(super) fn new(check: &'a Check) -> Tally<'a> {
+        Tally {
+            check,
+            taken: 0,
+            failures: 0,
+            inconclusive: 0,
+            last: None,
+        }
+    }
+
+    /// Counts `m`; the check's result once a limit is passed.
+    pub(super) fn add(&mut self, m: &Measurement) -> Option<(Tallied, String)> {
+        self.taken += 1;
+        self.last = Some((m.outcome, format!("check {} {}", m.check, m.detail)));
+        let (count, limit, result, what) = match m.outcome {
+            Outcome::Pass => return None,
+            Outcome::Fail => {
+                self.failures += 1;
+                let f = self.failures;
+                (f, self.check.failure_limit, Tallied::Failed, "failed")
+            }
+            Outcome::Inconclusive | Outcome::Error => {
+                self.inconclusive += 1;
+                let what = if m.outcome == Outcome::Error {
+                    "erred"
+                } else {
+                    "was inconclusive"
+                };
+                let n = self.inconclusive;
+                (
+                    n,
+                    self.check.inconclusive_limit,
+                    Tallied::Inconclusive,
+                    what,
+                )
+            }
+        };
+        (count > limit).then(|| {
+            let taken = self.taken;
+            (
+                result,
+                format!(
+                    "check {} {what} {count} of {taken} times (limit {limit}): {}",
+                    m.check, m.detail
+                ),
+            )
+        })
+    }
+
+    /// The result of a check that took all its measurements within its limits. The last
+    /// measurement judged the most (a planned check's window is the whole step): one without
+    /// enough evidence, or that erred, leaves the check inconclusive, whatever its
+    /// `inconclusive_limit` forgave on the way (that limit forgives a slow start, not a
+    /// missing end).
+    pub(super) fn end(&self) -> (Tallied, String) {
+        let counts = format!(
+            "{} measurements, {} failed, {} inconclusive",
+            self.taken, self.failures, self.inconclusive
+        );
+        match &self.last {
+            None => (
+                Tallied::Inconclusive,
+                format!("check {} measured nothing", self.check.name),
+            ),
+            Some((Outcome::Inconclusive, last)) => (
+                Tallied::Inconclusive,
+                format!("{last} — ended inconclusive ({counts})"),
+            ),
+            Some((Outcome::Error, last)) => (
+                Tallied::Inconclusive,
+                format!("{last} — ended in an error ({counts})"),
+            ),
+            Some((Outcome::Pass | Outcome::Fail, last)) => {
+                (Tallied::Passed, format!("{last} ({counts})"))
+            }
+        }
     }
 }
 
@@ -265,78 +345,31 @@ async fn run_check(
     ctx: Context,
     background: bool,
 ) -> CheckTally {
-    let (mut failures, mut inconclusive, mut taken) = (0u32, 0u32, 0u32);
-    let mut last = None;
-    let tally = |result, sentence| CheckTally {
+    let mut tally = Tally::new(&check);
+    let mut requests = 0;
+    while background || tally.taken < check.count.max(1) {
+        tokio::time::sleep(check.interval).await;
+        let m = measure(&check, &windows, &ctx).await;
+        tracing::debug!(check = %m.check, outcome = ?m.outcome, detail = %m.detail, "measurement");
+        requests = m.requests.unwrap_or(0);
+        if let Some((result, sentence)) = tally.add(&m) {
+            return CheckTally {
+                check: check.name.clone(),
+                result,
+                sentence,
+                short_of: None,
+            };
+        }
+    }
+    let (result, sentence) = tally.end();
+    let short_of = match result {
+        Tallied::Passed => need.and_then(|n| n.short_of(requests)),
+        _ => None,
+    };
+    CheckTally {
         check: check.name.clone(),
         result,
         sentence,
-        short_of: None,
-    };
-    while background || taken < check.count.max(1) {
-        tokio::time::sleep(check.interval).await;
-        let m = measure(&check, &windows, &ctx).await;
-        taken += 1;
-        tracing::debug!(check = %m.check, outcome = ?m.outcome, detail = %m.detail, "measurement");
-        match m.outcome {
-            Outcome::Pass => {}
-            Outcome::Fail => {
-                failures += 1;
-                if failures > check.failure_limit {
-                    return tally(
-                        Tallied::Failed,
-                        format!(
-                            "check {} failed {failures} of {taken} times (limit {}): {}",
-                            m.check, check.failure_limit, m.detail
-                        ),
-                    );
-                }
-            }
-            Outcome::Inconclusive | Outcome::Error => {
-                inconclusive += 1;
-                if inconclusive > check.inconclusive_limit {
-                    let what = if m.outcome == Outcome::Error {
-                        "erred"
-                    } else {
-                        "was inconclusive"
-                    };
-                    return tally(
-                        Tallied::Inconclusive,
-                        format!(
-                            "check {} {what} {inconclusive} of {taken} times (limit {}): {}",
-                            m.check, check.inconclusive_limit, m.detail
-                        ),
-                    );
-                }
-            }
-        }
-        last = Some(m);
+        short_of,
     }
-    let Some(m) = last else {
-        return tally(
-            Tallied::Inconclusive,
-            format!("check {} measured nothing", check.name),
-        );
-    };
-    // The last measurement judged the most (a planned check's window is the whole step): a
-    // check that ends on one without enough evidence has not passed, whatever its limit for
-    // inconclusive ones on the way (that limit forgives a slow start, not a missing end).
-    if let Some(ended) = ended_without_evidence(m.outcome) {
-        return tally(
-            Tallied::Inconclusive,
-            format!(
-                "check {} {ended} ({taken} measurements, {failures} failed, {inconclusive} inconclusive): {}",
-                m.check, m.detail
-            ),
-        );
-    }
-    let mut t = tally(
-        Tallied::Passed,
-        format!(
-            "check {} {} ({taken} measurements, {failures} failed, {inconclusive} inconclusive)",
-            m.check, m.detail
-        ),
-    );
-    t.short_of = need.and_then(|n| n.short_of(m.requests.unwrap_or(0)));
-    t
 }
