@@ -22,6 +22,9 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The route's host or path rewrite made no valid host or path of this request.
     BadRewrite,
+    /// The connection was verified under client certificate settings its listener no
+    /// longer has (or none): the client must come back through the present handshake.
+    ClientCertificateSettingsChanged,
 }
 
 impl ProxyError {
@@ -37,6 +40,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRewrite => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::ClientCertificateSettingsChanged => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -52,6 +56,7 @@ impl ProxyError {
             ProxyError::ClientTimeout => "client_body_timeout",
             ProxyError::BodyTooLarge => "request_body_too_large",
             ProxyError::BadRewrite => "route_rewrite_invalid",
+            ProxyError::ClientCertificateSettingsChanged => "client_certificate_settings_changed",
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub routes: HashMap<String, Vec<Route>>,
     pub services: BTreeMap<String, Arc<Service>>,
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// Present when a listener has `client_auth`: see `tls::client_auth::ClientCerts`.
+    pub client_certs: Option<Arc<crate::tls::client_auth::ClientCerts>>,
     pub access_log: Option<AccessLog>,
     /// Requests no route matched, per listener.
     pub unmatched: HashMap<String, Arc<RouteStats>>,
@@ -220,8 +222,8 @@ impl Snapshot {
 
         // A traffic change keeps the config object and so the loaded certificates; a reload
         // reads the files again (that is how certificates are rotated).
-        let tls = match prev {
-            Some(p) if Arc::ptr_eq(&p.config, &config) => p.tls.clone(),
+        let (tls, client_certs) = match prev {
+            Some(p) if Arc::ptr_eq(&p.config, &config) => (p.tls.clone(), p.client_certs.clone()),
             _ => {
                 let mut tls = HashMap::new();
                 for l in config.listeners.iter().filter(|l| l.is_tls()) {
@@ -229,7 +231,12 @@ impl Snapshot {
                     let config = crate::tls::server_config(keys, &l.tls, l.client_auth.as_ref());
                     tls.insert(l.name.clone(), config);
                 }
-                tls
+                let mtls = config
+                    .listeners
+                    .iter()
+                    .filter_map(|l| Some((l.name.as_str(), l.client_auth.as_ref()?)));
+                let certs = crate::tls::client_auth::ClientCerts::of(mtls).map(Arc::new);
+                (tls, certs)
             }
         };
 
@@ -247,6 +254,7 @@ impl Snapshot {
             routes,
             services,
             tls,
+            client_certs,
             access_log,
             unmatched,
         }

@@ -60,7 +60,12 @@ impl LoadedKey {
         let now_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        ocsp::check(&der, leaf, now_s).map_err(err)?;
+        let stapled = ocsp::check(&der, leaf).map_err(err)?;
+        if stapled.next_update.is_some_and(|t| t <= now_s) {
+            // Kept (status shows it), never stapled (see `Served`): a failed fetch of a
+            // fresh response must not stop a start or a reload.
+            tracing::warn!(path = %path.display(), "the OCSP response is stale: not stapled until a fresh one is read");
+        }
         let mut key = CertifiedKey::clone(&self.0);
         key.ocsp = Some(der);
         Ok(LoadedKey(Arc::new(key)))
@@ -69,7 +74,7 @@ impl LoadedKey {
     /// When the stapled OCSP response's `nextUpdate` is, if one is stapled and says.
     pub fn ocsp_next_update(&self) -> Option<i64> {
         let (der, leaf) = (self.0.ocsp.as_ref()?, self.0.cert.first()?);
-        ocsp::check(der, leaf, i64::MIN).ok()?.next_update
+        ocsp::check(der, leaf).ok()?.next_update
     }
 }
 
@@ -115,18 +120,56 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<LoadedKey, TlsError
 /// (exact or one-label wildcard), falling back to the first certificate.
 #[derive(Debug)]
 struct SniResolver {
-    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    certs: Vec<Served>,
+}
+
+/// One certificate as handshakes get it: with its OCSP response until that goes stale,
+/// then without (a stale staple is worse than none: strict clients refuse it).
+#[derive(Debug)]
+struct Served {
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
+    /// The same without its staple, and from when (unix seconds) it is served instead.
+    unstapled: Option<(Arc<CertifiedKey>, i64)>,
+}
+
+impl Served {
+    fn of(k: &LoadedKey) -> Served {
+        let unstapled = k.ocsp_next_update().map(|t| {
+            let mut bare = CertifiedKey::clone(&k.0);
+            bare.ocsp = None;
+            (Arc::new(bare), t)
+        });
+        Served {
+            names: k.0.cert.first().map(dns_names).unwrap_or_default(),
+            key: k.0.clone(),
+            unstapled,
+        }
+    }
+
+    fn key_at(&self, now_s: i64) -> Arc<CertifiedKey> {
+        match &self.unstapled {
+            Some((bare, stale_from)) if now_s >= *stale_from => bare.clone(),
+            _ => self.key.clone(),
+        }
+    }
+}
+
+impl SniResolver {
+    fn pick(&self, sni: Option<&str>, now_s: i64) -> Option<Arc<CertifiedKey>> {
+        let chosen = sni.and_then(|sni| {
+            let sni = sni.to_ascii_lowercase();
+            self.certs
+                .iter()
+                .find(|c| c.names.iter().any(|n| name_matches(n, &sni)))
+        });
+        chosen.or(self.certs.first()).map(|c| c.key_at(now_s))
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello.server_name().and_then(|sni| {
-            let sni = sni.to_ascii_lowercase();
-            self.certs
-                .iter()
-                .find(|(names, _)| names.iter().any(|n| name_matches(n, &sni)))
-        });
-        chosen.or(self.certs.first()).map(|(_, k)| k.clone())
+        self.pick(hello.server_name(), crate::sys::unix_ms() / 1000)
     }
 }
 
@@ -255,13 +298,7 @@ pub fn server_config<'a>(
     policy: &Policy,
     client_auth: Option<&client_auth::ClientAuth>,
 ) -> Arc<rustls::ServerConfig> {
-    let loaded = keys
-        .into_iter()
-        .map(|k| {
-            let names = k.0.cert.first().map(dns_names).unwrap_or_default();
-            (names, k.0.clone())
-        })
-        .collect();
+    let loaded = keys.into_iter().map(Served::of).collect();
     let versions: &[&rustls::SupportedProtocolVersion] = if policy.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -278,9 +315,10 @@ pub fn server_config<'a>(
             .expect("ring supports the default protocol versions")
         });
     // Checked with the configuration (`config::client_auth`): the bundle gives a verifier.
-    let verifier = client_auth.and_then(|a| a.verifier().ok());
-    let builder = match verifier {
-        Some(v) => builder.with_client_cert_verifier(v),
+    // Were it ever not so, every client would be refused, never every one let in.
+    let builder = match client_auth {
+        Some(a) => builder
+            .with_client_cert_verifier(a.verifier().unwrap_or_else(|_| client_auth::refuse_all())),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs: loaded }));
@@ -294,6 +332,27 @@ pub fn server_config<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_ocsp_response_is_no_longer_stapled() {
+        let c = rcgen::generate_simple_self_signed(vec!["shop.test".into()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
+        let provider = rustls::crypto::ring::default_provider();
+        let mut certified =
+            CertifiedKey::from_der(vec![c.cert.der().clone()], key, &provider).unwrap();
+        let (serial, issuer) = der::serial_and_issuer(c.cert.der()).unwrap();
+        // nextUpdate 2027-01-20T00:00:00Z = 1_800_403_200
+        let response = ocsp::tests::response(serial, issuer, 0x80, Some("20270120000000Z"));
+        certified.ocsp = Some(response.clone());
+        let resolver = SniResolver {
+            certs: vec![Served::of(&LoadedKey(Arc::new(certified)))],
+        };
+        let before = resolver.pick(Some("shop.test"), 1_800_403_199).unwrap();
+        assert_eq!(before.ocsp.as_deref(), Some(&response[..]));
+        let after = resolver.pick(None, 1_800_403_200).unwrap();
+        assert_eq!(after.ocsp, None, "stale from its nextUpdate on");
+        assert_eq!(after.cert, before.cert);
+    }
 
     #[test]
     fn wildcard_names_cover_one_label() {

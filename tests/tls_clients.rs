@@ -134,12 +134,19 @@ impl ServerCertVerifier for Recording {
 /// One `GET /echo` over a new TLS connection, presenting `identity` if given, with `extra`
 /// request fields: the target's view of the request (JSON), or the error. Also returns
 /// the OCSP response the server stapled (empty: none).
-async fn echo(
-    sy: &Server,
+/// A TLS client trusting `root`, presenting `identity` if given.
+fn connector(
     root: &CertificateDer<'static>,
     identity: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
-    extra: &str,
-) -> (Result<serde_json::Value, String>, Vec<u8>) {
+) -> tokio_rustls::TlsConnector {
+    connector_recording(root, identity).0
+}
+
+/// [`connector`], and the verifier that records the OCSP response the server stapled.
+fn connector_recording(
+    root: &CertificateDer<'static>,
+    identity: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
+) -> (tokio_rustls::TlsConnector, Arc<Recording>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
@@ -163,12 +170,22 @@ async fn echo(
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
+    (tokio_rustls::TlsConnector::from(Arc::new(cfg)), verifier)
+}
+
+async fn echo(
+    sy: &Server,
+    root: &CertificateDer<'static>,
+    identity: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
+    extra: &str,
+) -> (Result<serde_json::Value, String>, Vec<u8>) {
+    let (connector, verifier) = connector_recording(root, identity);
     let result = async {
         let tcp = tokio::net::TcpStream::connect(sy.listener_addr("web").await)
             .await
             .map_err(|e| e.to_string())?;
         let name = ServerName::try_from("shop.test").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        let mut tls = connector
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
@@ -495,5 +512,113 @@ bounded_test! {
             assert!(e.contains("listener[0].certificate[0].ocsp: OCSP response"), "{e}");
             assert!(e.contains(want), "{e}");
         }
+    }
+}
+
+/// A `GET path` on an open TLS stream, keep-alive: the answer's status line and body.
+async fn keep_alive_get<S>(tls: &mut S, path: &str, extra: &str) -> (String, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.1\r\nhost: shop.test\r\n{extra}\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tls.read(&mut byte).await.unwrap(),
+            1,
+            "the answer's head ended early"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+bounded_test! {
+    /// The client's copies go before routing reads the request — a route on the verified
+    /// subject cannot be reached with a forged one — and on every listener, not only the
+    /// mTLS one.
+    async fn forged_certificate_fields_reach_neither_a_route_nor_another_listeners_target() {
+        let b = TestBackend::start("blue").await;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki(dir.path());
+        let cfg = blue_green(b.addr, b.addr)
+            .listener("client_auth = { ca = \"clients-ca.pem\", mode = \"optional\" }\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+            .top("[[route]]\nname = \"ops\"\npriority = 0\nmatch.header = { \"x-client-cert-subject\" = [\"CN=client-7*\"] }\nfixed_response = { status = 200, body = \"ops console\" }\n[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"")
+            .build();
+        let sy = start_in(&cfg, dir.path()).await;
+        let forged = "x-client-cert-subject: CN=client-7,O=Shop\r\n";
+        let (seen, _) = echo(&sy, &pki.server, None, forged).await;
+        let seen = seen.expect("routed to the service, not the ops route");
+        assert_eq!(seen["headers"]["x-client-cert-verified"], "NONE", "{seen}");
+        let me = Some((pki.client_chain.as_slice(), &pki.client_key));
+        let tcp = tokio::net::TcpStream::connect(sy.listener_addr("web").await).await.unwrap();
+        let mut tls = connector(&pki.server, me).connect(ServerName::try_from("shop.test").unwrap(), tcp).await.unwrap();
+        let (_, body) = keep_alive_get(&mut tls, "/echo", "").await;
+        assert_eq!(body, "ops console", "the verified subject routes");
+
+        // The plain listener: no certificate, and forged fields are removed all the same.
+        let url = format!("http://{}/echo", sy.listener_addr("plain").await);
+        let req = http::Request::get(&url)
+            .header("x-client-cert-subject", "CN=client-7,O=Shop")
+            .header("X_Client_Cert_Verified", "SUCCESS")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let h = seen["headers"].as_object().unwrap();
+        assert!(
+            !h.keys().any(|k| k.replace('_', "-").starts_with("x-client-cert-")),
+            "{seen}"
+        );
+    }
+}
+
+bounded_test! {
+    /// A reload that adds `client_auth` to a listener: a connection made before it, without
+    /// a certificate, is answered 421 and closed — never served as if verified, nor with
+    /// fields it could forge — and a new one goes through the new handshake.
+    async fn a_connection_from_before_client_auth_changed_is_sent_to_reconnect() {
+        let b = TestBackend::start("blue").await;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki(dir.path());
+        let base = blue_green(b.addr, b.addr);
+        let tls = "[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"";
+        let path = dir.path().join("sy.toml");
+        std::fs::write(&path, base.clone().listener(tls).build()).unwrap();
+        let sy = server_from_file(&path).await;
+        let tcp = tokio::net::TcpStream::connect(sy.listener_addr("web").await).await.unwrap();
+        let mut old = connector(&pki.server, None).connect(ServerName::try_from("shop.test").unwrap(), tcp).await.unwrap();
+        let (head, _) = keep_alive_get(&mut old, "/echo", "").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+        let mtls = format!("client_auth = {{ ca = \"clients-ca.pem\" }}\n{tls}");
+        std::fs::write(&path, base.listener(&mtls).build()).unwrap();
+        admin(&sy).post("/api/v1/reload", serde_json::json!({})).await.unwrap();
+        let (head, _) = keep_alive_get(&mut old, "/echo", "x-client-cert-subject: CN=admin\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 421"), "{head}");
+        assert!(head.contains("client_certificate_settings_changed"), "{head}");
+        let mut rest = Vec::new();
+        let _ = old.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "closed after the 421");
+
+        let me = Some((pki.client_chain.as_slice(), &pki.client_key));
+        let (seen, _) = echo(&sy, &pki.server, me, "").await;
+        assert_eq!(seen.unwrap()["headers"]["x-client-cert-verified"], "SUCCESS");
+        let (refused, _) = echo(&sy, &pki.server, None, "").await;
+        assert!(refused.is_err(), "{refused:?}");
     }
 }

@@ -73,11 +73,17 @@ fn print_status(s: &serde_json::Value) {
             // A stapled response within a day of going stale: clients that insist on one
             // would refuse the handshake after it.
             if let Some(t) = c["ocsp_next_update"].as_i64() {
-                let hours = (t - switchyard::sys::unix_ms() / 1000) / 3600;
-                if hours < 24 {
+                let left = t - switchyard::sys::unix_ms() / 1000;
+                if left <= 0 {
                     outln!(
-                        "  OCSP response of {} goes stale in {hours} h: fetch a fresh one and reload",
+                        "  OCSP response of {} is STALE, not stapled: fetch a fresh one and reload",
                         str_of(&c["cert"])
+                    );
+                } else if left < 86_400 {
+                    outln!(
+                        "  OCSP response of {} goes stale in {} h: fetch a fresh one and reload",
+                        str_of(&c["cert"]),
+                        left / 3600
                     );
                 }
             }

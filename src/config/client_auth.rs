@@ -35,25 +35,39 @@ pub(super) fn client_auth(
         }
     };
     let prefix = raw.header_prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
-    let token = |c: u8| c.is_ascii_alphanumeric() || b"-_.".contains(&c);
-    if prefix.is_empty() || !prefix.bytes().all(token) {
-        p.add(
-            at.join("header_prefix"),
-            format!("\"{prefix}\": a field name prefix of letters, digits, '-', '_' or '.' (every client field starting with it is removed)"),
-        );
-    } else if [
+    let token = |c: u8| c.is_ascii_alphanumeric() || c == b'-';
+    let lower = prefix.to_ascii_lowercase();
+    // Fields HTTP or switchyard needs, which no prefix may remove.
+    let taken = [
         "x-forwarded-",
-        "x-request-",
+        "x-request-id",
+        "x-switchyard-",
         "host",
         "content-",
         "transfer-",
         "connection",
-    ]
-    .iter()
-    .any(|taken| {
-        taken.starts_with(&prefix.to_ascii_lowercase())
-            || prefix.to_ascii_lowercase().starts_with(taken)
-    }) {
+        "accept",
+        "authorization",
+        "cookie",
+        "te",
+        "trailer",
+        "upgrade",
+        "sec-",
+        "forwarded",
+        "via",
+        "grpc-",
+        "proxy-",
+        "keep-alive",
+    ];
+    if prefix.len() < 3 || !prefix.bytes().all(token) || !prefix.ends_with('-') {
+        p.add(
+            at.join("header_prefix"),
+            format!("\"{prefix}\": a field name prefix of letters, digits and '-', at least 3 long, ending in '-' (every client field starting with it is removed)"),
+        );
+    } else if taken
+        .iter()
+        .any(|t| t.starts_with(&lower) || lower.starts_with(t))
+    {
         p.add(
             at.join("header_prefix"),
             format!("\"{prefix}\" would remove fields HTTP or switchyard needs: choose a prefix of its own, e.g. \"{DEFAULT_PREFIX}\""),
@@ -91,13 +105,7 @@ pub(super) fn client_auth(
         }
         None => (raw.ca.clone().into(), Vec::new()),
     };
-    let auth = ClientAuth {
-        ca,
-        roots,
-        required,
-        header_prefix: prefix.to_ascii_lowercase(),
-        fields,
-    };
+    let auth = ClientAuth::new(ca, roots, required, prefix.to_ascii_lowercase(), fields);
     if p.0.len() == before {
         if let Err(e) = auth.verifier() {
             p.add(at.join("ca"), e);

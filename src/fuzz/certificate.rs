@@ -6,7 +6,7 @@
 
 use rustls_pki_types::CertificateDer;
 
-use crate::tls::client_auth::{ClientAuth, Field};
+use crate::tls::client_auth::{ClientAuth, ClientCerts, Field};
 use crate::tls::{ocsp, CertFacts};
 
 /// The input is a two-byte big-endian length, that many bytes of certificate DER, and the
@@ -25,21 +25,24 @@ pub fn certificate(data: &[u8]) {
             "facts read without a validity"
         );
     }
-    let auth = ClientAuth {
-        ca: "ca.pem".into(),
-        roots: Vec::new(),
-        required: true,
-        header_prefix: "x-client-cert-".into(),
-        fields: Field::ALL.to_vec(),
-    };
+    let auth = ClientAuth::new(
+        "ca.pem".into(),
+        Vec::new(),
+        true,
+        "x-client-cert-".into(),
+        Field::ALL.to_vec(),
+    );
     let sent = auth.for_connection(Some(std::slice::from_ref(&cert)));
+    let certs = ClientCerts::of([("edge", &auth)]).expect("one listener");
     let mut h = http::HeaderMap::new();
-    sent.apply(&mut h);
+    certs
+        .apply("edge", Some(&sent), &mut h)
+        .expect("verified under these settings");
     if let Some(f) = facts {
         // Every fact made it into its field: none was dropped as an invalid value.
         assert_eq!(h["x-client-cert-subject"], f.subject.as_str());
         assert_eq!(h["x-client-cert-issuer"], f.issuer.as_str());
         assert_eq!(h["x-client-cert-validity"], f.validity.as_str());
     }
-    let _ = ocsp::check(response, &cert, 1_800_000_000);
+    let _ = ocsp::check(response, &cert);
 }

@@ -84,9 +84,6 @@ pub(super) fn prepare_request_headers(
                 h.insert(header::HOST, v.clone());
             }),
     };
-    if let Some(fields) = &conn.client_cert {
-        fields.apply(h);
-    }
     let mut set = SetFields::default();
     set.set(&X_REQUEST_ID, rid.clone());
     // Every X-Forwarded-For line the client sent, then its address.

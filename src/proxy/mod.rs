@@ -220,6 +220,24 @@ async fn dispatch<'s>(
     started: Instant,
     served: &mut Served<'s>,
 ) -> Response<ResponseBody> {
+    // Before anything reads the request: no client can pose as a verified certificate.
+    if let Some(certs) = &snap.client_certs {
+        let conn_fields = conn.client_cert.as_ref();
+        if certs
+            .apply(&conn.listener, conn_fields, req.headers_mut())
+            .is_err()
+        {
+            let mut resp = error(
+                ProxyError::ClientCertificateSettingsChanged,
+                "this listener's client certificate settings changed since the connection was made: connect again",
+            );
+            if req.version() <= http::Version::HTTP_11 {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+    }
     let host = request_host(&req).unwrap_or("");
     let (host_name, _) = split_port(host);
     let facts = RequestFacts {

@@ -1,10 +1,16 @@
 //! Client certificates at the edge (mTLS, a listener's `client_auth`): which clients a
 //! listener accepts (a certificate chaining to its CA bundle — required, or optional), and
 //! what a verified certificate tells the target, in request fields named by a prefix, as
-//! ALB's `X-Amzn-Mtls-Clientcert-*` do. Every field with the prefix that a client sent is
-//! removed first, on every request of such a listener, whether or not a certificate was
-//! presented: a target may trust those fields only because switchyard wrote them.
+//! ALB's `X-Amzn-Mtls-Clientcert-*` do. Every field under any listener's prefix that a
+//! client sent (`_` taken as `-`, as CGI-style targets read them) is removed first, on every
+//! request of every listener, before routing reads the request, whether or not a
+//! certificate was presented: a target — and a route — may trust those fields only because
+//! switchyard wrote them. A connection verified under settings its listener no longer has
+//! (a reload added `client_auth`, changed its CA, mode or prefix) is answered 421 and
+//! closed, so that the client comes back through the listener's present handshake.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -90,6 +96,9 @@ pub struct ClientAuth {
     /// Lower-case; the fields are this plus [`Field::name`].
     pub header_prefix: String,
     pub fields: Vec<Field>,
+    /// Of all the above: what a connection was verified under, compared per request.
+    #[serde(skip)]
+    pub fingerprint: u64,
 }
 
 fn bundle<S: serde::Serializer>(v: &[CertificateDer<'static>], s: S) -> Result<S::Ok, S::Error> {
@@ -103,6 +112,26 @@ fn bundle<S: serde::Serializer>(v: &[CertificateDer<'static>], s: S) -> Result<S
 }
 
 impl ClientAuth {
+    pub fn new(
+        ca: PathBuf,
+        roots: Vec<CertificateDer<'static>>,
+        required: bool,
+        header_prefix: String,
+        fields: Vec<Field>,
+    ) -> ClientAuth {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&ca, &roots, required, &header_prefix).hash(&mut h);
+        fields.iter().map(|f| f.name()).for_each(|n| n.hash(&mut h));
+        ClientAuth {
+            ca,
+            roots,
+            required,
+            header_prefix,
+            fields,
+            fingerprint: h.finish(),
+        }
+    }
+
     /// The verifier for the listener's server config. Checked when the configuration was
     /// (`check`), so this cannot fail on a validated one.
     pub fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, String> {
@@ -159,36 +188,153 @@ impl ClientAuth {
             }
         }
         PeerFields {
-            prefix: self.header_prefix.clone().into_boxed_str(),
+            verified_under: self.fingerprint,
             values,
         }
     }
 }
 
-/// A connection's client-certificate fields, and the prefix whose client-sent copies are
-/// removed from each of its requests.
+/// A verifier that refuses every client: what a listener gets if its CA bundle ever failed
+/// to give one after the configuration was checked — never one that lets every client in.
+pub fn refuse_all() -> Arc<dyn ClientCertVerifier> {
+    Arc::new(RefuseAll(rustls::crypto::ring::default_provider()))
+}
+
+#[derive(Debug)]
+struct RefuseAll(rustls::crypto::CryptoProvider);
+
+impl ClientCertVerifier for RefuseAll {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::General("no usable client CA bundle".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A connection's client-certificate fields, and the settings it was verified under.
 #[derive(Debug)]
 pub struct PeerFields {
-    prefix: Box<str>,
+    verified_under: u64,
     values: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl PeerFields {
-    /// Removes what the client sent under the prefix, then sets the connection's fields.
-    pub fn apply(&self, h: &mut HeaderMap) {
-        let prefix = self.prefix.as_bytes();
+/// The client-certificate part of a snapshot: every listener's prefix (removed on every
+/// listener) and what each mTLS listener's connections must have been verified under.
+/// Present only when some listener has `client_auth`: other configurations pay one branch.
+#[derive(Debug)]
+pub struct ClientCerts {
+    /// Lower-case, `_` as `-`.
+    prefixes: Vec<Box<[u8]>>,
+    by_listener: HashMap<String, u64>,
+}
+
+/// A request on a connection verified under settings its listener no longer has.
+#[derive(Debug)]
+pub struct SettingsChanged;
+
+impl ClientCerts {
+    pub fn of<'a>(
+        listeners: impl IntoIterator<Item = (&'a str, &'a ClientAuth)>,
+    ) -> Option<ClientCerts> {
+        let mut out = ClientCerts {
+            prefixes: Vec::new(),
+            by_listener: HashMap::new(),
+        };
+        for (name, auth) in listeners {
+            let prefix: Box<[u8]> = normalized(auth.header_prefix.as_bytes()).collect();
+            if !out.prefixes.contains(&prefix) {
+                out.prefixes.push(prefix);
+            }
+            out.by_listener.insert(name.to_string(), auth.fingerprint);
+        }
+        (!out.by_listener.is_empty()).then_some(out)
+    }
+
+    /// Removes every field under a prefix the client sent; on an mTLS listener, sets the
+    /// connection's — or refuses a connection verified under other settings (or none).
+    pub fn apply(
+        &self,
+        listener: &str,
+        conn: Option<&PeerFields>,
+        h: &mut HeaderMap,
+    ) -> Result<(), SettingsChanged> {
         let sent: Vec<HeaderName> = h
             .keys()
-            .filter(|k| k.as_str().as_bytes().starts_with(prefix))
+            .filter(|k| {
+                let name = k.as_str().as_bytes();
+                self.prefixes.iter().any(|p| {
+                    name.len() >= p.len() && normalized(&name[..p.len()]).eq(p.iter().copied())
+                })
+            })
             .cloned()
             .collect();
         for k in sent {
             h.remove(k);
         }
-        for (k, v) in &self.values {
-            h.insert(k.clone(), v.clone());
+        let Some(under) = self.by_listener.get(listener) else {
+            return Ok(());
+        };
+        match conn {
+            Some(f) if f.verified_under == *under => {
+                for (k, v) in &f.values {
+                    h.insert(k.clone(), v.clone());
+                }
+                Ok(())
+            }
+            _ => Err(SettingsChanged),
         }
     }
+}
+
+/// A field name's bytes as prefixes are compared: lower-case (field names already are),
+/// `_` as `-`.
+fn normalized(b: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    b.iter().map(|c| {
+        if *c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -221,24 +367,31 @@ mod tests {
     use super::*;
 
     fn auth(fields: &[Field]) -> ClientAuth {
-        ClientAuth {
-            ca: "ca.pem".into(),
-            roots: Vec::new(),
-            required: false,
-            header_prefix: "x-mtls-".into(),
-            fields: fields.to_vec(),
-        }
+        ClientAuth::new(
+            "ca.pem".into(),
+            Vec::new(),
+            false,
+            "x-mtls-".into(),
+            fields.to_vec(),
+        )
     }
 
     #[test]
     fn client_sent_fields_under_the_prefix_are_replaced_by_the_connections() {
         let c = rcgen::generate_simple_self_signed(vec!["client.test".into()]).unwrap();
-        let fields = auth(&Field::ALL).for_connection(Some(&[c.cert.der().clone()]));
+        let all = auth(&Field::ALL);
+        let certs = ClientCerts::of([("edge", &all)]).unwrap();
+        let fields = all.for_connection(Some(&[c.cert.der().clone()]));
         let mut h = HeaderMap::new();
         h.insert("x-mtls-subject", HeaderValue::from_static("CN=admin"));
         h.insert("x-mtls-made-up", HeaderValue::from_static("1"));
+        h.insert("x_mtls_role", HeaderValue::from_static("root"));
         h.insert("x-other", HeaderValue::from_static("kept"));
-        fields.apply(&mut h);
+        certs.apply("edge", Some(&fields), &mut h).unwrap();
+        assert!(
+            h.get("x_mtls_role").is_none(),
+            "underscores are dashes to CGI-style targets"
+        );
         assert_eq!(h["x-mtls-subject"], "CN=rcgen self signed cert");
         assert_eq!(h["x-mtls-verified"], "SUCCESS");
         assert_eq!(h["x-mtls-san"], "DNS:client.test");
@@ -253,11 +406,25 @@ mod tests {
         );
 
         // No certificate (optional mode): only `verified`, and the client's copies still go.
-        let none = auth(&Field::DEFAULT).for_connection(None);
+        let default = auth(&Field::DEFAULT);
+        let certs = ClientCerts::of([("edge", &default)]).unwrap();
+        let none = default.for_connection(None);
         let mut h = HeaderMap::new();
         h.insert("x-mtls-subject", HeaderValue::from_static("CN=admin"));
-        none.apply(&mut h);
+        certs.apply("edge", Some(&none), &mut h).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-mtls-verified"], "NONE");
+
+        // Another listener: removed, nothing set. Verified under other settings, or never:
+        // refused.
+        let mut h = HeaderMap::new();
+        h.insert("x-mtls-subject", HeaderValue::from_static("CN=admin"));
+        certs.apply("plain", None, &mut h).unwrap();
+        assert!(h.is_empty());
+        assert!(certs.apply("edge", None, &mut h).is_err());
+        assert!(
+            certs.apply("edge", Some(&fields), &mut h).is_err(),
+            "verified under ALL"
+        );
     }
 }

@@ -247,7 +247,8 @@ impl CertFacts {
 }
 
 fn alt_name(tag: u8, v: &[u8]) -> Option<String> {
-    let text = |prefix: &str| format!("{prefix}:{}", escape(&String::from_utf8_lossy(v), ""));
+    // `,` and `\` escaped: a name cannot pose as a second entry of the list.
+    let text = |prefix: &str| format!("{prefix}:{}", escape(&String::from_utf8_lossy(v), ",\\"));
     match tag {
         0x81 => Some(text("email")),
         0x82 => Some(text("DNS")),

@@ -2,7 +2,9 @@
 //! (rustls staples what the certified key carries). A stale or wrong response is worse than
 //! none — a client that insists on stapling refuses the handshake — so the file is checked
 //! when it is read: a successful response, about this certificate (its serial number and its issuer's name), saying
-//! `good`, whose `nextUpdate` has not passed. Its signature is the client's to check.
+//! `good`. One whose `nextUpdate` has passed is kept but not stapled (`tls::Served`), so
+//! that a failed fetch never stops a start or a reload. Its signature is the client's to
+//! check.
 
 use rustls_pki_types::CertificateDer;
 
@@ -15,8 +17,8 @@ pub struct Stapled {
     pub next_update: Option<i64>,
 }
 
-/// Checks `response` (DER) against the leaf certificate at `now_s`.
-pub fn check(response: &[u8], leaf: &CertificateDer<'_>, now_s: i64) -> Result<Stapled, String> {
+/// Checks `response` (DER) against the leaf certificate.
+pub fn check(response: &[u8], leaf: &CertificateDer<'_>) -> Result<Stapled, String> {
     let bad = |what: &str| format!("not an OCSP response the certificate can use: {what}");
     // OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, responseBytes [0] EXPLICIT … }
     let (0x30, resp, _) = item(response).ok_or_else(|| bad("no DER SEQUENCE"))? else {
@@ -121,21 +123,13 @@ pub fn check(response: &[u8], leaf: &CertificateDer<'_>, now_s: i64) -> Result<S
             },
             _ => None,
         };
-        if let Some(t) = next_update {
-            if t <= now_s {
-                return Err(format!(
-                    "the OCSP response is stale: its nextUpdate passed {} s ago; fetch a fresh one",
-                    now_s - t
-                ));
-            }
-        }
         return Ok(Stapled { next_update });
     }
     Err("the OCSP response is about another certificate (no entry with its serial number and issuer)".into())
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -152,7 +146,12 @@ mod tests {
 
     /// An OCSP response about `serial` issued by `issuer` (its Name's DER), saying `status`
     /// (0x80 good, 0xa1 revoked), with `next_update` as GeneralizedTime text.
-    fn response(serial: &[u8], issuer: &[u8], status: u8, next_update: Option<&str>) -> Vec<u8> {
+    pub(crate) fn response(
+        serial: &[u8],
+        issuer: &[u8],
+        status: u8,
+        next_update: Option<&str>,
+    ) -> Vec<u8> {
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, issuer);
         let alg = tlv(
             0x30,
@@ -204,32 +203,34 @@ mod tests {
         let c = rcgen::generate_simple_self_signed(vec!["shop.test".into()]).unwrap();
         let leaf = c.cert.der();
         let (serial, issuer) = super::super::der::serial_and_issuer(leaf).unwrap();
-        let now = 1_800_000_000; // 2027-01-15
         let good = response(serial, issuer, 0x80, Some("20270120000000Z"));
         assert_eq!(
-            check(&good, leaf, now),
+            check(&good, leaf),
             Ok(Stapled {
                 next_update: Some(1_800_403_200)
             })
         );
         let forever = response(serial, issuer, 0x80, None);
-        assert_eq!(
-            check(&forever, leaf, now),
-            Ok(Stapled { next_update: None })
-        );
+        assert_eq!(check(&forever, leaf), Ok(Stapled { next_update: None }));
         let stale = response(serial, issuer, 0x80, Some("20270110000000Z"));
-        assert!(check(&stale, leaf, now).unwrap_err().contains("stale"));
+        // Read, not refused: `tls::Served` stops stapling it.
+        assert_eq!(
+            check(&stale, leaf),
+            Ok(Stapled {
+                next_update: Some(1_799_539_200)
+            })
+        );
         let revoked = response(serial, issuer, 0xa1, None);
-        assert!(check(&revoked, leaf, now).unwrap_err().contains("revoked"));
+        assert!(check(&revoked, leaf).unwrap_err().contains("revoked"));
         let other_issuer = response(serial, b"\x30\x00", 0x80, None);
-        assert!(check(&other_issuer, leaf, now)
+        assert!(check(&other_issuer, leaf)
             .unwrap_err()
             .contains("another certificate"));
         let refused = tlv(0x30, &[&tlv(0x0a, &[&[6]])]);
-        assert!(check(&refused, leaf, now)
+        assert!(check(&refused, leaf)
             .unwrap_err()
             .contains("refused the request (status 6)"));
-        assert!(check(b"not der", leaf, now).is_err());
-        assert!(check(&good[..good.len() - 3], leaf, now).is_err());
+        assert!(check(b"not der", leaf).is_err());
+        assert!(check(&good[..good.len() - 3], leaf).is_err());
     }
 }
