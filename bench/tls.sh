@@ -134,6 +134,9 @@ http {
   ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
   ssl_ecdh_curve X25519;
   ssl_session_cache shared:SSL:10m;
+  # Its default (1000) closes a keep-alive or HTTP/2 connection after that many requests;
+  # the others do not, and a new connection here is a new handshake.
+  keepalive_requests 10000000;
   upstream app {
     server 127.0.0.1:$B1 weight=9;
     server 127.0.0.1:$B2 weight=1;
@@ -261,7 +264,7 @@ for i in range(1, par + 1):
     m = re.findall(r"(\d+) connections in [\d.]+ real seconds", text)
     conns += int(m[-1]) if m else 0
     # The timed pass's progress line ('-reuse' first prints one full-handshake pass).
-    marks = text.split("starting")[-1]
+    marks = "".join(re.findall(r"^[*r]+$", text.split("starting")[-1], re.M))
     resumed += marks.count("r"); full += marks.count("*")
 cpu = (after - before) / tck
 wall = t1 - t0
@@ -305,7 +308,7 @@ for r in $(seq "$ROUNDS"); do
   for t in "${RUN_TESTS[@]}"; do
     for p in "${PROXIES[@]}"; do
       read -r rate p99 cpu busy note < <(measure "$p" "$t")
-      printf 'round %d  %-10s %-18s %10.0f /s   p99 %6s ms   cpu %7.1f us/op   busy %4.0f%%  %s\n' \
+      printf 'round %d  %-13s %-18s %10.0f /s   p99 %6s ms   cpu %7.1f us/op   busy %4.0f%%  %s\n' \
         "$r" "$t" "$p" "$rate" "$p99" "$cpu" "$(python3 -c "print($busy * 100)")" "$note"
       echo "$r $t $p $rate $p99 $cpu $busy" >>"$WORK/results"
     done
@@ -331,13 +334,13 @@ def col(t, p, i):
     return [x[i] for x in data[t][p]]
 def paired(t, a, b, i):
     return med(x / y for x, y in zip(col(t, a, i), col(t, b, i)))
-print(f"{'test':12}{'proxy':20}{'rate/s':>10}{'p99 ms':>9}{'cpu us/op':>11}   ratios to the best peer (median of per-round ratios)")
+print(f"{'test':14}{'proxy':20}{'rate/s':>10}{'p99 ms':>9}{'cpu us/op':>11}   ratios to the best peer (median of per-round ratios)")
 for t in tests:
     for p in sy + peers:
         rate, cpu = med(col(t, p, 1)), med(col(t, p, 3))
         p99 = col(t, p, 2)
         p99s = f"{med(p99):9.2f}" if p99 and p99[0] is not None else f"{'-':>9}"
-        line = f"{t:12}{p:20}{rate:10.0f}{p99s}{cpu:11.1f}"
+        line = f"{t:14}{p:20}{rate:10.0f}{p99s}{cpu:11.1f}"
         if p in sy:
             best = max(peers, key=lambda n: med(col(t, n, 1)))
             lean = min(peers, key=lambda n: med(col(t, n, 3)))
