@@ -96,7 +96,8 @@ for p in "${PROXIES[@]}"; do for key in $ALL_KEYS; do PORT[$p.$key]=$(port); don
 
 # switchyard: bench/run.sh's config plus one TLS listener per key type.
 for name in "${SY_NAMES[@]}"; do
-  conf="$WORK/$name.toml"
+  mkdir -p "$WORK/$name" # its own state database beside its file
+  conf="$WORK/$name/switchyard.toml"
   switchyard_config "$conf" "$(port)" "$(port)" "$B1" "$B2"
   for key in $ALL_KEYS; do
     cat >>"$conf" <<CONF
@@ -109,7 +110,7 @@ cert = "$WORK/$key.pem"
 key = "$WORK/$key.key"
 CONF
   done
-  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "${SY_BIN[$name]}" run --workers 1 -c "$conf" >"$WORK/$name.log" 2>&1 & pids+=($!)
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "${SY_BIN[$name]}" run --workers 1 -c "$conf" >"$WORK/$name/switchyard.log" 2>&1 & pids+=($!)
   PID[$name]=$!
 done
 
@@ -211,10 +212,10 @@ for p in "${PROXIES[@]}"; do
     url="https://127.0.0.1:${PORT[$p.$key]}/"
     for _ in $(seq 100); do curl -fsk -o /dev/null "$url" && break; sleep 0.1; done
     curl -fsk -o /dev/null "$url" || {
-      echo "$p did not come up on $url"; tail -n 5 "$WORK"/*.log "$WORK"/nginx/error.log 2>/dev/null; exit 1
+      echo "$p did not come up on $url"; tail -n 5 "$WORK"/*.log "$WORK"/*/switchyard.log "$WORK"/nginx/error.log 2>/dev/null; exit 1
     }
     said=$(openssl s_client -connect "127.0.0.1:${PORT[$p.$key]}" -brief </dev/null 2>&1 || true)
-    printf '%-20s %-8s %s\n' "$p" "$key" "$(awk -F': ' '/^Protocol version|^Ciphersuite|^Peer signature type|^Server Temp Key/ {printf "%s  ", $2}' <<<"$said")"
+    printf '%-20s %-8s %s\n' "$p" "$key" "$(awk -F': ' '/^Protocol version|^Ciphersuite|ignature type|^Server Temp Key/ {printf "%s  ", $2}' <<<"$said")"
   done
 done
 
