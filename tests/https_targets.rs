@@ -101,7 +101,7 @@ struct TlsTarget {
 
 impl TlsTarget {
     async fn start(leaf: &Leaf, o: Options<'_>) -> TlsTarget {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(switchyard::tls::provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap();

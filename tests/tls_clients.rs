@@ -147,7 +147,7 @@ fn connector_recording(
     root: &CertificateDer<'static>,
     identity: Option<(&[CertificateDer<'static>], &PrivateKeyDer<'static>)>,
 ) -> (tokio_rustls::TlsConnector, Arc<Recording>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(switchyard::tls::provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let verifier = Arc::new(Recording {
@@ -229,7 +229,7 @@ bounded_test! {
             h["x-client-cert-san"],
             "DNS:client-7.shop.test, URI:spiffe://shop/client-7"
         );
-        let fp = ring::digest::digest(&ring::digest::SHA256, pki.client_chain[0].as_ref());
+        let fp = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pki.client_chain[0].as_ref());
         let fp: String = fp.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(h["x-client-cert-fingerprint"], fp.as_str());
         assert!(h["x-client-cert-validity"].as_str().unwrap().starts_with("NotBefore="));

@@ -120,7 +120,7 @@ async fn handshake(
     versions: &[&'static rustls::SupportedProtocolVersion],
     suites: &[rustls::CipherSuite],
 ) -> Result<(String, String, String, Option<String>), String> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = switchyard::tls::provider();
     if !suites.is_empty() {
         provider
             .cipher_suites
@@ -180,6 +180,24 @@ bounded_test! {
         let (sy, root, _dir) = policy_rig("{}").await;
         let (version, _, _, alpn) = handshake(&sy, &root, &[&TLS12], &[]).await.unwrap();
         assert_eq!((version.as_str(), alpn.as_deref()), ("TLSv1_2", Some("h2")));
+    }
+}
+
+bounded_test! {
+    /// Every key exchange group a policy may name is one a listener can agree on: the names
+    /// come from the provider the listener is built with (`tls::provider`), not from a
+    /// longer list of the crypto library's (aws-lc-rs has pure ML-KEM groups outside its
+    /// default provider: named alone, such a policy would leave no group at all). The
+    /// hybrid post-quantum X25519MLKEM768 is among them.
+    async fn each_group_a_policy_can_name_is_agreed_on_when_named_alone() {
+        use rustls::version::TLS13;
+        let names = switchyard::tls::groups();
+        assert!(names.iter().any(|g| g.eq_ignore_ascii_case("X25519MLKEM768")), "{names:?}");
+        for name in names {
+            let (sy, root, _dir) = policy_rig(&format!("{{ groups = [\"{name}\"] }}")).await;
+            let (_, _, group, _) = handshake(&sy, &root, &[&TLS13], &[]).await.unwrap();
+            assert!(group.eq_ignore_ascii_case(name), "policy {name}, agreed on {group}");
+        }
     }
 }
 
@@ -287,7 +305,7 @@ bounded_test! {
                     store.add(r).unwrap();
                 }
                 let cfg = std::sync::Arc::new(
-                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(switchyard::tls::provider()))
                         .with_safe_default_protocol_versions()
                         .unwrap()
                         .with_root_certificates(store)
@@ -368,7 +386,7 @@ bounded_test! {
         // New handshakes get it.
         let mut store = rustls::RootCertStore::empty();
         store.add(rustls::pki_types::CertificateDer::from_pem_slice(pem2.as_bytes()).unwrap()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(switchyard::tls::provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(store)

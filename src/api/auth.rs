@@ -133,7 +133,7 @@ type Digest = [u8; 32];
 /// SHA-256 of a secret: what is compared, so that the comparison always runs over 32 bytes
 /// and neither its time nor an early length check tells how long a token is.
 fn digest(secret: &str) -> Digest {
-    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

@@ -95,11 +95,11 @@ impl ClientTls {
         let sni = sni
             .map(|s| ServerName::try_from(s.to_string()).map_err(|_| ClientTlsError::Sni(s.into())))
             .transpose()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(super::provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions");
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+            .expect("the provider supports the default protocol versions");
+        let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let builder = match roots {
             Roots::Bundle(certs) => {
                 hash.update(b"bundle");
@@ -183,7 +183,7 @@ fn host_name(addr: &str) -> std::io::Result<ServerName<'static>> {
 
 fn store(
     certs: &[CertificateDer<'static>],
-    hash: &mut ring::digest::Context,
+    hash: &mut aws_lc_rs::digest::Context,
 ) -> Result<RootCertStore, ClientTlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs {

@@ -103,7 +103,7 @@ pub struct ClientAuth {
 
 fn bundle<S: serde::Serializer>(v: &[CertificateDer<'static>], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{} certificates, sha256 {}", v.len(), {
-        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for c in v {
             d.update(c.as_ref());
         }
@@ -146,7 +146,7 @@ impl ClientAuth {
         }
         let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(store),
-            Arc::new(rustls::crypto::ring::default_provider()),
+            Arc::new(super::provider()),
         );
         let builder = if self.required {
             builder
@@ -166,11 +166,11 @@ impl ClientAuth {
             let value = match (f, leaf, &facts) {
                 (Field::Verified, None, _) => Some("NONE".to_string()),
                 (Field::Verified, Some(_), _) => Some("SUCCESS".to_string()),
-                (Field::Fingerprint, Some(c), _) => {
-                    Some(hex(
-                        ring::digest::digest(&ring::digest::SHA256, c.as_ref()).as_ref()
-                    ))
-                }
+                (Field::Fingerprint, Some(c), _) => Some(hex(aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA256,
+                    c.as_ref(),
+                )
+                .as_ref())),
                 (Field::Leaf, Some(c), _) => Some(url_encoded_pem(c.as_ref())),
                 (Field::Subject, _, Some(x)) => Some(x.subject.clone()),
                 (Field::Issuer, _, Some(x)) => Some(x.issuer.clone()),
@@ -197,7 +197,7 @@ impl ClientAuth {
 /// A verifier that refuses every client: what a listener gets if its CA bundle ever failed
 /// to give one after the configuration was checked — never one that lets every client in.
 pub fn refuse_all() -> Arc<dyn ClientCertVerifier> {
-    Arc::new(RefuseAll(rustls::crypto::ring::default_provider()))
+    Arc::new(RefuseAll(super::provider()))
 }
 
 #[derive(Debug)]

@@ -94,11 +94,11 @@ pub fn check(response: &[u8], leaf: &CertificateDer<'_>) -> Result<Stapled, Stri
             let hashed = match oid {
                 // 1.3.14.3.2.26, what responders use by default
                 [0x2b, 0x0e, 0x03, 0x02, 0x1a] => {
-                    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, issuer)
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, issuer)
                 }
                 // 2.16.840.1.101.3.4.2.1
                 [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01] => {
-                    ring::digest::digest(&ring::digest::SHA256, issuer)
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, issuer)
                 }
                 _ => return Some(id_serial == serial),
             };
@@ -152,7 +152,7 @@ pub(super) mod tests {
         status: u8,
         next_update: Option<&str>,
     ) -> Vec<u8> {
-        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, issuer);
+        let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, issuer);
         let alg = tlv(
             0x30,
             &[
