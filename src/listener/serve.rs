@@ -1,4 +1,4 @@
-//! Driving one client connection: hyper's connection future, plus the idle and header-read
+//! Driving one client connection: its HTTP (`conn::Http`), plus the idle and header-read
 //! timeouts and the listener's drain on shutdown. All are checked without cost on the
 //! request path: the idle timer is only looked at once it has fired (an atomic read of the
 //! timer entry), the header-read timer is armed only for a head that does not arrive in one
@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
+use super::conn::{Http, Readable};
 use crate::activity::{Activity, IdleWatch};
 
 /// A listener's open connections, so that stopping it can tell each to finish its current
@@ -141,8 +142,8 @@ pub(super) struct Limits {
 
 /// A client connection being served until it ends, idles out, is too slow to send a
 /// request head, or is drained.
-pub(super) struct Serve<C> {
-    conn: Pin<Box<C>>,
+pub(super) struct Serve<I> {
+    conn: Http<I>,
     member: Member,
     draining: bool,
     watch: IdleWatch,
@@ -154,11 +155,19 @@ pub(super) struct Serve<C> {
     head_timer: Option<(Pin<Box<Sleep>>, u64)>,
 }
 
-impl<C: GracefulConnection> Serve<C> {
-    pub(super) fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
+impl<I> Serve<I>
+where
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
+{
+    pub(super) fn new(
+        conn: Http<I>,
+        member: Member,
+        activity: Arc<Activity>,
+        limits: Limits,
+    ) -> Self {
         let watch = IdleWatch::new(activity.clone(), limits.idle);
         Serve {
-            conn: Box::pin(conn),
+            conn,
             member,
             draining: false,
             idle: Box::pin(tokio::time::sleep(watch.step())),
@@ -209,9 +218,9 @@ impl<C: GracefulConnection> Serve<C> {
     }
 }
 
-impl<C: GracefulConnection> Future for Serve<C>
+impl<I> Future for Serve<I>
 where
-    C::Error: std::fmt::Display,
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
 {
     type Output = ();
 
@@ -219,13 +228,13 @@ where
         let this = self.get_mut();
         if !this.draining && this.member.draining(cx) {
             this.draining = true;
-            this.conn.as_mut().graceful_shutdown();
+            this.conn.graceful_shutdown();
         }
         if !this.draining && this.member.goaway() && this.activity.is_h2() {
             this.draining = true;
-            this.conn.as_mut().graceful_shutdown();
+            this.conn.graceful_shutdown();
         }
-        if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
+        if let Poll::Ready(res) = this.conn.poll(cx) {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
