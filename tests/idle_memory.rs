@@ -10,7 +10,9 @@
 
 mod common;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::bin::*;
@@ -65,6 +67,39 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
     }
 }
 
+/// Reads from `s` until `n` whole answers (content-length bodies) have come; their heads.
+async fn answers<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut heads = Vec::new();
+        let mut rest = &got[..];
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if rest.len() < end + 4 + len {
+                break;
+            }
+            rest = &rest[end + 4 + len..];
+            heads.push(head);
+        }
+        if heads.len() >= n {
+            return heads;
+        }
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        let k = r.expect("the answers in time").unwrap();
+        assert!(k > 0, "closed after {} of {n} answers", heads.len());
+        got.extend_from_slice(&buf[..k]);
+    }
+}
+
 /// Holds `CONNS` connections made by `open`, each after one exchange, and waits until the
 /// binary's RSS has grown by less than `bound_kb` per connection over `before` (at most 10 s:
 /// the last answers' state settles within a poll or two). Then every held connection must
@@ -87,17 +122,17 @@ where
         exchange(&mut s).await;
         held.push(s);
     }
-    let per_conn = || (rss_kb(pid).saturating_sub(before)) / CONNS as u64;
+    let per_conn = || rss_kb(pid).saturating_sub(before) as f64 / CONNS as f64;
     let mut seen = per_conn();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen >= bound_kb && tokio::time::Instant::now() < deadline {
+    while seen >= bound_kb as f64 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         seen = per_conn();
     }
-    println!("idle connections: {seen} KB each (bound {bound_kb} KB)");
+    println!("idle connections: {seen:.1} KB each (bound {bound_kb} KB)");
     assert!(
-        seen < bound_kb,
-        "{CONNS} idle keep-alive connections cost {seen} KB each; at most {bound_kb} KB expected"
+        seen < bound_kb as f64,
+        "{CONNS} idle keep-alive connections cost {seen:.1} KB each; under {bound_kb} KB expected"
     );
     for s in &mut held {
         exchange(s).await;
@@ -130,16 +165,7 @@ bounded_test! {
             .build();
         std::fs::write(&b.path, cfg).unwrap();
         let sy = run_binary(&b.path, b.admin).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(c.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let connector = tls_client(&c, b"http/1.1");
         let web = b.web;
         hold(sy.child.id(), 24, || {
             let connector = connector.clone();
@@ -151,4 +177,123 @@ bounded_test! {
         })
         .await;
     }
+}
+
+bounded_test! {
+    /// What a parked connection must still get right: two requests in one write, a request
+    /// with a body and the next one after it, a head that comes in two parts around a pause
+    /// — all answered, in order, on one connection with idle gaps between.
+    async fn a_parked_connection_serves_pipelined_split_and_body_requests() {
+        let b = Binary::setup().await;
+        let _sy = run_binary(&b.path, b.admin).await;
+        let mut s = TcpStream::connect(b.web).await.unwrap();
+        let get = "GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+        s.write_all(format!("{get}{get}").as_bytes()).await.unwrap();
+        let two = answers(&mut s, 2).await;
+        assert!(two.iter().all(|h| h.starts_with("HTTP/1.1 200")), "{two:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"POST / HTTP/1.1\r\nHost: shop.test\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        assert!(answers(&mut s, 1).await[0].starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"st: shop.test\r\n\r\n").await.unwrap();
+        assert!(answers(&mut s, 1).await[0].starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        exchange(&mut s).await;
+    }
+}
+
+/// A client stream that sends its first write at once and keeps every later one until
+/// `release`: the TLS client's last handshake flight and its first request then reach the
+/// proxy in one segment, so the proxy's handshake ends with the request already decrypted.
+struct Coalesce {
+    tcp: TcpStream,
+    first: bool,
+    holding: bool,
+    held: Vec<u8>,
+}
+
+impl AsyncRead for Coalesce {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Coalesce {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.first || !self.holding {
+            self.first = false;
+            return Pin::new(&mut self.tcp).poll_write(cx, buf);
+        }
+        self.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.holding {
+            return Poll::Ready(Ok(()));
+        }
+        while !self.held.is_empty() {
+            let this = &mut *self;
+            let n = std::task::ready!(Pin::new(&mut this.tcp).poll_write(cx, &this.held))?;
+            this.held.drain(..n);
+        }
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+bounded_test! {
+    /// A request that arrives with the TLS handshake's last flight is decrypted by the
+    /// handshake itself: the connection must serve it rather than wait for the socket to be
+    /// readable again (it would wait forever).
+    async fn a_request_sent_with_the_tls_handshake_finish_is_answered() {
+        let b = Binary::setup().await;
+        let c = rcgen::generate_simple_self_signed(vec!["shop.test".to_string()]).unwrap();
+        std::fs::write(b.dir.path().join("shop.pem"), c.cert.pem()).unwrap();
+        std::fs::write(b.dir.path().join("shop.key"), c.signing_key.serialize_pem()).unwrap();
+        let cfg = blue_green(b.blue.addr, b.green.addr)
+            .bound_to(b.web, b.admin)
+            .listener("[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+            .build();
+        std::fs::write(&b.path, cfg).unwrap();
+        let _sy = run_binary(&b.path, b.admin).await;
+        let connector = tls_client(&c, b"http/1.1");
+        let tcp = TcpStream::connect(b.web).await.unwrap();
+        let held = Coalesce { tcp, first: true, holding: true, held: Vec::new() };
+        let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+        let mut tls = connector.connect(name, held).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n").await.unwrap();
+        tls.get_mut().0.holding = false;
+        tls.flush().await.unwrap();
+        assert!(answers(&mut tls, 1).await[0].starts_with("HTTP/1.1 200"));
+    }
+}
+
+/// A TLS client trusting `c`, offering `alpn`.
+fn tls_client(c: &rcgen::CertifiedKey<rcgen::KeyPair>, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(c.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
