@@ -231,7 +231,7 @@ def main():
     ap.add_argument("--mode", choices=["h1", "h2", "tls", "tls-h2"], default="h1")
     ap.add_argument("--conns", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--after", type=float, default=5.0)
     ap.add_argument("--results")
     ap.add_argument("--summary")

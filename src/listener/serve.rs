@@ -153,7 +153,14 @@ pub(super) struct Serve<I> {
     header_read: Duration,
     /// The timer of the head being read, and which head it is for (heads read before it).
     head_timer: Option<(Pin<Box<Sleep>>, u64)>,
+    /// While hyper's HTTP/1 connection is there: when to look whether it can be parked.
+    park: Option<Pin<Box<Sleep>>>,
 }
+
+/// How often an HTTP/1.1 connection is looked at to be parked (`conn`): one found between
+/// requests at a look is, so an idle one parks 1–2 s after its last answer. A busy one costs
+/// a timer wake a second, where parking after each answer cost ~5,000 instructions each.
+pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl<I> Serve<I>
 where
@@ -176,6 +183,25 @@ where
             activity,
             header_read: limits.header_read,
             head_timer: None,
+            park: None,
+        }
+    }
+
+    /// Parks the connection if its park timer is due and it is idle; else keeps looking.
+    fn park_due(&mut self, cx: &mut Context<'_>) {
+        let Some(timer) = &mut self.park else {
+            return;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        if self.conn.park_if_idle() {
+            self.park = None;
+        } else {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + PARK_AFTER);
+            let _ = timer.as_mut().poll(cx);
         }
     }
 
@@ -234,11 +260,19 @@ where
             this.draining = true;
             this.conn.graceful_shutdown();
         }
+        if !this.draining {
+            this.park_due(cx);
+        }
         if let Poll::Ready(res) = this.conn.poll(cx) {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             return Poll::Ready(());
+        }
+        if this.park.is_none() && this.conn.is_h1() {
+            let mut timer = Box::pin(tokio::time::sleep(PARK_AFTER));
+            let _ = timer.as_mut().poll(cx);
+            this.park = Some(timer);
         }
         if this.idled_out(cx) {
             tracing::debug!("closing idle connection");
