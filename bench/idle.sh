@@ -39,8 +39,9 @@ fi
 BIN=$(realpath "$BIN")
 BIN_B=${SWITCHYARD_B:+$(realpath "$SWITCHYARD_B")}
 
-# Descriptors: the client holds CONNS, the proxy CONNS plus its upstream connections.
-NOFILE=$((CONNS + 4096))
+# Descriptors: the client holds CONNS, the proxy CONNS plus its upstream connections; HAProxy
+# asks for about twice its maxconn.
+NOFILE=$((2 * CONNS + 4096))
 ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge "$NOFILE" ] || echo "warning: ulimit -n is $(ulimit -n), below the $NOFILE needed for CONNS=$CONNS"
 

@@ -209,6 +209,11 @@ where
                         unreachable!("matched above")
                     };
                     let ahead = Bytes::copy_from_slice(&got[..usize::from(len)]);
+                    if h2 {
+                        // Its frames are no request heads (also when the preface came in
+                        // pieces the stream's first-read check missed).
+                        self.activity.handshake_done(true);
+                    }
                     self.stage = if h2 {
                         self.h2(io, service, ahead)
                     } else {
