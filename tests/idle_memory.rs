@@ -5,7 +5,7 @@
 //! listener now drops hyper's connection while an HTTP/1.1 connection waits for its next
 //! request (`listener::conn`). bench/idle.sh measures it against the peers; here the binary's
 //! RSS (/proc/PID/status) must grow by less than a bound per connection that today's figure
-//! (~2 KB plain, ~8 KB TLS, release build) passes with a wide margin and the old one fails.
+//! (~2 KB plain, ~13 KB TLS, release build) passes with a wide margin and the old one fails.
 //! Each connection is also used again after its idle time, so the parked state serves on.
 
 mod common;
