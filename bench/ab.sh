@@ -22,9 +22,11 @@ ${LOAD_CPU[@]} "$B" backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/
 declare -A PORT PID
 for side in A B; do
   P=$(port); ADMIN=$(port); PORT[$side]=$P
-  switchyard_config "$WORK/$side.toml" "$P" "$ADMIN" "$B1" "$B2"
+  # A directory each: the state database sits beside the config, and one instance holds it.
+  mkdir -p "$WORK/$side"
+  switchyard_config "$WORK/$side/sy.toml" "$P" "$ADMIN" "$B1" "$B2"
   bin=$A; [ $side = B ] && bin=$B
-  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" run --workers 1 -c "$WORK/$side.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" run --workers 1 -c "$WORK/$side/sy.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
 done
 for side in A B; do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:${PORT[$side]}/" && break; sleep 0.1; done

@@ -36,6 +36,14 @@ pub(crate) struct Activity {
     heads: AtomicU64,
     /// HTTP/2 (by preface or ALPN): its frames between requests are not request heads.
     h2: AtomicBool,
+    /// The socket's last read found it empty (cleared as the listener polls hyper again):
+    /// with the flags below, whether hyper's HTTP/1 connection waits for a request with
+    /// nothing in hand, so that the listener can drop it until bytes come (`listener::conn`).
+    read_blocked: AtomicBool,
+    /// A write was begun since the last flush completed (or the stream is being shut down).
+    unflushed: AtomicBool,
+    /// The latest request came with a body: hyper may still be reading (or draining) it.
+    body_left: AtomicBool,
 }
 
 impl Activity {
@@ -60,13 +68,34 @@ impl Activity {
     }
 
     /// A request's head is complete; the request is open until the returned guard (kept by
-    /// its response body) is dropped.
-    pub(crate) fn request_begins(self: &Arc<Self>) -> OpenRequest {
+    /// its response body) is dropped. `body`: it came with a body (or may have one).
+    pub(crate) fn request_begins(self: &Arc<Self>, body: bool) -> OpenRequest {
         self.head_started.store(false, Relaxed);
+        self.body_left.store(body, Relaxed);
         self.heads
             .store(self.heads.load(Relaxed).wrapping_add(1), Relaxed);
         self.open.fetch_add(1, Relaxed);
         OpenRequest(self.clone())
+    }
+}
+
+impl Activity {
+    /// The listener is about to poll hyper's connection: a read in this poll will tell
+    /// whether it ends waiting on an empty socket.
+    pub(crate) fn poll_begins(&self) {
+        self.read_blocked.store(false, Relaxed);
+    }
+
+    /// Whether an HTTP/1 connection just polled is between requests with nothing in hand:
+    /// its last read found the socket empty, everything it wrote was flushed, no request is
+    /// open, no byte of a next head came, and the last request had no body left to read.
+    pub(crate) fn idle_between_requests(&self) -> bool {
+        self.read_blocked.load(Relaxed)
+            && !self.unflushed.load(Relaxed)
+            && self.open.load(Relaxed) == 0
+            && !self.head_started.load(Relaxed)
+            && !self.body_left.load(Relaxed)
+            && !self.h2.load(Relaxed)
     }
 }
 
@@ -130,6 +159,10 @@ impl<S> TrackedIo<S> {
         }
     }
 
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     fn touch(&self) {
         // Only this connection's task writes the count: no read-modify-write needed.
         let moved = &self.activity.moved;
@@ -162,6 +195,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
         if buf.filled().len() > before {
             self.read_some(&buf.filled()[before..]);
         }
+        self.activity.read_blocked.store(res.is_pending(), Relaxed);
         res
     }
 }
@@ -172,6 +206,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.activity.unflushed.store(true, Relaxed);
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -184,6 +219,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.activity.unflushed.store(true, Relaxed);
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -196,10 +232,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(res, Poll::Ready(Ok(()))) {
+            self.activity.unflushed.store(false, Relaxed);
+        }
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.activity.unflushed.store(true, Relaxed);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

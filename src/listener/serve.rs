@@ -1,4 +1,4 @@
-//! Driving one client connection: hyper's connection future, plus the idle and header-read
+//! Driving one client connection: its HTTP (`conn::Http`), plus the idle and header-read
 //! timeouts and the listener's drain on shutdown. All are checked without cost on the
 //! request path: the idle timer is only looked at once it has fired (an atomic read of the
 //! timer entry), the header-read timer is armed only for a head that does not arrive in one
@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
+use super::conn::{Http, Readable};
 use crate::activity::{Activity, IdleWatch};
 
 /// A listener's open connections, so that stopping it can tell each to finish its current
@@ -141,8 +142,8 @@ pub(super) struct Limits {
 
 /// A client connection being served until it ends, idles out, is too slow to send a
 /// request head, or is drained.
-pub(super) struct Serve<C> {
-    conn: Pin<Box<C>>,
+pub(super) struct Serve<I> {
+    conn: Http<I>,
     member: Member,
     draining: bool,
     watch: IdleWatch,
@@ -152,13 +153,28 @@ pub(super) struct Serve<C> {
     header_read: Duration,
     /// The timer of the head being read, and which head it is for (heads read before it).
     head_timer: Option<(Pin<Box<Sleep>>, u64)>,
+    /// While hyper's HTTP/1 connection is there: when to look whether it can be parked.
+    park: Option<Pin<Box<Sleep>>>,
 }
 
-impl<C: GracefulConnection> Serve<C> {
-    pub(super) fn new(conn: C, member: Member, activity: Arc<Activity>, limits: Limits) -> Self {
+/// How often an HTTP/1.1 connection is looked at to be parked (`conn`): one found between
+/// requests at a look is, so an idle one parks 1–2 s after its last answer. A busy one costs
+/// a timer wake a second, where parking after each answer cost ~5,000 instructions each.
+pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
+
+impl<I> Serve<I>
+where
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
+{
+    pub(super) fn new(
+        conn: Http<I>,
+        member: Member,
+        activity: Arc<Activity>,
+        limits: Limits,
+    ) -> Self {
         let watch = IdleWatch::new(activity.clone(), limits.idle);
         Serve {
-            conn: Box::pin(conn),
+            conn,
             member,
             draining: false,
             idle: Box::pin(tokio::time::sleep(watch.step())),
@@ -167,6 +183,25 @@ impl<C: GracefulConnection> Serve<C> {
             activity,
             header_read: limits.header_read,
             head_timer: None,
+            park: None,
+        }
+    }
+
+    /// Parks the connection if its park timer is due and it is idle; else keeps looking.
+    fn park_due(&mut self, cx: &mut Context<'_>) {
+        let Some(timer) = &mut self.park else {
+            return;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        if self.conn.park_if_idle() {
+            self.park = None;
+        } else {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + PARK_AFTER);
+            let _ = timer.as_mut().poll(cx);
         }
     }
 
@@ -209,9 +244,9 @@ impl<C: GracefulConnection> Serve<C> {
     }
 }
 
-impl<C: GracefulConnection> Future for Serve<C>
+impl<I> Future for Serve<I>
 where
-    C::Error: std::fmt::Display,
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
 {
     type Output = ();
 
@@ -219,17 +254,25 @@ where
         let this = self.get_mut();
         if !this.draining && this.member.draining(cx) {
             this.draining = true;
-            this.conn.as_mut().graceful_shutdown();
+            this.conn.graceful_shutdown();
         }
         if !this.draining && this.member.goaway() && this.activity.is_h2() {
             this.draining = true;
-            this.conn.as_mut().graceful_shutdown();
+            this.conn.graceful_shutdown();
         }
-        if let Poll::Ready(res) = this.conn.as_mut().poll(cx) {
+        if !this.draining {
+            this.park_due(cx);
+        }
+        if let Poll::Ready(res) = this.conn.poll(cx) {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             return Poll::Ready(());
+        }
+        if this.park.is_none() && this.conn.is_h1() {
+            let mut timer = Box::pin(tokio::time::sleep(PARK_AFTER));
+            let _ = timer.as_mut().poll(cx);
+            this.park = Some(timer);
         }
         if this.idled_out(cx) {
             tracing::debug!("closing idle connection");
