@@ -17,7 +17,8 @@
 # CPU per operation (user + system of the proxy's processes, from /proc) is the figure to
 # quote: s_time spends ~1 ms of CPU per connection itself, so on a 2-core host handshakes/s
 # are bounded by the load generator's core (the "busy" column: the proxy's CPU share).
-# Memory per idle TLS connection is bench/idle.sh's.
+# Then KB per idle TLS connection (HTTP/1.1 and h2 by ALPN) in the same run, by bench/idle.sh
+# (IDLE_CONNS connections, 2000 by default; IDLE_CONNS=0 skips it).
 #
 #   bench/tls.sh                                   # ROUNDS=3 DURATION=5
 #   KEYS="ecdsa rsa2048" TESTS="full" ROUNDS=5 bench/tls.sh
@@ -352,3 +353,12 @@ for t in tests:
         print(line)
 print("rate: higher is better; cpu and p99: below 1 is better")
 PY
+
+# KB per idle TLS connection, the same proxies (switchyard: the first build named).
+IDLE_CONNS=${IDLE_CONNS:-2000}
+if [ "$IDLE_CONNS" != 0 ]; then
+  first=${SWITCHYARD%% *}
+  echo
+  echo "== idle TLS connections (bench/idle.sh, CONNS=$IDLE_CONNS)"
+  CONNS=$IDLE_CONNS MODES="tls tls-h2" SWITCHYARD=${first#*=} bench/idle.sh
+fi
