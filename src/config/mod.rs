@@ -8,6 +8,7 @@ pub mod diff;
 mod fields;
 mod guard;
 pub mod hooks;
+mod listeners;
 pub mod load;
 pub mod locate;
 mod mirror;

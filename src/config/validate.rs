@@ -1,7 +1,7 @@
 //! Raw file values to domain types. Each check records the key path of the value it rejects;
 //! `mod.rs` turns paths into line and column. All problems are collected, not just the first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use super::raw::*;
 use crate::group::Balance;
 use crate::path;
 use crate::split::Split;
-use crate::tls::TlsError;
 use crate::upstream::UpstreamProtocol;
 
 /// Pure: everything read from outside the text (tokens from the environment, certificate
@@ -27,7 +26,7 @@ pub(super) fn validate(
     let admin = super::admin::admin(&raw.admin, loaded, &mut p);
     let timeouts = timeouts(&raw.timeouts, &mut p);
     let limits = limits(&raw.limits, &mut p);
-    let listeners = listeners(&raw.listener, loaded, &mut p);
+    let listeners = super::listeners::listeners(&raw.listener, loaded, &mut p);
     admin_apart(&admin, &listeners, &mut p);
     let analyses = analyses(&raw.analysis, &mut p);
     let analysis_names: Vec<String> = analyses.iter().map(|a| a.name.clone()).collect();
@@ -53,22 +52,8 @@ pub(super) fn validate(
                 buffer,
             })
     });
-    let certificate_watch = raw.certificates.watch.as_ref().and_then(|w| {
-        let at = path!["certificates", "watch"];
-        duration(
-            w,
-            at,
-            &(Duration::from_millis(100)..=Duration::from_secs(86_400)),
-            &mut p,
-        )
-    });
-    let certificate_warn_before = duration_or(
-        raw.certificates.warn_before.as_ref(),
-        path!["certificates", "warn_before"],
-        crate::tls::EXPIRES_SOON,
-        &(Duration::from_secs(3600)..=Duration::from_secs(3650 * 86_400)),
-        &mut p,
-    );
+    let (certificate_watch, certificate_warn_before) =
+        super::listeners::certificates(&raw.certificates, &mut p);
     let notify_webhook = raw.notifications.webhook.clone();
     if let Some(u) = &notify_webhook {
         http_url(u, path!["notifications", "webhook"], &mut p);
@@ -167,76 +152,6 @@ fn admin_apart(admin: &super::AdminConfig, listeners: &[ListenerConfig], p: &mut
             );
         }
     }
-}
-
-fn listeners(raw: &[RawListener], loaded: &Loaded, p: &mut Problems) -> Vec<ListenerConfig> {
-    if raw.is_empty() {
-        p.add(
-            KeyPath::default(),
-            "no [[listener]]: at least one listener is needed",
-        );
-    }
-    let mut names = Unique::new("listener");
-    let mut binds = HashMap::new();
-    let mut out = Vec::new();
-    for (i, l) in raw.iter().enumerate() {
-        name(&l.name, path!["listener", i, "name"], p);
-        names.check(&l.name, path!["listener", i, "name"], p);
-        let bind = socket_addr(&l.bind, path!["listener", i, "bind"], p);
-        if let Some(other) = binds.insert(bind, l.name.clone()) {
-            if bind.port() != 0 {
-                p.add(
-                    path!["listener", i, "bind"],
-                    format!("{bind} is already bound by listener \"{other}\""),
-                );
-            }
-        }
-        let mut certificates = Vec::new();
-        for (j, c) in loaded.certificates(i).iter().enumerate() {
-            match &c.loaded {
-                Ok(chain) => certificates.push(CertificateConfig {
-                    cert: c.cert.clone(),
-                    key: c.key.clone(),
-                    ocsp: c.ocsp.clone(),
-                    loaded: chain.clone(),
-                }),
-                // Located at the key that names the file that could not be used.
-                Err(e) => {
-                    let file = match e {
-                        TlsError::Cert { .. } => "cert",
-                        TlsError::Key { .. } => "key",
-                        TlsError::Ocsp { .. } => "ocsp",
-                    };
-                    p.add(path!["listener", i, "certificate", j, file], e.to_string());
-                }
-            }
-        }
-        let tls = match &l.tls {
-            None => crate::tls::Policy::default(),
-            Some(raw) => {
-                let at = path!["listener", i, "tls"];
-                if l.certificate.is_empty() {
-                    p.add(
-                        at.clone(),
-                        "a TLS policy needs the listener's [[listener.certificate]]",
-                    );
-                }
-                super::tls_policy::policy(raw, &at, p)
-            }
-        };
-        let client_auth = l.client_auth.as_ref().and_then(|raw| {
-            let at = path!["listener", i, "client_auth"];
-            super::client_auth::client_auth(raw, i, !l.certificate.is_empty(), loaded, &at, p)
-        });
-        out.push(ListenerConfig {
-            name: l.name.clone(),
-            bind,
-            certificates,
-            tls,
-            client_auth,
-        });
-    }
-    out
 }
 
 fn analyses(raw: &[RawAnalysis], p: &mut Problems) -> Vec<crate::analysis::AnalysisConfig> {
