@@ -27,12 +27,11 @@ targets = ["127.0.0.1:$5"]
 CONF
 }
 
-# The peers, configured to do what switchyard does per request: pass the client's Host, add
-# X-Forwarded-For/-Proto/-Host/-Port and a request id that goes upstream and comes back.
-# nginx_config DIR LISTEN_PORT BLUE_PORT GREEN_PORT (writes DIR/nginx.conf)
-nginx_config() {
+# nginx_head DIR: one worker, files under DIR, no access log; opens the `http` block (the
+# caller closes it). Prints to standard output.
+nginx_head() {
   mkdir -p "$1/nginx"
-  cat > "$1/nginx.conf" <<CONF
+  cat <<CONF
 worker_processes 1;
 daemon off;
 pid $1/nginx.pid;
@@ -45,28 +44,53 @@ http {
   fastcgi_temp_path $1/nginx/fastcgi;
   uwsgi_temp_path $1/nginx/uwsgi;
   scgi_temp_path $1/nginx/scgi;
+CONF
+}
+
+# nginx_app BLUE_PORT GREEN_PORT: the upstream `app`, split 90/10 with keep-alive.
+nginx_app() {
+  cat <<CONF
   upstream app {
-    server 127.0.0.1:$3 weight=9;
-    server 127.0.0.1:$4 weight=1;
+    server 127.0.0.1:$1 weight=9;
+    server 127.0.0.1:$2 weight=1;
     keepalive 128;
   }
-  server {
-    listen 127.0.0.1:$2;
-    location / {
-      proxy_pass http://app;
+CONF
+}
+
+# nginx_forward: the directives that do what switchyard does per request — pass the client's
+# Host, add X-Forwarded-For/-Proto/-Host/-Port and a request id that goes upstream and comes
+# back — for a `location` (or the `http` block).
+nginx_forward() {
+  cat <<'CONF'
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
-      proxy_set_header X-Forwarded-Port \$server_port;
-      proxy_set_header X-Request-Id \$request_id;
-      add_header X-Request-Id \$request_id always;
-    }
-  }
-}
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header X-Request-Id $request_id;
 CONF
+}
+
+# The peers, configured to do what switchyard does per request (`nginx_forward`).
+# nginx_config DIR LISTEN_PORT BLUE_PORT GREEN_PORT (writes DIR/nginx.conf)
+nginx_config() {
+  mkdir -p "$1/nginx"
+  {
+    nginx_head "$1"
+    nginx_app "$3" "$4"
+    echo "  server {"
+    echo "    listen 127.0.0.1:$2;"
+    echo "    location / {"
+    echo "      proxy_pass http://app;"
+    nginx_forward
+    echo '      add_header X-Request-Id $request_id always;'
+    echo "    }"
+    echo "  }"
+    echo "}"
+  } > "$1/nginx.conf"
 }
 
 # haproxy_config FILE LISTEN_PORT BLUE_PORT GREEN_PORT

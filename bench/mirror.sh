@@ -81,30 +81,12 @@ SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers 1 -c "$WORK/mirror.toml"
 SM_PID=$!
 
 # nginx: the bench's usual work per request, all to blue; the second server mirrors.
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx/error.log error;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
+{
+  nginx_head "$WORK"
+  nginx_forward
+  cat <<CONF
   upstream blue { server 127.0.0.1:$B1; keepalive 128; }
   upstream green { server 127.0.0.1:$B2; keepalive 128; }
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
-  proxy_set_header Host \$http_host;
-  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-  proxy_set_header X-Forwarded-Proto \$scheme;
-  proxy_set_header X-Forwarded-Host \$http_host;
-  proxy_set_header X-Forwarded-Port \$server_port;
-  proxy_set_header X-Request-Id \$request_id;
   server {
     listen 127.0.0.1:$NG;
     location / { proxy_pass http://blue; add_header X-Request-Id \$request_id always; }
@@ -121,6 +103,7 @@ http {
   }
 }
 CONF
+} > "$WORK/nginx.conf"
 ${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
 NG_PID=$!
 

@@ -117,21 +117,10 @@ done
 
 # nginx: bench/run.sh's proxying, one TLS server per key type; the default session cache
 # and tickets (resumption either way).
-mkdir -p "$WORK/nginx"
 {
+  nginx_head "$WORK"
+  nginx_app "$B1" "$B2"
   cat <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx/error.log error;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
   ssl_protocols TLSv1.3;
   ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
   ssl_ecdh_curve X25519;
@@ -139,11 +128,6 @@ http {
   # Its default (1000) closes a keep-alive or HTTP/2 connection after that many requests;
   # the others do not, and a new connection here is a new handshake.
   keepalive_requests 10000000;
-  upstream app {
-    server 127.0.0.1:$B1 weight=9;
-    server 127.0.0.1:$B2 weight=1;
-    keepalive 128;
-  }
 CONF
   for key in $ALL_KEYS; do
     cat <<CONF
@@ -153,15 +137,10 @@ CONF
     ssl_certificate_key $WORK/$key.key;
     location / {
       proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
-      proxy_set_header X-Forwarded-Port \$server_port;
-      proxy_set_header X-Request-Id \$request_id;
-      add_header X-Request-Id \$request_id always;
+CONF
+    nginx_forward
+    cat <<'CONF'
+      add_header X-Request-Id $request_id always;
     }
   }
 CONF
