@@ -37,10 +37,9 @@ fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
 
 /// Runs until the controller is gone.
 pub(super) async fn watch(control: Weak<Controller>) {
-    // The configuration whose files were last looked at, and their stamps then; the stamps
-    // of files that last did not read.
+    // The configuration whose files were last looked at, and their stamps then (also when
+    // they did not read: they are tried again once they change again).
     let mut seen: Option<(Arc<Config>, Vec<Stamp>)> = None;
-    let mut rejected: Option<Vec<Stamp>> = None;
     loop {
         let Some(config) = control.upgrade().map(|c| c.snapshot().config.clone()) else {
             return;
@@ -57,22 +56,19 @@ pub(super) async fn watch(control: Weak<Controller>) {
         // A configuration seen for the first time is compared by content (its files may
         // have changed since it read them); after that, by stamps, taken before reading.
         let first_sight = seen.as_ref().is_none_or(|(c, _)| !Arc::ptr_eq(c, &config));
-        let changed = seen.as_ref().is_some_and(|(_, before)| *before != now)
-            && rejected.as_ref() != Some(&now);
+        let changed = seen.as_ref().is_some_and(|(_, before)| *before != now);
         if first_sight || changed {
             let Some(c) = control.upgrade() else { return };
             match c.refresh_certificates(&config).await {
                 Ok(true) => {
                     tracing::info!("certificate files changed: read again and swapped in");
                     c.count_certificate_read("swapped");
-                    rejected = None;
                 }
                 Ok(false) if changed => c.count_certificate_read("unchanged"),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "certificate files changed but cannot be used; the running ones stay");
                     c.count_certificate_read("rejected");
-                    rejected = Some(now.clone());
                 }
             }
             seen = Some((c.snapshot().config.clone(), now));
