@@ -1,7 +1,8 @@
 //! The sequential guard end to end, over real sockets with steady load: a candidate that
 //! starts answering 30 % 5xx is rolled back within a second or two, one with stable's own
 //! 1 % background 5xx is kept, one whose latency doubles is rolled back, and a flood of
-//! overrides to stable that skews the split pauses the rollout (sample ratio mismatch).
+//! overrides to stable that skews the split pauses the rollout (sample ratio mismatch); and
+//! errors both versions show at once are not the candidate's.
 
 mod common;
 
@@ -144,6 +145,35 @@ bounded_test! {
             why.contains("answers slower than") && why.contains("× stable blue's p99"),
             "{why}"
         );
+    }
+}
+
+bounded_test! {
+    /// Once the guard judges a candidate at 50 %, both versions answer 30 % 5xx for 2.5 s
+    /// together (a dependency of both failing) and recover. The candidate's young tests see
+    /// only the bad seconds while stable's 10-s reference dilutes them — but stable's own
+    /// answers alongside were as bad: nothing the candidate did, and it is kept. Absence
+    /// over time is what is checked, so the test waits the time out.
+    async fn errors_both_versions_share_are_not_rolled_back() {
+        let rig = Rig::start(0).await;
+        start_held(&rig.api, 50.0).await;
+        let load = rig.load(8);
+        rig.judging(200).await;
+        // Stable's reference reaches back to the attempt's first look: let it span its 10 s.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_status(&rig.api, "paused", "a healthy candidate is kept").await;
+        rig.blue.set_errors(300);
+        rig.green.set_errors(300);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        rig.blue.set_errors(0);
+        rig.green.set_errors(0);
+        // The tests that saw the bad seconds live 2 s past them.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let r = rollout(&rig.api).await;
+        load.stop().await;
+        assert_eq!(r["status"], "paused", "{}", reason(&r));
+        assert_eq!(r["guard"]["state"], "watching", "{r}");
+        assert!(rig.green.hits() >= 500, "the candidate was judged on its answers");
     }
 }
 

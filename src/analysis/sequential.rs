@@ -26,6 +26,16 @@
 //! log of the number of tests, ~10 nats at 100 ms ticks — detecting sooner than that would
 //! need a looser guarantee.
 //!
+//! **Shared changes.** Stable's long reference assumes its rate holds still while the
+//! candidate's test runs. A change both versions show at once — the host starved of CPU, a
+//! dependency of both failing for a second — breaks that: the candidate's young test sees
+//! only the bad second, stable's reference dilutes it over ten. So when stable's own answers
+//! in a test's span ("alongside") show a rate more than the tolerance above its reference's,
+//! the test compares the candidate with those answers instead. The bound is then wider (fewer
+//! answers), so it only ever rolls back less: the guarantee above holds. What it gives up is
+//! rolling back for a change both versions show at once, which the data cannot pin on the
+//! candidate.
+//!
 //! **Sample ratio.** Candidate answers out of all, against the configured share: Pearson's
 //! chi-square with one degree of freedom (a two-sided z test), p from `erfc`.
 
@@ -96,7 +106,13 @@ impl Settings {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Comparison {
     pub candidate: Counts,
+    /// Stable's answers it was compared with: over the reference span, or over the test's
+    /// own span when stable changed too (see "shared changes" above).
     pub stable: Counts,
+    /// How many ticks those answers of stable span.
+    pub stable_ticks: usize,
+    /// Whether they were stable's answers alongside (it changed too), not the reference.
+    pub alongside: bool,
     /// Lower bound of the difference of the rates, points (may be negative).
     pub lower_points: f64,
     /// How many ticks the candidate's side of that test has seen.
@@ -115,8 +131,6 @@ impl Comparison {
 pub struct Look {
     pub errors: Comparison,
     pub latency: Comparison,
-    /// How many ticks stable's answers span.
-    pub reference_ticks: usize,
 }
 
 /// The living tests: one begun before each of the last ticks within `window`; stable's
@@ -168,19 +182,22 @@ impl Judge {
             se.add(t.stable_errors);
             ss.add(t.stable_slow);
         }
-        let mut errors = Best::new(se, s.max_error_points, s);
-        let mut latency = Best::new(ss, s.max_slow_points, s);
+        let span = self.ticks.len();
+        let mut errors = Best::new(se, span, s.max_error_points, s);
+        let mut latency = Best::new(ss, span, s.max_slow_points, s);
         let (mut ce, mut cs) = (Counts::default(), Counts::default());
+        let (mut ae, mut als) = (Counts::default(), Counts::default());
         for (i, t) in self.ticks.iter().rev().take(self.tests).enumerate() {
             ce.add(t.candidate_errors);
             cs.add(t.candidate_slow);
-            errors.consider(ce, i + 1, s);
-            latency.consider(cs, i + 1, s);
+            ae.add(t.stable_errors);
+            als.add(t.stable_slow);
+            errors.consider(ce, ae, i + 1, s);
+            latency.consider(cs, als, i + 1, s);
         }
         Look {
             errors: errors.done(s),
             latency: latency.done(s),
-            reference_ticks: self.ticks.len(),
         }
     }
 }
@@ -188,63 +205,88 @@ impl Judge {
 /// The best test of one comparison so far.
 #[derive(Debug)]
 struct Best {
-    stable: Counts,
-    /// Stable's upper bound, the same for every test of a look.
-    stable_upper: f64,
+    /// Stable's answers over the reference span, how many ticks that is, and their upper
+    /// bound (the same for every test of a look that uses them).
+    reference: Counts,
+    reference_ticks: usize,
+    reference_upper: f64,
     tolerance: f64,
     best: Option<Comparison>,
-    oldest: (Counts, usize),
+    /// The oldest test's candidate answers, stable's alongside, and its ticks.
+    oldest: (Counts, Counts, usize),
 }
 
 impl Best {
-    fn new(stable: Counts, tolerance: f64, s: &Settings) -> Best {
+    fn new(reference: Counts, reference_ticks: usize, tolerance: f64, s: &Settings) -> Best {
         Best {
-            stable,
-            stable_upper: upper_or_zero(stable, s.log_level),
+            reference,
+            reference_ticks,
+            reference_upper: upper_or_zero(reference, s.log_level),
             tolerance,
             best: None,
-            oldest: (Counts::default(), 0),
+            oldest: (Counts::default(), Counts::default(), 0),
         }
     }
 
-    fn consider(&mut self, c: Counts, ticks: usize, s: &Settings) {
-        self.oldest = (c, ticks);
+    fn consider(&mut self, c: Counts, alongside: Counts, ticks: usize, s: &Settings) {
+        self.oldest = (c, alongside, ticks);
+        let (stable, stable_ticks, alongside) = self.stable_side(alongside, ticks);
         // The lower bound is under the observed difference: a test whose observed difference
         // is within the tolerance, or under the best bound so far, cannot roll back or beat
         // it (most looks end here).
-        let seen = c.percent()
-            - if self.stable.n == 0 {
-                0.0
-            } else {
-                self.stable.percent()
-            };
+        let seen = c.percent() - stable.percent();
         if c.n < s.min_requests
             || seen <= self.tolerance
             || self.best.is_some_and(|b| seen <= b.lower_points)
         {
             return;
         }
-        let lower_points = 100.0 * (rate_bounds(c, s.log_level).0 - self.stable_upper);
+        let lower_points = self.lower_points(c, stable, alongside, s);
         if self.best.is_none_or(|b| lower_points > b.lower_points) {
             self.best = Some(Comparison {
                 candidate: c,
-                stable: self.stable,
+                stable,
+                stable_ticks,
+                alongside,
                 lower_points,
                 ticks,
             });
         }
     }
 
+    /// Stable's answers a test of `ticks` is judged against: the reference, unless those
+    /// alongside show a rate more than the tolerance above it (see "shared changes").
+    fn stable_side(&self, alongside: Counts, ticks: usize) -> (Counts, usize, bool) {
+        if alongside.n > 0 && alongside.percent() > self.reference.percent() + self.tolerance {
+            (alongside, ticks, true)
+        } else {
+            (self.reference, self.reference_ticks, false)
+        }
+    }
+
+    fn lower_points(&self, c: Counts, stable: Counts, alongside: bool, s: &Settings) -> f64 {
+        let upper = if alongside {
+            upper_or_zero(stable, s.log_level)
+        } else {
+            self.reference_upper
+        };
+        100.0 * (rate_bounds(c, s.log_level).0 - upper)
+    }
+
     fn done(self, s: &Settings) -> Comparison {
-        self.best.unwrap_or_else(|| {
-            let (c, ticks) = self.oldest;
-            Comparison {
-                candidate: c,
-                stable: self.stable,
-                lower_points: 100.0 * (rate_bounds(c, s.log_level).0 - self.stable_upper),
-                ticks,
-            }
-        })
+        if let Some(best) = self.best {
+            return best;
+        }
+        let (c, alongside, ticks) = self.oldest;
+        let (stable, stable_ticks, alongside) = self.stable_side(alongside, ticks);
+        Comparison {
+            candidate: c,
+            stable,
+            stable_ticks,
+            alongside,
+            lower_points: self.lower_points(c, stable, alongside, s),
+            ticks,
+        }
     }
 }
 

@@ -189,3 +189,58 @@ fn the_sample_ratio_test_tells_a_skewed_split_from_a_fair_one() {
         assert!(sample_ratio_p(c, n, 0.1) > 1e-6, "{c} of {n}");
     }
 }
+
+#[test]
+fn a_change_both_versions_show_at_once_is_not_rolled_back_and_the_candidates_alone_is() {
+    // 5 s healthy, then 2 s in which both groups answer 40 % 5xx and 60 % slow (a dependency
+    // of both failing, a starved host), then healthy again: stable's 10-s reference dilutes
+    // its bad seconds, so without the alongside condition the young tests roll back.
+    let mut rng = fastrand::Rng::with_seed(13);
+    let s = defaults();
+    let shock = |rng: &mut fastrand::Rng, candidate_too: bool, stable_too: bool| {
+        let mut t = tick(rng, 0.01, 0.01);
+        if candidate_too {
+            t.candidate_errors = answers(rng, 5, 0.4);
+            t.candidate_slow = answers(rng, 5, 0.6);
+        }
+        if stable_too {
+            t.stable_errors = answers(rng, 45, 0.4);
+            t.stable_slow = answers(rng, 45, 0.6);
+        }
+        t
+    };
+    for rollout in 0..50 {
+        let mut judge = default_judge();
+        for t in 0..120 {
+            let bad = (50..70).contains(&t);
+            judge.push(shock(&mut rng, bad, bad));
+            let look = judge.look(&s);
+            assert!(
+                !look.errors.breaches(s.max_error_points, s.min_requests)
+                    && !look.latency.breaches(s.max_slow_points, s.min_requests),
+                "rollout {rollout}, tick {t}: {look:?}"
+            );
+        }
+    }
+    // The candidate alone: both comparisons found within 4 s (50 candidate answers a
+    // second; 30 % 5xx takes 1.6 s at the median).
+    let mut judge = default_judge();
+    for _ in 0..50 {
+        judge.push(shock(&mut rng, false, false));
+    }
+    let (mut errors, mut latency) = (None, None);
+    for t in 0..40 {
+        judge.push(shock(&mut rng, true, false));
+        let look = judge.look(&s);
+        if look.errors.breaches(s.max_error_points, s.min_requests) {
+            errors.get_or_insert(t);
+        }
+        if look.latency.breaches(s.max_slow_points, s.min_requests) {
+            latency.get_or_insert(t);
+        }
+    }
+    assert!(
+        errors.is_some() && latency.is_some(),
+        "{errors:?} {latency:?}"
+    );
+}

@@ -315,7 +315,7 @@ impl Breach {
                     r.candidate,
                     counted(e.candidate, span(e.ticks, g), new),
                     against(r),
-                    counted(e.stable, reference(look, g), new),
+                    counted(e.stable, span(e.stable_ticks, g), new),
                     g.max_error_rate,
                     at_least(e, g.alpha)
                 )
@@ -330,7 +330,7 @@ impl Breach {
                     against(r),
                     counted(l.candidate, span(l.ticks, g), new),
                     against(r),
-                    counted(l.stable, reference(look, g), new),
+                    counted(l.stable, span(l.stable_ticks, g), new),
                     Guard::MAX_SLOW_POINTS,
                     at_least(l, g.alpha)
                 )
@@ -371,7 +371,12 @@ fn at_least(c: &Comparison, alpha: f64) -> String {
 /// `the difference is at least 18.1 points, more than the tolerated 5 (α = 0.01 per hour)`.
 fn bound(c: &Comparison, tolerated: f64, alpha: f64) -> String {
     format!(
-        "the difference is at least {:.1} points, {} the tolerated {tolerated} (α = {alpha} per hour)",
+        "{}the difference is at least {:.1} points, {} the tolerated {tolerated} (α = {alpha} per hour)",
+        if c.alongside {
+            "stable changed too, so judged against its answers alongside: "
+        } else {
+            ""
+        },
         c.lower_points,
         if c.lower_points > tolerated {
             "more than"
@@ -383,10 +388,6 @@ fn bound(c: &Comparison, tolerated: f64, alpha: f64) -> String {
 
 fn span(ticks: usize, g: &Guard) -> Duration {
     g.interval * ticks as u32
-}
-
-fn reference(look: &Look, g: &Guard) -> Duration {
-    span(look.reference_ticks, g)
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -432,7 +433,7 @@ fn reading(
         format!(
             "candidate {} vs stable {}: {} (rolls back above +{} points){latency}",
             counted(e.candidate, span(e.ticks, g), new),
-            counted(e.stable, reference(look, g), new),
+            counted(e.stable, span(e.stable_ticks, g), new),
             bound(e, g.max_error_rate, g.alpha),
             g.max_error_rate,
         )
