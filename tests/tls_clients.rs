@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use common::raw::{read_answer, send, status_of};
 use common::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -620,5 +621,78 @@ bounded_test! {
         assert_eq!(seen.unwrap()["headers"]["x-client-cert-verified"], "SUCCESS");
         let (refused, _) = echo(&sy, &pki.server, None, "").await;
         assert!(refused.is_err(), "{refused:?}");
+    }
+}
+
+/// A target that answers every request `200 ok` and closes, and hands over the raw bytes of
+/// each POST it read (up to the end of a chunked body's trailer section).
+async fn recording_target() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let complete = |b: &[u8]| {
+                    let text = String::from_utf8_lossy(b);
+                    match text.split_once("\r\n\r\n") {
+                        Some((head, rest)) if head.starts_with("POST") => rest
+                            .find("\r\n0\r\n")
+                            .or(rest.starts_with("0\r\n").then_some(0))
+                            .is_some_and(|at| rest[at..].ends_with("\r\n\r\n")),
+                        Some(_) => true,
+                        None => false,
+                    }
+                };
+                while !complete(&buf) {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if text.starts_with("POST") {
+                    let _ = tx.send(text);
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+bounded_test! {
+    /// Trailers are the client's word as much as its head: fields under the prefix that a
+    /// client sends after a chunked body are removed too (on any listener once one has
+    /// `client_auth`), and its other trailers go on to the target.
+    async fn forged_certificate_fields_in_trailers_do_not_reach_the_target() {
+        let (target, mut seen) = recording_target().await;
+        let dir = tempfile::tempdir().unwrap();
+        let _pki = pki(dir.path());
+        let cfg = blue_green(target, target)
+            .listener("client_auth = { ca = \"clients-ca.pem\", mode = \"optional\" }\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+            .top("[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"")
+            .build();
+        let sy = start_in(&cfg, dir.path()).await;
+        let upload = "POST /upload HTTP/1.1\r\nhost: shop.test\r\ntransfer-encoding: chunked\r\n\
+            trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\
+            x-client-cert-subject: CN=admin\r\nX_Client_Cert_Verified: SUCCESS\r\n\r\n";
+        let mut client = send(sy.listener_addr("plain").await, upload.as_bytes()).await;
+        let answer = read_answer(&mut client).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        let got = seen.recv().await.expect("the target saw the upload");
+        let lower = got.to_ascii_lowercase();
+        assert!(lower.contains("hello") && lower.contains("x-checksum: 42"), "{got}");
+        assert!(!lower.replace('_', "-").contains("x-client-cert-"), "{got}");
     }
 }

@@ -90,7 +90,13 @@ pub fn read_answer(data: &[u8], pieces: Pieces, head_request: bool) -> Answer {
     };
     run(async move {
         let sent = Conn::new(wire)
-            .send(&req, &SetFields::default(), None, None, &limits)
+            .send(
+                &req,
+                &SetFields::default(),
+                None,
+                Default::default(),
+                &limits,
+            )
             .await;
         let Ok((parts, mut body)) = sent else {
             return Answer::Failed;

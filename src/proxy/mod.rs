@@ -27,7 +27,7 @@ use crate::metrics::{ms_at, now_ms};
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{Route, RouteAction, Snapshot};
-use crate::upstream::{h1, h2, ConnectError, Sender, SetFields, Tee, Upstream};
+use crate::upstream::{h1, h2, BodySide, ConnectError, Sender, SetFields, Upstream};
 
 mod account;
 mod answers;
@@ -287,6 +287,7 @@ async fn dispatch<'s>(
                     client_body: snap.config.timeouts.client_body,
                     max_body: snap.config.limits.max_body_bytes,
                 },
+                client_certs: snap.client_certs.as_ref(),
             };
             let mut resp = forward(req, rid, to, conn, started, served).await;
             if let Some(c) = set_cookie {
@@ -305,6 +306,8 @@ struct Forward<'s> {
     /// reached the request may go to the split's other group.
     may_fall_back: bool,
     limits: h1::Limits,
+    /// The snapshot's client-certificate prefixes, for the trailers (see `BodySide`).
+    client_certs: Option<&'s Arc<crate::tls::client_auth::ClientCerts>>,
 }
 
 async fn forward<'s>(
@@ -320,6 +323,7 @@ async fn forward<'s>(
         mut group,
         may_fall_back,
         limits,
+        client_certs,
     } = to;
     served.group = Some(group);
     // Counted first, like every request of the group, whatever its fate.
@@ -421,7 +425,13 @@ async fn forward<'s>(
         (sender, reused),
         parts,
         &set,
-        (body, tee),
+        (
+            body,
+            BodySide {
+                tee,
+                client_certs: client_certs.cloned(),
+            },
+        ),
         &limits,
     ));
     let outcome = if timed_by_exchange {
@@ -538,14 +548,14 @@ async fn exchange(
     (sender, reused): (Sender, bool),
     mut parts: http::request::Parts,
     set: &SetFields,
-    (body, tee): (Incoming, Option<Tee>),
+    (body, side): (Incoming, BodySide),
     limits: &h1::Limits,
 ) -> Result<(http::response::Parts, UpstreamBody), Failure> {
     let conn = match sender {
         Sender::Http2(mut s) => {
             set.insert_into(&mut parts.headers);
             let req = h2_request(parts, body, target, upstream.tls.is_some());
-            let resp = h2::send(&mut s, req, tee, limits)
+            let resp = h2::send(&mut s, req, side, limits)
                 .await
                 .map_err(|e| match e {
                     h2::Error::Target(e) => classify(e),
@@ -557,7 +567,7 @@ async fn exchange(
         }
         Sender::Http1(conn) => conn,
     };
-    let e = match conn.send(&parts, set, Some(body), tee, limits).await {
+    let e = match conn.send(&parts, set, Some(body), side, limits).await {
         Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
         Err(e) => e,
     };
@@ -570,7 +580,10 @@ async fn exchange(
         Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
         Err(e) => return Err(Failure::Connect(e.to_string())),
     };
-    match fresh.send(&parts, set, None, None, limits).await {
+    match fresh
+        .send(&parts, set, None, BodySide::default(), limits)
+        .await
+    {
         Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
         Err(e) => Err(Failure::from(e.error)),
     }

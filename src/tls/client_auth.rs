@@ -297,6 +297,24 @@ impl ClientCerts {
         conn: Option<&PeerFields>,
         h: &mut HeaderMap,
     ) -> Result<(), SettingsChanged> {
+        self.strip(h);
+        let Some(under) = self.by_listener.get(listener) else {
+            return Ok(());
+        };
+        match conn {
+            Some(f) if f.verified_under == *under => {
+                for (k, v) in &f.values {
+                    h.insert(k.clone(), v.clone());
+                }
+                Ok(())
+            }
+            _ => Err(SettingsChanged),
+        }
+    }
+
+    /// Removes every field under any listener's prefix: from a request's head, and from the
+    /// trailers a client sends after its body.
+    pub fn strip(&self, h: &mut HeaderMap) {
         let sent: Vec<HeaderName> = h
             .keys()
             .filter(|k| {
@@ -309,18 +327,6 @@ impl ClientCerts {
             .collect();
         for k in sent {
             h.remove(k);
-        }
-        let Some(under) = self.by_listener.get(listener) else {
-            return Ok(());
-        };
-        match conn {
-            Some(f) if f.verified_under == *under => {
-                for (k, v) in &f.values {
-                    h.insert(k.clone(), v.clone());
-                }
-                Ok(())
-            }
-            _ => Err(SettingsChanged),
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 
 use super::error::{ClientError, Error};
+use crate::tls::client_auth::ClientCerts;
 
 /// A chunk-size line or a trailer section longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -166,6 +168,15 @@ pub(super) enum UploadError {
     Target(io::Error),
 }
 
+/// What travels with a client's request body besides its bytes: a mirrored copy's share,
+/// and the client-certificate fields (`tls::client_auth`) its trailers must not carry — the
+/// head's are removed before routing, and a trailer is as much the client's word.
+#[derive(Debug, Default)]
+pub struct BodySide {
+    pub tee: Option<Tee>,
+    pub client_certs: Option<Arc<ClientCerts>>,
+}
+
 /// A copy of a request body's bytes as they go to the target, for a mirrored copy of the
 /// request (`crate::mirror`): handed over whole when the body ends within `cap`; given up
 /// (the receiver sees the sender dropped) when it grows past it or the upload fails.
@@ -227,9 +238,9 @@ pub(super) struct Upload {
     pub(super) waiting_on_client: bool,
     /// When the current wait began: the last bytes moved, or the last change of side.
     pub(super) since: Instant,
-    /// A mirrored copy's share of the bytes (boxed: most uploads have none, and this rides
-    /// in every HTTP/1 answer's body).
-    tee: Option<Box<Tee>>,
+    /// A mirrored copy's share of the bytes and the trailers' filter (boxed: most uploads
+    /// have neither, and this rides in every HTTP/1 answer's body).
+    side: Option<Box<BodySide>>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -242,9 +253,9 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>, tee: Option<Tee>) -> Upload {
+    pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>, side: BodySide) -> Upload {
         Upload {
-            tee: tee.map(Box::new),
+            side: (side.tee.is_some() || side.client_certs.is_some()).then(|| Box::new(side)),
             body,
             chunked,
             pending: VecDeque::new(),
@@ -254,6 +265,10 @@ impl Upload {
             waiting_on_client: false,
             since: Instant::now(),
         }
+    }
+
+    fn tee(&mut self) -> Option<&mut Tee> {
+        self.side.as_mut().and_then(|s| s.tee.as_mut())
     }
 
     /// A chunk of the body queued for writing, framed as the upload is.
@@ -318,7 +333,7 @@ impl Upload {
                 }
                 Poll::Ready(None) => {
                     self.finished = true;
-                    if let Some(t) = &mut self.tee {
+                    if let Some(t) = self.tee() {
                         t.end();
                     }
                     if self.chunked {
@@ -334,7 +349,7 @@ impl Upload {
                                 max,
                             ))));
                         }
-                        if let Some(t) = &mut self.tee {
+                        if let Some(t) = self.tee() {
                             t.push(&data);
                         }
                         self.queue(data);
@@ -342,7 +357,12 @@ impl Upload {
                     Err(frame) => {
                         // Trailers can only travel in a chunked body; with a length they
                         // are dropped, as HTTP/1 has no place for them.
-                        if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                        if let (Ok(mut trailers), true) = (frame.into_trailers(), self.chunked) {
+                            if let Some(certs) =
+                                self.side.as_ref().and_then(|s| s.client_certs.as_ref())
+                            {
+                                certs.strip(&mut trailers);
+                            }
                             let mut end = b"0\r\n".to_vec();
                             for (name, value) in &trailers {
                                 end.extend_from_slice(name.as_str().as_bytes());
@@ -353,7 +373,7 @@ impl Upload {
                             end.extend_from_slice(b"\r\n");
                             self.pending.push_back(Bytes::from(end));
                             self.finished = true;
-                            if let Some(t) = &mut self.tee {
+                            if let Some(t) = self.tee() {
                                 t.end();
                             }
                         }

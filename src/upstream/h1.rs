@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
-use super::body::{Decoded, Framing, Tee, Upload, UploadError};
+use super::body::{BodySide, Decoded, Framing, Upload, UploadError};
 pub use super::clock::Limits;
 use super::clock::{ClientClock, Clock};
 use super::error::Error;
@@ -80,7 +80,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         req: &http::request::Parts,
         set: &SetFields,
         body: Option<Incoming>,
-        tee: Option<Tee>,
+        side: BodySide,
         limits: &Limits,
     ) -> Result<(http::response::Parts, ResponseBody<IO>), SendError> {
         let body = body.filter(|b| !b.is_end_stream());
@@ -109,7 +109,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             });
         }
 
-        let mut upload = body.map(|b| Upload::new(b, chunked, limits.max_body, tee));
+        let mut upload = body.map(|b| Upload::new(b, chunked, limits.max_body, side));
         let mut clock = upload.as_ref().map(|_| Clock::new(*limits));
         let mut sleep = std::pin::pin!(upload.as_ref().map(|up| Clock::sleep(limits, up.since)));
         let mut target_stopped_reading = false;

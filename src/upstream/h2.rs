@@ -16,9 +16,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 
-use super::body::Tee;
+use super::body::{BodySide, Tee};
 use super::clock::{ClientClock, Clock, Limits};
 use super::error::{self, ClientError};
+use crate::tls::client_auth::ClientCerts;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,7 +39,7 @@ pub enum Error {
 pub async fn send(
     s: &mut SendRequest<RequestBody>,
     req: http::Request<Incoming>,
-    tee: Option<Tee>,
+    side: BodySide,
     limits: &Limits,
 ) -> Result<http::Response<ResponseBody>, Error> {
     let (parts, body) = req.into_parts();
@@ -49,6 +50,7 @@ pub async fn send(
                 inner: body,
                 upload: None,
                 tee: None,
+                client_certs: None,
             },
         );
         let resp = s.send_request(req).await.map_err(Error::Target)?;
@@ -67,7 +69,8 @@ pub async fn send(
         RequestBody {
             inner: body,
             upload: Some((upload.clone(), 0)),
-            tee: tee.map(Box::new),
+            tee: side.tee.map(Box::new),
+            client_certs: side.client_certs,
         },
     );
     let mut answer = std::pin::pin!(s.send_request(req));
@@ -241,6 +244,8 @@ pub struct RequestBody {
     upload: Option<(Arc<Upload>, u64)>,
     /// A mirrored copy's share of the bytes.
     tee: Option<Box<Tee>>,
+    /// Whose fields the client's trailers must not carry (see [`BodySide`]).
+    client_certs: Option<Arc<ClientCerts>>,
 }
 
 impl Body for RequestBody {
@@ -263,8 +268,11 @@ impl Body for RequestBody {
                 }
                 Poll::Pending
             }
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 *taken += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let (Some(certs), Some(trailers)) = (&this.client_certs, frame.trailers_mut()) {
+                    certs.strip(trailers);
+                }
                 if let Some(max) = up.max.filter(|max| *taken > *max) {
                     return Poll::Ready(Some(Err(up.failed(ClientError::TooLarge(max)))));
                 }

@@ -15,7 +15,7 @@ mod head;
 pub mod once;
 pub mod stream;
 
-pub use body::Tee;
+pub use body::{BodySide, Tee};
 pub use fields::SetFields;
 pub use stream::Stream;
 
