@@ -351,8 +351,19 @@ fn attribute(oid: &[u8]) -> String {
 fn value_text(der: &[u8]) -> Option<String> {
     let (tag, v, _) = item(der)?;
     let text = match tag {
-        // UTF8String, PrintableString, TeletexString, IA5String
-        0x0c | 0x13 | 0x14 | 0x16 => String::from_utf8_lossy(v).into_owned(),
+        // UTF8String, PrintableString, IA5String (the last two are ASCII).
+        0x0c | 0x13 | 0x16 => String::from_utf8_lossy(v).into_owned(),
+        // TeletexString: read byte for byte as Latin-1, as OpenSSL prints it (T.61 proper is
+        // all but unused; old CAs put Latin-1 there), so "Müller" is not turned into U+FFFD.
+        0x14 => v.iter().map(|&b| char::from(b)).collect(),
+        // UniversalString: UTF-32BE.
+        0x1c => v
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
         // BMPString: UTF-16BE.
         0x1e => {
             let units: Vec<u16> = v
@@ -469,5 +480,19 @@ mod tests {
         assert!(CertFacts::of(&CertificateDer::from(vec![0x30, 0x03, 0x30, 0x01])).is_none());
         assert!(item(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
         assert_eq!(escape("#a ", ",+"), "\\#a\\ ");
+    }
+
+    #[test]
+    fn legacy_string_types_are_decoded_as_openssl_does() {
+        // TeletexString "Müller" in Latin-1: not a U+FFFD; non-ASCII escaped per UTF-8 byte.
+        let t61 = [0x14, 0x06, b'M', 0xfc, b'l', b'l', b'e', b'r'];
+        assert_eq!(value_text(&t61).as_deref(), Some("M\\C3\\BCller"));
+        // UniversalString (UTF-32BE) and BMPString (UTF-16BE) "Ab".
+        let universal = [0x1c, 0x08, 0, 0, 0, b'A', 0, 0, 0, b'b'];
+        assert_eq!(value_text(&universal).as_deref(), Some("Ab"));
+        assert_eq!(
+            value_text(&[0x1e, 0x04, 0, b'A', 0, b'b']).as_deref(),
+            Some("Ab")
+        );
     }
 }
