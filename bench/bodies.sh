@@ -3,9 +3,10 @@
 # static buffer streamed) and a SIZE_MB upload (curl -T from a file, Content-Length; the
 # backend reads it to its end and answers its size) through switchyard, nginx and HAProxy,
 # and straight to the backend (`direct`, the client's and backend's own limit), ROUNDS (5)
-# alternating rounds. Per transfer: MB/s, the proxy's CPU per MB (user + system of its
-# processes, from /proc) and its peak RSS while the body moves (read every 50 ms) against its
-# RSS before — a proxy that buffered a whole body would grow by SIZE_MB. The proxies are
+# alternating rounds. Per transfer: MB/s, the proxy's CPU per MB (its threads' and its
+# children's time on a CPU, from /proc/PID/task/*/schedstat: lib.sh's cpu_ns) and its peak
+# RSS while the body moves (read every 50 ms) against its RSS before — a proxy that buffered
+# a whole body would grow by SIZE_MB. The proxies are
 # configured as in bench/run.sh (lib.sh); all three stream both ways: nginx with
 # `proxy_request_buffering off` and `proxy_buffering off` (its defaults would write the upload
 # to a temporary file before sending it, and buffer the answer) and `client_max_body_size 0`.
@@ -65,19 +66,19 @@ transfer() {
      sleep 0.05
    done; echo "$peak" >"$WORK/peak") &
   local sampler=$!
-  t0=$(cpu_ticks "$pid")
+  t0=$(cpu_ns "$pid")
   case $kind in
     download) out=$(${LOAD_CPU[@]} curl -fsS --max-time 600 -o /dev/null -w '%{size_download} %{time_total}' "http://127.0.0.1:$p/bytes/$BYTES") ;;
     upload) out=$(${LOAD_CPU[@]} curl -fsS --max-time 600 -o "$WORK/answer" -w '%{size_upload} %{time_total}' -X POST -T "$WORK/upload" "http://127.0.0.1:$p/upload") ;;
   esac
-  t1=$(cpu_ticks "$pid")
+  t1=$(cpu_ns "$pid")
   rm -f "$WORK/moving"; wait "$sampler"; peak=$(cat "$WORK/peak")
   read -r size secs <<<"$out"
   [ "$size" = "$BYTES" ] || { echo "$kind through port $p moved $size of $BYTES bytes" >&2; exit 1; }
   if [ "$kind" = upload ] && ! grep -q "received $BYTES" "$WORK/answer"; then
     echo "upload through port $p: the backend answered $(cat "$WORK/answer")" >&2; exit 1
   fi
-  python3 -c "print(f'{$SIZE_MB / $secs:.0f} {$(ticks_us $((t1 - t0))) / 1000 / $SIZE_MB:.2f} {$before / 1024:.1f} {$peak / 1024:.1f}')"
+  python3 -c "print(f'{$SIZE_MB / $secs:.0f} {($t1 - $t0) / 1e6 / $SIZE_MB:.3f} {$before / 1024:.1f} {$peak / 1024:.1f}')"
 }
 
 echo "$SIZE_MB MB per transfer, $ROUNDS rounds, $WORKERS worker(s) per proxy"

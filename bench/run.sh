@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and p99 of switchyard against nginx and HAProxy, configured the same way:
-# one worker each, upstream keep-alive, a 90/10 split over two backends, access logs off,
+# WORKERS (1) workers each (switchyard --workers, nginx worker_processes, HAProxy nbthread),
+# upstream keep-alive, a 90/10 split over two backends, access logs off,
 # bound to 127.0.0.1, and the same work per request: each passes the client's Host, adds
 # X-Forwarded-For/-Proto/-Host/-Port and a request id (sent upstream and answered), as
 # switchyard always does. wrk drives each in alternating rounds; results are ratios to
@@ -11,6 +12,7 @@
 #
 #   bench/run.sh                 # 10 rounds of 5 s per proxy
 #   ROUNDS=5 DURATION=20 CONNS=64 PIN=0 bench/run.sh
+#   WORKERS=2 bench/run.sh       # two workers each; on 2 cores nothing is pinned (lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10}
