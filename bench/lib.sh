@@ -65,7 +65,7 @@ cpu_ticks() {
 # ended between two reads takes its time with it.
 cpu_ns() {
   local p
-  for p in $(family "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{s += $1} END {printf "%d\n", s}'
+  for p in $(family "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
 # ticks_us TICKS: clock ticks in µs.
