@@ -7,6 +7,7 @@
 #   cargo build --release
 #   bench/ab.sh /tmp/sy-before target/release/switchyard
 #   ROUNDS=8 DURATION=5 CONNS=64 bench/ab.sh A B
+#   WORKERS=2 bench/ab.sh A B              # each build with two workers (nothing pinned on 2 cores)
 set -euo pipefail
 A=$1; B=$2
 ROUNDS=${ROUNDS:-6}; DURATION=${DURATION:-5}; CONNS=${CONNS:-64}
@@ -26,7 +27,7 @@ for side in A B; do
   mkdir -p "$WORK/$side"
   switchyard_config "$WORK/$side/sy.toml" "$P" "$ADMIN" "$B1" "$B2"
   bin=$A; [ $side = B ] && bin=$B
-  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" run --workers 1 -c "$WORK/$side/sy.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$bin" run --workers "${WORKERS:-1}" -c "$WORK/$side/sy.toml" >/dev/null 2>&1 & pids+=($!); PID[$side]=$!
 done
 for side in A B; do
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:${PORT[$side]}/" && break; sleep 0.1; done

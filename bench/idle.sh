@@ -4,7 +4,7 @@
 # fresh, then bench/idle.py opens CONNS connections to it (each sends one request through to
 # a backend, reads the answer and stays open, idle), reads its RSS before and with them held
 # (KB per connection), closes them and reads RSS right after and AFTER seconds later.
-# One worker each (nginx worker_processes 1, HAProxy nbthread 1, switchyard --workers 1),
+# WORKERS (1) workers each (nginx worker_processes, HAProxy nbthread, switchyard --workers),
 # the same per-request work as bench/run.sh, one ECDSA P-256 certificate (openssl) for all
 # three, 127.0.0.1 only. It reports and does not judge.
 #
@@ -20,16 +20,8 @@ AFTER=${AFTER:-5}
 CONCURRENCY=${CONCURRENCY:-32}
 WORKERS=${WORKERS:-1}
 
-missing=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian"
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-export PATH="$PATH:/usr/sbin"
+. bench/lib.sh
+need_tools nginx haproxy
 
 BIN=${SWITCHYARD:-target/release/switchyard}
 if [ ! -x "$BIN" ]; then
@@ -42,8 +34,7 @@ BIN_B=${SWITCHYARD_B:+$(realpath "$SWITCHYARD_B")}
 # Descriptors: the client holds CONNS, the proxy CONNS plus its upstream connections; HAProxy
 # asks for about twice its maxconn.
 NOFILE=$((2 * CONNS + 4096))
-ulimit -n "$NOFILE" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-[ "$(ulimit -n)" -ge "$NOFILE" ] || echo "warning: ulimit -n is $(ulimit -n), below the $NOFILE needed for CONNS=$CONNS"
+raise_nofile "$NOFILE"
 
 WORK=$(mktemp -d)
 pids=()
@@ -52,7 +43,6 @@ trap cleanup EXIT
 trap "exit 130" INT
 trap "exit 143" TERM
 
-. bench/lib.sh
 pin_setup
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
@@ -89,9 +79,8 @@ CONF
       ;;
     nginx)
       nginx_config "$dir" "$PORT_H1" "$B1" "$B2"
-      sed -i -e "s/worker_connections [0-9]*;/worker_connections $NOFILE;/" \
-        -e "s/^worker_processes 1;/worker_processes 1;\nworker_rlimit_nofile $NOFILE;/" \
-        -e "s|^    listen 127.0.0.1:$PORT_H1;|&\n    listen 127.0.0.1:$PORT_H2 http2;\n    listen 127.0.0.1:$PORT_TLS ssl http2;\n    ssl_certificate $WORK/cert.pem;\n    ssl_certificate_key $WORK/key.pem;\n    keepalive_timeout 300s;|" \
+      nginx_room "$dir/nginx.conf" "$NOFILE"
+      sed -i -e "s|^    listen 127.0.0.1:$PORT_H1;|&\n    listen 127.0.0.1:$PORT_H2 http2;\n    listen 127.0.0.1:$PORT_TLS ssl http2;\n    ssl_certificate $WORK/cert.pem;\n    ssl_certificate_key $WORK/key.pem;\n    keepalive_timeout 300s;|" \
         "$dir/nginx.conf"
       grep -q "listen 127.0.0.1:$PORT_TLS" "$dir/nginx.conf" || { echo "nginx config: listen line not found"; exit 1; }
       ${PROXY_CPU[@]} nginx -c "$dir/nginx.conf" -e "$dir/nginx/error.log" >"$dir/log" 2>&1 & PID=$!
@@ -100,8 +89,8 @@ CONF
       haproxy_config "$dir/haproxy.cfg" "$PORT_H1" "$B1" "$B2"
       # It asks for about twice maxconn descriptors and refuses to start without them: with
       # a hard limit of 20000, CONNS=9000 is about the most it can be measured with.
-      sed -i -e "s/^  maxconn [0-9]*/  maxconn $((CONNS + 64))/" \
-        -e "s/^  timeout client .*/  timeout client 300s\n  timeout http-keep-alive 300s\n  maxconn $((CONNS + 64))/" \
+      haproxy_room "$dir/haproxy.cfg" $((CONNS + 64))
+      sed -i -e "s/^  timeout client .*/  timeout client 300s\n  timeout http-keep-alive 300s/" \
         -e "s|^  bind 127.0.0.1:$PORT_H1\$|&\n  bind 127.0.0.1:$PORT_H2 proto h2\n  bind 127.0.0.1:$PORT_TLS ssl crt $WORK/haproxy.pem alpn h2,http/1.1|" \
         "$dir/haproxy.cfg"
       grep -q "bind 127.0.0.1:$PORT_TLS" "$dir/haproxy.cfg" || { echo "haproxy config: bind line not found"; exit 1; }

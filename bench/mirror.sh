@@ -18,17 +18,8 @@ DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
 DELAY=${DELAY:-200}
 
-missing=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian"
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-export PATH="$PATH:/usr/sbin"
+. bench/lib.sh
+need_tools nginx haproxy wrk
 
 cargo build --release -q
 BIN=target/release/switchyard
@@ -37,7 +28,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-. bench/lib.sh
 pin_setup
 B1=$(port); B2=$(port); SY=$(port); SYA=$(port); SM=$(port); SMA=$(port); NG=$(port); NM=$(port); HA=$(port)
 

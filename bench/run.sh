@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and p99 of switchyard against nginx and HAProxy, configured the same way:
-# one worker each, upstream keep-alive, a 90/10 split over two backends, access logs off,
+# WORKERS (1) workers each (switchyard --workers, nginx worker_processes, HAProxy nbthread),
+# upstream keep-alive, a 90/10 split over two backends, access logs off,
 # bound to 127.0.0.1, and the same work per request: each passes the client's Host, adds
 # X-Forwarded-For/-Proto/-Host/-Port and a request id (sent upstream and answered), as
 # switchyard always does. wrk drives each in alternating rounds; results are ratios to
@@ -11,24 +12,17 @@
 #
 #   bench/run.sh                 # 10 rounds of 5 s per proxy
 #   ROUNDS=5 DURATION=20 CONNS=64 PIN=0 bench/run.sh
+#   WORKERS=2 bench/run.sh       # two workers each; on 2 cores nothing is pinned (lib.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
+WORKERS=${WORKERS:-1}
 
-missing=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian"
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-export PATH="$PATH:/usr/sbin"
 
+. bench/lib.sh
+need_tools nginx haproxy wrk
 cargo build --release -q
 BIN=target/release/switchyard
 WORK=$(mktemp -d)
@@ -36,16 +30,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-. bench/lib.sh
 pin_setup
-B1=$(port); B2=$(port); SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
-
 # Backends: switchyard's built-in echo-name server, one thread each.
-${LOAD_CPU[@]} $BIN backend --workers 1 --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
-${LOAD_CPU[@]} $BIN backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
+start_backends "$BIN"
+SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
 
 switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
-SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers 1 -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
+SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers "$WORKERS" -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
 SY_PID=$!
 
 nginx_config "$WORK" "$NG" "$B1" "$B2"
@@ -56,34 +47,18 @@ haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
 ${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
 HA_PID=$!
 
-for p in $SY $NG $HA; do
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
-  curl -fs -o /dev/null "http://127.0.0.1:$p/" || {
-    echo "proxy on port $p did not come up (switchyard $SY, nginx $NG, haproxy $HA)"
-    tail -n 5 "$WORK"/*.log "$WORK"/nginx/error.log 2>/dev/null
-    exit 1
-  }
-done
-
-# CPU time (clock ticks) used so far by a process and its children (nginx's worker).
-cpu_ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
+wait_up $SY $NG $HA || {
+  echo "a proxy did not come up (switchyard $SY, nginx $NG, haproxy $HA)"
+  tail -n 5 "$WORK"/*.log "$WORK"/nginx/error.log 2>/dev/null
+  exit 1
 }
 
 # wrk's Requests/sec, its "99%" line in ms, and the proxy's CPU µs per request.
 run() {
-  local before after out rps p99 reqs
+  local before after rps p99 reqs
   before=$(cpu_ticks "$2")
-  out=$(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/")
+  read -r rps p99 reqs < <(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" | wrk_figures)
   after=$(cpu_ticks "$2")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
   echo "$rps $p99 $(python3 -c "print(($after - $before) * 1e6 / $(getconf CLK_TCK) / $reqs)")"
 }
 
@@ -102,7 +77,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, 1 worker each:"
+echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, $WORKERS worker(s) each:"
 python3 - "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" "${CPU[switchyard]}" "${CPU[nginx]}" "${CPU[haproxy]}" <<'PY'
 import sys, statistics
 names = ["switchyard", "nginx", "haproxy"]

@@ -37,19 +37,8 @@ KA_KEY=${KA_KEY:-ecdsa}
 TESTS=${TESTS:-keepalive full resumed h2-m10 h2-m1}
 SWITCHYARD=${SWITCHYARD:-target/release/switchyard}
 
-missing=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v openssl >/dev/null || missing+=(openssl)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian"
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-export PATH="$PATH:/usr/sbin"
+. bench/lib.sh
+need_tools nginx haproxy wrk h2load openssl
 
 # SWITCHYARD: a binary, or "NAME=PATH ..." to compare builds (each named switchyard-NAME).
 declare -A SY_BIN
@@ -70,7 +59,6 @@ trap cleanup EXIT
 trap "exit 130" INT
 trap "exit 143" TERM
 
-. bench/lib.sh
 pin_setup
 
 # Certificates: self-signed, for bench.test and 127.0.0.1 (wrk and h2load connect by IP).

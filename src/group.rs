@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use crate::metrics::{ms_at, now_ms};
+use crate::metrics::{ms_at, now_ms, Striped};
 use crate::upstream::{Pool, Upstream};
 
 /// `host:port`, where host is an IP address or a DNS name.
@@ -51,8 +51,8 @@ pub struct Target {
     /// When the target joined or last came back (unix-epoch ms of the data plane's clock):
     /// under a group's `slow_start` its share grows from there (see `Group::pick`).
     warm_from_ms: AtomicU64,
-    /// Requests sent to this target (for /metrics).
-    pub requests: AtomicU64,
+    /// Requests sent to this target (for /metrics; striped, see `Striped`).
+    pub requests: Striped<AtomicU64>,
 }
 
 impl Target {
@@ -67,7 +67,7 @@ impl Target {
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             warm_from_ms: AtomicU64::new(now_ms()),
-            requests: AtomicU64::new(0),
+            requests: Striped::default(),
         }
     }
 
@@ -121,7 +121,7 @@ impl Target {
     /// Counts the request as in flight until the guard is dropped (with the response body).
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
+        self.requests.add(1);
         InFlight(self.clone())
     }
 
@@ -179,12 +179,8 @@ pub const LATENCY_BOUNDS: [f64; 15] = [
 #[derive(Debug, Default)]
 pub struct GroupStats {
     pub window: crate::metrics::Window,
-    /// Cumulative latency histogram for /metrics (bounds in `LATENCY_BOUNDS`, then +Inf).
-    pub latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    pub latency_sum_us: AtomicU64,
-    pub requests: AtomicU64,
-    /// Responses by class: index 0 = 1xx … 4 = 5xx (including switchyard's own 5xx).
-    pub responses: [AtomicU64; 5],
+    /// The totals every request adds to, striped by thread (`Striped`): read by summing.
+    totals: Striped<Totals>,
     pub connect_failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub resets: AtomicU64,
@@ -197,7 +193,42 @@ pub struct GroupStats {
     pub fingerprints: crate::fingerprint::Table,
 }
 
+/// A group's totals for /metrics and the observer, one stripe's share.
+#[derive(Debug, Default)]
+struct Totals {
+    requests: AtomicU64,
+    /// Responses by class: index 0 = 1xx … 4 = 5xx (including switchyard's own 5xx).
+    responses: [AtomicU64; 5],
+    /// Cumulative latency histogram (bounds in `LATENCY_BOUNDS`, then +Inf).
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
 impl GroupStats {
+    /// A request taken by this group (counted first, whatever its fate).
+    pub fn count_request(&self) {
+        self.totals.mine().requests.fetch_add(1, Relaxed);
+    }
+
+    /// Requests taken so far.
+    pub fn requests(&self) -> u64 {
+        self.totals.each().map(|t| t.requests.load(Relaxed)).sum()
+    }
+
+    /// The cumulative latency histogram's counts per bucket (`LATENCY_BOUNDS`, then +Inf)
+    /// and the sum of latencies in µs.
+    pub fn latency(&self) -> ([u64; LATENCY_BOUNDS.len() + 1], u64) {
+        let mut per = [0; LATENCY_BOUNDS.len() + 1];
+        let mut sum = 0;
+        for t in self.totals.each() {
+            for (n, b) in per.iter_mut().zip(&t.latency) {
+                *n += b.load(Relaxed);
+            }
+            sum += t.latency_sum_us.load(Relaxed);
+        }
+        (per, sum)
+    }
+
     /// A request that failed through the client's fault, at `at`: in no status class and
     /// no latency, so that neither the guard nor an analysis sees it.
     pub fn record_client_error(&self, at: Instant) {
@@ -215,22 +246,29 @@ impl GroupStats {
         failure: Option<crate::metrics::Failure>,
     ) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].fetch_add(1, Relaxed);
+        let totals = self.totals.mine();
+        totals.responses[class].fetch_add(1, Relaxed);
         let secs = took.as_secs_f64();
         let bucket = LATENCY_BOUNDS
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BOUNDS.len());
-        self.latency[bucket].fetch_add(1, Relaxed);
-        self.latency_sum_us
+        totals.latency[bucket].fetch_add(1, Relaxed);
+        totals
+            .latency_sum_us
             .fetch_add(took.as_micros() as u64, Relaxed);
         self.window.record(ms_at(at) / 1000, status, took, failure);
     }
 
     pub fn snapshot(&self) -> GroupCounts {
         GroupCounts {
-            requests: self.requests.load(Relaxed),
-            responses: std::array::from_fn(|i| self.responses[i].load(Relaxed)),
+            requests: self.requests(),
+            responses: std::array::from_fn(|i| {
+                self.totals
+                    .each()
+                    .map(|t| t.responses[i].load(Relaxed))
+                    .sum()
+            }),
             connect_failures: self.connect_failures.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             resets: self.resets.load(Relaxed),

@@ -50,14 +50,25 @@ pub struct Route {
 /// requests among them that failed through the client's fault.
 #[derive(Debug, Default)]
 pub struct RouteStats {
-    pub responses: [std::sync::atomic::AtomicU64; 5],
+    /// By class (index 0 = 1xx … 4 = 5xx), striped by thread (`metrics::Striped`).
+    responses: crate::metrics::Striped<[std::sync::atomic::AtomicU64; 5]>,
     pub client_errors: std::sync::atomic::AtomicU64,
 }
 
 impl RouteStats {
     pub fn record(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.responses.mine()[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Answers by class so far: index 0 = 1xx … 4 = 5xx.
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| {
+            self.responses
+                .each()
+                .map(|r| r[i].load(std::sync::atomic::Ordering::Relaxed))
+                .sum()
+        })
     }
 }
 

@@ -250,7 +250,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
     );
     for (listener, routes) in &snap.routes {
         for r in routes {
-            for (i, n) in r.stats.responses.iter().enumerate() {
+            for (i, n) in r.stats.responses().into_iter().enumerate() {
                 let class = format!("{}xx", i + 1);
                 route_responses
                     .get_or_create(&labels(&[
@@ -258,7 +258,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
                         ("route", &r.name),
                         ("class", &class),
                     ]))
-                    .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+                    .inc_by(n);
             }
             route_client_errors
                 .get_or_create(&labels(&[("listener", listener), ("route", &r.name)]))
@@ -270,8 +270,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
         }
     }
     for (listener, s) in &snap.unmatched {
-        for (i, n) in s.responses.iter().enumerate() {
-            let v = n.load(std::sync::atomic::Ordering::Relaxed);
+        for (i, v) in s.responses().into_iter().enumerate() {
             if v > 0 {
                 let class = format!("{}xx", i + 1);
                 route_responses
@@ -458,8 +457,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
                 .get_or_create(&labels(&base))
                 .inc_by(g.stats.tunnels.cut_total());
             {
-                use std::sync::atomic::Ordering::Relaxed;
-                let per: Vec<u64> = g.stats.latency.iter().map(|b| b.load(Relaxed)).collect();
+                let (per, sum_us) = g.stats.latency();
                 let mut buckets: Vec<(f64, u64)> = crate::group::LATENCY_BOUNDS
                     .iter()
                     .copied()
@@ -467,7 +465,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
                     .collect();
                 buckets.push((f64::INFINITY, per[per.len() - 1]));
                 let count = per.iter().sum();
-                let sum = g.stats.latency_sum_us.load(Relaxed) as f64 / 1e6;
+                let sum = sum_us as f64 / 1e6;
                 *latency
                     .get_or_create(&labels(&base))
                     .0
@@ -478,7 +476,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl 
                 let addr = t.addr.to_string();
                 target_requests
                     .get_or_create(&labels(&[base[0], base[1], ("target", &addr)]))
-                    .inc_by(t.requests.load(std::sync::atomic::Ordering::Relaxed));
+                    .inc_by(t.requests.sum());
                 let up = t.routable(now) && t.health() != Health::Unhealthy;
                 healthy
                     .get_or_create(&labels(&[base[0], base[1], ("target", &addr)]))

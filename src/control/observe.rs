@@ -3,7 +3,6 @@
 //! of two samples. The hot path only increments its counters.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +45,7 @@ impl Observer {
             let counts = svc
                 .groups
                 .iter()
-                .map(|g| (g.name.clone(), g.stats.requests.load(Relaxed)))
+                .map(|g| (g.name.clone(), g.stats.requests()))
                 .collect();
             let ring = samples.entry(name.clone()).or_default();
             ring.push_back((now, counts));

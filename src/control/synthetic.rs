@@ -160,9 +160,7 @@ async fn send(
     };
     if together && !stop.is_cancelled() {
         let stats = &group.stats;
-        stats
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.count_request();
         stats.record(
             status,
             started.elapsed(),

@@ -327,7 +327,7 @@ async fn forward<'s>(
     } = to;
     served.group = Some(group);
     // Counted first, like every request of the group, whatever its fate.
-    group.stats.requests.fetch_add(1, Relaxed);
+    group.stats.count_request();
     if let (Some(max), Some(len)) = (limits.max_body, req.body().size_hint().exact()) {
         if len > max {
             group.stats.record_client_error(started);
@@ -384,7 +384,7 @@ async fn forward<'s>(
                     record(&group.stats, 502, started, Some(Seen::Connect));
                     group = g;
                     served.group = Some(g);
-                    g.stats.requests.fetch_add(1, Relaxed);
+                    g.stats.count_request();
                     g.pick(svc.balance, None, now)
                 }),
                 None => None,
