@@ -253,7 +253,17 @@ impl std::fmt::Debug for Upload {
 }
 
 impl Upload {
-    pub(super) fn new(body: Incoming, chunked: bool, max: Option<u64>, side: BodySide) -> Upload {
+    pub(super) fn new(
+        body: Incoming,
+        chunked: bool,
+        max: Option<u64>,
+        mut side: BodySide,
+    ) -> Upload {
+        // Trailers travel only in a chunked body: a body with a length needs no filter, and
+        // then most uploads need no box at all.
+        if !chunked {
+            side.client_certs = None;
+        }
         Upload {
             side: (side.tee.is_some() || side.client_certs.is_some()).then(|| Box::new(side)),
             body,
