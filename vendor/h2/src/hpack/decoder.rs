@@ -10,6 +10,10 @@ use std::cmp;
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::ops::ControlFlow;
+
+/// switchyard: what a header block's Huffman-coded strings are decoded into, taken at its
+/// first such string and given back at its end (most blocks' strings fit in one).
+const HUFFMAN_BUFFER_CAPACITY: usize = 1024;
 use std::str::Utf8Error;
 
 /// Decodes headers using HPACK
@@ -158,7 +162,7 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::new(),
         }
     }
 
@@ -174,7 +178,21 @@ impl Decoder {
     }
 
     /// Decodes the headers found in the given buffer.
-    pub fn decode<F>(
+    ///
+    /// switchyard: the buffer Huffman-coded strings are decoded into is taken for one header
+    /// block and given back after it, so an idle connection holds none (it held 4 KiB).
+    pub fn decode<F>(&mut self, src: &mut Cursor<&mut BytesMut>, f: F) -> Result<(), DecoderError>
+    where
+        F: FnMut(Header) -> ControlFlow<()>,
+    {
+        let decoded = self.decode_block(src, f);
+        if self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+        decoded
+    }
+
+    fn decode_block<F>(
         &mut self,
         src: &mut Cursor<&mut BytesMut>,
         mut f: F,
@@ -214,8 +232,10 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table. switchyard: a copy that shares no
+                    // memory with the frame it came in: the table keeps it for the
+                    // connection's life, and a slice would keep the whole read buffer.
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -335,6 +355,9 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
+                if self.buffer.capacity() == 0 {
+                    self.buffer.reserve(HUFFMAN_BUFFER_CAPACITY);
+                }
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
                     offset,
                     len,

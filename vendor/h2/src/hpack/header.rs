@@ -102,6 +102,19 @@ impl Header {
         }
     }
 
+    /// switchyard: the same header in memory of its own. A pseudo-header's value may be a
+    /// slice of the frame it was read from (a field's is always copied); one the decoder's
+    /// table keeps would keep that whole buffer for the connection's life.
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {
