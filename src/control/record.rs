@@ -35,18 +35,15 @@ impl Controller {
         commit: Commit,
     ) -> Result<(MutexGuard<'a, State>, Landed), ControlError> {
         let epoch = state.epoch(service);
-        let before = (
-            state.rollouts.get(service).cloned(),
-            state.traffic.get(service).cloned(),
-        );
-        let written = (
-            commit.rollout.clone(),
-            commit
+        let before = Seen::of(&state, service);
+        let written = Seen {
+            rollout: commit.rollout.clone(),
+            traffic: commit
                 .traffic
                 .iter()
                 .find(|(s, _)| s == service)
                 .map(|(_, r)| super::Traffic::from_record(r.clone())),
-        );
+        };
         let (state, _) = self
             .write_forward(
                 state,
@@ -54,16 +51,34 @@ impl Controller {
                 Write::Commit(Box::new(commit)),
             )
             .await?;
-        let landed = if state.epoch(service) != epoch {
-            Landed::RolledBack
-        } else if kept(state.rollouts.get(service), &before.0, &written.0)
-            && kept(state.traffic.get(service), &before.1, &written.1)
+        let landed = Self::landed(&state, service, epoch, &before, &written);
+        Ok((state, landed))
+    }
+
+    /// What became of a forward write of `service` that landed, seen from the state taken
+    /// again: `epoch` and `before` as they were when it was decided, `written` what it
+    /// recorded. Every forward write is judged by this one rule before the caller applies
+    /// what it wrote: applied over a state the fleet has moved past, it would leave this
+    /// instance behind etcd with nothing to correct it — the watch brought the later change
+    /// already, and a new leader reading the fleet at that revision finds nothing newer.
+    pub(super) fn landed(
+        state: &State,
+        service: &str,
+        epoch: u64,
+        before: &Seen,
+        written: &Seen,
+    ) -> Landed {
+        if state.epoch(service) != epoch {
+            return Landed::RolledBack;
+        }
+        let now = Seen::of(state, service);
+        if kept(&now.rollout, &before.rollout, &written.rollout)
+            && kept(&now.traffic, &before.traffic, &written.traffic)
         {
             Landed::Kept
         } else {
             Landed::Overtaken
-        };
-        Ok((state, landed))
+        }
     }
 
     /// Writes a forward change: queued under the control lock (so the store sees changes in
@@ -134,8 +149,24 @@ pub(super) fn superseded(service: &str) -> ControlError {
     ))
 }
 
+/// A service's rollout and traffic, as the state holds them or as a write records them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Seen {
+    pub(super) rollout: Option<crate::rollout::Rollout>,
+    pub(super) traffic: Option<super::Traffic>,
+}
+
+impl Seen {
+    pub(super) fn of(state: &State, service: &str) -> Seen {
+        Seen {
+            rollout: state.rollouts.get(service).cloned(),
+            traffic: state.traffic.get(service).cloned(),
+        }
+    }
+}
+
 /// Whether a service's value `now` is the one from before a write, or the one the write
 /// itself recorded.
-fn kept<T: PartialEq>(now: Option<&T>, before: &Option<T>, written: &Option<T>) -> bool {
-    now == before.as_ref() || (written.is_some() && now == written.as_ref())
+fn kept<T: PartialEq>(now: &Option<T>, before: &Option<T>, written: &Option<T>) -> bool {
+    now == before || (written.is_some() && now == written)
 }

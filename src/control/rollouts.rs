@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::persist::{Kind, Write};
-use super::record::{superseded, Landed};
+use super::record::{superseded, Landed, Seen};
 use super::transition::{plan, RolloutView};
 use super::{ControlError, Controller};
 use crate::audit::{Actor, EventKind, System};
@@ -95,17 +95,19 @@ impl Controller {
                 std::iter::once(candidate).chain(strategy.baseline.as_deref()),
             )?;
         }
+        // One moment for every try of the write and what is applied after: the same record.
+        let now = self.clock.unix_ms();
         let r = Rollout::new(
             service,
             &stable,
             candidate,
             strategy,
             actor.to_string(),
-            self.clock.unix_ms(),
+            now,
         );
         let before = state.traffic[service].clone();
+        let seen_before = Seen::of(&state, service);
         let actor_name = actor.clone();
-        let clock = self.clock.clone();
         let config = state.config.clone();
         let make = move |id: u64| {
             let mut r = r.clone();
@@ -122,7 +124,7 @@ impl Controller {
                 ),
                 weight_changed: false,
             };
-            plan(&config, &before, r, &change, &actor_name, clock.unix_ms())
+            plan(&config, &before, r, &change, &actor_name, now)
         };
         let make = Arc::new(make);
         let for_store = make.clone();
@@ -135,7 +137,9 @@ impl Controller {
             )
             .await?;
         let id = id.expect("a new rollout has an id");
-        if state.epoch(service) != epoch {
+        let planned = make(id);
+        let landed = Self::landed(&state, service, epoch, &seen_before, &planned.seen());
+        if landed == Landed::RolledBack {
             // An undo came in while the new rollout's row was being written, and its own
             // record (queued after) does not name this rollout: without a record that ends
             // it, a restart would find it the latest and active, and resume it.
@@ -158,8 +162,18 @@ impl Controller {
             );
             return Err(superseded(service));
         }
-        let planned = make(id);
-        let view = self.apply_planned(&mut state, planned, None)?;
+        let view = if landed == Landed::Overtaken {
+            // The watch brought this start and the leader's next step before the answer came:
+            // applied now, step 0 would stay here for good (nothing after it is to come).
+            tracing::info!(
+                service,
+                rollout = id,
+                "rollout started; the fleet moved it on before the start was answered"
+            );
+            Self::view_now(&state, service)?
+        } else {
+            self.apply_planned(&mut state, planned, None)?
+        };
         drop(state);
         self.ensure_driver(service).await;
         Ok(view)

@@ -101,6 +101,16 @@ pub(super) struct Planned {
     pub(super) commit: Commit,
 }
 
+impl Planned {
+    /// The service as it is once this is applied (what `record::landed` compares).
+    pub(super) fn seen(&self) -> super::record::Seen {
+        super::record::Seen {
+            rollout: Some(self.r.clone()),
+            traffic: Some(self.t.clone()),
+        }
+    }
+}
+
 /// `now`: the record's and the event's timestamp (the controller's `clock`).
 pub(super) fn plan(
     config: &Config,
@@ -257,7 +267,7 @@ impl Controller {
 
     /// The service's rollout as this instance has it now (after a write the fleet moved on
     /// from).
-    fn view_now(state: &State, service: &str) -> Result<RolloutView, ControlError> {
+    pub(super) fn view_now(state: &State, service: &str) -> Result<RolloutView, ControlError> {
         let r = state
             .rollouts
             .get(service)
