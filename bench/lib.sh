@@ -161,8 +161,10 @@ nginx_forward() {
 CONF
 }
 
-# The peers, configured to do what switchyard does per request (`nginx_forward`).
-# nginx_config DIR LISTEN_PORT BLUE_PORT GREEN_PORT (writes DIR/nginx.conf)
+# The peers, configured to do what switchyard does per request (`nginx_forward`); with a
+# fifth argument `bare`, in their default configuration instead: no forwarded headers and no
+# request id, only what upstream keep-alive needs (issue 17 asks for both).
+# nginx_config DIR LISTEN_PORT BLUE_PORT GREEN_PORT [bare] (writes DIR/nginx.conf)
 nginx_config() {
   mkdir -p "$1/nginx"
   {
@@ -172,16 +174,28 @@ nginx_config() {
     echo "    listen 127.0.0.1:$2;"
     echo "    location / {"
     echo "      proxy_pass http://app;"
-    nginx_forward
-    echo '      add_header X-Request-Id $request_id always;'
+    if [ "${5:-}" = bare ]; then
+      echo "      proxy_http_version 1.1;"
+      echo '      proxy_set_header Connection "";'
+    else
+      nginx_forward
+      echo '      add_header X-Request-Id $request_id always;'
+    fi
     echo "    }"
     echo "  }"
     echo "}"
   } > "$1/nginx.conf"
 }
 
-# haproxy_config FILE LISTEN_PORT BLUE_PORT GREEN_PORT
+# haproxy_config FILE LISTEN_PORT BLUE_PORT GREEN_PORT [bare]
 haproxy_config() {
+  haproxy_full_config "$@"
+  if [ "${5:-}" = bare ]; then
+    sed -i -e '/^  option forwardfor$/d' -e '/^  http-request set-header /d' \
+      -e '/^  unique-id-/d' -e '/^  http-response set-header X-Request-Id/d' "$1"
+  fi
+}
+haproxy_full_config() {
   cat > "$1" <<CONF
 global
   nbthread ${WORKERS:-1}

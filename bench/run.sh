@@ -13,6 +13,9 @@
 #   bench/run.sh                 # 10 rounds of 5 s per proxy
 #   ROUNDS=5 DURATION=20 CONNS=64 PIN=0 bench/run.sh
 #   WORKERS=2 bench/run.sh       # two workers each; on 2 cores nothing is pinned (lib.sh)
+#   BARE=1 bench/run.sh          # also nginx-bare and haproxy-bare: the peers in their default
+#                                # configuration (no forwarded headers, no request id) in the
+#                                # same rounds, reported beside the peers doing the same work
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10}
@@ -47,8 +50,21 @@ haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
 ${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
 HA_PID=$!
 
-wait_up $SY $NG $HA || {
-  echo "a proxy did not come up (switchyard $SY, nginx $NG, haproxy $HA)"
+ENTRIES=("switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID")
+UP=($SY $NG $HA)
+if [ "${BARE:-0}" = 1 ]; then
+  NGB=$(port); HAB=$(port)
+  nginx_config "$WORK/bare" "$NGB" "$B1" "$B2" bare
+  ${PROXY_CPU[@]} nginx -c "$WORK/bare/nginx.conf" -e "$WORK/bare/nginx/error.log" >"$WORK/nginx-bare.log" 2>&1 & pids+=($!)
+  ENTRIES+=("nginx-bare:$NGB:$!")
+  haproxy_config "$WORK/haproxy-bare.cfg" "$HAB" "$B1" "$B2" bare
+  ${PROXY_CPU[@]} haproxy -f "$WORK/haproxy-bare.cfg" -db >"$WORK/haproxy-bare.log" 2>&1 & pids+=($!)
+  ENTRIES+=("haproxy-bare:$HAB:$!")
+  UP+=($NGB $HAB)
+fi
+
+wait_up "${UP[@]}" || {
+  echo "a proxy did not come up (${ENTRIES[*]})"
   tail -n 5 "$WORK"/*.log "$WORK"/nginx/error.log 2>/dev/null
   exit 1
 }
@@ -62,47 +78,52 @@ run() {
   echo "$rps $p99 $(python3 -c "print(($after - $before) * 1e6 / $(getconf CLK_TCK) / $reqs)")"
 }
 
-declare -A RPS P99 CPU
-for name in switchyard nginx haproxy; do RPS[$name]=""; P99[$name]=""; CPU[$name]=""; done
-echo "warming up"; for p in $SY $NG $HA; do ${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done
+FIGURES="$WORK/figures"
+echo "warming up"; for p in "${UP[@]}"; do ${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done
 for r in $(seq "$ROUNDS"); do
-  for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID"; do
+  for entry in "${ENTRIES[@]}"; do
     IFS=: read -r name p pid <<<"$entry"
     read -r rps p99 cpu < <(run "$p" "$pid")
-    printf 'round %d  %-10s %10.0f req/s   p99 %7.2f ms   cpu %6.1f us/req\n' "$r" "$name" "$rps" "$p99" "$cpu"
-    RPS[$name]="${RPS[$name]} $rps"
-    P99[$name]="${P99[$name]} $p99"
-    CPU[$name]="${CPU[$name]} $cpu"
+    printf 'round %d  %-12s %10.0f req/s   p99 %7.2f ms   cpu %6.1f us/req\n' "$r" "$name" "$rps" "$p99" "$cpu"
+    echo "$name $rps $p99 $cpu" >>"$FIGURES"
   done
 done
 
 echo
 echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, $WORKERS worker(s) each:"
-python3 - "${RPS[switchyard]}" "${RPS[nginx]}" "${RPS[haproxy]}" "${P99[switchyard]}" "${P99[nginx]}" "${P99[haproxy]}" "${CPU[switchyard]}" "${CPU[nginx]}" "${CPU[haproxy]}" <<'PY'
+python3 - "$FIGURES" <<'PY'
 import sys, statistics
-names = ["switchyard", "nginx", "haproxy"]
-col = lambda k: {n: [float(x) for x in v.split()] for n, v in zip(names, sys.argv[1 + 3 * k:4 + 3 * k])}
-rps, p99, cpu = col(0), col(1), col(2)
+rps, p99, cpu = {}, {}, {}
+for line in open(sys.argv[1]):
+    n, a, b, c = line.split()
+    for d, v in ((rps, a), (p99, b), (cpu, c)):
+        d.setdefault(n, []).append(float(v))
+names = list(rps)
 mean, med = statistics.mean, statistics.median
-print(f"{'':12}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}{'cpu us/req':>12}{'vs nginx':>10}")
+print(f"{'':14}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}{'cpu us/req':>12}{'vs nginx':>10}")
 for n in names:
-    print(f"{n:12}{mean(rps[n]):12.0f}{mean(rps[n])/mean(rps['nginx']):10.2f}{med(p99[n]):10.2f}"
+    print(f"{n:14}{mean(rps[n]):12.0f}{mean(rps[n])/mean(rps['nginx']):10.2f}{med(p99[n]):10.2f}"
           f"{med(p99[n])/med(p99['nginx']):10.2f}{med(cpu[n]):12.1f}{med(cpu[n])/med(cpu['nginx']):10.2f}")
 # Rounds of one proxy follow each other within seconds, so a per-round ratio cancels most of
 # the host's drift; its median over rounds is the figure to quote.
 def paired(d, peer):
     return med(a / b for a, b in zip(d["switchyard"], d[peer]))
-best = max(("nginx", "haproxy"), key=lambda n: mean(rps[n]))
-low = min(("nginx", "haproxy"), key=lambda n: med(p99[n]))
-print(f"switchyard throughput vs best of nginx/haproxy ({best}): {mean(rps['switchyard'])/mean(rps[best]):.2f}x"
-      f" (median per-round ratio {paired(rps, best):.3f})")
-print(f"switchyard p99 vs lowest of nginx/haproxy ({low}): {med(p99['switchyard'])/med(p99[low]):.2f}x"
-      f" (median per-round ratio {paired(p99, low):.3f}; below 1 is better)")
-# Issue 17's tail target counts rounds: switchyard's p99 at or below the lower of the peers'
-# measured in the same round (each proxy's slot is seconds from the others').
-wins = sum(s <= min(a, b) for s, a, b in zip(p99["switchyard"], p99["nginx"], p99["haproxy"]))
-print(f"rounds with switchyard's p99 at or below both peers': {wins} of {len(p99['switchyard'])}")
-lean = min(("nginx", "haproxy"), key=lambda n: med(cpu[n]))
-print(f"switchyard CPU per request vs leanest of nginx/haproxy ({lean}): {med(cpu['switchyard'])/med(cpu[lean]):.2f}x"
-      f" (median per-round ratio {paired(cpu, lean):.3f}; below 1 is better)")
+def against(peers, label):
+    print(f"-- against {label}:")
+    best = max(peers, key=lambda n: mean(rps[n]))
+    low = min(peers, key=lambda n: med(p99[n]))
+    print(f"switchyard throughput vs best of {'/'.join(peers)} ({best}): {mean(rps['switchyard'])/mean(rps[best]):.2f}x"
+          f" (median per-round ratio {paired(rps, best):.3f})")
+    print(f"switchyard p99 vs lowest of {'/'.join(peers)} ({low}): {med(p99['switchyard'])/med(p99[low]):.2f}x"
+          f" (median per-round ratio {paired(p99, low):.3f}; below 1 is better)")
+    # Issue 17's tail target counts rounds: switchyard's p99 at or below the lower of the
+    # peers' measured in the same round (each proxy's slot is seconds from the others').
+    wins = sum(s <= min(r) for s, *r in zip(p99["switchyard"], *(p99[n] for n in peers)))
+    print(f"rounds with switchyard's p99 at or below both peers': {wins} of {len(p99['switchyard'])}")
+    lean = min(peers, key=lambda n: med(cpu[n]))
+    print(f"switchyard CPU per request vs leanest of {'/'.join(peers)} ({lean}): {med(cpu['switchyard'])/med(cpu[lean]):.2f}x"
+          f" (median per-round ratio {paired(cpu, lean):.3f}; below 1 is better)")
+against(["nginx", "haproxy"], "the peers doing the same work")
+if "nginx-bare" in rps:
+    against(["nginx-bare", "haproxy-bare"], "the peers in their default configuration")
 PY
