@@ -10,12 +10,15 @@
 #   bench/icount.sh /tmp/sy-before target/release/switchyard
 #   PEERS=1 bench/icount.sh target/release/switchyard
 #   TOP=25 bench/icount.sh target/release/switchyard     # and where the instructions go
+#   H2=1 bench/icount.sh /tmp/sy-before target/release/switchyard   # h2c by h2load (-m 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: [PEERS=1] [TOP=N] bench/icount.sh BUILD..."; exit 2; }
 DURATION=${DURATION:-8}; CONNS=${CONNS:-16}; TOP=${TOP:-0}; PEERS=${PEERS:-0}
 export PATH="$PATH:/usr/sbin"
+H2=${H2:-0}
 tools=(valgrind callgrind_control wrk); [ "$PEERS" = 1 ] && tools+=(nginx haproxy)
+[ "$H2" = 1 ] && tools+=(h2load)
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install -y valgrind wrk nginx haproxy)"; exit 1; }
 done
@@ -30,6 +33,20 @@ B1=$(port); B2=$(port)
 "$1" backend --workers 1 --bind 127.0.0.1:$B1 --name blue >/dev/null 2>&1 & pids+=($!)
 "$1" backend --workers 1 --bind 127.0.0.1:$B2 --name green >/dev/null 2>&1 & pids+=($!)
 
+# load PORT SECONDS: drives the proxy on PORT; prints the requests answered, then any errors
+# (on a second line). HTTP/1.1 by wrk, or h2c by h2load with H2=1 (10 streams at a time
+# per connection).
+load() {
+  if [ "$H2" = 1 ]; then
+    local res; res=$(h2load -c"$CONNS" -m10 -D"$2" "http://127.0.0.1:$1/" 2>&1)
+    awk '/^requests:/ {print $8; if ($8 != $6) print "failed:", $0}' <<<"$res"
+  else
+    local res; res=$(wrk -t1 -c"$CONNS" -d"$2s" "http://127.0.0.1:$1/")
+    awk '/requests in/ {print $1}' <<<"$res"
+    awk '/Non-2xx|Socket errors/' <<<"$res"
+  fi
+}
+
 # count NAME PORT COMMAND...: runs COMMAND (a proxy listening on PORT) under callgrind.
 count() {
   local name=$1 p=$2; shift 2
@@ -38,14 +55,14 @@ count() {
     >"$WORK/proxy.log" 2>&1 &
   local vg=$!
   for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
-  wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$p/" >/dev/null
+  load "$p" 3 >/dev/null
   callgrind_control -z "$vg" >/dev/null 2>&1
-  local res; res=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$p/")
+  local res; res=$(load "$p" "$DURATION")
   callgrind_control -d "$vg" >/dev/null 2>&1
   local reqs errors
-  reqs=$(awk '/requests in/ {print $1}' <<<"$res")
-  errors=$(awk '/Non-2xx|Socket errors/' <<<"$res")
-  [ -z "$errors" ] || { echo "$name: wrk saw errors: $errors"; exit 1; }
+  reqs=$(head -1 <<<"$res")
+  errors=$(tail -n +2 <<<"$res")
+  [ -z "$errors" ] || { echo "$name: the load saw errors: $errors"; exit 1; }
   python3 - "$(ls -S "$out"/cg.* | head -1)" "$reqs" "$name" "$TOP" <<'PY' | tee -a "$WORK/summary"
 import collections, re, sys
 path, reqs, name, top = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])

@@ -136,14 +136,15 @@ async fn settle_under(pid: u32, before: u64, bound_kb: u64) {
     let mut seen = per_conn();
     // Long enough for a starved host (CI: 24.8 KB still held at 10 s once, the process's
     // workers busy or parked late); a passing run stops waiting as soon as it is under.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(35);
+    let (first, start) = (seen, tokio::time::Instant::now());
+    let deadline = start + Duration::from_secs(35);
     while seen >= bound_kb as f64 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         seen = per_conn();
     }
     println!(
-        "idle connections: {seen:.1} KB each (bound {bound_kb} KB; RSS {before} KB before, {} KB held)",
-        rss_kb(pid)
+        "idle connections: {seen:.1} KB each after {:?} ({first:.1} KB at first; bound {bound_kb} KB; RSS {before} KB before)",
+        start.elapsed()
     );
     assert!(
         seen < bound_kb as f64,

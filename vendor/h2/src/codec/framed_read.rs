@@ -21,10 +21,6 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
-/// switchyard: the read buffer taken before each read once the last was given back (the
-/// size tokio-util's `FramedRead` starts with). An idle connection holds none: it is given
-/// back whenever the socket has nothing more to read and no partial frame is left in it.
-const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 #[derive(Debug)]
 pub struct FramedRead<T> {
@@ -66,7 +62,10 @@ enum Continuable {
 impl<T> FramedRead<T> {
     pub fn new(mut inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        *inner.read_buffer_mut() = BytesMut::new();
+        // switchyard: an idle connection holds no read buffer; one is taken before each read
+        // (`codec::pool`) and given back whenever the socket has nothing more to read and no
+        // partial frame is left in it.
+        super::pool::give(super::pool::Size::Read, inner.read_buffer_mut());
         FramedRead { inner, decoder }
     }
 
@@ -428,7 +427,7 @@ where
         loop {
             tracing::trace!("poll");
             if self.inner.read_buffer().capacity() == 0 {
-                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+                *self.inner.read_buffer_mut() = super::pool::take(super::pool::Size::Read);
             }
             let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) => bytes,
@@ -439,7 +438,7 @@ where
                     // holds the start of a frame. (Frames already read keep their own part
                     // of it alive for as long as they need it.)
                     if self.inner.read_buffer().is_empty() {
-                        *self.inner.read_buffer_mut() = BytesMut::new();
+                        super::pool::give(super::pool::Size::Read, self.inner.read_buffer_mut());
                     }
                     return Poll::Pending;
                 }

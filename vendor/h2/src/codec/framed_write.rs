@@ -60,14 +60,10 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// Take this amount of write buffer when there is something to write.
-///
-/// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
-/// frame that big.
-///
-/// switchyard: the buffer is taken when a frame is buffered and given back once it has all
-/// been written, so an idle connection holds none (it held 16 KiB for its whole life).
-const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
+// switchyard: the write buffer (16 KiB: the minimum MAX_FRAME_SIZE is 16kb, so always be
+// able to send a HEADERS frame that big) is taken from `codec::pool` when a frame is
+// buffered and given back once it has all been written, so an idle connection holds none
+// (it held 16 KiB for its whole life).
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says
@@ -230,7 +226,7 @@ where
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
         if self.buf.get_ref().capacity() == 0 {
-            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+            *self.buf.get_mut() = super::pool::take(super::pool::Size::Write);
         }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
@@ -324,8 +320,9 @@ where
 
     /// Drops the write buffer once nothing is left in it.
     fn release_buffer(&mut self) {
-        if self.next.is_none() && self.buf.get_ref().is_empty() {
-            *self.buf.get_mut() = BytesMut::new();
+        if self.next.is_none() && self.buf.get_ref().is_empty() && self.buf.get_ref().capacity() > 0
+        {
+            super::pool::give(super::pool::Size::Write, self.buf.get_mut());
             self.buf.set_position(0);
         }
     }

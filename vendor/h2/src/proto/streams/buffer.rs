@@ -33,6 +33,13 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// switchyard: an empty buffer gives its slots back (see `Streams::release_idle_memory`).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() > 0 {
+            self.slab = Slab::new();
+        }
+    }
 }
 
 impl Deque {
@@ -82,11 +89,6 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
-                // switchyard: an empty buffer holds no slots (a connection's frames and
-                // events wait here only while a stream is busy).
-                if buf.slab.is_empty() {
-                    buf.slab = Slab::new();
-                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

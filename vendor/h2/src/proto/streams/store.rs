@@ -86,6 +86,18 @@ impl Store {
         }
     }
 
+    /// switchyard: a connection with no stream left gives back its stream slots (a `Stream`
+    /// is ~300 bytes and the slab grows four at a time) and its id index; the next stream
+    /// takes them again (see `Streams::release_idle_memory`).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.slab.capacity() > 0 {
+            self.slab = slab::Slab::new();
+        }
+        if self.ids.is_empty() && self.ids.capacity() > 0 {
+            self.ids.shrink_to_fit();
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;
@@ -406,11 +418,6 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
-        // switchyard: a connection with no stream left holds no slots for one (a `Stream` is
-        // ~300 bytes and the slab grows four at a time); the next stream takes them back.
-        if self.store.slab.is_empty() {
-            self.store.slab = slab::Slab::new();
-        }
         stream.id
     }
 

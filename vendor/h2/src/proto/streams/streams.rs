@@ -128,6 +128,21 @@ where
         }
     }
 
+    /// switchyard: called whenever the connection waits (for its peer's next frame, or to
+    /// write). What
+    /// holds no stream or frame gives its memory back, so an idle connection keeps no slots
+    /// (they grow four at a time: ~3 KB per connection, for its whole life, before). A busy
+    /// connection seldom has none, so it seldom takes them again.
+    pub fn release_idle_memory(&self) {
+        {
+            let mut me = self.inner.lock().unwrap();
+            let me = &mut *me;
+            me.store.release_if_empty();
+            me.actions.recv.release_if_empty();
+        }
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+    }
+
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) -> Result<(), Reason> {
         let mut me = self.inner.lock().unwrap();
         let me = &mut *me;
