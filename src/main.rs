@@ -67,8 +67,8 @@ mod allocator {
     /// mimalloc, asked the way its own `malloc` is whenever that gives the alignment. The
     /// `mimalloc` crate's allocator asks `mi_malloc_aligned` for every block, and mimalloc
     /// serves an aligned request above 1 KiB whose size is not a power of two by allocating
-    /// more and aligning within it (its `overalloc` path, ~400 instructions where a plain
-    /// allocation takes ~100): a request's boxed future and hyper's 8 KiB read buffer each
+    /// more and aligning within it (its `overalloc` path, ~100 instructions more than a plain
+    /// allocation of the size): a request's boxed future and hyper's 8 KiB read buffer each
     /// took it once per request (bench/icount.sh). `mi_malloc` aligns every block as C's
     /// `malloc` must (to 16 bytes, `max_align_t`, or to the block's size when smaller), the
     /// same rule Rust's `System` allocator relies on for glibc's.
