@@ -203,7 +203,7 @@ pub fn format_percent(bp: u32) -> String {
 
 /// Basis points as a plain number of percent: 11000 → "110", 10001 → "100.01".
 fn percent_number(bp: u64) -> String {
-    if bp % 100 == 0 {
+    if bp.is_multiple_of(100) {
         format!("{}", bp / 100)
     } else {
         let s = format!("{}.{:02}", bp / 100, bp % 100);
