@@ -11,6 +11,8 @@
 #   PEERS=1 bench/icount.sh target/release/switchyard
 #   TOP=25 bench/icount.sh target/release/switchyard     # and where the instructions go
 #   H2=1 bench/icount.sh /tmp/sy-before target/release/switchyard   # h2c by h2load (-m 10)
+#   KEEP=/tmp/cg bench/icount.sh target/release/switchyard  # keeps each callgrind file there
+#     (callgrind_annotate --tree=caller /tmp/cg/NAME.cg: who calls memmove, and how often)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: [PEERS=1] [TOP=N] bench/icount.sh BUILD..."; exit 2; }
@@ -85,6 +87,7 @@ for f, c in own.most_common(top):
     print(f"  {c / total * 100:5.1f}%  {c / reqs:7,.0f}  {f[:120]}")
 PY
   kill "$vg" 2>/dev/null || true; wait "$vg" 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$(ls -S "$out"/cg.* | head -1)" "$KEEP/$(basename "$name").cg"; fi
 }
 
 for bin in "$@"; do
