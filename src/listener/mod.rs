@@ -306,18 +306,16 @@ impl Service<Request<Incoming>> for Requests {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let open = self.activity.request_begins(!req.body().is_end_stream());
-        let fut = in_place(Box::new_uninit(), || {
-            proxy::handle(req, self.info.clone(), self.snapshots.clone(), open)
+        let (head, body) = req.into_parts();
+        let head = proxy::in_place(Box::new_uninit(), || head);
+        let fut = proxy::in_place(Box::new_uninit(), || {
+            proxy::handle(
+                (head, body),
+                self.info.clone(),
+                self.snapshots.clone(),
+                open,
+            )
         });
         Box::into_pin(fut)
     }
-}
-
-/// `make()`'s value written straight into `slot`, allocated before it is made: the
-/// optimiser then builds it there. `Box::pin(make())` builds the request's future (several
-/// KB) on the stack and copies it into the box, which cost ~600 instructions a request
-/// (bench/icount.sh: 23,835 -> 23,193). `Box::write` is why the crate needs Rust 1.87.
-#[inline(always)]
-fn in_place<T>(slot: Box<std::mem::MaybeUninit<T>>, make: impl FnOnce() -> T) -> Box<T> {
-    Box::write(slot, make())
 }

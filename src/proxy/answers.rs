@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http::header;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::{Either, Full};
 
 use super::headers::{request_host, split_port};
@@ -31,15 +31,15 @@ pub(super) fn fixed(f: &FixedResponse) -> Response<ResponseBody> {
         .unwrap_or_else(|_| error(ProxyError::NoRoute, "bad fixed response"))
 }
 
-pub(super) fn redirect<B>(
+pub(super) fn redirect(
     r: &Redirect,
-    req: &Request<B>,
+    req: &http::request::Parts,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
     let (orig_host, orig_port) = split_port(request_host(req).unwrap_or(""));
     let orig_scheme = if conn.tls { "https" } else { "http" };
-    let orig_path = req.uri().path();
-    let orig_query = req.uri().query().unwrap_or("");
+    let orig_path = req.uri.path();
+    let orig_query = req.uri.query().unwrap_or("");
     // ALB's placeholders: #{host}, #{path}, #{port}, #{query}, #{protocol}.
     let fill = |s: &str| {
         s.replace("#{host}", orig_host)

@@ -2,7 +2,8 @@
 //! what the routing reads (host, port, upgrade).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Uri, Version};
+use http::request::Parts;
+use http::{Uri, Version};
 
 use super::ConnInfo;
 use crate::upstream::SetFields;
@@ -121,11 +122,11 @@ pub(super) fn prepare_request_headers(
     set
 }
 
-pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+pub(super) fn is_upgrade(req: &Parts) -> bool {
+    req.version == Version::HTTP_11
+        && req.headers.contains_key(header::UPGRADE)
         && req
-            .headers()
+            .headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -133,11 +134,11 @@ pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-pub(super) fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers()
+pub(super) fn request_host(req: &Parts) -> Option<&str> {
+    req.headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
+        .or_else(|| req.uri.authority().map(http::uri::Authority::as_str))
 }
 
 /// Splits `host:port`, `[v6]:port` or a bare host.

@@ -2,9 +2,9 @@
 //! header rewriting, the upstream exchange with its timeout and one retry, and the response.
 //! A request reads the routing snapshot once and finishes on it.
 //!
-//! (Just over 600 lines, kept whole: `dispatch`, `forward` and `exchange` are one request's
-//! walk, top-down, sharing the `Forward` plan and the `Failure` it may end in; the pieces that
-//! stand alone already live in `account`, `answers`, `body`, `failure`, `headers`, `mirror` and `tunnel`.)
+//! `dispatch` and `forward` are one request's walk, top-down, sharing the `Forward` plan and
+//! the `Failure` it may end in; the pieces that stand alone live in `account`, `answers`,
+//! `body`, `exchange`, `failure`, `headers`, `mirror` and `tunnel`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,10 +18,12 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::request::Parts;
+use http::{Response, StatusCode};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use crate::activity::{Guarded, OpenRequest};
 use crate::error::ProxyError;
@@ -31,19 +33,22 @@ use crate::metrics::{ms_at, now_ms};
 use crate::route::{forced_group, matches, RequestFacts};
 use crate::service::Service;
 use crate::snapshot::{Route, RouteAction, Snapshot};
-use crate::upstream::{h1, h2, BodySide, ConnectError, Sender, SetFields, Upstream};
+use crate::upstream::{h1, BodySide, ConnectError, Sender};
 
 mod account;
 mod answers;
 mod body;
+mod exchange;
 mod failure;
 mod headers;
 mod mirror;
 mod tunnel;
 pub use answers::error;
 use answers::{fixed, redirect};
+pub(crate) use body::in_place;
 pub use body::{UpstreamBody, UpstreamResponseBody};
-use failure::{classify, Failure};
+use exchange::exchange;
+use failure::Failure;
 use headers::{
     is_upgrade, prepare_request_headers, remove_hop_by_hop, request_host, split_port, X_REQUEST_ID,
 };
@@ -93,18 +98,24 @@ impl ConnInfo {
     }
 }
 
+/// A request's head, boxed: it is moved from `handle` down to the exchange, into each
+/// step's future and out again, and unboxed (~220 bytes) each move was a copy — a dozen a
+/// request (bench/icount.sh). Boxed, a move is a pointer's; the body is small and walks
+/// beside it.
+pub(crate) type Head = Box<Parts>;
+
 /// One request, from its head to its answer, on the snapshot in force when it arrived.
 /// `open` marks the request open on its connection until its answer's body is done; it is
 /// wrapped here rather than by the caller so that the request's future is not moved into a
 /// second future (measured: four large copies per request).
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    (head, body): (Head, Incoming),
     conn: Arc<ConnInfo>,
     snapshots: Arc<ArcSwap<Snapshot>>,
     open: OpenRequest,
 ) -> Result<Response<Guarded<ResponseBody>>, Infallible> {
     let snapshot = snapshots.load_full();
-    let resp = route(req, conn, snapshot).await;
+    let resp = route(head, body, conn, snapshot).await;
     Ok(resp.map(|body| Guarded::new(body, open)))
 }
 
@@ -124,13 +135,14 @@ struct Served<'s> {
 /// A request's id (taken from or set on `x-request-id`, passed upstream and answered) and
 /// its count (see `account`) and access log line around the routing.
 async fn route(
-    req: Request<Incoming>,
+    req: Head,
+    body: Incoming,
     conn: Arc<ConnInfo>,
     snap: Arc<Snapshot>,
 ) -> Response<ResponseBody> {
     // The request's one clock read until its answer arrives; the rest derive from it.
     let started = Instant::now();
-    let rid = crate::access_log::request_id(req.headers().get(&X_REQUEST_ID));
+    let rid = crate::access_log::request_id(req.headers.get(&X_REQUEST_ID));
     // Boxed so that a request without an access log carries a pointer, not the entry, in its
     // future.
     let entry = snap.access_log.as_ref().map(|_| {
@@ -139,9 +151,9 @@ async fn route(
             request_id: String::from_utf8_lossy(rid.as_bytes()).into_owned(),
             client: conn.client.to_string(),
             listener: conn.listener.to_string(),
-            method: req.method().to_string(),
+            method: req.method.to_string(),
             host: request_host(&req).unwrap_or("").to_string(),
-            path: req.uri().path().to_string(),
+            path: req.uri.path().to_string(),
             route: None,
             service: None,
             group: None,
@@ -161,7 +173,7 @@ async fn route(
         started,
         done: false,
     };
-    let mut resp = dispatch(req, &rid, &conn, &snap, started, &mut open.served).await;
+    let mut resp = dispatch(req, body, &rid, &conn, &snap, started, &mut open.served).await;
     open.done = true;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     if let Some(t) = open.served.route.and_then(|(_, r)| r.transform.as_deref()) {
@@ -220,7 +232,8 @@ async fn route(
 }
 
 async fn dispatch<'s>(
-    mut req: Request<Incoming>,
+    mut req: Head,
+    body: Incoming,
     rid: &HeaderValue,
     conn: &ConnInfo,
     snap: &'s Snapshot,
@@ -231,14 +244,14 @@ async fn dispatch<'s>(
     if let Some(certs) = &snap.client_certs {
         let conn_fields = conn.client_cert.as_ref();
         if certs
-            .apply(&conn.listener, conn_fields, req.headers_mut())
+            .apply(&conn.listener, conn_fields, &mut req.headers)
             .is_err()
         {
             let mut resp = error(
                 ProxyError::ClientCertificateSettingsChanged,
                 "this listener's client certificate settings changed since the connection was made: connect again",
             );
-            if req.version() <= http::Version::HTTP_11 {
+            if req.version <= http::Version::HTTP_11 {
                 resp.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -249,10 +262,10 @@ async fn dispatch<'s>(
     let (host_name, _) = split_port(host);
     let facts = RequestFacts {
         host: host_name,
-        path: req.uri().path(),
-        query: req.uri().query(),
-        method: req.method(),
-        headers: req.headers(),
+        path: req.uri.path(),
+        query: req.uri.query(),
+        method: &req.method,
+        headers: &req.headers,
         client_ip: conn.client.ip(),
     };
     let Some((at, route)) = snap.routes.get(&*conn.listener).and_then(|routes| {
@@ -275,13 +288,10 @@ async fn dispatch<'s>(
             let may_fall_back = forced.is_none();
             let (group, set_cookie) = match forced {
                 Some(g) => (g, None),
-                None => service.choose_by_split(req.headers(), conn.client.ip(), ms_at(started)),
+                None => service.choose_by_split(&req.headers, conn.client.ip(), ms_at(started)),
             };
             if let Some(t) = &route.transform {
-                let (mut parts, body) = req.into_parts();
-                let rewritten = t.request(&mut parts.headers, &mut parts.uri);
-                req = Request::from_parts(parts, body);
-                if let Err(e) = rewritten {
+                if let Err(e) = t.request(&mut req.headers, &mut req.uri) {
                     return error(ProxyError::BadRewrite, e);
                 }
             }
@@ -296,7 +306,7 @@ async fn dispatch<'s>(
                 },
                 client_certs: snap.client_certs.as_ref(),
             };
-            let mut resp = forward(req, rid, to, conn, started, served).await;
+            let mut resp = forward((req, body), rid, to, conn, started, served).await;
             if let Some(c) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, c);
             }
@@ -318,7 +328,7 @@ struct Forward<'s> {
 }
 
 async fn forward<'s>(
-    mut req: Request<Incoming>,
+    (mut parts, body): (Head, Incoming),
     rid: &HeaderValue,
     to: Forward<'s>,
     conn: &ConnInfo,
@@ -335,7 +345,7 @@ async fn forward<'s>(
     served.group = Some(group);
     // Counted first, like every request of the group, whatever its fate.
     group.stats.count_request();
-    if let (Some(max), Some(len)) = (limits.max_body, req.body().size_hint().exact()) {
+    if let (Some(max), Some(len)) = (limits.max_body, body.size_hint().exact()) {
         if len > max {
             group.stats.record_client_error(started);
             served.client_error = Some("too_large");
@@ -356,8 +366,9 @@ async fn forward<'s>(
             ),
         );
     };
-    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    // The client's side of an upgrade, when it asks for one (hyper leaves it among the
+    // extensions of an HTTP/1.1 request that asks; without it the upgrade cannot complete).
+    let client_upgrade = is_upgrade(&parts).then(|| parts.extensions.remove::<OnUpgrade>());
     let set = prepare_request_headers(
         &mut parts.headers,
         &parts.uri,
@@ -487,9 +498,13 @@ async fn forward<'s>(
     let inner = match (client_upgrade, inner) {
         (Some(client), UpstreamBody::H1(b)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
             // The connection now belongs to the tunnel.
-            if let Some(upstream) = b.into_upgraded() {
-                let ticket = group.stats.tunnels.join();
-                tokio::spawn(tunnel(client, upstream, conn.idle, ticket));
+            match (client, b.into_upgraded()) {
+                (Some(client), Some(upstream)) => {
+                    let ticket = group.stats.tunnels.join();
+                    tokio::spawn(tunnel(client, upstream, conn.idle, ticket));
+                }
+                (None, _) => tracing::debug!("upgrade did not complete: no client side"),
+                (_, None) => {}
             }
             UpstreamBody::Done
         }
@@ -501,9 +516,11 @@ async fn forward<'s>(
     if let Some(w) = &mut witness {
         w.head(head.status.as_u16(), &head.headers, took);
     }
-    let body = UpstreamResponseBody::new(inner, in_flight, now, answered, svc.request_timeout)
-        .watched(witness);
-    Response::from_parts(head, Either::Left(Box::new(body)))
+    let body = in_place(Box::new_uninit(), || {
+        let timing = (answered, svc.request_timeout);
+        UpstreamResponseBody::new(inner, in_flight, now, timing, witness)
+    });
+    Response::from_parts(head, Either::Left(body))
 }
 
 /// `fut`'s output, or `Err` once `limit` has passed.
@@ -520,80 +537,6 @@ async fn within<F: Future>(
         Poll::Ready(Err(()))
     })
     .await
-}
-
-/// The request as an HTTP/2 target gets it: the target's authority in the URI. Nothing is
-/// copied but a few reference counts.
-fn h2_request(
-    mut parts: http::request::Parts,
-    body: Incoming,
-    target: &Target,
-    tls: bool,
-) -> Request<Incoming> {
-    let pq = parts.uri.path_and_query().cloned();
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-    uri.scheme = Some(if tls {
-        http::uri::Scheme::HTTPS
-    } else {
-        http::uri::Scheme::HTTP
-    });
-    uri.authority = Some(target.authority.clone());
-    parts.version = Version::HTTP_2;
-    parts.uri = Uri::from_parts(uri).expect("path with scheme and authority");
-    Request::from_parts(parts, body)
-}
-
-/// Sends the request and reads the response head. A pooled HTTP/1 connection that turns
-/// out to have been closed by the target before answering gets the request once more on a
-/// fresh connection — when nothing is lost by it: the request has no body, and it is
-/// idempotent unless it provably never reached the target. `reused`: the connection came
-/// from the pool.
-async fn exchange(
-    upstream: &Upstream,
-    target: &Target,
-    (sender, reused): (Sender, bool),
-    mut parts: http::request::Parts,
-    set: &SetFields,
-    (body, side): (Incoming, BodySide),
-    limits: &h1::Limits,
-) -> Result<(http::response::Parts, UpstreamBody), Failure> {
-    let conn = match sender {
-        Sender::Http2(mut s) => {
-            set.insert_into(&mut parts.headers);
-            let req = h2_request(parts, body, target, upstream.tls.is_some());
-            let resp = h2::send(&mut s, req, side, limits)
-                .await
-                .map_err(|e| match e {
-                    h2::Error::Target(e) => classify(e),
-                    h2::Error::Client(e) => Failure::Client(e),
-                    h2::Error::Timeout(d) => Failure::Timeout(d),
-                })?;
-            let (head, body) = resp.into_parts();
-            return Ok((head, UpstreamBody::H2(body)));
-        }
-        Sender::Http1(conn) => conn,
-    };
-    let e = match conn.send(&parts, set, Some(body), side, limits).await {
-        Ok((head, body)) => return Ok((head, UpstreamBody::H1(body))),
-        Err(e) => e,
-    };
-    if !(reused && e.resendable && (e.unsent || parts.method.is_idempotent())) {
-        return Err(Failure::from(e.error));
-    }
-    tracing::debug!(target = %target.addr, error = %e.error, "pooled connection was closed; resending on a new one");
-    let fresh = match upstream.connect(&target.pool).await {
-        Ok(Sender::Http1(c)) => c,
-        Ok(Sender::Http2(_)) => unreachable!("an HTTP/1 group connects with HTTP/1"),
-        Err(e) => return Err(Failure::Connect(e.to_string())),
-    };
-    match fresh
-        .send(&parts, set, None, BodySide::default(), limits)
-        .await
-    {
-        Ok((head, body)) => Ok((head, UpstreamBody::H1(body))),
-        Err(e) => Err(Failure::from(e.error)),
-    }
 }
 
 /// Records an answer of the group now and returns how long it took.
