@@ -1,13 +1,16 @@
 //! switchyard: spare stream slots, per thread (as `codec::pool` keeps spare frame buffers).
 //!
-//! A connection gives back its stream slots, its id index and the slots of its queued frames
-//! and events whenever it has sent all it could and no stream is left (`Streams::poll_complete`),
-//! so an idle one holds none. A busy one gets there too, between two bursts of requests, and
-//! growing them again from the allocator (4, 8, 16 slots: a copy and mimalloc's slower paths
-//! each time) cost ~600 instructions per HTTP/2 request. Kept here, emptied, the next burst of
-//! any connection of the thread takes them back with a `Vec` pop. A thread keeps at most
-//! `SPARES` of each kind, none of more than `MAX_SLOTS` slots: idle connections cost nothing
-//! however many there are.
+//! Each time a connection has sent all it could (`Streams::poll_complete`), it gives back its
+//! stream slots and id index if no stream is left, and the slots of its queued events if none
+//! is queued, so an idle one holds none. A busy one gets there too, between two bursts of
+//! requests; growing them again from the allocator (4, 8, 16 slots: a copy and mimalloc's
+//! slower paths each time) was most of the ~1,300 instructions per HTTP/2 request this saves
+//! (`vendor/h2/SWITCHYARD.md`). Kept here as they are (empty: every slot vacant), the next
+//! burst of any connection of the thread takes them back with a `Vec` pop. (Not the queue of
+//! frames to send: its type is the user's, see `impl Spare for Frame`.) A thread keeps at
+//! most `SPARES` of each kind, none of more than `MAX_SLOTS` slots (a `Stream` is 328 bytes,
+//! an event's slot 248): at worst ~170 KB of streams and ~130 KB of events per thread,
+//! however many connections there are.
 
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -15,8 +18,8 @@ use std::thread::LocalKey;
 /// Spares a thread keeps of each kind.
 const SPARES: usize = 16;
 
-/// Kept only up to this many slots (a `Stream` is ~300 bytes): a connection that had more
-/// streams than that at once takes its slots from the allocator again.
+/// Kept only up to this many slots: a connection that had more streams than that at once
+/// takes its slots from the allocator again.
 pub(super) const MAX_SLOTS: usize = 32;
 
 /// A thread's spares of one kind.

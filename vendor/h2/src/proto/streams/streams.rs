@@ -1028,7 +1028,8 @@ impl Inner {
             // what holds no stream or frame gives its memory back, so an idle connection
             // keeps no slots (they grow four at a time: ~3 KB per connection, for its whole
             // life, before). Here, under the locks `poll_complete` takes anyway, the check
-            // costs a few comparisons; given back, they go to this thread's spares
+            // costs a few comparisons (it took both locks again at every wait, after
+            // `poll_complete`); stream and event slots go to this thread's spares
             // (`spare`), where the next burst takes them again.
             self.store.release_if_empty();
             self.actions.recv.release_if_empty();
