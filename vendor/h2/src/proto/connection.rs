@@ -332,10 +332,6 @@ where
                                 continue;
                             }
 
-                            // switchyard: everything sent that could be, and nothing more to
-                            // read: hold no memory for streams that are no longer there
-                            // (`Streams::release_idle_memory`).
-                            self.inner.streams.release_idle_memory();
                             return Poll::Pending;
                         }
                     };

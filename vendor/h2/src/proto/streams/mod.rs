@@ -4,6 +4,8 @@ mod flow_control;
 mod prioritize;
 mod recv;
 mod send;
+// switchyard: spare stream slots, per thread.
+mod spare;
 mod state;
 mod store;
 mod stream;

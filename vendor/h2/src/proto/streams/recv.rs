@@ -66,6 +66,23 @@ pub(super) enum Event {
     InformationalHeaders(peer::PollMessage),
 }
 
+// switchyard: the slots of the events a connection holds for its streams are kept by the
+// thread while the connection is idle (`spare`), for the next connection to need them.
+thread_local! {
+    static SPARE_EVENTS: spare::Spares<slab::Slab<buffer::Slot<Event>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl buffer::Spare for Event {
+    fn take() -> Option<slab::Slab<buffer::Slot<Self>>> {
+        spare::take(&SPARE_EVENTS)
+    }
+
+    fn give(slab: slab::Slab<buffer::Slot<Self>>) {
+        spare::give(&SPARE_EVENTS, slab);
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct DataEvent {
     pub(super) payload: Bytes,
@@ -85,7 +102,8 @@ pub(crate) enum Open {
 }
 
 impl Recv {
-    /// switchyard: see `Streams::release_idle_memory`.
+    /// switchyard: see `Streams::poll_complete`.
+    #[inline]
     pub fn release_if_empty(&mut self) {
         self.buffer.release_if_empty();
     }

@@ -12,6 +12,16 @@ use std::ops;
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
     ids: IndexMap<StreamId, SlabIndex>,
+    /// switchyard: how many slots the slab had when it was given back (at most
+    /// `spare::MAX_SLOTS`): with no spare to take, the next stream takes that many at once.
+    reserve: usize,
+}
+
+// switchyard: the stream slots and id index of an idle connection are kept by the thread
+// (`spare`), emptied, for the next connection to need them.
+thread_local! {
+    static SPARE_STORES: spare::Spares<(slab::Slab<Stream>, IndexMap<StreamId, SlabIndex>)> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// "Pointer" to an entry in the store
@@ -83,18 +93,50 @@ impl Store {
         Store {
             slab: slab::Slab::new(),
             ids: IndexMap::new(),
+            reserve: 0,
         }
     }
 
     /// switchyard: a connection with no stream left gives back its stream slots (a `Stream`
-    /// is ~300 bytes and the slab grows four at a time) and its id index; the next stream
-    /// takes them again (see `Streams::release_idle_memory`).
+    /// is ~300 bytes and the slab grows four at a time) and its id index, to this thread's
+    /// spares; the next stream takes them again (see `Streams::poll_complete`).
+    #[inline]
     pub fn release_if_empty(&mut self) {
-        if self.slab.is_empty() && self.slab.capacity() > 0 {
-            self.slab = slab::Slab::new();
+        if self.slab.capacity() > 0 && self.slab.is_empty() && self.ids.is_empty() {
+            self.release();
         }
-        if self.ids.is_empty() && self.ids.capacity() > 0 {
-            self.ids.shrink_to_fit();
+    }
+
+    #[inline(never)]
+    fn release(&mut self) {
+        let slab = std::mem::take(&mut self.slab);
+        let ids = IndexMap::with_hasher(self.ids.hasher().clone());
+        let ids = std::mem::replace(&mut self.ids, ids);
+        self.reserve = slab.capacity().min(spare::MAX_SLOTS);
+        // Kept as it is: an empty slab's slots are all vacant (`clear` would walk them all).
+        if slab.capacity() <= spare::MAX_SLOTS {
+            spare::give(&SPARE_STORES, (slab, ids));
+        }
+    }
+
+    /// switchyard: slots for the first stream after `release`: a spare, or as many as the
+    /// connection had at once.
+    #[inline]
+    fn refill_if_released(&mut self) {
+        if self.slab.capacity() == 0 {
+            self.refill();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self) {
+        if let Some((slab, ids)) = spare::take(&SPARE_STORES) {
+            self.slab = slab;
+            self.ids = ids;
+        } else if self.reserve > 0 {
+            self.slab = slab::Slab::with_capacity(self.reserve);
+            self.ids.reserve(self.reserve);
         }
     }
 
@@ -114,6 +156,7 @@ impl Store {
     }
 
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
+        self.refill_if_released(); // switchyard
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
@@ -129,6 +172,7 @@ impl Store {
     pub fn find_entry(&mut self, id: StreamId) -> Entry<'_> {
         use self::indexmap::map::Entry::*;
 
+        self.refill_if_released(); // switchyard
         match self.ids.entry(id) {
             Occupied(e) => Entry::Occupied(OccupiedEntry { ids: e }),
             Vacant(e) => Entry::Vacant(VacantEntry {

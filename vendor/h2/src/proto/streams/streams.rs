@@ -128,21 +128,6 @@ where
         }
     }
 
-    /// switchyard: called whenever the connection waits (for its peer's next frame, or to
-    /// write). What
-    /// holds no stream or frame gives its memory back, so an idle connection keeps no slots
-    /// (they grow four at a time: ~3 KB per connection, for its whole life, before). A busy
-    /// connection seldom has none, so it seldom takes them again.
-    pub fn release_idle_memory(&self) {
-        {
-            let mut me = self.inner.lock().unwrap();
-            let me = &mut *me;
-            me.store.release_if_empty();
-            me.actions.recv.release_if_empty();
-        }
-        self.send_buffer.inner.lock().unwrap().release_if_empty();
-    }
-
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) -> Result<(), Reason> {
         let mut me = self.inner.lock().unwrap();
         let me = &mut *me;
@@ -1034,9 +1019,23 @@ impl Inner {
         let mut send_buffer = send_buffer.inner.lock().unwrap();
         let send_buffer = &mut *send_buffer;
 
-        self.actions
+        let reclaimed = self
+            .actions
             .send
-            .reclaim_written_frame(send_buffer, &mut self.store, dst)
+            .reclaim_written_frame(send_buffer, &mut self.store, dst);
+        if !reclaimed {
+            // switchyard: everything is written that could be (`poll_complete` is done):
+            // what holds no stream or frame gives its memory back, so an idle connection
+            // keeps no slots (they grow four at a time: ~3 KB per connection, for its whole
+            // life, before). Here, under the locks `poll_complete` takes anyway, the check
+            // costs a few comparisons (it took both locks again at every wait, after
+            // `poll_complete`); stream and event slots go to this thread's spares
+            // (`spare`), where the next burst takes them again.
+            self.store.release_if_empty();
+            self.actions.recv.release_if_empty();
+            send_buffer.release_if_empty();
+        }
+        reclaimed
     }
 
     fn send_reset<B>(
@@ -1734,6 +1733,12 @@ fn maybe_cancel(stream: &mut store::Ptr, actions: &mut Actions, counts: &mut Cou
 }
 
 // ===== impl SendBuffer =====
+
+// switchyard: the queue of frames to send gives its slots back to the allocator while the
+// connection is idle (`Buffer::release_if_empty`): a frame's type is the user's (`B`, not
+// `'static`), so no thread can keep spares of it, and the next burst takes as many slots as
+// the last one had in one allocation.
+impl<B> super::buffer::Spare for Frame<B> {}
 
 impl<B> SendBuffer<B> {
     fn new() -> Self {
