@@ -16,6 +16,9 @@
 #   BARE=1 bench/run.sh          # also nginx-bare and haproxy-bare: the peers in their default
 #                                # configuration (no forwarded headers, no request id) in the
 #                                # same rounds, reported beside the peers doing the same work
+#   TWIN=1 bench/run.sh          # also switchyard-twin, a second switchyard exactly like the
+#                                # first: how often it wins a round is what the host's noise
+#                                # alone decides (an A/A control for the round counts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-10}
@@ -52,6 +55,13 @@ HA_PID=$!
 
 ENTRIES=("switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID")
 UP=($SY $NG $HA)
+if [ "${TWIN:-0}" = 1 ]; then
+  SYT=$(port); SYTA=$(port)
+  switchyard_config "$WORK/twin.toml" "$SYT" "$SYTA" "$B1" "$B2"
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers "$WORKERS" -c "$WORK/twin.toml" >"$WORK/switchyard-twin.log" 2>&1 & pids+=($!)
+  ENTRIES+=("switchyard-twin:$SYT:$!")
+  UP+=($SYT)
+fi
 if [ "${BARE:-0}" = 1 ]; then
   NGB=$(port); HAB=$(port)
   nginx_config "$WORK/bare" "$NGB" "$B1" "$B2" bare
@@ -124,6 +134,15 @@ def against(peers, label):
     print(f"switchyard CPU per request vs leanest of {'/'.join(peers)} ({lean}): {med(cpu['switchyard'])/med(cpu[lean]):.2f}x"
           f" (median per-round ratio {paired(cpu, lean):.3f}; below 1 is better)")
 against(["nginx", "haproxy"], "the peers doing the same work")
+if "switchyard-twin" in rps:
+    # The same binary and configuration as switchyard, in its own slot of each round: what
+    # separates the two is the host alone.
+    t = "switchyard-twin"
+    wins = sum(s <= min(a, b) for s, a, b in zip(p99[t], p99["nginx"], p99["haproxy"]))
+    print(f"-- A/A control: {t}'s p99 at or below both peers' in {wins} of {len(p99[t])} rounds")
+    r = sorted(a / b for a, b in zip(p99["switchyard"], p99[t]))
+    print(f"switchyard / {t} p99 per round: min {r[0]:.2f}, median {med(r):.2f}, max {r[-1]:.2f}"
+          f"; req/s median {paired(rps, t):.3f}, CPU median {paired(cpu, t):.3f}")
 if "nginx-bare" in rps:
     against(["nginx-bare", "haproxy-bare"], "the peers in their default configuration")
 PY
