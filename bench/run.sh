@@ -57,8 +57,9 @@ ENTRIES=("switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID")
 UP=($SY $NG $HA)
 if [ "${TWIN:-0}" = 1 ]; then
   SYT=$(port); SYTA=$(port)
-  switchyard_config "$WORK/twin.toml" "$SYT" "$SYTA" "$B1" "$B2"
-  SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers "$WORKERS" -c "$WORK/twin.toml" >"$WORK/switchyard-twin.log" 2>&1 & pids+=($!)
+  mkdir -p "$WORK/twin"  # its own state database, beside its file
+  switchyard_config "$WORK/twin/switchyard.toml" "$SYT" "$SYTA" "$B1" "$B2"
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers "$WORKERS" -c "$WORK/twin/switchyard.toml" >"$WORK/switchyard-twin.log" 2>&1 & pids+=($!)
   ENTRIES+=("switchyard-twin:$SYT:$!")
   UP+=($SYT)
 fi
