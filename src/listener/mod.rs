@@ -307,7 +307,7 @@ impl Service<Request<Incoming>> for Requests {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let open = self.activity.request_begins(!req.body().is_end_stream());
         let (head, body) = req.into_parts();
-        let head = proxy::in_place(Box::new_uninit(), || head);
+        let head = Box::new(head);
         let fut = proxy::in_place(Box::new_uninit(), || {
             proxy::handle(
                 (head, body),

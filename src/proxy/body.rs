@@ -288,8 +288,9 @@ impl Body for UpstreamResponseBody {
 
 /// `make()`'s value written straight into `slot`, allocated before it is made: the
 /// optimiser then builds it there. `Box::new(make())` builds it on the stack and copies it
-/// into the box — for a request's future (several KB) ~600 instructions a request, for an
-/// answer's body ~80 (bench/icount.sh). `Box::write` is why the crate needs Rust 1.87.
+/// into the box — for a request's future (several KB) ~600 instructions a request
+/// (bench/icount.sh; for an answer's body no gain was measurable, its parts are moved in
+/// either way). `Box::write` is why the crate needs Rust 1.87.
 #[inline(always)]
 pub(crate) fn in_place<T>(slot: Box<std::mem::MaybeUninit<T>>, make: impl FnOnce() -> T) -> Box<T> {
     Box::write(slot, make())
