@@ -49,6 +49,12 @@ pub(super) struct Fleet {
     /// fresh read): one at a time, so that a batch older than a fresh read is never applied
     /// over it. A rollback never takes it.
     pub(super) applying: tokio::sync::Mutex<()>,
+    /// Services of which the watch brought a change that was not taken because a durable
+    /// write of this instance about them was still waiting for its answer (`own_newer`).
+    /// That write may already have landed *before* the change (its answer is late): the
+    /// change is then the fleet's newest state, and nothing else would ever bring it back.
+    /// Once the write's answer came, the state is read again (`recheck_set_aside`).
+    set_aside: Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Default)]
@@ -138,11 +144,17 @@ pub(super) async fn join(
         leads: AtomicBool::new(false),
         view: Mutex::new(View::default()),
         applying: tokio::sync::Mutex::new(()),
+        set_aside: Mutex::default(),
     });
     Ok((fleet, config))
 }
 
 impl Fleet {
+    /// Whether a change the watch brought is set aside (see `set_aside`).
+    pub(super) fn has_set_aside(&self) -> bool {
+        !self.set_aside.lock().expect("set aside").is_empty()
+    }
+
     pub(super) fn leads(&self) -> bool {
         self.leads.load(Ordering::SeqCst)
     }
@@ -244,9 +256,35 @@ impl Controller {
                 }
             }
         };
+        let recheck = tokio::spawn(self.clone().recheck_set_aside(f.clone()));
+        self.fleet_tasks
+            .lock()
+            .expect("fleet tasks")
+            .push(recheck.abort_handle());
         loop {
             let batch = watch.next().await;
             self.apply_batch(&f, batch).await;
+        }
+    }
+
+    /// Each time a durable write of this instance got its answer: when a change the watch
+    /// set aside for such a write is no longer held back by one, the fleet's state is read
+    /// again (the watch's `Change::Resync`, applied in order with its batches), so that what
+    /// the fleet recorded after the write — a leader's end work begun and done — is not lost
+    /// from this instance's view, nor decided on again when it leads next.
+    async fn recheck_set_aside(self: Arc<Self>, f: Arc<Fleet>) {
+        let mut landed = self.persist.landings();
+        while landed.changed().await.is_ok() {
+            let free = {
+                let mut aside = f.set_aside.lock().expect("set aside");
+                let before = aside.len();
+                aside.retain(|s| self.pending_move(s));
+                aside.len() < before
+            };
+            if free {
+                tracing::info!("a write of this instance was answered after the watch brought later changes: reading the fleet's state again");
+                f.etcd.want_resync();
+            }
         }
     }
 
@@ -356,12 +394,25 @@ impl Controller {
 
     /// Whether this instance holds a newer state of `service` than a change at `revision`:
     /// a rollback it applied and has not yet recorded, or a write of its own after it.
+    /// A change not taken for a pending write is set aside (see `Fleet::set_aside`).
     fn own_newer(&self, f: &Fleet, service: &str, revision: i64) -> bool {
-        let pending = self
-            .persist
+        if f.etcd.written_at(service) > revision {
+            return true;
+        }
+        let pending = self.pending_move(service);
+        if pending {
+            let mut aside = f.set_aside.lock().expect("set aside");
+            aside.insert(service.to_string());
+        }
+        pending
+    }
+
+    /// Whether a durable write that carries `service`'s whole state (a rollback, a hold) is
+    /// still waiting for the store.
+    fn pending_move(&self, service: &str) -> bool {
+        self.persist
             .pending_kind(service)
-            .is_some_and(super::persist::Kind::supersedes);
-        pending || f.etcd.written_at(service) > revision
+            .is_some_and(super::persist::Kind::supersedes)
     }
 
     /// Takes a rollout another instance wrote; the service, when it changed anything. (When
@@ -409,6 +460,10 @@ impl Controller {
                 Self::take_rollout(state, r);
             }
         }
+        // What was set aside is in this read, unless a write still holds it back.
+        let mut aside = f.set_aside.lock().expect("set aside");
+        aside.retain(|s| self.pending_move(s));
+        drop(aside);
         state.revision = state.revision.max(revision);
     }
 

@@ -91,9 +91,23 @@ impl Controller {
                 }
             }
         };
-        let (persisted, shared, revision) = fresh;
+        let (mut persisted, mut shared, mut revision) = fresh;
         let applying = f.applying.lock().await;
-        let behind = self.state.lock().await.revision < revision;
+        let mut behind = self.state.lock().await.revision < revision;
+        if !behind && f.has_set_aside() {
+            // A change the watch set aside for a write of this instance answered late is
+            // missing from a state whose revision is past it. Read again, under `applying`
+            // (the state may be past the first read, which must not be taken over it).
+            match f.etcd.load_fleet().await {
+                Ok(again) => {
+                    (persisted, shared, revision) = again;
+                    behind = true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read again the fleet's state a late answer left this instance behind on");
+                }
+            }
+        }
         if behind {
             tracing::info!(revision, read_in = ?asked.elapsed(), "leading from the fleet's state read at this revision");
             let running = self.snapshot().config.source.clone();

@@ -134,6 +134,9 @@ pub(super) struct Persister {
     wake: Notify,
     health: Mutex<StoreHealth>,
     task: OnceLock<tokio::task::AbortHandle>,
+    /// Counts durable writes that left the queue (landed, or dropped as moot): the fleet
+    /// looks again then at what the watch set aside for them.
+    landed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A poisoned lock only means a panic elsewhere (which the supervisor reports); the data is
@@ -151,6 +154,7 @@ impl Persister {
             wake: Notify::new(),
             health: Mutex::default(),
             task: OnceLock::new(),
+            landed: tokio::sync::watch::Sender::new(0),
         });
         let run = tokio::spawn(p.clone().run());
         let _ = p.task.set(run.abort_handle());
@@ -170,6 +174,11 @@ impl Persister {
 
     pub(super) fn health(&self) -> StoreHealth {
         lock(&self.health).clone()
+    }
+
+    /// Changes each time a durable write leaves the queue.
+    pub(super) fn landings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.landed.subscribe()
     }
 
     /// The most serious durable write about `service` still waiting for the store.
@@ -434,6 +443,9 @@ impl Persister {
             h.last_error = None;
             h.failing_since = None;
         }
+        drop(h);
+        drop(q);
+        self.landed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// At shutdown, once nothing decides anything any more: refuses new forward writes and

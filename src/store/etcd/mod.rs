@@ -172,6 +172,11 @@ impl EtcdStore {
         let _ = rx.wait_for(|s| s.deposed).await;
     }
 
+    /// Has the fleet's watch reload the state (`Change::Resync`, in order with its batches).
+    pub fn want_resync(&self) {
+        self.resync_wanted.notify_one();
+    }
+
     pub fn connection(&self) -> Connection {
         self.client.connection()
     }
