@@ -123,32 +123,57 @@ async fn abort_answered_late(late: Late) {
     ));
     let (proxy, mut servers, _files) = one_behind_a_proxy(&etcd, PREFIX, &cfg).await;
     let (leader, follower) = (admin(&servers[0]), admin(&servers[1]));
-    let canary = json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
+    let canary =
+        json!({ "kind": "canary", "steps": [{ "weight": 10 }, { "pause": "until-promoted" }] });
     // A first rollout aborted through the follower, its hook run: the follower's first
     // durable write, whose first try is refused as guessed wrong (no write of its own landed
     // before) and tried again — the hold below is for one that lands at once.
     start_rollout(&leader, canary.clone()).await;
     wait_status(&follower, 10, paused_at(1000)).await;
-    follower.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
-    eventually(Duration::from_secs(10), "the first abort's hook ran", || async {
-        lines_of(&runs, "end") == 1 && rollout(&follower).await.get("end_work").is_none()
-    })
+    follower
+        .post("/api/v1/services/shop/rollout/abort", json!({}))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the first abort's hook ran",
+        || async {
+            lines_of(&runs, "end") == 1 && rollout(&follower).await.get("end_work").is_none()
+        },
+    )
     .await;
 
     start_rollout(&leader, canary).await;
     wait_status(&follower, 10, |r| r["id"] == 2 && paused_at(1000)(r)).await;
     // The abort's transaction is the one that marks attempt 0 of rollout 2 ended.
-    let ended = base64::engine::general_purpose::STANDARD.encode(format!("{PREFIX}/ended/{:020}/0", 2));
-    proxy.hold_answers(move |request| request.starts_with("/v3/kv/txn") && request.contains(&ended));
-    follower.post("/api/v1/services/shop/rollout/abort", json!({})).await.unwrap();
+    let ended =
+        base64::engine::general_purpose::STANDARD.encode(format!("{PREFIX}/ended/{:020}/0", 2));
+    proxy
+        .hold_answers(move |request| request.starts_with("/v3/kv/txn") && request.contains(&ended));
+    follower
+        .post("/api/v1/services/shop/rollout/abort", json!({}))
+        .await
+        .unwrap();
     let done = |r: &Value| r["id"] == 2 && r["status"] == "aborted" && r.get("end_work").is_none();
-    wait_rollout_for(&leader, Duration::from_secs(3), "the leader ran the end hook and recorded it done", done).await;
+    wait_rollout_for(
+        &leader,
+        Duration::from_secs(3),
+        "the leader ran the end hook and recorded it done",
+        done,
+    )
+    .await;
     assert_eq!(lines_of(&runs, "end"), 2, "the hook ended");
     let stale = rollout(&follower).await;
-    assert_eq!(stale["end_work"]["begun"], false, "the follower took the leader's record while its own was unanswered: {stale}");
+    assert_eq!(
+        stale["end_work"]["begun"], false,
+        "the follower took the leader's record while its own was unanswered: {stale}"
+    );
     if late == Late::AnsweredThenLeads {
         proxy.release();
-        eventually(CATCH_UP, "the follower shows the end work done", || async { done(&rollout(&follower).await) }).await;
+        eventually(CATCH_UP, "the follower shows the end work done", || async {
+            done(&rollout(&follower).await)
+        })
+        .await;
     }
 
     servers.remove(0).shutdown().await;
@@ -159,12 +184,22 @@ async fn abort_answered_late(late: Late) {
     .await;
     if late == Late::LeadsThenAnswered {
         let r = rollout(&follower).await;
-        assert!(done(&r), "lb-1 leads from a state without the end work done: {r}");
+        assert!(
+            done(&r),
+            "lb-1 leads from a state without the end work done: {r}"
+        );
         proxy.release();
     }
     // Past the hook's own second: it did not run again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(lines_of(&runs, "start"), 2, "the on_rollback hook ran again");
+    assert_eq!(
+        lines_of(&runs, "start"),
+        2,
+        "the on_rollback hook ran again"
+    );
     let told = events(&follower, "service=shop&kind=hook_failed").await;
-    assert!(told.is_empty(), "the new leader reported the finished hook as lost: {told:#?}");
+    assert!(
+        told.is_empty(),
+        "the new leader reported the finished hook as lost: {told:#?}"
+    );
 }
