@@ -11,6 +11,9 @@
 #   PEERS=1 bench/icount.sh target/release/switchyard
 #   TOP=25 bench/icount.sh target/release/switchyard     # and where the instructions go
 #   H2=1 bench/icount.sh /tmp/sy-before target/release/switchyard   # h2c by h2load (-m 10)
+#   CACHE=1 PEERS=1 bench/icount.sh target/release/switchyard  # and simulated cache misses and
+#     branch mispredictions per request (valgrind's model of this CPU's caches: time per
+#     instruction is not the same for every proxy, and this says where it differs)
 #   KEEP=/tmp/cg bench/icount.sh target/release/switchyard  # keeps each callgrind file there
 #     (callgrind_annotate --tree=caller /tmp/cg/NAME.cg: who calls memmove, and how often)
 set -euo pipefail
@@ -53,7 +56,8 @@ load() {
 count() {
   local name=$1 p=$2; shift 2
   local out="$WORK/cg"; rm -rf "$out"; mkdir "$out"
-  valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out/cg.%p" "$@" \
+  local sim=(); [ "${CACHE:-0}" = 1 ] && sim=(--cache-sim=yes --branch-sim=yes)
+  valgrind --tool=callgrind "${sim[@]}" --compress-strings=no --callgrind-out-file="$out/cg.%p" "$@" \
     >"$WORK/proxy.log" 2>&1 &
   local vg=$!
   for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
@@ -69,9 +73,12 @@ count() {
 import collections, re, sys
 path, reqs, name, top = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 own = collections.Counter()
+events, sums = ["Ir"], collections.Counter()
 fn, after_call = None, False
 for line in open(path):
-    if line.startswith("fn="):
+    if line.startswith("events:"):
+        events = line.split()[1:]
+    elif line.startswith("fn="):
         fn = re.sub(r"^\(\d+\) ?", "", line[3:].strip())
     elif line.startswith("calls="):
         after_call = True  # the next cost line is the callee's, not this function's
@@ -81,8 +88,15 @@ for line in open(path):
             after_call = False
         elif len(parts) >= 2:
             own[fn] += int(parts[1])
+            for e, v in zip(events, parts[1:]):
+                sums[e] += int(v)
 total = sum(own.values())
 print(f"{name}: {total / reqs:,.0f} instructions per request ({reqs} requests)")
+if "D1mr" in events:
+    per = lambda *es: sum(sums[e] for e in es) / reqs
+    print(f"  per request: L1 misses {per('I1mr', 'D1mr', 'D1mw'):,.0f} (instruction {per('I1mr'):,.0f}),"
+          f" last-level misses {per('ILmr', 'DLmr', 'DLmw'):,.1f},"
+          f" mispredicted branches {per('Bcm', 'Bim'):,.0f} of {per('Bc', 'Bi'):,.0f}")
 for f, c in own.most_common(top):
     print(f"  {c / total * 100:5.1f}%  {c / reqs:7,.0f}  {f[:120]}")
 PY

@@ -60,6 +60,18 @@ cpu_ticks() {
   echo "$total"
 }
 
+# cpu_split PID: "user system" CPU time (clock ticks) of PID and its children, apart: where
+# a proxy's time per request goes (its own code, or the kernel's sockets and wake-ups).
+cpu_split() {
+  local user=0 sys=0 p u s
+  for p in $(family "$1"); do
+    [ -r "/proc/$p/stat" ] || continue
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
+    user=$((user + u)); sys=$((sys + s))
+  done
+  echo "$user $sys"
+}
+
 # cpu_ns PID: CPU time (ns) of PID's threads and its children's, from schedstat: finer than
 # the ticks (10 ms) of cpu_ticks, for runs that use a few hundred ms of CPU. A thread that
 # ended between two reads takes its time with it.

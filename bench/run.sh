@@ -81,12 +81,13 @@ wait_up "${UP[@]}" || {
 }
 
 # wrk's Requests/sec, its "99%" line in ms, and the proxy's CPU µs per request.
+# (Its user and system parts apart, in the same unit, for the summary.)
 run() {
-  local before after rps p99 reqs
-  before=$(cpu_ticks "$2")
+  local u0 s0 u1 s1 rps p99 reqs
+  read -r u0 s0 < <(cpu_split "$2")
   read -r rps p99 reqs < <(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" | wrk_figures)
-  after=$(cpu_ticks "$2")
-  echo "$rps $p99 $(python3 -c "print(($after - $before) * 1e6 / $(getconf CLK_TCK) / $reqs)")"
+  read -r u1 s1 < <(cpu_split "$2")
+  python3 -c "t = 1e6 / $(getconf CLK_TCK) / $reqs; print($rps, $p99, ($u1 - $u0 + $s1 - $s0) * t, ($u1 - $u0) * t, ($s1 - $s0) * t)"
 }
 
 FIGURES="$WORK/figures"
@@ -94,9 +95,9 @@ echo "warming up"; for p in "${UP[@]}"; do ${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d2
 for r in $(seq "$ROUNDS"); do
   for entry in "${ENTRIES[@]}"; do
     IFS=: read -r name p pid <<<"$entry"
-    read -r rps p99 cpu < <(run "$p" "$pid")
-    printf 'round %d  %-12s %10.0f req/s   p99 %7.2f ms   cpu %6.1f us/req\n' "$r" "$name" "$rps" "$p99" "$cpu"
-    echo "$name $rps $p99 $cpu" >>"$FIGURES"
+    read -r rps p99 cpu usr sys < <(run "$p" "$pid")
+    printf 'round %d  %-12s %10.0f req/s   p99 %7.2f ms   cpu %6.1f us/req (user %.1f, system %.1f)\n' "$r" "$name" "$rps" "$p99" "$cpu" "$usr" "$sys"
+    echo "$name $rps $p99 $cpu $usr $sys" >>"$FIGURES"
   done
 done
 
@@ -104,17 +105,18 @@ echo
 echo "mean over $ROUNDS rounds of ${DURATION}s, $CONNS connections, $WORKERS worker(s) each:"
 python3 - "$FIGURES" <<'PY'
 import sys, statistics
-rps, p99, cpu = {}, {}, {}
+rps, p99, cpu, usr, kern = {}, {}, {}, {}, {}
 for line in open(sys.argv[1]):
-    n, a, b, c = line.split()
-    for d, v in ((rps, a), (p99, b), (cpu, c)):
+    n, a, b, c, u, k = line.split()
+    for d, v in ((rps, a), (p99, b), (cpu, c), (usr, u), (kern, k)):
         d.setdefault(n, []).append(float(v))
 names = list(rps)
 mean, med = statistics.mean, statistics.median
-print(f"{'':14}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}{'cpu us/req':>12}{'vs nginx':>10}")
+print(f"{'':14}{'req/s':>12}{'vs nginx':>10}{'p99 ms':>10}{'vs nginx':>10}{'cpu us/req':>12}{'vs nginx':>10}{'user':>8}{'system':>8}")
 for n in names:
     print(f"{n:14}{mean(rps[n]):12.0f}{mean(rps[n])/mean(rps['nginx']):10.2f}{med(p99[n]):10.2f}"
-          f"{med(p99[n])/med(p99['nginx']):10.2f}{med(cpu[n]):12.1f}{med(cpu[n])/med(cpu['nginx']):10.2f}")
+          f"{med(p99[n])/med(p99['nginx']):10.2f}{med(cpu[n]):12.1f}{med(cpu[n])/med(cpu['nginx']):10.2f}"
+          f"{med(usr[n]):8.1f}{med(kern[n]):8.1f}")
 # Rounds of one proxy follow each other within seconds, so a per-round ratio cancels most of
 # the host's drift; its median over rounds is the figure to quote.
 def paired(d, peer):
