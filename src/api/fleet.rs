@@ -3,7 +3,8 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::http::header;
+use axum::response::IntoResponse;
 use serde::Deserialize;
 
 use super::{Api, ApiError};
@@ -19,15 +20,13 @@ pub(super) struct SecondsQuery {
 }
 
 /// `GET /api/v1/fleet/seconds?from=S&seconds=N`: per service and group, the seconds from
-/// `S` to now (or the first `N` of them) that saw anything, and this instance's clock.
+/// `S` to now (or the first `N` of them, or fewer when they weigh too much: `to` says where
+/// the answer ends) that saw anything, and this instance's clock.
 pub(super) async fn seconds(
     State(api): State<Api>,
     q: Result<Query<SecondsQuery>, QueryRejection>,
-) -> Result<Json<FleetSeconds>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = q?;
-    Ok(Json(FleetSeconds::of(
-        &api.control.snapshot(),
-        q.from.unwrap_or(0),
-        q.seconds,
-    )))
+    let json = FleetSeconds::answer(&api.control.snapshot(), q.from.unwrap_or(0), q.seconds);
+    Ok(([(header::CONTENT_TYPE, "application/json")], json))
 }

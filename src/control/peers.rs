@@ -1,18 +1,15 @@
 //! Fleet-wide judgement: the peers of this instance, and the fleet's traffic as the guard and
 //! the analyses judge it.
 //!
-//! (Just over 600 lines, kept whole: the pull, what is kept of it and the sums read from it
-//! share one lock discipline over the pulled seconds and fingerprints; `errors` reads the
-//! fingerprints through `Peers::add_errors`, the one way in.)
-//!
 //! In a fleet every instance serves a share of the traffic, but only the leader judges a
 //! candidate. The leader pulls each peer's per-second summaries from its admin API
-//! (`GET /api/v1/fleet/seconds?from=S`, about every 250 ms, from the last second it has) and
-//! keeps them for the 11 minutes the local window keeps; [`Controller::windows`] adds them to
-//! the local window second by second (counters summed, histograms merged). No metrics pass
-//! through the shared store. A peer that does not answer keeps the seconds it sent, is shown
-//! stale with the error, and never holds up a judgement: each peer has its own pull task, and
-//! a judgement only reads what the tasks have already stored.
+//! (`GET /api/v1/fleet/seconds?from=S`, about every 250 ms, from the last second it has;
+//! `control::fleet_seconds` is the answer) and keeps them for the 11 minutes the local window
+//! keeps; [`Controller::windows`] adds them to the local window second by second (counters
+//! summed, histograms merged). No metrics pass through the shared store. A peer that does
+//! not answer keeps the seconds it sent, is shown stale with the error, and never holds up a
+//! judgement: each peer has its own pull task, and a judgement only reads what the tasks have
+//! already stored.
 //!
 //! A peer's seconds are on its own clock (`metrics::now_second` counts from its process
 //! start): each answer carries the peer's `now_ms`, and the first answer fixes the shift, in
@@ -26,11 +23,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use super::fleet_seconds::FleetSeconds;
 use super::{Clock, Controller};
 use crate::analysis::run::{Judged, Windows};
 use crate::bounded::http::{call_as, ReadBody};
 use crate::config::Scope;
-use crate::fingerprint::{Exported, Kept, Tally};
+use crate::fingerprint::{Kept, Tally};
 use crate::metrics::{self, Second, Summary, SLOTS};
 use crate::snapshot::Snapshot;
 
@@ -39,8 +37,8 @@ const EVERY: Duration = Duration::from_millis(250);
 /// How long one pull may take; a peer slower than that is stale until it answers again.
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// The most seconds one pull asks for: a leader catching up on 11 minutes of a peer's busy
-/// groups does it in pages, each well under what an answer may weigh
-/// (`bounded::http::MAX_ANSWER_BYTES`; a busy group's second is under 1 KiB).
+/// groups does it in pages (and the peer cuts a page shorter when its seconds weigh more
+/// than a pull reads: `fleet_seconds`).
 const PAGE: u64 = 60;
 /// The seconds a peer's observed split is taken over, in its view.
 const OBSERVED_SECONDS: u64 = 5;
@@ -50,68 +48,6 @@ const OBSERVED_SECONDS: u64 = 5;
 pub struct Peer {
     pub name: String,
     pub admin: String,
-}
-
-/// What `GET /api/v1/fleet/seconds` answers: per service and group, the seconds from the
-/// asked one to `to` (now, unless fewer were asked for) that saw anything, on this
-/// instance's window clock.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FleetSeconds {
-    pub now_second: u64,
-    /// The last second this answer covers: `now_second` unless `seconds` cut it short.
-    pub to: u64,
-    /// The same clock in milliseconds: how the puller maps these seconds onto its own.
-    pub now_ms: u64,
-    pub services: BTreeMap<String, BTreeMap<String, Vec<Second>>>,
-    /// Per service and group, the fingerprints of failed answers in the same seconds (groups
-    /// without any left out; bounded by `fingerprint::CAP` per group).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub errors: BTreeMap<String, BTreeMap<String, Exported>>,
-}
-
-impl FleetSeconds {
-    /// The seconds from `from` to now of every group of the snapshot (at most the 11
-    /// minutes the window keeps), or only the first `most` of them from the oldest kept.
-    pub fn of(snap: &Snapshot, from: u64, most: Option<u64>) -> FleetSeconds {
-        let now_ms = metrics::now_ms();
-        let now_second = now_ms / 1000;
-        let from = from.max(now_second.saturating_sub(SLOTS - 1));
-        let to = most.map_or(now_second, |n| {
-            now_second.min(from.saturating_add(n.max(1) - 1))
-        });
-        let services = snap
-            .services
-            .values()
-            .map(|svc| {
-                let groups = svc
-                    .groups
-                    .iter()
-                    .map(|g| (g.name.clone(), g.stats.window.seconds(from, to)))
-                    .collect();
-                (svc.name.clone(), groups)
-            })
-            .collect();
-        let errors = snap
-            .services
-            .values()
-            .filter_map(|svc| {
-                let groups: BTreeMap<String, Exported> = svc
-                    .groups
-                    .iter()
-                    .map(|g| (g.name.clone(), g.stats.fingerprints.export(from, to)))
-                    .filter(|(_, e)| !e.is_empty())
-                    .collect();
-                (!groups.is_empty()).then(|| (svc.name.clone(), groups))
-            })
-            .collect();
-        FleetSeconds {
-            now_second,
-            to,
-            now_ms,
-            services,
-            errors,
-        }
-    }
 }
 
 /// A peer as `status` shows it.
