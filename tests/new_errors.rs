@@ -260,6 +260,44 @@ bounded_test! {
 }
 
 bounded_test! {
+    /// Green's one target refuses connections: a request the split sends to green is
+    /// answered by blue, and green's failed try — a 502 in green's seconds — is
+    /// fingerprinted too (switchyard's cause, the connect kind), as the answer would have
+    /// been had there been no group to fall back to.
+    async fn a_request_that_falls_back_to_the_other_group_leaves_its_fingerprint_in_the_first() {
+        let blue = TestBackend::start("blue").await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refusing = closed.local_addr().unwrap();
+        drop(closed);
+        let sy = start(
+            &Cfg::new()
+                .service("weights = { blue = 50, green = 50 }")
+                .group("blue", &[blue.addr])
+                .group("green", &[refusing])
+                .build(),
+        )
+        .await;
+        let (url, api, c) = (web_url(&sy).await, admin(&sy), client());
+        eventually(Duration::from_secs(10), "a request of green fell back", || async {
+            let r = get(&c, &url, &[]).await.unwrap();
+            assert_eq!((r.status.as_u16(), r.backend()), (200, "blue"));
+            let v = api.get("/api/v1/fleet/seconds?from=0").await.unwrap();
+            v["services"]["shop"]["green"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["classes"][4].as_u64() > Some(0)))
+        })
+        .await;
+        let seen = shared(&api, "green").await;
+        let f = &seen["fingerprints"][0]["fingerprint"];
+        assert_eq!(
+            (&f["status"], &f["cause"], &f["kind"], &f["route"]),
+            (&502.into(), &"upstream_connect_failed".into(), &"connect".into(), &"all".into()),
+            "{seen}"
+        );
+    }
+}
+
+bounded_test! {
     /// A client that closes while its request waits for a slow target fails through its
     /// own fault: counted as the group's client error, never fingerprinted.
     async fn a_client_closing_before_the_answer_makes_no_fingerprint() {

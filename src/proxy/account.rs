@@ -233,6 +233,25 @@ pub(super) fn own_answer(s: &Served<'_>, resp: &http::Response<super::ResponseBo
         .record(crate::metrics::now_second(), &f);
 }
 
+/// A request of `group` that could reach none of its targets and went to the split's other
+/// group: the client never sees this 502, but it is the group's failed answer all the same
+/// (counted in its seconds by the caller), so the group's fingerprints have it too — the
+/// `new_errors` check must see what the error rate sees.
+pub(super) fn fell_back(s: &Served<'_>, group: &Group) {
+    let Some((_, route)) = s.route else { return };
+    let f = Failed {
+        route: &route.name,
+        status: 502,
+        cause: Some(ProxyError::UpstreamConnect.code()),
+        kind: Some(Seen::Connect),
+        body: &[],
+    };
+    group
+        .stats
+        .fingerprints
+        .record(crate::metrics::now_second(), &f);
+}
+
 /// The access log fields that say what served the request.
 pub(super) fn fill(e: &mut Entry, s: &Served<'_>) {
     e.route = s.route.map(|(_, r)| r.name.clone());

@@ -400,6 +400,7 @@ async fn forward<'s>(
                 Some(t) => Some(t),
                 None if may_fall_back => svc.fallback(group, now).and_then(|g| {
                     record(&group.stats, 502, started, Some(Seen::Connect));
+                    account::fell_back(served, group);
                     group = g;
                     served.group = Some(g);
                     g.stats.count_request();
