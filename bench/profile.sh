@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Where each proxy's CPU goes, per request: switchyard, nginx and HAProxy configured as in
+# bench/run.sh (one worker each, the proxies on their own core), each sampled by `perf record`
+# (cpu-clock every 100 µs of its CPU time, kernel included) during wrk runs of DURATION (5) s,
+# in ROUNDS (3) alternating rounds summed (a shared host moves one run's figures by a third).
+# Prints, per proxy, the µs per request spent in the kernel, in its own code and in each
+# shared library, then its TOP (12) symbols with µs per request each.
+#
+# What it answers: whether a proxy's CPU per request differs from a peer's in the kernel (the
+# same system calls cost the same: loopback TCP, epoll) or in its own code. On loopback the
+# kernel is about two thirds of a request for each of the three.
+#
+#   bench/profile.sh
+#   DURATION=10 TOP=25 bench/profile.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5}; CONNS=${CONNS:-64}; TOP=${TOP:-12}; ROUNDS=${ROUNDS:-3}
+. bench/lib.sh
+need_tools nginx haproxy wrk
+command -v perf >/dev/null || { echo "perf is missing (apt-get install -y linux-perf)"; exit 1; }
+cargo build --release -q
+BIN=target/release/switchyard
+WORK=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+pin_setup
+start_backends "$BIN"
+SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
+switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
+SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$BIN" run --workers 1 -c "$WORK/switchyard.toml" >/dev/null 2>&1 & pids+=($!)
+SY_PID=$!
+nginx_config "$WORK" "$NG" "$B1" "$B2"
+${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >/dev/null 2>&1 & pids+=($!)
+NG_PID=$!
+haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
+${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+HA_PID=$!
+wait_up "$SY" "$NG" "$HA" || { echo "a proxy did not come up"; exit 1; }
+
+PERIOD_NS=100000
+for p in "$SY" "$NG" "$HA"; do ${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$p/" >/dev/null; done  # warm up
+for r in $(seq "$ROUNDS"); do
+for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID"; do
+  IFS=: read -r name p pid <<<"$entry"
+  # nginx's master does nothing under load: its workers are the ones sampled.
+  targets=$(family "$pid" | paste -sd,)
+  perf record -q -e cpu-clock -c "$PERIOD_NS" -p "$targets" -o "$WORK/$name.$r.data" -- sleep "$((DURATION + 1))" 2>/dev/null &
+  rec=$!
+  sleep 0.5
+  read -r _ _ reqs < <(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$p/" | wrk_figures)
+  wait "$rec" || true
+  echo "$reqs" >>"$WORK/$name.reqs"
+  perf report -i "$WORK/$name.$r.data" --stdio --no-children -n --sort dso,sym -q >>"$WORK/$name.txt" 2>/dev/null
+done
+done
+
+for name in switchyard nginx haproxy; do
+  reqs=$(awk '{s += $1} END {print s}' "$WORK/$name.reqs")
+  python3 - "$WORK/$name.txt" "$name" "$reqs" "$PERIOD_NS" "$TOP" <<'PY'
+import sys, collections
+report, name, reqs, period_ns, top = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+# perf's lines: overhead, samples, dso, [k] or [.], symbol. Samples are taken over the whole
+# recording (a moment longer than wrk's run), so the rate per request is slightly high for
+# every proxy alike.
+per_req = lambda n: n * period_ns / 1000 / reqs
+by_dso, syms = collections.Counter(), collections.Counter()
+for line in open(report):
+    f = line.split()
+    if len(f) < 5 or not f[1].isdigit():
+        continue
+    n, dso, kind, sym = int(f[1]), f[2], f[3], " ".join(f[4:])
+    dso = "kernel" if kind == "[k]" else dso
+    by_dso[dso] += n
+    syms[(dso, sym)] += n
+total = sum(by_dso.values())
+print(f"{name}: {per_req(total):.2f} µs/request in all ({reqs} requests)")
+for dso, n in by_dso.most_common(6):
+    print(f"  {dso:28} {per_req(n):6.2f} µs/req  {100 * n / total:5.1f} %")
+print(f"  top symbols:")
+for (dso, sym), n in syms.most_common(top):
+    print(f"    {per_req(n):6.3f} µs/req  {dso[:20]:20} {sym[:70]}")
+print()
+PY
+done
