@@ -102,6 +102,23 @@ wrk_figures() {
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
+# start_proxies BIN: switchyard (BIN), nginx and HAProxy with the configs below in $WORK,
+# WORKERS each, on the proxies' CPU (pin_setup), in front of the backends (start_backends):
+# their ports in SY, NG and HA, their pids in SY_PID, NG_PID and HA_PID (added to `pids`),
+# their output in $WORK/<name>.log. The caller waits for them (wait_up).
+start_proxies() {
+  SY=$(port); NG=$(port); HA=$(port)
+  switchyard_config "$WORK/switchyard.toml" "$SY" "$(port)" "$B1" "$B2"
+  SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$1" run --workers "${WORKERS:-1}" -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
+  SY_PID=$!
+  nginx_config "$WORK" "$NG" "$B1" "$B2"
+  ${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
+  NG_PID=$!
+  haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
+  ${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
+  HA_PID=$!
+}
+
 # switchyard_config FILE LISTEN_PORT ADMIN_PORT BLUE_PORT GREEN_PORT
 switchyard_config() {
   cat > "$1" <<CONF

@@ -26,16 +26,7 @@ trap cleanup EXIT
 
 pin_setup
 start_backends "$BIN"
-SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
-switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
-SWITCHYARD_LOG=error ${PROXY_CPU[@]} "$BIN" run --workers 1 -c "$WORK/switchyard.toml" >/dev/null 2>&1 & pids+=($!)
-SY_PID=$!
-nginx_config "$WORK" "$NG" "$B1" "$B2"
-${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >/dev/null 2>&1 & pids+=($!)
-NG_PID=$!
-haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
-${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
-HA_PID=$!
+start_proxies "$BIN"
 wait_up "$SY" "$NG" "$HA" || { echo "a proxy did not come up"; exit 1; }
 
 PERIOD_NS=100000

@@ -39,19 +39,7 @@ trap cleanup EXIT
 pin_setup
 # Backends: switchyard's built-in echo-name server, one thread each.
 start_backends "$BIN"
-SY=$(port); SYA=$(port); NG=$(port); HA=$(port)
-
-switchyard_config "$WORK/switchyard.toml" "$SY" "$SYA" "$B1" "$B2"
-SWITCHYARD_LOG=error ${PROXY_CPU[@]} $BIN run --workers "$WORKERS" -c "$WORK/switchyard.toml" >"$WORK/switchyard.log" 2>&1 & pids+=($!)
-SY_PID=$!
-
-nginx_config "$WORK" "$NG" "$B1" "$B2"
-${PROXY_CPU[@]} nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.log" 2>&1 & pids+=($!)
-NG_PID=$!
-
-haproxy_config "$WORK/haproxy.cfg" "$HA" "$B1" "$B2"
-${PROXY_CPU[@]} haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & pids+=($!)
-HA_PID=$!
+start_proxies "$BIN"
 
 ENTRIES=("switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID")
 UP=($SY $NG $HA)
