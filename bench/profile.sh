@@ -8,7 +8,9 @@
 #
 # What it answers: whether a proxy's CPU per request differs from a peer's in the kernel (the
 # same system calls cost the same: loopback TCP, epoll) or in its own code. On loopback the
-# kernel is about two thirds of a request for each of the three.
+# kernel is about two thirds of a request for each of the three. With `nstat` (iproute2) it
+# also prints the TCP segments the host sent per request (4.00 for each proxy when no segment
+# is wasted: request and answer on each side, every ACK riding on data).
 #
 #   bench/profile.sh
 #   DURATION=10 TOP=25 bench/profile.sh
@@ -18,6 +20,11 @@ DURATION=${DURATION:-5}; CONNS=${CONNS:-64}; TOP=${TOP:-12}; ROUNDS=${ROUNDS:-3}
 . bench/lib.sh
 need_tools nginx haproxy wrk
 command -v perf >/dev/null || { echo "perf is missing (apt-get install -y linux-perf)"; exit 1; }
+# Without this a user's `perf record` samples user space only, and quietly.
+if [ "$(id -u)" != 0 ] && [ "$(cat /proc/sys/kernel/perf_event_paranoid)" -gt 1 ]; then
+  echo "perf sees no kernel time for a user here (kernel.perf_event_paranoid > 1): run as root or lower it"
+  exit 1
+fi
 cargo build --release -q
 BIN=target/release/switchyard
 WORK=$(mktemp -d); pids=()
@@ -36,18 +43,26 @@ for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID";
   IFS=: read -r name p pid <<<"$entry"
   # nginx's master does nothing under load: its workers are the ones sampled.
   targets=$(family "$pid" | paste -sd,)
+  nstat -n >/dev/null 2>&1 || true
   perf record -q -e cpu-clock -c "$PERIOD_NS" -p "$targets" -o "$WORK/$name.$r.data" -- sleep "$((DURATION + 1))" 2>/dev/null &
   rec=$!
   sleep 0.5
   read -r _ _ reqs < <(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$p/" | wrk_figures)
   wait "$rec" || true
+  [ -s "$WORK/$name.$r.data" ] || { echo "perf recorded nothing for $name (pids $targets)"; exit 1; }
+  [ "${reqs:-0}" -gt 0 ] || { echo "wrk made no requests to $name"; exit 1; }
   echo "$reqs" >>"$WORK/$name.reqs"
+  # The host's TCP segments sent and pure ACKs in the same span (every socket on it: the
+  # client's, the proxy's and the backends'), for the packets per request.
+  nstat 2>/dev/null | awk '$1 == "TcpOutSegs" {s = $2} $1 == "TcpExtTCPPureAcks" {a = $2} END {print s + 0, a + 0}' >>"$WORK/$name.segs" || true
   perf report -i "$WORK/$name.$r.data" --stdio --no-children -n --sort dso,sym -q >>"$WORK/$name.txt" 2>/dev/null
 done
 done
 
 for name in switchyard nginx haproxy; do
   reqs=$(awk '{s += $1} END {print s}' "$WORK/$name.reqs")
+  [ ! -s "$WORK/$name.segs" ] || awk -v r="$reqs" -v n="$name" '{s += $1; a += $2}
+    END {printf "%s: %.2f TCP segments sent a request on the host, %.3f of them pure ACKs\n", n, s / r, a / r}' "$WORK/$name.segs"
   python3 - "$WORK/$name.txt" "$name" "$reqs" "$PERIOD_NS" "$TOP" <<'PY'
 import sys, collections
 report, name, reqs, period_ns, top = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -65,6 +80,8 @@ for line in open(report):
     by_dso[dso] += n
     syms[(dso, sym)] += n
 total = sum(by_dso.values())
+if not by_dso["kernel"]:
+    sys.exit(f"{name}: no kernel samples — perf could not see the kernel's part")
 print(f"{name}: {per_req(total):.2f} µs/request in all ({reqs} requests)")
 for dso, n in by_dso.most_common(6):
     print(f"  {dso:28} {per_req(n):6.2f} µs/req  {100 * n / total:5.1f} %")

@@ -16,8 +16,8 @@ use crate::fingerprint::Exported;
 use crate::metrics::{self, Second, SLOTS};
 use crate::snapshot::Snapshot;
 
-/// What one answer may weigh: half of what a puller reads, so the seconds still growing while
-/// the answer is made cannot take it over.
+/// What one answer may weigh: half of what a puller reads (`2 * BUDGET`), so the seconds still
+/// growing while the answer is made cannot take it over.
 const BUDGET: usize = MAX_ANSWER_BYTES / 2;
 
 /// What `GET /api/v1/fleet/seconds` answers: per service and group, the seconds from the
@@ -41,8 +41,10 @@ pub struct FleetSeconds {
 impl FleetSeconds {
     /// The answer, as JSON, to a pull from second `from` of at most `most` seconds: every
     /// group of the snapshot from `from` (at most the 11 minutes the window keeps) to now,
-    /// or fewer seconds when they weigh more than [`BUDGET`] — halved until they fit, down to
-    /// one second, which is sent whatever it weighs (there is no smaller page).
+    /// or fewer seconds when they weigh more than [`BUDGET`] — cut to the share that would
+    /// fit were the seconds alike, again until they do, down to one second. A single second
+    /// heavier than a puller reads goes without its fingerprints (they are what grows: up
+    /// to 64 a group), so that the pull still moves on; its counts still reach the judge.
     pub fn answer(snap: &Snapshot, from: u64, most: Option<u64>) -> Vec<u8> {
         Self::answer_within(snap, from, most, metrics::now_ms(), BUDGET)
     }
@@ -60,12 +62,24 @@ impl FleetSeconds {
             now_second.min(from.saturating_add(n.max(1) - 1))
         });
         loop {
-            let page = Self::between(snap, from, to, now_ms);
-            let json = serde_json::to_vec(&page).expect("plain data serializes");
-            if json.len() <= budget || to <= from {
+            let mut page = Self::between(snap, from, to, now_ms);
+            let mut json = serde_json::to_vec(&page).expect("plain data serializes");
+            if json.len() <= budget {
                 return json;
             }
-            to = from + (to - from) / 2;
+            if to <= from {
+                if json.len() > budget.saturating_mul(2) && !page.errors.is_empty() {
+                    tracing::warn!(second = from, bytes = json.len(),
+                        "one second of this instance's groups weighs more than a fleet pull reads: sent without its fingerprints");
+                    page.errors.clear();
+                    json = serde_json::to_vec(&page).expect("plain data serializes");
+                }
+                return json;
+            }
+            // The seconds that would fit were they alike; fewer than now, one at least.
+            let span = to - from + 1;
+            let fit = (u128::from(span) * budget as u128 / json.len() as u128) as u64;
+            to = from + fit.clamp(1, span - 1) - 1;
         }
     }
 
@@ -196,20 +210,54 @@ mod tests {
     }
 
     /// One second heavier than the budget is still sent: there is no smaller page, and a
-    /// pull that never moved would be worse.
+    /// pull that never moved would be worse. Heavier than a puller reads, it goes without its
+    /// fingerprints; within that, with them.
     #[test]
-    fn a_second_heavier_than_the_budget_is_sent_alone() {
+    fn a_second_heavier_than_the_budget_is_sent_alone_and_without_fingerprints_past_the_limit() {
         let snap = snapshot(4);
         let now_ms = 500_000;
         let now = now_ms / 1000;
         busy(&snap, now - 9..=now);
-        let json = FleetSeconds::answer_within(&snap, now - 9, None, now_ms, 100);
-        let page = read(&json);
-        assert_eq!(page.to, now - 9);
-        assert!(page
+        for svc in snap.services.values() {
+            for g in &svc.groups {
+                for n in 0..64 {
+                    let body =
+                        format!("{} distinct failure {}", svc.name, "xyzw".repeat(n % 7 + 1));
+                    let f = crate::fingerprint::Failed {
+                        route: "all",
+                        status: 500 + (n as u16 % 4),
+                        cause: None,
+                        kind: None,
+                        body: body.as_bytes(),
+                    };
+                    g.stats.fingerprints.record(now - 9, &f);
+                }
+            }
+        }
+        // Cut down to its first second, whatever the budget.
+        let cut = read(&FleetSeconds::answer_within(
+            &snap,
+            now - 9,
+            None,
+            now_ms,
+            100,
+        ));
+        assert_eq!(cut.to, now - 9);
+        assert!(cut
             .services
             .values()
             .flat_map(|g| g.values())
             .all(|s| s.len() == 1));
+        let one_second =
+            |budget| FleetSeconds::answer_within(&snap, now - 9, Some(1), now_ms, budget);
+        let weight = one_second(usize::MAX).len();
+        // Over the budget but within what a puller reads: sent whole.
+        let within = read(&one_second(weight * 3 / 4));
+        assert_eq!(within.errors.len(), 4, "sent with its fingerprints");
+        // Past what a puller reads: its fingerprints left out, its counts sent.
+        let past = read(&one_second(weight / 3));
+        assert_eq!(past.to, now - 9);
+        assert!(past.errors.is_empty(), "{:?}", past.errors.keys());
+        assert_eq!(past.services, within.services, "its counts all the same");
     }
 }
