@@ -696,3 +696,67 @@ bounded_test! {
         assert!(!lower.replace('_', "-").contains("x-client-cert-"), "{got}");
     }
 }
+
+/// An HTTP/2 (h2c) target that sends what each request carried — its body and its
+/// trailers, as `name: value` lines — to the returned receiver, and answers 200.
+async fn recording_h2_target() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use http_body_util::BodyExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            let serve =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let got = req.into_body().collect().await?;
+                        let trailers = got.trailers().cloned().unwrap_or_default();
+                        let mut seen = String::from_utf8_lossy(&got.to_bytes()).into_owned();
+                        for (name, value) in &trailers {
+                            seen += &format!("\n{name}: {}", value.to_str().unwrap_or("?"));
+                        }
+                        let _ = tx.send(seen);
+                        Ok::<_, hyper::Error>(http::Response::new(http_body_util::Empty::<
+                            bytes::Bytes,
+                        >::new()))
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), serve),
+            );
+        }
+    });
+    (addr, rx)
+}
+
+bounded_test! {
+    /// The same with an HTTP/2 target, where trailers go as a HEADERS frame after the body
+    /// (`upstream::BodySide` filters them on that path too).
+    async fn forged_certificate_fields_in_trailers_do_not_reach_an_http2_target() {
+        let (target, mut seen) = recording_h2_target().await;
+        let dir = tempfile::tempdir().unwrap();
+        let _pki = pki(dir.path());
+        let cfg = Cfg::new()
+            .group_with("blue", &[target], "protocol = \"http2\"")
+            .listener("client_auth = { ca = \"clients-ca.pem\", mode = \"optional\" }\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+            .top("[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"")
+            .build();
+        let sy = start_in(&cfg, dir.path()).await;
+        let upload = "POST /upload HTTP/1.1\r\nhost: shop.test\r\ntransfer-encoding: chunked\r\n\
+            trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\
+            x-client-cert-subject: CN=admin\r\nX_Client_Cert_Verified: SUCCESS\r\n\r\n";
+        let mut client = send(sy.listener_addr("plain").await, upload.as_bytes()).await;
+        let answer = read_answer(&mut client).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        let got = seen.recv().await.expect("the target saw the upload");
+        let lower = got.to_ascii_lowercase();
+        assert!(lower.contains("hello") && lower.contains("x-checksum: 42"), "{got}");
+        assert!(!lower.replace('_', "-").contains("x-client-cert-"), "{got}");
+    }
+}
