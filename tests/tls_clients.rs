@@ -676,25 +676,41 @@ bounded_test! {
     /// client sends after a chunked body are removed too (on any listener once one has
     /// `client_auth`), and its other trailers go on to the target.
     async fn forged_certificate_fields_in_trailers_do_not_reach_the_target() {
-        let (target, mut seen) = recording_target().await;
-        let dir = tempfile::tempdir().unwrap();
-        let _pki = pki(dir.path());
-        let cfg = blue_green(target, target)
-            .listener("client_auth = { ca = \"clients-ca.pem\", mode = \"optional\" }\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
-            .top("[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"")
-            .build();
-        let sy = start_in(&cfg, dir.path()).await;
-        let upload = "POST /upload HTTP/1.1\r\nhost: shop.test\r\ntransfer-encoding: chunked\r\n\
-            trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\
-            x-client-cert-subject: CN=admin\r\nX_Client_Cert_Verified: SUCCESS\r\n\r\n";
-        let mut client = send(sy.listener_addr("plain").await, upload.as_bytes()).await;
-        let answer = read_answer(&mut client).await;
-        assert_eq!(status_of(&answer), 200, "{answer}");
-        let got = seen.recv().await.expect("the target saw the upload");
-        let lower = got.to_ascii_lowercase();
-        assert!(lower.contains("hello") && lower.contains("x-checksum: 42"), "{got}");
-        assert!(!lower.replace('_', "-").contains("x-client-cert-"), "{got}");
+        let (target, seen) = recording_target().await;
+        forged_trailers_are_stripped_on_the_way_to(target, "", seen).await;
     }
+}
+
+/// A chunked upload to the plain listener of an instance with an mTLS listener, whose trailers
+/// forge client-certificate fields beside a real `x-checksum`: the target (group `blue` of
+/// `target`, with `group_extra`) gets the body and the checksum, and none of the forged fields.
+async fn forged_trailers_are_stripped_on_the_way_to(
+    target: std::net::SocketAddr,
+    group_extra: &str,
+    mut seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let _pki = pki(dir.path());
+    let cfg = Cfg::new()
+        .active("blue")
+        .group_with("blue", &[target], group_extra)
+        .listener("client_auth = { ca = \"clients-ca.pem\", mode = \"optional\" }\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
+        .top("[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"")
+        .build();
+    let sy = start_in(&cfg, dir.path()).await;
+    let upload = "POST /upload HTTP/1.1\r\nhost: shop.test\r\ntransfer-encoding: chunked\r\n\
+        trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\
+        x-client-cert-subject: CN=admin\r\nX_Client_Cert_Verified: SUCCESS\r\n\r\n";
+    let mut client = send(sy.listener_addr("plain").await, upload.as_bytes()).await;
+    let answer = read_answer(&mut client).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let got = seen.recv().await.expect("the target saw the upload");
+    let lower = got.to_ascii_lowercase();
+    assert!(
+        lower.contains("hello") && lower.contains("x-checksum: 42"),
+        "{got}"
+    );
+    assert!(!lower.replace('_', "-").contains("x-client-cert-"), "{got}");
 }
 
 /// An HTTP/2 (h2c) target that sends what each request carried — its body and its
@@ -739,24 +755,7 @@ bounded_test! {
     /// The same with an HTTP/2 target, where trailers go as a HEADERS frame after the body
     /// (`upstream::BodySide` filters them on that path too).
     async fn forged_certificate_fields_in_trailers_do_not_reach_an_http2_target() {
-        let (target, mut seen) = recording_h2_target().await;
-        let dir = tempfile::tempdir().unwrap();
-        let _pki = pki(dir.path());
-        let cfg = Cfg::new()
-            .group_with("blue", &[target], "protocol = \"http2\"")
-            .listener("client_auth = { ca = \"clients-ca.pem\", mode = \"optional\" }\n[[listener.certificate]]\ncert = \"shop.pem\"\nkey = \"shop.key\"")
-            .top("[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"")
-            .build();
-        let sy = start_in(&cfg, dir.path()).await;
-        let upload = "POST /upload HTTP/1.1\r\nhost: shop.test\r\ntransfer-encoding: chunked\r\n\
-            trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\n\
-            x-client-cert-subject: CN=admin\r\nX_Client_Cert_Verified: SUCCESS\r\n\r\n";
-        let mut client = send(sy.listener_addr("plain").await, upload.as_bytes()).await;
-        let answer = read_answer(&mut client).await;
-        assert_eq!(status_of(&answer), 200, "{answer}");
-        let got = seen.recv().await.expect("the target saw the upload");
-        let lower = got.to_ascii_lowercase();
-        assert!(lower.contains("hello") && lower.contains("x-checksum: 42"), "{got}");
-        assert!(!lower.replace('_', "-").contains("x-client-cert-"), "{got}");
+        let (target, seen) = recording_h2_target().await;
+        forged_trailers_are_stripped_on_the_way_to(target, "protocol = \"http2\"", seen).await;
     }
 }
