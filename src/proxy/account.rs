@@ -220,17 +220,7 @@ pub(super) fn own_answer(s: &Served<'_>, resp: &http::Response<super::ResponseBo
     .into_iter()
     .find(|(e, _)| Some(e.code()) == cause)
     .map(|(_, kind)| kind);
-    let f = Failed {
-        route: &route.name,
-        status,
-        cause,
-        kind,
-        body: &[],
-    };
-    group
-        .stats
-        .fingerprints
-        .record(crate::metrics::now_second(), &f);
+    fingerprint_own(group, route, status, cause, kind);
 }
 
 /// A request of `group` that could reach none of its targets and went to the split's other
@@ -238,12 +228,26 @@ pub(super) fn own_answer(s: &Served<'_>, resp: &http::Response<super::ResponseBo
 /// (counted in its seconds by the caller), so the group's fingerprints have it too — the
 /// `new_errors` check must see what the error rate sees.
 pub(super) fn fell_back(s: &Served<'_>, group: &Group) {
-    let Some((_, route)) = s.route else { return };
+    if let Some((_, route)) = s.route {
+        let cause = Some(ProxyError::UpstreamConnect.code());
+        fingerprint_own(group, route, 502, cause, Some(Seen::Connect));
+    }
+}
+
+/// An answer switchyard made (or would have made) for `group` on `route`, in the group's
+/// fingerprints: no body to hash, its cause and failure kind instead.
+fn fingerprint_own(
+    group: &Group,
+    route: &Route,
+    status: u16,
+    cause: Option<&str>,
+    kind: Option<Seen>,
+) {
     let f = Failed {
         route: &route.name,
-        status: 502,
-        cause: Some(ProxyError::UpstreamConnect.code()),
-        kind: Some(Seen::Connect),
+        status,
+        cause,
+        kind,
         body: &[],
     };
     group
