@@ -14,9 +14,15 @@
 #
 #   bench/profile.sh
 #   DURATION=10 TOP=25 bench/profile.sh
+#   CALLERS=_raw_spin_unlock_irqrestore bench/profile.sh   # and who calls that symbol: the
+#     kernel call chains above it (DEPTH (8) frames, and the system call they began in),
+#     µs per request each — which lock and which wake-up one proxy pays for more than another
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}; CONNS=${CONNS:-64}; TOP=${TOP:-12}; ROUNDS=${ROUNDS:-3}
+CALLERS=${CALLERS:-}; DEPTH=${DEPTH:-8}
+# Call chains only when asked: unwinding every sample costs the proxy under test a little.
+GRAPH=(); [ -z "$CALLERS" ] || GRAPH=(-g)
 . bench/lib.sh
 need_tools nginx haproxy wrk
 command -v perf >/dev/null || { echo "perf is missing (apt-get install -y linux-perf)"; exit 1; }
@@ -44,7 +50,7 @@ for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID";
   # nginx's master does nothing under load: its workers are the ones sampled.
   targets=$(family "$pid" | paste -sd,)
   nstat -n >/dev/null 2>&1 || true
-  perf record -q -e cpu-clock -c "$PERIOD_NS" -p "$targets" -o "$WORK/$name.$r.data" -- sleep "$((DURATION + 1))" 2>/dev/null &
+  perf record -q "${GRAPH[@]}" -e cpu-clock -c "$PERIOD_NS" -p "$targets" -o "$WORK/$name.$r.data" -- sleep "$((DURATION + 1))" 2>/dev/null &
   rec=$!
   sleep 0.5
   read -r _ _ reqs < <(${LOAD_CPU[@]} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$p/" | wrk_figures)
@@ -56,6 +62,7 @@ for entry in "switchyard:$SY:$SY_PID" "nginx:$NG:$NG_PID" "haproxy:$HA:$HA_PID";
   # client's, the proxy's and the backends'), for the packets per request.
   nstat 2>/dev/null | awk '$1 == "TcpOutSegs" {s = $2} $1 == "TcpExtTCPPureAcks" {a = $2} END {print s + 0, a + 0}' >>"$WORK/$name.segs" || true
   perf report -i "$WORK/$name.$r.data" --stdio --no-children -n --sort dso,sym -q >>"$WORK/$name.txt" 2>/dev/null
+  [ -z "$CALLERS" ] || perf script -i "$WORK/$name.$r.data" -F ip,sym 2>/dev/null >>"$WORK/$name.stacks"
 done
 done
 
@@ -88,6 +95,36 @@ for dso, n in by_dso.most_common(6):
 print(f"  top symbols:")
 for (dso, sym), n in syms.most_common(top):
     print(f"    {per_req(n):6.3f} µs/req  {dso[:20]:20} {sym[:70]}")
+print()
+PY
+  [ -z "$CALLERS" ] || python3 - "$WORK/$name.stacks" "$CALLERS" "$DEPTH" "$reqs" "$PERIOD_NS" "$TOP" <<'PY'
+import sys, collections
+path, want, depth, reqs, period_ns, top = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+# `perf script -F ip,sym`: one frame a line (address, symbol), a blank line between samples;
+# the first frame is where the sample landed.
+chains, total, stack = collections.Counter(), 0, []
+# A call's own entry is often inlined into the syscall table; these frames name it anyway.
+ENTRIES = ("__x64_sys_", "__sys_", "do_writev", "do_readv", "ksys_", "do_epoll_wait", "do_sys_")
+def done(stack):
+    global total
+    if stack and stack[0] == want:
+        total += 1
+        callers = [f for f in stack[1:] if f != "[unknown]"]
+        # The system call the chain began in (a write to the target or to the client, a
+        # read, epoll), however deep: which side of the proxy paid.
+        entry = next((f for f in callers if f.startswith(ENTRIES)), "no system call")
+        chains[" < ".join(callers[:depth]) + f" … {entry}"] += 1
+for line in open(path, errors="replace"):
+    f = line.split()
+    if not f:
+        done(stack); stack = []
+    elif len(f) >= 2:
+        stack.append(f[1].split("+")[0])
+done(stack)
+per_req = lambda n: n * period_ns / 1000 / reqs
+print(f"  {want}: {per_req(total):.3f} µs/req; its callers ({depth} frames up):")
+for chain, n in chains.most_common(top):
+    print(f"    {per_req(n):6.3f} µs/req  {chain}")
 print()
 PY
 done
