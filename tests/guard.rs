@@ -2,7 +2,9 @@
 //! starts answering 30 % 5xx is rolled back within a second or two, one with stable's own
 //! 1 % background 5xx is kept, one whose latency doubles is rolled back, and a flood of
 //! overrides to stable that skews the split pauses the rollout (sample ratio mismatch); and
-//! errors both versions show at once are not the candidate's.
+//! errors both versions show at once are not the candidate's. A fast service's candidate
+//! is held to a latency line a host's hiccups do not reach (`min_latency_increase`), yet
+//! rolled back when it really slows down.
 
 mod common;
 
@@ -28,10 +30,19 @@ struct Rig {
 
 impl Rig {
     async fn start(delay_ms: u64) -> Rig {
+        Rig::start_with(delay_ms, "").await
+    }
+
+    /// The same, with `service` added to the service's section (e.g. `[service.guard]`).
+    async fn start_with(delay_ms: u64, service: &str) -> Rig {
         let (blue, green) = TestBackend::pair().await;
         blue.set_delay(delay_ms);
         green.set_delay(delay_ms);
-        let sy = start(&blue_green(blue.addr, green.addr).route(TO_STABLE).build()).await;
+        let cfg = blue_green(blue.addr, green.addr)
+            .route(TO_STABLE)
+            .service(service)
+            .build();
+        let sy = start(&cfg).await;
         let api = admin(&sy);
         let url = web_url(&sy).await;
         Rig {
@@ -145,6 +156,59 @@ bounded_test! {
             why.contains("answers slower than") && why.contains("× stable blue's p99"),
             "{why}"
         );
+    }
+}
+
+bounded_test! {
+    /// A fast service (no delay: stable's p99 well under a millisecond on loopback) whose
+    /// candidate turns 30 ms slower: past 1.5 × stable's p99 and past it by the least
+    /// increase (5 ms by default) — rolled back, with the reason naming both lines. The
+    /// least increase keeps a host's hiccups from counting; it does not hide a real slowdown.
+    async fn a_fast_service_whose_candidate_turns_30_ms_slower_is_rolled_back() {
+        let rig = Rig::start(0).await;
+        start_held(&rig.api, 50.0).await;
+        let load = rig.load(8);
+        wait_status(&rig.api, 20, |r| {
+            r["guard"]["latency"]["threshold_ms"].is_number()
+                && r["guard"]["latency"]["candidate_requests"].as_u64() >= Some(20)
+        })
+        .await;
+        rig.green.set_delay(30);
+        let (r, _) = rig.aborted_after(Instant::now(), "30 ms slower").await;
+        load.stop().await;
+        let why = reason(&r);
+        assert!(
+            why.contains("answers slower than")
+                && why.contains("× stable blue's p99, and at least 5.0 ms over it"),
+            "{why}"
+        );
+    }
+}
+
+bounded_test! {
+    /// With `min_latency_increase = "100ms"` the same candidate, 30 ms slower than a fast
+    /// stable (every answer far past 1.5 × stable's p99), is kept: the guard's line is
+    /// stable's p99 + 100 ms, which it reads out, and it counts none of the candidate's
+    /// answers slow. Without the least increase it is rolled back at once (the test above).
+    /// Absence over time is what is checked, so the test waits the time out.
+    async fn a_slowdown_under_the_least_increase_is_not_rolled_back() {
+        let rig = Rig::start_with(0, "[service.guard]\nmin_latency_increase = \"100ms\"").await;
+        start_held(&rig.api, 50.0).await;
+        let load = rig.load(8);
+        wait_status(&rig.api, 20, |r| r["guard"]["latency"]["threshold_ms"].is_number()).await;
+        rig.green.set_delay(30);
+        let hits = rig.green.hits();
+        // Several windows of the candidate's slower answers, each judged.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let r = rollout(&rig.api).await;
+        load.stop().await;
+        assert_eq!(r["status"], "paused", "{}", reason(&r));
+        assert_eq!(r["guard"]["state"], "watching", "{r}");
+        let latency = &r["guard"]["latency"];
+        assert!(latency["threshold_ms"].as_f64() >= Some(100.0), "{r}");
+        assert!(latency["candidate_requests"].as_u64() >= Some(20), "{r}");
+        assert_eq!(latency["candidate_slow_rate"].as_f64(), Some(0.0), "{r}");
+        assert!(rig.green.hits() >= hits + 100, "the slower candidate was judged on its answers");
     }
 }
 

@@ -315,6 +315,12 @@ pub struct Guard {
     /// once the candidate's share of slow answers is surely more than 1 point over stable's
     /// (a candidate whose p99 is under the threshold has at most 1 % slow answers).
     pub max_latency_ratio: f64,
+    /// …and longer than stable's p99 by at least this much. Without it a fast service's line
+    /// sits within the scheduler's reach: 1.5 × a 0.3 ms p99 is crossed by every answer a
+    /// busy host holds up for half a millisecond, and after a blue-green switch (or in an
+    /// A/B test with only matching traffic) stable answers nothing alongside to show that
+    /// the host, not the version, was slow. Finer regressions are the analyses' to find.
+    pub min_latency_increase: Duration,
     /// Whether a split that does not match the configured weight pauses the rollout.
     pub sample_ratio: bool,
 }
@@ -322,6 +328,14 @@ pub struct Guard {
 impl Guard {
     /// The tolerated difference of slow answers' shares, points.
     pub const MAX_SLOW_POINTS: f64 = 1.0;
+
+    /// **The one rule** of a slow answer, given stable's p99: above `max_latency_ratio` × it
+    /// and above it by `min_latency_increase`, whichever line is the later.
+    pub fn slow_line(&self, stable_p99: Duration) -> Duration {
+        stable_p99
+            .mul_f64(self.max_latency_ratio)
+            .max(stable_p99 + self.min_latency_increase)
+    }
 
     /// The statistics' settings for these.
     pub fn settings(&self) -> sequential::Settings {
@@ -344,6 +358,7 @@ impl Default for Guard {
             min_requests: 10,
             alpha: 0.01,
             max_latency_ratio: 1.5,
+            min_latency_increase: Duration::from_millis(5),
             sample_ratio: true,
         }
     }
@@ -375,5 +390,23 @@ mod tests {
         assert!(abs.violation(0.5, None, "").unwrap().contains("< min 1"));
         assert!(abs.violation(3.5, None, "").unwrap().contains("> max 3"));
         assert_eq!(abs.violation(2.0, None, ""), None);
+    }
+
+    #[test]
+    fn a_slow_answer_is_past_both_the_ratio_and_the_least_increase() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let g = Guard::default();
+        // A fast service: 1.5 × 0.3 ms would be 0.45 ms, within a busy host's reach.
+        assert_eq!(g.slow_line(us(300)), us(5_300));
+        // A slow one: the ratio is the later line.
+        assert_eq!(g.slow_line(ms(300)), ms(450));
+        assert_eq!(g.slow_line(ms(10)), ms(15));
+        // With no least increase, the ratio alone, as before it existed.
+        let ratio_only = Guard {
+            min_latency_increase: Duration::ZERO,
+            ..Guard::default()
+        };
+        assert_eq!(ratio_only.slow_line(us(300)), us(450));
     }
 }

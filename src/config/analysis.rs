@@ -526,7 +526,7 @@ mod tests {
     /// The sequential guard's settings parse with their defaults, and out-of-range values are
     /// refused at their line and column like every other field.
     #[test]
-    fn the_guard_alpha_and_latency_ratio_are_parsed_and_range_checked_at_their_place() {
+    fn the_guard_alpha_and_latency_line_are_parsed_and_range_checked_at_their_place() {
         let c = parse("alpha = 0.001\nmax_latency_ratio = 2\nsample_ratio = false").unwrap();
         let g = &c.service("shop").unwrap().guard;
         assert_eq!(
@@ -534,6 +534,17 @@ mod tests {
             (0.001, 2.0, false)
         );
         assert_eq!(g.interval, std::time::Duration::from_millis(100));
+        assert_eq!(g.min_latency_increase, std::time::Duration::from_millis(5));
+        let c = parse("min_latency_increase = \"0s\"").unwrap();
+        let g = &c.service("shop").unwrap().guard;
+        assert_eq!(g.min_latency_increase, std::time::Duration::ZERO);
+        let e = parse("min_latency_increase = \"2h\"").unwrap_err();
+        assert!(
+            e.contains("sy.toml:15:24: service[0].guard.min_latency_increase: \"2h\" is out of range: use 0s to 1h"),
+            "{e}"
+        );
+        let e = parse("min_latency_increase = 5").unwrap_err();
+        assert!(e.contains("sy.toml:15:24"), "{e}");
         let e = parse("alpha = 0").unwrap_err();
         assert!(
             e.contains("sy.toml:15:9: service[0].guard.alpha: 0 is out of range: use 0.000000000001 to 0.5 (per hour)"),

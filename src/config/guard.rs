@@ -56,6 +56,13 @@ pub(super) fn guard(raw: Option<&RawGuard>, at: &KeyPath, p: &mut Problems) -> G
         ) as u64,
         alpha,
         max_latency_ratio,
+        min_latency_increase: duration_or(
+            raw.min_latency_increase.as_ref(),
+            at.join("min_latency_increase"),
+            d.min_latency_increase,
+            &DELAY,
+            p,
+        ),
         sample_ratio: raw.sample_ratio.unwrap_or(d.sample_ratio),
     }
 }

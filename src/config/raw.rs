@@ -181,6 +181,7 @@ pub struct RawGuard {
     pub min_requests: Option<i64>,
     pub alpha: Option<f64>,
     pub max_latency_ratio: Option<f64>,
+    pub min_latency_increase: Option<String>,
     pub sample_ratio: Option<bool>,
 }
 

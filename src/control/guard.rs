@@ -234,8 +234,8 @@ fn empty() -> Judged {
     }
 }
 
-/// An answer is slow above `max_latency_ratio` × stable's p99 over the tests' span; none
-/// until stable has 100 answers there (a p99 of fewer is a guess).
+/// The line past which an answer is slow (`Guard::slow_line`) from stable's p99 over the
+/// tests' span; none until stable has 100 answers there (a p99 of fewer is a guess).
 fn slow_threshold(control: &Controller, service: &str, r: &Rollout, g: &Guard) -> Option<Duration> {
     let span = g.window.max(sequential::REFERENCE).as_secs();
     let now = metrics::now_second();
@@ -250,7 +250,7 @@ fn slow_threshold(control: &Controller, service: &str, r: &Rollout, g: &Guard) -
         return None;
     }
     let p99 = seen.stable.percentile(0.99)?;
-    Some(p99.mul_f64(g.max_latency_ratio))
+    Some(g.slow_line(p99))
 }
 
 /// One tick's answers as the tests count them.
@@ -323,11 +323,12 @@ impl Breach {
             Breach::Latency => {
                 let l = &look.latency;
                 format!(
-                    "candidate {} answers slower than {} ({} × {}'s p99): {} exceeds {}'s {} by more than {} point: {}",
+                    "candidate {} answers slower than {} ({} × {}'s p99, and at least {} over it): {} exceeds {}'s {} by more than {} point: {}",
                     r.candidate,
                     ms(threshold),
                     g.max_latency_ratio,
                     against(r),
+                    ms(Some(g.min_latency_increase)),
                     counted(l.candidate, span(l.ticks, g), new),
                     against(r),
                     counted(l.stable, span(l.stable_ticks, g), new),
