@@ -322,13 +322,16 @@ impl Breach {
             }
             Breach::Latency => {
                 let l = &look.latency;
+                let increase = match g.min_latency_increase {
+                    Duration::ZERO => String::new(),
+                    d => format!(", and at least {} over it", ms(Some(d))),
+                };
                 format!(
-                    "candidate {} answers slower than {} ({} × {}'s p99, and at least {} over it): {} exceeds {}'s {} by more than {} point: {}",
+                    "candidate {} answers slower than {} ({} × {}'s p99{increase}): {} exceeds {}'s {} by more than {} point: {}",
                     r.candidate,
                     ms(threshold),
                     g.max_latency_ratio,
                     against(r),
-                    ms(Some(g.min_latency_increase)),
                     counted(l.candidate, span(l.ticks, g), new),
                     against(r),
                     counted(l.stable, span(l.stable_ticks, g), new),
