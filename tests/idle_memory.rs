@@ -102,7 +102,7 @@ async fn answers<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<String> {
 
 /// Holds `CONNS` connections made by `open`, each after one exchange, and waits until the
 /// binary's RSS has grown by less than `bound_kb` per connection over `before` (at most 35 s:
-/// an idle connection is parked 0.5–1 s after its answer). Then every held connection must
+/// an idle connection is parked 0.1–0.2 s after its answer). Then every held connection must
 /// serve a second request.
 async fn hold<S, F, Fut>(pid: u32, bound_kb: u64, open: F) -> Vec<S>
 where

@@ -158,12 +158,15 @@ pub(super) struct Serve<I> {
 }
 
 /// How often an HTTP/1.1 connection is looked at to be parked (`conn`): one found between
-/// requests at a look is, so an idle one parks 0.5–1 s after its last answer. A busy one
-/// costs two timer wakes a second, where parking after each answer cost ~5,000 instructions
-/// each. At 1 s, 9,900 clients coming back every 3.3 s (bench/clients.sh) held hyper's whole
-/// connection about half the time: 118 MB against the peers' ~30. A client coming back
-/// within half a second never finds its connection parked.
-pub(super) const PARK_AFTER: Duration = Duration::from_millis(500);
+/// requests at a look is, so an idle one parks 0.1–0.2 s after its last answer. A busy one
+/// costs ten timer wakes a second (with 64 busy connections, 640 against ~50,000 requests:
+/// `bench/icount.sh` 1.00, `bench/ab.sh` CPU 1.01), where parking after each answer cost
+/// ~5,000 instructions each. The longer the wait, the more clients that come back now and
+/// then hold hyper's whole connection (~40 KB) meanwhile: 9,900 clients coming back every
+/// 3.3 s (bench/clients.sh) peaked at 118 MB with 1 s, 81–114 MB with 0.5 s, 62 MB with 0.1 s
+/// (steady 60 → 42 MB, a third of the page faults). A client coming back within 0.1 s never
+/// finds its connection parked.
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 impl<I> Serve<I>
 where
