@@ -67,6 +67,17 @@ impl Rig {
         .await
     }
 
+    /// Waits until the guard has a latency line (stable's p99) and has judged 20 candidate
+    /// answers against it, and checks the candidate, as fast as stable so far, was kept.
+    async fn judging_latency(&self) {
+        wait_status(&self.api, 20, |r| {
+            r["guard"]["latency"]["threshold_ms"].is_number()
+                && r["guard"]["latency"]["candidate_requests"].as_u64() >= Some(20)
+        })
+        .await;
+        assert_status(&self.api, "paused", "a candidate as fast as stable is kept").await;
+    }
+
     /// Waits for the abort; the rollout and the time since `onset`, printed.
     async fn aborted_after(&self, onset: Instant, what: &str) -> (Value, Duration) {
         let r = wait_status(&self.api, 20, |r| r["status"] == "aborted").await;
@@ -140,12 +151,7 @@ bounded_test! {
         let rig = Rig::start(300).await;
         start_held(&rig.api, 50.0).await;
         let load = rig.load(16);
-        wait_status(&rig.api, 20, |r| {
-            r["guard"]["latency"]["threshold_ms"].is_number()
-                && r["guard"]["latency"]["candidate_requests"].as_u64() >= Some(20)
-        })
-        .await;
-        assert_status(&rig.api, "paused", "a candidate as fast as stable is kept").await;
+        rig.judging_latency().await;
 
         rig.green.set_delay(600);
         let (r, took) = rig.aborted_after(Instant::now(), "latency doubled").await;
@@ -168,12 +174,7 @@ bounded_test! {
         let rig = Rig::start(0).await;
         start_held(&rig.api, 50.0).await;
         let load = rig.load(8);
-        wait_status(&rig.api, 20, |r| {
-            r["guard"]["latency"]["threshold_ms"].is_number()
-                && r["guard"]["latency"]["candidate_requests"].as_u64() >= Some(20)
-        })
-        .await;
-        assert_status(&rig.api, "paused", "a candidate as fast as stable is kept").await;
+        rig.judging_latency().await;
         rig.green.set_delay(30);
         let (r, _) = rig.aborted_after(Instant::now(), "30 ms slower").await;
         load.stop().await;
@@ -198,7 +199,7 @@ bounded_test! {
         let rig = Rig::start_with(0, "[service.guard]\nmin_latency_increase = \"2s\"").await;
         start_held(&rig.api, 50.0).await;
         let load = rig.load(8);
-        wait_status(&rig.api, 20, |r| r["guard"]["latency"]["threshold_ms"].is_number()).await;
+        rig.judging_latency().await;
         rig.green.set_delay(30);
         let hits = rig.green.hits();
         // Several windows of the candidate's slower answers, each judged.
