@@ -159,7 +159,7 @@ bounded_test! {
         fired_between(took, Duration::ZERO, Duration::from_secs(2), "latency rollback");
         let why = reason(&r);
         assert!(
-            why.contains("answers slower than") && why.contains("× stable blue's p99"),
+            why.contains("answers slower than") && why.contains("× stable blue's p99 of "),
             "{why}"
         );
     }
@@ -181,7 +181,8 @@ bounded_test! {
         let why = reason(&r);
         assert!(
             why.contains("answers slower than")
-                && why.contains("× stable blue's p99, and at least 5.0 ms over it"),
+                && why.contains("× stable blue's p99 of ")
+                && why.contains(", and at least 5.0 ms over it)"),
             "{why}"
         );
     }

@@ -125,7 +125,8 @@ pub(super) async fn guard(
         let Some(new) = c.read(&control, &service, r) else {
             continue;
         };
-        let threshold = slow_threshold(&control, &service, r, &g);
+        let line = slow_line(&control, &service, r, &g);
+        let threshold = line.map(|l| l.at);
         let tick = tick_of(&new, threshold);
         // A reload that changes the ticks or the window begins the tests afresh.
         if judge
@@ -143,7 +144,7 @@ pub(super) async fn guard(
         let reading = reading(of, &control, &g, &look, threshold, &new, breach, &srm);
         control.set_guard_reading(&service, reading);
         if let Some(b) = breach {
-            let why = b.reason(r, &look, &g, threshold, &new);
+            let why = b.reason(r, &look, &g, line, &new);
             tracing::info!(%service, rollout = id, %why, "guard rolls back");
             if let Err(e) = control
                 .abort_from(&service, System::Guard, RollbackCause::Guard, &why)
@@ -234,9 +235,17 @@ fn empty() -> Judged {
     }
 }
 
+/// Where an answer turns slow, and the p99 of stable's it was drawn from (the abort's reason
+/// gives both).
+#[derive(Debug, Clone, Copy)]
+struct SlowLine {
+    stable_p99: Duration,
+    at: Duration,
+}
+
 /// The line past which an answer is slow (`Guard::slow_line`) from stable's p99 over the
 /// tests' span; none until stable has 100 answers there (a p99 of fewer is a guess).
-fn slow_threshold(control: &Controller, service: &str, r: &Rollout, g: &Guard) -> Option<Duration> {
+fn slow_line(control: &Controller, service: &str, r: &Rollout, g: &Guard) -> Option<SlowLine> {
     let span = g.window.max(sequential::REFERENCE).as_secs();
     let now = metrics::now_second();
     let seen = control.judged(
@@ -249,8 +258,11 @@ fn slow_threshold(control: &Controller, service: &str, r: &Rollout, g: &Guard) -
     if seen.stable.requests < 100 {
         return None;
     }
-    let p99 = seen.stable.percentile(0.99)?;
-    Some(g.slow_line(p99))
+    let stable_p99 = seen.stable.percentile(0.99)?;
+    Some(SlowLine {
+        stable_p99,
+        at: g.slow_line(stable_p99),
+    })
 }
 
 /// One tick's answers as the tests count them.
@@ -304,7 +316,7 @@ impl Breach {
         r: &Rollout,
         look: &Look,
         g: &Guard,
-        threshold: Option<Duration>,
+        line: Option<SlowLine>,
         new: &Judged,
     ) -> String {
         match self {
@@ -327,11 +339,12 @@ impl Breach {
                     d => format!(", and at least {} over it", ms(Some(d))),
                 };
                 format!(
-                    "candidate {} answers slower than {} ({} × {}'s p99{increase}): {} exceeds {}'s {} by more than {} point: {}",
+                    "candidate {} answers slower than {} ({} × {}'s p99 of {}{increase}): {} exceeds {}'s {} by more than {} point: {}",
                     r.candidate,
-                    ms(threshold),
+                    ms(line.map(|l| l.at)),
                     g.max_latency_ratio,
                     against(r),
+                    ms(line.map(|l| l.stable_p99)),
                     counted(l.candidate, span(l.ticks, g), new),
                     against(r),
                     counted(l.stable, span(l.stable_ticks, g), new),
