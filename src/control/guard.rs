@@ -125,7 +125,7 @@ pub(super) async fn guard(
         let Some(new) = c.read(&control, &service, r) else {
             continue;
         };
-        let line = slow_line(&control, &service, r, &g);
+        let line = latency_line(&control, &service, r, &g);
         let threshold = line.map(|l| l.at);
         let tick = tick_of(&new, threshold);
         // A reload that changes the ticks or the window begins the tests afresh.
@@ -245,7 +245,7 @@ struct SlowLine {
 
 /// The line past which an answer is slow (`Guard::slow_line`) from stable's p99 over the
 /// tests' span; none until stable has 100 answers there (a p99 of fewer is a guess).
-fn slow_line(control: &Controller, service: &str, r: &Rollout, g: &Guard) -> Option<SlowLine> {
+fn latency_line(control: &Controller, service: &str, r: &Rollout, g: &Guard) -> Option<SlowLine> {
     let span = g.window.max(sequential::REFERENCE).as_secs();
     let now = metrics::now_second();
     let seen = control.judged(
